@@ -1,0 +1,237 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { BaseLayer } from './base-layer.js';
+import { LoraError } from './errors.js';
+import { Module } from './module.js';
+import type { AdapterInstance } from './plugin.js';
+
+/** The in-memory parameter name of a saved key: `lora_A.weight` → `lora_A.<adapter>.weight`, `lora_E` → `lora_E.<adapter>`. */
+export function inMemoryTensorName(savedKey: string, adapterName: string): string {
+  const match = /^(.*)\.(weight|bias)$/u.exec(savedKey);
+  return match ? `${match[1]}.${adapterName}.${match[2]}` : `${savedKey}.${adapterName}`;
+}
+
+/**
+ * Wraps a base layer (child `base_layer`, as PEFT names it) and holds any number of named
+ * adapters on it. `forward(x) = base(x)` then, for each active adapter in order, the adapter's
+ * contribution; merged adapters live in the base weight instead.
+ */
+export class AdapterLayer extends Module {
+  readonly base_layer: Module & BaseLayer;
+  private readonly adapterMap = new Map<string, AdapterInstance>();
+  private active: string[] = [];
+  private mergedNames: string[] = [];
+  /** When true the layer computes the base alone (unmerging first if needed). */
+  disabled = false;
+
+  constructor(base: Module & BaseLayer) {
+    super();
+    this.base_layer = this.registerModule('base_layer', base);
+    this.training = base.training;
+  }
+
+  get inFeatures(): number {
+    return this.base_layer.inFeatures;
+  }
+
+  get outFeatures(): number {
+    return this.base_layer.outFeatures;
+  }
+
+  protected override ownParameters(): Iterable<[string, tf.Variable]> {
+    const result: [string, tf.Variable][] = [];
+    for (const [adapterName, instance] of this.adapterMap) {
+      for (const [key, variable] of instance.namedTensors()) result.push([inMemoryTensorName(key, adapterName), variable]);
+    }
+    return result;
+  }
+
+  /** Adapter names held by this layer, in insertion order. */
+  get adapterNames(): string[] {
+    return [...this.adapterMap.keys()];
+  }
+
+  /** Names of the adapters merged into the base weight, in merge order. */
+  get mergedAdapters(): readonly string[] {
+    return this.mergedNames;
+  }
+
+  get merged(): boolean {
+    return this.mergedNames.length > 0;
+  }
+
+  get activeAdapters(): readonly string[] {
+    return this.active;
+  }
+
+  adapter(name: string): AdapterInstance | undefined {
+    return this.adapterMap.get(name);
+  }
+
+  addAdapter(name: string, instance: AdapterInstance): void {
+    if (this.adapterMap.has(name)) throw new LoraError(`[@lora/core] This layer already has an adapter named "${name}".`);
+    this.adapterMap.set(name, instance);
+  }
+
+  /** Select the adapters applied in `forward` (names this layer lacks are ignored). */
+  setActiveAdapters(names: readonly string[]): void {
+    this.active = names.filter((name) => this.adapterMap.has(name));
+  }
+
+  /** Remove and dispose an adapter. @throws {LoraError} if it is merged. */
+  deleteAdapter(name: string): void {
+    const instance = this.adapterMap.get(name);
+    if (!instance) return;
+    if (this.mergedNames.includes(name)) {
+      throw new LoraError(`[@lora/core] Cannot delete adapter "${name}" while it is merged. Call unmerge() first.`);
+    }
+    instance.dispose();
+    this.adapterMap.delete(name);
+    this.active = this.active.filter((n) => n !== name);
+  }
+
+  forward(input: tf.Tensor): tf.Tensor {
+    if (this.disabled) {
+      if (this.merged) this.unmerge();
+      return this.base_layer.forward(input);
+    }
+    if (this.merged || this.active.length === 0) return this.base_layer.forward(input);
+    return tf.tidy(() => {
+      let result = this.base_layer.forward(input);
+      for (const name of this.active) {
+        result = this.adapterMap.get(name)!.apply(input, result, { base: this.base_layer, training: this.training });
+      }
+      return result;
+    });
+  }
+
+  /**
+   * Fold adapters into the base weight (default: the active ones). Already merged names are skipped.
+   * With `safe`, the merged weight is checked for NaN/Inf before the base is touched.
+   * @returns notes from the base when it cannot hold the merged weight exactly (a quantized base).
+   */
+  merge(options: { adapterNames?: readonly string[]; safe?: boolean } = {}): string[] {
+    const notes: string[] = [];
+    for (const name of options.adapterNames ?? this.active) {
+      const instance = this.adapterMap.get(name);
+      if (!instance || this.mergedNames.includes(name)) continue;
+      const merged = tf.tidy(() => {
+        const weight = this.base_layer.denseWeight();
+        return instance.mergeWeight(weight, this.base_layer);
+      });
+      try {
+        if (options.safe) {
+          const finite = tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0] === 1);
+          if (!finite) throw new LoraError(`[@lora/core] NaNs detected in the merged weights of adapter "${name}"; the base weight was not changed.`);
+        }
+        const result = this.base_layer.assignDenseWeight(merged);
+        if (!result.exact && result.note) notes.push(result.note);
+      } finally {
+        merged.dispose();
+      }
+      this.mergedNames.push(name);
+    }
+    return notes;
+  }
+
+  /** Take merged adapters out of the base weight again, last merged first. */
+  unmerge(): void {
+    while (this.mergedNames.length > 0) {
+      const name = this.mergedNames.pop()!;
+      const instance = this.adapterMap.get(name)!;
+      const restored = tf.tidy(() => {
+        const weight = this.base_layer.denseWeight();
+        return instance.unmergeWeight(weight, this.base_layer);
+      });
+      this.base_layer.assignDenseWeight(restored);
+      restored.dispose();
+    }
+  }
+
+  override dispose(): void {
+    for (const instance of this.adapterMap.values()) instance.dispose();
+    this.adapterMap.clear();
+    this.base_layer.dispose();
+  }
+}
+
+/** A module that can be copied with its own variables (needed for `modules_to_save`). */
+export interface CloneableModule extends Module {
+  clone(): Module;
+}
+
+/** Whether a module has a `clone()` method. */
+export function isCloneable(module: Module): module is CloneableModule {
+  return typeof (module as unknown as Partial<CloneableModule>).clone === 'function';
+}
+
+class ModuleDict extends Module {
+  set(name: string, module: Module): void {
+    this.registerModule(name, module);
+  }
+}
+
+/**
+ * PEFT's `ModulesToSaveWrapper`: keeps the original module (child `original_module`) and one
+ * trainable copy per adapter (`modules_to_save.<adapter>`); forward runs the active adapter's copy.
+ */
+export class ModulesToSaveWrapper extends Module {
+  readonly original_module: Module;
+  readonly modules_to_save: Module;
+  private readonly copies = new Map<string, Module>();
+  activeAdapter: string | null = null;
+  disabled = false;
+
+  constructor(original: Module) {
+    super();
+    this.original_module = this.registerModule('original_module', original);
+    this.modules_to_save = this.registerModule('modules_to_save', new ModuleDict());
+    this.training = original.training;
+  }
+
+  addAdapter(name: string): Module {
+    if (!isCloneable(this.original_module)) {
+      throw new LoraError(
+        `[@lora/core] modules_to_save needs a module with clone(); ${this.original_module.constructor.name} has none. Remove it from modulesToSave.`,
+      );
+    }
+    const copy = this.original_module.clone();
+    (this.modules_to_save as ModuleDict).set(name, copy);
+    this.copies.set(name, copy);
+    return copy;
+  }
+
+  copy(name: string): Module | undefined {
+    return this.copies.get(name);
+  }
+
+  get adapterNames(): string[] {
+    return [...this.copies.keys()];
+  }
+
+  deleteAdapter(name: string): void {
+    const copy = this.copies.get(name);
+    if (!copy) return;
+    copy.dispose();
+    this.copies.delete(name);
+    // Rebuild the dict so the removed copy is no longer listed.
+    const dict = new ModuleDict();
+    for (const [other, module] of this.copies) dict.set(other, module);
+    this.setSubmodule('modules_to_save', dict);
+    if (this.activeAdapter === name) this.activeAdapter = null;
+  }
+
+  /** The module forward runs: the active adapter's copy, or the original when disabled. */
+  current(): Module {
+    if (this.disabled || this.activeAdapter === null) return this.original_module;
+    return this.copies.get(this.activeAdapter) ?? this.original_module;
+  }
+
+  forward(input: tf.Tensor): tf.Tensor {
+    return (this.current() as Module & { forward(x: tf.Tensor): tf.Tensor }).forward(input);
+  }
+
+  override dispose(): void {
+    this.original_module.dispose();
+    for (const copy of this.copies.values()) copy.dispose();
+  }
+}

@@ -1,0 +1,546 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { AdapterLayer, ModulesToSaveWrapper } from './adapter-layer.js';
+import { isBaseLayer, type BaseLayer } from './base-layer.js';
+import { ConfigError, LoraError } from './errors.js';
+import type { LoraAdapter } from './lora-layer.js';
+import type { LoraConfig } from './lora-config.js';
+import type { Module } from './module.js';
+import type { AdapterConfigBase, AdapterInstance, AdapterPlugin, BaseTransform, TrainingHooks } from './plugin.js';
+import type { LoraRegistry } from './registry.js';
+import { thinSvd } from './svd.js';
+import { isTargetModule } from './target-matching.js';
+
+/** A model that says which modules are its output head and which it targets by default. */
+export interface AdapterTargetHints {
+  /** Paths of output heads never targeted by `all-linear` (default `['lm_head']`). */
+  readonly outputHeadPaths?: readonly string[];
+  /** Target modules when a config gives none (PEFT's per-architecture defaults, e.g. `['c_attn']`). */
+  readonly defaultTargetModules?: readonly string[];
+}
+
+/** Options for {@link AdapterModel.create}. */
+export interface CreateAdapterModelOptions {
+  readonly registry: LoraRegistry;
+  /** Adapter plugin name (default `lora`). */
+  readonly plugin?: string;
+  /** The plugin's options (camelCase), validated by the plugin. */
+  readonly config: unknown;
+  /** Default `default`, as PEFT. */
+  readonly adapterName?: string;
+  /** Base transforms applied first (QLoRA: `['quant']`). */
+  readonly transforms?: readonly string[];
+}
+
+/** Options for {@link AdapterModel.addWeightedAdapter}. */
+export interface WeightedAdapterOptions {
+  readonly adapters: readonly string[];
+  readonly weights: readonly number[];
+  readonly adapterName: string;
+  /**
+   * `cat` (exact, rank Σrᵢ, as PEFT), `linear` (PEFT's: A and B combined separately, exact only for one
+   * adapter), or `svd`: the exact Σ wᵢ·ΔWᵢ truncated by SVD to `svdRank`. Unlike PEFT's `svd`, which
+   * applies each adapter's scaling twice (Σ wᵢ sᵢ² BᵢAᵢ), ours uses ΔWᵢ = sᵢ·BᵢAᵢ once.
+   */
+  readonly combinationType: 'cat' | 'linear' | 'svd';
+  /** Rank for `svd` (default: the largest source rank). */
+  readonly svdRank?: number;
+}
+
+/** Parameter counts, as PEFT's `print_trainable_parameters`. */
+export interface TrainableParameterReport {
+  readonly trainable: number;
+  readonly total: number;
+  /** 100 · trainable / total. */
+  readonly percent: number;
+  /** `trainable params: 1,234 || all params: 5,678 || trainable%: 21.7330` */
+  readonly line: string;
+}
+
+interface AdapterEntry {
+  readonly plugin: AdapterPlugin;
+  readonly config: AdapterConfigBase;
+  /** Targets as PEFT saves them: `all-linear` expanded to full names. */
+  readonly targetModules: readonly string[] | string;
+  readonly modulesToSave: readonly string[];
+}
+
+const ADAPTER_NAME = /^[A-Za-z0-9_-]+$/u;
+
+/**
+ * PEFT's `PeftModel` for a module tree: injects adapters into target layers by PEFT's matching
+ * rules, holds several named adapters, switches, disables, merges, combines them, and counts
+ * parameters. Saving and loading live in `saveAdapter` / `loadAdapter`.
+ *
+ * The wrapped model is used as before (`model.forward(…)`): its target layers are replaced in place.
+ *
+ * @example
+ * const registry = createLoraRegistry({ plugins: [lora()] });
+ * const peft = AdapterModel.create(model, { registry, config: { r: 8, loraAlpha: 16, targetModules: ['c_attn'] } });
+ * console.log(peft.trainableParameters().line);
+ */
+export class AdapterModel<M extends Module = Module> {
+  readonly model: M;
+  readonly registry: LoraRegistry;
+  private readonly entries = new Map<string, AdapterEntry>();
+  private active: string[] = [];
+  private disabledDepth = 0;
+
+  constructor(model: M, options: { registry: LoraRegistry }) {
+    this.model = model;
+    this.registry = options.registry;
+    model.setTrainable(false);
+  }
+
+  /**
+   * Wrap `model`, apply base transforms, add one adapter and make it active and trainable
+   * (PEFT's `get_peft_model`).
+   * @throws {RegistryError} when the recipe's plugins are missing or do not compose; {ConfigError} on bad config.
+   */
+  static create<M extends Module>(model: M, options: CreateAdapterModelOptions): AdapterModel<M> {
+    const pluginName = options.plugin ?? 'lora';
+    options.registry.assertRecipe({ adapter: pluginName, transforms: options.transforms ?? [] });
+    const adapterModel = new AdapterModel(model, { registry: options.registry });
+    for (const name of options.transforms ?? []) adapterModel.applyBaseTransform(options.registry.transform(name));
+    const adapterName = options.adapterName ?? 'default';
+    adapterModel.addAdapter(adapterName, { plugin: pluginName, config: options.config });
+    adapterModel.setAdapter(adapterName);
+    return adapterModel;
+  }
+
+  /** Replace the layers a base transform selects (e.g. 4-bit quantization). Returns the replaced paths. */
+  applyBaseTransform(transform: BaseTransform): string[] {
+    const replaced: string[] = [];
+    for (const [path, module] of this.model.namedModules()) {
+      if (path === '' || module instanceof AdapterLayer || !isBaseLayer(module)) continue;
+      if (this.isInsideWrapper(path)) continue;
+      if (!transform.shouldTransform(path, module, { model: this.model })) continue;
+      const replacement = transform.transform(module, path);
+      replacement.setTrainable(false);
+      this.model.setSubmodule(path, replacement);
+      if (replacement !== module) module.dispose();
+      replaced.push(path);
+    }
+    return replaced;
+  }
+
+  private isInsideWrapper(path: string): boolean {
+    return /(^|\.)(base_layer|original_module|modules_to_save)(\.|$)/u.test(path);
+  }
+
+  /** Names of all adapters, in the order they were added. */
+  get adapterNames(): string[] {
+    return [...this.entries.keys()];
+  }
+
+  /** The active adapters (summed in forward). */
+  get activeAdapters(): readonly string[] {
+    return this.active;
+  }
+
+  /** The plugin and validated config of an adapter. @throws {LoraError} for an unknown name. */
+  adapterConfig(name: string): { plugin: AdapterPlugin; config: AdapterConfigBase; targetModules: readonly string[] | string } {
+    const entry = this.entries.get(name);
+    if (!entry) throw new LoraError(`[@lora/core] No adapter named "${name}" (have: ${this.adapterNames.join(', ') || 'none'}).`);
+    return entry;
+  }
+
+  /** Every adapter layer by module path. */
+  adapterLayers(): [string, AdapterLayer][] {
+    return this.model.namedModules().filter((pair): pair is [string, AdapterLayer] => pair[1] instanceof AdapterLayer);
+  }
+
+  /** Every modules_to_save wrapper by module path. */
+  modulesToSaveWrappers(): [string, ModulesToSaveWrapper][] {
+    return this.model
+      .namedModules()
+      .filter((pair): pair is [string, ModulesToSaveWrapper] => pair[1] instanceof ModulesToSaveWrapper);
+  }
+
+  /** The instances of one adapter by module path. */
+  adapterInstances(name: string): [string, AdapterInstance][] {
+    const result: [string, AdapterInstance][] = [];
+    for (const [path, layer] of this.adapterLayers()) {
+      const instance = layer.adapter(name);
+      if (instance) result.push([path, instance]);
+    }
+    return result;
+  }
+
+  private expandTargets(config: AdapterConfigBase): readonly string[] | string {
+    let targets = config.targetModules;
+    if (targets === null) {
+      const defaults = (this.model as Partial<AdapterTargetHints>).defaultTargetModules;
+      if (!defaults) {
+        throw new ConfigError({
+          field: 'targetModules',
+          received: null,
+          expected: "a list of module names, a regex string, or 'all-linear'",
+          hint: "This model has no default targets. Pass e.g. { targetModules: ['q_proj', 'v_proj'] }.",
+        });
+      }
+      targets = defaults;
+    }
+    if (typeof targets === 'string' && targets.toLowerCase() === 'all-linear') {
+      const heads = new Set((this.model as Partial<AdapterTargetHints>).outputHeadPaths ?? ['lm_head']);
+      if (config.taskType === 'SEQ_CLS') {
+        heads.add('classifier');
+        heads.add('score');
+      }
+      const names: string[] = [];
+      for (const [path, module] of this.model.namedModules()) {
+        if (path === '' || this.isInsideWrapper(path)) continue;
+        if (!(module instanceof AdapterLayer) && !isBaseLayer(module)) continue;
+        const last = path.slice(path.lastIndexOf('.') + 1);
+        if (heads.has(path) || heads.has(last)) continue;
+        names.push(path);
+      }
+      return names;
+    }
+    return targets;
+  }
+
+  /**
+   * Add an adapter: wrap every matching layer (or extend an existing wrapper) and create the
+   * plugin's adapter there. The new adapter is not active and not trainable until `setAdapter`.
+   * @throws {ConfigError} on an invalid config or when no module matches the targets.
+   */
+  addAdapter(name: string, options: { plugin?: string; config: unknown }): void {
+    if (!ADAPTER_NAME.test(name)) {
+      throw new ConfigError({ field: 'adapterName', received: name, expected: 'letters, digits, _ or -', hint: "Use e.g. 'default'." });
+    }
+    if (this.entries.has(name)) throw new LoraError(`[@lora/core] An adapter named "${name}" exists already; delete it or pick another name.`);
+    if ('lora_'.includes(name) || name === 'base_layer') {
+      throw new ConfigError({ field: 'adapterName', received: name, expected: 'a name that is not part of "lora_"', hint: "Use e.g. 'default'." });
+    }
+    const plugin = this.registry.adapter(options.plugin ?? 'lora');
+    const config = plugin.parseConfig(options.config);
+    const targetModules = this.expandTargets(config);
+    const selection = { ...config, targetModules };
+    const modulesToSave = [...(config.modulesToSave ?? [])];
+    if (config.taskType === 'SEQ_CLS') for (const head of ['classifier', 'score']) if (!modulesToSave.includes(head)) modulesToSave.push(head);
+    const selectionWithSave = { ...selection, modulesToSave };
+
+    const matched: string[] = [];
+    for (const [path, module] of this.model.namedModules()) {
+      if (path === '' || this.isInsideWrapper(path)) continue;
+      if (!(module instanceof AdapterLayer) && !isBaseLayer(module)) continue;
+      if (isTargetModule(path, selectionWithSave)) matched.push(path);
+    }
+    if (matched.length === 0) {
+      const examples = this.model
+        .namedModules()
+        .filter(([path, module]) => path !== '' && isBaseLayer(module) && !this.isInsideWrapper(path))
+        .slice(0, 6)
+        .map(([path]) => path);
+      throw new ConfigError({
+        plugin: plugin.name,
+        field: 'targetModules',
+        received: targetModules,
+        expected: 'names matching at least one linear layer of the model',
+        hint: `Linear layers here are named like: ${examples.join(', ') || '(none)'}.`,
+      });
+    }
+    const created: [AdapterLayer, boolean][] = [];
+    try {
+      for (const path of matched) {
+        const module = this.model.getSubmodule(path);
+        let layer: AdapterLayer;
+        let fresh = false;
+        if (module instanceof AdapterLayer) layer = module;
+        else {
+          layer = new AdapterLayer(module as Module & BaseLayer);
+          this.model.setSubmodule(path, layer);
+          fresh = true;
+        }
+        created.push([layer, fresh]);
+        const instance = plugin.createAdapter({ base: layer.base_layer, modulePath: path, adapterName: name, config });
+        for (const [, variable] of instance.namedTensors()) variable.trainable = false;
+        layer.addAdapter(name, instance);
+        layer.setActiveAdapters(this.active);
+      }
+      this.wrapModulesToSave(name, modulesToSave);
+    } catch (error) {
+      for (const [layer] of created) if (layer.adapter(name)) layer.deleteAdapter(name);
+      throw error;
+    }
+    this.entries.set(name, { plugin, config, targetModules, modulesToSave });
+    this.applyTrainableFlags();
+  }
+
+  private wrapModulesToSave(adapterName: string, modulesToSave: readonly string[]): void {
+    if (modulesToSave.length === 0) return;
+    for (const [path, module] of this.model.namedModules()) {
+      if (path === '' || this.isInsideWrapper(path)) continue;
+      // PEFT's _set_trainable: a plain endswith, with no dot boundary.
+      if (!modulesToSave.some((entry) => path.endsWith(entry))) continue;
+      if (module instanceof AdapterLayer) continue;
+      let wrapper: ModulesToSaveWrapper;
+      if (module instanceof ModulesToSaveWrapper) wrapper = module;
+      else {
+        wrapper = new ModulesToSaveWrapper(module);
+        this.model.setSubmodule(path, wrapper);
+      }
+      if (!wrapper.copy(adapterName)) wrapper.addAdapter(adapterName);
+    }
+  }
+
+  /**
+   * Make one adapter, or several summed in order, active and trainable; all others inactive and frozen.
+   * @throws {LoraError} for an unknown name.
+   */
+  setAdapter(names: string | readonly string[]): void {
+    const list = typeof names === 'string' ? [names] : [...names];
+    for (const name of list) this.adapterConfig(name);
+    for (const [, layer] of this.adapterLayers()) {
+      if (layer.merged) layer.unmerge();
+      layer.setActiveAdapters(list);
+    }
+    for (const [, wrapper] of this.modulesToSaveWrappers()) {
+      wrapper.activeAdapter = list.find((name) => wrapper.copy(name)) ?? null;
+    }
+    this.active = list;
+    this.applyTrainableFlags();
+  }
+
+  private applyTrainableFlags(): void {
+    for (const [path, variable] of this.model.namedParameters()) {
+      void path;
+      variable.trainable = false;
+    }
+    for (const name of this.active) {
+      const entry = this.entries.get(name);
+      if (!entry || entry.config.inferenceMode) continue;
+      for (const [, instance] of this.adapterInstances(name)) {
+        for (const [, variable] of instance.namedTensors()) variable.trainable = true;
+      }
+      for (const [, wrapper] of this.modulesToSaveWrappers()) wrapper.copy(name)?.setTrainable(true);
+      if (entry.config.bias === 'all') {
+        for (const [path, variable] of this.model.namedParameters()) {
+          if (path.endsWith('.bias') && !/(^|\.)(original_module)\./u.test(path)) variable.trainable = true;
+        }
+      } else if (entry.config.bias === 'lora_only') {
+        for (const [, layer] of this.adapterLayers()) {
+          if (layer.adapter(name) && layer.base_layer.bias) layer.base_layer.bias.trainable = true;
+        }
+      }
+    }
+  }
+
+  /**
+   * Run `fn` with every adapter disabled (the base model alone), then restore. Works with sync and
+   * async functions; nesting is allowed. Biases trained with `bias: 'all' | 'lora_only'` stay, as in PEFT.
+   */
+  withAdaptersDisabled<T>(fn: () => T): T {
+    this.setDisabled(true);
+    let result: T;
+    try {
+      result = fn();
+    } catch (error) {
+      this.setDisabled(false);
+      throw error;
+    }
+    if (result instanceof Promise) {
+      return result.finally(() => this.setDisabled(false)) as T;
+    }
+    this.setDisabled(false);
+    return result;
+  }
+
+  private setDisabled(disabled: boolean): void {
+    this.disabledDepth += disabled ? 1 : -1;
+    const flag = this.disabledDepth > 0;
+    for (const [, layer] of this.adapterLayers()) layer.disabled = flag;
+    for (const [, wrapper] of this.modulesToSaveWrappers()) wrapper.disabled = flag;
+  }
+
+  /**
+   * Delete an adapter and free its tensors. If it was active, the others stay active; if none remain
+   * active, the alphabetically first remaining adapter is activated (as PEFT).
+   * @throws {LoraError} when the adapter is merged.
+   */
+  deleteAdapter(name: string): void {
+    this.adapterConfig(name);
+    for (const [path, layer] of this.adapterLayers()) {
+      if (layer.mergedAdapters.includes(name)) {
+        throw new LoraError(`[@lora/core] Adapter "${name}" is merged at ${path}; call unmerge() before deleting it.`);
+      }
+    }
+    for (const [, layer] of this.adapterLayers()) layer.deleteAdapter(name);
+    for (const [, wrapper] of this.modulesToSaveWrappers()) wrapper.deleteAdapter(name);
+    this.entries.delete(name);
+    const remaining = this.active.filter((n) => n !== name);
+    if (remaining.length === 0 && this.entries.size > 0) remaining.push([...this.entries.keys()].sort()[0]!);
+    this.active = [];
+    if (remaining.length > 0) this.setAdapter(remaining);
+  }
+
+  /**
+   * Merge adapters into the base weights (default: the active ones).
+   * @returns notes from layers that cannot hold the merged weight exactly (quantized bases).
+   */
+  merge(options: { adapterNames?: readonly string[]; safe?: boolean } = {}): string[] {
+    const notes = new Set<string>();
+    for (const [, layer] of this.adapterLayers()) {
+      for (const note of layer.merge({ adapterNames: options.adapterNames ?? this.active, safe: options.safe })) notes.add(note);
+    }
+    return [...notes];
+  }
+
+  /** Take every merged adapter out of the base weights again. */
+  unmerge(): void {
+    for (const [, layer] of this.adapterLayers()) layer.unmerge();
+  }
+
+  /**
+   * Merge the active adapters and return the plain model: every adapter layer is replaced by its base
+   * layer (adapters disposed) and every modules_to_save wrapper by the active copy.
+   */
+  mergeAndUnload(options: { safe?: boolean } = {}): M {
+    this.merge({ safe: options.safe });
+    return this.unload();
+  }
+
+  /** Remove all adapters without merging and return the plain model. */
+  unload(): M {
+    for (const [path, layer] of this.adapterLayers()) {
+      const base = layer.base_layer;
+      for (const name of layer.adapterNames) {
+        if (layer.mergedAdapters.includes(name)) continue;
+        layer.deleteAdapter(name);
+      }
+      this.model.setSubmodule(path, base);
+    }
+    for (const [path, wrapper] of this.modulesToSaveWrappers()) {
+      const keep = wrapper.current();
+      this.model.setSubmodule(path, keep);
+      if (keep !== wrapper.original_module) wrapper.original_module.dispose();
+      for (const name of wrapper.adapterNames) if (wrapper.copy(name) !== keep) wrapper.copy(name)!.dispose();
+    }
+    this.entries.clear();
+    this.active = [];
+    return this.model;
+  }
+
+  /**
+   * Combine LoRA adapters into a new one (PEFT's `add_weighted_adapter`); the new adapter is not
+   * activated. Sources must be plain LoRA adapters.
+   * @throws {ConfigError} on mismatched lists, unequal ranks for `linear`, or an existing name.
+   */
+  addWeightedAdapter(options: WeightedAdapterOptions): void {
+    const { adapters, weights, adapterName } = options;
+    if (adapters.length === 0 || adapters.length !== weights.length) {
+      throw new ConfigError({ field: 'weights', received: weights, expected: `one weight per adapter (${adapters.length})` });
+    }
+    if (this.entries.has(adapterName)) throw new LoraError(`[@lora/core] An adapter named "${adapterName}" exists already.`);
+    const sources = adapters.map((name) => {
+      const entry = this.adapterConfig(name);
+      if (entry.plugin.name !== 'lora') {
+        throw new ConfigError({ field: 'adapters', received: name, expected: 'plain LoRA adapters', hint: `"${name}" is ${entry.plugin.name}.` });
+      }
+      return { name, config: entry.config as LoraConfig };
+    });
+    const combination = adapters.length === 1 ? 'linear' : options.combinationType;
+    const layers = this.adapterLayers().filter(([, layer]) => adapters.some((name) => layer.adapter(name)));
+    const rankOf = (layer: AdapterLayer, name: string): number => (layer.adapter(name) as LoraAdapter | undefined)?.r ?? 0;
+    // The new rank, as PEFT: Σr (cat), the common r (linear), svdRank or the largest r (svd).
+    const newRank = (() => {
+      const ranks = layers.map(([, layer]) => adapters.map((name) => rankOf(layer, name)));
+      if (combination === 'cat') return Math.max(...ranks.map((row) => row.reduce((a, b) => a + b, 0)));
+      const all = new Set(ranks.flat().filter((r) => r > 0));
+      if (combination === 'linear' && all.size > 1) {
+        throw new ConfigError({ field: 'combinationType', received: 'linear', expected: "'cat' or 'svd' when ranks differ", hint: 'All adapters must share one rank for linear.' });
+      }
+      return combination === 'svd' ? (options.svdRank ?? Math.max(...all)) : Math.max(...all);
+    })();
+    const targetUnion = [...new Set(sources.flatMap(({ name }) => this.adapterInstances(name).map(([path]) => path)))];
+    const base = sources[0]!.config;
+    this.addAdapter(adapterName, {
+      plugin: 'lora',
+      config: {
+        ...stripDerived(base),
+        r: newRank,
+        loraAlpha: newRank,
+        useRslora: false,
+        rankPattern: {},
+        alphaPattern: {},
+        targetModules: targetUnion,
+        layersToTransform: null,
+        layersPattern: null,
+      },
+    });
+    for (const [path, layer] of layers) {
+      const target = layer.adapter(adapterName) as LoraAdapter | undefined;
+      if (!target) throw new LoraError(`[@lora/core] Internal: combined adapter missing at ${path}.`);
+      tf.tidy(() => {
+        const parts = sources
+          .map(({ name }, index) => ({ adapter: layer.adapter(name) as LoraAdapter | undefined, weight: weights[index]! }))
+          .filter((part): part is { adapter: LoraAdapter; weight: number } => part.adapter !== undefined);
+        let newA: tf.Tensor2D;
+        let newB: tf.Tensor2D;
+        if (combination === 'cat') {
+          newA = tf.concat(parts.map((p) => tf.mul(p.adapter.loraA, p.weight * p.adapter.scaling)), 0) as tf.Tensor2D;
+          newB = tf.concat(parts.map((p) => p.adapter.loraB), 1) as tf.Tensor2D;
+          const missing = newRank - newA.shape[0];
+          if (missing > 0) {
+            newA = tf.concat([newA, tf.zeros([missing, layer.inFeatures])], 0) as tf.Tensor2D;
+            newB = tf.concat([newB, tf.zeros([layer.outFeatures, missing])], 1) as tf.Tensor2D;
+          }
+        } else if (combination === 'linear') {
+          newA = tf.addN(parts.map((p) => tf.mul(p.adapter.loraA, Math.sign(p.weight * p.adapter.scaling) * Math.sqrt(Math.abs(p.weight * p.adapter.scaling))))) as tf.Tensor2D;
+          newB = tf.addN(parts.map((p) => tf.mul(p.adapter.loraB, Math.sqrt(Math.abs(p.weight * p.adapter.scaling))))) as tf.Tensor2D;
+        } else {
+          const delta = tf.addN(parts.map((p) => tf.mul(p.adapter.deltaWeight(), p.weight)));
+          const values = delta.dataSync() as Float32Array;
+          const { u, s, vt, k } = thinSvd(values, layer.outFeatures, layer.inFeatures);
+          const rank = Math.min(newRank, k);
+          const bValues = new Float32Array(layer.outFeatures * newRank);
+          const aValues = new Float32Array(newRank * layer.inFeatures);
+          for (let i = 0; i < layer.outFeatures; i++) for (let j = 0; j < rank; j++) bValues[i * newRank + j] = u[i * k + j]! * s[j]!;
+          for (let j = 0; j < rank; j++) for (let i = 0; i < layer.inFeatures; i++) aValues[j * layer.inFeatures + i] = vt[j * layer.inFeatures + i]!;
+          newB = tf.tensor2d(bValues, [layer.outFeatures, newRank]);
+          newA = tf.tensor2d(aValues, [newRank, layer.inFeatures]);
+        }
+        target.loraA.assign(newA);
+        target.loraB.assign(newB);
+      });
+    }
+  }
+
+  /** Parameter counts and PEFT's one-line report. Shared variables are counted once. */
+  trainableParameters(): TrainableParameterReport {
+    let trainable = 0;
+    let total = 0;
+    for (const [, variable] of this.model.namedParameters()) {
+      total += variable.size;
+      if (variable.trainable) trainable += variable.size;
+    }
+    const percent = total === 0 ? 0 : (100 * trainable) / total;
+    const line = `trainable params: ${trainable.toLocaleString('en-US')} || all params: ${total.toLocaleString('en-US')} || trainable%: ${percent.toFixed(4)}`;
+    return { trainable, total, percent, line };
+  }
+
+  /** Training hooks from the plugins of the active adapters (e.g. AdaLoRA's regulariser and rank allocation). */
+  trainingHooks(): TrainingHooks[] {
+    const hooks: TrainingHooks[] = [];
+    for (const name of this.active) {
+      const entry = this.entries.get(name);
+      if (!entry?.plugin.trainingHooks) continue;
+      hooks.push(
+        entry.plugin.trainingHooks({ adapterName: name, config: entry.config, instances: () => this.adapterInstances(name) }),
+      );
+    }
+    return hooks;
+  }
+
+  /** Free every tensor of the model and its adapters. */
+  dispose(): void {
+    this.model.dispose();
+  }
+}
+
+function stripDerived(config: LoraConfig): Record<string, unknown> {
+  const { extraPeftFields: _extra, ...rest } = config;
+  return { ...rest, extraPeftFields: {} };
+}
+
+export type { BaseLayer };

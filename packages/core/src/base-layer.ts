@@ -1,0 +1,36 @@
+import type * as tf from '@tensorflow/tfjs-core';
+import type { Module, TensorModule } from './module.js';
+
+/**
+ * What an adapter needs from the layer it wraps. `Linear` implements it; a base transform
+ * (4-bit `QuantLinear` in `@lora/quant`) provides another implementation with the same
+ * `forward`, so any adapter can wrap either.
+ */
+export interface BaseLayer extends TensorModule {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  /** Bias [out], or null. */
+  readonly bias: tf.Variable | null;
+  /** True when the stored weight is [in, out] (GPT-2's Conv1D), false for PyTorch's [out, in]. */
+  readonly fanInFanOut: boolean;
+  /** `x·Wᵀ` without the bias. */
+  forwardWithoutBias(input: tf.Tensor): tf.Tensor;
+  /** The weight as a dense float32 [out, in] tensor. The caller disposes it. */
+  denseWeight(): tf.Tensor2D;
+  /**
+   * Replace the weight with a dense [out, in] tensor (not taken over: the caller still disposes it).
+   * Returns a note when the layer cannot hold it exactly (a quantized base re-quantizes).
+   */
+  assignDenseWeight(weight: tf.Tensor2D): { readonly exact: boolean; readonly note?: string };
+}
+
+/** True when `module` can be wrapped by an adapter layer. */
+export function isBaseLayer(module: Module): module is Module & BaseLayer {
+  const candidate = module as unknown as Partial<BaseLayer>;
+  return (
+    typeof candidate.denseWeight === 'function' &&
+    typeof candidate.assignDenseWeight === 'function' &&
+    typeof candidate.forwardWithoutBias === 'function' &&
+    typeof candidate.inFeatures === 'number'
+  );
+}

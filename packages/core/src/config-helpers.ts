@@ -1,0 +1,153 @@
+import { z } from 'zod';
+import { ConfigError } from './errors.js';
+import type { PeftConfigJson } from './plugin.js';
+
+/** `loraAlpha` → `lora_alpha`. */
+export function camelToSnake(name: string): string {
+  return name.replace(/[A-Z]/gu, (letter) => `_${letter.toLowerCase()}`);
+}
+
+/** `lora_alpha` → `loraAlpha`. */
+export function snakeToCamel(name: string): string {
+  return name.replace(/_([a-z0-9])/gu, (_, letter: string) => letter.toUpperCase());
+}
+
+/** Zod schema of the target-selection fields shared by every adapter config (defaults as PEFT's). */
+export const targetSelectionShape = {
+  targetModules: z.union([z.array(z.string().min(1)).min(1), z.string().min(1)]).nullable().default(null),
+  excludeModules: z.union([z.array(z.string().min(1)), z.string().min(1)]).nullable().default(null),
+  layersToTransform: z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative())]).nullable().default(null),
+  layersPattern: z.union([z.string().min(1), z.array(z.string().min(1))]).nullable().default(null),
+  modulesToSave: z.array(z.string().min(1)).nullable().default(null),
+} as const;
+
+/** Zod schema of the fields of {@link AdapterConfigBase} besides target selection. */
+export const adapterBaseShape = {
+  ...targetSelectionShape,
+  bias: z.enum(['none', 'all', 'lora_only']).default('none'),
+  taskType: z.string().nullable().default(null),
+  baseModelNameOrPath: z.string().nullable().default(null),
+  inferenceMode: z.boolean().default(false),
+  extraPeftFields: z.record(z.unknown()).default({}),
+} as const;
+
+/** PEFT's cross-field checks on target selection, as a zod refinement. */
+export function refineTargetSelection(
+  value: { targetModules: unknown; layersToTransform: unknown; layersPattern: unknown },
+  context: z.RefinementCtx,
+): void {
+  if (typeof value.targetModules === 'string' && (value.layersToTransform !== null || value.layersPattern !== null)) {
+    context.addIssue({
+      code: z.ZodIssueCode.custom,
+      path: ['layersToTransform'],
+      message: 'unset when targetModules is a regex string (PEFT applies layer filters only to list targets)',
+    });
+  }
+  if (value.layersPattern !== null && value.layersToTransform === null) {
+    context.addIssue({ code: z.ZodIssueCode.custom, path: ['layersPattern'], message: 'used only together with layersToTransform' });
+  }
+}
+
+function expectedFromIssue(issue: z.ZodIssue): string {
+  switch (issue.code) {
+    case z.ZodIssueCode.invalid_type:
+      return `of type ${issue.expected}`;
+    case z.ZodIssueCode.too_small:
+      return issue.type === 'number'
+        ? `${issue.inclusive ? '>=' : '>'} ${String(issue.minimum)}`
+        : `at least ${String(issue.minimum)} long`;
+    case z.ZodIssueCode.too_big:
+      return issue.type === 'number' ? `${issue.inclusive ? '<=' : '<'} ${String(issue.maximum)}` : `at most ${String(issue.maximum)} long`;
+    case z.ZodIssueCode.invalid_enum_value:
+      return `one of ${issue.options.map((o) => JSON.stringify(o)).join(', ')}`;
+    case z.ZodIssueCode.unrecognized_keys:
+      return 'a known option';
+    default:
+      return issue.message;
+  }
+}
+
+function valueAt(input: unknown, path: readonly (string | number)[]): unknown {
+  let current = input;
+  for (const segment of path) {
+    if (current === null || typeof current !== 'object') return undefined;
+    current = (current as Record<string | number, unknown>)[segment];
+  }
+  return current;
+}
+
+/**
+ * Validate `input` with a zod schema and turn the first problem into a {@link ConfigError} naming
+ * the field, what was received, what was expected, and an example of a valid value.
+ */
+export function parseConfigWithSchema<T>(
+  schema: z.ZodType<T, z.ZodTypeDef, unknown>,
+  input: unknown,
+  options: { plugin: string; examples?: Readonly<Record<string, string>>; fieldName?: (path: string) => string },
+): T {
+  const result = schema.safeParse(input ?? {});
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  let path = issue.path.join('.');
+  let received = valueAt(input, issue.path);
+  if (issue.code === z.ZodIssueCode.unrecognized_keys) {
+    path = issue.keys.join(', ');
+    received = issue.keys.length === 1 ? valueAt(input, [...issue.path, issue.keys[0]!]) : issue.keys;
+  }
+  const top = String(issue.path[0] ?? path);
+  const field = options.fieldName ? options.fieldName(path) : path;
+  const example = options.examples?.[top];
+  return (() => {
+    throw new ConfigError({
+      plugin: options.plugin,
+      field: field || '(config)',
+      received,
+      expected: issue.code === z.ZodIssueCode.unrecognized_keys ? 'a known option (check the spelling)' : expectedFromIssue(issue),
+      hint: example ? `Pass e.g. { ${field}: ${example} }.` : issue.code === z.ZodIssueCode.custom ? `(${issue.message})` : undefined,
+    });
+  })();
+}
+
+/**
+ * Split a PEFT JSON object into camelCase fields the schema knows and the rest (kept verbatim in
+ * `extraPeftFields`, so saving again writes them back).
+ */
+export function peftJsonToOptions(json: PeftConfigJson, knownFields: readonly string[]): Record<string, unknown> {
+  const options: Record<string, unknown> = {};
+  const extra: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(json)) {
+    if (key === 'peft_type') continue;
+    const camel = snakeToCamel(key);
+    if (knownFields.includes(camel) && camel !== 'extraPeftFields') {
+      // PEFT writes null for unset fields that we default differently; undefined lets the schema default apply.
+      options[camel] = value === null && !NULLABLE_FIELDS.has(camel) ? undefined : value;
+    } else extra[key] = value;
+  }
+  options['extraPeftFields'] = extra;
+  return options;
+}
+
+const NULLABLE_FIELDS = new Set([
+  'targetModules',
+  'excludeModules',
+  'layersToTransform',
+  'layersPattern',
+  'modulesToSave',
+  'taskType',
+  'baseModelNameOrPath',
+  'revision',
+]);
+
+/** Write a config as PEFT does: snake_case keys, `peft_type`, extra fields back in, keys sorted, `inference_mode: true`. */
+export function optionsToPeftJson(peftType: string, config: Readonly<Record<string, unknown>>): PeftConfigJson {
+  const out: Record<string, unknown> = { ...(config['extraPeftFields'] as Record<string, unknown> | undefined) };
+  for (const [key, value] of Object.entries(config)) {
+    if (key === 'extraPeftFields') continue;
+    out[camelToSnake(key)] = value;
+  }
+  out['peft_type'] = peftType;
+  out['inference_mode'] = true;
+  const sorted: Record<string, unknown> = {};
+  for (const key of Object.keys(out).sort()) sorted[key] = out[key];
+  return sorted as PeftConfigJson;
+}

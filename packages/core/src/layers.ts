@@ -1,0 +1,109 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { ConfigError, ShapeError } from './errors.js';
+import { Module } from './module.js';
+
+/** A lookup table `weight` [numEmbeddings, embeddingDim], as `torch.nn.Embedding`. */
+export class Embedding extends Module {
+  readonly numEmbeddings: number;
+  readonly embeddingDim: number;
+  readonly weight: tf.Variable;
+
+  /** Initialised N(0, 1) like PyTorch; checkpoints usually overwrite it. */
+  constructor(options: { numEmbeddings: number; embeddingDim: number; seed?: number }) {
+    super();
+    this.numEmbeddings = options.numEmbeddings;
+    this.embeddingDim = options.embeddingDim;
+    const initial = tf.randomNormal([options.numEmbeddings, options.embeddingDim], 0, 1, 'float32', options.seed);
+    this.weight = this.registerParameter('weight', initial);
+    initial.dispose();
+  }
+
+  /** Rows of `weight` for integer ids of any shape; output shape [...ids.shape, embeddingDim]. */
+  forward(ids: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => {
+      const flat = tf.reshape(ids.dtype === 'int32' ? ids : tf.cast(ids, 'int32'), [-1]);
+      return tf.reshape(tf.gather(this.weight, flat), [...ids.shape, this.embeddingDim]);
+    });
+  }
+
+  clone(): Embedding {
+    const copy = new Embedding({ numEmbeddings: this.numEmbeddings, embeddingDim: this.embeddingDim });
+    copy.weight.assign(this.weight);
+    copy.weight.trainable = this.weight.trainable;
+    return copy;
+  }
+}
+
+/** Layer normalisation over the last axis with `weight` and `bias` [dim], as `torch.nn.LayerNorm`. */
+export class LayerNorm extends Module {
+  readonly dim: number;
+  readonly eps: number;
+  readonly weight: tf.Variable;
+  readonly bias: tf.Variable;
+
+  constructor(options: { dim: number; eps?: number }) {
+    super();
+    this.dim = options.dim;
+    this.eps = options.eps ?? 1e-5;
+    this.weight = this.registerParameter('weight', tf.ones([options.dim]));
+    this.bias = this.registerParameter('bias', tf.zeros([options.dim]));
+  }
+
+  forward(input: tf.Tensor): tf.Tensor {
+    if (input.shape[input.rank - 1] !== this.dim) throw new ShapeError('[@lora/core] LayerNorm input', [null, this.dim], input.shape);
+    return tf.tidy(() => {
+      const axis = input.rank - 1;
+      const { mean, variance } = tf.moments(input, axis, true);
+      const normalised = tf.mul(tf.sub(input, mean), tf.rsqrt(tf.add(variance, this.eps)));
+      return tf.add(tf.mul(normalised, this.weight), this.bias);
+    });
+  }
+}
+
+/** Root-mean-square normalisation with `weight` [dim] (Llama's `LlamaRMSNorm`). */
+export class RMSNorm extends Module {
+  readonly dim: number;
+  readonly eps: number;
+  readonly weight: tf.Variable;
+
+  constructor(options: { dim: number; eps?: number }) {
+    super();
+    this.dim = options.dim;
+    this.eps = options.eps ?? 1e-6;
+    this.weight = this.registerParameter('weight', tf.ones([options.dim]));
+  }
+
+  forward(input: tf.Tensor): tf.Tensor {
+    if (input.shape[input.rank - 1] !== this.dim) throw new ShapeError('[@lora/core] RMSNorm input', [null, this.dim], input.shape);
+    return tf.tidy(() => {
+      const meanSquare = tf.mean(tf.square(input), input.rank - 1, true);
+      return tf.mul(tf.mul(input, tf.rsqrt(tf.add(meanSquare, this.eps))), this.weight);
+    });
+  }
+}
+
+/** Inverted dropout with probability `p`, active only in training mode. */
+export class Dropout extends Module {
+  readonly p: number;
+
+  constructor(p: number) {
+    super();
+    if (!(p >= 0 && p < 1)) throw new ConfigError({ field: 'dropout', received: p, expected: 'a number in [0, 1)' });
+    this.p = p;
+  }
+
+  forward(input: tf.Tensor): tf.Tensor {
+    if (!this.training || this.p === 0) return input;
+    return dropout(input, this.p);
+  }
+}
+
+/** Inverted dropout: zero each element with probability `p` and scale the rest by 1/(1−p). */
+export function dropout(input: tf.Tensor, p: number): tf.Tensor {
+  if (p === 0) return input;
+  return tf.tidy(() => {
+    // The mask is built from a constant uniform draw, so no comparison op enters the gradient tape.
+    const keep = tf.tidy(() => tf.cast(tf.greaterEqual(tf.randomUniform(input.shape, 0, 1), p), 'float32'));
+    return tf.mul(input, tf.mul(keep, 1 / (1 - p)));
+  });
+}

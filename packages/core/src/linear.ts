@@ -1,0 +1,114 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { BaseLayer } from './base-layer.js';
+import { ShapeError } from './errors.js';
+import { Module } from './module.js';
+
+/** Options for {@link Linear}. */
+export interface LinearOptions {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  /** Whether to hold a bias (default true). */
+  readonly bias?: boolean;
+  /** Store the weight [in, out] like GPT-2's Conv1D (default false: PyTorch's [out, in]). */
+  readonly fanInFanOut?: boolean;
+  /** Seed for the default PyTorch-style init U(−1/√in, 1/√in). */
+  readonly seed?: number;
+}
+
+/** Apply `fn` to the last axis of `input` as a 2-D [rows, features] matrix and restore the leading axes. */
+export function applyToLastAxis(input: tf.Tensor, outFeatures: number, fn: (matrix: tf.Tensor2D) => tf.Tensor2D): tf.Tensor {
+  if (input.rank === 2) return fn(input as tf.Tensor2D);
+  const leading = input.shape.slice(0, -1);
+  const features = input.shape[input.rank - 1]!;
+  return tf.reshape(fn(tf.reshape(input, [-1, features])), [...leading, outFeatures]);
+}
+
+/**
+ * A fully connected layer `y = x·Wᵀ + b` holding `weight` as PyTorch does ([out, in]),
+ * or [in, out] with `fanInFanOut` (GPT-2's Conv1D, `y = x·W + b`). Parameter names are
+ * `weight` and `bias`, as in Hugging Face checkpoints.
+ *
+ * @example
+ * const layer = new Linear({ inFeatures: 64, outFeatures: 32 });
+ * const y = tf.tidy(() => layer.forward(tf.ones([2, 64]))); // [2, 32]
+ */
+export class Linear extends Module implements BaseLayer {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly fanInFanOut: boolean;
+  readonly weight: tf.Variable;
+  readonly bias: tf.Variable | null;
+
+  constructor(options: LinearOptions) {
+    super();
+    this.inFeatures = options.inFeatures;
+    this.outFeatures = options.outFeatures;
+    this.fanInFanOut = options.fanInFanOut ?? false;
+    const bound = 1 / Math.sqrt(options.inFeatures);
+    const shape: [number, number] = this.fanInFanOut
+      ? [options.inFeatures, options.outFeatures]
+      : [options.outFeatures, options.inFeatures];
+    const initialWeight = tf.randomUniform(shape, -bound, bound, 'float32', options.seed);
+    this.weight = this.registerParameter('weight', initialWeight);
+    initialWeight.dispose();
+    if (options.bias ?? true) {
+      const initialBias = tf.randomUniform([options.outFeatures], -bound, bound, 'float32', options.seed === undefined ? undefined : options.seed + 1);
+      this.bias = this.registerParameter('bias', initialBias);
+      initialBias.dispose();
+    } else {
+      this.bias = null;
+    }
+  }
+
+  private checkInput(input: tf.Tensor): void {
+    if (input.shape[input.rank - 1] !== this.inFeatures) {
+      throw new ShapeError('[@lora/core] Linear input', [null, this.inFeatures], input.shape);
+    }
+  }
+
+  forward(input: tf.Tensor): tf.Tensor {
+    this.checkInput(input);
+    return tf.tidy(() =>
+      applyToLastAxis(input, this.outFeatures, (x) =>
+        tf.fused.matMul({ a: x, b: this.weight as tf.Tensor2D, transposeB: !this.fanInFanOut, bias: this.bias ?? undefined }) as tf.Tensor2D,
+      ),
+    );
+  }
+
+  forwardWithoutBias(input: tf.Tensor): tf.Tensor {
+    this.checkInput(input);
+    return tf.tidy(() =>
+      applyToLastAxis(input, this.outFeatures, (x) => tf.matMul(x, this.weight as tf.Tensor2D, false, !this.fanInFanOut)),
+    );
+  }
+
+  denseWeight(): tf.Tensor2D {
+    return tf.tidy(() => (this.fanInFanOut ? tf.transpose(this.weight) : tf.clone(this.weight)) as tf.Tensor2D) as tf.Tensor2D;
+  }
+
+  assignDenseWeight(weight: tf.Tensor2D): { exact: boolean } {
+    if (weight.shape[0] !== this.outFeatures || weight.shape[1] !== this.inFeatures) {
+      throw new ShapeError('[@lora/core] Linear.assignDenseWeight', [this.outFeatures, this.inFeatures], weight.shape);
+    }
+    tf.tidy(() => this.weight.assign(this.fanInFanOut ? tf.transpose(weight) : weight));
+    return { exact: true };
+  }
+
+  /** A copy with its own variables (same values, same trainable flags). */
+  clone(): Linear {
+    const copy = new Linear({
+      inFeatures: this.inFeatures,
+      outFeatures: this.outFeatures,
+      bias: this.bias !== null,
+      fanInFanOut: this.fanInFanOut,
+    });
+    copy.weight.assign(this.weight);
+    copy.weight.trainable = this.weight.trainable;
+    if (this.bias && copy.bias) {
+      copy.bias.assign(this.bias);
+      copy.bias.trainable = this.bias.trainable;
+    }
+    copy.training = this.training;
+    return copy;
+  }
+}

@@ -1,0 +1,97 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { BaseLayer } from './base-layer.js';
+import { ShapeError } from './errors.js';
+import { applyToLastAxis } from './linear.js';
+import { dropout } from './layers.js';
+import type { AdapterInstance, ApplyContext } from './plugin.js';
+
+/** Options for {@link LoraAdapter}. */
+export interface LoraAdapterOptions {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly r: number;
+  readonly alpha: number;
+  readonly useRslora?: boolean;
+  readonly dropout?: number;
+  /** As `initLoraWeights` in {@link LoraConfig} (default true). */
+  readonly init?: boolean | 'gaussian';
+  readonly seed?: number;
+}
+
+/**
+ * LoRA's two low-rank factors on one layer: A [r, in], B [out, r], scaling s; the layer adds
+ * `s · B·A·dropout(x)`, computed as two small matMuls (ΔW is never formed in the forward pass).
+ */
+export class LoraAdapter implements AdapterInstance {
+  readonly r: number;
+  readonly alpha: number;
+  readonly scaling: number;
+  readonly dropout: number;
+  readonly loraA: tf.Variable;
+  readonly loraB: tf.Variable;
+
+  constructor(options: LoraAdapterOptions) {
+    this.r = options.r;
+    this.alpha = options.alpha;
+    this.scaling = options.useRslora ? options.alpha / Math.sqrt(options.r) : options.alpha / options.r;
+    this.dropout = options.dropout ?? 0;
+    const init = options.init ?? true;
+    const seed = options.seed;
+    this.loraA = tf.tidy(() =>
+      tf.variable(
+        init === 'gaussian'
+          ? tf.randomNormal([options.r, options.inFeatures], 0, 1 / options.r, 'float32', seed)
+          : // kaiming_uniform_(a=√5) on [r, in]: bound = √3·√(1/3)/√in = 1/√in.
+            tf.randomUniform([options.r, options.inFeatures], -1 / Math.sqrt(options.inFeatures), 1 / Math.sqrt(options.inFeatures), 'float32', seed),
+      ),
+    );
+    this.loraB = tf.tidy(() =>
+      tf.variable(
+        init === false
+          ? tf.randomUniform([options.outFeatures, options.r], -1 / Math.sqrt(options.r), 1 / Math.sqrt(options.r), 'float32', seed === undefined ? undefined : seed + 1)
+          : tf.zeros([options.outFeatures, options.r]),
+      ),
+    );
+  }
+
+  namedTensors(): [string, tf.Variable][] {
+    return [
+      ['lora_A.weight', this.loraA],
+      ['lora_B.weight', this.loraB],
+    ];
+  }
+
+  apply(input: tf.Tensor, result: tf.Tensor, context: ApplyContext): tf.Tensor {
+    return tf.tidy(() => {
+      const x = context.training && this.dropout > 0 ? dropout(input, this.dropout) : input;
+      const delta = applyToLastAxis(x, context.base.outFeatures, (m) =>
+        tf.matMul(tf.matMul(m, this.loraA as tf.Tensor2D, false, true), this.loraB as tf.Tensor2D, false, true),
+      );
+      return tf.add(result, tf.mul(delta, this.scaling));
+    });
+  }
+
+  deltaWeight(): tf.Tensor2D {
+    return tf.tidy(() => tf.mul(tf.matMul(this.loraB as tf.Tensor2D, this.loraA as tf.Tensor2D), this.scaling));
+  }
+
+  mergeWeight(weight: tf.Tensor2D): tf.Tensor2D {
+    return tf.tidy(() => tf.add(weight, this.deltaWeight()));
+  }
+
+  unmergeWeight(weight: tf.Tensor2D): tf.Tensor2D {
+    return tf.tidy(() => tf.sub(weight, this.deltaWeight()));
+  }
+
+  dispose(): void {
+    this.loraA.dispose();
+    this.loraB.dispose();
+  }
+}
+
+/** Check that `base` has the sizes an adapter expects. */
+export function checkBaseShape(base: BaseLayer, inFeatures: number, outFeatures: number): void {
+  if (base.inFeatures !== inFeatures || base.outFeatures !== outFeatures) {
+    throw new ShapeError('[@lora/core] adapter base layer', [outFeatures, inFeatures], [base.outFeatures, base.inFeatures]);
+  }
+}

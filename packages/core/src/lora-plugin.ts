@@ -1,0 +1,78 @@
+import { ConfigError } from './errors.js';
+import { optionsToPeftJson, peftJsonToOptions } from './config-helpers.js';
+import { LORA_CONFIG_FIELDS, parseLoraConfig, type LoraConfig } from './lora-config.js';
+import { LoraAdapter } from './lora-layer.js';
+import type { AdapterPlugin, PeftConfigJson } from './plugin.js';
+import { matchPatternKey } from './target-matching.js';
+
+/** Options for the {@link lora} factory. */
+export interface LoraPluginOptions {
+  /** Seed for adapter initialisation; each module gets `seed + its index` (default: unseeded). */
+  readonly seed?: number;
+}
+
+/** Per-module rank and alpha after `rankPattern` / `alphaPattern`, as PEFT resolves them. */
+export function resolveRankAndAlpha(config: LoraConfig, modulePath: string): { r: number; alpha: number } {
+  const rankKey = matchPatternKey(config.rankPattern, modulePath);
+  const alphaKey = matchPatternKey(config.alphaPattern, modulePath);
+  return {
+    r: rankKey === undefined ? config.r : config.rankPattern[rankKey]!,
+    alpha: alphaKey === undefined ? config.loraAlpha : config.alphaPattern[alphaKey]!,
+  };
+}
+
+/**
+ * The LoRA adapter plugin (PEFT's `LoraConfig`, `peft_type: "LORA"`). Composes with 4-bit base
+ * weights from `@lora/quant` (QLoRA).
+ *
+ * @example
+ * const registry = createLoraRegistry({ plugins: [lora()] });
+ */
+export function lora(options: LoraPluginOptions = {}): AdapterPlugin<LoraConfig> {
+  let created = 0;
+  return {
+    specificationVersion: 'v1',
+    kind: 'adapter',
+    name: 'lora',
+    packageName: '@lora/core',
+    peftType: 'LORA',
+    compatibility: { transforms: ['quant'] },
+    parseConfig(input) {
+      const config = parseLoraConfig(input);
+      if (config.useDora) {
+        throw new ConfigError({
+          plugin: 'lora',
+          field: 'useDora',
+          received: true,
+          expected: 'false for plain LoRA',
+          hint: 'DoRA is provided by @lora/dora: `pnpm add @lora/dora` and use its dora() plugin.',
+        });
+      }
+      return config;
+    },
+    fromPeftJson(json: PeftConfigJson) {
+      return this.parseConfig(peftJsonToOptions(json, LORA_CONFIG_FIELDS));
+    },
+    toPeftJson(config) {
+      return optionsToPeftJson('LORA', { ...config, loraBias: false });
+    },
+    claimsPeftConfig(json) {
+      return json.peft_type === 'LORA' && json['use_dora'] !== true;
+    },
+    createAdapter({ base, modulePath, config }) {
+      const { r, alpha } = resolveRankAndAlpha(config, modulePath);
+      const seed = options.seed === undefined ? undefined : options.seed + created * 2;
+      created += 1;
+      return new LoraAdapter({
+        inFeatures: base.inFeatures,
+        outFeatures: base.outFeatures,
+        r,
+        alpha,
+        useRslora: config.useRslora,
+        dropout: config.loraDropout,
+        init: config.initLoraWeights,
+        seed,
+      });
+    },
+  };
+}

@@ -1,0 +1,200 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { ModuleError } from './errors.js';
+
+/**
+ * A node of the model tree, in the manner of `torch.nn.Module`: named child modules and
+ * named parameters, so Hugging Face checkpoints and PEFT adapters map onto it by name.
+ *
+ * Parameters are `tf.Variable`s owned by the module and freed by {@link Module.dispose}.
+ * Freezing is a flag on the variable (`variable.trainable`), never a copy.
+ *
+ * A subclass that keeps a child in a field must give the field the child's registered
+ * name (`this.c_attn = this.registerModule('c_attn', …)`): {@link Module.setSubmodule}
+ * then updates the field too, the way PyTorch's `setattr` does.
+ */
+export abstract class Module {
+  /** True in training mode (dropout active), false after {@link Module.eval}. */
+  training = true;
+  private readonly childModules = new Map<string, Module>();
+  private readonly ownParameterMap = new Map<string, tf.Variable>();
+
+  /** Register a child module under `name` and return it. */
+  protected registerModule<T extends Module>(name: string, module: T): T {
+    if (name.length === 0 || name.includes('.')) {
+      throw new ModuleError(`[@lora/core] Module names must be non-empty and contain no ".", got "${name}".`, name);
+    }
+    this.childModules.set(name, module);
+    return module;
+  }
+
+  /**
+   * Register a parameter. `value` becomes a `tf.Variable` owned by this module; the
+   * caller keeps ownership of `value` itself and may dispose it afterwards.
+   */
+  protected registerParameter(name: string, value: tf.Tensor | tf.Variable, options: { trainable?: boolean } = {}): tf.Variable {
+    const variable = value instanceof tf.Variable ? value : tf.variable(value, options.trainable ?? true);
+    if (options.trainable !== undefined) variable.trainable = options.trainable;
+    const previous = this.ownParameterMap.get(name);
+    if (previous && previous !== variable) previous.dispose();
+    this.ownParameterMap.set(name, variable);
+    return variable;
+  }
+
+  /** The parameters held directly by this module (not its children), in registration order. */
+  protected ownParameters(): Iterable<[string, tf.Variable]> {
+    return this.ownParameterMap.entries();
+  }
+
+  /** Look up a parameter held directly by this module. */
+  getOwnParameter(name: string): tf.Variable | undefined {
+    return this.ownParameterMap.get(name);
+  }
+
+  /** Direct children, in registration order. */
+  namedChildren(): [string, Module][] {
+    return [...this.childModules.entries()];
+  }
+
+  /** This module (path `prefix`, '' at the root) and every descendant, depth first in registration order. */
+  namedModules(prefix = ''): [string, Module][] {
+    const result: [string, Module][] = [[prefix, this]];
+    for (const [name, child] of this.childModules) {
+      result.push(...child.namedModules(prefix ? `${prefix}.${name}` : name));
+    }
+    return result;
+  }
+
+  /**
+   * Every parameter with its dotted path, like PyTorch's `named_parameters()`. A variable shared by
+   * two modules (tied embeddings) is listed once, under its first path.
+   */
+  namedParameters(prefix = ''): [string, tf.Variable][] {
+    const seen = new Set<tf.Variable>();
+    const result: [string, tf.Variable][] = [];
+    for (const [path, module] of this.namedModules(prefix)) {
+      for (const [name, variable] of module.ownParameters()) {
+        if (seen.has(variable)) continue;
+        seen.add(variable);
+        result.push([path ? `${path}.${name}` : name, variable]);
+      }
+    }
+    return result;
+  }
+
+  /** The variables whose `trainable` flag is set. */
+  trainableVariables(): tf.Variable[] {
+    return this.namedParameters()
+      .filter(([, variable]) => variable.trainable)
+      .map(([, variable]) => variable);
+  }
+
+  /** Set `trainable` on every parameter of this subtree (false freezes it). */
+  setTrainable(trainable: boolean): this {
+    for (const [, variable] of this.namedParameters()) variable.trainable = trainable;
+    return this;
+  }
+
+  /**
+   * The module at a dotted path ('' is this module).
+   * @throws {ModuleError} naming the first path segment that does not exist.
+   */
+  getSubmodule(path: string): Module {
+    if (path === '') return this;
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- walking down from the root
+    let current: Module = this;
+    const walked: string[] = [];
+    for (const segment of path.split('.')) {
+      const next = current.childModules.get(segment);
+      walked.push(segment);
+      if (!next) {
+        throw new ModuleError(
+          `[@lora/core] No module at "${path}": "${walked.join('.')}" does not exist. Children there: ${[...current.childModules.keys()].join(', ') || '(none)'}.`,
+          path,
+        );
+      }
+      current = next;
+    }
+    return current;
+  }
+
+  /**
+   * Replace the module at a dotted path and return the one it replaced (which is not disposed).
+   * A field on the parent holding the old child is pointed at the new one.
+   */
+  setSubmodule(path: string, module: Module): Module {
+    const cut = path.lastIndexOf('.');
+    const parent = cut < 0 ? this : this.getSubmodule(path.slice(0, cut));
+    const name = cut < 0 ? path : path.slice(cut + 1);
+    const previous = parent.childModules.get(name);
+    if (!previous) {
+      throw new ModuleError(`[@lora/core] Cannot replace "${path}": no such module.`, path);
+    }
+    parent.childModules.set(name, module);
+    const fields = parent as unknown as Record<string, unknown>;
+    if (Object.prototype.hasOwnProperty.call(parent, name) && fields[name] === previous) fields[name] = module;
+    module.training = previous.training;
+    return previous;
+  }
+
+  /** Training mode for this module and all descendants (dropout active). */
+  train(mode = true): this {
+    for (const [, module] of this.namedModules()) module.training = mode;
+    return this;
+  }
+
+  /** Evaluation mode (dropout off). */
+  eval(): this {
+    return this.train(false);
+  }
+
+  /** Number of scalar parameters (shared variables counted once). */
+  parameterCount(options: { trainableOnly?: boolean } = {}): number {
+    let total = 0;
+    for (const [, variable] of this.namedParameters()) {
+      if (options.trainableOnly && !variable.trainable) continue;
+      total += variable.size;
+    }
+    return total;
+  }
+
+  /** Free every variable of this subtree. The module must not be used afterwards. */
+  dispose(): void {
+    for (const [, variable] of this.namedParameters()) {
+      if (!variable.isDisposed) variable.dispose();
+    }
+  }
+}
+
+/** A module computing one tensor from one tensor (Linear, norms, dropout, adapter layers). */
+export interface TensorModule {
+  forward(input: tf.Tensor): tf.Tensor;
+}
+
+/** An ordered list of child modules named "0", "1", … like `torch.nn.ModuleList`. */
+export class ModuleList<T extends Module = Module> extends Module {
+  private count = 0;
+
+  constructor(modules: readonly T[] = []) {
+    super();
+    for (const module of modules) this.append(module);
+  }
+
+  append(module: T): this {
+    this.registerModule(String(this.count), module);
+    this.count += 1;
+    return this;
+  }
+
+  get length(): number {
+    return this.count;
+  }
+
+  /** The module at index `index`; reflects replacements made by `setSubmodule`. */
+  get(index: number): T {
+    return this.getSubmodule(String(index)) as T;
+  }
+
+  *[Symbol.iterator](): IterableIterator<T> {
+    for (let index = 0; index < this.count; index++) yield this.get(index);
+  }
+}

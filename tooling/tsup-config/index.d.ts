@@ -1,0 +1,2 @@
+import type { Options } from 'tsup';
+export declare function defineLibraryConfig(options?: { entry?: Record<string, string>; external?: string[] }): Options | Options[];
