@@ -70,7 +70,11 @@ export class Linear extends Module implements BaseLayer {
     this.checkInput(input);
     return tf.tidy(() =>
       applyToLastAxis(input, this.outFeatures, (x) =>
-        tf.fused.matMul({ a: x, b: this.weight as tf.Tensor2D, transposeB: !this.fanInFanOut, bias: this.bias ?? undefined }) as tf.Tensor2D,
+        // Not tf.fused.matMul: on the WASM backend (tfjs 4.22) its transposeB + bias path adds the bias wrongly.
+        {
+          const product = tf.matMul(x, this.weight as tf.Tensor2D, false, !this.fanInFanOut);
+          return this.bias ? tf.add(product, this.bias) : product;
+        },
       ),
     );
   }

@@ -54,7 +54,9 @@ export function lora(options: LoraPluginOptions = {}): AdapterPlugin<LoraConfig>
       return this.parseConfig(peftJsonToOptions(json, LORA_CONFIG_FIELDS));
     },
     toPeftJson(config) {
-      return optionsToPeftJson('LORA', { ...config, loraBias: false });
+      // PEFT before 0.14 rejects unknown keys: write exclude_modules only when set.
+      const { excludeModules, ...rest } = config;
+      return optionsToPeftJson('LORA', excludeModules === null ? rest : config);
     },
     claimsPeftConfig(json) {
       return json.peft_type === 'LORA' && json['use_dora'] !== true;

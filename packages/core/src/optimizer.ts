@@ -40,10 +40,11 @@ export class AdamW {
   private stateFor(variable: tf.Variable): { m: tf.Variable; v: tf.Variable } {
     let state = this.moments.get(variable);
     if (!state) {
-      state = {
+      // Inside tidy so the zero tensors the variables are made from are freed.
+      state = tf.tidy(() => ({
         m: tf.variable(tf.zerosLike(variable), false),
         v: tf.variable(tf.zerosLike(variable), false),
-      };
+      }));
       this.moments.set(variable, state);
     }
     return state;

@@ -1,0 +1,37 @@
+import { createRequire } from 'node:module';
+const require = createRequire(process.cwd() + '/package.json');
+const tf = await import('@tensorflow/tfjs-core');
+const wasm = await import('@tensorflow/tfjs-backend-wasm');
+const pkgJson = require.resolve('@tensorflow/tfjs-backend-wasm/package.json');
+const threads = Number(process.argv[2] ?? 2);
+const src = `
+import { createRequire } from 'node:module';
+const require = createRequire(${JSON.stringify(pkgJson)});
+const { wasmWorkerContents } = require('./wasm-out/tfjs-backend-wasm-threaded-simd.worker.js');
+const mainScript = require.resolve('./wasm-out/tfjs-backend-wasm-threaded-simd.js');
+globalThis.require = require;
+globalThis.__filename = mainScript;
+URL.createObjectURL = () => mainScript;
+URL.revokeObjectURL = () => {};
+(0, eval)(wasmWorkerContents.replace(/\\n/g, '\\\\n'));
+`;
+const workerUrl = new URL('data:text/javascript;base64,' + Buffer.from(src).toString('base64'));
+const original = URL.createObjectURL;
+URL.createObjectURL = (o) => (o instanceof Blob && o.type === 'application/javascript' ? workerUrl : original(o));
+if (threads > 1) tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', true);
+wasm.setThreadsCount(threads);
+import os from 'node:os';
+const realCpus = os.cpus; const real = realCpus.call(os); os.cpus = () => Array.from({length: 2*threads}, (_, i) => real[i % real.length]);
+let t = Date.now();
+const ok = await tf.setBackend('wasm');
+await tf.ready();
+URL.createObjectURL = original; os.cpus = realCpus;
+const P = tf.backend().wasm.PThread; console.log('pthread', !!P, P && P.unusedWorkers.length, P && P.runningWorkers.length, typeof SharedArrayBuffer, tf.backend().wasm.HEAPF32.buffer.constructor.name);console.log('ok', ok, 'threads', wasm.getThreadsCount(), 'init ms', Date.now() - t);
+const n = 1024;
+const a = tf.randomNormal([n, n]); const b = tf.randomNormal([n, n]);
+for (let i = 0; i < 3; i++) tf.matMul(a, b).dispose();
+t = performance.now(); const reps = 10;
+for (let i = 0; i < reps; i++) { const c = tf.matMul(a, b); c.dataSync(); c.dispose(); }
+const ms = (performance.now() - t) / reps;
+console.log('gflops', (2 * n ** 3) / ms / 1e6);
+const c = tf.matMul(a,b); console.log(c.dataSync().slice(0,3));

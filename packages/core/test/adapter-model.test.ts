@@ -1,0 +1,199 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import {
+  AdapterLayer,
+  AdapterModel,
+  ConfigError,
+  createLoraRegistry,
+  initRuntime,
+  Linear,
+  lora,
+  LoraAdapter,
+  ModulesToSaveWrapper,
+} from '../src/index.js';
+import { expectTensorsClose, withoutTensorLeaks } from '../src/testing.js';
+import { Gpt2ShapedTree } from './helpers.js';
+
+const registry = createLoraRegistry({ plugins: [lora({ seed: 1 })] });
+
+function randomiseB(adapterModel: AdapterModel, name: string, seed: number): void {
+  for (const [, instance] of adapterModel.adapterInstances(name)) {
+    const adapter = instance as LoraAdapter;
+    tf.tidy(() => adapter.loraB.assign(tf.randomNormal(adapter.loraB.shape, 0, 0.5, 'float32', seed++)));
+  }
+}
+
+function create(config: Record<string, unknown>, name = 'default'): AdapterModel<Gpt2ShapedTree> {
+  const adapterModel = AdapterModel.create(new Gpt2ShapedTree({ width: 16 }), { registry, config, adapterName: name });
+  adapterModel.model.eval();
+  return adapterModel;
+}
+
+const input = () => tf.randomNormal([2, 3, 16], 0, 1, 'float32', 5);
+
+describe('AdapterModel', () => {
+  beforeAll(async () => {
+    await initRuntime();
+  });
+
+  it('wraps the targets, freezes the base and reports parameters as PEFT does', () => {
+    const adapterModel = create({ r: 4, targetModules: ['c_attn'] });
+    expect(adapterModel.adapterLayers().map(([p]) => p)).toEqual(['transformer.h.0.attn.c_attn', 'transformer.h.1.attn.c_attn']);
+    const adapterSize = 2 * (4 * 16 + 48 * 4);
+    const report = adapterModel.trainableParameters();
+    expect(report.trainable).toBe(adapterSize);
+    const base = new Gpt2ShapedTree({ width: 16 });
+    expect(report.total).toBe(base.parameterCount() + adapterSize);
+    expect(report.line).toBe(
+      `trainable params: ${adapterSize.toLocaleString('en-US')} || all params: ${report.total.toLocaleString('en-US')} || trainable%: ${((100 * adapterSize) / report.total).toFixed(4)}`,
+    );
+    expect(adapterModel.model.namedParameters().some(([p]) => p === 'transformer.h.0.attn.c_attn.lora_A.default.weight')).toBe(true);
+    base.dispose();
+    adapterModel.dispose();
+  });
+
+  it('expands all-linear to every linear layer except the output head', () => {
+    const adapterModel = create({ targetModules: 'all-linear' });
+    const paths = adapterModel.adapterLayers().map(([p]) => p);
+    expect(paths).toHaveLength(8);
+    expect(paths).not.toContain('lm_head');
+    expect(adapterModel.adapterConfig('default').targetModules).toEqual(paths);
+    adapterModel.dispose();
+  });
+
+  it('throws a ConfigError naming targetModules when nothing matches', () => {
+    expect(() => create({ targetModules: ['q_proj'] })).toThrow(ConfigError);
+    expect(() => create({ targetModules: ['q_proj'] })).toThrow(/targetModules.*Linear layers here are named like: transformer.h.0.attn.c_attn/su);
+  });
+
+  it('applies rank_pattern and alpha_pattern per module', () => {
+    const adapterModel = create({ r: 4, loraAlpha: 8, targetModules: ['c_attn', 'c_proj'], rankPattern: { 'h.1.attn.c_attn': 2 }, alphaPattern: { 'mlp.c_proj': 32 } });
+    const byPath = new Map(adapterModel.adapterInstances('default').map(([p, i]) => [p, i as LoraAdapter]));
+    expect(byPath.get('transformer.h.1.attn.c_attn')!.r).toBe(2);
+    expect(byPath.get('transformer.h.0.attn.c_attn')!.r).toBe(4);
+    expect(byPath.get('transformer.h.0.mlp.c_proj')!.scaling).toBe(8);
+    expect(byPath.get('transformer.h.0.attn.c_proj')!.scaling).toBe(2);
+    adapterModel.dispose();
+  });
+
+  it('sums several active adapters, switches, disables (scoped) and deletes', async () => {
+    const adapterModel = create({ r: 2, targetModules: ['c_attn'] });
+    adapterModel.addAdapter('second', { config: { r: 3, targetModules: ['c_attn'] } });
+    randomiseB(adapterModel, 'default', 10);
+    randomiseB(adapterModel, 'second', 20);
+    await withoutTensorLeaks(() => {
+      const x = input();
+      const base = adapterModel.withAdaptersDisabled(() => adapterModel.model.forward(x));
+      const first = adapterModel.model.forward(x);
+      adapterModel.setAdapter('second');
+      const second = adapterModel.model.forward(x);
+      adapterModel.setAdapter(['default', 'second']);
+      const both = adapterModel.model.forward(x);
+      // Inside one layer the deltas add; through the network only approximately, so compare one layer.
+      const layer = adapterModel.model.getSubmodule('transformer.h.0.attn.c_attn') as AdapterLayer;
+      const h = tf.randomNormal([4, 16], 0, 1, 'float32', 3);
+      const sumBoth = layer.forward(h);
+      layer.setActiveAdapters([]);
+      const plain = layer.forward(h);
+      layer.setActiveAdapters(['default']);
+      const onlyFirst = layer.forward(h);
+      layer.setActiveAdapters(['second']);
+      const onlySecond = layer.forward(h);
+      const expectedSum = tf.tidy(() => tf.sub(tf.add(onlyFirst, onlySecond), plain));
+      expectTensorsClose(sumBoth, expectedSum, { atol: 1e-5, rtol: 1e-5 });
+      expectedSum.dispose();
+      layer.setActiveAdapters(adapterModel.activeAdapters);
+      expect(tf.tidy(() => tf.max(tf.abs(tf.sub(first, second))).dataSync()[0]!)).toBeGreaterThan(1e-3);
+      expect(tf.tidy(() => tf.max(tf.abs(tf.sub(both, base))).dataSync()[0]!)).toBeGreaterThan(1e-3);
+      const againBase = adapterModel.withAdaptersDisabled(() => adapterModel.model.forward(x));
+      expectTensorsClose(againBase, base, { atol: 0, rtol: 0 });
+      tf.dispose([x, base, first, second, both, h, sumBoth, plain, onlyFirst, onlySecond, againBase]);
+    });
+    // Only active adapters train.
+    const trainable = adapterModel.model.namedParameters().filter(([, v]) => v.trainable).map(([p]) => p);
+    expect(trainable.some((p) => p.includes('.second.'))).toBe(true);
+    expect(trainable.some((p) => p.includes('.default.'))).toBe(true);
+    adapterModel.setAdapter('second');
+    expect(adapterModel.model.namedParameters().filter(([, v]) => v.trainable).every(([p]) => p.includes('.second.'))).toBe(true);
+    // Deleting the only active adapter activates the alphabetically first remaining one.
+    adapterModel.deleteAdapter('second');
+    expect(adapterModel.activeAdapters).toEqual(['default']);
+    expect(adapterModel.model.namedParameters().some(([p]) => p.includes('.second.'))).toBe(false);
+    adapterModel.dispose();
+  });
+
+  it('refuses to delete a merged adapter', () => {
+    const adapterModel = create({ r: 2, targetModules: ['c_attn'] });
+    adapterModel.merge();
+    expect(() => adapterModel.deleteAdapter('default')).toThrow(/merged/u);
+    adapterModel.unmerge();
+    adapterModel.deleteAdapter('default');
+    adapterModel.dispose();
+  });
+
+  it('mergeAndUnload returns the plain model with the same outputs', async () => {
+    const adapterModel = create({ r: 4, targetModules: ['c_attn', 'c_fc'] });
+    randomiseB(adapterModel, 'default', 30);
+    const x = input();
+    const expected = adapterModel.model.forward(x);
+    const model = adapterModel.mergeAndUnload();
+    expect(model.getSubmodule('transformer.h.0.attn.c_attn')).toBeInstanceOf(Linear);
+    expect(model.namedParameters().some(([p]) => p.includes('lora'))).toBe(false);
+    const actual = model.forward(x);
+    expectTensorsClose(actual, expected, { atol: 1e-5, rtol: 1e-4 });
+    tf.dispose([x, expected, actual]);
+    model.dispose();
+  });
+
+  it('combines adapters: cat exactly, svd exactly at full rank without double scaling, linear for one adapter', async () => {
+    const adapterModel = create({ r: 2, loraAlpha: 8, targetModules: ['c_attn'] });
+    adapterModel.addAdapter('other', { config: { r: 3, loraAlpha: 3, targetModules: ['c_attn'] } });
+    randomiseB(adapterModel, 'default', 40);
+    randomiseB(adapterModel, 'other', 50);
+    const weights = [0.7, -1.3];
+    // Each combination adds exactly its own A and B per layer (2 layers) and frees everything else.
+    const before = tf.memory().numTensors;
+    adapterModel.addWeightedAdapter({ adapters: ['default', 'other'], weights, adapterName: 'cat', combinationType: 'cat' });
+    adapterModel.addWeightedAdapter({ adapters: ['default', 'other'], weights, adapterName: 'svd', combinationType: 'svd', svdRank: 5 });
+    adapterModel.addWeightedAdapter({ adapters: ['other'], weights: [2], adapterName: 'single', combinationType: 'svd' });
+    expect(tf.memory().numTensors - before).toBe(3 * 2 * 2);
+    await withoutTensorLeaks(() => {
+      for (const [, layer] of adapterModel.adapterLayers()) {
+        const expected = tf.tidy(() =>
+          tf.add(
+            tf.mul(layer.adapter('default')!.deltaWeight(layer.base_layer), weights[0]!),
+            tf.mul(layer.adapter('other')!.deltaWeight(layer.base_layer), weights[1]!),
+          ),
+        );
+        const cat = layer.adapter('cat')!.deltaWeight(layer.base_layer);
+        const svd = layer.adapter('svd')!.deltaWeight(layer.base_layer);
+        expectTensorsClose(cat, expected, { atol: 1e-6, rtol: 1e-5 });
+        expectTensorsClose(svd, expected, { atol: 1e-5, rtol: 1e-4 });
+        const single = layer.adapter('single')!.deltaWeight(layer.base_layer);
+        const singleExpected = tf.tidy(() => tf.mul(layer.adapter('other')!.deltaWeight(layer.base_layer), 2));
+        expectTensorsClose(single, singleExpected, { atol: 1e-6, rtol: 1e-5 });
+        tf.dispose([expected, cat, svd, single, singleExpected]);
+      }
+    });
+    expect((adapterModel.adapterConfig('cat').config as { r: number }).r).toBe(5);
+    expect(() => adapterModel.addWeightedAdapter({ adapters: ['default', 'other'], weights, adapterName: 'lin', combinationType: 'linear' })).toThrow(
+      ConfigError,
+    );
+    adapterModel.dispose();
+  });
+
+  it('trains biases by bias mode and wraps modules_to_save', () => {
+    const all = create({ targetModules: ['c_attn'], bias: 'all' });
+    const allTrainable = all.model.namedParameters().filter(([, v]) => v.trainable).map(([p]) => p);
+    expect(allTrainable.filter((p) => p.endsWith('.bias'))).toHaveLength(8);
+    all.dispose();
+    const only = create({ targetModules: ['c_attn'], bias: 'lora_only' });
+    const onlyTrainable = only.model.namedParameters().filter(([, v]) => v.trainable).map(([p]) => p);
+    expect(onlyTrainable.filter((p) => p.endsWith('.bias'))).toEqual(['transformer.h.0.attn.c_attn.base_layer.bias', 'transformer.h.1.attn.c_attn.base_layer.bias']);
+    only.dispose();
+    const saved = create({ targetModules: ['c_attn'], modulesToSave: ['lm_head'] });
+    expect(saved.model.getSubmodule('lm_head')).toBeInstanceOf(ModulesToSaveWrapper);
+    expect(saved.model.namedParameters().filter(([, v]) => v.trainable).map(([p]) => p)).toContain('lm_head.modules_to_save.default.weight');
+    saved.dispose();
+  });
+});

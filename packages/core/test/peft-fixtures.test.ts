@@ -1,0 +1,123 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  AdapterLayer,
+  createLoraRegistry,
+  entryToFloat32,
+  initRuntime,
+  lora,
+  loadAdapterModel,
+  ModulesToSaveWrapper,
+  readSafetensorsFile,
+  saveAdapter,
+  type LoraConfig,
+} from '../src/index.js';
+import { withoutTensorLeaks } from '../src/testing.js';
+import { linearTreeFromCheckpoint } from './state-dict-tree.js';
+
+const FIXTURES = path.resolve(__dirname, '../../../fixtures/reference');
+const registry = createLoraRegistry({ plugins: [lora()] });
+
+const gpt2Tree = () =>
+  linearTreeFromCheckpoint(path.join(FIXTURES, 'models/gpt2/model.safetensors'), {
+    isLinear: (p) => p.includes('.h.'),
+    fanInFanOut: () => true,
+  });
+const bertTree = () =>
+  linearTreeFromCheckpoint(path.join(FIXTURES, 'models/bert/model.safetensors'), {
+    isLinear: (p) => !p.includes('embeddings'),
+    fanInFanOut: () => false,
+  });
+
+async function readJson(file: string): Promise<Record<string, unknown>> {
+  return JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+}
+
+function normaliseConfig(json: Record<string, unknown>): Record<string, unknown> {
+  const copy = { ...json };
+  for (const key of ['target_modules', 'modules_to_save']) {
+    if (Array.isArray(copy[key])) copy[key] = [...(copy[key] as string[])].sort();
+  }
+  return copy;
+}
+
+describe.each([
+  { fixture: 'gpt2_lora', tree: gpt2Tree, layers: 6, mergedKey: 'transformer.h.0.attn.c_attn' },
+  { fixture: 'bert_lora_cls', tree: bertTree, layers: 4, mergedKey: 'bert.encoder.layer.0.attention.self.query' },
+])('PEFT-saved adapter $fixture', ({ fixture, tree, layers, mergedKey }) => {
+  const directory = path.join(FIXTURES, 'adapters', fixture);
+  let output: string;
+  beforeAll(async () => {
+    await initRuntime();
+    output = await mkdtemp(path.join(tmpdir(), `lora-${fixture}-`));
+  });
+  afterAll(async () => {
+    await rm(output, { recursive: true, force: true });
+  });
+
+  it('loads with the right keys, shapes, values and config', async () => {
+    const adapterModel = await loadAdapterModel(await tree(), directory, { registry });
+    const saved = await readSafetensorsFile(path.join(directory, 'adapter_model.safetensors'));
+    const reference = (await readJson(path.join(directory, 'reference.json')))['adapter_safetensors_keys'] as Record<string, number[]>;
+    expect(adapterModel.adapterLayers()).toHaveLength(layers);
+    let checked = 0;
+    for (const [modulePath, instance] of adapterModel.adapterInstances('default')) {
+      for (const [key, variable] of instance.namedTensors()) {
+        const name = `base_model.model.${modulePath}.${key}`;
+        expect(variable.shape).toEqual(reference[name]);
+        expect(Array.from(variable.dataSync())).toEqual(Array.from(entryToFloat32(saved.tensors.get(name)!)));
+        checked += 1;
+      }
+    }
+    expect(checked).toBe(layers * 2);
+    const { config } = adapterModel.adapterConfig('default');
+    const loraConfig = config as LoraConfig;
+    expect(loraConfig.r).toBe(4);
+    expect(loraConfig.loraAlpha).toBe(8);
+    expect(loraConfig.inferenceMode).toBe(true);
+    expect(adapterModel.trainableParameters().trainable).toBe(0);
+    if (fixture === 'bert_lora_cls') {
+      const wrapper = adapterModel.model.getSubmodule('classifier');
+      expect(wrapper).toBeInstanceOf(ModulesToSaveWrapper);
+      const copy = (wrapper as ModulesToSaveWrapper).copy('default')!;
+      const [, weight] = copy.namedParameters().find(([n]) => n === 'weight')!;
+      expect(Array.from(weight.dataSync())).toEqual(Array.from(entryToFloat32(saved.tensors.get('base_model.model.classifier.weight')!)));
+    }
+    adapterModel.dispose();
+  });
+
+  it("merges to PEFT's merged weight", async () => {
+    const adapterModel = await loadAdapterModel(await tree(), directory, { registry });
+    const mergedFile = await readSafetensorsFile(path.join(directory, 'merged_weight.safetensors'));
+    const expected = entryToFloat32(mergedFile.tensors.get(`${mergedKey}.weight`)!);
+    await withoutTensorLeaks(() => adapterModel.merge());
+    const layer = adapterModel.model.getSubmodule(mergedKey) as AdapterLayer;
+    const actual = (layer.base_layer as unknown as { weight: tf.Variable }).weight.dataSync();
+    let worst = 0;
+    for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(actual[i]! - expected[i]!));
+    expect(worst).toBeLessThan(1e-6);
+    adapterModel.dispose();
+  });
+
+  it('saves again with the same tensor names, shapes and values and an equivalent adapter_config.json', async () => {
+    const adapterModel = await loadAdapterModel(await tree(), directory, { registry });
+    await saveAdapter(adapterModel, output);
+    const original = await readSafetensorsFile(path.join(directory, 'adapter_model.safetensors'));
+    const again = await readSafetensorsFile(path.join(output, 'adapter_model.safetensors'));
+    expect([...again.tensors.keys()].sort()).toEqual([...original.tensors.keys()].sort());
+    for (const [name, entry] of original.tensors) {
+      const copy = again.tensors.get(name)!;
+      expect(copy.shape).toEqual(entry.shape);
+      expect(copy.dtype).toBe(entry.dtype);
+      expect(Buffer.from(copy.data).equals(Buffer.from(entry.data))).toBe(true);
+    }
+    expect(again.metadata).toEqual({ format: 'pt' });
+    const originalConfig = normaliseConfig(await readJson(path.join(directory, 'adapter_config.json')));
+    const savedConfig = normaliseConfig(await readJson(path.join(output, 'adapter_config.json')));
+    expect(savedConfig).toEqual(originalConfig);
+    adapterModel.dispose();
+  });
+});
