@@ -139,7 +139,8 @@ const NULLABLE_FIELDS = new Set([
 ]);
 
 /** Write a config as PEFT does: snake_case keys, `peft_type`, extra fields back in, keys sorted, `inference_mode: true`. */
-export function optionsToPeftJson(peftType: string, config: Readonly<Record<string, unknown>>): PeftConfigJson {
+export function optionsToPeftJson(peftType: string, configObject: object): PeftConfigJson {
+  const config = configObject as Readonly<Record<string, unknown>>;
   const out: Record<string, unknown> = { ...(config['extraPeftFields'] as Record<string, unknown> | undefined) };
   for (const [key, value] of Object.entries(config)) {
     if (key === 'extraPeftFields') continue;

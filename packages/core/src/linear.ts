@@ -73,7 +73,7 @@ export class Linear extends Module implements BaseLayer {
         // Not tf.fused.matMul: on the WASM backend (tfjs 4.22) its transposeB + bias path adds the bias wrongly.
         {
           const product = tf.matMul(x, this.weight as tf.Tensor2D, false, !this.fanInFanOut);
-          return this.bias ? tf.add(product, this.bias) : product;
+          return (this.bias ? tf.add(product, this.bias) : product) as tf.Tensor2D;
         },
       ),
     );

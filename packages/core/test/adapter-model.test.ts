@@ -175,7 +175,7 @@ describe('AdapterModel', () => {
         tf.dispose([expected, cat, svd, single, singleExpected]);
       }
     });
-    expect((adapterModel.adapterConfig('cat').config as { r: number }).r).toBe(5);
+    expect((adapterModel.adapterConfig('cat').config as unknown as { r: number }).r).toBe(5);
     expect(() => adapterModel.addWeightedAdapter({ adapters: ['default', 'other'], weights, adapterName: 'lin', combinationType: 'linear' })).toThrow(
       ConfigError,
     );
