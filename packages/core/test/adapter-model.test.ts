@@ -1,14 +1,15 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import {
+import type {
   AdapterLayer,
+  LoraAdapter} from '../src/index.js';
+import {
   AdapterModel,
   ConfigError,
   createLoraRegistry,
   initRuntime,
   Linear,
   lora,
-  LoraAdapter,
   ModulesToSaveWrapper,
 } from '../src/index.js';
 import { expectTensorsClose, withoutTensorLeaks } from '../src/testing.js';

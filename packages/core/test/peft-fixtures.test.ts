@@ -1,10 +1,11 @@
-import * as tf from '@tensorflow/tfjs-core';
+import type * as tf from '@tensorflow/tfjs-core';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type {
+  AdapterLayer} from '../src/index.js';
 import {
-  AdapterLayer,
   createLoraRegistry,
   entryToFloat32,
   initRuntime,

@@ -64,7 +64,7 @@ describe('train', () => {
       trainData: data,
       steps: 50,
       learningRate: 1e-2,
-      onProgress: (event) => counts.push(tf.memory().numTensors),
+      onProgress: () => counts.push(tf.memory().numTensors),
     });
     expect(tf.memory().numTensors).toBe(before);
     expect(new Set(counts).size).toBe(1);
