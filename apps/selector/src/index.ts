@@ -1,0 +1,22 @@
+// apps/selector: the variant flowchart and the `lora` command set, usable as a library too.
+export { walkFlowchart, renderPathDiagram, variantName, QUESTION_TEXT } from './flowchart.js';
+export type { Answer, AnswerSource, Decision, PathStep, QuestionId, Variant } from './flowchart.js';
+export { resolveAnswer, readSelectorConfig, selectorConfigSchema } from './answers.js';
+export type { FlowchartFlags, MeasuredAnswers, SelectorConfig, YesNoPrompt } from './answers.js';
+export { estimateLoraTrainingMemory, formatBytes, judgeCompute, parseByteSize, readModelFootprint } from './measure.js';
+export type { MemoryEstimate, ModelFootprint, TrainingShape } from './measure.js';
+export { recipeFor, PLUGIN_FACTORIES } from './recipe.js';
+export type { RecipeContext, VariantRecipe } from './recipe.js';
+export { checkInstalled, importPackage, registryForRecipe } from './plugins.js';
+export type { PackageLoader } from './plugins.js';
+export { select, formatSelection, assertInstalled, measureAnswers } from './select.js';
+export type { SelectOptions, SelectResult, SelectorIo } from './select.js';
+export { runTraining, loadLanguageModel } from './train-run.js';
+export type { TrainRunOptions } from './train-run.js';
+export { markdownReport, lossChart } from './report.js';
+export type { TrainingReport } from './report.js';
+export { inspectDirectory, formatInspection } from './inspect.js';
+export type { InspectResult } from './inspect.js';
+export { runCli, buildProgram } from './program.js';
+export type { ProgramContext } from './program.js';
+export { CliError, MissingPackageError } from './errors.js';

@@ -1,0 +1,177 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import {
+  AdapterModel,
+  createLoraRegistry,
+  loadAdapter,
+  lora,
+  readAdapterConfig,
+  readJsonFile,
+  type LoraPlugin,
+  type Module,
+  type PeftConfigJson,
+} from '@lora/core';
+import { BertForSequenceClassification, BertModel, CausalLanguageModel, loadPretrained, type AnyPretrainedModel } from '@lora/models';
+import { CliError, MissingPackageError } from './errors.js';
+import { importPackage, type PackageLoader } from './plugins.js';
+import { PLUGIN_FACTORIES } from './recipe.js';
+
+/** The package whose plugin reads a saved adapter config. */
+export function packageForAdapterConfig(json: PeftConfigJson): string {
+  if (json.peft_type === 'LORA') return json['use_dora'] === true ? '@lora/dora' : '@lora/core';
+  const byType: Record<string, string> = { ADALORA: '@lora/adalora', DOUBLE_LORA: '@lora/dora', HYPERLORA: '@lora/hyper' };
+  const packageName = byType[json.peft_type];
+  if (!packageName) throw new CliError(`Unsupported adapter type peft_type "${json.peft_type}".`);
+  return packageName;
+}
+
+async function pluginsFromPackages(packages: Iterable<string>, loader: PackageLoader): Promise<LoraPlugin[]> {
+  const plugins: LoraPlugin[] = [lora()];
+  for (const packageName of new Set(packages)) {
+    if (packageName === '@lora/core') continue;
+    let loaded: unknown;
+    try {
+      loaded = await loader(packageName);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') throw new MissingPackageError(packageName, 'This adapter or option');
+      throw error;
+    }
+    const { factory } = PLUGIN_FACTORIES[packageName]!;
+    const create = (loaded as Record<string, unknown>)[factory];
+    if (typeof create !== 'function') throw new MissingPackageError(packageName, `This adapter (a version with ${factory}())`);
+    plugins.push((create as () => LoraPlugin)());
+  }
+  return plugins;
+}
+
+/** Load a Hugging Face model directory with clear one-line errors. */
+export async function loadModelDirectory(directory: string): Promise<AnyPretrainedModel> {
+  try {
+    await fs.access(path.join(directory, 'config.json'));
+  } catch {
+    throw new CliError(`Model directory ${directory} has no config.json (expected a Hugging Face model directory).`, { exitCode: 2 });
+  }
+  return loadPretrained(directory);
+}
+
+/**
+ * Load a model with optional 4-bit base weights and any number of adapters (all active, summed).
+ * The caller disposes the returned model.
+ */
+export async function loadModelWithAdapters(options: {
+  modelDirectory: string;
+  adapterDirectories: readonly string[];
+  quantize?: 'nf4' | 'fp4';
+  loader?: PackageLoader;
+}): Promise<{ model: AnyPretrainedModel; adapterModel: AdapterModel<AnyPretrainedModel> | null }> {
+  const loader = options.loader ?? importPackage;
+  const configs: PeftConfigJson[] = [];
+  for (const directory of options.adapterDirectories) {
+    try {
+      configs.push(await readAdapterConfig(directory));
+    } catch (error) {
+      throw new CliError(`Adapter ${directory}: ${(error as Error).message.replace(/^\[[^\]]+\]\s*/u, '')}`, { exitCode: 2 });
+    }
+  }
+  const packages = configs.map(packageForAdapterConfig);
+  if (options.quantize) packages.push('@lora/quant');
+  const plugins = await pluginsFromPackages(packages, loader);
+  const model = await loadModelDirectory(options.modelDirectory);
+  if (options.adapterDirectories.length === 0 && !options.quantize) return { model, adapterModel: null };
+  try {
+    const registry = createLoraRegistry({ plugins });
+    const adapterModel = new AdapterModel(model, { registry });
+    if (options.quantize) {
+      const quantPackage = (await loader('@lora/quant')) as Record<string, unknown>;
+      const factory = quantPackage['quant'] as (options: { type: string }) => LoraPlugin;
+      const transform = factory({ type: options.quantize });
+      if (transform.kind !== 'base-transform') throw new CliError('@lora/quant did not provide a base transform.');
+      adapterModel.applyBaseTransform(transform);
+    }
+    const names: string[] = [];
+    for (const [index, directory] of options.adapterDirectories.entries()) {
+      const name = index === 0 ? 'default' : `adapter_${index}`;
+      try {
+        await loadAdapter(adapterModel, directory, { adapterName: name, activate: false });
+      } catch (error) {
+        if (error instanceof CliError) throw error;
+        throw new CliError(`Adapter ${directory} does not load: ${(error as Error).message.replace(/^\[[^\]]+\]\s*/u, '')}`, { cause: error });
+      }
+      names.push(name);
+    }
+    if (names.length > 0) adapterModel.setAdapter(names);
+    model.eval();
+    return { model, adapterModel };
+  } catch (error) {
+    model.dispose();
+    throw error;
+  }
+}
+
+const nested2d = z.array(z.array(z.number().int()).min(1)).min(1);
+const forwardInputSchema = z
+  .object({ input_ids: nested2d, attention_mask: nested2d.optional(), token_type_ids: nested2d.optional() })
+  .strict();
+
+/** `lora forward` input: `{"input_ids": [[…]], "attention_mask": [[…]], "token_type_ids": [[…]]}`. */
+export type ForwardInput = z.infer<typeof forwardInputSchema>;
+
+/** Read and validate a forward input file. @throws {CliError} naming the field. */
+export async function readForwardInput(file: string): Promise<ForwardInput> {
+  let json: unknown;
+  try {
+    json = await readJsonFile(file);
+  } catch (error) {
+    throw new CliError((error as Error).message.replace(/^\[[^\]]+\]\s*/u, ''), { exitCode: 2 });
+  }
+  const result = forwardInputSchema.safeParse(json);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    throw new CliError(`${file}: ${issue.path.join('.') || (issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : '(root)')}: ${issue.message}.`, { exitCode: 2 });
+  }
+  const input = result.data;
+  const width = input.input_ids[0]!.length;
+  for (const [field, rows] of Object.entries(input)) {
+    if (rows.length !== input.input_ids.length || rows.some((row) => row.length !== width)) {
+      throw new CliError(`${file}: ${field} must be a rectangular [${input.input_ids.length}, ${width}] array like input_ids.`, { exitCode: 2 });
+    }
+  }
+  return input;
+}
+
+/** Run a model on token ids: logits [B, T, V] for language models, [B, C] for classifiers, hidden states for encoders. */
+export function forwardLogits(model: Module, input: ForwardInput): tf.Tensor {
+  return tf.tidy(() => {
+    const ids = tf.tensor2d(input.input_ids, undefined, 'int32');
+    const attentionMask = input.attention_mask ? tf.tensor2d(input.attention_mask, undefined, 'int32') : undefined;
+    const tokenTypeIds = input.token_type_ids ? tf.tensor2d(input.token_type_ids, undefined, 'int32') : undefined;
+    if (model instanceof CausalLanguageModel) return model.forward(ids, { attentionMask });
+    if (model instanceof BertForSequenceClassification || model instanceof BertModel) return model.forward(ids, { attentionMask, tokenTypeIds });
+    throw new CliError(`lora forward does not support ${model.constructor.name}.`);
+  });
+}
+
+/** Replace `directory` with the result of `write(staging)` so a failure leaves no partial directory. */
+export async function writeDirectoryAtomically(directory: string, write: (staging: string) => Promise<void>, options: { overwrite?: boolean } = {}): Promise<void> {
+  const target = path.resolve(directory);
+  let exists = false;
+  try {
+    exists = (await fs.readdir(target)).length > 0;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOTDIR') throw new CliError(`${target} is a file, not a directory.`, { exitCode: 2 });
+  }
+  if (exists && !options.overwrite) throw new CliError(`Output directory ${target} exists and is not empty; pass --overwrite or choose another --out.`, { exitCode: 2 });
+  const staging = `${target}.partial-${randomBytes(4).toString('hex')}`;
+  try {
+    await write(staging);
+    await fs.rm(target, { recursive: true, force: true });
+    await fs.rename(staging, target);
+  } catch (error) {
+    await fs.rm(staging, { recursive: true, force: true });
+    throw error;
+  }
+}

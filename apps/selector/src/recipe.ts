@@ -1,0 +1,98 @@
+import type { Variant } from './flowchart.js';
+
+/** What a variant needs: its adapter plugin, base transforms and the packages providing them. */
+export interface VariantRecipe {
+  readonly variant: Variant;
+  /** Adapter plugin name in the registry. */
+  readonly adapter: string;
+  readonly transforms: readonly string[];
+  /** npm packages that must be installed, in addition to @lora/core. */
+  readonly packages: readonly string[];
+  /** The adapter plugin's options (camelCase), validated by the plugin when it is loaded. */
+  readonly options: Readonly<Record<string, unknown>>;
+  /** One line on what the variant does. */
+  readonly summary: string;
+}
+
+/** Training settings a recipe's options depend on. */
+export interface RecipeContext {
+  readonly targetModules: readonly string[];
+  readonly fanInFanOut: boolean;
+  readonly steps: number;
+  readonly taskType: 'CAUSAL_LM' | 'SEQ_CLS';
+}
+
+/** The recipe for a variant: plugins to compose and a PEFT-style config for them. */
+export function recipeFor(variant: Variant, context: RecipeContext): VariantRecipe {
+  const lora = {
+    r: 8,
+    loraAlpha: 16,
+    loraDropout: 0.05,
+    targetModules: [...context.targetModules],
+    fanInFanOut: context.fanInFanOut,
+    taskType: context.taskType,
+  };
+  switch (variant) {
+    case 'lora':
+      return { variant, adapter: 'lora', transforms: [], packages: [], options: lora, summary: 'fixed low-rank update ΔW = (α/r)·B·A beside the frozen weights' };
+    case 'qlora':
+      return {
+        variant,
+        adapter: 'lora',
+        transforms: ['quant'],
+        packages: ['@lora/quant'],
+        options: lora,
+        summary: 'frozen base stored in 4-bit NF4 (double-quantized), LoRA trained beside it in float32',
+      };
+    case 'dora':
+      return {
+        variant,
+        adapter: 'dora',
+        transforms: [],
+        packages: ['@lora/dora'],
+        options: lora,
+        summary: 'weight-decomposed LoRA: a trained magnitude per output times the normalised W + ΔW',
+      };
+    case 'adalora': {
+      // PEFT's AdaLoRA schedule scaled to the run: warm-up and final phases of ~10% each.
+      const tinit = Math.max(1, Math.floor(context.steps * 0.1));
+      const tfinal = Math.max(1, Math.floor(context.steps * 0.1));
+      return {
+        variant,
+        adapter: 'adalora',
+        transforms: [],
+        packages: ['@lora/adalora'],
+        options: {
+          initR: 12,
+          targetR: 8,
+          loraAlpha: 16,
+          loraDropout: 0.05,
+          targetModules: [...context.targetModules],
+          totalStep: context.steps,
+          tinit,
+          tfinal,
+          deltaT: Math.max(1, Math.floor(context.steps / 20)),
+          taskType: context.taskType,
+        },
+        summary: 'SVD-form adapters whose rank budget moves from init_r to target_r where importance is highest',
+      };
+    }
+    case 'hyperlora':
+      return {
+        variant,
+        adapter: 'hyper',
+        transforms: [],
+        packages: ['@lora/hyper'],
+        options: { r: 8, loraAlpha: 16, targetModules: [...context.targetModules], taskType: context.taskType },
+        summary: 'a hypernetwork generates the LoRA factors from a condition (task, language pair)',
+      };
+  }
+}
+
+/** The factory each optional package exports, by package. */
+export const PLUGIN_FACTORIES: Readonly<Record<string, { readonly factory: string; readonly provides: string }>> = {
+  '@lora/dora': { factory: 'dora', provides: 'dora' },
+  '@lora/quant': { factory: 'quant', provides: 'quant' },
+  '@lora/adalora': { factory: 'adalora', provides: 'adalora' },
+  '@lora/hyper': { factory: 'hyper', provides: 'hyper' },
+};

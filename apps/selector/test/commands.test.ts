@@ -1,0 +1,110 @@
+import { mkdtemp, readdir, readFile, rm, writeFile, mkdir, cp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BERT, FIXTURES, GPT2, run } from './helpers.js';
+
+interface Reference {
+  inputs: Record<string, number[][]>;
+  logits: unknown;
+  merged_logits?: unknown;
+}
+
+const flat = (value: unknown): number[] => (Array.isArray(value) ? value.flatMap(flat) : [value as number]);
+
+/** max|a − e| / max|e|, the acceptance measure. */
+function relativeError(actual: unknown, expected: unknown): number {
+  const a = flat(actual);
+  const e = flat(expected);
+  expect(a).toHaveLength(e.length);
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < e.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i]! - e[i]!));
+    scale = Math.max(scale, Math.abs(e[i]!));
+  }
+  return diff / scale;
+}
+
+async function reference(relative: string): Promise<Reference> {
+  return JSON.parse(await readFile(path.join(FIXTURES, relative, 'reference.json'), 'utf8')) as Reference;
+}
+
+describe('lora forward / merge / inspect / generate', () => {
+  let directory: string;
+  beforeAll(async () => {
+    directory = await mkdtemp(path.join(tmpdir(), 'selector-commands-'));
+  });
+  afterAll(async () => {
+    await rm(directory, { recursive: true, force: true });
+  });
+
+  async function forward(model: string, input: Record<string, number[][]>, adapters: string[] = []): Promise<unknown> {
+    const inputFile = path.join(directory, `in-${Math.random()}.json`);
+    const outFile = path.join(directory, `out-${Math.random()}.json`);
+    await writeFile(inputFile, JSON.stringify(input));
+    const result = await run(['forward', '--model', model, ...adapters.flatMap((a) => ['--adapter', a]), '--input', inputFile, '--out', outFile]);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    return (JSON.parse(await readFile(outFile, 'utf8')) as { logits: unknown }).logits;
+  }
+
+  it.each([
+    ['models/gpt2', GPT2, []],
+    ['models/bert', BERT, []],
+    ['adapters/gpt2_lora', GPT2, ['adapters/gpt2_lora']],
+    ['adapters/bert_lora_cls', BERT, ['adapters/bert_lora_cls']],
+  ])('reproduces the reference logits of %s within 1e-4', async (fixture, model, adapters) => {
+    const ref = await reference(fixture);
+    const logits = await forward(model, ref.inputs, adapters.map((a) => path.join(FIXTURES, a)));
+    expect(relativeError(logits, ref.logits)).toBeLessThan(1e-4);
+  });
+
+  it('merges an adapter into a plain checkpoint with the same logits as model + adapter', async () => {
+    const out = path.join(directory, 'merged-gpt2');
+    const result = await run(['merge', '--model', GPT2, '--adapter', path.join(FIXTURES, 'adapters/gpt2_lora'), '--out', out]);
+    expect(result.code).toBe(0);
+    expect((await readdir(out)).sort()).toEqual(expect.arrayContaining(['config.json', 'model.safetensors']));
+    const ref = await reference('adapters/gpt2_lora');
+    const merged = await forward(out, ref.inputs);
+    const withAdapter = await forward(GPT2, ref.inputs, [path.join(FIXTURES, 'adapters/gpt2_lora')]);
+    expect(relativeError(merged, withAdapter)).toBeLessThan(1e-5);
+    expect(relativeError(merged, ref.merged_logits)).toBeLessThan(1e-4);
+    const again = await run(['merge', '--model', GPT2, '--adapter', path.join(FIXTURES, 'adapters/gpt2_lora'), '--out', out]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(/exists and is not empty; pass --overwrite/u);
+  });
+
+  it('inspects adapters and models', async () => {
+    const adapter = await run(['inspect', path.join(FIXTURES, 'adapters/gpt2_lora'), '--json']);
+    const parsed = JSON.parse(adapter.stdout) as { kind: string; type: string; targets: { rank: number }[]; parameters: number };
+    expect(parsed).toMatchObject({ kind: 'adapter', type: 'LORA' });
+    expect(parsed.targets).toHaveLength(6);
+    expect(parsed.targets.every((t) => t.rank === 4)).toBe(true);
+    expect(parsed.parameters).toBe(2 * (4 * 64 + 192 * 4) + 2 * (4 * 64 + 64 * 4) + 2 * (4 * 256 + 64 * 4));
+    const model = await run(['inspect', GPT2]);
+    expect(model.stdout).toMatch(/^Model: GPT2LMHeadModel\nParameters: /u);
+  });
+
+  it('generates text from the fixture GPT-2', async () => {
+    const result = await run(['generate', '--model', GPT2, '--prompt', 'Call me', '--max-new-tokens', '5', '--greedy']);
+    expect(result.code).toBe(0);
+    expect(result.stdout.startsWith('Call me')).toBe(true);
+  });
+
+  it('fails with one line and exit 2 on bad input, leaving no partial output', async () => {
+    const missingModel = await run(['forward', '--model', path.join(directory, 'nope'), '--input', 'x.json', '--out', 'y.json']);
+    expect(missingModel.code).toBe(2);
+    const corrupt = path.join(directory, 'corrupt-adapter');
+    await mkdir(corrupt);
+    await cp(path.join(FIXTURES, 'adapters/gpt2_lora/adapter_config.json'), path.join(corrupt, 'adapter_config.json'));
+    const bytes = await readFile(path.join(FIXTURES, 'adapters/gpt2_lora/adapter_model.safetensors'));
+    await writeFile(path.join(corrupt, 'adapter_model.safetensors'), bytes.subarray(0, 100));
+    const out = path.join(directory, 'corrupt-merge');
+    const result = await run(['merge', '--model', GPT2, '--adapter', corrupt, '--out', out]);
+    expect(result.code).toBe(1);
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(result.stderr).toMatch(/Adapter .*corrupt-adapter does not load: Malformed safetensors/u);
+    expect((await readdir(directory)).filter((name) => name.startsWith('corrupt-merge'))).toEqual([]);
+  });
+});

@@ -1,0 +1,127 @@
+import { PassThrough } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { recipeFor, walkFlowchart, type Answer, type QuestionId } from '../src/index.js';
+import { GPT2, run } from './helpers.js';
+
+const leaves: { flags: string[]; variant: string; questions: QuestionId[] }[] = [
+  { flags: ['--memory', 'extreme'], variant: 'qlora', questions: ['memoryExtreme'] },
+  { flags: ['--memory', 'ample', '--multi-task', '--compute', 'substantial'], variant: 'hyperlora', questions: ['memoryExtreme', 'multiTask', 'computeSubstantial'] },
+  { flags: ['--memory', 'ample', '--no-multi-task', '--dynamic', '--compute', 'limited'], variant: 'adalora', questions: ['memoryExtreme', 'multiTask', 'dynamic', 'computeSubstantial'] },
+  { flags: ['--memory', 'limited', '--no-multi-task', '--no-dynamic', '--expressive'], variant: 'dora', questions: ['memoryExtreme', 'multiTask', 'dynamic', 'expressive'] },
+  { flags: ['--memory', 'ample', '--no-multi-task', '--no-dynamic', '--no-expressive'], variant: 'lora', questions: ['memoryExtreme', 'multiTask', 'dynamic', 'expressive'] },
+];
+
+describe('lora select', () => {
+  for (const leaf of leaves) {
+    it(`reaches ${leaf.variant} from ${leaf.flags.join(' ')} and prints the path`, async () => {
+      const text = await run(['select', '--model', GPT2, ...leaf.flags]);
+      expect(text.code).toBe(0);
+      expect(text.stdout).toMatch(new RegExp(`└─▶ ${{ qlora: 'QLoRA', hyperlora: 'HyperLoRA', adalora: 'AdaLoRA', dora: 'DoRA', lora: 'LoRA' }[leaf.variant]}\\n`, 'u'));
+      expect(text.stdout).toContain('flag: --');
+      const json = await run(['select', '--model', GPT2, '--json', ...leaf.flags]);
+      expect(json.code).toBe(0);
+      const result = JSON.parse(json.stdout) as { variant: string; path: { question: string; source: string }[]; recipe: { adapter: string; config: object } };
+      expect(result.variant).toBe(leaf.variant);
+      expect(result.path.map((step) => step.question)).toEqual(leaf.questions);
+      expect(result.path.every((step) => step.source === 'flag')).toBe(true);
+      expect(Object.keys(result.recipe.config).length).toBeGreaterThan(3);
+    });
+  }
+
+  it('without a terminal, counts unanswered questions as no, says so, and measures memory', async () => {
+    const result = await run(['select', '--model', GPT2, '--json']);
+    const parsed = JSON.parse(result.stdout) as { variant: string; path: { question: string; source: string; detail: string }[] };
+    expect(parsed.variant).toBe('lora');
+    expect(parsed.path[0]).toMatchObject({ question: 'memoryExtreme', source: 'measurement' });
+    expect(parsed.path[0]!.detail).toMatch(/float32 LoRA training needs ~.* <= .* free system memory/u);
+    expect(parsed.path[1]!.detail).toContain('counts as no');
+  });
+
+  it('decides extreme memory by measurement against --memory-budget', async () => {
+    const result = await run(['select', '--model', GPT2, '--memory-budget', '1MiB', '--json']);
+    const parsed = JSON.parse(result.stdout) as { variant: string; path: { detail: string }[] };
+    expect(parsed.variant).toBe('qlora');
+    expect(parsed.path[0]!.detail).toMatch(/> 1\.0 MiB --memory-budget/u);
+  });
+
+  it('takes answers from a config file, below flags', async () => {
+    const { writeFile, mkdtemp } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const path = await import('node:path');
+    const directory = await mkdtemp(path.join(tmpdir(), 'selector-config-'));
+    const file = path.join(directory, 'selector.json');
+    await writeFile(file, JSON.stringify({ memory: 'ample', dynamic: true, compute: 'limited' }));
+    const fromFile = JSON.parse((await run(['select', '--model', GPT2, '--config', file, '--json'])).stdout) as { variant: string; path: { source: string }[] };
+    expect(fromFile.variant).toBe('adalora');
+    expect(fromFile.path.map((s) => s.source)).toEqual(['config', 'default', 'config', 'config']);
+    const overridden = JSON.parse((await run(['select', '--model', GPT2, '--config', file, '--no-dynamic', '--json'])).stdout) as { variant: string };
+    expect(overridden.variant).toBe('lora');
+    await writeFile(file, JSON.stringify({ memory: 'huge' }));
+    const bad = await run(['select', '--model', GPT2, '--config', file]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/^lora: Config file .*selector\.json: memory: /u);
+  });
+
+  it('asks on a terminal, offering the measured answer as the default', async () => {
+    const input = new PassThrough();
+    // memory? (Enter = measured default "no"), multi-task? n, dynamic? y, compute substantial? n  → AdaLoRA
+    const answers = ['\r', 'n\r', 'y\r', 'n\r'];
+    let asked = 0;
+    const pending = run(['select', '--model', GPT2, '--json'], { interactive: true, input });
+    const feed = setInterval(() => {
+      if (asked < answers.length) input.write(answers[asked++]!);
+    }, 150);
+    const result = await pending;
+    clearInterval(feed);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain('Are memory limitations extreme? (measured: float32 LoRA training needs');
+    const json = result.stdout.slice(result.stdout.lastIndexOf('{\n  "variant"'));
+    const parsed = JSON.parse(json) as { variant: string; path: { source: string; answer: boolean }[] };
+    expect(parsed.variant).toBe('adalora');
+    expect(parsed.path.map((s) => s.source)).toEqual(['prompt', 'prompt', 'prompt', 'prompt']);
+    expect(parsed.path.map((s) => s.answer)).toEqual([false, false, true, false]);
+  });
+
+  it('names the package to install when a variant package is absent, without a stack trace', async () => {
+    const missing = async (name: string): Promise<unknown> => {
+      const error = new Error(`Cannot find package '${name}' imported from x`) as NodeJS.ErrnoException;
+      error.code = 'ERR_MODULE_NOT_FOUND';
+      throw error;
+    };
+    const printed = await run(['select', '--model', GPT2, '--memory', 'extreme'], { loader: missing });
+    expect(printed.code).toBe(0);
+    expect(printed.stdout).toContain('Install with: pnpm add @lora/quant');
+    const trained = await run(['train', '--model', GPT2, '--memory', 'extreme', '--out', '/tmp/never-written'], { loader: missing });
+    expect(trained.code).toBe(1);
+    expect(trained.stderr.trim().split('\n')).toHaveLength(1);
+    expect(trained.stderr).toMatch(/^lora: QLoRA \(qlora\) needs @lora\/quant, which is not installed\. Install it with: pnpm add @lora\/quant/u);
+    expect(trained.stderr).not.toMatch(/\bat .*\(/u);
+  });
+
+  it('rejects an unknown flag with exit code 2 and one line of error', async () => {
+    const result = await run(['select', '--bogus']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/unknown option '--bogus'/u);
+  });
+});
+
+describe('walkFlowchart', () => {
+  it('asks only the questions on the path taken', async () => {
+    const asked: QuestionId[] = [];
+    const yes = (question: QuestionId): Answer => {
+      asked.push(question);
+      return { value: question === 'multiTask', source: 'flag', detail: '' };
+    };
+    const decision = await walkFlowchart(yes);
+    expect(decision.variant).toBe('adalora');
+    expect(asked).toEqual(['memoryExtreme', 'multiTask', 'computeSubstantial']);
+  });
+});
+
+describe('recipeFor', () => {
+  it('composes QLoRA as LoRA plus the quant transform, and schedules AdaLoRA over the run', () => {
+    const context = { targetModules: ['c_attn'], fanInFanOut: true, steps: 200, taskType: 'CAUSAL_LM' as const };
+    expect(recipeFor('qlora', context)).toMatchObject({ adapter: 'lora', transforms: ['quant'], packages: ['@lora/quant'] });
+    expect(recipeFor('adalora', context).options).toMatchObject({ totalStep: 200, tinit: 20, tfinal: 20, deltaT: 10 });
+  });
+});

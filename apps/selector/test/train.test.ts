@@ -1,0 +1,78 @@
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GPT2, run } from './helpers.js';
+
+describe('lora train', () => {
+  let directory: string;
+  beforeAll(async () => {
+    directory = await mkdtemp(path.join(tmpdir(), 'selector-train-'));
+  });
+  afterAll(async () => {
+    await rm(directory, { recursive: true, force: true });
+  });
+
+  it('adapts the bundled base to the held-out corpus, lowering validation perplexity, and writes the report', async () => {
+    const out = path.join(directory, 'default-run');
+    const result = await run(['train', '--steps', '60', '--out', out]);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain('└─▶ LoRA');
+    const report = JSON.parse(await readFile(path.join(out, 'report.json'), 'utf8')) as {
+      before: { validationPerplexity: number };
+      after: { validationPerplexity: number };
+      losses: number[];
+      samples: { before: string; after: string };
+    };
+    expect(report.after.validationPerplexity).toBeLessThan(report.before.validationPerplexity);
+    expect(report.losses).toHaveLength(60);
+    expect(report.samples.after.length).toBeGreaterThan(0);
+    expect((await readdir(out)).sort()).toEqual(['adapter', 'report.json', 'report.md']);
+    expect((await readdir(path.join(out, 'adapter'))).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
+    const markdown = await readFile(path.join(out, 'report.md'), 'utf8');
+    expect(markdown).toContain('## Training loss');
+    expect(markdown).toMatch(/\| after \| [\d.]+ \| [\d.]+ \|/u);
+    // No staging directories are left behind.
+    expect((await readdir(directory)).filter((name) => name.includes('.partial-'))).toEqual([]);
+  });
+
+  it('reports a malformed JSONL line by number and leaves no output directory', async () => {
+    const data = path.join(directory, 'bad.jsonl');
+    await writeFile(data, '{"text": "fine"}\n{"text": "also fine"}\n{"text": broken}\n');
+    const out = path.join(directory, 'bad-run');
+    const result = await run(['train', '--model', GPT2, '--data', data, '--steps', '2', '--context', '16', '--out', out]);
+    expect(result.code).toBe(2);
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(result.stderr).toMatch(/bad\.jsonl:3: not valid JSON/u);
+    expect((await readdir(directory)).filter((name) => name.startsWith('bad-run'))).toEqual([]);
+  });
+
+  it('refuses a dataset smaller than one batch', async () => {
+    const data = path.join(directory, 'tiny.jsonl');
+    await writeFile(data, '{"text": "a short line"}\n{"text": "another short line"}\n');
+    const out = path.join(directory, 'tiny-run');
+    const result = await run(['train', '--model', GPT2, '--data', data, '--steps', '2', '--context', '16', '--out', out]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/smaller than one batch/u);
+    expect((await readdir(directory)).filter((name) => name.startsWith('tiny-run'))).toEqual([]);
+  });
+
+  it('refuses a missing model directory', async () => {
+    const result = await run(['train', '--model', path.join(directory, 'missing'), '--steps', '2']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/^lora: Model directory .*missing has no readable config\.json/u);
+  });
+
+  it('trains on a JSONL file and saves a loadable adapter', async () => {
+    const data = path.join(directory, 'ok.jsonl');
+    const lines = Array.from({ length: 40 }, (_, i) => JSON.stringify({ text: `Record ${i}: the quick brown fox jumps over the lazy dog, again and again.` }));
+    await writeFile(data, `${lines.join('\n')}\n`);
+    const out = path.join(directory, 'ok-run');
+    const result = await run(['train', '--model', GPT2, '--data', data, '--steps', '5', '--context', '32', '--batch-size', '4', '--out', out]);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    const inspect = await run(['inspect', path.join(out, 'adapter'), '--json']);
+    expect(JSON.parse(inspect.stdout)).toMatchObject({ kind: 'adapter', type: 'LORA' });
+  });
+});
