@@ -25,8 +25,8 @@ URL.createObjectURL = original; os.cpus = realCpus;
 function bench(label, f, flops) { for (let i=0;i<2;i++) tf.tidy(f); const reps=5; const t=performance.now(); for (let i=0;i<reps;i++){ const r=tf.tidy(f); r.dataSync(); r.dispose();} const ms=(performance.now()-t)/reps; console.log(label.padEnd(40), ms.toFixed(2)+'ms', (flops/ms/1e6).toFixed(1), 'GFLOP/s'); }
 const n=1024; const A=tf.randomNormal([n,n]), B=tf.randomNormal([n,n]);
 bench('1024 nn', () => tf.matMul(A,B), 2*n**3);
-bench('1024 nt', () => tf.matMul(A,B,false,true), 2*n**3);
-bench('1024 tn', () => tf.matMul(A,B,true,false), 2*n**3);
+
+
 const X=tf.randomNormal([1024,256]), W=tf.randomNormal([256,768]), G=tf.randomNormal([1024,768]);
 bench('x[1024,256]·W[256,768] nn', () => tf.matMul(X,W), 2*1024*256*768);
 bench('g[1024,768]·Wᵀ nt', () => tf.matMul(G,W,false,true), 2*1024*256*768);
@@ -37,3 +37,7 @@ const Wt = tf.randomNormal([768,256]);
 bench('x·Wtᵀ (fused, transposeB)', () => tf.fused.matMul({a:X,b:Wt,transposeB:true}), 2*1024*256*768);
 bench('transpose W then nn', () => tf.matMul(G, tf.transpose(W)), 2*1024*256*768);
 bench('transpose X then nn', () => tf.matMul(tf.transpose(X), G), 2*1024*256*768);
+bench('batched via loop of 2D nn', () => { const kt = tf.transpose(K,[0,2,1]); const qs = tf.unstack(Q), ks = tf.unstack(kt); return tf.stack(qs.map((q,i)=>tf.matMul(q,ks[i]))); }, 2*32*128*128*64);
+const Q2=tf.randomNormal([32,128,128]), V=tf.randomNormal([32,128,64]);
+bench('batched att·v nn [32,128,128]x[32,128,64]', () => tf.matMul(Q2,V), 2*32*128*128*64);
+bench('att·v via loop', () => { const qs = tf.unstack(Q2), ks = tf.unstack(V); return tf.stack(qs.map((q,i)=>tf.matMul(q,ks[i]))); }, 2*32*128*128*64);

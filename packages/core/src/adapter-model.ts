@@ -330,7 +330,7 @@ export class AdapterModel<M extends Module = Module> {
    * Run `fn` with every adapter disabled (the base model alone), then restore. Works with sync and
    * async functions; nesting is allowed. Biases trained with `bias: 'all' | 'lora_only'` stay, as in PEFT.
    */
-  withAdaptersDisabled<T>(fn: () => T): T {
+  disableAdapters<T>(fn: () => T): T {
     this.setDisabled(true);
     let result: T;
     try {

@@ -200,7 +200,7 @@ export function describeAdapterPlugin(plugin: AdapterPlugin, options: AdapterPlu
         const x = input();
         const plain = new ConformanceBlock(3);
         plain.eval();
-        const disabled = adapterModel.withAdaptersDisabled(() => adapterModel.model.forward(x));
+        const disabled = adapterModel.disableAdapters(() => adapterModel.model.forward(x));
         const reference = plain.forward(x);
         if (!options.transforms?.length) expectTensorsClose(disabled, reference, { atol: 1e-6, rtol: 1e-6 });
         const enabled = adapterModel.model.forward(x);

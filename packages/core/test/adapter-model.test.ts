@@ -84,7 +84,7 @@ describe('AdapterModel', () => {
     randomiseB(adapterModel, 'second', 20);
     await withoutTensorLeaks(() => {
       const x = input();
-      const base = adapterModel.withAdaptersDisabled(() => adapterModel.model.forward(x));
+      const base = adapterModel.disableAdapters(() => adapterModel.model.forward(x));
       const first = adapterModel.model.forward(x);
       adapterModel.setAdapter('second');
       const second = adapterModel.model.forward(x);
@@ -106,7 +106,7 @@ describe('AdapterModel', () => {
       layer.setActiveAdapters(adapterModel.activeAdapters);
       expect(tf.tidy(() => tf.max(tf.abs(tf.sub(first, second))).dataSync()[0]!)).toBeGreaterThan(1e-3);
       expect(tf.tidy(() => tf.max(tf.abs(tf.sub(both, base))).dataSync()[0]!)).toBeGreaterThan(1e-3);
-      const againBase = adapterModel.withAdaptersDisabled(() => adapterModel.model.forward(x));
+      const againBase = adapterModel.disableAdapters(() => adapterModel.model.forward(x));
       expectTensorsClose(againBase, base, { atol: 0, rtol: 0 });
       tf.dispose([x, base, first, second, both, h, sumBoth, plain, onlyFirst, onlySecond, againBase]);
     });
