@@ -74,6 +74,8 @@ export interface AdapterInstance {
 export interface TrainingHooks {
   /** An extra loss term, computed inside the gradient tape (e.g. AdaLoRA's orthogonal regulariser). */
   extraLoss?(context: { readonly step: number }): tf.Scalar | null;
+  /** After backward and clipping, before the optimizer step: may read (not keep) the gradients. */
+  afterBackward?(context: { readonly step: number; readonly gradients: ReadonlyMap<tf.Variable, tf.Tensor> }): void;
   /** After the optimizer step, while this step's gradients (by variable) are still alive. */
   afterStep?(context: { readonly step: number; readonly gradients: ReadonlyMap<tf.Variable, tf.Tensor> }): void;
 }

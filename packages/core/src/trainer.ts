@@ -198,6 +198,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
         gradients = clipped;
       }
       const byVariable = new Map(variables.map((variable, i) => [variable, gradients[i]!] as const));
+      for (const hook of hooks) hook.afterBackward?.({ step: step + 1, gradients: byVariable });
       optimizer.applyGradients(byVariable);
       for (const hook of hooks) hook.afterStep?.({ step: step + 1, gradients: byVariable });
       tf.dispose(gradients);

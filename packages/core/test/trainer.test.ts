@@ -145,6 +145,37 @@ describe('train', () => {
     adapterModel.dispose();
   });
 
+  it('adds a plugin hook\'s extra loss inside the tape and calls the hooks around the optimizer step', async () => {
+    const adapterModel = setUp();
+    const events: string[] = [];
+    const adapterA = adapterModel.model.namedParameters().find(([name]) => name.endsWith('lora_A.default.weight'))![1];
+    let sawGradient = false;
+    const result = await train({
+      model: adapterModel.model,
+      lossFn: mse(adapterModel.model),
+      trainData: data,
+      steps: 2,
+      hooks: [
+        {
+          // A constant term shifts the reported loss by exactly 10 and a term on A changes its gradient.
+          extraLoss: () => tf.tidy(() => tf.add(tf.scalar(10), tf.mul(tf.sum(adapterA), 0))) as tf.Scalar,
+          afterBackward: ({ step, gradients }) => {
+            events.push(`backward ${step}`);
+            sawGradient ||= gradients.has(adapterA);
+          },
+          afterStep: ({ step }) => events.push(`step ${step}`),
+        },
+      ],
+    });
+    const plain = setUp();
+    const reference = await train({ model: plain.model, lossFn: mse(plain.model), trainData: data, steps: 1 });
+    expect(result.losses[0]! - reference.losses[0]!).toBeCloseTo(10, 4);
+    expect(events).toEqual(['backward 1', 'step 1', 'backward 2', 'step 2']);
+    expect(sawGradient).toBe(true);
+    adapterModel.dispose();
+    plain.dispose();
+  });
+
   it('rejects bad options with a TrainingError', async () => {
     const adapterModel = setUp();
     await expect(train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 0 })).rejects.toThrow(/steps must be a positive integer/u);
