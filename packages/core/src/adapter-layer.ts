@@ -20,6 +20,8 @@ export class AdapterLayer extends Module {
   private readonly adapterMap = new Map<string, AdapterInstance>();
   private active: string[] = [];
   private mergedNames: string[] = [];
+  /** Base snapshots taken before each merge, for bases that restore exactly (see {@link BaseLayer.snapshotForMerge}). */
+  private snapshots: unknown[] = [];
   /** When true the layer computes the base alone (unmerging first if needed). */
   disabled = false;
 
@@ -89,6 +91,18 @@ export class AdapterLayer extends Module {
     this.active = this.active.filter((n) => n !== name);
   }
 
+  /**
+   * Dispose every adapter without unmerging (merged ones stay folded into the base weight).
+   * Used when unloading; the layer holds no adapters afterwards.
+   */
+  releaseAdapters(): void {
+    for (const instance of this.adapterMap.values()) instance.dispose();
+    this.adapterMap.clear();
+    this.active = [];
+    this.mergedNames = [];
+    this.snapshots = [];
+  }
+
   forward(input: tf.Tensor): tf.Tensor {
     if (this.disabled) {
       if (this.merged) this.unmerge();
@@ -118,17 +132,20 @@ export class AdapterLayer extends Module {
         const weight = this.base_layer.denseWeight();
         return instance.mergeWeight(weight, this.base_layer);
       });
+      let snapshot: unknown;
       try {
         if (options.safe) {
           const finite = tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0] === 1);
           if (!finite) throw new LoraError(`[@lora/core] NaNs detected in the merged weights of adapter "${name}"; the base weight was not changed.`);
         }
+        snapshot = this.base_layer.snapshotForMerge?.();
         const result = this.base_layer.assignDenseWeight(merged);
         if (!result.exact && result.note) notes.push(result.note);
       } finally {
         merged.dispose();
       }
       this.mergedNames.push(name);
+      this.snapshots.push(snapshot);
     }
     return notes;
   }
@@ -137,6 +154,12 @@ export class AdapterLayer extends Module {
   unmerge(): void {
     while (this.mergedNames.length > 0) {
       const name = this.mergedNames.pop()!;
+      const snapshot = this.snapshots.pop();
+      if (snapshot !== undefined && this.base_layer.restoreSnapshot) {
+        // The base can restore its exact pre-merge state (e.g. the original 4-bit bytes).
+        this.base_layer.restoreSnapshot(snapshot);
+        continue;
+      }
       const instance = this.adapterMap.get(name)!;
       const restored = tf.tidy(() => {
         const weight = this.base_layer.denseWeight();

@@ -404,10 +404,8 @@ export class AdapterModel<M extends Module = Module> {
   unload(): M {
     for (const [path, layer] of this.adapterLayers()) {
       const base = layer.base_layer;
-      for (const name of layer.adapterNames) {
-        if (layer.mergedAdapters.includes(name)) continue;
-        layer.deleteAdapter(name);
-      }
+      // Merged adapters live on in the base weight; their own variables are no longer needed.
+      layer.releaseAdapters();
       this.model.setSubmodule(path, base);
     }
     for (const [path, wrapper] of this.modulesToSaveWrappers()) {
@@ -514,6 +512,7 @@ export class AdapterModel<M extends Module = Module> {
       total += variable.size;
       if (variable.trainable) trainable += variable.size;
     }
+    for (const [, module] of this.model.namedModules()) total += module.storedParameterCount();
     const percent = total === 0 ? 0 : (100 * trainable) / total;
     const line = `trainable params: ${trainable.toLocaleString('en-US')} || all params: ${total.toLocaleString('en-US')} || trainable%: ${percent.toFixed(4)}`;
     return { trainable, total, percent, line };

@@ -22,6 +22,14 @@ export interface BaseLayer extends TensorModule {
    * Returns a note when the layer cannot hold it exactly (a quantized base re-quantizes).
    */
   assignDenseWeight(weight: tf.Tensor2D): { readonly exact: boolean; readonly note?: string };
+  /**
+   * Optional: capture the exact state before a merge. When present, unmerge calls
+   * {@link BaseLayer.restoreSnapshot} with it instead of subtracting ΔW, so a lossy base
+   * (4-bit) returns to its original bytes.
+   */
+  snapshotForMerge?(): unknown;
+  /** Optional: restore a state captured by {@link BaseLayer.snapshotForMerge}. */
+  restoreSnapshot?(snapshot: unknown): void;
 }
 
 /** True when `module` can be wrapped by an adapter layer. */

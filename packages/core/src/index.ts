@@ -76,7 +76,7 @@ export {
 export type { LoadAdapterOptions } from './adapter-files.js';
 
 export { AdamW, learningRateAt } from './optimizer.js';
-export type { AdamWOptions, LearningRateSchedule } from './optimizer.js';
+export type { AdamWOptions, LearningRateSchedule, TrainOptimizer } from './optimizer.js';
 export { train, evaluate } from './trainer.js';
 export type { BatchSource, TrainOptions, TrainResult, TrainingProgress } from './trainer.js';
 export { causalLmLoss, classificationLoss, IGNORE_INDEX } from './losses.js';

@@ -147,13 +147,22 @@ export abstract class Module {
     return this.train(false);
   }
 
-  /** Number of scalar parameters (shared variables counted once). */
+  /**
+   * Parameters this module holds outside `tf.Variable`s (e.g. packed 4-bit weights); 0 by default.
+   * Counted as frozen parameters by {@link Module.parameterCount} and PEFT's report.
+   */
+  storedParameterCount(): number {
+    return 0;
+  }
+
+  /** Number of scalar parameters (shared variables counted once; stored non-variable parameters included unless `trainableOnly`). */
   parameterCount(options: { trainableOnly?: boolean } = {}): number {
     let total = 0;
     for (const [, variable] of this.namedParameters()) {
       if (options.trainableOnly && !variable.trainable) continue;
       total += variable.size;
     }
+    if (!options.trainableOnly) for (const [, module] of this.namedModules()) total += module.storedParameterCount();
     return total;
   }
 

@@ -1,4 +1,21 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
+
+/**
+ * What `train()` needs from an optimizer, so another one (e.g. `@lora/quant`'s 8-bit AdamW) can
+ * be passed in. The trainer sets `learningRate` before every step.
+ */
+export interface TrainOptimizer {
+  learningRate: number;
+  /** Updates applied so far (restored from checkpoints). */
+  step: number;
+  applyGradients(gradients: ReadonlyMap<tf.Variable, tf.Tensor>): void;
+  /** Optimizer state for a checkpoint, keyed by `<kind>.<variable name>` using `names`. */
+  stateEntries?(names: ReadonlyMap<tf.Variable, string>): Map<string, SafetensorsEntry>;
+  /** Restore state written by `stateEntries`. */
+  loadStateEntries?(entries: ReadonlyMap<string, SafetensorsEntry>, names: ReadonlyMap<tf.Variable, string>): void;
+  dispose(): void;
+}
 
 /** Options for {@link AdamW}; defaults as PyTorch's `torch.optim.AdamW`. */
 export interface AdamWOptions {
@@ -19,7 +36,7 @@ export interface AdamWOptions {
  * `p ← p − lr·wd·p`, then `p ← p − lr·m̂/(√v̂ + ε)`. State is one pair of moment variables per
  * parameter, created on first use, saved and restored by the trainer's checkpoints.
  */
-export class AdamW {
+export class AdamW implements TrainOptimizer {
   readonly beta1: number;
   readonly beta2: number;
   readonly epsilon: number;
@@ -80,6 +97,25 @@ export class AdamW {
     const state = this.stateFor(variable);
     state.m.assign(m);
     state.v.assign(v);
+  }
+
+  stateEntries(names: ReadonlyMap<tf.Variable, string>): Map<string, SafetensorsEntry> {
+    const entries = new Map<string, SafetensorsEntry>();
+    for (const [variable, name] of names) {
+      const moments = this.moments.get(variable);
+      if (!moments) continue;
+      entries.set(`adam_m.${name}`, tensorToEntry(moments.m));
+      entries.set(`adam_v.${name}`, tensorToEntry(moments.v));
+    }
+    return entries;
+  }
+
+  loadStateEntries(entries: ReadonlyMap<string, SafetensorsEntry>, names: ReadonlyMap<tf.Variable, string>): void {
+    for (const [variable, name] of names) {
+      const m = entries.get(`adam_m.${name}`);
+      const v = entries.get(`adam_v.${name}`);
+      if (m && v) tf.tidy(() => this.setMoments(variable, entryToTensor(m, name), entryToTensor(v, name)));
+    }
   }
 
   /** Free the optimizer state. */

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { TrainingError } from './errors.js';
 import { readJsonFile, readSafetensorsFile, writeJsonAtomic, writeSafetensorsFile } from './files.js';
 import type { Module } from './module.js';
-import { AdamW, learningRateAt, type LearningRateSchedule } from './optimizer.js';
+import { AdamW, learningRateAt, type LearningRateSchedule, type TrainOptimizer } from './optimizer.js';
 import type { TrainingHooks } from './plugin.js';
 import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
 
@@ -63,6 +63,11 @@ export interface TrainOptions<Batch> {
   readonly checkpoint?: { readonly directory: string; readonly every: number };
   /** Continue from the checkpoint in `checkpoint.directory` if there is one (default true when checkpointing). */
   readonly resume?: boolean;
+  /**
+   * Another optimizer (e.g. `@lora/quant`'s `AdamW8bit`); owned by the caller, not disposed here.
+   * Default: an {@link AdamW} built from the options above and disposed at the end.
+   */
+  readonly optimizer?: TrainOptimizer;
 }
 
 /** What {@link train} returns. */
@@ -128,16 +133,19 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
     throw new TrainingError('[@lora/core] train: the model has no trainable variables. Add an adapter or unfreeze parameters.');
   }
   const variables = named.map(([, variable]) => variable);
-  const optimizer = new AdamW({
-    learningRate: options.learningRate ?? 1e-3,
-    weightDecay: options.weightDecay ?? 0,
-    beta1: options.beta1,
-    beta2: options.beta2,
-    epsilon: options.epsilon,
-  });
+  const ownsOptimizer = options.optimizer === undefined;
+  const optimizer: TrainOptimizer =
+    options.optimizer ??
+    new AdamW({
+      learningRate: options.learningRate ?? 1e-3,
+      weightDecay: options.weightDecay ?? 0,
+      beta1: options.beta1,
+      beta2: options.beta2,
+      epsilon: options.epsilon,
+    });
   const hooks = options.hooks ?? [];
   const maxGradNorm = options.maxGradNorm === undefined ? 1.0 : options.maxGradNorm;
-  const baseLearningRate = options.learningRate ?? 1e-3;
+  const baseLearningRate = options.learningRate ?? optimizer.learningRate;
   let startStep = 0;
   if (options.checkpoint && (options.resume ?? true)) {
     startStep = await restoreCheckpoint(options.checkpoint.directory, named, optimizer);
@@ -242,26 +250,21 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
   } finally {
-    optimizer.dispose();
+    if (ownsOptimizer) optimizer.dispose();
   }
   return { steps: options.steps, losses, evalLosses, startStep };
 }
 
-async function writeCheckpoint(directory: string, named: [string, tf.Variable][], optimizer: AdamW, step: number): Promise<void> {
+async function writeCheckpoint(directory: string, named: [string, tf.Variable][], optimizer: TrainOptimizer, step: number): Promise<void> {
   const entries = new Map<string, SafetensorsEntry>();
-  for (const [name, variable] of named) {
-    entries.set(`param.${name}`, tensorToEntry(variable));
-    const moments = optimizer.momentsOf(variable);
-    if (moments) {
-      entries.set(`adam_m.${name}`, tensorToEntry(moments.m));
-      entries.set(`adam_v.${name}`, tensorToEntry(moments.v));
-    }
-  }
+  for (const [name, variable] of named) entries.set(`param.${name}`, tensorToEntry(variable));
+  const names = new Map(named.map(([name, variable]) => [variable, name] as const));
+  for (const [key, entry] of optimizer.stateEntries?.(names) ?? []) entries.set(key, entry);
   await writeSafetensorsFile(path.join(directory, CHECKPOINT_TENSORS), entries, { format: 'lora-trainer' });
   await writeJsonAtomic(path.join(directory, CHECKPOINT_STATE), { step, optimizerStep: optimizer.step, parameters: named.map(([n]) => n) });
 }
 
-async function restoreCheckpoint(directory: string, named: [string, tf.Variable][], optimizer: AdamW): Promise<number> {
+async function restoreCheckpoint(directory: string, named: [string, tf.Variable][], optimizer: TrainOptimizer): Promise<number> {
   try {
     await fs.access(path.join(directory, CHECKPOINT_STATE));
   } catch {
@@ -277,13 +280,9 @@ async function restoreCheckpoint(directory: string, named: [string, tf.Variable]
     if (!param) {
       throw new TrainingError(`[@lora/core] The checkpoint in ${directory} has no tensor for "${name}"; it was written for another model or adapter.`);
     }
-    tf.tidy(() => {
-      variable.assign(entryToTensor(param, name));
-      const m = file.tensors.get(`adam_m.${name}`);
-      const v = file.tensors.get(`adam_v.${name}`);
-      if (m && v) optimizer.setMoments(variable, entryToTensor(m, name), entryToTensor(v, name));
-    });
+    tf.tidy(() => variable.assign(entryToTensor(param, name)));
   }
+  optimizer.loadStateEntries?.(file.tensors, new Map(named.map(([name, variable]) => [variable, name] as const)));
   optimizer.step = state.optimizerStep as number;
   return state.step as number;
 }

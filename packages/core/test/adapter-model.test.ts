@@ -146,6 +146,42 @@ describe('AdapterModel', () => {
     model.dispose();
   });
 
+  it('frees every adapter tensor on mergeAndUnload, merged ones included', () => {
+    const base = tf.memory().numTensors;
+    const plain = new Gpt2ShapedTree({ width: 16 });
+    const baseTensors = tf.memory().numTensors - base;
+    plain.dispose();
+    const before = tf.memory().numTensors;
+    const adapterModel = create({ r: 4, targetModules: ['c_attn'] });
+    adapterModel.addAdapter('other', { config: { r: 2, targetModules: ['c_attn'] } });
+    const model = adapterModel.mergeAndUnload();
+    expect(tf.memory().numTensors - before).toBe(baseTensors);
+    model.dispose();
+  });
+
+  it('restores a base snapshot on unmerge when the base offers one, and counts stored parameters', () => {
+    const adapterModel = create({ r: 2, targetModules: ['c_attn'] });
+    randomiseB(adapterModel, 'default', 60);
+    const layer = adapterModel.model.getSubmodule('transformer.h.0.attn.c_attn') as AdapterLayer;
+    const base = layer.base_layer as Linear & { snapshotForMerge?: () => unknown; restoreSnapshot?: (s: unknown) => void };
+    const restored: unknown[] = [];
+    base.snapshotForMerge = () => tf.clone(base.weight);
+    base.restoreSnapshot = (snapshot) => {
+      restored.push(snapshot);
+      base.weight.assign(snapshot as tf.Tensor);
+      (snapshot as tf.Tensor).dispose();
+    };
+    const original = base.weight.dataSync().slice();
+    adapterModel.merge();
+    adapterModel.unmerge();
+    expect(restored).toHaveLength(1);
+    expect(Buffer.from(base.weight.dataSync().buffer).equals(Buffer.from(original.buffer))).toBe(true);
+    const total = adapterModel.trainableParameters().total;
+    (base as unknown as { storedParameterCount: () => number }).storedParameterCount = () => 1000;
+    expect(adapterModel.trainableParameters().total).toBe(total + 1000);
+    adapterModel.dispose();
+  });
+
   it('combines adapters: cat exactly, svd exactly at full rank without double scaling, linear for one adapter', async () => {
     const adapterModel = create({ r: 2, loraAlpha: 8, targetModules: ['c_attn'] });
     adapterModel.addAdapter('other', { config: { r: 3, loraAlpha: 3, targetModules: ['c_attn'] } });

@@ -176,6 +176,20 @@ describe('train', () => {
     plain.dispose();
   });
 
+  it('uses a caller-owned optimizer and leaves it undisposed', async () => {
+    const adapterModel = setUp();
+    const { AdamW } = await import('../src/index.js');
+    const optimizer = new AdamW({ learningRate: 1e-2, weightDecay: 0 });
+    const viaOption = await train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 3, optimizer });
+    expect(optimizer.step).toBe(3);
+    const reference = setUp();
+    const builtIn = await train({ model: reference.model, lossFn: mse(reference.model), trainData: data, steps: 3, learningRate: 1e-2 });
+    expect(viaOption.losses).toEqual(builtIn.losses);
+    optimizer.dispose();
+    adapterModel.dispose();
+    reference.dispose();
+  });
+
   it('rejects bad options with a TrainingError', async () => {
     const adapterModel = setUp();
     await expect(train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 0 })).rejects.toThrow(/steps must be a positive integer/u);
