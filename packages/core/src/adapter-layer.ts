@@ -155,18 +155,19 @@ export class AdapterLayer extends Module {
     while (this.mergedNames.length > 0) {
       const name = this.mergedNames.pop()!;
       const snapshot = this.snapshots.pop();
-      if (snapshot !== undefined && this.base_layer.restoreSnapshot) {
-        // The base can restore its exact pre-merge state (e.g. the original 4-bit bytes).
-        this.base_layer.restoreSnapshot(snapshot);
-        continue;
-      }
       const instance = this.adapterMap.get(name)!;
+      // Always let the adapter undo its merge (it may hold state for it, like DoRA's cached norm).
       const restored = tf.tidy(() => {
         const weight = this.base_layer.denseWeight();
         return instance.unmergeWeight(weight, this.base_layer);
       });
-      this.base_layer.assignDenseWeight(restored);
-      restored.dispose();
+      try {
+        // A base that can restore its exact pre-merge state (the original 4-bit bytes) does so.
+        if (snapshot !== undefined && this.base_layer.restoreSnapshot) this.base_layer.restoreSnapshot(snapshot);
+        else this.base_layer.assignDenseWeight(restored);
+      } finally {
+        restored.dispose();
+      }
     }
   }
 

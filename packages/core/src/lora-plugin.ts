@@ -51,7 +51,11 @@ export function lora(options: LoraPluginOptions = {}): AdapterPlugin<LoraConfig>
       return config;
     },
     fromPeftJson(json: PeftConfigJson) {
-      return this.parseConfig(peftJsonToOptions(json, LORA_CONFIG_FIELDS));
+      if (json['lora_bias'] === true) {
+        throw new ConfigError({ plugin: 'lora', field: 'lora_bias', received: true, expected: 'false (a bias on lora_B is not supported yet)' });
+      }
+      // lora_bias (PEFT >= 0.14) is kept verbatim so saving again writes the same keys.
+      return this.parseConfig(peftJsonToOptions(json, LORA_CONFIG_FIELDS.filter((field) => field !== 'loraBias')));
     },
     toPeftJson(config) {
       // PEFT before 0.14 rejects unknown keys: write exclude_modules only when set.

@@ -6,6 +6,7 @@ import { PLUGIN_SPECIFICATION_VERSION } from './plugin.js';
 export const KNOWN_PLUGIN_PACKAGES: Readonly<Record<string, string>> = {
   lora: '@lora/core',
   dora: '@lora/dora',
+  'double-lora': '@lora/dora',
   adalora: '@lora/adalora',
   hyper: '@lora/hyper',
   hyperlora: '@lora/hyper',

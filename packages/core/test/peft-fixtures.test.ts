@@ -122,3 +122,13 @@ describe.each([
     adapterModel.dispose();
   });
 });
+
+describe('lora().fromPeftJson', () => {
+  it('keeps lora_bias (PEFT >= 0.14) through a load and save, and refuses lora_bias: true', () => {
+    const plugin = lora();
+    const json = { peft_type: 'LORA', r: 4, lora_alpha: 8, target_modules: ['q'], lora_bias: false, exclude_modules: null };
+    const again = plugin.toPeftJson(plugin.fromPeftJson(json));
+    expect(again['lora_bias']).toBe(false);
+    expect(() => plugin.fromPeftJson({ ...json, lora_bias: true })).toThrow(/lora_bias/u);
+  });
+});

@@ -1,0 +1,209 @@
+import * as tf from '@tensorflow/tfjs-core';
+import {
+  applyToLastAxis,
+  checkBaseShape,
+  dropout,
+  LoraAdapter,
+  LoraError,
+  type AdapterInstance,
+  type ApplyContext,
+  type BaseLayer,
+} from '@lora/core';
+
+/** Options for {@link DoraAdapter}. */
+export interface DoraAdapterOptions {
+  /** The layer the adapter wraps; its weight initialises the magnitude vector. Not owned. */
+  readonly base: BaseLayer;
+  /** Rank of A [r, in] and B [out, r]. */
+  readonly r: number;
+  /** Scaling numerator: s = alpha / r (or alpha / √r with `useRslora`). */
+  readonly alpha: number;
+  /** Scale by alpha / √r (default false). */
+  readonly useRslora?: boolean;
+  /** Dropout probability on the adapter input (default 0). */
+  readonly dropout?: number;
+  /** As `initLoraWeights` in LoRA's config (default true: A kaiming-uniform, B zeros). */
+  readonly init?: boolean | 'gaussian';
+  /** Seed for A (and B when `init` is false); default unseeded. */
+  readonly seed?: number;
+}
+
+/** ‖rows‖₂ of a [out, in] matrix: one value per output feature. */
+function rowNorm(matrix: tf.Tensor): tf.Tensor1D {
+  return tf.sqrt(tf.sum(tf.square(matrix), 1)) as tf.Tensor1D;
+}
+
+/**
+ * DoRA on one layer, as PEFT computes it for `use_dora=True` (`DoraLinearLayer`): the weight is
+ * re-parameterised as `W' = m ⊙ (W + s·B·A) / ‖W + s·B·A‖`, with the norm taken per output row
+ * (one value per output feature) and **detached** from the gradient (paper §4.3), and the
+ * magnitude vector m [out] trainable.
+ *
+ * Forward, with `g = m / ‖W + s·B·A‖` and `result` the output so far (base output with its bias):
+ * - no dropout, or eval mode: `result + (g − 1)·(result − bias) + g·s·B·A·x`;
+ * - training with dropout: `result + (g − 1)·(x_d·Wᵀ) + g·s·B·A·x_d`, `x_d = dropout(x)` (PEFT
+ *   recomputes the base product on the dropped-out input).
+ *
+ * Merge caches the norm it used so that unmerge can divide it out again, as PEFT does.
+ * The adapter owns its variables (`lora_A.weight`, `lora_B.weight`, `lora_magnitude_vector`) and
+ * frees them in {@link DoraAdapter.dispose}.
+ *
+ * @example
+ * const adapter = new DoraAdapter({ base: linear, r: 8, alpha: 16 });
+ * const y = tf.tidy(() => adapter.apply(x, linear.forward(x), { base: linear, training: false }));
+ */
+export class DoraAdapter implements AdapterInstance {
+  /** Rank. */
+  readonly r: number;
+  /** Alpha as configured. */
+  readonly alpha: number;
+  /** s = alpha / r, or alpha / √r with rsLoRA. */
+  readonly scaling: number;
+  /** Dropout probability on the adapter input. */
+  readonly dropout: number;
+  /** A [r, in]. */
+  readonly loraA: tf.Variable;
+  /** B [out, r]. */
+  readonly loraB: tf.Variable;
+  /** m [out], initialised to ‖W + s·B·A‖ per output row (‖W‖ with the default B = 0). */
+  readonly magnitude: tf.Variable;
+  private readonly factors: LoraAdapter;
+  private readonly detachedNorm: (weight: tf.Tensor2D, a: tf.Tensor, b: tf.Tensor) => tf.Tensor1D;
+  /** The norm used by the last merge, kept for unmerge (PEFT's `<adapter>-weight_norm` cache). */
+  private cachedMergeNorm: tf.Tensor1D | null = null;
+
+  constructor(options: DoraAdapterOptions) {
+    const { base } = options;
+    // A and B are initialised exactly as LoRA's (PEFT's update_layer runs before the DoRA init).
+    this.factors = new LoraAdapter({
+      inFeatures: base.inFeatures,
+      outFeatures: base.outFeatures,
+      r: options.r,
+      alpha: options.alpha,
+      useRslora: options.useRslora,
+      dropout: options.dropout,
+      init: options.init,
+      seed: options.seed,
+    });
+    this.r = options.r;
+    this.alpha = options.alpha;
+    this.scaling = this.factors.scaling;
+    this.dropout = this.factors.dropout;
+    this.loraA = this.factors.loraA;
+    this.loraB = this.factors.loraB;
+    const scaling = this.scaling;
+    // Stop-gradient: the norm is computed inside a custom-gradient kernel whose gradient is zero
+    // for every input, so the tape neither records the norm's ops nor sends a gradient through
+    // them (torch's `.detach()`); A and B get their gradient through the numerator only.
+    this.detachedNorm = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
+      const [weight, a, b] = inputs as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+      return {
+        value: rowNorm(tf.add(weight, tf.mul(tf.matMul(b, a), scaling))),
+        gradFunc: () => [tf.zerosLike(weight), tf.zerosLike(a), tf.zerosLike(b)],
+      };
+    }) as (weight: tf.Tensor2D, a: tf.Tensor, b: tf.Tensor) => tf.Tensor1D;
+    this.magnitude = tf.tidy(() => {
+      const weight = base.denseWeight();
+      return tf.variable(rowNorm(tf.add(weight, this.factors.deltaWeight())), true);
+    });
+  }
+
+  /** `lora_A.weight` [r, in], `lora_B.weight` [out, r], `lora_magnitude_vector` [out] (no `.weight`, as PEFT saves it). */
+  namedTensors(): [string, tf.Variable][] {
+    return [...this.factors.namedTensors(), ['lora_magnitude_vector', this.magnitude]];
+  }
+
+  /**
+   * ‖W + s·B·A‖ per output row for the base's current weight, detached from the gradient.
+   * The caller disposes the result.
+   */
+  weightNorm(base: BaseLayer): tf.Tensor1D {
+    return tf.tidy(() => this.detachedNorm(base.denseWeight(), this.loraA, this.loraB));
+  }
+
+  /**
+   * Add DoRA's contribution to `result` (the output so far, base bias included) and return the new
+   * output (see the class comment for the formula). Runs in `tf.tidy`; the caller disposes the result.
+   */
+  apply(input: tf.Tensor, result: tf.Tensor, context: ApplyContext): tf.Tensor {
+    return tf.tidy(() => {
+      const { base } = context;
+      const scale = tf.div(this.magnitude, this.weightNorm(base));
+      let x = input;
+      let baseResult: tf.Tensor;
+      if (context.training && this.dropout > 0) {
+        x = dropout(input, this.dropout);
+        baseResult = base.forwardWithoutBias(x);
+      } else {
+        // PEFT reuses the output so far minus the bias. With several adapters active that output
+        // includes the earlier adapters' contributions, as in PEFT.
+        baseResult = base.bias ? tf.sub(result, base.bias) : result;
+      }
+      const loraResult = applyToLastAxis(x, base.outFeatures, (matrix) =>
+        tf.matMul(tf.matMul(matrix, this.loraA as tf.Tensor2D, false, true), this.loraB as tf.Tensor2D, false, true),
+      );
+      const doraResult = tf.add(tf.mul(tf.sub(scale, 1), baseResult), tf.mul(tf.mul(scale, loraResult), this.scaling));
+      return tf.add(result, doraResult);
+    });
+  }
+
+  /** The low-rank part alone, s·B·A [out, in] (PEFT's `get_delta_weight`). The caller disposes it. */
+  loraDeltaWeight(): tf.Tensor2D {
+    return this.factors.deltaWeight();
+  }
+
+  /** ΔW = (m / ‖W + s·B·A‖) ⊙ (W + s·B·A) − W for the base's current weight. The caller disposes it. */
+  deltaWeight(base: BaseLayer): tf.Tensor2D {
+    return tf.tidy(() => {
+      const weight = base.denseWeight();
+      const combined = tf.add(weight, this.loraDeltaWeight());
+      const factor = tf.div(this.magnitude, rowNorm(combined));
+      return tf.sub(tf.mul(tf.reshape(factor, [-1, 1]), combined), weight) as tf.Tensor2D;
+    });
+  }
+
+  /**
+   * `W' = (m / n)[:, None] ⊙ (W + s·B·A)` with `n = ‖W + s·B·A‖` per row of the given weight; `n` is
+   * cached for {@link DoraAdapter.unmergeWeight}. The caller disposes the result.
+   */
+  mergeWeight(weight: tf.Tensor2D, base: BaseLayer): tf.Tensor2D {
+    checkBaseShape(base, this.loraA.shape[1]!, this.loraB.shape[0]!);
+    return tf.tidy(() => {
+      const combined = tf.add(weight, this.loraDeltaWeight());
+      const norm = rowNorm(combined);
+      this.cachedMergeNorm?.dispose();
+      this.cachedMergeNorm = tf.keep(norm);
+      const factor = tf.div(this.magnitude, norm);
+      return tf.mul(tf.reshape(factor, [-1, 1]), combined) as tf.Tensor2D;
+    });
+  }
+
+  /**
+   * Inverse of {@link DoraAdapter.mergeWeight}: `W = W' / (m / n)[:, None] − s·B·A` with the cached `n`
+   * (it cannot be recomputed from the merged weight). The caller disposes the result.
+   * @throws {LoraError} when this adapter was not merged.
+   */
+  unmergeWeight(weight: tf.Tensor2D): tf.Tensor2D {
+    const norm = this.cachedMergeNorm;
+    if (norm === null) {
+      throw new LoraError('[@lora/dora] Cannot unmerge a DoRA adapter that was not merged: the weight norm cached at merge time is missing.', {
+        plugin: 'dora',
+      });
+    }
+    const restored = tf.tidy(() => {
+      const factor = tf.div(this.magnitude, norm);
+      return tf.sub(tf.div(weight, tf.reshape(factor, [-1, 1])), this.loraDeltaWeight()) as tf.Tensor2D;
+    });
+    norm.dispose();
+    this.cachedMergeNorm = null;
+    return restored;
+  }
+
+  /** Free A, B, the magnitude and any cached merge norm. */
+  dispose(): void {
+    this.factors.dispose();
+    this.magnitude.dispose();
+    this.cachedMergeNorm?.dispose();
+    this.cachedMergeNorm = null;
+  }
+}

@@ -1,0 +1,312 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { Linear, LoraError, Module, ShapeError, applyToLastAxis, type BaseLayer } from '@lora/core';
+import type { ComputeDtype, QuantMergeMode } from './quant-config.js';
+import { dequantizeWeight, quantStateBytes, quantizeWeight, type QuantState, type QuantStateBytes } from './quant-state.js';
+
+/** Options for {@link QuantLinear}. */
+export interface QuantLinearOptions {
+  /** Bias [out] (copied), or null/absent for none. */
+  readonly bias?: tf.Tensor | null;
+  /** See {@link QuantOptions.merge} (default `requantize`). */
+  readonly merge?: QuantMergeMode;
+  /** See {@link QuantOptions.keepOriginalOnMerge} (default true). */
+  readonly keepOriginalOnMerge?: boolean;
+  /** Recorded only: tfjs computes in float32 (default `float32`). */
+  readonly computeDtype?: ComputeDtype;
+  /** The module path, used in notes and errors. */
+  readonly name?: string;
+  /**
+   * True when the layer this one replaced stored its weight [in, out] (GPT-2's Conv1D). The 4-bit
+   * weight is always [out, in], as transformers transposes Conv1D before quantizing; this only decides
+   * the layout of the float layer {@link QuantLinear.toLinear} returns. Default false.
+   */
+  readonly sourceFanInFanOut?: boolean;
+}
+
+/**
+ * The state before a merge, handed to core's adapter layer ({@link QuantLinear.snapshotForMerge}) and
+ * given back on unmerge, so unmerging restores the original packed bytes exactly. Holds no tensors.
+ */
+interface MergeSnapshot {
+  readonly state: QuantState;
+  /** The float32 merged weight held before this merge (merge mode `dequantize`), if any. */
+  readonly floatValues: Float32Array | null;
+}
+
+/**
+ * A linear layer whose weight is held in 4 bits (NF4 or FP4): packed codes in a `Uint8Array` and
+ * bitsandbytes' quantization state, never a float32 copy. `forward` dequantizes the weight inside
+ * `tf.tidy`, multiplies and frees it; the backward pass dequantizes again instead of keeping it
+ * (like bitsandbytes' `MatMul4Bit`), so one layer's float weight exists at a time. The packed weight
+ * gets no gradient; the bias is an ordinary (frozen) variable.
+ *
+ * It implements core's `BaseLayer`, so any adapter wraps it (QLoRA = this + LoRA). Merging an
+ * adapter calls {@link QuantLinear.assignDenseWeight}, which re-quantizes (lossy, measured) or keeps
+ * float32 while merged, and keeps the original bytes so that unmerging restores them exactly.
+ *
+ * @example
+ * const layer = QuantLinear.fromLayer(new Linear({ inFeatures: 64, outFeatures: 32 }), { type: 'nf4' });
+ * const y = tf.tidy(() => layer.forward(tf.ones([2, 64]))); // [2, 32]
+ */
+export class QuantLinear extends Module implements BaseLayer {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  /** Always false: the 4-bit weight is stored [out, in] whatever the source layer was. */
+  readonly fanInFanOut = false;
+  readonly bias: tf.Variable | null;
+  /** See {@link QuantLinearOptions.sourceFanInFanOut}. */
+  readonly sourceFanInFanOut: boolean;
+  readonly mergeMode: QuantMergeMode;
+  readonly keepOriginalOnMerge: boolean;
+  readonly computeDtype: ComputeDtype;
+  /** The module path given at creation ('' if none). */
+  readonly name: string;
+  private current: QuantState;
+  private floatWeight: tf.Variable | null = null;
+
+  /**
+   * Wrap an existing quantization state (from {@link quantizeWeight} or a checkpoint). The state's arrays
+   * are used as they are, not copied; the bias is copied into a new frozen variable.
+   * @throws {ShapeError} when the bias is not [out].
+   */
+  constructor(state: QuantState, options: QuantLinearOptions = {}) {
+    super();
+    const [outFeatures, inFeatures] = state.shape;
+    this.outFeatures = outFeatures;
+    this.inFeatures = inFeatures;
+    this.current = state;
+    this.mergeMode = options.merge ?? 'requantize';
+    this.keepOriginalOnMerge = options.keepOriginalOnMerge ?? true;
+    this.computeDtype = options.computeDtype ?? 'float32';
+    this.name = options.name ?? '';
+    this.sourceFanInFanOut = options.sourceFanInFanOut ?? false;
+    const bias = options.bias ?? null;
+    if (bias) {
+      if (bias.rank !== 1 || bias.shape[0] !== outFeatures) {
+        throw new ShapeError(`[@lora/quant] QuantLinear${this.label()} bias`, [outFeatures], bias.shape);
+      }
+      // A fresh variable: the caller keeps (and disposes) the tensor it passed.
+      const copy = tf.clone(bias);
+      this.bias = this.registerParameter('bias', copy, { trainable: false });
+      copy.dispose();
+    } else {
+      this.bias = null;
+    }
+  }
+
+  /**
+   * Quantize a layer (a core `Linear` or any `BaseLayer`): its dense [out, in] weight is read once and
+   * packed; the bias is copied. The source layer is not changed or disposed.
+   * @throws {LoraError} when the weight holds NaN or infinity.
+   */
+  static fromLayer(
+    layer: BaseLayer,
+    options: {
+      readonly type?: QuantState['quantType'];
+      readonly blockSize?: number;
+      readonly doubleQuant?: boolean;
+    } & Omit<QuantLinearOptions, 'bias' | 'sourceFanInFanOut'> = {},
+  ): QuantLinear {
+    const dense = layer.denseWeight();
+    let values: Float32Array;
+    try {
+      values = dense.dataSync() as Float32Array;
+    } finally {
+      dense.dispose();
+    }
+    const state = quantizeWeight(values, [layer.outFeatures, layer.inFeatures], {
+      type: options.type,
+      blockSize: options.blockSize,
+      doubleQuant: options.doubleQuant,
+      name: options.name,
+    });
+    return new QuantLinear(state, { ...options, bias: layer.bias, sourceFanInFanOut: layer.fanInFanOut });
+  }
+
+  private label(): string {
+    return this.name ? ` "${this.name}"` : '';
+  }
+
+  /** The quantization state (packed codes and statistics). Do not mutate its arrays. */
+  get quantState(): QuantState {
+    return this.current;
+  }
+
+  /** True while a float32 merged weight is held (merge mode `dequantize`). */
+  get holdsFloatWeight(): boolean {
+    return this.floatWeight !== null;
+  }
+
+  /** Bytes of the buffers this layer holds, by part (tables are shared constants when unchanged). */
+  storageBytes(): QuantStateBytes & { readonly floatWeight: number } {
+    return { ...quantStateBytes(this.current), floatWeight: this.floatWeight ? this.floatWeight.size * 4 : 0 };
+  }
+
+  /** The weights this layer stores outside variables (the packed 4-bit weight), for parameter counts. */
+  override storedParameterCount(): number {
+    return this.floatWeight ? 0 : this.inFeatures * this.outFeatures;
+  }
+
+  /**
+   * Core's adapter layer calls this before merging: the current packed state (and float weight, if
+   * merged in `dequantize` mode), so {@link QuantLinear.restoreSnapshot} can return to it bit for bit.
+   * Returns undefined with `keepOriginalOnMerge: false` in `requantize` mode (unmerge then
+   * re-quantizes, as PEFT does).
+   */
+  snapshotForMerge(): unknown {
+    if (!this.keepOriginalOnMerge && this.mergeMode === 'requantize') return undefined;
+    const snapshot: MergeSnapshot = { state: this.current, floatValues: this.floatWeight ? (this.floatWeight.dataSync() as Float32Array).slice() : null };
+    return snapshot;
+  }
+
+  /** Return to a state captured by {@link QuantLinear.snapshotForMerge} (exact unmerge). */
+  restoreSnapshot(snapshot: unknown): void {
+    const { state, floatValues } = snapshot as MergeSnapshot;
+    this.current = state;
+    this.floatWeight?.dispose();
+    this.floatWeight = floatValues ? tf.tidy(() => tf.variable(tf.tensor2d(floatValues, [this.outFeatures, this.inFeatures]), false)) : null;
+  }
+
+  private checkInput(input: tf.Tensor): void {
+    if (input.shape[input.rank - 1] !== this.inFeatures) {
+      throw new ShapeError(`[@lora/quant] QuantLinear${this.label()} input`, [null, this.inFeatures], input.shape);
+    }
+  }
+
+  /** The dense weight [out, in] as a new tensor (dequantized, or the merged float weight). */
+  private weightTensor(state: QuantState): tf.Tensor2D {
+    if (this.floatWeight) return tf.clone(this.floatWeight) as tf.Tensor2D;
+    return tf.tensor2d(dequantizeWeight(state), [this.outFeatures, this.inFeatures], 'float32');
+  }
+
+  private matMulTransposed(x: tf.Tensor2D): tf.Tensor2D {
+    if (this.floatWeight) return tf.matMul(x, this.floatWeight as tf.Tensor2D, false, true);
+    const state = this.current;
+    // The gradient to x re-dequantizes the weight instead of letting the tape keep it alive.
+    const multiply = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
+      const input = inputs[0] as tf.Tensor2D;
+      const value = tf.tidy(() => tf.matMul(input, this.weightTensor(state), false, true));
+      return {
+        value,
+        gradFunc: (dy: tf.Tensor) => tf.tidy(() => tf.matMul(dy as tf.Tensor2D, this.weightTensor(state))),
+      };
+    });
+    return multiply(x) as tf.Tensor2D;
+  }
+
+  /** `x·Wᵀ + b` with W dequantized for this call only. */
+  forward(input: tf.Tensor): tf.Tensor {
+    this.checkInput(input);
+    return tf.tidy(() => {
+      const output = applyToLastAxis(input, this.outFeatures, (x) => this.matMulTransposed(x));
+      return this.bias ? tf.add(output, this.bias) : output;
+    });
+  }
+
+  /** `x·Wᵀ` without the bias. */
+  forwardWithoutBias(input: tf.Tensor): tf.Tensor {
+    this.checkInput(input);
+    return tf.tidy(() => applyToLastAxis(input, this.outFeatures, (x) => this.matMulTransposed(x)));
+  }
+
+  /** The dequantized weight as a new dense float32 [out, in] tensor. The caller disposes it. */
+  denseWeight(): tf.Tensor2D {
+    return this.weightTensor(this.current);
+  }
+
+  /**
+   * Replace the weight with a dense [out, in] tensor (not taken over). Adapter merging calls this.
+   *
+   * - In merge mode `requantize` (default) the weight is quantized again (same type, block size and
+   *   double quantization): `exact: false` with a note giving the max and mean absolute error.
+   *   Unmerging through core's adapter layer restores the pre-merge bytes exactly from
+   *   {@link QuantLinear.snapshotForMerge} (unless `keepOriginalOnMerge: false`).
+   * - In merge mode `dequantize` the weight is held in float32: `exact: true`.
+   *
+   * @throws {ShapeError} on a wrong shape; {LoraError} on a non-finite value.
+   */
+  assignDenseWeight(weight: tf.Tensor2D): { readonly exact: boolean; readonly note?: string } {
+    if (weight.shape[0] !== this.outFeatures || weight.shape[1] !== this.inFeatures) {
+      throw new ShapeError(`[@lora/quant] QuantLinear${this.label()}.assignDenseWeight`, [this.outFeatures, this.inFeatures], weight.shape);
+    }
+    const values = weight.dataSync() as Float32Array;
+    for (let i = 0; i < values.length; i++) {
+      if (!Number.isFinite(values[i]!)) {
+        throw new LoraError(
+          `[@lora/quant] QuantLinear${this.label()}: the weight to assign has ${values[i]} at element ${i}; the 4-bit weight was not changed.`,
+          { plugin: '@lora/quant' },
+        );
+      }
+    }
+    if (this.mergeMode === 'dequantize') {
+      if (this.floatWeight) this.floatWeight.assign(weight);
+      else this.floatWeight = tf.variable(weight, false);
+      return { exact: true };
+    }
+    const next = quantizeWeight(values, [this.outFeatures, this.inFeatures], {
+      type: this.current.quantType,
+      blockSize: this.current.blockSize,
+      doubleQuant: this.current.nested !== null,
+      nestedBlockSize: this.current.nested?.blockSize,
+      dtype: this.current.dtype,
+      name: this.name,
+    });
+    const restored = dequantizeWeight(next);
+    let maxError = 0;
+    let sumError = 0;
+    for (let i = 0; i < values.length; i++) {
+      const error = Math.abs(restored[i]! - values[i]!);
+      sumError += error;
+      if (error > maxError) maxError = error;
+    }
+    this.current = next;
+    this.floatWeight?.dispose();
+    this.floatWeight = null;
+    const meanError = sumError / Math.max(1, values.length);
+    return {
+      exact: false,
+      note:
+        `[@lora/quant] ${this.name || 'QuantLinear'}: the merged weight was re-quantized to ${next.quantType} (lossy): ` +
+        `max |error| ${maxError.toPrecision(3)}, mean |error| ${meanError.toPrecision(3)}. ` +
+        (this.keepOriginalOnMerge
+          ? 'The original 4-bit weight is kept, so unmerge() restores it exactly.'
+          : 'Unmerging will re-quantize again (not exact).') +
+        " For an exact merged model use mergeAndDequantize() or quant({ merge: 'dequantize' }).",
+    };
+  }
+
+  /**
+   * A float32 core `Linear` with the dequantized (or merged float) weight and a copy of the bias, in the
+   * source layer's layout (`fanInFanOut` for a former Conv1D). This layer is not changed.
+   */
+  toLinear(): Linear {
+    const linear = new Linear({
+      inFeatures: this.inFeatures,
+      outFeatures: this.outFeatures,
+      bias: this.bias !== null,
+      fanInFanOut: this.sourceFanInFanOut,
+    });
+    const dense = this.denseWeight();
+    try {
+      linear.assignDenseWeight(dense);
+    } finally {
+      dense.dispose();
+    }
+    if (this.bias && linear.bias) linear.bias.assign(this.bias);
+    linear.setTrainable(false);
+    linear.training = this.training;
+    return linear;
+  }
+
+  /** Free the bias and any float weight; the packed bytes are released to the garbage collector. */
+  override dispose(): void {
+    super.dispose();
+    this.floatWeight?.dispose();
+    this.floatWeight = null;
+  }
+}
+
+/** True when `module` is a {@link QuantLinear}. */
+export function isQuantLinear(module: unknown): module is QuantLinear {
+  return module instanceof QuantLinear;
+}

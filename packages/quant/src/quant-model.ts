@@ -1,0 +1,81 @@
+import { type AdapterModel, type Module, isBaseLayer } from '@lora/core';
+import { parseQuantOptions, type QuantOptions } from './quant-config.js';
+import { QuantLinear } from './quant-layer.js';
+import { shouldQuantize } from './quant-plugin.js';
+
+/**
+ * Quantize a model in place: every linear layer selected as by {@link quant} (all base layers but the
+ * output heads or `skipModules`) is replaced by a {@link QuantLinear}, and the float layer is disposed.
+ * Use it for a plain model (no adapters yet); with an `AdapterModel`, pass `transforms: ['quant']` instead.
+ *
+ * @returns the paths of the replaced layers.
+ * @throws {ConfigError} on invalid options; {LoraError} when a weight is not finite.
+ * @example
+ * const replaced = quantizeModel(model, { type: 'nf4', doubleQuant: true });
+ */
+export function quantizeModel(model: Module, options: QuantOptions = {}): string[] {
+  const config = parseQuantOptions(options);
+  const replaced: string[] = [];
+  for (const [path, module] of model.namedModules()) {
+    if (path === '' || !isBaseLayer(module) || !shouldQuantize(path, module, model, config)) continue;
+    const layer = QuantLinear.fromLayer(module, {
+      type: config.type,
+      blockSize: config.blockSize,
+      doubleQuant: config.doubleQuant,
+      computeDtype: config.computeDtype,
+      merge: config.merge,
+      keepOriginalOnMerge: config.keepOriginalOnMerge,
+      name: path,
+    });
+    model.setSubmodule(path, layer);
+    module.dispose();
+    replaced.push(path);
+  }
+  return replaced;
+}
+
+/**
+ * Replace every {@link QuantLinear} of the tree (also inside adapter layers) with a float32 core
+ * `Linear` holding its dequantized weight, in the source layer's layout. The quantized layers are disposed.
+ * @returns the paths of the replaced layers.
+ */
+export function dequantizeModel(model: Module): string[] {
+  const replaced: string[] = [];
+  for (const [path, module] of model.namedModules()) {
+    if (!(module instanceof QuantLinear) || path === '') continue;
+    model.setSubmodule(path, module.toLinear());
+    module.dispose();
+    replaced.push(path);
+  }
+  return replaced;
+}
+
+/**
+ * Merge the active adapters into a float model (the "dequantize" merge): each 4-bit base is
+ * dequantized to a float32 `Linear` first, so the merged weight is exactly `dequant(W4) + ΔW`, the
+ * function the adapter was trained against; then the adapters are merged and unloaded as core's
+ * `mergeAndUnload` does, and any other 4-bit layer is dequantized too. Adapters already merged are
+ * unmerged first (restoring their 4-bit bytes).
+ *
+ * @returns the plain float model (the same object as `adapterModel.model`).
+ */
+export function mergeAndDequantize<M extends Module>(adapterModel: AdapterModel<M>, options: { readonly safe?: boolean } = {}): M {
+  adapterModel.unmerge();
+  const layers = adapterModel.adapterLayers();
+  for (const [path, layer] of layers) {
+    const base = layer.base_layer;
+    if (!(base instanceof QuantLinear)) continue;
+    adapterModel.model.setSubmodule(`${path}.base_layer`, base.toLinear());
+    base.dispose();
+  }
+  const model = adapterModel.mergeAndUnload({ safe: options.safe });
+  // core's unload() leaves the merged adapters' variables alive on the detached adapter layers; free
+  // them here (guarded, so this stays correct once core disposes them itself).
+  for (const [, layer] of layers) {
+    for (const name of layer.adapterNames) {
+      for (const [, variable] of layer.adapter(name)?.namedTensors() ?? []) if (!variable.isDisposed) variable.dispose();
+    }
+  }
+  dequantizeModel(model);
+  return model;
+}

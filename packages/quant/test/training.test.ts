@@ -1,0 +1,219 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { AdamW, AdapterModel, ConfigError, Linear, Module, createLoraRegistry, initRuntime, lora, train } from '@lora/core';
+import { withoutTensorLeaks } from '@lora/core/testing';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { AdamW8bit, DYNAMIC_MAP_SIGNED, DYNAMIC_MAP_UNSIGNED, measurePeakTensorBytes, memoryReport, quant, type QuantLinear } from '../src/index.js';
+import { TinyMlp } from './helpers.js';
+
+beforeAll(async () => {
+  await initRuntime();
+});
+
+function qlora(seed = 2): AdapterModel<TinyMlp> {
+  const registry = createLoraRegistry({ plugins: [lora({ seed: 4 }), quant()] });
+  return AdapterModel.create(new TinyMlp({ inFeatures: 24, hidden: 64, seed }), {
+    registry,
+    config: { r: 8, loraAlpha: 16, targetModules: ['fc1', 'proj'] },
+    transforms: ['quant'],
+  });
+}
+
+function batches(count: number): { x: tf.Tensor2D; y: tf.Tensor2D }[] {
+  return Array.from({ length: count }, (_, i) => ({
+    x: tf.randomNormal([8, 24], 0, 1, 'float32', 100 + i) as tf.Tensor2D,
+    y: tf.randomNormal([8, 6], 0, 1, 'float32', 200 + i) as tf.Tensor2D,
+  }));
+}
+
+const mse = (model: TinyMlp) => (batch: { x: tf.Tensor2D; y: tf.Tensor2D }): tf.Scalar =>
+  tf.tidy(() => tf.mean(tf.square(tf.sub(model.forward(batch.x), batch.y))) as tf.Scalar);
+
+describe('QLoRA training', () => {
+  it('runs 50 steps with core train() without leaking tensors, and lowers the loss', async () => {
+    const data = batches(4);
+    await withoutTensorLeaks(async () => {
+      const peft = qlora();
+      const bytesBefore = peft.adapterLayers().map(([, layer]) => Buffer.from((layer.base_layer as QuantLinear).quantState.packed));
+      const result = await train({ model: peft.model, lossFn: mse(peft.model), trainData: data, steps: 50, learningRate: 1e-2 });
+      expect(result.losses.length).toBe(50);
+      expect(result.losses[49]!).toBeLessThan(result.losses[0]!);
+      // The 4-bit base is frozen: its bytes never change.
+      peft.adapterLayers().forEach(([, layer], i) => expect(Buffer.from((layer.base_layer as QuantLinear).quantState.packed).equals(bytesBefore[i]!)).toBe(true));
+      peft.dispose();
+    });
+    tf.dispose(data.flatMap((b) => [b.x, b.y]));
+  });
+
+  it('runs 50 steps with AdamW8bit in a custom loop without leaking tensors', async () => {
+    const data = batches(4);
+    await withoutTensorLeaks(() => {
+      const peft = qlora();
+      const optimizer = new AdamW8bit({ learningRate: 1e-2, weightDecay: 0, minQuantizedSize: 0 });
+      const variables = peft.model.trainableVariables();
+      const lossFn = mse(peft.model);
+      const losses: number[] = [];
+      for (let step = 0; step < 50; step++) {
+        const { value, grads } = tf.variableGrads(() => lossFn(data[step % data.length]!), variables);
+        losses.push(value.dataSync()[0]!);
+        optimizer.applyGradients(new Map(variables.map((variable) => [variable, grads[variable.name]!] as const)));
+        tf.dispose([value, ...Object.values(grads)]);
+      }
+      expect(losses[49]!).toBeLessThan(losses[0]!);
+      optimizer.dispose();
+      peft.dispose();
+    });
+    tf.dispose(data.flatMap((b) => [b.x, b.y]));
+  });
+});
+
+describe('AdamW8bit', () => {
+  it('tracks float32 AdamW closely and stores ≈ 2 bytes per parameter instead of 8', async () => {
+    await withoutTensorLeaks(() => {
+      const target = tf.randomNormal([64, 128], 0, 1, 'float32', 1);
+      const start = tf.randomNormal([64, 128], 0, 1, 'float32', 2);
+      const a = tf.variable(start);
+      const b = tf.variable(start);
+      const full = new AdamW({ learningRate: 1e-2, weightDecay: 0.01 });
+      const eight = new AdamW8bit({ learningRate: 1e-2, weightDecay: 0.01 });
+      for (let step = 0; step < 30; step++) {
+        for (const [variable, optimizer] of [[a, full], [b, eight]] as const) {
+          const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(tf.square(tf.sub(variable, target)), 0.5)) as tf.Scalar, [variable]);
+          optimizer.applyGradients(new Map([[variable, grads[variable.name]!]]));
+          tf.dispose([value, ...Object.values(grads)]);
+        }
+      }
+      // 8-bit moments follow the float32 trajectory up to quantization noise (a few % of the distance travelled)
+      // and reach the same loss.
+      const relative = tf.tidy(() => tf.div(tf.norm(tf.sub(a, b)), tf.norm(tf.sub(a, start))).dataSync()[0]!);
+      expect(relative).toBeLessThan(0.05);
+      const [lossFull, lossEight] = [a, b].map((variable) => tf.tidy(() => tf.sum(tf.square(tf.sub(variable, target))).dataSync()[0]!));
+      expect(Math.abs(lossEight! - lossFull!) / lossFull!).toBeLessThan(0.01);
+      const bytes = eight.stateBytes();
+      expect(bytes.parameters).toBe(64 * 128);
+      expect(bytes.float32).toBe(0);
+      expect(bytes.total / bytes.parameters).toBeCloseTo(2 + 8 / 256, 6); // 2.03 B/param vs 8
+      console.log(`AdamW8bit after 30 steps: parameter drift vs float32 AdamW ${relative.toExponential(2)} of the distance travelled; loss ${lossEight!.toFixed(2)} vs ${lossFull!.toFixed(2)}; ${(bytes.total / bytes.parameters).toFixed(4)} B/param`);
+      tf.dispose([target, start]);
+      a.dispose();
+      b.dispose();
+      full.dispose();
+      eight.dispose();
+    });
+  });
+
+  it('stores the nearest 8-bit codes of the updated moments after one step (independent reference)', async () => {
+    await withoutTensorLeaks(() => {
+      const variable = tf.tidy(() => tf.variable(tf.randomNormal([300], 0, 1, 'float32', 5)));
+      const gradient = tf.randomNormal([300], 0, 1, 'float32', 6);
+      const optimizer = new AdamW8bit({ minQuantizedSize: 0, blockSize: 256 });
+      optimizer.applyGradients(new Map([[variable, gradient]]));
+      const g = gradient.dataSync();
+      const moments = optimizer.momentsOf(variable)!;
+      const m = moments.m.dataSync();
+      const v = moments.v.dataSync();
+      // Reference: m = 0.1·g, v = 0.001·g², then per block of 256 the nearest map entry times the block absmax.
+      for (const [values, beta, map, square] of [[m, 0.1, DYNAMIC_MAP_SIGNED, false], [v, 0.001, DYNAMIC_MAP_UNSIGNED, true]] as const) {
+        for (let block = 0; block < 2; block++) {
+          const exact = Array.from(g.slice(block * 256, block * 256 + 256), (x) => (square ? x * x : x) * beta);
+          const absmax = Math.max(...exact.map(Math.abs));
+          exact.forEach((x, i) => {
+            const nearest = Math.min(...Array.from(map, (entry) => Math.abs(entry * absmax - x)));
+            expect(Math.abs(values[block * 256 + i]! - x)).toBeLessThanOrEqual(nearest + 1e-6 * absmax);
+          });
+        }
+      }
+      tf.dispose([gradient, moments.m, moments.v]);
+      variable.dispose();
+      optimizer.dispose();
+    });
+  });
+
+  it('keeps float32 moments for variables under minQuantizedSize (default 4096, as bitsandbytes)', async () => {
+    await withoutTensorLeaks(() => {
+      const small = tf.tidy(() => tf.variable(tf.ones([10, 10])));
+      const optimizer = new AdamW8bit();
+      const gradient = tf.onesLike(small);
+      optimizer.applyGradients(new Map([[small, gradient]]));
+      expect(optimizer.stateBytes()).toMatchObject({ quantized: 0, float32: 800, parameters: 100 });
+      tf.dispose([gradient]);
+      small.dispose();
+      optimizer.dispose();
+    });
+  });
+
+  it('rejects invalid options with a ConfigError naming the field', () => {
+    expect(() => new AdamW8bit({ beta1: 1 })).toThrow(ConfigError);
+    expect(() => new AdamW8bit({ blockSize: 0 })).toThrow(/blockSize/u);
+  });
+});
+
+describe('memoryReport / measurePeakTensorBytes', () => {
+  it('reports bytes per component and the peak tensor bytes of a training step', async () => {
+    const data = batches(1);
+    await withoutTensorLeaks(async () => {
+      const peft = qlora();
+      const optimizer = new AdamW8bit({ minQuantizedSize: 0 });
+      const variables = peft.model.trainableVariables();
+      const step = (): void => {
+        const { value, grads } = tf.variableGrads(() => mse(peft.model)(data[0]!), variables);
+        optimizer.applyGradients(new Map(variables.map((variable) => [variable, grads[variable.name]!] as const)));
+        tf.dispose([value, ...Object.values(grads)]);
+      };
+      step();
+      const peak = await measurePeakTensorBytes(step);
+      const report = memoryReport(peft.model, { optimizer });
+      // fc1 [64, 24] and proj [64, 64]: 1536 + 4096 weights.
+      expect(report.quantizedLayers).toBe(2);
+      expect(report.packedWeights).toBe((1536 + 4096) / 2);
+      expect(report.quantState).toBe(24 + 64 + 4 + 4); // 8-bit absmax codes + one nested absmax each
+      expect(report.quantTables).toBe(16 * 4 + 256 * 4); // shared by both layers, counted once
+      expect(report.float32Equivalent).toBe((1536 + 4096) * 4);
+      const adapterParameters = 8 * 24 + 64 * 8 + 8 * 64 + 64 * 8;
+      expect(report.adapters).toBe(adapterParameters * 4);
+      expect(report.optimizerState).toBe(optimizer.stateBytes().total);
+      expect(report.total).toBe(report.packedWeights + report.quantState + report.quantTables + report.adapters + report.otherParameters + report.optimizerState);
+      expect(peak.peakBytes).toBeGreaterThan(peak.startBytes);
+      expect(peak.endBytes).toBe(peak.startBytes);
+      // The transient peak stays below the float32 size of all base weights + activations: weights are dequantized one layer at a time.
+      console.log(`${report.summary}\npeak tensor bytes during a step: ${peak.peakBytes} (start ${peak.startBytes}, transient ${peak.transientBytes})`);
+      optimizer.dispose();
+      peft.dispose();
+    });
+    tf.dispose(data.flatMap((b) => [b.x, b.y]));
+  });
+});
+
+class Deep extends Module {
+  readonly layers: Linear[];
+
+  constructor() {
+    super();
+    this.layers = Array.from({ length: 6 }, (_, i) => this.registerModule(`l${i}`, new Linear({ inFeatures: 256, outFeatures: 256, seed: i })));
+  }
+
+  forward(x: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => this.layers.reduce<tf.Tensor>((h, _, i) => tf.tanh((this.getSubmodule(`l${i}`) as unknown as Linear).forward(h)), x));
+  }
+}
+
+describe('one layer dequantized at a time', () => {
+  it('keeps the transient tensor bytes of a QLoRA training step under two float32 weights, for six 4-bit layers', async () => {
+    await withoutTensorLeaks(async () => {
+      const registry = createLoraRegistry({ plugins: [lora({ seed: 1 }), quant()] });
+      const peft = AdapterModel.create(new Deep(), { registry, config: { r: 4, targetModules: 'all-linear' }, transforms: ['quant'] });
+      const x = tf.randomNormal([1, 256], 0, 1, 'float32', 1);
+      const variables = peft.model.trainableVariables();
+      const step = (): void => {
+        const { value, grads } = tf.variableGrads(() => tf.sum(tf.square(peft.model.forward(x))) as tf.Scalar, variables);
+        tf.dispose([value, ...Object.values(grads)]);
+      };
+      const { transientBytes } = await measurePeakTensorBytes(step);
+      const layerBytes = 256 * 256 * 4;
+      console.log(`transient peak of a forward+backward over 6 4-bit layers: ${transientBytes} B (one float32 weight = ${layerBytes} B)`);
+      // A tape that kept every dequantized weight for the backward pass would need ≥ 6 · layerBytes.
+      expect(transientBytes).toBeLessThan(2 * layerBytes);
+      x.dispose();
+      peft.dispose();
+    });
+  });
+});
