@@ -14,7 +14,7 @@ import {
   type Module,
   type PeftConfigJson,
 } from '@lora/core';
-import { BertForSequenceClassification, BertModel, CausalLanguageModel, loadPretrained, type AnyPretrainedModel } from '@lora/models';
+import { BertForSequenceClassification, BertModel, CausalLanguageModel, createModel, loadPretrained, type AnyPretrainedModel } from '@lora/models';
 import { CliError, MissingPackageError } from './errors.js';
 import { importPackage, type PackageLoader } from './plugins.js';
 import { PLUGIN_FACTORIES } from './recipe.js';
@@ -48,14 +48,30 @@ async function pluginsFromPackages(packages: Iterable<string>, loader: PackageLo
   return plugins;
 }
 
-/** Load a Hugging Face model directory with clear one-line errors. */
-export async function loadModelDirectory(directory: string): Promise<AnyPretrainedModel> {
+/**
+ * Load a Hugging Face model directory with clear one-line errors. A 4-bit checkpoint (with
+ * `quantization_config`, as `lora quantize` writes) loads through @lora/quant as a quantized model.
+ */
+export async function loadModelDirectory(directory: string, loader: PackageLoader = importPackage): Promise<AnyPretrainedModel> {
+  let config: Record<string, unknown>;
   try {
-    await fs.access(path.join(directory, 'config.json'));
+    config = JSON.parse(await fs.readFile(path.join(directory, 'config.json'), 'utf8')) as Record<string, unknown>;
   } catch {
-    throw new CliError(`Model directory ${directory} has no config.json (expected a Hugging Face model directory).`, { exitCode: 2 });
+    throw new CliError(`Model directory ${directory} has no readable config.json (expected a Hugging Face model directory).`, { exitCode: 2 });
   }
-  return loadPretrained(directory);
+  if (config['quantization_config'] === undefined) return loadPretrained(directory);
+  let quantPackage: Record<string, unknown>;
+  try {
+    quantPackage = (await loader('@lora/quant')) as Record<string, unknown>;
+  } catch {
+    throw new MissingPackageError('@lora/quant', `The 4-bit checkpoint in ${directory}`);
+  }
+  const load = quantPackage['loadQuantizedModel'] as (
+    directory: string,
+    options: { loadModel: (json: Readonly<Record<string, unknown>>) => AnyPretrainedModel },
+  ) => Promise<{ model: AnyPretrainedModel }>;
+  const { model } = await load(directory, { loadModel: (json) => createModel(json as Parameters<typeof createModel>[0]) });
+  return model;
 }
 
 /**
@@ -80,7 +96,7 @@ export async function loadModelWithAdapters(options: {
   const packages = configs.map(packageForAdapterConfig);
   if (options.quantize) packages.push('@lora/quant');
   const plugins = await pluginsFromPackages(packages, loader);
-  const model = await loadModelDirectory(options.modelDirectory);
+  const model = await loadModelDirectory(options.modelDirectory, loader);
   if (options.adapterDirectories.length === 0 && !options.quantize) return { model, adapterModel: null };
   try {
     const registry = createLoraRegistry({ plugins });

@@ -9,14 +9,13 @@ import {
   evaluatePerplexity,
   generate,
   loadBundledBase,
-  loadPretrained,
   loadTokenizer,
   type TextTokenizer,
 } from '@lora/models';
 import { CliError } from './errors.js';
 import type { Decision } from './flowchart.js';
 import { loadTokenData, windows } from './data.js';
-import { writeDirectoryAtomically } from './model-io.js';
+import { loadModelDirectory, writeDirectoryAtomically } from './model-io.js';
 import type { VariantRecipe } from './recipe.js';
 import { markdownReport, type TrainingReport } from './report.js';
 import type { SelectorIo } from './select.js';
@@ -62,12 +61,7 @@ export async function loadLanguageModel(directory: string | null): Promise<{ mod
     const { model, tokenizer } = await loadBundledBase();
     return { model, tokenizer, name: 'bundled base (GPT-2 architecture, byte vocabulary, pretrained on Moby-Dick)' };
   }
-  try {
-    await fs.access(path.join(directory, 'config.json'));
-  } catch {
-    throw new CliError(`Model directory ${directory} has no config.json (expected a Hugging Face model directory).`, { exitCode: 2 });
-  }
-  const model = await loadPretrained(directory);
+  const model = await loadModelDirectory(directory);
   if (!(model instanceof CausalLanguageModel)) {
     model.dispose();
     throw new CliError(`lora train fine-tunes causal language models (GPT-2, Llama); ${directory} holds a ${model.architecture}.`, { exitCode: 2 });

@@ -39,11 +39,11 @@ describe('lora forward / merge / inspect / generate', () => {
     await rm(directory, { recursive: true, force: true });
   });
 
-  async function forward(model: string, input: Record<string, number[][]>, adapters: string[] = []): Promise<unknown> {
+  async function forward(model: string, input: Record<string, number[][]>, adapters: string[] = [], extra: string[] = []): Promise<unknown> {
     const inputFile = path.join(directory, `in-${Math.random()}.json`);
     const outFile = path.join(directory, `out-${Math.random()}.json`);
     await writeFile(inputFile, JSON.stringify(input));
-    const result = await run(['forward', '--model', model, ...adapters.flatMap((a) => ['--adapter', a]), '--input', inputFile, '--out', outFile]);
+    const result = await run(['forward', '--model', model, ...adapters.flatMap((a) => ['--adapter', a]), ...extra, '--input', inputFile, '--out', outFile]);
     expect(result.stderr).toBe('');
     expect(result.code).toBe(0);
     return (JSON.parse(await readFile(outFile, 'utf8')) as { logits: unknown }).logits;
@@ -73,6 +73,22 @@ describe('lora forward / merge / inspect / generate', () => {
     const again = await run(['merge', '--model', GPT2, '--adapter', path.join(FIXTURES, 'adapters/gpt2_lora'), '--out', out]);
     expect(again.code).toBe(2);
     expect(again.stderr).toMatch(/exists and is not empty; pass --overwrite/u);
+  });
+
+  it('writes a 4-bit checkpoint that gives the same logits as quantizing on the fly', async () => {
+    const out = path.join(directory, 'gpt2-nf4');
+    const quantized = await run(['quantize', '--model', GPT2, '--out', out, '--double-quant']);
+    expect(quantized.code).toBe(0);
+    const config = JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8')) as { quantization_config: Record<string, unknown> };
+    expect(config.quantization_config).toMatchObject({ load_in_4bit: true, bnb_4bit_quant_type: 'nf4', bnb_4bit_use_double_quant: true });
+    const ref = await reference('models/gpt2');
+    const fromCheckpoint = await forward(out, ref.inputs);
+    const onTheFly = await forward(GPT2, ref.inputs, [], ['--quantize', 'nf4']);
+    expect(relativeError(fromCheckpoint, onTheFly)).toBe(0);
+    // 4-bit weights change the logits, but not beyond NF4's rounding.
+    const error = relativeError(fromCheckpoint, ref.logits);
+    expect(error).toBeGreaterThan(1e-4);
+    expect(error).toBeLessThan(0.2);
   });
 
   it('inspects adapters and models', async () => {

@@ -64,6 +64,21 @@ describe('lora train', () => {
     expect(result.stderr).toMatch(/^lora: Model directory .*missing has no readable config\.json/u);
   });
 
+  it.each([
+    ['qlora', ['--memory', 'extreme'], 'LORA'],
+    ['dora', ['--expressive'], 'LORA (DoRA)'],
+  ])('composes the %s recipe from its packages and fine-tunes', async (variant, flags, type) => {
+    const out = path.join(directory, `${variant}-run`);
+    const result = await run(['train', '--model', GPT2, ...flags, '--steps', '8', '--context', '64', '--out', out]);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    const report = JSON.parse(await readFile(path.join(out, 'report.json'), 'utf8')) as { variant: string; recipe: { transforms: string[] } };
+    expect(report.variant).toBe(variant);
+    expect(report.recipe.transforms).toEqual(variant === 'qlora' ? ['quant'] : []);
+    const inspect = await run(['inspect', path.join(out, 'adapter'), '--json']);
+    expect(JSON.parse(inspect.stdout)).toMatchObject({ kind: 'adapter', type });
+  });
+
   it('trains on a JSONL file and saves a loadable adapter', async () => {
     const data = path.join(directory, 'ok.jsonl');
     const lines = Array.from({ length: 40 }, (_, i) => JSON.stringify({ text: `Record ${i}: the quick brown fox jumps over the lazy dog, again and again.` }));
