@@ -49,7 +49,7 @@ export function adapterStateDict(adapterModel: AdapterModel, adapterName: string
 /** The `adapter_config.json` object PEFT would write for an adapter. */
 export function adapterPeftConfig(adapterModel: AdapterModel, adapterName: string): PeftConfigJson {
   const { plugin, config, targetModules } = adapterModel.adapterConfig(adapterName);
-  const json = { ...plugin.toPeftJson(config) } as Record<string, unknown>;
+  const json = { ...plugin.toPeftJson(config, { instances: () => adapterModel.adapterInstances(adapterName) }) } as Record<string, unknown>;
   json['target_modules'] = targetModules;
   return json as PeftConfigJson;
 }
@@ -69,6 +69,15 @@ export async function saveAdapter(
     const target = name === 'default' ? directory : path.join(directory, name);
     const entries = new Map<string, SafetensorsEntry>();
     for (const [key, variable] of adapterStateDict(adapterModel, name)) entries.set(key, tensorToEntry(variable));
+    // Plugins that save a different form (AdaLoRA's pruned triplets) replace their entries.
+    for (const [modulePath, instance] of adapterModel.adapterInstances(name)) {
+      const replacements = instance.tensorsForSave?.() ?? [];
+      try {
+        for (const [key, tensor] of replacements) entries.set(`${PREFIX}${modulePath}.${key}`, tensorToEntry(tensor));
+      } finally {
+        for (const [, tensor] of replacements) tensor.dispose();
+      }
+    }
     await writeSafetensorsFile(path.join(target, ADAPTER_WEIGHTS_NAME), entries, { format: 'pt' });
     await writeJsonAtomic(path.join(target, ADAPTER_CONFIG_NAME), adapterPeftConfig(adapterModel, name));
   }

@@ -174,7 +174,7 @@ export class AdapterLayer extends Module {
   override dispose(): void {
     for (const instance of this.adapterMap.values()) instance.dispose();
     this.adapterMap.clear();
-    this.base_layer.dispose();
+    super.dispose();
   }
 }
 
@@ -255,7 +255,7 @@ export class ModulesToSaveWrapper extends Module {
   }
 
   override dispose(): void {
-    this.original_module.dispose();
-    for (const copy of this.copies.values()) copy.dispose();
+    super.dispose();
+    this.copies.clear();
   }
 }

@@ -166,9 +166,13 @@ export abstract class Module {
     return total;
   }
 
-  /** Free every variable of this subtree. The module must not be used afterwards. */
+  /**
+   * Free every variable of this subtree, calling each child's `dispose()` (so subclasses holding
+   * other resources free them too). The module must not be used afterwards.
+   */
   dispose(): void {
-    for (const [, variable] of this.namedParameters()) {
+    for (const child of this.childModules.values()) child.dispose();
+    for (const [, variable] of this.ownParameters()) {
       if (!variable.isDisposed) variable.dispose();
     }
   }

@@ -62,6 +62,11 @@ export interface AdapterInstance {
   /** Inverse of {@link AdapterInstance.mergeWeight}. */
   unmergeWeight(weight: tf.Tensor2D, base: BaseLayer): tf.Tensor2D;
   /**
+   * Optional: the tensors to save instead of {@link AdapterInstance.namedTensors}' variables, under the
+   * same keys (AdaLoRA saves only the triplets it kept). New tensors; the caller disposes them.
+   */
+  tensorsForSave?(): [string, tf.Tensor][];
+  /**
    * Optional custom loading (AdaLoRA resizes to the saved rank). Receives the saved tensors for this
    * module by relative key; the default checks each shape and assigns.
    */
@@ -70,7 +75,7 @@ export interface AdapterInstance {
   dispose(): void;
 }
 
-/** Hooks a plugin adds to training. All optional. */
+/** Hooks a plugin adds to training. All optional; `step` is the 1-based optimizer step being computed or just applied. */
 export interface TrainingHooks {
   /** An extra loss term, computed inside the gradient tape (e.g. AdaLoRA's orthogonal regulariser). */
   extraLoss?(context: { readonly step: number }): tf.Scalar | null;
@@ -110,8 +115,11 @@ export interface AdapterPlugin<TConfig extends AdapterConfigBase = AdapterConfig
   parseConfig(options: unknown): TConfig;
   /** Read an `adapter_config.json` object. @throws {ConfigError} */
   fromPeftJson(json: PeftConfigJson): TConfig;
-  /** Write the config as PEFT does. */
-  toPeftJson(config: TConfig): PeftConfigJson;
+  /**
+   * Write the config as PEFT does. When saving, `context` gives the adapter's instances, so a
+   * config can describe what was saved (AdaLoRA's `rank_pattern`).
+   */
+  toPeftJson(config: TConfig, context?: { readonly instances: () => [string, AdapterInstance][] }): PeftConfigJson;
   /** Whether a saved config belongs to this plugin (e.g. `LORA` without `use_dora`). */
   claimsPeftConfig(json: PeftConfigJson): boolean;
   /** Create the adapter for one target layer. */

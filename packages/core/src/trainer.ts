@@ -170,7 +170,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
         const { value, grads } = tf.variableGrads(() => {
           let loss = options.lossFn(batch);
           for (const hook of hooks) {
-            const extra = hook.extraLoss?.({ step });
+            const extra = hook.extraLoss?.({ step: step + 1 });
             if (extra) loss = tf.add(loss, extra);
           }
           return tf.div(loss, accumulation) as tf.Scalar;
