@@ -67,6 +67,7 @@ describe('lora train', () => {
   it.each([
     ['qlora', ['--memory', 'extreme'], 'LORA'],
     ['dora', ['--expressive'], 'LORA (DoRA)'],
+    ['adalora', ['--dynamic'], 'ADALORA'],
   ])('composes the %s recipe from its packages and fine-tunes', async (variant, flags, type) => {
     const out = path.join(directory, `${variant}-run`);
     const result = await run(['train', '--model', GPT2, ...flags, '--steps', '8', '--context', '64', '--out', out]);
