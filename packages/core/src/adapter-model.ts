@@ -365,8 +365,15 @@ export class AdapterModel<M extends Module = Module> {
         throw new LoraError(`[@lora/core] Adapter "${name}" is merged at ${path}; call unmerge() before deleting it.`);
       }
     }
-    for (const [, layer] of this.adapterLayers()) layer.deleteAdapter(name);
-    for (const [, wrapper] of this.modulesToSaveWrappers()) wrapper.deleteAdapter(name);
+    for (const [path, layer] of this.adapterLayers()) {
+      layer.deleteAdapter(name);
+      // A wrapper left without adapters goes, so the model's paths are as before the adapter came.
+      if (layer.adapterNames.length === 0) this.model.setSubmodule(path, layer.base_layer);
+    }
+    for (const [path, wrapper] of this.modulesToSaveWrappers()) {
+      wrapper.deleteAdapter(name);
+      if (wrapper.adapterNames.length === 0) this.model.setSubmodule(path, wrapper.original_module);
+    }
     this.entries.delete(name);
     const remaining = this.active.filter((n) => n !== name);
     if (remaining.length === 0 && this.entries.size > 0) remaining.push([...this.entries.keys()].sort()[0]!);

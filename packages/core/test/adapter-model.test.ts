@@ -119,6 +119,11 @@ describe('AdapterModel', () => {
     // Deleting the only active adapter activates the alphabetically first remaining one.
     adapterModel.deleteAdapter('second');
     expect(adapterModel.activeAdapters).toEqual(['default']);
+    adapterModel.deleteAdapter('default');
+    // With no adapters left, the wrappers are gone and the paths are the base model's again.
+    expect(adapterModel.model.getSubmodule('transformer.h.0.attn.c_attn')).toBeInstanceOf(Linear);
+    adapterModel.addAdapter('default', { config: { r: 2, targetModules: ['c_attn'] } });
+    adapterModel.setAdapter('default');
     expect(adapterModel.model.namedParameters().some(([p]) => p.includes('.second.'))).toBe(false);
     adapterModel.dispose();
   });

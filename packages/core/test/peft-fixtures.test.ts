@@ -132,3 +132,39 @@ describe('lora().fromPeftJson', () => {
     expect(() => plugin.fromPeftJson({ ...json, lora_bias: true })).toThrow(/lora_bias/u);
   });
 });
+
+describe('loadAdapter', () => {
+  it('names missing and mis-shaped tensors in a CheckpointError and leaves the model as it was', async () => {
+    await initRuntime();
+    const { mkdtemp: makeTemp, writeFile, copyFile } = await import('node:fs/promises');
+    const { serializeSafetensors, CheckpointError, AdapterModel } = await import('../src/index.js');
+    const directory = await makeTemp(path.join(tmpdir(), 'lora-bad-adapter-'));
+    const source = path.join(FIXTURES, 'adapters/gpt2_lora');
+    const file = await readSafetensorsFile(path.join(source, 'adapter_model.safetensors'));
+    const tensors = new Map(file.tensors);
+    tensors.delete('base_model.model.transformer.h.1.attn.c_proj.lora_B.weight');
+    const a = tensors.get('base_model.model.transformer.h.0.attn.c_attn.lora_A.weight')!;
+    tensors.set('base_model.model.transformer.h.0.attn.c_attn.lora_A.weight', { ...a, shape: [8, 32] });
+    await writeFile(path.join(directory, 'adapter_model.safetensors'), serializeSafetensors(tensors, { format: 'pt' }));
+    await copyFile(path.join(source, 'adapter_config.json'), path.join(directory, 'adapter_config.json'));
+    const model = await gpt2Tree();
+    const pathsBefore = model.namedParameters().map(([name]) => name);
+    const adapterModel = new AdapterModel(model, { registry });
+    let caught: unknown;
+    try {
+      const { loadAdapter } = await import('../src/index.js');
+      await loadAdapter(adapterModel, directory);
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toBeInstanceOf(CheckpointError);
+    const error = caught as InstanceType<typeof CheckpointError>;
+    expect(error.missing).toEqual(['base_model.model.transformer.h.1.attn.c_proj.lora_B.weight']);
+    expect(error.mismatched.map((m) => m.name)).toEqual(['base_model.model.transformer.h.0.attn.c_attn.lora_A.weight']);
+    expect(error.message).toMatch(/missing: .*h\.1\.attn\.c_proj\.lora_B\.weight.*wrong shape: .*expected \[4, 64\], file has \[8, 32\]/u);
+    expect(model.namedParameters().map(([name]) => name)).toEqual(pathsBefore);
+    expect(adapterModel.adapterNames).toEqual([]);
+    model.dispose();
+    await rm(directory, { recursive: true, force: true });
+  });
+});
