@@ -151,12 +151,15 @@ function assignAdapterTensors(adapterModel: AdapterModel, name: string, saved: R
   const missing: string[] = [];
   const mismatched: { name: string; expected: number[]; received: number[] }[] = [];
   const used = new Set<string>();
+  // Keys the adapter instances account for (present or missing); the rest of the state dict is checked after.
+  const instanceKeys = new Set<string>();
   const plans: (() => void)[] = [];
 
   for (const [modulePath, instance] of adapterModel.adapterInstances(name)) {
     const local = new Map<string, SafetensorsEntry>();
     for (const [key, variable] of instance.namedTensors()) {
       const fileKey = `${PREFIX}${modulePath}.${key}`;
+      instanceKeys.add(fileKey);
       const entry = saved.get(fileKey);
       if (!entry) {
         missing.push(fileKey);
@@ -184,7 +187,7 @@ function assignAdapterTensors(adapterModel: AdapterModel, name: string, saved: R
   }
   const state = adapterStateDict(adapterModel, name);
   for (const [fileKey, variable] of state) {
-    if (used.has(fileKey)) continue;
+    if (instanceKeys.has(fileKey)) continue;
     const entry = saved.get(fileKey);
     if (!entry) {
       missing.push(fileKey);
