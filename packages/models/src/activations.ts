@@ -1,0 +1,56 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { ConfigError } from '@lora/core';
+import { PACKAGE } from './config-fields.js';
+
+/** Activation names from Hugging Face configs (`activation_function`, `hidden_act`) that this package implements. */
+export type ActivationName = 'gelu' | 'gelu_new' | 'gelu_pytorch_tanh' | 'gelu_fast' | 'relu' | 'silu' | 'swish' | 'tanh';
+
+const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+
+/** GPT-2's `gelu_new`: the tanh approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+export function geluTanh(x: tf.Tensor): tf.Tensor {
+  return tf.tidy(() => {
+    // x·(1 + 0.044715·x²) instead of pow(x, 3): pow is slow on WASM and its gradient needs log/where.
+    const inner = tf.mul(tf.mul(x, tf.add(tf.mul(tf.square(x), 0.044715), 1)), SQRT_2_OVER_PI);
+    return tf.mul(tf.mul(x, 0.5), tf.add(tf.tanh(inner), 1));
+  });
+}
+
+/** BERT's exact `gelu`: 0.5·x·(1 + erf(x/√2)). */
+export function geluExact(x: tf.Tensor): tf.Tensor {
+  return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)));
+}
+
+/** SiLU (swish) x·σ(x), Llama's `silu`. */
+export function silu(x: tf.Tensor): tf.Tensor {
+  return tf.tidy(() => tf.mul(x, tf.sigmoid(x)));
+}
+
+/**
+ * The activation function named in a config.
+ * @throws {ConfigError} naming `field` for an activation this package does not implement.
+ */
+export function activationFunction(name: string, field: string): (x: tf.Tensor) => tf.Tensor {
+  switch (name) {
+    case 'gelu_new':
+    case 'gelu_pytorch_tanh':
+    case 'gelu_fast':
+      return geluTanh;
+    case 'gelu':
+      return geluExact;
+    case 'relu':
+      return (x) => tf.relu(x);
+    case 'silu':
+    case 'swish':
+      return silu;
+    case 'tanh':
+      return (x) => tf.tanh(x);
+    default:
+      throw new ConfigError({
+        plugin: PACKAGE,
+        field,
+        received: name,
+        expected: 'one of gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu, swish, tanh',
+      });
+  }
+}

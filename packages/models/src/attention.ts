@@ -1,0 +1,168 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { ShapeError } from '@lora/core';
+import { PACKAGE } from './config-fields.js';
+
+/**
+ * The additive value that masks an attention score. Large and finite rather than -Infinity, so a
+ * row with every key masked (a padded query) gives a uniform softmax instead of NaN.
+ */
+export const MASK_VALUE = -1e9;
+
+/**
+ * Keys and values of earlier positions for each decoder layer, so generation feeds one new token
+ * per step instead of the whole sequence. The cache owns its tensors: call {@link KeyValueCache.dispose}
+ * when done.
+ *
+ * @example
+ * const cache = new KeyValueCache(model.config.numLayers);
+ * const logits = model.forward(promptIds, { cache }); // fills the cache
+ * cache.dispose();
+ */
+export class KeyValueCache {
+  private readonly layers: ({ key: tf.Tensor; value: tf.Tensor } | undefined)[];
+
+  /** @param numLayers Number of decoder layers of the model that will fill it. */
+  constructor(readonly numLayers: number) {
+    this.layers = Array.from({ length: numLayers }, () => undefined);
+  }
+
+  /** Number of positions cached (0 when empty). */
+  get length(): number {
+    return this.layers[0]?.key.shape[2] ?? 0;
+  }
+
+  /**
+   * Append this step's keys and values ([B, kvHeads, T, headDim]) for `layer` and return the full
+   * ones. The returned tensors belong to the cache (kept out of any enclosing `tf.tidy`).
+   */
+  update(layer: number, key: tf.Tensor, value: tf.Tensor): { key: tf.Tensor; value: tf.Tensor } {
+    if (layer < 0 || layer >= this.numLayers) {
+      throw new ShapeError(`[${PACKAGE}] KeyValueCache.update: layer ${layer} is outside this cache of`, [this.numLayers], [layer]);
+    }
+    const previous = this.layers[layer];
+    const next = previous
+      ? { key: tf.keep(tf.concat([previous.key, key], 2)), value: tf.keep(tf.concat([previous.value, value], 2)) }
+      : { key: tf.keep(tf.clone(key)), value: tf.keep(tf.clone(value)) };
+    if (previous) {
+      previous.key.dispose();
+      previous.value.dispose();
+    }
+    this.layers[layer] = next;
+    return next;
+  }
+
+  /** Free every cached tensor; the cache is empty afterwards and can be reused. */
+  dispose(): void {
+    for (let i = 0; i < this.layers.length; i++) {
+      const entry = this.layers[i];
+      if (entry) {
+        entry.key.dispose();
+        entry.value.dispose();
+      }
+      this.layers[i] = undefined;
+    }
+  }
+}
+
+const causalMaskData = new Map<string, Float32Array>();
+
+/**
+ * The causal additive mask [queries, keys]: 0 where query i may see key j (j ≤ keys − queries + i),
+ * {@link MASK_VALUE} elsewhere. The values are built once per size; the tensor is new (the caller disposes it).
+ */
+export function causalMaskBias(queries: number, keys: number): tf.Tensor2D {
+  const cacheKey = `${queries}:${keys}`;
+  let data = causalMaskData.get(cacheKey);
+  if (!data) {
+    data = new Float32Array(queries * keys);
+    const offset = keys - queries;
+    for (let i = 0; i < queries; i++) for (let j = i + offset + 1; j < keys; j++) data[i * keys + j] = MASK_VALUE;
+    if (causalMaskData.size > 256) causalMaskData.clear();
+    causalMaskData.set(cacheKey, data);
+  }
+  return tf.tensor2d(data, [queries, keys]);
+}
+
+/**
+ * Padding mask [B, keys] of 1 (attend) and 0 (padding) as an additive bias [B, 1, 1, keys].
+ * Computed from constant inputs only, so it is safe inside a gradient tape.
+ */
+export function paddingMaskBias(attentionMask: tf.Tensor): tf.Tensor4D {
+  return tf.tidy(() => {
+    const [batch, keys] = attentionMask.shape as [number, number];
+    const mask = attentionMask.dtype === 'float32' ? attentionMask : tf.cast(attentionMask, 'float32');
+    return tf.reshape(tf.mul(tf.sub(1, mask), MASK_VALUE), [batch, 1, 1, keys]) as tf.Tensor4D;
+  });
+}
+
+/** [B, T, H·D] → [B, H, T, D]. */
+export function splitHeads(x: tf.Tensor, heads: number): tf.Tensor4D {
+  const [batch, time, width] = x.shape as [number, number, number];
+  return tf.transpose(tf.reshape(x, [batch, time, heads, width / heads]), [0, 2, 1, 3]);
+}
+
+/** [B, H, T, D] → [B, T, H·D]. */
+export function mergeHeads(x: tf.Tensor): tf.Tensor3D {
+  const [batch, heads, time, depth] = x.shape as [number, number, number, number];
+  return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [batch, time, heads * depth]);
+}
+
+/** Options for {@link scaledDotProductAttention}. */
+export interface AttentionOptions {
+  /** Multiplies q·kᵀ (usually 1/√headDim). */
+  readonly scale: number;
+  /** Additive bias broadcast to [B, H, Tq, Tk] (causal and padding masks), or null. */
+  readonly bias: tf.Tensor | null;
+  /** Dropout on the attention probabilities (training only). */
+  readonly dropout?: (probabilities: tf.Tensor) => tf.Tensor;
+}
+
+/**
+ * softmax(q·kᵀ·scale + bias)·v for q [B, H, Tq, D] and k, v [B, Hkv, Tk, D], where H is a multiple of
+ * Hkv (grouped-query attention: query head h uses key/value head ⌊h / (H/Hkv)⌋, as transformers'
+ * `repeat_kv`). Grouping is done by reshaping the queries, so keys and values are never copied.
+ * Returns [B, H, Tq, D].
+ */
+export function scaledDotProductAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, options: AttentionOptions): tf.Tensor4D {
+  return tf.tidy(() => {
+    const [batch, heads, queries, depth] = q.shape as [number, number, number, number];
+    const kvHeads = k.shape[1]!;
+    const keys = k.shape[2]!;
+    const group = heads / kvHeads;
+    const grouped = group === 1 ? q : tf.reshape(q, [batch, kvHeads, group * queries, depth]);
+    let scores = tf.mul(tf.matMul(grouped, k, false, true), options.scale);
+    if (group !== 1) scores = tf.reshape(scores, [batch, heads, queries, keys]);
+    if (options.bias) scores = tf.add(scores, options.bias);
+    let probabilities = tf.softmax(scores);
+    if (options.dropout) probabilities = options.dropout(probabilities);
+    if (group === 1) return tf.matMul(probabilities, v) as tf.Tensor4D;
+    const out = tf.matMul(tf.reshape(probabilities, [batch, kvHeads, group * queries, keys]), v);
+    return tf.reshape(out, [batch, heads, queries, depth]) as tf.Tensor4D;
+  });
+}
+
+/**
+ * The full additive attention bias for `queries` new positions after `past` cached ones:
+ * causal (when `causal`) plus padding (when `attentionMask` [B, past + queries] is given). Null when
+ * nothing is masked.
+ * @throws {ShapeError} when the mask does not cover past + new positions.
+ */
+export function attentionBias(options: {
+  queries: number;
+  past: number;
+  causal: boolean;
+  attentionMask?: tf.Tensor | undefined;
+  batch: number;
+}): tf.Tensor | null {
+  const keys = options.past + options.queries;
+  const { attentionMask } = options;
+  if (attentionMask && (attentionMask.rank !== 2 || attentionMask.shape[0] !== options.batch || attentionMask.shape[1] !== keys)) {
+    throw new ShapeError(`[${PACKAGE}] attentionMask (covering cached and new positions)`, [options.batch, keys], attentionMask.shape);
+  }
+  const causal = options.causal && options.queries > 1 ? causalMaskBias(options.queries, keys) : null;
+  if (!attentionMask) return causal;
+  if (!causal) return paddingMaskBias(attentionMask);
+  const combined = tf.tidy(() => tf.add(causal, paddingMaskBias(attentionMask)));
+  causal.dispose();
+  return combined;
+}

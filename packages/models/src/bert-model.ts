@@ -1,0 +1,294 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ShapeError } from '@lora/core';
+import { activationFunction } from './activations.js';
+import { attentionBias, mergeHeads, scaledDotProductAttention, splitHeads } from './attention.js';
+import { bertConfigJson, type BertConfig } from './bert-config.js';
+import { PACKAGE } from './config-fields.js';
+import { normalInit } from './initialization.js';
+import { PretrainedModel, type LayerSlot } from './pretrained-model.js';
+
+/** Options of a BERT forward pass. */
+export interface BertForwardOptions {
+  /** [B, T] of 1 (attend) and 0 (padding); default all ones. */
+  readonly attentionMask?: tf.Tensor;
+  /** Segment ids [B, T] (default all 0). */
+  readonly tokenTypeIds?: tf.Tensor;
+  /** Position ids [B, T] or [T] (default 0 … T−1). */
+  readonly positionIds?: tf.Tensor;
+}
+
+/** `BertEmbeddings`: word + absolute position + token type, then LayerNorm and dropout. */
+export class BertEmbeddings extends Module {
+  readonly word_embeddings: Embedding;
+  readonly position_embeddings: Embedding;
+  readonly token_type_embeddings: Embedding;
+  LayerNorm: LayerSlot;
+  readonly dropout: Dropout;
+
+  constructor(config: BertConfig) {
+    super();
+    this.word_embeddings = this.registerModule('word_embeddings', new Embedding({ numEmbeddings: config.vocabSize, embeddingDim: config.hiddenSize }));
+    this.position_embeddings = this.registerModule(
+      'position_embeddings',
+      new Embedding({ numEmbeddings: config.maxPositionEmbeddings, embeddingDim: config.hiddenSize }),
+    );
+    this.token_type_embeddings = this.registerModule('token_type_embeddings', new Embedding({ numEmbeddings: config.typeVocabSize, embeddingDim: config.hiddenSize }));
+    this.LayerNorm = this.registerModule('LayerNorm', new LayerNorm({ dim: config.hiddenSize, eps: config.layerNormEps }));
+    this.dropout = this.registerModule('dropout', new Dropout(config.hiddenDropoutProb));
+  }
+
+  forward(inputIds: tf.Tensor, options: BertForwardOptions = {}): tf.Tensor {
+    return tf.tidy(() => {
+      const [batch, time] = inputIds.shape as [number, number];
+      const positions = options.positionIds ?? tf.range(0, time, 1, 'int32');
+      const types = options.tokenTypeIds ?? tf.zeros([batch, time], 'int32');
+      let position = this.position_embeddings.forward(positions);
+      if (position.rank === 2) position = tf.expandDims(position, 0);
+      const summed = tf.add(tf.add(this.word_embeddings.forward(inputIds), this.token_type_embeddings.forward(types)), position);
+      return this.dropout.forward(this.LayerNorm.forward(summed));
+    });
+  }
+}
+
+/** `BertSelfAttention`: `query`, `key`, `value` projections and scaled dot-product attention. */
+export class BertSelfAttention extends Module {
+  query: LayerSlot;
+  key: LayerSlot;
+  value: LayerSlot;
+  readonly dropout: Dropout;
+  private readonly heads: number;
+
+  constructor(config: BertConfig) {
+    super();
+    const size = config.hiddenSize;
+    this.query = this.registerModule('query', new Linear({ inFeatures: size, outFeatures: size }));
+    this.key = this.registerModule('key', new Linear({ inFeatures: size, outFeatures: size }));
+    this.value = this.registerModule('value', new Linear({ inFeatures: size, outFeatures: size }));
+    this.dropout = this.registerModule('dropout', new Dropout(config.attentionProbsDropoutProb));
+    this.heads = config.numAttentionHeads;
+  }
+
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
+    return tf.tidy(() => {
+      const q = splitHeads(this.query.forward(hidden), this.heads);
+      const k = splitHeads(this.key.forward(hidden), this.heads);
+      const v = splitHeads(this.value.forward(hidden), this.heads);
+      const attended = scaledDotProductAttention(q, k, v, {
+        scale: 1 / Math.sqrt(q.shape[3]),
+        bias,
+        dropout: this.training && this.dropout.p > 0 ? (p) => this.dropout.forward(p) : undefined,
+      });
+      return mergeHeads(attended);
+    });
+  }
+}
+
+/** `BertSelfOutput` / `BertOutput`: dense, dropout, residual add and LayerNorm. */
+export class BertResidualOutput extends Module {
+  dense: LayerSlot;
+  LayerNorm: LayerSlot;
+  readonly dropout: Dropout;
+
+  constructor(config: BertConfig, inFeatures: number) {
+    super();
+    this.dense = this.registerModule('dense', new Linear({ inFeatures, outFeatures: config.hiddenSize }));
+    this.LayerNorm = this.registerModule('LayerNorm', new LayerNorm({ dim: config.hiddenSize, eps: config.layerNormEps }));
+    this.dropout = this.registerModule('dropout', new Dropout(config.hiddenDropoutProb));
+  }
+
+  forward(hidden: tf.Tensor, residual: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => this.LayerNorm.forward(tf.add(this.dropout.forward(this.dense.forward(hidden)), residual)));
+  }
+}
+
+/** `BertAttention`: self-attention (`self`) and its output block (`output`). */
+export class BertAttention extends Module {
+  readonly self: BertSelfAttention;
+  readonly output: BertResidualOutput;
+
+  constructor(config: BertConfig) {
+    super();
+    this.self = this.registerModule('self', new BertSelfAttention(config));
+    this.output = this.registerModule('output', new BertResidualOutput(config, config.hiddenSize));
+  }
+
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
+    return tf.tidy(() => this.output.forward(this.self.forward(hidden, bias), hidden));
+  }
+}
+
+/** `BertIntermediate`: dense to the intermediate size and the activation. */
+export class BertIntermediate extends Module {
+  dense: LayerSlot;
+  private readonly activation: (x: tf.Tensor) => tf.Tensor;
+
+  constructor(config: BertConfig) {
+    super();
+    this.dense = this.registerModule('dense', new Linear({ inFeatures: config.hiddenSize, outFeatures: config.intermediateSize }));
+    this.activation = activationFunction(config.hiddenAct, 'hidden_act');
+  }
+
+  forward(hidden: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => this.activation(this.dense.forward(hidden)));
+  }
+}
+
+/** One post-norm encoder layer (`BertLayer`). */
+export class BertLayer extends Module {
+  readonly attention: BertAttention;
+  readonly intermediate: BertIntermediate;
+  readonly output: BertResidualOutput;
+
+  constructor(config: BertConfig) {
+    super();
+    this.attention = this.registerModule('attention', new BertAttention(config));
+    this.intermediate = this.registerModule('intermediate', new BertIntermediate(config));
+    this.output = this.registerModule('output', new BertResidualOutput(config, config.intermediateSize));
+  }
+
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
+    return tf.tidy(() => {
+      const attended = this.attention.forward(hidden, bias);
+      return this.output.forward(this.intermediate.forward(attended), attended);
+    });
+  }
+}
+
+/** `BertEncoder`: the stack of layers (`layer.0`, `layer.1`, …). */
+export class BertEncoder extends Module {
+  readonly layer: ModuleList<BertLayer>;
+
+  constructor(config: BertConfig) {
+    super();
+    this.layer = this.registerModule('layer', new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new BertLayer(config))));
+  }
+
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
+    return tf.tidy(() => {
+      let out = hidden;
+      for (const layer of this.layer) out = layer.forward(out, bias);
+      return out;
+    });
+  }
+}
+
+/** `BertPooler`: tanh(dense(hidden state of the first token)). */
+export class BertPooler extends Module {
+  dense: LayerSlot;
+
+  constructor(config: BertConfig) {
+    super();
+    this.dense = this.registerModule('dense', new Linear({ inFeatures: config.hiddenSize, outFeatures: config.hiddenSize }));
+  }
+
+  forward(hidden: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => {
+      const [batch, , size] = hidden.shape as [number, number, number];
+      return tf.tanh(this.dense.forward(tf.reshape(tf.slice(hidden, [0, 0, 0], [batch, 1, size]), [batch, size])));
+    });
+  }
+}
+
+function checkInputs(inputIds: tf.Tensor, config: BertConfig): void {
+  if (inputIds.rank !== 2) throw new ShapeError(`[${PACKAGE}] BERT inputIds`, [null, null], inputIds.shape);
+  if (inputIds.shape[1]! > config.maxPositionEmbeddings) {
+    throw new ShapeError(`[${PACKAGE}] BERT sequence longer than max_position_embeddings`, [null, config.maxPositionEmbeddings], inputIds.shape);
+  }
+}
+
+/**
+ * The BERT encoder (transformers' `BertModel`): embeddings, post-norm encoder layers, and a tanh pooler.
+ * `forward` returns the last hidden state [B, T, hidden]; {@link BertModel.forwardWithPooler} also the pooled output.
+ */
+export class BertModel extends PretrainedModel {
+  readonly architecture = 'BertModel' as const;
+  readonly modelType = 'bert';
+  readonly defaultTargetModules: readonly string[] = ['query', 'value'];
+  readonly outputHeadPaths: readonly string[] = [];
+  readonly basePrefix = 'bert';
+  override readonly ignoredCheckpointKeys: readonly RegExp[] = [/(^|\.)embeddings\.position_ids$/u];
+  readonly config: BertConfig;
+  readonly embeddings: BertEmbeddings;
+  readonly encoder: BertEncoder;
+  readonly pooler: BertPooler;
+
+  /** A BERT encoder with transformers' initialisation N(0, 0.02). @param options.seed default 0. */
+  constructor(config: BertConfig, options: { seed?: number } = {}) {
+    super();
+    this.config = config;
+    this.embeddings = this.registerModule('embeddings', new BertEmbeddings(config));
+    this.encoder = this.registerModule('encoder', new BertEncoder(config));
+    this.pooler = this.registerModule('pooler', new BertPooler(config));
+    normalInit(this, { seed: options.seed ?? 0, std: () => 0.02 });
+  }
+
+  configJson(): Record<string, unknown> {
+    return bertConfigJson(this.config, this.architecture);
+  }
+
+  /** Last hidden state [B, T, hidden] for ids [B, T]. The caller disposes it. */
+  forward(inputIds: tf.Tensor, options: BertForwardOptions = {}): tf.Tensor {
+    checkInputs(inputIds, this.config);
+    const [batch, time] = inputIds.shape as [number, number];
+    const bias = attentionBias({ queries: time, past: 0, causal: false, attentionMask: options.attentionMask, batch });
+    try {
+      return tf.tidy(() => this.encoder.forward(this.embeddings.forward(inputIds, options), bias));
+    } finally {
+      bias?.dispose();
+    }
+  }
+
+  /** The last hidden state and the pooled first-token output [B, hidden]. The caller disposes both. */
+  forwardWithPooler(inputIds: tf.Tensor, options: BertForwardOptions = {}): { lastHiddenState: tf.Tensor; poolerOutput: tf.Tensor } {
+    const lastHiddenState = this.forward(inputIds, options);
+    return { lastHiddenState, poolerOutput: this.pooler.forward(lastHiddenState) };
+  }
+}
+
+/**
+ * BERT with a classification head (transformers' `BertForSequenceClassification`): pooled output →
+ * dropout → `classifier` [numLabels]. `forward` returns logits [B, numLabels].
+ *
+ * @example
+ * const model = await loadPretrained('models/bert'); // config.architectures = ['BertForSequenceClassification']
+ * const logits = tf.tidy(() => (model as BertForSequenceClassification).forward(ids, { attentionMask }));
+ */
+export class BertForSequenceClassification extends PretrainedModel {
+  readonly architecture = 'BertForSequenceClassification' as const;
+  readonly modelType = 'bert';
+  readonly defaultTargetModules: readonly string[] = ['query', 'value'];
+  readonly outputHeadPaths: readonly string[] = ['classifier'];
+  readonly basePrefix = 'bert';
+  override readonly ignoredCheckpointKeys: readonly RegExp[] = [/(^|\.)embeddings\.position_ids$/u];
+  readonly config: BertConfig;
+  readonly bert: BertModel;
+  readonly dropout: Dropout;
+  classifier: LayerSlot;
+
+  /** @param options.seed seed of the initialisation (default 0). */
+  constructor(config: BertConfig, options: { seed?: number } = {}) {
+    super();
+    this.config = config;
+    this.bert = this.registerModule('bert', new BertModel(config, options));
+    this.dropout = this.registerModule('dropout', new Dropout(config.classifierDropout));
+    this.classifier = this.registerModule('classifier', new Linear({ inFeatures: config.hiddenSize, outFeatures: config.numLabels }));
+    normalInit(this.classifier, { seed: (options.seed ?? 0) + 7919, std: () => 0.02 });
+  }
+
+  /** Number of classes. */
+  get numLabels(): number {
+    return this.config.numLabels;
+  }
+
+  configJson(): Record<string, unknown> {
+    return bertConfigJson(this.config, this.architecture);
+  }
+
+  /** Classification logits [B, numLabels]. The caller disposes them. */
+  forward(inputIds: tf.Tensor, options: BertForwardOptions = {}): tf.Tensor {
+    return tf.tidy(() => {
+      const { poolerOutput } = this.bert.forwardWithPooler(inputIds, options);
+      return this.classifier.forward(this.dropout.forward(poolerOutput));
+    });
+  }
+}

@@ -1,0 +1,142 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { ConfigError, ShapeError } from '@lora/core';
+import { KeyValueCache } from './attention.js';
+import { PACKAGE } from './config-fields.js';
+import type { CausalLanguageModel } from './pretrained-model.js';
+import { seededRandom } from './random.js';
+
+/** Options for {@link generate}. */
+export interface GenerateOptions {
+  /** Tokens to add to each prompt (default 20). */
+  readonly maxNewTokens?: number;
+  /** Sample from the distribution (default false: greedy argmax). */
+  readonly doSample?: boolean;
+  /** Divide logits by this before sampling (default 1). */
+  readonly temperature?: number;
+  /** Keep only the k most likely tokens when sampling (default 0: off). */
+  readonly topK?: number;
+  /** Keep the smallest set of tokens whose probability reaches p when sampling (default 1: off). */
+  readonly topP?: number;
+  /** Seed of the sampler (default 0). */
+  readonly seed?: number;
+  /** Stop a row when it produces one of these (default the model's `eos_token_id`; `[]` never stops early). */
+  readonly eosTokenId?: number | readonly number[];
+  /** Reuse keys and values of earlier positions (default true). Without it every step recomputes the whole sequence. */
+  readonly useCache?: boolean;
+  /** Called after each step with the new token of every row. */
+  readonly onStep?: (tokens: readonly number[], step: number) => void;
+}
+
+function checkOption(condition: boolean, field: string, received: unknown, expected: string): void {
+  if (!condition) throw new ConfigError({ plugin: PACKAGE, field, received, expected });
+}
+
+/**
+ * Pick the next token from one row of logits: greedy argmax, or a sample after temperature, top-k and
+ * top-p filtering (in that order, as transformers' logits warpers).
+ */
+export function pickToken(
+  logits: ArrayLike<number>,
+  options: { doSample?: boolean; temperature?: number; topK?: number; topP?: number },
+  random: () => number,
+): number {
+  if (!options.doSample) {
+    let best = 0;
+    for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
+    return best;
+  }
+  const temperature = options.temperature ?? 1;
+  let order = Array.from({ length: logits.length }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]!);
+  if (options.topK && options.topK > 0) order = order.slice(0, options.topK);
+  const top = logits[order[0]!]! / temperature;
+  let weights = order.map((i) => Math.exp(logits[i]! / temperature - top));
+  let total = weights.reduce((a, b) => a + b, 0);
+  const topP = options.topP ?? 1;
+  if (topP < 1) {
+    let cumulative = 0;
+    let keep = 0;
+    while (keep < weights.length && cumulative < topP * total) cumulative += weights[keep++]!;
+    order = order.slice(0, Math.max(1, keep));
+    weights = weights.slice(0, Math.max(1, keep));
+    total = weights.reduce((a, b) => a + b, 0);
+  }
+  let r = random() * total;
+  for (let i = 0; i < order.length; i++) {
+    r -= weights[i]!;
+    if (r <= 0) return order[i]!;
+  }
+  return order[order.length - 1]!;
+}
+
+/**
+ * Continue prompts with a decoder model: greedy or sampled (temperature, top-k, top-p), with a
+ * key/value cache by default. Prompts in one call must have the same length. The model runs in eval
+ * mode (dropout off) and is put back in its previous mode afterwards. Rows that reach an EOS token
+ * are padded with it until every row has finished.
+ *
+ * @returns each prompt followed by its new tokens (plain arrays; no tensors to dispose).
+ * @throws {ShapeError} for empty or unequal prompts, or a sequence longer than the model supports.
+ * @throws {ConfigError} naming an invalid option.
+ * @example
+ * const [tokens] = generate(model, [tokenizer.encode('Call me')], { maxNewTokens: 40, doSample: true, topK: 20 });
+ * console.log(tokenizer.decode(tokens));
+ */
+export function generate(model: CausalLanguageModel, prompts: readonly number[] | readonly (readonly number[])[], options: GenerateOptions = {}): number[][] {
+  const rows: number[][] = (prompts.length > 0 && Array.isArray(prompts[0]) ? (prompts as readonly (readonly number[])[]) : [prompts as readonly number[]]).map(
+    (row) => [...row],
+  );
+  const maxNewTokens = options.maxNewTokens ?? 20;
+  checkOption(Number.isInteger(maxNewTokens) && maxNewTokens >= 0, 'maxNewTokens', maxNewTokens, 'a non-negative integer');
+  checkOption(options.temperature === undefined || options.temperature > 0, 'temperature', options.temperature, 'a positive number');
+  checkOption(options.topK === undefined || (Number.isInteger(options.topK) && options.topK >= 0), 'topK', options.topK, 'a non-negative integer');
+  checkOption(options.topP === undefined || (options.topP > 0 && options.topP <= 1), 'topP', options.topP, 'a number in (0, 1]');
+  const length = rows[0]?.length ?? 0;
+  if (rows.length === 0 || length === 0 || rows.some((row) => row.length !== length)) {
+    throw new ShapeError(`[${PACKAGE}] generate: prompts must be non-empty and of equal length`, [rows.length, length || 1], rows.map((r) => r.length));
+  }
+  for (const row of rows) {
+    const bad = row.find((id) => !Number.isInteger(id) || id < 0 || id >= model.vocabSize);
+    if (bad !== undefined) throw new ConfigError({ plugin: PACKAGE, field: 'prompts', received: bad, expected: `token ids in [0, ${model.vocabSize})` });
+  }
+  if (model.maxPositions !== null && length + maxNewTokens > model.maxPositions) {
+    throw new ShapeError(`[${PACKAGE}] generate: prompt + maxNewTokens exceeds the model's positions`, [null, model.maxPositions], [rows.length, length + maxNewTokens]);
+  }
+  const eos = new Set(options.eosTokenId === undefined ? model.eosTokenIds : typeof options.eosTokenId === 'number' ? [options.eosTokenId] : options.eosTokenId);
+  const random = seededRandom(options.seed ?? 0);
+  const useCache = options.useCache ?? true;
+  const cache = useCache ? new KeyValueCache(model.numLayers) : undefined;
+  const wasTraining = model.training;
+  model.eval();
+  const finished = rows.map(() => false);
+  try {
+    for (let step = 0; step < maxNewTokens; step++) {
+      const feed = cache && cache.length > 0 ? rows.map((row) => row.slice(-1)) : rows;
+      const lastLogits = tf.tidy(() => {
+        const input = tf.tensor2d(feed, undefined, 'int32');
+        const logits = model.forward(input, { cache });
+        const [batch, time, vocab] = logits.shape as [number, number, number];
+        return tf.reshape(tf.slice(logits, [0, time - 1, 0], [batch, 1, vocab]), [batch, vocab]);
+      });
+      const values = lastLogits.dataSync();
+      lastLogits.dispose();
+      const vocab = model.vocabSize;
+      const chosen = rows.map((row, i) => {
+        if (finished[i]) {
+          const pad = row[row.length - 1]!;
+          row.push(pad);
+          return pad;
+        }
+        const token = pickToken(values.subarray(i * vocab, (i + 1) * vocab), options, random);
+        row.push(token);
+        if (eos.has(token)) finished[i] = true;
+        return token;
+      });
+      options.onStep?.(chosen, step);
+      if (finished.every(Boolean)) break;
+    }
+  } finally {
+    cache?.dispose();
+    model.train(wasTraining);
+  }
+  return rows;
+}

@@ -1,0 +1,226 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { Embedding, Linear, Module, ModuleList, RMSNorm, ShapeError, type TensorModule } from '@lora/core';
+import { activationFunction } from './activations.js';
+import { attentionBias, mergeHeads, scaledDotProductAttention, splitHeads, type KeyValueCache } from './attention.js';
+import { PACKAGE } from './config-fields.js';
+import { normalInit } from './initialization.js';
+import { llamaConfigJson, type LlamaConfig } from './llama-config.js';
+import { OutputHead } from './output-head.js';
+import { CausalLanguageModel, PretrainedModel, type CausalLmForwardOptions, type LayerSlot } from './pretrained-model.js';
+import { applyRotary, rotaryInverseFrequencies, rotaryTables } from './rotary.js';
+import { dropout } from '@lora/core';
+
+/** Rotary cos/sin tables for one forward pass, shared by every layer. */
+interface RotaryContext {
+  readonly cos: tf.Tensor;
+  readonly sin: tf.Tensor;
+}
+
+/** Llama self-attention (`LlamaAttention`): rotary q/k, grouped-query attention, `o_proj`. */
+export class LlamaAttention extends Module {
+  q_proj: LayerSlot;
+  k_proj: LayerSlot;
+  v_proj: LayerSlot;
+  o_proj: LayerSlot;
+  private readonly config: LlamaConfig;
+  private readonly layerIndex: number;
+
+  constructor(config: LlamaConfig, layerIndex: number) {
+    super();
+    this.config = config;
+    this.layerIndex = layerIndex;
+    const { hiddenSize, numAttentionHeads, numKeyValueHeads, headDim, attentionBias: bias } = config;
+    this.q_proj = this.registerModule('q_proj', new Linear({ inFeatures: hiddenSize, outFeatures: numAttentionHeads * headDim, bias }));
+    this.k_proj = this.registerModule('k_proj', new Linear({ inFeatures: hiddenSize, outFeatures: numKeyValueHeads * headDim, bias }));
+    this.v_proj = this.registerModule('v_proj', new Linear({ inFeatures: hiddenSize, outFeatures: numKeyValueHeads * headDim, bias }));
+    this.o_proj = this.registerModule('o_proj', new Linear({ inFeatures: numAttentionHeads * headDim, outFeatures: hiddenSize, bias }));
+  }
+
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null, rotary: RotaryContext, cache?: KeyValueCache): tf.Tensor {
+    return tf.tidy(() => {
+      const { numAttentionHeads, numKeyValueHeads, headDim, attentionDropout } = this.config;
+      const q = applyRotary(splitHeads(this.q_proj.forward(hidden), numAttentionHeads), rotary.cos, rotary.sin);
+      let k = applyRotary(splitHeads(this.k_proj.forward(hidden), numKeyValueHeads), rotary.cos, rotary.sin);
+      let v: tf.Tensor = splitHeads(this.v_proj.forward(hidden), numKeyValueHeads);
+      if (cache) ({ key: k, value: v } = cache.update(this.layerIndex, k, v));
+      const attended = scaledDotProductAttention(q, k, v, {
+        scale: 1 / Math.sqrt(headDim),
+        bias,
+        dropout: this.training && attentionDropout > 0 ? (p) => dropout(p, attentionDropout) : undefined,
+      });
+      return this.o_proj.forward(mergeHeads(attended));
+    });
+  }
+}
+
+/** Llama's SwiGLU feed-forward (`LlamaMLP`): down(act(gate(x)) · up(x)). */
+export class LlamaMlp extends Module {
+  gate_proj: LayerSlot;
+  up_proj: LayerSlot;
+  down_proj: LayerSlot;
+  private readonly activation: (x: tf.Tensor) => tf.Tensor;
+
+  constructor(config: LlamaConfig) {
+    super();
+    const { hiddenSize, intermediateSize, mlpBias: bias } = config;
+    this.gate_proj = this.registerModule('gate_proj', new Linear({ inFeatures: hiddenSize, outFeatures: intermediateSize, bias }));
+    this.up_proj = this.registerModule('up_proj', new Linear({ inFeatures: hiddenSize, outFeatures: intermediateSize, bias }));
+    this.down_proj = this.registerModule('down_proj', new Linear({ inFeatures: intermediateSize, outFeatures: hiddenSize, bias }));
+    this.activation = activationFunction(config.hiddenAct, 'hidden_act');
+  }
+
+  forward(hidden: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => this.down_proj.forward(tf.mul(this.activation(this.gate_proj.forward(hidden)), this.up_proj.forward(hidden))));
+  }
+}
+
+/** One pre-norm Llama layer (`LlamaDecoderLayer`). */
+export class LlamaDecoderLayer extends Module {
+  readonly self_attn: LlamaAttention;
+  readonly mlp: LlamaMlp;
+  input_layernorm: LayerSlot;
+  post_attention_layernorm: LayerSlot;
+
+  constructor(config: LlamaConfig, layerIndex: number) {
+    super();
+    this.self_attn = this.registerModule('self_attn', new LlamaAttention(config, layerIndex));
+    this.mlp = this.registerModule('mlp', new LlamaMlp(config));
+    this.input_layernorm = this.registerModule('input_layernorm', new RMSNorm({ dim: config.hiddenSize, eps: config.rmsNormEps }));
+    this.post_attention_layernorm = this.registerModule('post_attention_layernorm', new RMSNorm({ dim: config.hiddenSize, eps: config.rmsNormEps }));
+  }
+
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null, rotary: RotaryContext, cache?: KeyValueCache): tf.Tensor {
+    return tf.tidy(() => {
+      const afterAttention = tf.add(hidden, this.self_attn.forward(this.input_layernorm.forward(hidden), bias, rotary, cache));
+      return tf.add(afterAttention, this.mlp.forward(this.post_attention_layernorm.forward(afterAttention)));
+    });
+  }
+}
+
+/**
+ * The Llama trunk (transformers' `LlamaModel`): token embedding, decoder layers with rotary
+ * position embeddings, final RMSNorm. `forward` returns the last hidden state [B, T, hidden].
+ */
+export class LlamaModel extends PretrainedModel {
+  readonly architecture = 'LlamaModel' as const;
+  readonly modelType = 'llama';
+  readonly defaultTargetModules: readonly string[] = ['q_proj', 'v_proj'];
+  readonly outputHeadPaths: readonly string[] = ['lm_head'];
+  readonly basePrefix = 'model';
+  override readonly ignoredCheckpointKeys: readonly RegExp[] = [/(^|\.)rotary_emb\.inv_freq$/u];
+  readonly config: LlamaConfig;
+  readonly embed_tokens: Embedding;
+  readonly layers: ModuleList<LlamaDecoderLayer>;
+  norm: LayerSlot;
+  private readonly inverseFrequencies: Float64Array;
+
+  /** A Llama trunk with transformers' initialisation N(0, 0.02). @param options.seed default 0. */
+  constructor(config: LlamaConfig, options: { seed?: number } = {}) {
+    super();
+    this.config = config;
+    this.embed_tokens = this.registerModule('embed_tokens', new Embedding({ numEmbeddings: config.vocabSize, embeddingDim: config.hiddenSize }));
+    this.layers = this.registerModule('layers', new ModuleList(Array.from({ length: config.numHiddenLayers }, (_, i) => new LlamaDecoderLayer(config, i))));
+    this.norm = this.registerModule('norm', new RMSNorm({ dim: config.hiddenSize, eps: config.rmsNormEps }));
+    this.inverseFrequencies = rotaryInverseFrequencies(config);
+    normalInit(this, { seed: options.seed ?? 0, std: () => 0.02 });
+  }
+
+  configJson(): Record<string, unknown> {
+    return llamaConfigJson(this.config, this.architecture);
+  }
+
+  /** Last hidden state [B, T, hidden] for ids [B, T]. The caller disposes it. */
+  forward(inputIds: tf.Tensor, options: CausalLmForwardOptions = {}): tf.Tensor {
+    if (inputIds.rank !== 2) throw new ShapeError(`[${PACKAGE}] Llama inputIds`, [null, null], inputIds.shape);
+    const [batch, time] = inputIds.shape as [number, number];
+    const past = options.cache?.length ?? 0;
+    let positions: ArrayLike<number>;
+    if (options.positionIds) {
+      const ids = options.positionIds;
+      if (!((ids.rank === 2 && ids.shape[0] === batch && ids.shape[1] === time) || (ids.rank === 1 && ids.shape[0] === time))) {
+        throw new ShapeError(`[${PACKAGE}] positionIds`, [batch, time], ids.shape);
+      }
+      const values = ids.dataSync();
+      positions = ids.rank === 2 ? values : Array.from({ length: batch * time }, (_, i) => values[i % time]!);
+    } else {
+      positions = Array.from({ length: batch * time }, (_, i) => past + (i % time));
+    }
+    const rotary = rotaryTables(this.inverseFrequencies, positions, batch, time);
+    const bias = attentionBias({ queries: time, past, causal: true, attentionMask: options.attentionMask, batch });
+    try {
+      return tf.tidy(() => {
+        let hidden = this.embed_tokens.forward(inputIds);
+        for (const layer of this.layers) hidden = layer.forward(hidden, bias, rotary, options.cache);
+        return this.norm.forward(hidden);
+      });
+    } finally {
+      bias?.dispose();
+      rotary.cos.dispose();
+      rotary.sin.dispose();
+    }
+  }
+}
+
+/**
+ * Llama with its language-model head (transformers' `LlamaForCausalLM`): RMSNorm, rotary
+ * embeddings, grouped-query attention (`num_key_value_heads` < `num_attention_heads`), SwiGLU MLP,
+ * and `lm_head` tied to `model.embed_tokens` when `tie_word_embeddings` is true.
+ *
+ * @example
+ * const model = new LlamaForCausalLM(parseLlamaConfig({ vocab_size: 100, hidden_size: 32, intermediate_size: 64,
+ *   num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 }));
+ * const logits = tf.tidy(() => model.forward(tf.tensor2d([[1, 5, 9]], undefined, 'int32'))); // [1, 3, 100]
+ */
+export class LlamaForCausalLM extends CausalLanguageModel {
+  readonly architecture = 'LlamaForCausalLM' as const;
+  readonly modelType = 'llama';
+  readonly defaultTargetModules: readonly string[] = ['q_proj', 'v_proj'];
+  readonly outputHeadPaths: readonly string[] = ['lm_head'];
+  readonly basePrefix = 'model';
+  override readonly ignoredCheckpointKeys: readonly RegExp[] = [/(^|\.)rotary_emb\.inv_freq$/u];
+  override readonly tiedCheckpointKeys: readonly string[];
+  readonly config: LlamaConfig;
+  readonly model: LlamaModel;
+  lm_head: LayerSlot;
+
+  /** @param options.seed seed of the initialisation (default 0). */
+  constructor(config: LlamaConfig, options: { seed?: number } = {}) {
+    super();
+    this.config = config;
+    this.model = this.registerModule('model', new LlamaModel(config, options));
+    this.lm_head = this.registerModule(
+      'lm_head',
+      new OutputHead({
+        inFeatures: config.hiddenSize,
+        outFeatures: config.vocabSize,
+        tiedWeight: config.tieWordEmbeddings ? this.model.embed_tokens.weight : undefined,
+        seed: (options.seed ?? 0) + 7919,
+      }),
+    );
+    this.tiedCheckpointKeys = config.tieWordEmbeddings ? ['lm_head.weight'] : [];
+  }
+
+  get vocabSize(): number {
+    return this.config.vocabSize;
+  }
+
+  get numLayers(): number {
+    return this.config.numHiddenLayers;
+  }
+
+  get maxPositions(): null {
+    return null;
+  }
+
+  get eosTokenIds(): readonly number[] {
+    return this.config.eosTokenIds;
+  }
+
+  configJson(): Record<string, unknown> {
+    return llamaConfigJson(this.config, this.architecture);
+  }
+
+  forward(inputIds: tf.Tensor, options: CausalLmForwardOptions = {}): tf.Tensor {
+    return tf.tidy(() => (this.lm_head as TensorModule).forward(this.model.forward(inputIds, options)));
+  }
+}

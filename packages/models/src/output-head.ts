@@ -1,0 +1,76 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { Module, ShapeError, applyToLastAxis, type BaseLayer } from '@lora/core';
+import { PACKAGE } from './config-fields.js';
+
+/**
+ * A bias-free output projection `logits = x·Wᵀ` with `weight` [vocab, hidden], as transformers'
+ * `lm_head`. Given an existing variable it shares it (tied input and output embeddings): the
+ * variable is then listed once by `namedParameters()`, under the embedding's path, just as
+ * transformers omits a tied `lm_head.weight` from a saved checkpoint.
+ *
+ * It is a `BaseLayer`, so an adapter can target it explicitly; `all-linear` skips it (it is named in
+ * the model's `outputHeadPaths`).
+ */
+export class OutputHead extends Module implements BaseLayer {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly fanInFanOut = false;
+  readonly bias: tf.Variable | null = null;
+  readonly weight: tf.Variable;
+  /** True when `weight` is shared with an embedding. */
+  readonly tied: boolean;
+
+  /**
+   * @param options.inFeatures hidden size; `outFeatures` vocabulary size.
+   * @param options.tiedWeight an embedding's [vocab, hidden] variable to share (default: a new N(0, 0.02) weight).
+   */
+  constructor(options: { inFeatures: number; outFeatures: number; tiedWeight?: tf.Variable; seed?: number }) {
+    super();
+    this.inFeatures = options.inFeatures;
+    this.outFeatures = options.outFeatures;
+    this.tied = options.tiedWeight !== undefined;
+    if (options.tiedWeight) {
+      const shape = options.tiedWeight.shape;
+      if (shape[0] !== options.outFeatures || shape[1] !== options.inFeatures) {
+        throw new ShapeError(`[${PACKAGE}] OutputHead tied weight`, [options.outFeatures, options.inFeatures], shape);
+      }
+      this.weight = this.registerParameter('weight', options.tiedWeight);
+    } else {
+      const initial = tf.randomNormal([options.outFeatures, options.inFeatures], 0, 0.02, 'float32', options.seed);
+      this.weight = this.registerParameter('weight', initial);
+      initial.dispose();
+    }
+  }
+
+  forward(input: tf.Tensor): tf.Tensor {
+    return this.forwardWithoutBias(input);
+  }
+
+  forwardWithoutBias(input: tf.Tensor): tf.Tensor {
+    if (input.shape[input.rank - 1] !== this.inFeatures) {
+      throw new ShapeError(`[${PACKAGE}] OutputHead input`, [null, this.inFeatures], input.shape);
+    }
+    return tf.tidy(() => applyToLastAxis(input, this.outFeatures, (x) => tf.matMul(x, this.weight as tf.Tensor2D, false, true)));
+  }
+
+  denseWeight(): tf.Tensor2D {
+    return tf.clone(this.weight) as tf.Tensor2D;
+  }
+
+  assignDenseWeight(weight: tf.Tensor2D): { exact: boolean; note?: string } {
+    if (weight.shape[0] !== this.outFeatures || weight.shape[1] !== this.inFeatures) {
+      throw new ShapeError(`[${PACKAGE}] OutputHead.assignDenseWeight`, [this.outFeatures, this.inFeatures], weight.shape);
+    }
+    this.weight.assign(weight);
+    return this.tied ? { exact: true, note: 'lm_head is tied to the input embedding, which changed too.' } : { exact: true };
+  }
+
+  /** An untied copy with its own variable (for `modules_to_save`). */
+  clone(): OutputHead {
+    const copy = new OutputHead({ inFeatures: this.inFeatures, outFeatures: this.outFeatures });
+    copy.weight.assign(this.weight);
+    copy.weight.trainable = this.weight.trainable;
+    copy.training = this.training;
+    return copy;
+  }
+}

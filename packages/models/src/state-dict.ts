@@ -1,0 +1,127 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { CheckpointError, entryToTensor, tensorToEntry, type SafetensorsEntry } from '@lora/core';
+import { PACKAGE } from './config-fields.js';
+import type { PretrainedModel } from './pretrained-model.js';
+
+/** What {@link loadStateDict} matched, skipped or could not place. */
+export interface LoadReport {
+  /** Parameters of the model with no tensor in the checkpoint. */
+  readonly missing: readonly string[];
+  /** Checkpoint tensors that are not parameters of the model. */
+  readonly unexpected: readonly string[];
+  /** Tensors whose shape differs from the parameter's. */
+  readonly mismatched: readonly { readonly name: string; readonly expected: readonly number[]; readonly received: readonly number[] }[];
+  /** Checkpoint keys skipped on purpose: buffers (`attn.bias`), tied copies (`lm_head.weight`), or the head of a task checkpoint loaded into a bare trunk. */
+  readonly ignored: readonly string[];
+  /** Prefix added to (`+transformer`) or removed from (`-transformer`) checkpoint keys, or null. */
+  readonly prefixChange: string | null;
+  /** Dtypes found in the checkpoint, with counts (F16/BF16 are upcast to float32). */
+  readonly dtypes: Readonly<Record<string, number>>;
+}
+
+/** Options for {@link loadStateDict}. */
+export interface LoadStateDictOptions {
+  /** Throw when anything is missing, unexpected or mis-shaped (default true). Mis-shaped tensors always throw. */
+  readonly strict?: boolean;
+}
+
+function hasChild(model: PretrainedModel, name: string): boolean {
+  return model.namedChildren().some(([child]) => child === name);
+}
+
+/**
+ * Copy checkpoint tensors into a model's parameters by name, as transformers' `load_state_dict`:
+ * keys are matched to `namedParameters()` paths, adding or removing the base-model prefix when a bare
+ * trunk checkpoint meets a task model or the reverse. Nothing is assigned unless every tensor fits.
+ *
+ * @throws {CheckpointError} naming every missing, unexpected (strict) and mis-shaped tensor.
+ */
+export function loadStateDict(
+  model: PretrainedModel,
+  tensors: ReadonlyMap<string, SafetensorsEntry>,
+  options: LoadStateDictOptions = {},
+): LoadReport {
+  const strict = options.strict ?? true;
+  const parameters = new Map(model.namedParameters());
+  const prefix = model.basePrefix;
+  const keys = [...tensors.keys()];
+  const modelHasPrefix = hasChild(model, prefix);
+  const checkpointHasPrefix = keys.some((key) => key.startsWith(`${prefix}.`));
+  let prefixChange: string | null = null;
+  const ignored: string[] = [];
+  const rename = new Map<string, string>();
+  for (const key of keys) {
+    let target = key;
+    if (modelHasPrefix && !checkpointHasPrefix && !parameters.has(key)) {
+      target = `${prefix}.${key}`;
+      prefixChange = `+${prefix}`;
+    } else if (!modelHasPrefix && checkpointHasPrefix) {
+      prefixChange = `-${prefix}`;
+      if (!key.startsWith(`${prefix}.`)) {
+        ignored.push(key);
+        continue;
+      }
+      target = key.slice(prefix.length + 1);
+    }
+    // Old TensorFlow-converted checkpoints (the original BERT) name LayerNorm parameters gamma and beta.
+    if (!parameters.has(target)) {
+      const legacy = target.replace(/\.gamma$/u, '.weight').replace(/\.beta$/u, '.bias');
+      if (parameters.has(legacy)) target = legacy;
+    }
+    if (model.ignoredCheckpointKeys.some((pattern) => pattern.test(target)) || model.tiedCheckpointKeys.includes(target)) {
+      ignored.push(key);
+      continue;
+    }
+    rename.set(target, key);
+  }
+  const missing: string[] = [];
+  const mismatched: { name: string; expected: number[]; received: number[] }[] = [];
+  const dtypes: Record<string, number> = {};
+  for (const [name, variable] of parameters) {
+    const key = rename.get(name);
+    const entry = key === undefined ? undefined : tensors.get(key);
+    if (!entry || key === undefined) {
+      missing.push(name);
+      continue;
+    }
+    dtypes[entry.dtype] = (dtypes[entry.dtype] ?? 0) + 1;
+    if (entry.shape.length !== variable.shape.length || entry.shape.some((d, i) => d !== variable.shape[i])) {
+      mismatched.push({ name: key, expected: [...variable.shape], received: [...entry.shape] });
+    }
+  }
+  const unexpected = [...rename.entries()].filter(([name]) => !parameters.has(name)).map(([, key]) => key);
+  if (mismatched.length > 0 || (strict && (missing.length > 0 || unexpected.length > 0))) {
+    const parts = [
+      missing.length > 0 ? `missing: ${missing.join(', ')}` : '',
+      unexpected.length > 0 ? `unexpected: ${unexpected.join(', ')}` : '',
+      mismatched.length > 0
+        ? `wrong shape: ${mismatched.map((m) => `${m.name} (model has [${m.expected.join(', ')}], checkpoint has [${m.received.join(', ')}])`).join(', ')}`
+        : '',
+    ].filter(Boolean);
+    throw new CheckpointError(
+      `[${PACKAGE}] The checkpoint does not fit ${model.architecture}: ${parts.join('; ')}. Check that config.json belongs to these weights` +
+        (mismatched.length === 0 ? '; to keep freshly initialised values for missing tensors (e.g. a new classifier head), pass { strict: false }.' : '.'),
+      { plugin: PACKAGE, missing, unexpected, mismatched },
+    );
+  }
+  for (const [name, variable] of parameters) {
+    const key = rename.get(name);
+    const entry = key === undefined ? undefined : tensors.get(key);
+    if (!entry) continue;
+    tf.tidy(() => {
+      const value = entryToTensor(entry, key);
+      variable.assign(value.dtype === variable.dtype ? value : tf.cast(value, variable.dtype));
+    });
+  }
+  return { missing, unexpected, mismatched, ignored, prefixChange, dtypes };
+}
+
+/**
+ * The model's parameters as safetensors entries keyed like transformers' state dict (tied copies
+ * left out, as `save_pretrained` does). Reads every variable synchronously.
+ */
+export function stateDict(model: PretrainedModel): Map<string, SafetensorsEntry> {
+  const entries = new Map<string, SafetensorsEntry>();
+  for (const [name, variable] of model.namedParameters()) entries.set(name, tensorToEntry(variable));
+  return entries;
+}

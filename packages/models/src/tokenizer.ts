@@ -1,0 +1,205 @@
+import { Tokenizer } from '@huggingface/tokenizers';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { readJsonFile, writeJsonAtomic } from '@lora/core';
+import { PACKAGE } from './config-fields.js';
+import { TokenizerError } from './errors.js';
+
+/** Options for {@link TextTokenizer.encode}. */
+export interface EncodeOptions {
+  /** Add the tokenizer's special tokens (BOS, [CLS]/[SEP]…) as its post-processor says (default true). */
+  readonly addSpecialTokens?: boolean;
+}
+
+/** Options for {@link TextTokenizer.decode}. */
+export interface DecodeOptions {
+  /** Leave special tokens out of the text (default false). */
+  readonly skipSpecialTokens?: boolean;
+}
+
+/** What the models and dataset helpers need from a tokenizer. */
+export interface TextTokenizer {
+  /** Number of ids, special tokens included. */
+  readonly vocabSize: number;
+  readonly bosTokenId: number | null;
+  readonly eosTokenId: number | null;
+  /** Id used for padding (falls back to EOS when the tokenizer has no pad token, as is usual for GPT-2), or null. */
+  readonly padTokenId: number | null;
+  encode(text: string, options?: EncodeOptions): number[];
+  decode(ids: readonly number[], options?: DecodeOptions): string;
+}
+
+/** `tokenizer_class` written by {@link ByteTokenizer.save}. */
+export const BYTE_TOKENIZER_CLASS = 'LoraByteTokenizer';
+
+/**
+ * A byte-level tokenizer: ids 0–255 are the UTF-8 bytes of the text, 256 is `<|endoftext|>` (BOS, EOS
+ * and padding). Lossless for any text, with no vocabulary file; the bundled base model uses it.
+ *
+ * @example
+ * const tokenizer = new ByteTokenizer();
+ * tokenizer.encode('Ahab'); // [65, 104, 97, 98]
+ * tokenizer.decode([65, 104, 97, 98, 256]); // 'Ahab<|endoftext|>'
+ */
+export class ByteTokenizer implements TextTokenizer {
+  /** The special token string. */
+  static readonly END_OF_TEXT = '<|endoftext|>';
+  readonly vocabSize = 257;
+  readonly bosTokenId = 256;
+  readonly eosTokenId = 256;
+  readonly padTokenId = 256;
+  private readonly encoder = new TextEncoder();
+  private readonly decoder = new TextDecoder('utf-8');
+
+  /**
+   * UTF-8 bytes of `text`. With `addSpecialTokens` (default false, as GPT-2 adds none) `<|endoftext|>`
+   * is put first. The literal text `<|endoftext|>` is encoded as bytes, never as the special id.
+   */
+  encode(text: string, options: EncodeOptions = {}): number[] {
+    const bytes = Array.from(this.encoder.encode(text));
+    return options.addSpecialTokens ? [this.bosTokenId, ...bytes] : bytes;
+  }
+
+  /** Text of the bytes; invalid UTF-8 becomes U+FFFD. Ids ≥ 256 are special tokens. */
+  decode(ids: readonly number[], options: DecodeOptions = {}): string {
+    let out = '';
+    let run: number[] = [];
+    const flush = (): void => {
+      if (run.length > 0) out += this.decoder.decode(new Uint8Array(run));
+      run = [];
+    };
+    for (const id of ids) {
+      if (id >= 0 && id < 256) run.push(id);
+      else {
+        flush();
+        if (!options.skipSpecialTokens) out += ByteTokenizer.END_OF_TEXT;
+      }
+    }
+    flush();
+    return out;
+  }
+
+  /** Write `tokenizer_config.json` so {@link loadTokenizer} recognises the directory. */
+  async save(directory: string): Promise<void> {
+    await writeJsonAtomic(path.join(directory, 'tokenizer_config.json'), {
+      tokenizer_class: BYTE_TOKENIZER_CLASS,
+      bos_token: ByteTokenizer.END_OF_TEXT,
+      eos_token: ByteTokenizer.END_OF_TEXT,
+      pad_token: ByteTokenizer.END_OF_TEXT,
+      vocab_size: this.vocabSize,
+      model_max_length: null,
+    });
+  }
+}
+
+function tokenString(value: unknown): string | null {
+  if (typeof value === 'string') return value;
+  if (value !== null && typeof value === 'object' && typeof (value as Record<string, unknown>)['content'] === 'string') {
+    return (value as Record<string, string>)['content']!;
+  }
+  return null;
+}
+
+/**
+ * A Hugging Face `tokenizer.json` (BPE as GPT-2 and Llama, WordPiece as BERT, Unigram/SentencePiece
+ * style) run by the maintained `@huggingface/tokenizers` library, with the special tokens named in
+ * `tokenizer_config.json`.
+ *
+ * @example
+ * const tokenizer = await HuggingFaceTokenizer.load('path/to/model'); // tokenizer.json (+ tokenizer_config.json)
+ * tokenizer.encode('Hello world'); // GPT-2: [15496, 995]
+ */
+export class HuggingFaceTokenizer implements TextTokenizer {
+  readonly vocabSize: number;
+  readonly bosTokenId: number | null;
+  readonly eosTokenId: number | null;
+  readonly padTokenId: number | null;
+  /** The underlying `@huggingface/tokenizers` object, for anything not wrapped here. */
+  readonly tokenizer: Tokenizer;
+
+  /**
+   * @param tokenizerJson the parsed `tokenizer.json`.
+   * @param config the parsed `tokenizer_config.json` (default {}).
+   * @throws {TokenizerError} when the library rejects the file.
+   */
+  constructor(tokenizerJson: object, config: Readonly<Record<string, unknown>> = {}, source = 'tokenizer.json') {
+    try {
+      this.tokenizer = new Tokenizer(tokenizerJson, config);
+    } catch (error) {
+      throw new TokenizerError(`[${PACKAGE}] Cannot build a tokenizer from ${source}: ${error instanceof Error ? error.message : String(error)}.`, {
+        file: source,
+        cause: error,
+      });
+    }
+    this.vocabSize = this.tokenizer.get_vocab(true).size;
+    const idOf = (key: string): number | null => {
+      const text = tokenString(config[key]);
+      return text === null ? null : (this.tokenizer.token_to_id(text) ?? null);
+    };
+    this.bosTokenId = idOf('bos_token') ?? idOf('cls_token');
+    this.eosTokenId = idOf('eos_token') ?? idOf('sep_token');
+    this.padTokenId = idOf('pad_token') ?? this.eosTokenId;
+  }
+
+  /**
+   * Load `tokenizer.json` (and `tokenizer_config.json` when present) from a directory.
+   * @throws {TokenizerError} naming the file when it is missing or malformed.
+   */
+  static async load(directory: string): Promise<HuggingFaceTokenizer> {
+    const file = path.join(directory, 'tokenizer.json');
+    try {
+      await fs.access(file);
+    } catch (error) {
+      throw new TokenizerError(`[${PACKAGE}] ${file} does not exist: a Hugging Face tokenizer directory needs tokenizer.json.`, { file, cause: error });
+    }
+    let json: unknown;
+    try {
+      json = await readJsonFile(file);
+    } catch (error) {
+      throw new TokenizerError(`[${PACKAGE}] ${file} is not valid JSON.`, { file, cause: error });
+    }
+    if (json === null || typeof json !== 'object' || typeof (json as Record<string, unknown>)['model'] !== 'object') {
+      throw new TokenizerError(`[${PACKAGE}] ${file} is not a Hugging Face tokenizer.json (no "model" object).`, { file });
+    }
+    const config = await readOptionalConfig(directory);
+    return new HuggingFaceTokenizer(json, config, file);
+  }
+
+  encode(text: string, options: EncodeOptions = {}): number[] {
+    return this.tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
+  }
+
+  /** The token strings of `text` (no special tokens). */
+  tokenize(text: string): string[] {
+    return this.tokenizer.tokenize(text);
+  }
+
+  decode(ids: readonly number[], options: DecodeOptions = {}): string {
+    return this.tokenizer.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? false });
+  }
+}
+
+async function readOptionalConfig(directory: string): Promise<Record<string, unknown>> {
+  const file = path.join(directory, 'tokenizer_config.json');
+  try {
+    await fs.access(file);
+  } catch {
+    return {};
+  }
+  const json = await readJsonFile(file);
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) {
+    throw new TokenizerError(`[${PACKAGE}] ${file} must hold a JSON object.`, { file });
+  }
+  return json as Record<string, unknown>;
+}
+
+/**
+ * Load the tokenizer of a model directory: a {@link ByteTokenizer} when `tokenizer_config.json` says
+ * `LoraByteTokenizer` (the bundled base), otherwise `tokenizer.json` through {@link HuggingFaceTokenizer}.
+ * @throws {TokenizerError} naming the file when neither is usable.
+ */
+export async function loadTokenizer(directory: string): Promise<TextTokenizer> {
+  const config = await readOptionalConfig(directory);
+  if (config['tokenizer_class'] === BYTE_TOKENIZER_CLASS) return new ByteTokenizer();
+  return HuggingFaceTokenizer.load(directory);
+}

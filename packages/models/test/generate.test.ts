@@ -1,0 +1,85 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { ConfigError, ShapeError, initRuntime } from '@lora/core';
+import { withoutTensorLeaks } from '@lora/core/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createModel, generate, loadPretrained, pickToken, type Gpt2LMHeadModel, type LlamaForCausalLM } from '../src/index.js';
+import { fixture } from './helpers.js';
+
+describe('generate', () => {
+  let gpt2: Gpt2LMHeadModel;
+  let llama: LlamaForCausalLM;
+
+  beforeAll(async () => {
+    await initRuntime();
+    gpt2 = (await loadPretrained(fixture('models/gpt2'))) as Gpt2LMHeadModel;
+    llama = createModel(
+      { architectures: ['LlamaForCausalLM'], vocab_size: 64, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 1 },
+      { seed: 5 },
+    ) as LlamaForCausalLM;
+    // Sharper random weights so greedy choices are not near-ties.
+    for (const [, variable] of llama.namedParameters()) tf.tidy(() => variable.assign(tf.mul(variable, 8)));
+    llama.eval();
+  });
+
+  afterAll(() => {
+    gpt2.dispose();
+    llama.dispose();
+  });
+
+  it('returns the same greedy tokens with and without the key/value cache (GPT-2 and Llama)', async () => {
+    await withoutTensorLeaks(() => {
+      const prompts = [
+        [48, 212, 39, 54],
+        [250, 144, 178, 24],
+      ];
+      const cached = generate(gpt2, prompts, { maxNewTokens: 24, eosTokenId: [] });
+      const uncached = generate(gpt2, prompts, { maxNewTokens: 24, eosTokenId: [], useCache: false });
+      expect(cached).toEqual(uncached);
+      expect(cached[0]).toHaveLength(28);
+      const llamaCached = generate(llama, [[1, 7, 9]], { maxNewTokens: 20, eosTokenId: [] });
+      const llamaUncached = generate(llama, [[1, 7, 9]], { maxNewTokens: 20, eosTokenId: [], useCache: false });
+      expect(llamaCached).toEqual(llamaUncached);
+      expect(new Set(llamaCached[0]!.slice(3)).size).toBeGreaterThan(1);
+    });
+  });
+
+  it('samples reproducibly for a seed, and differently for another seed', () => {
+    const options = { maxNewTokens: 16, doSample: true, temperature: 1.5, topK: 50, topP: 0.95, eosTokenId: [] };
+    const a = generate(gpt2, [48, 212], { ...options, seed: 1 });
+    const b = generate(gpt2, [48, 212], { ...options, seed: 1 });
+    const c = generate(gpt2, [48, 212], { ...options, seed: 2 });
+    expect(a).toEqual(b);
+    expect(a).not.toEqual(c);
+  });
+
+  it('stops a row at EOS and pads it with EOS while others continue', () => {
+    const [greedy] = generate(gpt2, [48, 212, 39], { maxNewTokens: 6, eosTokenId: [] });
+    const eos = greedy![4]!; // the second generated token
+    const [stopped] = generate(gpt2, [48, 212, 39], { maxNewTokens: 6, eosTokenId: eos });
+    const firstEos = stopped!.indexOf(eos, 3);
+    expect(stopped!.length).toBeLessThanOrEqual(9);
+    expect(stopped!.slice(firstEos).every((t) => t === eos)).toBe(true);
+  });
+
+  it('restores training mode afterwards and rejects bad input with typed errors', () => {
+    gpt2.train();
+    generate(gpt2, [1, 2], { maxNewTokens: 1 });
+    expect(gpt2.training).toBe(true);
+    gpt2.eval();
+    expect(() => generate(gpt2, [[1, 2], [3]], {})).toThrow(ShapeError);
+    expect(() => generate(gpt2, [1, 2], { maxNewTokens: 63 })).toThrow(ShapeError);
+    expect(() => generate(gpt2, [1, 2], { temperature: 0 })).toThrow(ConfigError);
+    expect(() => generate(gpt2, [1, 999], {})).toThrow(ConfigError);
+  });
+});
+
+describe('pickToken', () => {
+  it('is argmax when not sampling and respects top-k / top-p when sampling', () => {
+    const logits = [0, 5, 1, 4];
+    expect(pickToken(logits, {}, Math.random)).toBe(1);
+    const draws = new Set(Array.from({ length: 200 }, () => pickToken(logits, { doSample: true, topK: 2 }, Math.random)));
+    expect([...draws].sort()).toEqual([1, 3]);
+    // p(1) ≈ 0.72 < 0.9, so top-p 0.9 keeps tokens 1 and 3 only; top-p 0.5 keeps token 1 only.
+    expect(new Set(Array.from({ length: 200 }, () => pickToken(logits, { doSample: true, topP: 0.5 }, Math.random)))).toEqual(new Set([1]));
+  });
+});

@@ -1,0 +1,37 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The repo's copy of the shared reference fixtures. */
+export const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../fixtures/reference');
+
+export function fixture(...parts: string[]): string {
+  return path.join(FIXTURES, ...parts);
+}
+
+export function readJson<T = Record<string, unknown>>(file: string): T {
+  return JSON.parse(readFileSync(file, 'utf8')) as T;
+}
+
+/** Flatten a nested number array. */
+export function flat(value: unknown): number[] {
+  return Array.isArray(value) ? value.flatMap(flat) : [Math.fround(value as number)];
+}
+
+/** max|actual − expected| / max|expected|: the acceptance metric of the issue. */
+export function relativeError(actual: tf.Tensor | ArrayLike<number>, expected: ArrayLike<number>): number {
+  const a = actual instanceof tf.Tensor ? actual.dataSync() : actual;
+  if (a.length !== expected.length) throw new Error(`length ${a.length} vs ${expected.length}`);
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i]! - expected[i]!));
+    scale = Math.max(scale, Math.abs(expected[i]!));
+  }
+  return diff / scale;
+}
+
+export function ids(rows: number[][]): tf.Tensor2D {
+  return tf.tensor2d(rows, undefined, 'int32');
+}
