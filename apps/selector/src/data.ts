@@ -20,7 +20,8 @@ function encodeDocuments(texts: readonly string[], tokenizer: TextTokenizer, lim
   const ids: number[] = [];
   for (const text of texts) {
     if (ids.length >= limit) break;
-    ids.push(...tokenizer.encode(text));
+    // Element by element: a long speech has more tokens than a spread call may pass as arguments.
+    for (const id of tokenizer.encode(text)) ids.push(id);
     if (tokenizer.eosTokenId !== null) ids.push(tokenizer.eosTokenId);
   }
   return ids.slice(0, limit);

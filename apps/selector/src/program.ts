@@ -91,6 +91,22 @@ function addSelectOptions(command: Command): Command {
     .option('--json', 'print a machine-readable result');
 }
 
+/** The backend for this run: @lora/cuda-backend's pick when installed (GPU, native, threaded WASM), else core's default. */
+async function startBackend(loader: PackageLoader): Promise<{ name: string; gpu: boolean; description: string }> {
+  let cudaBackend: Record<string, unknown> | null = null;
+  try {
+    cudaBackend = (await loader('@lora/cuda-backend')) as Record<string, unknown>;
+  } catch {
+    cudaBackend = null;
+  }
+  if (cudaBackend && typeof cudaBackend['useBestBackend'] === 'function') {
+    const report = (await (cudaBackend['useBestBackend'] as () => Promise<{ kind: string; gpu: boolean; description: string; threads: number }>)());
+    return { name: report.kind, gpu: report.gpu, description: `${report.kind} (${report.threads} thread${report.threads === 1 ? '' : 's'}): ${report.description}` };
+  }
+  const runtime = await initRuntime();
+  return { name: runtime.backend, gpu: false, description: `${runtime.backend}: ${runtime.reason}` };
+}
+
 async function runSelect(options: SelectCommandOptions, context: ProgramContext, runAfter: boolean): Promise<void> {
   const config: SelectorConfig | undefined = options.config ? await readSelectorConfig(options.config) : undefined;
   const budgetText = options.memoryBudget ?? (config?.memoryBudget === undefined ? undefined : String(config.memoryBudget));
@@ -101,7 +117,7 @@ async function runSelect(options: SelectCommandOptions, context: ProgramContext,
   const modelDirectory = options.model ?? config?.model ?? null;
   const directory = modelDirectory ?? bundledBaseDirectory();
   const type = await modelType(directory);
-  const runtime = await initRuntime();
+  const backend = await startBackend(context.loader ?? importPackage);
   const steps = options.steps === 300 && config?.steps ? config.steps : options.steps;
   const { result, recipe, decision } = await select(
     {
@@ -114,7 +130,7 @@ async function runSelect(options: SelectCommandOptions, context: ProgramContext,
       modelDirectory: directory,
       memoryBudgetBytes,
       training: { batchSize: options.batchSize, sequenceLength: options.context, rank: 8, steps },
-      backend: { name: runtime.backend, gpu: /gpu|cuda|webgpu/u.test(runtime.backend) },
+      backend: { name: backend.name, gpu: backend.gpu },
       targetModules: TARGETS_BY_MODEL_TYPE[type] ?? ['q_proj', 'v_proj'],
       fanInFanOut: type === 'gpt2',
       loader: context.loader,
@@ -141,7 +157,7 @@ async function runSelect(options: SelectCommandOptions, context: ProgramContext,
       recipe,
       registry,
       decision,
-      backend: runtime.backend,
+      backend: backend.description,
     },
     context,
   );
@@ -242,6 +258,21 @@ export function buildProgram(context: ProgramContext): Command {
       } finally {
         model.dispose();
       }
+    });
+
+  program
+    .command('doctor')
+    .description('pick the fastest tensor backend here and say why the faster ones were passed over')
+    .action(async () => {
+      const loader = context.loader ?? importPackage;
+      let cudaBackend: Record<string, unknown>;
+      try {
+        cudaBackend = (await loader('@lora/cuda-backend')) as Record<string, unknown>;
+      } catch {
+        throw new CliError('lora doctor needs @lora/cuda-backend, which is not installed. Install it with: pnpm add @lora/cuda-backend');
+      }
+      const report = await (cudaBackend['useBestBackend'] as () => Promise<unknown>)();
+      context.stdout.write(`${(cudaBackend['formatBackendReport'] as (r: unknown) => string)(report)}\n`);
     });
 
   program

@@ -80,9 +80,10 @@ describe('lora train', () => {
     expect(JSON.parse(inspect.stdout)).toMatchObject({ kind: 'adapter', type });
   });
 
-  it('trains on a JSONL file and saves a loadable adapter', async () => {
+  it('trains on a JSONL file (one record longer than a spread call can pass) and saves a loadable adapter', async () => {
     const data = path.join(directory, 'ok.jsonl');
     const lines = Array.from({ length: 40 }, (_, i) => JSON.stringify({ text: `Record ${i}: the quick brown fox jumps over the lazy dog, again and again.` }));
+    lines.unshift(JSON.stringify({ text: 'a long record. '.repeat(20_000) }));
     await writeFile(data, `${lines.join('\n')}\n`);
     const out = path.join(directory, 'ok-run');
     const result = await run(['train', '--model', GPT2, '--data', data, '--steps', '5', '--context', '32', '--batch-size', '4', '--out', out]);

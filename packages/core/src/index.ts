@@ -1,6 +1,8 @@
 // @lora/core: the whole public surface.
 export { initRuntime, ensureGradients } from './runtime.js';
 export type { RuntimeOptions, RuntimeReport, BuiltinBackendName } from './runtime.js';
+export { useFastWasmMatMul, restoreWasmMatMul, fastWasmMatMulKernels, MIN_FLOPS_PER_MATRIX } from './wasm-matmul.js';
+export { registerMissingGradientKernels } from './kernels.js';
 
 export {
   LoraError,

@@ -1,10 +1,9 @@
 // The README's opening example. Run from packages/models after `pnpm build`: node examples/quickstart.mjs
 import * as tf from '@tensorflow/tfjs-core';
 import { AdapterModel, causalLmLoss, createLoraRegistry, initRuntime, lora, train } from '@lora/core';
-import { causalLmWindows, generate, loadBundledBase, useFastWasmMatMul } from '@lora/models';
+import { causalLmWindows, generate, loadBundledBase } from '@lora/models';
 
 await initRuntime();
-useFastWasmMatMul(); // transposed matmuls are 10–40× slower on tfjs's WASM backend without it
 
 // 1. The bundled base: a 3.3 M-parameter byte-level GPT-2 pretrained on Moby-Dick.
 const { model, tokenizer } = await loadBundledBase();

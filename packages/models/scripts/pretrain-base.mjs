@@ -23,7 +23,6 @@ import {
   savePretrained,
   seededRandom,
   unigramPerplexity,
-  useFastWasmMatMul,
 } from '../dist/index.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -48,9 +47,9 @@ const out = path.resolve(args['out'] ?? path.join(here, '..', 'assets', 'base-mo
 const checkpoint = path.resolve(args['checkpoint'] ?? path.join(os.tmpdir(), 'lora-models-pretrain-checkpoint'));
 const command = `node packages/models/scripts/pretrain-base.mjs ${process.argv.slice(2).join(' ')}`.trim();
 
+// initRuntime() also routes WASM's transposed and batched matMuls through its fast path.
 const runtime = await initRuntime();
-const fastMatMul = useFastWasmMatMul();
-console.log(`backend ${runtime.backend} (${runtime.reason}); fast WASM matmul: ${fastMatMul}`);
+console.log(`backend ${runtime.backend} (${runtime.reason})`);
 
 const tokenizer = new ByteTokenizer();
 const { train: trainBytes, heldOut } = await mobyDickSplits();

@@ -69,4 +69,3 @@ export type { GenerateOptions } from './generate.js';
 export { evaluatePerplexity, unigramPerplexity } from './perplexity.js';
 export type { PerplexityResult } from './perplexity.js';
 export { bundledBaseDirectory, loadBundledBase } from './bundled-base.js';
-export { useFastWasmMatMul } from './wasm-matmul.js';

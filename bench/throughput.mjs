@@ -1,0 +1,103 @@
+// The throughput section of `pnpm bench`: matMul GFLOP/s per available backend, and tokens/s of
+// LoRA training, full fine-tuning and the forward pass on the `small` GPT-2 configuration.
+// Each measurement runs in a child process (tfjs backends are per process); a backend whose
+// child fails is reported as skipped, never fatal.
+import { spawn } from 'node:child_process';
+import os from 'node:os';
+import { fileURLToPath } from 'node:url';
+
+const CHILD = fileURLToPath(new URL('./throughput-child.mjs', import.meta.url));
+/** Fields the children add for the summary; the JSON rows keep the documented shape. */
+const INTERNAL_FIELDS = ['backendKind', 'isDefault'];
+
+function runChild(args, log) {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CHILD, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    child.on('close', (code) => {
+      const last = stdout.trim().split('\n').pop() ?? '';
+      try {
+        if (code !== 0) throw new Error(`exit code ${code}`);
+        resolve({ ok: true, value: JSON.parse(last) });
+      } catch (error) {
+        const reason = stderr.trim().split('\n').filter((line) => line.trim() && !/^=+$|Hi, looks like/u.test(line)).slice(-3).join(' | ') || error.message;
+        log(`  ! ${args.slice(0, 3).join(' ')} failed: ${reason}`);
+        resolve({ ok: false, reason });
+      }
+    });
+  });
+}
+
+const publicRow = (row) => Object.fromEntries(Object.entries(row).filter(([key]) => !INTERNAL_FIELDS.includes(key)));
+
+function table(headers, rows) {
+  const widths = headers.map((header, i) => Math.max(header.length, ...rows.map((row) => String(row[i]).length)));
+  const line = (cells) => cells.map((cell, i) => String(cell).padStart(widths[i])).join('  ');
+  return [line(headers), line(widths.map((width) => '-'.repeat(width))), ...rows.map(line)].join('\n');
+}
+
+/**
+ * Run the section. `quick` halves the work (for smoke runs). Returns the JSON rows; `print`
+ * receives the human-readable report.
+ */
+export async function runThroughput({ quick = false, threads, log = (text) => process.stderr.write(`${text}\n`), print = () => {} } = {}) {
+  const threadArgs = threads === undefined ? [] : ['--threads', String(threads)];
+  log('throughput: matMul 1024² on every backend (interleaved, best of 7)…');
+  const matmul = await runChild(['matmul', '--size', '1024', '--reps', quick ? '3' : '7', ...threadArgs], log);
+  if (!matmul.ok) throw new Error(`The matMul benchmark failed: ${matmul.reason}`);
+  const { rows: matmulRows, doctor, attempts } = matmul.value;
+
+  // Train on every backend that can start: the default one, the rest of the WASM/JS ladder, and
+  // the native ones useBestBackend found.
+  const kinds = [];
+  for (const attempt of attempts) if (attempt.outcome === 'selected') kinds.push(attempt.kind);
+  for (const kind of ['wasm-threads', 'wasm', 'cpu']) {
+    if (kinds.includes(kind)) continue;
+    if (kind === 'wasm-threads' && !matmulRows.some((row) => row.backendKind === 'wasm-threads')) continue;
+    kinds.push(kind);
+  }
+  const trainRows = [];
+  const skipped = [];
+  for (const kind of kinds) {
+    log(`throughput: small GPT-2 forward, LoRA and full fine-tuning steps on ${kind}…`);
+    const steps = quick ? '1' : '3';
+    const result = await runChild(['train', '--backend', kind, '--steps', steps, ...threadArgs], log);
+    if (result.ok) trainRows.push(...result.value.rows);
+    else skipped.push(`${kind}: ${result.reason}`);
+  }
+
+  const defaultRow = matmulRows.find((row) => row.isDefault);
+  const singleWasm = matmulRows.find((row) => row.backendKind === 'wasm');
+  const lines = [
+    `## throughput (${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.availableParallelism?.() ?? os.cpus().length} cores available, Node ${process.version})`,
+    '',
+    doctor,
+    '',
+    table(
+      ['backend', 'threads', 'size', 'GFLOP/s'],
+      matmulRows.map((row) => [`${row.backendKind}${row.isDefault ? ' (default)' : ''}`, row.threads, `${row.size}²`, row.gflops.toFixed(1)]),
+    ),
+  ];
+  if (defaultRow && singleWasm && defaultRow !== singleWasm) {
+    lines.push('', `default vs single-threaded WASM, 1024² matMul: ${(defaultRow.gflops / singleWasm.gflops).toFixed(2)}× (same run, interleaved)`);
+  }
+  lines.push(
+    '',
+    table(
+      ['backend', 'threads', 'variant', 'step ms', 'tokens/s'],
+      trainRows.map((row) => [row.backendKind, row.threads, row.variant, row.stepMs.toFixed(0), row.tokensPerSec.toFixed(0)]),
+    ),
+  );
+  for (const kind of new Set(trainRows.map((row) => row.backendKind))) {
+    const lora = trainRows.find((row) => row.backendKind === kind && row.variant === 'lora');
+    const full = trainRows.find((row) => row.backendKind === kind && row.variant === 'full');
+    if (lora && full) lines.push(`LoRA / full fine-tuning step time on ${kind}: ${(lora.stepMs / full.stepMs).toFixed(2)}`);
+  }
+  if (skipped.length > 0) lines.push('', ...skipped.map((line) => `skipped: ${line}`));
+  lines.push('', 'small = GPT-2 shape, byte vocabulary 257, d_model 256, 4 layers, 4 heads, batch 8 × 128 tokens; LoRA r=8, alpha=16 on attn.c_attn and attn.c_proj.');
+  print(lines.join('\n'));
+  return [...matmulRows, ...trainRows].map(publicRow);
+}

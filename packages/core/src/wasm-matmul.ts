@@ -1,0 +1,245 @@
+import * as tf from '@tensorflow/tfjs-core';
+
+/**
+ * tfjs-backend-wasm (4.x) runs a matMul on XNNPACK (SIMD, multi-threaded) only when neither operand
+ * is transposed and both have a batch size of 1; every other case falls to a scalar triple loop
+ * that is 10-40× slower and single-threaded. Training hits that loop all the time: the gradients of
+ * `y = x·W` are `dy·Wᵀ` and `xᵀ·dy`, a PyTorch-layout Linear computes `x·Wᵀ`, a tied LM head `h·Eᵀ`,
+ * attention `q·kᵀ` and `p·v` per head.
+ *
+ * These kernels wrap the WASM `BatchMatMul` and `_FusedMatMul` kernels through tfjs's kernel
+ * registry and bring such calls to the fast form before delegating to the original kernel:
+ * - a transposed operand is transposed for real (WASM's `Transpose` kernel, cheap next to the product);
+ * - a stack of left operands times one right operand is folded into one tall matrix;
+ * - a stack times a stack (attention) runs as one XNNPACK product per matrix, when each is big
+ *   enough for that to beat the loop ({@link MIN_FLOPS_PER_MATRIX}).
+ * The products are the same, summed in XNNPACK's order instead of the loop's (float32 rounding
+ * differs, nothing else).
+ */
+
+const MATMUL_KERNELS = ['BatchMatMul', '_FusedMatMul'] as const;
+/** Below this many flops per matrix, one XNNPACK call per matrix costs more than tfjs's loop. */
+export const MIN_FLOPS_PER_MATRIX = 1 << 18;
+const patched = new Map<string, Map<string, tf.KernelConfig>>();
+
+interface MatMulAttrs {
+  transposeA: boolean;
+  transposeB: boolean;
+}
+
+/** The BackendWasm methods used here (all public on the class, used by its own kernels). */
+interface WasmKernelBackend extends tf.KernelBackend {
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(info: tf.TensorInfo): Float32Array;
+  disposeData(dataId: tf.DataId, force?: boolean): boolean;
+}
+
+function isWasmKernelBackend(backend: tf.KernelBackend): backend is WasmKernelBackend {
+  const candidate = backend as Partial<WasmKernelBackend>;
+  return typeof candidate.makeOutput === 'function' && typeof candidate.typedArrayFromHeap === 'function';
+}
+
+function sizeOf(shape: readonly number[]): number {
+  return shape.reduce((product, dimension) => product * dimension, 1);
+}
+
+function fastMatMul(original: tf.KernelConfig, backendName: string): tf.KernelFunc {
+  const originalFunc = original.kernelFunc;
+  const run = (kernelName: string, inputs: tf.NamedTensorInfoMap, backend: tf.KernelBackend, attrs: tf.NamedAttrMap): tf.TensorInfo => {
+    const kernel = tf.getKernel(kernelName, backendName);
+    if (kernel === undefined) throw new Error(`[@lora/core] The ${backendName} backend has no ${kernelName} kernel.`);
+    return kernel.kernelFunc({ inputs, backend, attrs }) as tf.TensorInfo;
+  };
+
+  return (args) => {
+    const { inputs, attrs } = args;
+    const backend = args.backend as tf.KernelBackend;
+    const a = inputs['a']!;
+    const b = inputs['b']!;
+    const bias = inputs['bias'];
+    const prelu = inputs['preluActivationWeights'];
+    const { transposeA, transposeB } = attrs as unknown as MatMulAttrs;
+    const batchA = sizeOf(a.shape.slice(0, -2));
+    const batchB = sizeOf(b.shape.slice(0, -2));
+    const m = transposeA ? a.shape[a.shape.length - 1]! : a.shape[a.shape.length - 2]!;
+    const k = transposeA ? a.shape[a.shape.length - 2]! : a.shape[a.shape.length - 1]!;
+    const n = transposeB ? b.shape[b.shape.length - 2]! : b.shape[b.shape.length - 1]!;
+    const biasFits = bias === undefined || sizeOf(bias.shape) === n;
+    const alreadyFast = !transposeA && !transposeB && batchA === 1 && batchB === 1;
+    const stacked = batchB > 1;
+    const usable =
+      a.dtype === 'float32' &&
+      b.dtype === 'float32' &&
+      isWasmKernelBackend(backend) &&
+      // XNNPACK reads a bias of exactly n values.
+      biasFits &&
+      (!stacked || ((batchA === 1 || batchA === batchB) && prelu === undefined && 2 * m * n * k >= MIN_FLOPS_PER_MATRIX));
+    if (alreadyFast && biasFits) return originalFunc(args);
+    if (!usable) {
+      // tfjs's loop adds bias[min(row·n + column, size − 1)] once per 48-wide block of k, which is
+      // right only for a single row and k <= 48; its XNNPACK path reads n bias values whatever the
+      // bias holds. A fused product with a bias that takes either path is computed unfused instead.
+      return bias === undefined ? originalFunc(args) : unfusedProduct(backendName, backend, inputs, attrs ?? {});
+    }
+
+    const temporaries: tf.TensorInfo[] = [];
+    const keep = (info: tf.TensorInfo): tf.TensorInfo => {
+      temporaries.push(info);
+      return info;
+    };
+    const transposeLastTwo = (x: tf.TensorInfo): tf.TensorInfo => {
+      const rank = x.shape.length;
+      const perm = [...Array.from({ length: rank - 2 }, (_, axis) => axis), rank - 1, rank - 2];
+      return keep(run('Transpose', { x }, backend, { perm }));
+    };
+    const reshape = (x: tf.TensorInfo, shape: number[]): tf.TensorInfo => keep(run('Reshape', { x }, backend, { shape }));
+    const product = (left: tf.TensorInfo, right: tf.TensorInfo): tf.TensorInfo =>
+      originalFunc({ inputs: { ...inputs, a: left, b: right }, backend, attrs: { ...attrs, transposeA: false, transposeB: false } }) as tf.TensorInfo;
+    const batchShape = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
+    try {
+      // A bias or PReLU weights belong to C's columns, so only a plain (or elementwise-activated)
+      // product may be computed transposed.
+      const swappable = !stacked && batchA === 1 && bias === undefined && prelu === undefined;
+      if (swappable && transposeCost({ transposeA, transposeB, m, k, n }).swapped) {
+        // Cᵀ = op(B)ᵀ·op(A)ᵀ moves fewer values through WASM's (slow) Transpose than C = op(A)·op(B):
+        // e.g. LoRA's dB = dyᵀ·(x·Aᵀ) transposes a [tokens, 8] matrix instead of a [tokens, out] one.
+        const left = transposeB ? b : transposeLastTwo(b);
+        const right = transposeA ? a : transposeLastTwo(a);
+        const swappedOut = keep(product(reshape(left, [1, n, k]), reshape(right, [1, k, m])));
+        const out = run('Transpose', { x: reshape(swappedOut, [n, m]) }, backend, { perm: [1, 0] });
+        out.shape = [...batchShape, m, n];
+        return out;
+      }
+      // Untransposed, contiguous: left [..., m, k] and right [..., k, n].
+      const left = transposeA ? transposeLastTwo(a) : a;
+      const right = transposeB ? transposeLastTwo(b) : b;
+      if (!stacked) {
+        // One right matrix: every left row meets the same weights, so the stack is one tall matrix.
+        const out = product(reshape(left, [1, batchA * m, k]), reshape(right, [1, k, n]));
+        out.shape = [...batchShape, m, n];
+        return out;
+      }
+      return stackedProduct(backend, { left, right, batchA, batch: batchB, m, k, n, outShape: [...batchShape, m, n] }, product, reshape);
+    } finally {
+      for (const temporary of temporaries) backend.disposeData(temporary.dataId);
+    }
+  };
+}
+
+/** tfjs's `_FusedMatMul` as separate kernels: the product (through the patched BatchMatMul), the bias, the activation. */
+function unfusedProduct(backendName: string, backend: tf.KernelBackend, inputs: tf.NamedTensorInfoMap, attrs: tf.NamedAttrMap): tf.TensorInfo {
+  const kernel = (name: string): tf.KernelFunc => {
+    const found = tf.getKernel(name, backendName);
+    if (found === undefined) throw new Error(`[@lora/core] The ${backendName} backend has no ${name} kernel.`);
+    return found.kernelFunc;
+  };
+  const { transposeA, transposeB, activation, leakyreluAlpha } = attrs as unknown as MatMulAttrs & { activation: string; leakyreluAlpha?: number };
+  const dispose = (info: tf.TensorInfo): void => void (backend as WasmKernelBackend).disposeData(info.dataId);
+  const product = kernel('BatchMatMul')({ inputs: { a: inputs['a']!, b: inputs['b']! }, backend, attrs: { transposeA, transposeB } }) as tf.TensorInfo;
+  const biased = kernel('Add')({ inputs: { a: product, b: inputs['bias']! }, backend, attrs: {} }) as tf.TensorInfo;
+  dispose(product);
+  const activations: Record<string, () => tf.TensorInfo> = {
+    linear: () => biased,
+    relu: () => kernel('Relu')({ inputs: { x: biased }, backend, attrs: {} }) as tf.TensorInfo,
+    relu6: () => kernel('Relu6')({ inputs: { x: biased }, backend, attrs: {} }) as tf.TensorInfo,
+    elu: () => kernel('Elu')({ inputs: { x: biased }, backend, attrs: {} }) as tf.TensorInfo,
+    sigmoid: () => kernel('Sigmoid')({ inputs: { x: biased }, backend, attrs: {} }) as tf.TensorInfo,
+    leakyrelu: () => kernel('LeakyRelu')({ inputs: { x: biased }, backend, attrs: { alpha: leakyreluAlpha ?? 0.2 } }) as tf.TensorInfo,
+    prelu: () => kernel('Prelu')({ inputs: { x: biased, alpha: inputs['preluActivationWeights']! }, backend, attrs: {} }) as tf.TensorInfo,
+  };
+  const apply = activations[activation];
+  if (apply === undefined) throw new Error(`[@lora/core] Unknown fused activation "${activation}".`);
+  const out = apply();
+  if (out !== biased) dispose(biased);
+  return out;
+}
+
+/**
+ * Values each way of computing `op(A)·op(B)` sends through WASM's Transpose kernel (it moves about
+ * 0.1 G values/s, while XNNPACK packs and multiplies far faster): directly, transposing the
+ * transposed operands; or as `(op(B)ᵀ·op(A)ᵀ)ᵀ`, transposing the other operands and the result.
+ */
+export function transposeCost(shape: { transposeA: boolean; transposeB: boolean; m: number; k: number; n: number }): {
+  direct: number;
+  viaTranspose: number;
+  swapped: boolean;
+} {
+  const { transposeA, transposeB, m, k, n } = shape;
+  const direct = (transposeA ? m * k : 0) + (transposeB ? k * n : 0);
+  const viaTranspose = (transposeB ? 0 : k * n) + (transposeA ? 0 : m * k) + m * n;
+  return { direct, viaTranspose, swapped: viaTranspose < direct };
+}
+
+/** One XNNPACK product per matrix of a stack, written into one output. */
+function stackedProduct(
+  backend: WasmKernelBackend,
+  shapes: { left: tf.TensorInfo; right: tf.TensorInfo; batchA: number; batch: number; m: number; k: number; n: number; outShape: number[] },
+  product: (left: tf.TensorInfo, right: tf.TensorInfo) => tf.TensorInfo,
+  reshape: (x: tf.TensorInfo, shape: number[]) => tf.TensorInfo,
+): tf.TensorInfo {
+  const { left, right, batchA, batch, m, k, n } = shapes;
+  const out = backend.makeOutput(shapes.outShape, 'float32');
+  const sharedLeft = batchA === 1 ? reshape(left, [1, m, k]) : null;
+  for (let index = 0; index < batch; index++) {
+    // Fresh tensors every time: XNNPACK caches its packed weights by the right operand's id.
+    const leftSlice = sharedLeft ?? backend.makeOutput([1, m, k], 'float32');
+    const rightSlice = backend.makeOutput([1, k, n], 'float32');
+    // Views are taken after every allocation: a growing heap replaces the buffer they view.
+    if (sharedLeft === null) backend.typedArrayFromHeap(leftSlice).set(backend.typedArrayFromHeap(left).subarray(index * m * k, (index + 1) * m * k));
+    backend.typedArrayFromHeap(rightSlice).set(backend.typedArrayFromHeap(right).subarray(index * k * n, (index + 1) * k * n));
+    const result = product(leftSlice, rightSlice);
+    backend.typedArrayFromHeap(out).set(backend.typedArrayFromHeap(result), index * m * n);
+    backend.disposeData(result.dataId);
+    backend.disposeData(rightSlice.dataId);
+    if (sharedLeft === null) backend.disposeData(leftSlice.dataId);
+  }
+  return out;
+}
+
+/**
+ * Route `BatchMatMul` and `_FusedMatMul` of a backend running tfjs's WASM kernels (`wasm`, or a
+ * second instance started by `@lora/cuda-backend`'s `startWasmBackend`) through the fast paths
+ * described at the top of this file. `initRuntime()` does this for `wasm`. Idempotent.
+ *
+ * @param backendName tfjs backend name (default `wasm`).
+ * @returns The kernel names patched by this call (empty when already patched or not registered).
+ * @example
+ * useFastWasmMatMul(); // initRuntime() does this for the wasm backend
+ */
+export function useFastWasmMatMul(backendName = 'wasm'): string[] {
+  const done = patched.get(backendName) ?? new Map<string, tf.KernelConfig>();
+  const changed: string[] = [];
+  for (const kernelName of MATMUL_KERNELS) {
+    if (done.has(kernelName)) continue;
+    const original = tf.getKernel(kernelName, backendName);
+    if (original === undefined) continue;
+    tf.unregisterKernel(kernelName, backendName);
+    tf.registerKernel({ ...original, kernelFunc: fastMatMul(original, backendName) });
+    done.set(kernelName, original);
+    changed.push(kernelName);
+  }
+  patched.set(backendName, done);
+  return changed;
+}
+
+/**
+ * Put back tfjs's own matMul kernels of `backendName`.
+ * @returns The kernel names restored.
+ */
+export function restoreWasmMatMul(backendName = 'wasm'): string[] {
+  const done = patched.get(backendName);
+  if (!done) return [];
+  const restored: string[] = [];
+  for (const [kernelName, original] of done) {
+    tf.unregisterKernel(kernelName, backendName);
+    tf.registerKernel(original);
+    restored.push(kernelName);
+  }
+  patched.delete(backendName);
+  return restored;
+}
+
+/** The matMul kernels of `backendName` currently routed through the fast paths. */
+export function fastWasmMatMulKernels(backendName = 'wasm'): string[] {
+  return [...(patched.get(backendName)?.keys() ?? [])];
+}

@@ -1,0 +1,299 @@
+import { initRuntime, type RuntimeReport } from '@lora/core';
+import * as tf from '@tensorflow/tfjs-core';
+import os from 'node:os';
+import { BACKEND_DESCRIPTIONS, BACKEND_ORDER, type BackendAttempt, type BackendKind, type SkipReason } from './backend-kinds.js';
+import { BackendInitError, BackendUnavailableError } from './errors.js';
+import { defaultImporter, errorLine, isUsingGpuDevice, loadNativePackage, NATIVE_BACKEND_NAME, nativeLoadedBy, type ModuleImporter } from './native.js';
+import { fastWasmMatMulKernels, restoreWasmMatMul, useFastWasmMatMul } from '@lora/core';
+import { liveDataIds, MAX_WASM_THREADS, startWasmBackend, wasmInstanceThreads } from './wasm-threads.js';
+
+/** Options for {@link useBestBackend}. */
+export interface UseBestBackendOptions {
+  /**
+   * Backend(s) to try first, in order. The others follow in the default order unless `fallback` is
+   * false. Default: the environment variable `LORA_BACKEND` when it names a {@link BackendKind},
+   * else the default order `cuda`, `native`, `wasm-threads`, `wasm`, `cpu`.
+   */
+  readonly prefer?: BackendKind | readonly BackendKind[];
+  /** Try the remaining backends when the preferred ones cannot start (default true). */
+  readonly fallback?: boolean;
+  /**
+   * Threads for multi-threaded WASM (default: the cores Node reports available,
+   * `os.availableParallelism()`; tfjs's build caps it at 8). 1 skips multi-threaded WASM.
+   */
+  readonly threads?: number;
+  /**
+   * Run transposed and stacked matMuls of the WASM backends on XNNPACK instead of tfjs's scalar
+   * loop (default true). See the README's "Fast matMul" section.
+   */
+  readonly fastMatMul?: boolean;
+  /** Loads the optional native packages (default: `import()`). For tests, and bundlers that need a static map. */
+  readonly importModule?: ModuleImporter;
+  /** Give up on a backend that has not started after this long, in ms (default 30 000). */
+  readonly initTimeoutMs?: number;
+}
+
+/** What {@link useBestBackend} chose, and why it passed over the backends before it. */
+export interface BackendReport {
+  /** The backend in use. */
+  readonly kind: BackendKind;
+  /** Its tfjs backend name (`tensorflow`, `wasm` or `cpu`): what `tf.getBackend()` returns. */
+  readonly backend: string;
+  /** One line saying what runs the math. */
+  readonly description: string;
+  /** Threads doing the math: XNNPACK's pool for WASM, the cores TensorFlow may use for `native`/`cuda` host work, 1 for `cpu`. */
+  readonly threads: number;
+  /** Whether WebAssembly SIMD is used; null where it does not apply (native TensorFlow). */
+  readonly simd: boolean | null;
+  /** Whether the math runs on a GPU. */
+  readonly gpu: boolean;
+  /** Cores Node reports available to this process. */
+  readonly availableCores: number;
+  /** WASM matMul kernels routed to XNNPACK by the fast path (empty when off or not WASM). */
+  readonly fastMatMulKernels: readonly string[];
+  /** Every backend considered, in order: the skipped ones with their reason, the chosen one last. */
+  readonly attempts: readonly BackendAttempt[];
+  /**
+   * Things worth knowing about the choice, e.g. that other processes keep the cores busy (the
+   * 1-minute load average), in which case a thread pool competes with them and `threads: 1` may be faster.
+   */
+  readonly warnings: readonly string[];
+  /** `@lora/core`'s runtime report (gradients registered, missing kernels filled). */
+  readonly runtime: RuntimeReport;
+  /** Time the whole selection took, in ms. */
+  readonly elapsedMs: number;
+}
+
+/** A backend that will not be used, and why. */
+class Skip extends Error {
+  constructor(
+    readonly reason: SkipReason,
+    message: string,
+    readonly detail?: string,
+  ) {
+    super(message);
+  }
+}
+
+interface Started {
+  readonly backend: string;
+  readonly threads: number;
+  readonly simd: boolean | null;
+  readonly gpu: boolean;
+  readonly description: string;
+  readonly message: string;
+}
+
+interface Context {
+  readonly threads: number;
+  readonly availableCores: number;
+  readonly importModule: ModuleImporter;
+  readonly initTimeoutMs: number;
+}
+
+/** Cores available to this process (`os.availableParallelism()`, else the number of CPUs). */
+export function availableCores(): number {
+  const parallelism = (os as { availableParallelism?: () => number }).availableParallelism?.();
+  return Math.max(1, parallelism ?? os.cpus().length);
+}
+
+function isBackendKind(value: unknown): value is BackendKind {
+  return typeof value === 'string' && (BACKEND_ORDER as readonly string[]).includes(value);
+}
+
+/** The order to try backends in, from `prefer` and `fallback`. */
+export function backendOrder(prefer: BackendKind | readonly BackendKind[] | undefined, fallback = true): BackendKind[] {
+  const preferred = prefer === undefined ? [] : typeof prefer === 'string' ? [prefer] : [...prefer];
+  for (const kind of preferred) {
+    if (!isBackendKind(kind)) {
+      throw new BackendUnavailableError(
+        `[@lora/cuda-backend] Unknown backend "${String(kind)}" in prefer. Known: ${BACKEND_ORDER.join(', ')}. Pass e.g. { prefer: 'wasm-threads' }.`,
+        [],
+      );
+    }
+  }
+  const unique = [...new Set(preferred)];
+  if (unique.length === 0) return [...BACKEND_ORDER];
+  return fallback ? [...unique, ...BACKEND_ORDER.filter((kind) => !unique.includes(kind))] : unique;
+}
+
+async function startNative(kind: 'cuda' | 'native', context: Context): Promise<Started> {
+  const reuseGpuPackage = kind === 'native' && nativeLoadedBy() === 'cuda';
+  const loaded = await loadNativePackage(kind, context.importModule);
+  if (!loaded.ok) throw new Skip(loaded.reason, loaded.message, loaded.error);
+  let started: boolean;
+  try {
+    started = await tf.setBackend(NATIVE_BACKEND_NAME);
+  } catch (error) {
+    throw new Skip('init-failed', `The "tensorflow" backend of ${kind === 'cuda' ? '@tensorflow/tfjs-node-gpu' : '@tensorflow/tfjs-node'} failed to start.`, errorLine(error));
+  }
+  if (!started) throw new Skip('init-failed', 'The "tensorflow" backend failed to start (tfjs logged the cause above).');
+  const gpu = isUsingGpuDevice(tf.backend());
+  if (kind === 'cuda' && !gpu) {
+    throw new Skip(
+      'no-cuda-device',
+      '@tensorflow/tfjs-node-gpu loaded, but TensorFlow found no usable CUDA device (check `nvidia-smi`, the driver, and CUDA_VISIBLE_DEVICES).',
+    );
+  }
+  return {
+    backend: NATIVE_BACKEND_NAME,
+    threads: context.availableCores,
+    simd: null,
+    gpu,
+    description: reuseGpuPackage ? 'TensorFlow native on the CPU, via @tensorflow/tfjs-node-gpu (no CUDA device)' : BACKEND_DESCRIPTIONS[kind],
+    message: kind === 'cuda' ? 'TensorFlow runs on the GPU.' : 'TensorFlow native uses every core.',
+  };
+}
+
+async function startWasm(kind: 'wasm-threads' | 'wasm', context: Context): Promise<Started> {
+  const threads = kind === 'wasm' ? 1 : context.threads;
+  if (kind === 'wasm-threads' && threads < 2) {
+    throw new Skip(
+      'single-core',
+      context.availableCores < 2 ? 'Only one core is available.' : 'threads is 1: multi-threaded WASM was not asked for.',
+    );
+  }
+  const running = wasmInstanceThreads('wasm');
+  const wanted = (count: number): boolean => (kind === 'wasm' ? count === 1 : count >= 2);
+  if (running !== null && liveDataIds('wasm') > 0) {
+    // The running instance holds tensors: use it if it is the right kind, never restart it.
+    if (!wanted(running)) {
+      throw new Skip(
+        'in-use',
+        `The "wasm" backend already runs with ${running} thread(s) and holds ${liveDataIds('wasm')} tensor(s). Call useBestBackend() before creating tensors.`,
+      );
+    }
+    await tf.setBackend('wasm');
+  } else if (running === null || running !== Math.min(threads, MAX_WASM_THREADS)) {
+    try {
+      await startWasmBackend({ name: 'wasm', threads, timeoutMs: context.initTimeoutMs });
+    } catch (error) {
+      throw new Skip('init-failed', error instanceof BackendInitError ? error.message.replace(/^\[@lora\/cuda-backend\] /u, '') : 'WASM failed to start.', error instanceof BackendInitError ? undefined : errorLine(error));
+    }
+  } else {
+    await tf.setBackend('wasm');
+  }
+  const actual = wasmInstanceThreads('wasm') ?? 1;
+  if (kind === 'wasm-threads' && actual < 2) {
+    throw new Skip('init-failed', `The threaded WASM build started with ${actual} thread instead of ${threads}.`);
+  }
+  const simd = (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) === true;
+  return {
+    backend: 'wasm',
+    threads: actual,
+    simd,
+    gpu: false,
+    description: kind === 'wasm' ? BACKEND_DESCRIPTIONS.wasm : `${BACKEND_DESCRIPTIONS['wasm-threads']}, ${actual} threads`,
+    message: kind === 'wasm' ? 'Single-threaded WASM (SIMD).' : `Multi-threaded WASM with ${actual} threads.`,
+  };
+}
+
+async function startKind(kind: BackendKind, context: Context): Promise<Started> {
+  switch (kind) {
+    case 'cuda':
+    case 'native':
+      return startNative(kind, context);
+    case 'wasm-threads':
+    case 'wasm':
+      return startWasm(kind, context);
+    case 'cpu':
+      return { backend: 'cpu', threads: 1, simd: false, gpu: false, description: BACKEND_DESCRIPTIONS.cpu, message: 'Plain JavaScript, one thread.' };
+  }
+}
+
+/**
+ * Select the fastest tensor backend that works here and make it the active tfjs backend, trying in
+ * order: `@tensorflow/tfjs-node-gpu` (CUDA), `@tensorflow/tfjs-node` (native CPU), multi-threaded
+ * WASM (one thread per available core), single-threaded WASM, plain JS. The native runtimes are
+ * optional peers loaded with `import()`; one that is missing, throws on load or finds no CUDA device
+ * is skipped, and the report says why. Also registers the gradients and kernels `@lora/core` needs
+ * (through its `initRuntime`). Call it once, before creating tensors.
+ *
+ * The process-wide effects are tfjs's own: the active backend, its registered kernels (the WASM
+ * fast matMul path, see `fastMatMul`), and, while multi-threaded WASM starts (about 0.2 s),
+ * `URL.createObjectURL` and `os.cpus` are wrapped and then restored.
+ *
+ * @param options Preferred backends, fallback, thread count, fast matMul; see {@link UseBestBackendOptions}.
+ * @returns What was chosen, with every skipped backend and the reason (see {@link formatBackendReport}).
+ * @throws {BackendUnavailableError} when no acceptable backend starts (its `attempts` say why each failed),
+ * or when `prefer` names an unknown backend.
+ * @example
+ * import { useBestBackend, formatBackendReport } from '@lora/cuda-backend';
+ * const report = await useBestBackend();          // e.g. kind 'wasm-threads', 2 threads
+ * console.log(formatBackendReport(report));
+ * await useBestBackend({ prefer: 'cuda', fallback: false }); // GPU or throw
+ */
+export async function useBestBackend(options: UseBestBackendOptions = {}): Promise<BackendReport> {
+  const started = performance.now();
+  const fromEnvironment = process.env['LORA_BACKEND'];
+  const prefer = options.prefer ?? (isBackendKind(fromEnvironment) ? fromEnvironment : undefined);
+  const order = backendOrder(prefer, options.fallback ?? true);
+  const cores = availableCores();
+  const requestedThreads = options.threads ?? cores;
+  if (!Number.isInteger(requestedThreads) || requestedThreads < 1) {
+    throw new BackendUnavailableError(
+      `[@lora/cuda-backend] threads must be a positive integer, got ${String(requestedThreads)}. Pass e.g. { threads: ${cores} }.`,
+      [],
+    );
+  }
+  const context: Context = {
+    threads: Math.min(requestedThreads, MAX_WASM_THREADS),
+    availableCores: cores,
+    importModule: options.importModule ?? defaultImporter,
+    initTimeoutMs: options.initTimeoutMs ?? 30_000,
+  };
+
+  const attempts: BackendAttempt[] = [];
+  for (const kind of order) {
+    const attemptStarted = performance.now();
+    try {
+      const result = await startKind(kind, context);
+      const runtime = await initRuntime({ backend: result.backend });
+      if (result.backend === 'wasm') {
+        if (options.fastMatMul ?? true) useFastWasmMatMul('wasm');
+        else restoreWasmMatMul('wasm');
+      }
+      const fastMatMulKernels = result.backend === 'wasm' ? fastWasmMatMulKernels('wasm') : [];
+      attempts.push({ kind, outcome: 'selected', message: result.message, elapsedMs: performance.now() - attemptStarted });
+      const warnings: string[] = [];
+      const load = os.loadavg()[0] ?? 0;
+      // Other work worth a core or more: a thread pool then competes with it for the cores.
+      if (kind === 'wasm-threads' && load >= cores - result.threads + 1) {
+        warnings.push(
+          `The 1-minute load average is ${load.toFixed(1)} on ${cores} cores: if other processes keep them busy, ${result.threads} WASM threads compete with them and { threads: 1 } can be faster (pnpm bench measures both).`,
+        );
+      }
+      return {
+        kind,
+        backend: result.backend,
+        description: result.description,
+        threads: result.threads,
+        simd: result.simd,
+        gpu: result.gpu,
+        availableCores: cores,
+        fastMatMulKernels,
+        attempts,
+        warnings,
+        runtime,
+        elapsedMs: performance.now() - started,
+      };
+    } catch (error) {
+      const skip =
+        error instanceof Skip ? error : new Skip('init-failed', `${BACKEND_DESCRIPTIONS[kind]} failed to start.`, errorLine(error));
+      attempts.push({
+        kind,
+        outcome: 'skipped',
+        reason: skip.reason,
+        message: skip.message,
+        ...(skip.detail === undefined ? {} : { error: skip.detail }),
+        elapsedMs: performance.now() - attemptStarted,
+      });
+    }
+  }
+  throw new BackendUnavailableError(
+    `[@lora/cuda-backend] No backend could start. ${attempts.map((attempt) => `${attempt.kind}: ${attempt.message}${attempt.error ? ` (${attempt.error})` : ''}`).join(' ')}${
+      options.fallback === false ? ' Allow the other backends with { fallback: true }.' : ''
+    }`,
+    attempts,
+  );
+}
