@@ -45,8 +45,9 @@ export class LayerNorm extends Module {
     super();
     this.dim = options.dim;
     this.eps = options.eps ?? 1e-5;
-    this.weight = this.registerParameter('weight', tf.ones([options.dim]));
-    this.bias = this.registerParameter('bias', tf.zeros([options.dim]));
+    // registerParameter copies into a variable; tidy frees the initial values.
+    this.weight = tf.tidy(() => this.registerParameter('weight', tf.ones([options.dim])));
+    this.bias = tf.tidy(() => this.registerParameter('bias', tf.zeros([options.dim])));
   }
 
   forward(input: tf.Tensor): tf.Tensor {
@@ -70,7 +71,7 @@ export class RMSNorm extends Module {
     super();
     this.dim = options.dim;
     this.eps = options.eps ?? 1e-6;
-    this.weight = this.registerParameter('weight', tf.ones([options.dim]));
+    this.weight = tf.tidy(() => this.registerParameter('weight', tf.ones([options.dim])));
   }
 
   forward(input: tf.Tensor): tf.Tensor {

@@ -97,3 +97,20 @@ describe('Module', () => {
     expect(() => new Dropout(1)).toThrow(/dropout must be a number in \[0, 1\)/u);
   });
 });
+
+describe('layer construction', () => {
+  it('leaves no tensors behind once a layer is disposed', async () => {
+    await initRuntime();
+    for (const make of [
+      () => new Linear({ inFeatures: 4, outFeatures: 3 }),
+      () => new Linear({ inFeatures: 4, outFeatures: 3, fanInFanOut: true, bias: false }),
+      () => new LayerNorm({ dim: 4 }),
+      () => new RMSNorm({ dim: 4 }),
+      () => new Embedding({ numEmbeddings: 5, embeddingDim: 3 }),
+    ]) {
+      const before = tf.memory().numTensors;
+      make().dispose();
+      expect(tf.memory().numTensors).toBe(before);
+    }
+  });
+});

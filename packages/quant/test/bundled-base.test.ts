@@ -1,8 +1,7 @@
-// Acceptance checks on @lora/models' bundled base model (assets/base-moby). They run only once that
-// model (and, for the training comparison, @lora/models' build) exists; until then they are skipped.
+// Acceptance checks on @lora/models' bundled base model (assets/base-moby, read through @lora/models'
+// build, which turbo makes before these tests run).
 import * as tf from '@tensorflow/tfjs-core';
 import { AdapterModel, causalLmLoss, createLoraRegistry, entryToFloat32, evaluate, initRuntime, lora, readSafetensorsFile, train, type Module } from '@lora/core';
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { withoutTensorLeaks } from '@lora/core/testing';
@@ -12,8 +11,6 @@ import { memoryReport, quant, quantStateBytes, quantStateToEntries, quantizeMode
 const here = path.dirname(fileURLToPath(import.meta.url));
 const BASE_DIRECTORY = path.join(here, '../../models/assets/base-moby');
 const MODELS_ENTRY = path.join(here, '../../models/dist/index.js');
-const haveBase = existsSync(path.join(BASE_DIRECTORY, 'model.safetensors'));
-const haveModels = haveBase && existsSync(MODELS_ENTRY);
 
 /** The part of @lora/models these checks use. */
 interface ModelsApi {
@@ -28,7 +25,7 @@ beforeAll(async () => {
   await initRuntime();
 });
 
-describe.skipIf(!haveBase)('bundled base model (base-moby)', () => {
+describe('bundled base model (base-moby)', () => {
   it('stores its 4-bit base weights in ≤ 13% of their float32 size (NF4 + double quant, actual buffers)', async () => {
     const file = await readSafetensorsFile(path.join(BASE_DIRECTORY, 'model.safetensors'));
     let float32 = 0;
@@ -58,7 +55,7 @@ describe.skipIf(!haveBase)('bundled base model (base-moby)', () => {
     expect(inMemory / float32).toBeLessThanOrEqual(0.13);
   });
 
-  it.skipIf(!haveModels)('reports ≤ 13% for the quantized model from memoryReport', async () => {
+  it('reports ≤ 13% for the quantized model from memoryReport', async () => {
     const models = (await import(pathToFileURL(MODELS_ENTRY).href)) as ModelsApi;
     await withoutTensorLeaks(async () => {
       const { model } = await models.loadBundledBase();
@@ -70,18 +67,13 @@ describe.skipIf(!haveBase)('bundled base model (base-moby)', () => {
     });
   });
 
-  it.skipIf(!haveModels)('QLoRA reaches a validation loss within 2% of LoRA on the same data and steps', async (context) => {
+  it('QLoRA reaches a validation loss within 2% of LoRA on the same data and steps', async () => {
     const models = (await import(pathToFileURL(MODELS_ENTRY).href)) as ModelsApi;
-    let text: string;
-    try {
-      text = await models.mobyDickText();
-    } catch {
-      context.skip();
-      return;
-    }
+    const text = await models.mobyDickText();
     const steps = 40;
     const contextLength = 64;
     const losses: Record<string, number> = {};
+    const modelBytes: Record<string, number> = {};
     const tensorsBefore = tf.memory().numTensors;
     for (const transforms of [[], ['quant']] as const) {
       const { model, tokenizer } = await models.loadBundledBase();
@@ -97,6 +89,8 @@ describe.skipIf(!haveBase)('bundled base model (base-moby)', () => {
         config: { r: 8, loraAlpha: 16, targetModules: ['c_attn', 'c_proj', 'c_fc'] },
         transforms: [...transforms],
       });
+      // Bytes the model holds (weights, 4-bit state, adapters), from the actual buffers.
+      modelBytes[transforms.length ? 'qlora' : 'lora'] = memoryReport(peft.model).total;
       const lossFn = (batch: tf.Tensor2D): tf.Scalar => tf.tidy(() => causalLmLoss(peft.model.forward(batch), batch));
       await train({ model: peft.model, lossFn, trainData, steps, learningRate: 2e-3 });
       losses[transforms.length ? 'qlora' : 'lora'] = evaluate(peft.model, lossFn, evalData);
@@ -104,11 +98,12 @@ describe.skipIf(!haveBase)('bundled base model (base-moby)', () => {
       peft.dispose();
     }
     expect(tf.memory().numTensors).toBe(tensorsBefore);
-    console.log(`validation loss after ${steps} steps: LoRA ${losses['lora']!.toFixed(4)}, QLoRA ${losses['qlora']!.toFixed(4)}`);
+    console.log(
+      `validation loss after ${steps} steps: LoRA ${losses['lora']!.toFixed(4)}, QLoRA ${losses['qlora']!.toFixed(4)}; ` +
+        `model bytes: LoRA on float32 base ${modelBytes['lora']}, QLoRA ${modelBytes['qlora']} (${((100 * modelBytes['qlora']!) / modelBytes['lora']!).toFixed(1)}%)`,
+    );
+    expect(modelBytes['qlora']!).toBeLessThan(modelBytes['lora']!);
     expect(Math.abs(losses['qlora']! - losses['lora']!) / losses['lora']!).toBeLessThanOrEqual(0.02);
   });
 });
 
-describe.skipIf(haveBase)('bundled base model (base-moby)', () => {
-  it.skip('is not available yet: packages/models/assets/base-moby/model.safetensors does not exist', () => {});
-});
