@@ -1,22 +1,14 @@
 // Acceptance checks on @lora/models' bundled base model (assets/base-moby, read through @lora/models'
 // build, which turbo makes before these tests run).
 import * as tf from '@tensorflow/tfjs-core';
-import { AdapterModel, causalLmLoss, createLoraRegistry, entryToFloat32, evaluate, initRuntime, lora, readSafetensorsFile, train, type Module } from '@lora/core';
+import { AdapterModel, causalLmLoss, createLoraRegistry, entryToFloat32, evaluate, initRuntime, lora, readSafetensorsFile, train } from '@lora/core';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { withoutTensorLeaks } from '@lora/core/testing';
+import { bundledBaseDirectory, loadBundledBase, mobyDickText } from '@lora/models';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { memoryReport, quant, quantStateBytes, quantStateToEntries, quantizeModel, quantizeWeight } from '../src/index.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const BASE_DIRECTORY = path.join(here, '../../models/assets/base-moby');
-const MODELS_ENTRY = path.join(here, '../../models/dist/index.js');
-
-/** The part of @lora/models these checks use. */
-interface ModelsApi {
-  loadBundledBase(): Promise<{ model: Module & { forward(ids: tf.Tensor): tf.Tensor }; tokenizer: { encode(text: string): number[] } }>;
-  mobyDickText(): Promise<string>;
-}
+const BASE_DIRECTORY = bundledBaseDirectory();
 
 // GPT-2's linear layers (Conv1D, stored [in, out]); embeddings, norms and the tied head stay float.
 const LINEAR_WEIGHT = /\.(c_attn|c_proj|c_fc|q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$/u;
@@ -56,9 +48,8 @@ describe('bundled base model (base-moby)', () => {
   });
 
   it('reports ≤ 13% for the quantized model from memoryReport', async () => {
-    const models = (await import(pathToFileURL(MODELS_ENTRY).href)) as ModelsApi;
     await withoutTensorLeaks(async () => {
-      const { model } = await models.loadBundledBase();
+      const { model } = await loadBundledBase();
       quantizeModel(model);
       const report = memoryReport(model);
       console.log(report.summary);
@@ -68,15 +59,14 @@ describe('bundled base model (base-moby)', () => {
   });
 
   it('QLoRA reaches a validation loss within 2% of LoRA on the same data and steps', async () => {
-    const models = (await import(pathToFileURL(MODELS_ENTRY).href)) as ModelsApi;
-    const text = await models.mobyDickText();
+    const text = await mobyDickText();
     const steps = 40;
     const contextLength = 64;
     const losses: Record<string, number> = {};
     const modelBytes: Record<string, number> = {};
     const tensorsBefore = tf.memory().numTensors;
     for (const transforms of [[], ['quant']] as const) {
-      const { model, tokenizer } = await models.loadBundledBase();
+      const { model, tokenizer } = await loadBundledBase();
       const ids = tokenizer.encode(text.slice(0, 120_000));
       const windows: number[][] = [];
       for (let start = 0; start + contextLength <= ids.length; start += contextLength) windows.push(ids.slice(start, start + contextLength));
