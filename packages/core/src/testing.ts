@@ -10,6 +10,8 @@ import { Linear } from './linear.js';
 import { Module } from './module.js';
 import type { AdapterPlugin, BaseTransform } from './plugin.js';
 import { createLoraRegistry } from './registry.js';
+import { readSafetensorsFile } from './files.js';
+import { entryToTensor } from './safetensors.js';
 import { initRuntime } from './runtime.js';
 
 /** Tolerances for {@link expectTensorsClose}: |a − e| <= atol + rtol·|e| element-wise. */
@@ -69,6 +71,98 @@ export async function withoutTensorLeaks<T>(fn: () => T | Promise<T>): Promise<T
   const after = tf.memory().numTensors;
   if (after !== before) throw new Error(`Tensor leak: ${after - before} tensor(s) more after the call (${before} → ${after}).`);
   return result;
+}
+
+/**
+ * Deterministic pseudo-random numbers in [−scale, scale) (mulberry32), as plain JS numbers for
+ * float64 references written in tests.
+ */
+export function seededRandomValues(count: number, seed: number, scale = 1): number[] {
+  let state = seed >>> 0;
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out.push(((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale);
+  }
+  return out;
+}
+
+/** Row-major float64 matrix product a [n, k] · b [k, m], for independent references. */
+export function matmul64(a: readonly number[], b: readonly number[], n: number, k: number, m: number): number[] {
+  const out = new Array<number>(n * m).fill(0);
+  for (let i = 0; i < n; i++) {
+    for (let p = 0; p < k; p++) {
+      const value = a[i * k + p]!;
+      for (let j = 0; j < m; j++) out[i * m + j] = out[i * m + j]! + value * b[p * m + j]!;
+    }
+  }
+  return out;
+}
+
+/** Float64 transpose of a row-major [rows, cols] matrix. */
+export function transpose64(a: readonly number[], rows: number, cols: number): number[] {
+  const out = new Array<number>(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = a[i * cols + j]!;
+  return out;
+}
+
+/** max |actual − expected|. @throws when the sizes differ. */
+export function maxAbsoluteError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  if (actual.length !== expected.length) throw new Error(`Sizes differ: ${actual.length} vs ${expected.length}.`);
+  let worst = 0;
+  for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(actual[i]! - expected[i]!));
+  return worst;
+}
+
+/** max |actual − expected| / max |expected| (the acceptance measure against reference logits). */
+export function maxRelativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  let scale = 0;
+  for (let i = 0; i < expected.length; i++) scale = Math.max(scale, Math.abs(expected[i]!));
+  return maxAbsoluteError(actual, expected) / (scale || 1);
+}
+
+class Container extends Module {
+  add(name: string, module: Module): Module {
+    return this.registerModule(name, module);
+  }
+}
+
+/**
+ * A module tree with a `Linear` at every path of a checkpoint's 2-D `.weight` tensors selected by
+ * `isLinear`, loaded with the checkpoint's values (and biases): the checkpoint's module paths
+ * without its forward pass — enough to load a PEFT adapter and check merged weights without the
+ * architecture. The caller disposes the tree.
+ */
+export async function linearTreeFromCheckpoint(
+  file: string,
+  options: { readonly isLinear: (path: string) => boolean; readonly fanInFanOut: (path: string) => boolean },
+): Promise<Module> {
+  const checkpoint = await readSafetensorsFile(file);
+  const root = new Container();
+  for (const [key, entry] of checkpoint.tensors) {
+    if (!key.endsWith('.weight') || entry.shape.length !== 2) continue;
+    const modulePath = key.slice(0, -'.weight'.length);
+    if (!options.isLinear(modulePath)) continue;
+    const fanInFanOut = options.fanInFanOut(modulePath);
+    const [rows, cols] = entry.shape as [number, number];
+    const bias = checkpoint.tensors.get(`${modulePath}.bias`);
+    const linear = new Linear({ inFeatures: fanInFanOut ? rows : cols, outFeatures: fanInFanOut ? cols : rows, bias: bias !== undefined, fanInFanOut });
+    tf.tidy(() => {
+      linear.weight.assign(entryToTensor(entry));
+      if (bias) linear.bias!.assign(entryToTensor(bias));
+    });
+    const segments = modulePath.split('.');
+    let parent: Module = root;
+    for (const segment of segments.slice(0, -1)) {
+      const existing = parent.namedChildren().find(([name]) => name === segment)?.[1];
+      parent = existing ?? (parent as Container).add(segment, new Container());
+    }
+    (parent as Container).add(segments[segments.length - 1]!, linear);
+  }
+  return root;
 }
 
 class ConformanceBlock extends Module {

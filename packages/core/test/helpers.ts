@@ -1,45 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Linear, Module, ModuleList } from '../src/index.js';
 
-/** Deterministic pseudo-random numbers (mulberry32), for float64 references. */
-export function randomValues(count: number, seed: number, scale = 1): number[] {
-  let state = seed >>> 0;
-  const out: number[] = [];
-  for (let i = 0; i < count; i++) {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out.push(((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale);
-  }
-  return out;
-}
-
-/** Row-major matrix product in float64: a [n, k] · b [k, m]. */
-export function matmul64(a: readonly number[], b: readonly number[], n: number, k: number, m: number): number[] {
-  const out = new Array<number>(n * m).fill(0);
-  for (let i = 0; i < n; i++) for (let p = 0; p < k; p++) {
-    const value = a[i * k + p]!;
-    for (let j = 0; j < m; j++) out[i * m + j]! += value * b[p * m + j]!;
-  }
-  return out;
-}
-
-export function transpose64(a: readonly number[], rows: number, cols: number): number[] {
-  const out = new Array<number>(rows * cols);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = a[i * cols + j]!;
-  return out;
-}
-
-export function maxRelativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  let maxDiff = 0;
-  let maxRef = 0;
-  for (let i = 0; i < expected.length; i++) {
-    maxDiff = Math.max(maxDiff, Math.abs(actual[i]! - expected[i]!));
-    maxRef = Math.max(maxRef, Math.abs(expected[i]!));
-  }
-  return maxDiff / maxRef;
-}
+// Shared numeric helpers live in @lora/core/testing so every package's tests use the same ones.
+export { matmul64, maxRelativeError, seededRandomValues as randomValues, transpose64 } from '../src/testing.js';
 
 /** A two-block transformer-shaped tree with GPT-2's module paths (Conv1D layout), for adapter tests. */
 export class Gpt2ShapedTree extends Module {

@@ -16,8 +16,7 @@ import {
   saveAdapter,
   type LoraConfig,
 } from '../src/index.js';
-import { withoutTensorLeaks } from '../src/testing.js';
-import { linearTreeFromCheckpoint } from './state-dict-tree.js';
+import { linearTreeFromCheckpoint, withoutTensorLeaks } from '../src/testing.js';
 
 const FIXTURES = path.resolve(__dirname, '../../../fixtures/reference');
 const registry = createLoraRegistry({ plugins: [lora()] });

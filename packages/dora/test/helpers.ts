@@ -1,60 +1,16 @@
 import * as tf from '@tensorflow/tfjs-core';
 import path from 'node:path';
-import { AdapterLayer, entryToTensor, Linear, Module, readSafetensorsFile, type AdapterInstance } from '@lora/core';
+import { AdapterLayer, Linear, type AdapterInstance } from '@lora/core';
+import { matmul64, seededRandomValues, transpose64 } from '@lora/core/testing';
+
+export { linearTreeFromCheckpoint, matmul64, maxAbsoluteError, maxRelativeError, transpose64 } from '@lora/core/testing';
 
 /** The reference fixtures folder (repository root `fixtures/reference`). */
 export const FIXTURES = path.resolve(__dirname, '../../../fixtures/reference');
 
 /** Deterministic pseudo-random float32-representable numbers (mulberry32) in [−scale, scale). */
 export function randomValues(count: number, seed: number, scale = 1): number[] {
-  let state = seed >>> 0;
-  const out: number[] = [];
-  for (let i = 0; i < count; i++) {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out.push(Math.fround(((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale));
-  }
-  return out;
-}
-
-/** Row-major float64 matrix product a [n, k] · b [k, m]. */
-export function matmul64(a: readonly number[], b: readonly number[], n: number, k: number, m: number): number[] {
-  const out = new Array<number>(n * m).fill(0);
-  for (let i = 0; i < n; i++)
-    for (let p = 0; p < k; p++) {
-      const value = a[i * k + p]!;
-      for (let j = 0; j < m; j++) out[i * m + j]! += value * b[p * m + j]!;
-    }
-  return out;
-}
-
-/** Float64 transpose of a row-major [rows, cols] matrix. */
-export function transpose64(a: readonly number[], rows: number, cols: number): number[] {
-  const out = new Array<number>(rows * cols);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = a[i * cols + j]!;
-  return out;
-}
-
-/** max |actual − expected| / max |expected|. */
-export function maxRelativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  if (actual.length !== expected.length) throw new Error(`Sizes differ: ${actual.length} vs ${expected.length}`);
-  let maxDiff = 0;
-  let maxRef = 0;
-  for (let i = 0; i < expected.length; i++) {
-    maxDiff = Math.max(maxDiff, Math.abs(actual[i]! - expected[i]!));
-    maxRef = Math.max(maxRef, Math.abs(expected[i]!));
-  }
-  return maxDiff / maxRef;
-}
-
-/** max |actual − expected|. */
-export function maxAbsoluteError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  if (actual.length !== expected.length) throw new Error(`Sizes differ: ${actual.length} vs ${expected.length}`);
-  let maxDiff = 0;
-  for (let i = 0; i < expected.length; i++) maxDiff = Math.max(maxDiff, Math.abs(actual[i]! - expected[i]!));
-  return maxDiff;
+  return seededRandomValues(count, seed, scale).map((value) => Math.fround(value));
 }
 
 /** Parameters of one DoRA adapter, float32-representable, row-major, PyTorch layouts. */
@@ -151,42 +107,3 @@ export function ulp32(value: number): number {
   return 2 ** (Math.floor(Math.log2(magnitude)) - 23);
 }
 
-class Container extends Module {
-  add(name: string, module: Module): Module {
-    return this.registerModule(name, module);
-  }
-}
-
-/**
- * A module tree with a `Linear` at every path of a checkpoint's 2-D `.weight` tensors selected by
- * `isLinear`, loaded with the checkpoint's values: the checkpoint's module paths without its
- * forward pass, enough to load a PEFT adapter and merge it (as core's test helper of the same name).
- */
-export async function linearTreeFromCheckpoint(
-  file: string,
-  options: { isLinear: (path: string) => boolean; fanInFanOut: (path: string) => boolean },
-): Promise<Module> {
-  const checkpoint = await readSafetensorsFile(file);
-  const root = new Container();
-  for (const [key, entry] of checkpoint.tensors) {
-    if (!key.endsWith('.weight') || entry.shape.length !== 2) continue;
-    const modulePath = key.slice(0, -'.weight'.length);
-    if (!options.isLinear(modulePath)) continue;
-    const fanInFanOut = options.fanInFanOut(modulePath);
-    const [rows, cols] = entry.shape as [number, number];
-    const bias = checkpoint.tensors.get(`${modulePath}.bias`);
-    const linear = new Linear({ inFeatures: fanInFanOut ? rows : cols, outFeatures: fanInFanOut ? cols : rows, bias: bias !== undefined, fanInFanOut });
-    tf.tidy(() => {
-      linear.weight.assign(entryToTensor(entry));
-      if (bias) linear.bias!.assign(entryToTensor(bias));
-    });
-    const segments = modulePath.split('.');
-    let parent: Module = root;
-    for (const segment of segments.slice(0, -1)) {
-      const existing = parent.namedChildren().find(([name]) => name === segment)?.[1];
-      parent = existing ?? (parent as Container).add(segment, new Container());
-    }
-    (parent as Container).add(segments[segments.length - 1]!, linear);
-  }
-  return root;
-}

@@ -1,7 +1,7 @@
 import { type AdapterModel, type Module, isBaseLayer } from '@lora/core';
-import { parseQuantOptions, type QuantOptions } from './quant-config.js';
+import type { QuantOptions } from './quant-config.js';
 import { QuantLinear } from './quant-layer.js';
-import { shouldQuantize } from './quant-plugin.js';
+import { quant } from './quant-plugin.js';
 
 /**
  * Quantize a model in place: every linear layer selected as by {@link quant} (all base layers but the
@@ -14,20 +14,12 @@ import { shouldQuantize } from './quant-plugin.js';
  * const replaced = quantizeModel(model, { type: 'nf4', doubleQuant: true });
  */
 export function quantizeModel(model: Module, options: QuantOptions = {}): string[] {
-  const config = parseQuantOptions(options);
+  // The same selection and layer as the `quant` base transform applies inside an AdapterModel.
+  const transform = quant(options);
   const replaced: string[] = [];
   for (const [path, module] of model.namedModules()) {
-    if (path === '' || !isBaseLayer(module) || !shouldQuantize(path, module, model, config)) continue;
-    const layer = QuantLinear.fromLayer(module, {
-      type: config.type,
-      blockSize: config.blockSize,
-      doubleQuant: config.doubleQuant,
-      computeDtype: config.computeDtype,
-      merge: config.merge,
-      keepOriginalOnMerge: config.keepOriginalOnMerge,
-      name: path,
-    });
-    model.setSubmodule(path, layer);
+    if (path === '' || !isBaseLayer(module) || !transform.shouldTransform(path, module, { model })) continue;
+    model.setSubmodule(path, transform.transform(module, path));
     module.dispose();
     replaced.push(path);
   }
