@@ -154,3 +154,26 @@ describe('LoraAdapter', () => {
     layer.dispose();
   });
 });
+
+describe('Linear on WASM', () => {
+  it('adds the bias right with and without the fast matMul kernels (tfjs 4.22 fused kernel bug)', async () => {
+    const { restoreWasmMatMul, useFastWasmMatMul } = await import('../src/index.js');
+    await initRuntime({ backend: 'wasm' });
+    const values = setUp(false);
+    const x = tf.tensor2d(values.x, [N, IN]);
+    const expected = reference({ ...values, scaling: 0 });
+    const base = values.layer.base_layer;
+    const fast = base.forward(x);
+    restoreWasmMatMul('wasm');
+    try {
+      const plain = base.forward(x);
+      expect(maxRelativeError(plain.dataSync(), expected)).toBeLessThan(1e-5);
+      plain.dispose();
+    } finally {
+      useFastWasmMatMul('wasm');
+    }
+    expect(maxRelativeError(fast.dataSync(), expected)).toBeLessThan(1e-5);
+    tf.dispose([x, fast]);
+    values.layer.dispose();
+  });
+});

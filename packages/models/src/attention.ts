@@ -64,23 +64,44 @@ export class KeyValueCache {
   }
 }
 
-const causalMaskData = new Map<string, Float32Array>();
+// Causal masks by backend and size, kept on the device: a training loop uses one size, so the mask
+// is built and uploaded once instead of every step. A few sizes are kept (generation without a
+// key/value cache walks through many); the oldest is freed first.
+const causalMasks = new Map<string, tf.Tensor2D>();
+const CAUSAL_MASKS_KEPT = 4;
 
 /**
  * The causal additive mask [queries, keys]: 0 where query i may see key j (j ≤ keys − queries + i),
- * {@link MASK_VALUE} elsewhere. The values are built once per size; the tensor is new (the caller disposes it).
+ * {@link MASK_VALUE} elsewhere. Each size is built once per backend and kept (at most
+ * {@link CAUSAL_MASKS_KEPT} sizes); the returned tensor shares the kept data (no copy) and the
+ * caller disposes it.
  */
 export function causalMaskBias(queries: number, keys: number): tf.Tensor2D {
-  const cacheKey = `${queries}:${keys}`;
-  let data = causalMaskData.get(cacheKey);
-  if (!data) {
-    data = new Float32Array(queries * keys);
+  const cacheKey = `${tf.getBackend()}:${queries}:${keys}`;
+  let mask = causalMasks.get(cacheKey);
+  if (mask && !mask.isDisposed) {
+    // Most recently used last.
+    causalMasks.delete(cacheKey);
+    causalMasks.set(cacheKey, mask);
+  } else {
+    const data = new Float32Array(queries * keys);
     const offset = keys - queries;
     for (let i = 0; i < queries; i++) for (let j = i + offset + 1; j < keys; j++) data[i * keys + j] = MASK_VALUE;
-    if (causalMaskData.size > 256) causalMaskData.clear();
-    causalMaskData.set(cacheKey, data);
+    while (causalMasks.size >= CAUSAL_MASKS_KEPT) {
+      const [oldestKey, oldest] = causalMasks.entries().next().value as [string, tf.Tensor2D];
+      oldest.dispose();
+      causalMasks.delete(oldestKey);
+    }
+    mask = tf.keep(tf.tensor2d(data, [queries, keys]));
+    causalMasks.set(cacheKey, mask);
   }
-  return tf.tensor2d(data, [queries, keys]);
+  return tf.clone(mask);
+}
+
+/** Free the kept causal masks (they are rebuilt on demand). */
+export function releaseCausalMasks(): void {
+  for (const mask of causalMasks.values()) mask.dispose();
+  causalMasks.clear();
 }
 
 /**

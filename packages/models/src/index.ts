@@ -2,7 +2,7 @@
 export { PretrainedModel, CausalLanguageModel } from './pretrained-model.js';
 export type { ArchitectureName, CausalLmForwardOptions, LayerSlot } from './pretrained-model.js';
 export { OutputHead } from './output-head.js';
-export { KeyValueCache, MASK_VALUE, causalMaskBias, paddingMaskBias, scaledDotProductAttention } from './attention.js';
+export { KeyValueCache, MASK_VALUE, causalMaskBias, paddingMaskBias, releaseCausalMasks, scaledDotProductAttention } from './attention.js';
 export type { AttentionOptions } from './attention.js';
 export { activationFunction, geluExact, geluTanh, silu } from './activations.js';
 export type { ActivationName } from './activations.js';

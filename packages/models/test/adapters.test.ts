@@ -2,10 +2,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { AdapterModel, Linear, createLoraRegistry, entryToTensor, initRuntime, loadAdapterModel, lora, readSafetensorsFile } from '@lora/core';
-import { withoutTensorLeaks } from '@lora/core/testing';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadPretrained, savePretrained, type BertForSequenceClassification, type Gpt2LMHeadModel } from '../src/index.js';
-import { fixture, flat, ids, readJson, relativeError } from './helpers.js';
+import { fixture, flat, ids, readJson, relativeError, withoutLeaks } from './helpers.js';
 
 interface AdapterReference {
   inputs: { input_ids: number[][]; attention_mask: number[][]; token_type_ids?: number[][] };
@@ -34,7 +33,7 @@ describe('PEFT adapters on loaded models', () => {
     ]);
     const input = ids(reference.inputs.input_ids);
     const attentionMask = ids(reference.inputs.attention_mask);
-    const unmergedError = await withoutTensorLeaks(() => {
+    const unmergedError = await withoutLeaks(() => {
       const unmerged = model.forward(input, { attentionMask });
       const error = relativeError(unmerged, flat(reference.logits));
       unmerged.dispose();
@@ -65,7 +64,7 @@ describe('PEFT adapters on loaded models', () => {
     const attentionMask = ids(reference.inputs.attention_mask);
     const tokenTypeIds = ids(reference.inputs.token_type_ids!);
     {
-      const unmergedError = await withoutTensorLeaks(() => {
+      const unmergedError = await withoutLeaks(() => {
         const unmerged = model.forward(input, { attentionMask, tokenTypeIds });
         const error = relativeError(unmerged, flat(reference.logits));
         unmerged.dispose();

@@ -1,9 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { initRuntime } from '@lora/core';
-import { withoutTensorLeaks } from '@lora/core/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadPretrained, type BertForSequenceClassification, type BertModel } from '../src/index.js';
-import { fixture, flat, ids, readJson, relativeError } from './helpers.js';
+import { fixture, flat, ids, readJson, relativeError, withoutLeaks } from './helpers.js';
 
 interface Reference {
   inputs: { input_ids: number[][]; attention_mask: number[][]; token_type_ids: number[][] };
@@ -23,7 +22,7 @@ describe('BertForSequenceClassification', () => {
   afterAll(() => model.dispose());
 
   it('matches transformers logits and hidden states with a padded position and token types', async () => {
-    await withoutTensorLeaks(() => {
+    await withoutLeaks(() => {
       const input = ids(reference.inputs.input_ids);
       const attentionMask = ids(reference.inputs.attention_mask);
       const tokenTypeIds = ids(reference.inputs.token_type_ids);
@@ -40,7 +39,7 @@ describe('BertForSequenceClassification', () => {
   });
 
   it('ignores padded keys: changing the padded token leaves real positions unchanged', async () => {
-    await withoutTensorLeaks(() => {
+    await withoutLeaks(() => {
       const attentionMask = ids(reference.inputs.attention_mask);
       const a = ids(reference.inputs.input_ids);
       const changed = reference.inputs.input_ids.map((row) => [...row]);
@@ -55,7 +54,7 @@ describe('BertForSequenceClassification', () => {
   });
 
   it('uses dropout only in training mode', async () => {
-    await withoutTensorLeaks(() => {
+    await withoutLeaks(() => {
       const input = ids(reference.inputs.input_ids);
       const first = model.forward(input);
       const second = model.forward(input);
@@ -80,7 +79,7 @@ describe('BertForSequenceClassification', () => {
     })) as BertModel;
     expect(prefix).toBe('-bert');
     expect(ignored).toEqual(['classifier.bias', 'classifier.weight']);
-    await withoutTensorLeaks(() => {
+    await withoutLeaks(() => {
       const input = ids(reference.inputs.input_ids);
       const attentionMask = ids(reference.inputs.attention_mask);
       const hidden = bare.forward(input, { attentionMask });

@@ -1,10 +1,10 @@
 import { initRuntime } from '@lora/core';
-import { withoutTensorLeaks } from '@lora/core/testing';
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bundledBaseDirectory, evaluatePerplexity, generate, loadBundledBase, mobyDickSplits, unigramPerplexity, type ByteTokenizer, type Gpt2LMHeadModel } from '../src/index.js';
+import { withoutLeaks } from './helpers.js';
 
 interface TrainingLog {
   parameters: number;
@@ -41,7 +41,7 @@ describe('loadBundledBase', () => {
   it('predicts held-out Moby-Dick text clearly better than a unigram byte model', async () => {
     const { train, heldOut } = await mobyDickSplits();
     const slice = heldOut.subarray(0, 128 * 12);
-    const ours = await withoutTensorLeaks(() => evaluatePerplexity(model, slice, { contextLength: 128, batchSize: 12 }));
+    const ours = await withoutLeaks(() => evaluatePerplexity(model, slice, { contextLength: 128, batchSize: 12 }));
     // The unigram model scores the same predicted bytes (each window's first byte has no prediction).
     const predicted = Array.from({ length: 12 }, (_, w) => Array.from(slice.subarray(w * 128 + 1, (w + 1) * 128))).flat();
     const unigram = unigramPerplexity(train, predicted, tokenizer.vocabSize);

@@ -1,9 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError, ShapeError, initRuntime } from '@lora/core';
-import { withoutTensorLeaks } from '@lora/core/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createModel, generate, loadPretrained, pickToken, type Gpt2LMHeadModel, type LlamaForCausalLM } from '../src/index.js';
-import { fixture } from './helpers.js';
+import { fixture, withoutLeaks } from './helpers.js';
 
 describe('generate', () => {
   let gpt2: Gpt2LMHeadModel;
@@ -27,7 +26,7 @@ describe('generate', () => {
   });
 
   it('returns the same greedy tokens with and without the key/value cache (GPT-2 and Llama)', async () => {
-    await withoutTensorLeaks(() => {
+    await withoutLeaks(() => {
       const prompts = [
         [48, 212, 39, 54],
         [250, 144, 178, 24],

@@ -1,4 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { withoutTensorLeaks } from '@lora/core/testing';
+import { releaseCausalMasks } from '../src/index.js';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,4 +36,17 @@ export function relativeError(actual: tf.Tensor | ArrayLike<number>, expected: A
 
 export function ids(rows: number[][]): tf.Tensor2D {
   return tf.tensor2d(rows, undefined, 'int32');
+}
+
+/**
+ * `withoutTensorLeaks` for model code: the causal masks the models keep on purpose (one per size,
+ * see `releaseCausalMasks`) are released before and after, so only real leaks count.
+ */
+export async function withoutLeaks<T>(fn: () => T | Promise<T>): Promise<T> {
+  releaseCausalMasks();
+  return withoutTensorLeaks(async () => {
+    const result = await fn();
+    releaseCausalMasks();
+    return result;
+  });
 }

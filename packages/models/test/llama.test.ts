@@ -1,9 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { initRuntime, type ConfigError } from '@lora/core';
-import { withoutTensorLeaks } from '@lora/core/testing';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { KeyValueCache, createModel, parseLlamaConfig, rotaryInverseFrequencies, type LlamaForCausalLM } from '../src/index.js';
-import { ids, relativeError } from './helpers.js';
+import { ids, relativeError, withoutLeaks } from './helpers.js';
 
 /** Plain float64 recomputation of LlamaForCausalLM from the published equations (no tfjs). */
 type Matrix = number[][];
@@ -139,7 +138,7 @@ describe('LlamaForCausalLM', () => {
         [1, 1, 1, 1, 1, 1, 1],
         [1, 1, 1, 1, 1, 1, 0],
       ];
-      await withoutTensorLeaks(() => {
+      await withoutLeaks(() => {
         const input = ids(tokens);
         const attentionMask = ids(masks);
         const logits = model.forward(input, { attentionMask });
@@ -159,7 +158,7 @@ describe('LlamaForCausalLM', () => {
 
   it('gives the same last-token logits with a key/value cache as with the full sequence', async () => {
     const { model } = tinyLlama(false, 13);
-    await withoutTensorLeaks(() => {
+    await withoutLeaks(() => {
       const full = tf.tidy(() => tf.slice(model.forward(ids([[3, 17, 42, 8, 60]])), [0, 4, 0], [1, 1, 61]));
       const cache = new KeyValueCache(model.numLayers);
       tf.tidy(() => {

@@ -1,12 +1,11 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { CheckpointError, ConfigError, float32Entry, initRuntime, readSafetensorsFile, writeSafetensorsFile, type SafetensorsEntry } from '@lora/core';
-import { withoutTensorLeaks } from '@lora/core/testing';
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Gpt2LMHeadModel, createModel, loadCausalLanguageModel, loadPretrained, savePretrained, type LlamaForCausalLM, type LoadReport } from '../src/index.js';
-import { fixture, ids } from './helpers.js';
+import { fixture, ids, withoutLeaks } from './helpers.js';
 
 const GPT2 = fixture('models/gpt2');
 let scratch: string;
@@ -196,7 +195,7 @@ describe('savePretrained', () => {
     expect(config['summary_type']).toBe('cls_index'); // unknown keys survive
     const reloaded = (await loadPretrained(directory)) as Gpt2LMHeadModel;
     expect(Array.from(logitsOf(reloaded))).toEqual(Array.from(logitsOf(model)));
-    await withoutTensorLeaks(() => logitsOf(reloaded));
+    await withoutLeaks(() => logitsOf(reloaded));
     model.dispose();
     reloaded.dispose();
   });
