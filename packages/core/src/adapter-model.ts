@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { AdapterLayer, ModulesToSaveWrapper } from './adapter-layer.js';
 import { isBaseLayer, type BaseLayer } from './base-layer.js';
 import { ConfigError, LoraError } from './errors.js';
+import { Linear } from './linear.js';
 import type { LoraAdapter } from './lora-layer.js';
 import type { LoraConfig } from './lora-config.js';
 import type { Module } from './module.js';
@@ -401,8 +402,21 @@ export class AdapterModel<M extends Module = Module> {
   /**
    * Merge the active adapters and return the plain model: every adapter layer is replaced by its base
    * layer (adapters disposed) and every modules_to_save wrapper by the active copy.
+   *
+   * With `dequantize: true`, every base layer that is not a float `Linear` (a 4-bit base) is first
+   * replaced by one holding its dense weight, so the merge is exact (`dequant(W) + ΔW`, what the
+   * adapter was trained against) and the result is a float model; adapters already merged into such
+   * a base are unmerged first.
    */
-  mergeAndUnload(options: { safe?: boolean } = {}): M {
+  mergeAndUnload(options: { safe?: boolean; dequantize?: boolean } = {}): M {
+    if (options.dequantize) {
+      this.unmerge();
+      for (const [path, module] of this.model.namedModules()) {
+        if (path === '' || module instanceof Linear || module instanceof AdapterLayer || !isBaseLayer(module)) continue;
+        this.model.setSubmodule(path, floatLinearOf(module));
+        module.dispose();
+      }
+    }
     this.merge({ safe: options.safe });
     return this.unload();
   }
@@ -542,6 +556,19 @@ export class AdapterModel<M extends Module = Module> {
   dispose(): void {
     this.model.dispose();
   }
+}
+
+/** A float32 `Linear` computing what `layer` computes (its own `toLinear()` when it has one). */
+function floatLinearOf(layer: Module & BaseLayer): Linear {
+  if (layer.toLinear) return layer.toLinear();
+  const linear = new Linear({ inFeatures: layer.inFeatures, outFeatures: layer.outFeatures, bias: layer.bias !== null, fanInFanOut: layer.fanInFanOut });
+  tf.tidy(() => {
+    linear.assignDenseWeight(layer.denseWeight());
+    if (layer.bias && linear.bias) linear.bias.assign(layer.bias);
+  });
+  linear.setTrainable(false);
+  linear.training = layer.training;
+  return linear;
 }
 
 function stripDerived(config: LoraConfig): Record<string, unknown> {

@@ -1,4 +1,5 @@
 import type * as tf from '@tensorflow/tfjs-core';
+import type { Linear } from './linear.js';
 import type { Module, TensorModule } from './module.js';
 
 /**
@@ -30,6 +31,12 @@ export interface BaseLayer extends TensorModule {
   snapshotForMerge?(): unknown;
   /** Optional: restore a state captured by {@link BaseLayer.snapshotForMerge}. */
   restoreSnapshot?(snapshot: unknown): void;
+  /**
+   * Optional: this layer as a float32 core `Linear` in the layout of the layer it came from (a 4-bit
+   * base restores GPT-2's Conv1D layout). Used by `mergeAndUnload({ dequantize: true })`; without it,
+   * a `Linear` is built from {@link BaseLayer.denseWeight} and the bias.
+   */
+  toLinear?(): Linear;
 }
 
 /** True when `module` can be wrapped by an adapter layer. */

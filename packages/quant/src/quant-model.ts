@@ -43,31 +43,14 @@ export function dequantizeModel(model: Module): string[] {
 }
 
 /**
- * Merge the active adapters into a float model (the "dequantize" merge): each 4-bit base is
- * dequantized to a float32 `Linear` first, so the merged weight is exactly `dequant(W4) + ΔW`, the
- * function the adapter was trained against; then the adapters are merged and unloaded as core's
- * `mergeAndUnload` does, and any other 4-bit layer is dequantized too. Adapters already merged are
- * unmerged first (restoring their 4-bit bytes).
+ * Merge the active adapters into a float model (the "dequantize" merge): core's
+ * `adapterModel.mergeAndUnload({ dequantize: true })`, which replaces each 4-bit base by its float32
+ * `Linear` ({@link QuantLinear.toLinear}, the source layout) before merging, so the merged weight is
+ * exactly `dequant(W4) + ΔW`, the function the adapter was trained against. Adapters already merged
+ * are unmerged first (restoring their 4-bit bytes).
  *
  * @returns the plain float model (the same object as `adapterModel.model`).
  */
 export function mergeAndDequantize<M extends Module>(adapterModel: AdapterModel<M>, options: { readonly safe?: boolean } = {}): M {
-  adapterModel.unmerge();
-  const layers = adapterModel.adapterLayers();
-  for (const [path, layer] of layers) {
-    const base = layer.base_layer;
-    if (!(base instanceof QuantLinear)) continue;
-    adapterModel.model.setSubmodule(`${path}.base_layer`, base.toLinear());
-    base.dispose();
-  }
-  const model = adapterModel.mergeAndUnload({ safe: options.safe });
-  // core's unload() leaves the merged adapters' variables alive on the detached adapter layers; free
-  // them here (guarded, so this stays correct once core disposes them itself).
-  for (const [, layer] of layers) {
-    for (const name of layer.adapterNames) {
-      for (const [, variable] of layer.adapter(name)?.namedTensors() ?? []) if (!variable.isDisposed) variable.dispose();
-    }
-  }
-  dequantizeModel(model);
-  return model;
+  return adapterModel.mergeAndUnload({ safe: options.safe, dequantize: true });
 }
