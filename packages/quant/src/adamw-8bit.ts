@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { ConfigError } from '@lora/core';
+import { ConfigError, type TrainOptimizer } from '@lora/core';
 import { dequantizeBlockwise8bit, quantizeBlockwise8bit } from './blockwise.js';
 import { DYNAMIC_MAP_SIGNED, DYNAMIC_MAP_UNSIGNED } from './codebooks.js';
 
@@ -60,7 +60,7 @@ interface FloatMoments {
  * const { grads } = tf.variableGrads(() => loss(), variables);
  * optimizer.applyGradients(new Map(variables.map((v) => [v, grads[v.name]!])));
  */
-export class AdamW8bit {
+export class AdamW8bit implements TrainOptimizer {
   readonly beta1: number;
   readonly beta2: number;
   readonly epsilon: number;

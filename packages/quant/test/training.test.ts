@@ -44,6 +44,20 @@ describe('QLoRA training', () => {
     tf.dispose(data.flatMap((b) => [b.x, b.y]));
   });
 
+  it("trains with AdamW8bit through core's train({ optimizer })", async () => {
+    const data = batches(4);
+    await withoutTensorLeaks(async () => {
+      const peft = qlora();
+      const optimizer = new AdamW8bit({ learningRate: 1e-2, weightDecay: 0, minQuantizedSize: 0 });
+      const result = await train({ model: peft.model, lossFn: mse(peft.model), trainData: data, steps: 30, optimizer });
+      expect(optimizer.step).toBe(30);
+      expect(result.losses[29]!).toBeLessThan(result.losses[0]!);
+      optimizer.dispose();
+      peft.dispose();
+    });
+    tf.dispose(data.flatMap((b) => [b.x, b.y]));
+  });
+
   it('runs 50 steps with AdamW8bit in a custom loop without leaking tensors', async () => {
     const data = batches(4);
     await withoutTensorLeaks(() => {
