@@ -7,12 +7,18 @@ export const GPT2 = path.join(FIXTURES, 'models/gpt2');
 export const BERT = path.join(FIXTURES, 'models/bert');
 
 /** Run the CLI in-process with captured output. */
-export async function run(argv: readonly string[], options: Partial<ProgramContext> & { input?: PassThrough } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+export async function run(
+  argv: readonly string[],
+  options: Partial<ProgramContext> & { input?: PassThrough; onOutput?: (stdoutSoFar: string) => void } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   const stdout = new PassThrough();
   const stderr = new PassThrough();
   let out = '';
   let err = '';
-  stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  stdout.on('data', (chunk: Buffer) => {
+    out += chunk.toString();
+    options.onOutput?.(out);
+  });
   stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
   const code = await runCli(argv, {
     stdout,

@@ -64,15 +64,27 @@ describe('lora select', () => {
 
   it('asks on a terminal, offering the measured answer as the default', async () => {
     const input = new PassThrough();
-    // memory? (Enter = measured default "no"), multi-task? n, dynamic? y, compute substantial? n  → AdaLoRA
-    const answers = ['\r', 'n\r', 'y\r', 'n\r'];
-    let asked = 0;
-    const pending = run(['select', '--model', GPT2, '--json'], { interactive: true, input });
-    const feed = setInterval(() => {
-      if (asked < answers.length) input.write(answers[asked++]!);
-    }, 150);
-    const result = await pending;
-    clearInterval(feed);
+    // Each answer is typed once its question is on the screen: memory? (Enter = the measured
+    // default "no"), multi-task? n, dynamic? y, compute substantial? n  → AdaLoRA.
+    const script: [string, string][] = [
+      ['Are memory limitations extreme?', '\r'],
+      ['Is multi-task capability needed?', 'n\r'],
+      ['Is dynamic adaptation needed?', 'y\r'],
+      ['Are computational resources substantial?', 'n\r'],
+    ];
+    let answered = 0;
+    const result = await run(['select', '--model', GPT2, '--json'], {
+      interactive: true,
+      input,
+      onOutput: (screen) => {
+        const next = script[answered];
+        if (next && screen.includes(next[0])) {
+          answered += 1;
+          setImmediate(() => input.write(next[1]));
+        }
+      },
+    });
+    expect(answered).toBe(4);
     expect(result.code).toBe(0);
     expect(result.stdout).toContain('Are memory limitations extreme? (measured: float32 LoRA training needs');
     const json = result.stdout.slice(result.stdout.lastIndexOf('{\n  "variant"'));
