@@ -1,5 +1,14 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { ConfigError, type TrainOptimizer } from '@lora/core';
+import {
+  CheckpointError,
+  ConfigError,
+  entryToFloat32,
+  entryToTensor,
+  float32Entry,
+  tensorToEntry,
+  type SafetensorsEntry,
+  type TrainOptimizer,
+} from '@lora/core';
 import { dequantizeBlockwise8bit, quantizeBlockwise8bit } from './blockwise.js';
 import { DYNAMIC_MAP_SIGNED, DYNAMIC_MAP_UNSIGNED } from './codebooks.js';
 
@@ -179,6 +188,60 @@ export class AdamW8bit implements TrainOptimizer {
       }
     }
     return { total: quantized + float32, quantized, float32, parameters };
+  }
+
+  /**
+   * The state for core's trainer checkpoints, keyed `<kind>.<variable name>`: 8-bit moments as U8
+   * codes with their float32 absmax, small tensors' float32 moments as F32.
+   */
+  stateEntries(names: ReadonlyMap<tf.Variable, string>): Map<string, SafetensorsEntry> {
+    const entries = new Map<string, SafetensorsEntry>();
+    for (const [variable, name] of names) {
+      const state = this.states.get(variable);
+      if (!state) continue;
+      if (state.kind === '8bit') {
+        entries.set(`adam8_m.${name}`, { dtype: 'U8', shape: [state.m.length], data: state.m.slice() });
+        entries.set(`adam8_v.${name}`, { dtype: 'U8', shape: [state.v.length], data: state.v.slice() });
+        entries.set(`adam8_m_absmax.${name}`, float32Entry(state.mAbsmax, [state.mAbsmax.length]));
+        entries.set(`adam8_v_absmax.${name}`, float32Entry(state.vAbsmax, [state.vAbsmax.length]));
+      } else {
+        entries.set(`adam_m.${name}`, tensorToEntry(state.m));
+        entries.set(`adam_v.${name}`, tensorToEntry(state.v));
+      }
+    }
+    return entries;
+  }
+
+  /** Restore state written by {@link AdamW8bit.stateEntries}. */
+  loadStateEntries(entries: ReadonlyMap<string, SafetensorsEntry>, names: ReadonlyMap<tf.Variable, string>): void {
+    for (const [variable, name] of names) {
+      const state = this.stateFor(variable);
+      if (state.kind === '8bit') {
+        const m = entries.get(`adam8_m.${name}`);
+        const v = entries.get(`adam8_v.${name}`);
+        const mAbsmax = entries.get(`adam8_m_absmax.${name}`);
+        const vAbsmax = entries.get(`adam8_v_absmax.${name}`);
+        if (!m || !v || !mAbsmax || !vAbsmax) continue;
+        if (m.data.length !== state.m.length || v.data.length !== state.v.length) {
+          throw new CheckpointError(`[@lora/quant] AdamW8bit state for "${name}" has ${m.data.length} codes; the variable has ${state.m.length}.`, {
+            plugin: '@lora/quant',
+            mismatched: [{ name: `adam8_m.${name}`, expected: [state.m.length], received: [m.data.length] }],
+          });
+        }
+        state.m.set(m.data);
+        state.v.set(v.data);
+        state.mAbsmax.set(entryToFloat32(mAbsmax, name));
+        state.vAbsmax.set(entryToFloat32(vAbsmax, name));
+      } else {
+        const m = entries.get(`adam_m.${name}`);
+        const v = entries.get(`adam_v.${name}`);
+        if (!m || !v) continue;
+        tf.tidy(() => {
+          state.m.assign(entryToTensor(m, name));
+          state.v.assign(entryToTensor(v, name));
+        });
+      }
+    }
   }
 
   /** Free the optimizer state. */

@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { AdamW, AdapterModel, ConfigError, Linear, Module, createLoraRegistry, initRuntime, lora, train } from '@lora/core';
 import { withoutTensorLeaks } from '@lora/core/testing';
@@ -56,6 +59,44 @@ describe('QLoRA training', () => {
       peft.dispose();
     });
     tf.dispose(data.flatMap((b) => [b.x, b.y]));
+  });
+
+  it.each([0, 4096])('resumes AdamW8bit from a trainer checkpoint to the same weights (minQuantizedSize %i)', async (minQuantizedSize) => {
+    const data = batches(4);
+    const directory = await mkdtemp(path.join(tmpdir(), 'quant-adam8-resume-'));
+    const run = async (options: { stopAt?: number; checkpoint?: boolean }) => {
+      const peft = qlora();
+      const optimizer = new AdamW8bit({ learningRate: 1e-2, weightDecay: 0, minQuantizedSize });
+      try {
+        await train({
+          model: peft.model,
+          lossFn: mse(peft.model),
+          trainData: data,
+          steps: 8,
+          optimizer,
+          checkpoint: options.checkpoint ? { directory, every: 2 } : undefined,
+          onProgress: (event) => {
+            if (event.step === options.stopAt) throw new Error('interrupted');
+          },
+        }).catch((error: Error) => {
+          if (error.message !== 'interrupted') throw error;
+        });
+        return peft.model.namedParameters().filter(([, v]) => v.trainable).map(([name, v]) => [name, v.dataSync().slice()] as const);
+      } finally {
+        optimizer.dispose();
+        peft.dispose();
+      }
+    };
+    try {
+      const straight = await run({});
+      await run({ stopAt: 5, checkpoint: true });
+      const resumed = await run({ checkpoint: true });
+      expect(resumed.map(([name]) => name)).toEqual(straight.map(([name]) => name));
+      resumed.forEach(([, values], i) => expect(Buffer.from(values.buffer).equals(Buffer.from(straight[i]![1].buffer))).toBe(true));
+    } finally {
+      await rm(directory, { recursive: true, force: true });
+      tf.dispose(data.flatMap((b) => [b.x, b.y]));
+    }
   });
 
   it('runs 50 steps with AdamW8bit in a custom loop without leaking tensors', async () => {
