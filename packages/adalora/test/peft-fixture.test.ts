@@ -10,7 +10,7 @@ import {
   type AdapterLayer,
   type AdapterModel,
 } from '@lora/core';
-import { withoutTensorLeaks } from '@lora/core/testing';
+import { expectSameAdapterFiles, withoutTensorLeaks } from '@lora/core/testing';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -26,11 +26,6 @@ interface Reference {
   adalora_notes: { final_rank_per_module: Record<string, number> };
 }
 
-function normaliseConfig(json: Record<string, unknown>): Record<string, unknown> {
-  const copy = { ...json };
-  if (Array.isArray(copy['target_modules'])) copy['target_modules'] = [...(copy['target_modules'] as string[])].sort();
-  return copy;
-}
 
 describe('PEFT-saved AdaLoRA adapter (gpt2_adalora)', () => {
   let output: string;
@@ -106,19 +101,7 @@ describe('PEFT-saved AdaLoRA adapter (gpt2_adalora)', () => {
     const directory = path.join(output, label.replace(/\W+/gu, '-'));
     expect(adaLoraRankPattern(adapterModel)).toEqual((await readJson(path.join(ADALORA_FIXTURE, 'adapter_config.json')))['rank_pattern']);
     await save(adapterModel, directory);
-    const original = await readSafetensorsFile(path.join(ADALORA_FIXTURE, 'adapter_model.safetensors'));
-    const again = await readSafetensorsFile(path.join(directory, 'adapter_model.safetensors'));
-    expect([...again.tensors.keys()].sort()).toEqual([...original.tensors.keys()].sort());
-    for (const [name, entry] of original.tensors) {
-      const copy = again.tensors.get(name)!;
-      expect(copy.shape).toEqual(entry.shape);
-      expect(copy.dtype).toBe(entry.dtype);
-      expect(Buffer.from(copy.data).equals(Buffer.from(entry.data))).toBe(true);
-    }
-    expect(again.metadata).toEqual({ format: 'pt' });
-    const originalConfig = normaliseConfig(await readJson(path.join(ADALORA_FIXTURE, 'adapter_config.json')));
-    const savedConfig = normaliseConfig(await readJson(path.join(directory, 'adapter_config.json')));
-    expect(savedConfig).toEqual(originalConfig);
+    await expectSameAdapterFiles(directory, ADALORA_FIXTURE);
     // And what was written loads again to the same ranks.
     const reloaded = await loadAdapterModel(await gpt2LinearTree(), directory, { registry });
     for (const [modulePath, instance] of reloaded.adapterInstances('default')) {

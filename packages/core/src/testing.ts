@@ -10,7 +10,7 @@ import { Linear } from './linear.js';
 import { Module } from './module.js';
 import type { AdapterPlugin, BaseTransform } from './plugin.js';
 import { createLoraRegistry } from './registry.js';
-import { readSafetensorsFile } from './files.js';
+import { readJsonFile, readSafetensorsFile } from './files.js';
 import { entryToTensor } from './safetensors.js';
 import { initRuntime } from './runtime.js';
 
@@ -122,6 +122,34 @@ export function maxRelativeError(actual: ArrayLike<number>, expected: ArrayLike<
   let scale = 0;
   for (let i = 0; i < expected.length; i++) scale = Math.max(scale, Math.abs(expected[i]!));
   return maxAbsoluteError(actual, expected) / (scale || 1);
+}
+
+/** Config keys whose list order means nothing (PEFT writes them from Python sets). */
+const UNORDERED_CONFIG_LISTS = ['target_modules', 'modules_to_save'];
+
+function normalisedConfig(json: Record<string, unknown>): Record<string, unknown> {
+  const copy = { ...json };
+  for (const key of UNORDERED_CONFIG_LISTS) if (Array.isArray(copy[key])) copy[key] = [...(copy[key] as string[])].sort();
+  return copy;
+}
+
+/**
+ * Assert that two adapter directories hold the same adapter as PEFT would see it: the same tensor
+ * names, shapes, dtypes and bytes in `adapter_model.safetensors`, metadata `{"format": "pt"}`, and
+ * equal `adapter_config.json` objects (list order of `target_modules` / `modules_to_save` ignored).
+ */
+export async function expectSameAdapterFiles(actualDirectory: string, expectedDirectory: string): Promise<void> {
+  const expected = await readSafetensorsFile(path.join(expectedDirectory, 'adapter_model.safetensors'));
+  const actual = await readSafetensorsFile(path.join(actualDirectory, 'adapter_model.safetensors'));
+  expect([...actual.tensors.keys()].sort()).toEqual([...expected.tensors.keys()].sort());
+  for (const [name, entry] of expected.tensors) {
+    const copy = actual.tensors.get(name)!;
+    expect([name, copy.dtype, copy.shape]).toEqual([name, entry.dtype, entry.shape]);
+    expect(Buffer.from(copy.data).equals(Buffer.from(entry.data)), `bytes of ${name}`).toBe(true);
+  }
+  expect(actual.metadata).toEqual({ format: 'pt' });
+  const config = async (directory: string) => normalisedConfig((await readJsonFile(path.join(directory, 'adapter_config.json'))) as Record<string, unknown>);
+  expect(await config(actualDirectory)).toEqual(await config(expectedDirectory));
 }
 
 class Container extends Module {
