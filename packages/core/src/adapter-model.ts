@@ -693,8 +693,8 @@ function floatLinearOf(layer: Module & BaseLayer): Linear {
 }
 
 /**
- * PEFT's rule for configs with `fan_in_fan_out`: walking the targets in order, a Conv1D target
- * ([in, out] weight) sets it true and a Linear target sets it false (PEFT warns and changes the
+ * PEFT's rule for configs with `fan_in_fan_out`: walking the targets in order, a float Conv1D target
+ * ([in, out] weight) sets it true and a float Linear target sets it false (PEFT warns and changes the
  * config, which it then saves). Our layers read the layout from the base layer itself; this keeps
  * the saved config what PEFT writes for the same model.
  */
@@ -703,7 +703,8 @@ function withPeftFanInFanOut<T extends AdapterConfigBase>(config: T, targets: re
   let fanInFanOut = (config as T & { fanInFanOut: boolean }).fanInFanOut;
   for (const target of targets) {
     const base = target instanceof AdapterLayer ? target.base_layer : target;
-    if (isBaseLayer(base)) fanInFanOut = base.fanInFanOut;
+    // Only float layers: PEFT's 4-bit (bitsandbytes) layers leave the config's value as it is.
+    if (base instanceof Linear) fanInFanOut = base.fanInFanOut;
   }
   return fanInFanOut === (config as T & { fanInFanOut: boolean }).fanInFanOut ? config : { ...config, fanInFanOut };
 }
