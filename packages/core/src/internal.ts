@@ -16,3 +16,4 @@ export { loraConfigShape, LORA_CONFIG_EXAMPLES, LORA_CONFIG_FIELDS } from './lor
 export { seededRandom } from './random.js';
 export { assertTensorsFit, compareTensorShapes, sameShape } from './tensor-fit.js';
 export type { TensorFit } from './tensor-fit.js';
+export { replaceLayers } from './layer-replacement.js';
