@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { applyToLastAxis, CheckpointError, dropout, type AdapterInstance, type ApplyContext } from '@lora/core';
+import { normalSeed } from '@lora/core/internal';
 
 /** Options for {@link AdaLoraAdapter}. */
 export interface AdaLoraAdapterOptions {
@@ -98,7 +99,7 @@ export class AdaLoraAdapter implements AdapterInstance {
     this.live = Array.from({ length: rows }, (_, i) => i < liveRows);
     const init = options.init ?? true;
     const seed = options.seed;
-    const at = (offset: number): number | undefined => (seed === undefined ? undefined : seed + offset);
+    const at = (offset: number): number | undefined => normalSeed(seed === undefined ? undefined : seed + offset);
     const std = init === false ? 1 : 0.02;
     const values = tf.tidy(() => {
       const a = onlyRows(tf.randomNormal([rows, this.inFeatures], 0, std, 'float32', at(0)), this.live, 0);
@@ -338,8 +339,8 @@ export class AdaLoraAdapter implements AdapterInstance {
     if (grown.length === 0) return [];
     tf.tidy(() => {
       const selected = this.live.map((_, row) => grown.includes(row));
-      const freshA = tf.randomNormal([this.rows, this.inFeatures], 0, 0.02, 'float32', seed);
-      const freshB = tf.randomNormal([this.outFeatures, this.rows], 0, 0.02, 'float32', seed === undefined ? undefined : seed + 1);
+      const freshA = tf.randomNormal([this.rows, this.inFeatures], 0, 0.02, 'float32', normalSeed(seed));
+      const freshB = tf.randomNormal([this.outFeatures, this.rows], 0, 0.02, 'float32', normalSeed(seed === undefined ? undefined : seed + 1));
       const column = tf.tensor2d(selected, [this.rows, 1], 'bool');
       this.a.assign(tf.where(tf.broadcastTo(column, this.a.shape), freshA, this.a));
       this.b.assign(tf.where(tf.broadcastTo(tf.reshape(column, [1, this.rows]), this.b.shape), freshB, this.b));

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError, ShapeError } from './errors.js';
 import { Module } from './module.js';
+import { normalSeed } from './random.js';
 
 /** A lookup table `weight` [numEmbeddings, embeddingDim], as `torch.nn.Embedding`. */
 export class Embedding extends Module {
@@ -13,7 +14,7 @@ export class Embedding extends Module {
     super();
     this.numEmbeddings = options.numEmbeddings;
     this.embeddingDim = options.embeddingDim;
-    const initial = tf.randomNormal([options.numEmbeddings, options.embeddingDim], 0, 1, 'float32', options.seed);
+    const initial = tf.randomNormal([options.numEmbeddings, options.embeddingDim], 0, 1, 'float32', normalSeed(options.seed));
     this.weight = this.registerParameter('weight', initial);
     initial.dispose();
   }

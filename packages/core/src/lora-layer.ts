@@ -4,6 +4,7 @@ import { ShapeError } from './errors.js';
 import { applyToLastAxis } from './linear.js';
 import { dropout } from './layers.js';
 import type { AdapterInstance, ApplyContext } from './plugin.js';
+import { normalSeed } from './random.js';
 
 /** Options for {@link LoraAdapter}. */
 export interface LoraAdapterOptions {
@@ -40,7 +41,7 @@ export class LoraAdapter implements AdapterInstance {
     this.loraA = tf.tidy(() =>
       tf.variable(
         init === 'gaussian'
-          ? tf.randomNormal([options.r, options.inFeatures], 0, 1 / options.r, 'float32', seed)
+          ? tf.randomNormal([options.r, options.inFeatures], 0, 1 / options.r, 'float32', normalSeed(seed))
           : // kaiming_uniform_(a=√5) on [r, in]: bound = √3·√(1/3)/√in = 1/√in.
             tf.randomUniform([options.r, options.inFeatures], -1 / Math.sqrt(options.inFeatures), 1 / Math.sqrt(options.inFeatures), 'float32', seed),
       ),

@@ -12,3 +12,12 @@ export function seededRandom(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/**
+ * The seed to give tfjs's normal generators (`tf.randomNormal`): they treat seed 0 as "no seed" and
+ * draw from `Math.random()`, so seed 0 would silently not be reproducible. 0 maps to a seed they honour
+ * (the smallest positive double, which no integer seed equals); every other seed is unchanged.
+ */
+export function normalSeed(seed: number | undefined): number | undefined {
+  return seed === 0 ? Number.MIN_VALUE : seed;
+}

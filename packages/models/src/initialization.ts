@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { LayerNorm, RMSNorm, type Module } from '@lora/core';
+import { normalSeed } from '@lora/core/internal';
 
 /**
  * transformers' `_init_weights` for the models here: every weight N(0, std(path)), biases 0,
@@ -16,7 +17,7 @@ export function normalInit(model: Module, options: { seed: number; std: (path: s
     tf.tidy(() => {
       if (norms.has(variable)) variable.assign(tf.onesLike(variable));
       else if (path.endsWith('bias')) variable.assign(tf.zerosLike(variable));
-      else variable.assign(tf.randomNormal(variable.shape, 0, options.std(path), 'float32', options.seed * 100_003 + index));
+      else variable.assign(tf.randomNormal(variable.shape, 0, options.std(path), 'float32', normalSeed(options.seed * 100_003 + index)));
     });
   }
 }

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Module, ShapeError, applyToLastAxis, type BaseLayer } from '@lora/core';
 import { PACKAGE } from './config-fields.js';
+import { normalSeed } from '@lora/core/internal';
 
 /**
  * A bias-free output projection `logits = x·Wᵀ` with `weight` [vocab, hidden], as transformers'
@@ -36,7 +37,7 @@ export class OutputHead extends Module implements BaseLayer {
       }
       this.weight = this.registerParameter('weight', options.tiedWeight);
     } else {
-      const initial = tf.randomNormal([options.outFeatures, options.inFeatures], 0, 0.02, 'float32', options.seed);
+      const initial = tf.randomNormal([options.outFeatures, options.inFeatures], 0, 0.02, 'float32', normalSeed(options.seed));
       this.weight = this.registerParameter('weight', initial);
       initial.dispose();
     }
