@@ -4,6 +4,7 @@ import { promises as fs } from 'node:fs';
 import { AdapterLayer } from './adapter-layer.js';
 import { AdapterModel } from './adapter-model.js';
 import { CheckpointError, ConfigError } from './errors.js';
+import { checkLoadedTensors } from './finite.js';
 import { readJsonFile, readSafetensorsFile, writeJsonAtomic, writeSafetensorsFile } from './files.js';
 import type { Module } from './module.js';
 import type { PeftConfigJson } from './plugin.js';
@@ -91,6 +92,8 @@ export interface LoadAdapterOptions {
   readonly isTrainable?: boolean;
   /** Make the loaded adapter the active one (default true). */
   readonly activate?: boolean;
+  /** Load weights holding NaN or ±Infinity instead of throwing `NonFiniteTensorError` (default false). */
+  readonly allowNonFinite?: boolean;
 }
 
 /** Read an adapter directory's config. @throws {LoraError} naming the file when missing or malformed. */
@@ -116,6 +119,7 @@ export async function loadAdapter(adapterModel: AdapterModel, directory: string,
   const plugin = adapterModel.registry.adapterForPeftConfig(json);
   const config = plugin.fromPeftJson(json);
   const file = await readSafetensorsFile(path.join(directory, ADAPTER_WEIGHTS_NAME));
+  checkLoadedTensors(file.tensors, { file: path.join(directory, ADAPTER_WEIGHTS_NAME), floatOnly: true, allowNonFinite: options.allowNonFinite });
   adapterModel.addAdapter(name, {
     plugin: plugin.name,
     config: { ...configToOptions(config), inferenceMode: !(options.isTrainable ?? false) },

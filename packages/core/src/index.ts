@@ -13,8 +13,11 @@ export {
   ModuleError,
   TrainingError,
   ShapeError,
+  NonFiniteTensorError,
 } from './errors.js';
-export type { SafetensorsErrorCode } from './errors.js';
+export type { SafetensorsErrorCode, TrainingStopReason } from './errors.js';
+export { checkLoadedTensors, countNonFinite } from './finite.js';
+export type { LoadedTensorCheckOptions } from './finite.js';
 
 export { Module, ModuleList } from './module.js';
 export type { TensorModule } from './module.js';
@@ -63,7 +66,7 @@ export {
   float32Entry,
 } from './safetensors.js';
 export type { SafetensorsDtype, SafetensorsEntry, SafetensorsFile } from './safetensors.js';
-export { writeFileAtomic, writeJsonAtomic, readSafetensorsFile, writeSafetensorsFile, readJsonFile } from './files.js';
+export { writeFileAtomic, writeJsonAtomic, readSafetensorsFile, writeSafetensorsFile, readJsonFile, syncDirectory } from './files.js';
 export {
   ADAPTER_CONFIG_NAME,
   ADAPTER_WEIGHTS_NAME,
@@ -79,6 +82,6 @@ export type { LoadAdapterOptions } from './adapter-files.js';
 
 export { AdamW, learningRateAt } from './optimizer.js';
 export type { AdamWOptions, LearningRateSchedule, TrainOptimizer } from './optimizer.js';
-export { train, evaluate } from './trainer.js';
+export { train, evaluate, readCheckpointStep, TRAINER_CHECKPOINT_NAME } from './trainer.js';
 export type { BatchSource, TrainOptions, TrainResult, TrainingProgress } from './trainer.js';
 export { causalLmLoss, classificationLoss, IGNORE_INDEX } from './losses.js';

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { CheckpointError, entryToTensor, tensorToEntry, type SafetensorsEntry } from '@lora/core';
+import { CheckpointError, checkLoadedTensors, entryToTensor, tensorToEntry, type SafetensorsEntry } from '@lora/core';
 import { PACKAGE } from './config-fields.js';
 import type { PretrainedModel } from './pretrained-model.js';
 
@@ -23,6 +23,10 @@ export interface LoadReport {
 export interface LoadStateDictOptions {
   /** Throw when anything is missing, unexpected or mis-shaped (default true). Mis-shaped tensors always throw. */
   readonly strict?: boolean;
+  /** Load weights holding NaN or ±Infinity instead of throwing `NonFiniteTensorError` (default false). */
+  readonly allowNonFinite?: boolean;
+  /** The checkpoint file or directory, named in errors. */
+  readonly source?: string;
 }
 
 function hasChild(model: PretrainedModel, name: string): boolean {
@@ -104,6 +108,13 @@ export function loadStateDict(
       { plugin: PACKAGE, missing, unexpected, mismatched },
     );
   }
+  // Only the tensors that become weights: ignored buffers may legitimately hold -Infinity masks.
+  const assigned = new Map<string, SafetensorsEntry>();
+  for (const [name, key] of rename) {
+    const entry = tensors.get(key);
+    if (parameters.has(name) && entry) assigned.set(key, entry);
+  }
+  checkLoadedTensors(assigned, { file: options.source, allowNonFinite: options.allowNonFinite, plugin: PACKAGE });
   for (const [name, variable] of parameters) {
     const key = rename.get(name);
     const entry = key === undefined ? undefined : tensors.get(key);
