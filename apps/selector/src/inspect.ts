@@ -31,6 +31,22 @@ function summarise(tensors: ReadonlyMap<string, SafetensorsEntry>): { parameters
   return { parameters, bytes, dtypes };
 }
 
+/** Run a read, turning any failure into a one-line input error that names `file`. */
+async function named<T>(file: string, read: () => Promise<T>): Promise<T> {
+  try {
+    return await read();
+  } catch (error) {
+    const message = (error instanceof Error ? error.message : String(error)).replace(/^\[[^\]]+\]\s*/u, '');
+    throw new CliError(message.includes(file) ? message : `${file}: ${message}`, { exitCode: 2, cause: error });
+  }
+}
+
+async function readConfig(file: string): Promise<Record<string, unknown>> {
+  const json = await named(file, async () => JSON.parse(await fs.readFile(file, 'utf8')) as unknown);
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new CliError(`${file}: expected a JSON object.`, { exitCode: 2 });
+  return json as Record<string, unknown>;
+}
+
 /**
  * Inspect a directory: a PEFT adapter (type, targets, ranks, parameter count, bytes) or a Hugging
  * Face model (architecture, parameter count, bytes by dtype).
@@ -43,8 +59,8 @@ export async function inspectDirectory(directory: string): Promise<InspectResult
       () => false,
     );
   if (await has(ADAPTER_CONFIG_NAME)) {
-    const config = JSON.parse(await fs.readFile(path.join(directory, ADAPTER_CONFIG_NAME), 'utf8')) as Record<string, unknown>;
-    const file = await readSafetensorsFile(path.join(directory, ADAPTER_WEIGHTS_NAME));
+    const config = await readConfig(path.join(directory, ADAPTER_CONFIG_NAME));
+    const file = await named(path.join(directory, ADAPTER_WEIGHTS_NAME), () => readSafetensorsFile(path.join(directory, ADAPTER_WEIGHTS_NAME)));
     const targets: { module: string; rank: number }[] = [];
     for (const [key, entry] of file.tensors) {
       const match = /^base_model\.model\.(.+)\.lora_A(?:\.weight)?$/u.exec(key);
@@ -54,8 +70,8 @@ export async function inspectDirectory(directory: string): Promise<InspectResult
     return { kind: 'adapter', type, ...summarise(file.tensors), tensors: file.tensors.size, targets, config };
   }
   if (await has('config.json')) {
-    const config = JSON.parse(await fs.readFile(path.join(directory, 'config.json'), 'utf8')) as Record<string, unknown>;
-    const tensors = await readCheckpointTensors(directory);
+    const config = await readConfig(path.join(directory, 'config.json'));
+    const tensors = await named(directory, () => readCheckpointTensors(directory));
     const architectures = config['architectures'];
     const type = Array.isArray(architectures) && typeof architectures[0] === 'string' ? architectures[0] : String(config['model_type'] ?? 'unknown');
     return { kind: 'model', type, ...summarise(tensors), tensors: tensors.size, config };

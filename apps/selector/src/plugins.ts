@@ -46,8 +46,9 @@ export async function checkInstalled(recipe: VariantRecipe, loader: PackageLoade
  * Load the plugins a recipe needs from their packages and build a registry with core's LoRA plus them.
  * @throws {MissingPackageError} naming the package to install.
  */
-export async function registryForRecipe(recipe: VariantRecipe, loader: PackageLoader = importPackage): Promise<LoraRegistry> {
-  const plugins: LoraPlugin[] = [lora()];
+export async function registryForRecipe(recipe: VariantRecipe, loader: PackageLoader = importPackage, options: { seed?: number } = {}): Promise<LoraRegistry> {
+  // issue 16: a seed makes adapter initialisation reproducible (a resumed run equals an uninterrupted one).
+  const plugins: LoraPlugin[] = [lora(options)];
   for (const packageName of recipe.packages) {
     let loaded: unknown;
     try {
@@ -61,7 +62,7 @@ export async function registryForRecipe(recipe: VariantRecipe, loader: PackageLo
     if (typeof create !== 'function') {
       throw new MissingPackageError(packageName, `The ${recipe.variant} recipe (the installed version has no ${factory}() factory)`);
     }
-    plugins.push((create as () => LoraPlugin)());
+    plugins.push((create as (factoryOptions?: { seed?: number }) => LoraPlugin)(PLUGIN_FACTORIES[packageName]!.provides === recipe.adapter ? options : undefined));
   }
   const registry = createLoraRegistry({ plugins });
   registry.assertRecipe({ adapter: recipe.adapter, transforms: recipe.transforms });
