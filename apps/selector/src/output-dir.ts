@@ -88,6 +88,7 @@ export async function assertWritableOutput(directory: string, options: { overwri
 }
 
 function isAlive(marker: OutputMarker): boolean {
+  if (marker.pid === -1) return false;
   if (marker.pid === process.pid) return activeRuns.has(marker.runId);
   try {
     process.kill(marker.pid, 0);
@@ -114,12 +115,30 @@ async function siblings(target: string): Promise<{ staging: { path: string; mark
     const isAside = name.startsWith(`${base}${ASIDE}`);
     if (!isStaging && !isAside) continue;
     const full = path.join(parent, name);
-    const marker = await readMarker(full);
+    const marker = (await readMarker(full)) ?? (isStaging && (await isUnmarkedStaging(full, name, base)) ? unmarked(target) : null);
     // Only what lora wrote, for this target: anything else with a similar name is left alone.
     if (!marker || path.resolve(marker.target) !== target) continue;
     (isStaging ? staging : aside).push({ path: full, marker });
   }
   return { staging, aside };
+}
+
+/**
+ * A staging directory killed before its marker was in place: exactly our name pattern and nothing
+ * in it but the marker's temporary file, so removing it can lose nothing of the user's.
+ */
+async function isUnmarkedStaging(directory: string, name: string, base: string): Promise<boolean> {
+  if (!new RegExp(`^${base.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')}\\${STAGING}[0-9a-f]{8}$`, 'u').test(name)) return false;
+  try {
+    const entries = await fs.readdir(directory);
+    return entries.every((entry) => /^\.\.lora-output\.json\.\d+\.[0-9a-f]+\.tmp$/u.test(entry));
+  } catch {
+    return false;
+  }
+}
+
+function unmarked(target: string): OutputMarker {
+  return { tool: 'lora', kind: 'merge', status: 'running', target, created: '', pid: -1, runId: '' };
 }
 
 async function removeTree(directory: string): Promise<void> {
@@ -202,7 +221,12 @@ export async function createStaging(directory: string, kind: OutputMarker['kind'
   await fs.mkdir(staging);
   const runId = randomBytes(8).toString('hex');
   activeRuns.add(runId);
-  await writeMarker(staging, { tool: 'lora', kind, status: 'running', target, created: new Date().toISOString(), pid: process.pid, runId });
+  try {
+    await writeMarker(staging, { tool: 'lora', kind, status: 'running', target, created: new Date().toISOString(), pid: process.pid, runId });
+  } catch (error) {
+    activeRuns.delete(runId);
+    throw error;
+  }
   return staging;
 }
 
@@ -213,7 +237,12 @@ export async function adoptStaging(staging: string): Promise<OutputMarker> {
   const runId = randomBytes(8).toString('hex');
   activeRuns.add(runId);
   const adopted = { ...marker, status: 'running' as const, pid: process.pid, runId };
-  await writeMarker(staging, adopted);
+  try {
+    await writeMarker(staging, adopted);
+  } catch (error) {
+    activeRuns.delete(runId);
+    throw error;
+  }
   return adopted;
 }
 
