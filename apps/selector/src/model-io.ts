@@ -5,6 +5,7 @@ import { z } from 'zod';
 import {
   AdapterModel,
   CheckpointError,
+  ConfigError,
   createLoraRegistry,
   LoraError,
   loadAdapter,
@@ -15,6 +16,7 @@ import {
   type Module,
   type PeftConfigJson,
 } from '@lora/core';
+import { describeValue } from '@lora/core/internal';
 import { BertForSequenceClassification, BertModel, CausalLanguageModel, createModel, loadPretrained, type AnyPretrainedModel } from '@lora/models';
 import { CliError, MissingPackageError } from './errors.js';
 import { importPackage, type PackageLoader } from './plugins.js';
@@ -190,7 +192,7 @@ function shortMessage(error: unknown): string {
 }
 
 function sample(names: readonly string[]): string {
-  return names.length === 0 ? '' : `${names.length} (e.g. ${names.slice(0, 2).join(', ')}${names.length > 2 ? ', …' : ''})`;
+  return names.length === 0 ? '' : `${names.length} (e.g. ${names[0]})`;
 }
 
 /**
@@ -213,5 +215,16 @@ export function adapterLoadError(directory: string, modelDirectory: string, conf
       cause: error,
     });
   }
-  return new CliError(`Adapter ${directory} does not load: ${shortMessage(error)}`, { exitCode: error instanceof LoraError ? 2 : 1, cause: error });
+  const base = typeof config['base_model_name_or_path'] === 'string' ? ` (it was made for base model "${config['base_model_name_or_path']}")` : '';
+  if (error instanceof ConfigError && error.field === 'targetModules') {
+    return new CliError(
+      `Adapter ${directory} targets ${describeValue(error.received)}, which the model in ${modelDirectory} does not have${base}. Pass the --model it was trained on.`,
+      { exitCode: 2, cause: error },
+    );
+  }
+  const message = shortMessage(error);
+  return new CliError(`Adapter ${directory} does not load: ${message.length > 300 ? `${message.slice(0, 297)}...` : message}`, {
+    exitCode: error instanceof LoraError ? 2 : 1,
+    cause: error,
+  });
 }

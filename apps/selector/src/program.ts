@@ -299,11 +299,11 @@ export function buildProgram(context: ProgramContext): Command {
   program
     .command('forward')
     .description('run a model (with optional adapters and 4-bit base) on token ids and write the logits')
-    .requiredOption('--model <dir>', 'Hugging Face model directory (required)')
+    .requiredOption('--model <dir>', '(required) Hugging Face model directory')
     .option('--adapter <dir>', 'PEFT adapter directory (repeatable; all are applied)', (value: string, previous: string[]) => [...previous, value], [] as string[])
     .addOption(new Option('--quantize <type>', 'quantize the base to 4 bits first').choices(['nf4', 'fp4']))
-    .requiredOption('--input <in.json>', '{"input_ids": [[…]], "attention_mask": [[…]], "token_type_ids": [[…]]} (required)')
-    .requiredOption('--out <out.json>', 'where to write {"logits": […]} (required)')
+    .requiredOption('--input <in.json>', '(required) {"input_ids": [[…]], "attention_mask": [[…]], "token_type_ids": [[…]]}')
+    .requiredOption('--out <out.json>', '(required) where to write {"logits": […]}')
     .option('--allow-non-finite', ALLOW_NON_FINITE)
     .action(async (options: { model: string; adapter: string[]; quantize?: 'nf4' | 'fp4'; input: string; out: string; allowNonFinite?: boolean }) => {
       const input = await readForwardInput(options.input);
@@ -333,9 +333,9 @@ export function buildProgram(context: ProgramContext): Command {
   program
     .command('merge')
     .description('merge an adapter into its base model and write a plain Hugging Face checkpoint')
-    .requiredOption('--model <dir>', 'Hugging Face model directory (required)')
-    .requiredOption('--adapter <dir>', 'PEFT adapter directory (required)')
-    .requiredOption('--out <dir>', 'output model directory (required)')
+    .requiredOption('--model <dir>', '(required) Hugging Face model directory')
+    .requiredOption('--adapter <dir>', '(required) PEFT adapter directory')
+    .requiredOption('--out <dir>', '(required) output model directory')
     .option('--overwrite', 'replace an output directory an earlier lora command wrote (never one with other files)')
     .option('--allow-non-finite', ALLOW_NON_FINITE)
     .action(async (options: { model: string; adapter: string; out: string; overwrite?: boolean; allowNonFinite?: boolean }) => {
@@ -358,8 +358,8 @@ export function buildProgram(context: ProgramContext): Command {
   program
     .command('quantize')
     .description('write a 4-bit (bitsandbytes layout) checkpoint of a model')
-    .requiredOption('--model <dir>', 'Hugging Face model directory (required)')
-    .requiredOption('--out <dir>', 'output model directory (required)')
+    .requiredOption('--model <dir>', '(required) Hugging Face model directory')
+    .requiredOption('--out <dir>', '(required) output model directory')
     .addOption(new Option('--type <type>', '4-bit code').choices(['nf4', 'fp4']).default('nf4'))
     .option('--double-quant', 'also quantize the absmax constants (≈4.127 bits per weight)')
     .option('--block-size <n>', 'elements per absmax block', positiveInteger('--block-size'), 64)
@@ -418,7 +418,7 @@ export function buildProgram(context: ProgramContext): Command {
     .description('generate text from a causal language model (with an optional adapter)')
     .option('--model <dir>', 'Hugging Face model directory (default: the bundled base)')
     .option('--adapter <dir>', 'PEFT adapter directory (repeatable)', (value: string, previous: string[]) => [...previous, value], [] as string[])
-    .requiredOption('--prompt <text>', 'prompt text (required)')
+    .requiredOption('--prompt <text>', '(required) prompt text')
     .option('--max-new-tokens <n>', 'tokens to generate', positiveInteger('--max-new-tokens'), 80)
     .option('--greedy', 'greedy decoding instead of sampling')
     .option('--temperature <t>', 'sampling temperature', positiveNumber('--temperature'), 0.8)
