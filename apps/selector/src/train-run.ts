@@ -408,8 +408,3 @@ async function removeTree(directory: string): Promise<void> {
   faultPoint('remove', directory);
   await fs.rm(directory, { recursive: true, force: true });
 }
-
-async function removeStaging(staging: string): Promise<void> {
-  faultPoint('remove', staging);
-  await fs.rm(staging, { recursive: true, force: true });
-}
