@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { syncDirectory, writeJsonAtomic } from '@lora/core';
-import { faultPoint } from '@lora/core/internal';
+import { faultPoint, pathExists } from '@lora/core/internal';
 import { CliError } from './errors.js';
 
 /**
@@ -186,27 +186,18 @@ export async function cleanUpStale(directory: string, options: { keepResumable?:
     }
   }
   for (const entry of aside) {
-    if (await exists(entry.path)) {
+    if (await pathExists(entry.path)) {
       await removeTree(entry.path);
       notes.push(`removed ${entry.path}, left by an interrupted replacement`);
     }
   }
   for (const entry of staging) {
-    if (!(await exists(entry.path)) || isAlive(entry.marker)) continue;
+    if (!(await pathExists(entry.path)) || isAlive(entry.marker)) continue;
     if (options.keepResumable !== false && entry.marker.kind === 'train' && entry.marker.status !== 'complete' && (await options.isResumable?.(entry.path))) continue;
     await removeTree(entry.path);
     notes.push(`removed ${entry.path}, left by an interrupted run`);
   }
   return notes;
-}
-
-async function exists(file: string): Promise<boolean> {
-  try {
-    await fs.access(file);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**
@@ -338,7 +329,7 @@ export async function writeDirectoryAtomically(
   } catch (error) {
     const marker = await readMarker(staging).catch(() => null);
     forgetStaging(marker);
-    if (await exists(staging)) await removeTree(staging);
+    if (await pathExists(staging)) await removeTree(staging);
     throw error;
   }
 }

@@ -91,6 +91,14 @@ export async function writeFileAtomic(target: string, data: Uint8Array | string 
   await syncDirectory(directory);
 }
 
+/** Whether a file or directory exists (and can be seen). */
+export async function pathExists(file: string): Promise<boolean> {
+  return fs.access(file).then(
+    () => true,
+    () => false,
+  );
+}
+
 /** Write a JSON value atomically, pretty-printed with 2 spaces and a trailing newline. */
 export function writeJsonAtomic(target: string, value: unknown): Promise<void> {
   return writeFileAtomic(target, `${JSON.stringify(value, null, 2)}\n`);

@@ -13,6 +13,6 @@ export { inMemoryTensorName } from './adapter-layer.js';
 export { describeValue } from './errors.js';
 export { thinSvd } from './svd.js';
 export { loraConfigShape, LORA_CONFIG_EXAMPLES, LORA_CONFIG_FIELDS } from './lora-config.js';
-export { faultPoint, setFaultInjector } from './files.js';
+export { faultPoint, pathExists, setFaultInjector } from './files.js';
 export type { FaultInjector, FaultPoint } from './files.js';
 export { deriveSeed, withSeededRandom } from './random-scope.js';
