@@ -167,10 +167,11 @@ export async function resumableRuns(directory: string): Promise<{ path: string; 
 /**
  * Finish what a killed run left beside `target`: a replacement cut off between its two renames is
  * completed (or the old directory put back), set-aside old directories are deleted, and staging
- * directories that cannot be resumed are removed. Resumable training runs are kept.
+ * directories that cannot be resumed are removed. Stopped training runs are kept when `isResumable`
+ * says they can be resumed (all of them without it).
  * Returns one line per thing done, for the user.
  */
-export async function cleanUpStale(directory: string, options: { keepResumable?: boolean; isResumable?: (staging: string) => Promise<boolean> } = {}): Promise<string[]> {
+export async function cleanUpStale(directory: string, options: { isResumable?: (staging: string) => Promise<boolean> } = {}): Promise<string[]> {
   const target = path.resolve(directory);
   const notes: string[] = [];
   const { staging, aside } = await siblings(target);
@@ -193,7 +194,9 @@ export async function cleanUpStale(directory: string, options: { keepResumable?:
   }
   for (const entry of staging) {
     if (!(await pathExists(entry.path)) || isAlive(entry.marker)) continue;
-    if (options.keepResumable !== false && entry.marker.kind === 'train' && entry.marker.status !== 'complete' && (await options.isResumable?.(entry.path))) continue;
+    // A stopped training run stays for --resume unless it has nothing to resume (no checkpoint).
+    const stoppedRun = entry.marker.kind === 'train' && entry.marker.status !== 'complete';
+    if (stoppedRun && (options.isResumable ? await options.isResumable(entry.path) : true)) continue;
     await removeTree(entry.path);
     notes.push(`removed ${entry.path}, left by an interrupted run`);
   }

@@ -319,13 +319,16 @@ export async function runTraining(options: TrainRunOptions, io: SelectorIo): Pro
       progress.stop();
       keep = true;
       if (error.reason === 'interrupted') {
+        const exitCode = SIGNAL_EXIT_CODES[String(options.signal?.reason ?? 'SIGINT')] ?? 130;
+        if (error.checkpointStep === null) {
+          // Nothing worth resuming: the staging directory is removed below.
+          keep = false;
+          throw new CliError(`Interrupted before the first step finished; nothing was kept and ${out} was not written.`, { exitCode });
+        }
         await releaseStaging(staging, 'interrupted');
-        const signal = String(options.signal?.reason ?? 'SIGINT');
         throw new CliError(
-          error.checkpointStep === null
-            ? `Interrupted before step ${error.step}/${options.steps} finished; nothing to keep yet. Resume with: lora train --resume ${staging}`
-            : `Interrupted at step ${error.checkpointStep}/${options.steps}; kept the checkpoint of step ${error.checkpointStep} in ${staging}. Resume with: lora train --resume ${staging}`,
-          { exitCode: SIGNAL_EXIT_CODES[signal] ?? 130 },
+          `Interrupted at step ${error.checkpointStep}/${options.steps}; kept the checkpoint of step ${error.checkpointStep} in ${staging}. Resume with: lora train --resume ${staging}`,
+          { exitCode },
         );
       }
       // Diverged: the model holds the last good state; keep it as an adapter beside the checkpoint.
