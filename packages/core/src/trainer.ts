@@ -130,6 +130,9 @@ export function evaluate<Batch>(model: Module, lossFn: (batch: Batch) => tf.Scal
 interface Snapshot {
   readonly step: number;
   readonly weights: tf.Tensor[];
+  /** The built-in AdamW's moments, shared like the weights (no copy, no read back). */
+  readonly moments: { m: tf.Tensor; v: tf.Tensor }[] | undefined;
+  /** Another optimizer's state, read through its checkpoint interface. */
   readonly optimizerState: Map<string, SafetensorsEntry> | undefined;
   readonly optimizerStep: number;
 }
@@ -208,17 +211,28 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
   let good: Snapshot | null = null;
   let checkpointDue = false;
 
+  const adamW = optimizer instanceof AdamW ? optimizer : null;
   const snapshot = (step: number): Snapshot => ({
     step,
     weights: variables.map((variable) => tf.clone(variable)),
-    optimizerState: optimizer.stateEntries?.(names),
+    moments: adamW
+      ? variables.map((variable) => {
+          const moments = adamW.momentsOf(variable);
+          // Before the first update AdamW's moments are zero (created on first use).
+          return moments ? { m: tf.clone(moments.m), v: tf.clone(moments.v) } : { m: tf.zerosLike(variable), v: tf.zerosLike(variable) };
+        })
+      : undefined,
+    optimizerState: adamW ? undefined : optimizer.stateEntries?.(names),
     optimizerStep: optimizer.step,
   });
   const release = (state: Snapshot | null) => {
-    if (state) tf.dispose(state.weights);
+    if (!state) return;
+    tf.dispose(state.weights);
+    for (const moments of state.moments ?? []) tf.dispose([moments.m, moments.v]);
   };
   const restore = (state: Snapshot) => {
     variables.forEach((variable, i) => variable.assign(state.weights[i]!));
+    state.moments?.forEach((moments, i) => adamW!.setMoments(variables[i]!, moments.m, moments.v));
     if (state.optimizerState) optimizer.loadStateEntries?.(state.optimizerState, names);
     optimizer.step = state.optimizerStep;
   };
