@@ -86,11 +86,16 @@ const CHECKPOINT_DIRECTORY = 'checkpoint';
 /** Exit code after Ctrl-C (SIGINT) and SIGTERM, as shells report a process those signals ended. */
 export const SIGNAL_EXIT_CODES: Readonly<Record<string, number>> = { SIGINT: 130, SIGTERM: 143 };
 
-/** Whether a stopped run's directory can be resumed (it has a trainer checkpoint and settings). */
+/**
+ * Whether a stopped run's directory can be resumed: it has its settings (a run killed before its
+ * first checkpoint resumes from step 0, which gives the same result: everything is seeded) and any
+ * checkpoint in it is readable.
+ */
 export async function isResumableRun(directory: string): Promise<boolean> {
   try {
     await fs.access(path.join(directory, RUN_SETTINGS_NAME));
-    return (await readCheckpointStep(path.join(directory, CHECKPOINT_DIRECTORY))) !== null;
+    await readCheckpointStep(path.join(directory, CHECKPOINT_DIRECTORY));
+    return true;
   } catch {
     return false;
   }
@@ -321,9 +326,10 @@ export async function runTraining(options: TrainRunOptions, io: SelectorIo): Pro
       if (error.reason === 'interrupted') {
         const exitCode = SIGNAL_EXIT_CODES[String(options.signal?.reason ?? 'SIGINT')] ?? 130;
         if (error.checkpointStep === null) {
-          // Nothing worth resuming: the staging directory is removed below.
-          keep = false;
-          throw new CliError(`Interrupted before the first step finished; nothing was kept and ${out} was not written.`, { exitCode });
+          // Nothing worth resuming.
+          forgetStaging(await readMarker(staging));
+          await removeTree(staging);
+          throw new CliError(`Interrupted before the first checkpoint; nothing was kept and ${out} was not written.`, { exitCode });
         }
         await releaseStaging(staging, 'interrupted');
         throw new CliError(
