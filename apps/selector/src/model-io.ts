@@ -1,13 +1,15 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import {
   ADAPTER_CONFIG_NAME,
   AdapterModel,
+  CheckpointError,
+  ConfigError,
   createDescribedPlugin,
   createLoraRegistry,
+  LoraError,
   loadAdapter,
   lora,
   readAdapterConfig,
@@ -16,6 +18,7 @@ import {
   type Module,
   type PeftConfigJson,
 } from '@lora/core';
+import { describeValue } from '@lora/core/internal';
 import { BertForSequenceClassification, BertModel, CausalLanguageModel, createModel, loadPretrained, type AnyPretrainedModel } from '@lora/models';
 import { CliError, MissingPackageError } from './errors.js';
 import { extraPluginPackages, importPackage, loadPluginPackage, pluginsForAdapterConfigs, type PackageLoader } from './plugins.js';
@@ -32,14 +35,25 @@ function quantPackageName(): string {
  * Load a Hugging Face model directory with clear one-line errors. A 4-bit checkpoint (with
  * `quantization_config`, as `lora quantize` writes) loads through the quant package as a quantized model.
  */
-export async function loadModelDirectory(directory: string, loader: PackageLoader = importPackage): Promise<AnyPretrainedModel> {
+export async function loadModelDirectory(
+  directory: string,
+  loader: PackageLoader = importPackage,
+  options: { allowNonFinite?: boolean } = {},
+): Promise<AnyPretrainedModel> {
   let config: Record<string, unknown>;
   try {
     config = JSON.parse(await fs.readFile(path.join(directory, 'config.json'), 'utf8')) as Record<string, unknown>;
   } catch {
     throw new CliError(`Model directory ${directory} has no readable config.json (expected a Hugging Face model directory).`, { exitCode: 2 });
   }
-  if (config['quantization_config'] === undefined) return loadPretrained(directory);
+  if (config['quantization_config'] === undefined) {
+    try {
+      return await loadPretrained(directory, { allowNonFinite: options.allowNonFinite });
+    } catch (error) {
+      if (error instanceof LoraError) throw new CliError(`Model ${directory} does not load: ${shortMessage(error)}`, { exitCode: 2, cause: error });
+      throw error;
+    }
+  }
   let quantPackage: Record<string, unknown>;
   try {
     quantPackage = (await loader(quantPackageName())) as Record<string, unknown>;
@@ -65,6 +79,8 @@ export async function loadModelWithAdapters(options: {
   loader?: PackageLoader;
   /** Third-party plugin packages (`--plugin`), besides core and the recipes' packages. */
   pluginPackages?: readonly string[];
+  /** Load NaN/±Infinity weights instead of refusing them (`--allow-non-finite`). */
+  allowNonFinite?: boolean;
 }): Promise<{ model: AnyPretrainedModel; adapterModel: AdapterModel<AnyPretrainedModel> | null }> {
   const loader = options.loader ?? importPackage;
   const configs: { file: string; json: PeftConfigJson }[] = [];
@@ -83,7 +99,7 @@ export async function loadModelWithAdapters(options: {
     if (!descriptor || !entry) throw new MissingPackageError(quantPackageName(), '--quantize');
     plugins.push(createDescribedPlugin(descriptor, entry, { type: options.quantize }));
   }
-  const model = await loadModelDirectory(options.modelDirectory, loader);
+  const model = await loadModelDirectory(options.modelDirectory, loader, { allowNonFinite: options.allowNonFinite });
   if (options.adapterDirectories.length === 0 && !options.quantize) return { model, adapterModel: null };
   try {
     const registry = createLoraRegistry({ plugins });
@@ -93,10 +109,10 @@ export async function loadModelWithAdapters(options: {
     for (const [index, directory] of options.adapterDirectories.entries()) {
       const name = index === 0 ? 'default' : `adapter_${index}`;
       try {
-        await loadAdapter(adapterModel, directory, { adapterName: name, activate: false });
+        await loadAdapter(adapterModel, directory, { adapterName: name, activate: false, allowNonFinite: options.allowNonFinite });
       } catch (error) {
         if (error instanceof CliError) throw error;
-        throw new CliError(`Adapter ${directory} does not load: ${(error as Error).message.replace(/^\[[^\]]+\]\s*/u, '')}`, { cause: error });
+        throw adapterLoadError(directory, options.modelDirectory, configs[index]!.json, error);
       }
       names.push(name);
     }
@@ -169,23 +185,44 @@ function forwardTokens(model: Module, input: ForwardInput): tf.Tensor {
   });
 }
 
-/** Replace `directory` with the result of `write(staging)` so a failure leaves no partial directory. */
-export async function writeDirectoryAtomically(directory: string, write: (staging: string) => Promise<void>, options: { overwrite?: boolean } = {}): Promise<void> {
-  const target = path.resolve(directory);
-  let exists = false;
-  try {
-    exists = (await fs.readdir(target)).length > 0;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOTDIR') throw new CliError(`${target} is a file, not a directory.`, { exitCode: 2 });
+function shortMessage(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).replace(/^\[[^\]]+\]\s*/u, '').split('\n')[0]!;
+}
+
+function sample(names: readonly string[]): string {
+  return names.length === 0 ? '' : `${names.length} (e.g. ${names[0]})`;
+}
+
+/**
+ * One line for an adapter that does not load: a mismatch with the model is summarised by counts and
+ * examples (the full lists can run to thousands of characters) and names the base the adapter was
+ * made for; bad files are input errors (exit 2).
+ */
+export function adapterLoadError(directory: string, modelDirectory: string, config: PeftConfigJson, error: unknown): CliError {
+  if (error instanceof CheckpointError) {
+    const parts = [
+      error.missing.length > 0 ? `missing ${sample(error.missing)}` : '',
+      error.unexpected.length > 0 ? `unexpected ${sample(error.unexpected)}` : '',
+      error.mismatched.length > 0
+        ? `wrong shape ${error.mismatched.length} (e.g. ${error.mismatched[0]!.name}: model [${error.mismatched[0]!.expected.join(', ')}], adapter [${error.mismatched[0]!.received.join(', ')}])`
+        : '',
+    ].filter(Boolean);
+    const base = typeof config['base_model_name_or_path'] === 'string' ? ` It was made for base model "${config['base_model_name_or_path']}".` : '';
+    return new CliError(`Adapter ${directory} does not fit the model in ${modelDirectory}: tensors ${parts.join('; ')}.${base} Pass the --model it was trained on.`, {
+      exitCode: 2,
+      cause: error,
+    });
   }
-  if (exists && !options.overwrite) throw new CliError(`Output directory ${target} exists and is not empty; pass --overwrite or choose another --out.`, { exitCode: 2 });
-  const staging = `${target}.partial-${randomBytes(4).toString('hex')}`;
-  try {
-    await write(staging);
-    await fs.rm(target, { recursive: true, force: true });
-    await fs.rename(staging, target);
-  } catch (error) {
-    await fs.rm(staging, { recursive: true, force: true });
-    throw error;
+  const base = typeof config['base_model_name_or_path'] === 'string' ? ` (it was made for base model "${config['base_model_name_or_path']}")` : '';
+  if (error instanceof ConfigError && error.field === 'targetModules') {
+    return new CliError(
+      `Adapter ${directory} targets ${describeValue(error.received)}, which the model in ${modelDirectory} does not have${base}. Pass the --model it was trained on.`,
+      { exitCode: 2, cause: error },
+    );
   }
+  const message = shortMessage(error);
+  return new CliError(`Adapter ${directory} does not load: ${message.length > 300 ? `${message.slice(0, 297)}...` : message}`, {
+    exitCode: error instanceof LoraError ? 2 : 1,
+    cause: error,
+  });
 }

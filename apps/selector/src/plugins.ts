@@ -81,11 +81,11 @@ export async function checkInstalled(recipe: VariantRecipe, loader: PackageLoade
 }
 
 /** Create the named plugins from descriptors, in order. @throws {CliError} when no descriptor provides one. */
-function pluginsByName(descriptors: readonly PluginPackageDescriptor[], names: readonly string[], purpose: string): LoraPlugin[] {
+function pluginsByName(descriptors: readonly PluginPackageDescriptor[], names: readonly string[], purpose: string, seed?: number): LoraPlugin[] {
   return names.map((name) => {
     for (const descriptor of descriptors) {
       const entry = descriptor.plugins.find((candidate) => candidate.name === name);
-      if (entry) return createDescribedPlugin(descriptor, entry);
+      if (entry) return createDescribedPlugin(descriptor, entry, entry.kind === 'adapter' && seed !== undefined ? { seed } : undefined);
     }
     throw new CliError(`${purpose} needs plugin "${name}", which none of ${descriptors.map((d) => d.packageName).join(', ')} provides; install versions made for this CLI.`);
   });
@@ -95,7 +95,7 @@ function pluginsByName(descriptors: readonly PluginPackageDescriptor[], names: r
  * Load the plugins a recipe needs from their packages' descriptors and build a registry with them.
  * @throws {MissingPackageError} naming the package to install.
  */
-export async function registryForRecipe(recipe: VariantRecipe, loader: PackageLoader = importPackage): Promise<LoraRegistry> {
+export async function registryForRecipe(recipe: VariantRecipe, loader: PackageLoader = importPackage, options: { seed?: number } = {}): Promise<LoraRegistry> {
   const descriptors: PluginPackageDescriptor[] = [corePluginPackage];
   for (const packageName of recipe.packages) {
     const descriptor = await loadPluginPackage(packageName, loader);
@@ -103,7 +103,8 @@ export async function registryForRecipe(recipe: VariantRecipe, loader: PackageLo
     descriptors.push(descriptor);
   }
   const names = [...new Set(['lora', recipe.adapter, ...recipe.transforms])];
-  const registry = createLoraRegistry({ plugins: pluginsByName(descriptors, names, `The ${recipe.variant} recipe`) });
+  // A seed makes adapter initialisation reproducible (a resumed run equals an uninterrupted one); adapter factories take it.
+  const registry = createLoraRegistry({ plugins: pluginsByName(descriptors, names, `The ${recipe.variant} recipe`, options.seed) });
   registry.assertRecipe({ adapter: recipe.adapter, transforms: recipe.transforms });
   return registry;
 }

@@ -1,17 +1,19 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { initRuntime, writeJsonAtomic } from '@lora/core';
+import { initRuntime, LoraError, writeJsonAtomic } from '@lora/core';
 import { bundledBaseDirectory, CausalLanguageModel, generate, loadTokenizer, ByteTokenizer, savePretrained } from '@lora/models';
 import { readSelectorConfig, type FlowchartFlags, type SelectorConfig } from './answers.js';
 import { CliError, MissingPackageError } from './errors.js';
 import { inspectDirectory, formatInspection } from './inspect.js';
 import { parseByteSize } from './measure.js';
-import { forwardLogits, loadModelWithAdapters, readForwardInput, writeDirectoryAtomically } from './model-io.js';
+import { forwardLogits, loadModelWithAdapters, readForwardInput } from './model-io.js';
+import { readMarker, resumableRuns, writeDirectoryAtomically } from './output-dir.js';
 import { extraPluginPackages, importPackage, registryForRecipe, type PackageLoader } from './plugins.js';
-import { recipePackageFor } from './recipe.js';
+import { recipeFor, recipePackageFor } from './recipe.js';
 import { assertInstalled, formatSelection, select, type SelectorIo } from './select.js';
-import { runTraining } from './train-run.js';
+import { isResumableRun, readRunSettings, runTraining } from './train-run.js';
 
 /** Where the CLI reads and writes, plus an injectable package loader (tests simulate missing packages). */
 export interface ProgramContext extends SelectorIo {
@@ -41,20 +43,40 @@ function pluginOption(): Option {
     .default([] as string[]);
 }
 
-function positiveInteger(name: string) {
+/** An option parser that accepts integers in [min, max] and names the option otherwise. */
+function integerOption(name: string, options: { min?: number; max?: number } = {}) {
+  const min = options.min ?? 1;
+  const max = options.max ?? Number.MAX_SAFE_INTEGER;
   return (value: string): number => {
-    const parsed = Number(value);
-    if (!Number.isInteger(parsed) || parsed <= 0) throw new InvalidArgumentError(`${name} must be a positive integer.`);
+    const parsed = /^[+-]?\d+$/u.test(value.trim()) ? Number(value) : Number.NaN;
+    if (!Number.isSafeInteger(parsed) || parsed < min || parsed > max) {
+      throw new InvalidArgumentError(`${name} must be an integer ${max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`}, got "${value}".`);
+    }
     return parsed;
   };
 }
 
-function positiveNumber(name: string) {
+/** An option parser that accepts finite numbers > 0 (and <= max) and names the option otherwise. */
+function positiveNumber(name: string, options: { max?: number } = {}) {
   return (value: string): number => {
-    const parsed = Number(value);
-    if (!(parsed > 0)) throw new InvalidArgumentError(`${name} must be a positive number.`);
+    const parsed = value.trim() === '' ? Number.NaN : Number(value);
+    if (!Number.isFinite(parsed) || parsed <= 0 || (options.max !== undefined && parsed > options.max)) {
+      throw new InvalidArgumentError(`${name} must be a finite number > 0${options.max === undefined ? '' : ` and <= ${options.max}`}, got "${value}".`);
+    }
     return parsed;
   };
+}
+
+const positiveInteger = (name: string) => integerOption(name, { min: 1 });
+const seedOption = () => integerOption('--seed', { min: 0, max: 2 ** 32 - 1 });
+
+/** This CLI's version, from its package.json (next to src/ and dist/ alike). */
+function cliVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
 }
 
 interface SelectCommandOptions extends FlowchartFlags {
@@ -72,6 +94,8 @@ interface SelectCommandOptions extends FlowchartFlags {
   readonly out?: string;
   readonly overwrite?: boolean;
   readonly prompt: string;
+  readonly checkpointEvery?: number;
+  readonly resume?: string;
 }
 
 function addSelectOptions(command: Command): Command {
@@ -91,13 +115,16 @@ function addSelectOptions(command: Command): Command {
     .option('--steps <n>', 'training steps', positiveInteger('--steps'), 300)
     .option('--batch-size <n>', 'sequences per step', positiveInteger('--batch-size'), 8)
     .option('--context <n>', 'tokens per sequence', positiveInteger('--context'), 128)
-    .option('--learning-rate <lr>', 'peak learning rate', positiveNumber('--learning-rate'), 2e-3)
-    .option('--seed <n>', 'seed for data split and sampling', (v) => Number.parseInt(v, 10), 0)
-    .option('--out <dir>', 'output directory for the adapter and report (default: lora-runs/<variant>)')
-    .option('--overwrite', 'replace a non-empty output directory')
+    .option('--learning-rate <lr>', 'peak learning rate (finite, > 0)', positiveNumber('--learning-rate'), 2e-3)
+    .option('--seed <n>', 'seed for the data split and order, adapter initialisation, dropout and sampling', seedOption(), 0)
+    .option('--out <dir>', 'output directory for the adapter and report (default: lora-runs/<variant>, replaced by each run)')
+    .option('--overwrite', 'replace an output directory an earlier lora run wrote (never one with other files)')
+    .option('--checkpoint-every <n>', 'checkpoint every n steps (default: every 10% of the run)', positiveInteger('--checkpoint-every'))
     .option('--prompt <text>', 'prompt for before/after samples', 'The state of our Union is')
     .option('--json', 'print a machine-readable result');
 }
+
+const ALLOW_NON_FINITE = 'load weights holding NaN or Infinity instead of refusing them';
 
 /** The backend for this run: @lora/cuda-backend's pick when installed (GPU, native, threaded WASM), else core's default. */
 async function startBackend(loader: PackageLoader): Promise<{ name: string; gpu: boolean; description: string }> {
@@ -115,18 +142,81 @@ async function startBackend(loader: PackageLoader): Promise<{ name: string; gpu:
   return { name: runtime.backend, gpu: false, description: `${runtime.backend}: ${runtime.reason}` };
 }
 
-async function runSelect(options: SelectCommandOptions, context: ProgramContext, runAfter: boolean): Promise<void> {
+/** Run `fn` with Ctrl-C and SIGTERM turned into an abort of `controller` (once; a second signal ends the process as usual). */
+async function withSignals<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const handlers = (['SIGINT', 'SIGTERM'] as const).map((name) => {
+    const handler = () => controller.abort(name);
+    process.once(name, handler);
+    return [name, handler] as const;
+  });
+  try {
+    return await fn(controller.signal);
+  } finally {
+    for (const [name, handler] of handlers) process.removeListener(name, handler);
+  }
+}
+
+/** Where a `--resume` argument points: a stopped run's staging directory, or the `--out` it was for. */
+async function resolveResume(directory: string): Promise<string> {
+  const marker = await readMarker(directory);
+  if (marker?.kind === 'train' && marker.status !== 'complete' && (await isResumableRun(directory))) return path.resolve(directory);
+  const runs = [];
+  for (const run of await resumableRuns(directory)) if (await isResumableRun(run.path)) runs.push(run);
+  if (runs.length === 0) {
+    throw new CliError(
+      marker?.status === 'complete'
+        ? `${directory} is a finished run; there is nothing to resume.`
+        : `No stopped lora training run to resume in or beside ${directory}.`,
+      { exitCode: 2 },
+    );
+  }
+  runs.sort((a, b) => b.marker.created.localeCompare(a.marker.created));
+  return runs[0]!.path;
+}
+
+async function runSelect(options: SelectCommandOptions, command: Command, context: ProgramContext, runAfter: boolean): Promise<void> {
+  // With --json, stdout carries exactly one JSON document; everything for people goes to stderr.
+  const io: SelectorIo = options.json ? { ...context, stdout: context.stderr } : context;
+  const given = (key: string) => command.getOptionValueSource(key) === 'cli' || command.getOptionValueSource(key) === 'env';
+  const loader = context.loader ?? importPackage;
+  if (options.resume !== undefined) {
+    const allowed = new Set(['resume', 'json']);
+    const extra = command.options.map((option) => option.attributeName()).filter((key) => given(key) && !allowed.has(key));
+    if (extra.length > 0) throw new CliError(`--resume continues a run with its own settings; drop ${extra.map((key) => `--${key.replace(/[A-Z]/gu, (c) => `-${c.toLowerCase()}`)}`).join(', ')}.`, { exitCode: 2 });
+    const staging = await resolveResume(options.resume);
+    const settings = await readRunSettings(staging);
+    const backend = await startBackend(loader);
+    io.stdout.write(`backend: ${backend.description}\n`);
+    io.stdout.write(`resuming ${staging} from step ${settings.checkpointStep ?? 0}/${settings.steps}\n`);
+    const type = await modelType(settings.modelDirectory ?? bundledBaseDirectory());
+    const recipe = recipeFor(settings.variant as Parameters<typeof recipeFor>[0], {
+      targetModules: TARGETS_BY_MODEL_TYPE[type] ?? ['q_proj', 'v_proj'],
+      fanInFanOut: type === 'gpt2',
+      steps: settings.steps,
+      taskType: 'CAUSAL_LM',
+    });
+    const registry = await registryForRecipe(recipe, loader, { seed: settings.seed });
+    const report = await withSignals((signal) =>
+      runTraining({ ...settings, outDirectory: settings.outDirectory, recipe, registry, backend: backend.description, resumeFrom: staging, signal }, io),
+    );
+    finishTraining(report, settings.outDirectory, options, context, io, null);
+    return;
+  }
   const config: SelectorConfig | undefined = options.config ? await readSelectorConfig(options.config) : undefined;
   const budgetText = options.memoryBudget ?? (config?.memoryBudget === undefined ? undefined : String(config.memoryBudget));
   const memoryBudgetBytes = budgetText === undefined ? null : parseByteSize(budgetText);
   if (budgetText !== undefined && memoryBudgetBytes === null) {
     throw new CliError(`--memory-budget must be bytes or a size like 6GiB / 512MB, got "${budgetText}".`, { exitCode: 2 });
   }
+  // The backend comes first: it is what the memory and compute answers below are measured on.
+  const backend = await startBackend(loader);
+  io.stdout.write(`backend: ${backend.description}\n`);
   const modelDirectory = options.model ?? config?.model ?? null;
   const directory = modelDirectory ?? bundledBaseDirectory();
   const type = await modelType(directory);
-  const backend = await startBackend(context.loader ?? importPackage);
-  const steps = options.steps === 300 && config?.steps ? config.steps : options.steps;
+  // Flags win over the config file: a flag given on the command line, even at its default value.
+  const steps = !given('steps') && config?.steps !== undefined ? config.steps : options.steps;
   const { result, recipe, decision } = await select(
     {
       memory: options.memory,
@@ -143,37 +233,57 @@ async function runSelect(options: SelectCommandOptions, context: ProgramContext,
       fanInFanOut: type === 'gpt2',
       loader: context.loader,
     },
-    context,
+    io,
   );
   if (options.json && !runAfter) context.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-  else context.stdout.write(`${formatSelection(result, decision)}\n\n`);
+  else io.stdout.write(`${formatSelection(result, decision)}\n\n`);
   if (!runAfter) return;
   assertInstalled(result);
-  const registry = await registryForRecipe(recipe, context.loader ?? importPackage);
-  const report = await runTraining(
-    {
-      modelDirectory,
-      dataFile: options.data ?? config?.data ?? null,
-      outDirectory: options.out ?? config?.out ?? path.join('lora-runs', result.variant),
-      overwrite: options.overwrite,
-      steps,
-      batchSize: options.batchSize,
-      contextLength: options.context,
-      learningRate: options.learningRate,
-      seed: options.seed,
-      samplePrompt: options.prompt,
-      recipe,
-      registry,
-      decision,
-      backend: backend.description,
-    },
-    context,
+  const registry = await registryForRecipe(recipe, loader, { seed: options.seed });
+  const outDirectory = options.out ?? config?.out ?? path.join('lora-runs', result.variant);
+  const report = await withSignals((signal) =>
+    runTraining(
+      {
+        modelDirectory,
+        dataFile: options.data ?? config?.data ?? null,
+        outDirectory,
+        // The default directory is lora's own: re-running replaces the previous run there.
+        overwrite: options.overwrite || (options.out === undefined && config?.out === undefined),
+        steps,
+        batchSize: options.batchSize,
+        contextLength: options.context,
+        learningRate: options.learningRate,
+        seed: options.seed,
+        checkpointEvery: options.checkpointEvery,
+        samplePrompt: options.prompt,
+        recipe,
+        registry,
+        decision,
+        backend: backend.description,
+        signal,
+      },
+      io,
+    ),
   );
+  finishTraining(report, outDirectory, options, context, io, result);
+}
+
+function finishTraining(
+  report: Awaited<ReturnType<typeof runTraining>>,
+  outDirectory: string,
+  options: SelectCommandOptions,
+  context: ProgramContext,
+  io: SelectorIo,
+  selection: object | null,
+): void {
   const change = ((report.after.validationPerplexity / report.before.validationPerplexity - 1) * 100).toFixed(1);
-  context.stdout.write(
+  io.stdout.write(
     `Validation perplexity ${report.before.validationPerplexity.toFixed(3)} → ${report.after.validationPerplexity.toFixed(3)} (${change}%) with ${report.variant} in ${report.seconds.toFixed(0)} s.\n`,
   );
-  if (options.json) context.stdout.write(`${JSON.stringify({ ...result, report: { before: report.before, after: report.after } })}\n`);
+  if (options.json) {
+    const out = path.resolve(outDirectory);
+    context.stdout.write(`${JSON.stringify({ ...(selection ?? { variant: report.variant }), out, adapter: path.join(out, 'adapter'), report: { before: report.before, after: report.after, resumedFromStep: report.resumedFromStep } })}\n`);
+  }
 }
 
 /** Build the `lora` command set. */
@@ -182,26 +292,28 @@ export function buildProgram(context: ProgramContext): Command {
     .description('Choose a LoRA variant with the variant guide\'s flowchart, compose its plugins and fine-tune; plus model and adapter tools.')
     .showHelpAfterError('(run with --help for usage)')
     .configureOutput({ writeOut: (text) => context.stdout.write(text), writeErr: (text) => context.stderr.write(text) })
+    .version(`lora ${cliVersion()}`, '-V, --version', 'print the version')
     .exitOverride();
 
   addSelectOptions(program.command('select').description('walk the variant flowchart and print the recommended recipe'))
     .option('--run', 'then fine-tune with the recipe (same as lora train)')
-    .action(async (options: SelectCommandOptions & { run?: boolean }) => runSelect(options, context, options.run ?? false));
+    .action(async (options: SelectCommandOptions & { run?: boolean }, command: Command) => runSelect(options, command, context, options.run ?? false));
 
-  addSelectOptions(program.command('train').description('select a variant, compose its plugins and fine-tune (the out-of-the-box run)')).action(
-    async (options: SelectCommandOptions) => runSelect(options, context, true),
-  );
+  addSelectOptions(program.command('train').description('select a variant, compose its plugins and fine-tune (the out-of-the-box run)'))
+    .option('--resume <run-dir>', 'continue a stopped run (its --out, or the directory the stop message names) with its own settings')
+    .action(async (options: SelectCommandOptions, command: Command) => runSelect(options, command, context, true));
 
   program
     .command('forward')
     .description('run a model (with optional adapters and 4-bit base) on token ids and write the logits')
-    .requiredOption('--model <dir>', 'Hugging Face model directory')
+    .requiredOption('--model <dir>', '(required) Hugging Face model directory')
     .option('--adapter <dir>', 'PEFT adapter directory (repeatable; all are applied)', (value: string, previous: string[]) => [...previous, value], [] as string[])
     .addOption(new Option('--quantize <type>', 'quantize the base to 4 bits first').choices(['nf4', 'fp4']))
-    .requiredOption('--input <in.json>', '{"input_ids": [[…]], "attention_mask": [[…]], "token_type_ids": [[…]]}')
-    .requiredOption('--out <out.json>', 'where to write {"logits": […]}')
+    .requiredOption('--input <in.json>', '(required) {"input_ids": [[…]], "attention_mask": [[…]], "token_type_ids": [[…]], "adapter_inputs": {…}}')
+    .requiredOption('--out <out.json>', '(required) where to write {"logits": […]}')
+    .option('--allow-non-finite', ALLOW_NON_FINITE)
     .addOption(pluginOption())
-    .action(async (options: { model: string; adapter: string[]; quantize?: 'nf4' | 'fp4'; input: string; out: string; plugin: string[] }) => {
+    .action(async (options: { model: string; adapter: string[]; quantize?: 'nf4' | 'fp4'; input: string; out: string; allowNonFinite?: boolean; plugin: string[] }) => {
       const input = await readForwardInput(options.input);
       await initRuntime();
       const { model } = await loadModelWithAdapters({
@@ -209,13 +321,17 @@ export function buildProgram(context: ProgramContext): Command {
         adapterDirectories: options.adapter,
         quantize: options.quantize,
         loader: context.loader,
+        allowNonFinite: options.allowNonFinite,
         pluginPackages: options.plugin,
       });
       try {
         model.eval();
         const logits = forwardLogits(model, input);
         const values = logits.arraySync();
+        const finite = logits.dataSync().every(Number.isFinite);
         logits.dispose();
+        // JSON has no NaN: they would be written as null. Only with --allow-non-finite, and then said.
+        if (!finite && !options.allowNonFinite) throw new CliError('The logits are not finite (NaN or Infinity); nothing was written. Check the model and adapter weights.');
         await writeJsonAtomic(options.out, { logits: values });
         context.stdout.write(`wrote logits ${JSON.stringify(logits.shape)} to ${options.out}\n`);
       } finally {
@@ -226,22 +342,24 @@ export function buildProgram(context: ProgramContext): Command {
   program
     .command('merge')
     .description('merge an adapter into its base model and write a plain Hugging Face checkpoint')
-    .requiredOption('--model <dir>', 'Hugging Face model directory')
-    .requiredOption('--adapter <dir>', 'PEFT adapter directory')
-    .requiredOption('--out <dir>', 'output model directory')
-    .option('--overwrite', 'replace a non-empty output directory')
+    .requiredOption('--model <dir>', '(required) Hugging Face model directory')
+    .requiredOption('--adapter <dir>', '(required) PEFT adapter directory')
+    .requiredOption('--out <dir>', '(required) output model directory')
+    .option('--overwrite', 'replace an output directory an earlier lora command wrote (never one with other files)')
+    .option('--allow-non-finite', ALLOW_NON_FINITE)
     .addOption(pluginOption())
-    .action(async (options: { model: string; adapter: string; out: string; overwrite?: boolean; plugin: string[] }) => {
+    .action(async (options: { model: string; adapter: string; out: string; overwrite?: boolean; allowNonFinite?: boolean; plugin: string[] }) => {
       await initRuntime();
       const { model, adapterModel } = await loadModelWithAdapters({
         modelDirectory: options.model,
         adapterDirectories: [options.adapter],
         loader: context.loader,
+        allowNonFinite: options.allowNonFinite,
         pluginPackages: options.plugin,
       });
       try {
         const merged = adapterModel!.mergeAndUnload();
-        await writeDirectoryAtomically(options.out, (staging) => savePretrained(merged, staging), { overwrite: options.overwrite });
+        await writeDirectoryAtomically(options.out, (staging) => savePretrained(merged, staging), { overwrite: options.overwrite, kind: 'merge' });
         context.stdout.write(`wrote the merged model to ${path.resolve(options.out)}\n`);
       } finally {
         model.dispose();
@@ -251,12 +369,12 @@ export function buildProgram(context: ProgramContext): Command {
   program
     .command('quantize')
     .description('write a 4-bit (bitsandbytes layout) checkpoint of a model')
-    .requiredOption('--model <dir>', 'Hugging Face model directory')
-    .requiredOption('--out <dir>', 'output model directory')
+    .requiredOption('--model <dir>', '(required) Hugging Face model directory')
+    .requiredOption('--out <dir>', '(required) output model directory')
     .addOption(new Option('--type <type>', '4-bit code').choices(['nf4', 'fp4']).default('nf4'))
     .option('--double-quant', 'also quantize the absmax constants (≈4.127 bits per weight)')
     .option('--block-size <n>', 'elements per absmax block', positiveInteger('--block-size'), 64)
-    .option('--overwrite', 'replace a non-empty output directory')
+    .option('--overwrite', 'replace an output directory an earlier lora command wrote (never one with other files)')
     .action(async (options: { model: string; out: string; type: 'nf4' | 'fp4'; doubleQuant?: boolean; blockSize: number; overwrite?: boolean }) => {
       const loader = context.loader ?? importPackage;
       const quantPackageName = recipePackageFor('quant')!;
@@ -274,7 +392,7 @@ export function buildProgram(context: ProgramContext): Command {
         await writeDirectoryAtomically(
           options.out,
           (staging) => (save as (m: unknown, d: string, o: unknown) => Promise<void>)(model, staging, { type: options.type, doubleQuant: options.doubleQuant ?? false, blockSize: options.blockSize }),
-          { overwrite: options.overwrite },
+          { overwrite: options.overwrite, kind: 'quantize' },
         );
         context.stdout.write(`wrote the ${options.type} checkpoint to ${path.resolve(options.out)}\n`);
       } finally {
@@ -291,7 +409,7 @@ export function buildProgram(context: ProgramContext): Command {
       try {
         cudaBackend = (await loader('@lora/cuda-backend')) as Record<string, unknown>;
       } catch {
-        throw new CliError('lora doctor needs @lora/cuda-backend, which is not installed. Install it with: pnpm add @lora/cuda-backend');
+        throw new MissingPackageError('@lora/cuda-backend', 'lora doctor');
       }
       const report = await (cudaBackend['useBestBackend'] as () => Promise<unknown>)();
       context.stdout.write(`${(cudaBackend['formatBackendReport'] as (r: unknown) => string)(report)}\n`);
@@ -313,18 +431,25 @@ export function buildProgram(context: ProgramContext): Command {
     .description('generate text from a causal language model (with an optional adapter)')
     .option('--model <dir>', 'Hugging Face model directory (default: the bundled base)')
     .option('--adapter <dir>', 'PEFT adapter directory (repeatable)', (value: string, previous: string[]) => [...previous, value], [] as string[])
-    .requiredOption('--prompt <text>', 'prompt text')
+    .requiredOption('--prompt <text>', '(required) prompt text')
     .option('--max-new-tokens <n>', 'tokens to generate', positiveInteger('--max-new-tokens'), 80)
     .option('--greedy', 'greedy decoding instead of sampling')
     .option('--temperature <t>', 'sampling temperature', positiveNumber('--temperature'), 0.8)
-    .option('--top-k <k>', 'sample among the k most likely tokens', (v) => Number.parseInt(v, 10), 20)
-    .option('--top-p <p>', 'nucleus sampling mass', positiveNumber('--top-p'), 1)
-    .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10), 0)
+    .option('--top-k <k>', 'sample among the k most likely tokens', positiveInteger('--top-k'), 20)
+    .option('--top-p <p>', 'nucleus sampling mass', positiveNumber('--top-p', { max: 1 }), 1)
+    .option('--seed <n>', 'sampling seed', seedOption(), 0)
+    .option('--allow-non-finite', ALLOW_NON_FINITE)
     .addOption(pluginOption())
-    .action(async (options: { model?: string; adapter: string[]; prompt: string; maxNewTokens: number; greedy?: boolean; temperature: number; topK: number; topP: number; seed: number; plugin: string[] }) => {
+    .action(async (options: { model?: string; adapter: string[]; prompt: string; maxNewTokens: number; greedy?: boolean; temperature: number; topK: number; topP: number; seed: number; allowNonFinite?: boolean; plugin: string[] }) => {
       await initRuntime();
       const directory = options.model ?? bundledBaseDirectory();
-      const { model } = await loadModelWithAdapters({ modelDirectory: directory, adapterDirectories: options.adapter, loader: context.loader, pluginPackages: options.plugin });
+      const { model } = await loadModelWithAdapters({
+        modelDirectory: directory,
+        adapterDirectories: options.adapter,
+        loader: context.loader,
+        allowNonFinite: options.allowNonFinite,
+        pluginPackages: options.plugin,
+      });
       try {
         if (!(model instanceof CausalLanguageModel)) throw new CliError(`lora generate needs a causal language model; ${directory} holds a ${model.architecture}.`, { exitCode: 2 });
         const tokenizer = await loadTokenizer(directory).catch(() => new ByteTokenizer());
@@ -348,22 +473,32 @@ export function buildProgram(context: ProgramContext): Command {
 
 /**
  * Run the CLI with `argv` (without `node` and the script) and return the exit code: 0 on success,
- * 2 for usage errors, 1 for other failures. Errors print as one line, without a stack trace
- * (set LORA_DEBUG=1 for the stack).
+ * 2 for usage and input errors, 1 for other failures, 130/143 after Ctrl-C/SIGTERM. Errors print as
+ * one line on stderr, without a stack trace (set LORA_DEBUG=1 for the stack); with `--json`,
+ * stdout also gets `{"error": {"message", "exitCode"}}`, so it always holds one JSON document.
  */
 export async function runCli(argv: readonly string[], context: ProgramContext): Promise<number> {
   const program = buildProgram(context);
+  const json = argv.includes('--json');
+  const fail = (message: string, exitCode: number): number => {
+    // --json promises one JSON document on stdout whatever happens.
+    if (json) context.stdout.write(`${JSON.stringify({ error: { message, exitCode } })}\n`);
+    return exitCode;
+  };
   try {
     await program.parseAsync([...argv], { from: 'user' });
     return 0;
   } catch (error) {
     if (error instanceof CommanderError) {
-      // Commander already printed the message (or the help).
-      return error.exitCode === 0 || error.code === 'commander.helpDisplayed' || error.code === 'commander.version' ? 0 : 2;
+      // Commander already printed the message (or the help, or the version).
+      if (error.exitCode === 0 || error.code === 'commander.helpDisplayed' || error.code === 'commander.version') return 0;
+      return fail(error.message.replace(/^error: /u, ''), 2);
     }
-    const message = error instanceof Error ? error.message.replace(/^\[[^\]]+\]\s*/u, '') : String(error);
-    context.stderr.write(`lora: ${message.split('\n')[0]}\n`);
+    const message = (error instanceof Error ? error.message.replace(/^\[[^\]]+\]\s*/u, '') : String(error)).split('\n')[0]!;
+    context.stderr.write(`lora: ${message}\n`);
     if (process.env['LORA_DEBUG'] && error instanceof Error && error.stack) context.stderr.write(`${error.stack}\n`);
-    return error instanceof CliError ? error.exitCode : 1;
+    // Bad input the library recognised (a malformed file, a bad config) is a usage/input error.
+    const exitCode = error instanceof CliError ? error.exitCode : error instanceof LoraError && !(error.name === 'TrainingError') ? 2 : 1;
+    return fail(message, exitCode);
   }
 }

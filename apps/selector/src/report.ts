@@ -11,9 +11,13 @@ export interface TrainingReport {
   readonly batchSize: number;
   readonly contextLength: number;
   readonly trainableParameters: string;
-  readonly before: { readonly validationLoss: number; readonly validationPerplexity: number };
-  readonly after: { readonly validationLoss: number; readonly validationPerplexity: number };
+  /** Validation measured the same way before and after training (same tokens, windows and model, adapter included). */
+  readonly before: { readonly validationLoss: number; readonly validationPerplexity: number; readonly tokens: number };
+  readonly after: { readonly validationLoss: number; readonly validationPerplexity: number; readonly tokens: number };
+  /** Training loss of each step run by the process that finished the run. */
   readonly losses: readonly number[];
+  /** The checkpoint step a resumed run continued from (0 when run in one go). */
+  readonly resumedFromStep: number;
   readonly tokensPerSecond: number;
   readonly seconds: number;
   readonly samples: { readonly prompt: string; readonly before: string; readonly after: string } | null;

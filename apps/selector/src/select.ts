@@ -7,6 +7,7 @@ import { checkInstalled, importPackage, registryForRecipe, type PackageLoader } 
 import { recipeFor, type VariantRecipe } from './recipe.js';
 import { camelToSnake } from '@lora/core/internal';
 import { CliError, MissingPackageError } from './errors.js';
+import { installCommand } from './package-manager.js';
 
 /** Streams the selector talks through (injectable for tests). */
 export interface SelectorIo {
@@ -122,7 +123,7 @@ export async function select(options: SelectOptions, io: SelectorIo): Promise<{ 
       transforms: recipe.transforms,
       packages: ['@lora/core', ...recipe.packages],
       missingPackages: missing,
-      installCommand: missing.length > 0 ? `pnpm add ${missing.join(' ')}` : null,
+      installCommand: missing.length > 0 ? installCommand(missing) : null,
       config,
       summary: recipe.summary,
     },
@@ -146,7 +147,10 @@ export function formatSelection(result: SelectResult, decision: Decision): strin
   lines.push(`Recommended: ${variantName(result.variant)} — ${result.recipe.summary}.`);
   lines.push(`Recipe: adapter "${result.recipe.adapter}"${result.recipe.transforms.length ? ` + base transform ${result.recipe.transforms.map((t) => `"${t}"`).join(', ')}` : ''}; packages ${result.recipe.packages.join(', ')}.`);
   lines.push('Config (PEFT JSON):', JSON.stringify(result.recipe.config, null, 2));
-  if (result.recipe.installCommand) lines.push('', `Missing package${result.recipe.missingPackages.length > 1 ? 's' : ''}: ${result.recipe.missingPackages.join(', ')}. Install with: ${result.recipe.installCommand}`);
+  if (result.recipe.missingPackages.length > 0) {
+    const missing = `Missing package${result.recipe.missingPackages.length > 1 ? 's' : ''}: ${result.recipe.missingPackages.join(', ')}.`;
+    lines.push('', result.recipe.installCommand ? `${missing} Install with: ${result.recipe.installCommand}` : `${missing} Not published yet: choose another variant.`);
+  }
   return lines.join('\n');
 }
 

@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { SingleBar } from 'cli-progress';
-import { AdapterModel, causalLmLoss, saveAdapter, train, writeFileAtomic, writeJsonAtomic, type LoraRegistry } from '@lora/core';
+import { AdapterModel, causalLmLoss, readCheckpointStep, saveAdapter, train, TrainingError, writeFileAtomic, writeJsonAtomic, type LoraRegistry } from '@lora/core';
+import { deriveSeed, faultPoint } from '@lora/core/internal';
 import {
   ByteTokenizer,
   CausalLanguageModel,
@@ -15,7 +16,18 @@ import {
 import { CliError } from './errors.js';
 import type { Decision } from './flowchart.js';
 import { loadTokenData, windows } from './data.js';
-import { loadModelDirectory, writeDirectoryAtomically } from './model-io.js';
+import { loadModelDirectory } from './model-io.js';
+import {
+  adoptStaging,
+  assertWritableOutput,
+  cleanUpStale,
+  commitStaging,
+  createStaging,
+  forgetStaging,
+  readMarker,
+  releaseStaging,
+  resumableRuns,
+} from './output-dir.js';
 import type { VariantRecipe } from './recipe.js';
 import { markdownReport, type TrainingReport } from './report.js';
 import type { SelectorIo } from './select.js';
@@ -27,13 +39,15 @@ export interface TrainRunOptions {
   /** JSONL file with a `text` field per line, or null for the built-in corpus. */
   readonly dataFile: string | null;
   readonly outDirectory: string;
-  /** Replace an existing non-empty output directory (default false). */
+  /** Replace an existing output directory that lora wrote (default false). Others are never replaced. */
   readonly overwrite?: boolean;
   readonly steps: number;
   readonly batchSize: number;
   readonly contextLength: number;
   readonly learningRate: number;
   readonly seed: number;
+  /** Checkpoint every this many steps (default: every 10% of the run). */
+  readonly checkpointEvery?: number;
   /** Validation tokens evaluated before and after (default 8192). */
   readonly validationTokens?: number;
   /** Prompt for the before/after samples (language models). */
@@ -42,17 +56,100 @@ export interface TrainRunOptions {
   readonly registry: LoraRegistry;
   readonly decision: Decision;
   readonly backend: string;
+  /** Continue the stopped run in this staging directory (`lora train --resume`). */
+  readonly resumeFrom?: string;
+  /** Stops training at the next step (Ctrl-C / SIGTERM), keeping a checkpoint. */
+  readonly signal?: AbortSignal;
 }
 
-async function directoryState(directory: string): Promise<'missing' | 'empty' | 'full'> {
+/** The settings of a run, kept in its directory so `--resume` continues it exactly. */
+export interface SavedRunSettings {
+  readonly version: 1;
+  readonly variant: string;
+  readonly modelDirectory: string | null;
+  readonly dataFile: string | null;
+  readonly outDirectory: string;
+  readonly steps: number;
+  readonly batchSize: number;
+  readonly contextLength: number;
+  readonly learningRate: number;
+  readonly seed: number;
+  readonly checkpointEvery: number;
+  readonly samplePrompt: string;
+  readonly decision: Decision;
+}
+
+/** File of a run directory holding {@link SavedRunSettings}. */
+export const RUN_SETTINGS_NAME = 'run.json';
+const CHECKPOINT_DIRECTORY = 'checkpoint';
+
+/** Exit code after Ctrl-C (SIGINT) and SIGTERM, as shells report a process those signals ended. */
+export const SIGNAL_EXIT_CODES: Readonly<Record<string, number>> = { SIGINT: 130, SIGTERM: 143 };
+
+/**
+ * Whether a stopped run's directory can be resumed: it has its settings (a run killed before its
+ * first checkpoint resumes from step 0, which gives the same result: everything is seeded) and any
+ * checkpoint in it is readable.
+ */
+export async function isResumableRun(directory: string): Promise<boolean> {
   try {
-    const entries = await fs.readdir(directory);
-    return entries.length === 0 ? 'empty' : 'full';
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
-    if ((error as NodeJS.ErrnoException).code === 'ENOTDIR') throw new CliError(`Output path ${directory} is a file, not a directory.`, { exitCode: 2 });
-    throw error;
+    await fs.access(path.join(directory, RUN_SETTINGS_NAME));
+    await readCheckpointStep(path.join(directory, CHECKPOINT_DIRECTORY));
+    return true;
+  } catch {
+    return false;
   }
+}
+
+/** Read a stopped run's settings. @throws {CliError} exit 2 when the directory is not a resumable run. */
+export async function readRunSettings(directory: string): Promise<SavedRunSettings & { checkpointStep: number | null }> {
+  let settings: SavedRunSettings;
+  try {
+    settings = JSON.parse(await fs.readFile(path.join(directory, RUN_SETTINGS_NAME), 'utf8')) as SavedRunSettings;
+  } catch {
+    throw new CliError(`${directory} is not a lora training run (no readable ${RUN_SETTINGS_NAME}).`, { exitCode: 2 });
+  }
+  let checkpointStep: number | null;
+  try {
+    checkpointStep = await readCheckpointStep(path.join(directory, CHECKPOINT_DIRECTORY));
+  } catch (error) {
+    throw new CliError(`The checkpoint in ${directory} cannot be read: ${(error as Error).message.replace(/^\[[^\]]+\]\s*/u, '')}`, { exitCode: 2 });
+  }
+  return { ...settings, checkpointStep };
+}
+
+/**
+ * Seeded training batches: every epoch visits the windows in its own order, fixed by the seed and
+ * the epoch, so batch `i` is the same in a resumed run.
+ */
+export function shuffledBatches(windowsList: readonly number[][], batchSize: number, seed: number): { length: number; get(index: number): number[][] } {
+  const perEpoch = Math.floor(windowsList.length / batchSize);
+  const orders = new Map<number, number[]>();
+  const orderOf = (epoch: number): number[] => {
+    let order = orders.get(epoch);
+    if (!order) {
+      order = windowsList.map((_, i) => i);
+      let state = deriveSeed(seed, 0x5eed, epoch);
+      for (let i = order.length - 1; i > 0; i--) {
+        state = deriveSeed(state, i);
+        const j = state % (i + 1);
+        [order[i], order[j]] = [order[j]!, order[i]!];
+      }
+      if (orders.size > 4) orders.clear();
+      orders.set(epoch, order);
+    }
+    return order;
+  };
+  // `length` is large so the trainer's index never wraps to epoch 0; the epoch comes from the index.
+  return {
+    length: Number.MAX_SAFE_INTEGER,
+    get(index: number) {
+      const epoch = Math.floor(index / perEpoch);
+      const start = (index % perEpoch) * batchSize;
+      const order = orderOf(epoch);
+      return order.slice(start, start + batchSize).map((i) => windowsList[i]!);
+    },
+  };
 }
 
 /** Load a causal LM and its tokenizer from a directory, or the bundled base. */
@@ -110,20 +207,34 @@ function progressReporter(io: SelectorIo, steps: number): { update(step: number,
   };
 }
 
+function oneLine(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).replace(/^\[[^\]]+\]\s*/u, '').split('\n')[0]!;
+}
+
 /**
- * Fine-tune with a recipe: evaluate validation perplexity, train, evaluate again, sample before and
- * after, and save the adapter (PEFT format) with report.json and report.md. Everything is written
- * into a temporary sibling directory that is renamed into place at the end, so a failed run leaves
- * no partial output directory.
+ * Fine-tune with a recipe: evaluate validation loss and perplexity, train, evaluate again the same
+ * way, sample before and after, and save the adapter (PEFT format) with report.json and report.md.
+ *
+ * The run lives in a staging directory beside `--out` (with its settings and a checkpoint every
+ * `checkpointEvery` steps) until it is complete; then it replaces `--out` (see
+ * {@link commitStaging}). Stopped by a signal, it keeps a checkpoint there and says how to resume;
+ * diverged, it keeps the last good adapter there and exits non-zero. Nothing is ever written over
+ * a directory lora did not create.
  */
 export async function runTraining(options: TrainRunOptions, io: SelectorIo): Promise<TrainingReport> {
   const out = path.resolve(options.outDirectory);
-  const state = await directoryState(out);
-  if (state === 'full' && !options.overwrite) {
-    throw new CliError(`Output directory ${out} exists and is not empty; pass --overwrite or choose another --out.`, { exitCode: 2 });
+  const checkpointEvery = options.checkpointEvery ?? Math.max(1, Math.round(options.steps / 10));
+  if (!options.resumeFrom) {
+    for (const note of await cleanUpStale(out, { isResumable: isResumableRun })) io.stdout.write(`lora: ${note}\n`);
+    for (const run of await resumableRuns(out)) {
+      if (await isResumableRun(run.path)) io.stdout.write(`lora: an earlier run for ${out} stopped (${run.marker.status}); continue it with: lora train --resume ${run.path}\n`);
+    }
+    await assertWritableOutput(out, { overwrite: options.overwrite });
   }
   const { model, tokenizer, name } = await loadLanguageModel(options.modelDirectory);
   let adapterModel: AdapterModel<CausalLanguageModel> | null = null;
+  let staging: string | null = null;
+  let keep = false;
   try {
     const data = await loadTokenData(options.dataFile, tokenizer, {
       maxTrainTokens: Math.max(options.steps * options.batchSize * options.contextLength, options.batchSize * options.contextLength),
@@ -140,23 +251,45 @@ export async function runTraining(options: TrainRunOptions, io: SelectorIo): Pro
     if (data.validationIds.length < options.contextLength) {
       throw new CliError(`The validation split has ${data.validationIds.length} tokens, fewer than one window of ${options.contextLength}. Add data.`, { exitCode: 2 });
     }
-    const batches: number[][][] = [];
-    for (let start = 0; start + options.batchSize <= trainWindows.length; start += options.batchSize) {
-      batches.push(trainWindows.slice(start, start + options.batchSize));
+    const batches = shuffledBatches(trainWindows, options.batchSize, options.seed);
+
+    if (options.resumeFrom) {
+      staging = options.resumeFrom;
+      await adoptStaging(staging);
+    } else {
+      staging = await createStaging(out, 'train');
+      const settings: SavedRunSettings = {
+        version: 1,
+        variant: options.recipe.variant,
+        modelDirectory: options.modelDirectory === null ? null : path.resolve(options.modelDirectory),
+        dataFile: options.dataFile === null ? null : path.resolve(options.dataFile),
+        outDirectory: out,
+        steps: options.steps,
+        batchSize: options.batchSize,
+        contextLength: options.contextLength,
+        learningRate: options.learningRate,
+        seed: options.seed,
+        checkpointEvery,
+        samplePrompt: options.samplePrompt,
+        decision: options.decision,
+      };
+      await writeJsonAtomic(path.join(staging, RUN_SETTINGS_NAME), settings);
     }
 
-    model.eval();
-    const evaluate = () => evaluatePerplexity(model, data.validationIds, { contextLength: options.contextLength, batchSize: options.batchSize });
-    const before = evaluate();
-    io.stdout.write(`validation before: loss ${before.loss.toFixed(4)}, perplexity ${before.perplexity.toFixed(3)} (${before.tokens} tokens)\n`);
-    const sampleBefore = sample(model, tokenizer, options.samplePrompt, options.seed);
-
+    // The adapter (and a base transform such as QLoRA's 4-bit weights) is in place before the first
+    // evaluation, so "before" and "after" measure the same model the same way; a fresh adapter is
+    // the identity (B = 0).
     adapterModel = AdapterModel.create(model, {
       registry: options.registry,
       plugin: options.recipe.adapter,
       config: options.recipe.options,
       transforms: options.recipe.transforms,
     });
+    model.eval();
+    const evaluate = () => evaluatePerplexity(model, data.validationIds, { contextLength: options.contextLength, batchSize: options.batchSize });
+    const before = evaluate();
+    io.stdout.write(`validation before: loss ${before.loss.toFixed(4)}, perplexity ${before.perplexity.toFixed(3)} (${before.tokens} tokens)\n`);
+    const sampleBefore = sample(model, tokenizer, options.samplePrompt, options.seed);
     const parameters = adapterModel.trainableParameters().line;
     io.stdout.write(`${parameters}\n`);
     const progress = progressReporter(io, options.steps);
@@ -178,9 +311,38 @@ export async function runTraining(options: TrainRunOptions, io: SelectorIo): Pro
         schedule: 'cosine',
         hooks: adapterModel.trainingHooks(),
         tokensPerBatch: options.batchSize * options.contextLength,
+        checkpoint: { directory: path.join(staging, CHECKPOINT_DIRECTORY), every: checkpointEvery },
+        resume: true,
+        seed: options.seed,
+        signal: options.signal,
         onProgress: (event) => {
           if (event.kind === 'step') progress.update(event.step, event.loss, event.tokensPerSecond, event.etaMs);
         },
+      });
+    } catch (error) {
+      if (!(error instanceof TrainingError) || error.reason === 'options') throw error;
+      progress.stop();
+      keep = true;
+      if (error.reason === 'interrupted') {
+        const exitCode = SIGNAL_EXIT_CODES[String(options.signal?.reason ?? 'SIGINT')] ?? 130;
+        if (error.checkpointStep === null) {
+          // Nothing worth resuming.
+          forgetStaging(await readMarker(staging));
+          await removeTree(staging);
+          throw new CliError(`Interrupted before the first checkpoint; nothing was kept and ${out} was not written.`, { exitCode });
+        }
+        await releaseStaging(staging, 'interrupted');
+        throw new CliError(
+          `Interrupted at step ${error.checkpointStep}/${options.steps}; kept the checkpoint of step ${error.checkpointStep} in ${staging}. Resume with: lora train --resume ${staging}`,
+          { exitCode },
+        );
+      }
+      // Diverged: the model holds the last good state; keep it as an adapter beside the checkpoint.
+      await saveAdapter(adapterModel, path.join(staging, 'adapter'));
+      await releaseStaging(staging, 'diverged');
+      throw new CliError(`${oneLine(error)} Kept that adapter in ${path.join(staging, 'adapter')}; ${out} was not written. Try a lower --learning-rate.`, {
+        exitCode: 1,
+        cause: error,
       });
     } finally {
       progress.stop();
@@ -188,7 +350,15 @@ export async function runTraining(options: TrainRunOptions, io: SelectorIo): Pro
     const seconds = (Date.now() - started) / 1000;
     model.eval();
     const after = evaluate();
-    io.stdout.write(`validation after:  loss ${after.loss.toFixed(4)}, perplexity ${after.perplexity.toFixed(3)}\n`);
+    io.stdout.write(`validation after:  loss ${after.loss.toFixed(4)}, perplexity ${after.perplexity.toFixed(3)} (${after.tokens} tokens)\n`);
+    if (!Number.isFinite(after.loss)) {
+      keep = true;
+      await saveAdapter(adapterModel, path.join(staging, 'adapter'));
+      await releaseStaging(staging, 'diverged');
+      throw new CliError(
+        `The validation loss after training is ${after.loss}: the run diverged. Kept the adapter in ${path.join(staging, 'adapter')}; ${out} was not written. Try a lower --learning-rate.`,
+      );
+    }
     const sampleAfter = sample(model, tokenizer, options.samplePrompt, options.seed);
 
     const report: TrainingReport = {
@@ -201,30 +371,49 @@ export async function runTraining(options: TrainRunOptions, io: SelectorIo): Pro
       batchSize: options.batchSize,
       contextLength: options.contextLength,
       trainableParameters: parameters,
-      before: { validationLoss: before.loss, validationPerplexity: before.perplexity },
-      after: { validationLoss: after.loss, validationPerplexity: after.perplexity },
+      before: { validationLoss: before.loss, validationPerplexity: before.perplexity, tokens: before.tokens },
+      after: { validationLoss: after.loss, validationPerplexity: after.perplexity, tokens: after.tokens },
       losses: result.losses,
-      tokensPerSecond: (options.steps * options.batchSize * options.contextLength) / seconds,
+      resumedFromStep: result.startStep,
+      tokensPerSecond: ((options.steps - result.startStep) * options.batchSize * options.contextLength) / seconds,
       seconds,
       samples: { prompt: options.samplePrompt, before: sampleBefore, after: sampleAfter },
       path: options.decision.path.map((step) => ({ question: step.text, answer: step.answer, source: step.source, detail: step.detail })),
     };
 
-    // Checked for emptiness above; the helper writes a sibling directory and renames it into place.
-    await writeDirectoryAtomically(
-      out,
-      async (staging) => {
-        await saveAdapter(adapterModel!, path.join(staging, 'adapter'));
-        await writeJsonAtomic(path.join(staging, 'report.json'), report);
-        await writeFileAtomic(path.join(staging, 'report.md'), markdownReport(report));
-      },
-      { overwrite: true },
-    );
+    await saveAdapter(adapterModel, path.join(staging, 'adapter'));
+    await writeJsonAtomic(path.join(staging, 'report.json'), report);
+    await writeFileAtomic(path.join(staging, 'report.md'), markdownReport(report));
+    // The finished run needs no checkpoint; run.json stays as the record of how it was made.
+    await removeTree(path.join(staging, CHECKPOINT_DIRECTORY));
+    await commitStaging(staging, out);
+    staging = null;
+    for (const run of await resumableRuns(out)) {
+      // Superseded by this finished run.
+      await removeTree(run.path);
+      io.stdout.write(`lora: removed ${run.path}, an earlier stopped run superseded by this one\n`);
+    }
     io.stdout.write(`\nSample before (prompt "${options.samplePrompt}"):\n${sampleBefore}\n\nSample after:\n${sampleAfter}\n\n`);
-    io.stdout.write(`Saved the adapter (PEFT format) and report to ${out}\n`);
+    io.stdout.write(`Saved the adapter (PEFT format) to ${path.join(out, 'adapter')} and the report to ${out}\n`);
     return report;
+  } catch (error) {
+    if (staging !== null && !keep) {
+      if (await isResumableRun(staging)) {
+        // A checkpoint is worth keeping: the run can be resumed after the problem is fixed.
+        await releaseStaging(staging, 'interrupted');
+      } else {
+        forgetStaging(await readMarker(staging));
+        await removeTree(staging);
+      }
+    }
+    throw error;
   } finally {
     if (adapterModel) adapterModel.dispose();
     else model.dispose();
   }
+}
+
+async function removeTree(directory: string): Promise<void> {
+  faultPoint('remove', directory);
+  await fs.rm(directory, { recursive: true, force: true });
 }

@@ -110,7 +110,7 @@ describe('lora forward / merge / inspect / generate', () => {
     await writeFile(path.join(corrupt, 'adapter_model.safetensors'), bytes.subarray(0, 100));
     const out = path.join(directory, 'corrupt-merge');
     const result = await run(['merge', '--model', GPT2, '--adapter', corrupt, '--out', out]);
-    expect(result.code).toBe(1);
+    expect(result.code).toBe(2);
     expect(result.stderr.trim().split('\n')).toHaveLength(1);
     expect(result.stderr).toMatch(/Adapter .*corrupt-adapter does not load: Malformed safetensors/u);
     expect((await readdir(directory)).filter((name) => name.startsWith('corrupt-merge'))).toEqual([]);

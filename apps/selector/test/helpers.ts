@@ -9,17 +9,24 @@ export const BERT = path.join(FIXTURES, 'models/bert');
 /** Run the CLI in-process with captured output. */
 export async function run(
   argv: readonly string[],
-  options: Partial<ProgramContext> & { input?: PassThrough; onOutput?: (stdoutSoFar: string) => void } = {},
+  options: Partial<ProgramContext> & { input?: PassThrough; onOutput?: (screenSoFar: string) => void } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const stdout = new PassThrough();
   const stderr = new PassThrough();
   let out = '';
   let err = '';
+  // What a user would see on the terminal: both streams, in order.
+  let screen = '';
   stdout.on('data', (chunk: Buffer) => {
     out += chunk.toString();
-    options.onOutput?.(out);
+    screen += chunk.toString();
+    options.onOutput?.(screen);
   });
-  stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
+  stderr.on('data', (chunk: Buffer) => {
+    err += chunk.toString();
+    screen += chunk.toString();
+    options.onOutput?.(screen);
+  });
   const code = await runCli(argv, {
     stdout,
     stderr,

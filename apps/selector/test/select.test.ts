@@ -86,9 +86,9 @@ describe('lora select', () => {
     });
     expect(answered).toBe(4);
     expect(result.code).toBe(0);
-    expect(result.stdout).toContain('Are memory limitations extreme? (measured: float32 LoRA training needs');
-    const json = result.stdout.slice(result.stdout.lastIndexOf('{\n  "variant"'));
-    const parsed = JSON.parse(json) as { variant: string; path: { source: string; answer: boolean }[] };
+    // With --json the questions go to stderr and stdout holds only the JSON document.
+    expect(result.stderr).toContain('Are memory limitations extreme? (measured: float32 LoRA training needs');
+    const parsed = JSON.parse(result.stdout) as { variant: string; path: { source: string; answer: boolean }[] };
     expect(parsed.variant).toBe('adalora');
     expect(parsed.path.map((s) => s.source)).toEqual(['prompt', 'prompt', 'prompt', 'prompt']);
     expect(parsed.path.map((s) => s.answer)).toEqual([false, false, true, false]);
@@ -100,14 +100,27 @@ describe('lora select', () => {
       error.code = 'ERR_MODULE_NOT_FOUND';
       throw error;
     };
-    const printed = await run(['select', '--model', GPT2, '--memory', 'extreme'], { loader: missing });
-    expect(printed.code).toBe(0);
-    expect(printed.stdout).toContain('Install with: pnpm add @lora/quant');
-    const trained = await run(['train', '--model', GPT2, '--memory', 'extreme', '--out', '/tmp/never-written'], { loader: missing });
-    expect(trained.code).toBe(1);
-    expect(trained.stderr.trim().split('\n')).toHaveLength(1);
-    expect(trained.stderr).toMatch(/^lora: QLoRA \(qlora\) needs @lora\/quant, which is not installed\. Install it with: pnpm add @lora\/quant/u);
-    expect(trained.stderr).not.toMatch(/\bat .*\(/u);
+    const agent = process.env['npm_config_user_agent'];
+    try {
+      // As when run with `pnpm lora …` (outside a workspace root: apps/selector has no pnpm-workspace.yaml).
+      process.env['npm_config_user_agent'] = 'pnpm/9.15.9 npm/? node/v20.19.0 linux x64';
+      const printed = await run(['select', '--model', GPT2, '--memory', 'extreme'], { loader: missing });
+      expect(printed.code).toBe(0);
+      expect(printed.stdout).toContain('Install with: pnpm add @lora/quant');
+      const trained = await run(['train', '--model', GPT2, '--memory', 'extreme', '--out', '/tmp/never-written'], { loader: missing });
+      expect(trained.code).toBe(1);
+      expect(trained.stderr.trim().split('\n')).toHaveLength(1);
+      expect(trained.stderr).toMatch(/^lora: QLoRA \(qlora\) needs @lora\/quant, which is not installed\. Install it with: pnpm add @lora\/quant\n$/u);
+      expect(trained.stderr).not.toMatch(/\bat .*\(/u);
+      process.env['npm_config_user_agent'] = 'yarn/1.22.22 npm/? node/v20.19.0 linux x64';
+      expect((await run(['select', '--model', GPT2, '--memory', 'extreme'], { loader: missing })).stdout).toContain('Install with: yarn add @lora/quant');
+      // HyperLoRA's package exists now: its install command is named like the others'.
+      const hyper = await run(['select', '--model', GPT2, '--memory', 'ample', '--multi-task', '--compute', 'substantial'], { loader: missing });
+      expect(hyper.stdout).toContain('yarn add @lora/hyper');
+    } finally {
+      if (agent === undefined) delete process.env['npm_config_user_agent'];
+      else process.env['npm_config_user_agent'] = agent;
+    }
   });
 
   it('rejects an unknown flag with exit code 2 and one line of error', async () => {

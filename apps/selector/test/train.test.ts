@@ -19,6 +19,8 @@ describe('lora train', () => {
     expect(result.stderr).toBe('');
     expect(result.code).toBe(0);
     expect(result.stdout).toContain('└─▶ LoRA');
+    // The backend, and why, comes first.
+    expect(result.stdout.split('\n')[0]).toMatch(/^backend: \S+.*: /u);
     const report = JSON.parse(await readFile(path.join(out, 'report.json'), 'utf8')) as {
       before: { validationPerplexity: number };
       after: { validationPerplexity: number };
@@ -28,7 +30,7 @@ describe('lora train', () => {
     expect(report.after.validationPerplexity).toBeLessThan(report.before.validationPerplexity);
     expect(report.losses).toHaveLength(60);
     expect(report.samples.after.length).toBeGreaterThan(0);
-    expect((await readdir(out)).sort()).toEqual(['adapter', 'report.json', 'report.md']);
+    expect((await readdir(out)).sort()).toEqual(['.lora-output.json', 'adapter', 'report.json', 'report.md', 'run.json']);
     expect((await readdir(path.join(out, 'adapter'))).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
     const markdown = await readFile(path.join(out, 'report.md'), 'utf8');
     expect(markdown).toContain('## Training loss');

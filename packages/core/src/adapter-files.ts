@@ -4,6 +4,7 @@ import { promises as fs } from 'node:fs';
 import { AdapterLayer } from './adapter-layer.js';
 import { AdapterModel } from './adapter-model.js';
 import { ConfigError } from './errors.js';
+import { checkLoadedTensors } from './finite.js';
 import { readJsonFile, readSafetensorsFile, writeJsonAtomic, writeSafetensorsFile } from './files.js';
 import type { Module } from './module.js';
 import type { PeftConfigJson } from './plugin.js';
@@ -103,6 +104,8 @@ export interface LoadAdapterOptions {
   readonly isTrainable?: boolean;
   /** Make the loaded adapter the active one (default true). */
   readonly activate?: boolean;
+  /** Load weights holding NaN or ±Infinity instead of throwing `NonFiniteTensorError` (default false). */
+  readonly allowNonFinite?: boolean;
 }
 
 /** Read an adapter directory's config. @throws {LoraError} naming the file when missing or malformed. */
@@ -128,6 +131,7 @@ export async function loadAdapter(adapterModel: AdapterModel, directory: string,
   const plugin = adapterModel.registry.adapterForPeftConfig(json);
   const config = plugin.fromPeftJson(json);
   const file = await readSafetensorsFile(path.join(directory, ADAPTER_WEIGHTS_NAME));
+  checkLoadedTensors(file.tensors, { file: path.join(directory, ADAPTER_WEIGHTS_NAME), floatOnly: true, allowNonFinite: options.allowNonFinite });
   adapterModel.addAdapter(name, {
     plugin: plugin.name,
     config: { ...configToOptions(config), inferenceMode: !(options.isTrainable ?? false) },

@@ -12,13 +12,28 @@ export function snakeToCamel(name: string): string {
   return name.replace(/_([a-z0-9])/gu, (_, letter: string) => letter.toUpperCase());
 }
 
+/** Whether `pattern`, placed in `template` at `$`, compiles as the `u`-flag RegExp matching uses. */
+export function isValidPattern(pattern: string, template = '^(?:$)$'): boolean {
+  try {
+    new RegExp(template.replace('$', () => pattern), 'u');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A non-empty string that compiles as a regular expression inside `template` (see {@link isValidPattern}). */
+export function regexString(template?: string): z.ZodEffects<z.ZodString, string, string> {
+  return z.string().min(1).refine((value) => isValidPattern(value, template), { message: 'a valid regular expression' });
+}
+
 /** Zod schema of the target-selection fields shared by every adapter config (defaults as PEFT's). */
 export const targetSelectionShape = {
-  targetModules: z.union([z.array(z.string().min(1)).min(1), z.string().min(1)]).nullable().default(null),
-  excludeModules: z.union([z.array(z.string().min(1)), z.string().min(1)]).nullable().default(null),
+  targetModules: z.union([z.array(z.string().min(1)).min(1), regexString()]).nullable().default(null),
+  excludeModules: z.union([z.array(z.string().min(1)), regexString()]).nullable().default(null),
   layersToTransform: z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative())]).nullable().default(null),
-  layersPattern: z.union([z.string().min(1), z.array(z.string().min(1))]).nullable().default(null),
-  modulesToSave: z.array(z.string().min(1)).nullable().default(null),
+  layersPattern: z.union([regexString('$\\.(\\d+)\\.'), z.array(regexString('$\\.(\\d+)\\.'))]).nullable().default(null),
+  modulesToSave: z.array(regexString('^(?:|.*\\.)$(?:$|\\..*)')).nullable().default(null),
 } as const;
 
 /** Zod schema of the fields of {@link AdapterConfigBase} besides target selection. */
@@ -48,8 +63,30 @@ export function refineTargetSelection(
   }
 }
 
+const TYPE_NAMES: Readonly<Record<string, string>> = { array: 'a list', string: 'a string', number: 'a number', boolean: 'a boolean', object: 'an object', null: 'null' };
+
+/**
+ * The most specific issue of a union: a branch whose type matched but whose value did not (e.g. a
+ * string that is not a valid regex) says more than "of type array or string".
+ */
+function specificIssue(issue: z.ZodIssue): z.ZodIssue {
+  if (issue.code !== z.ZodIssueCode.invalid_union) return issue;
+  const firsts = issue.unionErrors.map((error) => error.issues[0]).filter((first): first is z.ZodIssue => first !== undefined);
+  const matchedType = firsts.find((first) => first.code !== z.ZodIssueCode.invalid_type && first.code !== z.ZodIssueCode.invalid_union);
+  return matchedType ?? issue;
+}
+
 function expectedFromIssue(issue: z.ZodIssue): string {
   switch (issue.code) {
+    case z.ZodIssueCode.invalid_union: {
+      const types = new Set<string>();
+      for (const error of issue.unionErrors) {
+        const first = error.issues[0];
+        if (first?.code === z.ZodIssueCode.invalid_type) types.add(TYPE_NAMES[first.expected] ?? first.expected);
+        else if (first) return expectedFromIssue(first);
+      }
+      return [...types].join(' or ') || 'a valid value';
+    }
     case z.ZodIssueCode.invalid_type:
       return `of type ${issue.expected}`;
     case z.ZodIssueCode.too_small:
@@ -87,7 +124,7 @@ export function parseConfigWithSchema<T>(
 ): T {
   const result = schema.safeParse(input ?? {});
   if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
+  const issue = specificIssue(result.error.issues[0]!);
   let path = issue.path.join('.');
   let received = valueAt(input, issue.path);
   if (issue.code === z.ZodIssueCode.unrecognized_keys) {
@@ -103,7 +140,7 @@ export function parseConfigWithSchema<T>(
       field: field || '(config)',
       received,
       expected: issue.code === z.ZodIssueCode.unrecognized_keys ? 'a known option (check the spelling)' : expectedFromIssue(issue),
-      hint: example ? `Pass e.g. { ${field}: ${example} }.` : issue.code === z.ZodIssueCode.custom ? `(${issue.message})` : undefined,
+      hint: example ? `Pass e.g. { ${field}: ${example} }.` : undefined,
     });
   })();
 }

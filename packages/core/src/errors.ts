@@ -49,20 +49,31 @@ export type SafetensorsErrorCode =
   | 'INVALID_SHAPE'
   | 'INVALID_OFFSETS'
   | 'SIZE_MISMATCH'
-  | 'UNSUPPORTED_VALUE';
+  | 'UNSUPPORTED_VALUE'
+  | 'UNEXPECTED_DTYPE';
 
 /** A safetensors file is malformed or holds something this library cannot represent. */
 export class SafetensorsError extends LoraError {
   readonly code: SafetensorsErrorCode;
   /** The tensor the problem concerns, when there is one. */
   readonly tensor: string | undefined;
+  /** The file, when the bytes came from one. */
+  readonly file: string | undefined;
+  /** The problem without the prefix naming code, file and tensor. */
+  readonly detail: string;
 
-  constructor(code: SafetensorsErrorCode, message: string, options: { tensor?: string; cause?: unknown } = {}) {
-    super(`[@lora/core] Malformed safetensors (${code})${options.tensor ? ` in tensor "${options.tensor}"` : ''}: ${message}`, {
-      cause: options.cause,
-    });
+  constructor(code: SafetensorsErrorCode, message: string, options: { tensor?: string; file?: string; cause?: unknown } = {}) {
+    const where = [options.file ? ` in ${options.file}` : '', options.tensor ? ` in tensor ${describeValue(options.tensor)}` : ''].join('');
+    super(`[@lora/core] Malformed safetensors (${code})${where}: ${message}`, { cause: options.cause });
     this.code = code;
     this.tensor = options.tensor;
+    this.file = options.file;
+    this.detail = message;
+  }
+
+  /** The same error, naming the file the bytes came from. */
+  withFile(file: string): SafetensorsError {
+    return new SafetensorsError(this.code, this.detail, { tensor: this.tensor, file, cause: this.cause });
   }
 }
 
@@ -110,14 +121,53 @@ export class ModuleError extends LoraError {
   }
 }
 
-/** Training stopped: a non-finite loss, or a bad training option. */
-export class TrainingError extends LoraError {
-  /** The optimizer step at which training stopped, if it had started. */
-  readonly step: number | undefined;
+/** Why {@link train} stopped early. */
+export type TrainingStopReason = 'options' | 'non-finite-loss' | 'non-finite-gradient' | 'non-finite-parameters' | 'interrupted';
 
-  constructor(message: string, options: { step?: number; cause?: unknown } = {}) {
+/** Training stopped: a bad option, a non-finite loss, gradient or parameter, or an interruption. */
+export class TrainingError extends LoraError {
+  /** The optimizer step at which training stopped (1-based), if it had started. */
+  readonly step: number | undefined;
+  readonly reason: TrainingStopReason;
+  /**
+   * Optimizer steps the model's weights now reflect: the last good state, which is also what was
+   * checkpointed (0 = the weights training started from). Undefined for bad options.
+   */
+  readonly keptStep: number | undefined;
+  /** Step of the newest checkpoint on disk, or null when none was written. */
+  readonly checkpointStep: number | null;
+
+  constructor(
+    message: string,
+    options: { step?: number; reason?: TrainingStopReason; keptStep?: number; checkpointStep?: number | null; cause?: unknown } = {},
+  ) {
     super(message, { cause: options.cause });
     this.step = options.step;
+    this.reason = options.reason ?? 'options';
+    this.keptStep = options.keptStep;
+    this.checkpointStep = options.checkpointStep ?? null;
+  }
+}
+
+/** A loaded model or adapter holds NaN or ±Infinity (pass `allowNonFinite: true` to load it anyway). */
+export class NonFiniteTensorError extends LoraError {
+  /** The file the tensor came from, when known. */
+  readonly file: string | undefined;
+  readonly tensor: string;
+  /** How many values are not finite. */
+  readonly count: number;
+  /** The first such value (NaN, Infinity or -Infinity). */
+  readonly found: number;
+
+  constructor(options: { file?: string; tensor: string; count: number; found: number; plugin?: string }) {
+    super(
+      `[${options.plugin ?? '@lora/core'}] ${options.file ? `${options.file}: ` : ''}tensor ${describeValue(options.tensor)} holds ${options.count} non-finite value${options.count === 1 ? '' : 's'} (first: ${options.found}); expected finite weights. The file is corrupt or comes from a diverged run; pass allowNonFinite (CLI: --allow-non-finite) to load it anyway.`,
+      { plugin: options.plugin },
+    );
+    this.file = options.file;
+    this.tensor = options.tensor;
+    this.count = options.count;
+    this.found = options.found;
   }
 }
 
@@ -133,13 +183,47 @@ export class ShapeError extends LoraError {
   }
 }
 
-export function describeValue(value: unknown): string {
-  if (typeof value === 'string') return JSON.stringify(value);
-  if (value === undefined) return 'undefined';
-  try {
-    const text = JSON.stringify(value);
-    return text === undefined ? String(value) : text.length > 80 ? `${text.slice(0, 77)}...` : text;
-  } catch {
-    return String(value);
+const PREVIEW_LIMIT = 80;
+const PREVIEW_DEPTH = 3;
+const PREVIEW_ITEMS = 8;
+
+function preview(value: unknown, depth: number): string {
+  if (value === null) return 'null';
+  switch (typeof value) {
+    case 'string':
+      return JSON.stringify(value.length > PREVIEW_LIMIT ? value.slice(0, PREVIEW_LIMIT) : value);
+    case 'number':
+    case 'boolean':
+    case 'undefined':
+    case 'symbol':
+      return String(value);
+    case 'bigint':
+      return `${value}n`;
+    case 'function':
+      return 'a function';
+    default:
+      break;
   }
+  // Bounded in depth and width: a value read from a file may nest thousands of levels deep, and
+  // JSON.stringify would then throw RangeError instead of the error being described.
+  if (Array.isArray(value)) {
+    if (depth >= PREVIEW_DEPTH) return '[…]';
+    const items = value.slice(0, PREVIEW_ITEMS).map((item) => preview(item, depth + 1));
+    return `[${items.join(',')}${value.length > PREVIEW_ITEMS ? ',…' : ''}]`;
+  }
+  if (depth >= PREVIEW_DEPTH) return '{…}';
+  const keys = Object.keys(value as object);
+  const items = keys.slice(0, PREVIEW_ITEMS).map((key) => `${JSON.stringify(key)}:${preview((value as Record<string, unknown>)[key], depth + 1)}`);
+  return `{${items.join(',')}${keys.length > PREVIEW_ITEMS ? ',…' : ''}}`;
+}
+
+/** A short, one-line description of any value for an error message (bounded: never throws). */
+export function describeValue(value: unknown): string {
+  let text: string;
+  try {
+    text = preview(value, 0);
+  } catch {
+    text = Object.prototype.toString.call(value);
+  }
+  return text.length > PREVIEW_LIMIT ? `${text.slice(0, PREVIEW_LIMIT - 3)}...` : text;
 }

@@ -13,8 +13,11 @@ export {
   ModuleError,
   TrainingError,
   ShapeError,
+  NonFiniteTensorError,
 } from './errors.js';
-export type { SafetensorsErrorCode } from './errors.js';
+export type { SafetensorsErrorCode, TrainingStopReason } from './errors.js';
+export { checkLoadedTensors, countNonFinite } from './finite.js';
+export type { LoadedTensorCheckOptions } from './finite.js';
 
 export { Module, ModuleList } from './module.js';
 export type { AdapterInputScope, TensorModule } from './module.js';
@@ -70,7 +73,7 @@ export {
   float32Entry,
 } from './safetensors.js';
 export type { SafetensorsDtype, SafetensorsEntry, SafetensorsFile } from './safetensors.js';
-export { writeFileAtomic, writeJsonAtomic, readSafetensorsFile, writeSafetensorsFile, readJsonFile } from './files.js';
+export { writeFileAtomic, writeJsonAtomic, readSafetensorsFile, writeSafetensorsFile, readJsonFile, syncDirectory } from './files.js';
 export {
   ADAPTER_CONFIG_NAME,
   ADAPTER_WEIGHTS_NAME,
@@ -85,8 +88,8 @@ export {
 export type { LoadAdapterOptions } from './adapter-files.js';
 
 export { AdamW, float32Moments, learningRateAt } from './optimizer.js';
-export type { AdamWOptions, LearningRateSchedule, MomentEncoding, MomentStore, TrainOptimizer } from './optimizer.js';
-export { train, evaluate } from './trainer.js';
+export type { AdamWOptions, LearningRateSchedule, MomentEncoding, MomentStore, OptimizerSnapshot, TrainOptimizer } from './optimizer.js';
+export { train, evaluate, readCheckpointStep, TRAINER_CHECKPOINT_NAME } from './trainer.js';
 export type { TrainingTarget } from './training-target.js';
 export type { BatchSource, TrainOptions, TrainResult, TrainingProgress } from './trainer.js';
 export { causalLmLoss, classificationLoss, IGNORE_INDEX } from './losses.js';

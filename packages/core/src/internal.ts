@@ -17,3 +17,6 @@ export { normalSeed, seededRandom } from './random.js';
 export { assertTensorsFit, compareTensorShapes, sameShape } from './tensor-fit.js';
 export type { TensorFit } from './tensor-fit.js';
 export { replaceLayers } from './layer-replacement.js';
+export { faultPoint, pathExists, setFaultInjector } from './files.js';
+export type { FaultInjector, FaultPoint } from './files.js';
+export { deriveSeed, withSeededRandom } from './random-scope.js';

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError, ShapeError } from './errors.js';
 import { Module } from './module.js';
 import { normalSeed } from './random.js';
+import { nextScopedSeed } from './random-scope.js';
 
 /** A lookup table `weight` [numEmbeddings, embeddingDim], as `torch.nn.Embedding`. */
 export class Embedding extends Module {
@@ -105,7 +106,7 @@ export function dropout(input: tf.Tensor, p: number): tf.Tensor {
   if (p === 0) return input;
   return tf.tidy(() => {
     // The mask is built from a constant uniform draw, so no comparison op enters the gradient tape.
-    const keep = tf.tidy(() => tf.cast(tf.greaterEqual(tf.randomUniform(input.shape, 0, 1), p), 'float32'));
+    const keep = tf.tidy(() => tf.cast(tf.greaterEqual(tf.randomUniform(input.shape, 0, 1, 'float32', nextScopedSeed()), p), 'float32'));
     return tf.mul(input, tf.mul(keep, 1 / (1 - p)));
   });
 }

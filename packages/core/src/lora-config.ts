@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { adapterBaseShape, parseConfigWithSchema, refineTargetSelection } from './config-helpers.js';
+import { adapterBaseShape, parseConfigWithSchema, refineTargetSelection, regexString } from './config-helpers.js';
 import type { AdapterConfigBase } from './plugin.js';
 
 /** LoRA's config: PEFT's `LoraConfig` fields in camelCase, with PEFT's defaults. */
@@ -33,8 +33,9 @@ export const loraConfigShape = {
   fanInFanOut: z.boolean().default(false),
   useRslora: z.boolean().default(false),
   initLoraWeights: z.union([z.boolean(), z.literal('gaussian')]).default(true),
-  rankPattern: z.record(z.number().int().positive()).default({}),
-  alphaPattern: z.record(z.number().positive()).default({}),
+  // Keys are PEFT patterns matched against a dotted suffix of each module path.
+  rankPattern: z.record(regexString('^(?:.*\\.)?(?:$)$'), z.number().int().positive()).default({}),
+  alphaPattern: z.record(regexString('^(?:.*\\.)?(?:$)$'), z.number().positive()).default({}),
   useDora: z.boolean().default(false),
   loraBias: z.literal(false).default(false),
   revision: z.string().nullable().default(null),

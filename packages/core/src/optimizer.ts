@@ -15,6 +15,18 @@ export interface TrainOptimizer {
   stateEntries?(names: ReadonlyMap<tf.Variable, string>): Map<string, SafetensorsEntry>;
   /** Restore state written by `stateEntries`. */
   loadStateEntries?(entries: ReadonlyMap<string, SafetensorsEntry>, names: ReadonlyMap<tf.Variable, string>): void;
+  /**
+   * Optional: an exact in-memory copy of the state (not the step) that `restore()` puts back, cheaper
+   * than `stateEntries`; the trainer keeps one for the last good step. The caller disposes it.
+   */
+  snapshotState?(variables?: readonly tf.Variable[]): OptimizerSnapshot;
+  dispose(): void;
+}
+
+/** A copy of an optimizer's state taken by {@link TrainOptimizer.snapshotState}. */
+export interface OptimizerSnapshot {
+  /** Put the state back exactly as it was when the snapshot was taken. */
+  restore(): void;
   dispose(): void;
 }
 
@@ -36,6 +48,8 @@ export interface MomentStore {
   readonly bytes: number;
   /** Whether the store holds an encoding smaller than float32 (counted as quantized in {@link AdamW.stateBytes}). */
   readonly quantized: boolean;
+  /** An exact copy of the stored moments that `restore()` writes back (no decode, no re-encode). */
+  snapshot(): OptimizerSnapshot;
   dispose(): void;
 }
 
@@ -70,6 +84,20 @@ export const float32Moments: MomentEncoding = {
       },
       bytes: (m.size + v.size) * 4,
       quantized: false,
+      snapshot() {
+        // tf.clone shares the data (copy on write): a snapshot costs no read back.
+        const savedM = tf.clone(m);
+        const savedV = tf.clone(v);
+        return {
+          restore() {
+            m.assign(savedM);
+            v.assign(savedV);
+          },
+          dispose() {
+            tf.dispose([savedM, savedV]);
+          },
+        };
+      },
       dispose() {
         m.dispose();
         v.dispose();
@@ -169,6 +197,32 @@ export class AdamW implements TrainOptimizer {
       const { m, v } = store.read();
       return { m: tf.clone(m), v: tf.clone(v) };
     });
+  }
+
+  /**
+   * An exact copy of every variable's moments (`variables` get their zero moments first, so every
+   * snapshot holds the same tensors); restoring also forgets moments created after it (they restart at zero).
+   */
+  snapshotState(variables: readonly tf.Variable[] = []): OptimizerSnapshot {
+    for (const variable of variables) this.storeFor(variable);
+    const saved = [...this.stores].map(([variable, store]) => [variable, store, store.snapshot()] as const);
+    return {
+      restore: () => {
+        const kept = new Set(saved.map(([variable]) => variable));
+        for (const [variable, store] of this.stores) {
+          if (kept.has(variable)) continue;
+          store.dispose();
+          this.stores.delete(variable);
+        }
+        for (const [variable, store, snapshot] of saved) {
+          this.stores.set(variable, store);
+          snapshot.restore();
+        }
+      },
+      dispose: () => {
+        for (const [, , snapshot] of saved) snapshot.dispose();
+      },
+    };
   }
 
   /** Bytes of optimizer state held, split by encoding, and the number of parameters with state. */

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { SafetensorsError } from './errors.js';
+import { describeValue, SafetensorsError } from './errors.js';
 
 /** Element types this library reads and writes. */
 export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'U8';
@@ -37,6 +37,16 @@ function isDtype(value: unknown): value is SafetensorsDtype {
  * @throws {SafetensorsError} with a `code` saying what is wrong; nothing else is thrown.
  */
 export function parseSafetensors(bytes: Uint8Array): SafetensorsFile {
+  try {
+    return parseStrictly(bytes);
+  } catch (error) {
+    if (error instanceof SafetensorsError) throw error;
+    // A header can be built to exhaust the engine (nesting, sizes); whatever it throws is still a bad file.
+    throw new SafetensorsError('INVALID_HEADER', `the header could not be read (${error instanceof Error ? error.name : 'error'}).`, { cause: error });
+  }
+}
+
+function parseStrictly(bytes: Uint8Array): SafetensorsFile {
   if (bytes.byteLength < 8) {
     throw new SafetensorsError('TRUNCATED', `the file has ${bytes.byteLength} bytes, fewer than the 8-byte header length.`);
   }
@@ -73,7 +83,8 @@ export function parseSafetensors(bytes: Uint8Array): SafetensorsFile {
         if (typeof value !== 'string') {
           throw new SafetensorsError('INVALID_HEADER', `__metadata__.${key} must be a string, got ${typeof value}.`);
         }
-        metadata[key] = value;
+        // defineProperty: a key such as "__proto__" stays an ordinary entry and round-trips.
+        Object.defineProperty(metadata, key, { value, enumerable: true, writable: true, configurable: true });
       }
       continue;
     }
@@ -84,13 +95,13 @@ export function parseSafetensors(bytes: Uint8Array): SafetensorsFile {
     if (!isDtype(entry['dtype'])) {
       throw new SafetensorsError(
         'UNKNOWN_DTYPE',
-        `dtype ${JSON.stringify(entry['dtype'])} is not supported (supported: ${Object.keys(DTYPE_SIZES).join(', ')}).`,
+        `dtype ${describeValue(entry['dtype'])} is not supported (supported: ${Object.keys(DTYPE_SIZES).join(', ')}).`,
         { tensor: name },
       );
     }
     const shape = entry['shape'];
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)) {
-      throw new SafetensorsError('INVALID_SHAPE', `shape must be an array of non-negative integers, got ${JSON.stringify(shape)}.`, {
+      throw new SafetensorsError('INVALID_SHAPE', `shape must be an array of non-negative integers, got ${describeValue(shape)}.`, {
         tensor: name,
       });
     }
@@ -101,7 +112,7 @@ export function parseSafetensors(bytes: Uint8Array): SafetensorsFile {
       !offsets.every((o) => Number.isSafeInteger(o) && (o as number) >= 0) ||
       (offsets[0] as number) > (offsets[1] as number)
     ) {
-      throw new SafetensorsError('INVALID_OFFSETS', `data_offsets must be [begin, end] with 0 <= begin <= end, got ${JSON.stringify(offsets)}.`, {
+      throw new SafetensorsError('INVALID_OFFSETS', `data_offsets must be [begin, end] with 0 <= begin <= end, got ${describeValue(offsets)}.`, {
         tensor: name,
       });
     }
@@ -175,7 +186,8 @@ export function serializeSafetensors(
   if (Object.keys(metadata).length > 0) header['__metadata__'] = metadata;
   let offset = 0;
   for (const [name, entry] of entries) {
-    header[name] = { dtype: entry.dtype, shape: entry.shape, data_offsets: [offset, offset + entry.data.byteLength] };
+    const value = { dtype: entry.dtype, shape: entry.shape, data_offsets: [offset, offset + entry.data.byteLength] };
+    Object.defineProperty(header, name, { value, enumerable: true, writable: true, configurable: true });
     offset += entry.data.byteLength;
   }
   let headerText = JSON.stringify(header);

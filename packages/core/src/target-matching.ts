@@ -1,7 +1,28 @@
+import { ConfigError } from './errors.js';
 import type { TargetSelection } from './plugin.js';
 
-function fullMatch(pattern: string, text: string): boolean {
-  return new RegExp(`^(?:${pattern})$`, 'u').test(text);
+const compiled = new Map<string, RegExp>();
+
+/**
+ * Compile a pattern from a config; a config built without its schema can still hold an invalid
+ * one, which is a ConfigError naming the field rather than a raw SyntaxError.
+ */
+function compile(source: string, field: string, pattern: string): RegExp {
+  let regex = compiled.get(source);
+  if (!regex) {
+    try {
+      regex = new RegExp(source, 'u');
+    } catch (error) {
+      throw new ConfigError({ field, received: pattern, expected: 'a valid regular expression', cause: error });
+    }
+    if (compiled.size > 1000) compiled.clear();
+    compiled.set(source, regex);
+  }
+  return regex;
+}
+
+function fullMatch(pattern: string, text: string, field: string): boolean {
+  return compile(`^(?:${pattern})$`, field, pattern).test(text);
 }
 
 function matchesListEntry(key: string, entry: string): boolean {
@@ -13,7 +34,7 @@ export function layerIndexOf(key: string, layersPattern: string | readonly strin
   const patterns = layersPattern === null ? [null] : typeof layersPattern === 'string' ? [layersPattern] : layersPattern;
   for (const pattern of patterns) {
     // PEFT uses re.match (anchored at the start) with a lazy prefix; both forms need a segment before the list name.
-    const regex = pattern === null ? /^.*?\.[^.]*\.(\d+)\./u : new RegExp(`^.*?\\.${pattern}\\.(\\d+)\\.`, 'u');
+    const regex = pattern === null ? /^.*?\.[^.]*\.(\d+)\./u : compile(`^.*?\\.${pattern}\\.(\\d+)\\.`, 'layersPattern', pattern);
     const match = regex.exec(key);
     if (match) return Number(match[1]);
   }
@@ -23,13 +44,13 @@ export function layerIndexOf(key: string, layersPattern: string | readonly strin
 /** Whether `key` is covered by a `modules_to_save` entry (PEFT never targets those). */
 export function isCoveredByModulesToSave(key: string, modulesToSave: readonly string[] | null): boolean {
   if (!modulesToSave) return false;
-  return modulesToSave.some((entry) => new RegExp(`^(?:|.*\\.)${entry}(?:$|\\..*)`, 'u').test(key));
+  return modulesToSave.some((entry) => compile(`^(?:|.*\\.)${entry}(?:$|\\..*)`, 'modulesToSave', entry).test(key));
 }
 
 /** Whether `key` is excluded by `excludeModules`. */
 export function isExcludedModule(key: string, excludeModules: readonly string[] | string | null): boolean {
   if (excludeModules === null) return false;
-  if (typeof excludeModules === 'string') return fullMatch(excludeModules, key);
+  if (typeof excludeModules === 'string') return fullMatch(excludeModules, key, 'excludeModules');
   return excludeModules.some((entry) => matchesListEntry(key, entry));
 }
 
@@ -49,7 +70,7 @@ export function isTargetModule(key: string, selection: TargetSelection): boolean
   if (isCoveredByModulesToSave(key, selection.modulesToSave)) return false;
   const targets = selection.targetModules;
   if (targets === null) return false;
-  if (typeof targets === 'string') return fullMatch(targets, key);
+  if (typeof targets === 'string') return fullMatch(targets, key, 'targetModules');
   for (const entry of targets) {
     if (key === entry) return true;
     if (!key.endsWith(`.${entry}`)) continue;
@@ -68,7 +89,7 @@ export function isTargetModule(key: string, selection: TargetSelection): boolean
  */
 export function matchPatternKey(pattern: Readonly<Record<string, unknown>>, modulePath: string): string | undefined {
   for (const key of Object.keys(pattern)) {
-    if (new RegExp(`^(?:.*\\.)?(?:${key})$`, 'u').test(modulePath)) return key;
+    if (compile(`^(?:.*\\.)?(?:${key})$`, 'rankPattern/alphaPattern', key).test(modulePath)) return key;
   }
   return undefined;
 }

@@ -11,7 +11,7 @@ import { Module } from './module.js';
 import type { BaseLayer } from './base-layer.js';
 import { PLUGIN_SPECIFICATION_VERSION, type AdapterPlugin, type ApplyContext, type BaseTransform } from './plugin.js';
 import { createLoraRegistry } from './registry.js';
-import { readJsonFile, readSafetensorsFile } from './files.js';
+import { readJsonFile, readSafetensorsFile, setFaultInjector, type FaultPoint } from './files.js';
 import { entryToTensor } from './safetensors.js';
 import { initRuntime } from './runtime.js';
 import { seededRandom } from './random.js';
@@ -73,6 +73,57 @@ export async function withoutTensorLeaks<T>(fn: () => T | Promise<T>): Promise<T
   const after = tf.memory().numTensors;
   if (after !== before) throw new Error(`Tensor leak: ${after - before} tensor(s) more after the call (${before} → ${after}).`);
   return result;
+}
+
+/** Thrown at a simulated kill point (see {@link runUntilKilled}). */
+export class SimulatedKill extends Error {
+  constructor(readonly point: FaultPoint) {
+    super(`simulated kill before ${point.operation} ${point.path}`);
+    this.name = 'SimulatedKill';
+  }
+}
+
+/** What {@link runUntilKilled} saw. */
+export interface KillRun {
+  /** Every save step announced, in order, up to and including the kill point. */
+  readonly points: readonly FaultPoint[];
+  /** Whether the kill happened. */
+  readonly killed: boolean;
+  /** What `fn` threw (a {@link SimulatedKill} after a kill), or undefined. */
+  readonly error: unknown;
+}
+
+/**
+ * Run `fn` through core's fault-injection seam and simulate the process being killed before the
+ * save step `killAt` picks: that step and every later one throw {@link SimulatedKill}, so no
+ * clean-up runs, as after a real kill; the files are left as a kill would leave them. With a
+ * `killAt` that never picks, it counts the steps of a save.
+ *
+ * @example
+ * const { points } = await runUntilKilled(() => save(), () => false);
+ * for (let i = 0; i < points.length; i++) await runUntilKilled(() => save(), (_, index) => index === i);
+ */
+export async function runUntilKilled(fn: () => Promise<unknown>, killAt: (point: FaultPoint, index: number) => boolean): Promise<KillRun> {
+  const points: FaultPoint[] = [];
+  let killed = false;
+  setFaultInjector((point) => {
+    if (killed) throw new SimulatedKill(point);
+    points.push(point);
+    if (killAt(point, points.length - 1)) {
+      killed = true;
+      throw new SimulatedKill(point);
+    }
+  });
+  let error: unknown;
+  try {
+    await fn();
+  } catch (caught) {
+    error = caught;
+  } finally {
+    setFaultInjector(null);
+  }
+  if (error !== undefined && !killed) throw error;
+  return { points, killed, error };
 }
 
 /**

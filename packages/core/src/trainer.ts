@@ -1,10 +1,12 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { TrainingError } from './errors.js';
-import { readJsonFile, readSafetensorsFile, writeJsonAtomic, writeSafetensorsFile } from './files.js';
+import { TrainingError, type TrainingStopReason } from './errors.js';
+import { faultPoint, readSafetensorsFile, writeSafetensorsFile } from './files.js';
+import { checkLoadedTensors } from './finite.js';
+import { deriveSeed, withSeededRandom } from './random-scope.js';
 import type { Module } from './module.js';
-import { AdamW, learningRateAt, type LearningRateSchedule, type TrainOptimizer } from './optimizer.js';
+import { AdamW, learningRateAt, type LearningRateSchedule, type OptimizerSnapshot, type TrainOptimizer } from './optimizer.js';
 import type { TrainingHooks } from './plugin.js';
 import { resolveTrainingTarget, type TrainingTarget } from './training-target.js';
 import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
@@ -64,7 +66,12 @@ export interface TrainOptions<Batch> {
   readonly onProgress?: (progress: TrainingProgress) => void;
   /** Tokens in one batch, for tokens/s in progress events. */
   readonly tokensPerBatch?: number;
-  /** Write a resumable checkpoint every `every` steps (and at the end) into `directory`. */
+  /**
+   * Write a resumable checkpoint every `every` steps, at the end, when stopped by `signal`, and
+   * (the last good state) when training diverges, into `directory`. A checkpoint is one file
+   * (`trainer_checkpoint.safetensors`: weights, optimizer state and the step) replaced atomically,
+   * and only a state whose loss was seen to be finite is written.
+   */
   readonly checkpoint?: { readonly directory: string; readonly every: number };
   /** Continue from the checkpoint in `checkpoint.directory` if there is one (default true when checkpointing). */
   readonly resume?: boolean;
@@ -73,6 +80,16 @@ export interface TrainOptions<Batch> {
    * Default: an {@link AdamW} built from the options above and disposed at the end.
    */
   readonly optimizer?: TrainOptimizer;
+  /**
+   * Seed for random draws during steps (dropout masks): step k's draws depend only on the seed and
+   * k, so a resumed run continues bit-identically (default: unseeded).
+   */
+  readonly seed?: number;
+  /**
+   * Stop at the next step boundary when aborted (Ctrl-C): the current state is checkpointed (when
+   * checkpointing) and a {@link TrainingError} with reason `interrupted` is thrown.
+   */
+  readonly signal?: AbortSignal;
 }
 
 /** What {@link train} returns. */
@@ -84,10 +101,13 @@ export interface TrainResult {
   readonly evalLosses: readonly { readonly step: number; readonly loss: number }[];
   /** The step a resumed run started from (0 for a fresh run). */
   readonly startStep: number;
+  /** Step of the newest checkpoint written, or null when not checkpointing. */
+  readonly checkpointStep: number | null;
 }
 
-const CHECKPOINT_TENSORS = 'trainer_checkpoint.safetensors';
-const CHECKPOINT_STATE = 'trainer_state.json';
+/** The trainer's checkpoint file: weights, optimizer state and the step, in one atomically replaced file. */
+export const TRAINER_CHECKPOINT_NAME = 'trainer_checkpoint.safetensors';
+const STATE_KEY = 'lora_trainer_state';
 
 function batchAt<Batch>(source: BatchSource<Batch>, index: number): Batch {
   const position = index % source.length;
@@ -111,15 +131,43 @@ export function evaluate<Batch>(model: Module, lossFn: (batch: Batch) => tf.Scal
   }
 }
 
+/** A verified training state held in memory: the weights (shared, not copied) and optimizer state. */
+interface Snapshot {
+  readonly step: number;
+  readonly weights: tf.Tensor[];
+  /** The optimizer's own in-memory snapshot (AdamW: moments shared like the weights, no read back). */
+  readonly optimizerSnapshot: OptimizerSnapshot | undefined;
+  /** Another optimizer's state, read through its checkpoint interface. */
+  readonly optimizerState: Map<string, SafetensorsEntry> | undefined;
+  readonly optimizerStep: number;
+}
+
+function describeStop(reason: TrainingStopReason, value: number): string {
+  switch (reason) {
+    case 'non-finite-loss':
+      return `the loss is ${value}`;
+    case 'non-finite-gradient':
+      return `the global gradient norm is ${value}`;
+    case 'non-finite-parameters':
+      return 'the update made weights non-finite';
+    default:
+      return reason;
+  }
+}
+
 /**
  * Train the model's trainable variables (only those: frozen base weights get no gradients and no
  * optimizer state) with AdamW, gradient clipping, warm-up and a schedule, gradient accumulation,
  * periodic evaluation, plugin hooks, progress events and resumable checkpoints.
  *
- * A non-finite loss stops training with a {@link TrainingError} naming the step; the last
- * checkpoint written is left intact. Tensors are freed every step.
+ * Finite or nothing: each step checks the loss, the global gradient norm and the updated weights.
+ * A state counts as good once the loss computed on it is finite. A non-finite value stops training
+ * before the update is kept, the weights are put back to the last good state, that state is
+ * checkpointed (when checkpointing, and after at least one step), and a {@link TrainingError}
+ * says at which step it stopped (`step`) and which state was kept (`keptStep`). Only good states
+ * are ever checkpointed. Tensors are freed every step.
  *
- * @throws {TrainingError} on bad options or a non-finite loss.
+ * @throws {TrainingError} on bad options, divergence (reason `non-finite-*`) or an abort (`interrupted`).
  * @example
  * const result = await train({ model, trainData: batches, steps: 100, learningRate: 1e-3,
  *   lossFn: (batch) => causalLmLoss(model.forward(batch.inputIds), batch.inputIds) });
@@ -132,6 +180,12 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
   if (!Number.isInteger(accumulation) || accumulation <= 0) {
     throw new TrainingError(`[@lora/core] train: gradientAccumulationSteps must be a positive integer, got ${accumulation}.`);
   }
+  if (options.learningRate !== undefined && !(Number.isFinite(options.learningRate) && options.learningRate > 0)) {
+    throw new TrainingError(`[@lora/core] train: learningRate must be a finite number > 0, got ${options.learningRate}. Pass e.g. 1e-3.`);
+  }
+  if (options.checkpoint && !(Number.isInteger(options.checkpoint.every) && options.checkpoint.every > 0)) {
+    throw new TrainingError(`[@lora/core] train: checkpoint.every must be a positive integer, got ${options.checkpoint.every}.`);
+  }
   if (options.trainData.length === 0) throw new TrainingError('[@lora/core] train: trainData has no batches.');
   const target = resolveTrainingTarget(options.model, options.hooks);
   const named = target.named;
@@ -139,6 +193,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
     throw new TrainingError('[@lora/core] train: the model has no trainable variables. Add an adapter or unfreeze parameters.');
   }
   const variables = named.map(([, variable]) => variable);
+  const names = new Map(named.map(([name, variable]) => [variable, name] as const));
   const ownsOptimizer = options.optimizer === undefined;
   const optimizer: TrainOptimizer =
     options.optimizer ??
@@ -152,17 +207,94 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
   const hooks = target.hooks;
   const maxGradNorm = options.maxGradNorm === undefined ? 1.0 : options.maxGradNorm;
   const baseLearningRate = options.learningRate ?? optimizer.learningRate;
-  let startStep = 0;
-  if (options.checkpoint && (options.resume ?? true)) {
-    startStep = await restoreCheckpoint(options.checkpoint.directory, named, optimizer);
-  }
+  const checkpoint = options.checkpoint;
 
   const losses: number[] = [];
   const evalLosses: { step: number; loss: number }[] = [];
+  let startStep = 0;
+  let checkpointStep: number | null = null;
+  // The newest state known to be good (its loss was finite) and whether the current state is due for a checkpoint.
+  let good: Snapshot | null = null;
+  let checkpointDue = false;
+
+  const snapshot = (step: number): Snapshot => {
+    const optimizerSnapshot = optimizer.snapshotState?.(variables);
+    return {
+      step,
+      weights: variables.map((variable) => tf.clone(variable)),
+      optimizerSnapshot,
+      optimizerState: optimizerSnapshot ? undefined : optimizer.stateEntries?.(names),
+      optimizerStep: optimizer.step,
+    };
+  };
+  const release = (state: Snapshot | null) => {
+    if (!state) return;
+    tf.dispose(state.weights);
+    state.optimizerSnapshot?.dispose();
+  };
+  const restore = (state: Snapshot) => {
+    variables.forEach((variable, i) => variable.assign(state.weights[i]!));
+    state.optimizerSnapshot?.restore();
+    if (state.optimizerState) optimizer.loadStateEntries?.(state.optimizerState, names);
+    optimizer.step = state.optimizerStep;
+  };
+  const saveCheckpoint = async (step: number) => {
+    if (!checkpoint) return;
+    await writeCheckpoint(checkpoint.directory, named, optimizer, { step, seed: options.seed ?? null });
+    checkpointStep = step;
+  };
+  // The loss of the current weights on the batch of `step` (0-based), in eval mode: a finiteness check only.
+  const lossOfCurrent = (step: number): number => {
+    const wasTraining = target.module.training;
+    target.module.eval();
+    try {
+      return tf.tidy(() => options.lossFn(batchAt(options.trainData, step * accumulation)).dataSync()[0]!);
+    } finally {
+      target.module.train(wasTraining);
+    }
+  };
+  /**
+   * Put back the last good state (when the current one is not good), checkpoint it and throw.
+   * `current` is the number of updates the weights reflect now.
+   */
+  const stop = async (reason: TrainingStopReason, atStep: number, current: number, currentIsGood: boolean, value: number): Promise<never> => {
+    let kept = current;
+    if (!currentIsGood && good !== null) {
+      restore(good);
+      kept = good.step;
+    }
+    const keptIsGood = currentIsGood || good !== null;
+    // Step 0 has no optimizer state worth resuming, and a state never seen to be good is never written.
+    if (keptIsGood && kept > startStep && kept !== checkpointStep) await saveCheckpoint(kept);
+    const what =
+      reason === 'interrupted'
+        ? `Training interrupted before step ${atStep}`
+        : `Training diverged at step ${atStep}: ${describeStop(reason, value)}`;
+    const keptText = keptIsGood
+      ? kept === 0
+        ? 'the weights are those training started from'
+        : `the weights are those after step ${kept}${checkpointStep === kept ? ', checkpointed' : ''}`
+      : 'no good state was reached, the weights are unchanged';
+    const advice = reason === 'interrupted' ? '' : ' Lower the learning rate or check the data.';
+    throw new TrainingError(`[@lora/core] ${what}; ${keptText}.${advice}`, { step: atStep, reason, keptStep: kept, checkpointStep });
+  };
+
+  if (checkpoint && (options.resume ?? true)) {
+    startStep = await restoreCheckpoint(checkpoint.directory, named, optimizer);
+    if (startStep > 0) checkpointStep = startStep;
+  }
+  if (startStep > options.steps) {
+    throw new TrainingError(`[@lora/core] train: the checkpoint in ${checkpoint!.directory} is at step ${startStep}, past steps = ${options.steps}.`);
+  }
   const started = Date.now();
   target.module.train();
   try {
     for (let step = startStep; step < options.steps; step++) {
+      if (options.signal?.aborted) {
+        const finite = step === startStep || Number.isFinite(lossOfCurrent(step));
+        await stop('interrupted', step + 1, step, finite, Number.NaN);
+      }
+      faultPoint('train-step', String(step + 1));
       optimizer.learningRate = learningRateAt(step, {
         baseLearningRate,
         warmupSteps: options.warmupSteps ?? 0,
@@ -173,25 +305,18 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       let lossSum = 0;
       for (let micro = 0; micro < accumulation; micro++) {
         const batch = batchAt(options.trainData, step * accumulation + micro);
-        const { value, grads } = tf.variableGrads(() => {
-          let loss = options.lossFn(batch);
-          for (const hook of hooks) {
-            const extra = hook.extraLoss?.({ step: step + 1 });
-            if (extra) loss = tf.add(loss, extra);
-          }
-          return tf.div(loss, accumulation) as tf.Scalar;
-        }, variables);
+        const computeGradients = () =>
+          tf.variableGrads(() => {
+            let loss = options.lossFn(batch);
+            for (const hook of hooks) {
+              const extra = hook.extraLoss?.({ step: step + 1 });
+              if (extra) loss = tf.add(loss, extra);
+            }
+            return tf.div(loss, accumulation) as tf.Scalar;
+          }, variables);
+        const { value, grads } = options.seed === undefined ? computeGradients() : withSeededRandom(deriveSeed(options.seed, step, micro), computeGradients);
         const lossValue = value.dataSync()[0]! * accumulation;
         value.dispose();
-        if (!Number.isFinite(lossValue)) {
-          tf.dispose(grads);
-          if (accumulated) tf.dispose(accumulated);
-          throw new TrainingError(
-            `[@lora/core] Training stopped at step ${step + 1}: the loss is ${lossValue}. Lower the learning rate or check the data; the last checkpoint is intact.`,
-            { step: step + 1 },
-          );
-        }
-        lossSum += lossValue;
         const ordered = variables.map((variable) => grads[variable.name] ?? tf.zerosLike(variable));
         if (accumulated === null) accumulated = ordered;
         else {
@@ -200,22 +325,43 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
           tf.dispose(previous);
           tf.dispose(ordered);
         }
+        if (!Number.isFinite(lossValue)) {
+          tf.dispose(accumulated);
+          // The weights that gave this loss are not good: back to the state before the last update.
+          await stop('non-finite-loss', step + 1, step, false, lossValue);
+        }
+        lossSum += lossValue;
       }
       let gradients = accumulated!;
+      // The current weights gave a finite loss: they are the newest good state.
+      release(good);
+      good = snapshot(step);
+      if (checkpointDue) {
+        checkpointDue = false;
+        await saveCheckpoint(step);
+      }
+      const norm = tf.tidy(() => tf.sqrt(tf.addN(gradients.map((g) => tf.sum(tf.square(g))))));
+      const normValue = norm.dataSync()[0]!;
+      if (!Number.isFinite(normValue)) {
+        tf.dispose([norm, ...gradients]);
+        await stop('non-finite-gradient', step + 1, step, true, normValue);
+      }
       if (maxGradNorm !== null) {
         const clipped = tf.tidy(() => {
-          const norm = tf.sqrt(tf.addN(gradients.map((g) => tf.sum(tf.square(g)))));
           const factor = tf.minimum(tf.div(maxGradNorm, tf.add(norm, 1e-6)), 1);
           return gradients.map((g) => tf.mul(g, factor));
         });
         tf.dispose(gradients);
         gradients = clipped;
       }
+      norm.dispose();
       const byVariable = new Map(variables.map((variable, i) => [variable, gradients[i]!] as const));
       for (const hook of hooks) hook.afterBackward?.({ step: step + 1, gradients: byVariable });
       optimizer.applyGradients(byVariable);
       for (const hook of hooks) hook.afterStep?.({ step: step + 1, gradients: byVariable });
       tf.dispose(gradients);
+      const finiteWeights = tf.tidy(() => tf.all(tf.stack(variables.map((variable) => tf.all(tf.isFinite(variable))))).dataSync()[0] === 1);
+      if (!finiteWeights) await stop('non-finite-parameters', step + 1, step + 1, false, Number.NaN);
 
       const loss = lossSum / accumulation;
       losses.push(loss);
@@ -249,46 +395,104 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
           tokensPerSecond,
         });
       }
-      if (options.checkpoint && (done % options.checkpoint.every === 0 || last)) {
-        await writeCheckpoint(options.checkpoint.directory, named, optimizer, done);
-      }
-      // Let progress output and other tasks run between steps.
+      // Written once the next step has seen a finite loss on these weights.
+      if (checkpoint && done % checkpoint.every === 0) checkpointDue = true;
+      // Let progress output, signals and other tasks run between steps.
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
+    if (startStep < options.steps) {
+      // The final weights have had no loss computed on them yet: check one batch before calling them good.
+      const finalLoss = lossOfCurrent(options.steps);
+      if (!Number.isFinite(finalLoss)) await stop('non-finite-loss', options.steps, options.steps, false, finalLoss);
+      if (checkpoint && checkpointStep !== options.steps) await saveCheckpoint(options.steps);
+    }
   } finally {
+    release(good);
     if (ownsOptimizer) optimizer.dispose();
   }
-  return { steps: options.steps, losses, evalLosses, startStep };
+  return { steps: options.steps, losses, evalLosses, startStep, checkpointStep };
 }
 
-async function writeCheckpoint(directory: string, named: [string, tf.Variable][], optimizer: TrainOptimizer, step: number): Promise<void> {
+/** The step and settings stored in a checkpoint beside the tensors. */
+interface CheckpointState {
+  readonly version: 1;
+  readonly step: number;
+  readonly optimizerStep: number;
+  readonly parameters: readonly string[];
+  readonly seed: number | null;
+}
+
+async function writeCheckpoint(
+  directory: string,
+  named: [string, tf.Variable][],
+  optimizer: TrainOptimizer,
+  state: { step: number; seed: number | null },
+): Promise<void> {
   const entries = new Map<string, SafetensorsEntry>();
   for (const [name, variable] of named) entries.set(`param.${name}`, tensorToEntry(variable));
   const names = new Map(named.map(([name, variable]) => [variable, name] as const));
   for (const [key, entry] of optimizer.stateEntries?.(names) ?? []) entries.set(key, entry);
-  await writeSafetensorsFile(path.join(directory, CHECKPOINT_TENSORS), entries, { format: 'lora-trainer' });
-  await writeJsonAtomic(path.join(directory, CHECKPOINT_STATE), { step, optimizerStep: optimizer.step, parameters: named.map(([n]) => n) });
+  const stored: CheckpointState = { version: 1, step: state.step, optimizerStep: optimizer.step, parameters: named.map(([n]) => n), seed: state.seed };
+  // One file holds weights, optimizer state and step, so a kill at any point leaves the old or the new checkpoint whole.
+  await writeSafetensorsFile(path.join(directory, TRAINER_CHECKPOINT_NAME), entries, { format: 'lora-trainer', [STATE_KEY]: JSON.stringify(stored) });
+}
+
+function readState(file: string, metadata: Readonly<Record<string, string>>): CheckpointState {
+  const text = metadata[STATE_KEY];
+  let state: unknown;
+  try {
+    state = text === undefined ? undefined : JSON.parse(text);
+  } catch {
+    state = undefined;
+  }
+  const record = state as Partial<CheckpointState> | undefined;
+  if (!record || !Number.isInteger(record.step) || !Number.isInteger(record.optimizerStep) || !Array.isArray(record.parameters)) {
+    throw new TrainingError(
+      `[@lora/core] ${file} has no valid ${STATE_KEY} metadata (written by another tool or an older version); delete it to start over.`,
+    );
+  }
+  return record as CheckpointState;
 }
 
 async function restoreCheckpoint(directory: string, named: [string, tf.Variable][], optimizer: TrainOptimizer): Promise<number> {
+  const file = path.join(directory, TRAINER_CHECKPOINT_NAME);
   try {
-    await fs.access(path.join(directory, CHECKPOINT_STATE));
+    await fs.access(file);
   } catch {
     return 0;
   }
-  const state = (await readJsonFile(path.join(directory, CHECKPOINT_STATE))) as { step?: unknown; optimizerStep?: unknown };
-  if (!Number.isInteger(state.step) || !Number.isInteger(state.optimizerStep)) {
-    throw new TrainingError(`[@lora/core] ${path.join(directory, CHECKPOINT_STATE)} has no valid step; delete the checkpoint directory to start over.`);
-  }
-  const file = await readSafetensorsFile(path.join(directory, CHECKPOINT_TENSORS));
+  const contents = await readSafetensorsFile(file);
+  const state = readState(file, contents.metadata);
+  // A checkpoint only ever holds good weights; a damaged one must not be trained on.
+  checkLoadedTensors(contents.tensors, { file });
   for (const [name, variable] of named) {
-    const param = file.tensors.get(`param.${name}`);
+    const param = contents.tensors.get(`param.${name}`);
     if (!param) {
-      throw new TrainingError(`[@lora/core] The checkpoint in ${directory} has no tensor for "${name}"; it was written for another model or adapter.`);
+      throw new TrainingError(`[@lora/core] The checkpoint ${file} has no tensor for "${name}"; it was written for another model or adapter.`);
+    }
+    if (param.shape.length !== variable.shape.length || param.shape.some((d, i) => d !== variable.shape[i])) {
+      throw new TrainingError(
+        `[@lora/core] The checkpoint ${file} has "${name}" of shape [${param.shape.join(', ')}], the model [${variable.shape.join(', ')}]; it was written for another model or adapter.`,
+      );
     }
     tf.tidy(() => variable.assign(entryToTensor(param, name)));
   }
-  optimizer.loadStateEntries?.(file.tensors, new Map(named.map(([name, variable]) => [variable, name] as const)));
-  optimizer.step = state.optimizerStep as number;
-  return state.step as number;
+  optimizer.loadStateEntries?.(contents.tensors, new Map(named.map(([name, variable]) => [variable, name] as const)));
+  optimizer.step = state.optimizerStep;
+  return state.step;
+}
+
+/**
+ * Read the step stored in a trainer checkpoint directory, or null when it holds none.
+ * @throws {TrainingError} when the checkpoint file is not one `train()` wrote.
+ * @throws {SafetensorsError} when it is damaged.
+ */
+export async function readCheckpointStep(directory: string): Promise<number | null> {
+  const file = path.join(directory, TRAINER_CHECKPOINT_NAME);
+  try {
+    await fs.access(file);
+  } catch {
+    return null;
+  }
+  return readState(file, (await readSafetensorsFile(file)).metadata).step;
 }

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,7 +13,14 @@ import {
   lora,
   train,
   TrainingError,
+  AdamW,
+  countNonFinite,
+  readCheckpointStep,
+  readSafetensorsFile,
+  TRAINER_CHECKPOINT_NAME,
+  type TrainOptimizer,
 } from '../src/index.js';
+import { runUntilKilled } from '../src/testing.js';
 import { Gpt2ShapedTree, randomValues } from './helpers.js';
 
 interface Batch {
@@ -120,28 +127,203 @@ describe('train', () => {
     resumed.dispose();
   });
 
-  it('stops on a non-finite loss with a TrainingError naming the step and keeps the last checkpoint', async () => {
+  /** Weights of the trainable variables, by name, as bytes. */
+  const weights = (model: Gpt2ShapedTree) =>
+    new Map(model.namedParameters().filter(([, v]) => v.trainable).map(([name, v]) => [name, Buffer.from(v.dataSync().buffer.slice(0))] as const));
+  const expectSameWeights = (actual: Map<string, Buffer>, expected: Map<string, Buffer>) => {
+    expect([...actual.keys()]).toEqual([...expected.keys()]);
+    for (const [name, bytes] of actual) expect(bytes.equals(expected.get(name)!), name).toBe(true);
+  };
+  const trainedFor = async (steps: number, extra: Partial<Parameters<typeof train<Batch>>[0]> = {}) => {
+    const reference = setUp();
+    await train({ model: reference.model, lossFn: mse(reference.model), trainData: data, steps, learningRate: 1e-2, ...extra });
+    const result = weights(reference.model);
+    reference.dispose();
+    return result;
+  };
+  const expectCheckpointFinite = async (directory: string) => {
+    const file = await readSafetensorsFile(path.join(directory, TRAINER_CHECKPOINT_NAME));
+    for (const [name, entry] of file.tensors) expect(countNonFinite(entry).count, name).toBe(0);
+  };
+
+  it('stops on a non-finite loss before keeping the update, rolls back to the last state with a finite loss and checkpoints it', async () => {
     const adapterModel = setUp();
     const checkpoint = { directory: path.join(directory, 'nan'), every: 1 };
     let calls = 0;
+    // The 3rd loss is NaN: the weights after step 2 gave it, so the last good state is after step 1.
     const lossFn = (batch: Batch) => {
       calls += 1;
       const loss = mse(adapterModel.model)(batch);
       return calls === 3 ? (tf.tidy(() => tf.div(loss, 0)) as tf.Scalar) : loss;
     };
     const before = tf.memory().numTensors;
-    let caught: unknown;
-    try {
-      await train({ model: adapterModel.model, lossFn, trainData: data, steps: 10, checkpoint });
-    } catch (error) {
-      caught = error;
-    }
+    const caught = await train({ model: adapterModel.model, lossFn, trainData: data, steps: 10, learningRate: 1e-2, checkpoint }).catch((error: unknown) => error);
     expect(caught).toBeInstanceOf(TrainingError);
-    expect((caught as TrainingError).step).toBe(3);
-    expect((caught as Error).message).toMatch(/step 3/u);
+    expect(caught).toMatchObject({ step: 3, reason: 'non-finite-loss', keptStep: 1, checkpointStep: 1 });
+    expect((caught as Error).message).toMatch(/^\[@lora\/core\] Training diverged at step 3: the loss is Infinity; the weights are those after step 1, checkpointed\./u);
     expect(tf.memory().numTensors).toBe(before);
-    const state = JSON.parse(await readFile(path.join(checkpoint.directory, 'trainer_state.json'), 'utf8')) as { step: number };
-    expect(state.step).toBe(2);
+    expect(await readCheckpointStep(checkpoint.directory)).toBe(1);
+    await expectCheckpointFinite(checkpoint.directory);
+    expectSameWeights(weights(adapterModel.model), await trainedFor(1));
+    adapterModel.dispose();
+  });
+
+  it('keeps no diverged weights when the learning rate blows the update up, and rejects a non-finite learning rate', async () => {
+    const adapterModel = setUp();
+    const checkpoint = { directory: path.join(directory, 'huge-lr'), every: 1 };
+    const caught = await train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 6, learningRate: 1e20, checkpoint }).catch((error: unknown) => error);
+    expect(caught).toBeInstanceOf(TrainingError);
+    const error = caught as TrainingError;
+    expect(error.reason).toMatch(/^non-finite-/u);
+    // Whatever the step, the kept weights are finite and give a finite loss.
+    for (const [name, bytes] of weights(adapterModel.model)) {
+      expect(new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4).every(Number.isFinite), name).toBe(true);
+    }
+    adapterModel.model.eval();
+    expect(Number.isFinite(tf.tidy(() => mse(adapterModel.model)(data[0]!).dataSync()[0]!))).toBe(true);
+    if (error.checkpointStep !== null) await expectCheckpointFinite(checkpoint.directory);
+    for (const learningRate of [Number.POSITIVE_INFINITY, Number.NaN, 0, -1]) {
+      await expect(train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 1, learningRate })).rejects.toThrow(/learningRate must be a finite number > 0/u);
+    }
+    adapterModel.dispose();
+  });
+
+  it('stops on a non-finite gradient norm with a finite loss, keeping the weights the loss was finite on', async () => {
+    const adapterModel = setUp();
+    const adapterA = adapterModel.model.namedParameters().find(([name]) => name.endsWith('lora_A.default.weight'))![1];
+    let calls = 0;
+    // sqrt(0·sum(A)) is 0, but its gradient is 0.5/0 · 0 = NaN.
+    const lossFn = (batch: Batch) => {
+      calls += 1;
+      const loss = mse(adapterModel.model)(batch);
+      return calls === 3 ? (tf.add(loss, tf.sqrt(tf.mul(tf.sum(adapterA), 0))) as tf.Scalar) : loss;
+    };
+    const caught = await train({ model: adapterModel.model, lossFn, trainData: data, steps: 5, learningRate: 1e-2 }).catch((error: unknown) => error);
+    expect(caught).toMatchObject({ step: 3, reason: 'non-finite-gradient', keptStep: 2 });
+    expectSameWeights(weights(adapterModel.model), await trainedFor(2));
+    adapterModel.dispose();
+  });
+
+  it('puts the weights back when an update makes them non-finite', async () => {
+    const adapterModel = setUp();
+    const inner = new AdamW({ learningRate: 1e-2, weightDecay: 0 });
+    const poisoned: TrainOptimizer = {
+      get learningRate() {
+        return inner.learningRate;
+      },
+      set learningRate(value: number) {
+        inner.learningRate = value;
+      },
+      get step() {
+        return inner.step;
+      },
+      set step(value: number) {
+        inner.step = value;
+      },
+      applyGradients(gradients) {
+        inner.applyGradients(gradients);
+        if (inner.step === 3) {
+          const [variable] = [...gradients.keys()];
+          tf.tidy(() => variable!.assign(tf.fill(variable!.shape, Number.NaN)));
+        }
+      },
+      stateEntries: (names) => inner.stateEntries(names),
+      loadStateEntries: (entries, names) => inner.loadStateEntries(entries, names),
+      dispose: () => inner.dispose(),
+    };
+    const caught = await train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 5, optimizer: poisoned }).catch((error: unknown) => error);
+    expect(caught).toMatchObject({ step: 3, reason: 'non-finite-parameters', keptStep: 2 });
+    expect(inner.step).toBe(2);
+    expectSameWeights(weights(adapterModel.model), await trainedFor(2, { weightDecay: 0 }));
+    inner.dispose();
+    adapterModel.dispose();
+  });
+
+  it('leaves a whole checkpoint (old or new) at every kill point of a checkpoint write, and resumes from it bit-identically', async () => {
+    const options = { trainData: data, steps: 4, learningRate: 1e-2, schedule: 'cosine' as const, warmupSteps: 1, seed: 11 };
+    const expected = await trainedFor(4, options);
+    // The file-system steps of one checkpoint write, counted on a run that checkpoints once.
+    const counted = setUp();
+    const once = await runUntilKilled(
+      () => train({ ...options, model: counted.model, lossFn: mse(counted.model), steps: 1, checkpoint: { directory: path.join(directory, 'count'), every: 1 } }),
+      () => false,
+    );
+    counted.dispose();
+    const perCheckpoint = once.points.filter((point) => point.operation !== 'train-step').length;
+    expect(perCheckpoint).toBeGreaterThanOrEqual(5);
+    for (let kill = 0; kill < perCheckpoint; kill++) {
+      const checkpoint = { directory: path.join(directory, `kill-${kill}`), every: 1 };
+      const killed = setUp();
+      let seen = 0;
+      let checkpointsStarted = 0;
+      // Kill at the kill-th step of the second checkpoint write (the one that replaces step 1's).
+      const run = await runUntilKilled(
+        () => train({ ...options, model: killed.model, lossFn: mse(killed.model), checkpoint }),
+        (point) => {
+          if (point.operation === 'mkdir') checkpointsStarted += 1;
+          if (checkpointsStarted < 2 || point.operation === 'train-step') return false;
+          return seen++ === kill;
+        },
+      );
+      killed.dispose();
+      expect(run.killed).toBe(true);
+      const step = await readCheckpointStep(checkpoint.directory);
+      expect([1, 2]).toContain(step);
+      await expectCheckpointFinite(checkpoint.directory);
+      const resumed = setUp();
+      const result = await train({ ...options, model: resumed.model, lossFn: mse(resumed.model), checkpoint });
+      expect(result.startStep).toBe(step);
+      expectSameWeights(weights(resumed.model), expected);
+      resumed.dispose();
+    }
+  });
+
+  it('resumes bit-identically with dropout on when given the same seed, after a kill at a random step', async () => {
+    // A fresh plugin each time: its seed counts up per adapter it creates.
+    const make = () =>
+      AdapterModel.create(new Gpt2ShapedTree({ width: 16, seed: 1 }), { registry: createLoraRegistry({ plugins: [lora({ seed: 3 })] }), config: { r: 4, loraAlpha: 8, loraDropout: 0.3, targetModules: ['c_attn', 'c_proj'] } });
+    const options = { trainData: data, steps: 6, learningRate: 1e-2, seed: 5 };
+    const straight = make();
+    await train({ ...options, model: straight.model, lossFn: mse(straight.model) });
+    const expected = weights(straight.model);
+    straight.dispose();
+    const unseeded = make();
+    await train({ ...options, seed: undefined, model: unseeded.model, lossFn: mse(unseeded.model) });
+    // Dropout is on: without the seed the run draws other masks.
+    expect([...weights(unseeded.model)].some(([name, bytes]) => !bytes.equals(expected.get(name)!))).toBe(true);
+    unseeded.dispose();
+    const killStep = 2 + Math.floor(Math.random() * 4);
+    const checkpoint = { directory: path.join(directory, `dropout-${killStep}`), every: 1 };
+    const killed = make();
+    const run = await runUntilKilled(() => train({ ...options, model: killed.model, lossFn: mse(killed.model), checkpoint }), (point) => point.operation === 'train-step' && point.path === String(killStep));
+    killed.dispose();
+    expect(run.killed).toBe(true);
+    const resumed = make();
+    const result = await train({ ...options, model: resumed.model, lossFn: mse(resumed.model), checkpoint });
+    expect(result.startStep).toBeLessThan(killStep);
+    expectSameWeights(weights(resumed.model), expected);
+    resumed.dispose();
+  });
+
+  it('stops at the next step when aborted, checkpointing the current state', async () => {
+    const adapterModel = setUp();
+    const controller = new AbortController();
+    const checkpoint = { directory: path.join(directory, 'abort'), every: 100 };
+    const caught = await train({
+      model: adapterModel.model,
+      lossFn: mse(adapterModel.model),
+      trainData: data,
+      steps: 10,
+      learningRate: 1e-2,
+      checkpoint,
+      signal: controller.signal,
+      onProgress: (event) => {
+        if (event.step === 3) controller.abort();
+      },
+    }).catch((error: unknown) => error);
+    expect(caught).toMatchObject({ reason: 'interrupted', step: 4, keptStep: 3, checkpointStep: 3 });
+    expect(await readCheckpointStep(checkpoint.directory)).toBe(3);
+    expectSameWeights(weights(adapterModel.model), await trainedFor(3));
     adapterModel.dispose();
   });
 

@@ -173,6 +173,8 @@ export interface LoadPretrainedOptions {
   readonly strict?: boolean;
   /** Receives what was matched, skipped and upcast. */
   readonly onReport?: (report: LoadReport) => void;
+  /** Load weights holding NaN or ±Infinity instead of throwing `NonFiniteTensorError` (default false). */
+  readonly allowNonFinite?: boolean;
 }
 
 /**
@@ -199,7 +201,7 @@ export async function loadPretrained<A extends ArchitectureName = ArchitectureNa
   const model = createModel(json as ConfigJson, { architecture: options.architecture, source: configFile });
   try {
     const tensors = await readCheckpointTensors(directory);
-    const report = loadStateDict(model, tensors, { strict: options.strict, source: `The checkpoint in ${directory}` });
+    const report = loadStateDict(model, tensors, { strict: options.strict, allowNonFinite: options.allowNonFinite, source: directory });
     options.onReport?.(report);
   } catch (error) {
     model.dispose();

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { entryToTensor, tensorToEntry, type SafetensorsEntry } from '@lora/core';
+import { checkLoadedTensors, entryToTensor, tensorToEntry, type SafetensorsEntry } from '@lora/core';
 import { assertTensorsFit, compareTensorShapes } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 import type { PretrainedModel } from './pretrained-model.js';
@@ -24,7 +24,9 @@ export interface LoadReport {
 export interface LoadStateDictOptions {
   /** Throw when anything is missing, unexpected or mis-shaped (default true). Mis-shaped tensors always throw. */
   readonly strict?: boolean;
-  /** What the tensors came from, named in errors (default `The checkpoint`), e.g. the file path. */
+  /** Load weights holding NaN or ±Infinity instead of throwing `NonFiniteTensorError` (default false). */
+  readonly allowNonFinite?: boolean;
+  /** The checkpoint file or directory, named in errors (default `The checkpoint`). */
   readonly source?: string;
 }
 
@@ -93,7 +95,7 @@ export function loadStateDict(
     { missing, unexpected, mismatched },
     {
       plugin: PACKAGE,
-      source: options.source ?? 'The checkpoint',
+      source: options.source === undefined ? 'The checkpoint' : `The checkpoint in ${options.source}`,
       target: model.architecture,
       strict,
       hint:
@@ -101,6 +103,13 @@ export function loadStateDict(
         (mismatched.length === 0 ? '; to keep freshly initialised values for missing tensors (e.g. a new classifier head), pass { strict: false }.' : '.'),
     },
   );
+  // Only the tensors that become weights: ignored buffers may legitimately hold -Infinity masks.
+  const assigned = new Map<string, SafetensorsEntry>();
+  for (const [name, key] of rename) {
+    const entry = tensors.get(key);
+    if (parameters.has(name) && entry) assigned.set(key, entry);
+  }
+  checkLoadedTensors(assigned, { file: options.source, allowNonFinite: options.allowNonFinite, plugin: PACKAGE });
   for (const [name, variable] of parameters) {
     const key = rename.get(name);
     const entry = key === undefined ? undefined : tensors.get(key);

@@ -66,6 +66,19 @@ function blockwise8bitStore(variable: tf.Variable, blockSize: number): MomentSto
     },
     bytes: m.byteLength + mAbsmax.byteLength + v.byteLength + vAbsmax.byteLength,
     quantized: true,
+    snapshot() {
+      // The codes and absmax themselves: restoring them is exact (decoding and re-encoding would not be).
+      const saved = [m.slice(), mAbsmax.slice(), v.slice(), vAbsmax.slice()] as const;
+      return {
+        restore() {
+          m.set(saved[0]);
+          mAbsmax.set(saved[1]);
+          v.set(saved[2]);
+          vAbsmax.set(saved[3]);
+        },
+        dispose() {},
+      };
+    },
     dispose() {},
   };
 }
