@@ -6,10 +6,12 @@
 // Sections are listed in SECTIONS; each exports a function taking { quick, threads, log, print }
 // and returning its rows. Ratios are measured within one run; nothing here asserts timings.
 import { parseArgs } from 'node:util';
+import { runProfile } from './profile.mjs';
 import { runThroughput } from './throughput.mjs';
 
 const SECTIONS = {
   throughput: runThroughput,
+  profile: runProfile,
 };
 
 const { values } = parseArgs({

@@ -2,42 +2,16 @@
 // LoRA training, full fine-tuning and the forward pass on the `small` GPT-2 configuration.
 // Each measurement runs in a child process (tfjs backends are per process); a backend whose
 // child fails is reported as skipped, never fatal.
-import { spawn } from 'node:child_process';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { runChild as runScript, table } from './lib/child.mjs';
 
 const CHILD = fileURLToPath(new URL('./throughput-child.mjs', import.meta.url));
 /** Fields the children add for the summary; the JSON rows keep the documented shape. */
 const INTERNAL_FIELDS = ['backendKind', 'isDefault'];
-
-function runChild(args, log) {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CHILD, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    child.on('close', (code) => {
-      const last = stdout.trim().split('\n').pop() ?? '';
-      try {
-        if (code !== 0) throw new Error(`exit code ${code}`);
-        resolve({ ok: true, value: JSON.parse(last) });
-      } catch (error) {
-        const reason = stderr.trim().split('\n').filter((line) => line.trim() && !/^=+$|Hi, looks like/u.test(line)).slice(-3).join(' | ') || error.message;
-        log(`  ! ${args.slice(0, 3).join(' ')} failed: ${reason}`);
-        resolve({ ok: false, reason });
-      }
-    });
-  });
-}
+const runChild = (args, log) => runScript(CHILD, args, log);
 
 const publicRow = (row) => Object.fromEntries(Object.entries(row).filter(([key]) => !INTERNAL_FIELDS.includes(key)));
-
-function table(headers, rows) {
-  const widths = headers.map((header, i) => Math.max(header.length, ...rows.map((row) => String(row[i]).length)));
-  const line = (cells) => cells.map((cell, i) => String(cell).padStart(widths[i])).join('  ');
-  return [line(headers), line(widths.map((width) => '-'.repeat(width))), ...rows.map(line)].join('\n');
-}
 
 /**
  * Run the section. `quick` halves the work (for smoke runs). Returns the JSON rows; `print`

@@ -13,3 +13,5 @@ export { inMemoryTensorName } from './adapter-layer.js';
 export { describeValue } from './errors.js';
 export { thinSvd } from './svd.js';
 export { loraConfigShape, LORA_CONFIG_EXAMPLES, LORA_CONFIG_FIELDS } from './lora-config.js';
+export { matMulFlops, spyOnKernels } from './kernel-spy.js';
+export type { KernelCall, KernelSpy } from './kernel-spy.js';
