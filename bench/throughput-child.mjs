@@ -1,6 +1,6 @@
 // One measurement in its own process (tfjs backends are per process):
 //   node bench/throughput-child.mjs matmul --size 1024 [--threads N] [--reps 7]
-//   node bench/throughput-child.mjs train --backend wasm-threads [--threads N] [--steps 3] [--config small]
+//   node bench/throughput-child.mjs train --backend wasm-threads [--threads N] [--steps 3] [--config small] [--variants forward,lora,full]
 // Prints one JSON object on its last stdout line; everything else goes to stderr.
 import { parseArgs } from 'node:util';
 import { cudaBackend, tf } from './lib/packages.mjs';
@@ -17,6 +17,7 @@ const { positionals, values } = parseArgs({
     reps: { type: 'string', default: '7' },
     steps: { type: 'string', default: '3' },
     config: { type: 'string', default: 'small' },
+    variants: { type: 'string', default: VARIANTS.join(',') },
   },
 });
 const threads = values.threads === undefined ? undefined : Number(values.threads);
@@ -102,7 +103,7 @@ async function measureTraining() {
     backendKind: report.kind,
   });
 
-  for (const variant of VARIANTS) {
+  for (const variant of values.variants.split(',')) {
     const times = [];
     await runVariant({
       variant,

@@ -3,12 +3,13 @@
 import { spawn } from 'node:child_process';
 
 /**
- * Run `node script ...args`; resolve `{ ok: true, value }` with the JSON object on the child's last
- * stdout line, or `{ ok: false, reason }` (the last lines of its stderr) when it fails. Never rejects.
+ * Run `node script ...args` (or `command script ...args`); resolve `{ ok: true, value }` with the
+ * JSON object on the child's last stdout line, or `{ ok: false, reason }` (the last lines of its
+ * stderr) when it fails. Never rejects.
  */
-export function runChild(script, args, log) {
+export function runChild(script, args, log, command = process.execPath) {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk) => (stdout += chunk));
@@ -36,3 +37,14 @@ export function table(headers, rows, align = []) {
 
 /** Median of a non-empty list of numbers. */
 export const median = (list) => [...list].sort((x, y) => x - y)[Math.floor(list.length / 2)];
+
+/**
+ * Start a process that keeps one core busy (a JS busy loop), for measuring under load. Returns a
+ * function that stops it.
+ */
+export function startCompetingProcess() {
+  const child = spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' });
+  return () => {
+    child.kill('SIGKILL');
+  };
+}

@@ -9,7 +9,10 @@ as core's train(); `forward` = the loss in eval mode without gradients.
 
     python3 bench/torch/small_lora_step.py [--threads 1] [--steps 3] [--variants forward,lora,full]
 
-Prints one JSON object on its last stdout line: {"torch": version, "threads": n, "rows": [{variant, stepMs}]}.
+Prints one JSON object on its last stdout line: {"torch": version, "threads": n, "blas": library,
+"rows": [{variant, stepMs}]}. `blas` is the BLAS library the process loaded (Debian's python3-torch
+uses whichever libblas.so.3 is selected: the reference BLAS is ~40x slower than OpenBLAS, so the
+report names it).
 Median of `steps` steps after one warm-up step. Plain PyTorch only (no transformers, no peft).
 """
 import argparse
@@ -156,6 +159,16 @@ def run(variant, steps):
     return timed[len(timed) // 2] * 1000
 
 
+def blas_library():
+    """The BLAS shared library this process has loaded (Linux), e.g. libopenblas.so.0."""
+    try:
+        with open("/proc/self/maps") as maps:
+            names = {line.split()[-1] for line in maps if "blas" in line.lower() and "/" in line}
+    except OSError:
+        return "unknown"
+    return ", ".join(sorted({name.rsplit("/", 1)[-1] for name in names if "lapack" not in name})) or "none"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
@@ -165,7 +178,7 @@ def main():
     # One thread is the anchor: on a 2-core machine two threads oversubscribe it.
     torch.set_num_threads(args.threads)
     rows = [{"variant": v, "stepMs": round(run(v, args.steps), 1)} for v in args.variants.split(",")]
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}))
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas_library(), "rows": rows}))
 
 
 if __name__ == "__main__":
