@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { AdapterModel, causalLmLoss, createLoraRegistry, initRuntime, lora, train } from '@lora/core';
-import { matMulFlops, spyOnKernels, type KernelCall } from '@lora/core/internal';
+import { matMulFlops, spyOnKernels, type KernelCall, type KernelSpy } from '@lora/core/internal';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Gpt2LMHeadModel, parseGpt2Config } from '../src/index.js';
 import { withoutLeaks } from './helpers.js';
@@ -18,7 +18,8 @@ async function recordLoraStep(): Promise<{ calls: KernelCall[]; frozen: Set<tf.D
     config: { r: 4, loraAlpha: 8, targetModules: ['attn.c_attn', 'attn.c_proj'], fanInFanOut: true },
   });
   const inputIds = tf.tensor2d(Array.from({ length: 24 }, (_, i) => (i * 7) % 37), [2, 12], 'int32');
-  let spy: ReturnType<typeof spyOnKernels> | null = null;
+  // Set from the progress callback, so kept in an object TypeScript does not narrow.
+  const recording: { spy: KernelSpy | null } = { spy: null };
   let calls: KernelCall[] = [];
   let frozen = new Set<tf.DataId>();
   try {
@@ -33,15 +34,15 @@ async function recordLoraStep(): Promise<{ calls: KernelCall[]; frozen: Set<tf.D
         if (progress.step === 1) {
           // The frozen weights' data, as step 2 sees it (the first step may set up caches).
           frozen = new Set(model.namedParameters().map(([, variable]) => variable).filter((variable) => !variable.trainable).map((variable) => variable.dataId));
-          spy = spyOnKernels();
+          recording.spy = spyOnKernels();
         } else {
-          spy!.stop();
-          calls = spy!.calls;
+          recording.spy?.stop();
+          calls = recording.spy?.calls ?? [];
         }
       },
     });
   } finally {
-    spy?.stop();
+    recording.spy?.stop();
     inputIds.dispose();
     model.dispose();
   }
