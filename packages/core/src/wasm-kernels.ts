@@ -1,9 +1,10 @@
-import * as tf from '@tensorflow/tfjs-core';
+import type * as tf from '@tensorflow/tfjs-core';
+import { KernelReplacements } from './kernel-replacements.js';
 import { WASM_COPY_KERNELS, withCopyKernel } from './wasm-copy-kernels.js';
 import { fastWasmMatMulKernels, restoreWasmMatMul, useFastWasmMatMul } from './wasm-matmul.js';
 
-/** Stock kernels replaced by {@link useFastWasmKernels}, by backend and kernel name. */
-const replaced = new Map<string, Map<string, tf.KernelConfig>>();
+/** Stock kernels replaced by {@link useFastWasmKernels} (the matMul ones are kept by wasm-matmul). */
+const replacements = new KernelReplacements();
 
 /**
  * Route a WASM backend's kernels through core's faster forms, through tfjs's kernel registry:
@@ -20,19 +21,10 @@ const replaced = new Map<string, Map<string, tf.KernelConfig>>();
  * useFastWasmKernels(); // initRuntime() does this for the wasm backend
  */
 export function useFastWasmKernels(backendName = 'wasm'): string[] {
-  const changed = useFastWasmMatMul(backendName);
-  const done = replaced.get(backendName) ?? new Map<string, tf.KernelConfig>();
-  for (const [kernelName, kernel] of Object.entries(WASM_COPY_KERNELS)) {
-    if (done.has(kernelName)) continue;
-    const stock = tf.getKernel(kernelName, backendName);
-    if (stock === undefined) continue;
-    tf.unregisterKernel(kernelName, backendName);
-    tf.registerKernel({ ...stock, kernelFunc: withCopyKernel(kernel, stock.kernelFunc) });
-    done.set(kernelName, stock);
-    changed.push(kernelName);
-  }
-  replaced.set(backendName, done);
-  return changed;
+  const copyKernels = Object.fromEntries(
+    Object.entries(WASM_COPY_KERNELS).map(([kernelName, kernel]) => [kernelName, (stock: tf.KernelConfig) => withCopyKernel(kernel, stock.kernelFunc)]),
+  );
+  return [...useFastWasmMatMul(backendName), ...replacements.replace(backendName, copyKernels)];
 }
 
 /**
@@ -40,17 +32,10 @@ export function useFastWasmKernels(backendName = 'wasm'): string[] {
  * @returns The kernel names restored.
  */
 export function restoreWasmKernels(backendName = 'wasm'): string[] {
-  const restored = restoreWasmMatMul(backendName);
-  for (const [kernelName, stock] of replaced.get(backendName) ?? []) {
-    tf.unregisterKernel(kernelName, backendName);
-    tf.registerKernel(stock);
-    restored.push(kernelName);
-  }
-  replaced.delete(backendName);
-  return restored;
+  return [...restoreWasmMatMul(backendName), ...replacements.restore(backendName)];
 }
 
 /** The kernels of `backendName` currently replaced by core's (see {@link useFastWasmKernels}). */
 export function fastWasmKernels(backendName = 'wasm'): string[] {
-  return [...fastWasmMatMulKernels(backendName), ...(replaced.get(backendName)?.keys() ?? [])];
+  return [...fastWasmMatMulKernels(backendName), ...replacements.names(backendName)];
 }

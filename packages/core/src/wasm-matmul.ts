@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { KernelReplacements } from './kernel-replacements.js';
 
 /**
  * tfjs-backend-wasm (4.x) runs a matMul on XNNPACK (SIMD, multi-threaded) only when neither operand
@@ -23,7 +24,7 @@ import * as tf from '@tensorflow/tfjs-core';
 const MATMUL_KERNELS = ['BatchMatMul', '_FusedMatMul'] as const;
 /** Below this many flops per matrix, one XNNPACK call per matrix costs more than tfjs's loop. */
 export const MIN_FLOPS_PER_MATRIX = 1 << 18;
-const patched = new Map<string, Map<string, tf.KernelConfig>>();
+const replacements = new KernelReplacements();
 
 interface MatMulAttrs {
   transposeA: boolean;
@@ -277,41 +278,20 @@ function stackedProduct(
  * useFastWasmMatMul(); // initRuntime() does this for the wasm backend
  */
 export function useFastWasmMatMul(backendName = 'wasm'): string[] {
-  const done = patched.get(backendName) ?? new Map<string, tf.KernelConfig>();
-  const changed: string[] = [];
-  for (const kernelName of MATMUL_KERNELS) {
-    if (done.has(kernelName)) continue;
-    const original = tf.getKernel(kernelName, backendName);
-    if (original === undefined) continue;
-    tf.unregisterKernel(kernelName, backendName);
-    tf.registerKernel({ ...original, kernelFunc: fastMatMul(original, backendName) });
-    done.set(kernelName, original);
-    changed.push(kernelName);
-  }
-  patched.set(backendName, done);
-  return changed;
+  return replacements.replace(backendName, Object.fromEntries(MATMUL_KERNELS.map((kernelName) => [kernelName, (stock: tf.KernelConfig) => fastMatMul(stock, backendName)])));
 }
 
 /**
- * Put back tfjs's own matMul kernels of `backendName`.
+ * Put back tfjs's own matMul kernels of `backendName`, and free the kept frozen-weight transposes.
  * @returns The kernel names restored.
  */
 export function restoreWasmMatMul(backendName = 'wasm'): string[] {
-  const done = patched.get(backendName);
-  if (!done) return [];
-  const restored: string[] = [];
   const backend = tf.engine().registry[backendName];
   if (backend !== undefined) releaseStaleTransposes(backend, new Set());
-  for (const [kernelName, original] of done) {
-    tf.unregisterKernel(kernelName, backendName);
-    tf.registerKernel(original);
-    restored.push(kernelName);
-  }
-  patched.delete(backendName);
-  return restored;
+  return replacements.restore(backendName);
 }
 
 /** The matMul kernels of `backendName` currently routed through the fast paths. */
 export function fastWasmMatMulKernels(backendName = 'wasm'): string[] {
-  return [...(patched.get(backendName)?.keys() ?? [])];
+  return replacements.names(backendName);
 }
