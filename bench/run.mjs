@@ -6,10 +6,14 @@
 // Sections are listed in SECTIONS; each exports a function taking { quick, threads, log, print }
 // and returning its rows. Ratios are measured within one run; nothing here asserts timings.
 import { parseArgs } from 'node:util';
+import { runGenerate } from './generate.mjs';
+import { runProfile } from './profile.mjs';
 import { runThroughput } from './throughput.mjs';
 
 const SECTIONS = {
   throughput: runThroughput,
+  profile: runProfile,
+  generate: runGenerate,
 };
 
 const { values } = parseArgs({

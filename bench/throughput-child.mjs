@@ -1,10 +1,12 @@
 // One measurement in its own process (tfjs backends are per process):
 //   node bench/throughput-child.mjs matmul --size 1024 [--threads N] [--reps 7]
-//   node bench/throughput-child.mjs train --backend wasm-threads [--threads N] [--steps 3] [--config small]
+//   node bench/throughput-child.mjs train --backend wasm-threads [--threads N] [--steps 3] [--config small] [--variants forward,lora,full]
 // Prints one JSON object on its last stdout line; everything else goes to stderr.
 import { parseArgs } from 'node:util';
-import { core, cudaBackend, tf } from './lib/packages.mjs';
-import { CONFIGS, createModel, LORA_CONFIG, makeBatches } from './lib/gpt2.mjs';
+import { cudaBackend, tf } from './lib/packages.mjs';
+import { median } from './lib/child.mjs';
+import { CONFIGS } from './lib/gpt2.mjs';
+import { runVariant, VARIANTS } from './lib/variants.mjs';
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -15,6 +17,7 @@ const { positionals, values } = parseArgs({
     reps: { type: 'string', default: '7' },
     steps: { type: 'string', default: '3' },
     config: { type: 'string', default: 'small' },
+    variants: { type: 'string', default: VARIANTS.join(',') },
   },
 });
 const threads = values.threads === undefined ? undefined : Number(values.threads);
@@ -99,45 +102,18 @@ async function measureTraining() {
     tokensPerSec: Number(((tokens * 1000) / stepMs).toFixed(1)),
     backendKind: report.kind,
   });
-  const median = (list) => [...list].sort((x, y) => x - y)[Math.floor(list.length / 2)];
 
-  for (const variant of ['forward', 'lora', 'full']) {
-    const model = createModel(values.config);
-    const batches = makeBatches(config, 2);
-    const lossFn = (batch) => core.causalLmLoss(model.forward(batch.inputIds), batch.inputIds);
-    if (variant === 'forward') {
-      model.eval();
-      const times = [];
-      for (let step = 0; step < warmup + timedSteps; step++) {
-        const started = performance.now();
-        tf.tidy(() => lossFn(batches[step % 2]).dataSync());
-        if (step >= warmup) times.push(performance.now() - started);
-      }
-      rows.push(row(variant, median(times)));
-    } else {
-      if (variant === 'lora') {
-        core.AdapterModel.create(model, { registry: core.createLoraRegistry({ plugins: [core.lora({ seed: 3 })] }), config: LORA_CONFIG });
-      } else {
-        model.setTrainable(true);
-      }
-      const times = [];
-      let last = performance.now();
-      await core.train({
-        model,
-        trainData: batches,
-        steps: warmup + timedSteps,
-        learningRate: 1e-3,
-        lossFn,
-        onProgress: (progress) => {
-          const now = performance.now();
-          if (progress.kind === 'step' && progress.step > warmup) times.push(now - last);
-          last = now;
-        },
-      });
-      rows.push(row(variant, median(times)));
-    }
-    tf.dispose(batches.map((batch) => batch.inputIds));
-    model.dispose();
+  for (const variant of values.variants.split(',')) {
+    const times = [];
+    await runVariant({
+      variant,
+      configName: values.config,
+      steps: warmup + timedSteps,
+      onStepEnd: (step, ms) => {
+        if (step > warmup) times.push(ms);
+      },
+    });
+    rows.push(row(variant, median(times)));
   }
   return { rows, attempts: attemptsOf(report) };
 }

@@ -2,42 +2,17 @@
 // LoRA training, full fine-tuning and the forward pass on the `small` GPT-2 configuration.
 // Each measurement runs in a child process (tfjs backends are per process); a backend whose
 // child fails is reported as skipped, never fatal.
-import { spawn } from 'node:child_process';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { runChild as runScript, startCompetingProcess, table } from './lib/child.mjs';
+import { runTorchReference } from './lib/torch.mjs';
 
 const CHILD = fileURLToPath(new URL('./throughput-child.mjs', import.meta.url));
 /** Fields the children add for the summary; the JSON rows keep the documented shape. */
 const INTERNAL_FIELDS = ['backendKind', 'isDefault'];
-
-function runChild(args, log) {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CHILD, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    child.on('close', (code) => {
-      const last = stdout.trim().split('\n').pop() ?? '';
-      try {
-        if (code !== 0) throw new Error(`exit code ${code}`);
-        resolve({ ok: true, value: JSON.parse(last) });
-      } catch (error) {
-        const reason = stderr.trim().split('\n').filter((line) => line.trim() && !/^=+$|Hi, looks like/u.test(line)).slice(-3).join(' | ') || error.message;
-        log(`  ! ${args.slice(0, 3).join(' ')} failed: ${reason}`);
-        resolve({ ok: false, reason });
-      }
-    });
-  });
-}
+const runChild = (args, log) => runScript(CHILD, args, log);
 
 const publicRow = (row) => Object.fromEntries(Object.entries(row).filter(([key]) => !INTERNAL_FIELDS.includes(key)));
-
-function table(headers, rows) {
-  const widths = headers.map((header, i) => Math.max(header.length, ...rows.map((row) => String(row[i]).length)));
-  const line = (cells) => cells.map((cell, i) => String(cell).padStart(widths[i])).join('  ');
-  return [line(headers), line(widths.map((width) => '-'.repeat(width))), ...rows.map(line)].join('\n');
-}
 
 /**
  * Run the section. `quick` halves the work (for smoke runs). Returns the JSON rows; `print`
@@ -61,13 +36,51 @@ export async function runThroughput({ quick = false, threads, log = (text) => pr
   }
   const trainRows = [];
   const skipped = [];
+  const steps = quick ? '1' : '3';
+  let torch = null;
   for (const kind of kinds) {
     log(`throughput: small GPT-2 forward, LoRA and full fine-tuning steps on ${kind}…`);
-    const steps = quick ? '1' : '3';
     const result = await runChild(['train', '--backend', kind, '--steps', steps, ...threadArgs], log);
     if (result.ok) trainRows.push(...result.value.rows);
     else skipped.push(`${kind}: ${result.reason}`);
+    if (kind === kinds[0]) {
+      // Right after the default backend, so both see the same machine.
+      log('throughput: the same steps in PyTorch (bench/torch/small_lora_step.py, 1 thread)…');
+      torch = await runTorchReference({ steps: Number(steps), log });
+    }
   }
+
+  // Robustness: the default backend's LoRA step with and without a process keeping one core busy, back to back.
+  log(`throughput: LoRA steps on ${kinds[0]} without and with a competing busy process…`);
+  const quiet = await runChild(['train', '--backend', kinds[0], '--steps', steps, '--variants', 'lora', ...threadArgs], log);
+  const stopCompeting = startCompetingProcess();
+  const loaded = await runChild(['train', '--backend', kinds[0], '--steps', steps, '--variants', 'lora', ...threadArgs], log).finally(stopCompeting);
+  const loadRows =
+    quiet.ok && loaded.ok
+      ? [{ kind: 'load', variant: 'lora', backend: quiet.value.rows[0].backend, threads: quiet.value.rows[0].threads, competingProcesses: 1, quietStepMs: quiet.value.rows[0].stepMs, loadedStepMs: loaded.value.rows[0].stepMs, slowdown: Number((loaded.value.rows[0].stepMs / quiet.value.rows[0].stepMs).toFixed(2)), backendKind: kinds[0] }]
+      : [];
+  if (loadRows.length === 0) skipped.push(`load comparison: ${quiet.ok ? loaded.reason : quiet.reason}`);
+
+  const config = { tokens: 8 * 128 };
+  const torchRows = torch?.ok
+    ? torch.value.rows.map((row) => ({
+        kind: 'reference',
+        framework: 'pytorch',
+        variant: row.variant,
+        config: 'small',
+        threads: torch.value.threads,
+        torch: torch.value.torch,
+        blas: torch.value.blas,
+        stepMs: row.stepMs,
+        tokensPerSec: Number(((config.tokens * 1000) / row.stepMs).toFixed(1)),
+      }))
+    : [];
+  if (torch && !torch.ok) skipped.push(`PyTorch reference: ${torch.reason}`);
+  const defaultTrain = trainRows.filter((row) => row.backendKind === kinds[0]);
+  const ratioRows = torchRows.flatMap((reference) => {
+    const ours = defaultTrain.find((row) => row.variant === reference.variant);
+    return ours ? [{ kind: 'vs-pytorch', variant: reference.variant, backend: ours.backend, threads: ours.threads, tokensPerSec: ours.tokensPerSec, pytorchTokensPerSec: reference.tokensPerSec, ratio: Number((ours.tokensPerSec / reference.tokensPerSec).toFixed(3)), backendKind: kinds[0] }] : [];
+  });
 
   const defaultRow = matmulRows.find((row) => row.isDefault);
   const singleWasm = matmulRows.find((row) => row.backendKind === 'wasm');
@@ -96,8 +109,23 @@ export async function runThroughput({ quick = false, threads, log = (text) => pr
     const full = trainRows.find((row) => row.backendKind === kind && row.variant === 'full');
     if (lora && full) lines.push(`LoRA / full fine-tuning step time on ${kind}: ${(lora.stepMs / full.stepMs).toFixed(2)}`);
   }
+  if (ratioRows.length > 0) {
+    const { torch: version, blas, threads: torchThreads } = torchRows[0];
+    lines.push(
+      '',
+      `PyTorch ${version} CPU, ${torchThreads} thread, BLAS ${blas} — measured right after ${kinds[0]}:`,
+      '',
+      table(
+        ['variant', `${kinds[0]} tokens/s`, 'PyTorch tokens/s', 'ratio'],
+        ratioRows.map((row) => [row.variant, row.tokensPerSec.toFixed(0), row.pytorchTokensPerSec.toFixed(0), `${row.ratio.toFixed(2)}×`]),
+      ),
+    );
+  }
+  for (const row of loadRows) {
+    lines.push('', `Under load (${kinds[0]}, LoRA step, one competing busy process): ${row.quietStepMs.toFixed(0)} ms → ${row.loadedStepMs.toFixed(0)} ms, ${row.slowdown.toFixed(2)}× slower (back to back).`);
+  }
   if (skipped.length > 0) lines.push('', ...skipped.map((line) => `skipped: ${line}`));
   lines.push('', 'small = GPT-2 shape, byte vocabulary 257, d_model 256, 4 layers, 4 heads, batch 8 × 128 tokens; LoRA r=8, alpha=16 on attn.c_attn and attn.c_proj.');
   print(lines.join('\n'));
-  return [...matmulRows, ...trainRows].map(publicRow);
+  return [...matmulRows, ...trainRows, ...torchRows, ...ratioRows, ...loadRows].map(publicRow);
 }

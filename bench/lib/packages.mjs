@@ -2,7 +2,8 @@
 // resolve to the same single copies of @tensorflow/tfjs-core and @lora/core the packages use).
 import * as tf from '@tensorflow/tfjs-core';
 import * as core from '@lora/core';
+import * as coreInternal from '@lora/core/internal';
 import * as cudaBackend from '@lora/cuda-backend';
 import * as models from '@lora/models';
 
-export { core, cudaBackend, models, tf };
+export { core, coreInternal, cudaBackend, models, tf };

@@ -20,3 +20,5 @@ export { replaceLayers } from './layer-replacement.js';
 export { faultPoint, pathExists, setFaultInjector } from './files.js';
 export type { FaultInjector, FaultPoint } from './files.js';
 export { deriveSeed, withSeededRandom } from './random-scope.js';
+export { matMulFlops, spyOnKernels } from './kernel-spy.js';
+export type { KernelCall, KernelSpy } from './kernel-spy.js';

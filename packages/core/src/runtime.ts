@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { LoraError } from './errors.js';
 import { registerMissingGradientKernels } from './kernels.js';
-import { useFastWasmMatMul } from './wasm-matmul.js';
+import { useFastWasmKernels } from './wasm-kernels.js';
 
 /** Backends this package can set up by itself. Others (e.g. `tensorflow` from tfjs-node) are used when already registered. */
 export type BuiltinBackendName = 'wasm' | 'cpu';
@@ -86,8 +86,9 @@ export async function initRuntime(options: RuntimeOptions = {}): Promise<Runtime
       if (!ok) throw new LoraError(`[@lora/core] Backend "${candidate}" failed to initialise.`);
       await tf.ready();
       registerMissingGradientKernels(candidate);
-      // WASM's matMul is only fast untransposed and unbatched; route the other forms there.
-      if (candidate === 'wasm') useFastWasmMatMul('wasm');
+      // WASM's matMul is only fast untransposed and unbatched, and its data-movement kernels copy
+      // value by value: route both through core's kernels.
+      if (candidate === 'wasm') useFastWasmKernels('wasm');
       const reason =
         requested === 'auto'
           ? candidate === 'wasm'

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { KernelReplacements } from './kernel-replacements.js';
 
 /**
  * tfjs-backend-wasm (4.x) runs a matMul on XNNPACK (SIMD, multi-threaded) only when neither operand
@@ -10,6 +11,9 @@ import * as tf from '@tensorflow/tfjs-core';
  * These kernels wrap the WASM `BatchMatMul` and `_FusedMatMul` kernels through tfjs's kernel
  * registry and bring such calls to the fast form before delegating to the original kernel:
  * - a transposed operand is transposed for real (WASM's `Transpose` kernel, cheap next to the product);
+ *   a frozen weight (a non-trainable `tf.Variable`) is transposed once and the copy kept while the
+ *   variable holds that data, so LoRA steps do not transpose it again every step (and XNNPACK,
+ *   which caches its packed weights by operand, packs it once);
  * - a stack of left operands times one right operand is folded into one tall matrix;
  * - a stack times a stack (attention) runs as one XNNPACK product per matrix, when each is big
  *   enough for that to beat the loop ({@link MIN_FLOPS_PER_MATRIX}).
@@ -20,7 +24,7 @@ import * as tf from '@tensorflow/tfjs-core';
 const MATMUL_KERNELS = ['BatchMatMul', '_FusedMatMul'] as const;
 /** Below this many flops per matrix, one XNNPACK call per matrix costs more than tfjs's loop. */
 export const MIN_FLOPS_PER_MATRIX = 1 << 18;
-const patched = new Map<string, Map<string, tf.KernelConfig>>();
+const replacements = new KernelReplacements();
 
 interface MatMulAttrs {
   transposeA: boolean;
@@ -87,10 +91,20 @@ function fastMatMul(original: tf.KernelConfig, backendName: string): tf.KernelFu
       temporaries.push(info);
       return info;
     };
+    const frozen = frozenWeightData();
+    releaseStaleTransposes(backend, frozen);
     const transposeLastTwo = (x: tf.TensorInfo): tf.TensorInfo => {
       const rank = x.shape.length;
       const perm = [...Array.from({ length: rank - 2 }, (_, axis) => axis), rank - 1, rank - 2];
-      return keep(run('Transpose', { x }, backend, { perm }));
+      if (!frozen.has(x.dataId)) return keep(run('Transpose', { x }, backend, { perm }));
+      const kept = transposesOf(backend);
+      let transposed = kept.get(x.dataId);
+      if (transposed === undefined) {
+        transposed = run('Transpose', { x }, backend, { perm });
+        kept.set(x.dataId, transposed);
+      }
+      // The kept copy has the frozen weight's own shape, transposed; callers reshape as they need.
+      return transposed;
     };
     const reshape = (x: tf.TensorInfo, shape: number[]): tf.TensorInfo => keep(run('Reshape', { x }, backend, { shape }));
     const product = (left: tf.TensorInfo, right: tf.TensorInfo): tf.TensorInfo =>
@@ -100,7 +114,8 @@ function fastMatMul(original: tf.KernelConfig, backendName: string): tf.KernelFu
       // A bias or PReLU weights belong to C's columns, so only a plain (or elementwise-activated)
       // product may be computed transposed.
       const swappable = !stacked && batchA === 1 && bias === undefined && prelu === undefined;
-      if (swappable && transposeCost({ transposeA, transposeB, m, k, n }).swapped) {
+      const cached = { cachedA: frozen.has(a.dataId), cachedB: frozen.has(b.dataId) };
+      if (swappable && transposeCost({ transposeA, transposeB, m, k, n, ...cached }).swapped) {
         // Cᵀ = op(B)ᵀ·op(A)ᵀ moves fewer values through WASM's (slow) Transpose than C = op(A)·op(B):
         // e.g. LoRA's dB = dyᵀ·(x·Aᵀ) transposes a [tokens, 8] matrix instead of a [tokens, out] one.
         const left = transposeB ? b : transposeLastTwo(b);
@@ -159,15 +174,71 @@ function unfusedProduct(backendName: string, backend: tf.KernelBackend, inputs: 
  * 0.1 G values/s, while XNNPACK packs and multiplies far faster): directly, transposing the
  * transposed operands; or as `(op(B)ᵀ·op(A)ᵀ)ᵀ`, transposing the other operands and the result.
  */
-export function transposeCost(shape: { transposeA: boolean; transposeB: boolean; m: number; k: number; n: number }): {
+export function transposeCost(shape: {
+  transposeA: boolean;
+  transposeB: boolean;
+  m: number;
+  k: number;
+  n: number;
+  /** Whether A's transpose is already kept (a frozen weight's): it then costs nothing (default false). */
+  cachedA?: boolean;
+  /** The same for B (default false). */
+  cachedB?: boolean;
+}): {
   direct: number;
   viaTranspose: number;
   swapped: boolean;
 } {
   const { transposeA, transposeB, m, k, n } = shape;
-  const direct = (transposeA ? m * k : 0) + (transposeB ? k * n : 0);
-  const viaTranspose = (transposeB ? 0 : k * n) + (transposeA ? 0 : m * k) + m * n;
+  const costA = shape.cachedA === true ? 0 : m * k;
+  const costB = shape.cachedB === true ? 0 : k * n;
+  const direct = (transposeA ? costA : 0) + (transposeB ? costB : 0);
+  const viaTranspose = (transposeB ? 0 : costB) + (transposeA ? 0 : costA) + m * n;
   return { direct, viaTranspose, swapped: viaTranspose < direct };
+}
+
+/** Transposed copies of frozen weights, by backend and the weight's data. */
+const keptTransposes = new WeakMap<tf.KernelBackend, Map<tf.DataId, tf.TensorInfo>>();
+
+function transposesOf(backend: tf.KernelBackend): Map<tf.DataId, tf.TensorInfo> {
+  let kept = keptTransposes.get(backend);
+  if (kept === undefined) {
+    kept = new Map();
+    keptTransposes.set(backend, kept);
+  }
+  return kept;
+}
+
+/**
+ * The data of every non-trainable variable: frozen weights, whose data changes only when they are
+ * assigned (merge, loading), which gives them new data.
+ */
+function frozenWeightData(): Set<tf.DataId> {
+  const frozen = new Set<tf.DataId>();
+  for (const variable of Object.values(tf.engine().state.registeredVariables)) {
+    if (!variable.trainable && !variable.isDisposed) frozen.add(variable.dataId);
+  }
+  return frozen;
+}
+
+/** Free the kept transposes of data no longer held by a frozen weight (assigned, trainable again, disposed). */
+function releaseStaleTransposes(backend: tf.KernelBackend, frozen: ReadonlySet<tf.DataId>): void {
+  const kept = keptTransposes.get(backend);
+  if (kept === undefined) return;
+  for (const [source, transposed] of kept) {
+    if (frozen.has(source)) continue;
+    backend.disposeData(transposed.dataId);
+    kept.delete(source);
+  }
+}
+
+/**
+ * Number of frozen-weight transposes the fast matMul of `backendName` keeps (each is freed as soon
+ * as its weight is assigned, made trainable or disposed, and by {@link restoreWasmMatMul}).
+ */
+export function keptWeightTransposes(backendName = 'wasm'): number {
+  const backend = tf.engine().registry[backendName];
+  return backend === undefined ? 0 : (keptTransposes.get(backend)?.size ?? 0);
 }
 
 /** One XNNPACK product per matrix of a stack, written into one output. */
@@ -207,39 +278,20 @@ function stackedProduct(
  * useFastWasmMatMul(); // initRuntime() does this for the wasm backend
  */
 export function useFastWasmMatMul(backendName = 'wasm'): string[] {
-  const done = patched.get(backendName) ?? new Map<string, tf.KernelConfig>();
-  const changed: string[] = [];
-  for (const kernelName of MATMUL_KERNELS) {
-    if (done.has(kernelName)) continue;
-    const original = tf.getKernel(kernelName, backendName);
-    if (original === undefined) continue;
-    tf.unregisterKernel(kernelName, backendName);
-    tf.registerKernel({ ...original, kernelFunc: fastMatMul(original, backendName) });
-    done.set(kernelName, original);
-    changed.push(kernelName);
-  }
-  patched.set(backendName, done);
-  return changed;
+  return replacements.replace(backendName, Object.fromEntries(MATMUL_KERNELS.map((kernelName) => [kernelName, (stock: tf.KernelConfig) => fastMatMul(stock, backendName)])));
 }
 
 /**
- * Put back tfjs's own matMul kernels of `backendName`.
+ * Put back tfjs's own matMul kernels of `backendName`, and free the kept frozen-weight transposes.
  * @returns The kernel names restored.
  */
 export function restoreWasmMatMul(backendName = 'wasm'): string[] {
-  const done = patched.get(backendName);
-  if (!done) return [];
-  const restored: string[] = [];
-  for (const [kernelName, original] of done) {
-    tf.unregisterKernel(kernelName, backendName);
-    tf.registerKernel(original);
-    restored.push(kernelName);
-  }
-  patched.delete(backendName);
-  return restored;
+  const backend = tf.engine().registry[backendName];
+  if (backend !== undefined) releaseStaleTransposes(backend, new Set());
+  return replacements.restore(backendName);
 }
 
 /** The matMul kernels of `backendName` currently routed through the fast paths. */
 export function fastWasmMatMulKernels(backendName = 'wasm'): string[] {
-  return [...(patched.get(backendName)?.keys() ?? [])];
+  return replacements.names(backendName);
 }

@@ -4,7 +4,7 @@ import os from 'node:os';
 import { BACKEND_DESCRIPTIONS, BACKEND_ORDER, type BackendAttempt, type BackendKind, type SkipReason } from './backend-kinds.js';
 import { BackendInitError, BackendUnavailableError } from './errors.js';
 import { defaultImporter, errorLine, isUsingGpuDevice, loadNativePackage, NATIVE_BACKEND_NAME, nativeLoadedBy, type ModuleImporter } from './native.js';
-import { fastWasmMatMulKernels, restoreWasmMatMul, useFastWasmMatMul } from '@lora/core';
+import { fastWasmMatMulKernels, restoreWasmKernels, useFastWasmKernels } from '@lora/core';
 import { liveDataIds, MAX_WASM_THREADS, startWasmBackend, wasmInstanceThreads } from './wasm-threads.js';
 
 /** Options for {@link useBestBackend}. */
@@ -24,7 +24,8 @@ export interface UseBestBackendOptions {
   readonly threads?: number;
   /**
    * Run transposed and stacked matMuls of the WASM backends on XNNPACK instead of tfjs's scalar
-   * loop (default true). See the README's "Fast matMul" section.
+   * loop, and use core's data-movement kernels (`useFastWasmKernels`) (default true). See the
+   * README's "Fast matMul" section.
    */
   readonly fastMatMul?: boolean;
   /** Loads the optional native packages (default: `import()`). For tests, and bundlers that need a static map. */
@@ -250,8 +251,8 @@ export async function useBestBackend(options: UseBestBackendOptions = {}): Promi
       const result = await startKind(kind, context);
       const runtime = await initRuntime({ backend: result.backend });
       if (result.backend === 'wasm') {
-        if (options.fastMatMul ?? true) useFastWasmMatMul('wasm');
-        else restoreWasmMatMul('wasm');
+        if (options.fastMatMul ?? true) useFastWasmKernels('wasm');
+        else restoreWasmKernels('wasm');
       }
       const fastMatMulKernels = result.backend === 'wasm' ? fastWasmMatMulKernels('wasm') : [];
       attempts.push({ kind, outcome: 'selected', message: result.message, elapsedMs: performance.now() - attemptStarted });

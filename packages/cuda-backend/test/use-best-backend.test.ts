@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { afterEach, describe, expect, it } from 'vitest';
+import { fastWasmKernels } from '@lora/core';
 import { BackendUnavailableError, backendOrder, BACKEND_ORDER, useBestBackend, type ModuleImporter } from '../src/index.js';
 import { resetNativeStateForTests } from '../src/native.js';
 import { nothingInstalled, notInstalledError, registerFakeTensorflowBackend, removeFakeTensorflowBackend } from './helpers.js';
@@ -102,6 +103,21 @@ describe('useBestBackend', () => {
     const report = await useBestBackend({ importModule: cpuPackage });
     expect(report.attempts.map((attempt) => attempt.reason ?? attempt.outcome)).toEqual(['not-installed', 'selected']);
     expect(report).toMatchObject({ kind: 'native', backend: 'tensorflow', gpu: false, description: expect.stringMatching(/tfjs-node$/u) });
+  });
+
+  it('leaves the native backend its own kernels: core replaces kernels on WASM backends only', async () => {
+    const cpuPackage: ModuleImporter = async (specifier) => {
+      if (specifier === '@tensorflow/tfjs-node') await registerFakeTensorflowBackend({ gpu: false });
+      else throw notInstalledError(specifier);
+    };
+    const report = await useBestBackend({ importModule: cpuPackage });
+    expect(report.backend).toBe('tensorflow');
+    expect(report.fastMatMulKernels).toEqual([]);
+    expect(fastWasmKernels('tensorflow')).toEqual([]);
+    // The stand-in registered the plain-JS kernels under `tensorflow`: each is still that kernel.
+    for (const kernelName of ['BatchMatMul', '_FusedMatMul', 'Identity', 'Cast', 'Transpose', 'GatherV2', 'SplitV', 'Concat']) {
+      expect(tf.getKernel(kernelName, 'tensorflow')?.kernelFunc, kernelName).toBe(tf.getKernel(kernelName, 'cpu')?.kernelFunc);
+    }
   });
 
   it('throws a BackendUnavailableError listing every reason when nothing acceptable starts', async () => {

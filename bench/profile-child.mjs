@@ -1,0 +1,122 @@
+// One profile in its own process (tfjs backends are per process):
+//   node bench/profile-child.mjs [--backend KIND] [--threads N] [--config small] [--variants forward,lora,full]
+// Records every kernel call of one step of each variant (after one warm-up step) through core's
+// kernel-registry spy and prints one JSON object on its last stdout line.
+import { parseArgs } from 'node:util';
+import { coreInternal, cudaBackend, tf } from './lib/packages.mjs';
+import { CONFIGS } from './lib/gpt2.mjs';
+import { runVariant, VARIANTS } from './lib/variants.mjs';
+
+const { values } = parseArgs({
+  options: {
+    backend: { type: 'string' },
+    threads: { type: 'string' },
+    config: { type: 'string', default: 'small' },
+    variants: { type: 'string', default: VARIANTS.join(',') },
+  },
+});
+const threads = values.threads === undefined ? undefined : Number(values.threads);
+const report = await cudaBackend.useBestBackend(values.backend ? { prefer: values.backend, fallback: false, threads } : { threads });
+
+/** Best-of-5 GFLOP/s of a 1024² matMul: the rate each product of the step is compared with. */
+function referenceGflops() {
+  const size = 1024;
+  const [a, b] = [tf.randomNormal([size, size], 0, 1, 'float32', 1), tf.randomNormal([size, size], 0, 1, 'float32', 2)];
+  let best = Number.POSITIVE_INFINITY;
+  for (let rep = 0; rep < 6; rep++) {
+    const started = performance.now();
+    const product = tf.matMul(a, b);
+    product.dataSync();
+    if (rep > 0) best = Math.min(best, performance.now() - started);
+    product.dispose();
+  }
+  tf.dispose([a, b]);
+  return (2 * size ** 3) / best / 1e6;
+}
+
+const shapeText = (shape) => `[${shape.join(',')}]`;
+
+/** A product's form: operand shapes with ᵀ for a transposed operand. */
+function productKey(call) {
+  const a = `${shapeText(call.inputShapes.a)}${call.attrs.transposeA ? 'ᵀ' : ''}`;
+  const b = `${shapeText(call.inputShapes.b)}${call.attrs.transposeB ? 'ᵀ' : ''}`;
+  return `${call.kernelName === '_FusedMatMul' ? 'fused ' : ''}${a}·${b}`;
+}
+
+function summarise(calls, stepMs) {
+  const byKernel = new Map();
+  for (const call of calls) {
+    const entry = byKernel.get(call.kernelName) ?? { kernel: call.kernelName, calls: 0, ms: 0, nestedCalls: 0 };
+    entry.calls += 1;
+    if (call.depth > 0) entry.nestedCalls += 1;
+    entry.ms += call.selfMs;
+    byKernel.set(call.kernelName, entry);
+  }
+  // Products called by the engine: their time includes whatever the kernel did to reach its fast
+  // form (transposes, copies), which is the cost of that form.
+  const byShape = new Map();
+  let totalFlop = 0;
+  for (const call of calls) {
+    const flop = coreInternal.matMulFlops(call);
+    if (flop === 0 || call.depth > 0) continue;
+    totalFlop += flop;
+    const key = productKey(call);
+    const entry = byShape.get(key) ?? { product: key, calls: 0, ms: 0, flop: 0 };
+    entry.calls += 1;
+    entry.ms += call.totalMs;
+    entry.flop += flop;
+    byShape.set(key, entry);
+  }
+  const kernelMs = calls.reduce((sum, call) => sum + call.selfMs, 0);
+  const kernels = [...byKernel.values()].sort((x, y) => y.ms - x.ms).map((entry) => ({ ...entry, ms: round(entry.ms), share: round(entry.ms / stepMs, 4) }));
+  const products = [...byShape.values()]
+    .sort((x, y) => y.ms - x.ms)
+    .map((entry) => ({ ...entry, ms: round(entry.ms), gflops: round(entry.flop / entry.ms / 1e6), share: round(entry.ms / stepMs, 4) }));
+  return {
+    stepMs: round(stepMs),
+    kernelCalls: calls.length,
+    kernelMs: round(kernelMs),
+    outsideKernelsMs: round(stepMs - kernelMs),
+    totalFlop,
+    gflops: round(totalFlop / stepMs / 1e6),
+    kernels,
+    products,
+  };
+}
+
+function round(value, digits = 2) {
+  return Number(value.toFixed(digits));
+}
+
+const reference = referenceGflops();
+const profiles = [];
+for (const variant of values.variants.split(',')) {
+  let spy = null;
+  let profile = null;
+  await runVariant({
+    variant,
+    configName: values.config,
+    steps: 2,
+    onStepEnd: (step, ms) => {
+      // Step 1 warms up (first-call allocations, XNNPACK packing); step 2 is recorded.
+      if (step === 1) spy = coreInternal.spyOnKernels(report.backend);
+      if (step === 2) {
+        spy.stop();
+        profile = summarise(spy.calls, ms);
+      }
+    },
+  });
+  profiles.push({ variant, ...profile });
+}
+const config = CONFIGS[values.config];
+process.stdout.write(
+  `\n${JSON.stringify({
+    backend: report.backend,
+    backendKind: report.kind,
+    threads: report.threads,
+    config: values.config,
+    tokens: config.batchSize * config.seqLen,
+    referenceGflops: round(reference),
+    profiles,
+  })}\n`,
+);

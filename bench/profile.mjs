@@ -1,0 +1,55 @@
+// The profile section of `pnpm bench` (`pnpm bench --only profile`): where the time of one step
+// goes, per kernel and per product shape, for each variant on the default backend. Rows:
+// { kind: 'profile', variant, backend, threads, stepMs, kernelCalls, totalFlop, gflops, kernels, products }.
+import { fileURLToPath } from 'node:url';
+import { runChild, table } from './lib/child.mjs';
+
+const CHILD = fileURLToPath(new URL('./profile-child.mjs', import.meta.url));
+/** Products listed per variant in the text report (the JSON has them all). */
+const PRODUCTS_SHOWN = 16;
+/** Kernels listed per variant in the text report. */
+const KERNELS_SHOWN = 18;
+
+const percent = (share) => `${(100 * share).toFixed(1)}%`;
+
+/** Text report of one profiled variant. */
+export function formatProfile(profile, referenceGflops) {
+  const kernels = profile.kernels.slice(0, KERNELS_SHOWN);
+  const rest = profile.kernels.slice(KERNELS_SHOWN);
+  const kernelRows = kernels.map((entry) => [entry.kernel, entry.calls, entry.nestedCalls || '', entry.ms.toFixed(1), percent(entry.share)]);
+  if (rest.length > 0) {
+    const ms = rest.reduce((sum, entry) => sum + entry.ms, 0);
+    kernelRows.push([`(${rest.length} others)`, rest.reduce((sum, entry) => sum + entry.calls, 0), '', ms.toFixed(1), percent(ms / profile.stepMs)]);
+  }
+  kernelRows.push(['(outside kernels: JS, tape, tidy)', '', '', profile.outsideKernelsMs.toFixed(1), percent(profile.outsideKernelsMs / profile.stepMs)]);
+  const productRows = profile.products
+    .slice(0, PRODUCTS_SHOWN)
+    .map((entry) => [entry.product, entry.calls, entry.ms.toFixed(1), entry.gflops.toFixed(1), percent(entry.gflops / referenceGflops), percent(entry.share)]);
+  return [
+    `### ${profile.variant}: ${profile.stepMs.toFixed(0)} ms, ${profile.kernelCalls} kernel calls, ${(profile.totalFlop / 1e9).toFixed(2)} GFLOP in products → ${profile.gflops.toFixed(1)} GFLOP/s over the step`,
+    '',
+    table(['kernel', 'calls', 'nested', 'ms (self)', 'share'], kernelRows, ['left']),
+    '',
+    table(['product (a·b, ᵀ = transposed operand)', 'calls', 'ms', 'GFLOP/s', 'of 1024²', 'share'], productRows, ['left']),
+  ].join('\n');
+}
+
+/**
+ * Run the section: one child process profiles one step (after a warm-up step) of each variant on
+ * the default backend. Returns the JSON rows; `print` receives the text report.
+ */
+export async function runProfile({ quick = false, threads, log = (text) => process.stderr.write(`${text}\n`), print = () => {} } = {}) {
+  const args = [...(threads === undefined ? [] : ['--threads', String(threads)]), ...(quick ? ['--variants', 'lora'] : [])];
+  log(`profile: one step of ${quick ? 'lora' : 'forward, lora and full'} on the default backend, every kernel call recorded…`);
+  const result = await runChild(CHILD, args, log);
+  if (!result.ok) throw new Error(`The profile failed: ${result.reason}`);
+  const { backend, backendKind, threads: used, config, referenceGflops, profiles } = result.value;
+  const lines = [
+    `## profile (${backendKind}, ${used} thread(s), ${config}; 1024² matMul in the same process: ${referenceGflops.toFixed(1)} GFLOP/s)`,
+    '',
+    'ms (self) counts each ms once (a kernel called by a kernel — "nested" — is not counted in its caller); a product\'s ms includes what its kernel did to reach the fast form. Kernel timing adds a little overhead per call.',
+  ];
+  for (const profile of profiles) lines.push('', formatProfile(profile, referenceGflops));
+  print(lines.join('\n'));
+  return profiles.map((profile) => ({ kind: 'profile', backend, threads: used, config, referenceGflops, ...profile }));
+}

@@ -1,0 +1,180 @@
+import * as tf from '@tensorflow/tfjs-core';
+
+/**
+ * Data-movement kernels for tfjs's WASM backend, registered through tfjs's kernel registry by
+ * {@link useFastWasmKernels}. A training step calls them hundreds of times, and the stock ones
+ * move more than they need to:
+ * - `Identity` (tf.clone, and the gradient of every Cast) and a `Cast` to the same dtype (the
+ *   gradients of Multiply, Sub, Div cast their inputs to float32) copy the tensor; tensors are
+ *   immutable, so these share the data instead, as the plain-JS backend and WASM's own `Reshape` do.
+ *   (A `Cast` to bool is also done here: the stock one stores −1 as 255 and 0.5 as 0.)
+ * - `Transpose` permutations that keep the last axis in place (attention's head split and merge,
+ *   [B, T, H, D] ⇄ [B, H, T, D]) move contiguous rows of the last axis instead of single values.
+ * - `GatherV2` (embedding lookups), `SplitV` (GPT-2's q/k/v split) and `Concat` (its gradient)
+ *   copy whole contiguous blocks with `TypedArray.set`.
+ * Results are the stock kernels' bit for bit (they only move values); the cases these do not
+ * cover (string tensors, batched gathers, other permutations) go to the stock kernel.
+ */
+
+/** The BackendWasm methods used here (public on the class, used by its own kernels). */
+interface WasmBackend extends tf.KernelBackend {
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(info: tf.TensorInfo): tf.backend_util.TypedArray;
+  incRef(dataId: tf.DataId): void;
+}
+
+/** A kernel that returns null for the cases it leaves to the stock kernel. */
+type CopyKernel = (args: { inputs: tf.NamedTensorInfoMap; backend: WasmBackend; attrs: tf.NamedAttrMap }) => tf.TensorInfo | tf.TensorInfo[] | null;
+
+const sizeOf = (shape: readonly number[]): number => shape.reduce((product, dimension) => product * dimension, 1);
+
+/** The same data under a new tensor: what the plain-JS backend's Identity does. */
+function share(backend: WasmBackend, x: tf.TensorInfo, dtype: tf.DataType = x.dtype): tf.TensorInfo {
+  backend.incRef(x.dataId);
+  return { dataId: x.dataId, shape: [...x.shape], dtype };
+}
+
+const identity: CopyKernel = ({ inputs, backend }) => {
+  const x = inputs['x']!;
+  return x.dtype === 'string' ? null : share(backend, x);
+};
+
+const cast: CopyKernel = ({ inputs, backend, attrs }) => {
+  const x = inputs['x']!;
+  const dtype = attrs['dtype'] as tf.DataType;
+  if (x.dtype === 'string') return null;
+  if (x.dtype === dtype) return share(backend, x);
+  if (dtype !== 'bool') return null;
+  // The stock kernel copies the values into bytes (−1 becomes 255, 0.5 becomes 0); a bool is x ≠ 0.
+  const out = backend.makeOutput([...x.shape], 'bool');
+  const source = backend.typedArrayFromHeap(x);
+  const target = backend.typedArrayFromHeap(out);
+  for (let i = 0; i < source.length; i++) target[i] = source[i] === 0 ? 0 : 1;
+  return out;
+};
+
+/** Copy `rows` blocks of `width` values: block i from `source[sourceStart(i)]` to `target[i·width]`. */
+function copyRows(target: tf.backend_util.TypedArray, targetOffset: number, source: tf.backend_util.TypedArray, sourceStart: number, width: number): void {
+  target.set(source.subarray(sourceStart, sourceStart + width), targetOffset);
+}
+
+const transpose: CopyKernel = ({ inputs, backend, attrs }) => {
+  const x = inputs['x']!;
+  const perm = attrs['perm'] as number[];
+  const rank = x.shape.length;
+  if (x.dtype === 'string' || rank < 2 || perm[rank - 1] !== rank - 1) return null;
+  const outShape = perm.map((axis) => x.shape[axis]!);
+  const width = x.shape[rank - 1]!;
+  // Rows of `width` values: out row r (counted in the output's leading axes) comes from the input
+  // row whose leading indices are the output's, permuted back.
+  const inputRowStrides = x.shape.slice(0, -1).map((_, axis) => sizeOf(x.shape.slice(axis + 1, -1)));
+  const leading = outShape.slice(0, -1);
+  const rowStride = leading.map((_, axis) => inputRowStrides[perm[axis]!]!);
+  const out = backend.makeOutput(outShape, x.dtype);
+  const source = backend.typedArrayFromHeap(x);
+  const target = backend.typedArrayFromHeap(out);
+  const rows = sizeOf(leading);
+  const index = new Array<number>(leading.length).fill(0);
+  let sourceRow = 0;
+  for (let row = 0; row < rows; row++) {
+    copyRows(target, row * width, source, sourceRow * width, width);
+    // Odometer over the output's leading axes, keeping the matching input row.
+    for (let axis = leading.length - 1; axis >= 0; axis--) {
+      index[axis]! += 1;
+      sourceRow += rowStride[axis]!;
+      if (index[axis]! < leading[axis]!) break;
+      sourceRow -= rowStride[axis]! * leading[axis]!;
+      index[axis] = 0;
+    }
+  }
+  return out;
+};
+
+const gather: CopyKernel = ({ inputs, backend, attrs }) => {
+  const x = inputs['x']!;
+  const indices = inputs['indices']!;
+  if (x.dtype === 'string' || (attrs['batchDims'] as number | undefined ?? 0) !== 0) return null;
+  const axis = tf.util.parseAxisParam(attrs['axis'] as number, x.shape)[0]!;
+  const ids = backend.typedArrayFromHeap(indices);
+  const dimension = x.shape[axis]!;
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i]!;
+    // The stock kernel's check and message.
+    if (!(id >= 0 && id <= dimension - 1)) throw new Error(`GatherV2: the index value ${id} is not in [0, ${dimension - 1}]`);
+  }
+  const outer = sizeOf(x.shape.slice(0, axis));
+  const width = sizeOf(x.shape.slice(axis + 1));
+  const outShape = [...x.shape.slice(0, axis), ...indices.shape, ...x.shape.slice(axis + 1)];
+  const out = backend.makeOutput(outShape, x.dtype);
+  const source = backend.typedArrayFromHeap(x);
+  const target = backend.typedArrayFromHeap(out);
+  const idValues = Array.from(backend.typedArrayFromHeap(indices));
+  let offset = 0;
+  for (let o = 0; o < outer; o++) {
+    for (const id of idValues) {
+      copyRows(target, offset, source, (o * dimension + id) * width, width);
+      offset += width;
+    }
+  }
+  return out;
+};
+
+const splitV: CopyKernel = ({ inputs, backend, attrs }) => {
+  const x = inputs['x']!;
+  if (x.dtype === 'string') return null;
+  const axis = tf.util.parseAxisParam(attrs['axis'] as number, x.shape)[0]!;
+  const sizes = tf.backend_util.prepareSplitSize(x as tf.Tensor, attrs['numOrSizeSplits'] as number | number[], axis);
+  const outer = sizeOf(x.shape.slice(0, axis));
+  const inner = sizeOf(x.shape.slice(axis + 1));
+  const outs = sizes.map((size) => backend.makeOutput(x.shape.map((dimension, i) => (i === axis ? size : dimension)), x.dtype));
+  // Views after every allocation: a growing heap replaces the buffer they view.
+  const source = backend.typedArrayFromHeap(x);
+  const rowWidth = x.shape[axis]! * inner;
+  let start = 0;
+  outs.forEach((out, i) => {
+    const target = backend.typedArrayFromHeap(out);
+    const width = sizes[i]! * inner;
+    for (let o = 0; o < outer; o++) copyRows(target, o * width, source, o * rowWidth + start, width);
+    start += width;
+  });
+  return outs;
+};
+
+const concat: CopyKernel = ({ inputs, backend, attrs }) => {
+  const parts = Object.values(inputs).filter((part): part is tf.TensorInfo => part !== undefined);
+  if (parts.length === 0 || parts.some((part) => part.dtype === 'string' || part.dtype === 'complex64' || part.dtype !== parts[0]!.dtype)) return null;
+  const axis = tf.util.parseAxisParam(attrs['axis'] as number, parts[0]!.shape)[0]!;
+  const outShape = tf.backend_util.computeOutShape(parts.map((part) => part.shape), axis);
+  const out = backend.makeOutput(outShape, parts[0]!.dtype);
+  const target = backend.typedArrayFromHeap(out);
+  const outer = sizeOf(outShape.slice(0, axis));
+  const outWidth = sizeOf(outShape.slice(axis));
+  let start = 0;
+  for (const part of parts) {
+    const width = sizeOf(part.shape.slice(axis));
+    if (width === 0) continue;
+    const source = backend.typedArrayFromHeap(part);
+    for (let o = 0; o < outer; o++) copyRows(target, o * outWidth + start, source, o * width, width);
+    start += width;
+  }
+  return out;
+};
+
+/** The copy kernels by tfjs kernel name. */
+export const WASM_COPY_KERNELS: Readonly<Record<string, CopyKernel>> = {
+  Identity: identity,
+  Cast: cast,
+  Transpose: transpose,
+  GatherV2: gather,
+  SplitV: splitV,
+  Concat: concat,
+};
+
+/** `stock` with `kernel` in front: the stock kernel runs when `kernel` declines (returns null). */
+export function withCopyKernel(kernel: CopyKernel, stock: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const backend = args.backend as WasmBackend;
+    if (typeof backend.makeOutput !== 'function' || typeof backend.incRef !== 'function') return stock(args);
+    return kernel({ inputs: args.inputs, backend, attrs: args.attrs ?? {} }) ?? stock(args);
+  };
+}

@@ -1,0 +1,86 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { AdapterModel, causalLmLoss, createLoraRegistry, initRuntime, lora, train } from '@lora/core';
+import { matMulFlops, spyOnKernels, type KernelCall, type KernelSpy } from '@lora/core/internal';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Gpt2LMHeadModel, parseGpt2Config } from '../src/index.js';
+import { withoutLeaks } from './helpers.js';
+
+const LAYERS = 2;
+
+/** The kernel calls of the second of two LoRA training steps (core's train(), AdamW) on a tiny GPT-2. */
+async function recordLoraStep(): Promise<{ calls: KernelCall[]; frozen: Set<tf.DataId> }> {
+  const model = new Gpt2LMHeadModel(
+    parseGpt2Config({ vocab_size: 37, n_positions: 16, n_embd: 32, n_layer: LAYERS, n_head: 2, attn_pdrop: 0, embd_pdrop: 0, resid_pdrop: 0 }),
+    { seed: 1 },
+  );
+  AdapterModel.create(model, {
+    registry: createLoraRegistry({ plugins: [lora({ seed: 2 })] }),
+    config: { r: 4, loraAlpha: 8, targetModules: ['attn.c_attn', 'attn.c_proj'], fanInFanOut: true },
+  });
+  const inputIds = tf.tensor2d(Array.from({ length: 24 }, (_, i) => (i * 7) % 37), [2, 12], 'int32');
+  // Set from the progress callback, so kept in an object TypeScript does not narrow.
+  const recording: { spy: KernelSpy | null } = { spy: null };
+  let calls: KernelCall[] = [];
+  let frozen = new Set<tf.DataId>();
+  try {
+    await train({
+      model,
+      trainData: [{ inputIds }],
+      steps: 2,
+      learningRate: 1e-2,
+      lossFn: (batch: { inputIds: tf.Tensor }) => causalLmLoss(model.forward(batch.inputIds), batch.inputIds),
+      onProgress: (progress) => {
+        if (progress.kind !== 'step') return;
+        if (progress.step === 1) {
+          // The frozen weights' data, as step 2 sees it (the first step may set up caches).
+          frozen = new Set(model.namedParameters().map(([, variable]) => variable).filter((variable) => !variable.trainable).map((variable) => variable.dataId));
+          recording.spy = spyOnKernels();
+        } else {
+          recording.spy?.stop();
+          calls = recording.spy?.calls ?? [];
+        }
+      },
+    });
+  } finally {
+    recording.spy?.stop();
+    inputIds.dispose();
+    model.dispose();
+  }
+  return { calls, frozen };
+}
+
+afterAll(async () => {
+  await initRuntime();
+});
+
+describe.each(['wasm', 'cpu'])('a LoRA training step on the %s backend', (backend) => {
+  it('computes only the products it uses and transposes no frozen weight', async () => {
+    await initRuntime({ backend });
+    const { calls, frozen } = await withoutLeaks(recordLoraStep);
+    expect(frozen.size).toBeGreaterThan(10);
+
+    const products = calls.map((call, index) => ({ call, index })).filter(({ call }) => call.depth === 0 && matMulFlops(call) > 0);
+    // Forward: per layer c_attn, its lora_A and lora_B, q·kᵀ, p·v, attn.c_proj with lora_A and
+    // lora_B, c_fc, mlp.c_proj (10), plus the tied LM head. Backward: the head's input gradient
+    // only (its weight is frozen); per layer every input gradient and the LoRA weights' gradients
+    // but no frozen weight's (16); the first layer's input needs no gradient (−2: c_attn, lora_A).
+    expect(products).toHaveLength(10 * LAYERS + 1 + 1 + 16 * LAYERS - 2);
+
+    // Every product's result is read by a later kernel of the step.
+    for (const { call, index } of products) {
+      const output = call.outputDataIds[0];
+      const used = calls.slice(index + 1).some((later) => Object.values(later.inputDataIds).includes(output!));
+      expect(used, `${call.kernelName} ${JSON.stringify(call.inputShapes)} is never used`).toBe(true);
+    }
+
+    // No frozen weight is transposed (directly, or inside the matMul kernels) during the step.
+    const frozenTransposes = calls.filter((call) => call.kernelName === 'Transpose' && frozen.has(call.inputDataIds['x']!));
+    expect(frozenTransposes).toEqual([]);
+    // The step does use frozen weights in transposed form, so the check bites: the head's h·Eᵀ, and
+    // dy·Wᵀ of the four Conv1D layers per layer but the first layer's c_attn.
+    const transposedFrozenUses = products.filter(
+      ({ call }) => (call.attrs['transposeB'] === true && frozen.has(call.inputDataIds['b']!)) || (call.attrs['transposeA'] === true && frozen.has(call.inputDataIds['a']!)),
+    );
+    expect(transposedFrozenUses).toHaveLength(1 + 4 * LAYERS - 1);
+  });
+});
