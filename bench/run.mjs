@@ -6,10 +6,12 @@
 // Sections are listed in SECTIONS; each exports a function taking { quick, threads, log, print }
 // and returning its rows. Ratios are measured within one run; nothing here asserts timings.
 import { parseArgs } from 'node:util';
+import { runComparison } from './comparison.mjs';
 import { runThroughput } from './throughput.mjs';
 
 const SECTIONS = {
   throughput: runThroughput,
+  comparison: runComparison,
 };
 
 const { values } = parseArgs({
