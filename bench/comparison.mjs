@@ -19,11 +19,11 @@ import { core, cudaBackend, tf } from './lib/packages.mjs';
 export const SETTINGS = {
   full: {
     name: 'full',
-    language: { steps: 40, batchSize: 4, contextLength: 64, validationTokens: 8192, inferenceReps: 3 },
+    language: { steps: 30, batchSize: 4, contextLength: 32, validationTokens: 4096, inferenceReps: 3 },
     seeds: [0, 1, 2],
-    classification: { length: 64, batchSize: 8, steps: 30, trainPerClass: 120, testPerClass: 100 },
+    classification: { length: 32, batchSize: 8, steps: 20, trainPerClass: 80, testPerClass: 100 },
     bertLayers: 12,
-    scaling: { widths: [128, 256, 512], layers: 2, steps: 3, batchSize: 4, contextLength: 64 },
+    scaling: { widths: [128, 256, 512], layers: 2, steps: 3, batchSize: 4, contextLength: 32 },
   },
   quick: {
     name: 'quick',
