@@ -8,12 +8,14 @@
 import { parseArgs } from 'node:util';
 import { runGenerate } from './generate.mjs';
 import { runProfile } from './profile.mjs';
+import { runComparison } from './comparison.mjs';
 import { runThroughput } from './throughput.mjs';
 
 const SECTIONS = {
   throughput: runThroughput,
   profile: runProfile,
   generate: runGenerate,
+  comparison: runComparison,
 };
 
 const { values } = parseArgs({
