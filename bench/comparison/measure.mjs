@@ -66,14 +66,14 @@ export async function trainMethod({ model, adapterModel, lossFn, batches, steps,
   const times = [];
   let last = performance.now();
   const result = await core.train({
-    model,
+    // An AdapterModel brings its adapters' hooks (AdaLoRA's allocation) and adapter-level variables itself.
+    model: adapterModel ?? model,
     lossFn,
     trainData: batches,
     steps,
     learningRate,
     warmupSteps: Math.max(1, Math.round(steps * 0.05)),
     schedule: 'cosine',
-    hooks: adapterModel ? adapterModel.trainingHooks() : [],
     optimizer,
     tokensPerBatch,
     onProgress: (event) => {
@@ -180,7 +180,7 @@ export async function savedBytes(save) {
  */
 export async function measureStepPeak({ model, adapterModel, lossFn, batch, optimizer, outsideTensors }) {
   const peak = await measurePeakTensorBytes(() =>
-    core.train({ model, lossFn, trainData: [batch], steps: 1, learningRate: 1e-5, hooks: adapterModel ? adapterModel.trainingHooks() : [], optimizer }),
+    core.train({ model: adapterModel ?? model, lossFn, trainData: [batch], steps: 1, learningRate: 1e-5, optimizer }),
   );
   return peak.peakBytes + outsideTensors;
 }
