@@ -68,4 +68,4 @@ export { generate, pickToken } from './generate.js';
 export type { GenerateOptions } from './generate.js';
 export { evaluatePerplexity, unigramPerplexity } from './perplexity.js';
 export type { PerplexityResult } from './perplexity.js';
-export { bundledBaseDirectory, loadBundledBase } from './bundled-base.js';
+export { BUNDLED_BASE_PACKAGE, bundledBaseDirectory, loadBundledBase, type LoadBundledBaseOptions } from './bundled-base.js';
