@@ -1,3 +1,5 @@
+import { installCommandFor } from './install-command.js';
+
 /** An error the CLI reports as one line and a non-zero exit, without a stack trace. */
 export class CliError extends Error {
   /** Process exit code: 2 for usage errors, 1 for everything else. */
@@ -16,7 +18,7 @@ export class MissingPackageError extends CliError {
   readonly installCommand: string;
 
   constructor(packageName: string, purpose: string) {
-    const installCommand = `pnpm add ${packageName}`;
+    const installCommand = installCommandFor([packageName]);
     super(`${purpose} needs ${packageName}, which is not installed. Install it with: ${installCommand}`);
     this.packageName = packageName;
     this.installCommand = installCommand;

@@ -5,6 +5,7 @@ import { initRuntime, writeJsonAtomic } from '@lora/core';
 import { bundledBaseDirectory, CausalLanguageModel, generate, loadTokenizer, ByteTokenizer, savePretrained } from '@lora/models';
 import { readSelectorConfig, type FlowchartFlags, type SelectorConfig } from './answers.js';
 import { CliError } from './errors.js';
+import { installCommandFor } from './install-command.js';
 import { inspectDirectory, formatInspection } from './inspect.js';
 import { parseByteSize } from './measure.js';
 import { forwardLogits, loadModelWithAdapters, readForwardInput, writeDirectoryAtomically } from './model-io.js';
@@ -242,7 +243,7 @@ export function buildProgram(context: ProgramContext): Command {
       try {
         quantPackage = (await loader('@lora/quant')) as Record<string, unknown>;
       } catch {
-        throw new CliError('lora quantize needs @lora/quant, which is not installed. Install it with: pnpm add @lora/quant');
+        throw new CliError(`lora quantize needs @lora/quant, which is not installed. Install it with: ${installCommandFor(['@lora/quant'])}`);
       }
       const save = quantPackage['saveQuantizedPretrained'];
       if (typeof save !== 'function') throw new CliError('The installed @lora/quant has no saveQuantizedPretrained(); update it.');
@@ -269,7 +270,7 @@ export function buildProgram(context: ProgramContext): Command {
       try {
         cudaBackend = (await loader('@lora/cuda-backend')) as Record<string, unknown>;
       } catch {
-        throw new CliError('lora doctor needs @lora/cuda-backend, which is not installed. Install it with: pnpm add @lora/cuda-backend');
+        throw new CliError(`lora doctor needs @lora/cuda-backend, which is not installed. Install it with: ${installCommandFor(['@lora/cuda-backend'])}`);
       }
       const report = await (cudaBackend['useBestBackend'] as () => Promise<unknown>)();
       context.stdout.write(`${(cudaBackend['formatBackendReport'] as (r: unknown) => string)(report)}\n`);

@@ -7,6 +7,7 @@ import { checkInstalled, importPackage, registryForRecipe, type PackageLoader } 
 import { recipeFor, type VariantRecipe } from './recipe.js';
 import { camelToSnake } from '@lora/core/internal';
 import { CliError, MissingPackageError } from './errors.js';
+import { installCommandFor } from './install-command.js';
 
 /** Streams the selector talks through (injectable for tests). */
 export interface SelectorIo {
@@ -122,7 +123,7 @@ export async function select(options: SelectOptions, io: SelectorIo): Promise<{ 
       transforms: recipe.transforms,
       packages: ['@lora/core', ...recipe.packages],
       missingPackages: missing,
-      installCommand: missing.length > 0 ? `pnpm add ${missing.join(' ')}` : null,
+      installCommand: missing.length > 0 ? installCommandFor(missing) : null,
       config,
       summary: recipe.summary,
     },
