@@ -47,7 +47,7 @@ export { loadStateDict, stateDict } from './state-dict.js';
 export type { LoadReport, LoadStateDictOptions } from './state-dict.js';
 
 export { ByteTokenizer, HuggingFaceTokenizer, loadTokenizer, BYTE_TOKENIZER_CLASS } from './tokenizer.js';
-export type { TextTokenizer, EncodeOptions, DecodeOptions } from './tokenizer.js';
+export type { TextTokenizer, EncodeOptions, DecodeOptions, HuggingFaceTokenizerObject } from './tokenizer.js';
 export { DatasetError, TokenizerError } from './errors.js';
 export {
   parseJsonl,
