@@ -21,8 +21,10 @@ function pnpm(): { file: string; prefix: string[] } {
 }
 
 /**
- * The environment for npm: pnpm's `npm_config_*` / `npm_package_*` variables (set when this runs
- * under `pnpm test`) are dropped so npm behaves as it does for a user; the registry, cache and user
+ * The environment for npm and for the scripts run in an install: pnpm's `npm_config_*` /
+ * `npm_package_*` variables (set when this runs under `pnpm test`) are dropped so npm behaves as it
+ * does for a user, and so is `NODE_PATH`, which pnpm's bin shims point at the workspace's store —
+ * through it `require` would find packages the install does not have. The registry, cache and user
  * config a machine sets are kept.
  */
 function npmEnvironment(): NodeJS.ProcessEnv {
@@ -30,6 +32,7 @@ function npmEnvironment(): NodeJS.ProcessEnv {
   return Object.fromEntries(
     Object.entries(process.env).filter(([key]) => {
       const lower = key.toLowerCase();
+      if (lower === 'node_path') return false;
       return keep.has(lower) || !(lower.startsWith('npm_') || lower.startsWith('pnpm_'));
     }),
   );
@@ -101,12 +104,13 @@ export async function npmInstall(directory: string, specs: readonly string[], op
 }
 
 /**
- * Run a command without blocking this process (the test runner keeps talking to its workers);
- * on failure throw with its exit code, stdout and stderr.
+ * Run a command without blocking this process (the test runner keeps talking to its workers), in
+ * the user-like environment of `npmEnvironment` unless `options.env` is given; on failure throw
+ * with its exit code, stdout and stderr.
  */
 export async function runChecked(file: string, args: readonly string[], options: ExecFileOptions & { cwd: string }): Promise<string> {
   try {
-    const { stdout } = await run(file, [...args], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, ...options });
+    const { stdout } = await run(file, [...args], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, ...options, env: options.env ?? npmEnvironment() });
     return String(stdout);
   } catch (error) {
     const failure = error as { code?: number | string; stdout?: string; stderr?: string };

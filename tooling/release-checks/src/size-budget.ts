@@ -21,12 +21,12 @@ export const SIZE_BUDGETS: MeasuredSizes = {
   },
   // node_modules of an app that installed the subject, @lora/core and @tensorflow/tfjs-core with npm.
   installedBytes: {
-    '@lora/core': 90_000_000,
-    '@lora/dora': 90_000_000,
-    '@lora/quant': 90_000_000,
-    '@lora/adalora': 90_000_000,
-    '@lora/models': 110_000_000,
-    '@lora/cuda-backend': 90_000_000,
+    '@lora/core': 75_000_000,
+    '@lora/dora': 75_000_000,
+    '@lora/quant': 75_000_000,
+    '@lora/adalora': 75_000_000,
+    '@lora/models': 90_000_000,
+    '@lora/cuda-backend': 75_000_000,
   },
 };
 

@@ -45,15 +45,20 @@ class Net extends Module {
 export const snake: string = camelToSnake('loraAlpha');
 `;
 
+/** A consumer that registers `plugins` (TypeScript source) and adapts `Net` with `options`. */
+function adaptingConsumer(imports: string, plugins: string, options: string, extra = ''): string {
+  return `${consumerBase}${imports}
+const registry: LoraRegistry = createLoraRegistry({ plugins: ${plugins} });
+export const model: AdapterModel<Net> = AdapterModel.create(new Net(), { registry, ${options} });
+${extra}`;
+}
+
 const scenarios: Scenario[] = [
   {
     subject: '@lora/core',
     packages: ['@lora/core'],
     smoke: { imports: {}, plugins: '[core.lora({ seed: 0 })]', create: "{ config: { r: 4, loraAlpha: 8, targetModules: ['fc1', 'fc2'] } }" },
-    consumer: `${consumerBase}
-const registry: LoraRegistry = createLoraRegistry({ plugins: [lora()] });
-export const model: AdapterModel<Net> = AdapterModel.create(new Net(), { registry, config: { r: 4, targetModules: ['fc1'] } });
-`,
+    consumer: adaptingConsumer('', '[lora()]', "config: { r: 4, targetModules: ['fc1'] }"),
   },
   {
     subject: '@lora/dora',
@@ -63,10 +68,11 @@ export const model: AdapterModel<Net> = AdapterModel.create(new Net(), { registr
       plugins: '[core.lora(), dora.dora({ seed: 0 })]',
       create: "{ plugin: 'dora', config: { r: 4, loraAlpha: 8, targetModules: ['fc1', 'fc2'] } }",
     },
-    consumer: `${consumerBase}import { dora, doubleLora } from '@lora/dora';
-const registry: LoraRegistry = createLoraRegistry({ plugins: [lora(), dora(), doubleLora()] });
-export const model: AdapterModel<Net> = AdapterModel.create(new Net(), { registry, plugin: 'dora', config: { r: 4, targetModules: ['fc1'] } });
-`,
+    consumer: adaptingConsumer(
+      "import { dora, doubleLora } from '@lora/dora';",
+      '[lora(), dora(), doubleLora()]',
+      "plugin: 'dora', config: { r: 4, targetModules: ['fc1'] }",
+    ),
   },
   {
     subject: '@lora/quant',
@@ -79,11 +85,12 @@ export const model: AdapterModel<Net> = AdapterModel.create(new Net(), { registr
       reload:
         "async (directory) => { const base = await makeBase(); quant.quantizeModel(base, { type: 'nf4', doubleQuant: true }); return core.loadAdapterModel(base, directory, { registry }); }",
     },
-    consumer: `${consumerBase}import { AdamW8bit, quant } from '@lora/quant';
-const registry: LoraRegistry = createLoraRegistry({ plugins: [lora(), quant({ type: 'nf4' })] });
-export const model: AdapterModel<Net> = AdapterModel.create(new Net(), { registry, config: { r: 4, targetModules: ['fc1'] }, transforms: ['quant'] });
-export const optimizer: AdamW8bit = new AdamW8bit({ learningRate: 1e-3 });
-`,
+    consumer: adaptingConsumer(
+      "import { AdamW8bit, quant } from '@lora/quant';",
+      "[lora(), quant({ type: 'nf4' })]",
+      "config: { r: 4, targetModules: ['fc1'] }, transforms: ['quant']",
+      'export const optimizer: AdamW8bit = new AdamW8bit({ learningRate: 1e-3 });\n',
+    ),
   },
   {
     subject: '@lora/adalora',
@@ -95,10 +102,11 @@ export const optimizer: AdamW8bit = new AdamW8bit({ learningRate: 1e-3 });
         "{ plugin: 'adalora', config: { initR: 4, targetR: 2, totalStep: 10, tinit: 2, tfinal: 2, deltaT: 1, loraAlpha: 8, targetModules: ['fc1', 'fc2'] } }",
       save: '(peft, directory) => adalora.saveAdaLoraAdapter(peft, directory)',
     },
-    consumer: `${consumerBase}import { adalora } from '@lora/adalora';
-const registry: LoraRegistry = createLoraRegistry({ plugins: [adalora()] });
-export const model: AdapterModel<Net> = AdapterModel.create(new Net(), { registry, plugin: 'adalora', config: { initR: 4, targetR: 2, totalStep: 10, targetModules: ['fc1'] } });
-`,
+    consumer: adaptingConsumer(
+      "import { adalora } from '@lora/adalora';",
+      '[adalora()]',
+      "plugin: 'adalora', config: { initR: 4, targetR: 2, totalStep: 10, targetModules: ['fc1'] }",
+    ),
   },
   {
     subject: '@lora/models',
