@@ -5,7 +5,7 @@ export default defineConfig({
   entry: { index: 'src/index.ts', cli: 'src/cli.ts' },
   format: ['esm'],
   dts: { entry: { index: 'src/index.ts' } },
-  sourcemap: true,
+  sourcemap: false,
   clean: true,
   target: 'node20',
   banner: ({ format }) => (format === 'esm' ? {} : {}),

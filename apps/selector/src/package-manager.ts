@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { recipePackages } from './recipe.js';
 
@@ -66,12 +67,26 @@ function hasWorkspaces(directory: string): boolean {
 }
 
 /**
- * The command that installs `packages` with the user's package manager, or null when one of them
- * is not published (no command would work).
+ * The command that makes `packages` importable by this CLI, or null when one of them is not
+ * published (no command would work). Run through `npx` (npm's `_npx` cache) a package is only found
+ * beside the CLI, so the extra packages are named to npx with the same arguments; otherwise the
+ * user's package manager adds them to the project (`-w` / `-W` at a workspace root).
+ *
+ * @param options.location path of the running CLI (default: this module's file), `options.argv` its
+ *   arguments (default `process.argv.slice(2)`): parameters for tests.
  * @example installCommand(['@lora/quant']) // 'pnpm add -w @lora/quant' at a pnpm workspace root
  */
-export function installCommand(packages: readonly string[], manager: PackageManager = detectPackageManager()): string | null {
+export function installCommand(
+  packages: readonly string[],
+  manager: PackageManager = detectPackageManager(),
+  options: { readonly location?: string; readonly argv?: readonly string[] } = {},
+): string | null {
   if (packages.length === 0 || packages.some((name) => !PUBLISHED_PACKAGES.has(name))) return null;
+  const location = (options.location ?? fileURLToPath(import.meta.url)).replaceAll('\\', '/');
+  if (location.includes('/_npx/')) {
+    const extra = packages.map((name) => `-p ${name}`).join(' ');
+    return `npx -p @lora/selector ${extra} lora ${(options.argv ?? process.argv.slice(2)).join(' ')}`.trimEnd();
+  }
   const list = packages.join(' ');
   switch (manager.name) {
     case 'pnpm':

@@ -39,7 +39,7 @@ let gradientsLoaded: Promise<void> | null = null;
  * `@tensorflow/tfjs` package registers them all against the shared tfjs-core instance.
  */
 export function ensureGradients(): Promise<void> {
-  gradientsLoaded ??= import('@tensorflow/tfjs').then(
+  gradientsLoaded ??= import('./register-gradients.js').then(
     () => undefined,
     (error: unknown) => {
       gradientsLoaded = null;

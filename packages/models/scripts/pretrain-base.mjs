@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Pretrains the bundled base model (assets/base-moby) on Moby-Dick, byte-level, with @lora/core's
+// Pretrains the bundled base model (@lora/base-moby: packages/base-moby/assets) on Moby-Dick, byte-level, with @lora/core's
 // trainer. Reproduce with (from the repo root):
 //
 //   npx turbo run build --filter=@lora/models && node packages/models/scripts/pretrain-base.mjs
@@ -43,7 +43,7 @@ const settings = {
   seed: option('seed', 0),
   evalEvery: option('eval-every', 100),
 };
-const out = path.resolve(args['out'] ?? path.join(here, '..', 'assets', 'base-moby'));
+const out = path.resolve(args['out'] ?? path.join(here, '..', '..', 'base-moby', 'assets'));
 const checkpoint = path.resolve(args['checkpoint'] ?? path.join(os.tmpdir(), 'lora-models-pretrain-checkpoint'));
 const command = `node packages/models/scripts/pretrain-base.mjs ${process.argv.slice(2).join(' ')}`.trim();
 

@@ -47,7 +47,7 @@ export { loadStateDict, stateDict } from './state-dict.js';
 export type { LoadReport, LoadStateDictOptions } from './state-dict.js';
 
 export { ByteTokenizer, HuggingFaceTokenizer, loadTokenizer, BYTE_TOKENIZER_CLASS } from './tokenizer.js';
-export type { TextTokenizer, EncodeOptions, DecodeOptions } from './tokenizer.js';
+export type { TextTokenizer, EncodeOptions, DecodeOptions, HuggingFaceTokenizerObject } from './tokenizer.js';
 export { DatasetError, TokenizerError } from './errors.js';
 export {
   parseJsonl,
@@ -68,4 +68,4 @@ export { generate, pickToken } from './generate.js';
 export type { GenerateOptions } from './generate.js';
 export { evaluatePerplexity, unigramPerplexity } from './perplexity.js';
 export type { PerplexityResult } from './perplexity.js';
-export { bundledBaseDirectory, loadBundledBase } from './bundled-base.js';
+export { BUNDLED_BASE_PACKAGE, bundledBaseDirectory, loadBundledBase, type LoadBundledBaseOptions } from './bundled-base.js';

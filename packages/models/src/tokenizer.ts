@@ -109,13 +109,27 @@ function tokenString(value: unknown): string | null {
  * const tokenizer = await HuggingFaceTokenizer.load('path/to/model'); // tokenizer.json (+ tokenizer_config.json)
  * tokenizer.encode('Hello world'); // GPT-2: [15496, 995]
  */
+/**
+ * What this package uses of `@huggingface/tokenizers`' `Tokenizer`, as a structural type. Naming that
+ * library's own class in our declaration files would make every TypeScript consumer load its types,
+ * which are ESM-only with extensionless imports and fail under \`node16\` resolution (and from a
+ * CommonJS file); the object at run time is that library's `Tokenizer`, with its full API.
+ */
+export interface HuggingFaceTokenizerObject {
+  encode(text: string, options?: { add_special_tokens?: boolean }): { ids: number[]; tokens: string[]; attention_mask: number[] };
+  decode(tokenIds: number[], options?: { skip_special_tokens?: boolean }): string;
+  tokenize(text: string): string[];
+  token_to_id(token: string): number | undefined;
+  get_vocab(withAddedTokens?: boolean): Map<string, number>;
+}
+
 export class HuggingFaceTokenizer implements TextTokenizer {
   readonly vocabSize: number;
   readonly bosTokenId: number | null;
   readonly eosTokenId: number | null;
   readonly padTokenId: number | null;
-  /** The underlying `@huggingface/tokenizers` object, for anything not wrapped here. */
-  readonly tokenizer: Tokenizer;
+  /** The underlying `@huggingface/tokenizers` `Tokenizer`, for anything not wrapped here. */
+  readonly tokenizer: HuggingFaceTokenizerObject;
 
   /**
    * @param tokenizerJson the parsed `tokenizer.json`.
