@@ -17,3 +17,5 @@ export type { CacheStats } from './cache.js';
 export { HyperLoraState, HYPERLORA_STATE_PREFIX, DEFAULT_CACHE_BYTES } from './hyper-state.js';
 export type { HyperLoraStateOptions, ForwardFactors } from './hyper-state.js';
 export { HyperLoraAdapter } from './hyper-layer.js';
+export { hyperStateToLora, writeExportedLora } from './hyper-export.js';
+export type { ExportedLora, HyperStateExportOptions } from './hyper-export.js';
