@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { AdapterLayer, Linear, Module, ModuleList, type BaseLayer } from '@lora/core';
+import { AdapterLayer, Linear, Module, ModuleList, type BaseLayer, type BaseTransform } from '@lora/core';
 import { HyperLoraAdapter, HyperLoraState, parseHyperLoraConfig, type ConditionInput } from '../src/index.js';
 
 class Block extends Module {
@@ -62,11 +62,20 @@ export interface HyperModel {
 }
 
 /** Wrap {@link TinyModel}'s q and v with a HyperLoRA adapter named `default`. */
-export function createHyperModel(options: { config?: Record<string, unknown>; seed?: number; cacheBytes?: number; modelSeed?: number } = {}): HyperModel {
+export function createHyperModel(
+  options: { config?: Record<string, unknown>; seed?: number; cacheBytes?: number; modelSeed?: number; transform?: BaseTransform } = {},
+): HyperModel {
   const model = new TinyModel(options.modelSeed ?? 1);
   model.setTrainable(false);
   const config = parseHyperLoraConfig(options.config ?? tinyConfig());
   const paths = model.namedModules().filter(([path]) => /\.(q|v)$/u.test(path)).map(([path]) => path);
+  if (options.transform) {
+    for (const path of paths) {
+      const original = model.getSubmodule(path) as Module & BaseLayer;
+      model.setSubmodule(path, options.transform.transform(original, path));
+      original.dispose();
+    }
+  }
   const targets = paths.map((path) => [path, model.getSubmodule(path) as Module & BaseLayer] as const);
   const state = new HyperLoraState({ adapterName: 'default', config, targets, seed: options.seed ?? 3, cacheBytes: options.cacheBytes });
   for (const [path, base] of targets) {
