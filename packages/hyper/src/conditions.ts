@@ -59,7 +59,7 @@ export function resolveCondition(spec: ConditionSpec, condition: Condition | nul
   if (spec.kind === 'continuous') {
     if (!isVector(condition) || condition.length !== spec.size) {
       throw new ConfigError({
-        plugin: 'hyperlora',
+        plugin: 'hyper',
         field: 'condition',
         received: condition === undefined || condition === null ? condition : isVector(condition) ? `a vector of length ${condition.length}` : condition,
         expected: `a vector of ${spec.size} numbers (this HyperLoRA is conditioned on a continuous vector)`,
@@ -68,17 +68,17 @@ export function resolveCondition(spec: ConditionSpec, condition: Condition | nul
     }
     const vector = Float32Array.from(condition);
     if (!vector.every((value) => Number.isFinite(value))) {
-      throw new ConfigError({ plugin: 'hyperlora', field: 'condition', received: 'a vector with NaN or Infinity', expected: 'finite numbers' });
+      throw new ConfigError({ plugin: 'hyper', field: 'condition', received: 'a vector with NaN or Infinity', expected: 'finite numbers' });
     }
     return { kind: 'continuous', vector };
   }
   const given = (condition ?? {}) as Readonly<Record<string, string | null | undefined>>;
   if (typeof given !== 'object' || isVector(given)) {
-    throw new ConfigError({ plugin: 'hyperlora', field: 'condition', received: given, expected: 'an object { factor: value }', hint: `Known factors: ${knownFactors(spec)}.` });
+    throw new ConfigError({ plugin: 'hyper', field: 'condition', received: given, expected: 'an object { factor: value }', hint: `Known factors: ${knownFactors(spec)}.` });
   }
   for (const name of Object.keys(given)) {
     if (!spec.factors.some((factor) => factor.name === name)) {
-      throw new ConfigError({ plugin: 'hyperlora', field: 'condition', received: name, expected: 'a known factor', hint: `Known factors: ${knownFactors(spec)}.` });
+      throw new ConfigError({ plugin: 'hyper', field: 'condition', received: name, expected: 'a known factor', hint: `Known factors: ${knownFactors(spec)}.` });
     }
   }
   const indices = spec.factors.map((factor) => {
@@ -87,7 +87,7 @@ export function resolveCondition(spec: ConditionSpec, condition: Condition | nul
     const index = factor.values.indexOf(value);
     if (index < 0) {
       throw new ConfigError({
-        plugin: 'hyperlora',
+        plugin: 'hyper',
         field: `condition.${factor.name}`,
         received: value,
         expected: `one of ${factor.values.map((v) => JSON.stringify(v)).join(', ')}`,
@@ -158,10 +158,10 @@ export function parseConditionText(text: string): Record<string, string> {
   for (const part of text.split(',').map((item) => item.trim()).filter((item) => item.length > 0)) {
     const match = /^([^=]+)=(.+)$/u.exec(part);
     if (!match) {
-      throw new ConfigError({ plugin: 'hyperlora', field: 'condition', received: part, expected: 'factor=value', hint: 'Write e.g. --condition party=D,era=modern.' });
+      throw new ConfigError({ plugin: 'hyper', field: 'condition', received: part, expected: 'factor=value', hint: 'Write e.g. --condition party=D,era=modern.' });
     }
     const name = match[1]!.trim();
-    if (name in condition) throw new ConfigError({ plugin: 'hyperlora', field: 'condition', received: text, expected: `each factor once ("${name}" repeats)` });
+    if (name in condition) throw new ConfigError({ plugin: 'hyper', field: 'condition', received: text, expected: `each factor once ("${name}" repeats)` });
     condition[name] = match[2]!.trim();
   }
   return condition;

@@ -121,28 +121,28 @@ const EXAMPLES: Readonly<Record<string, string>> = {
 
 /**
  * Validate HyperLoRA options (camelCase) and fill the defaults.
- * @throws {ConfigError} naming the field, e.g. `[hyperlora] Invalid config: condition must be …`.
+ * @throws {ConfigError} naming the field, e.g. `[hyper] Invalid config: condition must be …`.
  * @example
  * const config = parseHyperLoraConfig({ r: 4, targetModules: ['c_attn'],
  *   condition: { kind: 'discrete', factors: [{ name: 'task', values: ['qa', 'summary'] }] } });
  */
 export function parseHyperLoraConfig(options: unknown): HyperLoraConfig {
-  const config = parseConfigWithSchema(hyperConfigSchema, options, { plugin: 'hyperlora', examples: EXAMPLES }) as HyperLoraConfig;
+  const config = parseConfigWithSchema(hyperConfigSchema, options, { plugin: 'hyper', examples: EXAMPLES }) as HyperLoraConfig;
   if (config.condition.kind === 'discrete') {
     const names = config.condition.factors.map((factor) => factor.name);
     const repeated = names.find((name, i) => names.indexOf(name) !== i);
     if (repeated !== undefined) {
-      throw new ConfigError({ plugin: 'hyperlora', field: 'condition.factors', received: names, expected: 'factors with distinct names', hint: `"${repeated}" appears twice.` });
+      throw new ConfigError({ plugin: 'hyper', field: 'condition.factors', received: names, expected: 'factors with distinct names', hint: `"${repeated}" appears twice.` });
     }
     for (const factor of config.condition.factors) {
       const value = factor.values.find((v, i) => factor.values.indexOf(v) !== i);
       if (value !== undefined) {
-        throw new ConfigError({ plugin: 'hyperlora', field: `condition.factors.${factor.name}.values`, received: factor.values, expected: 'distinct values', hint: `"${value}" appears twice.` });
+        throw new ConfigError({ plugin: 'hyper', field: `condition.factors.${factor.name}.values`, received: factor.values, expected: 'distinct values', hint: `"${value}" appears twice.` });
       }
     }
   } else if (config.conditionDropout > 0) {
     throw new ConfigError({
-      plugin: 'hyperlora',
+      plugin: 'hyper',
       field: 'conditionDropout',
       received: config.conditionDropout,
       expected: '0 for a continuous condition (dropout replaces discrete factors by their null embedding)',

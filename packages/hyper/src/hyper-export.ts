@@ -65,7 +65,7 @@ export async function writeExportedLora(exported: ExportedLora, directory: strin
   try {
     for (const [key, tensor] of exported.tensors) {
       if (!tf.tidy(() => tf.all(tf.isFinite(tensor)).dataSync()[0] === 1)) {
-        throw new LoraError(`[@lora/hyper] Not exporting to ${directory}: ${key} holds NaN or Infinity (the generator diverged). Retrain with a lower learning rate.`, { plugin: 'hyperlora' });
+        throw new LoraError(`[@lora/hyper] Not exporting to ${directory}: ${key} holds NaN or Infinity (the generator diverged). Retrain with a lower learning rate.`, { plugin: 'hyper' });
       }
     }
     const entries = new Map<string, SafetensorsEntry>();

@@ -106,7 +106,7 @@ export class HyperLoraState {
   targetIndex(modulePath: string): number {
     const index = this.indexByPath.get(modulePath);
     if (index === undefined) {
-      throw new CheckpointError(`[@lora/hyper] ${modulePath} is not a target of HyperLoRA adapter "${this.adapterName}".`, { plugin: 'hyperlora' });
+      throw new CheckpointError(`[@lora/hyper] ${modulePath} is not a target of HyperLoRA adapter "${this.adapterName}".`, { plugin: 'hyper' });
     }
     return index;
   }
@@ -136,7 +136,7 @@ export class HyperLoraState {
     if (missing.length > 0 || unexpected.length > 0 || mismatched.length > 0) {
       throw new CheckpointError(
         `[@lora/hyper] The saved HyperLoRA generator does not fit this model (missing ${missing.length}, unexpected ${unexpected.length}, mis-shaped ${mismatched.length}: ${[...missing, ...unexpected, ...mismatched.map((m) => m.name)].slice(0, 4).join(', ')}). Check that target_modules and the condition in adapter_config.json match the model.`,
-        { missing, unexpected, mismatched, plugin: 'hyperlora' },
+        { missing, unexpected, mismatched, plugin: 'hyper' },
       );
     }
     for (const [key, variable] of named) variable.assign(tensors.get(key)!);
