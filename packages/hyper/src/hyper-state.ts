@@ -53,7 +53,7 @@ function pairsOf(tensors: readonly tf.Tensor[]): GeneratedFactors[] {
 
 /** Uniform numbers in [0, 1) from tfjs's seeded generator, drawn 1024 at a time (condition dropout is the only user). */
 function seededUniform(seed: number): () => number {
-  let buffer = new Float32Array(0);
+  let buffer: Float32Array = new Float32Array(0);
   let position = 0;
   let refills = 0;
   return () => {
