@@ -107,10 +107,12 @@ const hyperConfigSchema = z.object(hyperConfigShape).strict().superRefine(refine
 /** Names of every HyperLoRA config field (camelCase). */
 export const HYPERLORA_CONFIG_FIELDS: readonly string[] = Object.keys(hyperConfigShape);
 
+const CONDITION_HINT =
+  "A condition is e.g. { kind: 'discrete', factors: [{ name: 'task', values: ['qa', 'summary'] }] } or { kind: 'continuous', size: 16 }.";
+
 const EXAMPLES: Readonly<Record<string, string>> = {
   r: '8',
   loraAlpha: '16',
-  condition: "{ kind: 'discrete', factors: [{ name: 'task', values: ['a', 'b'] }] }",
   conditionDropout: '0.1',
   headMode: "'basis'",
   basisSize: '8',
@@ -127,17 +129,24 @@ const EXAMPLES: Readonly<Record<string, string>> = {
  *   condition: { kind: 'discrete', factors: [{ name: 'task', values: ['qa', 'summary'] }] } });
  */
 export function parseHyperLoraConfig(options: unknown): HyperLoraConfig {
-  const config = parseConfigWithSchema(hyperConfigSchema, options, { plugin: 'hyper', examples: EXAMPLES }) as HyperLoraConfig;
+  let config: HyperLoraConfig;
+  try {
+    config = parseConfigWithSchema(hyperConfigSchema, options, { plugin: 'hyper', examples: EXAMPLES }) as HyperLoraConfig;
+  } catch (error) {
+    // Nested condition fields get one example of a whole condition rather than core's per-field hint.
+    if (!(error instanceof ConfigError) || !/^condition(\.|$)/u.test(error.field)) throw error;
+    throw new ConfigError({ plugin: 'hyper', field: error.field, received: error.received, expected: error.expected, hint: CONDITION_HINT });
+  }
   if (config.condition.kind === 'discrete') {
     const names = config.condition.factors.map((factor) => factor.name);
     const repeated = names.find((name, i) => names.indexOf(name) !== i);
     if (repeated !== undefined) {
-      throw new ConfigError({ plugin: 'hyper', field: 'condition.factors', received: names, expected: 'factors with distinct names', hint: `"${repeated}" appears twice.` });
+      throw new ConfigError({ plugin: 'hyper', field: 'condition.factors', received: names, expected: 'factors with distinct names', hint: `"${repeated}" appears twice; rename one.` });
     }
     for (const factor of config.condition.factors) {
       const value = factor.values.find((v, i) => factor.values.indexOf(v) !== i);
       if (value !== undefined) {
-        throw new ConfigError({ plugin: 'hyper', field: `condition.factors.${factor.name}.values`, received: factor.values, expected: 'distinct values', hint: `"${value}" appears twice.` });
+        throw new ConfigError({ plugin: 'hyper', field: `condition.factors.${factor.name}.values`, received: factor.values, expected: 'distinct values', hint: `"${value}" appears twice; list it once.` });
       }
     }
   } else if (config.conditionDropout > 0) {

@@ -111,3 +111,21 @@ export function randomizeGenerator(state: HyperLoraState, seed = 100, scale = 0.
   }
   state.invalidate();
 }
+
+/** A one-factor discrete condition (`task` ∈ {a, b}). */
+export const TASKS = { kind: 'discrete', factors: [{ name: 'task', values: ['a', 'b'], dim: 4 }] };
+
+/** Configs parseHyperLoraConfig rejects, with the field its ConfigError must name. */
+export const INVALID_CONFIGS: readonly [Record<string, unknown>, string][] = [
+  [{ r: 0, condition: TASKS }, 'r'],
+  [{ targetModules: ['query'] }, 'condition'],
+  [{ condition: { kind: 'discrete', factors: [] } }, 'condition.factors'],
+  [{ condition: { kind: 'discrete', factors: [{ name: 'task', values: ['a', 'a'] }] } }, 'condition.factors.task.values'],
+  [{ condition: { kind: 'discrete', factors: [{ name: 'task', values: ['a'] }, { name: 'task', values: ['b'] }] } }, 'condition.factors'],
+  [{ condition: { kind: 'discrete', factors: [{ name: 'task', values: ['a=b'] }] } }, 'condition.factors.0.values.0'],
+  [{ condition: { kind: 'continuous', size: 0 } }, 'condition.size'],
+  [{ condition: { kind: 'continuous', size: 4 }, conditionDropout: 0.1 }, 'conditionDropout'],
+  [{ condition: TASKS, headMode: 'mix' }, 'headMode'],
+  [{ condition: TASKS, conditionDropout: 1 }, 'conditionDropout'],
+  [{ condition: TASKS, rr: 4 }, 'rr'],
+];
