@@ -39,6 +39,8 @@ interface CurrentForward {
   readonly rowIndex: tf.Tensor1D | null;
   /** Tensors this forward made outside a gradient tape; disposed by endForward. */
   readonly owned: tf.Tensor[];
+  /** Whether a gradient tape was recording when the pass began (then the caller's scope frees its tensors). */
+  readonly taped: boolean;
 }
 
 function flatten(factors: readonly GeneratedFactors[]): tf.Tensor[] {
@@ -88,8 +90,8 @@ export class HyperLoraState {
   readonly scaling: number;
   private readonly indexByPath: Map<string, number>;
   private readonly random: () => number;
-  private current: CurrentForward | null = null;
-  private currentTaped = false;
+  /** Forward passes in progress, innermost last (`withAdapterInputs` nests). */
+  private readonly passes: CurrentForward[] = [];
   private defaultCondition: Condition | undefined;
 
   constructor(options: HyperLoraStateOptions) {
@@ -177,7 +179,6 @@ export class HyperLoraState {
    * @throws {ConfigError} for an unknown factor or value.
    */
   beginForward(context: { readonly inputs: Readonly<Record<string, unknown>>; readonly training: boolean }): void {
-    this.endForward();
     const input = (context.inputs['condition'] as ConditionInput | undefined) ?? this.defaultCondition;
     const batch = batchConditions(this.config.condition, input, {
       dropout: context.training ? this.config.conditionDropout : 0,
@@ -206,20 +207,18 @@ export class HyperLoraState {
     }
     const rowIndex = batch.rowToUnique === null ? null : tf.tensor1d(batch.rowToUnique, 'int32');
     if (rowIndex && !taped) owned.push(rowIndex);
-    this.current = { batch, factors, rowIndex, owned };
-    this.currentTaped = taped;
+    this.passes.push({ batch, factors, rowIndex, owned, taped });
   }
 
   /** Called after the forward pass (also on error): frees what the pass made outside a gradient tape. */
   endForward(): void {
-    if (!this.current) return;
-    if (!this.currentTaped) tf.dispose(this.current.owned);
-    this.current = null;
+    const pass = this.passes.pop();
+    if (pass && !pass.taped) tf.dispose(pass.owned);
   }
 
-  /** The distinct conditions of the current forward pass (keys), or null outside one. */
+  /** The distinct conditions of the innermost forward pass in progress (keys), or null outside one. */
   currentConditionKeys(): readonly string[] | null {
-    return this.current?.batch.keys ?? null;
+    return this.passes[this.passes.length - 1]?.batch.keys ?? null;
   }
 
   private cachedOrGenerated(batch: ConditionBatch): (readonly GeneratedFactors[])[] {
@@ -256,9 +255,10 @@ export class HyperLoraState {
    * alone inside the caller's scope when taping or when the cache cannot hold it).
    */
   factorsFor(targetIndex: number): ForwardFactors {
-    if (this.current) {
-      const { a, b } = this.current.factors[targetIndex]!;
-      return { a, b, rowIndex: this.current.rowIndex };
+    const pass = this.passes[this.passes.length - 1];
+    if (pass) {
+      const { a, b } = pass.factors[targetIndex]!;
+      return { a, b, rowIndex: pass.rowIndex };
     }
     const condition = resolveCondition(this.config.condition, this.defaultCondition);
     if (!tf.engine().isTapeOn() && this.cache.budgetBytes > 0) {
@@ -295,7 +295,7 @@ export class HyperLoraState {
   }
 
   dispose(): void {
-    this.endForward();
+    while (this.passes.length > 0) this.endForward();
     this.cache.dispose();
     this.encoder.dispose();
     this.generator.dispose();
