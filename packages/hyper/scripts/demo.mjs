@@ -2,7 +2,7 @@
 // held out. Compares, in one run and over 3 seeds: the base model, one HyperLoRA, one shared LoRA,
 // one LoRA per condition, and (for the held-out combination) a LoRA trained on it alone.
 //
-//   pnpm --filter @lora/hyper build && node packages/hyper/scripts/demo.mjs [--steps 60] [--seeds 1,2,3] [--out results.json]
+//   pnpm --filter @lora/hyper build && node packages/hyper/scripts/demo.mjs [--steps 40] [--seeds 1,2,3] [--out results.json]
 //
 // Prints a markdown table (the one in the README) and writes the raw numbers as JSON.
 import * as tf from '@tensorflow/tfjs-core';
@@ -16,13 +16,13 @@ const option = (name, fallback) => {
   const index = args.indexOf(`--${name}`);
   return index >= 0 ? args[index + 1] : fallback;
 };
-const STEPS = Number(option('steps', '60'));
+const STEPS = Number(option('steps', '40'));
 const SEEDS = option('seeds', '1,2,3').split(',').map(Number);
 const OUT = option('out', null);
 const CONTEXT = 64;
 const BATCH = 6;
 const LEARNING_RATE = 3e-3;
-const VALIDATION_WINDOWS = 48;
+const VALIDATION_WINDOWS = 32;
 const TARGETS = ['c_attn'];
 const RANK = 8;
 
