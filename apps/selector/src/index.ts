@@ -5,9 +5,9 @@ export { resolveAnswer, readSelectorConfig, selectorConfigSchema } from './answe
 export type { FlowchartFlags, MeasuredAnswers, SelectorConfig, YesNoPrompt } from './answers.js';
 export { estimateLoraTrainingMemory, formatBytes, judgeCompute, parseByteSize, readModelFootprint } from './measure.js';
 export type { MemoryEstimate, ModelFootprint, TrainingShape } from './measure.js';
-export { recipeFor, PLUGIN_FACTORIES } from './recipe.js';
+export { recipeFor, recipePackages, recipePackageFor } from './recipe.js';
 export type { RecipeContext, VariantRecipe } from './recipe.js';
-export { checkInstalled, importPackage, registryForRecipe } from './plugins.js';
+export { checkInstalled, importPackage, registryForRecipe, loadPluginPackage, pluginsForAdapterConfigs, installedPluginPackages } from './plugins.js';
 export type { PackageLoader } from './plugins.js';
 export { select, formatSelection, assertInstalled, measureAnswers } from './select.js';
 export type { SelectOptions, SelectResult, SelectorIo } from './select.js';

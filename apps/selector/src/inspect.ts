@@ -1,9 +1,22 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, readSafetensorsFile, type SafetensorsEntry } from '@lora/core';
+import {
+  ADAPTER_CONFIG_NAME,
+  ADAPTER_WEIGHTS_NAME,
+  findPluginForPeftConfig,
+  isTargetModule,
+  readAdapterConfig,
+  readSafetensorsFile,
+  type AdapterPlugin,
+  type PeftConfigJson,
+  type SafetensorsEntry,
+} from '@lora/core';
 import { readCheckpointTensors } from '@lora/models';
 import { CliError } from './errors.js';
 import { formatBytes } from './measure.js';
+import { installedPluginPackages, type PackageLoader } from './plugins.js';
+
+const MODEL_PREFIX = 'base_model.model.';
 
 /** A summary of a model or adapter directory. */
 export interface InspectResult {
@@ -13,8 +26,10 @@ export interface InspectResult {
   readonly bytes: number;
   readonly tensors: number;
   readonly dtypes: Readonly<Record<string, number>>;
-  /** Adapter only: targeted module paths and the rank found at each. */
-  readonly targets?: readonly { readonly module: string; readonly rank: number }[];
+  /** Adapter only: targeted module paths and the rank found at each (null when the type has no rank). */
+  readonly targets?: readonly { readonly module: string; readonly rank: number | null }[];
+  /** Adapter only: the installed plugin that reads it, or null when none does. */
+  readonly reader?: string | null;
   readonly config: Readonly<Record<string, unknown>>;
 }
 
@@ -32,26 +47,71 @@ function summarise(tensors: ReadonlyMap<string, SafetensorsEntry>): { parameters
 }
 
 /**
- * Inspect a directory: a PEFT adapter (type, targets, ranks, parameter count, bytes) or a Hugging
- * Face model (architecture, parameter count, bytes by dtype).
- * @throws {CliError} when the directory holds neither.
+ * The targeted modules of a saved adapter and the rank at each, for any adapter type: module paths
+ * are found from the tensor keys by the saved config's own target rules (PEFT's matching), ranks by
+ * the reading plugin's `savedRank` (default: the first dimension of `lora_A.weight`).
  */
-export async function inspectDirectory(directory: string): Promise<InspectResult> {
+function adapterTargets(tensors: ReadonlyMap<string, SafetensorsEntry>, plugin: AdapterPlugin | null, json: PeftConfigJson): { module: string; rank: number | null }[] {
+  const selection = plugin ? plugin.fromPeftJson(json) : null;
+  const byModule = new Map<string, Map<string, readonly number[]>>();
+  for (const [key, entry] of tensors) {
+    if (!key.startsWith(MODEL_PREFIX)) continue;
+    const segments = key.slice(MODEL_PREFIX.length).split('.');
+    // The module is the longest key prefix the config targets; without a reader, the part before the first `lora_` segment.
+    let cut = -1;
+    for (let end = segments.length - 1; end > 0 && cut < 0; end--) {
+      const candidate = segments.slice(0, end).join('.');
+      if (selection ? isTargetModule(candidate, selection) : segments[end]!.startsWith('lora_')) cut = end;
+    }
+    if (cut < 0) continue;
+    const module = segments.slice(0, cut).join('.');
+    const shapes = byModule.get(module) ?? new Map<string, readonly number[]>();
+    shapes.set(segments.slice(cut).join('.'), entry.shape);
+    byModule.set(module, shapes);
+  }
+  return [...byModule].map(([module, shapes]) => ({
+    module,
+    rank: plugin?.savedRank ? plugin.savedRank(shapes) : (shapes.get('lora_A.weight')?.[0] ?? shapes.get('lora_A')?.[0] ?? null),
+  }));
+}
+
+/**
+ * Inspect a directory: a PEFT adapter (type, targets, ranks, parameter count, bytes) or a Hugging
+ * Face model (architecture, parameter count, bytes by dtype). The plugin that reads an adapter is
+ * found through the installed packages' descriptors (plus `extraPackages`); without one, targets
+ * are still listed from the tensor names.
+ * @throws {CliError} naming the path when the directory holds neither or a file is malformed.
+ */
+export async function inspectDirectory(
+  directory: string,
+  options: { loader?: PackageLoader; extraPackages?: readonly string[] } = {},
+): Promise<InspectResult> {
   const has = async (name: string) =>
     fs.access(path.join(directory, name)).then(
       () => true,
       () => false,
     );
   if (await has(ADAPTER_CONFIG_NAME)) {
-    const config = JSON.parse(await fs.readFile(path.join(directory, ADAPTER_CONFIG_NAME), 'utf8')) as Record<string, unknown>;
-    const file = await readSafetensorsFile(path.join(directory, ADAPTER_WEIGHTS_NAME));
-    const targets: { module: string; rank: number }[] = [];
-    for (const [key, entry] of file.tensors) {
-      const match = /^base_model\.model\.(.+)\.lora_A(?:\.weight)?$/u.exec(key);
-      if (match) targets.push({ module: match[1]!, rank: entry.shape[0] ?? 0 });
-    }
-    const type = `${String(config['peft_type'])}${config['use_dora'] === true ? ' (DoRA)' : ''}`;
-    return { kind: 'adapter', type, ...summarise(file.tensors), tensors: file.tensors.size, targets, config };
+    const config = await readAdapterConfig(directory).catch((error: unknown) => {
+      throw new CliError(`${path.join(directory, ADAPTER_CONFIG_NAME)}: ${(error as Error).message.replace(/^\[[^\]]+\]\s*/u, '')}`, { exitCode: 2 });
+    });
+    const weights = path.join(directory, ADAPTER_WEIGHTS_NAME);
+    const file = await readSafetensorsFile(weights).catch((error: unknown) => {
+      throw new CliError(`${weights}: ${(error as Error).message.replace(/^\[[^\]]+\]\s*/u, '')}`, { exitCode: 2 });
+    });
+    const descriptors = await installedPluginPackages(options);
+    const plugin = findPluginForPeftConfig(descriptors, config)?.plugin ?? null;
+    const targets = adapterTargets(file.tensors, plugin, config);
+    const type = `${String(config.peft_type)}${config['use_dora'] === true ? ' (DoRA)' : ''}`;
+    return {
+      kind: 'adapter',
+      type,
+      reader: plugin ? `${plugin.name} (${plugin.packageName})` : null,
+      ...summarise(file.tensors),
+      tensors: file.tensors.size,
+      targets,
+      config,
+    };
   }
   if (await has('config.json')) {
     const config = JSON.parse(await fs.readFile(path.join(directory, 'config.json'), 'utf8')) as Record<string, unknown>;
@@ -71,10 +131,11 @@ export function formatInspection(result: InspectResult): string {
     `Dtypes: ${Object.entries(result.dtypes).map(([dtype, count]) => `${dtype} ${count.toLocaleString('en-US')}`).join(', ')}`,
   ];
   if (result.targets) {
-    const byRank = new Map<number, number>();
+    const byRank = new Map<number | null, number>();
     for (const target of result.targets) byRank.set(target.rank, (byRank.get(target.rank) ?? 0) + 1);
-    lines.push(`Targets: ${result.targets.length} modules; ranks ${[...byRank].map(([rank, count]) => `${rank} ×${count}`).join(', ')}`);
-    for (const target of result.targets) lines.push(`  ${target.module}  r=${target.rank}`);
+    lines.push(`Read by: ${result.reader ?? 'no installed plugin (install the package that saved it, or pass --plugin <package>)'}`);
+    lines.push(`Targets: ${result.targets.length} modules; ranks ${[...byRank].map(([rank, count]) => `${rank ?? 'n/a'} ×${count}`).join(', ')}`);
+    for (const target of result.targets) lines.push(`  ${target.module}  r=${target.rank ?? 'n/a'}`);
     const fields = ['target_modules', 'lora_alpha', 'lora_dropout', 'task_type', 'base_model_name_or_path'];
     for (const field of fields) if (field in result.config) lines.push(`${field}: ${JSON.stringify(result.config[field])}`);
   }

@@ -4,7 +4,9 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import {
+  ADAPTER_CONFIG_NAME,
   AdapterModel,
+  createDescribedPlugin,
   createLoraRegistry,
   loadAdapter,
   lora,
@@ -16,41 +18,19 @@ import {
 } from '@lora/core';
 import { BertForSequenceClassification, BertModel, CausalLanguageModel, createModel, loadPretrained, type AnyPretrainedModel } from '@lora/models';
 import { CliError, MissingPackageError } from './errors.js';
-import { importPackage, type PackageLoader } from './plugins.js';
-import { PLUGIN_FACTORIES } from './recipe.js';
+import { extraPluginPackages, importPackage, loadPluginPackage, pluginsForAdapterConfigs, type PackageLoader } from './plugins.js';
+import { recipePackageFor } from './recipe.js';
 
-/** The package whose plugin reads a saved adapter config. */
-export function packageForAdapterConfig(json: PeftConfigJson): string {
-  if (json.peft_type === 'LORA') return json['use_dora'] === true ? '@lora/dora' : '@lora/core';
-  const byType: Record<string, string> = { ADALORA: '@lora/adalora', DOUBLE_LORA: '@lora/dora', HYPERLORA: '@lora/hyper' };
-  const packageName = byType[json.peft_type];
-  if (!packageName) throw new CliError(`Unsupported adapter type peft_type "${json.peft_type}".`);
-  return packageName;
-}
-
-async function pluginsFromPackages(packages: Iterable<string>, loader: PackageLoader): Promise<LoraPlugin[]> {
-  const plugins: LoraPlugin[] = [lora()];
-  for (const packageName of new Set(packages)) {
-    if (packageName === '@lora/core') continue;
-    let loaded: unknown;
-    try {
-      loaded = await loader(packageName);
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') throw new MissingPackageError(packageName, 'This adapter or option');
-      throw error;
-    }
-    const { factory } = PLUGIN_FACTORIES[packageName]!;
-    const create = (loaded as Record<string, unknown>)[factory];
-    if (typeof create !== 'function') throw new MissingPackageError(packageName, `This adapter (a version with ${factory}())`);
-    plugins.push((create as () => LoraPlugin)());
-  }
-  return plugins;
+/** The package providing the 4-bit quantization (`quant`), as the QLoRA recipe names it. */
+function quantPackageName(): string {
+  const name = recipePackageFor('quant');
+  if (!name) throw new CliError('Internal: no recipe names the package of the quant transform.');
+  return name;
 }
 
 /**
  * Load a Hugging Face model directory with clear one-line errors. A 4-bit checkpoint (with
- * `quantization_config`, as `lora quantize` writes) loads through @lora/quant as a quantized model.
+ * `quantization_config`, as `lora quantize` writes) loads through the quant package as a quantized model.
  */
 export async function loadModelDirectory(directory: string, loader: PackageLoader = importPackage): Promise<AnyPretrainedModel> {
   let config: Record<string, unknown>;
@@ -62,9 +42,9 @@ export async function loadModelDirectory(directory: string, loader: PackageLoade
   if (config['quantization_config'] === undefined) return loadPretrained(directory);
   let quantPackage: Record<string, unknown>;
   try {
-    quantPackage = (await loader('@lora/quant')) as Record<string, unknown>;
+    quantPackage = (await loader(quantPackageName())) as Record<string, unknown>;
   } catch {
-    throw new MissingPackageError('@lora/quant', `The 4-bit checkpoint in ${directory}`);
+    throw new MissingPackageError(quantPackageName(), `The 4-bit checkpoint in ${directory}`);
   }
   const load = quantPackage['loadQuantizedModel'] as (
     directory: string,
@@ -83,31 +63,32 @@ export async function loadModelWithAdapters(options: {
   adapterDirectories: readonly string[];
   quantize?: 'nf4' | 'fp4';
   loader?: PackageLoader;
+  /** Third-party plugin packages (`--plugin`), besides core and the recipes' packages. */
+  pluginPackages?: readonly string[];
 }): Promise<{ model: AnyPretrainedModel; adapterModel: AdapterModel<AnyPretrainedModel> | null }> {
   const loader = options.loader ?? importPackage;
-  const configs: PeftConfigJson[] = [];
+  const configs: { file: string; json: PeftConfigJson }[] = [];
   for (const directory of options.adapterDirectories) {
     try {
-      configs.push(await readAdapterConfig(directory));
+      configs.push({ file: path.join(directory, ADAPTER_CONFIG_NAME), json: await readAdapterConfig(directory) });
     } catch (error) {
       throw new CliError(`Adapter ${directory}: ${(error as Error).message.replace(/^\[[^\]]+\]\s*/u, '')}`, { exitCode: 2 });
     }
   }
-  const packages = configs.map(packageForAdapterConfig);
-  if (options.quantize) packages.push('@lora/quant');
-  const plugins = await pluginsFromPackages(packages, loader);
+  const plugins: LoraPlugin[] = await pluginsForAdapterConfigs(configs, { loader, extraPackages: extraPluginPackages(options.pluginPackages) });
+  if (!plugins.some((plugin) => plugin.name === 'lora')) plugins.unshift(lora());
+  if (options.quantize) {
+    const descriptor = await loadPluginPackage(quantPackageName(), loader);
+    const entry = descriptor?.plugins.find((candidate) => candidate.name === 'quant');
+    if (!descriptor || !entry) throw new MissingPackageError(quantPackageName(), '--quantize');
+    plugins.push(createDescribedPlugin(descriptor, entry, { type: options.quantize }));
+  }
   const model = await loadModelDirectory(options.modelDirectory, loader);
   if (options.adapterDirectories.length === 0 && !options.quantize) return { model, adapterModel: null };
   try {
     const registry = createLoraRegistry({ plugins });
     const adapterModel = new AdapterModel(model, { registry });
-    if (options.quantize) {
-      const quantPackage = (await loader('@lora/quant')) as Record<string, unknown>;
-      const factory = quantPackage['quant'] as (options: { type: string }) => LoraPlugin;
-      const transform = factory({ type: options.quantize });
-      if (transform.kind !== 'base-transform') throw new CliError('@lora/quant did not provide a base transform.');
-      adapterModel.applyBaseTransform(transform);
-    }
+    if (options.quantize) adapterModel.applyBaseTransform(registry.transform('quant'));
     const names: string[] = [];
     for (const [index, directory] of options.adapterDirectories.entries()) {
       const name = index === 0 ? 'default' : `adapter_${index}`;
@@ -130,10 +111,19 @@ export async function loadModelWithAdapters(options: {
 
 const nested2d = z.array(z.array(z.number().int()).min(1)).min(1);
 const forwardInputSchema = z
-  .object({ input_ids: nested2d, attention_mask: nested2d.optional(), token_type_ids: nested2d.optional() })
+  .object({
+    input_ids: nested2d,
+    attention_mask: nested2d.optional(),
+    token_type_ids: nested2d.optional(),
+    adapter_inputs: z.record(z.unknown()).optional(),
+  })
   .strict();
 
-/** `lora forward` input: `{"input_ids": [[…]], "attention_mask": [[…]], "token_type_ids": [[…]]}`. */
+/**
+ * `lora forward` input: `{"input_ids": [[…]], "attention_mask": [[…]], "token_type_ids": [[…]],
+ * "adapter_inputs": {…}}`; `adapter_inputs` are the per-forward inputs adapters read (e.g. a
+ * condition per row), passed through as they are.
+ */
 export type ForwardInput = z.infer<typeof forwardInputSchema>;
 
 /** Read and validate a forward input file. @throws {CliError} naming the field. */
@@ -151,7 +141,8 @@ export async function readForwardInput(file: string): Promise<ForwardInput> {
   }
   const input = result.data;
   const width = input.input_ids[0]!.length;
-  for (const [field, rows] of Object.entries(input)) {
+  const { adapter_inputs: _adapterInputs, ...grids } = input;
+  for (const [field, rows] of Object.entries(grids)) {
     if (rows.length !== input.input_ids.length || rows.some((row) => row.length !== width)) {
       throw new CliError(`${file}: ${field} must be a rectangular [${input.input_ids.length}, ${width}] array like input_ids.`, { exitCode: 2 });
     }
@@ -159,8 +150,15 @@ export async function readForwardInput(file: string): Promise<ForwardInput> {
   return input;
 }
 
-/** Run a model on token ids: logits [B, T, V] for language models, [B, C] for classifiers, hidden states for encoders. */
+/**
+ * Run a model on token ids: logits [B, T, V] for language models, [B, C] for classifiers, hidden
+ * states for encoders; `adapter_inputs` reach the adapters of the model's `AdapterModel`.
+ */
 export function forwardLogits(model: Module, input: ForwardInput): tf.Tensor {
+  return model.withAdapterInputs(input.adapter_inputs, () => forwardTokens(model, input));
+}
+
+function forwardTokens(model: Module, input: ForwardInput): tf.Tensor {
   return tf.tidy(() => {
     const ids = tf.tensor2d(input.input_ids, undefined, 'int32');
     const attentionMask = input.attention_mask ? tf.tensor2d(input.attention_mask, undefined, 'int32') : undefined;

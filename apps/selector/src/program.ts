@@ -4,11 +4,12 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { initRuntime, writeJsonAtomic } from '@lora/core';
 import { bundledBaseDirectory, CausalLanguageModel, generate, loadTokenizer, ByteTokenizer, savePretrained } from '@lora/models';
 import { readSelectorConfig, type FlowchartFlags, type SelectorConfig } from './answers.js';
-import { CliError } from './errors.js';
+import { CliError, MissingPackageError } from './errors.js';
 import { inspectDirectory, formatInspection } from './inspect.js';
 import { parseByteSize } from './measure.js';
 import { forwardLogits, loadModelWithAdapters, readForwardInput, writeDirectoryAtomically } from './model-io.js';
-import { importPackage, registryForRecipe, type PackageLoader } from './plugins.js';
+import { extraPluginPackages, importPackage, registryForRecipe, type PackageLoader } from './plugins.js';
+import { recipePackageFor } from './recipe.js';
 import { assertInstalled, formatSelection, select, type SelectorIo } from './select.js';
 import { runTraining } from './train-run.js';
 
@@ -31,6 +32,13 @@ async function modelType(directory: string): Promise<string> {
   } catch {
     throw new CliError(`Model directory ${directory} has no readable config.json (expected a Hugging Face model directory).`, { exitCode: 2 });
   }
+}
+
+/** `--plugin <package>` (repeatable): a third-party plugin package whose `pluginPackage` descriptor reads its adapters. */
+function pluginOption(): Option {
+  return new Option('--plugin <package>', 'also load plugins from this package (repeatable; or LORA_PLUGINS=a,b)')
+    .argParser((value: string, previous: string[] = []) => [...previous, value])
+    .default([] as string[]);
 }
 
 function positiveInteger(name: string) {
@@ -192,10 +200,17 @@ export function buildProgram(context: ProgramContext): Command {
     .addOption(new Option('--quantize <type>', 'quantize the base to 4 bits first').choices(['nf4', 'fp4']))
     .requiredOption('--input <in.json>', '{"input_ids": [[…]], "attention_mask": [[…]], "token_type_ids": [[…]]}')
     .requiredOption('--out <out.json>', 'where to write {"logits": […]}')
-    .action(async (options: { model: string; adapter: string[]; quantize?: 'nf4' | 'fp4'; input: string; out: string }) => {
+    .addOption(pluginOption())
+    .action(async (options: { model: string; adapter: string[]; quantize?: 'nf4' | 'fp4'; input: string; out: string; plugin: string[] }) => {
       const input = await readForwardInput(options.input);
       await initRuntime();
-      const { model } = await loadModelWithAdapters({ modelDirectory: options.model, adapterDirectories: options.adapter, quantize: options.quantize, loader: context.loader });
+      const { model } = await loadModelWithAdapters({
+        modelDirectory: options.model,
+        adapterDirectories: options.adapter,
+        quantize: options.quantize,
+        loader: context.loader,
+        pluginPackages: options.plugin,
+      });
       try {
         model.eval();
         const logits = forwardLogits(model, input);
@@ -215,9 +230,15 @@ export function buildProgram(context: ProgramContext): Command {
     .requiredOption('--adapter <dir>', 'PEFT adapter directory')
     .requiredOption('--out <dir>', 'output model directory')
     .option('--overwrite', 'replace a non-empty output directory')
-    .action(async (options: { model: string; adapter: string; out: string; overwrite?: boolean }) => {
+    .addOption(pluginOption())
+    .action(async (options: { model: string; adapter: string; out: string; overwrite?: boolean; plugin: string[] }) => {
       await initRuntime();
-      const { model, adapterModel } = await loadModelWithAdapters({ modelDirectory: options.model, adapterDirectories: [options.adapter], loader: context.loader });
+      const { model, adapterModel } = await loadModelWithAdapters({
+        modelDirectory: options.model,
+        adapterDirectories: [options.adapter],
+        loader: context.loader,
+        pluginPackages: options.plugin,
+      });
       try {
         const merged = adapterModel!.mergeAndUnload();
         await writeDirectoryAtomically(options.out, (staging) => savePretrained(merged, staging), { overwrite: options.overwrite });
@@ -238,14 +259,15 @@ export function buildProgram(context: ProgramContext): Command {
     .option('--overwrite', 'replace a non-empty output directory')
     .action(async (options: { model: string; out: string; type: 'nf4' | 'fp4'; doubleQuant?: boolean; blockSize: number; overwrite?: boolean }) => {
       const loader = context.loader ?? importPackage;
+      const quantPackageName = recipePackageFor('quant')!;
       let quantPackage: Record<string, unknown>;
       try {
-        quantPackage = (await loader('@lora/quant')) as Record<string, unknown>;
+        quantPackage = (await loader(quantPackageName)) as Record<string, unknown>;
       } catch {
-        throw new CliError('lora quantize needs @lora/quant, which is not installed. Install it with: pnpm add @lora/quant');
+        throw new MissingPackageError(quantPackageName, 'lora quantize');
       }
       const save = quantPackage['saveQuantizedPretrained'];
-      if (typeof save !== 'function') throw new CliError('The installed @lora/quant has no saveQuantizedPretrained(); update it.');
+      if (typeof save !== 'function') throw new CliError(`The installed ${quantPackageName} has no saveQuantizedPretrained(); update it.`);
       await initRuntime();
       const { model } = await loadModelWithAdapters({ modelDirectory: options.model, adapterDirectories: [], loader });
       try {
@@ -280,8 +302,9 @@ export function buildProgram(context: ProgramContext): Command {
     .description('summarise a model or adapter directory')
     .argument('<dir>', 'model or adapter directory')
     .option('--json', 'print JSON')
-    .action(async (directory: string, options: { json?: boolean }) => {
-      const result = await inspectDirectory(directory);
+    .addOption(pluginOption())
+    .action(async (directory: string, options: { json?: boolean; plugin: string[] }) => {
+      const result = await inspectDirectory(directory, { loader: context.loader, extraPackages: extraPluginPackages(options.plugin) });
       context.stdout.write(options.json ? `${JSON.stringify(result, null, 2)}\n` : `${formatInspection(result)}\n`);
     });
 
@@ -297,10 +320,11 @@ export function buildProgram(context: ProgramContext): Command {
     .option('--top-k <k>', 'sample among the k most likely tokens', (v) => Number.parseInt(v, 10), 20)
     .option('--top-p <p>', 'nucleus sampling mass', positiveNumber('--top-p'), 1)
     .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10), 0)
-    .action(async (options: { model?: string; adapter: string[]; prompt: string; maxNewTokens: number; greedy?: boolean; temperature: number; topK: number; topP: number; seed: number }) => {
+    .addOption(pluginOption())
+    .action(async (options: { model?: string; adapter: string[]; prompt: string; maxNewTokens: number; greedy?: boolean; temperature: number; topK: number; topP: number; seed: number; plugin: string[] }) => {
       await initRuntime();
       const directory = options.model ?? bundledBaseDirectory();
-      const { model } = await loadModelWithAdapters({ modelDirectory: directory, adapterDirectories: options.adapter, loader: context.loader });
+      const { model } = await loadModelWithAdapters({ modelDirectory: directory, adapterDirectories: options.adapter, loader: context.loader, pluginPackages: options.plugin });
       try {
         if (!(model instanceof CausalLanguageModel)) throw new CliError(`lora generate needs a causal language model; ${directory} holds a ${model.architecture}.`, { exitCode: 2 });
         const tokenizer = await loadTokenizer(directory).catch(() => new ByteTokenizer());

@@ -89,10 +89,24 @@ export function recipeFor(variant: Variant, context: RecipeContext): VariantReci
   }
 }
 
-/** The factory each optional package exports, by package. */
-export const PLUGIN_FACTORIES: Readonly<Record<string, { readonly factory: string; readonly provides: string }>> = {
-  '@lora/dora': { factory: 'dora', provides: 'dora' },
-  '@lora/quant': { factory: 'quant', provides: 'quant' },
-  '@lora/adalora': { factory: 'adalora', provides: 'adalora' },
-  '@lora/hyper': { factory: 'hyper', provides: 'hyper' },
-};
+/** Every variant of the flowchart, in its order. */
+const VARIANTS: readonly Variant[] = ['lora', 'qlora', 'dora', 'adalora', 'hyperlora'];
+
+/**
+ * The plugin packages the flowchart's recipes name (beyond @lora/core), in flowchart order: the
+ * only place the CLI names variant packages; everything else comes from their descriptors.
+ */
+export function recipePackages(): string[] {
+  const context: RecipeContext = { targetModules: [], fanInFanOut: false, steps: 1, taskType: 'CAUSAL_LM' };
+  return [...new Set(VARIANTS.flatMap((variant) => recipeFor(variant, context).packages))];
+}
+
+/** The package whose recipe uses plugin `name` (e.g. `quant` → the QLoRA recipe's package), or undefined. */
+export function recipePackageFor(name: string): string | undefined {
+  const context: RecipeContext = { targetModules: [], fanInFanOut: false, steps: 1, taskType: 'CAUSAL_LM' };
+  for (const variant of VARIANTS) {
+    const recipe = recipeFor(variant, context);
+    if (recipe.adapter === name || recipe.transforms.includes(name)) return recipe.packages[recipe.packages.length - 1];
+  }
+  return undefined;
+}

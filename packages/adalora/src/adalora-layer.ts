@@ -198,16 +198,6 @@ export class AdaLoraAdapter implements AdapterInstance {
     );
   }
 
-  /** `weight + ΔW` ([out, in]); the caller disposes both. */
-  mergeWeight(weight: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => tf.add(weight, this.deltaWeight()));
-  }
-
-  /** `weight − ΔW` ([out, in]); the caller disposes both. */
-  unmergeWeight(weight: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => tf.sub(weight, this.deltaWeight()));
-  }
-
   /**
    * Load saved `lora_A` [k, in], `lora_E` [k, 1], `lora_B` [out, k]. When k differs from the rows
    * held (a file whose config has no rank pattern for this module), the adapter is resized to k, as

@@ -1,4 +1,12 @@
-import { LoraError, type AdapterModel, type AdapterPlugin, type TrainingHooks } from '@lora/core';
+import {
+  LoraError,
+  PLUGIN_SPECIFICATION_VERSION,
+  type AdapterModel,
+  type AdapterPlugin,
+  type AdapterState,
+  type PeftConfigJson,
+  type TrainingHooks,
+} from '@lora/core';
 import {
   ADALORA_PLUGIN_NAME,
   adaLoraConfigFromPeftJson,
@@ -6,7 +14,7 @@ import {
   parseAdaLoraConfig,
   type AdaLoraConfig,
 } from './adalora-config.js';
-import { AdaLoraAdapter, isAdaLoraAdapter, type RankPatternForm } from './adalora-layer.js';
+import { AdaLoraAdapter, type RankPatternForm } from './adalora-layer.js';
 import { orthogonalRegularization } from './orthogonal-regularizer.js';
 import { RankAllocator, type RankHistory } from './rank-allocator.js';
 
@@ -17,29 +25,52 @@ export interface AdaLoraPluginOptions {
 }
 
 /**
- * What the plugin keeps per adapter. Core hands plugins the adapter's config object (the same one
- * in `createAdapter`, `trainingHooks` and `toPeftJson`), so the state is keyed by it.
+ * AdaLoRA's adapter-level object (PEFT's `AdaLoraModel` role), owned by core's `AdapterModel`: the
+ * adapter's modules and its rank allocator, created with the adapter and gone with it.
  */
-interface AdapterState {
-  readonly modules: Map<string, AdaLoraAdapter>;
-  allocator: RankAllocator | null;
-  /** Set while `saveAdaLoraAdapter` builds the config: the rank pattern then describes pruned tensors. */
-  patternForm: RankPatternForm;
-  readonly seed: number | undefined;
-}
+class AdaLoraState implements AdapterState {
+  readonly modules = new Map<string, AdaLoraAdapter>();
+  allocator: RankAllocator | null = null;
 
-const STATES = new WeakMap<AdaLoraConfig, AdapterState>();
+  constructor(
+    readonly config: AdaLoraConfig,
+    readonly seed: number | undefined,
+  ) {}
 
-function stateOf(config: AdaLoraConfig, seed?: number): AdapterState {
-  let state = STATES.get(config);
-  if (!state) {
-    state = { modules: new Map(), allocator: null, patternForm: 'physical', seed };
-    STATES.set(config, state);
+  /** The regulariser and the rank allocation, when the adapter trains. */
+  trainingHooks(): TrainingHooks {
+    if (this.config.inferenceMode) return {};
+    const adapters = (): AdaLoraAdapter[] => liveModules(this).map(([, adapter]) => adapter);
+    return {
+      extraLoss: () => orthogonalRegularization(adapters(), { weight: this.config.orthRegWeight, form: this.config.orthogonalRegularizer }),
+      afterStep: ({ step, gradients }) => {
+        // PEFT's global step is 0-based; the trainer's is 1-based.
+        this.allocatorOrCreate().updateAndAllocate(step - 1, gradients);
+      },
+    };
   }
-  return state;
+
+  allocatorOrCreate(): RankAllocator {
+    this.allocator ??= new RankAllocator({ config: this.config, modules: liveModules(this), seed: this.seed });
+    return this.allocator;
+  }
+
+  /** When saved, the rank pattern describes the pruned tensors `tensorsForSave()` writes. */
+  peftJsonForSave(json: PeftConfigJson): PeftConfigJson {
+    return { ...json, rank_pattern: rankPatternOf(this.config, this, 'pruned') };
+  }
+
+  dispose(): void {
+    this.modules.clear();
+    this.allocator = null;
+  }
 }
 
-function liveModules(state: AdapterState): [string, AdaLoraAdapter][] {
+function isAdaLoraState(state: AdapterState | undefined): state is AdaLoraState {
+  return state instanceof AdaLoraState;
+}
+
+function liveModules(state: AdaLoraState): [string, AdaLoraAdapter][] {
   return [...state.modules].filter(([, adapter]) => !adapter.disposed);
 }
 
@@ -53,13 +84,13 @@ function patternFor(config: AdaLoraConfig, modulePath: string, adapterName: stri
  * `physical` form (what core's `saveAdapter` writes: every row the adapter holds) it is null when
  * every module holds all its initR rows and the config had none, as PEFT writes before any allocation.
  */
-function rankPatternOf(config: AdaLoraConfig, state: AdapterState | undefined): Record<string, boolean[]> | null {
+function rankPatternOf(config: AdaLoraConfig, state: AdaLoraState | undefined, form: RankPatternForm): Record<string, boolean[]> | null {
   const modules = state ? liveModules(state) : [];
   if (!state || modules.length === 0) return config.rankPattern === null ? null : structuredClone(config.rankPattern) as Record<string, boolean[]>;
   const pattern: Record<string, boolean[]> = {};
   let complete = true;
   for (const [path, adapter] of modules) {
-    const rows = adapter.rankPattern(state.patternForm);
+    const rows = adapter.rankPattern(form);
     pattern[`${path}.lora_E`] = rows;
     complete &&= rows.length === config.initR && rows.every(Boolean);
   }
@@ -70,12 +101,13 @@ function rankPatternOf(config: AdaLoraConfig, state: AdapterState | undefined): 
  * The AdaLoRA adapter plugin (PEFT's `AdaLoraConfig`, `peft_type: "ADALORA"`): SVD-form adapters
  * whose rank budget is allocated by importance during training.
  *
- * Training hooks (collected by `adapterModel.trainingHooks()`, run by core's `train({ hooks })`):
- * `extraLoss` adds the orthogonal regulariser; `afterStep` runs the rank allocator after each
- * optimizer step, with PEFT's 0-based global step = the trainer's step − 1.
+ * The adapter-level state (core's `AdapterState`, one per adapter) holds the rank allocator and the
+ * training hooks, which core's `train({ model: adapterModel })` runs by itself: `extraLoss` adds the
+ * orthogonal regulariser; `afterStep` runs the rank allocator after each optimizer step, with
+ * PEFT's 0-based global step = the trainer's step − 1.
  *
  * Core's `saveAdapter` (or {@link saveAdaLoraAdapter}) writes PEFT's pruned files, through the
- * adapter's `tensorsForSave` hook and a `rank_pattern` describing them.
+ * adapter's `tensorsForSave` hook and a `rank_pattern` describing them (the state's `peftJsonForSave`).
  *
  * @example
  * const registry = createLoraRegistry({ plugins: [lora(), adalora()] });
@@ -83,17 +115,15 @@ function rankPatternOf(config: AdaLoraConfig, state: AdapterState | undefined): 
  *   registry, plugin: 'adalora',
  *   config: { initR: 12, targetR: 4, totalStep: 1000, tinit: 100, tfinal: 200, targetModules: ['c_attn'] },
  * });
- * await train({ model: peft.model, hooks: peft.trainingHooks(), steps: 1000, trainData, lossFn });
+ * await train({ model: peft, steps: 1000, trainData, lossFn });
  */
 export function adalora(options: AdaLoraPluginOptions = {}): AdapterPlugin<AdaLoraConfig> {
-  let created = 0;
   return {
-    specificationVersion: 'v1',
+    specificationVersion: PLUGIN_SPECIFICATION_VERSION,
     kind: 'adapter',
     name: ADALORA_PLUGIN_NAME,
     packageName: '@lora/adalora',
     peftType: 'ADALORA',
-    compatibility: { transforms: ['quant'] },
     parseConfig(input) {
       return parseAdaLoraConfig(input);
     },
@@ -101,18 +131,19 @@ export function adalora(options: AdaLoraPluginOptions = {}): AdapterPlugin<AdaLo
       return adaLoraConfigFromPeftJson(json);
     },
     toPeftJson(config, context) {
-      const state = STATES.get(config);
-      // When saving (core passes the instances), the pattern describes the pruned tensors that
-      // tensorsForSave() writes; otherwise the rows each module holds.
-      if (context && state) return withPatternForm(state, 'pruned', () => adaLoraConfigToPeftJson(config, rankPatternOf(config, state)));
-      return adaLoraConfigToPeftJson(config, rankPatternOf(config, state));
+      // The rows each module holds; a save adjusts it through the state's peftJsonForSave.
+      const state = context?.state;
+      return adaLoraConfigToPeftJson(config, rankPatternOf(config, isAdaLoraState(state) ? state : undefined, 'physical'));
     },
     claimsPeftConfig(json) {
       return json.peft_type === 'ADALORA';
     },
-    createAdapter({ base, modulePath, adapterName, config }) {
-      const seed = options.seed === undefined ? undefined : options.seed + created * 3;
-      created += 1;
+    savedRank: (shapes) => shapes.get('lora_E')?.[0] ?? null,
+    createAdapterState({ config }) {
+      return new AdaLoraState(config, options.seed);
+    },
+    createAdapter({ base, modulePath, adapterName, config, index, state }) {
+      const seed = options.seed === undefined ? undefined : options.seed + index * 3;
       const pattern = patternFor(config, modulePath, adapterName);
       const adapter = new AdaLoraAdapter({
         inFeatures: base.inFeatures,
@@ -125,43 +156,19 @@ export function adalora(options: AdaLoraPluginOptions = {}): AdapterPlugin<AdaLo
         rankPattern: pattern,
         liveRows: pattern === undefined && config.growth ? config.growth.startRank : undefined,
       });
-      stateOf(config, options.seed).modules.set(modulePath, adapter);
+      if (isAdaLoraState(state)) state.modules.set(modulePath, adapter);
       return adapter;
-    },
-    trainingHooks(context): TrainingHooks {
-      const { config } = context;
-      if (config.inferenceMode) return {};
-      const state = stateOf(config, options.seed);
-      const modules = (): [string, AdaLoraAdapter][] =>
-        context.instances().filter((pair): pair is [string, AdaLoraAdapter] => isAdaLoraAdapter(pair[1]));
-      return {
-        extraLoss() {
-          return orthogonalRegularization(
-            modules().map(([, adapter]) => adapter),
-            { weight: config.orthRegWeight, form: config.orthogonalRegularizer },
-          );
-        },
-        afterStep({ step, gradients }) {
-          state.allocator ??= new RankAllocator({ config, modules: modules(), seed: state.seed });
-          state.allocator.updateAndAllocate(step - 1, gradients);
-        },
-      };
     },
   };
 }
 
-function adaLoraEntry(adapterModel: AdapterModel, adapterName: string): { config: AdaLoraConfig; state: AdapterState } {
+function adaLoraEntry(adapterModel: AdapterModel, adapterName: string): { config: AdaLoraConfig; state: AdaLoraState } {
   const { plugin, config } = adapterModel.adapterConfig(adapterName);
-  if (plugin.peftType !== 'ADALORA') {
+  const state = adapterModel.adapterState(adapterName);
+  if (plugin.peftType !== 'ADALORA' || !isAdaLoraState(state)) {
     throw new LoraError(`[adalora] Adapter "${adapterName}" is ${plugin.name}, not AdaLoRA.`, { plugin: ADALORA_PLUGIN_NAME });
   }
-  const adaConfig = config as AdaLoraConfig;
-  const state = stateOf(adaConfig);
-  // Adapters made by another copy of the plugin: collect the modules from the model.
-  if (state.modules.size === 0) {
-    for (const [path, instance] of adapterModel.adapterInstances(adapterName)) if (isAdaLoraAdapter(instance)) state.modules.set(path, instance);
-  }
-  return { config: adaConfig, state };
+  return { config: config as AdaLoraConfig, state };
 }
 
 /**
@@ -178,8 +185,7 @@ export function adaLoraAllocator(adapterModel: AdapterModel, adapterName = 'defa
       plugin: ADALORA_PLUGIN_NAME,
     });
   }
-  state.allocator ??= new RankAllocator({ config, modules: liveModules(state), seed: state.seed });
-  return state.allocator;
+  return state.allocatorOrCreate();
 }
 
 /** The per-step rank history of an AdaLoRA adapter's allocator, or null if it has not run. */
@@ -194,18 +200,7 @@ export function adaLoraRankHistory(adapterModel: AdapterModel, adapterName = 'de
  */
 export function adaLoraRankPattern(adapterModel: AdapterModel, adapterName = 'default'): Readonly<Record<string, readonly boolean[]>> | null {
   const { config, state } = adaLoraEntry(adapterModel, adapterName);
-  return withPatternForm(state, 'pruned', () => rankPatternOf(config, state));
+  return rankPatternOf(config, state, 'pruned');
 }
 
-/** Run `fn` with the rank pattern describing pruned tensors (used while saving). */
-function withPatternForm<T>(state: AdapterState, form: RankPatternForm, fn: () => T): T {
-  const previous = state.patternForm;
-  state.patternForm = form;
-  try {
-    return fn();
-  } finally {
-    state.patternForm = previous;
-  }
-}
 
-export type { AdapterState };

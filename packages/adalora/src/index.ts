@@ -19,3 +19,4 @@ export type { OrthogonalRegularizationOptions } from './orthogonal-regularizer.j
 export { saveAdaLoraAdapter } from './adalora-files.js';
 export { formatRankTable, renderRankChart, renderRankSvg } from './rank-report.js';
 export type { RankChartOptions, RankSvgOptions, RankTableOptions } from './rank-report.js';
+export { pluginPackage } from './plugin-package.js';

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { CheckpointError, initRuntime, Linear } from '@lora/core';
-import { withoutTensorLeaks } from '@lora/core/testing';
+import { applyContextFor, withoutTensorLeaks } from '@lora/core/testing';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { AdaLoraAdapter } from '../src/index.js';
 import { float32, maxRelativeDifference, randomValues } from './helpers.js';
@@ -64,7 +64,7 @@ describe('AdaLoraAdapter', () => {
       const run = (a: AdaLoraAdapter): Float32Array =>
         tf.tidy(() => {
           const input = tf.tensor2d(x, [n, inF]);
-          return tf.sub(a.apply(input, tf.zeros([n, outF]), { base, training: false }), 0).dataSync() as Float32Array;
+          return tf.sub(a.apply(input, tf.zeros([n, outF]), applyContextFor(base)), 0).dataSync() as Float32Array;
         });
       expect(maxRelativeDifference(run(adapter), contribution64(x, n, A, E, B, r, inF, outF, scale))).toBeLessThan(1e-6);
       // Pruning rows 1 and 2 zeroes their E; the scale stays alpha/(initR + 1e-5).

@@ -2,6 +2,7 @@ import { describeAdapterPlugin } from '@lora/core/testing';
 import { adalora } from '../src/index.js';
 
 describeAdapterPlugin(adalora({ seed: 4 }), {
+  withSeed: (seed) => adalora({ seed }),
   validConfig: { initR: 4, targetR: 2, totalStep: 10, tinit: 2, tfinal: 2, loraAlpha: 8, loraDropout: 0.1, targetModules: ['query', 'conv'] },
   invalidConfigs: [
     { targetModules: ['query'] },

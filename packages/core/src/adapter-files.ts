@@ -22,6 +22,8 @@ const PREFIX = 'base_model.model.';
 export function adapterStateDict(adapterModel: AdapterModel, adapterName: string): Map<string, tf.Variable> {
   const { config } = adapterModel.adapterConfig(adapterName);
   const state = new Map<string, tf.Variable>();
+  // Adapter-level variables (a hypernetwork's generator) are saved once, under their own keys.
+  for (const [key, variable] of adapterModel.adapterState(adapterName)?.namedTensors?.() ?? []) state.set(key, variable);
   for (const [modulePath, instance] of adapterModel.adapterInstances(adapterName)) {
     for (const [key, variable] of instance.namedTensors()) state.set(`${PREFIX}${modulePath}.${key}`, variable);
   }
@@ -49,9 +51,12 @@ export function adapterStateDict(adapterModel: AdapterModel, adapterName: string
 /** The `adapter_config.json` object PEFT would write for an adapter. */
 export function adapterPeftConfig(adapterModel: AdapterModel, adapterName: string): PeftConfigJson {
   const { plugin, config, targetModules } = adapterModel.adapterConfig(adapterName);
-  const json = { ...plugin.toPeftJson(config, { instances: () => adapterModel.adapterInstances(adapterName) }) } as Record<string, unknown>;
+  const json = {
+    ...plugin.toPeftJson(config, { instances: () => adapterModel.adapterInstances(adapterName), state: adapterModel.adapterState(adapterName) }),
+  } as Record<string, unknown>;
   json['target_modules'] = targetModules;
-  return json as PeftConfigJson;
+  const state = adapterModel.adapterState(adapterName);
+  return state?.peftJsonForSave ? state.peftJsonForSave(json as PeftConfigJson) : (json as PeftConfigJson);
 }
 
 /**
@@ -70,6 +75,12 @@ export async function saveAdapter(
     const entries = new Map<string, SafetensorsEntry>();
     for (const [key, variable] of adapterStateDict(adapterModel, name)) entries.set(key, tensorToEntry(variable));
     // Plugins that save a different form (AdaLoRA's pruned triplets) replace their entries.
+    const stateReplacements = adapterModel.adapterState(name)?.tensorsForSave?.() ?? [];
+    try {
+      for (const [key, tensor] of stateReplacements) entries.set(key, tensorToEntry(tensor));
+    } finally {
+      for (const [, tensor] of stateReplacements) tensor.dispose();
+    }
     for (const [modulePath, instance] of adapterModel.adapterInstances(name)) {
       const replacements = instance.tensorsForSave?.() ?? [];
       try {
@@ -180,6 +191,28 @@ function assignAdapterTensors(adapterModel: AdapterModel, name: string, saved: R
           const value = tensors.get(key);
           if (value) variable.assign(value);
         }
+      } finally {
+        for (const tensor of tensors.values()) tensor.dispose();
+      }
+    });
+  }
+  const adapterState = adapterModel.adapterState(name);
+  if (adapterState?.loadTensors) {
+    const local = new Map<string, SafetensorsEntry>();
+    for (const [key] of adapterState.namedTensors?.() ?? []) {
+      instanceKeys.add(key);
+      const entry = saved.get(key);
+      if (!entry) missing.push(key);
+      else {
+        used.add(key);
+        local.set(key, entry);
+      }
+    }
+    plans.push(() => {
+      const tensors = new Map<string, tf.Tensor>();
+      try {
+        for (const [key, entry] of local) tensors.set(key, entryToTensor(entry, key));
+        adapterState.loadTensors!(tensors);
       } finally {
         for (const tensor of tensors.values()) tensor.dispose();
       }

@@ -2,7 +2,17 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { BaseLayer } from './base-layer.js';
 import { LoraError } from './errors.js';
 import { Module } from './module.js';
-import type { AdapterInstance } from './plugin.js';
+import type { AdapterInputs, AdapterInstance, AdapterState } from './plugin.js';
+
+/** What an adapter layer asks of the `AdapterModel` that owns it while computing. */
+export interface AdapterLayerHost {
+  /** The per-forward adapter inputs of the pass in progress (`{}` outside one). */
+  adapterInputs(): AdapterInputs;
+  /** The adapter-level object of an adapter, if its plugin has one. */
+  adapterState(name: string): AdapterState | undefined;
+}
+
+const NO_INPUTS: AdapterInputs = Object.freeze({});
 
 /** The in-memory parameter name of a saved key: `lora_A.weight` → `lora_A.<adapter>.weight`, `lora_E` → `lora_E.<adapter>`. */
 export function inMemoryTensorName(savedKey: string, adapterName: string): string {
@@ -24,11 +34,17 @@ export class AdapterLayer extends Module {
   private snapshots: unknown[] = [];
   /** When true the layer computes the base alone (unmerging first if needed). */
   disabled = false;
+  /** The wrapped module's path in the model (given to adapters in {@link ApplyContext}). */
+  modulePath: string;
+  /** The owning adapter model, which supplies per-forward inputs and adapter-level state. */
+  host: AdapterLayerHost | null;
 
-  constructor(base: Module & BaseLayer) {
+  constructor(base: Module & BaseLayer, options: { modulePath?: string; host?: AdapterLayerHost } = {}) {
     super();
     this.base_layer = this.registerModule('base_layer', base);
     this.training = base.training;
+    this.modulePath = options.modulePath ?? '';
+    this.host = options.host ?? null;
   }
 
   get inFeatures(): number {
@@ -109,10 +125,18 @@ export class AdapterLayer extends Module {
       return this.base_layer.forward(input);
     }
     if (this.merged || this.active.length === 0) return this.base_layer.forward(input);
+    const inputs = this.host?.adapterInputs() ?? NO_INPUTS;
     return tf.tidy(() => {
       let result = this.base_layer.forward(input);
       for (const name of this.active) {
-        result = this.adapterMap.get(name)!.apply(input, result, { base: this.base_layer, training: this.training });
+        result = this.adapterMap.get(name)!.apply(input, result, {
+          base: this.base_layer,
+          training: this.training,
+          modulePath: this.modulePath,
+          adapterName: name,
+          inputs,
+          adapterState: this.host?.adapterState(name),
+        });
       }
       return result;
     });
@@ -130,7 +154,8 @@ export class AdapterLayer extends Module {
       if (!instance || this.mergedNames.includes(name)) continue;
       const merged = tf.tidy(() => {
         const weight = this.base_layer.denseWeight();
-        return instance.mergeWeight(weight, this.base_layer);
+        // Core's default merge is additive; only non-additive adapters (DoRA) provide their own.
+        return instance.mergeWeight ? instance.mergeWeight(weight, this.base_layer) : tf.add<tf.Tensor2D>(weight, instance.deltaWeight(this.base_layer));
       });
       let snapshot: unknown;
       try {
@@ -159,7 +184,7 @@ export class AdapterLayer extends Module {
       // Always let the adapter undo its merge (it may hold state for it, like DoRA's cached norm).
       const restored = tf.tidy(() => {
         const weight = this.base_layer.denseWeight();
-        return instance.unmergeWeight(weight, this.base_layer);
+        return instance.unmergeWeight ? instance.unmergeWeight(weight, this.base_layer) : tf.sub<tf.Tensor2D>(weight, instance.deltaWeight(this.base_layer));
       });
       try {
         // A base that can restore its exact pre-merge state (the original 4-bit bytes) does so.
@@ -176,16 +201,6 @@ export class AdapterLayer extends Module {
     this.adapterMap.clear();
     super.dispose();
   }
-}
-
-/** A module that can be copied with its own variables (needed for `modules_to_save`). */
-export interface CloneableModule extends Module {
-  clone(): Module;
-}
-
-/** Whether a module has a `clone()` method. */
-export function isCloneable(module: Module): module is CloneableModule {
-  return typeof (module as unknown as Partial<CloneableModule>).clone === 'function';
 }
 
 class ModuleDict extends Module {
@@ -213,11 +228,6 @@ export class ModulesToSaveWrapper extends Module {
   }
 
   addAdapter(name: string): Module {
-    if (!isCloneable(this.original_module)) {
-      throw new LoraError(
-        `[@lora/core] modules_to_save needs a module with clone(); ${this.original_module.constructor.name} has none. Remove it from modulesToSave.`,
-      );
-    }
     const copy = this.original_module.clone();
     (this.modules_to_save as ModuleDict).set(name, copy);
     this.copies.set(name, copy);

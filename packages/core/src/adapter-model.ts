@@ -1,15 +1,16 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { AdapterLayer, ModulesToSaveWrapper } from './adapter-layer.js';
+import { AdapterLayer, ModulesToSaveWrapper, type AdapterLayerHost } from './adapter-layer.js';
 import { isBaseLayer, type BaseLayer } from './base-layer.js';
 import { ConfigError, LoraError } from './errors.js';
 import { Linear } from './linear.js';
 import type { LoraAdapter } from './lora-layer.js';
 import type { LoraConfig } from './lora-config.js';
 import type { Module } from './module.js';
-import type { AdapterConfigBase, AdapterInstance, AdapterPlugin, BaseTransform, TrainingHooks } from './plugin.js';
+import type { AdapterConfigBase, AdapterInputs, AdapterInstance, AdapterPlugin, AdapterState, BaseTransform, TrainingHooks } from './plugin.js';
 import type { LoraRegistry } from './registry.js';
 import { thinSvd } from './svd.js';
 import { isTargetModule } from './target-matching.js';
+import type { TrainingTarget } from './training-target.js';
 
 /** A model that says which modules are its output head and which it targets by default. */
 export interface AdapterTargetHints {
@@ -63,8 +64,14 @@ interface AdapterEntry {
   /** Targets as PEFT saves them: `all-linear` expanded to full names. */
   readonly targetModules: readonly string[] | string;
   readonly modulesToSave: readonly string[];
+  /** The plugin's adapter-level object, if it has one. */
+  readonly state: AdapterState | undefined;
 }
 
+type ForwardParameters<M> = M extends { forward(...args: infer A): unknown } ? A : never;
+type ForwardResult<M> = M extends { forward(...args: never[]): infer R } ? R : never;
+
+const NO_INPUTS: AdapterInputs = Object.freeze({});
 const ADAPTER_NAME = /^[A-Za-z0-9_-]+$/u;
 
 /**
@@ -79,17 +86,75 @@ const ADAPTER_NAME = /^[A-Za-z0-9_-]+$/u;
  * const peft = AdapterModel.create(model, { registry, config: { r: 8, loraAlpha: 16, targetModules: ['c_attn'] } });
  * console.log(peft.trainableParameters().line);
  */
-export class AdapterModel<M extends Module = Module> {
+export class AdapterModel<M extends Module = Module> implements AdapterLayerHost, TrainingTarget {
   readonly model: M;
   readonly registry: LoraRegistry;
   private readonly entries = new Map<string, AdapterEntry>();
   private active: string[] = [];
   private disabledDepth = 0;
+  private currentInputs: AdapterInputs = NO_INPUTS;
 
   constructor(model: M, options: { registry: LoraRegistry }) {
     this.model = model;
     this.registry = options.registry;
     model.setTrainable(false);
+    model.adapterInputScope = (inputs, fn) => this.withAdapterInputs(inputs, fn);
+  }
+
+  /** The per-forward adapter inputs of the pass in progress (`{}` outside one). */
+  adapterInputs(): AdapterInputs {
+    return this.currentInputs;
+  }
+
+  /** The adapter-level object of an adapter (undefined when its plugin has none). @throws {LoraError} for an unknown name. */
+  adapterState(name: string): AdapterState | undefined {
+    return this.entries.get(name)?.state;
+  }
+
+  /**
+   * Run `fn` (one forward pass of the model, or several, e.g. a generation loop) with per-forward
+   * adapter inputs, e.g. `{ condition: [{ task: 'qa' }, { task: 'sum' }] }` with one entry per batch
+   * row. Every active adapter's state is told before (`beginForward`, in the caller's scope, so it
+   * takes part in the gradient tape) and after (`endForward`); its layers read the inputs through
+   * `ApplyContext.inputs`. Nests: the inner inputs apply inside. Works with sync and async `fn`.
+   *
+   * @example
+   * const logits = peft.withAdapterInputs({ condition }, () => model.forward(ids));
+   */
+  withAdapterInputs<T>(inputs: AdapterInputs, fn: () => T): T {
+    const previous = this.currentInputs;
+    const states = this.disabledDepth > 0 ? [] : this.active.map((name) => this.entries.get(name)?.state).filter((state) => state !== undefined);
+    const training = this.model.training;
+    this.currentInputs = inputs;
+    const begun: AdapterState[] = [];
+    const finish = (): void => {
+      this.currentInputs = previous;
+      for (const state of begun.reverse()) state.endForward?.();
+    };
+    let result: T;
+    try {
+      for (const state of states) {
+        begun.push(state);
+        state.beginForward?.({ inputs, training });
+      }
+      result = fn();
+    } catch (error) {
+      finish();
+      throw error;
+    }
+    if (result instanceof Promise) return result.finally(finish) as T;
+    finish();
+    return result;
+  }
+
+  /**
+   * The wrapped model's `forward` with per-forward adapter inputs:
+   * `peft.forward({ condition }, ids, { attentionMask })` ≡ `peft.withAdapterInputs({ condition }, () => model.forward(ids, { attentionMask }))`.
+   */
+  forward(adapterInputs: AdapterInputs, ...args: ForwardParameters<M>): ForwardResult<M> {
+    const forward = (this.model as unknown as { forward?: (...a: unknown[]) => unknown }).forward;
+    if (typeof forward !== 'function') throw new LoraError(`[@lora/core] ${this.model.constructor.name} has no forward().`);
+    return this.withAdapterInputs(adapterInputs, () => forward.apply(this.model, args) as ForwardResult<M>);
   }
 
   /**
@@ -214,7 +279,7 @@ export class AdapterModel<M extends Module = Module> {
       throw new ConfigError({ field: 'adapterName', received: name, expected: 'a name that is not part of "lora_"', hint: "Use e.g. 'default'." });
     }
     const plugin = this.registry.adapter(options.plugin ?? 'lora');
-    const config = plugin.parseConfig(options.config);
+    let config = plugin.parseConfig(options.config);
     const targetModules = this.expandTargets(config);
     const selection = { ...config, targetModules };
     const modulesToSave = [...(config.modulesToSave ?? [])];
@@ -241,40 +306,71 @@ export class AdapterModel<M extends Module = Module> {
         hint: `Linear layers here are named like: ${examples.join(', ') || '(none)'}.`,
       });
     }
-    const created: [AdapterLayer, boolean][] = [];
+    config = withPeftFanInFanOut(config, matched.map((path) => this.model.getSubmodule(path)));
+    const created: [string, AdapterLayer, boolean][] = [];
+    let state: AdapterState | undefined;
     try {
-      for (const path of matched) {
+      const targets = matched.map((path): [string, Module & BaseLayer] => {
+        const module = this.model.getSubmodule(path);
+        return [path, module instanceof AdapterLayer ? module.base_layer : (module as Module & BaseLayer)];
+      });
+      state = plugin.createAdapterState?.({ adapterName: name, config, targets });
+      for (const [index, path] of matched.entries()) {
         const module = this.model.getSubmodule(path);
         let layer: AdapterLayer;
         let fresh = false;
         if (module instanceof AdapterLayer) layer = module;
         else {
-          layer = new AdapterLayer(module as Module & BaseLayer);
+          layer = new AdapterLayer(module as Module & BaseLayer, { modulePath: path, host: this });
           this.model.setSubmodule(path, layer);
           fresh = true;
         }
-        created.push([layer, fresh]);
-        const instance = plugin.createAdapter({ base: layer.base_layer, modulePath: path, adapterName: name, config });
+        layer.host = this;
+        layer.modulePath = path;
+        created.push([path, layer, fresh]);
+        const instance = plugin.createAdapter({ base: layer.base_layer, modulePath: path, adapterName: name, config, index, state });
         for (const [, variable] of instance.namedTensors()) variable.trainable = false;
         layer.addAdapter(name, instance);
         layer.setActiveAdapters(this.active);
       }
+      for (const [, variable] of state?.namedTensors?.() ?? []) variable.trainable = false;
       this.wrapModulesToSave(name, modulesToSave);
     } catch (error) {
-      for (const [layer] of created) if (layer.adapter(name)) layer.deleteAdapter(name);
+      for (const [path, layer, fresh] of created) {
+        if (layer.adapter(name)) layer.deleteAdapter(name);
+        if (fresh) this.model.setSubmodule(path, layer.base_layer);
+      }
+      for (const [path, wrapper] of this.modulesToSaveWrappers()) {
+        wrapper.deleteAdapter(name);
+        if (wrapper.adapterNames.length === 0) this.model.setSubmodule(path, wrapper.original_module);
+      }
+      state?.dispose();
       throw error;
     }
-    this.entries.set(name, { plugin, config, targetModules, modulesToSave });
+    this.entries.set(name, { plugin, config, targetModules, modulesToSave, state });
     this.applyTrainableFlags();
   }
 
   private wrapModulesToSave(adapterName: string, modulesToSave: readonly string[]): void {
     if (modulesToSave.length === 0) return;
-    for (const [path, module] of this.model.namedModules()) {
-      if (path === '' || this.isInsideWrapper(path)) continue;
-      // PEFT's _set_trainable: a plain endswith, with no dot boundary.
+    // PEFT's _set_trainable: a plain endswith, with no dot boundary.
+    const candidates = this.model
+      .namedModules()
+      .filter(([path, module]) => path !== '' && !this.isInsideWrapper(path) && !(module instanceof AdapterLayer));
+    const unmatched = modulesToSave.filter((entry) => !candidates.some(([path]) => path.endsWith(entry)));
+    // A task head the task type adds by default (`classifier` / `score`) may be absent; a name the user gave may not.
+    const required = unmatched.filter((entry) => entry !== 'classifier' && entry !== 'score');
+    if (required.length > 0) {
+      throw new ConfigError({
+        field: 'modulesToSave',
+        received: required,
+        expected: 'names of modules of the model',
+        hint: `Modules here are named like: ${candidates.slice(0, 6).map(([path]) => path).join(', ') || '(none)'}.`,
+      });
+    }
+    for (const [path, module] of candidates) {
       if (!modulesToSave.some((entry) => path.endsWith(entry))) continue;
-      if (module instanceof AdapterLayer) continue;
+      if (module instanceof ModulesToSaveWrapper && this.isInsideWrapper(path)) continue;
       let wrapper: ModulesToSaveWrapper;
       if (module instanceof ModulesToSaveWrapper) wrapper = module;
       else {
@@ -303,14 +399,26 @@ export class AdapterModel<M extends Module = Module> {
     this.applyTrainableFlags();
   }
 
-  private applyTrainableFlags(): void {
-    for (const [path, variable] of this.model.namedParameters()) {
-      void path;
-      variable.trainable = false;
+  /** Every adapter's adapter-level variables, named `<adapter>::<key>`. */
+  private stateVariables(): [string, tf.Variable][] {
+    const result: [string, tf.Variable][] = [];
+    for (const [name, entry] of this.entries) {
+      for (const [key, variable] of entry.state?.namedTensors?.() ?? []) result.push([`${name}::${key}`, variable]);
     }
+    return result;
+  }
+
+  /** The trainable variables of the model and of the adapters' adapter-level objects, by unique name (what `train()` trains). */
+  namedTrainableVariables(): [string, tf.Variable][] {
+    return [...this.model.namedParameters(), ...this.stateVariables()].filter(([, variable]) => variable.trainable);
+  }
+
+  private applyTrainableFlags(): void {
+    for (const [, variable] of [...this.model.namedParameters(), ...this.stateVariables()]) variable.trainable = false;
     for (const name of this.active) {
       const entry = this.entries.get(name);
       if (!entry || entry.config.inferenceMode) continue;
+      for (const [, variable] of entry.state?.namedTensors?.() ?? []) variable.trainable = true;
       for (const [, instance] of this.adapterInstances(name)) {
         for (const [, variable] of instance.namedTensors()) variable.trainable = true;
       }
@@ -375,6 +483,7 @@ export class AdapterModel<M extends Module = Module> {
       wrapper.deleteAdapter(name);
       if (wrapper.adapterNames.length === 0) this.model.setSubmodule(path, wrapper.original_module);
     }
+    this.entries.get(name)?.state?.dispose();
     this.entries.delete(name);
     const remaining = this.active.filter((n) => n !== name);
     if (remaining.length === 0 && this.entries.size > 0) remaining.push([...this.entries.keys()].sort()[0]!);
@@ -435,7 +544,9 @@ export class AdapterModel<M extends Module = Module> {
       if (keep !== wrapper.original_module) wrapper.original_module.dispose();
       for (const name of wrapper.adapterNames) if (wrapper.copy(name) !== keep) wrapper.copy(name)!.dispose();
     }
+    for (const entry of this.entries.values()) entry.state?.dispose();
     this.entries.clear();
+    this.model.adapterInputScope = null;
     this.active = [];
     return this.model;
   }
@@ -529,7 +640,7 @@ export class AdapterModel<M extends Module = Module> {
   trainableParameters(): TrainableParameterReport {
     let trainable = 0;
     let total = 0;
-    for (const [, variable] of this.model.namedParameters()) {
+    for (const [, variable] of [...this.model.namedParameters(), ...this.stateVariables()]) {
       total += variable.size;
       if (variable.trainable) trainable += variable.size;
     }
@@ -539,21 +650,31 @@ export class AdapterModel<M extends Module = Module> {
     return { trainable, total, percent, line };
   }
 
-  /** Training hooks from the plugins of the active adapters (e.g. AdaLoRA's regulariser and rank allocation). */
+  /**
+   * Training hooks of the active adapters: their plugins' and their adapter-level objects' (e.g.
+   * AdaLoRA's regulariser and rank allocation). `train({ model: adapterModel })` runs them itself.
+   */
   trainingHooks(): TrainingHooks[] {
     const hooks: TrainingHooks[] = [];
     for (const name of this.active) {
       const entry = this.entries.get(name);
-      if (!entry?.plugin.trainingHooks) continue;
-      hooks.push(
-        entry.plugin.trainingHooks({ adapterName: name, config: entry.config, instances: () => this.adapterInstances(name) }),
-      );
+      if (!entry) continue;
+      if (entry.plugin.trainingHooks) {
+        hooks.push(
+          entry.plugin.trainingHooks({ adapterName: name, config: entry.config, instances: () => this.adapterInstances(name), state: entry.state }),
+        );
+      }
+      const stateHooks = entry.state?.trainingHooks?.();
+      if (stateHooks) hooks.push(stateHooks);
     }
     return hooks;
   }
 
-  /** Free every tensor of the model and its adapters. */
+  /** Free every tensor of the model, its adapters and their adapter-level objects. */
   dispose(): void {
+    for (const entry of this.entries.values()) entry.state?.dispose();
+    this.entries.clear();
+    this.model.adapterInputScope = null;
     this.model.dispose();
   }
 }
@@ -569,6 +690,22 @@ function floatLinearOf(layer: Module & BaseLayer): Linear {
   linear.setTrainable(false);
   linear.training = layer.training;
   return linear;
+}
+
+/**
+ * PEFT's rule for configs with `fan_in_fan_out`: walking the targets in order, a Conv1D target
+ * ([in, out] weight) sets it true and a Linear target sets it false (PEFT warns and changes the
+ * config, which it then saves). Our layers read the layout from the base layer itself; this keeps
+ * the saved config what PEFT writes for the same model.
+ */
+function withPeftFanInFanOut<T extends AdapterConfigBase>(config: T, targets: readonly Module[]): T {
+  if (!Object.hasOwn(config, 'fanInFanOut')) return config;
+  let fanInFanOut = (config as T & { fanInFanOut: boolean }).fanInFanOut;
+  for (const target of targets) {
+    const base = target instanceof AdapterLayer ? target.base_layer : target;
+    if (isBaseLayer(base)) fanInFanOut = base.fanInFanOut;
+  }
+  return fanInFanOut === (config as T & { fanInFanOut: boolean }).fanInFanOut ? config : { ...config, fanInFanOut };
 }
 
 function stripDerived(config: LoraConfig): Record<string, unknown> {

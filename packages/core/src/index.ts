@@ -17,7 +17,7 @@ export {
 export type { SafetensorsErrorCode } from './errors.js';
 
 export { Module, ModuleList } from './module.js';
-export type { TensorModule } from './module.js';
+export type { AdapterInputScope, TensorModule } from './module.js';
 export { Linear, applyToLastAxis } from './linear.js';
 export type { LinearOptions } from './linear.js';
 export { Embedding, LayerNorm, RMSNorm, Dropout, dropout } from './layers.js';
@@ -28,17 +28,24 @@ export { PLUGIN_SPECIFICATION_VERSION } from './plugin.js';
 export type {
   AdapterConfigBase,
   AdapterHookContext,
+  AdapterInputs,
   AdapterInstance,
   AdapterPlugin,
+  AdapterSaveContext,
+  AdapterState,
   ApplyContext,
   BaseTransform,
   LoraPlugin,
   PeftConfigJson,
+  PluginDescriptor,
+  PluginPackageDescriptor,
   Recipe,
   TargetSelection,
   TrainingHooks,
 } from './plugin.js';
-export { createLoraRegistry, KNOWN_PLUGIN_PACKAGES } from './registry.js';
+export { definePluginPackage, createDescribedPlugin, findPluginForPeftConfig } from './plugin-package.js';
+export { pluginPackage } from './core-plugins.js';
+export { createLoraRegistry } from './registry.js';
 export type { LoraRegistry, RecipeCheck } from './registry.js';
 export { isTargetModule, layerIndexOf, matchPatternKey, isExcludedModule, isCoveredByModulesToSave } from './target-matching.js';
 
@@ -48,8 +55,8 @@ export { parseLoraConfig } from './lora-config.js';
 export type { LoraConfig } from './lora-config.js';
 export { LoraAdapter, checkBaseShape } from './lora-layer.js';
 export type { LoraAdapterOptions } from './lora-layer.js';
-export { AdapterLayer, ModulesToSaveWrapper, isCloneable } from './adapter-layer.js';
-export type { CloneableModule } from './adapter-layer.js';
+export { AdapterLayer, ModulesToSaveWrapper } from './adapter-layer.js';
+export type { AdapterLayerHost } from './adapter-layer.js';
 export { AdapterModel } from './adapter-model.js';
 export type { AdapterTargetHints, CreateAdapterModelOptions, TrainableParameterReport, WeightedAdapterOptions } from './adapter-model.js';
 
@@ -80,5 +87,6 @@ export type { LoadAdapterOptions } from './adapter-files.js';
 export { AdamW, learningRateAt } from './optimizer.js';
 export type { AdamWOptions, LearningRateSchedule, TrainOptimizer } from './optimizer.js';
 export { train, evaluate } from './trainer.js';
+export type { TrainingTarget } from './training-target.js';
 export type { BatchSource, TrainOptions, TrainResult, TrainingProgress } from './trainer.js';
 export { causalLmLoss, classificationLoss, IGNORE_INDEX } from './losses.js';

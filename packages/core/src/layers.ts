@@ -26,7 +26,7 @@ export class Embedding extends Module {
     });
   }
 
-  clone(): Embedding {
+  override clone(): Embedding {
     const copy = new Embedding({ numEmbeddings: this.numEmbeddings, embeddingDim: this.embeddingDim });
     copy.weight.assign(this.weight);
     copy.weight.trainable = this.weight.trainable;

@@ -102,7 +102,7 @@ export class Linear extends Module implements BaseLayer {
   }
 
   /** A copy with its own variables (same values, same trainable flags). */
-  clone(): Linear {
+  override clone(): Linear {
     const copy = new Linear({
       inFeatures: this.inFeatures,
       outFeatures: this.outFeatures,

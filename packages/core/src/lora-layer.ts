@@ -75,14 +75,6 @@ export class LoraAdapter implements AdapterInstance {
     return tf.tidy(() => tf.mul(tf.matMul(this.loraB as tf.Tensor2D, this.loraA as tf.Tensor2D), this.scaling));
   }
 
-  mergeWeight(weight: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => tf.add(weight, this.deltaWeight()));
-  }
-
-  unmergeWeight(weight: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => tf.sub(weight, this.deltaWeight()));
-  }
-
   dispose(): void {
     this.loraA.dispose();
     this.loraB.dispose();

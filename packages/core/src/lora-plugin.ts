@@ -2,12 +2,12 @@ import { ConfigError } from './errors.js';
 import { optionsToPeftJson, peftJsonToOptions } from './config-helpers.js';
 import { LORA_CONFIG_FIELDS, parseLoraConfig, type LoraConfig } from './lora-config.js';
 import { LoraAdapter } from './lora-layer.js';
-import type { AdapterPlugin, PeftConfigJson } from './plugin.js';
+import { PLUGIN_SPECIFICATION_VERSION, type AdapterPlugin, type PeftConfigJson } from './plugin.js';
 import { matchPatternKey } from './target-matching.js';
 
 /** Options for the {@link lora} factory. */
 export interface LoraPluginOptions {
-  /** Seed for adapter initialisation; each module gets `seed + its index` (default: unseeded). */
+  /** Seed for adapter initialisation; the adapter's i-th target gets `seed + 2·i` (default: unseeded). */
   readonly seed?: number;
 }
 
@@ -29,14 +29,12 @@ export function resolveRankAndAlpha(config: LoraConfig, modulePath: string): { r
  * const registry = createLoraRegistry({ plugins: [lora()] });
  */
 export function lora(options: LoraPluginOptions = {}): AdapterPlugin<LoraConfig> {
-  let created = 0;
   return {
-    specificationVersion: 'v1',
+    specificationVersion: PLUGIN_SPECIFICATION_VERSION,
     kind: 'adapter',
     name: 'lora',
     packageName: '@lora/core',
     peftType: 'LORA',
-    compatibility: { transforms: ['quant'] },
     parseConfig(input) {
       const config = parseLoraConfig(input);
       if (config.useDora) {
@@ -45,7 +43,7 @@ export function lora(options: LoraPluginOptions = {}): AdapterPlugin<LoraConfig>
           field: 'useDora',
           received: true,
           expected: 'false for plain LoRA',
-          hint: 'DoRA is provided by @lora/dora: `pnpm add @lora/dora` and use its dora() plugin.',
+          hint: "DoRA is the 'dora' adapter plugin, not lora(): register it and create the adapter with plugin: 'dora'.",
         });
       }
       return config;
@@ -65,10 +63,10 @@ export function lora(options: LoraPluginOptions = {}): AdapterPlugin<LoraConfig>
     claimsPeftConfig(json) {
       return json.peft_type === 'LORA' && json['use_dora'] !== true;
     },
-    createAdapter({ base, modulePath, config }) {
+    createAdapter({ base, modulePath, config, index }) {
       const { r, alpha } = resolveRankAndAlpha(config, modulePath);
-      const seed = options.seed === undefined ? undefined : options.seed + created * 2;
-      created += 1;
+      // Seeds follow the target's index, so the same seed gives the same adapter bytes every time.
+      const seed = options.seed === undefined ? undefined : options.seed + index * 2;
       return new LoraAdapter({
         inFeatures: base.inFeatures,
         outFeatures: base.outFeatures,

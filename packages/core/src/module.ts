@@ -1,5 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { ModuleError } from './errors.js';
+import { LoraError, ModuleError } from './errors.js';
+import type { AdapterInputs } from './plugin.js';
+
+/** Runs a forward pass with per-forward adapter inputs; installed on a model by the `AdapterModel` wrapping it. */
+export type AdapterInputScope = <T>(inputs: AdapterInputs, fn: () => T) => T;
 
 /**
  * A node of the model tree, in the manner of `torch.nn.Module`: named child modules and
@@ -15,6 +19,8 @@ import { ModuleError } from './errors.js';
 export abstract class Module {
   /** True in training mode (dropout active), false after {@link Module.eval}. */
   training = true;
+  /** Set by the `AdapterModel` wrapping this model, so models' `forward(…, { adapterInputs })` reach its adapters. */
+  adapterInputScope: AdapterInputScope | null = null;
   private readonly childModules = new Map<string, Module>();
   private readonly ownParameterMap = new Map<string, tf.Variable>();
 
@@ -48,6 +54,21 @@ export abstract class Module {
   /** Look up a parameter held directly by this module. */
   getOwnParameter(name: string): tf.Variable | undefined {
     return this.ownParameterMap.get(name);
+  }
+
+  /**
+   * Run `fn` (a forward pass of this model) with per-forward adapter inputs, e.g. a condition per
+   * batch row. Models call it from `forward(…, { adapterInputs })`; without inputs it just runs `fn`.
+   * @throws {LoraError} when inputs are given but no `AdapterModel` wraps this model.
+   */
+  withAdapterInputs<T>(inputs: AdapterInputs | undefined, fn: () => T): T {
+    if (inputs === undefined) return fn();
+    if (!this.adapterInputScope) {
+      throw new LoraError(
+        `[@lora/core] adapterInputs (${Object.keys(inputs).join(', ') || 'empty'}) were given to a model no AdapterModel wraps. Create one with AdapterModel.create(model, …) or loadAdapterModel(…) first.`,
+      );
+    }
+    return this.adapterInputScope(inputs, fn);
   }
 
   /** Direct children, in registration order. */
@@ -164,6 +185,44 @@ export abstract class Module {
     }
     if (!options.trainableOnly) for (const [, module] of this.namedModules()) total += module.storedParameterCount();
     return total;
+  }
+
+  /**
+   * A deep copy of this subtree: the same class, children cloned, every variable copied into a new
+   * one with the same value and `trainable` flag (variables shared inside the subtree stay shared in
+   * the copy). Fields that pointed at a child or a variable point at its copy. Used by
+   * `modules_to_save`, which trains a copy of any module (norms, embeddings, heads). Subclasses
+   * holding tensors outside variables override it.
+   */
+  clone(): Module {
+    return this.cloneWith(new Map());
+  }
+
+  private cloneWith(copies: Map<unknown, unknown>): Module {
+    const copy = Object.create(Object.getPrototypeOf(this) as object) as Module;
+    Object.assign(copy, this);
+    const writable = copy as unknown as { childModules: Map<string, Module>; ownParameterMap: Map<string, tf.Variable> };
+    writable.childModules = new Map();
+    writable.ownParameterMap = new Map();
+    copies.set(this, copy);
+    for (const [name, child] of this.childModules) {
+      const childCopy = (copies.get(child) as Module | undefined) ?? child.cloneWith(copies);
+      writable.childModules.set(name, childCopy);
+    }
+    for (const [name, variable] of this.ownParameterMap) {
+      let variableCopy = copies.get(variable) as tf.Variable | undefined;
+      if (!variableCopy) {
+        variableCopy = tf.variable(variable, variable.trainable);
+        copies.set(variable, variableCopy);
+      }
+      writable.ownParameterMap.set(name, variableCopy);
+    }
+    const fields = copy as unknown as Record<string, unknown>;
+    for (const key of Object.keys(fields)) {
+      const value = fields[key];
+      if (copies.has(value)) fields[key] = copies.get(value);
+    }
+    return copy;
   }
 
   /**

@@ -2,8 +2,19 @@ import type * as tf from '@tensorflow/tfjs-core';
 import type { BaseLayer } from './base-layer.js';
 import type { Module } from './module.js';
 
-/** The version of the plugin interface this core implements. */
-export const PLUGIN_SPECIFICATION_VERSION = 'v1' as const;
+/**
+ * The version of the plugin interface this core implements. v2 added adapter-level state
+ * ({@link AdapterState}), per-forward adapter inputs ({@link ApplyContext.inputs}), core's default
+ * additive merge, and compatibility with any dense base layer by default.
+ */
+export const PLUGIN_SPECIFICATION_VERSION = 'v2' as const;
+
+/**
+ * Inputs for adapters that vary per forward pass, e.g. `{ condition: [{ task: 'qa' }, { task: 'sum' }] }`
+ * (one entry per batch row). Passed to `AdapterModel.forward` / `withAdapterInputs`; each adapter
+ * reads the keys it knows through {@link ApplyContext.inputs}.
+ */
+export type AdapterInputs = Readonly<Record<string, unknown>>;
 
 /** `adapter_config.json` as PEFT writes it: snake_case keys, `peft_type` always present. */
 export type PeftConfigJson = { readonly peft_type: string } & Readonly<Record<string, unknown>>;
@@ -41,6 +52,50 @@ export interface ApplyContext {
   readonly base: BaseLayer;
   /** True in training mode (dropout active). */
   readonly training: boolean;
+  /** Path of the wrapped module, e.g. `transformer.h.0.attn.c_attn`. */
+  readonly modulePath: string;
+  /** Name of the adapter being applied. */
+  readonly adapterName: string;
+  /** The per-forward inputs given to `AdapterModel.withAdapterInputs` / `forward`; `{}` when none. */
+  readonly inputs: AdapterInputs;
+  /** This adapter's adapter-level object, when its plugin has one. */
+  readonly adapterState: AdapterState | undefined;
+}
+
+/**
+ * The adapter-level object of one adapter (one per adapter name and plugin), owned by
+ * `AdapterModel`: created when the adapter is added, disposed with it. It holds what belongs to the
+ * adapter as a whole rather than to one layer (PEFT's `model.py` role): AdaLoRA's rank allocator,
+ * a hypernetwork's generator. Its variables are saved once per adapter, not per layer.
+ */
+export interface AdapterState {
+  /**
+   * Variables saved once for the whole adapter, under exactly these keys in
+   * `adapter_model.safetensors` (use a prefix of the plugin's own, e.g. `hyperlora.trunk.weight`,
+   * so they never collide with module paths). Default: none.
+   */
+  namedTensors?(): [string, tf.Variable][];
+  /** Optional: tensors to save instead of `namedTensors()`' variables (new tensors; the caller disposes them). */
+  tensorsForSave?(): [string, tf.Tensor][];
+  /** Optional custom loading of the saved adapter-level tensors (by key); the default checks shapes and assigns. */
+  loadTensors?(tensors: ReadonlyMap<string, tf.Tensor>): void;
+  /**
+   * Called before each forward pass run through `AdapterModel.withAdapterInputs` (inside the caller's
+   * scope, so tensors made here take part in the gradient tape and are freed with the caller's
+   * `tidy` unless kept). Throw a {@link LoraError} when a required input is missing.
+   */
+  beginForward?(context: { readonly inputs: AdapterInputs; readonly training: boolean }): void;
+  /** Called after the forward pass, also when it threw. */
+  endForward?(): void;
+  /**
+   * Optional: adjust the `adapter_config.json` written when the adapter is saved (AdaLoRA's
+   * `rank_pattern` then describes the pruned tensors it saves).
+   */
+  peftJsonForSave?(json: PeftConfigJson): PeftConfigJson;
+  /** Training hooks of the adapter as a whole (e.g. AdaLoRA's rank allocation, a cache invalidated by each step). */
+  trainingHooks?(): TrainingHooks;
+  /** Free this object's variables and cached tensors. */
+  dispose(): void;
 }
 
 /**
@@ -55,12 +110,19 @@ export interface AdapterInstance {
   namedTensors(): [string, tf.Variable][];
   /** Add this adapter's effect to `result` (the output so far, base included) and return the new output. */
   apply(input: tf.Tensor, result: tf.Tensor, context: ApplyContext): tf.Tensor;
-  /** ΔW = merged − base weight as dense [out, in]. The caller disposes it. */
+  /**
+   * ΔW = merged − base weight as dense [out, in]. The caller disposes it. An adapter whose ΔW
+   * depends on per-forward inputs (a hypernetwork) throws a {@link LoraError} saying how to merge
+   * (e.g. export a fixed condition first).
+   */
   deltaWeight(base: BaseLayer): tf.Tensor2D;
-  /** The merged weight [out, in] from the current weight [out, in]. The caller disposes both. */
-  mergeWeight(weight: tf.Tensor2D, base: BaseLayer): tf.Tensor2D;
-  /** Inverse of {@link AdapterInstance.mergeWeight}. */
-  unmergeWeight(weight: tf.Tensor2D, base: BaseLayer): tf.Tensor2D;
+  /**
+   * Optional: the merged weight [out, in] from the current weight [out, in] when the merge is not
+   * additive (DoRA). Default: `weight + deltaWeight(base)`. The caller disposes both.
+   */
+  mergeWeight?(weight: tf.Tensor2D, base: BaseLayer): tf.Tensor2D;
+  /** Optional inverse of {@link AdapterInstance.mergeWeight}. Default: `weight − deltaWeight(base)`. */
+  unmergeWeight?(weight: tf.Tensor2D, base: BaseLayer): tf.Tensor2D;
   /**
    * Optional: the tensors to save instead of {@link AdapterInstance.namedTensors}' variables, under the
    * same keys (AdaLoRA saves only the triplets it kept). New tensors; the caller disposes them.
@@ -91,6 +153,16 @@ export interface AdapterHookContext<TConfig> {
   readonly config: TConfig;
   /** The adapter instances of this adapter, by module path. */
   instances(): [string, AdapterInstance][];
+  /** The adapter's adapter-level object, when its plugin has one. */
+  readonly state: AdapterState | undefined;
+}
+
+/** Passed to {@link AdapterPlugin.toPeftJson} when an adapter is saved. */
+export interface AdapterSaveContext {
+  /** The adapter instances being saved, by module path. */
+  instances(): [string, AdapterInstance][];
+  /** The adapter's adapter-level object, when its plugin has one. */
+  readonly state: AdapterState | undefined;
 }
 
 /**
@@ -98,7 +170,7 @@ export interface AdapterHookContext<TConfig> {
  * the adapter that wraps a target layer, converts its config to and from PEFT JSON.
  */
 export interface AdapterPlugin<TConfig extends AdapterConfigBase = AdapterConfigBase> {
-  readonly specificationVersion: 'v1';
+  readonly specificationVersion: typeof PLUGIN_SPECIFICATION_VERSION;
   readonly kind: 'adapter';
   /** Registry name, e.g. `lora`. */
   readonly name: string;
@@ -106,9 +178,11 @@ export interface AdapterPlugin<TConfig extends AdapterConfigBase = AdapterConfig
   readonly packageName: string;
   /** The `peft_type` written to `adapter_config.json`. */
   readonly peftType: string;
-  /** Base transforms this adapter can wrap (e.g. `['quant']`), with reasons for known refusals. */
-  readonly compatibility: {
-    readonly transforms: readonly string[];
+  /**
+   * What this adapter wraps. Default (absent): any base layer with a dense weight, so every base
+   * transform composes unless refused here by name with a reason (e.g. `{ quant: 'needs float weights' }`).
+   */
+  readonly compatibility?: {
     readonly refusals?: Readonly<Record<string, string>>;
   };
   /** Validate user options (camelCase) and fill PEFT's defaults. @throws {ConfigError} */
@@ -116,21 +190,37 @@ export interface AdapterPlugin<TConfig extends AdapterConfigBase = AdapterConfig
   /** Read an `adapter_config.json` object. @throws {ConfigError} */
   fromPeftJson(json: PeftConfigJson): TConfig;
   /**
-   * Write the config as PEFT does. When saving, `context` gives the adapter's instances, so a
-   * config can describe what was saved (AdaLoRA's `rank_pattern`).
+   * Write the config as PEFT does. When saving, `context` gives the adapter's instances and state,
+   * so a config can describe what was saved (AdaLoRA's `rank_pattern`).
    */
-  toPeftJson(config: TConfig, context?: { readonly instances: () => [string, AdapterInstance][] }): PeftConfigJson;
+  toPeftJson(config: TConfig, context?: AdapterSaveContext): PeftConfigJson;
   /** Whether a saved config belongs to this plugin (e.g. `LORA` without `use_dora`). */
   claimsPeftConfig(json: PeftConfigJson): boolean;
-  /** Create the adapter for one target layer. */
+  /**
+   * Optional: create the adapter-level object of a new adapter, before its layers' adapters
+   * (`targets` are the layers it will wrap, by module path). Owned and disposed by `AdapterModel`.
+   */
+  createAdapterState?(args: {
+    readonly adapterName: string;
+    readonly config: TConfig;
+    readonly targets: readonly (readonly [string, Module & BaseLayer])[];
+  }): AdapterState;
+  /** Create the adapter for one target layer. `index` counts the adapter's targets from 0 (for seeding). */
   createAdapter(args: {
     readonly base: Module & BaseLayer;
     readonly modulePath: string;
     readonly adapterName: string;
     readonly config: TConfig;
+    readonly index: number;
+    readonly state: AdapterState | undefined;
   }): AdapterInstance;
-  /** Training hooks for an active adapter of this plugin. */
+  /** Training hooks for an active adapter of this plugin (in addition to its state's). */
   trainingHooks?(context: AdapterHookContext<TConfig>): TrainingHooks;
+  /**
+   * Optional, for `lora inspect`: the rank of one saved module from its tensors' shapes (relative
+   * keys). Default: the first dimension of `lora_A.weight`, or null.
+   */
+  savedRank?(shapes: ReadonlyMap<string, readonly number[]>): number | null;
 }
 
 /**
@@ -138,14 +228,38 @@ export interface AdapterPlugin<TConfig extends AdapterConfigBase = AdapterConfig
  * `forward`, before adapters wrap them.
  */
 export interface BaseTransform {
-  readonly specificationVersion: 'v1';
+  readonly specificationVersion: typeof PLUGIN_SPECIFICATION_VERSION;
   readonly kind: 'base-transform';
   readonly name: string;
   readonly packageName: string;
   /** Whether the layer at `path` should be replaced. */
   shouldTransform(path: string, module: Module & BaseLayer, context: { readonly model: Module }): boolean;
-  /** The replacement. The old layer is disposed by the caller. */
+  /** The replacement (any {@link BaseLayer}, so every adapter that does not refuse this transform wraps it). The old layer is disposed by the caller. */
   transform(module: Module & BaseLayer, path: string): Module & BaseLayer;
+}
+
+/** One plugin a package provides, as its {@link PluginPackageDescriptor} lists it. */
+export interface PluginDescriptor {
+  /** Registry name, e.g. `dora`. */
+  readonly name: string;
+  readonly kind: 'adapter' | 'base-transform';
+  /** The `peft_type`s of saved configs this plugin may read (`[]` for base transforms). */
+  readonly peftTypes: readonly string[];
+  /** One line on what it does. */
+  readonly summary: string;
+  /** The factory (`dora`, `quant`, …) with its options; called with none gives the defaults. */
+  create(options?: unknown): LoraPlugin;
+}
+
+/**
+ * What a package provides: the single source of truth for "which package reads this saved
+ * adapter", install hints, the CLI's loading and `lora inspect`. Every package with plugins exports
+ * one as `pluginPackage`.
+ */
+export interface PluginPackageDescriptor {
+  /** The npm package name, e.g. `@lora/dora`. */
+  readonly packageName: string;
+  readonly plugins: readonly PluginDescriptor[];
 }
 
 /** Anything the registry holds. */

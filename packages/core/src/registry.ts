@@ -2,31 +2,13 @@ import { RegistryError } from './errors.js';
 import type { AdapterPlugin, BaseTransform, LoraPlugin, PeftConfigJson, Recipe } from './plugin.js';
 import { PLUGIN_SPECIFICATION_VERSION } from './plugin.js';
 
-/** Which package provides each known plugin or saved adapter type, for "install X" messages. */
-export const KNOWN_PLUGIN_PACKAGES: Readonly<Record<string, string>> = {
-  lora: '@lora/core',
-  dora: '@lora/dora',
-  'double-lora': '@lora/dora',
-  adalora: '@lora/adalora',
-  hyper: '@lora/hyper',
-  hyperlora: '@lora/hyper',
-  quant: '@lora/quant',
-};
-
-const KNOWN_PEFT_TYPES: Readonly<Record<string, string>> = {
-  LORA: '@lora/core',
-  ADALORA: '@lora/adalora',
-  DOUBLE_LORA: '@lora/dora',
-  HYPERLORA: '@lora/hyper',
-};
-
 /** The result of checking a recipe. */
 export interface RecipeCheck {
   readonly ok: boolean;
   /** One sentence per problem, saying why and what to do. */
   readonly problems: readonly string[];
-  /** Packages to install for plugins the recipe names but the registry lacks. */
-  readonly missingPackages: readonly string[];
+  /** Names of plugins the recipe names but the registry lacks. */
+  readonly missingPlugins: readonly string[];
 }
 
 /** Holds the plugins an application passed in; looks them up by name or by saved config. */
@@ -43,10 +25,6 @@ export interface LoraRegistry {
   checkRecipe(recipe: Recipe): RecipeCheck;
   /** @throws {RegistryError} with every problem of the recipe. */
   assertRecipe(recipe: Recipe): void;
-}
-
-function installHint(packageName: string | undefined): string {
-  return packageName ? ` Install it with \`pnpm add ${packageName}\` and pass it to createLoraRegistry({ plugins }).` : '';
 }
 
 /**
@@ -71,40 +49,41 @@ export function createLoraRegistry(options: { plugins: readonly LoraPlugin[] }):
     byName.set(plugin.name, plugin);
   }
 
+  // Own entries only: a name such as "toString" or "__proto__" must never reach Object.prototype.
+  const lookup = (name: string): LoraPlugin | undefined => (typeof name === 'string' ? byName.get(name) : undefined);
+  const registered = (kind: LoraPlugin['kind']): string =>
+    [...byName.values()].filter((plugin) => plugin.kind === kind).map((plugin) => `${plugin.name} (${plugin.packageName})`).join(', ') || 'none';
   const adapter = (name: string): AdapterPlugin => {
-    const plugin = byName.get(name);
+    const plugin = lookup(name);
     if (plugin?.kind === 'adapter') return plugin;
     if (plugin) throw new RegistryError(`[@lora/core] "${name}" is a base transform, not an adapter plugin.`, { plugin: name });
-    const packageName = KNOWN_PLUGIN_PACKAGES[name];
     throw new RegistryError(
-      `[@lora/core] No adapter plugin named "${name}" is registered (registered: ${[...byName.keys()].join(', ') || 'none'}).${installHint(packageName)}`,
-      { plugin: name, packageName },
+      `[@lora/core] No adapter plugin named ${JSON.stringify(name)} is registered (registered: ${registered('adapter')}). Pass the plugin from the package that provides it to createLoraRegistry({ plugins }).`,
+      { plugin: String(name) },
     );
   };
   const transform = (name: string): BaseTransform => {
-    const plugin = byName.get(name);
+    const plugin = lookup(name);
     if (plugin?.kind === 'base-transform') return plugin;
     if (plugin) throw new RegistryError(`[@lora/core] "${name}" is an adapter plugin, not a base transform.`, { plugin: name });
-    const packageName = KNOWN_PLUGIN_PACKAGES[name];
     throw new RegistryError(
-      `[@lora/core] No base transform named "${name}" is registered.${installHint(packageName)}`,
-      { plugin: name, packageName },
+      `[@lora/core] No base transform named ${JSON.stringify(name)} is registered (registered: ${registered('base-transform')}). Pass the transform from the package that provides it to createLoraRegistry({ plugins }).`,
+      { plugin: String(name) },
     );
   };
 
   const checkRecipe = (recipe: Recipe): RecipeCheck => {
     const problems: string[] = [];
-    const missingPackages: string[] = [];
-    const note = (error: unknown): void => {
+    const missingPlugins: string[] = [];
+    const note = (error: unknown, name: string): void => {
       problems.push((error as Error).message);
-      const packageName = error instanceof RegistryError ? error.packageName : undefined;
-      if (packageName && !missingPackages.includes(packageName)) missingPackages.push(packageName);
+      if (!missingPlugins.includes(name)) missingPlugins.push(name);
     };
     let adapterPlugin: AdapterPlugin | undefined;
     try {
       adapterPlugin = adapter(recipe.adapter);
     } catch (error) {
-      note(error);
+      note(error, recipe.adapter);
     }
     const seen = new Set<string>();
     for (const name of recipe.transforms ?? []) {
@@ -113,18 +92,16 @@ export function createLoraRegistry(options: { plugins: readonly LoraPlugin[] }):
       try {
         transform(name);
       } catch (error) {
-        note(error);
+        note(error, name);
         continue;
       }
-      if (adapterPlugin && !adapterPlugin.compatibility.transforms.includes(name)) {
-        const reason = adapterPlugin.compatibility.refusals?.[name];
-        problems.push(
-          `[@lora/core] Adapter "${adapterPlugin.name}" does not compose with base transform "${name}"${reason ? `: ${reason}` : '.'}` +
-            ` It composes with: ${adapterPlugin.compatibility.transforms.join(', ') || 'no base transforms'}.`,
-        );
+      // v2: an adapter wraps any base layer with a dense weight unless it refuses a transform by name.
+      const refusals = adapterPlugin?.compatibility?.refusals;
+      if (adapterPlugin && refusals && Object.hasOwn(refusals, name)) {
+        problems.push(`[@lora/core] Adapter "${adapterPlugin.name}" does not compose with base transform "${name}": ${refusals[name]}`);
       }
     }
-    return { ok: problems.length === 0, problems, missingPackages };
+    return { ok: problems.length === 0, problems, missingPlugins };
   };
 
   return {
@@ -133,17 +110,24 @@ export function createLoraRegistry(options: { plugins: readonly LoraPlugin[] }):
     transform,
     has: (name) => byName.has(name),
     adapterForPeftConfig(json) {
+      const peftType = Object.hasOwn(json, 'peft_type') ? json.peft_type : undefined;
+      if (typeof peftType !== 'string') {
+        throw new RegistryError(`[@lora/core] adapter_config.json: peft_type must be a string, got ${JSON.stringify(peftType) ?? 'nothing'}.`);
+      }
       for (const plugin of byName.values()) {
         if (plugin.kind === 'adapter' && plugin.claimsPeftConfig(json)) return plugin;
       }
-      const packageName = json.peft_type === 'LORA' && json['use_dora'] === true ? '@lora/dora' : KNOWN_PEFT_TYPES[json.peft_type];
-      const what = json.peft_type === 'LORA' && json['use_dora'] === true ? 'a DoRA adapter (LORA with use_dora)' : `peft_type "${json.peft_type}"`;
-      throw new RegistryError(`[@lora/core] No registered plugin reads ${what}.${installHint(packageName)}`, { packageName });
+      const readers = [...byName.values()].filter((plugin) => plugin.kind === 'adapter').map((plugin) => `${plugin.name} (${plugin.packageName})`);
+      const what = peftType === 'LORA' && json['use_dora'] === true ? 'peft_type "LORA" with use_dora' : `peft_type ${JSON.stringify(peftType)}`;
+      throw new RegistryError(
+        `[@lora/core] No registered plugin reads ${what} (registered adapter plugins: ${readers.join(', ') || 'none'}). Register the plugin of the package that saved it.`,
+        { plugin: peftType },
+      );
     },
     checkRecipe,
     assertRecipe(recipe) {
       const check = checkRecipe(recipe);
-      if (!check.ok) throw new RegistryError(check.problems.join('\n'), { packageName: check.missingPackages[0] });
+      if (!check.ok) throw new RegistryError(check.problems.join('\n'), { plugin: check.missingPlugins[0] });
     },
   };
 }

@@ -1,14 +1,15 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it, beforeAll } from 'vitest';
 import { AdapterModel } from './adapter-model.js';
-import { loadAdapter, saveAdapter } from './adapter-files.js';
+import { adapterPeftConfig, loadAdapter, saveAdapter } from './adapter-files.js';
 import { ConfigError } from './errors.js';
 import { Linear } from './linear.js';
 import { Module } from './module.js';
-import type { AdapterPlugin, BaseTransform } from './plugin.js';
+import type { BaseLayer } from './base-layer.js';
+import { PLUGIN_SPECIFICATION_VERSION, type AdapterPlugin, type ApplyContext, type BaseTransform } from './plugin.js';
 import { createLoraRegistry } from './registry.js';
 import { readJsonFile, readSafetensorsFile } from './files.js';
 import { entryToTensor } from './safetensors.js';
@@ -210,6 +211,14 @@ class ConformanceBlock extends Module {
   }
 }
 
+/**
+ * An {@link ApplyContext} for calling `AdapterInstance.apply` directly in a test: no per-forward
+ * inputs and no adapter-level state unless given.
+ */
+export function applyContextFor(base: BaseLayer, options: Partial<Omit<ApplyContext, 'base'>> = {}): ApplyContext {
+  return { base, training: false, modulePath: 'layer', adapterName: 'default', inputs: {}, adapterState: undefined, ...options };
+}
+
 /** Options for {@link describeAdapterPlugin}. */
 export interface AdapterPluginConformanceOptions {
   /** A valid config targeting the test tree's `query` and `conv` layers (both must be targeted). */
@@ -222,6 +231,11 @@ export interface AdapterPluginConformanceOptions {
   readonly transforms?: readonly string[];
   /** Tolerance for merged vs unmerged outputs (default atol 1e-5, rtol 1e-4). */
   readonly mergeTolerance?: Tolerance;
+  /**
+   * The plugin's factory with a seed (e.g. `(seed) => dora({ seed })`): the suite then checks that
+   * the same seed gives byte-identical saved adapters and another seed different ones.
+   */
+  readonly withSeed?: (seed: number) => AdapterPlugin;
 }
 
 /**
@@ -246,19 +260,21 @@ export function describeAdapterPlugin(plugin: AdapterPlugin, options: AdapterPlu
         config: options.validConfig,
         transforms: options.transforms,
       });
-      // Give every adapter tensor random values so the adapter is not a no-op.
+      // Give every adapter tensor (adapter-level ones too) random values so the adapter is not a no-op.
       let seed = 100;
-      for (const [, instance] of adapterModel.adapterInstances('default')) {
-        for (const [, variable] of instance.namedTensors()) {
-          tf.tidy(() => variable.assign(tf.add(variable, tf.randomNormal(variable.shape, 0, 0.3, 'float32', seed++))));
-        }
+      const variables = [
+        ...adapterModel.adapterInstances('default').flatMap(([, instance]) => instance.namedTensors()),
+        ...(adapterModel.adapterState('default')?.namedTensors?.() ?? []),
+      ];
+      for (const [, variable] of variables) {
+        tf.tidy(() => variable.assign(tf.add(variable, tf.randomNormal(variable.shape, 0, 0.3, 'float32', seed++))));
       }
       adapterModel.model.eval();
       return adapterModel;
     }
 
-    it('declares the v1 specification and a package name', () => {
-      expect(plugin.specificationVersion).toBe('v1');
+    it(`declares the ${PLUGIN_SPECIFICATION_VERSION} specification and a package name`, () => {
+      expect(plugin.specificationVersion).toBe(PLUGIN_SPECIFICATION_VERSION);
       expect(plugin.kind).toBe('adapter');
       expect(plugin.packageName).toMatch(/^@/u);
     });
@@ -333,6 +349,64 @@ export function describeAdapterPlugin(plugin: AdapterPlugin, options: AdapterPlu
         adapterModel.dispose();
       });
     });
+
+    it('refuses each base transform it declares a refusal for, with the reason', () => {
+      for (const [name, reason] of Object.entries(plugin.compatibility?.refusals ?? {})) {
+        const transform: BaseTransform = {
+          specificationVersion: PLUGIN_SPECIFICATION_VERSION,
+          kind: 'base-transform',
+          name,
+          packageName: '@lora-internal/conformance',
+          shouldTransform: () => false,
+          transform: (module) => module,
+        };
+        const check = createLoraRegistry({ plugins: [plugin, transform] }).checkRecipe({ adapter: plugin.name, transforms: [name] });
+        expect(check.ok).toBe(false);
+        expect(check.problems.join(' ')).toContain(reason);
+      }
+    });
+
+    it("writes PEFT's fan_in_fan_out for the targets' layout (Conv1D last → true)", async () => {
+      await withoutTensorLeaks(() => {
+        const adapterModel = build();
+        const json = adapterPeftConfig(adapterModel, 'default');
+        // ConformanceBlock's targets are `query` (Linear) then `conv` (Conv1D): PEFT ends with true.
+        if ('fan_in_fan_out' in json) expect(json['fan_in_fan_out']).toBe(true);
+        adapterModel.dispose();
+      });
+    });
+
+    if (options.withSeed) {
+      const withSeed = options.withSeed;
+      it('gives byte-identical saved adapters for the same seed, different ones for another', async () => {
+        const root = await mkdtemp(path.join(tmpdir(), `lora-determinism-${plugin.name}-`));
+        try {
+          const saveWith = async (seed: number, directory: string): Promise<Uint8Array> => {
+            const adapterModel = AdapterModel.create(new ConformanceBlock(3), {
+              registry: createLoraRegistry({ plugins: [withSeed(seed), ...(options.extraPlugins ?? [])] }),
+              plugin: plugin.name,
+              config: options.validConfig,
+              transforms: options.transforms,
+            });
+            try {
+              await saveAdapter(adapterModel, directory);
+            } finally {
+              adapterModel.dispose();
+            }
+            return new Uint8Array(await readFile(path.join(directory, 'adapter_model.safetensors')));
+          };
+          await withoutTensorLeaks(async () => {
+            const first = await saveWith(11, path.join(root, 'a'));
+            const again = await saveWith(11, path.join(root, 'b'));
+            const other = await saveWith(12, path.join(root, 'c'));
+            expect(Buffer.from(again).equals(Buffer.from(first))).toBe(true);
+            expect(Buffer.from(other).equals(Buffer.from(first))).toBe(false);
+          });
+        } finally {
+          await rm(root, { recursive: true, force: true });
+        }
+      });
+    }
 
     it('saves and loads to identical outputs', async () => {
       const directory = await mkdtemp(path.join(tmpdir(), `lora-conformance-${plugin.name}-`));

@@ -6,6 +6,7 @@ import { readJsonFile, readSafetensorsFile, writeJsonAtomic, writeSafetensorsFil
 import type { Module } from './module.js';
 import { AdamW, learningRateAt, type LearningRateSchedule, type TrainOptimizer } from './optimizer.js';
 import type { TrainingHooks } from './plugin.js';
+import { resolveTrainingTarget, type TrainingTarget } from './training-target.js';
 import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
 
 /** Batches indexed by position; an array works. Indexing keeps resumed runs on the same batches. */
@@ -29,8 +30,12 @@ export interface TrainingProgress {
 
 /** Options for {@link train}. */
 export interface TrainOptions<Batch> {
-  /** The model; its trainable variables are trained, and it is put in training mode (eval mode for evaluation). */
-  readonly model: Module;
+  /**
+   * What to train: an `AdapterModel` (its trainable variables, adapter-level variables included, and
+   * its active adapters' hooks, run automatically), or a plain module (its trainable variables; pass
+   * plugin hooks in `hooks`). It is put in training mode (eval mode for evaluation).
+   */
+  readonly model: Module | TrainingTarget;
   /** Forward pass and loss for one batch. Runs inside the gradient tape; return a scalar. */
   readonly lossFn: (batch: Batch) => tf.Scalar;
   readonly trainData: BatchSource<Batch>;
@@ -54,7 +59,7 @@ export interface TrainOptions<Batch> {
   readonly evalData?: BatchSource<Batch>;
   /** Evaluate every this many steps and at the end (default: only at the end). */
   readonly evalEvery?: number;
-  /** Plugin hooks, e.g. `adapterModel.trainingHooks()`. */
+  /** Extra hooks, run after the target's own (an `AdapterModel` supplies its adapters' hooks itself). */
   readonly hooks?: readonly TrainingHooks[];
   readonly onProgress?: (progress: TrainingProgress) => void;
   /** Tokens in one batch, for tokens/s in progress events. */
@@ -128,7 +133,8 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
     throw new TrainingError(`[@lora/core] train: gradientAccumulationSteps must be a positive integer, got ${accumulation}.`);
   }
   if (options.trainData.length === 0) throw new TrainingError('[@lora/core] train: trainData has no batches.');
-  const named = options.model.namedParameters().filter(([, variable]) => variable.trainable);
+  const target = resolveTrainingTarget(options.model, options.hooks);
+  const named = target.named;
   if (named.length === 0) {
     throw new TrainingError('[@lora/core] train: the model has no trainable variables. Add an adapter or unfreeze parameters.');
   }
@@ -143,7 +149,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       beta2: options.beta2,
       epsilon: options.epsilon,
     });
-  const hooks = options.hooks ?? [];
+  const hooks = target.hooks;
   const maxGradNorm = options.maxGradNorm === undefined ? 1.0 : options.maxGradNorm;
   const baseLearningRate = options.learningRate ?? optimizer.learningRate;
   let startStep = 0;
@@ -154,7 +160,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
   const losses: number[] = [];
   const evalLosses: { step: number; loss: number }[] = [];
   const started = Date.now();
-  options.model.train();
+  target.module.train();
   try {
     for (let step = startStep; step < options.steps; step++) {
       optimizer.learningRate = learningRateAt(step, {
@@ -230,7 +236,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       });
       const last = done === options.steps;
       if (options.evalData && ((options.evalEvery && done % options.evalEvery === 0) || last)) {
-        const evalLoss = evaluate(options.model, options.lossFn, options.evalData);
+        const evalLoss = evaluate(target.module, options.lossFn, options.evalData);
         evalLosses.push({ step: done, loss: evalLoss });
         options.onProgress?.({
           kind: 'eval',

@@ -1,10 +1,10 @@
-import { resolveRankAndAlpha, type AdapterPlugin, type PeftConfigJson } from '@lora/core';
+import { PLUGIN_SPECIFICATION_VERSION, resolveRankAndAlpha, type AdapterPlugin, type PeftConfigJson } from '@lora/core';
 import { doraConfigFromPeftJson, doraConfigToPeftJson, parseDoraConfig, type DoraConfig } from './dora-config.js';
 import { DoraAdapter } from './dora-layer.js';
 
 /** Options for the {@link dora} factory. */
 export interface DoraPluginOptions {
-  /** Seed for adapter initialisation; each module gets `seed + 2·its index` (default: unseeded). */
+  /** Seed for adapter initialisation; the adapter's i-th target gets `seed + 2·i` (default: unseeded). */
   readonly seed?: number;
 }
 
@@ -29,22 +29,19 @@ export function isDoraPeftConfig(json: PeftConfigJson): boolean {
  * const peft = AdapterModel.create(model, { registry, plugin: 'dora', config: { r: 8, loraAlpha: 16, targetModules: ['c_attn'] } });
  */
 export function dora(options: DoraPluginOptions = {}): AdapterPlugin<DoraConfig> {
-  let created = 0;
   return {
-    specificationVersion: 'v1',
+    specificationVersion: PLUGIN_SPECIFICATION_VERSION,
     kind: 'adapter',
     name: 'dora',
     packageName: '@lora/dora',
     peftType: 'LORA',
-    compatibility: { transforms: ['quant'] },
     parseConfig: parseDoraConfig,
     fromPeftJson: doraConfigFromPeftJson,
     toPeftJson: doraConfigToPeftJson,
     claimsPeftConfig: isDoraPeftConfig,
-    createAdapter({ base, modulePath, config }) {
+    createAdapter({ base, modulePath, config, index }) {
       const { r, alpha } = resolveRankAndAlpha(config, modulePath);
-      const seed = options.seed === undefined ? undefined : options.seed + created * 2;
-      created += 1;
+      const seed = options.seed === undefined ? undefined : options.seed + index * 2;
       return new DoraAdapter({
         base,
         r,

@@ -86,16 +86,6 @@ export class DoubleLoraAdapter implements AdapterInstance {
     return tf.tidy(() => tf.add(this.first.deltaWeight(), this.second.deltaWeight()));
   }
 
-  /** `W + ΔW`; the caller disposes the result. */
-  mergeWeight(weight: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => tf.add(weight, this.deltaWeight()));
-  }
-
-  /** `W − ΔW` (restores W to within 1 ulp); the caller disposes the result. */
-  unmergeWeight(weight: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => tf.sub(weight, this.deltaWeight()));
-  }
-
   /**
    * The equivalent single LoRA pair of rank r₁ + r₂ for scaling 1: `A = [s₁·A₁; s₂·A₂]` [r₁+r₂, in],
    * `B = [B₁ | B₂]` [out, r₁+r₂], so `B·A = s₁·B₁A₁ + s₂·B₂A₂` exactly (up to float rounding).

@@ -1,4 +1,4 @@
-import type { AdapterPlugin } from '@lora/core';
+import { PLUGIN_SPECIFICATION_VERSION, type AdapterPlugin } from '@lora/core';
 import {
   DOUBLE_LORA_PEFT_TYPE,
   doubleLoraConfigFromPeftJson,
@@ -10,7 +10,7 @@ import { DoubleLoraAdapter } from './double-lora-layer.js';
 
 /** Options for the {@link doubleLora} factory. */
 export interface DoubleLoraPluginOptions {
-  /** Seed for adapter initialisation; each module gets `seed + 4·its index` (default: unseeded). */
+  /** Seed for adapter initialisation; the adapter's i-th target gets `seed + 4·i` (default: unseeded). */
   readonly seed?: number;
 }
 
@@ -35,21 +35,19 @@ export interface DoubleLoraPluginOptions {
  * });
  */
 export function doubleLora(options: DoubleLoraPluginOptions = {}): AdapterPlugin<DoubleLoraConfig> {
-  let created = 0;
   return {
-    specificationVersion: 'v1',
+    specificationVersion: PLUGIN_SPECIFICATION_VERSION,
     kind: 'adapter',
     name: 'double-lora',
     packageName: '@lora/dora',
     peftType: DOUBLE_LORA_PEFT_TYPE,
-    compatibility: { transforms: ['quant'] },
     parseConfig: parseDoubleLoraConfig,
     fromPeftJson: doubleLoraConfigFromPeftJson,
     toPeftJson: doubleLoraConfigToPeftJson,
     claimsPeftConfig: (json) => json.peft_type === DOUBLE_LORA_PEFT_TYPE,
-    createAdapter({ base, config }) {
-      const seed = options.seed === undefined ? undefined : options.seed + created * 4;
-      created += 1;
+    savedRank: (shapes) => (shapes.get('lora_A1.weight')?.[0] ?? 0) + (shapes.get('lora_A2.weight')?.[0] ?? 0),
+    createAdapter({ base, config, index }) {
+      const seed = options.seed === undefined ? undefined : options.seed + index * 4;
       return new DoubleLoraAdapter({
         inFeatures: base.inFeatures,
         outFeatures: base.outFeatures,

@@ -20,3 +20,4 @@ export { DoubleLoraAdapter } from './double-lora-layer.js';
 export type { DoubleLoraAdapterOptions, LowRankPairOptions } from './double-lora-layer.js';
 export { exportDoubleLoraAsLora, saveDoubleLoraAsLora } from './double-lora-export.js';
 export type { DoubleLoraExportOptions, ExportedLora } from './double-lora-export.js';
+export { pluginPackage } from './plugin-package.js';

@@ -1,4 +1,5 @@
-import { ConfigError, createLoraRegistry, lora, RegistryError } from '@lora/core';
+import { ConfigError, createLoraRegistry, findPluginForPeftConfig, lora, pluginPackage as corePackage, RegistryError } from '@lora/core';
+import { quant } from '@lora/quant';
 import { describe, expect, it } from 'vitest';
 import {
   dora,
@@ -9,6 +10,7 @@ import {
   parseDoraConfig,
   parseDoubleLoraConfig,
   PEFT_CLASSIC_LORA_FIELDS,
+  pluginPackage,
 } from '../src/index.js';
 
 function configError(fn: () => unknown): ConfigError {
@@ -85,12 +87,19 @@ describe('dora() and doubleLora() in the registry', () => {
     expect(isDoraPeftConfig({ peft_type: 'ADALORA', use_dora: true })).toBe(false);
   });
 
-  it('declares composition with the quant base transform (QDoRA)', () => {
-    expect(dora().compatibility.transforms).toContain('quant');
-    expect(doubleLora().compatibility.transforms).toContain('quant');
+  it('composes with the quant base transform (QDoRA) by the v2 default', () => {
+    const withQuant = createLoraRegistry({ plugins: [dora(), doubleLora(), quant()] });
+    expect(withQuant.checkRecipe({ adapter: 'dora', transforms: ['quant'] }).ok).toBe(true);
+    expect(withQuant.checkRecipe({ adapter: 'double-lora', transforms: ['quant'] }).ok).toBe(true);
   });
 
-  it('without dora(), a DoRA adapter is refused with the package to install', () => {
+  it("is found for LORA + use_dora and DOUBLE_LORA through the package's descriptor", () => {
+    expect(findPluginForPeftConfig([corePackage, pluginPackage], { peft_type: 'LORA', use_dora: true })?.plugin.name).toBe('dora');
+    expect(findPluginForPeftConfig([corePackage, pluginPackage], { peft_type: 'DOUBLE_LORA' })?.plugin.name).toBe('double-lora');
+    expect(findPluginForPeftConfig([corePackage, pluginPackage], { peft_type: 'LORA' })?.plugin.name).toBe('lora');
+  });
+
+  it('without dora(), a DoRA adapter is refused with a RegistryError', () => {
     let caught: unknown;
     try {
       createLoraRegistry({ plugins: [lora()] }).adapterForPeftConfig({ peft_type: 'LORA', use_dora: true });
@@ -98,6 +107,6 @@ describe('dora() and doubleLora() in the registry', () => {
       caught = error;
     }
     expect(caught).toBeInstanceOf(RegistryError);
-    expect((caught as RegistryError).packageName).toBe('@lora/dora');
+    expect((caught as RegistryError).message).toContain('use_dora');
   });
 });

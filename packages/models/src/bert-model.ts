@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ShapeError } from '@lora/core';
+import { Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ShapeError, type AdapterInputs } from '@lora/core';
 import { activationFunction } from './activations.js';
 import { attentionBias, mergeHeads, scaledDotProductAttention, splitHeads } from './attention.js';
 import { bertConfigJson, type BertConfig } from './bert-config.js';
@@ -15,6 +15,8 @@ export interface BertForwardOptions {
   readonly tokenTypeIds?: tf.Tensor;
   /** Position ids [B, T] or [T] (default 0 … T−1). */
   readonly positionIds?: tf.Tensor;
+  /** Per-forward inputs for the adapters of the `AdapterModel` wrapping this model. */
+  readonly adapterInputs?: AdapterInputs;
 }
 
 /** `BertEmbeddings`: word + absolute position + token type, then LayerNorm and dropout. */
@@ -228,6 +230,7 @@ export class BertModel extends PretrainedModel {
 
   /** Last hidden state [B, T, hidden] for ids [B, T]. The caller disposes it. */
   forward(inputIds: tf.Tensor, options: BertForwardOptions = {}): tf.Tensor {
+    if (options.adapterInputs !== undefined) return this.withAdapterInputs(options.adapterInputs, () => this.forward(inputIds, { ...options, adapterInputs: undefined }));
     checkInputs(inputIds, this.config);
     const [batch, time] = inputIds.shape as [number, number];
     const bias = attentionBias({ queries: time, past: 0, causal: false, attentionMask: options.attentionMask, batch });
@@ -286,9 +289,9 @@ export class BertForSequenceClassification extends PretrainedModel {
 
   /** Classification logits [B, numLabels]. The caller disposes them. */
   forward(inputIds: tf.Tensor, options: BertForwardOptions = {}): tf.Tensor {
-    return tf.tidy(() => {
-      const { poolerOutput } = this.bert.forwardWithPooler(inputIds, options);
+    return this.withAdapterInputs(options.adapterInputs, () => tf.tidy(() => {
+      const { poolerOutput } = this.bert.forwardWithPooler(inputIds, { ...options, adapterInputs: undefined });
       return this.classifier.forward(this.dropout.forward(poolerOutput));
-    });
+    }));
   }
 }

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { ConfigError, ShapeError } from '@lora/core';
+import { ConfigError, ShapeError, type AdapterInputs } from '@lora/core';
 import { KeyValueCache } from './attention.js';
 import { PACKAGE } from './config-fields.js';
 import type { CausalLanguageModel } from './pretrained-model.js';
@@ -25,6 +25,8 @@ export interface GenerateOptions {
   readonly useCache?: boolean;
   /** Called after each step with the new token of every row. */
   readonly onStep?: (tokens: readonly number[], step: number) => void;
+  /** Per-forward inputs for the adapters of the `AdapterModel` wrapping the model (e.g. a condition per row), for every step. */
+  readonly adapterInputs?: AdapterInputs;
 }
 
 function checkOption(condition: boolean, field: string, received: unknown, expected: string): void {
@@ -109,31 +111,33 @@ export function generate(model: CausalLanguageModel, prompts: readonly number[] 
   model.eval();
   const finished = rows.map(() => false);
   try {
-    for (let step = 0; step < maxNewTokens; step++) {
-      const feed = cache && cache.length > 0 ? rows.map((row) => row.slice(-1)) : rows;
-      const lastLogits = tf.tidy(() => {
-        const input = tf.tensor2d(feed, undefined, 'int32');
-        const logits = model.forward(input, { cache });
-        const [batch, time, vocab] = logits.shape as [number, number, number];
-        return tf.reshape(tf.slice(logits, [0, time - 1, 0], [batch, 1, vocab]), [batch, vocab]);
-      });
-      const values = lastLogits.dataSync();
-      lastLogits.dispose();
-      const vocab = model.vocabSize;
-      const chosen = rows.map((row, i) => {
-        if (finished[i]) {
-          const pad = row[row.length - 1]!;
-          row.push(pad);
-          return pad;
-        }
-        const token = pickToken(values.subarray(i * vocab, (i + 1) * vocab), options, random);
-        row.push(token);
-        if (eos.has(token)) finished[i] = true;
-        return token;
-      });
-      options.onStep?.(chosen, step);
-      if (finished.every(Boolean)) break;
-    }
+    model.withAdapterInputs(options.adapterInputs, () => {
+      for (let step = 0; step < maxNewTokens; step++) {
+        const feed = cache && cache.length > 0 ? rows.map((row) => row.slice(-1)) : rows;
+        const lastLogits = tf.tidy(() => {
+          const input = tf.tensor2d(feed, undefined, 'int32');
+          const logits = model.forward(input, { cache });
+          const [batch, time, vocab] = logits.shape as [number, number, number];
+          return tf.reshape(tf.slice(logits, [0, time - 1, 0], [batch, 1, vocab]), [batch, vocab]);
+        });
+        const values = lastLogits.dataSync();
+        lastLogits.dispose();
+        const vocab = model.vocabSize;
+        const chosen = rows.map((row, i) => {
+          if (finished[i]) {
+            const pad = row[row.length - 1]!;
+            row.push(pad);
+            return pad;
+          }
+          const token = pickToken(values.subarray(i * vocab, (i + 1) * vocab), options, random);
+          row.push(token);
+          if (eos.has(token)) finished[i] = true;
+          return token;
+        });
+        options.onStep?.(chosen, step);
+        if (finished.every(Boolean)) break;
+      }
+    });
   } finally {
     cache?.dispose();
     model.train(wasTraining);

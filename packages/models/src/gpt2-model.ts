@@ -215,6 +215,6 @@ export class Gpt2LMHeadModel extends CausalLanguageModel {
   }
 
   forward(inputIds: tf.Tensor, options: CausalLmForwardOptions = {}): tf.Tensor {
-    return tf.tidy(() => (this.lm_head as TensorModule).forward(this.transformer.forward(inputIds, options)));
+    return this.withAdapterInputs(options.adapterInputs, () => tf.tidy(() => (this.lm_head as TensorModule).forward(this.transformer.forward(inputIds, options))));
   }
 }

@@ -221,6 +221,6 @@ export class LlamaForCausalLM extends CausalLanguageModel {
   }
 
   forward(inputIds: tf.Tensor, options: CausalLmForwardOptions = {}): tf.Tensor {
-    return tf.tidy(() => (this.lm_head as TensorModule).forward(this.model.forward(inputIds, options)));
+    return this.withAdapterInputs(options.adapterInputs, () => tf.tidy(() => (this.lm_head as TensorModule).forward(this.model.forward(inputIds, options))));
   }
 }

@@ -66,7 +66,7 @@ export class OutputHead extends Module implements BaseLayer {
   }
 
   /** An untied copy with its own variable (for `modules_to_save`). */
-  clone(): OutputHead {
+  override clone(): OutputHead {
     const copy = new OutputHead({ inFeatures: this.inFeatures, outFeatures: this.outFeatures });
     copy.weight.assign(this.weight);
     copy.weight.trainable = this.weight.trainable;

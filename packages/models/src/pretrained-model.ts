@@ -1,5 +1,5 @@
 import type * as tf from '@tensorflow/tfjs-core';
-import { Module, type AdapterTargetHints, type TensorModule } from '@lora/core';
+import { Module, type AdapterInputs, type AdapterTargetHints, type TensorModule } from '@lora/core';
 import type { KeyValueCache } from './attention.js';
 
 /** A layer slot that an adapter wrapper (`AdapterLayer`, `ModulesToSaveWrapper`) may replace. */
@@ -46,6 +46,8 @@ export interface CausalLmForwardOptions {
   readonly cache?: KeyValueCache;
   /** Position ids [B, T] (default past, past+1, …). */
   readonly positionIds?: tf.Tensor;
+  /** Per-forward inputs for the adapters of the `AdapterModel` wrapping this model (e.g. a condition per row). */
+  readonly adapterInputs?: AdapterInputs;
 }
 
 /** A decoder-only language model: token ids [B, T] → next-token logits [B, T, vocab]. */

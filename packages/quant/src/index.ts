@@ -55,3 +55,4 @@ export { AdamW8bit } from './adamw-8bit.js';
 export type { AdamW8bitOptions } from './adamw-8bit.js';
 export { memoryReport, measurePeakTensorBytes } from './memory.js';
 export type { QuantMemoryReport, PeakTensorBytes, MeasurableOptimizer } from './memory.js';
+export { pluginPackage } from './plugin-package.js';

@@ -1,4 +1,4 @@
-import { isBaseLayer, type BaseLayer, type BaseTransform, type Module } from '@lora/core';
+import { isBaseLayer, PLUGIN_SPECIFICATION_VERSION, type BaseLayer, type BaseTransform, type Module } from '@lora/core';
 import { parseQuantOptions, type QuantConfig, type QuantOptions } from './quant-config.js';
 import { QuantLinear } from './quant-layer.js';
 
@@ -37,7 +37,7 @@ export function shouldQuantize(path: string, module: Module, model: Module | und
 export function quant(options: QuantOptions = {}): QuantTransform {
   const config = parseQuantOptions(options);
   return {
-    specificationVersion: 'v1',
+    specificationVersion: PLUGIN_SPECIFICATION_VERSION,
     kind: 'base-transform',
     name: 'quant',
     packageName: '@lora/quant',

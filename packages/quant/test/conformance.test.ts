@@ -9,6 +9,7 @@ const invalidConfigs = [{ r: 0 }, { loraDropout: 1.5 }];
 // QLoRA with merge mode 'dequantize': merged forward ≡ unmerged forward at core's default tolerance.
 describe("QLoRA, merge: 'dequantize'", () => {
   describeAdapterPlugin(lora({ seed: 5 }), {
+    withSeed: (seed) => lora({ seed }),
     validConfig,
     invalidConfigs,
     extraPlugins: [quant({ merge: 'dequantize' })],
@@ -22,6 +23,7 @@ describe("QLoRA, merge: 'dequantize'", () => {
 // difference measured is 0.15, allowed 0.3. Unmerge must still restore the exact bytes (checked at 1e-5).
 describe("QLoRA, merge: 'requantize' (default)", () => {
   describeAdapterPlugin(lora({ seed: 5 }), {
+    withSeed: (seed) => lora({ seed }),
     validConfig,
     invalidConfigs,
     extraPlugins: [quant()],

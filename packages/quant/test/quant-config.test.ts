@@ -24,7 +24,7 @@ describe('parseQuantOptions / quant', () => {
       keepOriginalOnMerge: true,
     });
     const transform = quant({ type: 'fp4', blockSize: 128 });
-    expect(transform).toMatchObject({ specificationVersion: 'v1', kind: 'base-transform', name: 'quant', packageName: '@lora/quant' });
+    expect(transform).toMatchObject({ specificationVersion: 'v2', kind: 'base-transform', name: 'quant', packageName: '@lora/quant' });
     expect(transform.config.type).toBe('fp4');
   });
 
