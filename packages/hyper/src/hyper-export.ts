@@ -3,16 +3,19 @@ import path from 'node:path';
 import {
   ADAPTER_CONFIG_NAME,
   ADAPTER_WEIGHTS_NAME,
+  adapterStateDict,
   lora,
   LoraError,
   tensorToEntry,
   writeJsonAtomic,
   writeSafetensorsFile,
+  type AdapterModel,
   type PeftConfigJson,
   type SafetensorsEntry,
 } from '@lora/core';
 import type { Condition } from './conditions.js';
-import type { HyperLoraState } from './hyper-state.js';
+import type { HyperLoraConfig } from './hyper-config.js';
+import { HyperLoraState } from './hyper-state.js';
 
 /** A plain PEFT LoRA adapter in memory: its `adapter_config.json` object and its tensors by saved key. */
 export interface ExportedLora {
@@ -75,4 +78,55 @@ export async function writeExportedLora(exported: ExportedLora, directory: strin
   } finally {
     tf.dispose([...exported.tensors.values()]);
   }
+}
+
+/** Options for {@link exportHyperLoraAsLora} and {@link saveHyperLoraAsLora}. */
+export interface HyperLoraExportOptions {
+  /** The HyperLoRA adapter to export (default `default`). */
+  readonly adapterName?: string;
+  /** The condition to freeze (default: every factor null). */
+  readonly condition?: Condition;
+}
+
+/**
+ * The plain PEFT LoRA an adapter model's HyperLoRA gives for one fixed condition (see
+ * {@link hyperStateToLora}); `modules_to_save` copies, trained biases, `bias`, `task_type` and the
+ * base model's name are carried over.
+ * @returns the config object and the tensors; the caller disposes the tensors.
+ * @throws {LoraError} when the adapter is not a HyperLoRA; {ConfigError} for an unknown condition.
+ * @example
+ * const { config, tensors } = exportHyperLoraAsLora(peft, { condition: { src: 'fr', tgt: 'de' } });
+ */
+export function exportHyperLoraAsLora(adapterModel: AdapterModel, options: HyperLoraExportOptions = {}): ExportedLora {
+  const adapterName = options.adapterName ?? 'default';
+  const { plugin, config } = adapterModel.adapterConfig(adapterName);
+  const state = adapterModel.adapterState(adapterName);
+  if (!(state instanceof HyperLoraState)) {
+    throw new LoraError(`[@lora/hyper] exportHyperLoraAsLora needs a HyperLoRA adapter; "${adapterName}" is a ${plugin.name} adapter.`, { plugin: 'hyper' });
+  }
+  const own = new Set(state.namedTensors().map(([key]) => key));
+  const extraTensors = new Map([...adapterStateDict(adapterModel, adapterName)].filter(([key]) => !own.has(key)));
+  const hyperConfig = config as HyperLoraConfig;
+  return hyperStateToLora(state, {
+    condition: options.condition,
+    extraTensors,
+    extraConfig: {
+      bias: hyperConfig.bias,
+      modules_to_save: hyperConfig.modulesToSave,
+      task_type: hyperConfig.taskType,
+      base_model_name_or_path: hyperConfig.baseModelNameOrPath,
+      revision: hyperConfig.revision,
+    },
+  });
+}
+
+/**
+ * Write {@link exportHyperLoraAsLora}'s result as a PEFT LoRA directory (`adapter_config.json` +
+ * `adapter_model.safetensors`, atomically). Load it with `lora()` here or `PeftModel.from_pretrained` in Python.
+ * @throws {LoraError} when the adapter is not a HyperLoRA or a weight is not finite (nothing is written then).
+ * @example
+ * await saveHyperLoraAsLora(peft, './fr-de', { condition: { src: 'fr', tgt: 'de' } });
+ */
+export async function saveHyperLoraAsLora(adapterModel: AdapterModel, directory: string, options: HyperLoraExportOptions = {}): Promise<void> {
+  await writeExportedLora(exportHyperLoraAsLora(adapterModel, options), directory);
 }

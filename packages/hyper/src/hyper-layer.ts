@@ -47,16 +47,9 @@ export class HyperLoraAdapter implements AdapterInstance {
     });
   }
 
+  /** ΔW = s·B(c)·A(c) [out, in] for the state's default condition (core merges additively with it). The caller disposes it. */
   deltaWeight(): tf.Tensor2D {
     return this.state.deltaWeight(this.targetIndex);
-  }
-
-  mergeWeight(weight: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => tf.add(weight, this.deltaWeight()));
-  }
-
-  unmergeWeight(weight: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => tf.sub(weight, this.deltaWeight()));
   }
 
   /** Nothing to free: the state owns the generator. */

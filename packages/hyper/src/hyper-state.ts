@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { CheckpointError, type TrainingHooks } from '@lora/core';
+import { CheckpointError, type AdapterInputs, type AdapterState, type TrainingHooks } from '@lora/core';
 import { GeneratedAdapterCache, type CacheStats } from './cache.js';
 import { batchConditions, ConditionEncoder, conditionKey, resolveCondition, type Condition, type ConditionBatch, type ConditionInput } from './conditions.js';
 import { HyperGenerator, hyperParameterCount, planTargets, type GeneratedFactors, type HyperParameterCount, type TargetPlan } from './generator.js';
@@ -79,7 +79,7 @@ function seededUniform(seed: number): () => number {
  * are needed for backward); otherwise `endForward` disposes what the forward made, and the cache
  * owns what it keeps.
  */
-export class HyperLoraState {
+export class HyperLoraState implements AdapterState {
   readonly adapterName: string;
   readonly config: HyperLoraConfig;
   readonly plan: TargetPlan;
@@ -178,7 +178,7 @@ export class HyperLoraState {
    * and generates the factors of every target for the distinct conditions (cached in inference).
    * @throws {ConfigError} for an unknown factor or value.
    */
-  beginForward(context: { readonly inputs: Readonly<Record<string, unknown>>; readonly training: boolean }): void {
+  beginForward(context: { readonly inputs: AdapterInputs; readonly training: boolean }): void {
     const input = (context.inputs['condition'] as ConditionInput | undefined) ?? this.defaultCondition;
     const batch = batchConditions(this.config.condition, input, {
       dropout: context.training ? this.config.conditionDropout : 0,

@@ -1,4 +1,7 @@
 // @lora/hyper: the whole public surface.
+export { hyper } from './hyper-plugin.js';
+export type { HyperPluginOptions } from './hyper-plugin.js';
+export { pluginPackage } from './plugin-package.js';
 export {
   parseHyperLoraConfig,
   hyperLoraConfigFromPeftJson,
@@ -17,5 +20,5 @@ export type { CacheStats } from './cache.js';
 export { HyperLoraState, HYPERLORA_STATE_PREFIX, DEFAULT_CACHE_BYTES } from './hyper-state.js';
 export type { HyperLoraStateOptions, ForwardFactors } from './hyper-state.js';
 export { HyperLoraAdapter } from './hyper-layer.js';
-export { hyperStateToLora, writeExportedLora } from './hyper-export.js';
-export type { ExportedLora, HyperStateExportOptions } from './hyper-export.js';
+export { exportHyperLoraAsLora, hyperStateToLora, saveHyperLoraAsLora, writeExportedLora } from './hyper-export.js';
+export type { ExportedLora, HyperLoraExportOptions, HyperStateExportOptions } from './hyper-export.js';
