@@ -55,6 +55,18 @@ describe('lora train / export / forward with HyperLoRA', () => {
     expect(unknown.stderr.trim().split('\n')).toHaveLength(1);
   });
 
+  it('runs to the end on the default corpus (State of the Union, party × era), reporting the held-out combination against the base and a shared LoRA', async () => {
+    const out = path.join(directory, 'sotu-run');
+    const result = await run(['train', ...HYPER_ANSWERS, '--steps', '2', '--batch-size', '4', '--context', '32', '--out', out]);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(/condition era=modern,party=Republican \(held out of training\): base [\d.]+ → HyperLoRA [\d.]+ \(shared LoRA [\d.]+\)/u);
+    const report = JSON.parse(await readFile(path.join(out, 'hyper-report.json'), 'utf8')) as { conditions: { condition: string; heldOut: boolean; sharedLora: number }[] };
+    expect(report.conditions.map((row) => row.condition).sort()).toEqual(['era=early,party=Democratic', 'era=early,party=Republican', 'era=modern,party=Democratic', 'era=modern,party=Republican']);
+    expect(report.conditions.filter((row) => row.heldOut).map((row) => row.condition)).toEqual(['era=modern,party=Republican']);
+    expect(report.conditions.every((row) => Number.isFinite(row.sharedLora))).toBe(true);
+  });
+
   it('rejects a JSONL line without a condition, naming the file and line', async () => {
     const data = path.join(directory, 'plain.jsonl');
     await writeFile(data, '{"text": "a", "condition": {"task": "a"}}\n{"text": "b"}\n');
