@@ -1,15 +1,14 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { AdapterModel, causalLmLoss, createLoraRegistry, lora, saveAdapter, train, writeJsonAtomic, type LoraRegistry } from '@lora/core';
+import { AdapterModel, causalLmLoss, createLoraRegistry, lora, saveAdapter, train, writeJsonAtomic } from '@lora/core';
 import { loadStateOfTheUnion, shuffled, type CausalLanguageModel } from '@lora/models';
 import type * as Hyper from '@lora/hyper';
 import { CliError } from './errors.js';
 import { writeDirectoryAtomically } from './model-io.js';
 import type { PackageLoader } from './plugins.js';
-import type { VariantRecipe } from './recipe.js';
 import type { SelectorIo } from './select.js';
-import { loadLanguageModel } from './train-run.js';
+import { loadLanguageModel, type TrainRunOptions } from './train-run.js';
 
 /** One training text with its condition (`{"text": …, "condition": {"factor": "value"}}` in JSONL). */
 export interface ConditionedText {
@@ -99,19 +98,9 @@ function windowsByCondition(corpus: ConditionedCorpus, tokenize: (text: string) 
   return groups;
 }
 
-/** Options of a HyperLoRA fine-tuning run (`lora train` with the HyperLoRA answers). */
-export interface HyperRunOptions {
-  readonly modelDirectory: string | null;
-  readonly dataFile: string | null;
-  readonly outDirectory: string;
-  readonly overwrite?: boolean;
-  readonly steps: number;
-  readonly batchSize: number;
-  readonly contextLength: number;
-  readonly learningRate: number;
-  readonly seed: number;
-  readonly recipe: VariantRecipe;
-  readonly registry: LoraRegistry;
+/** Options of a HyperLoRA fine-tuning run (`lora train` with the HyperLoRA answers): those of a plain run, less the sample prompt. */
+export interface HyperRunOptions
+  extends Pick<TrainRunOptions, 'modelDirectory' | 'dataFile' | 'outDirectory' | 'overwrite' | 'steps' | 'batchSize' | 'contextLength' | 'learningRate' | 'seed' | 'recipe' | 'registry'> {
   readonly loader: PackageLoader;
   /** Validation windows evaluated per condition (default 16). */
   readonly validationWindows?: number;

@@ -151,46 +151,25 @@ async function runSelect(options: SelectCommandOptions, context: ProgramContext,
   if (!runAfter) return;
   assertInstalled(result);
   const registry = await registryForRecipe(recipe, context.loader ?? importPackage);
+  const run = {
+    modelDirectory,
+    dataFile: options.data ?? config?.data ?? null,
+    outDirectory: options.out ?? config?.out ?? path.join('lora-runs', result.variant),
+    overwrite: options.overwrite,
+    steps,
+    batchSize: options.batchSize,
+    contextLength: options.context,
+    learningRate: options.learningRate,
+    seed: options.seed,
+    recipe,
+    registry,
+  };
   if (recipe.adapter === 'hyper') {
     // HyperLoRA trains on conditioned texts and reports per condition: its own run (hyper-run.ts).
-    await runHyperTraining(
-      {
-        modelDirectory,
-        dataFile: options.data ?? config?.data ?? null,
-        outDirectory: options.out ?? config?.out ?? path.join('lora-runs', result.variant),
-        overwrite: options.overwrite,
-        steps,
-        batchSize: options.batchSize,
-        contextLength: options.context,
-        learningRate: options.learningRate,
-        seed: options.seed,
-        recipe,
-        registry,
-        loader: context.loader ?? importPackage,
-      },
-      context,
-    );
+    await runHyperTraining({ ...run, loader: context.loader ?? importPackage }, context);
     return;
   }
-  const report = await runTraining(
-    {
-      modelDirectory,
-      dataFile: options.data ?? config?.data ?? null,
-      outDirectory: options.out ?? config?.out ?? path.join('lora-runs', result.variant),
-      overwrite: options.overwrite,
-      steps,
-      batchSize: options.batchSize,
-      contextLength: options.context,
-      learningRate: options.learningRate,
-      seed: options.seed,
-      samplePrompt: options.prompt,
-      recipe,
-      registry,
-      decision,
-      backend: backend.description,
-    },
-    context,
-  );
+  const report = await runTraining({ ...run, samplePrompt: options.prompt, decision, backend: backend.description }, context);
   const change = ((report.after.validationPerplexity / report.before.validationPerplexity - 1) * 100).toFixed(1);
   context.stdout.write(
     `Validation perplexity ${report.before.validationPerplexity.toFixed(3)} → ${report.after.validationPerplexity.toFixed(3)} (${change}%) with ${report.variant} in ${report.seconds.toFixed(0)} s.\n`,
