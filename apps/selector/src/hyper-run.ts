@@ -3,12 +3,23 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { AdapterModel, causalLmLoss, createLoraRegistry, lora, saveAdapter, train, writeJsonAtomic } from '@lora/core';
 import { loadStateOfTheUnion, shuffled, type CausalLanguageModel } from '@lora/models';
-import type * as Hyper from '@lora/hyper';
 import { CliError } from './errors.js';
 import { writeDirectoryAtomically } from './model-io.js';
+import { recipePackageFor } from './recipe.js';
 import type { PackageLoader } from './plugins.js';
 import type { SelectorIo } from './select.js';
 import { loadLanguageModel, type TrainRunOptions } from './train-run.js';
+
+/** What the CLI uses of the HyperLoRA plugin package, loaded (like every variant package) by the name the recipe table gives. */
+interface HyperPackage {
+  parseConditionText(text: string): Record<string, string>;
+  resolveCondition(spec: unknown, condition: Readonly<Record<string, string>>): unknown;
+  saveHyperLoraAsLora(adapterModel: AdapterModel, directory: string, options: { readonly condition?: Readonly<Record<string, string>> }): Promise<void>;
+}
+
+async function loadHyperPackage(loader: PackageLoader): Promise<HyperPackage> {
+  return (await loader(recipePackageFor('hyper')!)) as HyperPackage;
+}
 
 /** One training text with its condition (`{"text": …, "condition": {"factor": "value"}}` in JSONL). */
 export interface ConditionedText {
@@ -248,7 +259,7 @@ export async function exportHyperCondition(
   options: { readonly adapterModel: AdapterModel; readonly conditionText: string; readonly outDirectory: string; readonly overwrite?: boolean; readonly loader: PackageLoader },
   io: SelectorIo,
 ): Promise<void> {
-  const hyperPackage = (await options.loader('@lora/hyper')) as typeof Hyper;
+  const hyperPackage = await loadHyperPackage(options.loader);
   const condition = await parseConditionFlag(options.conditionText, options.loader);
   const { plugin } = options.adapterModel.adapterConfig('default');
   if (plugin.name !== 'hyper') throw new CliError(`lora export turns a HyperLoRA adapter into a plain LoRA; this adapter is a ${plugin.name} adapter.`, { exitCode: 2 });
@@ -263,7 +274,7 @@ export async function exportHyperCondition(
 
 /** Parse `--condition factor=value[,factor=value]` with @lora/hyper's parser. @throws {CliError} (exit 2) on a malformed value. */
 export async function parseConditionFlag(text: string, loader: PackageLoader): Promise<Record<string, string>> {
-  const hyperPackage = (await loader('@lora/hyper')) as typeof Hyper;
+  const hyperPackage = await loadHyperPackage(loader);
   try {
     return hyperPackage.parseConditionText(text);
   } catch (error) {
@@ -276,12 +287,12 @@ export async function parseConditionFlag(text: string, loader: PackageLoader): P
  * @throws {CliError} (exit 2) when no active adapter is a HyperLoRA, or a factor or value is unknown (listing the known ones).
  */
 export async function checkConditionFor(adapterModel: AdapterModel | null, condition: Readonly<Record<string, string>>, loader: PackageLoader): Promise<void> {
-  const hyperPackage = (await loader('@lora/hyper')) as typeof Hyper;
-  const states = (adapterModel?.activeAdapters ?? []).map((name) => adapterModel!.adapterState(name)).filter((state) => state instanceof hyperPackage.HyperLoraState);
-  if (states.length === 0) throw new CliError('--condition selects the condition of a HyperLoRA adapter; pass one with --adapter <dir> (peft_type HYPERLORA).', { exitCode: 2 });
-  for (const state of states) {
+  const hyperPackage = await loadHyperPackage(loader);
+  const hyperAdapters = (adapterModel?.activeAdapters ?? []).map((name) => adapterModel!.adapterConfig(name)).filter((entry) => entry.plugin.name === 'hyper');
+  if (hyperAdapters.length === 0) throw new CliError('--condition selects the condition of a HyperLoRA adapter; pass one with --adapter <dir> (peft_type HYPERLORA).', { exitCode: 2 });
+  for (const { config } of hyperAdapters) {
     try {
-      hyperPackage.resolveCondition(state.config.condition, condition);
+      hyperPackage.resolveCondition((config as unknown as { condition: unknown }).condition, condition);
     } catch (error) {
       throw new CliError(`--condition: ${(error as Error).message.replace(/^\[[^\]]+\]\s*/u, '')}`, { exitCode: 2 });
     }
