@@ -2,6 +2,7 @@ import { mkdtemp, readdir, readFile, rm, writeFile, mkdir, cp } from 'node:fs/pr
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { maxRelativeError } from '@lora/core/testing';
 import { BERT, FIXTURES, GPT2, run } from './helpers.js';
 
 interface Reference {
@@ -14,16 +15,7 @@ const flat = (value: unknown): number[] => (Array.isArray(value) ? value.flatMap
 
 /** max|a − e| / max|e|, the acceptance measure. */
 function relativeError(actual: unknown, expected: unknown): number {
-  const a = flat(actual);
-  const e = flat(expected);
-  expect(a).toHaveLength(e.length);
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < e.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i]! - e[i]!));
-    scale = Math.max(scale, Math.abs(e[i]!));
-  }
-  return diff / scale;
+  return maxRelativeError(flat(actual), flat(expected));
 }
 
 async function reference(relative: string): Promise<Reference> {

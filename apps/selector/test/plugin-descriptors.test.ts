@@ -6,18 +6,14 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { maxAbsoluteError } from '@lora/core/testing';
 // @ts-expect-error -- a plain-JS third-party package without type declarations
 import { toy } from '@lora-internal/toy-plugin';
 import { GPT2, run } from './helpers.js';
 
 const INPUT = { input_ids: [[48, 212, 39, 54, 205], [250, 144, 178, 24, 234]] };
 const flat = (value: unknown): number[] => (Array.isArray(value) ? value.flatMap(flat) : [value as number]);
-const maxAbsDiff = (a: unknown, b: unknown): number => {
-  const x = flat(a);
-  const y = flat(b);
-  expect(x).toHaveLength(y.length);
-  return x.reduce((worst, value, i) => Math.max(worst, Math.abs(value - y[i]!)), 0);
-};
+const maxAbsDiff = (a: unknown, b: unknown): number => maxAbsoluteError(flat(a), flat(b));
 
 /** Give every adapter variable random values so the adapter changes the logits. */
 function randomize(adapterModel: AdapterModel): void {

@@ -29,11 +29,10 @@ console.log(peft.trainableParameters().line);
 const x = tf.randomNormal([64, 32], 0, 1, 'float32', 7);
 const y = tf.randomNormal([64, 8], 0, 1, 'float32', 8);
 const result = await train({
-  model: peft.model,
+  model: peft, // train() runs the adapter's hooks itself: orthogonal regulariser + rank allocation after every step
   trainData: [{ x, y }],
   steps: 200,
   learningRate: 1e-2,
-  hooks: peft.trainingHooks(), // orthogonal regulariser + rank allocation after every step
   lossFn: (batch) => tf.tidy(() => tf.mean(tf.square(tf.sub(peft.model.forward(batch.x), batch.y)))),
 });
 console.log(`loss ${result.losses[0].toFixed(4)} → ${result.losses.at(-1).toFixed(4)}`);

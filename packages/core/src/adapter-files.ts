@@ -3,12 +3,13 @@ import path from 'node:path';
 import { promises as fs } from 'node:fs';
 import { AdapterLayer } from './adapter-layer.js';
 import { AdapterModel } from './adapter-model.js';
-import { CheckpointError, ConfigError } from './errors.js';
+import { ConfigError } from './errors.js';
 import { readJsonFile, readSafetensorsFile, writeJsonAtomic, writeSafetensorsFile } from './files.js';
 import type { Module } from './module.js';
 import type { PeftConfigJson } from './plugin.js';
 import type { LoraRegistry } from './registry.js';
 import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
+import { assertTensorsFit, compareTensorShapes } from './tensor-fit.js';
 
 /** File names PEFT uses. */
 export const ADAPTER_CONFIG_NAME = 'adapter_config.json';
@@ -132,7 +133,7 @@ export async function loadAdapter(adapterModel: AdapterModel, directory: string,
     config: { ...configToOptions(config), inferenceMode: !(options.isTrainable ?? false) },
   });
   try {
-    assignAdapterTensors(adapterModel, name, file.tensors);
+    assignAdapterTensors(adapterModel, name, file.tensors, path.join(directory, ADAPTER_WEIGHTS_NAME));
   } catch (error) {
     adapterModel.deleteAdapter(name);
     throw error;
@@ -158,101 +159,45 @@ function configToOptions(config: object): Record<string, unknown> {
   return { ...(config as Record<string, unknown>) };
 }
 
-function assignAdapterTensors(adapterModel: AdapterModel, name: string, saved: ReadonlyMap<string, SafetensorsEntry>): void {
-  const missing: string[] = [];
-  const mismatched: { name: string; expected: number[]; received: number[] }[] = [];
-  const used = new Set<string>();
-  // Keys the adapter instances account for (present or missing); the rest of the state dict is checked after.
-  const instanceKeys = new Set<string>();
+function assignAdapterTensors(adapterModel: AdapterModel, name: string, saved: ReadonlyMap<string, SafetensorsEntry>, source: string): void {
+  // What the adapter expects, by file key (null: any shape, for instances and states that resize on load).
+  const expected = new Map<string, readonly number[] | null>();
   const plans: (() => void)[] = [];
-
-  for (const [modulePath, instance] of adapterModel.adapterInstances(name)) {
-    const local = new Map<string, SafetensorsEntry>();
-    for (const [key, variable] of instance.namedTensors()) {
-      const fileKey = `${PREFIX}${modulePath}.${key}`;
-      instanceKeys.add(fileKey);
-      const entry = saved.get(fileKey);
-      if (!entry) {
-        missing.push(fileKey);
-        continue;
-      }
-      used.add(fileKey);
-      local.set(key, entry);
-      if (!instance.loadTensors && !sameShape(entry.shape, variable.shape)) {
-        mismatched.push({ name: fileKey, expected: [...variable.shape], received: [...entry.shape] });
-      }
-    }
+  /** Load one group of tensors (an instance or the adapter-level state) through its own loader or by assignment. */
+  const plan = (keys: readonly [string, string, tf.Variable][], load: ((tensors: ReadonlyMap<string, tf.Tensor>) => void) | undefined): void => {
+    for (const [fileKey, , variable] of keys) expected.set(fileKey, load ? null : variable.shape);
     plans.push(() => {
       const tensors = new Map<string, tf.Tensor>();
       try {
-        for (const [key, entry] of local) tensors.set(key, entryToTensor(entry, key));
-        if (instance.loadTensors) instance.loadTensors(tensors);
-        else for (const [key, variable] of instance.namedTensors()) {
-          const value = tensors.get(key);
-          if (value) variable.assign(value);
-        }
+        for (const [fileKey, key] of keys) tensors.set(key, entryToTensor(saved.get(fileKey)!, fileKey));
+        if (load) load(tensors);
+        else for (const [, key, variable] of keys) variable.assign(tensors.get(key)!);
       } finally {
         for (const tensor of tensors.values()) tensor.dispose();
       }
     });
-  }
+  };
   const adapterState = adapterModel.adapterState(name);
-  if (adapterState?.loadTensors) {
-    const local = new Map<string, SafetensorsEntry>();
-    for (const [key] of adapterState.namedTensors?.() ?? []) {
-      instanceKeys.add(key);
-      const entry = saved.get(key);
-      if (!entry) missing.push(key);
-      else {
-        used.add(key);
-        local.set(key, entry);
-      }
-    }
-    plans.push(() => {
-      const tensors = new Map<string, tf.Tensor>();
-      try {
-        for (const [key, entry] of local) tensors.set(key, entryToTensor(entry, key));
-        adapterState.loadTensors!(tensors);
-      } finally {
-        for (const tensor of tensors.values()) tensor.dispose();
-      }
-    });
+  plan(
+    (adapterState?.namedTensors?.() ?? []).map(([key, variable]) => [key, key, variable]),
+    adapterState?.loadTensors?.bind(adapterState),
+  );
+  for (const [modulePath, instance] of adapterModel.adapterInstances(name)) {
+    plan(
+      instance.namedTensors().map(([key, variable]) => [`${PREFIX}${modulePath}.${key}`, key, variable]),
+      instance.loadTensors?.bind(instance),
+    );
   }
-  const state = adapterStateDict(adapterModel, name);
-  for (const [fileKey, variable] of state) {
-    if (instanceKeys.has(fileKey)) continue;
-    const entry = saved.get(fileKey);
-    if (!entry) {
-      missing.push(fileKey);
-      continue;
-    }
-    used.add(fileKey);
-    if (!sameShape(entry.shape, variable.shape)) {
-      mismatched.push({ name: fileKey, expected: [...variable.shape], received: [...entry.shape] });
-      continue;
-    }
-    plans.push(() => {
-      const value = entryToTensor(entry, fileKey);
-      variable.assign(value);
-      value.dispose();
-    });
-  }
-  const unexpected = [...saved.keys()].filter((key) => !used.has(key));
-  if (missing.length > 0 || unexpected.length > 0 || mismatched.length > 0) {
-    const parts = [
-      missing.length > 0 ? `missing: ${missing.join(', ')}` : '',
-      unexpected.length > 0 ? `unexpected: ${unexpected.join(', ')}` : '',
-      mismatched.length > 0
-        ? `wrong shape: ${mismatched.map((m) => `${m.name} (expected [${m.expected.join(', ')}], file has [${m.received.join(', ')}])`).join(', ')}`
-        : '',
-    ].filter(Boolean);
-    throw new CheckpointError(`[@lora/core] The adapter does not fit this model: ${parts.join('; ')}.`, { missing, unexpected, mismatched });
-  }
-  for (const plan of plans) plan();
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
+  // The rest of the state dict: modules_to_save copies and trained biases.
+  const rest = [...adapterStateDict(adapterModel, name)].filter(([fileKey]) => !expected.has(fileKey));
+  plan(rest.map(([fileKey, variable]) => [fileKey, fileKey, variable]), undefined);
+  assertTensorsFit(compareTensorShapes(expected, saved), {
+    plugin: '@lora/core',
+    source: source,
+    target: `adapter "${name}" on this model`,
+    hint: 'Check that the adapter was saved for this base model and these target modules.',
+  });
+  for (const apply of plans) apply();
 }
 
 /** Whether a directory holds a PEFT adapter. */

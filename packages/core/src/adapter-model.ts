@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { AdapterLayer, ModulesToSaveWrapper, type AdapterLayerHost } from './adapter-layer.js';
 import { isBaseLayer, type BaseLayer } from './base-layer.js';
 import { ConfigError, LoraError } from './errors.js';
+import { replaceLayers } from './layer-replacement.js';
 import { Linear } from './linear.js';
 import type { LoraAdapter } from './lora-layer.js';
 import type { LoraConfig } from './lora-config.js';
@@ -175,18 +176,11 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
 
   /** Replace the layers a base transform selects (e.g. 4-bit quantization). Returns the replaced paths. */
   applyBaseTransform(transform: BaseTransform): string[] {
-    const replaced: string[] = [];
-    for (const [path, module] of this.model.namedModules()) {
-      if (path === '' || module instanceof AdapterLayer || !isBaseLayer(module)) continue;
-      if (this.isInsideWrapper(path)) continue;
-      if (!transform.shouldTransform(path, module, { model: this.model })) continue;
-      const replacement = transform.transform(module, path);
-      replacement.setTrainable(false);
-      this.model.setSubmodule(path, replacement);
-      if (replacement !== module) module.dispose();
-      replaced.push(path);
-    }
-    return replaced;
+    return replaceLayers(this.model, (path, module) => {
+      if (module instanceof AdapterLayer || !isBaseLayer(module) || this.isInsideWrapper(path)) return null;
+      if (!transform.shouldTransform(path, module, { model: this.model })) return null;
+      return transform.transform(module, path).setTrainable(false);
+    });
   }
 
   private isInsideWrapper(path: string): boolean {
@@ -520,11 +514,9 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
   mergeAndUnload(options: { safe?: boolean; dequantize?: boolean } = {}): M {
     if (options.dequantize) {
       this.unmerge();
-      for (const [path, module] of this.model.namedModules()) {
-        if (path === '' || module instanceof Linear || module instanceof AdapterLayer || !isBaseLayer(module)) continue;
-        this.model.setSubmodule(path, floatLinearOf(module));
-        module.dispose();
-      }
+      replaceLayers(this.model, (_path, module) =>
+        module instanceof Linear || module instanceof AdapterLayer || !isBaseLayer(module) ? null : (module.toLinear?.() ?? Linear.fromBaseLayer(module)),
+      );
     }
     this.merge({ safe: options.safe });
     return this.unload();
@@ -679,22 +671,9 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
   }
 }
 
-/** A float32 `Linear` computing what `layer` computes (its own `toLinear()` when it has one). */
-function floatLinearOf(layer: Module & BaseLayer): Linear {
-  if (layer.toLinear) return layer.toLinear();
-  const linear = new Linear({ inFeatures: layer.inFeatures, outFeatures: layer.outFeatures, bias: layer.bias !== null, fanInFanOut: layer.fanInFanOut });
-  tf.tidy(() => {
-    linear.assignDenseWeight(layer.denseWeight());
-    if (layer.bias && linear.bias) linear.bias.assign(layer.bias);
-  });
-  linear.setTrainable(false);
-  linear.training = layer.training;
-  return linear;
-}
-
 /**
- * PEFT's rule for configs with `fan_in_fan_out`: walking the targets in order, a Conv1D target
- * ([in, out] weight) sets it true and a Linear target sets it false (PEFT warns and changes the
+ * PEFT's rule for configs with `fan_in_fan_out`: walking the targets in order, a float Conv1D target
+ * ([in, out] weight) sets it true and a float Linear target sets it false (PEFT warns and changes the
  * config, which it then saves). Our layers read the layout from the base layer itself; this keeps
  * the saved config what PEFT writes for the same model.
  */
@@ -703,7 +682,8 @@ function withPeftFanInFanOut<T extends AdapterConfigBase>(config: T, targets: re
   let fanInFanOut = (config as T & { fanInFanOut: boolean }).fanInFanOut;
   for (const target of targets) {
     const base = target instanceof AdapterLayer ? target.base_layer : target;
-    if (isBaseLayer(base)) fanInFanOut = base.fanInFanOut;
+    // Only float layers: PEFT's 4-bit (bitsandbytes) layers leave the config's value as it is.
+    if (base instanceof Linear) fanInFanOut = base.fanInFanOut;
   }
   return fanInFanOut === (config as T & { fanInFanOut: boolean }).fanInFanOut ? config : { ...config, fanInFanOut };
 }

@@ -84,8 +84,8 @@ export {
 } from './adapter-files.js';
 export type { LoadAdapterOptions } from './adapter-files.js';
 
-export { AdamW, learningRateAt } from './optimizer.js';
-export type { AdamWOptions, LearningRateSchedule, TrainOptimizer } from './optimizer.js';
+export { AdamW, float32Moments, learningRateAt } from './optimizer.js';
+export type { AdamWOptions, LearningRateSchedule, MomentEncoding, MomentStore, TrainOptimizer } from './optimizer.js';
 export { train, evaluate } from './trainer.js';
 export type { TrainingTarget } from './training-target.js';
 export type { BatchSource, TrainOptions, TrainResult, TrainingProgress } from './trainer.js';

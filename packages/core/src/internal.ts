@@ -13,3 +13,7 @@ export { inMemoryTensorName } from './adapter-layer.js';
 export { describeValue } from './errors.js';
 export { thinSvd } from './svd.js';
 export { loraConfigShape, LORA_CONFIG_EXAMPLES, LORA_CONFIG_FIELDS } from './lora-config.js';
+export { seededRandom } from './random.js';
+export { assertTensorsFit, compareTensorShapes, sameShape } from './tensor-fit.js';
+export type { TensorFit } from './tensor-fit.js';
+export { replaceLayers } from './layer-replacement.js';

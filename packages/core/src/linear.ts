@@ -39,6 +39,22 @@ export class Linear extends Module implements BaseLayer {
   readonly weight: tf.Variable;
   readonly bias: tf.Variable | null;
 
+  /**
+   * A frozen float32 `Linear` computing what `layer` computes: its dense weight and a copy of its bias,
+   * stored in the given layout (default the layer's own `fanInFanOut`). `layer` is not changed. Used to
+   * turn any base layer (a 4-bit one) back into a float layer.
+   */
+  static fromBaseLayer(layer: BaseLayer & { readonly training?: boolean }, options: { readonly fanInFanOut?: boolean } = {}): Linear {
+    const linear = new Linear({ inFeatures: layer.inFeatures, outFeatures: layer.outFeatures, bias: layer.bias !== null, fanInFanOut: options.fanInFanOut ?? layer.fanInFanOut });
+    tf.tidy(() => {
+      linear.assignDenseWeight(layer.denseWeight());
+      if (layer.bias && linear.bias) linear.bias.assign(layer.bias);
+    });
+    linear.setTrainable(false);
+    linear.training = layer.training ?? linear.training;
+    return linear;
+  }
+
   constructor(options: LinearOptions) {
     super();
     this.inFeatures = options.inFeatures;

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { ConfigError } from './errors.js';
 import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
 
 /**
@@ -17,6 +18,66 @@ export interface TrainOptimizer {
   dispose(): void;
 }
 
+/**
+ * How {@link AdamW} keeps one variable's two moment estimates between steps. The update itself is
+ * always the float32 AdamW formula; a store only encodes its result (float32 variables by default,
+ * blockwise 8-bit codes in `@lora/quant`'s `AdamW8bit`).
+ */
+export interface MomentStore {
+  /** The moments as float32 tensors, called inside the update's `tidy` (new tensors are freed by it). */
+  read(): { m: tf.Tensor; v: tf.Tensor };
+  /** Keep the updated moments (the tensors belong to the update's `tidy`: copy or assign them). */
+  write(m: tf.Tensor, v: tf.Tensor): void;
+  /** Checkpoint entries for the variable checkpointed as `name` (keys end in `.${name}`). */
+  entries(name: string): [string, SafetensorsEntry][];
+  /** Restore from checkpoint entries written by `entries(name)`; absent keys leave the state as it is. */
+  load(entries: ReadonlyMap<string, SafetensorsEntry>, name: string): void;
+  /** Bytes of state held. */
+  readonly bytes: number;
+  /** Whether the store holds an encoding smaller than float32 (counted as quantized in {@link AdamW.stateBytes}). */
+  readonly quantized: boolean;
+  dispose(): void;
+}
+
+/** Creates the {@link MomentStore} of each variable AdamW updates. */
+export interface MomentEncoding {
+  create(variable: tf.Variable): MomentStore;
+}
+
+/** Float32 moments in two `tf.Variable`s, checkpointed as `adam_m.<name>` and `adam_v.<name>`: AdamW's default. */
+export const float32Moments: MomentEncoding = {
+  create(variable) {
+    // Inside tidy so the zero tensors the variables are made from are freed.
+    const { m, v } = tf.tidy(() => ({ m: tf.variable(tf.zerosLike(variable), false), v: tf.variable(tf.zerosLike(variable), false) }));
+    return {
+      read: () => ({ m, v }),
+      write(newM, newV) {
+        m.assign(newM);
+        v.assign(newV);
+      },
+      entries: (name) => [
+        [`adam_m.${name}`, tensorToEntry(m)],
+        [`adam_v.${name}`, tensorToEntry(v)],
+      ],
+      load(entries, name) {
+        const savedM = entries.get(`adam_m.${name}`);
+        const savedV = entries.get(`adam_v.${name}`);
+        if (!savedM || !savedV) return;
+        tf.tidy(() => {
+          m.assign(entryToTensor(savedM, name));
+          v.assign(entryToTensor(savedV, name));
+        });
+      },
+      bytes: (m.size + v.size) * 4,
+      quantized: false,
+      dispose() {
+        m.dispose();
+        v.dispose();
+      },
+    };
+  },
+};
+
 /** Options for {@link AdamW}; defaults as PyTorch's `torch.optim.AdamW`. */
 export interface AdamWOptions {
   /** Default 1e-3. */
@@ -29,12 +90,19 @@ export interface AdamWOptions {
   readonly epsilon?: number;
   /** Decoupled weight decay (default 0.01). */
   readonly weightDecay?: number;
+  /** How moments are stored between steps (default {@link float32Moments}). */
+  readonly momentEncoding?: MomentEncoding;
+  /** Package named in option errors (default `@lora/core`). */
+  readonly packageName?: string;
 }
 
 /**
  * AdamW with decoupled weight decay (Loshchilov & Hutter), bias-corrected as PyTorch's:
- * `p ← p − lr·wd·p`, then `p ← p − lr·m̂/(√v̂ + ε)`. State is one pair of moment variables per
- * parameter, created on first use, saved and restored by the trainer's checkpoints.
+ * `p ← p − lr·wd·p`, then `p ← p − lr·m̂/(√v̂ + ε)`. State is one {@link MomentStore} per parameter
+ * (float32 by default; `@lora/quant`'s `AdamW8bit` is this class with an 8-bit encoding), created on
+ * first use, saved and restored by the trainer's checkpoints.
+ *
+ * @throws {ConfigError} on an invalid option, naming it.
  */
 export class AdamW implements TrainOptimizer {
   readonly beta1: number;
@@ -44,7 +112,8 @@ export class AdamW implements TrainOptimizer {
   learningRate: number;
   /** Number of updates applied. */
   step = 0;
-  private readonly moments = new Map<tf.Variable, { m: tf.Variable; v: tf.Variable }>();
+  private readonly encoding: MomentEncoding;
+  private readonly stores = new Map<tf.Variable, MomentStore>();
 
   constructor(options: AdamWOptions = {}) {
     this.learningRate = options.learningRate ?? 1e-3;
@@ -52,19 +121,24 @@ export class AdamW implements TrainOptimizer {
     this.beta2 = options.beta2 ?? 0.999;
     this.epsilon = options.epsilon ?? 1e-8;
     this.weightDecay = options.weightDecay ?? 0.01;
+    this.encoding = options.momentEncoding ?? float32Moments;
+    const check = (field: string, value: number, ok: boolean, expected: string, example: number): void => {
+      if (!ok) throw new ConfigError({ plugin: options.packageName ?? '@lora/core', field, received: value, expected, hint: `Pass e.g. { ${field}: ${example} }.` });
+    };
+    check('learningRate', this.learningRate, Number.isFinite(this.learningRate) && this.learningRate >= 0, 'a finite number >= 0', 1e-3);
+    check('beta1', this.beta1, this.beta1 >= 0 && this.beta1 < 1, 'in [0, 1)', 0.9);
+    check('beta2', this.beta2, this.beta2 >= 0 && this.beta2 < 1, 'in [0, 1)', 0.999);
+    check('epsilon', this.epsilon, Number.isFinite(this.epsilon) && this.epsilon > 0, 'a finite number > 0', 1e-8);
+    check('weightDecay', this.weightDecay, Number.isFinite(this.weightDecay) && this.weightDecay >= 0, 'a finite number >= 0', 0.01);
   }
 
-  private stateFor(variable: tf.Variable): { m: tf.Variable; v: tf.Variable } {
-    let state = this.moments.get(variable);
-    if (!state) {
-      // Inside tidy so the zero tensors the variables are made from are freed.
-      state = tf.tidy(() => ({
-        m: tf.variable(tf.zerosLike(variable), false),
-        v: tf.variable(tf.zerosLike(variable), false),
-      }));
-      this.moments.set(variable, state);
+  private storeFor(variable: tf.Variable): MomentStore {
+    let store = this.stores.get(variable);
+    if (!store) {
+      store = this.encoding.create(variable);
+      this.stores.set(variable, store);
     }
-    return state;
+    return store;
   }
 
   /** Apply one update with `gradients` (not disposed here). */
@@ -74,12 +148,12 @@ export class AdamW implements TrainOptimizer {
     const correction2 = 1 - this.beta2 ** this.step;
     const stepSize = this.learningRate / correction1;
     for (const [variable, gradient] of gradients) {
-      const { m, v } = this.stateFor(variable);
+      const store = this.storeFor(variable);
       tf.tidy(() => {
+        const { m, v } = store.read();
         const newM = tf.add(tf.mul(m, this.beta1), tf.mul(gradient, 1 - this.beta1));
         const newV = tf.add(tf.mul(v, this.beta2), tf.mul(tf.square(gradient), 1 - this.beta2));
-        m.assign(newM);
-        v.assign(newV);
+        store.write(newM, newV);
         const decayed = this.weightDecay > 0 ? tf.mul(variable, 1 - this.learningRate * this.weightDecay) : variable;
         const denominator = tf.add(tf.div(tf.sqrt(newV), Math.sqrt(correction2)), this.epsilon);
         variable.assign(tf.sub(decayed, tf.mul(tf.div(newM, denominator), stepSize)));
@@ -87,44 +161,43 @@ export class AdamW implements TrainOptimizer {
     }
   }
 
-  /** The moment tensors of `variable`, if it has been updated. */
-  momentsOf(variable: tf.Variable): { m: tf.Variable; v: tf.Variable } | undefined {
-    return this.moments.get(variable);
+  /** The moments of `variable` as float32 copies the caller disposes (decoded when stored in 8 bits), if it has been updated. */
+  momentsOf(variable: tf.Variable): { m: tf.Tensor; v: tf.Tensor } | undefined {
+    const store = this.stores.get(variable);
+    if (!store) return undefined;
+    return tf.tidy(() => {
+      const { m, v } = store.read();
+      return { m: tf.clone(m), v: tf.clone(v) };
+    });
   }
 
-  /** Restore moments (from a checkpoint). Values are copied. */
-  setMoments(variable: tf.Variable, m: tf.Tensor, v: tf.Tensor): void {
-    const state = this.stateFor(variable);
-    state.m.assign(m);
-    state.v.assign(v);
+  /** Bytes of optimizer state held, split by encoding, and the number of parameters with state. */
+  stateBytes(): { readonly total: number; readonly quantized: number; readonly float32: number; readonly parameters: number } {
+    let quantized = 0;
+    let float32 = 0;
+    let parameters = 0;
+    for (const [variable, store] of this.stores) {
+      if (store.quantized) quantized += store.bytes;
+      else float32 += store.bytes;
+      parameters += variable.size;
+    }
+    return { total: quantized + float32, quantized, float32, parameters };
   }
 
   stateEntries(names: ReadonlyMap<tf.Variable, string>): Map<string, SafetensorsEntry> {
     const entries = new Map<string, SafetensorsEntry>();
-    for (const [variable, name] of names) {
-      const moments = this.moments.get(variable);
-      if (!moments) continue;
-      entries.set(`adam_m.${name}`, tensorToEntry(moments.m));
-      entries.set(`adam_v.${name}`, tensorToEntry(moments.v));
-    }
+    for (const [variable, name] of names) for (const [key, entry] of this.stores.get(variable)?.entries(name) ?? []) entries.set(key, entry);
     return entries;
   }
 
   loadStateEntries(entries: ReadonlyMap<string, SafetensorsEntry>, names: ReadonlyMap<tf.Variable, string>): void {
-    for (const [variable, name] of names) {
-      const m = entries.get(`adam_m.${name}`);
-      const v = entries.get(`adam_v.${name}`);
-      if (m && v) tf.tidy(() => this.setMoments(variable, entryToTensor(m, name), entryToTensor(v, name)));
-    }
+    for (const [variable, name] of names) this.storeFor(variable).load(entries, name);
   }
 
   /** Free the optimizer state. */
   dispose(): void {
-    for (const { m, v } of this.moments.values()) {
-      m.dispose();
-      v.dispose();
-    }
-    this.moments.clear();
+    for (const store of this.stores.values()) store.dispose();
+    this.stores.clear();
   }
 }
 

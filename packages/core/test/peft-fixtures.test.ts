@@ -141,7 +141,7 @@ describe('loadAdapter', () => {
     const error = caught as InstanceType<typeof CheckpointError>;
     expect(error.missing).toEqual(['base_model.model.transformer.h.1.attn.c_proj.lora_B.weight']);
     expect(error.mismatched.map((m) => m.name)).toEqual(['base_model.model.transformer.h.0.attn.c_attn.lora_A.weight']);
-    expect(error.message).toMatch(/missing: .*h\.1\.attn\.c_proj\.lora_B\.weight.*wrong shape: .*expected \[4, 64\], file has \[8, 32\]/u);
+    expect(error.message).toMatch(/missing: .*h\.1\.attn\.c_proj\.lora_B\.weight.*wrong shape: .*expected \[4, 64\], found \[8, 32\]/u);
     expect(model.namedParameters().map(([name]) => name)).toEqual(pathsBefore);
     expect(adapterModel.adapterNames).toEqual([]);
     model.dispose();

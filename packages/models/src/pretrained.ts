@@ -199,7 +199,7 @@ export async function loadPretrained<A extends ArchitectureName = ArchitectureNa
   const model = createModel(json as ConfigJson, { architecture: options.architecture, source: configFile });
   try {
     const tensors = await readCheckpointTensors(directory);
-    const report = loadStateDict(model, tensors, { strict: options.strict });
+    const report = loadStateDict(model, tensors, { strict: options.strict, source: `The checkpoint in ${directory}` });
     options.onReport?.(report);
   } catch (error) {
     model.dispose();

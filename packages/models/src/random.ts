@@ -1,17 +1,6 @@
-/**
- * A small seeded generator (mulberry32): uniform floats in [0, 1). Used for shuffles, splits and
- * sampling so results are reproducible for a seed.
- */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from '@lora/core/internal';
+
+export { seededRandom };
 
 /** A shuffled copy of `items` (Fisher–Yates with {@link seededRandom}). */
 export function shuffled<T>(items: readonly T[], seed: number): T[] {

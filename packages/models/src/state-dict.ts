@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { CheckpointError, entryToTensor, tensorToEntry, type SafetensorsEntry } from '@lora/core';
+import { entryToTensor, tensorToEntry, type SafetensorsEntry } from '@lora/core';
+import { assertTensorsFit, compareTensorShapes } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 import type { PretrainedModel } from './pretrained-model.js';
 
@@ -23,6 +24,8 @@ export interface LoadReport {
 export interface LoadStateDictOptions {
   /** Throw when anything is missing, unexpected or mis-shaped (default true). Mis-shaped tensors always throw. */
   readonly strict?: boolean;
+  /** What the tensors came from, named in errors (default `The checkpoint`), e.g. the file path. */
+  readonly source?: string;
 }
 
 function hasChild(model: PretrainedModel, name: string): boolean {
@@ -74,36 +77,30 @@ export function loadStateDict(
     }
     rename.set(target, key);
   }
-  const missing: string[] = [];
-  const mismatched: { name: string; expected: number[]; received: number[] }[] = [];
+  // Compare by model name: the checkpoint's tensors under the names they load into.
+  const renamed = new Map<string, SafetensorsEntry>();
+  for (const [name, key] of rename) renamed.set(name, tensors.get(key)!);
+  const fit = compareTensorShapes(new Map([...parameters].map(([name, variable]) => [name, variable.shape])), renamed);
   const dtypes: Record<string, number> = {};
-  for (const [name, variable] of parameters) {
-    const key = rename.get(name);
-    const entry = key === undefined ? undefined : tensors.get(key);
-    if (!entry || key === undefined) {
-      missing.push(name);
-      continue;
-    }
-    dtypes[entry.dtype] = (dtypes[entry.dtype] ?? 0) + 1;
-    if (entry.shape.length !== variable.shape.length || entry.shape.some((d, i) => d !== variable.shape[i])) {
-      mismatched.push({ name: key, expected: [...variable.shape], received: [...entry.shape] });
-    }
+  for (const [name] of parameters) {
+    const entry = renamed.get(name);
+    if (entry) dtypes[entry.dtype] = (dtypes[entry.dtype] ?? 0) + 1;
   }
-  const unexpected = [...rename.entries()].filter(([name]) => !parameters.has(name)).map(([, key]) => key);
-  if (mismatched.length > 0 || (strict && (missing.length > 0 || unexpected.length > 0))) {
-    const parts = [
-      missing.length > 0 ? `missing: ${missing.join(', ')}` : '',
-      unexpected.length > 0 ? `unexpected: ${unexpected.join(', ')}` : '',
-      mismatched.length > 0
-        ? `wrong shape: ${mismatched.map((m) => `${m.name} (model has [${m.expected.join(', ')}], checkpoint has [${m.received.join(', ')}])`).join(', ')}`
-        : '',
-    ].filter(Boolean);
-    throw new CheckpointError(
-      `[${PACKAGE}] The checkpoint does not fit ${model.architecture}: ${parts.join('; ')}. Check that config.json belongs to these weights` +
+  const missing = [...fit.missing];
+  const unexpected = fit.unexpected.map((name) => rename.get(name) ?? name);
+  const mismatched = fit.mismatched.map((m) => ({ ...m, name: rename.get(m.name) ?? m.name, expected: [...m.expected], received: [...m.received] }));
+  assertTensorsFit(
+    { missing, unexpected, mismatched },
+    {
+      plugin: PACKAGE,
+      source: options.source ?? 'The checkpoint',
+      target: model.architecture,
+      strict,
+      hint:
+        'Check that config.json belongs to these weights' +
         (mismatched.length === 0 ? '; to keep freshly initialised values for missing tensors (e.g. a new classifier head), pass { strict: false }.' : '.'),
-      { plugin: PACKAGE, missing, unexpected, mismatched },
-    );
-  }
+    },
+  );
   for (const [name, variable] of parameters) {
     const key = rename.get(name);
     const entry = key === undefined ? undefined : tensors.get(key);

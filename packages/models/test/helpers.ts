@@ -21,18 +21,7 @@ export function flat(value: unknown): number[] {
   return Array.isArray(value) ? value.flatMap(flat) : [Math.fround(value as number)];
 }
 
-/** max|actual − expected| / max|expected|: the acceptance metric of the issue. */
-export function relativeError(actual: tf.Tensor | ArrayLike<number>, expected: ArrayLike<number>): number {
-  const a = actual instanceof tf.Tensor ? actual.dataSync() : actual;
-  if (a.length !== expected.length) throw new Error(`length ${a.length} vs ${expected.length}`);
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i]! - expected[i]!));
-    scale = Math.max(scale, Math.abs(expected[i]!));
-  }
-  return diff / scale;
-}
+export { maxRelativeError as relativeError } from '@lora/core/testing';
 
 export function ids(rows: number[][]): tf.Tensor2D {
   return tf.tensor2d(rows, undefined, 'int32');

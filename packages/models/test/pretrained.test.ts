@@ -71,7 +71,7 @@ describe('loadPretrained', () => {
     const error = await caught(loadPretrained(directory));
     expect(error).toBeInstanceOf(CheckpointError);
     expect((error as CheckpointError).mismatched).toEqual([{ name: 'transformer.wpe.weight', expected: [64, 64], received: [32, 64] }]);
-    expect((error as Error).message).toMatch(/transformer\.wpe\.weight \(model has \[64, 64\], checkpoint has \[32, 64\]\)/u);
+    expect((error as Error).message).toMatch(/transformer\.wpe\.weight \(expected \[64, 64\], found \[32, 64\]\)/u);
   });
 
   it('fails naming unexpected tensors, unless strict is off', async () => {

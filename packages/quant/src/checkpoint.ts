@@ -17,6 +17,7 @@ import {
   type Module,
   type SafetensorsEntry,
 } from '@lora/core';
+import { assertTensorsFit } from '@lora/core/internal';
 import { findQuantizedModules, quantStateFromEntries, quantStateToEntries } from './bnb-format.js';
 import { fromBitsAndBytesConfig, parseQuantOptions, toBitsAndBytesConfig, type QuantConfig, type QuantMergeMode, type QuantOptions } from './quant-config.js';
 import { shouldQuantize } from './quant-plugin.js';
@@ -107,6 +108,8 @@ export interface LoadQuantizedOptions {
   readonly keepOriginalOnMerge?: boolean;
   /** Recorded on the layers (from `bnb_4bit_compute_dtype`). */
   readonly computeDtype?: QuantConfig['computeDtype'];
+  /** What the tensors came from, named in errors (default `The 4-bit checkpoint`), e.g. the directory. */
+  readonly source?: string;
 }
 
 /** What {@link loadQuantizedStateDict} did. */
@@ -215,17 +218,10 @@ export function loadQuantizedStateDict(
     if (replacedKeys.has(cut < 0 ? '' : key.slice(0, cut))) continue;
     if (!tensors.has(key)) missing.push(key);
   }
-  if (mismatched.length > 0 || (strict && (missing.length > 0 || unexpected.length > 0))) {
-    const parts = [
-      missing.length ? `missing: ${missing.slice(0, 8).join(', ')}${missing.length > 8 ? ', …' : ''}` : '',
-      unexpected.length ? `unexpected: ${unexpected.slice(0, 8).join(', ')}${unexpected.length > 8 ? ', …' : ''}` : '',
-      mismatched.length ? `mis-shaped: ${mismatched.slice(0, 8).map((m) => `${m.name} [${m.received.join(', ')}] vs [${m.expected.join(', ')}]`).join(', ')}` : '',
-    ].filter(Boolean);
-    throw new CheckpointError(
-      `[@lora/quant] The checkpoint does not fit the model (${parts.join('; ')}). The model was not changed. Pass { strict: false } to load what fits.`,
-      { plugin: '@lora/quant', missing, unexpected, mismatched },
-    );
-  }
+  assertTensorsFit(
+    { missing, unexpected, mismatched },
+    { plugin: '@lora/quant', source: options.source ?? 'The 4-bit checkpoint', target: 'the model', strict, hint: 'The model was not changed. Pass { strict: false } to load what fits.' },
+  );
 
   // Phase 2: apply.
   for (const plan of plans) {
@@ -412,6 +408,6 @@ export async function loadQuantizedModel<M extends Module>(directory: string, op
     );
   }
   const model = await options.loadModel(config);
-  const result = loadQuantizedStateDict(model, tensors, { ...options, computeDtype: quantConfig.computeDtype });
+  const result = loadQuantizedStateDict(model, tensors, { ...options, computeDtype: quantConfig.computeDtype, source: `The 4-bit checkpoint in ${directory}` });
   return { ...result, model, config, quantConfig };
 }

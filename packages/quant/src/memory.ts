@@ -3,10 +3,10 @@ import type { Module } from '@lora/core';
 import { QuantLinear } from './quant-layer.js';
 import { adapterVariables } from './tree-paths.js';
 
-/** An optimizer whose state size can be measured: {@link AdamW8bit}, or core's `AdamW` (via `momentsOf`). */
-export type MeasurableOptimizer =
-  | { stateBytes(): { readonly total: number } }
-  | { momentsOf(variable: tf.Variable): { readonly m: tf.Tensor; readonly v: tf.Tensor } | undefined };
+/** An optimizer whose state size can be measured: core's `AdamW` or {@link AdamW8bit} (its 8-bit encoding). */
+export interface MeasurableOptimizer {
+  stateBytes(): { readonly total: number };
+}
 
 /** Bytes held by a (Q)LoRA model, by component. See {@link memoryReport}. */
 export interface QuantMemoryReport {
@@ -38,15 +38,8 @@ export interface QuantMemoryReport {
   readonly summary: string;
 }
 
-function optimizerBytes(model: Module, optimizer: MeasurableOptimizer | undefined): number {
-  if (!optimizer) return 0;
-  if ('stateBytes' in optimizer) return optimizer.stateBytes().total;
-  let total = 0;
-  for (const [, variable] of model.namedParameters()) {
-    const moments = optimizer.momentsOf(variable);
-    if (moments) total += (moments.m.size + moments.v.size) * 4;
-  }
-  return total;
+function optimizerBytes(optimizer: MeasurableOptimizer | undefined): number {
+  return optimizer ? optimizer.stateBytes().total : 0;
 }
 
 function formatBytes(bytes: number): string {
@@ -92,7 +85,7 @@ export function memoryReport(model: Module, options: { readonly optimizer?: Meas
     if (owned.has(variable)) adapters += bytes;
     else otherParameters += bytes;
   }
-  const optimizerState = optimizerBytes(model, options.optimizer);
+  const optimizerState = optimizerBytes(options.optimizer);
   const quantized = packedWeights + quantState + quantTables;
   const quantizedFraction = float32Equivalent === 0 ? 0 : quantized / float32Equivalent;
   const bitsPerParameter = float32Equivalent === 0 ? 0 : (quantized * 8) / (float32Equivalent / 4);

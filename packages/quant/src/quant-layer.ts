@@ -280,22 +280,7 @@ export class QuantLinear extends Module implements BaseLayer {
    * source layer's layout (`fanInFanOut` for a former Conv1D). This layer is not changed.
    */
   toLinear(): Linear {
-    const linear = new Linear({
-      inFeatures: this.inFeatures,
-      outFeatures: this.outFeatures,
-      bias: this.bias !== null,
-      fanInFanOut: this.sourceFanInFanOut,
-    });
-    const dense = this.denseWeight();
-    try {
-      linear.assignDenseWeight(dense);
-    } finally {
-      dense.dispose();
-    }
-    if (this.bias && linear.bias) linear.bias.assign(this.bias);
-    linear.setTrainable(false);
-    linear.training = this.training;
-    return linear;
+    return Linear.fromBaseLayer(this, { fanInFanOut: this.sourceFanInFanOut });
   }
 
   /** Free the bias and any float weight; the packed bytes are released to the garbage collector. */

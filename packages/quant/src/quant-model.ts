@@ -1,4 +1,5 @@
 import { type AdapterModel, type Module, isBaseLayer } from '@lora/core';
+import { replaceLayers } from '@lora/core/internal';
 import type { QuantOptions } from './quant-config.js';
 import { QuantLinear } from './quant-layer.js';
 import { quant } from './quant-plugin.js';
@@ -16,14 +17,7 @@ import { quant } from './quant-plugin.js';
 export function quantizeModel(model: Module, options: QuantOptions = {}): string[] {
   // The same selection and layer as the `quant` base transform applies inside an AdapterModel.
   const transform = quant(options);
-  const replaced: string[] = [];
-  for (const [path, module] of model.namedModules()) {
-    if (path === '' || !isBaseLayer(module) || !transform.shouldTransform(path, module, { model })) continue;
-    model.setSubmodule(path, transform.transform(module, path));
-    module.dispose();
-    replaced.push(path);
-  }
-  return replaced;
+  return replaceLayers(model, (path, module) => (isBaseLayer(module) && transform.shouldTransform(path, module, { model }) ? transform.transform(module, path) : null));
 }
 
 /**
@@ -32,14 +26,7 @@ export function quantizeModel(model: Module, options: QuantOptions = {}): string
  * @returns the paths of the replaced layers.
  */
 export function dequantizeModel(model: Module): string[] {
-  const replaced: string[] = [];
-  for (const [path, module] of model.namedModules()) {
-    if (!(module instanceof QuantLinear) || path === '') continue;
-    model.setSubmodule(path, module.toLinear());
-    module.dispose();
-    replaced.push(path);
-  }
-  return replaced;
+  return replaceLayers(model, (_path, module) => (module instanceof QuantLinear ? module.toLinear() : null));
 }
 
 /**

@@ -6,26 +6,7 @@ import { fileURLToPath } from 'node:url';
 /** Directory of the shared NF4 reference fixture. */
 export const NF4_FIXTURE_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../../fixtures/reference/nf4');
 
-/** Deterministic N(0, 1) float32 samples (mulberry32 + Box–Muller), independent of tfjs's RNG. */
-export function normalSamples(count: number, seed: number, scale = 1): Float32Array {
-  let state = seed >>> 0;
-  const uniform = (): number => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const out = new Float32Array(count);
-  for (let i = 0; i < count; i += 2) {
-    const u1 = Math.max(uniform(), 1e-12);
-    const u2 = uniform();
-    const radius = Math.sqrt(-2 * Math.log(u1));
-    out[i] = radius * Math.cos(2 * Math.PI * u2) * scale;
-    if (i + 1 < count) out[i + 1] = radius * Math.sin(2 * Math.PI * u2) * scale;
-  }
-  return out;
-}
+export { seededNormalValues as normalSamples, maxAbsoluteError as maxAbsDifference } from '@lora/core/testing';
 
 /** A small MLP of core Linear layers: fc1 [in→hidden], proj (Conv1D layout) [hidden→hidden], lm_head [hidden→out]. */
 export class TinyMlp extends Module {
@@ -48,9 +29,3 @@ export class TinyMlp extends Module {
   }
 }
 
-/** Max |a − b| over two arrays. */
-export function maxAbsDifference(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]! - b[i]!));
-  return max;
-}
