@@ -14,7 +14,7 @@ export const OUTPUT_MARKER = '.lora-output.json';
 /** What a directory written by `lora` holds, and how far its writing got. */
 export interface OutputMarker {
   readonly tool: 'lora';
-  readonly kind: 'train' | 'merge' | 'quantize';
+  readonly kind: 'train' | 'merge' | 'quantize' | 'export';
   /** `running` while being written; `complete` once whole; a stopped training run says why. */
   readonly status: 'running' | 'complete' | 'interrupted' | 'diverged';
   /** The directory this one is written for (absolute). */

@@ -14,6 +14,7 @@ import { extraPluginPackages, importPackage, registryForRecipe, type PackageLoad
 import { recipeFor, recipePackageFor } from './recipe.js';
 import { assertInstalled, formatSelection, select, type SelectorIo } from './select.js';
 import { isResumableRun, readRunSettings, runTraining } from './train-run.js';
+import { checkConditionFor, exportHyperCondition, parseConditionFlag, runHyperTraining } from './hyper-run.js';
 
 /** Where the CLI reads and writes, plus an injectable package loader (tests simulate missing packages). */
 export interface ProgramContext extends SelectorIo {
@@ -241,14 +242,36 @@ async function runSelect(options: SelectCommandOptions, command: Command, contex
   assertInstalled(result);
   const registry = await registryForRecipe(recipe, loader, { seed: options.seed });
   const outDirectory = options.out ?? config?.out ?? path.join('lora-runs', result.variant);
+  // The default directory is lora's own: re-running replaces the previous run there.
+  const overwrite = options.overwrite || (options.out === undefined && config?.out === undefined);
+  if (recipe.adapter === 'hyper') {
+    // HyperLoRA trains on conditioned texts and reports per condition: its own run (hyper-run.ts).
+    await runHyperTraining(
+      {
+        modelDirectory,
+        dataFile: options.data ?? config?.data ?? null,
+        outDirectory,
+        overwrite,
+        steps,
+        batchSize: options.batchSize,
+        contextLength: options.context,
+        learningRate: options.learningRate,
+        seed: options.seed,
+        recipe,
+        registry,
+        loader,
+      },
+      context,
+    );
+    return;
+  }
   const report = await withSignals((signal) =>
     runTraining(
       {
         modelDirectory,
         dataFile: options.data ?? config?.data ?? null,
         outDirectory,
-        // The default directory is lora's own: re-running replaces the previous run there.
-        overwrite: options.overwrite || (options.out === undefined && config?.out === undefined),
+        overwrite,
         steps,
         batchSize: options.batchSize,
         contextLength: options.context,
@@ -306,18 +329,21 @@ export function buildProgram(context: ProgramContext): Command {
   program
     .command('forward')
     .description('run a model (with optional adapters and 4-bit base) on token ids and write the logits')
-    .requiredOption('--model <dir>', '(required) Hugging Face model directory')
+    .option('--model <dir>', 'Hugging Face model directory (default: the bundled base)')
     .option('--adapter <dir>', 'PEFT adapter directory (repeatable; all are applied)', (value: string, previous: string[]) => [...previous, value], [] as string[])
     .addOption(new Option('--quantize <type>', 'quantize the base to 4 bits first').choices(['nf4', 'fp4']))
     .requiredOption('--input <in.json>', '(required) {"input_ids": [[…]], "attention_mask": [[…]], "token_type_ids": [[…]], "adapter_inputs": {…}}')
     .requiredOption('--out <out.json>', '(required) where to write {"logits": […]}')
+    .option('--condition <factor=value,…>', 'HyperLoRA condition for every row (e.g. party=Democratic,era=modern)')
     .option('--allow-non-finite', ALLOW_NON_FINITE)
     .addOption(pluginOption())
-    .action(async (options: { model: string; adapter: string[]; quantize?: 'nf4' | 'fp4'; input: string; out: string; allowNonFinite?: boolean; plugin: string[] }) => {
-      const input = await readForwardInput(options.input);
+    .action(async (options: { model?: string; adapter: string[]; quantize?: 'nf4' | 'fp4'; input: string; out: string; condition?: string; allowNonFinite?: boolean; plugin: string[] }) => {
+      let input = await readForwardInput(options.input);
+      const condition = options.condition === undefined ? undefined : await parseConditionFlag(options.condition, context.loader ?? importPackage);
+      if (condition !== undefined) input = { ...input, adapter_inputs: { ...input.adapter_inputs, condition } };
       await initRuntime();
-      const { model } = await loadModelWithAdapters({
-        modelDirectory: options.model,
+      const { model, adapterModel } = await loadModelWithAdapters({
+        modelDirectory: options.model ?? bundledBaseDirectory(),
         adapterDirectories: options.adapter,
         quantize: options.quantize,
         loader: context.loader,
@@ -325,6 +351,7 @@ export function buildProgram(context: ProgramContext): Command {
         pluginPackages: options.plugin,
       });
       try {
+        if (condition !== undefined) await checkConditionFor(adapterModel, condition, context.loader ?? importPackage);
         model.eval();
         const logits = forwardLogits(model, input);
         const values = logits.arraySync();
@@ -438,12 +465,14 @@ export function buildProgram(context: ProgramContext): Command {
     .option('--top-k <k>', 'sample among the k most likely tokens', positiveInteger('--top-k'), 20)
     .option('--top-p <p>', 'nucleus sampling mass', positiveNumber('--top-p', { max: 1 }), 1)
     .option('--seed <n>', 'sampling seed', seedOption(), 0)
+    .option('--condition <factor=value,…>', 'HyperLoRA condition (e.g. party=Democratic,era=modern)')
     .option('--allow-non-finite', ALLOW_NON_FINITE)
     .addOption(pluginOption())
-    .action(async (options: { model?: string; adapter: string[]; prompt: string; maxNewTokens: number; greedy?: boolean; temperature: number; topK: number; topP: number; seed: number; allowNonFinite?: boolean; plugin: string[] }) => {
+    .action(async (options: { model?: string; adapter: string[]; prompt: string; maxNewTokens: number; greedy?: boolean; temperature: number; topK: number; topP: number; seed: number; condition?: string; allowNonFinite?: boolean; plugin: string[] }) => {
+      const condition = options.condition === undefined ? undefined : await parseConditionFlag(options.condition, context.loader ?? importPackage);
       await initRuntime();
       const directory = options.model ?? bundledBaseDirectory();
-      const { model } = await loadModelWithAdapters({
+      const { model, adapterModel } = await loadModelWithAdapters({
         modelDirectory: directory,
         adapterDirectories: options.adapter,
         loader: context.loader,
@@ -451,6 +480,7 @@ export function buildProgram(context: ProgramContext): Command {
         pluginPackages: options.plugin,
       });
       try {
+        if (condition !== undefined) await checkConditionFor(adapterModel, condition, context.loader ?? importPackage);
         if (!(model instanceof CausalLanguageModel)) throw new CliError(`lora generate needs a causal language model; ${directory} holds a ${model.architecture}.`, { exitCode: 2 });
         const tokenizer = await loadTokenizer(directory).catch(() => new ByteTokenizer());
         const promptIds = tokenizer.encode(options.prompt);
@@ -461,10 +491,33 @@ export function buildProgram(context: ProgramContext): Command {
           topK: options.topK,
           topP: options.topP,
           seed: options.seed,
+          adapterInputs: condition === undefined ? undefined : { condition },
         });
         context.stdout.write(`${options.prompt}${tokenizer.decode(tokens!.slice(promptIds.length))}\n`);
       } finally {
         model.dispose();
+      }
+    });
+
+  program
+    .command('export')
+    .description('write the plain PEFT LoRA a HyperLoRA adapter gives for one condition')
+    .option('--model <dir>', 'Hugging Face model directory (default: the bundled base)')
+    .requiredOption('--adapter <dir>', 'HyperLoRA adapter directory (peft_type HYPERLORA)')
+    .requiredOption('--condition <factor=value,…>', 'the condition to export, e.g. party=Democratic,era=modern')
+    .requiredOption('--out <dir>', 'output adapter directory')
+    .option('--overwrite', 'replace a non-empty output directory')
+    .addOption(pluginOption())
+    .action(async (options: { model?: string; adapter: string; condition: string; out: string; overwrite?: boolean; plugin: string[] }) => {
+      await initRuntime();
+      const loader = context.loader ?? importPackage;
+      const { model, adapterModel } = await loadModelWithAdapters({ modelDirectory: options.model ?? bundledBaseDirectory(), adapterDirectories: [options.adapter], loader, pluginPackages: options.plugin });
+      try {
+        await exportHyperCondition({ adapterModel: adapterModel!, conditionText: options.condition, outDirectory: options.out, overwrite: options.overwrite, loader }, context);
+      } finally {
+        // The adapter model owns the HyperLoRA generator (its adapter state) as well as the model.
+        if (adapterModel) adapterModel.dispose();
+        else model.dispose();
       }
     });
 

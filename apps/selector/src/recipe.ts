@@ -83,7 +83,14 @@ export function recipeFor(variant: Variant, context: RecipeContext): VariantReci
         adapter: 'hyper',
         transforms: [],
         packages: ['@lora/hyper'],
-        options: { r: 8, loraAlpha: 16, targetModules: [...context.targetModules], taskType: context.taskType },
+        // The default corpus's condition (State of the Union, party × era); a --data run replaces it with its file's factors.
+        options: {
+          r: 8,
+          loraAlpha: 16,
+          targetModules: [...context.targetModules],
+          taskType: context.taskType,
+          condition: { kind: 'discrete', factors: [{ name: 'era', values: ['early', 'modern'] }, { name: 'party', values: ['Democratic', 'Republican'] }] },
+        },
         summary: 'a hypernetwork generates the LoRA factors from a condition (task, language pair)',
       };
   }

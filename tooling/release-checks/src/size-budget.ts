@@ -16,6 +16,7 @@ export const SIZE_BUDGETS: MeasuredSizes = {
     '@lora/dora': 32_000,
     '@lora/quant': 80_000,
     '@lora/adalora': 64_000,
+    '@lora/hyper': 64_000,
     '@lora/cuda-backend': 32_000,
     '@lora/selector': 40_000,
   },

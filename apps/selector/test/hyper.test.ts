@@ -1,0 +1,77 @@
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GPT2, run } from './helpers.js';
+
+const HYPER_ANSWERS = ['--memory', 'ample', '--multi-task', '--compute', 'substantial'];
+
+describe('lora train / export / forward with HyperLoRA', () => {
+  let directory: string;
+  beforeAll(async () => {
+    directory = await mkdtemp(path.join(tmpdir(), 'selector-hyper-'));
+  });
+  afterAll(async () => {
+    await rm(directory, { recursive: true, force: true });
+  });
+
+  it('trains on a conditioned JSONL, names the condition of each loss, and exports a condition to a plain LoRA with the same logits', async () => {
+    const lines: string[] = [];
+    const texts = { a: 'the quick brown fox jumps over the lazy dog. ', b: 'we the people of the united states, in order to form. ' };
+    for (let i = 0; i < 20; i++) for (const task of ['a', 'b'] as const) lines.push(JSON.stringify({ text: texts[task].repeat(3), condition: { task } }));
+    const data = path.join(directory, 'tasks.jsonl');
+    await writeFile(data, `${lines.join('\n')}\n`);
+    const out = path.join(directory, 'hyper-run');
+    const trained = await run(['train', '--model', GPT2, ...HYPER_ANSWERS, '--data', data, '--steps', '3', '--batch-size', '4', '--context', '16', '--out', out]);
+    expect(trained.stderr).toBe('');
+    expect(trained.code).toBe(0);
+    expect(trained.stdout).toContain('└─▶ HyperLoRA');
+    expect(trained.stdout).toMatch(/condition task=a: base [\d.]+ → HyperLoRA [\d.]+/u);
+    expect(trained.stdout).toMatch(/condition task=b: base [\d.]+ → HyperLoRA [\d.]+/u);
+    const config = JSON.parse(await readFile(path.join(out, 'adapter_config.json'), 'utf8')) as { peft_type: string; condition: unknown };
+    expect(config.peft_type).toBe('HYPERLORA');
+    expect(config.condition).toEqual({ kind: 'discrete', factors: [{ name: 'task', values: ['a', 'b'], dim: 16 }] });
+
+    const exported = path.join(directory, 'task-b-lora');
+    const exportRun = await run(['export', '--model', GPT2, '--adapter', out, '--condition', 'task=b', '--out', exported]);
+    expect(exportRun.stderr).toBe('');
+    expect(exportRun.code).toBe(0);
+    expect((JSON.parse(await readFile(path.join(exported, 'adapter_config.json'), 'utf8')) as { peft_type: string }).peft_type).toBe('LORA');
+
+    const input = path.join(directory, 'in.json');
+    await writeFile(input, JSON.stringify({ input_ids: [[10, 20, 30, 40], [50, 60, 70, 80]] }));
+    const viaHyper = path.join(directory, 'hyper-logits.json');
+    const viaLora = path.join(directory, 'lora-logits.json');
+    expect((await run(['forward', '--model', GPT2, '--adapter', out, '--condition', 'task=b', '--input', input, '--out', viaHyper])).code).toBe(0);
+    expect((await run(['forward', '--model', GPT2, '--adapter', exported, '--input', input, '--out', viaLora])).code).toBe(0);
+    const flat = async (file: string) => (JSON.parse(await readFile(file, 'utf8')) as { logits: number[][][] }).logits.flat(2);
+    const [a, b] = [await flat(viaHyper), await flat(viaLora)];
+    expect(a.length).toBe(b.length);
+    expect(Math.max(...a.map((value, i) => Math.abs(value - b[i]!)))).toBeLessThan(1e-5);
+
+    const unknown = await run(['forward', '--model', GPT2, '--adapter', out, '--condition', 'task=z', '--input', input, '--out', viaHyper]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/--condition: .*condition\.task must be one of "a", "b", got "z"/u);
+    expect(unknown.stderr.trim().split('\n')).toHaveLength(1);
+  });
+
+  it('runs to the end on the default corpus (State of the Union, party × era), reporting the held-out combination against the base and a shared LoRA', async () => {
+    const out = path.join(directory, 'sotu-run');
+    const result = await run(['train', ...HYPER_ANSWERS, '--steps', '2', '--batch-size', '4', '--context', '32', '--out', out]);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(/condition era=modern,party=Republican \(held out of training\): base [\d.]+ → HyperLoRA [\d.]+ \(shared LoRA [\d.]+\)/u);
+    const report = JSON.parse(await readFile(path.join(out, 'hyper-report.json'), 'utf8')) as { conditions: { condition: string; heldOut: boolean; sharedLora: number }[] };
+    expect(report.conditions.map((row) => row.condition).sort()).toEqual(['era=early,party=Democratic', 'era=early,party=Republican', 'era=modern,party=Democratic', 'era=modern,party=Republican']);
+    expect(report.conditions.filter((row) => row.heldOut).map((row) => row.condition)).toEqual(['era=modern,party=Republican']);
+    expect(report.conditions.every((row) => Number.isFinite(row.sharedLora))).toBe(true);
+  });
+
+  it('rejects a JSONL line without a condition, naming the file and line', async () => {
+    const data = path.join(directory, 'plain.jsonl');
+    await writeFile(data, '{"text": "a", "condition": {"task": "a"}}\n{"text": "b"}\n');
+    const result = await run(['train', '--model', GPT2, ...HYPER_ANSWERS, '--data', data, '--steps', '2', '--context', '16', '--out', path.join(directory, 'plain-run')]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/plain\.jsonl:2: "condition" must be an object of non-empty strings/u);
+  });
+});

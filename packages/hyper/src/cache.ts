@@ -1,0 +1,114 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { GeneratedFactors } from './generator.js';
+
+/** Counters of a {@link GeneratedAdapterCache}. */
+export interface CacheStats {
+  readonly hits: number;
+  readonly misses: number;
+  readonly evictions: number;
+  /** Times the whole cache was dropped (optimizer step, weight load). */
+  readonly invalidations: number;
+  readonly entries: number;
+  readonly bytes: number;
+  readonly budgetBytes: number;
+}
+
+interface Entry {
+  readonly factors: readonly GeneratedFactors[];
+  readonly bytes: number;
+}
+
+/**
+ * An LRU cache of generated adapters for inference, keyed by the canonical condition key, within
+ * a byte budget. Cached tensors are kept (outside any tidy) and owned by the cache: they are
+ * disposed on eviction, on {@link GeneratedAdapterCache.invalidate} (any optimizer step or weight
+ * load) and on dispose. Callers must not dispose what `get` returns.
+ */
+export class GeneratedAdapterCache {
+  readonly budgetBytes: number;
+  private readonly entries = new Map<string, Entry>();
+  private bytes = 0;
+  private hits = 0;
+  private misses = 0;
+  private evictions = 0;
+  private invalidations = 0;
+
+  /** @param budgetBytes the most bytes of tensors kept (0 disables caching). */
+  constructor(budgetBytes: number) {
+    this.budgetBytes = budgetBytes;
+  }
+
+  /** The cached factors for a key (most recently used afterwards), or undefined. */
+  get(key: string): readonly GeneratedFactors[] | undefined {
+    const entry = this.entries.get(key);
+    if (!entry) {
+      this.misses += 1;
+      return undefined;
+    }
+    this.hits += 1;
+    this.entries.delete(key);
+    this.entries.set(key, entry);
+    return entry.factors;
+  }
+
+  /**
+   * Keep `factors` under `key`, evicting least recently used entries to stay within the budget.
+   * Entries under `pinned` keys (in use by the current forward pass) are never evicted. Returns
+   * false (and keeps nothing) when the entry does not fit; the caller still owns the tensors then.
+   */
+  put(key: string, factors: readonly GeneratedFactors[], pinned: ReadonlySet<string> = new Set()): boolean {
+    const bytes = factors.reduce((sum, { a, b }) => sum + (a.size + b.size) * 4, 0);
+    this.remove(key);
+    let evictable = this.bytes;
+    for (const [other, entry] of this.entries) if (pinned.has(other)) evictable -= entry.bytes;
+    if (bytes > this.budgetBytes - (this.bytes - evictable)) return false;
+    while (this.bytes + bytes > this.budgetBytes) {
+      const oldest = [...this.entries.keys()].find((other) => !pinned.has(other))!;
+      this.remove(oldest);
+      this.evictions += 1;
+    }
+    for (const { a, b } of factors) {
+      tf.keep(a);
+      tf.keep(b);
+    }
+    this.entries.set(key, { factors, bytes });
+    this.bytes += bytes;
+    return true;
+  }
+
+  /** Whether `tensor` is owned by this cache. */
+  owns(tensor: tf.Tensor): boolean {
+    for (const entry of this.entries.values()) if (entry.factors.some(({ a, b }) => a === tensor || b === tensor)) return true;
+    return false;
+  }
+
+  /** Drop every entry (the generator changed). */
+  invalidate(): void {
+    if (this.entries.size > 0) this.invalidations += 1;
+    for (const key of [...this.entries.keys()]) this.remove(key);
+  }
+
+  stats(): CacheStats {
+    return {
+      hits: this.hits,
+      misses: this.misses,
+      evictions: this.evictions,
+      invalidations: this.invalidations,
+      entries: this.entries.size,
+      bytes: this.bytes,
+      budgetBytes: this.budgetBytes,
+    };
+  }
+
+  private remove(key: string): void {
+    const entry = this.entries.get(key);
+    if (!entry) return;
+    for (const { a, b } of entry.factors) tf.dispose([a, b]);
+    this.entries.delete(key);
+    this.bytes -= entry.bytes;
+  }
+
+  dispose(): void {
+    this.invalidate();
+  }
+}

@@ -1,0 +1,57 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { applyToLastAxis, ShapeError, type AdapterInstance, type ApplyContext } from '@lora/core';
+import type { HyperLoraState } from './hyper-state.js';
+
+/**
+ * A HyperLoRA on one layer. It holds no variables of its own: it reads the A/B generated for the
+ * current forward pass from the adapter's {@link HyperLoraState} and adds `s·B(c)·A(c)·x` per row.
+ * One condition for the batch broadcasts (two small matMuls); per-row conditions gather each row's
+ * factors from the u generated ones (gather's gradient sums back into the u conditions).
+ */
+export class HyperLoraAdapter implements AdapterInstance {
+  readonly state: HyperLoraState;
+  readonly modulePath: string;
+  readonly targetIndex: number;
+
+  constructor(options: { state: HyperLoraState; modulePath: string }) {
+    this.state = options.state;
+    this.modulePath = options.modulePath;
+    this.targetIndex = options.state.targetIndex(options.modulePath);
+  }
+
+  /** None: the generator's variables are saved once by the adapter state. */
+  namedTensors(): [string, tf.Variable][] {
+    return [];
+  }
+
+  apply(input: tf.Tensor, result: tf.Tensor, context: ApplyContext): tf.Tensor {
+    return tf.tidy(() => {
+      const { a, b, rowIndex } = this.state.factorsFor(this.targetIndex);
+      const outFeatures = context.base.outFeatures;
+      let delta: tf.Tensor;
+      if (rowIndex === null) {
+        const loraA = tf.reshape(a, [a.shape[1], a.shape[2]]) as tf.Tensor2D;
+        const loraB = tf.reshape(b, [b.shape[1], b.shape[2]]) as tf.Tensor2D;
+        delta = applyToLastAxis(input, outFeatures, (m) => tf.matMul(tf.matMul(m, loraA, false, true), loraB, false, true));
+      } else {
+        const rows = rowIndex.shape[0];
+        if (input.rank < 2 || input.shape[0] !== rows) {
+          throw new ShapeError(`[@lora/hyper] ${this.modulePath}: inputs.condition has ${rows} rows, so the input's first axis`, [rows, null], input.shape);
+        }
+        const x = tf.reshape(input, [rows, -1, input.shape[input.rank - 1]!]) as tf.Tensor3D;
+        const rowA = tf.gather(a, rowIndex) as tf.Tensor3D;
+        const rowB = tf.gather(b, rowIndex) as tf.Tensor3D;
+        delta = tf.reshape(tf.matMul(tf.matMul(x, rowA, false, true), rowB, false, true), [...input.shape.slice(0, -1), outFeatures]);
+      }
+      return tf.add(result, tf.mul(delta, this.state.scaling));
+    });
+  }
+
+  /** ΔW = s·B(c)·A(c) [out, in] for the state's default condition (core merges additively with it). The caller disposes it. */
+  deltaWeight(): tf.Tensor2D {
+    return this.state.deltaWeight(this.targetIndex);
+  }
+
+  /** Nothing to free: the state owns the generator. */
+  dispose(): void {}
+}

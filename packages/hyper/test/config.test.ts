@@ -1,0 +1,54 @@
+import { ConfigError } from '@lora/core';
+import { describe, expect, it } from 'vitest';
+import { hyperLoraConfigFromPeftJson, hyperLoraConfigToPeftJson, parseConditionText, parseHyperLoraConfig, resolveCondition } from '../src/index.js';
+import { INVALID_CONFIGS, LANGUAGES } from './helpers.js';
+
+const condition = { kind: 'discrete', factors: [{ name: 'task', values: ['a', 'b'], dim: 4 }] };
+
+describe('parseHyperLoraConfig', () => {
+  it('fills the documented defaults', () => {
+    const config = parseHyperLoraConfig({ condition });
+    expect([config.r, config.loraAlpha, config.headMode, config.basisSize, config.trunkWidth, config.trunkDepth, config.layerEmbeddingDim, config.typeEmbeddingDim, config.conditionDropout]).toEqual([
+      8, 8, 'basis', 8, 64, 2, 8, 8, 0,
+    ]);
+    expect(config.condition).toEqual({ kind: 'discrete', factors: [{ name: 'task', values: ['a', 'b'], dim: 4 }] });
+  });
+
+  for (const [input, field] of INVALID_CONFIGS) {
+    it(`rejects ${JSON.stringify(input)} with a ConfigError naming ${field}`, () => {
+      let caught: unknown;
+      try {
+        parseHyperLoraConfig(input);
+      } catch (error) {
+        caught = error;
+      }
+      expect(caught).toBeInstanceOf(ConfigError);
+      expect((caught as ConfigError).field).toBe(field);
+      expect((caught as Error).message).toMatch(/^\[hyper\] Invalid config: /u);
+      expect((caught as Error).message).not.toContain('\n');
+    });
+  }
+});
+
+describe('hyperLoraConfigToPeftJson', () => {
+  it('writes HYPERLORA with the condition vocabulary and reads it back unchanged', () => {
+    const config = parseHyperLoraConfig({ r: 4, targetModules: ['q', 'v'], condition: LANGUAGES, headMode: 'diag', conditionDropout: 0.1 });
+    const json = hyperLoraConfigToPeftJson(config);
+    expect(json.peft_type).toBe('HYPERLORA');
+    expect(json['condition']).toEqual(LANGUAGES);
+    expect([json['head_mode'], json['condition_dropout'], json['trunk_width']]).toEqual(['diag', 0.1, 64]);
+    expect(hyperLoraConfigToPeftJson(hyperLoraConfigFromPeftJson(JSON.parse(JSON.stringify(json))))).toEqual(json);
+  });
+});
+
+describe('conditions', () => {
+  it('parses the CLI form and rejects unknown factors and values, listing the known ones', () => {
+    expect(parseConditionText('src=fr, tgt=de')).toEqual({ src: 'fr', tgt: 'de' });
+    expect(() => parseConditionText('src')).toThrow(ConfigError);
+    expect(() => parseConditionText('src=fr,src=de')).toThrow(/each factor once/u);
+    expect(() => resolveCondition(LANGUAGES, { lang: 'fr' })).toThrow(/Known factors: src \(en, fr, de\); tgt \(en, fr, de\)/u);
+    expect(() => resolveCondition(LANGUAGES, { src: 'es' })).toThrow(/condition\.src must be one of "en", "fr", "de", got "es"/u);
+    expect(() => resolveCondition({ kind: 'continuous', size: 3, dim: 4 }, [1, 2])).toThrow(/a vector of 3 numbers/u);
+    expect(() => resolveCondition({ kind: 'continuous', size: 2, dim: 4 }, [1, Number.NaN])).toThrow(ConfigError);
+  });
+});
