@@ -244,49 +244,26 @@ async function runSelect(options: SelectCommandOptions, command: Command, contex
   const outDirectory = options.out ?? config?.out ?? path.join('lora-runs', result.variant);
   // The default directory is lora's own: re-running replaces the previous run there.
   const overwrite = options.overwrite || (options.out === undefined && config?.out === undefined);
+  const run = {
+    modelDirectory,
+    dataFile: options.data ?? config?.data ?? null,
+    outDirectory,
+    overwrite,
+    steps,
+    batchSize: options.batchSize,
+    contextLength: options.context,
+    learningRate: options.learningRate,
+    seed: options.seed,
+    recipe,
+    registry,
+  };
   if (recipe.adapter === 'hyper') {
     // HyperLoRA trains on conditioned texts and reports per condition: its own run (hyper-run.ts).
-    await runHyperTraining(
-      {
-        modelDirectory,
-        dataFile: options.data ?? config?.data ?? null,
-        outDirectory,
-        overwrite,
-        steps,
-        batchSize: options.batchSize,
-        contextLength: options.context,
-        learningRate: options.learningRate,
-        seed: options.seed,
-        recipe,
-        registry,
-        loader,
-      },
-      context,
-    );
+    await runHyperTraining({ ...run, loader }, context);
     return;
   }
   const report = await withSignals((signal) =>
-    runTraining(
-      {
-        modelDirectory,
-        dataFile: options.data ?? config?.data ?? null,
-        outDirectory,
-        overwrite,
-        steps,
-        batchSize: options.batchSize,
-        contextLength: options.context,
-        learningRate: options.learningRate,
-        seed: options.seed,
-        checkpointEvery: options.checkpointEvery,
-        samplePrompt: options.prompt,
-        recipe,
-        registry,
-        decision,
-        backend: backend.description,
-        signal,
-      },
-      io,
-    ),
+    runTraining({ ...run, checkpointEvery: options.checkpointEvery, samplePrompt: options.prompt, decision, backend: backend.description, signal }, io),
   );
   finishTraining(report, outDirectory, options, context, io, result);
 }
