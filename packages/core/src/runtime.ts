@@ -35,8 +35,8 @@ export interface RuntimeOptions {
 let gradientsLoaded: Promise<void> | null = null;
 
 /**
- * Register gradient functions for every tfjs op. tfjs-core's Node build registers none; the
- * `@tensorflow/tfjs` package registers them all against the shared tfjs-core instance.
+ * Register gradient functions for every tfjs op. tfjs-core's Node build registers none until its
+ * `register_all_gradients` module is imported (register-gradients.ts).
  */
 export function ensureGradients(): Promise<void> {
   gradientsLoaded ??= import('./register-gradients.js').then(
@@ -44,7 +44,7 @@ export function ensureGradients(): Promise<void> {
     (error: unknown) => {
       gradientsLoaded = null;
       throw new LoraError(
-        '[@lora/core] Could not load @tensorflow/tfjs, which registers the gradient functions training needs. Install it next to @tensorflow/tfjs-core: `pnpm add @tensorflow/tfjs`.',
+        "[@lora/core] Could not load tfjs-core's gradient registrations or @tensorflow/tfjs-backend-cpu, dependencies of @lora/core that training needs; the install is incomplete: reinstall @lora/core and its peer @tensorflow/tfjs-core.",
         { cause: error },
       );
     },
