@@ -1,11 +1,13 @@
 // The throughput section of `pnpm bench`: matMul GFLOP/s per available backend, and tokens/s of
-// LoRA training, full fine-tuning and the forward pass on the `small` GPT-2 configuration.
+// LoRA training, full fine-tuning and the forward pass on the `small` GPT-2 configuration (and of
+// DoRA, AdaLoRA and QLoRA steps on the default backend).
 // Each measurement runs in a child process (tfjs backends are per process); a backend whose
 // child fails is reported as skipped, never fatal.
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { runChild as runScript, startCompetingProcess, table } from './lib/child.mjs';
 import { runTorchReference } from './lib/torch.mjs';
+import { METHOD_VARIANTS, VARIANTS } from './lib/variants.mjs';
 
 const CHILD = fileURLToPath(new URL('./throughput-child.mjs', import.meta.url));
 /** Fields the children add for the summary; the JSON rows keep the documented shape. */
@@ -39,8 +41,10 @@ export async function runThroughput({ quick = false, threads, log = (text) => pr
   const steps = quick ? '1' : '3';
   let torch = null;
   for (const kind of kinds) {
-    log(`throughput: small GPT-2 forward, LoRA and full fine-tuning steps on ${kind}…`);
-    const result = await runChild(['train', '--backend', kind, '--steps', steps, ...threadArgs], log);
+    log(`throughput: small GPT-2 forward, LoRA and full fine-tuning steps${kind === kinds[0] ? ' (and DoRA, AdaLoRA, QLoRA)' : ''} on ${kind}…`);
+    // The other methods' steps on the default backend only (the plain-JS one takes ~30 s a step).
+    const variants = kind === kinds[0] ? ['--variants', [...VARIANTS, ...METHOD_VARIANTS].join(',')] : [];
+    const result = await runChild(['train', '--backend', kind, '--steps', steps, ...variants, ...threadArgs], log);
     if (result.ok) trainRows.push(...result.value.rows);
     else skipped.push(`${kind}: ${result.reason}`);
     if (kind === kinds[0]) {
@@ -54,12 +58,32 @@ export async function runThroughput({ quick = false, threads, log = (text) => pr
   log(`throughput: LoRA steps on ${kinds[0]} without and with a competing busy process…`);
   const quiet = await runChild(['train', '--backend', kinds[0], '--steps', steps, '--variants', 'lora', ...threadArgs], log);
   const stopCompeting = startCompetingProcess();
-  const loaded = await runChild(['train', '--backend', kinds[0], '--steps', steps, '--variants', 'lora', ...threadArgs], log).finally(stopCompeting);
+  const loaded = await runChild(['train', '--backend', kinds[0], '--steps', steps, '--variants', 'lora', ...threadArgs], log).then(async (result) => {
+    // Under the same load, one WASM thread instead of the pool: the thread count to choose on a busy machine.
+    if (kinds[0] !== 'wasm-threads') return { result, single: null };
+    log('throughput: the same loaded LoRA steps on one WASM thread…');
+    return { result, single: await runChild(['train', '--backend', 'wasm', '--threads', '1', '--steps', steps, '--variants', 'lora'], log) };
+  }).finally(stopCompeting);
+  const singleStepMs = loaded.single?.ok ? loaded.single.value.rows[0].stepMs : null;
   const loadRows =
-    quiet.ok && loaded.ok
-      ? [{ kind: 'load', variant: 'lora', backend: quiet.value.rows[0].backend, threads: quiet.value.rows[0].threads, competingProcesses: 1, quietStepMs: quiet.value.rows[0].stepMs, loadedStepMs: loaded.value.rows[0].stepMs, slowdown: Number((loaded.value.rows[0].stepMs / quiet.value.rows[0].stepMs).toFixed(2)), backendKind: kinds[0] }]
+    quiet.ok && loaded.result.ok
+      ? [
+          {
+            kind: 'load',
+            variant: 'lora',
+            backend: quiet.value.rows[0].backend,
+            threads: quiet.value.rows[0].threads,
+            competingProcesses: 1,
+            quietStepMs: quiet.value.rows[0].stepMs,
+            loadedStepMs: loaded.result.value.rows[0].stepMs,
+            slowdown: Number((loaded.result.value.rows[0].stepMs / quiet.value.rows[0].stepMs).toFixed(2)),
+            loadedSingleThreadStepMs: singleStepMs,
+            singleThreadSpeedup: singleStepMs === null ? null : Number((loaded.result.value.rows[0].stepMs / singleStepMs).toFixed(2)),
+            backendKind: kinds[0],
+          },
+        ]
       : [];
-  if (loadRows.length === 0) skipped.push(`load comparison: ${quiet.ok ? loaded.reason : quiet.reason}`);
+  if (loadRows.length === 0) skipped.push(`load comparison: ${quiet.ok ? loaded.result.reason : quiet.reason}`);
 
   const config = { tokens: 8 * 128 };
   const torchRows = torch?.ok
@@ -123,6 +147,9 @@ export async function runThroughput({ quick = false, threads, log = (text) => pr
   }
   for (const row of loadRows) {
     lines.push('', `Under load (${kinds[0]}, LoRA step, one competing busy process): ${row.quietStepMs.toFixed(0)} ms → ${row.loadedStepMs.toFixed(0)} ms, ${row.slowdown.toFixed(2)}× slower (back to back).`);
+    if (row.loadedSingleThreadStepMs !== null) {
+      lines.push(`The same load, one WASM thread: ${row.loadedSingleThreadStepMs.toFixed(0)} ms, ${row.singleThreadSpeedup.toFixed(2)}× the ${row.threads}-thread step's speed (load average ${os.loadavg()[0].toFixed(1)} after the run).`);
+    }
   }
   if (skipped.length > 0) lines.push('', ...skipped.map((line) => `skipped: ${line}`));
   lines.push('', 'small = GPT-2 shape, byte vocabulary 257, d_model 256, 4 layers, 4 heads, batch 8 × 128 tokens; LoRA r=8, alpha=16 on attn.c_attn and attn.c_proj.');

@@ -1,11 +1,25 @@
 // The steps the bench measures on a model of one configuration: the forward pass with its loss
-// (`forward`), a LoRA training step (`lora`) and a full fine-tuning step (`full`), each through
+// (`forward`), a LoRA training step (`lora`), a full fine-tuning step (`full`) and the other
+// methods' steps (`dora`, `adalora`, `qlora`, set up as the comparison's rows are), each through
 // the same code a user runs (`core.train` with AdamW for the training variants).
+import { applyMethod } from '../comparison/measure.mjs';
+import { loadVariantPackages, VARIANTS as METHODS } from '../comparison/variants.mjs';
 import { core, tf } from './packages.mjs';
 import { CONFIGS, createModel, LORA_CONFIG, makeBatches } from './gpt2.mjs';
 
-/** The variants, in the order the bench reports them. */
+/** The variants run by default, in the order the bench reports them. */
 export const VARIANTS = ['forward', 'lora', 'full'];
+/** Further methods the throughput section steps on the default backend (reported, not asserted). */
+export const METHOD_VARIANTS = ['dora', 'adalora', 'qlora'];
+
+/** A method's adapter on `model`, with LoRA's targets and r 8 (the comparison's settings). */
+async function applyComparisonMethod(model, variant, steps) {
+  const definition = METHODS.find((entry) => entry.variant === variant);
+  const loaded = await loadVariantPackages(definition);
+  if (loaded.missing) throw new Error(`${variant} needs ${loaded.missing}, which is not installed.`);
+  const context = { targetModules: LORA_CONFIG.targetModules, fanInFanOut: LORA_CONFIG.fanInFanOut, modulesToSave: undefined, steps };
+  return applyMethod(model, definition, loaded.modules, { seed: 3, context }).adapterModel;
+}
 
 /**
  * Run `steps` steps of `variant` on a fresh model of `configName`; after each one call
@@ -27,16 +41,20 @@ export async function runVariant({ variant, configName = 'small', steps, onStepE
       }
       return;
     }
+    let trained = model;
     if (variant === 'lora') {
       core.AdapterModel.create(model, { registry: core.createLoraRegistry({ plugins: [core.lora({ seed: 3 })] }), config: LORA_CONFIG });
     } else if (variant === 'full') {
       model.setTrainable(true);
+    } else if (METHOD_VARIANTS.includes(variant)) {
+      // The AdapterModel brings its adapters' hooks (AdaLoRA's rank allocation) to train().
+      trained = await applyComparisonMethod(model, variant, steps);
     } else {
-      throw new Error(`Unknown variant "${variant}". Known: ${VARIANTS.join(', ')}.`);
+      throw new Error(`Unknown variant "${variant}". Known: ${[...VARIANTS, ...METHOD_VARIANTS].join(', ')}.`);
     }
     let last = performance.now();
     await core.train({
-      model,
+      model: trained,
       trainData: batches,
       steps,
       learningRate: 1e-3,

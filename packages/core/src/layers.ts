@@ -54,13 +54,37 @@ export class LayerNorm extends Module {
 
   forward(input: tf.Tensor): tf.Tensor {
     if (input.shape[input.rank - 1] !== this.dim) throw new ShapeError('[@lora/core] LayerNorm input', [null, this.dim], input.shape);
-    return tf.tidy(() => {
-      const axis = input.rank - 1;
-      const { mean, variance } = tf.moments(input, axis, true);
-      const normalised = tf.mul(tf.sub(input, mean), tf.rsqrt(tf.add(variance, this.eps)));
-      return tf.add(tf.mul(normalised, this.weight), this.bias);
-    });
+    return tf.tidy(() => layerNorm(input, this.weight, this.bias, this.eps));
   }
+}
+
+/**
+ * (x − μ)·r·w + b over the last axis, r = 1/√(σ² + eps), with its gradient written out: for
+ * x̂ = (x − μ)·r and g = dy·w, dx = r·(g − mean(g) − x̂·mean(g·x̂)), dw = Σ dy·x̂, db = Σ dy over the
+ * leading axes. The tape would otherwise differentiate moments, rsqrt and every broadcast of the
+ * forward chain, about twice as many kernels.
+ */
+function layerNorm(input: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
+  const axis = input.rank - 1;
+  const leadingAxes = Array.from({ length: axis }, (_, i) => i);
+  const normalise = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [x, w, b, save] = inputs as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    const { mean, variance } = tf.moments(x, axis, true);
+    const reciprocal = tf.rsqrt(tf.add(variance, eps));
+    const normalised = tf.mul(tf.sub(x, mean), reciprocal);
+    save([normalised, reciprocal, w]);
+    return {
+      value: tf.add(tf.mul(normalised, w), b),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xHat, r, savedWeight] = saved as [tf.Tensor, tf.Tensor, tf.Tensor];
+        const g = tf.mul(dy, savedWeight);
+        const centred = tf.sub(g, tf.mean(g, axis, true));
+        const dx = tf.mul(tf.sub(centred, tf.mul(xHat, tf.mean(tf.mul(g, xHat), axis, true))), r);
+        return [dx, tf.sum(tf.mul(dy, xHat), leadingAxes), tf.sum(dy, leadingAxes)];
+      },
+    };
+  });
+  return normalise(input, weight, bias) as tf.Tensor;
 }
 
 /** Root-mean-square normalisation with `weight` [dim] (Llama's `LlamaRMSNorm`). */

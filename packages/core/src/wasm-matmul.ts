@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { KernelReplacements } from './kernel-replacements.js';
+import { hasSimdBatchMatMul, simdBatchMatMul } from './wasm-simd-matmul.js';
 
 /**
  * tfjs-backend-wasm (4.x) runs a matMul on XNNPACK (SIMD, multi-threaded) only when neither operand
@@ -15,15 +16,19 @@ import { KernelReplacements } from './kernel-replacements.js';
  *   variable holds that data, so LoRA steps do not transpose it again every step (and XNNPACK,
  *   which caches its packed weights by operand, packs it once);
  * - a stack of left operands times one right operand is folded into one tall matrix;
- * - a stack times a stack (attention) runs as one XNNPACK product per matrix, when each is big
- *   enough for that to beat the loop ({@link MIN_FLOPS_PER_MATRIX}).
- * The products are the same, summed in XNNPACK's order instead of the loop's (float32 rounding
- * differs, nothing else).
+ * - a stack times a stack (attention) and thin products (a dimension of at most
+ *   {@link THIN_DIMENSION}: LoRA's rank-r factors) run on core's own batched SIMD kernel
+ *   (wasm-simd-matmul.ts), which reads transposed and broadcast operands in place.
+ * The products are the same, summed in another order than the loop's (float32 rounding differs,
+ * nothing else).
  */
 
 const MATMUL_KERNELS = ['BatchMatMul', '_FusedMatMul'] as const;
-/** Below this many flops per matrix, one XNNPACK call per matrix costs more than tfjs's loop. */
-export const MIN_FLOPS_PER_MATRIX = 1 << 18;
+/**
+ * Products with n or k at most this (or m, when A is transposed) are thin: packing and the
+ * threaded XNNPACK call, and the transposes it needs, cost more than the product itself.
+ */
+export const THIN_DIMENSION = 16;
 const replacements = new KernelReplacements();
 
 interface MatMulAttrs {
@@ -71,13 +76,18 @@ function fastMatMul(original: tf.KernelConfig, backendName: string): tf.KernelFu
     const biasFits = bias === undefined || sizeOf(bias.shape) === n;
     const alreadyFast = !transposeA && !transposeB && batchA === 1 && batchB === 1;
     const stacked = batchB > 1;
-    const usable =
-      a.dtype === 'float32' &&
-      b.dtype === 'float32' &&
-      isWasmKernelBackend(backend) &&
-      // XNNPACK reads a bias of exactly n values.
-      biasFits &&
-      (!stacked || ((batchA === 1 || batchA === batchB) && prelu === undefined && 2 * m * n * k >= MIN_FLOPS_PER_MATRIX));
+    const float32 = a.dtype === 'float32' && b.dtype === 'float32';
+    const batchShape = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
+    const thin = n <= THIN_DIMENSION || k <= THIN_DIMENSION || (transposeA && m <= THIN_DIMENSION);
+    if (float32 && (stacked || thin) && hasSimdBatchMatMul(backend)) {
+      const activation = (attrs?.['activation'] as string | undefined) ?? 'linear';
+      // The SIMD kernel computes the plain product; a fused bias or activation is applied after it.
+      if (bias !== undefined || prelu !== undefined || activation !== 'linear') return unfusedProduct(backendName, backend, inputs, attrs ?? {});
+      const out = simdBatchMatMul(backend, a, b, transposeA, transposeB, batchShape);
+      if (out !== null) return out;
+    }
+    // XNNPACK reads a bias of exactly n values; stacks it does not serve are left to tfjs's loop.
+    const usable = float32 && isWasmKernelBackend(backend) && biasFits && !stacked;
     if (alreadyFast && biasFits) return originalFunc(args);
     if (!usable) {
       // tfjs's loop adds bias[min(row·n + column, size − 1)] once per 48-wide block of k, which is
@@ -109,11 +119,10 @@ function fastMatMul(original: tf.KernelConfig, backendName: string): tf.KernelFu
     const reshape = (x: tf.TensorInfo, shape: number[]): tf.TensorInfo => keep(run('Reshape', { x }, backend, { shape }));
     const product = (left: tf.TensorInfo, right: tf.TensorInfo): tf.TensorInfo =>
       originalFunc({ inputs: { ...inputs, a: left, b: right }, backend, attrs: { ...attrs, transposeA: false, transposeB: false } }) as tf.TensorInfo;
-    const batchShape = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
     try {
       // A bias or PReLU weights belong to C's columns, so only a plain (or elementwise-activated)
       // product may be computed transposed.
-      const swappable = !stacked && batchA === 1 && bias === undefined && prelu === undefined;
+      const swappable = batchA === 1 && bias === undefined && prelu === undefined;
       const cached = { cachedA: frozen.has(a.dataId), cachedB: frozen.has(b.dataId) };
       if (swappable && transposeCost({ transposeA, transposeB, m, k, n, ...cached }).swapped) {
         // Cᵀ = op(B)ᵀ·op(A)ᵀ moves fewer values through WASM's (slow) Transpose than C = op(A)·op(B):
@@ -128,20 +137,17 @@ function fastMatMul(original: tf.KernelConfig, backendName: string): tf.KernelFu
       // Untransposed, contiguous: left [..., m, k] and right [..., k, n].
       const left = transposeA ? transposeLastTwo(a) : a;
       const right = transposeB ? transposeLastTwo(b) : b;
-      if (!stacked) {
-        // One right matrix: every left row meets the same weights, so the stack is one tall matrix.
-        const out = product(reshape(left, [1, batchA * m, k]), reshape(right, [1, k, n]));
-        out.shape = [...batchShape, m, n];
-        return out;
-      }
-      return stackedProduct(backend, { left, right, batchA, batch: batchB, m, k, n, outShape: [...batchShape, m, n] }, product, reshape);
+      // One right matrix: every left row meets the same weights, so the stack is one tall matrix.
+      const out = product(reshape(left, [1, batchA * m, k]), reshape(right, [1, k, n]));
+      out.shape = [...batchShape, m, n];
+      return out;
     } finally {
       for (const temporary of temporaries) backend.disposeData(temporary.dataId);
     }
   };
 }
 
-/** tfjs's `_FusedMatMul` as separate kernels: the product (through the patched BatchMatMul), the bias, the activation. */
+/** tfjs's `_FusedMatMul` as separate kernels: the product (through the patched BatchMatMul), the bias if any, the activation. */
 function unfusedProduct(backendName: string, backend: tf.KernelBackend, inputs: tf.NamedTensorInfoMap, attrs: tf.NamedAttrMap): tf.TensorInfo {
   const kernel = (name: string): tf.KernelFunc => {
     const found = tf.getKernel(name, backendName);
@@ -151,8 +157,9 @@ function unfusedProduct(backendName: string, backend: tf.KernelBackend, inputs: 
   const { transposeA, transposeB, activation, leakyreluAlpha } = attrs as unknown as MatMulAttrs & { activation: string; leakyreluAlpha?: number };
   const dispose = (info: tf.TensorInfo): void => void (backend as WasmKernelBackend).disposeData(info.dataId);
   const product = kernel('BatchMatMul')({ inputs: { a: inputs['a']!, b: inputs['b']! }, backend, attrs: { transposeA, transposeB } }) as tf.TensorInfo;
-  const biased = kernel('Add')({ inputs: { a: product, b: inputs['bias']! }, backend, attrs: {} }) as tf.TensorInfo;
-  dispose(product);
+  const bias = inputs['bias'];
+  const biased = bias === undefined ? product : (kernel('Add')({ inputs: { a: product, b: bias }, backend, attrs: {} }) as tf.TensorInfo);
+  if (biased !== product) dispose(product);
   const activations: Record<string, () => tf.TensorInfo> = {
     linear: () => biased,
     relu: () => kernel('Relu')({ inputs: { x: biased }, backend, attrs: {} }) as tf.TensorInfo,
@@ -239,32 +246,6 @@ function releaseStaleTransposes(backend: tf.KernelBackend, frozen: ReadonlySet<t
 export function keptWeightTransposes(backendName = 'wasm'): number {
   const backend = tf.engine().registry[backendName];
   return backend === undefined ? 0 : (keptTransposes.get(backend)?.size ?? 0);
-}
-
-/** One XNNPACK product per matrix of a stack, written into one output. */
-function stackedProduct(
-  backend: WasmKernelBackend,
-  shapes: { left: tf.TensorInfo; right: tf.TensorInfo; batchA: number; batch: number; m: number; k: number; n: number; outShape: number[] },
-  product: (left: tf.TensorInfo, right: tf.TensorInfo) => tf.TensorInfo,
-  reshape: (x: tf.TensorInfo, shape: number[]) => tf.TensorInfo,
-): tf.TensorInfo {
-  const { left, right, batchA, batch, m, k, n } = shapes;
-  const out = backend.makeOutput(shapes.outShape, 'float32');
-  const sharedLeft = batchA === 1 ? reshape(left, [1, m, k]) : null;
-  for (let index = 0; index < batch; index++) {
-    // Fresh tensors every time: XNNPACK caches its packed weights by the right operand's id.
-    const leftSlice = sharedLeft ?? backend.makeOutput([1, m, k], 'float32');
-    const rightSlice = backend.makeOutput([1, k, n], 'float32');
-    // Views are taken after every allocation: a growing heap replaces the buffer they view.
-    if (sharedLeft === null) backend.typedArrayFromHeap(leftSlice).set(backend.typedArrayFromHeap(left).subarray(index * m * k, (index + 1) * m * k));
-    backend.typedArrayFromHeap(rightSlice).set(backend.typedArrayFromHeap(right).subarray(index * k * n, (index + 1) * k * n));
-    const result = product(leftSlice, rightSlice);
-    backend.typedArrayFromHeap(out).set(backend.typedArrayFromHeap(result), index * m * n);
-    backend.disposeData(result.dataId);
-    backend.disposeData(rightSlice.dataId);
-    if (sharedLeft === null) backend.disposeData(leftSlice.dataId);
-  }
-  return out;
 }
 
 /**

@@ -84,6 +84,51 @@ describe('Module', () => {
     expectTensorsClose(rmsNorm.forward(x), expectedRms, { atol: 1e-5, rtol: 1e-5 });
   });
 
+  it.each(['wasm', 'cpu'])('differentiates LayerNorm as its definition in float64 (central differences) on %s', async (backend) => {
+    await initRuntime();
+    await tf.setBackend(backend);
+    const [rows, dim] = [6, 5];
+    const xs = Array.from({ length: rows * dim }, (_, i) => Math.sin(i * 1.7) * 3 + (i % dim));
+    const ws = Array.from({ length: dim }, (_, i) => 0.5 + i / 4);
+    const bs = Array.from({ length: dim }, (_, i) => i / 10 - 0.2);
+    const cs = Array.from({ length: rows * dim }, (_, i) => Math.cos(i * 0.9));
+    // loss = Σ c·LayerNorm(x; w, b) in float64.
+    const loss = (x: number[], w: number[], b: number[]): number => {
+      let total = 0;
+      for (let r = 0; r < rows; r++) {
+        const row = x.slice(r * dim, (r + 1) * dim);
+        const mean = row.reduce((a, v) => a + v, 0) / dim;
+        const variance = row.reduce((a, v) => a + (v - mean) ** 2, 0) / dim;
+        row.forEach((v, j) => (total += cs[r * dim + j]! * (((v - mean) / Math.sqrt(variance + 1e-5)) * w[j]! + b[j]!)));
+      }
+      return total;
+    };
+    const h = 1e-6;
+    const numeric = (values: number[], at: (changed: number[]) => number): number[] =>
+      values.map((_, i) => {
+        const up = [...values];
+        const down = [...values];
+        up[i]! += h;
+        down[i]! -= h;
+        return (at(up) - at(down)) / (2 * h);
+      });
+    const layer = new LayerNorm({ dim, eps: 1e-5 });
+    tf.tidy(() => {
+      layer.weight.assign(tf.tensor1d(ws));
+      layer.bias.assign(tf.tensor1d(bs));
+    });
+    const x = tf.tensor3d(xs, [2, 3, dim]);
+    const c = tf.tensor3d(cs, [2, 3, dim]);
+    const { grads } = tf.variableGrads(() => tf.sum(tf.mul(layer.forward(x), c)) as tf.Scalar, [layer.weight, layer.bias]);
+    const dx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(layer.forward(input), c)))(x);
+    expectTensorsClose(dx, numeric(xs, (changed) => loss(changed, ws, bs)), { atol: 1e-4, rtol: 1e-4 });
+    expectTensorsClose(grads[layer.weight.name]!, numeric(ws, (changed) => loss(xs, changed, bs)), { atol: 1e-4, rtol: 1e-4 });
+    expectTensorsClose(grads[layer.bias.name]!, numeric(bs, (changed) => loss(xs, ws, changed)), { atol: 1e-4, rtol: 1e-4 });
+    tf.dispose([x, c, dx, ...Object.values(grads)]);
+    layer.dispose();
+    await tf.setBackend('wasm');
+  });
+
   it('applies dropout only in training mode, scaling kept values by 1/(1-p)', () => {
     const layer = new Dropout(0.5);
     const x = tf.ones([1000]);

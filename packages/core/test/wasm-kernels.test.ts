@@ -135,7 +135,7 @@ describe('frozen weights in the fast WASM matMul', () => {
     // x·Wᵀ (a PyTorch-layout Linear), Wᵀ·z and W·xᵀ: the frozen weight transposed as either operand.
     const compute = (): number[][] =>
       tf.tidy(() =>
-        [tf.matMul(x, weight(), false, true), tf.matMul(weight(), random([24, 40], 27), true, false), tf.matMul(weight(), x, false, true)].map((t) =>
+        [tf.matMul(x, weight(), false, true), tf.matMul(weight(), random([48, 40], 27), true, false), tf.matMul(weight(), x, false, true)].map((t) =>
           Array.from(t.dataSync()),
         ),
       );
@@ -148,8 +148,9 @@ describe('frozen weights in the fast WASM matMul', () => {
 
   it('transposes a frozen weight once, follows its assignments and frees the copy with it', async () => {
     await withoutTensorLeaks(async () => {
-      const weight = tf.tidy(() => tf.variable(random([24, 16], 25), false, 'frozen-weight-test'));
-      const x = random([40, 16], 26);
+      // Wider than THIN_DIMENSION: thin products run on the SIMD kernel, which needs no transpose.
+      const weight = tf.tidy(() => tf.variable(random([48, 32], 25), false, 'frozen-weight-test'));
+      const x = random([40, 32], 26);
       const spy = spyOnKernels('wasm');
       try {
         for (let step = 0; step < 3; step++) tf.tidy(() => tf.matMul(x, weight, false, true).dataSync());

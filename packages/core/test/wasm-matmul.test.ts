@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { fastWasmMatMulKernels, initRuntime, restoreWasmMatMul, useFastWasmMatMul } from '../src/index.js';
 import { expectTensorsClose, withoutTensorLeaks } from '../src/testing.js';
-import { MIN_FLOPS_PER_MATRIX, transposeCost } from '../src/wasm-matmul.js';
+import { THIN_DIMENSION, transposeCost } from '../src/wasm-matmul.js';
 
 /**
  * Run `compute` on tfjs's plain JS backend (the independent reference: seeded inputs are the same
@@ -100,7 +100,7 @@ describe('transposeCost', () => {
     expect(transposeCost({ transposeA: false, transposeB: true, m: 1024, k: 256, n: 768 }).swapped).toBe(false);
   });
 
-  it('sets the per-matrix threshold for stacked products at 2^18 flops', () => {
-    expect(MIN_FLOPS_PER_MATRIX).toBe(262_144);
+  it('calls a product thin (SIMD kernel, no XNNPACK) at 16 or fewer rows, columns or inner values', () => {
+    expect(THIN_DIMENSION).toBe(16);
   });
 });
