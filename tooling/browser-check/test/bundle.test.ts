@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { bundleForBrowser } from '../src/bundle.js';
 
 const PAGE_ENTRY = fileURLToPath(new URL('../src/page.ts', import.meta.url));
+const EVERY_PACKAGE_FIXTURE = fileURLToPath(new URL('./fixtures/every-package.ts', import.meta.url));
 const NODE_FS_FIXTURE = fileURLToPath(new URL('./fixtures/imports-node-fs.ts', import.meta.url));
 
 describe('bundleForBrowser', () => {
@@ -16,6 +17,15 @@ describe('bundleForBrowser', () => {
       const inputs = bundle.inputs.filter((input) => input.includes(`packages/${name}/dist/`));
       expect(inputs, name).toContainEqual(expect.stringMatching(new RegExp(`packages/${name}/dist/index\\.js$`, 'u')));
       expect(inputs.filter((input) => input.includes('.node.')), name).toEqual([]);
+    }
+  });
+
+  it('bundles the main entry of every @lora package (all variants) with no Node built-in', async () => {
+    const bundle = await bundleForBrowser(EVERY_PACKAGE_FIXTURE);
+    expect(bundle.errors).toEqual([]);
+    expect(bundle.nodeBuiltins).toEqual([]);
+    for (const name of ['adalora', 'core', 'cuda-backend', 'dora', 'hyper', 'models', 'quant']) {
+      expect(bundle.inputs, name).toContainEqual(expect.stringMatching(new RegExp(`packages/${name}/dist/index\\.js$`, 'u')));
     }
   });
 
