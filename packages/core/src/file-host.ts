@@ -32,7 +32,7 @@ const HOST = Symbol.for('@lora/core.fileHost');
 function noFileSystemError(operation: string, target: string): LoraError {
   return new LoraError(
     `[@lora/core] Cannot ${operation} ${target}: this runtime has no file system (a browser?). ` +
-      'Pass bytes instead: serializeAdapter() / loadAdapter(model, { files }) with Uint8Array, ArrayBuffer, File/Blob or a fetch() Response; or run in Node.',
+      'Pass bytes instead (adapters: serializeAdapter() / loadAdapter(model, { files }) with Uint8Array, ArrayBuffer, File/Blob or a fetch() Response; weights: parseSafetensors(bytes)), or run in Node.',
   );
 }
 
