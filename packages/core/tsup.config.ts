@@ -1,7 +1,15 @@
 import { defineLibraryConfig } from '@lora-internal/tsup-config';
 
 export default defineLibraryConfig({
-  entry: { index: 'src/index.ts', internal: 'src/internal.ts', testing: 'src/testing.ts' },
+  // `index` and `internal` bundle for a browser; their `.node` twins (the `node` export condition)
+  // add the node:fs file host behind the path-based APIs. `testing` is Node-only (vitest).
+  entry: {
+    index: 'src/index.ts',
+    'index.node': 'src/index.node.ts',
+    internal: 'src/internal.ts',
+    'internal.node': 'src/internal.node.ts',
+    testing: 'src/testing.ts',
+  },
   external: ['vitest'],
   // tfjs-core ships its gradient registrations only as unbundled ESM with extensionless
   // imports, which Node cannot load; bundling them keeps `@tensorflow/tfjs` (layers, converter,

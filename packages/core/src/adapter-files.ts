@@ -1,15 +1,14 @@
 import type * as tf from '@tensorflow/tfjs-core';
-import path from 'node:path';
-import { promises as fs } from 'node:fs';
 import { AdapterLayer } from './adapter-layer.js';
 import { AdapterModel } from './adapter-model.js';
-import { ConfigError } from './errors.js';
+import { ConfigError, SafetensorsError } from './errors.js';
 import { checkLoadedTensors } from './finite.js';
-import { readJsonFile, readSafetensorsFile, writeJsonAtomic, writeSafetensorsFile } from './files.js';
+import { fileHost } from './file-host.js';
+import { parseJsonText, pathExists, readJsonFile, readSafetensorsFile, writeFileAtomic } from './files.js';
 import type { Module } from './module.js';
 import type { PeftConfigJson } from './plugin.js';
 import type { LoraRegistry } from './registry.js';
-import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
+import { entryToTensor, parseSafetensors, serializeSafetensors, tensorToEntry, type SafetensorsEntry, type SafetensorsFile } from './safetensors.js';
 import { assertTensorsFit, compareTensorShapes } from './tensor-fit.js';
 
 /** File names PEFT uses. */
@@ -62,38 +61,82 @@ export function adapterPeftConfig(adapterModel: AdapterModel, adapterName: strin
 }
 
 /**
+ * An adapter's two PEFT files as bytes, by file name ({@link ADAPTER_CONFIG_NAME} and
+ * {@link ADAPTER_WEIGHTS_NAME}): what {@link saveAdapter} writes, without a file system, so a
+ * browser can store or upload them. F32 tensors, metadata `{"format": "pt"}`.
+ *
+ * @example
+ * const files = serializeAdapter(adapterModel);
+ * await loadAdapter(otherAdapterModel, { files });
+ */
+export function serializeAdapter(adapterModel: AdapterModel, options: { adapterName?: string } = {}): Map<string, Uint8Array> {
+  const name = options.adapterName ?? 'default';
+  const entries = new Map<string, SafetensorsEntry>();
+  for (const [key, variable] of adapterStateDict(adapterModel, name)) entries.set(key, tensorToEntry(variable));
+  // Plugins that save a different form (AdaLoRA's pruned triplets) replace their entries.
+  const stateReplacements = adapterModel.adapterState(name)?.tensorsForSave?.() ?? [];
+  try {
+    for (const [key, tensor] of stateReplacements) entries.set(key, tensorToEntry(tensor));
+  } finally {
+    for (const [, tensor] of stateReplacements) tensor.dispose();
+  }
+  for (const [modulePath, instance] of adapterModel.adapterInstances(name)) {
+    const replacements = instance.tensorsForSave?.() ?? [];
+    try {
+      for (const [key, tensor] of replacements) entries.set(`${PREFIX}${modulePath}.${key}`, tensorToEntry(tensor));
+    } finally {
+      for (const [, tensor] of replacements) tensor.dispose();
+    }
+  }
+  return new Map([
+    [ADAPTER_WEIGHTS_NAME, serializeSafetensors(entries, { format: 'pt' })],
+    [ADAPTER_CONFIG_NAME, new TextEncoder().encode(`${JSON.stringify(adapterPeftConfig(adapterModel, name), null, 2)}\n`)],
+  ]);
+}
+
+/**
  * Save adapters as PEFT does: `adapter_config.json` + `adapter_model.safetensors` (F32, metadata
  * `{"format": "pt"}`). `default` goes in `directory`, any other adapter in `directory/<name>`.
  * Both files are written atomically, so an interrupted save leaves the previous files intact.
+ * Needs Node; in a browser use {@link serializeAdapter}.
  */
 export async function saveAdapter(
   adapterModel: AdapterModel,
   directory: string,
   options: { adapterNames?: readonly string[] } = {},
 ): Promise<void> {
+  const host = fileHost();
   const names = options.adapterNames ?? adapterModel.adapterNames;
   for (const name of names) {
-    const target = name === 'default' ? directory : path.join(directory, name);
-    const entries = new Map<string, SafetensorsEntry>();
-    for (const [key, variable] of adapterStateDict(adapterModel, name)) entries.set(key, tensorToEntry(variable));
-    // Plugins that save a different form (AdaLoRA's pruned triplets) replace their entries.
-    const stateReplacements = adapterModel.adapterState(name)?.tensorsForSave?.() ?? [];
-    try {
-      for (const [key, tensor] of stateReplacements) entries.set(key, tensorToEntry(tensor));
-    } finally {
-      for (const [, tensor] of stateReplacements) tensor.dispose();
-    }
-    for (const [modulePath, instance] of adapterModel.adapterInstances(name)) {
-      const replacements = instance.tensorsForSave?.() ?? [];
-      try {
-        for (const [key, tensor] of replacements) entries.set(`${PREFIX}${modulePath}.${key}`, tensorToEntry(tensor));
-      } finally {
-        for (const [, tensor] of replacements) tensor.dispose();
-      }
-    }
-    await writeSafetensorsFile(path.join(target, ADAPTER_WEIGHTS_NAME), entries, { format: 'pt' });
-    await writeJsonAtomic(path.join(target, ADAPTER_CONFIG_NAME), adapterPeftConfig(adapterModel, name));
+    const target = name === 'default' ? directory : host.join(directory, name);
+    const files = serializeAdapter(adapterModel, { adapterName: name });
+    // Weights first: a config never names weights that are not there yet.
+    await writeFileAtomic(host.join(target, ADAPTER_WEIGHTS_NAME), files.get(ADAPTER_WEIGHTS_NAME)!);
+    await writeFileAtomic(host.join(target, ADAPTER_CONFIG_NAME), files.get(ADAPTER_CONFIG_NAME)!);
   }
+}
+
+/**
+ * Bytes from anywhere a browser or Node has them: a `Uint8Array` (or Node `Buffer`), an
+ * `ArrayBuffer`, or anything with `arrayBuffer()` — a `File`, a `Blob`, a `fetch()` `Response`.
+ */
+export type BinarySource = Uint8Array | ArrayBuffer | { arrayBuffer(): Promise<ArrayBuffer> };
+
+/**
+ * A saved adapter without a file system: its two PEFT files by file name, as
+ * {@link serializeAdapter} gives them or from a file picker or `fetch()`.
+ */
+export interface AdapterFileSource {
+  readonly files: ReadonlyMap<string, BinarySource> | Readonly<Record<string, BinarySource>>;
+  /** What to call the source in error messages (default `the adapter files`). */
+  readonly name?: string;
+}
+
+/** The bytes of a {@link BinarySource}. A `Uint8Array` is returned as it is, not copied. */
+export async function readBinarySource(source: BinarySource): Promise<Uint8Array> {
+  if (source instanceof Uint8Array) return source;
+  if (source instanceof ArrayBuffer) return new Uint8Array(source);
+  return new Uint8Array(await source.arrayBuffer());
 }
 
 /** Options for {@link loadAdapter}. */
@@ -110,34 +153,64 @@ export interface LoadAdapterOptions {
 
 /** Read an adapter directory's config. @throws {LoraError} naming the file when missing or malformed. */
 export async function readAdapterConfig(directory: string): Promise<PeftConfigJson> {
-  const file = path.join(directory, ADAPTER_CONFIG_NAME);
-  const json = await readJsonFile(file);
+  const file = fileHost().join(directory, ADAPTER_CONFIG_NAME);
+  return checkAdapterConfig(await readJsonFile(file), file);
+}
+
+function checkAdapterConfig(json: unknown, file: string): PeftConfigJson {
   if (json === null || typeof json !== 'object' || Array.isArray(json) || typeof (json as Record<string, unknown>)['peft_type'] !== 'string') {
     throw new ConfigError({ field: 'peft_type', received: json === null || typeof json !== 'object' ? json : (json as Record<string, unknown>)['peft_type'], expected: `a string in ${file}` });
   }
   return json as PeftConfigJson;
 }
 
+/** Read both files of a saved adapter from a directory (Node) or from bytes. */
+async function readAdapterSource(source: string | AdapterFileSource): Promise<{ json: PeftConfigJson; weights: SafetensorsFile; weightsName: string }> {
+  if (typeof source === 'string') {
+    const weightsName = fileHost().join(source, ADAPTER_WEIGHTS_NAME);
+    return { json: await readAdapterConfig(source), weights: await readSafetensorsFile(weightsName), weightsName };
+  }
+  const label = source.name ?? 'the adapter files';
+  const files = source.files instanceof Map ? source.files : new Map(Object.entries(source.files));
+  const take = async (fileName: string): Promise<Uint8Array> => {
+    const file = files.get(fileName);
+    if (file === undefined) {
+      throw new ConfigError({ field: fileName, received: [...files.keys()], expected: `a file of ${label}`, hint: 'Pass both files serializeAdapter() returns.' });
+    }
+    return readBinarySource(file);
+  };
+  const configName = `${label}: ${ADAPTER_CONFIG_NAME}`;
+  const json = checkAdapterConfig(parseJsonText(new TextDecoder().decode(await take(ADAPTER_CONFIG_NAME)), configName), configName);
+  const weightsName = `${label}: ${ADAPTER_WEIGHTS_NAME}`;
+  let weights: SafetensorsFile;
+  try {
+    weights = parseSafetensors(await take(ADAPTER_WEIGHTS_NAME));
+  } catch (error) {
+    throw error instanceof SafetensorsError && error.file === undefined ? error.withFile(weightsName) : error;
+  }
+  return { json, weights, weightsName };
+}
+
 /**
- * Load a PEFT-format adapter directory into `adapterModel` (PEFT's `load_adapter`). The saved
- * config picks the plugin from the registry (naming the package to install if it is missing); the
- * adapter name is re-inserted into the saved keys.
+ * Load a PEFT-format adapter into `adapterModel` (PEFT's `load_adapter`), from a directory (Node)
+ * or from its files' bytes (`{ files }`, anywhere, e.g. what {@link serializeAdapter} returned or
+ * `File`s from a file picker). The saved config picks the plugin from the registry (naming the
+ * package to install if it is missing); the adapter name is re-inserted into the saved keys.
  *
  * @throws {CheckpointError} listing missing, unexpected and mis-shaped tensors; nothing is changed then.
  */
-export async function loadAdapter(adapterModel: AdapterModel, directory: string, options: LoadAdapterOptions = {}): Promise<void> {
+export async function loadAdapter(adapterModel: AdapterModel, source: string | AdapterFileSource, options: LoadAdapterOptions = {}): Promise<void> {
   const name = options.adapterName ?? 'default';
-  const json = await readAdapterConfig(directory);
+  const { json, weights: file, weightsName } = await readAdapterSource(source);
   const plugin = adapterModel.registry.adapterForPeftConfig(json);
   const config = plugin.fromPeftJson(json);
-  const file = await readSafetensorsFile(path.join(directory, ADAPTER_WEIGHTS_NAME));
-  checkLoadedTensors(file.tensors, { file: path.join(directory, ADAPTER_WEIGHTS_NAME), floatOnly: true, allowNonFinite: options.allowNonFinite });
+  checkLoadedTensors(file.tensors, { file: weightsName, floatOnly: true, allowNonFinite: options.allowNonFinite });
   adapterModel.addAdapter(name, {
     plugin: plugin.name,
     config: { ...configToOptions(config), inferenceMode: !(options.isTrainable ?? false) },
   });
   try {
-    assignAdapterTensors(adapterModel, name, file.tensors, path.join(directory, ADAPTER_WEIGHTS_NAME));
+    assignAdapterTensors(adapterModel, name, file.tensors, weightsName);
   } catch (error) {
     adapterModel.deleteAdapter(name);
     throw error;
@@ -151,11 +224,11 @@ export async function loadAdapter(adapterModel: AdapterModel, directory: string,
  */
 export async function loadAdapterModel<M extends Module>(
   model: M,
-  directory: string,
+  source: string | AdapterFileSource,
   options: LoadAdapterOptions & { registry: LoraRegistry },
 ): Promise<AdapterModel<M>> {
   const adapterModel = new AdapterModel(model, { registry: options.registry });
-  await loadAdapter(adapterModel, directory, options);
+  await loadAdapter(adapterModel, source, options);
   return adapterModel;
 }
 
@@ -205,13 +278,8 @@ function assignAdapterTensors(adapterModel: AdapterModel, name: string, saved: R
 }
 
 /** Whether a directory holds a PEFT adapter. */
-export async function isAdapterDirectory(directory: string): Promise<boolean> {
-  try {
-    await fs.access(path.join(directory, ADAPTER_CONFIG_NAME));
-    return true;
-  } catch {
-    return false;
-  }
+export function isAdapterDirectory(directory: string): Promise<boolean> {
+  return pathExists(fileHost().join(directory, ADAPTER_CONFIG_NAME));
 }
 
 

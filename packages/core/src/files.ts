@@ -1,7 +1,5 @@
-import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import { LoraError, SafetensorsError } from './errors.js';
+import { fileHost } from './file-host.js';
 import { parseSafetensors, serializeSafetensors, type SafetensorsEntry, type SafetensorsFile } from './safetensors.js';
 
 /** A file-system step of a save where a test can inject a failure or a simulated kill. */
@@ -33,70 +31,27 @@ export function faultPoint(operation: FaultPoint['operation'], target: string): 
 
 /**
  * Flush a directory's entries (a rename or a new file in it) to disk. Platforms that cannot open a
- * directory for syncing (Windows) skip it.
+ * directory for syncing (Windows) skip it. Needs Node (throws a {@link LoraError} elsewhere).
  */
-export async function syncDirectory(directory: string): Promise<void> {
-  faultPoint('sync-directory', directory);
-  let handle: fs.FileHandle;
-  try {
-    handle = await fs.open(directory, 'r');
-  } catch (error) {
-    if (['EISDIR', 'EPERM', 'EACCES', 'ENOTSUP', 'EINVAL'].includes((error as NodeJS.ErrnoException).code ?? '')) return;
-    throw error;
-  }
-  try {
-    await handle.sync();
-  } catch (error) {
-    if (!['EINVAL', 'ENOTSUP', 'EPERM', 'EBADF'].includes((error as NodeJS.ErrnoException).code ?? '')) throw error;
-  } finally {
-    await handle.close();
-  }
+export function syncDirectory(directory: string): Promise<void> {
+  return fileHost().syncDirectory(directory);
 }
 
 /**
  * Write a file atomically: the bytes go to a temporary file in the same directory, which is
  * flushed (fsync) and renamed over `target`; then the directory is flushed so the rename itself
  * survives a power cut. If anything fails, `target` keeps its previous contents and the temporary
- * file is removed.
+ * file is removed. Needs Node (throws a {@link LoraError} elsewhere).
  *
  * `data` may be an iterable of chunks, written in order.
  */
-export async function writeFileAtomic(target: string, data: Uint8Array | string | Iterable<Uint8Array | string>): Promise<void> {
-  const directory = path.dirname(target);
-  faultPoint('mkdir', directory);
-  await fs.mkdir(directory, { recursive: true });
-  const temporary = path.join(directory, `.${path.basename(target)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  faultPoint('open', temporary);
-  const handle = await fs.open(temporary, 'w');
-  try {
-    try {
-      const chunks = typeof data === 'string' || data instanceof Uint8Array ? [data] : data;
-      for (const chunk of chunks) {
-        faultPoint('write', temporary);
-        await handle.write(typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk);
-      }
-      faultPoint('sync', temporary);
-      await handle.sync();
-    } finally {
-      // Always closed: a descriptor is not state a killed process leaves behind.
-      await handle.close();
-    }
-    faultPoint('rename', target);
-    await fs.rename(temporary, target);
-  } catch (error) {
-    faultPoint('remove', temporary);
-    await fs.rm(temporary, { force: true });
-    throw error;
-  }
-  await syncDirectory(directory);
+export function writeFileAtomic(target: string, data: Uint8Array | string | Iterable<Uint8Array | string>): Promise<void> {
+  return fileHost().writeFileAtomic(target, data);
 }
 
 /** Whether a file or directory exists (and can be seen). */
-export async function pathExists(file: string): Promise<boolean> {
-  return fs.access(file).then(
-    () => true,
-    () => false,
-  );
+export function pathExists(file: string): Promise<boolean> {
+  return fileHost().exists(file);
 }
 
 /** Write a JSON value atomically, pretty-printed with 2 spaces and a trailing newline. */
@@ -104,19 +59,25 @@ export function writeJsonAtomic(target: string, value: unknown): Promise<void> {
   return writeFileAtomic(target, `${JSON.stringify(value, null, 2)}\n`);
 }
 
+/** Read a file, naming it in the error when it cannot be read. */
+async function readNamed<T>(file: string, read: (file: string) => Promise<T>): Promise<T> {
+  try {
+    return await read(file);
+  } catch (error) {
+    if (error instanceof LoraError) throw error;
+    throw new LoraError(`[@lora/core] Cannot read ${file}: ${(error as { code?: string }).code ?? String(error)}.`, { cause: error });
+  }
+}
+
 /**
- * Read and parse a safetensors file.
+ * Read and parse a safetensors file. Needs Node; elsewhere parse bytes with `parseSafetensors`.
  * @throws {SafetensorsError} naming the file when malformed; {LoraError} when the file cannot be read.
  */
 export async function readSafetensorsFile(file: string): Promise<SafetensorsFile> {
-  let bytes: Buffer;
+  const host = fileHost();
+  const bytes = await readNamed(file, (name) => host.readFile(name));
   try {
-    bytes = await fs.readFile(file);
-  } catch (error) {
-    throw new LoraError(`[@lora/core] Cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}.`, { cause: error });
-  }
-  try {
-    return parseSafetensors(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+    return parseSafetensors(bytes);
   } catch (error) {
     throw error instanceof SafetensorsError && error.file === undefined ? error.withFile(file) : error;
   }
@@ -136,15 +97,18 @@ export function writeSafetensorsFile(
  * @throws {LoraError} naming the file when it is missing or not valid JSON.
  */
 export async function readJsonFile(file: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await fs.readFile(file, 'utf8');
-  } catch (error) {
-    throw new LoraError(`[@lora/core] Cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}.`, { cause: error });
-  }
+  const host = fileHost();
+  return parseJsonText(await readNamed(file, (name) => host.readText(name)), file);
+}
+
+/**
+ * Parse JSON text read from `source` (a file name or a description, for the message).
+ * @throws {LoraError} naming the source when the text is not valid JSON.
+ */
+export function parseJsonText(text: string, source: string): unknown {
   try {
     return JSON.parse(text);
   } catch (error) {
-    throw new LoraError(`[@lora/core] ${file} is not valid JSON: ${(error as Error).message}.`, { cause: error });
+    throw new LoraError(`[@lora/core] ${source} is not valid JSON: ${(error as Error).message}.`, { cause: error });
   }
 }

@@ -84,9 +84,11 @@ export {
   loadAdapter,
   loadAdapterModel,
   readAdapterConfig,
+  readBinarySource,
   saveAdapter,
+  serializeAdapter,
 } from './adapter-files.js';
-export type { LoadAdapterOptions } from './adapter-files.js';
+export type { AdapterFileSource, BinarySource, LoadAdapterOptions } from './adapter-files.js';
 
 export { AdamW, float32Moments, learningRateAt } from './optimizer.js';
 export type { AdamWOptions, LearningRateSchedule, MomentEncoding, MomentStore, OptimizerSnapshot, TrainOptimizer } from './optimizer.js';

@@ -15,6 +15,10 @@ import { readJsonFile, readSafetensorsFile, setFaultInjector, type FaultPoint } 
 import { entryToTensor } from './safetensors.js';
 import { initRuntime } from './runtime.js';
 import { seededRandom } from './random.js';
+import { installNodeFileHost } from './node-file-host.js';
+
+// The test helpers run in Node (vitest) and save adapters to temporary directories.
+installNodeFileHost();
 
 /** Tolerances for {@link expectTensorsClose}: |a − e| <= atol + rtol·|e| element-wise. */
 export interface Tolerance {

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import { TrainingError, type TrainingStopReason } from './errors.js';
-import { faultPoint, readSafetensorsFile, writeSafetensorsFile } from './files.js';
+import { yieldToEventLoop } from './event-loop.js';
+import { fileHost } from './file-host.js';
+import { faultPoint, pathExists, readSafetensorsFile, writeSafetensorsFile } from './files.js';
 import { checkLoadedTensors } from './finite.js';
 import { deriveSeed, withSeededRandom } from './random-scope.js';
 import type { Module } from './module.js';
@@ -398,7 +398,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       // Written once the next step has seen a finite loss on these weights.
       if (checkpoint && done % checkpoint.every === 0) checkpointDue = true;
       // Let progress output, signals and other tasks run between steps.
-      await new Promise<void>((resolve) => setImmediate(resolve));
+      await yieldToEventLoop();
     }
     if (startStep < options.steps) {
       // The final weights have had no loss computed on them yet: check one batch before calling them good.
@@ -434,7 +434,7 @@ async function writeCheckpoint(
   for (const [key, entry] of optimizer.stateEntries?.(names) ?? []) entries.set(key, entry);
   const stored: CheckpointState = { version: 1, step: state.step, optimizerStep: optimizer.step, parameters: named.map(([n]) => n), seed: state.seed };
   // One file holds weights, optimizer state and step, so a kill at any point leaves the old or the new checkpoint whole.
-  await writeSafetensorsFile(path.join(directory, TRAINER_CHECKPOINT_NAME), entries, { format: 'lora-trainer', [STATE_KEY]: JSON.stringify(stored) });
+  await writeSafetensorsFile(fileHost().join(directory, TRAINER_CHECKPOINT_NAME), entries, { format: 'lora-trainer', [STATE_KEY]: JSON.stringify(stored) });
 }
 
 function readState(file: string, metadata: Readonly<Record<string, string>>): CheckpointState {
@@ -455,12 +455,8 @@ function readState(file: string, metadata: Readonly<Record<string, string>>): Ch
 }
 
 async function restoreCheckpoint(directory: string, named: [string, tf.Variable][], optimizer: TrainOptimizer): Promise<number> {
-  const file = path.join(directory, TRAINER_CHECKPOINT_NAME);
-  try {
-    await fs.access(file);
-  } catch {
-    return 0;
-  }
+  const file = fileHost().join(directory, TRAINER_CHECKPOINT_NAME);
+  if (!(await pathExists(file))) return 0;
   const contents = await readSafetensorsFile(file);
   const state = readState(file, contents.metadata);
   // A checkpoint only ever holds good weights; a damaged one must not be trained on.
@@ -488,11 +484,7 @@ async function restoreCheckpoint(directory: string, named: [string, tf.Variable]
  * @throws {SafetensorsError} when it is damaged.
  */
 export async function readCheckpointStep(directory: string): Promise<number | null> {
-  const file = path.join(directory, TRAINER_CHECKPOINT_NAME);
-  try {
-    await fs.access(file);
-  } catch {
-    return null;
-  }
+  const file = fileHost().join(directory, TRAINER_CHECKPOINT_NAME);
+  if (!(await pathExists(file))) return null;
   return readState(file, (await readSafetensorsFile(file)).metadata).step;
 }

@@ -5,11 +5,18 @@
  * - `wasm-threads`: tfjs's threaded SIMD WebAssembly build, one XNNPACK thread per core.
  * - `wasm`: tfjs's single-threaded SIMD WebAssembly build (what `@lora/core` uses by default).
  * - `cpu`: tfjs's plain JavaScript backend.
+ * - `webgpu`, `webgl` (browsers only): tfjs's GPU backends, `@tensorflow/tfjs-backend-webgpu` / `-webgl`.
  */
-export type BackendKind = 'cuda' | 'native' | 'wasm-threads' | 'wasm' | 'cpu';
+export type BackendKind = 'cuda' | 'native' | 'webgpu' | 'webgl' | 'wasm-threads' | 'wasm' | 'cpu';
 
-/** Every {@link BackendKind}, in the order {@link useBestBackend} tries them. */
+/** The {@link BackendKind}s Node can use, in the order {@link useBestBackend} tries them there. */
 export const BACKEND_ORDER: readonly BackendKind[] = ['cuda', 'native', 'wasm-threads', 'wasm', 'cpu'];
+
+/** The {@link BackendKind}s a browser can use, in the order {@link useBestBackend} tries them there. */
+export const BROWSER_BACKEND_ORDER: readonly BackendKind[] = ['webgpu', 'webgl', 'wasm-threads', 'wasm', 'cpu'];
+
+/** tfjs's build pre-creates 8 pthread workers and caps its pool there. */
+export const MAX_WASM_THREADS = 8;
 
 /**
  * Why a backend was not used:
@@ -19,8 +26,11 @@ export const BACKEND_ORDER: readonly BackendKind[] = ['cuda', 'native', 'wasm-th
  * - `init-failed`: it loaded but its backend did not start.
  * - `single-core`: multi-threaded WASM was not tried because only one thread is available or asked for.
  * - `in-use`: the backend it would replace already holds tensors.
+ * - `not-supported`: this browser lacks what it needs (`navigator.gpu` for WebGPU; cross-origin
+ *   isolation, for `SharedArrayBuffer`, for multi-threaded WASM).
+ * - `no-gpu-adapter`: the browser has WebGPU but gave no adapter (no usable GPU, or it is blocklisted).
  */
-export type SkipReason = 'not-installed' | 'load-failed' | 'no-cuda-device' | 'init-failed' | 'single-core' | 'in-use';
+export type SkipReason = 'not-installed' | 'load-failed' | 'no-cuda-device' | 'init-failed' | 'single-core' | 'in-use' | 'not-supported' | 'no-gpu-adapter';
 
 /** One backend {@link useBestBackend} considered, and what came of it. */
 export interface BackendAttempt {
@@ -37,6 +47,12 @@ export interface BackendAttempt {
   readonly elapsedMs: number;
 }
 
+/** The npm package behind each browser GPU kind. */
+export const BROWSER_GPU_PACKAGES = {
+  webgpu: '@tensorflow/tfjs-backend-webgpu',
+  webgl: '@tensorflow/tfjs-backend-webgl',
+} as const satisfies Partial<Record<BackendKind, string>>;
+
 /** The npm package behind each native kind. */
 export const NATIVE_PACKAGES = {
   cuda: '@tensorflow/tfjs-node-gpu',
@@ -47,6 +63,8 @@ export const NATIVE_PACKAGES = {
 export const BACKEND_DESCRIPTIONS: Readonly<Record<BackendKind, string>> = {
   cuda: 'TensorFlow on an NVIDIA GPU (CUDA), via @tensorflow/tfjs-node-gpu',
   native: 'TensorFlow native on the CPU, via @tensorflow/tfjs-node',
+  webgpu: 'WebGPU on the GPU, via @tensorflow/tfjs-backend-webgpu',
+  webgl: 'WebGL on the GPU, via @tensorflow/tfjs-backend-webgl',
   'wasm-threads': 'WebAssembly SIMD, multi-threaded (XNNPACK thread pool)',
   wasm: 'WebAssembly SIMD, single thread',
   cpu: 'plain JavaScript',

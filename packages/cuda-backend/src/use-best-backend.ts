@@ -1,10 +1,11 @@
 import { initRuntime, type RuntimeReport } from '@lora/core';
 import * as tf from '@tensorflow/tfjs-core';
 import os from 'node:os';
-import { BACKEND_DESCRIPTIONS, BACKEND_ORDER, type BackendAttempt, type BackendKind, type SkipReason } from './backend-kinds.js';
+import { BACKEND_DESCRIPTIONS, type BackendAttempt, type BackendKind, type SkipReason } from './backend-kinds.js';
 import { BackendInitError, BackendUnavailableError } from './errors.js';
 import { defaultImporter, errorLine, isUsingGpuDevice, loadNativePackage, NATIVE_BACKEND_NAME, nativeLoadedBy, type ModuleImporter } from './native.js';
 import { fastWasmMatMulKernels, restoreWasmKernels, useFastWasmKernels } from '@lora/core';
+import { backendOrder, isBackendKind } from './backend-order.js';
 import { liveDataIds, MAX_WASM_THREADS, startWasmBackend, wasmInstanceThreads } from './wasm-threads.js';
 
 /** Options for {@link useBestBackend}. */
@@ -32,6 +33,11 @@ export interface UseBestBackendOptions {
   readonly importModule?: ModuleImporter;
   /** Give up on a backend that has not started after this long, in ms (default 30 000). */
   readonly initTimeoutMs?: number;
+  /**
+   * Browser only: the URL prefix (ending in `/`) the `.wasm` files of `@tensorflow/tfjs-backend-wasm`
+   * are served from, passed to its `setWasmPaths` (default: tfjs's, beside the page's script).
+   */
+  readonly wasmPaths?: string;
 }
 
 /** What {@link useBestBackend} chose, and why it passed over the backends before it. */
@@ -48,7 +54,7 @@ export interface BackendReport {
   readonly simd: boolean | null;
   /** Whether the math runs on a GPU. */
   readonly gpu: boolean;
-  /** Cores Node reports available to this process. */
+  /** Cores Node reports available to this process (in a browser, `navigator.hardwareConcurrency`). */
   readonly availableCores: number;
   /** WASM matMul kernels routed to XNNPACK by the fast path (empty when off or not WASM). */
   readonly fastMatMulKernels: readonly string[];
@@ -96,26 +102,6 @@ interface Context {
 export function availableCores(): number {
   const parallelism = (os as { availableParallelism?: () => number }).availableParallelism?.();
   return Math.max(1, parallelism ?? os.cpus().length);
-}
-
-function isBackendKind(value: unknown): value is BackendKind {
-  return typeof value === 'string' && (BACKEND_ORDER as readonly string[]).includes(value);
-}
-
-/** The order to try backends in, from `prefer` and `fallback`. */
-export function backendOrder(prefer: BackendKind | readonly BackendKind[] | undefined, fallback = true): BackendKind[] {
-  const preferred = prefer === undefined ? [] : typeof prefer === 'string' ? [prefer] : [...prefer];
-  for (const kind of preferred) {
-    if (!isBackendKind(kind)) {
-      throw new BackendUnavailableError(
-        `[@lora/cuda-backend] Unknown backend "${String(kind)}" in prefer. Known: ${BACKEND_ORDER.join(', ')}. Pass e.g. { prefer: 'wasm-threads' }.`,
-        [],
-      );
-    }
-  }
-  const unique = [...new Set(preferred)];
-  if (unique.length === 0) return [...BACKEND_ORDER];
-  return fallback ? [...unique, ...BACKEND_ORDER.filter((kind) => !unique.includes(kind))] : unique;
 }
 
 async function startNative(kind: 'cuda' | 'native', context: Context): Promise<Started> {
@@ -197,6 +183,9 @@ async function startKind(kind: BackendKind, context: Context): Promise<Started> 
     case 'wasm-threads':
     case 'wasm':
       return startWasm(kind, context);
+    case 'webgpu':
+    case 'webgl':
+      throw new Skip('not-supported', `${BACKEND_DESCRIPTIONS[kind]} runs in a browser, not in Node.`);
     case 'cpu':
       return { backend: 'cpu', threads: 1, simd: false, gpu: false, description: BACKEND_DESCRIPTIONS.cpu, message: 'Plain JavaScript, one thread.' };
   }

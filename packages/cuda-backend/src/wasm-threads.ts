@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
+import { MAX_WASM_THREADS } from './backend-kinds.js';
 import { BackendInitError } from './errors.js';
 
 /**
@@ -29,8 +30,7 @@ import { BackendInitError } from './errors.js';
 const WASM_PACKAGE = '@tensorflow/tfjs-backend-wasm';
 const WORKER_SCRIPT = 'wasm-out/tfjs-backend-wasm-threaded-simd.worker.js';
 const MAIN_SCRIPT = 'wasm-out/tfjs-backend-wasm-threaded-simd.js';
-/** tfjs's build pre-creates 8 pthread workers and caps its pool there. */
-export const MAX_WASM_THREADS = 8;
+export { MAX_WASM_THREADS };
 
 /** The parts of `@tensorflow/tfjs-backend-wasm` used here. */
 interface WasmPackage {

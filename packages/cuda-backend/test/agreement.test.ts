@@ -1,7 +1,7 @@
 import { AdapterModel, causalLmLoss, createLoraRegistry, Embedding, initRuntime, LayerNorm, Linear, lora, Module, train } from '@lora/core';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { startWasmBackend, useBestBackend, useFastWasmMatMul } from '../src/index.js';
+import { startWasmBackend, useBestBackend, useFastWasmMatMul } from '../src/index.node.js';
 import { nothingInstalled } from './helpers.js';
 
 const VOCAB = 257;

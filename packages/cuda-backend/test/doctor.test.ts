@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BackendUnavailableError, doctor, formatBackendFailure, formatBackendReport, type BackendReport } from '../src/index.js';
+import { BackendUnavailableError, doctor, formatBackendFailure, formatBackendReport, type BackendReport } from '../src/index.node.js';
 import { nothingInstalled } from './helpers.js';
 
 const report: BackendReport = {

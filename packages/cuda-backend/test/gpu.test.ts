@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { describe, expect, it } from 'vitest';
-import { useBestBackend } from '../src/index.js';
+import { useBestBackend } from '../src/index.node.js';
 
 // Runs only where a CUDA machine with @tensorflow/tfjs-node-gpu installed says so:
 // `LORA_TEST_GPU=1 pnpm --filter @lora/cuda-backend test`. Everywhere else the GPU path is covered

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { ModuleImporter } from '../src/index.js';
+import type { ModuleImporter } from '../src/index.node.js';
 import { NATIVE_BACKEND_NAME } from '../src/native.js';
 
 /** The error Node's ESM loader throws for a package that is not installed. */

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { fastWasmKernels } from '@lora/core';
-import { BackendUnavailableError, backendOrder, BACKEND_ORDER, useBestBackend, type ModuleImporter } from '../src/index.js';
+import { BackendUnavailableError, backendOrder, BACKEND_ORDER, useBestBackend, type ModuleImporter } from '../src/index.node.js';
 import { resetNativeStateForTests } from '../src/native.js';
 import { nothingInstalled, notInstalledError, registerFakeTensorflowBackend, removeFakeTensorflowBackend } from './helpers.js';
 

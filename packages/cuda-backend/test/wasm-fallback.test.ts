@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type * as fs from 'node:fs';
 import { describe, expect, it, vi } from 'vitest';
-import { useBestBackend } from '../src/index.js';
+import { useBestBackend } from '../src/index.node.js';
 import { nothingInstalled } from './helpers.js';
 
 // A bundled or pruned install without tfjs-backend-wasm's wasm-out/ directory: the threaded build

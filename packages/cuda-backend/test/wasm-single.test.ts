@@ -1,7 +1,7 @@
 import { initRuntime } from '@lora/core';
 import * as tf from '@tensorflow/tfjs-core';
 import { describe, expect, it } from 'vitest';
-import { useBestBackend } from '../src/index.js';
+import { useBestBackend } from '../src/index.node.js';
 import { nothingInstalled } from './helpers.js';
 
 describe('useBestBackend', () => {

@@ -2,7 +2,7 @@ import { expectTensorsClose, withoutTensorLeaks } from '@lora/core/testing';
 import * as tf from '@tensorflow/tfjs-core';
 import os from 'node:os';
 import { describe, expect, it } from 'vitest';
-import { formatBackendReport, startWasmBackend, useBestBackend } from '../src/index.js';
+import { formatBackendReport, startWasmBackend, useBestBackend } from '../src/index.node.js';
 import { workerBootstrapSource } from '../src/wasm-threads.js';
 import { nothingInstalled } from './helpers.js';
 

@@ -1,5 +1,4 @@
 import * as tf from '@tensorflow/tfjs-core';
-import path from 'node:path';
 import {
   ADAPTER_CONFIG_NAME,
   ADAPTER_WEIGHTS_NAME,
@@ -13,6 +12,7 @@ import {
   type PeftConfigJson,
   type SafetensorsEntry,
 } from '@lora/core';
+import { fileHost } from '@lora/core/internal';
 import { PEFT_CLASSIC_LORA_FIELDS } from './dora-config.js';
 import type { DoubleLoraConfig } from './double-lora-config.js';
 import { DoubleLoraAdapter } from './double-lora-layer.js';
@@ -115,8 +115,8 @@ export async function saveDoubleLoraAsLora(adapterModel: AdapterModel, directory
   try {
     const entries = new Map<string, SafetensorsEntry>();
     for (const [key, tensor] of tensors) entries.set(key, tensorToEntry(tensor));
-    await writeSafetensorsFile(path.join(directory, ADAPTER_WEIGHTS_NAME), entries, { format: 'pt' });
-    await writeJsonAtomic(path.join(directory, ADAPTER_CONFIG_NAME), config);
+    await writeSafetensorsFile(fileHost().join(directory, ADAPTER_WEIGHTS_NAME), entries, { format: 'pt' });
+    await writeJsonAtomic(fileHost().join(directory, ADAPTER_CONFIG_NAME), config);
   } finally {
     tf.dispose([...tensors.values()]);
   }

@@ -1,5 +1,4 @@
 import * as tf from '@tensorflow/tfjs-core';
-import path from 'node:path';
 import {
   ADAPTER_CONFIG_NAME,
   ADAPTER_WEIGHTS_NAME,
@@ -13,6 +12,7 @@ import {
   type PeftConfigJson,
   type SafetensorsEntry,
 } from '@lora/core';
+import { fileHost } from '@lora/core/internal';
 import type { Condition } from './conditions.js';
 import type { HyperLoraConfig } from './hyper-config.js';
 import { HyperLoraState } from './hyper-state.js';
@@ -73,8 +73,8 @@ export async function writeExportedLora(exported: ExportedLora, directory: strin
     }
     const entries = new Map<string, SafetensorsEntry>();
     for (const [key, tensor] of exported.tensors) entries.set(key, tensorToEntry(tensor));
-    await writeSafetensorsFile(path.join(directory, ADAPTER_WEIGHTS_NAME), entries, { format: 'pt' });
-    await writeJsonAtomic(path.join(directory, ADAPTER_CONFIG_NAME), exported.config);
+    await writeSafetensorsFile(fileHost().join(directory, ADAPTER_WEIGHTS_NAME), entries, { format: 'pt' });
+    await writeJsonAtomic(fileHost().join(directory, ADAPTER_CONFIG_NAME), exported.config);
   } finally {
     tf.dispose([...exported.tensors.values()]);
   }

@@ -1,6 +1,5 @@
-import { createRequire } from 'node:module';
-import path from 'node:path';
 import { LoraError } from '@lora/core';
+import { fileHost } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 import type { Gpt2LMHeadModel } from './gpt2-model.js';
 import { loadPretrained, type LoadPretrainedOptions } from './pretrained.js';
@@ -15,20 +14,23 @@ export const BUNDLED_BASE_PACKAGE = '@lora/base-moby';
  * `tokenizer_config.json` and `training-log.json`.
  * @throws {LoraError} when `@lora/base-moby` is not installed (the message says how to install it).
  * @example
- * const config = JSON.parse(readFileSync(path.join(bundledBaseDirectory(), 'config.json'), 'utf8'));
+ * const config = JSON.parse(readFileSync(fileHost().join(bundledBaseDirectory(), 'config.json'), 'utf8'));
  */
 export function bundledBaseDirectory(): string {
+  const host = fileHost();
   let manifest: string;
   try {
     // Resolved from this package, where the package manager links the optional peer.
-    manifest = createRequire(import.meta.url).resolve(`${BUNDLED_BASE_PACKAGE}/package.json`);
+    manifest = host.resolvePackageFile(`${BUNDLED_BASE_PACKAGE}/package.json`, import.meta.url);
   } catch (error) {
+    // Without a file system (a browser) the host's own error says so; "not installed" would mislead.
+    if (host.kind === 'none') throw error;
     throw new LoraError(
       `[${PACKAGE}] The bundled base model is in its own package, ${BUNDLED_BASE_PACKAGE}, which is not installed. Install it next to ${PACKAGE}: \`npm install ${BUNDLED_BASE_PACKAGE}\`, or pass { directory } to loadBundledBase().`,
       { plugin: PACKAGE, cause: error },
     );
   }
-  return path.join(path.dirname(manifest), 'assets');
+  return host.join(host.dirname(manifest), 'assets');
 }
 
 /** Options for {@link loadBundledBase}. */

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { promises as fs } from 'node:fs';
 import { ConfigError } from '@lora/core';
+import { fileHost } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 import { DatasetError } from './errors.js';
 import { shuffled } from './random.js';
@@ -85,7 +85,7 @@ export async function readJsonl(file: string, options: JsonlOptions = {}): Promi
 
 async function readText(file: string): Promise<string> {
   try {
-    return await fs.readFile(file, 'utf8');
+    return await fileHost().readText(file);
   } catch (error) {
     throw new DatasetError(`[${PACKAGE}] Cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}.`, { file, cause: error });
   }

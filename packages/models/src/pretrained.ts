@@ -1,5 +1,4 @@
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
+import { fileHost, pathExists } from '@lora/core/internal';
 import { CheckpointError, ConfigError, LoraError, readJsonFile, readSafetensorsFile, writeJsonAtomic, writeSafetensorsFile, type SafetensorsEntry } from '@lora/core';
 import { BertForSequenceClassification, BertModel } from './bert-model.js';
 import { parseBertConfig } from './bert-config.js';
@@ -110,26 +109,17 @@ export function createModel(json: ConfigJson, options: CreateModelOptions = {}):
   }
 }
 
-async function exists(file: string): Promise<boolean> {
-  try {
-    await fs.access(file);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Read the weights of a Hugging Face model directory: `model.safetensors`, or every shard listed in
  * `model.safetensors.index.json`.
  * @throws {CheckpointError} when the directory has neither, or the index names a tensor its shard lacks.
  */
 export async function readCheckpointTensors(directory: string): Promise<Map<string, SafetensorsEntry>> {
-  const single = path.join(directory, WEIGHTS_NAME);
-  const index = path.join(directory, WEIGHTS_INDEX_NAME);
-  if (await exists(single)) return new Map((await readSafetensorsFile(single)).tensors);
-  if (!(await exists(index))) {
-    const hint = (await exists(path.join(directory, 'pytorch_model.bin')))
+  const single = fileHost().join(directory, WEIGHTS_NAME);
+  const index = fileHost().join(directory, WEIGHTS_INDEX_NAME);
+  if (await pathExists(single)) return new Map((await readSafetensorsFile(single)).tensors);
+  if (!(await pathExists(index))) {
+    const hint = (await pathExists(fileHost().join(directory, 'pytorch_model.bin')))
       ? ' It has pytorch_model.bin: convert it with `model.save_pretrained(dir, safe_serialization=True)` in Python.'
       : '';
     throw new CheckpointError(`[${PACKAGE}] ${directory} has no ${WEIGHTS_NAME} and no ${WEIGHTS_INDEX_NAME}.${hint}`, { plugin: PACKAGE });
@@ -149,7 +139,7 @@ export async function readCheckpointTensors(directory: string): Promise<Map<stri
   const tensors = new Map<string, SafetensorsEntry>();
   const missing: string[] = [];
   for (const [file, names] of byFile) {
-    const shard = await readSafetensorsFile(path.join(directory, file));
+    const shard = await readSafetensorsFile(fileHost().join(directory, file));
     for (const name of names) {
       const entry = shard.tensors.get(name);
       if (entry) tensors.set(name, entry);
@@ -193,7 +183,7 @@ export async function loadPretrained<A extends ArchitectureName = ArchitectureNa
   directory: string,
   options: LoadPretrainedOptions & { readonly architecture?: A } = {},
 ): Promise<ArchitectureModels[A]> {
-  const configFile = path.join(directory, CONFIG_NAME);
+  const configFile = fileHost().join(directory, CONFIG_NAME);
   const json = await readJsonFile(configFile);
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new ConfigError({ plugin: PACKAGE, field: CONFIG_NAME, received: json, expected: `a JSON object (in ${configFile})` });
@@ -226,7 +216,7 @@ export async function loadCausalLanguageModel(directory: string, options: Omit<L
       plugin: PACKAGE,
       field: 'architectures',
       received: model.architecture,
-      expected: `a causal language model (GPT2LMHeadModel or LlamaForCausalLM) in ${path.join(directory, CONFIG_NAME)}`,
+      expected: `a causal language model (GPT2LMHeadModel or LlamaForCausalLM) in ${fileHost().join(directory, CONFIG_NAME)}`,
     });
   }
   return model;
@@ -256,8 +246,8 @@ export async function savePretrained(model: PretrainedModel, directory: string, 
   }
   const metadata = { ...options.metadata, format: 'pt' };
   const maxShardBytes = options.maxShardBytes ?? 5_000_000_000;
-  await fs.mkdir(directory, { recursive: true });
-  await writeJsonAtomic(path.join(directory, CONFIG_NAME), { ...model.configJson(), torch_dtype: 'float32' });
+  await fileHost().mkdir(directory);
+  await writeJsonAtomic(fileHost().join(directory, CONFIG_NAME), { ...model.configJson(), torch_dtype: 'float32' });
   const shards: Map<string, SafetensorsEntry>[] = [new Map()];
   let shardBytes = 0;
   let totalBytes = 0;
@@ -272,18 +262,18 @@ export async function savePretrained(model: PretrainedModel, directory: string, 
     totalBytes += size;
   }
   if (shards.length === 1) {
-    await writeSafetensorsFile(path.join(directory, WEIGHTS_NAME), shards[0]!, metadata);
-    await fs.rm(path.join(directory, WEIGHTS_INDEX_NAME), { force: true });
+    await writeSafetensorsFile(fileHost().join(directory, WEIGHTS_NAME), shards[0]!, metadata);
+    await fileHost().remove(fileHost().join(directory, WEIGHTS_INDEX_NAME));
     return;
   }
   const count = String(shards.length).padStart(5, '0');
   const weightMap: Record<string, string> = {};
   for (const [i, shard] of shards.entries()) {
     const file = `model-${String(i + 1).padStart(5, '0')}-of-${count}.safetensors`;
-    await writeSafetensorsFile(path.join(directory, file), shard, metadata);
+    await writeSafetensorsFile(fileHost().join(directory, file), shard, metadata);
     for (const name of shard.keys()) weightMap[name] = file;
   }
   const sorted = Object.fromEntries(Object.entries(weightMap).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
-  await writeJsonAtomic(path.join(directory, WEIGHTS_INDEX_NAME), { metadata: { total_size: totalBytes }, weight_map: sorted });
-  await fs.rm(path.join(directory, WEIGHTS_NAME), { force: true });
+  await writeJsonAtomic(fileHost().join(directory, WEIGHTS_INDEX_NAME), { metadata: { total_size: totalBytes }, weight_map: sorted });
+  await fileHost().remove(fileHost().join(directory, WEIGHTS_NAME));
 }

@@ -1,7 +1,6 @@
 import { Tokenizer } from '@huggingface/tokenizers';
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import { readJsonFile, writeJsonAtomic } from '@lora/core';
+import { fileHost, pathExists } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 import { TokenizerError } from './errors.js';
 
@@ -81,7 +80,7 @@ export class ByteTokenizer implements TextTokenizer {
 
   /** Write `tokenizer_config.json` so {@link loadTokenizer} recognises the directory. */
   async save(directory: string): Promise<void> {
-    await writeJsonAtomic(path.join(directory, 'tokenizer_config.json'), {
+    await writeJsonAtomic(fileHost().join(directory, 'tokenizer_config.json'), {
       tokenizer_class: BYTE_TOKENIZER_CLASS,
       bos_token: ByteTokenizer.END_OF_TEXT,
       eos_token: ByteTokenizer.END_OF_TEXT,
@@ -160,11 +159,9 @@ export class HuggingFaceTokenizer implements TextTokenizer {
    * @throws {TokenizerError} naming the file when it is missing or malformed.
    */
   static async load(directory: string): Promise<HuggingFaceTokenizer> {
-    const file = path.join(directory, 'tokenizer.json');
-    try {
-      await fs.access(file);
-    } catch (error) {
-      throw new TokenizerError(`[${PACKAGE}] ${file} does not exist: a Hugging Face tokenizer directory needs tokenizer.json.`, { file, cause: error });
+    const file = fileHost().join(directory, 'tokenizer.json');
+    if (!(await pathExists(file))) {
+      throw new TokenizerError(`[${PACKAGE}] ${file} does not exist: a Hugging Face tokenizer directory needs tokenizer.json.`, { file });
     }
     let json: unknown;
     try {
@@ -194,12 +191,8 @@ export class HuggingFaceTokenizer implements TextTokenizer {
 }
 
 async function readOptionalConfig(directory: string): Promise<Record<string, unknown>> {
-  const file = path.join(directory, 'tokenizer_config.json');
-  try {
-    await fs.access(file);
-  } catch {
-    return {};
-  }
+  const file = fileHost().join(directory, 'tokenizer_config.json');
+  if (!(await pathExists(file))) return {};
   const json = await readJsonFile(file);
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new TokenizerError(`[${PACKAGE}] ${file} must hold a JSON object.`, { file });

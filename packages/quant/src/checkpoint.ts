@@ -1,6 +1,4 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import {
   AdapterLayer,
   CheckpointError,
@@ -17,7 +15,7 @@ import {
   type Module,
   type SafetensorsEntry,
 } from '@lora/core';
-import { assertTensorsFit } from '@lora/core/internal';
+import { assertTensorsFit, fileHost, pathExists } from '@lora/core/internal';
 import { findQuantizedModules, quantStateFromEntries, quantStateToEntries } from './bnb-format.js';
 import { fromBitsAndBytesConfig, parseQuantOptions, toBitsAndBytesConfig, type QuantConfig, type QuantMergeMode, type QuantOptions } from './quant-config.js';
 import { shouldQuantize } from './quant-plugin.js';
@@ -312,9 +310,9 @@ function configJsonOf(model: Module): Record<string, unknown> {
 }
 
 async function writeModelDirectory(directory: string, entries: Map<string, SafetensorsEntry>, config: Record<string, unknown>): Promise<void> {
-  await fs.mkdir(directory, { recursive: true });
-  await writeSafetensorsFile(path.join(directory, MODEL_WEIGHTS_NAME), entries, { format: 'pt' });
-  await writeJsonAtomic(path.join(directory, MODEL_CONFIG_NAME), config);
+  await fileHost().mkdir(directory);
+  await writeSafetensorsFile(fileHost().join(directory, MODEL_WEIGHTS_NAME), entries, { format: 'pt' });
+  await writeJsonAtomic(fileHost().join(directory, MODEL_CONFIG_NAME), config);
 }
 
 /** Options for {@link saveQuantizedPretrained}: the quantization options plus the model's config. */
@@ -359,21 +357,16 @@ export interface LoadedQuantizedModel<M extends Module> extends LoadQuantizedRes
 }
 
 async function readWeights(directory: string): Promise<Map<string, SafetensorsEntry>> {
-  const single = path.join(directory, MODEL_WEIGHTS_NAME);
-  try {
-    await fs.access(single);
-    return new Map((await readSafetensorsFile(single)).tensors);
-  } catch (error) {
-    if (error instanceof LoraError) throw error;
-  }
-  const indexFile = path.join(directory, MODEL_WEIGHTS_INDEX_NAME);
+  const single = fileHost().join(directory, MODEL_WEIGHTS_NAME);
+  if (await pathExists(single)) return new Map((await readSafetensorsFile(single)).tensors);
+  const indexFile = fileHost().join(directory, MODEL_WEIGHTS_INDEX_NAME);
   const index = (await readJsonFile(indexFile)) as { weight_map?: Record<string, string> };
   if (!index.weight_map || typeof index.weight_map !== 'object') {
     throw new CheckpointError(`[@lora/quant] ${indexFile} has no weight_map.`, { plugin: '@lora/quant' });
   }
   const tensors = new Map<string, SafetensorsEntry>();
   for (const shard of new Set(Object.values(index.weight_map))) {
-    for (const [name, entry] of (await readSafetensorsFile(path.join(directory, shard))).tensors) tensors.set(name, entry);
+    for (const [name, entry] of (await readSafetensorsFile(fileHost().join(directory, shard))).tensors) tensors.set(name, entry);
   }
   return tensors;
 }
@@ -389,14 +382,14 @@ async function readWeights(directory: string): Promise<Map<string, SafetensorsEn
  * const { model } = await loadQuantizedModel('out/gpt2-nf4', { loadModel: (config) => createGpt2(config) });
  */
 export async function loadQuantizedModel<M extends Module>(directory: string, options: LoadQuantizedModelOptions<M>): Promise<LoadedQuantizedModel<M>> {
-  const config = (await readJsonFile(path.join(directory, MODEL_CONFIG_NAME))) as Record<string, unknown>;
+  const config = (await readJsonFile(fileHost().join(directory, MODEL_CONFIG_NAME))) as Record<string, unknown>;
   if (config === null || typeof config !== 'object' || config['quantization_config'] === undefined) {
     throw new ConfigError({
       plugin: '@lora/quant',
       field: 'quantization_config',
       received: undefined,
       expected: 'a bitsandbytes 4-bit quantization_config in config.json',
-      hint: `${path.join(directory, MODEL_CONFIG_NAME)} describes an unquantized model; load it normally and call quantizeModel().`,
+      hint: `${fileHost().join(directory, MODEL_CONFIG_NAME)} describes an unquantized model; load it normally and call quantizeModel().`,
     });
   }
   const quantConfig = fromBitsAndBytesConfig(config['quantization_config']);

@@ -1,0 +1,3 @@
+import { installNodeFileHost } from '../src/node-file-host.js';
+
+installNodeFileHost();

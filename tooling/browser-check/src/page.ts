@@ -1,0 +1,130 @@
+// The script the check page runs in Chromium, bundled by esbuild for the browser. For one backend
+// and one recipe it trains a tiny GPT-2's adapter a few steps, saves the adapter to bytes, loads
+// the bytes into a fresh model and compares logits; the numbers go back to Node, which asserts.
+import * as tf from '@tensorflow/tfjs-core';
+// Registers tfjs's "webgl" backend, as an app that wants WebGL does; useBestBackend picks it up.
+import '@tensorflow/tfjs-backend-webgl';
+import { AdapterModel, causalLmLoss, createLoraRegistry, loadAdapter, lora, serializeAdapter, train } from '@lora/core';
+import { formatBackendReport, useBestBackend, type BackendKind } from '@lora/cuda-backend';
+import { dora } from '@lora/dora';
+import { Gpt2LMHeadModel, parseGpt2Config, releaseCausalMasks } from '@lora/models';
+import { quant } from '@lora/quant';
+
+/** What the page is asked to run. */
+export interface CheckRequest {
+  /** Backend to force; `auto` runs useBestBackend's own order and trains nothing. */
+  readonly backend: BackendKind | 'auto';
+  readonly recipes: readonly Recipe[];
+}
+
+/** An adapter recipe: LoRA, DoRA, or QLoRA (4-bit NF4 base + LoRA). */
+export type Recipe = 'lora' | 'dora' | 'qlora';
+
+/** One recipe's outcome. */
+export interface RecipeResult {
+  readonly recipe: Recipe;
+  readonly losses: readonly number[];
+  /** Bytes of the two saved files, by name. */
+  readonly savedBytes: Readonly<Record<string, number>>;
+  /** max |logits(trained) − logits(fresh model + reloaded adapter)|. */
+  readonly reloadMaxAbsDiff: number;
+  /** max |logits(trained) − logits(base alone)|: the adapter must have changed something. */
+  readonly adapterEffect: number;
+  readonly tensorsBefore: number;
+  readonly tensorsAfter: number;
+}
+
+/** What the page reports for a request. */
+export interface CheckResult {
+  readonly backend: string;
+  readonly report: string;
+  readonly attempts: readonly { kind: string; outcome: string; reason?: string; message: string }[];
+  readonly results: readonly RecipeResult[];
+}
+
+const CONFIG = parseGpt2Config({ vocab_size: 41, n_positions: 16, n_embd: 32, n_layer: 2, n_head: 2, attn_pdrop: 0, embd_pdrop: 0, resid_pdrop: 0 });
+const STEPS = 4;
+
+function tokens(seed: number): tf.Tensor2D {
+  return tf.tidy(() => tf.cast(tf.floor(tf.randomUniform([2, 12], 0, CONFIG.vocabSize, 'float32', seed)), 'int32') as tf.Tensor2D);
+}
+
+function registry(): ReturnType<typeof createLoraRegistry> {
+  return createLoraRegistry({ plugins: [lora({ seed: 3 }), dora({ seed: 3 }), quant()] });
+}
+
+function adapterModel(recipe: Recipe): AdapterModel<Gpt2LMHeadModel> {
+  // The same seed gives the same random base weights in both models.
+  return AdapterModel.create(new Gpt2LMHeadModel(CONFIG, { seed: 11 }), {
+    registry: registry(),
+    plugin: recipe === 'dora' ? 'dora' : 'lora',
+    transforms: recipe === 'qlora' ? ['quant'] : [],
+    config: { r: 4, loraAlpha: 8, targetModules: ['c_attn', 'c_fc'] },
+  });
+}
+
+function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
+  return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
+}
+
+async function runRecipe(recipe: Recipe): Promise<RecipeResult> {
+  const tensorsBefore = tf.memory().numTensors;
+  const trained = adapterModel(recipe);
+  const batches = [tokens(1), tokens(2)];
+  const probe = tokens(3);
+  try {
+    trained.model.train();
+    const { losses } = await train({
+      model: trained,
+      trainData: batches.map((inputIds) => ({ inputIds })),
+      steps: STEPS,
+      learningRate: 2e-2,
+      lossFn: (batch: { inputIds: tf.Tensor2D }) => tf.tidy(() => causalLmLoss(trained.model.forward(batch.inputIds), batch.inputIds)),
+    });
+    trained.model.eval();
+    const files = serializeAdapter(trained);
+    const fresh = adapterModel(recipe);
+    fresh.deleteAdapter('default');
+    try {
+      await loadAdapter(fresh, { files, name: `${recipe} adapter bytes` });
+      const expected = trained.model.forward(probe);
+      const reloaded = fresh.model.forward(probe);
+      const base = fresh.disableAdapters(() => fresh.model.forward(probe));
+      const result = {
+        recipe,
+        losses: [...losses],
+        savedBytes: Object.fromEntries([...files].map(([name, bytes]) => [name, bytes.byteLength])),
+        reloadMaxAbsDiff: maxAbsDiff(expected, reloaded),
+        adapterEffect: maxAbsDiff(expected, base),
+      };
+      tf.dispose([expected, reloaded, base]);
+      fresh.dispose();
+      trained.dispose();
+      tf.dispose([...batches, probe]);
+      // The attention keeps its causal masks between calls (by design); free them to count leaks.
+      releaseCausalMasks();
+      return { ...result, tensorsBefore, tensorsAfter: tf.memory().numTensors };
+    } catch (error) {
+      fresh.dispose();
+      throw error;
+    }
+  } catch (error) {
+    trained.dispose();
+    tf.dispose([...batches, probe]);
+    throw error;
+  }
+}
+
+async function runCheck(request: CheckRequest): Promise<CheckResult> {
+  const report = await useBestBackend({ ...(request.backend === 'auto' ? {} : { prefer: request.backend, fallback: false }), wasmPaths: '/wasm/' });
+  const results: RecipeResult[] = [];
+  for (const recipe of request.recipes) results.push(await runRecipe(recipe));
+  return {
+    backend: tf.getBackend(),
+    report: formatBackendReport(report),
+    attempts: report.attempts.map(({ kind, outcome, reason, message }) => ({ kind, outcome, ...(reason ? { reason } : {}), message })),
+    results,
+  };
+}
+
+(globalThis as { loraCheck?: typeof runCheck }).loraCheck = runCheck;

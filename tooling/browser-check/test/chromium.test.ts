@@ -1,0 +1,87 @@
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Browser } from 'puppeteer-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bundleForBrowser } from '../src/bundle.js';
+import { launchChromium } from '../src/chromium.js';
+import type { CheckRequest, CheckResult, RecipeResult } from '../src/page.js';
+import { servePage, type PageServer } from '../src/serve.js';
+
+const PAGE_ENTRY = fileURLToPath(new URL('../src/page.ts', import.meta.url));
+const WASM_DIRECTORY = path.join(path.dirname(createRequire(import.meta.url).resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'wasm-out');
+
+let browser: Browser | undefined;
+let server: PageServer | undefined;
+
+beforeAll(async () => {
+  const bundle = await bundleForBrowser(PAGE_ENTRY);
+  if (bundle.code === null || bundle.nodeBuiltins.length > 0) {
+    throw new Error(`The page does not bundle for the browser: ${JSON.stringify({ nodeBuiltins: bundle.nodeBuiltins, errors: bundle.errors })}`);
+  }
+  server = await servePage(bundle.code, WASM_DIRECTORY);
+  browser = await launchChromium();
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+/** Open the page in a fresh tab (a fresh tfjs) and run one request; page errors fail the run. */
+async function check(request: CheckRequest): Promise<CheckResult> {
+  const page = await browser!.newPage();
+  const pageErrors: string[] = [];
+  page.on('pageerror', (error) => pageErrors.push(String(error)));
+  try {
+    await page.goto(server!.url);
+    await page.waitForFunction(() => typeof (globalThis as { loraCheck?: unknown }).loraCheck === 'function', { timeout: 30_000 });
+    const result = await page.evaluate(
+      (body) => (globalThis as unknown as { loraCheck: (request: CheckRequest) => Promise<CheckResult> }).loraCheck(body),
+      request,
+    );
+    expect(pageErrors).toEqual([]);
+    return result;
+  } finally {
+    await page.close();
+  }
+}
+
+function expectTrainedAndReloaded(result: RecipeResult): void {
+  const { recipe, losses } = result;
+  expect(losses, recipe).toHaveLength(4);
+  for (const loss of losses) expect(Number.isFinite(loss), `${recipe} loss ${loss}`).toBe(true);
+  // Four steps on two fixed batches: some later loss is below the first.
+  expect(Math.min(...losses.slice(1)), recipe).toBeLessThan(losses[0]!);
+  expect(result.savedBytes['adapter_config.json'], recipe).toBeGreaterThan(0);
+  expect(result.savedBytes['adapter_model.safetensors'], recipe).toBeGreaterThan(0);
+  expect(result.reloadMaxAbsDiff, `${recipe}: trained vs reloaded logits`).toBeLessThanOrEqual(1e-6);
+  // The trained adapter moves the logits, so "identical after reload" is not the base model twice.
+  expect(result.adapterEffect, `${recipe}: trained vs base logits`).toBeGreaterThan(1e-4);
+  expect(result.tensorsAfter, `${recipe}: tensors left behind`).toBe(result.tensorsBefore);
+}
+
+describe('the @lora packages in headless Chromium', () => {
+  for (const backend of ['cpu', 'wasm', 'webgl'] as const) {
+    it(`trains LoRA, DoRA and QLoRA adapters on ${backend}, saves them to bytes and reloads them with identical logits`, async () => {
+      const result = await check({ backend, recipes: ['lora', 'dora', 'qlora'] });
+      console.log(`${backend}: ${result.results.map((r) => `${r.recipe} loss ${r.losses[0]!.toFixed(4)} → ${r.losses.at(-1)!.toFixed(4)}, reload diff ${r.reloadMaxAbsDiff}`).join('; ')}`);
+      expect(result.backend).toBe(backend);
+      expect(result.results.map((r) => r.recipe)).toEqual(['lora', 'dora', 'qlora']);
+      for (const recipe of result.results) expectTrainedAndReloaded(recipe);
+    });
+  }
+
+  it('lets useBestBackend choose, and it says why it passed over each faster backend', async () => {
+    const result = await check({ backend: 'auto', recipes: [] });
+    console.log(result.report);
+    const selected = result.attempts.filter((attempt) => attempt.outcome === 'selected');
+    expect(selected).toHaveLength(1);
+    expect(result.backend).toBe(selected[0]!.kind === 'wasm-threads' ? 'wasm' : selected[0]!.kind);
+    expect(result.attempts[0]!.kind).toBe('webgpu');
+    for (const skipped of result.attempts.filter((attempt) => attempt.outcome === 'skipped')) {
+      expect(skipped.reason, skipped.kind).toMatch(/^(not-supported|no-gpu-adapter|not-installed|init-failed|single-core)$/u);
+      expect(skipped.message.length, skipped.kind).toBeGreaterThan(10);
+    }
+  });
+});

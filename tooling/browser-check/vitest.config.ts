@@ -1,0 +1,3 @@
+import { defineTestConfig } from '@lora-internal/vitest-config';
+
+export default defineTestConfig();
