@@ -16,6 +16,9 @@ import { entryToTensor } from './safetensors.js';
 import { initRuntime } from './runtime.js';
 import { seededRandom } from './random.js';
 
+// `runUntilKilled` and `SimulatedKill` expose the save step a kill happened at.
+export type { FaultPoint } from './files.js';
+
 /** Tolerances for {@link expectTensorsClose}: |a − e| <= atol + rtol·|e| element-wise. */
 export interface Tolerance {
   /** Default 1e-6. */
