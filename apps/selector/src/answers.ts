@@ -29,6 +29,7 @@ export const selectorConfigSchema = z
   })
   .strict();
 
+/** A parsed `selector.json` (see {@link selectorConfigSchema}). */
 export type SelectorConfig = z.infer<typeof selectorConfigSchema>;
 
 /**

@@ -30,6 +30,7 @@ export interface Decision {
   readonly path: readonly PathStep[];
 }
 
+/** The question each flowchart step asks, as prompts and reports print it. */
 export const QUESTION_TEXT: Readonly<Record<QuestionId, string>> = {
   memoryExtreme: 'Are memory limitations extreme?',
   multiTask: 'Is multi-task capability needed?',

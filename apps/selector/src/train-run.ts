@@ -217,7 +217,7 @@ function oneLine(error: unknown): string {
  *
  * The run lives in a staging directory beside `--out` (with its settings and a checkpoint every
  * `checkpointEvery` steps) until it is complete; then it replaces `--out` (see
- * {@link commitStaging}). Stopped by a signal, it keeps a checkpoint there and says how to resume;
+ * `commitStaging` in output-dir.ts). Stopped by a signal, it keeps a checkpoint there and says how to resume;
  * diverged, it keeps the last good adapter there and exits non-zero. Nothing is ever written over
  * a directory lora did not create.
  */

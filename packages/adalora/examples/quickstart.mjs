@@ -1,5 +1,7 @@
 // Train an AdaLoRA adapter on a toy model with core's trainer, watch the budget move, and save it
-// in PEFT's format. Run from the repo root after `pnpm build`: node packages/adalora/examples/quickstart.mjs
+// in PEFT's format.
+// Run: node node_modules/@lora/adalora/examples/quickstart.mjs (where the package is installed;
+// in this repository: node packages/adalora/examples/quickstart.mjs after `pnpm build`)
 import * as tf from '@tensorflow/tfjs-core';
 import { AdapterModel, createLoraRegistry, initRuntime, Linear, Module, train } from '@lora/core';
 import { adalora, adaLoraRankHistory, formatRankTable, renderRankChart, renderRankSvg, saveAdaLoraAdapter } from '@lora/adalora';

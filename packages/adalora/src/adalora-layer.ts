@@ -265,16 +265,16 @@ export class AdaLoraAdapter implements AdapterInstance {
     return pattern;
   }
 
-  /**
-   * The tensors PEFT saves for this module: only the kept rows of A and E and columns of B, in
-   * their original order (PEFT's `resize_state_dict_by_rank_pattern`). A module with no kept row
-   * gives zero-size tensors ([0, in], [0, 1], [out, 0]). The caller disposes them.
-   */
   /** Core's save hook: the pruned tensors PEFT writes ({@link AdaLoraAdapter.savedTensors}). */
   tensorsForSave(): [string, tf.Tensor][] {
     return this.savedTensors();
   }
 
+  /**
+   * The tensors PEFT saves for this module: only the kept rows of A and E and columns of B, in
+   * their original order (PEFT's `resize_state_dict_by_rank_pattern`). A module with no kept row
+   * gives zero-size tensors ([0, in], [0, 1], [out, 0]). The caller disposes them.
+   */
   savedTensors(): [string, tf.Tensor][] {
     const kept = this.live.flatMap((_, row) => (this.isKept(row) ? [row] : []));
     return tf.tidy(() => {

@@ -1,6 +1,7 @@
 // A runnable LoRA example on @lora/core alone: freeze a small network, add LoRA to two of its
 // layers, fine-tune it to a new task, merge, save in PEFT format and load it back.
-// Run: node packages/core/examples/quickstart.mjs   (after `pnpm build`)
+// Run: node node_modules/@lora/core/examples/quickstart.mjs (where the package is installed;
+// in this repository: node packages/core/examples/quickstart.mjs after `pnpm build`)
 import * as tf from '@tensorflow/tfjs-core';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

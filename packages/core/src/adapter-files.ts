@@ -13,6 +13,7 @@ import { assertTensorsFit, compareTensorShapes } from './tensor-fit.js';
 
 /** File names PEFT uses. */
 export const ADAPTER_CONFIG_NAME = 'adapter_config.json';
+/** The adapter weights file PEFT writes and reads beside `adapter_config.json`. */
 export const ADAPTER_WEIGHTS_NAME = 'adapter_model.safetensors';
 const PREFIX = 'base_model.model.';
 

@@ -47,10 +47,12 @@ export class AdapterLayer extends Module {
     this.host = options.host ?? null;
   }
 
+  /** The wrapped base layer's input width. */
   get inFeatures(): number {
     return this.base_layer.inFeatures;
   }
 
+  /** The wrapped base layer's output width. */
   get outFeatures(): number {
     return this.base_layer.outFeatures;
   }
@@ -73,18 +75,25 @@ export class AdapterLayer extends Module {
     return this.mergedNames;
   }
 
+  /** Whether any adapter is merged into the base weight (forward then runs the base layer alone). */
   get merged(): boolean {
     return this.mergedNames.length > 0;
   }
 
+  /** The adapters `forward` applies, in order (see `setActiveAdapters`). */
   get activeAdapters(): readonly string[] {
     return this.active;
   }
 
+  /** The adapter instance named `name`, or undefined when this layer has none by that name. */
   adapter(name: string): AdapterInstance | undefined {
     return this.adapterMap.get(name);
   }
 
+  /**
+   * Attach an adapter instance under `name` (inactive until named in `setActiveAdapters`); the layer owns and disposes it.
+   * @throws {LoraError} when the layer already has an adapter named `name`.
+   */
   addAdapter(name: string, instance: AdapterInstance): void {
     if (this.adapterMap.has(name)) throw new LoraError(`[@lora/core] This layer already has an adapter named "${name}".`);
     this.adapterMap.set(name, instance);
@@ -119,6 +128,7 @@ export class AdapterLayer extends Module {
     this.snapshots = [];
   }
 
+  /** The base output plus each active adapter's contribution; the base output alone when disabled (unmerging first), merged, or no adapter is active. The caller disposes the result. */
   forward(input: tf.Tensor): tf.Tensor {
     if (this.disabled) {
       if (this.merged) this.unmerge();
@@ -227,6 +237,7 @@ export class ModulesToSaveWrapper extends Module {
     this.training = original.training;
   }
 
+  /** Add a trainable copy of the original module for adapter `name` (PEFT's `modules_to_save.<name>`) and return it. */
   addAdapter(name: string): Module {
     const copy = this.original_module.clone();
     (this.modules_to_save as ModuleDict).set(name, copy);
@@ -234,14 +245,17 @@ export class ModulesToSaveWrapper extends Module {
     return copy;
   }
 
+  /** Adapter `name`'s copy, or undefined when it has none. */
   copy(name: string): Module | undefined {
     return this.copies.get(name);
   }
 
+  /** Names of the adapters that have a copy, in insertion order. */
   get adapterNames(): string[] {
     return [...this.copies.keys()];
   }
 
+  /** Dispose adapter `name`'s copy and stop listing it; unknown names are ignored. */
   deleteAdapter(name: string): void {
     const copy = this.copies.get(name);
     if (!copy) return;
@@ -260,6 +274,7 @@ export class ModulesToSaveWrapper extends Module {
     return this.copies.get(this.activeAdapter) ?? this.original_module;
   }
 
+  /** Forward through `current()`: the active adapter's copy, or the original module. */
   forward(input: tf.Tensor): tf.Tensor {
     return (this.current() as Module & { forward(x: tf.Tensor): tf.Tensor }).forward(input);
   }

@@ -52,6 +52,7 @@ export class LayerNorm extends Module {
     this.bias = tf.tidy(() => this.registerParameter('bias', tf.zeros([options.dim])));
   }
 
+  /** Normalise over the last axis (mean 0, variance 1, `eps` added), then scale by `weight` and shift by `bias`; the caller disposes the result. */
   forward(input: tf.Tensor): tf.Tensor {
     if (input.shape[input.rank - 1] !== this.dim) throw new ShapeError('[@lora/core] LayerNorm input', [null, this.dim], input.shape);
     return tf.tidy(() => layerNorm(input, this.weight, this.bias, this.eps));
@@ -100,6 +101,7 @@ export class RMSNorm extends Module {
     this.weight = tf.tidy(() => this.registerParameter('weight', tf.ones([options.dim])));
   }
 
+  /** `input / sqrt(mean(input²) + eps) · weight` over the last axis; the caller disposes the result. */
   forward(input: tf.Tensor): tf.Tensor {
     if (input.shape[input.rank - 1] !== this.dim) throw new ShapeError('[@lora/core] RMSNorm input', [null, this.dim], input.shape);
     return tf.tidy(() => {
@@ -119,6 +121,7 @@ export class Dropout extends Module {
     this.p = p;
   }
 
+  /** In training mode, zero each element with probability `p` and scale the rest by 1/(1−p); in eval mode (or `p` = 0) the input itself is returned, not a copy. */
   forward(input: tf.Tensor): tf.Tensor {
     if (!this.training || this.p === 0) return input;
     return dropout(input, this.p);

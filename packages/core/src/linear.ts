@@ -82,6 +82,10 @@ export class Linear extends Module implements BaseLayer {
     }
   }
 
+  /**
+   * `input · Wᵀ + b` over the last axis ([…, inFeatures] → […, outFeatures]), in `tf.tidy`; the caller disposes the result.
+   * @throws {ShapeError} when the last axis of `input` is not `inFeatures`.
+   */
   forward(input: tf.Tensor): tf.Tensor {
     this.checkInput(input);
     return tf.tidy(() =>

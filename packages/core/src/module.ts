@@ -239,6 +239,7 @@ export abstract class Module {
 
 /** A module computing one tensor from one tensor (Linear, norms, dropout, adapter layers). */
 export interface TensorModule {
+  /** The output for `input`. The caller disposes it unless it is `input` itself (a `Dropout` in eval mode returns its input). */
   forward(input: tf.Tensor): tf.Tensor;
 }
 
@@ -251,12 +252,14 @@ export class ModuleList<T extends Module = Module> extends Module {
     for (const module of modules) this.append(module);
   }
 
+  /** Register `module` as the next child, named by its index ("0", "1", …); returns the list for chaining. */
   append(module: T): this {
     this.registerModule(String(this.count), module);
     this.count += 1;
     return this;
   }
 
+  /** Number of children appended. */
   get length(): number {
     return this.count;
   }
@@ -266,6 +269,7 @@ export class ModuleList<T extends Module = Module> extends Module {
     return this.getSubmodule(String(index)) as T;
   }
 
+  /** The children in index order (`for (const block of model.h)`). */
   *[Symbol.iterator](): IterableIterator<T> {
     for (let index = 0; index < this.count; index++) yield this.get(index);
   }

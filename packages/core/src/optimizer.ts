@@ -10,6 +10,7 @@ export interface TrainOptimizer {
   learningRate: number;
   /** Updates applied so far (restored from checkpoints). */
   step: number;
+  /** One update of every variable in `gradients` at the current `learningRate`; the caller keeps and disposes the gradient tensors. */
   applyGradients(gradients: ReadonlyMap<tf.Variable, tf.Tensor>): void;
   /** Optimizer state for a checkpoint, keyed by `<kind>.<variable name>` using `names`. */
   stateEntries?(names: ReadonlyMap<tf.Variable, string>): Map<string, SafetensorsEntry>;
@@ -20,6 +21,7 @@ export interface TrainOptimizer {
    * than `stateEntries`; the trainer keeps one for the last good step. The caller disposes it.
    */
   snapshotState?(variables?: readonly tf.Variable[]): OptimizerSnapshot;
+  /** Free all optimizer state (the variables it updated are not disposed). */
   dispose(): void;
 }
 
@@ -27,6 +29,7 @@ export interface TrainOptimizer {
 export interface OptimizerSnapshot {
   /** Put the state back exactly as it was when the snapshot was taken. */
   restore(): void;
+  /** Free the copied state without restoring it. */
   dispose(): void;
 }
 
@@ -50,11 +53,13 @@ export interface MomentStore {
   readonly quantized: boolean;
   /** An exact copy of the stored moments that `restore()` writes back (no decode, no re-encode). */
   snapshot(): OptimizerSnapshot;
+  /** Free the moment tensors this store holds. */
   dispose(): void;
 }
 
 /** Creates the {@link MomentStore} of each variable AdamW updates. */
 export interface MomentEncoding {
+  /** A new store holding zero moments for `variable` (called on its first update); AdamW disposes it. */
   create(variable: tf.Variable): MomentStore;
 }
 

@@ -18,6 +18,7 @@ export interface LoraRegistry {
   adapter(name: string): AdapterPlugin;
   /** @throws {RegistryError} naming the package to install. */
   transform(name: string): BaseTransform;
+  /** Whether a plugin (adapter or base transform) is registered under `name`. */
   has(name: string): boolean;
   /** The adapter plugin that reads a saved `adapter_config.json`. @throws {RegistryError} naming the package to install. */
   adapterForPeftConfig(json: PeftConfigJson): AdapterPlugin;

@@ -20,6 +20,9 @@ import { installNodeFileHost } from './node-file-host.js';
 // The test helpers run in Node (vitest) and save adapters to temporary directories.
 installNodeFileHost();
 
+// `runUntilKilled` and `SimulatedKill` expose the save step a kill happened at.
+export type { FaultPoint } from './files.js';
+
 /** Tolerances for {@link expectTensorsClose}: |a − e| <= atol + rtol·|e| element-wise. */
 export interface Tolerance {
   /** Default 1e-6. */

@@ -12,7 +12,13 @@ import { resolveTrainingTarget, type TrainingTarget } from './training-target.js
 import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
 
 /** Batches indexed by position; an array works. Indexing keeps resumed runs on the same batches. */
-export type BatchSource<Batch> = readonly Batch[] | { readonly length: number; get(index: number): Batch };
+export type BatchSource<Batch> =
+  | readonly Batch[]
+  | {
+      readonly length: number;
+      /** The batch at `index` (0 ≤ index < length); may build it on demand. */
+      get(index: number): Batch;
+    };
 
 /** Emitted after every optimizer step and evaluation. */
 export interface TrainingProgress {
@@ -63,6 +69,7 @@ export interface TrainOptions<Batch> {
   readonly evalEvery?: number;
   /** Extra hooks, run after the target's own (an `AdapterModel` supplies its adapters' hooks itself). */
   readonly hooks?: readonly TrainingHooks[];
+  /** Called after every optimizer step and every evaluation, e.g. to print or chart the loss. */
   readonly onProgress?: (progress: TrainingProgress) => void;
   /** Tokens in one batch, for tokens/s in progress events. */
   readonly tokensPerBatch?: number;

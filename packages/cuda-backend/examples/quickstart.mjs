@@ -1,5 +1,6 @@
 // Select the fastest backend, print why (`lora doctor`), then LoRA-train a small network on it.
-// Run: node packages/cuda-backend/examples/quickstart.mjs   (after `pnpm build`)
+// Run: node node_modules/@lora/cuda-backend/examples/quickstart.mjs (where the package is installed;
+// in this repository: node packages/cuda-backend/examples/quickstart.mjs after `pnpm build`)
 import * as tf from '@tensorflow/tfjs-core';
 import { AdapterModel, createLoraRegistry, Linear, lora, Module, train } from '@lora/core';
 import { doctor } from '@lora/cuda-backend';

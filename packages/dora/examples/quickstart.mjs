@@ -1,7 +1,8 @@
 // A runnable DoRA example: freeze a small network, add DoRA to two of its layers, fine-tune it to a
 // new task, merge for inference, save in PEFT format (LORA + use_dora) and load it back; then the
 // double low-rank mode and its export to a plain LoRA.
-// Run: node packages/dora/examples/quickstart.mjs   (after `pnpm build`)
+// Run: node node_modules/@lora/dora/examples/quickstart.mjs (where the package is installed;
+// in this repository: node packages/dora/examples/quickstart.mjs after `pnpm build`)
 import * as tf from '@tensorflow/tfjs-core';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

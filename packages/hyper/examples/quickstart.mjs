@@ -1,5 +1,6 @@
 // HyperLoRA quickstart: one generator, per-row conditions, save, export one condition as a plain LoRA.
-// Run after `pnpm build`: node packages/hyper/examples/quickstart.mjs
+// Run: node node_modules/@lora/hyper/examples/quickstart.mjs (where the package is installed;
+// in this repository: node packages/hyper/examples/quickstart.mjs after `pnpm build`)
 import * as tf from '@tensorflow/tfjs-core';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -37,7 +38,7 @@ console.log(peft.trainableParameters().line);
 // Each row has its own condition; a target per condition that only a conditioned adapter can fit.
 const conditions = [{ src: 'en', tgt: 'fr' }, { src: 'en', tgt: 'de' }, { src: 'fr', tgt: 'en' }, { src: 'en', tgt: 'fr' }];
 const x = tf.randomNormal([4, 32], 0, 1, 'float32', 5);
-const y = tf.tidy(() => tf.add(model.forward(x), tf.tensor2d([[1], [-1], [0.5], [1]]).tile([1, 8])));
+const y = tf.tidy(() => tf.add(model.forward(x), tf.tile(tf.tensor2d([[1], [-1], [0.5], [1]]), [1, 8])));
 const result = await train({
   model: peft, // an AdapterModel: its generator (adapter-level state) trains, its cache is dropped each step
   trainData: [{ x, y }],

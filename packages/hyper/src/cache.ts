@@ -88,6 +88,7 @@ export class GeneratedAdapterCache {
     for (const key of [...this.entries.keys()]) this.remove(key);
   }
 
+  /** Counters since creation (hits, misses, evictions, invalidations) and the current entries and bytes against the budget. */
   stats(): CacheStats {
     return {
       hits: this.hits,
@@ -108,6 +109,7 @@ export class GeneratedAdapterCache {
     this.bytes -= entry.bytes;
   }
 
+  /** Free every cached factor. */
   dispose(): void {
     this.invalidate();
   }

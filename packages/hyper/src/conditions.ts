@@ -228,6 +228,7 @@ export class ConditionEncoder {
     });
   }
 
+  /** Free the embedding tables and the projection. */
   dispose(): void {
     for (const table of this.tables) table.dispose();
     if (this.projection) {

@@ -358,6 +358,7 @@ export class HyperGenerator {
     return this.targetsByType;
   }
 
+  /** Free every variable of the generator (embeddings, trunk, heads and per-target factors). */
   dispose(): void {
     for (const [, variable] of this.namedTensors()) variable.dispose();
   }

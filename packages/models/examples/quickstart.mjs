@@ -1,4 +1,6 @@
-// The README's opening example. Run from packages/models after `pnpm build`: node examples/quickstart.mjs
+// The README's opening example.
+// Run: node node_modules/@lora/models/examples/quickstart.mjs (where the package is installed;
+// in this repository: node packages/models/examples/quickstart.mjs after `pnpm build`)
 import * as tf from '@tensorflow/tfjs-core';
 import { AdapterModel, causalLmLoss, createLoraRegistry, initRuntime, lora, train } from '@lora/core';
 import { causalLmWindows, generate, loadBundledBase } from '@lora/models';

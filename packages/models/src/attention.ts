@@ -73,7 +73,7 @@ const CAUSAL_MASKS_KEPT = 4;
 /**
  * The causal additive mask [queries, keys]: 0 where query i may see key j (j ≤ keys − queries + i),
  * {@link MASK_VALUE} elsewhere. Each size is built once per backend and kept (at most
- * {@link CAUSAL_MASKS_KEPT} sizes); the returned tensor shares the kept data (no copy) and the
+ * `CAUSAL_MASKS_KEPT` = 4 sizes); the returned tensor shares the kept data (no copy) and the
  * caller disposes it.
  */
 export function causalMaskBias(queries: number, keys: number): tf.Tensor2D {

@@ -39,6 +39,10 @@ export class BertEmbeddings extends Module {
     this.dropout = this.registerModule('dropout', new Dropout(config.hiddenDropoutProb));
   }
 
+  /**
+   * Token ids [B, T] → word + position + token-type embeddings, LayerNorm and dropout, [B, T, hiddenSize].
+   * `options.tokenTypeIds` defaults to all zeros. The caller disposes the result.
+   */
   forward(inputIds: tf.Tensor, options: BertForwardOptions = {}): tf.Tensor {
     return tf.tidy(() => {
       const [batch, time] = inputIds.shape as [number, number];
@@ -70,6 +74,7 @@ export class BertSelfAttention extends Module {
     this.heads = config.numAttentionHeads;
   }
 
+  /** Multi-head self-attention context [B, T, hiddenSize] (before the output projection); `bias` is the additive padding mask, null for none. */
   forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
     return tf.tidy(() => {
       const q = splitHeads(this.query.forward(hidden), this.heads);
@@ -98,6 +103,7 @@ export class BertResidualOutput extends Module {
     this.dropout = this.registerModule('dropout', new Dropout(config.hiddenDropoutProb));
   }
 
+  /** `LayerNorm(dropout(dense(hidden)) + residual)`: the post-norm residual step after attention and after the intermediate layer. */
   forward(hidden: tf.Tensor, residual: tf.Tensor): tf.Tensor {
     return tf.tidy(() => this.LayerNorm.forward(tf.add(this.dropout.forward(this.dense.forward(hidden)), residual)));
   }
@@ -114,6 +120,7 @@ export class BertAttention extends Module {
     this.output = this.registerModule('output', new BertResidualOutput(config, config.hiddenSize));
   }
 
+  /** Self-attention followed by its output projection and residual LayerNorm, [B, T, hiddenSize] → [B, T, hiddenSize]. */
   forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
     return tf.tidy(() => this.output.forward(this.self.forward(hidden, bias), hidden));
   }
@@ -130,6 +137,7 @@ export class BertIntermediate extends Module {
     this.activation = activationFunction(config.hiddenAct, 'hidden_act');
   }
 
+  /** `activation(dense(hidden))`: [B, T, hiddenSize] → [B, T, intermediateSize]. */
   forward(hidden: tf.Tensor): tf.Tensor {
     return tf.tidy(() => this.activation(this.dense.forward(hidden)));
   }
@@ -148,6 +156,7 @@ export class BertLayer extends Module {
     this.output = this.registerModule('output', new BertResidualOutput(config, config.intermediateSize));
   }
 
+  /** One encoder layer: attention, then the intermediate layer and its residual output; `bias` is the additive padding mask. */
   forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
     return tf.tidy(() => {
       const attended = this.attention.forward(hidden, bias);
@@ -165,6 +174,7 @@ export class BertEncoder extends Module {
     this.layer = this.registerModule('layer', new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new BertLayer(config))));
   }
 
+  /** Every layer in order, [B, T, hiddenSize] → the last hidden state; `bias` is the additive padding mask. */
   forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
     return tf.tidy(() => {
       let out = hidden;
@@ -183,6 +193,7 @@ export class BertPooler extends Module {
     this.dense = this.registerModule('dense', new Linear({ inFeatures: config.hiddenSize, outFeatures: config.hiddenSize }));
   }
 
+  /** `tanh(dense(h[:, 0]))`: the first token's hidden state pooled to [B, hiddenSize]. */
   forward(hidden: tf.Tensor): tf.Tensor {
     return tf.tidy(() => {
       const [batch, , size] = hidden.shape as [number, number, number];

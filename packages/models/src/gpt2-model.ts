@@ -64,6 +64,7 @@ export class Gpt2Mlp extends Module {
     this.activation = activationFunction(config.activationFunction, 'activation_function');
   }
 
+  /** Hidden states [B, T, nEmbd] → `c_proj(activation(c_fc(hidden)))` with residual dropout, [B, T, nEmbd]. */
   forward(hidden: tf.Tensor): tf.Tensor {
     return tf.tidy(() => this.dropout.forward(this.c_proj.forward(this.activation(this.c_fc.forward(hidden)))));
   }
@@ -84,6 +85,11 @@ export class Gpt2Block extends Module {
     this.mlp = this.registerModule('mlp', new Gpt2Mlp(config));
   }
 
+  /**
+   * Hidden states [B, T, nEmbd] → the block output: `h + attn(ln_1(h))`, then `+ mlp(ln_2(·))`.
+   * `bias` is the additive attention mask (null for none); with `cache`, keys and values of earlier
+   * positions are reused and this step's appended. The caller disposes the result.
+   */
   forward(hidden: tf.Tensor, bias: tf.Tensor | null, cache?: KeyValueCache): tf.Tensor {
     return tf.tidy(() => {
       const afterAttention = tf.add(hidden, this.attn.forward(this.ln_1.forward(hidden), bias, cache));

@@ -36,6 +36,11 @@ export class LlamaAttention extends Module {
     this.o_proj = this.registerModule('o_proj', new Linear({ inFeatures: numAttentionHeads * headDim, outFeatures: hiddenSize, bias }));
   }
 
+  /**
+   * Hidden states [B, T, hiddenSize] → attention output [B, T, hiddenSize]: rotary position embedding
+   * on queries and keys (grouped-query heads shared as configured), the additive mask `bias` (null for
+   * none), keys and values reused and appended when a `cache` is given. The caller disposes the result.
+   */
   forward(hidden: tf.Tensor, bias: tf.Tensor | null, rotary: RotaryContext, cache?: KeyValueCache): tf.Tensor {
     return tf.tidy(() => {
       const { numAttentionHeads, numKeyValueHeads, headDim, attentionDropout } = this.config;
@@ -69,6 +74,7 @@ export class LlamaMlp extends Module {
     this.activation = activationFunction(config.hiddenAct, 'hidden_act');
   }
 
+  /** SwiGLU: `down_proj(act(gate_proj(h)) ⊙ up_proj(h))`, [B, T, hiddenSize] → [B, T, hiddenSize]. */
   forward(hidden: tf.Tensor): tf.Tensor {
     return tf.tidy(() => this.down_proj.forward(tf.mul(this.activation(this.gate_proj.forward(hidden)), this.up_proj.forward(hidden))));
   }
@@ -89,6 +95,10 @@ export class LlamaDecoderLayer extends Module {
     this.post_attention_layernorm = this.registerModule('post_attention_layernorm', new RMSNorm({ dim: config.hiddenSize, eps: config.rmsNormEps }));
   }
 
+  /**
+   * One pre-norm decoder layer: `h + self_attn(input_layernorm(h))`, then `+ mlp(post_attention_layernorm(·))`.
+   * Arguments as {@link LlamaAttention.forward}; the caller disposes the result.
+   */
   forward(hidden: tf.Tensor, bias: tf.Tensor | null, rotary: RotaryContext, cache?: KeyValueCache): tf.Tensor {
     return tf.tidy(() => {
       const afterAttention = tf.add(hidden, this.self_attn.forward(this.input_layernorm.forward(hidden), bias, rotary, cache));

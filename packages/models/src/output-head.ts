@@ -43,6 +43,7 @@ export class OutputHead extends Module implements BaseLayer {
     }
   }
 
+  /** Logits [B, T, vocab] from hidden states [B, T, inFeatures]; the same as `forwardWithoutBias` (the tied head has no bias). The caller disposes the result. */
   forward(input: tf.Tensor): tf.Tensor {
     return this.forwardWithoutBias(input);
   }

@@ -24,7 +24,9 @@ export interface TextTokenizer {
   readonly eosTokenId: number | null;
   /** Id used for padding (falls back to EOS when the tokenizer has no pad token, as is usual for GPT-2), or null. */
   readonly padTokenId: number | null;
+  /** Token ids of `text` (special tokens as `options` says). */
   encode(text: string, options?: EncodeOptions): number[];
+  /** The text of token ids (special tokens kept unless `options` says to skip them). */
   decode(ids: readonly number[], options?: DecodeOptions): string;
 }
 
@@ -115,10 +117,15 @@ function tokenString(value: unknown): string | null {
  * CommonJS file); the object at run time is that library's `Tokenizer`, with its full API.
  */
 export interface HuggingFaceTokenizerObject {
+  /** Encode `text` (`add_special_tokens` defaults to true). */
   encode(text: string, options?: { add_special_tokens?: boolean }): { ids: number[]; tokens: string[]; attention_mask: number[] };
+  /** Decode token ids to text. */
   decode(tokenIds: number[], options?: { skip_special_tokens?: boolean }): string;
+  /** The token strings of `text`, without ids. */
   tokenize(text: string): string[];
+  /** The id of one token string, undefined when it is not in the vocabulary. */
   token_to_id(token: string): number | undefined;
+  /** The vocabulary (token → id), with added tokens when asked. */
   get_vocab(withAddedTokens?: boolean): Map<string, number>;
 }
 
@@ -176,6 +183,7 @@ export class HuggingFaceTokenizer implements TextTokenizer {
     return new HuggingFaceTokenizer(json, config, file);
   }
 
+  /** Token ids of `text`; special tokens (e.g. BERT's [CLS]/[SEP]) are added unless `options.addSpecialTokens` is false. */
   encode(text: string, options: EncodeOptions = {}): number[] {
     return this.tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
   }
@@ -185,6 +193,7 @@ export class HuggingFaceTokenizer implements TextTokenizer {
     return this.tokenizer.tokenize(text);
   }
 
+  /** The text of token ids; special tokens are kept unless `options.skipSpecialTokens` is true. */
   decode(ids: readonly number[], options: DecodeOptions = {}): string {
     return this.tokenizer.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? false });
   }

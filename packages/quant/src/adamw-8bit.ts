@@ -88,7 +88,7 @@ function blockwise8bitStore(variable: tf.Variable, blockSize: number): MomentSto
  * Optimizers via Block-wise Quantization*; bitsandbytes' `AdamW8bit`): `m` in the signed dynamic map,
  * `v` in the unsigned one, blocks of 256 with a float32 absmax each, i.e. 2 + 8/256 ≈ 2.03 bytes per
  * parameter instead of 8. It is core's `AdamW` (same update, validation and checkpoint handling) with
- * an 8-bit {@link MomentEncoding}: each step decodes a variable's moments, does the float32 AdamW
+ * an 8-bit `MomentEncoding`: each step decodes a variable's moments, does the float32 AdamW
  * update and re-encodes them with fresh absmax (nearest code, no stochastic rounding). Variables under
  * `minQuantizedSize` elements keep float32 moments.
  *

@@ -27,7 +27,7 @@ function nonFinite(name: string | undefined, index: number, value: number): Lora
  * the last low nibble with the code of 0. An all-zero block stores absmax 0 and the code of 0.
  *
  * @param values the weight, flattened row-major ([out, in] as PyTorch stores it).
- * @param name used in error messages.
+ * @param options.name used in error messages.
  * @throws {LoraError} when a value is NaN or infinite.
  * @example
  * const { packed, absmax } = quantize4bit(new Float32Array([0.5, -1, 0.25, 0]), { type: 'nf4', blockSize: 64 });
@@ -68,9 +68,9 @@ export function quantize4bit(
 /**
  * Dequantize packed 4-bit codes: `out[i] = float32(code[nibble(i)] · absmax[⌊i / blockSize⌋])`.
  *
- * @param code the 16-entry table (the stored `quant_map`; for FP4 in bit-pattern order).
- * @param length number of elements (the packed array may hold one padding nibble more).
- * @param out optional destination of at least `length` floats.
+ * @param options.code the 16-entry table (the stored `quant_map`; for FP4 in bit-pattern order).
+ * @param options.length number of elements (the packed array may hold one padding nibble more).
+ * @param options.out optional destination of at least `length` floats.
  */
 export function dequantize4bit(
   packed: Uint8Array,
@@ -108,8 +108,8 @@ export interface Quantized8bit {
  * float32 absmax, values scaled by its float32 reciprocal, and the nearest entry of `code` found by the
  * CUDA kernel's binary search ({@link dynamicCodeOf}).
  *
- * @param code a sorted 256-entry map (default: the signed dynamic map).
- * @param out optional destination for the codes.
+ * @param options.code a sorted 256-entry map (default: the signed dynamic map).
+ * @param options.out optional destination for the codes.
  */
 export function quantizeBlockwise8bit(
   values: Float32Array,
@@ -138,7 +138,7 @@ export function quantizeBlockwise8bit(
 
 /**
  * Inverse of {@link quantizeBlockwise8bit}: `out[i] = float32(float32(code[codes[i]] · absmax[block]) + offset)`.
- * @param offset added after scaling (double quantization's mean); default 0.
+ * @param options.offset added after scaling (double quantization's mean); default 0.
  */
 export function dequantizeBlockwise8bit(
   codes: Uint8Array,

@@ -5,6 +5,7 @@ import { adapterVariables } from './tree-paths.js';
 
 /** An optimizer whose state size can be measured: core's `AdamW` or {@link AdamW8bit} (its 8-bit encoding). */
 export interface MeasurableOptimizer {
+  /** Bytes of optimizer state held now; `total` sums every variable's stored moments. */
   stateBytes(): { readonly total: number };
 }
 

@@ -8,6 +8,7 @@ export interface QuantTransform extends BaseTransform {
   readonly packageName: '@lora/quant';
   /** The options with defaults filled. */
   readonly config: QuantConfig;
+  /** A `QuantLinear` holding `module`'s weight in 4 bits (its bias in float32); the caller disposes the old layer. */
   transform(module: Module & BaseLayer, path: string): QuantLinear;
 }
 
