@@ -2,7 +2,7 @@
 // base: what the quant base transform saves and costs, measured in one run. Same data, seed,
 // generator initialisation and batches for both; the runs alternate per seed so machine load hits both.
 //
-//   pnpm build && node packages/hyper/scripts/quant-base.mjs [--steps 30] [--seeds 1] [--out results.json]
+//   pnpm build && node packages/hyper/scripts/quant-base.mjs [--steps 30] [--seeds 1,2,3] [--out results.json]
 //
 // Prints a markdown table (the one in the README) and writes the raw numbers as JSON.
 import * as tf from '@tensorflow/tfjs-core';
@@ -15,7 +15,7 @@ import { hyper } from '../dist/index.js';
 import { ALL, batches, CONDITION_SPEC, CONDITIONS, dataOf, HELD_OUT, label, loadData, option, SETTINGS, validationLoss } from './sotu.mjs';
 
 const STEPS = Number(option('steps', '30'));
-const SEEDS = option('seeds', '1').split(',').map(Number);
+const SEEDS = option('seeds', '1,2,3').split(',').map(Number);
 const OUT = option('out', null);
 const { context: CONTEXT, batch: BATCH, learningRate: LEARNING_RATE, validationWindows: VALIDATION_WINDOWS } = SETTINGS;
 const BASES = ['float32', 'NF4 + double quant'];
