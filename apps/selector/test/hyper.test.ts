@@ -54,8 +54,8 @@ describe('lora train / export / forward with HyperLoRA', () => {
     const merge = await run(['merge', '--model', GPT2, '--adapter', out, '--out', mergedDirectory]);
     expect(merge.code).toBe(2);
     expect(merge.stderr.trim().split('\n')).toHaveLength(1);
-    expect(merge.stderr).toContain('cannot be merged');
-    expect(merge.stderr).toContain('lora export --adapter <dir> --condition factor=value --out <lora dir>, then lora merge --adapter <lora dir>');
+    expect(merge.stderr).toContain(`${out} is a HyperLoRA adapter`);
+    expect(merge.stderr).toContain(`lora export --model ${GPT2} --adapter ${out} --condition task=a --out <lora dir>, then lora merge --model ${GPT2} --adapter <lora dir> --out <dir>`);
     await expect(readFile(path.join(mergedDirectory, 'config.json'))).rejects.toThrow(/ENOENT/u);
 
     const unknown = await run(['forward', '--model', GPT2, '--adapter', out, '--condition', 'task=z', '--input', input, '--out', viaHyper]);
