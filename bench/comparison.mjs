@@ -90,13 +90,14 @@ export async function compare({ quick = false, parts = COMPARISON_PARTS, log = (
   const progress = progressTracker(total, log);
 
   const rows = [];
-  const details = { settings, backend, methods: [], missing, bert: null, scaling: [], classificationTask: null, languageData: null };
+  const details = { settings, backend, methods: [], missing, bert: null, scaling: [], classificationTask: null, languageData: null, heldOutCondition: null };
   const language = settings.language;
   const runLabel = `bundled base → State of the Union, ${language.steps} steps × ${language.batchSize} × ${language.contextLength} tokens, seeds ${settings.seeds.join('/')}`;
 
   if (parts.includes('rows')) {
     const data = await loadLanguageData(language);
     details.languageData = data.description;
+    details.heldOutCondition = data.validation.find((entry) => entry.heldOut).label;
     for (const { definition, modules } of loaded) {
       const runs = [];
       for (const seed of settings.seeds) {
@@ -114,6 +115,7 @@ export async function compare({ quick = false, parts = COMPARISON_PARTS, log = (
         valLosses: runs.map((run) => run.valLoss),
         perplexities: runs.map((run) => run.perplexity),
         mergeMaxAbsDiff: runs[0].inference.mergeMaxAbsDiff,
+        merges: definition.merges !== false,
         adapterBytes: runs[0].resident.adapters,
         accuracy: null,
       });
@@ -162,6 +164,8 @@ export async function compare({ quick = false, parts = COMPARISON_PARTS, log = (
           inferenceTokensPerSecMerged: null,
           valLoss: null,
           valLossSpread: null,
+          valLossByCondition: null,
+          valLossHeldOut: null,
         });
         progress(1, `${definition.label} at d ${width}: ${point.stepMs?.toFixed(0)} ms/step`);
       }

@@ -43,9 +43,10 @@ export const BERT_LORA_SETTINGS = [
  */
 export function measureBertBase({ layers = 12, log = () => {} } = {}) {
   const counting = [];
-  // One model for every setting (building 109 M random weights is the slow part): each adapter is
-  // unloaded before the next is added.
-  const model = models.createModel(bertBaseConfig(layers), { seed: 1 });
+  // One model for every setting and the first quantization (building 109 M random weights is the
+  // slow part): each adapter is unloaded before the next is added; quantizing replaces the linear
+  // layers, so it comes last.
+  let model = models.createModel(bertBaseConfig(layers), { seed: 1 });
   try {
     for (const setting of BERT_LORA_SETTINGS) {
       const config = setting.lastLayerOnly ? { ...setting.config, targetModules: setting.config.targetModules.replace('LAST', String(layers - 1)) } : setting.config;
@@ -55,12 +56,13 @@ export function measureBertBase({ layers = 12, log = () => {} } = {}) {
       adapterModel.unload();
       log(`  BERT-base LoRA ${setting.label}: ${report.trainable.toLocaleString('en-US')} trainable of ${report.total.toLocaleString('en-US')}`);
     }
-  } finally {
+  } catch (error) {
     model.dispose();
+    throw error;
   }
   const quantization = [];
   for (const doubleQuant of [false, true]) {
-    const model = models.createModel(bertBaseConfig(layers), { seed: 1 });
+    model ??= models.createModel(bertBaseConfig(layers), { seed: 1 });
     // LoRA r 8 on query/value over the 4-bit base: QLoRA's recipe.
     const registry = core.createLoraRegistry({ plugins: [core.lora({ seed: 1 }), quant({ type: 'nf4', doubleQuant })] });
     const adapterModel = core.AdapterModel.create(model, { registry, config: BERT_LORA_SETTINGS[1].config, transforms: ['quant'] });
@@ -76,6 +78,7 @@ export function measureBertBase({ layers = 12, log = () => {} } = {}) {
       otherBytes: report.otherParameters,
     });
     adapterModel.dispose();
+    model = null;
     log(`  BERT-base NF4${doubleQuant ? ' + double quant' : ''}: ${(100 * (1 - report.quantizedFraction)).toFixed(2)}% smaller linear weights`);
   }
   return { layers, counting, quantization };

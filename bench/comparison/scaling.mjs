@@ -1,7 +1,8 @@
 // Scaling: step time, peak bytes and adapter file bytes of every method on GPT-2s of three widths
 // (random weights, the same State of the Union batches), and an SVG chart of each against width.
 import { core, models, tf } from '../lib/packages.mjs';
-import { applyMethod, measureStepPeak, parameterCounts, residentBytes, savedBytes, trainMethod } from './measure.mjs';
+import { LANGUAGE_CONDITIONS } from './data.mjs';
+import { applyMethod, measureStepPeak, parameterCounts, residentBytes, savedBytes, trainMethod, withCondition } from './measure.mjs';
 import { learningRateOf, TARGET_MODULES } from './rows.mjs';
 
 function gpt2Config({ width, layers, contextLength }) {
@@ -26,12 +27,12 @@ export async function runScalingPoint({ definition, modules, width, settings, ba
   try {
     ({ adapterModel } = applyMethod(model, definition, modules, {
       seed: 0,
-      context: { targetModules: TARGET_MODULES, fanInFanOut: true, steps: settings.steps, conditions: { party: ['Democratic', 'Republican'] } },
+      context: { targetModules: TARGET_MODULES, fanInFanOut: true, steps: settings.steps, conditionFactors: LANGUAGE_CONDITIONS.factors },
     }));
     const lossFn = (batch) =>
       tf.tidy(() => {
-        const ids = tf.tensor2d(batch, [batch.length, settings.contextLength], 'int32');
-        return core.causalLmLoss(model.forward(ids), ids);
+        const ids = tf.tensor2d(batch.map((window) => window.ids), [batch.length, settings.contextLength], 'int32');
+        return withCondition(definition, adapterModel, batch.map((window) => window.condition), () => core.causalLmLoss(model.forward(ids), ids));
       });
     const optimizer = new core.AdamW({ learningRate: learningRateOf(definition), weightDecay: 0 });
     try {

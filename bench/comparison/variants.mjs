@@ -33,7 +33,8 @@ function adaLoraSettings(context) {
 /**
  * Every row of the comparison, in report order. Fields: `variant` (the JSON row's name), `label`,
  * `packages` (imported before the row runs), `plugins(packages, seed)` (beside core's `lora()`),
- * `adapter` (registry name; null = full fine-tuning), `transforms`, `config(context)`, `note`.
+ * `adapter` (registry name; null = full fine-tuning), `transforms`, `config(context)`, `note`;
+ * optional `conditioned` (forward passes take a condition) and `merges: false` (merge refuses).
  */
 export const VARIANTS = [
   {
@@ -118,17 +119,28 @@ export const VARIANTS = [
     note: 'rank growth from 4 (IncreLoRA-style), budget ceiling r 8',
   },
   {
-    // Written against @lora/hyper's expected API (issue 12): a `hyper()` plugin factory and a
-    // config with LoRA's fields plus the condition vocabulary. Until the package is installed
-    // (add it to bench/package.json) the row is reported as not built yet.
+    // LoRA's rank, alpha and targets; the generator's defaults (basis heads, K 8, trunk 64 × 2);
+    // condition dropout 0.1 as `lora train` uses, so the held-out combination is a valid input.
     variant: 'hyperlora',
     label: 'HyperLoRA',
     packages: ['@lora/hyper'],
     plugins: ({ '@lora/hyper': hyper }, seed) => [hyper.hyper({ seed })],
     adapter: 'hyper',
     transforms: [],
-    config: (context) => ({ ...loraSettings(context), conditions: context.conditions }),
-    note: 'hypernetwork-generated LoRA, r 8',
+    // Each forward pass is given the condition of every row (`withCondition` in measure.mjs).
+    conditioned: true,
+    // One ΔW per condition, none for the adapter: merge refuses (export a condition, merge that),
+    // so its merged inference figures are null.
+    merges: false,
+    config: (context) => ({
+      r: 8,
+      loraAlpha: 16,
+      targetModules: context.targetModules,
+      modulesToSave: context.modulesToSave,
+      condition: { kind: 'discrete', factors: context.conditionFactors },
+      conditionDropout: 0.1,
+    }),
+    note: 'one generator (basis heads) makes every r-8 LoRA from the condition (party × era; classification: one task), condition dropout 0.1; no merge (one ΔW per condition)',
   },
 ];
 

@@ -11,7 +11,7 @@ import { guideVerdict, GUIDE_ROWS } from '../comparison/report.mjs';
 import { lineChartSvg } from '../comparison/scaling.mjs';
 
 type Row = Record<string, unknown> & { variant: string; trainableParams: number; totalParams: number };
-type Method = { label: string; variant: string; row: Row; mergeMaxAbsDiff: number | null; valLosses: number[] };
+type Method = { label: string; variant: string; row: Row; mergeMaxAbsDiff: number | null; merges: boolean; valLosses: number[] };
 
 const FIELDS = [
   'variant',
@@ -29,9 +29,17 @@ const FIELDS = [
   'inferenceTokensPerSecMerged',
   'valLoss',
   'valLossSpread',
+  'valLossByCondition',
+  'valLossHeldOut',
 ];
-/** The documented nulls of a comparison row: full fine-tuning has no adapter to keep unmerged. */
-const NULL_FIELDS: Record<string, string[]> = { full: ['inferenceTokensPerSecUnmerged'] };
+/**
+ * The documented nulls of a comparison row: full fine-tuning has no adapter to keep unmerged; a
+ * HyperLoRA has one ΔW per condition and refuses to merge, so it has no merged speed.
+ */
+const NULL_FIELDS: Record<string, string[]> = { full: ['inferenceTokensPerSecUnmerged'], hyperlora: ['inferenceTokensPerSecMerged'] };
+/** The language rows' conditions (party × era), the held-out one last. */
+const CONDITIONS = ['party=Democratic,era=early', 'party=Democratic,era=modern', 'party=Republican,era=early', 'party=Republican,era=modern'];
+const HELD_OUT = 'party=Republican,era=modern';
 
 /** The bundled base's shape, read from its own config.json (not from the bench code). */
 const baseConfig = JSON.parse(readFileSync(path.join(models.bundledBaseDirectory(), 'config.json'), 'utf8')) as {
@@ -70,6 +78,17 @@ function expectedTrainable(variant: string): number {
       return perLayer((m) => 8 * (m.inFeatures + m.outFeatures) + m.outFeatures);
     case 'adalora':
       return perLayer((m) => 12 * (m.inFeatures + m.outFeatures) + 12);
+    case 'hyperlora': {
+      // @lora/hyper's README formula, basis heads (K 8, r 8), trunk H 64 × k 2, layer and type
+      // embeddings of 8, two factors (party, era) of 2 values + a null row, 16 wide each.
+      const [H, K, r, k, dl, dt] = [64, 8, 8, 2, 8, 8];
+      const condition = 2 * (2 + 1) * 16;
+      const m = 2 * 16 + dl + dt;
+      const positions = layers * dl + modules.length * dt;
+      const trunk = 2 * m + (m * H + H) + (k - 1) * (H * H + H);
+      const heads = modules.reduce((sum, t) => sum + (H + 1) * 2 * K + K * r * (t.inFeatures + t.outFeatures), 0);
+      return condition + positions + trunk + heads;
+    }
     default:
       throw new Error(`No formula for ${variant}.`);
   }
@@ -89,9 +108,8 @@ describe('compare (quick, language-modelling rows)', () => {
   }, 900_000);
 
   it('gives one row per method with exactly the documented fields', () => {
-    // HyperLoRA's row appears once @lora/hyper is installed; until then it is reported missing.
-    const hyper = missing.some((entry) => entry.variant === 'hyperlora') ? [] : ['hyperlora'];
-    expect(rows.map((row) => row.variant)).toEqual(['full', 'lora', 'dora', 'double-lora', 'qlora', 'adalora', 'adalora', ...hyper]);
+    expect(missing).toEqual([]);
+    expect(rows.map((row) => row.variant)).toEqual(['full', 'lora', 'dora', 'double-lora', 'qlora', 'adalora', 'adalora', 'hyperlora']);
     for (const row of rows) expect(Object.keys(row).sort()).toEqual([...FIELDS].sort());
   });
 
@@ -99,7 +117,7 @@ describe('compare (quick, language-modelling rows)', () => {
     for (const row of rows) {
       expect(typeof row['config']).toBe('string');
       expect(typeof row['backend']).toBe('string');
-      for (const field of FIELDS.slice(3)) {
+      for (const field of FIELDS.slice(3, -2)) {
         const value = row[field];
         if ((NULL_FIELDS[row.variant] ?? []).includes(field)) {
           expect(value, `${row.variant}.${field}`).toBeNull();
@@ -113,9 +131,22 @@ describe('compare (quick, language-modelling rows)', () => {
     }
   });
 
+  it('gives every method a validation loss per condition, the held-out one included, consistent with its overall loss', () => {
+    for (const row of rows) {
+      const byCondition = row['valLossByCondition'] as Record<string, number>;
+      expect(Object.keys(byCondition).sort(), row.variant).toEqual(CONDITIONS);
+      for (const value of Object.values(byCondition)) expect(Number.isFinite(value) && value > 0, row.variant).toBe(true);
+      expect(row['valLossHeldOut'] as number, row.variant).toBeCloseTo(byCondition[HELD_OUT]!, 12);
+      // The overall loss is a token-weighted mean of the conditions' losses.
+      const values = Object.values(byCondition);
+      expect(row['valLoss'] as number, row.variant).toBeGreaterThanOrEqual(Math.min(...values) - 1e-12);
+      expect(row['valLoss'] as number, row.variant).toBeLessThanOrEqual(Math.max(...values) + 1e-12);
+    }
+  });
+
   it('reports trainable parameters equal to each model’s own count, and totals that add up', () => {
     const full = rows.find((row) => row.variant === 'full')!;
-    for (const row of rows.filter((entry) => entry.variant !== 'hyperlora')) {
+    for (const row of rows) {
       expect(row.trainableParams, row.variant).toBe(expectedTrainable(row.variant));
       // Adapters add their parameters to the base's; the 4-bit base still counts its weights once each.
       expect(row.totalParams, row.variant).toBe(row.variant === 'full' ? full.trainableParams : full.totalParams + row.trainableParams);
@@ -138,15 +169,17 @@ describe('compare (quick, language-modelling rows)', () => {
   });
 
   it('saves adapter files holding at least the float32 trainable tensors', () => {
-    for (const row of rows.filter((entry) => ['lora', 'dora', 'double-lora', 'qlora'].includes(entry.variant))) {
+    for (const row of rows.filter((entry) => ['lora', 'dora', 'double-lora', 'qlora', 'hyperlora'].includes(entry.variant))) {
       expect(row['adapterFileBytes'] as number, row.variant).toBeGreaterThanOrEqual(4 * row.trainableParams);
     }
   });
 
-  it('gives merged inference outputs equal to unmerged ones within 1e-5', () => {
+  it('gives merged inference outputs equal to unmerged ones within 1e-5 (HyperLoRA: merge refused, checked in the run)', () => {
     for (const method of methods) {
-      if (method.variant === 'full') {
+      if (method.variant === 'full' || method.variant === 'hyperlora') {
+        // No adapter to merge; a HyperLoRA's merge must refuse (measureInference throws if it does not).
         expect(method.mergeMaxAbsDiff).toBeNull();
+        expect(method.merges).toBe(method.variant === 'full');
         continue;
       }
       expect(method.mergeMaxAbsDiff, method.label).not.toBeNull();

@@ -272,6 +272,25 @@ export async function exportHyperCondition(
   io.stdout.write(`wrote the plain LoRA for ${options.conditionText} to ${options.outDirectory}\n`);
 }
 
+/**
+ * `lora merge` on a HyperLoRA adapter: it has one ΔW per condition and none to merge, so say, with
+ * this run's directories and the adapter's first condition values, how to export one condition as a
+ * plain LoRA and merge that. Checked before anything is merged or written.
+ * @throws {CliError} (exit 2) when an active adapter is a HyperLoRA.
+ */
+export function refuseHyperMerge(adapterModel: AdapterModel, directories: { readonly model: string; readonly adapter: string }): void {
+  for (const name of adapterModel.activeAdapters) {
+    const { plugin, config } = adapterModel.adapterConfig(name);
+    if (plugin.name !== 'hyper') continue;
+    const condition = (config as unknown as { condition: { kind: string; factors?: readonly { name: string; values: readonly string[] }[] } }).condition;
+    const example = condition.kind === 'discrete' && condition.factors ? condition.factors.map((factor) => `${factor.name}=${factor.values[0]}`).join(',') : 'factor=value';
+    throw new CliError(
+      `${directories.adapter} is a HyperLoRA adapter: its ΔW depends on the condition, so there is no single weight to merge. Export one condition as a plain LoRA and merge that: lora export --model ${directories.model} --adapter ${directories.adapter} --condition ${example} --out <lora dir>, then lora merge --model ${directories.model} --adapter <lora dir> --out <dir>.`,
+      { exitCode: 2 },
+    );
+  }
+}
+
 /** Parse `--condition factor=value[,factor=value]` with @lora/hyper's parser. @throws {CliError} (exit 2) on a malformed value. */
 export async function parseConditionFlag(text: string, loader: PackageLoader): Promise<Record<string, string>> {
   const hyperPackage = await loadHyperPackage(loader);

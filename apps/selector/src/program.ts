@@ -14,7 +14,7 @@ import { extraPluginPackages, importPackage, registryForRecipe, type PackageLoad
 import { recipeFor, recipePackageFor } from './recipe.js';
 import { assertInstalled, formatSelection, select, type SelectorIo } from './select.js';
 import { isResumableRun, readRunSettings, runTraining } from './train-run.js';
-import { checkConditionFor, exportHyperCondition, parseConditionFlag, runHyperTraining } from './hyper-run.js';
+import { checkConditionFor, exportHyperCondition, parseConditionFlag, refuseHyperMerge, runHyperTraining } from './hyper-run.js';
 
 /** Where the CLI reads and writes, plus an injectable package loader (tests simulate missing packages). */
 export interface ProgramContext extends SelectorIo {
@@ -362,6 +362,7 @@ export function buildProgram(context: ProgramContext): Command {
         pluginPackages: options.plugin,
       });
       try {
+        refuseHyperMerge(adapterModel!, { model: options.model, adapter: options.adapter });
         const merged = adapterModel!.mergeAndUnload();
         await writeDirectoryAtomically(options.out, (staging) => savePretrained(merged, staging), { overwrite: options.overwrite, kind: 'merge' });
         context.stdout.write(`wrote the merged model to ${path.resolve(options.out)}\n`);

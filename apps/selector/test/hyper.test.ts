@@ -15,7 +15,7 @@ describe('lora train / export / forward with HyperLoRA', () => {
     await rm(directory, { recursive: true, force: true });
   });
 
-  it('trains on a conditioned JSONL, names the condition of each loss, and exports a condition to a plain LoRA with the same logits', async () => {
+  it('trains on a conditioned JSONL, names the condition of each loss, exports a condition to a plain LoRA with the same logits, and refuses to merge the HyperLoRA itself', async () => {
     const lines: string[] = [];
     const texts = { a: 'the quick brown fox jumps over the lazy dog. ', b: 'we the people of the united states, in order to form. ' };
     for (let i = 0; i < 20; i++) for (const task of ['a', 'b'] as const) lines.push(JSON.stringify({ text: texts[task].repeat(3), condition: { task } }));
@@ -48,6 +48,15 @@ describe('lora train / export / forward with HyperLoRA', () => {
     const [a, b] = [await flat(viaHyper), await flat(viaLora)];
     expect(a.length).toBe(b.length);
     expect(Math.max(...a.map((value, i) => Math.abs(value - b[i]!)))).toBeLessThan(1e-5);
+
+    // A HyperLoRA has no single ΔW: merge refuses in one line (exit 2), names the fix, and writes nothing.
+    const mergedDirectory = path.join(directory, 'merged');
+    const merge = await run(['merge', '--model', GPT2, '--adapter', out, '--out', mergedDirectory]);
+    expect(merge.code).toBe(2);
+    expect(merge.stderr.trim().split('\n')).toHaveLength(1);
+    expect(merge.stderr).toContain(`${out} is a HyperLoRA adapter`);
+    expect(merge.stderr).toContain(`lora export --model ${GPT2} --adapter ${out} --condition task=a --out <lora dir>, then lora merge --model ${GPT2} --adapter <lora dir> --out <dir>`);
+    await expect(readFile(path.join(mergedDirectory, 'config.json'))).rejects.toThrow(/ENOENT/u);
 
     const unknown = await run(['forward', '--model', GPT2, '--adapter', out, '--condition', 'task=z', '--input', input, '--out', viaHyper]);
     expect(unknown.code).toBe(2);

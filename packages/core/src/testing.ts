@@ -5,7 +5,7 @@ import path from 'node:path';
 import { describe, expect, it, beforeAll } from 'vitest';
 import { AdapterModel } from './adapter-model.js';
 import { adapterPeftConfig, loadAdapter, saveAdapter } from './adapter-files.js';
-import { ConfigError } from './errors.js';
+import { ConfigError, LoraError } from './errors.js';
 import { Linear } from './linear.js';
 import { Module } from './module.js';
 import type { BaseLayer } from './base-layer.js';
@@ -298,6 +298,12 @@ export interface AdapterPluginConformanceOptions {
   /** Tolerance for merged vs unmerged outputs (default atol 1e-5, rtol 1e-4). */
   readonly mergeTolerance?: Tolerance;
   /**
+   * The adapter has no single ΔW (a hypernetwork: it depends on per-forward inputs) and refuses to
+   * merge. The suite then checks that `merge()` throws a {@link LoraError} naming the adapter and
+   * leaves every base weight and the output unchanged, instead of merged ≡ unmerged.
+   */
+  readonly refusesMerge?: boolean;
+  /**
    * The plugin's factory with a seed (e.g. `(seed) => dora({ seed })`): the suite then checks that
    * the same seed gives byte-identical saved adapters and another seed different ones.
    */
@@ -379,7 +385,25 @@ export function describeAdapterPlugin(plugin: AdapterPlugin, options: AdapterPlu
       });
     });
 
-    it('gives the same output merged as unmerged, and unmerge restores the base weights', async () => {
+    // A plugin either merges exactly or refuses cleanly (one test either way, never a skipped one).
+    const refuseMerge = async () => {
+      await withoutTensorLeaks(() => {
+        const adapterModel = build();
+        const x = input();
+        const before = adapterModel.adapterLayers().map(([, layer]) => layer.base_layer.denseWeight());
+        const unmerged = adapterModel.model.forward(x);
+        expect(() => adapterModel.merge()).toThrow(LoraError);
+        expect(() => adapterModel.merge()).toThrow(/"default"/u);
+        expect(adapterModel.adapterLayers().every(([, layer]) => layer.mergedAdapters.length === 0)).toBe(true);
+        const after = adapterModel.adapterLayers().map(([, layer]) => layer.base_layer.denseWeight());
+        before.forEach((weight, i) => expectTensorsClose(after[i]!, weight, { atol: 0, rtol: 0 }));
+        const again = adapterModel.model.forward(x);
+        expectTensorsClose(again, unmerged, { atol: 0, rtol: 0 });
+        tf.dispose([x, unmerged, again, ...before, ...after]);
+        adapterModel.dispose();
+      });
+    };
+    const mergeExactly = async () => {
       await withoutTensorLeaks(() => {
         const adapterModel = build();
         const x = input();
@@ -396,7 +420,13 @@ export function describeAdapterPlugin(plugin: AdapterPlugin, options: AdapterPlu
         tf.dispose([x, unmerged, merged, again, ...before, ...after]);
         adapterModel.dispose();
       });
-    });
+    };
+    it(
+      options.refusesMerge
+        ? 'refuses to merge with a LoraError and leaves the base weights unchanged'
+        : 'gives the same output merged as unmerged, and unmerge restores the base weights',
+      options.refusesMerge ? refuseMerge : mergeExactly,
+    );
 
     it('gives the base output when adapters are disabled', async () => {
       await withoutTensorLeaks(() => {

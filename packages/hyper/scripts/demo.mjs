@@ -8,69 +8,16 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { writeFile } from 'node:fs/promises';
 import { AdamW, AdapterLayer, AdapterModel, causalLmLoss, createLoraRegistry, initRuntime, lora } from '@lora/core';
-import { loadBundledBase, loadStateOfTheUnion, shuffled } from '@lora/models';
+import { loadBundledBase } from '@lora/models';
 import { HyperLoraAdapter, HyperLoraState, parseHyperLoraConfig } from '../dist/index.js';
+import { ALL, batches as conditionBatches, CONDITION_SPEC, CONDITIONS, dataOf, HELD_OUT, label, loadData as loadConditionedData, option, SETTINGS, validationLoss } from './sotu.mjs';
 
-const args = process.argv.slice(2);
-const option = (name, fallback) => {
-  const index = args.indexOf(`--${name}`);
-  return index >= 0 ? args[index + 1] : fallback;
-};
 const STEPS = Number(option('steps', '40'));
 const SEEDS = option('seeds', '1,2,3').split(',').map(Number);
 const OUT = option('out', null);
-const CONTEXT = 64;
-const BATCH = 6;
-const LEARNING_RATE = 3e-3;
-const VALIDATION_WINDOWS = 32;
+const { context: CONTEXT, batch: BATCH, learningRate: LEARNING_RATE, validationWindows: VALIDATION_WINDOWS } = SETTINGS;
 const TARGETS = ['c_attn'];
 const RANK = 8;
-
-const CONDITIONS = [
-  { party: 'Democratic', era: 'early' },
-  { party: 'Democratic', era: 'modern' },
-  { party: 'Republican', era: 'early' },
-];
-const HELD_OUT = { party: 'Republican', era: 'modern' };
-const ALL = [...CONDITIONS, HELD_OUT];
-const label = (condition) => `${condition.party === 'Democratic' ? 'D' : 'R'} × ${condition.era}`;
-const keyOf = (condition) => `${condition.party}|${condition.era}`;
-
-/** Byte windows per condition: speeches split by index (every 5th for validation), cut into 64-byte windows. */
-async function loadData() {
-  const speeches = await loadStateOfTheUnion();
-  const data = new Map();
-  for (const condition of ALL) {
-    const own = speeches
-      .filter((speech) => speech.party === condition.party && (speech.year < 1933 ? 'early' : 'modern') === condition.era)
-      .sort((a, b) => a.year - b.year);
-    const cut = (list) =>
-      list.flatMap((speech) => {
-        const bytes = Array.from(new TextEncoder().encode(speech.text));
-        const out = [];
-        for (let start = 0; start + CONTEXT <= bytes.length; start += CONTEXT) out.push(bytes.slice(start, start + CONTEXT));
-        return out;
-      });
-    const train = cut(own.filter((_, i) => i % 5 !== 4));
-    const validation = shuffled(cut(own.filter((_, i) => i % 5 === 4)), 1234).slice(0, VALIDATION_WINDOWS);
-    data.set(keyOf(condition), { speeches: own.length, train, validation });
-  }
-  return data;
-}
-
-/** Validation loss (mean token cross-entropy, nats) of `forward` on each condition's validation windows. */
-function validationLoss(forward, windows, condition) {
-  let sum = 0;
-  for (let start = 0; start < windows.length; start += 16) {
-    const chunk = windows.slice(start, start + 16);
-    const loss = tf.tidy(() => {
-      const ids = tf.tensor2d(chunk, [chunk.length, CONTEXT], 'int32');
-      return causalLmLoss(forward(ids, condition, chunk.length), ids).dataSync()[0];
-    });
-    sum += loss * chunk.length;
-  }
-  return sum / windows.length;
-}
 
 /** Train `variables` for STEPS AdamW steps on batches from `nextBatch`; returns the median step time in ms. */
 function trainLoop({ variables, forward, nextBatch, hooks, model }) {
@@ -98,29 +45,13 @@ function trainLoop({ variables, forward, nextBatch, hooks, model }) {
   return times[Math.floor(times.length / 2)];
 }
 
-/** Batches of BATCH rows drawn from the given conditions in turn (balanced), seeded. */
-function batches(data, conditions, seed) {
-  const pools = conditions.map((condition) => shuffled(data.get(keyOf(condition)).train, seed * 7919 + conditions.indexOf(condition)));
-  return (step) => {
-    const rows = [];
-    const rowConditions = [];
-    for (let i = 0; i < BATCH; i++) {
-      const c = ((step - 1) * BATCH + i) % conditions.length;
-      const pool = pools[c];
-      rows.push(pool[(((step - 1) * BATCH + i) / conditions.length | 0) % pool.length]);
-      rowConditions.push(conditions[c]);
-    }
-    return { rows, conditions: rowConditions };
-  };
-}
-
 async function withLora(seed, data, conditions) {
   const { model } = await loadBundledBase();
   const registry = createLoraRegistry({ plugins: [lora({ seed })] });
   const peft = AdapterModel.create(model, { registry, config: { r: RANK, loraAlpha: 2 * RANK, targetModules: TARGETS } });
   const variables = model.namedParameters().filter(([, variable]) => variable.trainable).map(([, variable]) => variable);
   const forward = (ids) => model.forward(ids);
-  const stepMs = trainLoop({ variables, forward, nextBatch: batches(data, conditions, seed), hooks: [], model });
+  const stepMs = trainLoop({ variables, forward, nextBatch: conditionBatches(data, conditions, seed, BATCH), hooks: [], model });
   return { peft, model, forward, stepMs, parameters: peft.trainableParameters().trainable };
 }
 
@@ -132,7 +63,7 @@ async function withHyper(seed, data) {
     r: RANK,
     loraAlpha: 2 * RANK,
     targetModules: TARGETS,
-    condition: { kind: 'discrete', factors: [{ name: 'party', values: ['Democratic', 'Republican'] }, { name: 'era', values: ['early', 'modern'] }] },
+    condition: CONDITION_SPEC,
     conditionDropout: 0.1,
   });
   const targets = model.namedModules().filter(([path]) => TARGETS.some((name) => path.endsWith(`.${name}`)));
@@ -152,7 +83,7 @@ async function withHyper(seed, data) {
       state.endForward();
     }
   };
-  const stepMs = trainLoop({ variables, forward, nextBatch: batches(data, CONDITIONS, seed), hooks: [state.trainingHooks()], model });
+  const stepMs = trainLoop({ variables, forward, nextBatch: conditionBatches(data, CONDITIONS, seed, BATCH), hooks: [state.trainingHooks()], model });
   return {
     peft: { dispose: () => (state.dispose(), model.dispose()) },
     model,
@@ -163,15 +94,15 @@ async function withHyper(seed, data) {
 }
 
 await initRuntime();
-const data = await loadData();
+const data = await loadConditionedData({ context: CONTEXT, validationWindows: VALIDATION_WINDOWS });
 const results = { steps: STEPS, batch: BATCH, context: CONTEXT, learningRate: LEARNING_RATE, rank: RANK, seeds: SEEDS, heldOut: label(HELD_OUT), data: {}, runs: [] };
 for (const condition of ALL) {
-  const entry = data.get(keyOf(condition));
+  const entry = dataOf(data, condition);
   results.data[label(condition)] = { speeches: entry.speeches, trainWindows: entry.train.length, validationWindows: entry.validation.length };
 }
 const { model: base } = await loadBundledBase();
 base.eval();
-const baseLoss = Object.fromEntries(ALL.map((condition) => [label(condition), validationLoss((ids) => base.forward(ids), data.get(keyOf(condition)).validation)]));
+const baseLoss = Object.fromEntries(ALL.map((condition) => [label(condition), validationLoss((ids) => base.forward(ids), dataOf(data, condition).validation)]));
 base.dispose();
 for (const seed of SEEDS) {
   const run = { seed, loss: {}, stepMs: {}, parameters: {} };
@@ -180,7 +111,7 @@ for (const seed of SEEDS) {
     run.loss[method][label(condition)] = value;
   };
   const evaluateAll = (method, trained, conditions) => {
-    for (const condition of conditions) record(method, condition, validationLoss(trained.forward, data.get(keyOf(condition)).validation, condition));
+    for (const condition of conditions) record(method, condition, validationLoss(trained.forward, dataOf(data, condition).validation, condition));
   };
   const hyperRun = await withHyper(seed, data);
   evaluateAll('HyperLoRA', hyperRun, ALL);

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { applyToLastAxis, ShapeError, type AdapterInstance, type ApplyContext } from '@lora/core';
+import { applyToLastAxis, LoraError, ShapeError, type AdapterInstance, type ApplyContext } from '@lora/core';
 import type { HyperLoraState } from './hyper-state.js';
 
 /**
@@ -47,9 +47,18 @@ export class HyperLoraAdapter implements AdapterInstance {
     });
   }
 
-  /** ΔW = s·B(c)·A(c) [out, in] for the state's default condition (core merges additively with it). The caller disposes it. */
+  /**
+   * Refuses: a HyperLoRA has one ΔW per condition, none for the adapter as a whole, and silently
+   * baking a default condition into the base would hide which one was merged. Merge an exported
+   * condition instead (core's merge calls this before touching any base weight).
+   * @throws {LoraError} always, saying how to export one condition as a plain LoRA and merge that.
+   */
   deltaWeight(): tf.Tensor2D {
-    return this.state.deltaWeight(this.targetIndex);
+    throw new LoraError(
+      `[@lora/hyper] HyperLoRA adapter "${this.state.adapterName}" cannot be merged: its ΔW depends on the condition, so there is no single weight to fold in. ` +
+        'Export one condition as a plain LoRA and merge that: exportHyperLoraAsLora(adapterModel, { condition }) (or on the command line: lora export --adapter <dir> --condition factor=value --out <lora dir>, then lora merge --adapter <lora dir>).',
+      { plugin: 'hyper' },
+    );
   }
 
   /** Nothing to free: the state owns the generator. */

@@ -21,8 +21,9 @@ export interface HyperPluginOptions {
  * The HyperLoRA adapter plugin (`peft_type: "HYPERLORA"`): one generator per adapter, kept in the
  * adapter-level state and saved once, produces every target's A and B from the condition given
  * with each forward pass (`adapterModel.withAdapterInputs({ condition }, () => model.forward(ids))`).
- * Composes with every base transform (tested with `@lora/quant`'s 4-bit base). Merging bakes the
- * state's default condition into the weights (see `HyperLoraState.setDefaultCondition`).
+ * Composes with every base transform (tested with `@lora/quant`'s 4-bit base). It does not merge
+ * (ΔW depends on the condition): `merge()` throws a `LoraError`; export one condition with
+ * `exportHyperLoraAsLora` and merge that plain LoRA.
  *
  * @example
  * const registry = createLoraRegistry({ plugins: [lora(), hyper({ seed: 1 })] });

@@ -150,8 +150,8 @@ export class HyperLoraState implements AdapterState {
   }
 
   /**
-   * The condition used when a forward pass gives none, and by merge / `deltaWeight` (default: every
-   * factor null). Merging bakes this condition into the base weights.
+   * The condition used when a forward pass gives none (default: every factor null). Merging never
+   * uses it: a HyperLoRA refuses to merge (export a condition as a plain LoRA and merge that).
    * @throws {ConfigError} for an unknown factor or value.
    */
   setDefaultCondition(condition: Condition | undefined): void {
@@ -276,11 +276,14 @@ export class HyperLoraState implements AdapterState {
     return { ...only!, rowIndex: null };
   }
 
-  /** ΔW of one target for the default condition, [out, in] (s·B·A). The caller disposes it. */
-  deltaWeight(targetIndex: number): tf.Tensor2D {
+  /**
+   * ΔW = s·B(c)·A(c) of one target for an explicit condition, [out, in]. The caller disposes it.
+   * @throws {ConfigError} for an unknown factor or value.
+   */
+  deltaWeight(targetIndex: number, condition: Condition): tf.Tensor2D {
+    const resolved = resolveCondition(this.config.condition, condition);
     return tf.tidy(() => {
-      const condition = resolveCondition(this.config.condition, this.defaultCondition);
-      const [factors] = this.generator.generate(this.encoder.encode([condition]), [targetIndex]);
+      const [factors] = this.generator.generate(this.encoder.encode([resolved]), [targetIndex]);
       return tf.mul(tf.matMul(tf.squeeze(factors!.b, [0]) as tf.Tensor2D, tf.squeeze(factors!.a, [0]) as tf.Tensor2D), this.scaling) as tf.Tensor2D;
     });
   }

@@ -10,11 +10,11 @@ const invalidConfigs = INVALID_CONFIGS.map(([config]) => config);
 describe('hyper()', () => {
   for (const headMode of ['full', 'basis', 'diag'] as const) {
     describe(headMode, () => {
-      describeAdapterPlugin(hyper({ seed: 4 }), { validConfig: { ...validConfig, headMode }, invalidConfigs, withSeed: (seed) => hyper({ seed }) });
+      describeAdapterPlugin(hyper({ seed: 4 }), { validConfig: { ...validConfig, headMode }, invalidConfigs, refusesMerge: true, withSeed: (seed) => hyper({ seed }) });
     });
   }
 });
 
 describe('hyper() over a 4-bit base', () => {
-  describeAdapterPlugin(hyper({ seed: 4 }), { validConfig, invalidConfigs, extraPlugins: [quant({ merge: 'dequantize' })], transforms: ['quant'] });
+  describeAdapterPlugin(hyper({ seed: 4 }), { validConfig, invalidConfigs, extraPlugins: [quant({ merge: 'dequantize' })], transforms: ['quant'], refusesMerge: true });
 });

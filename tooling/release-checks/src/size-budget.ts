@@ -26,6 +26,7 @@ export const SIZE_BUDGETS: MeasuredSizes = {
     '@lora/dora': 75_000_000,
     '@lora/quant': 75_000_000,
     '@lora/adalora': 75_000_000,
+    '@lora/hyper': 75_000_000,
     '@lora/models': 90_000_000,
     '@lora/cuda-backend': 75_000_000,
   },

@@ -16,7 +16,9 @@ export interface SmokeSpec {
   readonly create: string;
   /** Expression for the model input (default: a seeded [16, 64] normal tensor). */
   readonly input?: string;
-  /** Arrow function `(model, x) => scalar loss` (default: mean squared error to a seeded target). */
+  /** Arrow function `(peft, x) => output`: one forward pass (default `peft.model.forward(x)`; HyperLoRA passes a condition). */
+  readonly forward?: string;
+  /** Arrow function `(model, x, forward) => scalar loss` (default: mean squared error of `forward(x)` to a seeded target). */
   readonly loss?: string;
   /** Async arrow function `(peft, directory) => …` that saves (default `core.saveAdapter`). */
   readonly save?: string;
@@ -48,27 +50,28 @@ async function main() {
   const makeBase = ${spec.makeBase ?? DEFAULT_BASE};
   const registry = core.createLoraRegistry({ plugins: ${spec.plugins} });
   const x = ${spec.input ?? "tf.randomNormal([16, 64], 0, 1, 'float32', 1)"};
-  const lossOf = ${spec.loss ?? "(model, input) => tf.tidy(() => tf.mean(tf.square(tf.sub(model.forward(input), tf.randomNormal([16, 8], 0, 1, 'float32', 2)))))"};
+  const forwardOf = ${spec.forward ?? '(peft, input) => peft.model.forward(input)'};
+  const lossOf = ${spec.loss ?? "(model, input, forward) => tf.tidy(() => tf.mean(tf.square(tf.sub(forward(input), tf.randomNormal([16, 8], 0, 1, 'float32', 2)))))"};
   const save = ${spec.save ?? '(peft, directory) => core.saveAdapter(peft, directory)'};
   const reload = ${spec.reload ?? 'async (directory) => core.loadAdapterModel(await makeBase(), directory, { registry })'};
   const maxAbs = (a, b) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
 
   const peft = core.AdapterModel.create(await makeBase(), { registry, ...${spec.create} });
-  const before = peft.model.forward(x);
+  const before = forwardOf(peft, x);
+  // The AdapterModel itself: it brings its adapters' hooks and adapter-level variables (a HyperLoRA's generator).
   const result = await core.train({
-    model: peft.model,
+    model: peft,
     trainData: [null],
     steps: 1,
     learningRate: 1e-2,
-    hooks: peft.trainingHooks(),
-    lossFn: () => lossOf(peft.model, x),
+    lossFn: () => lossOf(peft.model, x, (input) => forwardOf(peft, input)),
   });
-  const after = peft.model.forward(x);
+  const after = forwardOf(peft, x);
   const moved = maxAbs(after, before);
   const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'lora-smoke-'));
   await save(peft, directory);
   const reloaded = await reload(directory);
-  const reloadDifference = maxAbs(reloaded.model.forward(x), after);
+  const reloadDifference = maxAbs(forwardOf(reloaded, x), after);
   const summary = { backend: tf.getBackend(), loss: result.losses[0], moved, reloadDifference, files: fs.readdirSync(directory).sort() };
   console.log(JSON.stringify(summary));
   if (!Number.isFinite(result.losses[0])) throw new Error('the training step gave a non-finite loss');

@@ -109,6 +109,24 @@ const scenarios: Scenario[] = [
     ),
   },
   {
+    subject: '@lora/hyper',
+    packages: ['@lora/core', '@lora/hyper'],
+    smoke: {
+      imports: { hyper: '@lora/hyper' },
+      plugins: '[core.lora(), hyper.hyper({ seed: 0 })]',
+      create:
+        "{ plugin: 'hyper', config: { r: 4, loraAlpha: 8, targetModules: ['fc1', 'fc2'], trunkWidth: 16, condition: { kind: 'discrete', factors: [{ name: 'task', values: ['qa', 'summary'] }] } } }",
+      // Per-row conditions, both tasks in one batch: the generator trains, saves once and reloads.
+      forward: "(peft, input) => peft.withAdapterInputs({ condition: Array.from({ length: 16 }, (_, i) => ({ task: i % 2 === 0 ? 'qa' : 'summary' })) }, () => peft.model.forward(input))",
+    },
+    consumer: adaptingConsumer(
+      "import { hyper, type HyperLoraConfig } from '@lora/hyper';",
+      '[lora(), hyper({ seed: 1 })]',
+      "plugin: 'hyper', config: { r: 4, targetModules: ['fc1'], condition: { kind: 'discrete', factors: [{ name: 'task', values: ['qa', 'summary'] }] } }",
+      "export const logits: tf.Tensor = model.withAdapterInputs({ condition: { task: 'qa' } }, () => model.model.forward(tf.zeros([1, 64])));\nexport type Config = HyperLoraConfig;\n",
+    ),
+  },
+  {
     subject: '@lora/models',
     packages: ['@lora/core', '@lora/models', '@lora/base-moby'],
     smoke: {
