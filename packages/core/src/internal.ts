@@ -24,4 +24,5 @@ export { yieldToEventLoop } from './event-loop.js';
 export type { FaultInjector, FaultPoint } from './files.js';
 export { deriveSeed, withSeededRandom } from './random-scope.js';
 export { matMulFlops, spyOnKernels } from './kernel-spy.js';
+export { hasSimdBatchMatMul } from './wasm-simd-matmul.js';
 export type { KernelCall, KernelSpy } from './kernel-spy.js';

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { LoraError } from './errors.js';
 import { registerMissingGradientKernels } from './kernels.js';
 import { useFastWasmKernels } from './wasm-kernels.js';
+import { prepareSimdBatchMatMul } from './wasm-simd-matmul.js';
 
 /** Backends this package can set up by itself. Others (e.g. `tensorflow` from tfjs-node) are used when already registered. */
 export type BuiltinBackendName = 'wasm' | 'cpu';
@@ -88,7 +89,10 @@ export async function initRuntime(options: RuntimeOptions = {}): Promise<Runtime
       registerMissingGradientKernels(candidate);
       // WASM's matMul is only fast untransposed and unbatched, and its data-movement kernels copy
       // value by value: route both through core's kernels.
-      if (candidate === 'wasm') useFastWasmKernels('wasm');
+      if (candidate === 'wasm') {
+        await prepareSimdBatchMatMul(tf.backend());
+        useFastWasmKernels('wasm');
+      }
       const reason =
         requested === 'auto'
           ? candidate === 'wasm'

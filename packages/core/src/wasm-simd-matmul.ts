@@ -20,6 +20,7 @@ interface LinearMemory {
 interface WebAssemblyApi {
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: Record<string, Record<string, unknown>>) => { exports: Record<string, unknown> };
+  instantiate(bytes: Uint8Array, imports: Record<string, Record<string, unknown>>): Promise<{ instance: { exports: Record<string, unknown> } }>;
 }
 
 /** The BackendWasm members used here (public on the class; `wasm` is its Emscripten module). */
@@ -57,7 +58,8 @@ function decode(base64: string): Uint8Array {
   return bytes;
 }
 
-function instantiate(backend: WasmBackendWithModule): BatchMatMulExport | null {
+/** What instantiating the kernel's module for `backend` needs, or null where it cannot run. */
+function moduleFor(backend: WasmBackendWithModule): { api: WebAssemblyApi; bytes: Uint8Array; imports: Record<string, Record<string, unknown>> } | null {
   // tfjs's threaded build creates its (shared) memory in JS and keeps it as `wasmMemory`; the
   // single-threaded builds export theirs.
   const memory = backend.wasm?.wasmMemory ?? backend.wasm?.asm?.memory;
@@ -65,22 +67,54 @@ function instantiate(backend: WasmBackendWithModule): BatchMatMulExport | null {
   const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
   const api = (globalThis as { WebAssembly?: WebAssemblyApi }).WebAssembly;
   if (api === undefined) return null;
+  return { api, bytes: decode(shared ? BATCH_MATMUL_WASM_SHARED : BATCH_MATMUL_WASM_PLAIN), imports: { env: { memory } } };
+}
+
+function instantiate(backend: WasmBackendWithModule): BatchMatMulExport | null {
+  const parts = moduleFor(backend);
+  if (parts === null) return null;
   try {
-    const module = new api.Module(decode(shared ? BATCH_MATMUL_WASM_SHARED : BATCH_MATMUL_WASM_PLAIN));
-    const instance = new api.Instance(module, { env: { memory } });
+    const instance = new parts.api.Instance(new parts.api.Module(parts.bytes), parts.imports);
     return instance.exports['batch_matmul'] as BatchMatMulExport;
   } catch {
-    // No WASM SIMD in this engine, or a memory the module cannot import: the caller falls back.
+    // No WASM SIMD in this engine, a memory the module cannot import, or a browser that refuses a
+    // synchronous compile on its main thread (prepareSimdBatchMatMul avoids that): the caller falls back.
     return null;
   }
+}
+
+const isWasmBackend = (backend: tf.KernelBackend): backend is WasmBackendWithModule => {
+  const candidate = backend as Partial<WasmBackendWithModule>;
+  return typeof candidate.makeOutput === 'function' && typeof candidate.typedArrayFromHeap === 'function';
+};
+
+/**
+ * Compile and instantiate the kernel for `backend` asynchronously (initRuntime does this for the
+ * wasm backend). Node compiles it synchronously on first use just as well, but browsers may refuse
+ * a synchronous compile on the main thread (Chrome long capped it at 4 KB; this module is ~4.5 KB).
+ * @returns Whether the kernel runs on `backend`.
+ */
+export async function prepareSimdBatchMatMul(backend: tf.KernelBackend): Promise<boolean> {
+  if (instances.get(backend)) return true;
+  let kernel: BatchMatMulExport | null = null;
+  const parts = isWasmBackend(backend) ? moduleFor(backend) : null;
+  if (parts !== null) {
+    try {
+      const { instance } = await parts.api.instantiate(parts.bytes, parts.imports);
+      kernel = instance.exports['batch_matmul'] as BatchMatMulExport;
+    } catch {
+      kernel = null;
+    }
+  }
+  instances.set(backend, kernel);
+  return kernel !== null;
 }
 
 /** The batched SIMD matMul of `backend`, or null when the backend is not tfjs's WASM one or it cannot run. */
 function kernelOf(backend: tf.KernelBackend): BatchMatMulExport | null {
   let kernel = instances.get(backend);
   if (kernel === undefined) {
-    const candidate = backend as Partial<WasmBackendWithModule>;
-    kernel = typeof candidate.makeOutput === 'function' && typeof candidate.typedArrayFromHeap === 'function' ? instantiate(backend as WasmBackendWithModule) : null;
+    kernel = isWasmBackend(backend) ? instantiate(backend) : null;
     instances.set(backend, kernel);
   }
   return kernel;

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initRuntime, restoreWasmMatMul, useFastWasmMatMul } from '../src/index.js';
 import { spyOnKernels } from '../src/internal.js';
 import { expectTensorsClose, withoutTensorLeaks } from '../src/testing.js';
-import { hasSimdBatchMatMul } from '../src/wasm-simd-matmul.js';
+import { hasSimdBatchMatMul, prepareSimdBatchMatMul } from '../src/wasm-simd-matmul.js';
 
 /** Seeded inputs: the same values on every backend. */
 const random = (shape: number[], seed: number): tf.Tensor => tf.randomNormal(shape, 0, 1, 'float32', seed);
@@ -46,6 +46,14 @@ afterAll(async () => {
 });
 
 describe('the batched SIMD matMul kernel', () => {
+  it('is instantiated asynchronously by initRuntime on wasm (browsers may refuse a synchronous compile), and never on cpu', async () => {
+    await tf.setBackend('wasm');
+    expect(await prepareSimdBatchMatMul(tf.backend())).toBe(true);
+    expect(hasSimdBatchMatMul(tf.backend())).toBe(true);
+    expect(await prepareSimdBatchMatMul(tf.findBackend('cpu')!)).toBe(false);
+    expect(hasSimdBatchMatMul(tf.findBackend('cpu')!)).toBe(false);
+  });
+
   it('runs on the WASM backend and not on the plain-JS one', () => {
     expect(hasSimdBatchMatMul(tf.engine().findBackend('wasm'))).toBe(true);
     expect(hasSimdBatchMatMul(tf.engine().findBackend('cpu'))).toBe(false);

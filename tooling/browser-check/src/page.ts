@@ -5,6 +5,7 @@ import * as tf from '@tensorflow/tfjs-core';
 // Registers tfjs's "webgl" backend, as an app that wants WebGL does; useBestBackend picks it up.
 import '@tensorflow/tfjs-backend-webgl';
 import { AdapterModel, causalLmLoss, createLoraRegistry, loadAdapter, lora, serializeAdapter, train } from '@lora/core';
+import { hasSimdBatchMatMul } from '@lora/core/internal';
 import { formatBackendReport, useBestBackend, type BackendKind } from '@lora/cuda-backend';
 import { dora } from '@lora/dora';
 import { Gpt2LMHeadModel, parseGpt2Config, releaseCausalMasks } from '@lora/models';
@@ -38,6 +39,8 @@ export interface RecipeResult {
 export interface CheckResult {
   readonly backend: string;
   readonly report: string;
+  /** Whether core's SIMD batched matMul runs on the backend (wasm only). */
+  readonly simdMatMul: boolean;
   readonly attempts: readonly { kind: string; outcome: string; reason?: string; message: string }[];
   readonly results: readonly RecipeResult[];
 }
@@ -122,6 +125,7 @@ async function runCheck(request: CheckRequest): Promise<CheckResult> {
   return {
     backend: tf.getBackend(),
     report: formatBackendReport(report),
+    simdMatMul: hasSimdBatchMatMul(tf.backend()),
     attempts: report.attempts.map(({ kind, outcome, reason, message }) => ({ kind, outcome, ...(reason ? { reason } : {}), message })),
     results,
   };

@@ -67,6 +67,8 @@ describe('the @lora packages in headless Chromium', () => {
       const result = await check({ backend, recipes: ['lora', 'dora', 'qlora'] });
       console.log(`${backend}: ${result.results.map((r) => `${r.recipe} loss ${r.losses[0]!.toFixed(4)} → ${r.losses.at(-1)!.toFixed(4)}, reload diff ${r.reloadMaxAbsDiff}`).join('; ')}`);
       expect(result.backend).toBe(backend);
+      // Core's SIMD kernel for attention and thin products must run in a page too, not fall back.
+      expect(result.simdMatMul).toBe(backend === 'wasm');
       expect(result.results.map((r) => r.recipe)).toEqual(['lora', 'dora', 'qlora']);
       for (const recipe of result.results) expectTrainedAndReloaded(recipe);
     });
