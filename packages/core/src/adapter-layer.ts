@@ -155,11 +155,23 @@ export class AdapterLayer extends Module {
   /**
    * Fold adapters into the base weight (default: the active ones). Already merged names are skipped.
    * With `safe`, the merged weight is checked for NaN/Inf before the base is touched.
+   * All or nothing: when one adapter cannot be merged (it throws), those this call merged are taken
+   * out again before the error is rethrown.
    * @returns notes from the base when it cannot hold the merged weight exactly (a quantized base).
    */
   merge(options: { adapterNames?: readonly string[]; safe?: boolean } = {}): string[] {
+    const mergedBefore = this.mergedNames.length;
+    try {
+      return this.mergeEach(options.adapterNames ?? this.active, options.safe ?? false);
+    } catch (error) {
+      this.unmerge({ keep: mergedBefore });
+      throw error;
+    }
+  }
+
+  private mergeEach(names: readonly string[], safe: boolean): string[] {
     const notes: string[] = [];
-    for (const name of options.adapterNames ?? this.active) {
+    for (const name of names) {
       const instance = this.adapterMap.get(name);
       if (!instance || this.mergedNames.includes(name)) continue;
       const merged = tf.tidy(() => {
@@ -169,7 +181,7 @@ export class AdapterLayer extends Module {
       });
       let snapshot: unknown;
       try {
-        if (options.safe) {
+        if (safe) {
           const finite = tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0] === 1);
           if (!finite) throw new LoraError(`[@lora/core] NaNs detected in the merged weights of adapter "${name}"; the base weight was not changed.`);
         }
@@ -185,9 +197,13 @@ export class AdapterLayer extends Module {
     return notes;
   }
 
-  /** Take merged adapters out of the base weight again, last merged first. */
-  unmerge(): void {
-    while (this.mergedNames.length > 0) {
+  /**
+   * Take merged adapters out of the base weight again, last merged first.
+   * @param options.keep how many of the earliest merged adapters to leave merged (default 0: all out).
+   */
+  unmerge(options: { keep?: number } = {}): void {
+    const keep = options.keep ?? 0;
+    while (this.mergedNames.length > keep) {
       const name = this.mergedNames.pop()!;
       const snapshot = this.snapshots.pop();
       const instance = this.adapterMap.get(name)!;

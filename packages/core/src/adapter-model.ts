@@ -486,13 +486,21 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
   }
 
   /**
-   * Merge adapters into the base weights (default: the active ones).
+   * Merge adapters into the base weights (default: the active ones). All or nothing: when an adapter
+   * cannot be merged in some layer (a HyperLoRA refuses, `safe` finds NaN), every merge this call
+   * made, in any layer, is taken out again before the error is rethrown.
    * @returns notes from layers that cannot hold the merged weight exactly (quantized bases).
    */
   merge(options: { adapterNames?: readonly string[]; safe?: boolean } = {}): string[] {
     const notes = new Set<string>();
-    for (const [, layer] of this.adapterLayers()) {
-      for (const note of layer.merge({ adapterNames: options.adapterNames ?? this.active, safe: options.safe })) notes.add(note);
+    const layers = this.adapterLayers().map(([, layer]) => ({ layer, mergedBefore: layer.mergedAdapters.length }));
+    try {
+      for (const { layer } of layers) {
+        for (const note of layer.merge({ adapterNames: options.adapterNames ?? this.active, safe: options.safe })) notes.add(note);
+      }
+    } catch (error) {
+      for (const { layer, mergedBefore } of layers) layer.unmerge({ keep: mergedBefore });
+      throw error;
     }
     return [...notes];
   }

@@ -137,6 +137,21 @@ describe('AdapterModel', () => {
     adapterModel.dispose();
   });
 
+  it('merges all or nothing: a NaN found by a safe merge in the last layer takes out the merges already made in the others', () => {
+    const adapterModel = create({ r: 4, targetModules: ['c_attn', 'c_fc'] });
+    randomiseB(adapterModel, 'default', 40);
+    const instances = adapterModel.adapterInstances('default');
+    const last = instances.at(-1)![1] as LoraAdapter;
+    tf.tidy(() => last.loraB.assign(tf.fill(last.loraB.shape, Number.NaN)));
+    const weightsOf = (): Float32Array[] => tf.tidy(() => adapterModel.adapterLayers().map(([, layer]) => layer.base_layer.denseWeight().dataSync() as Float32Array));
+    const before = weightsOf();
+    expect(() => adapterModel.merge({ safe: true })).toThrow(/NaNs detected/u);
+    expect(adapterModel.adapterLayers().every(([, layer]) => layer.mergedAdapters.length === 0)).toBe(true);
+    // W + ΔW − ΔW: float32 rounding only (without the roll-back the first layers would hold W + ΔW).
+    weightsOf().forEach((weight, i) => expectTensorsClose(weight, before[i]!, { atol: 1e-5, rtol: 0 }));
+    adapterModel.dispose();
+  });
+
   it('mergeAndUnload returns the plain model with the same outputs', async () => {
     const adapterModel = create({ r: 4, targetModules: ['c_attn', 'c_fc'] });
     randomiseB(adapterModel, 'default', 30);

@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { AdapterModel, createLoraRegistry, initRuntime, loadAdapterModel, lora, LoraError } from '@lora/core';
-import { maxAbsoluteError, withoutTensorLeaks } from '@lora/core/testing';
+import { expectTensorsClose, maxAbsoluteError, withoutTensorLeaks } from '@lora/core/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { HyperLoraState} from '../src/index.js';
 import { hyper, saveHyperLoraAsLora } from '../src/index.js';
@@ -47,6 +47,29 @@ describe('merging a HyperLoRA', () => {
       expect(message).toContain('lora export --adapter <dir> --condition factor=value --out <lora dir>');
       // Nothing was merged or unloaded: the model still varies by condition.
       expect(peft.adapterLayers().every(([, layer]) => layer.mergedAdapters.length === 0)).toBe(true);
+      peft.dispose();
+    });
+  });
+
+  it('is all or nothing beside another adapter: a plain LoRA merged before the refusal is taken out again (W + ΔW − ΔW: float32 rounding only)', async () => {
+    await withoutTensorLeaks(() => {
+      const { peft } = hyperAdapterModel();
+      // Registered first, so in every layer it is merged before the HyperLoRA refuses.
+      peft.addAdapter('plain', { plugin: 'lora', config: { r: 2, loraAlpha: 4, targetModules: ['q', 'v'], initLoraWeights: false } });
+      peft.setAdapter(['plain', 'default']);
+      const x = tf.randomNormal([2, 3, 6], 0, 1, 'float32', 4);
+      const weightsOf = (): Float32Array[] => tf.tidy(() => peft.adapterLayers().map(([, layer]) => layer.base_layer.denseWeight().dataSync() as Float32Array));
+      const weightsBefore = weightsOf();
+      const before = peft.withAdapterInputs({ condition: { src: 'de', tgt: 'en' } }, () => peft.model.forward(x));
+      expect(() => peft.merge({ adapterNames: ['plain', 'default'] })).toThrow(LoraError);
+      expect(peft.adapterLayers().every(([, layer]) => layer.mergedAdapters.length === 0)).toBe(true);
+      weightsOf().forEach((weight, i) => expectTensorsClose(weight, weightsBefore[i]!, { atol: 1e-6, rtol: 0 }));
+      const after = peft.withAdapterInputs({ condition: { src: 'de', tgt: 'en' } }, () => peft.model.forward(x));
+      expectTensorsClose(after, before, { atol: 1e-5, rtol: 0 });
+      // The plain LoRA alone merges (the test's premise: it changes the weights).
+      peft.merge({ adapterNames: ['plain'] });
+      expect(weightsOf().some((weight, i) => weight.some((v, j) => Math.abs(v - weightsBefore[i]![j]!) > 1e-3))).toBe(true);
+      tf.dispose([x, before, after]);
       peft.dispose();
     });
   });
