@@ -121,7 +121,13 @@ export async function saveAdapter(
  * Bytes from anywhere a browser or Node has them: a `Uint8Array` (or Node `Buffer`), an
  * `ArrayBuffer`, or anything with `arrayBuffer()` — a `File`, a `Blob`, a `fetch()` `Response`.
  */
-export type BinarySource = Uint8Array | ArrayBuffer | { arrayBuffer(): Promise<ArrayBuffer> };
+export type BinarySource =
+  | Uint8Array
+  | ArrayBuffer
+  | {
+      /** Reads all of the source's bytes (`File`, `Blob` and `Response` have this method). */
+      arrayBuffer(): Promise<ArrayBuffer>;
+    };
 
 /**
  * A saved adapter without a file system: its two PEFT files by file name, as

@@ -1,4 +1,4 @@
-// The API reference (`pnpm docs`, TypeDoc's packages strategy over typedoc.json) covers every
+// The API reference (`pnpm run docs`, TypeDoc's packages strategy over typedoc.json) covers every
 // published package with code and fails on an undocumented export: the workspace converts with no
 // warning (warnings are errors there), and a fixture package with an undocumented export fails
 // under the same configuration.
