@@ -36,12 +36,19 @@ function isConditionList(spec: ConditionSpec, value: unknown): value is readonly
   return spec.kind === 'discrete' ? true : value.length > 0 && value.every((item) => isVector(item));
 }
 
+/** Lower-case hex of `bytes` (no Node `Buffer`: this package also runs in browsers). */
+function hexOf(bytes: Uint8Array): string {
+  let hex = '';
+  for (const byte of bytes) hex += byte.toString(16).padStart(2, '0');
+  return hex;
+}
+
 /**
  * The canonical key of a resolved condition: `factor=value|factor=value` in the config's factor
  * order (an empty value for a null factor), or `vector:` and the float32 bytes in hex.
  */
 export function conditionKey(spec: ConditionSpec, condition: ResolvedCondition): string {
-  if (condition.kind === 'continuous') return `vector:${Buffer.from(condition.vector.buffer, condition.vector.byteOffset, condition.vector.byteLength).toString('hex')}`;
+  if (condition.kind === 'continuous') return `vector:${hexOf(new Uint8Array(condition.vector.buffer, condition.vector.byteOffset, condition.vector.byteLength))}`;
   if (spec.kind !== 'discrete') throw new Error('unreachable: discrete condition for a continuous spec');
   return spec.factors.map((factor, i) => `${factor.name}=${condition.indices[i]! === 0 ? '' : factor.values[condition.indices[i]! - 1]!}`).join('|');
 }

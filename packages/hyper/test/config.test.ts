@@ -1,6 +1,6 @@
 import { ConfigError } from '@lora/core';
 import { describe, expect, it } from 'vitest';
-import { hyperLoraConfigFromPeftJson, hyperLoraConfigToPeftJson, parseConditionText, parseHyperLoraConfig, resolveCondition } from '../src/index.js';
+import { conditionKey, hyperLoraConfigFromPeftJson, hyperLoraConfigToPeftJson, parseConditionText, parseHyperLoraConfig, resolveCondition } from '../src/index.js';
 import { INVALID_CONFIGS, LANGUAGES } from './helpers.js';
 
 const condition = { kind: 'discrete', factors: [{ name: 'task', values: ['a', 'b'], dim: 4 }] };
@@ -50,5 +50,15 @@ describe('conditions', () => {
     expect(() => resolveCondition(LANGUAGES, { src: 'es' })).toThrow(/condition\.src must be one of "en", "fr", "de", got "es"/u);
     expect(() => resolveCondition({ kind: 'continuous', size: 3, dim: 4 }, [1, 2])).toThrow(/a vector of 3 numbers/u);
     expect(() => resolveCondition({ kind: 'continuous', size: 2, dim: 4 }, [1, Number.NaN])).toThrow(ConfigError);
+  });
+
+  it('keys a continuous condition by its float32 bytes (little-endian hex), without Node’s Buffer', () => {
+    const spec = { kind: 'continuous', size: 2, dim: 4 } as const;
+    // 1.0f is 0x3f800000, -2.0f is 0xc0000000; stored little-endian.
+    expect(conditionKey(spec, resolveCondition(spec, [1, -2]))).toBe('vector:0000803f000000c0');
+    // A view into a larger buffer keys only its own bytes.
+    const backing = new Float32Array([9, 1, -2, 9]);
+    expect(conditionKey(spec, { kind: 'continuous', vector: backing.subarray(1, 3) })).toBe('vector:0000803f000000c0');
+    expect(conditionKey(spec, resolveCondition(spec, [1, 2]))).not.toBe(conditionKey(spec, resolveCondition(spec, [1, -2])));
   });
 });
