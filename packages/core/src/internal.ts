@@ -25,4 +25,5 @@ export type { FaultInjector, FaultPoint } from './files.js';
 export { deriveSeed, withSeededRandom } from './random-scope.js';
 export { matMulFlops, spyOnKernels } from './kernel-spy.js';
 export { hasSimdBatchMatMul } from './wasm-simd-matmul.js';
+export { geluTanh, GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from './gelu-tanh.js';
 export type { KernelCall, KernelSpy } from './kernel-spy.js';

@@ -65,10 +65,13 @@ export class LoraAdapter implements AdapterInstance {
   apply(input: tf.Tensor, result: tf.Tensor, context: ApplyContext): tf.Tensor {
     return tf.tidy(() => {
       const x = context.training && this.dropout > 0 ? dropout(input, this.dropout) : input;
+      // s·(x·Aᵀ)·Bᵀ: scaling the rank-r intermediate rather than the [tokens, out] result is the
+      // same product with r/out as many multiplies, forward and backward (exact for the usual
+      // power-of-two s = alpha/r; otherwise within float32 rounding of PEFT's order).
       const delta = applyToLastAxis(x, context.base.outFeatures, (m) =>
-        tf.matMul(tf.matMul(m, this.loraA as tf.Tensor2D, false, true), this.loraB as tf.Tensor2D, false, true),
+        tf.matMul(scaled(tf.matMul(m, this.loraA as tf.Tensor2D, false, true), this.scaling), this.loraB as tf.Tensor2D, false, true),
       );
-      return tf.add(result, tf.mul(delta, this.scaling));
+      return tf.add(result, delta);
     });
   }
 
@@ -87,4 +90,9 @@ export function checkBaseShape(base: BaseLayer, inFeatures: number, outFeatures:
   if (base.inFeatures !== inFeatures || base.outFeatures !== outFeatures) {
     throw new ShapeError('[@lora/core] adapter base layer', [outFeatures, inFeatures], [base.outFeatures, base.inFeatures]);
   }
+}
+
+/** `x·s`, or `x` itself for s = 1 (no kernel). */
+function scaled(x: tf.Tensor, s: number): tf.Tensor {
+  return s === 1 ? x : tf.mul(x, s);
 }

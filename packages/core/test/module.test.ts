@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Dropout, Embedding, initRuntime, LayerNorm, Linear, Module, ModuleError, ModuleList, RMSNorm } from '../src/index.js';
+import { spyOnKernels } from '../src/kernel-spy.js';
 import { expectTensorsClose } from '../src/testing.js';
 
 class Tied extends Module {
@@ -119,12 +120,25 @@ describe('Module', () => {
     });
     const x = tf.tensor3d(xs, [2, 3, dim]);
     const c = tf.tensor3d(cs, [2, 3, dim]);
+    const trainableSpy = spyOnKernels();
     const { grads } = tf.variableGrads(() => tf.sum(tf.mul(layer.forward(x), c)) as tf.Scalar, [layer.weight, layer.bias]);
+    trainableSpy.stop();
     const dx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(layer.forward(input), c)))(x);
     expectTensorsClose(dx, numeric(xs, (changed) => loss(changed, ws, bs)), { atol: 1e-4, rtol: 1e-4 });
     expectTensorsClose(grads[layer.weight.name]!, numeric(ws, (changed) => loss(xs, changed, bs)), { atol: 1e-4, rtol: 1e-4 });
     expectTensorsClose(grads[layer.bias.name]!, numeric(bs, (changed) => loss(xs, ws, changed)), { atol: 1e-4, rtol: 1e-4 });
-    tf.dispose([x, c, dx, ...Object.values(grads)]);
+    // Frozen (LoRA training): the same input gradient, and no reduction over the rows for the
+    // weight and bias gradients nobody asked for.
+    layer.weight.trainable = false;
+    layer.bias.trainable = false;
+    const spy = spyOnKernels();
+    const frozenDx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(layer.forward(input), c)))(x);
+    spy.stop();
+    expectTensorsClose(frozenDx, numeric(xs, (changed) => loss(changed, ws, bs)), { atol: 1e-4, rtol: 1e-4 });
+    const rowReductions = (calls: typeof spy.calls): number => calls.filter((call) => call.kernelName === 'Sum' && call.inputShapes['x']!.length === 3 && call.outputShapes[0]!.length === 1).length;
+    expect(rowReductions(trainableSpy.calls)).toBe(2);
+    expect(rowReductions(spy.calls)).toBe(0);
+    tf.dispose([x, c, dx, frozenDx, ...Object.values(grads)]);
     layer.dispose();
     await tf.setBackend('wasm');
   });

@@ -1,0 +1,113 @@
+import type * as tf from '@tensorflow/tfjs-core';
+
+/**
+ * A small WebAssembly module of core's (wasm/*.c, built by scripts/build-wasm.mjs) instantiated
+ * against the memory of tfjs's WASM backend, so its functions read and write tensors in place.
+ * tfjs's threaded build runs on a shared memory, the others on a plain one: each module is linked
+ * both ways and the matching binary is chosen per backend.
+ */
+
+/** A WebAssembly.Memory (core's tsconfig has no DOM/WebAssembly types): only its buffer is read. */
+interface LinearMemory {
+  readonly buffer: ArrayBufferLike;
+}
+
+/** The parts of the global WebAssembly API used here. */
+interface WebAssemblyApi {
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: Record<string, Record<string, unknown>>) => { exports: Record<string, unknown> };
+  instantiate(bytes: Uint8Array, imports: Record<string, Record<string, unknown>>): Promise<{ instance: { exports: Record<string, unknown> } }>;
+}
+
+/** The BackendWasm members core's WASM kernels use (public on the class; `wasm` is its Emscripten module). */
+export interface WasmHeapBackend extends tf.KernelBackend {
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(info: tf.TensorInfo): tf.backend_util.TypedArray;
+  wasm?: { wasmMemory?: LinearMemory; asm?: { memory?: LinearMemory } };
+}
+
+/** A module's two links, base64: importing a plain memory and a shared one. */
+export interface WasmModuleBinaries {
+  readonly plain: string;
+  readonly shared: string;
+}
+
+function decode(base64: string): Uint8Array {
+  const binary = atob(base64);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/** Whether `backend` runs tfjs's WASM kernels (the members core's WASM kernels use). */
+export function isWasmBackend(backend: tf.KernelBackend): backend is WasmHeapBackend {
+  const candidate = backend as Partial<WasmHeapBackend>;
+  return typeof candidate.makeOutput === 'function' && typeof candidate.typedArrayFromHeap === 'function';
+}
+
+/**
+ * One of core's modules, instantiated once per WASM backend. `exports(backend)` is null where it
+ * cannot run (not tfjs's WASM backend, no WASM SIMD in the engine, memory not reachable), and the
+ * caller then computes another way.
+ */
+export class BackendWasmModule<Exports> {
+  private readonly instances = new WeakMap<tf.KernelBackend, Exports | null>();
+
+  /**
+   * @param binaries The module's two links.
+   * @param pick Takes the functions the callers use from the instance's exports.
+   */
+  constructor(
+    private readonly binaries: WasmModuleBinaries,
+    private readonly pick: (exports: Record<string, unknown>) => Exports,
+  ) {}
+
+  private parts(backend: tf.KernelBackend): { api: WebAssemblyApi; bytes: Uint8Array; imports: Record<string, Record<string, unknown>> } | null {
+    if (!isWasmBackend(backend)) return null;
+    // tfjs's threaded build creates its (shared) memory in JS and keeps it as `wasmMemory`; the
+    // single-threaded builds export theirs.
+    const memory = backend.wasm?.wasmMemory ?? backend.wasm?.asm?.memory;
+    const api = (globalThis as { WebAssembly?: WebAssemblyApi }).WebAssembly;
+    if (memory === undefined || api === undefined) return null;
+    const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+    return { api, bytes: decode(shared ? this.binaries.shared : this.binaries.plain), imports: { env: { memory } } };
+  }
+
+  /**
+   * Compile and instantiate the module for `backend` asynchronously (initRuntime does this for
+   * the wasm backend): browsers may refuse a synchronous compile of more than 4 KB on the main
+   * thread, which {@link exports} would otherwise do on first use.
+   * @returns Whether the module runs on `backend`.
+   */
+  async prepare(backend: tf.KernelBackend): Promise<boolean> {
+    if (this.instances.get(backend)) return true;
+    const parts = this.parts(backend);
+    let exports: Exports | null = null;
+    if (parts !== null) {
+      try {
+        exports = this.pick((await parts.api.instantiate(parts.bytes, parts.imports)).instance.exports);
+      } catch {
+        exports = null;
+      }
+    }
+    this.instances.set(backend, exports);
+    return exports !== null;
+  }
+
+  /** The module's functions for `backend` (instantiated synchronously on first use), or null where it cannot run. */
+  exports(backend: tf.KernelBackend): Exports | null {
+    let exports = this.instances.get(backend);
+    if (exports === undefined) {
+      const parts = this.parts(backend);
+      try {
+        exports = parts === null ? null : this.pick(new parts.api.Instance(new parts.api.Module(parts.bytes), parts.imports).exports);
+      } catch {
+        // No WASM SIMD in this engine, a memory the module cannot import, or a browser refusing a
+        // synchronous compile on its main thread.
+        exports = null;
+      }
+      this.instances.set(backend, exports);
+    }
+    return exports;
+  }
+}
