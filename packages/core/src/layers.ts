@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError, ShapeError } from './errors.js';
 import { Module } from './module.js';
 import { normalSeed } from './random.js';
+import { layerNorm } from './layer-norm.js';
 import { nextScopedSeed } from './random-scope.js';
 
 /** A lookup table `weight` [numEmbeddings, embeddingDim], as `torch.nn.Embedding`. */
@@ -29,7 +30,10 @@ export class Embedding extends Module {
   }
 
   override clone(): Embedding {
-    const copy = new Embedding({ numEmbeddings: this.numEmbeddings, embeddingDim: this.embeddingDim });
+    const copy = new Embedding({
+      numEmbeddings: this.numEmbeddings,
+      embeddingDim: this.embeddingDim,
+    });
     copy.weight.assign(this.weight);
     copy.weight.trainable = this.weight.trainable;
     return copy;
@@ -57,60 +61,6 @@ export class LayerNorm extends Module {
     if (input.shape[input.rank - 1] !== this.dim) throw new ShapeError('[@lora/core] LayerNorm input', [null, this.dim], input.shape);
     return tf.tidy(() => layerNorm(input, this.weight, this.bias, this.eps));
   }
-}
-
-/**
- * (x − μ)·r·w + b over the last axis, r = 1/√(σ² + eps), with its gradient written out: for
- * x̂ = (x − μ)·r and g = dy·w, dx = r·(g − mean(g) − x̂·mean(g·x̂)), dw = Σ dy·x̂, db = Σ dy over the
- * leading axes. The tape would otherwise differentiate moments, rsqrt and every broadcast of the
- * forward chain, about twice as many kernels.
- *
- * A custom gradient computes the gradients of all its inputs whether or not they are wanted, and
- * the sums over the leading axes are the expensive part (a reduction across rows, transposed first
- * on WASM). So a frozen weight and bias (non-trainable variables: LoRA training) are constants of
- * the gradient, not inputs of it, and their gradients are not computed; like PyTorch's
- * `requires_grad=False`, the result then has no gradient with respect to them.
- */
-function layerNorm(input: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
-  const axis = input.rank - 1;
-  const leadingAxes = Array.from({ length: axis }, (_, i) => i);
-  const frozen = (parameter: tf.Tensor): boolean => parameter instanceof tf.Variable && !parameter.trainable;
-  const normalised = (x: tf.Tensor): { xHat: tf.Tensor; reciprocal: tf.Tensor } => {
-    // tf.moments would subtract the mean twice (once for the variance, once here).
-    const centred = tf.sub(x, tf.mean(x, axis, true));
-    const reciprocal = tf.rsqrt(tf.add(tf.mean(tf.square(centred), axis, true), eps));
-    return { xHat: tf.mul(centred, reciprocal), reciprocal };
-  };
-  const inputGradient = (dy: tf.Tensor, xHat: tf.Tensor, r: tf.Tensor, w: tf.Tensor): tf.Tensor => {
-    const g = tf.mul(dy, w);
-    const centred = tf.sub(g, tf.mean(g, axis, true));
-    return tf.mul(tf.sub(centred, tf.mul(xHat, tf.mean(tf.mul(g, xHat), axis, true))), r);
-  };
-  if (frozen(weight) && frozen(bias)) {
-    const normaliseInput = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
-      const [x, save] = inputs as [tf.Tensor, tf.GradSaveFunc];
-      const { xHat, reciprocal } = normalised(x);
-      save([xHat, reciprocal]);
-      return {
-        value: tf.add(tf.mul(xHat, weight), bias),
-        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => inputGradient(dy, saved[0]!, saved[1]!, weight),
-      };
-    });
-    return normaliseInput(input) as tf.Tensor;
-  }
-  const normalise = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
-    const [x, w, b, save] = inputs as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
-    const { xHat, reciprocal } = normalised(x);
-    save([xHat, reciprocal, w]);
-    return {
-      value: tf.add(tf.mul(xHat, w), b),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [xHat, r, savedWeight] = saved as [tf.Tensor, tf.Tensor, tf.Tensor];
-        return [inputGradient(dy, xHat, r, savedWeight), tf.sum(tf.mul(dy, xHat), leadingAxes), tf.sum(dy, leadingAxes)];
-      },
-    };
-  });
-  return normalise(input, weight, bias) as tf.Tensor;
 }
 
 /** Root-mean-square normalisation with `weight` [dim] (Llama's `LlamaRMSNorm`). */
@@ -142,7 +92,12 @@ export class Dropout extends Module {
 
   constructor(p: number) {
     super();
-    if (!(p >= 0 && p < 1)) throw new ConfigError({ field: 'dropout', received: p, expected: 'a number in [0, 1)' });
+    if (!(p >= 0 && p < 1))
+      throw new ConfigError({
+        field: 'dropout',
+        received: p,
+        expected: 'a number in [0, 1)',
+      });
     this.p = p;
   }
 

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { LoraError } from './errors.js';
 import { registerMissingGradientKernels } from './kernels.js';
 import { useFastWasmKernels } from './wasm-kernels.js';
-import { prepareWasmGelu } from './wasm-gelu.js';
+import { prepareFusedKernels } from './wasm-fused-kernels.js';
 import { prepareSimdBatchMatMul } from './wasm-simd-matmul.js';
 
 /** Backends this package can set up by itself. Others (e.g. `tensorflow` from tfjs-node) are used when already registered. */
@@ -92,7 +92,7 @@ export async function initRuntime(options: RuntimeOptions = {}): Promise<Runtime
       // value by value: route both through core's kernels.
       if (candidate === 'wasm') {
         await prepareSimdBatchMatMul(tf.backend());
-        await prepareWasmGelu(tf.backend());
+        await prepareFusedKernels(tf.backend());
         useFastWasmKernels('wasm');
       }
       const reason =

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { fusedKernels } from './wasm-fused-kernels.js';
 
 /**
  * Data-movement kernels for tfjs's WASM backend, registered through tfjs's kernel registry by
@@ -53,14 +54,19 @@ const cast: CopyKernel = ({ inputs, backend, attrs }) => {
   return out;
 };
 
+/** A loop of a block copy: `count` iterations, advancing the source and the target by these many values. */
+type BlockLoop = readonly [count: number, sourceStride: number, targetStride: number];
+
 /**
- * Copies between tensors of one backend, as byte moves inside its memory. `copyWithin` is a memmove
- * with no view to create per block (a `subarray` + `set` per block cost twice as much for
- * attention's 64-value rows).
+ * Copies between tensors of one backend, as byte moves inside its memory: core's SIMD
+ * `copy_blocks` (one call for up to three nested loops of blocks) where its module runs, else
+ * `copyWithin` per block (a memmove with no view to create per block).
  */
 interface HeapCopier {
   /** Copy `count` values from value `sourceIndex` of `source` to value `targetIndex` of `target`. */
   copy(target: tf.TensorInfo, targetIndex: number, source: tf.TensorInfo, sourceIndex: number, count: number): void;
+  /** The same for every block of the nested `loops` (outermost first), each block moved by the loops' strides. */
+  blocks(target: tf.TensorInfo, targetIndex: number, source: tf.TensorInfo, sourceIndex: number, count: number, loops: readonly BlockLoop[]): void;
 }
 
 /** A {@link HeapCopier} for tensors of `backend`; make it after the outputs are allocated (a growing memory replaces the buffer). */
@@ -68,7 +74,8 @@ function heapCopier(backend: WasmBackend, tensors: readonly tf.TensorInfo[]): He
   const views = new Map(tensors.map((info) => [info.dataId, backend.typedArrayFromHeap(info)]));
   const first = views.values().next().value!;
   const heap = new Uint8Array(first.buffer);
-  return {
+  const simd = fusedKernels.exports(backend);
+  const copier: HeapCopier = {
     copy(target, targetIndex, source, sourceIndex, count) {
       const targetView = views.get(target.dataId)!;
       const sourceView = views.get(source.dataId)!;
@@ -76,7 +83,35 @@ function heapCopier(backend: WasmBackend, tensors: readonly tf.TensorInfo[]): He
       const from = sourceView.byteOffset + sourceIndex * bytes;
       heap.copyWithin(targetView.byteOffset + targetIndex * bytes, from, from + count * bytes);
     },
+    blocks(target, targetIndex, source, sourceIndex, count, loops) {
+      if (simd !== null && loops.length <= 3) {
+        const bytes = views.get(source.dataId)!.BYTES_PER_ELEMENT;
+        const [l0, l1, l2] = [loops[0] ?? [1, 0, 0], loops[1] ?? [1, 0, 0], loops[2] ?? [1, 0, 0]];
+        simd.copyBlocks(
+          count * bytes,
+          views.get(target.dataId)!.byteOffset + targetIndex * bytes,
+          views.get(source.dataId)!.byteOffset + sourceIndex * bytes,
+          l0[0],
+          l0[1] * bytes,
+          l0[2] * bytes,
+          l1[0],
+          l1[1] * bytes,
+          l1[2] * bytes,
+          l2[0],
+          l2[1] * bytes,
+          l2[2] * bytes
+        );
+        return;
+      }
+      if (loops.length === 0) {
+        copier.copy(target, targetIndex, source, sourceIndex, count);
+        return;
+      }
+      const [[n, sourceStride, targetStride], ...inner] = loops as [BlockLoop, ...BlockLoop[]];
+      for (let i = 0; i < n; i++) copier.blocks(target, targetIndex + i * targetStride, source, sourceIndex + i * sourceStride, count, inner);
+    },
   };
+  return copier;
 }
 
 const transpose: CopyKernel = ({ inputs, backend, attrs }) => {
@@ -86,34 +121,20 @@ const transpose: CopyKernel = ({ inputs, backend, attrs }) => {
   if (x.dtype === 'string' || rank < 2 || perm[rank - 1] !== rank - 1) return null;
   const outShape = perm.map((axis) => x.shape[axis]!);
   const width = x.shape[rank - 1]!;
-  // Rows of `width` values: out row r (counted in the output's leading axes) comes from the input
-  // row whose leading indices are the output's, permuted back.
+  // Rows of `width` values, walked in the output's order over its leading axes: along output axis
+  // a the source moves by the row stride of input axis perm[a], the target by the output's own.
   const inputRowStrides = x.shape.slice(0, -1).map((_, axis) => sizeOf(x.shape.slice(axis + 1, -1)));
   const leading = outShape.slice(0, -1);
-  const rowStride = leading.map((_, axis) => inputRowStrides[perm[axis]!]!);
+  const loops = leading.map((count, axis): BlockLoop => [count, inputRowStrides[perm[axis]!]! * width, sizeOf(leading.slice(axis + 1)) * width]);
   const out = backend.makeOutput(outShape, x.dtype);
-  const heap = heapCopier(backend, [x, out]);
-  const rows = sizeOf(leading);
-  const index = new Array<number>(leading.length).fill(0);
-  let sourceRow = 0;
-  for (let row = 0; row < rows; row++) {
-    heap.copy(out, row * width, x, sourceRow * width, width);
-    // Odometer over the output's leading axes, keeping the matching input row.
-    for (let axis = leading.length - 1; axis >= 0; axis--) {
-      index[axis]! += 1;
-      sourceRow += rowStride[axis]!;
-      if (index[axis]! < leading[axis]!) break;
-      sourceRow -= rowStride[axis]! * leading[axis]!;
-      index[axis] = 0;
-    }
-  }
+  heapCopier(backend, [x, out]).blocks(out, 0, x, 0, width, loops);
   return out;
 };
 
 const gather: CopyKernel = ({ inputs, backend, attrs }) => {
   const x = inputs['x']!;
   const indices = inputs['indices']!;
-  if (x.dtype === 'string' || (attrs['batchDims'] as number | undefined ?? 0) !== 0) return null;
+  if (x.dtype === 'string' || ((attrs['batchDims'] as number | undefined) ?? 0) !== 0) return null;
   const axis = tf.util.parseAxisParam(attrs['axis'] as number, x.shape)[0]!;
   const ids = backend.typedArrayFromHeap(indices);
   const dimension = x.shape[axis]!;
@@ -145,14 +166,19 @@ const splitV: CopyKernel = ({ inputs, backend, attrs }) => {
   const sizes = tf.backend_util.prepareSplitSize(x as tf.Tensor, attrs['numOrSizeSplits'] as number | number[], axis);
   const outer = sizeOf(x.shape.slice(0, axis));
   const inner = sizeOf(x.shape.slice(axis + 1));
-  const outs = sizes.map((size) => backend.makeOutput(x.shape.map((dimension, i) => (i === axis ? size : dimension)), x.dtype));
+  const outs = sizes.map((size) =>
+    backend.makeOutput(
+      x.shape.map((dimension, i) => (i === axis ? size : dimension)),
+      x.dtype
+    )
+  );
   // After every allocation: a growing heap replaces the buffer the copier views.
   const heap = heapCopier(backend, [x, ...outs]);
   const rowWidth = x.shape[axis]! * inner;
   let start = 0;
   outs.forEach((out, i) => {
     const width = sizes[i]! * inner;
-    for (let o = 0; o < outer; o++) heap.copy(out, o * width, x, o * rowWidth + start, width);
+    heap.blocks(out, 0, x, start, width, [[outer, rowWidth, width]]);
     start += width;
   });
   return outs;
@@ -162,7 +188,10 @@ const concat: CopyKernel = ({ inputs, backend, attrs }) => {
   const parts = Object.values(inputs).filter((part): part is tf.TensorInfo => part !== undefined);
   if (parts.length === 0 || parts.some((part) => part.dtype === 'string' || part.dtype === 'complex64' || part.dtype !== parts[0]!.dtype)) return null;
   const axis = tf.util.parseAxisParam(attrs['axis'] as number, parts[0]!.shape)[0]!;
-  const outShape = tf.backend_util.computeOutShape(parts.map((part) => part.shape), axis);
+  const outShape = tf.backend_util.computeOutShape(
+    parts.map((part) => part.shape),
+    axis
+  );
   const out = backend.makeOutput(outShape, parts[0]!.dtype);
   const heap = heapCopier(backend, [out, ...parts]);
   const outer = sizeOf(outShape.slice(0, axis));
@@ -171,7 +200,7 @@ const concat: CopyKernel = ({ inputs, backend, attrs }) => {
   for (const part of parts) {
     const width = sizeOf(part.shape.slice(axis));
     if (width === 0) continue;
-    for (let o = 0; o < outer; o++) heap.copy(out, o * outWidth + start, part, o * width, width);
+    heap.blocks(out, start, part, 0, width, [[outer, width, outWidth]]);
     start += width;
   }
   return out;

@@ -1,11 +1,34 @@
-import type * as tf from '@tensorflow/tfjs-core';
+import * as tf from '@tensorflow/tfjs-core';
 import { KernelReplacements } from './kernel-replacements.js';
 import { WASM_COPY_KERNELS, withCopyKernel } from './wasm-copy-kernels.js';
-import { registerWasmGeluKernels, unregisterWasmGeluKernels, wasmGeluKernels } from './wasm-gelu.js';
+import { fusedKernels } from './wasm-fused-kernels.js';
+import { WASM_GELU_KERNELS } from './wasm-gelu.js';
+import { WASM_LAYER_NORM_KERNELS } from './wasm-layer-norm.js';
 import { fastWasmMatMulKernels, restoreWasmMatMul, useFastWasmMatMul } from './wasm-matmul.js';
 
 /** Stock kernels replaced by {@link useFastWasmKernels} (the matMul ones are kept by wasm-matmul). */
 const replacements = new KernelReplacements();
+
+/** Kernels of core's own (fused forms of composite ops), new names in tfjs's registry. */
+const OWN_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
+  ...WASM_GELU_KERNELS,
+  ...WASM_LAYER_NORM_KERNELS,
+};
+
+/** Register {@link OWN_KERNELS} for `backendName` where core's fused-kernels module runs on it (ops fall back to their composite forms elsewhere). */
+function registerOwnKernels(backendName: string): string[] {
+  const backend = tf.engine().registry[backendName];
+  if (backend === undefined || fusedKernels.exports(backend) === null) return [];
+  return Object.entries(OWN_KERNELS)
+    .filter(([kernelName]) => tf.getKernel(kernelName, backendName) === undefined)
+    .map(([kernelName, kernelFunc]) => {
+      tf.registerKernel({ kernelName, backendName, kernelFunc });
+      return kernelName;
+    });
+}
+
+/** The {@link OWN_KERNELS} registered for `backendName`. */
+const ownKernels = (backendName: string): string[] => Object.keys(OWN_KERNELS).filter((kernelName) => tf.getKernel(kernelName, backendName) !== undefined);
 
 /**
  * Route a WASM backend's kernels through core's faster forms, through tfjs's kernel registry:
@@ -13,8 +36,9 @@ const replacements = new KernelReplacements();
  * frozen weights transposed once) and the data-movement kernels that share or block-copy instead
  * of copying value by value (`Identity`, same-dtype `Cast`, `Transpose` keeping the last axis,
  * `GatherV2`, `SplitV`, `Concat`); and registers fused kernels of its own for composite ops
- * (GPT-2's gelu_new and its gradient, used by `@lora/models`). Results are the stock kernels'
- * (products up to float32 summation order; the fused gelu_new within 2e-6 relative). `initRuntime()` does this for `wasm`; `@lora/cuda-backend` for the instances it
+ * (GPT-2's gelu_new and LayerNorm, with their gradients) where its SIMD module runs. Results are
+ * the stock kernels' (products and LayerNorm up to float32 summation order; the fused gelu_new
+ * within 2e-6 relative). `initRuntime()` does this for `wasm`; `@lora/cuda-backend` for the instances it
  * starts. Idempotent; only backends running tfjs's WASM kernels should be passed.
  *
  * @param backendName tfjs backend name (default `wasm`).
@@ -24,9 +48,9 @@ const replacements = new KernelReplacements();
  */
 export function useFastWasmKernels(backendName = 'wasm'): string[] {
   const copyKernels = Object.fromEntries(
-    Object.entries(WASM_COPY_KERNELS).map(([kernelName, kernel]) => [kernelName, (stock: tf.KernelConfig) => withCopyKernel(kernel, stock.kernelFunc)]),
+    Object.entries(WASM_COPY_KERNELS).map(([kernelName, kernel]) => [kernelName, (stock: tf.KernelConfig) => withCopyKernel(kernel, stock.kernelFunc)])
   );
-  return [...useFastWasmMatMul(backendName), ...replacements.replace(backendName, copyKernels), ...registerWasmGeluKernels(backendName)];
+  return [...useFastWasmMatMul(backendName), ...replacements.replace(backendName, copyKernels), ...registerOwnKernels(backendName)];
 }
 
 /**
@@ -34,10 +58,12 @@ export function useFastWasmKernels(backendName = 'wasm'): string[] {
  * @returns The kernel names restored.
  */
 export function restoreWasmKernels(backendName = 'wasm'): string[] {
-  return [...restoreWasmMatMul(backendName), ...replacements.restore(backendName), ...unregisterWasmGeluKernels(backendName)];
+  const own = ownKernels(backendName);
+  for (const kernelName of own) tf.unregisterKernel(kernelName, backendName);
+  return [...restoreWasmMatMul(backendName), ...replacements.restore(backendName), ...own];
 }
 
 /** The kernels of `backendName` currently replaced by core's (see {@link useFastWasmKernels}). */
 export function fastWasmKernels(backendName = 'wasm'): string[] {
-  return [...fastWasmMatMulKernels(backendName), ...replacements.names(backendName), ...wasmGeluKernels(backendName)];
+  return [...fastWasmMatMulKernels(backendName), ...replacements.names(backendName), ...ownKernels(backendName)];
 }

@@ -57,12 +57,13 @@ export class BackendWasmModule<Exports> {
    * @param binaries The module's two links.
    * @param pick Takes the functions the callers use from the instance's exports.
    */
-  constructor(
-    private readonly binaries: WasmModuleBinaries,
-    private readonly pick: (exports: Record<string, unknown>) => Exports,
-  ) {}
+  constructor(private readonly binaries: WasmModuleBinaries, private readonly pick: (exports: Record<string, unknown>) => Exports) {}
 
-  private parts(backend: tf.KernelBackend): { api: WebAssemblyApi; bytes: Uint8Array; imports: Record<string, Record<string, unknown>> } | null {
+  private parts(backend: tf.KernelBackend): {
+    api: WebAssemblyApi;
+    bytes: Uint8Array;
+    imports: Record<string, Record<string, unknown>>;
+  } | null {
     if (!isWasmBackend(backend)) return null;
     // tfjs's threaded build creates its (shared) memory in JS and keeps it as `wasmMemory`; the
     // single-threaded builds export theirs.
@@ -70,7 +71,11 @@ export class BackendWasmModule<Exports> {
     const api = (globalThis as { WebAssembly?: WebAssemblyApi }).WebAssembly;
     if (memory === undefined || api === undefined) return null;
     const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
-    return { api, bytes: decode(shared ? this.binaries.shared : this.binaries.plain), imports: { env: { memory } } };
+    return {
+      api,
+      bytes: decode(shared ? this.binaries.shared : this.binaries.plain),
+      imports: { env: { memory } },
+    };
   }
 
   /**

@@ -1,0 +1,29 @@
+import type * as tf from '@tensorflow/tfjs-core';
+import { FUSED_KERNELS_WASM_PLAIN, FUSED_KERNELS_WASM_SHARED } from './wasm-fused-kernels-binary.js';
+import { BackendWasmModule } from './wasm-module.js';
+
+/**
+ * Core's module of fused elementwise and copy kernels (wasm/gelu-tanh.c, layer-norm.c,
+ * copy-blocks.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
+ */
+export interface FusedKernelsExports {
+  geluTanh(size: number, x: number, y: number): void;
+  geluTanhGrad(size: number, dy: number, x: number, dx: number): void;
+  layerNorm(rows: number, d: number, x: number, w: number, b: number, eps: number, y: number): void;
+  layerNormGrad(rows: number, d: number, dy: number, x: number, w: number, eps: number, dx: number): void;
+  layerNormWeightGrad(rows: number, d: number, dy: number, x: number, eps: number, dw: number): void;
+  /** n0·n1·n2 blocks of `bytes` bytes, block (i0, i1, i2) from src + Σ iₖ·ssₖ to dst + Σ iₖ·dsₖ. */
+  copyBlocks(bytes: number, dst: number, src: number, n0: number, ss0: number, ds0: number, n1: number, ss1: number, ds1: number, n2: number, ss2: number, ds2: number): void;
+}
+
+export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: FUSED_KERNELS_WASM_PLAIN, shared: FUSED_KERNELS_WASM_SHARED }, (exports) => ({
+  geluTanh: exports['gelu_tanh'] as FusedKernelsExports['geluTanh'],
+  geluTanhGrad: exports['gelu_tanh_grad'] as FusedKernelsExports['geluTanhGrad'],
+  layerNorm: exports['layer_norm'] as FusedKernelsExports['layerNorm'],
+  layerNormGrad: exports['layer_norm_grad'] as FusedKernelsExports['layerNormGrad'],
+  layerNormWeightGrad: exports['layer_norm_weight_grad'] as FusedKernelsExports['layerNormWeightGrad'],
+  copyBlocks: exports['copy_blocks'] as FusedKernelsExports['copyBlocks'],
+}));
+
+/** Instantiate the module for `backend` asynchronously (initRuntime does this for `wasm`; see {@link BackendWasmModule.prepare}). */
+export const prepareFusedKernels = (backend: tf.KernelBackend): Promise<boolean> => fusedKernels.prepare(backend);
