@@ -8,33 +8,11 @@
 // backend's memory and keeps nothing of its own (no data, no stack).
 #include <wasm_simd128.h>
 
+#include "simd-exp.h"
+#include "simd-lanes.h"
+
 #define K 1.5957691216057308f   // 2·√(2/π)
 #define A 0.044715f
-
-// exp(t) for t ≤ 0 (Cephes' expf: t = n·ln2 + r, |r| ≤ ln2/2, a degree-6 polynomial in r, then
-// 2ⁿ put in the exponent bits), relative error about 2e-7. t is clamped at −87 so 2ⁿ stays normal;
-// σ is then below 1e-37 either way.
-static inline v128_t exp_nonpositive(v128_t t) {
-  // pmax is x86's maxps (one instruction; f32x4_max adds NaN handling that t, finite, never needs).
-  t = wasm_f32x4_pmax(t, wasm_f32x4_splat(-87.0f));
-  // n = round(t·log₂e) by the 1.5·2²³ trick: the sum's low mantissa bits are n itself (as an
-  // integer, plus the constant's bits), which also gives 2ⁿ without a float → int conversion.
-  const v128_t magic = wasm_f32x4_splat(12582912.0f);
-  const v128_t shifted = wasm_f32x4_add(wasm_f32x4_mul(t, wasm_f32x4_splat(1.44269504088896341f)), magic);
-  const v128_t n = wasm_f32x4_sub(shifted, magic);
-  v128_t r = wasm_f32x4_sub(t, wasm_f32x4_mul(n, wasm_f32x4_splat(0.693359375f)));
-  r = wasm_f32x4_sub(r, wasm_f32x4_mul(n, wasm_f32x4_splat(-2.12194440e-4f)));
-  v128_t p = wasm_f32x4_splat(1.9875691500e-4f);
-  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.3981999507e-3f));
-  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(8.3334519073e-3f));
-  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(4.1665795894e-2f));
-  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.6666665459e-1f));
-  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(5.0000001201e-1f));
-  p = wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_mul(wasm_f32x4_mul(p, r), r), r), wasm_f32x4_splat(1.0f));
-  // (n + 127) << 23 as float bits is 2ⁿ; n's integer value is the shifted sum's bits less magic's.
-  const v128_t scale = wasm_i32x4_shl(wasm_i32x4_add(wasm_i32x4_sub(shifted, magic), wasm_i32x4_splat(127)), 23);
-  return wasm_f32x4_mul(p, scale);
-}
 
 // σ(u) from e = exp(−|u|) ∈ (0, 1]: 1/(1 + e) for u ≥ 0, e/(1 + e) below, so nothing overflows.
 static inline v128_t sigmoid(v128_t u) {
@@ -60,21 +38,6 @@ static inline v128_t gelu_slope(v128_t x) {
   return wasm_f32x4_add(g, wasm_f32x4_mul(wasm_f32x4_mul(wasm_f32x4_mul(x, g), wasm_f32x4_sub(one, g)), du));
 }
 
-// The last size % 4 values are copied into a zero-padded vector and back (lane by lane: no stack).
-static inline v128_t load_tail(const float *p, int lanes) {
-  v128_t v = wasm_f32x4_splat(0.0f);
-  if (lanes > 0) v = wasm_f32x4_replace_lane(v, 0, p[0]);
-  if (lanes > 1) v = wasm_f32x4_replace_lane(v, 1, p[1]);
-  if (lanes > 2) v = wasm_f32x4_replace_lane(v, 2, p[2]);
-  return v;
-}
-
-static inline void store_tail(float *p, v128_t v, int lanes) {
-  if (lanes > 0) p[0] = wasm_f32x4_extract_lane(v, 0);
-  if (lanes > 1) p[1] = wasm_f32x4_extract_lane(v, 1);
-  if (lanes > 2) p[2] = wasm_f32x4_extract_lane(v, 2);
-}
-
 __attribute__((export_name("gelu_tanh"))) void gelu_tanh(int size, const float *x, float *y) {
   int i = 0;
   // Two vectors per iteration: their exp polynomials are independent chains the CPU overlaps.
@@ -85,7 +48,7 @@ __attribute__((export_name("gelu_tanh"))) void gelu_tanh(int size, const float *
     wasm_v128_store(y + i + 4, b);
   }
   for (; i + 4 <= size; i += 4) wasm_v128_store(y + i, gelu(wasm_v128_load(x + i)));
-  if (i < size) store_tail(y + i, gelu(load_tail(x + i, size - i)), size - i);
+  if (i < size) store_tail(y + i, gelu(load_tail(x + i, size - i, 0.0f)), size - i);
 }
 
 __attribute__((export_name("gelu_tanh_grad"))) void gelu_tanh_grad(int size, const float *dy, const float *x, float *dx) {
@@ -97,5 +60,5 @@ __attribute__((export_name("gelu_tanh_grad"))) void gelu_tanh_grad(int size, con
     wasm_v128_store(dx + i + 4, b);
   }
   for (; i + 4 <= size; i += 4) wasm_v128_store(dx + i, wasm_f32x4_mul(wasm_v128_load(dy + i), gelu_slope(wasm_v128_load(x + i))));
-  if (i < size) store_tail(dx + i, wasm_f32x4_mul(load_tail(dy + i, size - i), gelu_slope(load_tail(x + i, size - i))), size - i);
+  if (i < size) store_tail(dx + i, wasm_f32x4_mul(load_tail(dy + i, size - i, 0.0f), gelu_slope(load_tail(x + i, size - i, 0.0f))), size - i);
 }

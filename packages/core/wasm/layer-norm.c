@@ -10,14 +10,12 @@
 // Linked into the fused-kernels module by scripts/build-wasm.mjs: no data, no stack.
 #include <wasm_simd128.h>
 
+#include "simd-lanes.h"
+
 typedef struct {
   float mean;
   float reciprocal;
 } row_stats;
-
-static inline float sum_lanes(v128_t v) {
-  return wasm_f32x4_extract_lane(v, 0) + wasm_f32x4_extract_lane(v, 1) + wasm_f32x4_extract_lane(v, 2) + wasm_f32x4_extract_lane(v, 3);
-}
 
 // Mean and 1/√(variance + eps) of one row (variance of the centred values, as tf.moments).
 static inline __attribute__((always_inline)) row_stats stats_of(const float *x, int d, float eps) {

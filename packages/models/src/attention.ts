@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ShapeError } from '@lora/core';
+import { scaledSoftmax } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 
 /**
@@ -151,10 +152,10 @@ export function scaledDotProductAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tens
     const keys = k.shape[2]!;
     const group = heads / kvHeads;
     const grouped = group === 1 ? q : tf.reshape(q, [batch, kvHeads, group * queries, depth]);
-    let scores = tf.mul(tf.matMul(grouped, k, false, true), options.scale);
+    let scores = tf.matMul(grouped, k, false, true);
     if (group !== 1) scores = tf.reshape(scores, [batch, heads, queries, keys]);
-    if (options.bias) scores = tf.add(scores, options.bias);
-    let probabilities = tf.softmax(scores);
+    // softmax(scale·scores + bias) as one op: one fused kernel each way on WASM for a causal mask.
+    let probabilities = scaledSoftmax(scores, options.scale, options.bias);
     if (options.dropout) probabilities = options.dropout(probabilities);
     if (group === 1) return tf.matMul(probabilities, v) as tf.Tensor4D;
     const out = tf.matMul(tf.reshape(probabilities, [batch, kvHeads, group * queries, keys]), v);
