@@ -88,18 +88,35 @@ export class Linear extends Module implements BaseLayer {
    */
   forward(input: tf.Tensor): tf.Tensor {
     this.checkInput(input);
+    const frozen = (parameter: tf.Variable | null): boolean => parameter === null || !parameter.trainable;
     return tf.tidy(() =>
-      applyToLastAxis(input, this.outFeatures, (x) =>
-        {
-          // matMul + add rather than tf.fused.matMul: the fused op's gradient (a customGrad) computes
-          // the gradients of every input, so a frozen weight would still get its xᵀ·dy product —
-          // measured: LoRA steps as slow as full fine-tuning. Plain matMul computes only the
-          // gradients needed. (It also avoids tfjs-backend-wasm 4.22's fused bias bug.)
-          const product = tf.matMul(x, this.weight as tf.Tensor2D, false, !this.fanInFanOut);
-          return (this.bias ? tf.add(product, this.bias) : product) as tf.Tensor2D;
-        },
-      ),
+      applyToLastAxis(input, this.outFeatures, (x) => {
+        if (this.bias !== null && frozen(this.weight) && frozen(this.bias)) return this.frozenAffine(x, this.bias);
+        // matMul + add rather than tf.fused.matMul: the fused op's gradient (a customGrad) computes
+        // the gradients of every input, so a trainable weight's layer would pay for a frozen
+        // bias's (and the reverse). Plain matMul computes only the gradients needed.
+        const product = tf.matMul(x, this.weight as tf.Tensor2D, false, !this.fanInFanOut);
+        return (this.bias ? tf.add(product, this.bias) : product) as tf.Tensor2D;
+      }),
     );
+  }
+
+  /**
+   * `x·op(W) + b` for a frozen weight and bias (LoRA training's base layers): the bias is added
+   * inside the product (XNNPACK adds it as it writes the result, on WASM) instead of by a second
+   * kernel, and the gradient is the input's alone, dy·op(W)ᵀ; like PyTorch's
+   * `requires_grad=False`, there is none with respect to W or b.
+   */
+  private frozenAffine(input: tf.Tensor2D, bias: tf.Variable): tf.Tensor2D {
+    const weight = this.weight as tf.Tensor2D;
+    const affine = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
+      const x = inputs[0] as tf.Tensor2D;
+      return {
+        value: tf.fused.matMul({ a: x, b: weight, transposeB: !this.fanInFanOut, bias }),
+        gradFunc: (dy: tf.Tensor) => tf.matMul(dy as tf.Tensor2D, weight, false, this.fanInFanOut),
+      };
+    });
+    return affine(input) as tf.Tensor2D;
   }
 
   forwardWithoutBias(input: tf.Tensor): tf.Tensor {

@@ -145,6 +145,31 @@ describe('Module', () => {
     await tf.setBackend('wasm');
   });
 
+  it.each(['wasm', 'cpu'])('computes a frozen Linear with the bias inside the product and the same value and input gradient on %s', async (backend) => {
+    await initRuntime();
+    await tf.setBackend(backend);
+    for (const fanInFanOut of [false, true]) {
+      const layer = new Linear({ inFeatures: 24, outFeatures: 20, fanInFanOut, seed: 3 });
+      const x = tf.randomNormal([2, 5, 24], 0, 1, 'float32', 4);
+      const c = tf.randomNormal([2, 5, 20], 0, 1, 'float32', 5);
+      const valueAndGradient = (): [tf.Tensor, tf.Tensor] => [layer.forward(x), tf.grad((input: tf.Tensor) => tf.sum(tf.mul(layer.forward(input), c)))(x)];
+      const [trainableValue, trainableGradient] = valueAndGradient();
+      layer.weight.trainable = false;
+      layer.bias!.trainable = false;
+      const spy = spyOnKernels();
+      const [frozenValue, frozenGradient] = valueAndGradient();
+      spy.stop();
+      expectTensorsClose(frozenValue, trainableValue, { atol: 1e-5, rtol: 1e-5 });
+      expectTensorsClose(frozenGradient, trainableGradient, { atol: 1e-5, rtol: 1e-5 });
+      const names = spy.calls.filter((call) => call.depth === 0).map((call) => call.kernelName);
+      expect(names).toContain('_FusedMatMul');
+      expect(names).not.toContain('Add');
+      tf.dispose([x, c, trainableValue, trainableGradient, frozenValue, frozenGradient]);
+      layer.dispose();
+    }
+    await tf.setBackend('wasm');
+  });
+
   it('applies dropout only in training mode, scaling kept values by 1/(1-p)', () => {
     const layer = new Dropout(0.5);
     const x = tf.ones([1000]);
