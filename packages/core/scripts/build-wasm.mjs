@@ -13,7 +13,7 @@ const root = new URL('..', import.meta.url).pathname;
 const modules = [
   { sources: ['wasm/batch-matmul.c'], output: 'src/wasm-batch-matmul-binary.ts', constant: 'BATCH_MATMUL_WASM', what: 'The batched SIMD matMul module' },
   {
-    sources: ['wasm/gelu-tanh.c', 'wasm/layer-norm.c', 'wasm/softmax.c', 'wasm/copy-blocks.c'],
+    sources: ['wasm/gelu-tanh.c', 'wasm/layer-norm.c', 'wasm/softmax.c', 'wasm/adamw.c', 'wasm/copy-blocks.c'],
     output: 'src/wasm-fused-kernels-binary.ts',
     constant: 'FUSED_KERNELS_WASM',
     what: "The fused elementwise and copy kernels' module",

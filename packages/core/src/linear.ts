@@ -61,9 +61,7 @@ export class Linear extends Module implements BaseLayer {
     this.outFeatures = options.outFeatures;
     this.fanInFanOut = options.fanInFanOut ?? false;
     const bound = 1 / Math.sqrt(options.inFeatures);
-    const shape: [number, number] = this.fanInFanOut
-      ? [options.inFeatures, options.outFeatures]
-      : [options.outFeatures, options.inFeatures];
+    const shape: [number, number] = this.fanInFanOut ? [options.inFeatures, options.outFeatures] : [options.outFeatures, options.inFeatures];
     const initialWeight = tf.randomUniform(shape, -bound, bound, 'float32', options.seed);
     this.weight = this.registerParameter('weight', initialWeight);
     initialWeight.dispose();
@@ -97,7 +95,7 @@ export class Linear extends Module implements BaseLayer {
         // bias's (and the reverse). Plain matMul computes only the gradients needed.
         const product = tf.matMul(x, this.weight as tf.Tensor2D, false, !this.fanInFanOut);
         return (this.bias ? tf.add(product, this.bias) : product) as tf.Tensor2D;
-      }),
+      })
     );
   }
 
@@ -121,9 +119,7 @@ export class Linear extends Module implements BaseLayer {
 
   forwardWithoutBias(input: tf.Tensor): tf.Tensor {
     this.checkInput(input);
-    return tf.tidy(() =>
-      applyToLastAxis(input, this.outFeatures, (x) => tf.matMul(x, this.weight as tf.Tensor2D, false, !this.fanInFanOut)),
-    );
+    return tf.tidy(() => applyToLastAxis(input, this.outFeatures, (x) => tf.matMul(x, this.weight as tf.Tensor2D, false, !this.fanInFanOut)));
   }
 
   denseWeight(): tf.Tensor2D {

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { adamWUpdate } from './adamw-update.js';
 import { ConfigError } from './errors.js';
 import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
 
@@ -184,12 +185,19 @@ export class AdamW implements TrainOptimizer {
       const store = this.storeFor(variable);
       tf.tidy(() => {
         const { m, v } = store.read();
-        const newM = tf.add(tf.mul(m, this.beta1), tf.mul(gradient, 1 - this.beta1));
-        const newV = tf.add(tf.mul(v, this.beta2), tf.mul(tf.square(gradient), 1 - this.beta2));
-        store.write(newM, newV);
-        const decayed = this.weightDecay > 0 ? tf.mul(variable, 1 - this.learningRate * this.weightDecay) : variable;
-        const denominator = tf.add(tf.div(tf.sqrt(newV), Math.sqrt(correction2)), this.epsilon);
-        variable.assign(tf.sub(decayed, tf.mul(tf.div(newM, denominator), stepSize)));
+        const updated = adamWUpdate(
+          { param: variable, gradient, m, v },
+          {
+            beta1: this.beta1,
+            beta2: this.beta2,
+            epsilon: this.epsilon,
+            stepSize,
+            sqrtCorrection2: Math.sqrt(correction2),
+            decay: this.weightDecay > 0 ? 1 - this.learningRate * this.weightDecay : null,
+          }
+        );
+        store.write(updated.m, updated.v);
+        variable.assign(updated.param);
       });
     }
   }
@@ -268,10 +276,7 @@ export type LearningRateSchedule = 'constant' | 'linear' | 'cosine';
  * then constant, linear decay to 0, or half-cosine decay to 0 at `totalSteps` (as transformers'
  * `get_linear_schedule_with_warmup` / `get_cosine_schedule_with_warmup`).
  */
-export function learningRateAt(
-  step: number,
-  options: { baseLearningRate: number; warmupSteps: number; totalSteps: number; schedule: LearningRateSchedule },
-): number {
+export function learningRateAt(step: number, options: { baseLearningRate: number; warmupSteps: number; totalSteps: number; schedule: LearningRateSchedule }): number {
   const { baseLearningRate, warmupSteps, totalSteps, schedule } = options;
   if (step < warmupSteps) return (baseLearningRate * (step + 1)) / warmupSteps;
   if (schedule === 'constant') return baseLearningRate;

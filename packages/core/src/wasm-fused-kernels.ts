@@ -4,7 +4,7 @@ import { BackendWasmModule } from './wasm-module.js';
 
 /**
  * Core's module of fused elementwise and copy kernels (wasm/gelu-tanh.c, layer-norm.c,
- * softmax.c, copy-blocks.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
+ * softmax.c, adamw.c, copy-blocks.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
  */
 export interface FusedKernelsExports {
   geluTanh(size: number, x: number, y: number): void;
@@ -15,6 +15,25 @@ export interface FusedKernelsExports {
   /** `mask` 0 for none; row r of the scores uses mask row r mod `maskRows`. */
   scaledSoftmax(rows: number, n: number, x: number, scale: number, mask: number, maskRows: number, y: number): void;
   scaledSoftmaxGrad(rows: number, n: number, dy: number, y: number, scale: number, dx: number): void;
+  adamw(
+    size: number,
+    p: number,
+    g: number,
+    m: number,
+    v: number,
+    beta1: number,
+    rest1: number,
+    beta2: number,
+    rest2: number,
+    decay: number,
+    applyDecay: number,
+    sqrtC2: number,
+    epsilon: number,
+    stepSize: number,
+    pOut: number,
+    mOut: number,
+    vOut: number
+  ): void;
   /** n0·n1·n2 blocks of `bytes` bytes, block (i0, i1, i2) from src + Σ iₖ·ssₖ to dst + Σ iₖ·dsₖ. */
   copyBlocks(bytes: number, dst: number, src: number, n0: number, ss0: number, ds0: number, n1: number, ss1: number, ds1: number, n2: number, ss2: number, ds2: number): void;
 }
@@ -27,6 +46,7 @@ export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: 
   layerNormWeightGrad: exports['layer_norm_weight_grad'] as FusedKernelsExports['layerNormWeightGrad'],
   scaledSoftmax: exports['scaled_softmax'] as FusedKernelsExports['scaledSoftmax'],
   scaledSoftmaxGrad: exports['scaled_softmax_grad'] as FusedKernelsExports['scaledSoftmaxGrad'],
+  adamw: exports['adamw'] as FusedKernelsExports['adamw'],
   copyBlocks: exports['copy_blocks'] as FusedKernelsExports['copyBlocks'],
 }));
 

@@ -18,7 +18,15 @@ const valueKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const n = x.shape[x.shape.length - 1]!;
   fusedKernels
     .exports(wasm)!
-    .scaledSoftmax(rowsOf(x), n, offset(wasm, x), attrs!['scale'] as number, mask === undefined ? 0 : offset(wasm, mask), mask === undefined ? 1 : mask.shape[0]!, offset(wasm, out));
+    .scaledSoftmax(
+      rowsOf(x),
+      n,
+      offset(wasm, x),
+      attrs!['scale'] as number,
+      mask === undefined ? 0 : offset(wasm, mask),
+      mask === undefined ? 1 : mask.shape[0]!,
+      offset(wasm, out)
+    );
   return out;
 };
 
