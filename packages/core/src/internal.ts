@@ -26,3 +26,5 @@ export { deriveSeed, withSeededRandom } from './random-scope.js';
 export { matMulFlops, spyOnKernels } from './kernel-spy.js';
 export { hasSimdBatchMatMul } from './wasm-simd-matmul.js';
 export type { KernelCall, KernelSpy } from './kernel-spy.js';
+export { loraFactorTensors, writeExportedLora } from './lora-export.js';
+export type { ExportedLora, ExportedLoraWriteOptions, LoraFactors } from './lora-export.js';
