@@ -3,6 +3,7 @@
 // the faster ones were passed over. Each entry only says how to start a kind where it runs. Portable
 // (no Node built-ins), so the browser entry still bundles for a browser.
 import { fastWasmMatMulKernels, initRuntime, restoreWasmKernels, useFastWasmKernels } from '@lora/core';
+import * as tf from '@tensorflow/tfjs-core';
 import { BACKEND_DESCRIPTIONS, MAX_WASM_THREADS, type BackendAttempt, type BackendKind, type SkipReason } from './backend-kinds.js';
 import { BackendUnavailableError } from './errors.js';
 import { defaultImporter, errorLine, type ModuleImporter } from './native.js';
@@ -29,6 +30,26 @@ export interface StartedBackend {
   readonly description: string;
   /** Why it was chosen, one sentence (the selected attempt's message). */
   readonly message: string;
+}
+
+/**
+ * What a started `wasm` backend reports, from the threads it actually runs (`actual`; `requested`
+ * is what `kind` asked for).
+ * @throws {Skip} when the threaded build came up with one thread.
+ */
+export async function startedWasm(kind: 'wasm-threads' | 'wasm', actual: number, requested: number): Promise<StartedBackend> {
+  if (kind === 'wasm-threads' && actual < 2) {
+    throw new Skip('init-failed', `The threaded WASM build started with ${actual} thread instead of ${requested}.`);
+  }
+  const simd = (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) === true;
+  return {
+    backend: 'wasm',
+    threads: actual,
+    simd,
+    gpu: false,
+    description: kind === 'wasm' ? BACKEND_DESCRIPTIONS.wasm : `${BACKEND_DESCRIPTIONS['wasm-threads']}, ${actual} threads`,
+    message: kind === 'wasm' ? `Single-threaded WASM${simd ? ' (SIMD)' : ''}.` : `Multi-threaded WASM with ${actual} threads.`,
+  };
 }
 
 /** What every entry's start functions get; an entry adds its own fields. */

@@ -2,7 +2,7 @@
 // WebGL, then WASM (threaded only on a cross-origin isolated page), then plain JS, saying why each
 // faster one was passed over. No Node built-ins here, so this bundles for a browser.
 import * as tf from '@tensorflow/tfjs-core';
-import { backendContext, selectFirstBackend, Skip, type BackendContext, type StartedBackend } from './backend-attempt.js';
+import { backendContext, selectFirstBackend, Skip, startedWasm, type BackendContext, type StartedBackend } from './backend-attempt.js';
 import { BACKEND_DESCRIPTIONS, BROWSER_BACKEND_ORDER, BROWSER_GPU_PACKAGES, type BackendKind } from './backend-kinds.js';
 import { backendOrder } from './backend-order.js';
 import { errorLine } from './native.js';
@@ -91,17 +91,8 @@ async function startWasm(kind: 'wasm-threads' | 'wasm', context: Context): Promi
   }
   if (!started) throw new Skip('init-failed', 'The "wasm" backend failed to start (are its .wasm files served? see the wasmPaths option; tfjs logged why).');
   const actual = Math.max(1, wasm.getThreadsCount());
-  if (kind === 'wasm-threads' && actual < 2) throw new Skip('init-failed', `The threaded WASM build started with ${actual} thread instead of ${threads}.`);
   if (kind === 'wasm' && actual > 1) throw new Skip('in-use', `The "wasm" backend already runs with ${actual} threads; it is not restarted.`);
-  const simd = (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) === true;
-  return {
-    backend: 'wasm',
-    threads: actual,
-    simd,
-    gpu: false,
-    description: kind === 'wasm' ? BACKEND_DESCRIPTIONS.wasm : `${BACKEND_DESCRIPTIONS['wasm-threads']}, ${actual} threads`,
-    message: kind === 'wasm' ? 'Single-threaded WASM.' : `Multi-threaded WASM with ${actual} threads.`,
-  };
+  return startedWasm(kind, actual, threads);
 }
 
 async function startKind(kind: BackendKind, context: Context): Promise<StartedBackend> {

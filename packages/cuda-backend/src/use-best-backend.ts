@@ -1,7 +1,7 @@
 import type { RuntimeReport } from '@lora/core';
 import * as tf from '@tensorflow/tfjs-core';
 import os from 'node:os';
-import { backendContext, selectFirstBackend, Skip, type BackendContext, type StartedBackend } from './backend-attempt.js';
+import { backendContext, selectFirstBackend, Skip, startedWasm, type BackendContext, type StartedBackend } from './backend-attempt.js';
 import { BACKEND_DESCRIPTIONS, type BackendAttempt, type BackendKind } from './backend-kinds.js';
 import { BackendInitError } from './errors.js';
 import { errorLine, isUsingGpuDevice, loadNativePackage, NATIVE_BACKEND_NAME, nativeLoadedBy, type ModuleImporter } from './native.js';
@@ -137,19 +137,7 @@ async function startWasm(kind: 'wasm-threads' | 'wasm', context: Context): Promi
   } else {
     await tf.setBackend('wasm');
   }
-  const actual = wasmInstanceThreads('wasm') ?? 1;
-  if (kind === 'wasm-threads' && actual < 2) {
-    throw new Skip('init-failed', `The threaded WASM build started with ${actual} thread instead of ${threads}.`);
-  }
-  const simd = (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) === true;
-  return {
-    backend: 'wasm',
-    threads: actual,
-    simd,
-    gpu: false,
-    description: kind === 'wasm' ? BACKEND_DESCRIPTIONS.wasm : `${BACKEND_DESCRIPTIONS['wasm-threads']}, ${actual} threads`,
-    message: kind === 'wasm' ? 'Single-threaded WASM (SIMD).' : `Multi-threaded WASM with ${actual} threads.`,
-  };
+  return startedWasm(kind, wasmInstanceThreads('wasm') ?? 1, threads);
 }
 
 async function startKind(kind: BackendKind, context: Context): Promise<StartedBackend> {
