@@ -28,3 +28,5 @@ export { hasSimdBatchMatMul } from './wasm-simd-matmul.js';
 export { geluTanh, GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from './gelu-tanh.js';
 export { scaledSoftmax, SCALED_SOFTMAX_GRAD_KERNEL, SCALED_SOFTMAX_KERNEL } from './scaled-softmax.js';
 export type { KernelCall, KernelSpy } from './kernel-spy.js';
+export { loraFactorTensors, writeExportedLora } from './lora-export.js';
+export type { ExportedLora, ExportedLoraWriteOptions, LoraFactors } from './lora-export.js';

@@ -1,20 +1,11 @@
 // useBestBackend in a browser (the main entry; Node's entry has ./use-best-backend.ts): WebGPU, then
 // WebGL, then WASM (threaded only on a cross-origin isolated page), then plain JS, saying why each
 // faster one was passed over. No Node built-ins here, so this bundles for a browser.
-import { fastWasmMatMulKernels, initRuntime, restoreWasmKernels, useFastWasmKernels } from '@lora/core';
 import * as tf from '@tensorflow/tfjs-core';
-import {
-  BACKEND_DESCRIPTIONS,
-  BROWSER_BACKEND_ORDER,
-  BROWSER_GPU_PACKAGES,
-  MAX_WASM_THREADS,
-  type BackendAttempt,
-  type BackendKind,
-  type SkipReason,
-} from './backend-kinds.js';
+import { backendContext, selectFirstBackend, Skip, startedWasm, type BackendContext, type StartedBackend } from './backend-attempt.js';
+import { BACKEND_DESCRIPTIONS, BROWSER_BACKEND_ORDER, BROWSER_GPU_PACKAGES, type BackendKind } from './backend-kinds.js';
 import { backendOrder } from './backend-order.js';
-import { BackendUnavailableError } from './errors.js';
-import { defaultImporter, errorLine, type ModuleImporter } from './native.js';
+import { errorLine } from './native.js';
 import type { BackendReport, UseBestBackendOptions } from './use-best-backend.js';
 
 /** The parts of `@tensorflow/tfjs-backend-wasm` used here. */
@@ -32,28 +23,7 @@ interface BrowserScope {
 
 const scope = globalThis as BrowserScope;
 
-/** A backend that will not be used, and why. */
-class Skip extends Error {
-  constructor(
-    readonly reason: SkipReason,
-    message: string,
-    readonly detail?: string,
-  ) {
-    super(message);
-  }
-}
-
-interface Started {
-  readonly backend: string;
-  readonly threads: number;
-  readonly simd: boolean | null;
-  readonly gpu: boolean;
-  readonly message: string;
-}
-
-interface Context {
-  readonly threads: number;
-  readonly importModule: ModuleImporter;
+interface Context extends BackendContext {
   readonly wasmPaths: string | undefined;
 }
 
@@ -62,7 +32,7 @@ export function availableCores(): number {
   return Math.max(1, scope.navigator?.hardwareConcurrency ?? 1);
 }
 
-async function startGpu(kind: 'webgpu' | 'webgl', context: Context): Promise<Started> {
+async function startGpu(kind: 'webgpu' | 'webgl', context: Context): Promise<StartedBackend> {
   const packageName = BROWSER_GPU_PACKAGES[kind];
   if (kind === 'webgpu' && scope.navigator?.gpu === undefined) throw new Skip('not-supported', 'This browser has no WebGPU (navigator.gpu is missing).');
   // tfjs backends register when their package is imported; the app imports the ones it ships.
@@ -84,10 +54,17 @@ async function startGpu(kind: 'webgpu' | 'webgl', context: Context): Promise<Sta
     throw new Skip('init-failed', `The "${kind}" backend failed to start.`, errorLine(error));
   }
   if (!started) throw new Skip('init-failed', `The "${kind}" backend failed to start (no ${kind === 'webgl' ? 'WebGL context' : 'WebGPU device'}; tfjs logged why).`);
-  return { backend: kind, threads: 1, simd: null, gpu: true, message: `${kind === 'webgpu' ? 'WebGPU' : 'WebGL'} runs the math on the GPU.` };
+  return {
+    backend: kind,
+    threads: 1,
+    simd: null,
+    gpu: true,
+    description: BACKEND_DESCRIPTIONS[kind],
+    message: `${kind === 'webgpu' ? 'WebGPU' : 'WebGL'} runs the math on the GPU.`,
+  };
 }
 
-async function startWasm(kind: 'wasm-threads' | 'wasm', context: Context): Promise<Started> {
+async function startWasm(kind: 'wasm-threads' | 'wasm', context: Context): Promise<StartedBackend> {
   const threads = kind === 'wasm' ? 1 : context.threads;
   if (kind === 'wasm-threads') {
     if (scope.crossOriginIsolated !== true) {
@@ -96,7 +73,7 @@ async function startWasm(kind: 'wasm-threads' | 'wasm', context: Context): Promi
         'The page is not cross-origin isolated, so WASM threads (SharedArrayBuffer) are off: serve it with Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp.',
       );
     }
-    if (threads < 2) throw new Skip('single-core', availableCores() < 2 ? 'Only one core is available.' : 'threads is 1: multi-threaded WASM was not asked for.');
+    if (threads < 2) throw new Skip('single-core', context.availableCores < 2 ? 'Only one core is available.' : 'threads is 1: multi-threaded WASM was not asked for.');
   }
   const wasm = (await import('@tensorflow/tfjs-backend-wasm')) as unknown as WasmPackage;
   const running = tf.engine().registry['wasm'];
@@ -114,13 +91,11 @@ async function startWasm(kind: 'wasm-threads' | 'wasm', context: Context): Promi
   }
   if (!started) throw new Skip('init-failed', 'The "wasm" backend failed to start (are its .wasm files served? see the wasmPaths option; tfjs logged why).');
   const actual = Math.max(1, wasm.getThreadsCount());
-  if (kind === 'wasm-threads' && actual < 2) throw new Skip('init-failed', `The threaded WASM build started with ${actual} thread instead of ${threads}.`);
   if (kind === 'wasm' && actual > 1) throw new Skip('in-use', `The "wasm" backend already runs with ${actual} threads; it is not restarted.`);
-  const simd = (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) === true;
-  return { backend: 'wasm', threads: actual, simd, gpu: false, message: kind === 'wasm' ? 'Single-threaded WASM.' : `Multi-threaded WASM with ${actual} threads.` };
+  return startedWasm(kind, actual, threads);
 }
 
-async function startKind(kind: BackendKind, context: Context): Promise<Started> {
+async function startKind(kind: BackendKind, context: Context): Promise<StartedBackend> {
   switch (kind) {
     case 'webgpu':
     case 'webgl':
@@ -129,7 +104,7 @@ async function startKind(kind: BackendKind, context: Context): Promise<Started> 
     case 'wasm':
       return startWasm(kind, context);
     case 'cpu':
-      return { backend: 'cpu', threads: 1, simd: false, gpu: false, message: 'Plain JavaScript, one thread.' };
+      return { backend: 'cpu', threads: 1, simd: false, gpu: false, description: BACKEND_DESCRIPTIONS.cpu, message: 'Plain JavaScript, one thread.' };
     case 'cuda':
     case 'native':
       throw new Skip('not-supported', `${BACKEND_DESCRIPTIONS[kind]} needs Node, not a browser.`);
@@ -154,57 +129,6 @@ async function startKind(kind: BackendKind, context: Context): Promise<Started> 
 export async function useBestBackend(options: UseBestBackendOptions = {}): Promise<BackendReport> {
   const started = performance.now();
   const order = backendOrder(options.prefer, options.fallback ?? true, BROWSER_BACKEND_ORDER);
-  const cores = availableCores();
-  const requestedThreads = options.threads ?? cores;
-  if (!Number.isInteger(requestedThreads) || requestedThreads < 1) {
-    throw new BackendUnavailableError(`[@lora/cuda-backend] threads must be a positive integer, got ${String(requestedThreads)}. Pass e.g. { threads: ${cores} }.`, []);
-  }
-  const context: Context = {
-    threads: Math.min(requestedThreads, MAX_WASM_THREADS),
-    importModule: options.importModule ?? defaultImporter,
-    wasmPaths: options.wasmPaths,
-  };
-  const attempts: BackendAttempt[] = [];
-  for (const kind of order) {
-    const attemptStarted = performance.now();
-    try {
-      const result = await startKind(kind, context);
-      const runtime = await initRuntime({ backend: result.backend });
-      if (result.backend === 'wasm') {
-        if (options.fastMatMul ?? true) useFastWasmKernels('wasm');
-        else restoreWasmKernels('wasm');
-      }
-      attempts.push({ kind, outcome: 'selected', message: result.message, elapsedMs: performance.now() - attemptStarted });
-      return {
-        kind,
-        backend: result.backend,
-        description: kind === 'wasm-threads' ? `${BACKEND_DESCRIPTIONS[kind]}, ${result.threads} threads` : BACKEND_DESCRIPTIONS[kind],
-        threads: result.threads,
-        simd: result.simd,
-        gpu: result.gpu,
-        availableCores: cores,
-        fastMatMulKernels: result.backend === 'wasm' ? fastWasmMatMulKernels('wasm') : [],
-        attempts,
-        warnings: [],
-        runtime,
-        elapsedMs: performance.now() - started,
-      };
-    } catch (error) {
-      const skip = error instanceof Skip ? error : new Skip('init-failed', `${BACKEND_DESCRIPTIONS[kind]} failed to start.`, errorLine(error));
-      attempts.push({
-        kind,
-        outcome: 'skipped',
-        reason: skip.reason,
-        message: skip.message,
-        ...(skip.detail === undefined ? {} : { error: skip.detail }),
-        elapsedMs: performance.now() - attemptStarted,
-      });
-    }
-  }
-  throw new BackendUnavailableError(
-    `[@lora/cuda-backend] No backend could start. ${attempts.map((attempt) => `${attempt.kind}: ${attempt.message}${attempt.error ? ` (${attempt.error})` : ''}`).join(' ')}${
-      options.fallback === false ? ' Allow the other backends with { fallback: true }.' : ''
-    }`,
-    attempts,
-  );
+  const context: Context = { ...backendContext(options, availableCores()), wasmPaths: options.wasmPaths };
+  return selectFirstBackend(options, { order, context, startBackend: startKind, startedAt: started });
 }

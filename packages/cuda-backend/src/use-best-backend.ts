@@ -1,10 +1,10 @@
-import { initRuntime, type RuntimeReport } from '@lora/core';
+import type { RuntimeReport } from '@lora/core';
 import * as tf from '@tensorflow/tfjs-core';
 import os from 'node:os';
-import { BACKEND_DESCRIPTIONS, type BackendAttempt, type BackendKind, type SkipReason } from './backend-kinds.js';
-import { BackendInitError, BackendUnavailableError } from './errors.js';
-import { defaultImporter, errorLine, isUsingGpuDevice, loadNativePackage, NATIVE_BACKEND_NAME, nativeLoadedBy, type ModuleImporter } from './native.js';
-import { fastWasmMatMulKernels, restoreWasmKernels, useFastWasmKernels } from '@lora/core';
+import { backendContext, selectFirstBackend, Skip, startedWasm, type BackendContext, type StartedBackend } from './backend-attempt.js';
+import { BACKEND_DESCRIPTIONS, type BackendAttempt, type BackendKind } from './backend-kinds.js';
+import { BackendInitError } from './errors.js';
+import { errorLine, isUsingGpuDevice, loadNativePackage, NATIVE_BACKEND_NAME, nativeLoadedBy, type ModuleImporter } from './native.js';
 import { backendOrder, isBackendKind } from './backend-order.js';
 import { liveDataIds, MAX_WASM_THREADS, startWasmBackend, wasmInstanceThreads } from './wasm-threads.js';
 
@@ -71,30 +71,7 @@ export interface BackendReport {
   readonly elapsedMs: number;
 }
 
-/** A backend that will not be used, and why. */
-class Skip extends Error {
-  constructor(
-    readonly reason: SkipReason,
-    message: string,
-    readonly detail?: string,
-  ) {
-    super(message);
-  }
-}
-
-interface Started {
-  readonly backend: string;
-  readonly threads: number;
-  readonly simd: boolean | null;
-  readonly gpu: boolean;
-  readonly description: string;
-  readonly message: string;
-}
-
-interface Context {
-  readonly threads: number;
-  readonly availableCores: number;
-  readonly importModule: ModuleImporter;
+interface Context extends BackendContext {
   readonly initTimeoutMs: number;
 }
 
@@ -104,7 +81,7 @@ export function availableCores(): number {
   return Math.max(1, parallelism ?? os.cpus().length);
 }
 
-async function startNative(kind: 'cuda' | 'native', context: Context): Promise<Started> {
+async function startNative(kind: 'cuda' | 'native', context: Context): Promise<StartedBackend> {
   const reuseGpuPackage = kind === 'native' && nativeLoadedBy() === 'cuda';
   const loaded = await loadNativePackage(kind, context.importModule);
   if (!loaded.ok) throw new Skip(loaded.reason, loaded.message, loaded.error);
@@ -132,7 +109,7 @@ async function startNative(kind: 'cuda' | 'native', context: Context): Promise<S
   };
 }
 
-async function startWasm(kind: 'wasm-threads' | 'wasm', context: Context): Promise<Started> {
+async function startWasm(kind: 'wasm-threads' | 'wasm', context: Context): Promise<StartedBackend> {
   const threads = kind === 'wasm' ? 1 : context.threads;
   if (kind === 'wasm-threads' && threads < 2) {
     throw new Skip(
@@ -160,22 +137,10 @@ async function startWasm(kind: 'wasm-threads' | 'wasm', context: Context): Promi
   } else {
     await tf.setBackend('wasm');
   }
-  const actual = wasmInstanceThreads('wasm') ?? 1;
-  if (kind === 'wasm-threads' && actual < 2) {
-    throw new Skip('init-failed', `The threaded WASM build started with ${actual} thread instead of ${threads}.`);
-  }
-  const simd = (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) === true;
-  return {
-    backend: 'wasm',
-    threads: actual,
-    simd,
-    gpu: false,
-    description: kind === 'wasm' ? BACKEND_DESCRIPTIONS.wasm : `${BACKEND_DESCRIPTIONS['wasm-threads']}, ${actual} threads`,
-    message: kind === 'wasm' ? 'Single-threaded WASM (SIMD).' : `Multi-threaded WASM with ${actual} threads.`,
-  };
+  return startedWasm(kind, wasmInstanceThreads('wasm') ?? 1, threads);
 }
 
-async function startKind(kind: BackendKind, context: Context): Promise<Started> {
+async function startKind(kind: BackendKind, context: Context): Promise<StartedBackend> {
   switch (kind) {
     case 'cuda':
     case 'native':
@@ -219,71 +184,20 @@ export async function useBestBackend(options: UseBestBackendOptions = {}): Promi
   const prefer = options.prefer ?? (isBackendKind(fromEnvironment) ? fromEnvironment : undefined);
   const order = backendOrder(prefer, options.fallback ?? true);
   const cores = availableCores();
-  const requestedThreads = options.threads ?? cores;
-  if (!Number.isInteger(requestedThreads) || requestedThreads < 1) {
-    throw new BackendUnavailableError(
-      `[@lora/cuda-backend] threads must be a positive integer, got ${String(requestedThreads)}. Pass e.g. { threads: ${cores} }.`,
-      [],
-    );
-  }
-  const context: Context = {
-    threads: Math.min(requestedThreads, MAX_WASM_THREADS),
-    availableCores: cores,
-    importModule: options.importModule ?? defaultImporter,
-    initTimeoutMs: options.initTimeoutMs ?? 30_000,
-  };
-
-  const attempts: BackendAttempt[] = [];
-  for (const kind of order) {
-    const attemptStarted = performance.now();
-    try {
-      const result = await startKind(kind, context);
-      const runtime = await initRuntime({ backend: result.backend });
-      if (result.backend === 'wasm') {
-        if (options.fastMatMul ?? true) useFastWasmKernels('wasm');
-        else restoreWasmKernels('wasm');
-      }
-      const fastMatMulKernels = result.backend === 'wasm' ? fastWasmMatMulKernels('wasm') : [];
-      attempts.push({ kind, outcome: 'selected', message: result.message, elapsedMs: performance.now() - attemptStarted });
-      const warnings: string[] = [];
+  const context: Context = { ...backendContext(options, cores), initTimeoutMs: options.initTimeoutMs ?? 30_000 };
+  return selectFirstBackend(options, {
+    order,
+    context,
+    startBackend: startKind,
+    warningsFor: (kind, result) => {
       const load = os.loadavg()[0] ?? 0;
       // Other work worth a core or more: a thread pool then competes with it for the cores.
-      if (kind === 'wasm-threads' && load >= cores - result.threads + 1) {
-        warnings.push(
-          `The 1-minute load average is ${load.toFixed(1)} on ${cores} cores: if other processes keep them busy, ${result.threads} WASM threads compete with them and { threads: 1 } can be faster (pnpm bench measures both).`,
-        );
-      }
-      return {
-        kind,
-        backend: result.backend,
-        description: result.description,
-        threads: result.threads,
-        simd: result.simd,
-        gpu: result.gpu,
-        availableCores: cores,
-        fastMatMulKernels,
-        attempts,
-        warnings,
-        runtime,
-        elapsedMs: performance.now() - started,
-      };
-    } catch (error) {
-      const skip =
-        error instanceof Skip ? error : new Skip('init-failed', `${BACKEND_DESCRIPTIONS[kind]} failed to start.`, errorLine(error));
-      attempts.push({
-        kind,
-        outcome: 'skipped',
-        reason: skip.reason,
-        message: skip.message,
-        ...(skip.detail === undefined ? {} : { error: skip.detail }),
-        elapsedMs: performance.now() - attemptStarted,
-      });
-    }
-  }
-  throw new BackendUnavailableError(
-    `[@lora/cuda-backend] No backend could start. ${attempts.map((attempt) => `${attempt.kind}: ${attempt.message}${attempt.error ? ` (${attempt.error})` : ''}`).join(' ')}${
-      options.fallback === false ? ' Allow the other backends with { fallback: true }.' : ''
-    }`,
-    attempts,
-  );
+      return kind === 'wasm-threads' && load >= cores - result.threads + 1
+        ? [
+            `The 1-minute load average is ${load.toFixed(1)} on ${cores} cores: if other processes keep them busy, ${result.threads} WASM threads compete with them and { threads: 1 } can be faster (pnpm bench measures both).`,
+          ]
+        : [];
+    },
+    startedAt: started,
+  });
 }

@@ -1,18 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import {
-  ADAPTER_CONFIG_NAME,
-  ADAPTER_WEIGHTS_NAME,
-  adapterStateDict,
-  lora,
-  LoraError,
-  tensorToEntry,
-  writeJsonAtomic,
-  writeSafetensorsFile,
-  type AdapterModel,
-  type PeftConfigJson,
-  type SafetensorsEntry,
-} from '@lora/core';
-import { fileHost } from '@lora/core/internal';
+import { adapterStateDict, lora, LoraError, type AdapterModel, type PeftConfigJson } from '@lora/core';
+import { loraFactorTensors, writeExportedLora, type ExportedLora } from '@lora/core/internal';
 import { PEFT_CLASSIC_LORA_FIELDS } from './dora-config.js';
 import type { DoubleLoraConfig } from './double-lora-config.js';
 import { DoubleLoraAdapter } from './double-lora-layer.js';
@@ -28,12 +16,7 @@ export interface DoubleLoraExportOptions {
   readonly loraDropout?: number;
 }
 
-/** A plain PEFT LoRA adapter in memory: its `adapter_config.json` object and its tensors by saved key. */
-export interface ExportedLora {
-  readonly config: PeftConfigJson;
-  /** Saved key → tensor (`base_model.model.<path>.lora_A.weight`, …). The caller disposes them. */
-  readonly tensors: Map<string, tf.Tensor>;
-}
+export type { ExportedLora };
 
 const PREFIX = 'base_model.model.';
 
@@ -90,12 +73,7 @@ export function exportDoubleLoraAsLora(adapterModel: AdapterModel, options: Doub
   const doubleKeys = new Set<string>();
   for (const [modulePath, instance] of replaced) for (const [key] of instance.namedTensors()) doubleKeys.add(`${PREFIX}${modulePath}.${key}`);
 
-  const tensors = new Map<string, tf.Tensor>();
-  for (const [modulePath, instance] of replaced) {
-    const { loraA, loraB } = instance.toLoraFactors();
-    tensors.set(`${PREFIX}${modulePath}.lora_A.weight`, loraA);
-    tensors.set(`${PREFIX}${modulePath}.lora_B.weight`, loraB);
-  }
+  const tensors = loraFactorTensors([...replaced].map(([modulePath, instance]) => ({ modulePath, ...instance.toLoraFactors() })));
   for (const [key, variable] of adapterStateDict(adapterModel, adapterName)) {
     if (!doubleKeys.has(key)) tensors.set(key, tf.clone(variable));
   }
@@ -106,18 +84,14 @@ export function exportDoubleLoraAsLora(adapterModel: AdapterModel, options: Doub
  * Write {@link exportDoubleLoraAsLora}'s result as a PEFT adapter directory
  * (`adapter_config.json` + `adapter_model.safetensors`, atomically). Load it with `lora()` here or
  * `PeftModel.from_pretrained` in Python.
- * @throws {LoraError} when the adapter is not a `double-lora` adapter.
+ * @throws {LoraError} when the adapter is not a `double-lora` adapter, or a weight is NaN or Infinity (nothing is written then).
  * @example
  * await saveDoubleLoraAsLora(peft, './exported-lora');
  */
 export async function saveDoubleLoraAsLora(adapterModel: AdapterModel, directory: string, options: DoubleLoraExportOptions = {}): Promise<void> {
-  const { config, tensors } = exportDoubleLoraAsLora(adapterModel, options);
-  try {
-    const entries = new Map<string, SafetensorsEntry>();
-    for (const [key, tensor] of tensors) entries.set(key, tensorToEntry(tensor));
-    await writeSafetensorsFile(fileHost().join(directory, ADAPTER_WEIGHTS_NAME), entries, { format: 'pt' });
-    await writeJsonAtomic(fileHost().join(directory, ADAPTER_CONFIG_NAME), config);
-  } finally {
-    tf.dispose([...tensors.values()]);
-  }
+  await writeExportedLora(exportDoubleLoraAsLora(adapterModel, options), directory, {
+    packageName: '@lora/dora',
+    plugin: 'double-lora',
+    nonFiniteCause: 'the adapter was trained or loaded with non-finite weights',
+  });
 }

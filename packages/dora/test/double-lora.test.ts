@@ -285,6 +285,19 @@ describe('doubleLora() in an AdapterModel', () => {
     adapterModel.dispose();
   });
 
+  it('writes nothing and names the tensor when a weight is NaN', async () => {
+    const adapterModel = create();
+    const adapter = adapterModel.adapterInstances('default')[0]![1] as DoubleLoraAdapter;
+    tf.tidy(() => adapter.second.loraB.assign(tf.fill(adapter.second.loraB.shape, Number.NaN)));
+    const target = path.join(directory, 'not-finite');
+    await withoutTensorLeaks(() =>
+      expect(saveDoubleLoraAsLora(adapterModel, target)).rejects.toThrow(/^\[@lora\/dora\] Not exporting to .*: base_model\.model\.query\.lora_B\.weight holds NaN or Infinity/u),
+    );
+    await expect(readFile(path.join(target, 'adapter_model.safetensors'))).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(readFile(path.join(target, 'adapter_config.json'))).rejects.toMatchObject({ code: 'ENOENT' });
+    adapterModel.dispose();
+  });
+
   it('refuses to export an adapter that is not double-lora', () => {
     const adapterModel = AdapterModel.create(new Net(), { registry, plugin: 'dora', config: { r: 2, targetModules: ['query'] } });
     expect(() => exportDoubleLoraAsLora(adapterModel)).toThrow(LoraError);

@@ -1,28 +1,11 @@
 import * as tf from '@tensorflow/tfjs-core';
-import {
-  ADAPTER_CONFIG_NAME,
-  ADAPTER_WEIGHTS_NAME,
-  adapterStateDict,
-  lora,
-  LoraError,
-  tensorToEntry,
-  writeJsonAtomic,
-  writeSafetensorsFile,
-  type AdapterModel,
-  type PeftConfigJson,
-  type SafetensorsEntry,
-} from '@lora/core';
-import { fileHost } from '@lora/core/internal';
+import { adapterStateDict, lora, LoraError, type AdapterModel, type PeftConfigJson } from '@lora/core';
+import { loraFactorTensors, writeExportedLora as writePeftLora, type ExportedLora } from '@lora/core/internal';
 import type { Condition } from './conditions.js';
 import type { HyperLoraConfig } from './hyper-config.js';
 import { HyperLoraState } from './hyper-state.js';
 
-/** A plain PEFT LoRA adapter in memory: its `adapter_config.json` object and its tensors by saved key. */
-export interface ExportedLora {
-  readonly config: PeftConfigJson;
-  /** Saved key → tensor (`base_model.model.<path>.lora_A.weight`, …). The caller disposes them. */
-  readonly tensors: Map<string, tf.Tensor>;
-}
+export type { ExportedLora };
 
 /** Options for {@link hyperStateToLora}. */
 export interface HyperStateExportOptions {
@@ -34,8 +17,6 @@ export interface HyperStateExportOptions {
   readonly extraConfig?: Readonly<Record<string, unknown>>;
 }
 
-const PREFIX = 'base_model.model.';
-
 /**
  * The plain PEFT LoRA that a HyperLoRA state gives for one fixed condition: the same r,
  * `lora_alpha` and `use_rslora` (so PEFT's scale s reproduces ΔW = s·B(c)·A(c) exactly), any
@@ -45,12 +26,7 @@ const PREFIX = 'base_model.model.';
  * @throws {ConfigError} for an unknown factor or value in the condition.
  */
 export function hyperStateToLora(state: HyperLoraState, options: HyperStateExportOptions = {}): ExportedLora {
-  const factors = state.exportFactors(options.condition);
-  const tensors = new Map<string, tf.Tensor>();
-  for (const { modulePath, loraA, loraB } of factors) {
-    tensors.set(`${PREFIX}${modulePath}.lora_A.weight`, loraA);
-    tensors.set(`${PREFIX}${modulePath}.lora_B.weight`, loraB);
-  }
+  const tensors = loraFactorTensors(state.exportFactors(options.condition));
   for (const [key, tensor] of options.extraTensors ?? []) tensors.set(key, tf.clone(tensor));
   const plugin = lora();
   const targetModules = state.plan.targets.map((target) => target.modulePath);
@@ -65,19 +41,7 @@ export function hyperStateToLora(state: HyperLoraState, options: HyperStateExpor
  * @throws {LoraError} when a tensor holds NaN or Infinity; nothing is written then.
  */
 export async function writeExportedLora(exported: ExportedLora, directory: string): Promise<void> {
-  try {
-    for (const [key, tensor] of exported.tensors) {
-      if (!tf.tidy(() => tf.all(tf.isFinite(tensor)).dataSync()[0] === 1)) {
-        throw new LoraError(`[@lora/hyper] Not exporting to ${directory}: ${key} holds NaN or Infinity (the generator diverged). Retrain with a lower learning rate.`, { plugin: 'hyper' });
-      }
-    }
-    const entries = new Map<string, SafetensorsEntry>();
-    for (const [key, tensor] of exported.tensors) entries.set(key, tensorToEntry(tensor));
-    await writeSafetensorsFile(fileHost().join(directory, ADAPTER_WEIGHTS_NAME), entries, { format: 'pt' });
-    await writeJsonAtomic(fileHost().join(directory, ADAPTER_CONFIG_NAME), exported.config);
-  } finally {
-    tf.dispose([...exported.tensors.values()]);
-  }
+  await writePeftLora(exported, directory, { packageName: '@lora/hyper', plugin: 'hyper', nonFiniteCause: 'the generator diverged' });
 }
 
 /** Options for {@link exportHyperLoraAsLora} and {@link saveHyperLoraAsLora}. */

@@ -45,116 +45,120 @@ class Net extends Module {
 export const snake: string = camelToSnake('loraAlpha');
 `;
 
-/** A consumer that registers `plugins` (TypeScript source) and adapts `Net` with `options`. */
-function adaptingConsumer(imports: string, plugins: string, options: string, extra = ''): string {
-  return `${consumerBase}${imports}
-const registry: LoraRegistry = createLoraRegistry({ plugins: ${plugins} });
-export const model: AdapterModel<Net> = AdapterModel.create(new Net(), { registry, ${options} });
-${extra}`;
+/**
+ * A scenario: `@lora/core` and `subject` installed (with `alsoInstalled`); the smoke script imports
+ * the subject under its name after `@lora/`, camel-cased (`@lora/cuda-backend` → `cudaBackend`).
+ */
+function scenario(subject: string, smoke: Omit<SmokeSpec, 'imports'>, consumer: string, alsoInstalled: readonly string[] = []): Scenario {
+  const localName = subject.slice('@lora/'.length).replace(/-(\w)/gu, (_, letter: string) => letter.toUpperCase());
+  return {
+    subject,
+    packages: [...new Set(['@lora/core', subject, ...alsoInstalled])],
+    smoke: { imports: subject === '@lora/core' ? {} : { [localName]: subject }, ...smoke },
+    consumer,
+  };
 }
 
-const scenarios: Scenario[] = [
-  {
-    subject: '@lora/core',
-    packages: ['@lora/core'],
-    smoke: { imports: {}, plugins: '[core.lora({ seed: 0 })]', create: "{ config: { r: 4, loraAlpha: 8, targetModules: ['fc1', 'fc2'] } }" },
-    consumer: adaptingConsumer('', '[lora()]', "config: { r: 4, targetModules: ['fc1'] }"),
-  },
+/** A package whose scenario adapts a small network with its plugin: the smoke script's `Net` (fc1, fc2) and the consumer's (fc1). */
+interface AdapterCase {
+  readonly subject: string;
+  /** `AdapterModel.create`'s options besides the registry, in both; `config` without `targetModules`. */
+  readonly options: { readonly plugin?: string; readonly config: Readonly<Record<string, unknown>>; readonly transforms?: readonly string[] };
+  /** The smoke script's registry plugins (JavaScript; `core` and the subject's local name are in scope). */
+  readonly smokePlugins: string;
+  /** The smoke steps that differ from the defaults (HyperLoRA's forward takes conditions, AdaLoRA saves its own way, …). */
+  readonly smokeSteps?: Pick<SmokeSpec, 'forward' | 'reload' | 'save'>;
+  /** The TypeScript consumer: its import line, its registry plugins, any statements after the model. */
+  readonly consumer: { readonly imports: string; readonly plugins: string; readonly extra?: string };
+}
+
+function adapterScenario(adapter: AdapterCase): Scenario {
+  // JSON is both JavaScript and TypeScript source; the consumer lists the fields beside `registry`
+  // (not spread), so TypeScript checks them against the options type.
+  const createOptions = (targetModules: readonly string[]): string => JSON.stringify({ ...adapter.options, config: { ...adapter.options.config, targetModules } });
+  const consumer = `${consumerBase}${adapter.consumer.imports}
+const registry: LoraRegistry = createLoraRegistry({ plugins: ${adapter.consumer.plugins} });
+export const model: AdapterModel<Net> = AdapterModel.create(new Net(), { registry, ${createOptions(['fc1']).slice(1, -1)} });
+${adapter.consumer.extra ?? ''}`;
+  return scenario(adapter.subject, { plugins: adapter.smokePlugins, create: createOptions(['fc1', 'fc2']), ...adapter.smokeSteps }, consumer);
+}
+
+const loraConfig = { r: 4, loraAlpha: 8 };
+
+const adapterCases: AdapterCase[] = [
+  { subject: '@lora/core', options: { config: loraConfig }, smokePlugins: '[core.lora({ seed: 0 })]', consumer: { imports: '', plugins: '[lora()]' } },
   {
     subject: '@lora/dora',
-    packages: ['@lora/core', '@lora/dora'],
-    smoke: {
-      imports: { dora: '@lora/dora' },
-      plugins: '[core.lora(), dora.dora({ seed: 0 })]',
-      create: "{ plugin: 'dora', config: { r: 4, loraAlpha: 8, targetModules: ['fc1', 'fc2'] } }",
-    },
-    consumer: adaptingConsumer(
-      "import { dora, doubleLora } from '@lora/dora';",
-      '[lora(), dora(), doubleLora()]',
-      "plugin: 'dora', config: { r: 4, targetModules: ['fc1'] }",
-    ),
+    options: { plugin: 'dora', config: loraConfig },
+    smokePlugins: '[core.lora(), dora.dora({ seed: 0 })]',
+    consumer: { imports: "import { dora, doubleLora } from '@lora/dora';", plugins: '[lora(), dora(), doubleLora()]' },
   },
   {
     subject: '@lora/quant',
-    packages: ['@lora/core', '@lora/quant'],
-    smoke: {
-      imports: { quant: '@lora/quant' },
-      plugins: "[core.lora({ seed: 0 }), quant.quant({ type: 'nf4', doubleQuant: true })]",
-      create: "{ config: { r: 4, loraAlpha: 8, targetModules: ['fc1', 'fc2'] }, transforms: ['quant'] }",
+    options: { config: loraConfig, transforms: ['quant'] },
+    smokePlugins: "[core.lora({ seed: 0 }), quant.quant({ type: 'nf4', doubleQuant: true })]",
+    smokeSteps: {
       // The same seeded base quantized the same way, then the LoRA adapter loaded onto it.
       reload:
         "async (directory) => { const base = await makeBase(); quant.quantizeModel(base, { type: 'nf4', doubleQuant: true }); return core.loadAdapterModel(base, directory, { registry }); }",
     },
-    consumer: adaptingConsumer(
-      "import { AdamW8bit, quant } from '@lora/quant';",
-      "[lora(), quant({ type: 'nf4' })]",
-      "config: { r: 4, targetModules: ['fc1'] }, transforms: ['quant']",
-      'export const optimizer: AdamW8bit = new AdamW8bit({ learningRate: 1e-3 });\n',
-    ),
+    consumer: {
+      imports: "import { AdamW8bit, quant } from '@lora/quant';",
+      plugins: "[lora(), quant({ type: 'nf4' })]",
+      extra: 'export const optimizer: AdamW8bit = new AdamW8bit({ learningRate: 1e-3 });\n',
+    },
   },
   {
     subject: '@lora/adalora',
-    packages: ['@lora/core', '@lora/adalora'],
-    smoke: {
-      imports: { adalora: '@lora/adalora' },
-      plugins: '[adalora.adalora({ seed: 0 })]',
-      create:
-        "{ plugin: 'adalora', config: { initR: 4, targetR: 2, totalStep: 10, tinit: 2, tfinal: 2, deltaT: 1, loraAlpha: 8, targetModules: ['fc1', 'fc2'] } }",
-      save: '(peft, directory) => adalora.saveAdaLoraAdapter(peft, directory)',
-    },
-    consumer: adaptingConsumer(
-      "import { adalora } from '@lora/adalora';",
-      '[adalora()]',
-      "plugin: 'adalora', config: { initR: 4, targetR: 2, totalStep: 10, targetModules: ['fc1'] }",
-    ),
+    options: { plugin: 'adalora', config: { initR: 4, targetR: 2, totalStep: 10, tinit: 2, tfinal: 2, deltaT: 1, loraAlpha: 8 } },
+    smokePlugins: '[adalora.adalora({ seed: 0 })]',
+    smokeSteps: { save: '(peft, directory) => adalora.saveAdaLoraAdapter(peft, directory)' },
+    consumer: { imports: "import { adalora } from '@lora/adalora';", plugins: '[adalora()]' },
   },
   {
     subject: '@lora/hyper',
-    packages: ['@lora/core', '@lora/hyper'],
-    smoke: {
-      imports: { hyper: '@lora/hyper' },
-      plugins: '[core.lora(), hyper.hyper({ seed: 0 })]',
-      create:
-        "{ plugin: 'hyper', config: { r: 4, loraAlpha: 8, targetModules: ['fc1', 'fc2'], trunkWidth: 16, condition: { kind: 'discrete', factors: [{ name: 'task', values: ['qa', 'summary'] }] } } }",
+    options: { plugin: 'hyper', config: { ...loraConfig, trunkWidth: 16, condition: { kind: 'discrete', factors: [{ name: 'task', values: ['qa', 'summary'] }] } } },
+    smokePlugins: '[core.lora(), hyper.hyper({ seed: 0 })]',
+    smokeSteps: {
       // Per-row conditions, both tasks in one batch: the generator trains, saves once and reloads.
       forward: "(peft, input) => peft.withAdapterInputs({ condition: Array.from({ length: 16 }, (_, i) => ({ task: i % 2 === 0 ? 'qa' : 'summary' })) }, () => peft.model.forward(input))",
     },
-    consumer: adaptingConsumer(
-      "import { hyper, type HyperLoraConfig } from '@lora/hyper';",
-      '[lora(), hyper({ seed: 1 })]',
-      "plugin: 'hyper', config: { r: 4, targetModules: ['fc1'], condition: { kind: 'discrete', factors: [{ name: 'task', values: ['qa', 'summary'] }] } }",
-      "export const logits: tf.Tensor = model.withAdapterInputs({ condition: { task: 'qa' } }, () => model.model.forward(tf.zeros([1, 64])));\nexport type Config = HyperLoraConfig;\n",
-    ),
+    consumer: {
+      imports: "import { hyper, type HyperLoraConfig } from '@lora/hyper';",
+      plugins: '[lora(), hyper({ seed: 1 })]',
+      extra: "export const logits: tf.Tensor = model.withAdapterInputs({ condition: { task: 'qa' } }, () => model.model.forward(tf.zeros([1, 64])));\nexport type Config = HyperLoraConfig;\n",
+    },
   },
-  {
-    subject: '@lora/models',
-    packages: ['@lora/core', '@lora/models', '@lora/base-moby'],
-    smoke: {
-      imports: { models: '@lora/models' },
+];
+
+const scenarios: Scenario[] = [
+  ...adapterCases.map(adapterScenario),
+  scenario(
+    '@lora/models',
+    {
       makeBase: 'async () => (await models.loadBundledBase()).model',
       plugins: '[core.lora({ seed: 0 })]',
       create: '{ config: { r: 4, loraAlpha: 8, fanInFanOut: true } }',
       input: "tf.tensor2d([Array.from({ length: 16 }, (_, i) => (i * 37) % 256)], undefined, 'int32')",
       loss: '(model, ids) => tf.tidy(() => core.causalLmLoss(model.forward(ids), ids))',
     },
-    consumer: `${consumerBase}import { ByteTokenizer, loadBundledBase, type Gpt2LMHeadModel } from '@lora/models';
+    `${consumerBase}import { ByteTokenizer, loadBundledBase, type Gpt2LMHeadModel } from '@lora/models';
 const loaded: Promise<{ model: Gpt2LMHeadModel; tokenizer: ByteTokenizer }> = loadBundledBase({ directory: 'somewhere' });
 export { loaded };
 `,
-  },
-  {
-    subject: '@lora/cuda-backend',
-    packages: ['@lora/core', '@lora/cuda-backend'],
-    smoke: {
-      imports: { cudaBackend: '@lora/cuda-backend' },
+    ['@lora/base-moby'],
+  ),
+  scenario(
+    '@lora/cuda-backend',
+    {
       runtime: 'const report = await cudaBackend.useBestBackend(); if (!report.backend) throw new Error("no backend picked");',
       plugins: '[core.lora({ seed: 0 })]',
       create: "{ config: { r: 4, loraAlpha: 8, targetModules: ['fc1', 'fc2'] } }",
     },
-    consumer: `${consumerBase}import { useBestBackend, type BackendReport } from '@lora/cuda-backend';
+    `${consumerBase}import { useBestBackend, type BackendReport } from '@lora/cuda-backend';
 export const report: Promise<BackendReport> = useBestBackend();
 `,
-  },
+  ),
 ];
 
 let root: string;
