@@ -1,0 +1,238 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  AdapterModel,
+  CheckpointError,
+  createLoraRegistry,
+  initRuntime,
+  lora,
+  readSafetensorsFile,
+  train,
+  TRAINER_CHECKPOINT_NAME,
+  TrainingError,
+  writeSafetensorsFile,
+  type TrainingHooks,
+} from '../src/index.js';
+import { runUntilKilled, withoutTensorLeaks } from '../src/testing.js';
+import { Gpt2ShapedTree } from './helpers.js';
+
+interface Batch {
+  readonly x: tf.Tensor;
+  readonly y: tf.Tensor;
+}
+
+/**
+ * A stateful hook: an EMA of one variable's squared gradient (a tensor) and a step count (JSON).
+ * Its state depends on every step it saw, so a restart from scratch is visible.
+ */
+class EmaHook {
+  ema: tf.Tensor | null = null;
+  count = 0;
+  readonly restoredFrom: string[] = [];
+
+  constructor(
+    readonly variable: tf.Variable,
+    readonly key = 'test.ema',
+  ) {}
+
+  hooks(): TrainingHooks {
+    return {
+      afterStep: ({ gradients }) => {
+        const gradient = gradients.get(this.variable)!;
+        const next = tf.tidy(() => (this.ema ? tf.add(tf.mul(this.ema, 0.9), tf.mul(tf.square(gradient), 0.1)) : tf.square(gradient)));
+        this.ema?.dispose();
+        this.ema = next;
+        this.count += 1;
+      },
+      checkpoint: {
+        key: this.key,
+        state: () => ({ tensors: this.ema ? { ema: tf.clone(this.ema) } : ({} as Record<string, tf.Tensor>), json: { count: this.count } }),
+        restore: (state, { source }) => {
+          const count = (state.json as { count?: unknown } | null)?.count;
+          if (!Number.isInteger(count)) throw new CheckpointError(`[test] Cannot resume from ${source}: count should be an integer, found ${JSON.stringify(count)}.`);
+          this.restoredFrom.push(source);
+          this.ema?.dispose();
+          this.ema = state.tensors.ema ? tf.clone(state.tensors.ema) : null;
+          this.count = count as number;
+        },
+      },
+    };
+  }
+
+  emaValues(): number[] {
+    return this.ema ? Array.from(this.ema.dataSync()) : [];
+  }
+
+  dispose(): void {
+    this.ema?.dispose();
+  }
+}
+
+function setUp(): { model: AdapterModel<Gpt2ShapedTree>; hook: EmaHook; dispose: () => void } {
+  const registry = createLoraRegistry({ plugins: [lora({ seed: 3 })] });
+  const model = AdapterModel.create(new Gpt2ShapedTree({ width: 8, layers: 1, seed: 1 }), { registry, config: { r: 2, targetModules: ['c_attn'] } });
+  const hook = new EmaHook(model.namedTrainableVariables()[0]![1]);
+  return { model, hook, dispose: () => (hook.dispose(), model.dispose()) };
+}
+
+describe('train() with a training hook that has checkpoint state', () => {
+  let data: Batch[];
+  let root: string;
+  beforeAll(async () => {
+    await initRuntime();
+    data = Array.from({ length: 3 }, (_, i) => ({ x: tf.randomNormal([2, 3, 8], 0, 1, 'float32', 10 + i), y: tf.randomNormal([2, 3, 17], 0, 1, 'float32', 20 + i) }));
+    root = await mkdtemp(path.join(tmpdir(), 'lora-hook-checkpoint-'));
+  });
+  afterAll(async () => {
+    tf.dispose(data.flatMap(({ x, y }) => [x, y]));
+    await rm(root, { recursive: true, force: true });
+  });
+
+  const options = (run: ReturnType<typeof setUp>, extra: Partial<Parameters<typeof train<Batch>>[0]> = {}) => ({
+    model: run.model.model,
+    hooks: [run.hook.hooks()],
+    trainData: data,
+    steps: 6,
+    learningRate: 1e-2,
+    lossFn: (batch: Batch) => tf.tidy(() => tf.mean(tf.square(tf.sub(run.model.model.forward(batch.x), batch.y))) as tf.Scalar),
+    ...extra,
+  });
+  /** A run of `steps` without checkpoints: the hook's state and the weights at its end. */
+  const straight = async (steps: number) => {
+    const run = setUp();
+    await train(options(run, { steps }));
+    const result = { count: run.hook.count, ema: run.hook.emaValues(), weights: run.model.namedTrainableVariables().map(([, v]) => Array.from(v.dataSync())) };
+    run.dispose();
+    return result;
+  };
+  /** The checkpoint of a run killed as step 4 starts (it holds step 2), for the error cases. */
+  const killedCheckpoint = async (name: string, withHook = true) => {
+    const checkpoint = { directory: path.join(root, name), every: 1 };
+    const run = setUp();
+    const kill = await runUntilKilled(() => train(options(run, { checkpoint, hooks: withHook ? [run.hook.hooks()] : [] })), (point) => point.operation === 'train-step' && point.path === '4');
+    run.dispose();
+    expect(kill.killed).toBe(true);
+    return checkpoint;
+  };
+  const resumeError = async (checkpoint: { directory: string; every: number }, hooks?: (run: ReturnType<typeof setUp>) => TrainingHooks[]) => {
+    const run = setUp();
+    const error = await train(options(run, { checkpoint, ...(hooks ? { hooks: hooks(run) } : {}) })).catch((caught: unknown) => caught);
+    // Nothing was trained on a refused checkpoint.
+    expect(run.hook.count).toBe(0);
+    run.dispose();
+    return error as Error;
+  };
+  const rewrite = async (checkpoint: { directory: string }, change: (file: { metadata: Record<string, string>; tensors: Map<string, unknown> }) => void) => {
+    const file = path.join(checkpoint.directory, TRAINER_CHECKPOINT_NAME);
+    const contents = await readSafetensorsFile(file);
+    const editable = { metadata: { ...contents.metadata }, tensors: new Map(contents.tensors) };
+    change(editable);
+    await writeSafetensorsFile(file, editable.tensors as typeof contents.tensors, editable.metadata);
+    return file;
+  };
+
+  it('saves the state in the checkpoint file and restores it before training continues, so a killed run ends as an uninterrupted one', async () => {
+    await withoutTensorLeaks(async () => {
+      const expected = await straight(6);
+      expect(expected.count).toBe(6);
+      const checkpoint = await killedCheckpoint('round-trip');
+      const file = await readSafetensorsFile(path.join(checkpoint.directory, TRAINER_CHECKPOINT_NAME));
+      expect(JSON.parse(file.metadata.lora_trainer_state!).hooks).toEqual({ 'test.ema': { tensors: ['ema'], json: { count: 2 } } });
+      expect(file.tensors.get('hook.test.ema.ema')?.shape).toEqual([2, 8]);
+      const run = setUp();
+      const result = await train(options(run, { checkpoint }));
+      expect(result.startStep).toBe(2);
+      expect(run.hook.restoredFrom).toEqual([path.join(checkpoint.directory, TRAINER_CHECKPOINT_NAME)]);
+      // Bit-identical: same float32 operations in the same order from the same stored bits.
+      expect(run.hook.count).toBe(expected.count);
+      expect(run.hook.emaValues()).toEqual(expected.ema);
+      expect(run.model.namedTrainableVariables().map(([, v]) => Array.from(v.dataSync()))).toEqual(expected.weights);
+      run.dispose();
+    });
+  });
+
+  it('rolls the state back with the weights when training diverges, and checkpoints the two together', async () => {
+    await withoutTensorLeaks(async () => {
+      const expected = await straight(2);
+      const checkpoint = { directory: path.join(root, 'diverged'), every: 100 };
+      const run = setUp();
+      let calls = 0;
+      // The loss of step 4 is NaN: the weights after step 3 are not good; the kept state is step 2's.
+      const poisoned = (batch: Batch) => tf.tidy(() => tf.add(options(run).lossFn(batch), ++calls === 4 ? Number.NaN : 0) as tf.Scalar);
+      const error = await train(options(run, { checkpoint, lossFn: poisoned })).catch((caught: unknown) => caught);
+      expect(error).toMatchObject({ reason: 'non-finite-loss', keptStep: 2, checkpointStep: 2 });
+      expect(run.hook.count).toBe(2);
+      expect(run.hook.emaValues()).toEqual(expected.ema);
+      const file = await readSafetensorsFile(path.join(checkpoint.directory, TRAINER_CHECKPOINT_NAME));
+      expect(JSON.parse(file.metadata.lora_trainer_state!).hooks['test.ema'].json).toEqual({ count: 2 });
+      run.dispose();
+    });
+  });
+
+  it('refuses, in one line naming the file and the field, a checkpoint without the state of one of the run\'s hooks', async () => {
+    await withoutTensorLeaks(async () => {
+      const checkpoint = await killedCheckpoint('written-without', false);
+      const error = await resumeError(checkpoint);
+      expect(error).toBeInstanceOf(CheckpointError);
+      expect(error.message).not.toContain('\n');
+      expect(error.message).toBe(
+        `[@lora/core] Cannot resume from ${path.join(checkpoint.directory, TRAINER_CHECKPOINT_NAME)}: metadata lora_trainer_state.hooks["test.ema"] should be the state of training hook "test.ema", found none (the run that wrote it did not save it). It was written by another version or for another setup; delete it to start over.`,
+      );
+      expect((error as CheckpointError).missing).toEqual(['test.ema']);
+    });
+  });
+
+  it('refuses a checkpoint with state for a hook the run does not have', async () => {
+    await withoutTensorLeaks(async () => {
+      const checkpoint = await killedCheckpoint('extra-state');
+      const error = await resumeError(checkpoint, () => []);
+      expect(error).toBeInstanceOf(CheckpointError);
+      expect(error.message).toMatch(/^\[@lora\/core\] Cannot resume from \S+trainer_checkpoint\.safetensors: metadata lora_trainer_state\.hooks should be states for this run's hooks only \(\[\]\), found state for \[test\.ema\]\. .*delete it to start over\.$/u);
+      expect((error as CheckpointError).unexpected).toEqual(['test.ema']);
+    });
+  });
+
+  it('refuses a checkpoint whose listed hook tensor is missing, and passes on the hook\'s own error for state that does not fit it', async () => {
+    await withoutTensorLeaks(async () => {
+      const missing = await killedCheckpoint('missing-tensor');
+      const file = await rewrite(missing, ({ tensors }) => tensors.delete('hook.test.ema.ema'));
+      const error = await resumeError(missing);
+      expect(error).toBeInstanceOf(CheckpointError);
+      expect(error.message).toBe(
+        `[@lora/core] Cannot resume from ${file}: tensor "hook.test.ema.ema" should be present (listed in metadata lora_trainer_state.hooks["test.ema"]), found no such tensor. It was written by another version or for another setup; delete it to start over.`,
+      );
+
+      const damaged = await killedCheckpoint('damaged-json');
+      const damagedFile = await rewrite(damaged, ({ metadata }) => {
+        const state = JSON.parse(metadata.lora_trainer_state!);
+        state.hooks['test.ema'].json = { count: 'two' };
+        metadata.lora_trainer_state = JSON.stringify(state);
+      });
+      const hookError = await resumeError(damaged);
+      expect(hookError).toBeInstanceOf(CheckpointError);
+      expect(hookError.message).toBe(`[test] Cannot resume from ${damagedFile}: count should be an integer, found "two".`);
+
+      const notAnObject = await killedCheckpoint('hooks-not-object');
+      await rewrite(notAnObject, ({ metadata }) => {
+        metadata.lora_trainer_state = JSON.stringify({ ...JSON.parse(metadata.lora_trainer_state!), hooks: [1] });
+      });
+      expect((await resumeError(notAnObject)).message).toMatch(/metadata lora_trainer_state\.hooks should be an object of hook states by key, found \[1\]\./u);
+    });
+  });
+
+  it('rejects hooks whose checkpoint keys collide or are not names, before training', async () => {
+    await withoutTensorLeaks(async () => {
+      const run = setUp();
+      const duplicate = await train(options(run, { hooks: [run.hook.hooks(), new EmaHook(run.hook.variable).hooks()] })).catch((caught: unknown) => caught);
+      expect(duplicate).toBeInstanceOf(TrainingError);
+      expect((duplicate as Error).message).toMatch(/two training hooks use checkpoint\.key "test\.ema"/u);
+      const invalid = await train(options(run, { hooks: [new EmaHook(run.hook.variable, 'a/b').hooks()] })).catch((caught: unknown) => caught);
+      expect((invalid as Error).message).toMatch(/checkpoint\.key must be letters, digits, '\.', '_' or '-', got "a\/b"/u);
+      expect(run.hook.count).toBe(0);
+      run.dispose();
+    });
+  });
+});
