@@ -44,8 +44,6 @@ const checkpointSchema = z
 
 /** What a {@link RankAllocator} checkpoints besides its importance tensors (JSON). */
 export type AllocatorCheckpointJson = z.infer<typeof checkpointSchema>;
-/** One module's row flags and importance presence in {@link AllocatorCheckpointJson}. */
-export type ModuleCheckpointJson = z.infer<typeof moduleSchema>;
 
 /** The schedule settings of a config, as a checkpoint stores them. */
 export function scheduleOf(config: AdaLoraConfig): Record<string, unknown> {

@@ -397,7 +397,7 @@ export class RankAllocator {
    * nothing; the caller disposes them) and, as JSON, each module's live rows, mask and growth
    * warm-up, the growth count, the rank patterns, the history and the schedule settings.
    */
-  checkpointState(): TrainingHookState & { readonly json: AllocatorCheckpointJson } {
+  checkpointState(): TrainingHookState {
     const tensors: Record<string, tf.Tensor> = {};
     const modules = this.modules.map(([path, adapter]) => {
       const perFactor = this.state.get(adapter);

@@ -368,7 +368,13 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       good = snapshot(step);
       if (checkpointDue) {
         checkpointDue = false;
-        await saveCheckpoint(step);
+        try {
+          await saveCheckpoint(step);
+        } catch (error) {
+          // A failed write (disk full, a kill in tests) must not leak this step's gradients.
+          tf.dispose(gradients);
+          throw error;
+        }
       }
       const norm = tf.tidy(() => tf.sqrt(tf.addN(gradients.map((g) => tf.sum(tf.square(g))))));
       const normValue = norm.dataSync()[0]!;

@@ -154,6 +154,41 @@ describe('train() with a training hook that has checkpoint state', () => {
     });
   });
 
+  it('leaves the hook state of the old or the new checkpoint, whole, at every kill point of a checkpoint write', async () => {
+    await withoutTensorLeaks(async () => {
+      const expected = await straight(4);
+      const counted = setUp();
+      const once = await runUntilKilled(() => train(options(counted, { steps: 1, checkpoint: { directory: path.join(root, 'count'), every: 1 } })), () => false);
+      counted.dispose();
+      const perCheckpoint = once.points.filter((point) => point.operation !== 'train-step').length;
+      expect(perCheckpoint).toBeGreaterThanOrEqual(5);
+      for (let kill = 0; kill < perCheckpoint; kill++) {
+        const checkpoint = { directory: path.join(root, `kill-${kill}`), every: 1 };
+        const killed = setUp();
+        let writes = 0;
+        let seen = 0;
+        // Kill at the kill-th file-system step of the second checkpoint write (step 2's, replacing step 1's).
+        const run = await runUntilKilled(() => train(options(killed, { steps: 4, checkpoint })), (point) => {
+          if (point.operation === 'mkdir') writes += 1;
+          if (writes < 2 || point.operation === 'train-step') return false;
+          return seen++ === kill;
+        });
+        killed.dispose();
+        expect(run.killed).toBe(true);
+        const file = await readSafetensorsFile(path.join(checkpoint.directory, TRAINER_CHECKPOINT_NAME));
+        const stored = JSON.parse(file.metadata.lora_trainer_state!) as { step: number; hooks: Record<string, { json: { count: number } }> };
+        // The hook's count always belongs to the step the file says.
+        expect([1, 2]).toContain(stored.step);
+        expect(stored.hooks['test.ema']!.json.count).toBe(stored.step);
+        const resumed = setUp();
+        expect((await train(options(resumed, { steps: 4, checkpoint }))).startStep).toBe(stored.step);
+        expect(resumed.hook.count).toBe(4);
+        expect(resumed.hook.emaValues()).toEqual(expected.ema);
+        resumed.dispose();
+      }
+    });
+  });
+
   it('rolls the state back with the weights when training diverges, and checkpoints the two together', async () => {
     await withoutTensorLeaks(async () => {
       const expected = await straight(2);
