@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { CheckpointError, TrainingError } from './errors.js';
+import { countNonFinite } from './finite.js';
 import type { TrainingHookCheckpoint, TrainingHooks, TrainingHookState } from './plugin.js';
 import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
 
@@ -57,7 +58,10 @@ export function restoreHookStates(hooks: readonly TrainingHookCheckpoint[], stat
   }
 }
 
-/** The checkpoint entries and metadata of the hooks' current states. */
+/**
+ * The checkpoint entries and metadata of the hooks' current states.
+ * @throws {TrainingError} when a hook's tensor holds a non-finite value (nothing is written then).
+ */
 export function hookCheckpointEntries(hooks: readonly TrainingHookCheckpoint[]): {
   entries: Map<string, SafetensorsEntry>;
   stored: Record<string, StoredHookState>;
@@ -67,7 +71,17 @@ export function hookCheckpointEntries(hooks: readonly TrainingHookCheckpoint[]):
   const states = captureHookStates(hooks);
   try {
     for (const [key, state] of states) {
-      for (const [name, tensor] of Object.entries(state.tensors)) entries.set(hookTensorKey(key, name), tensorToEntry(tensor));
+      for (const [name, tensor] of Object.entries(state.tensors)) {
+        const entry = tensorToEntry(tensor);
+        const { count, first } = countNonFinite(entry);
+        if (count > 0) {
+          // Only finite states are checkpointed: a file with this tensor would be refused on resume.
+          throw new TrainingError(
+            `[@lora/core] train: training hook "${key}" gave state tensor "${name}" with ${count} non-finite value${count === 1 ? '' : 's'} (first: ${first}); the checkpoint was not written and the previous one is kept. The hook's state must be finite.`,
+          );
+        }
+        entries.set(hookTensorKey(key, name), entry);
+      }
       stored[key] = { tensors: Object.keys(state.tensors), json: state.json };
     }
   } finally {

@@ -258,6 +258,27 @@ describe('train() with a training hook that has checkpoint state', () => {
     });
   });
 
+  it('writes no checkpoint holding a non-finite hook tensor, keeping the previous one', async () => {
+    await withoutTensorLeaks(async () => {
+      const run = setUp();
+      const checkpoint = { directory: path.join(root, 'non-finite-state'), every: 1 };
+      const hooks = run.hook.hooks();
+      // From the second step on, the hook's state is NaN (a bug in the hook, not in training).
+      const broken: TrainingHooks = {
+        ...hooks,
+        checkpoint: { ...hooks.checkpoint!, state: () => (run.hook.count >= 2 ? { tensors: { ema: tf.fill([2], Number.NaN) }, json: null } : hooks.checkpoint!.state()) },
+      };
+      const error = await train(options(run, { checkpoint, hooks: [broken] })).catch((caught: unknown) => caught);
+      expect(error).toBeInstanceOf(TrainingError);
+      expect((error as Error).message).toBe(
+        '[@lora/core] train: training hook "test.ema" gave state tensor "ema" with 2 non-finite values (first: NaN); the checkpoint was not written and the previous one is kept. The hook\'s state must be finite.',
+      );
+      const file = await readSafetensorsFile(path.join(checkpoint.directory, TRAINER_CHECKPOINT_NAME));
+      expect(JSON.parse(file.metadata.lora_trainer_state!)).toMatchObject({ step: 1, hooks: { 'test.ema': { json: { count: 1 } } } });
+      run.dispose();
+    });
+  });
+
   it('rejects hooks whose checkpoint keys collide or are not names, before training', async () => {
     await withoutTensorLeaks(async () => {
       const run = setUp();
