@@ -9,6 +9,7 @@ import {
   createLoraRegistry,
   initRuntime,
   lora,
+  Module,
   readSafetensorsFile,
   train,
   TRAINER_CHECKPOINT_NAME,
@@ -76,6 +77,24 @@ function setUp(): { model: AdapterModel<Gpt2ShapedTree>; hook: EmaHook; dispose:
   const model = AdapterModel.create(new Gpt2ShapedTree({ width: 8, layers: 1, seed: 1 }), { registry, config: { r: 2, targetModules: ['c_attn'] } });
   const hook = new EmaHook(model.namedTrainableVariables()[0]![1]);
   return { model, hook, dispose: () => (hook.dispose(), model.dispose()) };
+}
+
+/** A module whose one parameter can be rebuilt at another length (as a hook restoring grown state would). */
+class Resizable extends Module {
+  constructor(length: number) {
+    super();
+    this.resize(length);
+  }
+
+  resize(length: number): void {
+    const initial = tf.linspace(0, 1, length);
+    this.registerParameter('w', initial);
+    initial.dispose();
+  }
+
+  get length(): number {
+    return this.getOwnParameter('w')!.shape[0]!;
+  }
 }
 
 describe('train() with a training hook that has checkpoint state', () => {
@@ -186,6 +205,33 @@ describe('train() with a training hook that has checkpoint state', () => {
         expect(resumed.hook.emaValues()).toEqual(expected.ema);
         resumed.dispose();
       }
+    });
+  });
+
+  it('restores hooks before the weights and optimizer state, and trains the variables a hook rebuilt', async () => {
+    await withoutTensorLeaks(async () => {
+      const resizing = (module: Resizable): TrainingHooks => ({
+        checkpoint: { key: 'test.resize', state: () => ({ tensors: {}, json: { length: module.length } }), restore: (state) => module.resize((state.json as { length: number }).length) },
+      });
+      const run = (module: Resizable, checkpoint?: { directory: string; every: number }) =>
+        train({ model: module, hooks: [resizing(module)], trainData: [0], steps: 5, learningRate: 0.1, checkpoint,
+          lossFn: () => tf.tidy(() => tf.sum(tf.square(tf.sub(module.getOwnParameter('w')!, 2))) as tf.Scalar) });
+      // The run that wrote the checkpoint had grown its parameter to 5 before training; a fresh module has 3.
+      const straight = new Resizable(3);
+      straight.resize(5);
+      await run(straight);
+      const expected = Array.from(straight.getOwnParameter('w')!.dataSync());
+      straight.dispose();
+      const checkpoint = { directory: path.join(root, 'resized'), every: 1 };
+      const killed = new Resizable(3);
+      killed.resize(5);
+      expect((await runUntilKilled(() => run(killed, checkpoint), (point) => point.operation === 'train-step' && point.path === '4')).killed).toBe(true);
+      killed.dispose();
+      const resumed = new Resizable(3);
+      expect((await run(resumed, checkpoint)).startStep).toBe(2);
+      expect(resumed.length).toBe(5);
+      expect(Array.from(resumed.getOwnParameter('w')!.dataSync())).toEqual(expected);
+      resumed.dispose();
     });
   });
 
