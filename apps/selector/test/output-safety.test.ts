@@ -197,6 +197,29 @@ describe('lora train: divergence, interruption, resume', () => {
     expect(report.losses).toHaveLength(6 - report.resumedFromStep);
   });
 
+  it('resumes an AdaLoRA run killed inside its pruning phase to the same adapter bytes and rank pattern as an uninterrupted run', async () => {
+    // 6 steps: tinit 1, tfinal 1, deltaT 1, so global steps 2–4 prune on the cubic schedule and 5 fixes the pattern.
+    const adalora = (out: string) => ['train', '--model', GPT2, '--data', data, '--steps', '6', '--context', '32', '--batch-size', '4', '--checkpoint-every', '1', '--dynamic', '--out', out];
+    const straight = path.join(directory, 'adalora-straight');
+    expect((await run(adalora(straight))).code).toBe(0);
+    const killedOut = path.join(directory, 'adalora-killed');
+    // Killed as step 5 starts: the checkpoint holds step 3, after the allocator masked at global step 2.
+    const killed = await runUntilKilled(() => run(adalora(killedOut)), (point) => point.operation === 'train-step' && point.path === '5');
+    expect(killed.killed).toBe(true);
+    const resumed = await run(['train', '--resume', killedOut]);
+    expect(resumed.stderr).toBe('');
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toMatch(/resuming .*adalora-killed\.partial-[0-9a-f]+ from step 3\/6/u);
+    const files = async (out: string) => Promise.all(['adapter_model.safetensors', 'adapter_config.json'].map((name) => readFile(path.join(out, 'adapter', name))));
+    const [expectedTensors, expectedConfig] = await files(straight);
+    const [tensors, config] = await files(killedOut);
+    // The run pruned: some module keeps fewer than initR = 12 triplets.
+    const pattern = (JSON.parse(expectedConfig!.toString()) as { rank_pattern: Record<string, boolean[]> }).rank_pattern;
+    expect(Object.values(pattern).some((kept) => kept.filter(Boolean).length < 12)).toBe(true);
+    expect(config!.toString()).toBe(expectedConfig!.toString());
+    expect(tensors!.equals(expectedTensors!)).toBe(true);
+  });
+
   it('replaces its own previous run in the default directory when re-run without flags, and prints one JSON document with --json', async () => {
     const cwd = process.cwd();
     const project = path.join(directory, 'rerun');

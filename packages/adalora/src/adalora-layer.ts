@@ -166,6 +166,27 @@ export class AdaLoraAdapter implements AdapterInstance {
     return this.keep !== null;
   }
 
+  /**
+   * The row flags a trainer checkpoint keeps (copies): which rows are live, and the last
+   * allocation's mask (null before any). Λ itself is a weight and travels with the weights.
+   */
+  rowState(): { live: boolean[]; keep: boolean[] | null } {
+    return { live: [...this.live], keep: this.keep ? [...this.keep] : null };
+  }
+
+  /**
+   * Put back flags from {@link AdaLoraAdapter.rowState} (a resumed run). The values of A, Λ and B
+   * are not touched: they are loaded with the weights.
+   * @throws {RangeError} when a flag array's length is not the number of rows.
+   */
+  restoreRowState(state: { readonly live: readonly boolean[]; readonly keep: readonly boolean[] | null }): void {
+    if (state.live.length !== this.rows || (state.keep !== null && state.keep.length !== this.rows)) {
+      throw new RangeError(`[adalora] row flags of length ${state.live.length}/${state.keep?.length ?? 'null'} for ${this.rows} rows.`);
+    }
+    this.live = [...state.live];
+    this.keep = state.keep ? [...state.keep] : null;
+  }
+
   private isKept(row: number): boolean {
     return this.live[row]! && (this.keep?.[row] ?? true);
   }

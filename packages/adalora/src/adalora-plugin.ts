@@ -33,19 +33,26 @@ class AdaLoraState implements AdapterState {
   allocator: RankAllocator | null = null;
 
   constructor(
+    readonly adapterName: string,
     readonly config: AdaLoraConfig,
     readonly seed: number | undefined,
   ) {}
 
-  /** The regulariser and the rank allocation, when the adapter trains. */
+  /** The regulariser and the rank allocation, when the adapter trains; the allocator's state is checkpointed with the run. */
   trainingHooks(): TrainingHooks {
     if (this.config.inferenceMode) return {};
     const adapters = (): AdaLoraAdapter[] => liveModules(this).map(([, adapter]) => adapter);
+    const key = `adalora.${this.adapterName}`;
     return {
       extraLoss: () => orthogonalRegularization(adapters(), { weight: this.config.orthRegWeight, form: this.config.orthogonalRegularizer }),
       afterStep: ({ step, gradients }) => {
         // PEFT's global step is 0-based; the trainer's is 1-based.
         this.allocatorOrCreate().updateAndAllocate(step - 1, gradients);
+      },
+      checkpoint: {
+        key,
+        state: () => this.allocatorOrCreate().checkpointState(),
+        restore: (state, { source }) => this.allocatorOrCreate().restoreCheckpointState(state, source, `hook state "${key}"`),
       },
     };
   }
@@ -139,8 +146,8 @@ export function adalora(options: AdaLoraPluginOptions = {}): AdapterPlugin<AdaLo
       return json.peft_type === 'ADALORA';
     },
     savedRank: (shapes) => shapes.get('lora_E')?.[0] ?? null,
-    createAdapterState({ config }) {
-      return new AdaLoraState(config, options.seed);
+    createAdapterState({ adapterName, config }) {
+      return new AdaLoraState(adapterName, config, options.seed);
     },
     createAdapter({ base, modulePath, adapterName, config, index, state }) {
       const seed = options.seed === undefined ? undefined : options.seed + index * 3;

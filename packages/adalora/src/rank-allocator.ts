@@ -1,7 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { TrainingError } from '@lora/core';
+import { TrainingError, type TrainingHookState } from '@lora/core';
+import { hookStateError } from '@lora/core/internal';
 import type { AdaLoraConfig, AdaLoraGrowthOptions } from './adalora-config.js';
 import type { AdaLoraAdapter, AdaLoraFactors } from './adalora-layer.js';
+import { importanceTensorName, parseAllocatorCheckpoint, scheduleOf, type AllocatorCheckpointJson } from './allocator-checkpoint.js';
 
 /** Inputs of {@link budgetSchedule}: PEFT's `RankAllocator` fields. */
 export interface BudgetScheduleOptions {
@@ -96,6 +98,7 @@ interface FactorState {
 
 type FactorName = keyof AdaLoraFactors;
 const FACTORS: readonly FactorName[] = ['lora_A', 'lora_E', 'lora_B'];
+const KINDS = ['sensitivity', 'uncertainty'] as const;
 
 /** Options for {@link RankAllocator}. */
 export interface RankAllocatorOptions {
@@ -120,6 +123,10 @@ export interface RankAllocatorOptions {
  *
  * It holds its importance state as tensors (6 per module), freed at the final step, by `dispose`,
  * or when the module's adapter is disposed (e.g. by `adapterModel.dispose()`).
+ *
+ * Its whole state (importance, row flags, growth, patterns, history) goes into core's trainer
+ * checkpoints through the adapter's training hook ({@link RankAllocator.checkpointState}), so a
+ * resumed run continues exactly.
  */
 export class RankAllocator {
   /** The adapter's config. */
@@ -382,6 +389,87 @@ export class RankAllocator {
     if (!perFactor) return;
     for (const { sensitivity, uncertainty } of perFactor.values()) tf.dispose([sensitivity, uncertainty]);
     this.state.delete(adapter);
+  }
+
+  /**
+   * Everything the allocator keeps, for core's trainer checkpoints (the AdaLoRA training hook's
+   * `checkpoint.state`) or a hand-written loop's own: the importance tensors (clones, which copy
+   * nothing; the caller disposes them) and, as JSON, each module's live rows, mask and growth
+   * warm-up, the growth count, the rank patterns, the history and the schedule settings.
+   */
+  checkpointState(): TrainingHookState {
+    const tensors: Record<string, tf.Tensor> = {};
+    const modules = this.modules.map(([path, adapter]) => {
+      const perFactor = this.state.get(adapter);
+      for (const [factor, importance] of perFactor ?? []) {
+        for (const kind of KINDS) tensors[importanceTensorName(path, factor, kind)] = tf.clone(importance[kind]);
+      }
+      const until = this.protectedUntil.get(adapter);
+      return { path, rows: adapter.rows, ...adapter.rowState(), protectedUntil: until ? [...until] : null, importance: perFactor !== undefined };
+    });
+    // Patterns and history entries are replaced, never changed in place, so sharing them is safe.
+    const json: AllocatorCheckpointJson = {
+      version: 1,
+      schedule: scheduleOf(this.config),
+      modules,
+      growthEvents: this.growthEvents,
+      lastPattern: this.lastPattern,
+      finalPattern: this.finalPattern,
+      history: [...this.entries],
+    };
+    return { tensors, json };
+  }
+
+  /**
+   * Put back a state from {@link RankAllocator.checkpointState} (a resumed run, before the weights
+   * are loaded). The given tensors are copied; the caller disposes them.
+   * @param source the checkpoint file (or a description), named in errors.
+   * @throws {CheckpointError} when the state was written for another config or model, or is damaged:
+   * one line naming the source, the field, what was expected and found, and the fix.
+   */
+  restoreCheckpointState(state: TrainingHookState, source: string, field = 'allocator state'): void {
+    const json = parseAllocatorCheckpoint(state.json, { source, field, config: this.config, modules: this.modules.map(([path, adapter]) => [path, adapter.rows]) });
+    const expectedNames = new Set<string>();
+    json.modules.forEach((module, index) => {
+      if (!module.importance) return;
+      const factors = this.modules[index]![1].factors();
+      for (const factor of FACTORS) {
+        for (const kind of KINDS) {
+          const name = importanceTensorName(module.path, factor, kind);
+          expectedNames.add(name);
+          const tensor = state.tensors[name];
+          const shape = factors[factor].shape;
+          if (!tensor || tensor.shape.length !== shape.length || tensor.shape.some((d, i) => d !== shape[i])) {
+            throw hookStateError({ plugin: 'adalora', source, field: `tensor ${name}`, expected: `shape [${shape.join(', ')}]`, found: tensor ? `[${tensor.shape.join(', ')}]` : 'none', missing: tensor ? [] : [name] });
+          }
+        }
+      }
+    });
+    const unexpected = Object.keys(state.tensors).filter((name) => !expectedNames.has(name));
+    if (unexpected.length > 0) {
+      throw hookStateError({ plugin: 'adalora', source, field: `tensor ${unexpected[0]}`, expected: 'importance of a module with importance: true', found: 'an unlisted tensor', unexpected });
+    }
+    // Valid: replace everything, copying what is kept.
+    const copy = structuredClone(json);
+    this.resetImportance();
+    this.protectedUntil.clear();
+    copy.modules.forEach((module, index) => {
+      const adapter = this.modules[index]![1];
+      adapter.restoreRowState(module);
+      if (module.protectedUntil) this.protectedUntil.set(adapter, module.protectedUntil);
+      if (!module.importance) return;
+      const perFactor = new Map<FactorName, FactorState>();
+      for (const factor of FACTORS) {
+        const [sensitivity, uncertainty] = KINDS.map((kind) => tf.clone(state.tensors[importanceTensorName(module.path, factor, kind)]!));
+        perFactor.set(factor, { sensitivity: sensitivity!, uncertainty: uncertainty! });
+      }
+      this.state.set(adapter, perFactor);
+      adapter.onDispose(() => this.freeState(adapter));
+    });
+    this.growthEvents = copy.growthEvents;
+    this.lastPattern = copy.lastPattern;
+    this.finalPattern = copy.finalPattern;
+    this.entries.splice(0, this.entries.length, ...copy.history);
   }
 
   /** PEFT's `reset_ipt`: free the importance state (done at the final step). */

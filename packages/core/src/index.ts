@@ -45,7 +45,9 @@ export type {
   PluginPackageDescriptor,
   Recipe,
   TargetSelection,
+  TrainingHookCheckpoint,
   TrainingHooks,
+  TrainingHookState,
 } from './plugin.js';
 export { definePluginPackage, createDescribedPlugin, findPluginForPeftConfig } from './plugin-package.js';
 export { pluginPackage } from './core-plugins.js';

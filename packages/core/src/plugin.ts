@@ -145,6 +145,69 @@ export interface TrainingHooks {
   afterBackward?(context: { readonly step: number; readonly gradients: ReadonlyMap<tf.Variable, tf.Tensor> }): void;
   /** After the optimizer step, while this step's gradients (by variable) are still alive. */
   afterStep?(context: { readonly step: number; readonly gradients: ReadonlyMap<tf.Variable, tf.Tensor> }): void;
+  /**
+   * State the hook keeps from step to step that a resumed run needs to continue exactly (AdaLoRA's
+   * importance estimates, masks and schedule position). `train()` stores it in its checkpoint file,
+   * written atomically with the weights and optimizer state, and keeps it with the last good state
+   * in memory. Default: none (the hook is stateless, or its state is not resumed).
+   */
+  readonly checkpoint?: TrainingHookCheckpoint;
+}
+
+/**
+ * The state of one training hook at a step boundary, as {@link TrainingHookCheckpoint.state} gives
+ * it and {@link TrainingHookCheckpoint.restore} receives it.
+ */
+export interface TrainingHookState {
+  /** Tensors by name (any names; finite values only: a checkpoint with a non-finite one is refused). */
+  readonly tensors: Readonly<Record<string, tf.Tensor>>;
+  /**
+   * Everything else, as a JSON value (objects, arrays, strings, finite numbers, booleans, null).
+   * It is stored with `JSON.stringify`, so a value JSON cannot represent does not survive.
+   */
+  readonly json: unknown;
+}
+
+/**
+ * How a training hook contributes its state to `train()`'s checkpoints, so that a run resumed from a
+ * checkpoint ends exactly as an uninterrupted one.
+ *
+ * Order on resume: every hook's `restore` runs first, then the weights and then the optimizer
+ * state are loaded, so a hook may rebuild variables (e.g. to another shape) before those land in
+ * them; `train()` reads the model's trainable variables again after the hooks are restored.
+ *
+ * @example
+ * let calls = 0;
+ * const counting: TrainingHooks = {
+ *   afterStep: () => { calls += 1; },
+ *   checkpoint: {
+ *     key: 'my-plugin.counter',
+ *     state: () => ({ tensors: {}, json: { calls } }),
+ *     restore: (state) => { calls = (state.json as { calls: number }).calls; },
+ *   },
+ * };
+ */
+export interface TrainingHookCheckpoint {
+  /**
+   * Names this hook's state in the checkpoint, unique among the run's hooks and the same from run to
+   * run (e.g. `adalora.default`: plugin and adapter name). Letters, digits, `.`, `_`, `-`.
+   */
+  readonly key: string;
+  /**
+   * The state now. The tensors are new (e.g. `tf.clone`, which copies nothing) and the caller
+   * disposes them; the JSON value must not be changed by the hook afterwards (the trainer keeps it
+   * as the last good state without copying it).
+   */
+  state(): TrainingHookState;
+  /**
+   * Put back a state `state()` gave, from memory (a rollback to the last good step) or from a
+   * checkpoint file (another process). Copy what is kept: the caller disposes the tensors and may
+   * reuse the JSON value.
+   * @param context.source the checkpoint file, or a description of the in-memory state, to name in errors.
+   * @throws {CheckpointError} when the state does not fit this hook (one line naming `source`, the
+   * field, what was expected and found, and the fix).
+   */
+  restore(state: TrainingHookState, context: { readonly source: string }): void;
 }
 
 /** What a plugin's training hooks may look at. */

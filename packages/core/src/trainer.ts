@@ -4,10 +4,20 @@ import { yieldToEventLoop } from './event-loop.js';
 import { fileHost } from './file-host.js';
 import { faultPoint, pathExists, readSafetensorsFile, writeSafetensorsFile } from './files.js';
 import { checkLoadedTensors } from './finite.js';
+import {
+  captureHookStates,
+  checkpointedHooks,
+  disposeHookStates,
+  hookCheckpointEntries,
+  restoreHookStates,
+  restoreHooksFromFile,
+  type HookStates,
+  type StoredHookState,
+} from './hook-checkpoint.js';
 import { deriveSeed, withSeededRandom } from './random-scope.js';
 import type { Module } from './module.js';
 import { AdamW, learningRateAt, type LearningRateSchedule, type OptimizerSnapshot, type TrainOptimizer } from './optimizer.js';
-import type { TrainingHooks } from './plugin.js';
+import type { TrainingHookCheckpoint, TrainingHooks } from './plugin.js';
 import { resolveTrainingTarget, type TrainingTarget } from './training-target.js';
 import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
 
@@ -76,11 +86,16 @@ export interface TrainOptions<Batch> {
   /**
    * Write a resumable checkpoint every `every` steps, at the end, when stopped by `signal`, and
    * (the last good state) when training diverges, into `directory`. A checkpoint is one file
-   * (`trainer_checkpoint.safetensors`: weights, optimizer state and the step) replaced atomically,
-   * and only a state whose loss was seen to be finite is written.
+   * (`trainer_checkpoint.safetensors`: weights, optimizer state, the step and the state of hooks
+   * with a `checkpoint`, such as AdaLoRA's rank allocator) replaced atomically, and only a state
+   * whose loss was seen to be finite is written.
    */
   readonly checkpoint?: { readonly directory: string; readonly every: number };
-  /** Continue from the checkpoint in `checkpoint.directory` if there is one (default true when checkpointing). */
+  /**
+   * Continue from the checkpoint in `checkpoint.directory` if there is one (default true when
+   * checkpointing). The run's hooks with a `checkpoint` get their state back first; a checkpoint
+   * without the state of one of them (or with state for a hook the run lacks) is refused.
+   */
   readonly resume?: boolean;
   /**
    * Another optimizer (e.g. `@lora/quant`'s `AdamW8bit`); owned by the caller, not disposed here.
@@ -112,7 +127,7 @@ export interface TrainResult {
   readonly checkpointStep: number | null;
 }
 
-/** The trainer's checkpoint file: weights, optimizer state and the step, in one atomically replaced file. */
+/** The trainer's checkpoint file: weights, optimizer state, step and hook states, in one atomically replaced file. */
 export const TRAINER_CHECKPOINT_NAME = 'trainer_checkpoint.safetensors';
 const STATE_KEY = 'lora_trainer_state';
 
@@ -147,6 +162,8 @@ interface Snapshot {
   /** Another optimizer's state, read through its checkpoint interface. */
   readonly optimizerState: Map<string, SafetensorsEntry> | undefined;
   readonly optimizerStep: number;
+  /** The checkpointed hooks' states (tensors shared like the weights). */
+  readonly hookStates: HookStates;
 }
 
 function describeStop(reason: TrainingStopReason, value: number): string {
@@ -195,12 +212,11 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
   }
   if (options.trainData.length === 0) throw new TrainingError('[@lora/core] train: trainData has no batches.');
   const target = resolveTrainingTarget(options.model, options.hooks);
-  const named = target.named;
-  if (named.length === 0) {
+  if (target.namedVariables().length === 0) {
     throw new TrainingError('[@lora/core] train: the model has no trainable variables. Add an adapter or unfreeze parameters.');
   }
-  const variables = named.map(([, variable]) => variable);
-  const names = new Map(named.map(([name, variable]) => [variable, name] as const));
+  const hooks = target.hooks;
+  const checkpointed = checkpointedHooks(hooks);
   const ownsOptimizer = options.optimizer === undefined;
   const optimizer: TrainOptimizer =
     options.optimizer ??
@@ -211,7 +227,6 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       beta2: options.beta2,
       epsilon: options.epsilon,
     });
-  const hooks = target.hooks;
   const maxGradNorm = options.maxGradNorm === undefined ? 1.0 : options.maxGradNorm;
   const baseLearningRate = options.learningRate ?? optimizer.learningRate;
   const checkpoint = options.checkpoint;
@@ -224,6 +239,18 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
   let good: Snapshot | null = null;
   let checkpointDue = false;
 
+  if (checkpoint && (options.resume ?? true)) {
+    // Before the variables are listed: a hook's state may rebuild variables.
+    startStep = await restoreCheckpoint(checkpoint.directory, () => target.namedVariables(), optimizer, checkpointed);
+    if (startStep > 0) checkpointStep = startStep;
+  }
+  if (startStep > options.steps) {
+    throw new TrainingError(`[@lora/core] train: the checkpoint in ${checkpoint!.directory} is at step ${startStep}, past steps = ${options.steps}.`);
+  }
+  const named = target.namedVariables();
+  const variables = named.map(([, variable]) => variable);
+  const names = new Map(named.map(([name, variable]) => [variable, name] as const));
+
   const snapshot = (step: number): Snapshot => {
     const optimizerSnapshot = optimizer.snapshotState?.(variables);
     return {
@@ -232,22 +259,25 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       optimizerSnapshot,
       optimizerState: optimizerSnapshot ? undefined : optimizer.stateEntries?.(names),
       optimizerStep: optimizer.step,
+      hookStates: captureHookStates(checkpointed),
     };
   };
   const release = (state: Snapshot | null) => {
     if (!state) return;
     tf.dispose(state.weights);
     state.optimizerSnapshot?.dispose();
+    disposeHookStates(state.hookStates);
   };
   const restore = (state: Snapshot) => {
     variables.forEach((variable, i) => variable.assign(state.weights[i]!));
     state.optimizerSnapshot?.restore();
     if (state.optimizerState) optimizer.loadStateEntries?.(state.optimizerState, names);
     optimizer.step = state.optimizerStep;
+    restoreHookStates(checkpointed, state.hookStates, `the state after step ${state.step} kept in memory`);
   };
   const saveCheckpoint = async (step: number) => {
     if (!checkpoint) return;
-    await writeCheckpoint(checkpoint.directory, named, optimizer, { step, seed: options.seed ?? null });
+    await writeCheckpoint(checkpoint.directory, named, optimizer, checkpointed, { step, seed: options.seed ?? null });
     checkpointStep = step;
   };
   // The loss of the current weights on the batch of `step` (0-based), in eval mode: a finiteness check only.
@@ -286,13 +316,6 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
     throw new TrainingError(`[@lora/core] ${what}; ${keptText}.${advice}`, { step: atStep, reason, keptStep: kept, checkpointStep });
   };
 
-  if (checkpoint && (options.resume ?? true)) {
-    startStep = await restoreCheckpoint(checkpoint.directory, named, optimizer);
-    if (startStep > 0) checkpointStep = startStep;
-  }
-  if (startStep > options.steps) {
-    throw new TrainingError(`[@lora/core] train: the checkpoint in ${checkpoint!.directory} is at step ${startStep}, past steps = ${options.steps}.`);
-  }
   const started = Date.now();
   target.module.train();
   try {
@@ -345,7 +368,13 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       good = snapshot(step);
       if (checkpointDue) {
         checkpointDue = false;
-        await saveCheckpoint(step);
+        try {
+          await saveCheckpoint(step);
+        } catch (error) {
+          // A failed write (disk full, a kill in tests) must not leak this step's gradients.
+          tf.dispose(gradients);
+          throw error;
+        }
       }
       const norm = tf.tidy(() => tf.sqrt(tf.addN(gradients.map((g) => tf.sum(tf.square(g))))));
       const normValue = norm.dataSync()[0]!;
@@ -427,20 +456,32 @@ interface CheckpointState {
   readonly optimizerStep: number;
   readonly parameters: readonly string[];
   readonly seed: number | null;
+  /** The states of hooks with a `checkpoint`, by key (absent when written before hooks had state). */
+  readonly hooks?: Readonly<Record<string, StoredHookState>>;
 }
 
 async function writeCheckpoint(
   directory: string,
   named: [string, tf.Variable][],
   optimizer: TrainOptimizer,
+  hooks: readonly TrainingHookCheckpoint[],
   state: { step: number; seed: number | null },
 ): Promise<void> {
   const entries = new Map<string, SafetensorsEntry>();
   for (const [name, variable] of named) entries.set(`param.${name}`, tensorToEntry(variable));
   const names = new Map(named.map(([name, variable]) => [variable, name] as const));
   for (const [key, entry] of optimizer.stateEntries?.(names) ?? []) entries.set(key, entry);
-  const stored: CheckpointState = { version: 1, step: state.step, optimizerStep: optimizer.step, parameters: named.map(([n]) => n), seed: state.seed };
-  // One file holds weights, optimizer state and step, so a kill at any point leaves the old or the new checkpoint whole.
+  const fromHooks = hookCheckpointEntries(hooks);
+  for (const [key, entry] of fromHooks.entries) entries.set(key, entry);
+  const stored: CheckpointState = {
+    version: 1,
+    step: state.step,
+    optimizerStep: optimizer.step,
+    parameters: named.map(([n]) => n),
+    seed: state.seed,
+    hooks: fromHooks.stored,
+  };
+  // One file holds weights, optimizer state, step and hook states, so a kill at any point leaves the old or the new checkpoint whole.
   await writeSafetensorsFile(fileHost().join(directory, TRAINER_CHECKPOINT_NAME), entries, { format: 'lora-trainer', [STATE_KEY]: JSON.stringify(stored) });
 }
 
@@ -461,13 +502,24 @@ function readState(file: string, metadata: Readonly<Record<string, string>>): Ch
   return record as CheckpointState;
 }
 
-async function restoreCheckpoint(directory: string, named: [string, tf.Variable][], optimizer: TrainOptimizer): Promise<number> {
+/**
+ * Load a checkpoint into the hooks, then the variables (listed after the hooks are restored, as a
+ * hook may rebuild them), then the optimizer. Returns its step, or 0 when there is none.
+ */
+async function restoreCheckpoint(
+  directory: string,
+  namedVariables: () => [string, tf.Variable][],
+  optimizer: TrainOptimizer,
+  hooks: readonly TrainingHookCheckpoint[],
+): Promise<number> {
   const file = fileHost().join(directory, TRAINER_CHECKPOINT_NAME);
   if (!(await pathExists(file))) return 0;
   const contents = await readSafetensorsFile(file);
   const state = readState(file, contents.metadata);
   // A checkpoint only ever holds good weights; a damaged one must not be trained on.
   checkLoadedTensors(contents.tensors, { file });
+  restoreHooksFromFile(file, hooks, state.hooks, contents.tensors);
+  const named = namedVariables();
   for (const [name, variable] of named) {
     const param = contents.tensors.get(`param.${name}`);
     if (!param) {

@@ -17,13 +17,17 @@ export interface TrainingTarget {
   trainingHooks(): TrainingHooks[];
 }
 
-/** The module, named trainable variables and hooks of a `train()` target, plus hooks given by hand. */
+/**
+ * The module, trainable variables and hooks of a `train()` target, plus hooks given by hand. The
+ * variables are listed on each call of `namedVariables` (a hook restored from a checkpoint may
+ * have rebuilt them).
+ */
 export function resolveTrainingTarget(
   target: Module | TrainingTarget,
   extraHooks: readonly TrainingHooks[] = [],
-): { module: Module; named: [string, tf.Variable][]; hooks: TrainingHooks[] } {
+): { module: Module; namedVariables: () => [string, tf.Variable][]; hooks: TrainingHooks[] } {
   if (target instanceof Module) {
-    return { module: target, named: target.namedParameters().filter(([, variable]) => variable.trainable), hooks: [...extraHooks] };
+    return { module: target, namedVariables: () => target.namedParameters().filter(([, variable]) => variable.trainable), hooks: [...extraHooks] };
   }
-  return { module: target.model, named: target.namedTrainableVariables(), hooks: [...target.trainingHooks(), ...extraHooks] };
+  return { module: target.model, namedVariables: () => target.namedTrainableVariables(), hooks: [...target.trainingHooks(), ...extraHooks] };
 }
