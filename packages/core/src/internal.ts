@@ -26,6 +26,7 @@ export type { FaultInjector, FaultPoint } from './files.js';
 export { deriveSeed, withSeededRandom } from './random-scope.js';
 export { matMulFlops, spyOnKernels } from './kernel-spy.js';
 export { hasSimdBatchMatMul } from './wasm-simd-matmul.js';
+export { withSharedMemoryImport } from './wasm-module.js';
 export { geluTanh, GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from './gelu-tanh.js';
 export { scaledSoftmax, SCALED_SOFTMAX_GRAD_KERNEL, SCALED_SOFTMAX_KERNEL } from './scaled-softmax.js';
 export type { KernelCall, KernelSpy } from './kernel-spy.js';

@@ -1,5 +1,5 @@
 import type * as tf from '@tensorflow/tfjs-core';
-import { FUSED_KERNELS_WASM_PLAIN, FUSED_KERNELS_WASM_SHARED } from './wasm-fused-kernels-binary.js';
+import { FUSED_KERNELS_WASM_PLAIN } from './wasm-fused-kernels-binary.js';
 import { BackendWasmModule } from './wasm-module.js';
 
 /**
@@ -38,7 +38,7 @@ export interface FusedKernelsExports {
   copyBlocks(bytes: number, dst: number, src: number, n0: number, ss0: number, ds0: number, n1: number, ss1: number, ds1: number, n2: number, ss2: number, ds2: number): void;
 }
 
-export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: FUSED_KERNELS_WASM_PLAIN, shared: FUSED_KERNELS_WASM_SHARED }, (exports) => ({
+export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: FUSED_KERNELS_WASM_PLAIN }, (exports) => ({
   geluTanh: exports['gelu_tanh'] as FusedKernelsExports['geluTanh'],
   geluTanhGrad: exports['gelu_tanh_grad'] as FusedKernelsExports['geluTanhGrad'],
   layerNorm: exports['layer_norm'] as FusedKernelsExports['layerNorm'],

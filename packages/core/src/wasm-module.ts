@@ -26,10 +26,43 @@ export interface WasmHeapBackend extends tf.KernelBackend {
   wasm?: { wasmMemory?: LinearMemory; asm?: { memory?: LinearMemory } };
 }
 
-/** A module's two links, base64: importing a plain memory and a shared one. */
+/**
+ * A module's two links, base64: importing a plain memory and a shared one. Without `shared`, the
+ * shared link is made from the plain one by {@link withSharedMemoryImport} (the two differ only
+ * there when the code uses no atomics; scripts/build-wasm.mjs checks it), so the package carries
+ * the module once.
+ */
 export interface WasmModuleBinaries {
   readonly plain: string;
-  readonly shared: string;
+  readonly shared?: string;
+}
+
+/** The import section of core's plain links: one import, env.memory, limits {flags 0, min 2}. */
+const PLAIN_MEMORY_IMPORT = [0x01, 0x03, ...'env'.split('').map((c) => c.charCodeAt(0)), 0x06, ...'memory'.split('').map((c) => c.charCodeAt(0)), 0x02, 0x00, 0x02];
+/** The same import as a shared memory: limits {flags 3 (shared, has max), min 2, max 65536 pages (4 GiB)}. */
+const SHARED_MEMORY_IMPORT = [...PLAIN_MEMORY_IMPORT.slice(0, -2), 0x03, 0x02, 0x80, 0x80, 0x04];
+
+/**
+ * `plain` (a module importing `env.memory` as a plain memory) importing it as a shared memory,
+ * as tfjs's threaded build needs: the import section (id 2) is rewritten, every other byte kept.
+ * @throws {Error} when the module's import section is not the one core's build produces.
+ */
+export function withSharedMemoryImport(plain: Uint8Array): Uint8Array {
+  // Header (8 bytes), then sections: id, LEB128 size, contents. Core's modules are small enough
+  // that every section size before the import section fits one LEB byte, checked below.
+  let offset = 8;
+  while (offset < plain.length) {
+    const id = plain[offset]!;
+    const size = plain[offset + 1]!;
+    if (size >= 0x80) break;
+    if (id === 2) {
+      const contents = Array.from(plain.subarray(offset + 2, offset + 2 + size));
+      if (contents.length !== PLAIN_MEMORY_IMPORT.length || contents.some((byte, i) => byte !== PLAIN_MEMORY_IMPORT[i])) break;
+      return Uint8Array.from([...plain.subarray(0, offset), 2, SHARED_MEMORY_IMPORT.length, ...SHARED_MEMORY_IMPORT, ...plain.subarray(offset + 2 + size)]);
+    }
+    offset += 2 + size;
+  }
+  throw new Error('[@lora/core] A WASM module of core has an unexpected import section (rebuild it with scripts/build-wasm.mjs).');
 }
 
 function decode(base64: string): Uint8Array {
@@ -71,11 +104,9 @@ export class BackendWasmModule<Exports> {
     const api = (globalThis as { WebAssembly?: WebAssemblyApi }).WebAssembly;
     if (memory === undefined || api === undefined) return null;
     const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
-    return {
-      api,
-      bytes: decode(shared ? this.binaries.shared : this.binaries.plain),
-      imports: { env: { memory } },
-    };
+    const plain = decode(this.binaries.plain);
+    const bytes = !shared ? plain : this.binaries.shared === undefined ? withSharedMemoryImport(plain) : decode(this.binaries.shared);
+    return { api, bytes, imports: { env: { memory } } };
   }
 
   /**

@@ -11,9 +11,9 @@ const values = (size: number, seed: number): number[] => Array.from({ length: si
 async function threeUpdates(size: number, decay: number | null, fused: boolean): Promise<{ kernels: string[]; results: Float32Array[] }> {
   if (!fused) restoreWasmKernels('wasm');
   try {
-    let param = tf.tensor1d(values(size, 1));
-    let m = tf.zeros([size]);
-    let v = tf.zeros([size]);
+    let param: tf.Tensor = tf.tensor1d(values(size, 1));
+    let m: tf.Tensor = tf.zeros([size]);
+    let v: tf.Tensor = tf.zeros([size]);
     const spy = spyOnKernels();
     for (let step = 1; step <= 3; step++) {
       const gradient = tf.tensor1d(values(size, 10 + step));

@@ -1,0 +1,51 @@
+import { describe, expect, it } from 'vitest';
+import { withSharedMemoryImport } from '../src/wasm-module.js';
+import { FUSED_KERNELS_WASM_PLAIN } from '../src/wasm-fused-kernels-binary.js';
+
+/** The parts of the global WebAssembly API used here (core's tsconfig has no DOM/WebAssembly types). */
+interface LinearMemory {
+  readonly buffer: ArrayBuffer;
+}
+const WebAssembly = (
+  globalThis as unknown as {
+    WebAssembly: {
+      Memory: new (descriptor: { initial: number; maximum?: number; shared?: boolean }) => LinearMemory;
+      instantiate(bytes: Uint8Array, imports: object): Promise<{ instance: { exports: Record<string, unknown> } }>;
+    };
+  }
+).WebAssembly;
+
+const plain = Uint8Array.from(atob(FUSED_KERNELS_WASM_PLAIN), (c) => c.charCodeAt(0));
+
+/** gelu_new of a few values computed by the module instantiated on `memory`. */
+async function geluOn(bytes: Uint8Array, memory: LinearMemory): Promise<number[]> {
+  const { instance } = await WebAssembly.instantiate(bytes, { env: { memory } });
+  const values = new Float32Array(memory.buffer, 0, 16);
+  values.set([-3, -1, -0.5, 0, 0.5, 1, 3, 7]);
+  (instance.exports['gelu_tanh'] as (size: number, x: number, y: number) => void)(8, 0, 32);
+  return Array.from(new Float32Array(memory.buffer, 32, 8));
+}
+
+describe('withSharedMemoryImport', () => {
+  it('makes a module that imports a shared memory and computes what the plain one does', async () => {
+    const shared = withSharedMemoryImport(plain);
+    expect(shared.length).toBe(plain.length + 3);
+    // The plain link refuses a shared memory and the rewritten one a plain memory: the import changed.
+    await expect(WebAssembly.instantiate(plain, { env: { memory: new WebAssembly.Memory({ initial: 2, maximum: 65536, shared: true }) } })).rejects.toThrow();
+    await expect(WebAssembly.instantiate(shared, { env: { memory: new WebAssembly.Memory({ initial: 2 }) } })).rejects.toThrow();
+    const fromShared = await geluOn(shared, new WebAssembly.Memory({ initial: 2, maximum: 65536, shared: true }));
+    const fromPlain = await geluOn(plain, new WebAssembly.Memory({ initial: 2 }));
+    expect(fromShared).toEqual(fromPlain);
+    expect(fromPlain[6]).toBeCloseTo(2.9964, 4);
+  });
+
+  it('refuses a module whose import section is not the one core builds', () => {
+    // The import's field name, "memory", renamed "Memory".
+    const other = Uint8Array.from(plain);
+    const name = Array.from('memory', (c) => c.charCodeAt(0));
+    const at = other.findIndex((_, i) => name.every((byte, j) => other[i + j] === byte));
+    expect(at).toBeGreaterThan(8);
+    other[at] = 'M'.charCodeAt(0);
+    expect(() => withSharedMemoryImport(other)).toThrow(/unexpected import section/u);
+  });
+});
