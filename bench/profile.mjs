@@ -26,7 +26,7 @@ export function formatProfile(profile, referenceGflops) {
     .slice(0, PRODUCTS_SHOWN)
     .map((entry) => [entry.product, entry.calls, entry.ms.toFixed(1), entry.gflops.toFixed(1), percent(entry.gflops / referenceGflops), percent(entry.share)]);
   return [
-    `### ${profile.variant}: ${profile.stepMs.toFixed(0)} ms, ${profile.kernelCalls} kernel calls, ${(profile.totalFlop / 1e9).toFixed(2)} GFLOP in products → ${profile.gflops.toFixed(1)} GFLOP/s over the step`,
+    `### ${profile.variant}: ${profile.stepMs.toFixed(0)} ms (fastest of ${profile.repeat} steps; each call's fastest time${profile.merged ? '' : ': steps differed, the fastest step alone'}), ${profile.kernelCalls} kernel calls, ${(profile.totalFlop / 1e9).toFixed(2)} GFLOP in products → ${profile.gflops.toFixed(1)} GFLOP/s over the step`,
     '',
     table(['kernel', 'calls', 'nested', 'ms (self)', 'share'], kernelRows, ['left']),
     '',
@@ -35,12 +35,12 @@ export function formatProfile(profile, referenceGflops) {
 }
 
 /**
- * Run the section: one child process profiles one step (after a warm-up step) of each variant on
+ * Run the section: one child process profiles 5 steps (after a warm-up step) of each variant on
  * the default backend. Returns the JSON rows; `print` receives the text report.
  */
 export async function runProfile({ quick = false, threads, log = (text) => process.stderr.write(`${text}\n`), print = () => {} } = {}) {
   const args = [...(threads === undefined ? [] : ['--threads', String(threads)]), ...(quick ? ['--variants', 'lora'] : [])];
-  log(`profile: one step of ${quick ? 'lora' : 'forward, lora and full'} on the default backend, every kernel call recorded…`);
+  log(`profile: ${quick ? 'lora' : 'forward, lora and full'} on the default backend, every kernel call of 5 steps recorded…`);
   const result = await runChild(CHILD, args, log);
   if (!result.ok) throw new Error(`The profile failed: ${result.reason}`);
   const { backend, backendKind, threads: used, config, referenceGflops, profiles } = result.value;

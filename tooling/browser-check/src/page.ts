@@ -4,7 +4,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 // Registers tfjs's "webgl" backend, as an app that wants WebGL does; useBestBackend picks it up.
 import '@tensorflow/tfjs-backend-webgl';
-import { AdapterModel, causalLmLoss, createLoraRegistry, loadAdapter, lora, serializeAdapter, train } from '@lora/core';
+import { AdapterModel, causalLmLoss, createLoraRegistry, fastWasmKernels, loadAdapter, lora, serializeAdapter, train } from '@lora/core';
 import { hasSimdBatchMatMul } from '@lora/core/internal';
 import { formatBackendReport, useBestBackend, type BackendKind } from '@lora/cuda-backend';
 import { dora } from '@lora/dora';
@@ -41,6 +41,8 @@ export interface CheckResult {
   readonly report: string;
   /** Whether core's SIMD batched matMul runs on the backend (wasm only). */
   readonly simdMatMul: boolean;
+  /** Core's fused kernels registered for the backend (gelu_new, LayerNorm, softmax, AdamW; wasm only). */
+  readonly fusedKernels: readonly string[];
   readonly attempts: readonly { kind: string; outcome: string; reason?: string; message: string }[];
   readonly results: readonly RecipeResult[];
 }
@@ -126,6 +128,7 @@ async function runCheck(request: CheckRequest): Promise<CheckResult> {
     backend: tf.getBackend(),
     report: formatBackendReport(report),
     simdMatMul: hasSimdBatchMatMul(tf.backend()),
+    fusedKernels: fastWasmKernels(tf.getBackend()).filter((kernelName) => kernelName.startsWith('Lora')),
     attempts: report.attempts.map(({ kind, outcome, reason, message }) => ({ kind, outcome, ...(reason ? { reason } : {}), message })),
     results,
   };
