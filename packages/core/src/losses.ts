@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { fusedRowCrossEntropy } from './cross-entropy.js';
 import { ShapeError } from './errors.js';
 
 /** Label value ignored by the losses, as PyTorch's `ignore_index`. */
@@ -8,12 +9,15 @@ function maskedCrossEntropy(logits2d: tf.Tensor2D, labels: tf.Tensor1D): tf.Scal
   return tf.tidy(() => {
     const vocab = logits2d.shape[1];
     const valid = tf.cast(tf.notEqual(labels, IGNORE_INDEX), 'float32');
+    const count = tf.maximum(tf.sum(valid), 1);
+    // One kernel each way on WASM (the same labels rules as below).
+    const rowLosses = fusedRowCrossEntropy(logits2d, labels);
+    if (rowLosses !== null) return tf.div(tf.sum(rowLosses), count) as tf.Scalar;
     const safeLabels = tf.maximum(labels, 0);
     // One-hot selection instead of gather: gather's gradient (UnsortedSegmentSum) is missing on WASM.
     const oneHot = tf.oneHot(tf.cast(safeLabels, 'int32'), vocab);
     const logProbabilities = tf.logSoftmax(logits2d);
     const picked = tf.sum(tf.mul(logProbabilities, oneHot), 1);
-    const count = tf.maximum(tf.sum(valid), 1);
     return tf.div(tf.neg(tf.sum(tf.mul(picked, valid))), count) as tf.Scalar;
   });
 }
