@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { allFinite, sumOfSquares } from './tensor-reductions.js';
 import { TrainingError, type TrainingStopReason } from './errors.js';
 import { yieldToEventLoop } from './event-loop.js';
 import { fileHost } from './file-host.js';
@@ -376,7 +377,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
           throw error;
         }
       }
-      const norm = tf.tidy(() => tf.sqrt(tf.addN(gradients.map((g) => tf.sum(tf.square(g))))));
+      const norm = tf.tidy(() => tf.sqrt(sumOfSquares(gradients)));
       const normValue = norm.dataSync()[0]!;
       if (!Number.isFinite(normValue)) {
         tf.dispose([norm, ...gradients]);
@@ -396,7 +397,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       optimizer.applyGradients(byVariable);
       for (const hook of hooks) hook.afterStep?.({ step: step + 1, gradients: byVariable });
       tf.dispose(gradients);
-      const finiteWeights = tf.tidy(() => tf.all(tf.stack(variables.map((variable) => tf.all(tf.isFinite(variable))))).dataSync()[0] === 1);
+      const finiteWeights = allFinite(variables);
       if (!finiteWeights) await stop('non-finite-parameters', step + 1, step + 1, false, Number.NaN);
 
       const loss = lossSum / accumulation;

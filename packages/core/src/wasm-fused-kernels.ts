@@ -5,7 +5,7 @@ import { BackendWasmModule } from './wasm-module.js';
 /**
  * Core's module of fused elementwise and copy kernels (wasm/gelu-tanh.c, layer-norm.c,
  * softmax.c, adamw.c, cross-entropy.c,
- * copy-blocks.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
+ * reductions.c, copy-blocks.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
  */
 export interface FusedKernelsExports {
   geluTanh(size: number, x: number, y: number): void;
@@ -37,6 +37,9 @@ export interface FusedKernelsExports {
   ): void;
   crossEntropy(rows: number, n: number, logits: number, labels: number, loss: number): void;
   crossEntropyGrad(rows: number, n: number, dloss: number, logits: number, labels: number, dlogits: number): void;
+  sumOfSquares(size: number, x: number): number;
+  /** 1 when every value is finite, else 0. */
+  allFinite(size: number, x: number): number;
   /** n0·n1·n2 blocks of `bytes` bytes, block (i0, i1, i2) from src + Σ iₖ·ssₖ to dst + Σ iₖ·dsₖ. */
   copyBlocks(bytes: number, dst: number, src: number, n0: number, ss0: number, ds0: number, n1: number, ss1: number, ds1: number, n2: number, ss2: number, ds2: number): void;
 }
@@ -52,6 +55,8 @@ export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: 
   adamw: exports['adamw'] as FusedKernelsExports['adamw'],
   crossEntropy: exports['cross_entropy'] as FusedKernelsExports['crossEntropy'],
   crossEntropyGrad: exports['cross_entropy_grad'] as FusedKernelsExports['crossEntropyGrad'],
+  sumOfSquares: exports['sum_of_squares'] as FusedKernelsExports['sumOfSquares'],
+  allFinite: exports['all_finite'] as FusedKernelsExports['allFinite'],
   copyBlocks: exports['copy_blocks'] as FusedKernelsExports['copyBlocks'],
 }));
 

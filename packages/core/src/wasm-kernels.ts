@@ -7,6 +7,7 @@ import { WASM_LAYER_NORM_KERNELS } from './wasm-layer-norm.js';
 import { WASM_SOFTMAX_KERNELS } from './wasm-softmax.js';
 import { WASM_ADAMW_KERNELS } from './wasm-adamw.js';
 import { WASM_CROSS_ENTROPY_KERNELS } from './wasm-cross-entropy.js';
+import { WASM_REDUCTION_KERNELS } from './wasm-reductions.js';
 import { fastWasmMatMulKernels, restoreWasmMatMul, useFastWasmMatMul } from './wasm-matmul.js';
 
 /** Stock kernels replaced by {@link useFastWasmKernels} (the matMul ones are kept by wasm-matmul). */
@@ -19,6 +20,7 @@ const OWN_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
   ...WASM_SOFTMAX_KERNELS,
   ...WASM_ADAMW_KERNELS,
   ...WASM_CROSS_ENTROPY_KERNELS,
+  ...WASM_REDUCTION_KERNELS,
 };
 
 /** Register {@link OWN_KERNELS} for `backendName` where core's fused-kernels module runs on it (ops fall back to their composite forms elsewhere). */
@@ -42,7 +44,7 @@ const ownKernels = (backendName: string): string[] => Object.keys(OWN_KERNELS).f
  * frozen weights transposed once) and the data-movement kernels that share or block-copy instead
  * of copying value by value (`Identity`, same-dtype `Cast`, `Transpose` keeping the last axis,
  * `GatherV2`, `SplitV`, `Concat`); and registers fused kernels of its own for composite ops
- * (GPT-2's gelu_new, LayerNorm and attention's scaled, masked softmax, with their gradients; the AdamW update; cross-entropy) where its SIMD module runs. Results are
+ * (GPT-2's gelu_new, LayerNorm and attention's scaled, masked softmax, with their gradients; the AdamW update; cross-entropy; the trainer's gradient norm and finiteness check) where its SIMD module runs. Results are
  * the stock kernels' (products and LayerNorm up to float32 summation order; the fused gelu_new
  * within 2e-6 relative). `initRuntime()` does this for `wasm`; `@lora/cuda-backend` for the instances it
  * starts. Idempotent; only backends running tfjs's WASM kernels should be passed.
