@@ -33,13 +33,16 @@ export function causalLmLoss(logits: tf.Tensor, labels: tf.Tensor, attentionMask
   }
   return tf.tidy(() => {
     const [batch, time, vocab] = logits.shape as [number, number, number];
-    const shiftedLogits = tf.slice(logits, [0, 0, 0], [batch, time - 1, vocab]);
-    let shiftedLabels = tf.cast(tf.slice(labels, [0, 1], [batch, time - 1]), 'int32');
+    // Position t predicts label t + 1. The labels move left (the last position gets none) rather
+    // than the logits being cut: the mean is the same, and the gradient needs no pad back to the
+    // logits' shape (a slice's gradient) over the whole [batch, time, vocab].
+    const ignored = tf.fill([batch, 1], IGNORE_INDEX, 'int32');
+    let nextLabels = tf.concat([tf.cast(tf.slice(labels, [0, 1], [batch, time - 1]), 'int32'), ignored], 1);
     if (attentionMask) {
-      const keep = tf.cast(tf.slice(attentionMask, [0, 1], [batch, time - 1]), 'bool');
-      shiftedLabels = tf.where(keep, shiftedLabels, tf.fill(shiftedLabels.shape, IGNORE_INDEX, 'int32'));
+      const keep = tf.concat([tf.cast(tf.slice(attentionMask, [0, 1], [batch, time - 1]), 'bool'), tf.zeros([batch, 1], 'bool')], 1);
+      nextLabels = tf.where(keep, nextLabels, tf.fill(nextLabels.shape, IGNORE_INDEX, 'int32'));
     }
-    return maskedCrossEntropy(tf.reshape(shiftedLogits, [-1, vocab]), tf.reshape(shiftedLabels, [-1]));
+    return maskedCrossEntropy(tf.reshape(logits, [-1, vocab]) as tf.Tensor2D, tf.reshape(nextLabels, [-1]) as tf.Tensor1D);
   });
 }
 

@@ -417,6 +417,29 @@ describe('losses', () => {
     expect(Math.abs(loss.dataSync()[0]! - total / count)).toBeLessThan(1e-5);
   });
 
+  it.each(['wasm', 'cpu'])('computes the shifted causal-LM cross-entropy with an attention mask as float64 on %s', async (backend) => {
+    await tf.setBackend(backend);
+    const [batch, time, vocab] = [2, 5, 6];
+    const logits = randomValues(batch * time * vocab, 11, 4);
+    const labels = [1, 4, 0, 2, 5, 3, -100, 1, 1, 0];
+    const mask = [1, 1, 1, 0, 0, 1, 0, 1, 1, 1];
+    let total = 0;
+    let count = 0;
+    for (let b = 0; b < batch; b++) for (let t = 0; t < time - 1; t++) {
+      const label = labels[b * time + t + 1]!;
+      if (label === -100 || mask[b * time + t + 1] === 0) continue;
+      const row = logits.slice((b * time + t) * vocab, (b * time + t + 1) * vocab);
+      const max = Math.max(...row);
+      total += Math.log(row.reduce((s, v) => s + Math.exp(v - max), 0)) + max - row[label]!;
+      count += 1;
+    }
+    const loss = tf.tidy(() => causalLmLoss(tf.tensor3d(logits, [batch, time, vocab]), tf.tensor2d(labels, [batch, time], 'int32'), tf.tensor2d(mask, [batch, time], 'int32')));
+    expect(count).toBe(5);
+    expect(Math.abs(loss.dataSync()[0]! - total / count)).toBeLessThan(1e-5);
+    loss.dispose();
+    await tf.setBackend('wasm');
+  });
+
   it('computes classification cross-entropy and rejects mismatched shapes', () => {
     const logits = tf.tensor2d([[2, 0], [0, 1]]);
     const expected = (Math.log(1 + Math.exp(-2)) + Math.log(1 + Math.exp(1))) / 2;
