@@ -10,7 +10,8 @@ import { fusedKernels } from './wasm-fused-kernels.js';
  *   immutable, so these share the data instead, as the plain-JS backend and WASM's own `Reshape` do.
  *   (A `Cast` to bool is also done here: the stock one stores −1 as 255 and 0.5 as 0.)
  * - `Transpose` permutations that keep the last axis in place (attention's head split and merge,
- *   [B, T, H, D] ⇄ [B, H, T, D]) move contiguous rows of the last axis instead of single values.
+ *   [B, T, H, D] ⇄ [B, H, T, D]) move contiguous rows of the last axis instead of single values;
+ *   those that swap the last two axes transpose 4×4 blocks in SIMD registers.
  * - `GatherV2` (embedding lookups), `SplitV` (GPT-2's q/k/v split) and `Concat` (its gradient)
  *   copy whole contiguous blocks with `TypedArray.set`.
  * Results are the stock kernels' bit for bit (they only move values); the cases these do not
@@ -118,7 +119,8 @@ const transpose: CopyKernel = ({ inputs, backend, attrs }) => {
   const x = inputs['x']!;
   const perm = attrs['perm'] as number[];
   const rank = x.shape.length;
-  if (x.dtype === 'string' || rank < 2 || perm[rank - 1] !== rank - 1) return null;
+  if (x.dtype === 'string' || rank < 2) return null;
+  if (perm[rank - 1] !== rank - 1) return transposeLastTwo(x, perm, backend);
   const outShape = perm.map((axis) => x.shape[axis]!);
   const width = x.shape[rank - 1]!;
   // Rows of `width` values, walked in the output's order over its leading axes: along output axis
@@ -130,6 +132,22 @@ const transpose: CopyKernel = ({ inputs, backend, attrs }) => {
   heapCopier(backend, [x, out]).blocks(out, 0, x, 0, width, loops);
   return out;
 };
+
+/**
+ * A permutation that swaps the last two axes and keeps the others (a weight or an activation
+ * transposed for a product: QLoRA's dequantized weights, full fine-tuning's xᵀ·dy), on core's SIMD
+ * kernel for 4-byte values; null for the rest (the stock kernel).
+ */
+function transposeLastTwo(x: tf.TensorInfo, perm: readonly number[], backend: WasmBackend): tf.TensorInfo | null {
+  const rank = x.shape.length;
+  const swapsLastTwo = perm.every((axis, i) => (i < rank - 2 ? axis === i : axis === (i === rank - 1 ? rank - 2 : rank - 1)));
+  const simd = fusedKernels.exports(backend);
+  if (!swapsLastTwo || simd === null || !(x.dtype === 'float32' || x.dtype === 'int32')) return null;
+  const [rows, cols] = x.shape.slice(-2) as [number, number];
+  const out = backend.makeOutput(perm.map((axis) => x.shape[axis]!), x.dtype);
+  if (rows * cols > 0) simd.transposeLastTwo(sizeOf(x.shape.slice(0, -2)), rows, cols, backend.typedArrayFromHeap(x).byteOffset, backend.typedArrayFromHeap(out).byteOffset);
+  return out;
+}
 
 const gather: CopyKernel = ({ inputs, backend, attrs }) => {
   const x = inputs['x']!;

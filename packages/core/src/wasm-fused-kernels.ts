@@ -40,6 +40,8 @@ export interface FusedKernelsExports {
   sumOfSquares(size: number, x: number): number;
   /** 1 when every value is finite, else 0. */
   allFinite(size: number, x: number): number;
+  /** dst[b][j][i] = src[b][i][j] for `batch` matrices of rows × cols 4-byte values. */
+  transposeLastTwo(batch: number, rows: number, cols: number, src: number, dst: number): void;
   /** n0·n1·n2 blocks of `bytes` bytes, block (i0, i1, i2) from src + Σ iₖ·ssₖ to dst + Σ iₖ·dsₖ. */
   copyBlocks(bytes: number, dst: number, src: number, n0: number, ss0: number, ds0: number, n1: number, ss1: number, ds1: number, n2: number, ss2: number, ds2: number): void;
 }
@@ -57,6 +59,7 @@ export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: 
   crossEntropyGrad: exports['cross_entropy_grad'] as FusedKernelsExports['crossEntropyGrad'],
   sumOfSquares: exports['sum_of_squares'] as FusedKernelsExports['sumOfSquares'],
   allFinite: exports['all_finite'] as FusedKernelsExports['allFinite'],
+  transposeLastTwo: exports['transpose_last_two'] as FusedKernelsExports['transposeLastTwo'],
   copyBlocks: exports['copy_blocks'] as FusedKernelsExports['copyBlocks'],
 }));
 

@@ -1,4 +1,4 @@
-// Strided block copies for tfjs's WASM backend's data-movement kernels (Transpose keeping the
+// Strided block copies and transposes for tfjs's WASM backend's data-movement kernels (Transpose keeping the
 // last axis, Concat, SplitV): block (i0, i1, i2) of `bytes` bytes goes from
 // src + i0·ss0 + i1·ss1 + i2·ss2 to dst + i0·ds0 + i1·ds1 + i2·ds2 (strides in bytes). One call
 // replaces thousands of calls from JS (attention's head split moves 64-value rows).
@@ -17,4 +17,38 @@ __attribute__((export_name("copy_blocks"))) void copy_blocks(int bytes, unsigned
   for (int i0 = 0; i0 < n0; i0++)
     for (int i1 = 0; i1 < n1; i1++)
       for (int i2 = 0; i2 < n2; i2++) copy_block(dst + i0 * ds0 + i1 * ds1 + i2 * ds2, src + i0 * ss0 + i1 * ss1 + i2 * ss2, bytes);
+}
+
+// The last two axes of a stack of matrices swapped: dst[b][j][i] = src[b][i][j] for 4-byte values
+// (float32, int32), in 16×16 tiles (both sides stay in cache) of 4×4 blocks transposed in
+// registers. tfjs-backend-wasm moves such a transpose one value at a time.
+static inline void transpose_block(const unsigned *src, int src_stride, unsigned *dst, int dst_stride) {
+  const v128_t r0 = wasm_v128_load(src), r1 = wasm_v128_load(src + src_stride);
+  const v128_t r2 = wasm_v128_load(src + 2 * src_stride), r3 = wasm_v128_load(src + 3 * src_stride);
+  const v128_t t0 = wasm_i32x4_shuffle(r0, r1, 0, 4, 1, 5), t1 = wasm_i32x4_shuffle(r0, r1, 2, 6, 3, 7);
+  const v128_t t2 = wasm_i32x4_shuffle(r2, r3, 0, 4, 1, 5), t3 = wasm_i32x4_shuffle(r2, r3, 2, 6, 3, 7);
+  wasm_v128_store(dst, wasm_i32x4_shuffle(t0, t2, 0, 1, 4, 5));
+  wasm_v128_store(dst + dst_stride, wasm_i32x4_shuffle(t0, t2, 2, 3, 6, 7));
+  wasm_v128_store(dst + 2 * dst_stride, wasm_i32x4_shuffle(t1, t3, 0, 1, 4, 5));
+  wasm_v128_store(dst + 3 * dst_stride, wasm_i32x4_shuffle(t1, t3, 2, 3, 6, 7));
+}
+
+__attribute__((export_name("transpose_last_two"))) void transpose_last_two(int batch, int rows, int cols, const unsigned *src, unsigned *dst) {
+  for (int b = 0; b < batch; b++, src += rows * cols, dst += rows * cols) {
+    for (int i1 = 0; i1 < rows; i1 += 16) {
+      const int i_end = i1 + 16 < rows ? i1 + 16 : rows;
+      for (int j1 = 0; j1 < cols; j1 += 16) {
+        const int j_end = j1 + 16 < cols ? j1 + 16 : cols;
+        int i = i1;
+        for (; i + 4 <= i_end; i += 4) {
+          int j = j1;
+          for (; j + 4 <= j_end; j += 4) transpose_block(src + i * cols + j, cols, dst + j * rows + i, rows);
+          for (; j < j_end; j++)
+            for (int r = i; r < i + 4; r++) dst[j * rows + r] = src[r * cols + j];
+        }
+        for (; i < i_end; i++)
+          for (int j = j1; j < j_end; j++) dst[j * rows + i] = src[i * cols + j];
+      }
+    }
+  }
 }
