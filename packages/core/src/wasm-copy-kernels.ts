@@ -25,8 +25,8 @@ interface WasmBackend extends tf.KernelBackend {
   incRef(dataId: tf.DataId): void;
 }
 
-/** A kernel that returns null for the cases it leaves to the stock kernel. */
-type CopyKernel = (args: { inputs: tf.NamedTensorInfoMap; backend: WasmBackend; attrs: tf.NamedAttrMap }) => tf.TensorInfo | tf.TensorInfo[] | null;
+/** A replacement kernel that returns null for the cases it leaves to the stock kernel. */
+export type PartialKernel = (args: { inputs: tf.NamedTensorInfoMap; backend: WasmBackend; attrs: tf.NamedAttrMap }) => tf.TensorInfo | tf.TensorInfo[] | null;
 
 const sizeOf = (shape: readonly number[]): number => shape.reduce((product, dimension) => product * dimension, 1);
 
@@ -36,12 +36,12 @@ function share(backend: WasmBackend, x: tf.TensorInfo, dtype: tf.DataType = x.dt
   return { dataId: x.dataId, shape: [...x.shape], dtype };
 }
 
-const identity: CopyKernel = ({ inputs, backend }) => {
+const identity: PartialKernel = ({ inputs, backend }) => {
   const x = inputs['x']!;
   return x.dtype === 'string' ? null : share(backend, x);
 };
 
-const cast: CopyKernel = ({ inputs, backend, attrs }) => {
+const cast: PartialKernel = ({ inputs, backend, attrs }) => {
   const x = inputs['x']!;
   const dtype = attrs['dtype'] as tf.DataType;
   if (x.dtype === 'string') return null;
@@ -115,7 +115,7 @@ function heapCopier(backend: WasmBackend, tensors: readonly tf.TensorInfo[]): He
   return copier;
 }
 
-const transpose: CopyKernel = ({ inputs, backend, attrs }) => {
+const transpose: PartialKernel = ({ inputs, backend, attrs }) => {
   const x = inputs['x']!;
   const perm = attrs['perm'] as number[];
   const rank = x.shape.length;
@@ -149,7 +149,7 @@ function transposeLastTwo(x: tf.TensorInfo, perm: readonly number[], backend: Wa
   return out;
 }
 
-const gather: CopyKernel = ({ inputs, backend, attrs }) => {
+const gather: PartialKernel = ({ inputs, backend, attrs }) => {
   const x = inputs['x']!;
   const indices = inputs['indices']!;
   if (x.dtype === 'string' || ((attrs['batchDims'] as number | undefined) ?? 0) !== 0) return null;
@@ -177,7 +177,7 @@ const gather: CopyKernel = ({ inputs, backend, attrs }) => {
   return out;
 };
 
-const splitV: CopyKernel = ({ inputs, backend, attrs }) => {
+const splitV: PartialKernel = ({ inputs, backend, attrs }) => {
   const x = inputs['x']!;
   if (x.dtype === 'string') return null;
   const axis = tf.util.parseAxisParam(attrs['axis'] as number, x.shape)[0]!;
@@ -202,7 +202,7 @@ const splitV: CopyKernel = ({ inputs, backend, attrs }) => {
   return outs;
 };
 
-const concat: CopyKernel = ({ inputs, backend, attrs }) => {
+const concat: PartialKernel = ({ inputs, backend, attrs }) => {
   const parts = Object.values(inputs).filter((part): part is tf.TensorInfo => part !== undefined);
   if (parts.length === 0 || parts.some((part) => part.dtype === 'string' || part.dtype === 'complex64' || part.dtype !== parts[0]!.dtype)) return null;
   const axis = tf.util.parseAxisParam(attrs['axis'] as number, parts[0]!.shape)[0]!;
@@ -225,7 +225,7 @@ const concat: CopyKernel = ({ inputs, backend, attrs }) => {
 };
 
 /** The copy kernels by tfjs kernel name. */
-export const WASM_COPY_KERNELS: Readonly<Record<string, CopyKernel>> = {
+export const WASM_COPY_KERNELS: Readonly<Record<string, PartialKernel>> = {
   Identity: identity,
   Cast: cast,
   Transpose: transpose,
@@ -235,7 +235,7 @@ export const WASM_COPY_KERNELS: Readonly<Record<string, CopyKernel>> = {
 };
 
 /** `stock` with `kernel` in front: the stock kernel runs when `kernel` declines (returns null). */
-export function withCopyKernel(kernel: CopyKernel, stock: tf.KernelFunc): tf.KernelFunc {
+export function withStockFallback(kernel: PartialKernel, stock: tf.KernelFunc): tf.KernelFunc {
   return (args) => {
     const backend = args.backend as WasmBackend;
     if (typeof backend.makeOutput !== 'function' || typeof backend.incRef !== 'function') return stock(args);

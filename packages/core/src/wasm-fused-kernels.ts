@@ -38,6 +38,8 @@ export interface FusedKernelsExports {
   crossEntropy(rows: number, n: number, logits: number, labels: number, loss: number): void;
   crossEntropyGrad(rows: number, n: number, dloss: number, logits: number, labels: number, dlogits: number): void;
   sumOfSquares(size: number, x: number): number;
+  /** dst[j] = Σ_i src[i·cols + j]. */
+  sumRows(rows: number, cols: number, src: number, dst: number): void;
   /** 1 when every value is finite, else 0. */
   allFinite(size: number, x: number): number;
   /** dst[b][j][i] = src[b][i][j] for `batch` matrices of rows × cols 4-byte values. */
@@ -58,6 +60,7 @@ export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: 
   crossEntropy: exports['cross_entropy'] as FusedKernelsExports['crossEntropy'],
   crossEntropyGrad: exports['cross_entropy_grad'] as FusedKernelsExports['crossEntropyGrad'],
   sumOfSquares: exports['sum_of_squares'] as FusedKernelsExports['sumOfSquares'],
+  sumRows: exports['sum_rows'] as FusedKernelsExports['sumRows'],
   allFinite: exports['all_finite'] as FusedKernelsExports['allFinite'],
   transposeLastTwo: exports['transpose_last_two'] as FusedKernelsExports['transposeLastTwo'],
   copyBlocks: exports['copy_blocks'] as FusedKernelsExports['copyBlocks'],

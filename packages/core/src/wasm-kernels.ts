@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { KernelReplacements } from './kernel-replacements.js';
-import { WASM_COPY_KERNELS, withCopyKernel } from './wasm-copy-kernels.js';
+import { WASM_COPY_KERNELS, withStockFallback } from './wasm-copy-kernels.js';
 import { fusedKernels } from './wasm-fused-kernels.js';
+import { leadingAxesSum } from './wasm-sum.js';
 import { WASM_GELU_KERNELS } from './wasm-gelu.js';
 import { WASM_LAYER_NORM_KERNELS } from './wasm-layer-norm.js';
 import { WASM_SOFTMAX_KERNELS } from './wasm-softmax.js';
@@ -41,13 +42,15 @@ const ownKernels = (backendName: string): string[] => Object.keys(OWN_KERNELS).f
 /**
  * Route a WASM backend's kernels through core's faster forms, through tfjs's kernel registry:
  * the matMul fast paths ({@link useFastWasmMatMul}: XNNPACK for transposed and batched products,
- * frozen weights transposed once) and the data-movement kernels that share or block-copy instead
- * of copying value by value (`Identity`, same-dtype `Cast`, `Transpose` keeping the last axis,
- * `GatherV2`, `SplitV`, `Concat`); and registers fused kernels of its own for composite ops
- * (GPT-2's gelu_new, LayerNorm and attention's scaled, masked softmax, with their gradients; the AdamW update; cross-entropy; the trainer's gradient norm and finiteness check) where its SIMD module runs. Results are
- * the stock kernels' (products and LayerNorm up to float32 summation order; the fused gelu_new
- * within 2e-6 relative). `initRuntime()` does this for `wasm`; `@lora/cuda-backend` for the instances it
- * starts. Idempotent; only backends running tfjs's WASM kernels should be passed.
+ * frozen weights transposed once); the data-movement kernels that share or block-copy instead of
+ * copying value by value (`Identity`, same-dtype `Cast`, `Transpose` keeping the last axis or
+ * swapping the last two, `GatherV2`, `SplitV`, `Concat`) and `Sum` over every axis but the last
+ * (a bias's gradient); and registers fused kernels of its own for composite ops (GPT-2's gelu_new,
+ * LayerNorm, attention's scaled and masked softmax and cross-entropy, with their gradients; the
+ * AdamW update; the trainer's gradient norm and finiteness check) where its SIMD module runs.
+ * Results are the stock kernels' (products, sums and LayerNorm up to float32 summation order; the
+ * fused gelu_new within 2e-6 relative). `initRuntime()` does this for `wasm`; `@lora/cuda-backend`
+ * for the instances it starts. Idempotent; only backends running tfjs's WASM kernels should be passed.
  *
  * @param backendName tfjs backend name (default `wasm`).
  * @returns The kernel names replaced by this call (empty when already done or not registered).
@@ -56,7 +59,7 @@ const ownKernels = (backendName: string): string[] => Object.keys(OWN_KERNELS).f
  */
 export function useFastWasmKernels(backendName = 'wasm'): string[] {
   const copyKernels = Object.fromEntries(
-    Object.entries(WASM_COPY_KERNELS).map(([kernelName, kernel]) => [kernelName, (stock: tf.KernelConfig) => withCopyKernel(kernel, stock.kernelFunc)])
+    Object.entries({ ...WASM_COPY_KERNELS, Sum: leadingAxesSum }).map(([kernelName, kernel]) => [kernelName, (stock: tf.KernelConfig) => withStockFallback(kernel, stock.kernelFunc)])
   );
   return [...useFastWasmMatMul(backendName), ...replacements.replace(backendName, copyKernels), ...registerOwnKernels(backendName)];
 }

@@ -47,7 +47,7 @@ afterAll(async () => {
 
 describe('useFastWasmKernels', () => {
   it('is applied by initRuntime() and replaces the matMul and data-movement kernels once', () => {
-    expect(fastWasmKernels().sort()).toEqual(['BatchMatMul', 'Cast', 'Concat', 'GatherV2', 'Identity', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraAdamWUpdate', 'LoraAllFinite', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraSumOfSquares', 'SplitV', 'Transpose', '_FusedMatMul'].sort());
+    expect(fastWasmKernels().sort()).toEqual(['BatchMatMul', 'Cast', 'Concat', 'GatherV2', 'Identity', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraAdamWUpdate', 'LoraAllFinite', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraSumOfSquares', 'SplitV', 'Sum', 'Transpose', '_FusedMatMul'].sort());
     expect(useFastWasmKernels()).toEqual([]);
   });
 
@@ -78,6 +78,10 @@ describe('useFastWasmKernels', () => {
     ['a concat on the last axis', () => tf.concat([random([2, 3, 4], 14), random([2, 3, 2], 15), random([2, 3, 5], 16)], -1)],
     ['a concat on the first axis', () => tf.concat([random([2, 3], 17), random([1, 3], 18)], 0)],
     ['a concat with an empty part', () => tf.concat([random([2, 3], 19), tf.zeros([2, 0]), random([2, 1], 20)], 1)],
+    ['a bias gradient: a sum over every axis but the last', () => tf.sum(random([4, 33, 13], 24), [0, 1])],
+    ['a sum over the leading axes, kept dimensions, listed out of order', () => tf.sum(random([5, 9], 25), [0], true)],
+    ['a sum over the last axis (left to tfjs)', () => tf.sum(random([5, 9], 26), -1)],
+    ['an int32 sum over the rows (left to tfjs)', () => tf.sum(ints([...Array(12).keys()], [4, 3]), 0)],
     ['a concat of int32 values', () => tf.concat([ints([1, 2], [1, 2]), ints([3, 4, 5, 6], [2, 2])], 0)],
   ])('gives the stock kernel result for %s', async (_name, compute) => {
     await withoutTensorLeaks(() => expectSameAsStock(compute));

@@ -1,4 +1,4 @@
-// Whole-tensor reductions the trainer runs on every gradient and parameter each step, for tfjs's
+// Reductions the trainer and the gradients run on every gradient and parameter each step, for tfjs's
 // WASM backend (128-bit SIMD): Σ x² (the gradient norm for clipping) and whether every value is
 // finite (finite or nothing). The composite forms take two or three kernels per tensor, and tfjs's
 // small elementwise kernels each wake the thread pool: ~0.2 ms for a LoRA factor of 2,048 values.
@@ -32,4 +32,16 @@ __attribute__((export_name("all_finite"))) int all_finite(int size, const float 
   int finite = wasm_i32x4_all_true(ok);
   for (; i < size; i++) finite &= (x[i] - x[i]) == 0.0f;
   return finite;
+}
+
+// Σ over the rows of a [rows, cols] matrix, dst[j] = Σ_i src[i·cols + j]: a bias's gradient (the
+// sum of dy over every leading axis). tfjs-backend-wasm's Sum first transposes the reduced axes
+// last, one value at a time; here each row is added to the accumulating row in place.
+__attribute__((export_name("sum_rows"))) void sum_rows(int rows, int cols, const float *src, float *dst) {
+  for (int j = 0; j < cols; j++) dst[j] = 0.0f;
+  for (int i = 0; i < rows; i++, src += cols) {
+    int j = 0;
+    for (; j + 4 <= cols; j += 4) wasm_v128_store(dst + j, wasm_f32x4_add(wasm_v128_load(dst + j), wasm_v128_load(src + j)));
+    for (; j < cols; j++) dst[j] += src[j];
+  }
 }
