@@ -24,5 +24,7 @@ export { yieldToEventLoop } from './event-loop.js';
 export type { FaultInjector, FaultPoint } from './files.js';
 export { deriveSeed, withSeededRandom } from './random-scope.js';
 export { matMulFlops, spyOnKernels } from './kernel-spy.js';
-export { hasSimdBatchMatMul } from './wasm-simd-matmul.js';
+export { hasSimdBatchMatMul, pauseSimdBatchMatMulHelper, simdBatchMatMulHelper } from './wasm-simd-matmul.js';
+export { setThreadHost, threadHost } from './thread-host.js';
+export type { HelperThread, ThreadHost } from './thread-host.js';
 export type { KernelCall, KernelSpy } from './kernel-spy.js';
