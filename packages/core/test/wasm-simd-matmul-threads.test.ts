@@ -1,6 +1,8 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { nodeThreadHost } from '../src/node-thread-host.js';
 import { expectTensorsClose } from '../src/testing.js';
+import { setThreadHost, type HelperThread } from '../src/thread-host.js';
 import { pauseSimdBatchMatMulHelper, simdBatchMatMul, simdBatchMatMulHelper, threadChunking } from '../src/wasm-simd-matmul.js';
 
 /**
@@ -9,13 +11,21 @@ import { pauseSimdBatchMatMulHelper, simdBatchMatMul, simdBatchMatMulHelper, thr
  * starts through @lora/cuda-backend, whose tests run these products on it; here the two-thread
  * kernel is checked alone, against the same kernel on one thread and an independent float64 loop.
  */
+interface LinearMemory {
+  readonly buffer: ArrayBuffer | SharedArrayBuffer;
+  grow(pages: number): number;
+}
+
+/** core's tsconfig has no WebAssembly types: the one constructor used here. */
+const { Memory } = (globalThis as unknown as { WebAssembly: { Memory: new (descriptor: { initial: number; maximum: number; shared: boolean }) => LinearMemory } }).WebAssembly;
+
 class HeapBackend {
-  readonly wasm: { wasmMemory: WebAssembly.Memory; _malloc: (bytes: number) => number };
+  readonly wasm: { wasmMemory: LinearMemory; _malloc: (bytes: number) => number };
   private next = 64;
   private readonly data = new Map<object, { offset: number; size: number }>();
 
   constructor(shared: boolean) {
-    const memory = new WebAssembly.Memory({ initial: 256, maximum: 16384, shared });
+    const memory = new Memory({ initial: 256, maximum: 16384, shared });
     this.wasm = { wasmMemory: memory, _malloc: (bytes) => this.allocate(bytes) };
   }
 
@@ -198,13 +208,32 @@ describe('the two-thread batched SIMD matMul', () => {
     }
   });
 
-  it('stops the helper when the backend is disposed', async () => {
-    const backend = new HeapBackend(true);
-    const kernelBackend = backend as unknown as tf.KernelBackend;
-    backend.product(operand([64, 64], 1), operand([64, 64], 2), false, false, []);
-    await vi.waitFor(() => expect(simdBatchMatMulHelper(kernelBackend)?.running).toBe(true), { timeout: 10_000 });
-    backend.dispose();
-    await vi.waitFor(() => expect(simdBatchMatMulHelper(kernelBackend)?.running).toBe(false), { timeout: 10_000 });
+  it('stops the helper loop and ends its thread when the backend is disposed', async () => {
+    // The test ends the thread itself once its loop has returned: ending it at once would hide
+    // whether helper_stop makes the loop return.
+    const started: HelperThread[] = [];
+    const ended: HelperThread[] = [];
+    setThreadHost({
+      ...nodeThreadHost,
+      startHelper: (options) => {
+        const thread = nodeThreadHost.startHelper(options);
+        started.push(thread);
+        return { terminate: () => void ended.push(thread) };
+      },
+    });
+    try {
+      const backend = new HeapBackend(true);
+      const kernelBackend = backend as unknown as tf.KernelBackend;
+      backend.product(operand([64, 64], 1), operand([64, 64], 2), false, false, []);
+      await vi.waitFor(() => expect(simdBatchMatMulHelper(kernelBackend)?.running).toBe(true), { timeout: 10_000 });
+      backend.dispose();
+      expect(ended).toEqual(started);
+      expect(started).toHaveLength(1);
+      await vi.waitFor(() => expect(simdBatchMatMulHelper(kernelBackend)?.running).toBe(false), { timeout: 10_000 });
+    } finally {
+      for (const thread of started) thread.terminate();
+      setThreadHost(nodeThreadHost);
+    }
   });
 });
 
