@@ -15,8 +15,10 @@ import { BATCH_MATMUL_WASM_PLAIN, BATCH_MATMUL_WASM_SHARED } from './wasm-batch-
  * of @lora/core install one on worker_threads; see thread-host.ts), products run on two threads:
  * the calling thread and one helper thread that instantiates the same module on the same memory
  * split the product into chunks claimed through an atomic counter. The caller never waits for the
- * helper to start, only for chunks the helper has claimed, so a helper that another process keeps
- * off the second core costs nothing but the chunks it does not take: the caller computes them.
+ * helper: not to start, and not to finish a chunk; once no chunk is left to claim, it takes back
+ * the chunks the helper has not finished (the helper computes into a buffer of its own and copies
+ * its result out only if its chunk was not taken back). A helper that another process keeps off
+ * the second core, even one descheduled mid-chunk, costs the caller no more than computing alone.
  * Elsewhere (the single-threaded builds, a browser, small products) the caller computes alone.
  */
 
@@ -62,9 +64,13 @@ interface SimdKernel {
   readonly threads: ThreadedKernel | null;
 }
 
-// Byte offsets in `struct control` (wasm/batch-matmul.c) read or written from JS.
-const CONTROL_BYTES = 256;
-const PAUSED_OFFSET = 12;
+// The control block (`struct control` in wasm/batch-matmul.c, which asserts these byte offsets),
+// then one word per chunk, then the helper's own buffer.
+const CONTROL_BYTES = 512;
+const MAX_THREADED_CHUNKS = 4096;
+/** Floats in the helper's buffer (1 MiB): a chunk's packed panels of B and its result must fit. */
+const HELPER_SCRATCH_FLOATS = 2 ** 18;
+const TEST_MODE_OFFSET = 12;
 const HELPER_CHUNKS_OFFSET = 68;
 const HELPER_RUNNING_OFFSET = 72;
 const HELPER_FAILED_OFFSET = 76;
@@ -106,12 +112,13 @@ function startThreads(backend: WasmBackendWithModule, module: object, exports: R
   const host = threadHost();
   const malloc = backend.wasm?._malloc;
   const run = exports['batch_matmul_threaded'] as BatchMatMulThreadedExport | undefined;
-  const init = exports['control_init'] as ((control: number) => void) | undefined;
+  const init = exports['control_init'] as ((control: number, helperScratch: number) => void) | undefined;
   const stop = exports['helper_stop'] as ((control: number) => void) | undefined;
   if (host === null || !isShared(memory) || malloc === undefined || run === undefined || init === undefined || stop === undefined) return null;
   // Aligned to a cache line (64 bytes), so the words the helper writes sit on lines of their own.
-  const control = (((malloc(CONTROL_BYTES + 64) >>> 0) + 63) & ~63) >>> 0;
-  init(control);
+  const chunkWordBytes = 4 * MAX_THREADED_CHUNKS;
+  const control = (((malloc(CONTROL_BYTES + chunkWordBytes + 4 * HELPER_SCRATCH_FLOATS + 64) >>> 0) + 63) & ~63) >>> 0;
+  init(control, control + CONTROL_BYTES + chunkWordBytes);
   try {
     const helper = host.startHelper({ module, memory, control, failedOffset: control + HELPER_FAILED_OFFSET });
     const dispose = backend.dispose.bind(backend);
@@ -204,14 +211,21 @@ export function simdBatchMatMulHelper(backend: tf.KernelBackend): { running: boo
   return { running: helperServes(threads), chunks: Atomics.load(controlWords(threads), HELPER_CHUNKS_OFFSET / 4) >>> 0 };
 }
 
+/** How the helper thread behaves, for tests: see {@link setSimdBatchMatMulHelperMode}. */
+export type SimdBatchMatMulHelperMode = 'normal' | 'idle' | 'stalling';
+
+const HELPER_MODES: Record<SimdBatchMatMulHelperMode, number> = { normal: 0, idle: 1, stalling: 2 };
+
 /**
- * A test switch: while paused, the helper thread of `backend` claims no chunk, so the calling
- * thread computes every chunk of the two-thread kernel alone (as when another process holds the
- * second core). No effect where there is no helper.
+ * A test switch for the helper thread of `backend`: `idle`, it claims no chunk, so the calling
+ * thread computes every chunk alone (as when another process holds the second core); `stalling`, it
+ * sleeps 20 ms inside each chunk it claims (as when it is descheduled mid-chunk), so the caller takes
+ * the chunk back and the helper's late result must be dropped; `normal` (the default). No effect
+ * where there is no helper.
  */
-export function pauseSimdBatchMatMulHelper(backend: tf.KernelBackend, paused: boolean): void {
+export function setSimdBatchMatMulHelperMode(backend: tf.KernelBackend, mode: SimdBatchMatMulHelperMode): void {
   const threads = kernelOf(backend)?.threads ?? null;
-  if (threads !== null) Atomics.store(controlWords(threads), PAUSED_OFFSET / 4, paused ? 1 : 0);
+  if (threads !== null) Atomics.store(controlWords(threads), TEST_MODE_OFFSET / 4, HELPER_MODES[mode]);
 }
 
 /** Products below this many flops run on the calling thread alone (waking the helper costs ~10-50 µs). */
@@ -219,29 +233,28 @@ const MIN_THREADED_FLOPS = 2 ** 19;
 /** A chunk holds about this many flops at least: claiming one is an atomic swap on a shared line. */
 const CHUNK_FLOPS = 2 ** 17;
 /** Chunks per product at most: enough that the caller balances the helper's share when it is slow. */
-const MAX_CHUNKS = 64;
-/** The chunk index shares a 64-bit word with the generation and the count: 16 bits. */
-const MAX_CHUNK_INDEX = 0xffff;
+const TARGET_CHUNKS = 64;
 
 /**
  * How a product of `batch` matrices `[m, k]·[k, n]` is cut into chunks for two threads: rows per
  * chunk (a multiple of the 4-row tile) and 8-column panels per chunk, each matrix of the stack
- * being one chunk at least. Null when the product is too small to share (or has more matrices
- * than chunks can be counted).
+ * being one chunk at least. Null when the product is too small to share, has more matrices than
+ * the chunk words (4096), or a chunk's packed panels and result would not fit the helper's buffer.
  */
 export function threadChunking(batch: number, m: number, k: number, n: number): { rowBlock: number; panelGroup: number; chunks: number } | null {
   const flops = 2 * batch * m * k * n;
-  if (flops < MIN_THREADED_FLOPS || batch > MAX_CHUNK_INDEX) return null;
+  if (flops < MIN_THREADED_FLOPS || batch > MAX_THREADED_CHUNKS) return null;
   const panels = Math.ceil(n / 8);
   const rowTiles = Math.ceil(m / 4);
-  const perMatrix = Math.ceil(Math.min(MAX_CHUNKS, Math.floor(flops / CHUNK_FLOPS)) / batch);
+  const perMatrix = Math.ceil(Math.min(TARGET_CHUNKS, Math.floor(flops / CHUNK_FLOPS)) / batch);
   // Splitting columns first: a chunk packs only its own panels of B.
   const panelGroups = Math.min(panels, perMatrix);
   const rowGroups = Math.min(rowTiles, Math.ceil(perMatrix / panelGroups));
   const panelGroup = Math.ceil(panels / panelGroups);
   const rowBlock = 4 * Math.ceil(rowTiles / rowGroups);
   const chunks = batch * Math.ceil(panels / panelGroup) * Math.ceil(m / rowBlock);
-  return chunks < 2 || chunks > MAX_CHUNK_INDEX ? null : { rowBlock, panelGroup, chunks };
+  const helperFloats = panelGroup * 8 * k + 32 + rowBlock * panelGroup * 8;
+  return chunks < 2 || chunks > MAX_THREADED_CHUNKS || helperFloats > HELPER_SCRATCH_FLOATS ? null : { rowBlock, panelGroup, chunks };
 }
 
 const sizeOf = (shape: readonly number[]): number => shape.reduce((product, dimension) => product * dimension, 1);
@@ -269,8 +282,9 @@ export function simdBatchMatMul(backend: tf.KernelBackend, a: tf.TensorInfo, b: 
   if (batch * m * n === 0) return out;
   const threads = kernel.threads !== null && helperServes(kernel.threads) ? kernel.threads : null;
   const chunking = threads === null ? null : threadChunking(batch, m, k, n);
-  // Packed panels of B: all of them for one thread, a chunk's worth per thread for two.
-  const scratchFloats = chunking === null ? Math.ceil(n / 8) * 8 * k + 32 : 2 * (chunking.panelGroup * 8 * k + 32);
+  // Packed panels of B: all of them for one thread, a chunk's worth for the calling thread of two
+  // (the helper has a buffer of its own).
+  const scratchFloats = chunking === null ? Math.ceil(n / 8) * 8 * k + 32 : chunking.panelGroup * 8 * k + 32;
   const scratch = wasm.makeOutput([scratchFloats], 'float32');
   try {
     // Byte offsets in the backend's memory, read after every allocation (they do not move).

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { nodeThreadHost } from '../src/node-thread-host.js';
 import { expectTensorsClose } from '../src/testing.js';
 import { setThreadHost, type HelperThread } from '../src/thread-host.js';
-import { pauseSimdBatchMatMulHelper, simdBatchMatMul, simdBatchMatMulHelper, threadChunking } from '../src/wasm-simd-matmul.js';
+import { setSimdBatchMatMulHelperMode, simdBatchMatMul, simdBatchMatMulHelper, threadChunking } from '../src/wasm-simd-matmul.js';
 
 /**
  * The parts of tfjs-backend-wasm's BackendWasm the kernel uses, on a memory of our own: shared
@@ -66,13 +66,26 @@ class HeapBackend {
     return info;
   }
 
-  /** `op(a)·op(b)` through the kernel; operands and result are freed. */
+  /**
+   * `op(a)·op(b)` through the kernel; operands and result are freed (the bump allocator never
+   * hands their memory out again), and the result's memory is given back for later checks.
+   */
   product(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batchShape: number[]): Float32Array {
+    return this.productInPlace(a, b, transposeA, transposeB, batchShape).slice();
+  }
+
+  /**
+   * {@link product}, returning a view of the (freed) result's memory; the freed operands are
+   * overwritten with NaN, as a reused heap would overwrite them, so that anything still computed
+   * from them afterwards is NaN.
+   */
+  productInPlace(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batchShape: number[]): Float32Array {
     const left = this.upload(a.shape, a.values);
     const right = this.upload(b.shape, b.values);
     const out = simdBatchMatMul(this as unknown as tf.KernelBackend, left, right, transposeA, transposeB, batchShape);
     if (out === null) throw new Error('the kernel declined the product');
-    const values = this.typedArrayFromHeap(out).slice();
+    const values = this.typedArrayFromHeap(out);
+    for (const operand of [left, right]) this.typedArrayFromHeap(operand).fill(Number.NaN);
     for (const info of [left, right, out]) this.disposeData(info.dataId);
     return values;
   }
@@ -118,6 +131,13 @@ function reference(a: Operand, b: Operand, transposeA: boolean, transposeB: bool
     }
   }
   return out;
+}
+
+/** Bit-for-bit equality of two results (a loop: vitest's deep equality is slow on large arrays). */
+function expectSameValues(actual: Float32Array, expected: Float32Array, what = 'the result'): void {
+  expect(actual.length).toBe(expected.length);
+  const differs = actual.findIndex((value, i) => !Object.is(value, expected[i]));
+  if (differs >= 0) expect.fail(`${what} differs at ${differs}: ${actual[differs]} vs ${expected[differs]}`);
 }
 
 // [name, A shape, B shape, transposeA, transposeB, output batch shape]: every product is large
@@ -170,7 +190,7 @@ describe('the two-thread batched SIMD matMul', () => {
     // The scratch buffer is freed.
     expect(shared.numDataIds()).toBe(dataIds);
     // Each element is the same sum in the same order on either thread.
-    expect(ours).toEqual(plain.product(a, b, transposeA, transposeB, [...batchShape]));
+    expectSameValues(ours, plain.product(a, b, transposeA, transposeB, [...batchShape]));
     // Terms are at most 1 in size: float32 summation of k of them errs by about k·2⁻²⁴ at worst
     // (1e-7·k: 1e-4 for the k = 1030 products, 1e-5 for the others).
     expectTensorsClose(ours, reference(a, b, transposeA, transposeB, batch), { atol: 1e-5 + 1e-7 * k, rtol: 1e-5 });
@@ -189,22 +209,46 @@ describe('the two-thread batched SIMD matMul', () => {
       const b = operand(bShape, 200 + call);
       const ours = shared.product(a, b, transposeA, transposeB, [...batchShape]);
       const single = plain.product(a, b, transposeA, transposeB, [...batchShape]);
-      if (ours.some((value, i) => value !== single[i])) expect.fail(`call ${call} (${PRODUCTS[call % PRODUCTS.length]![0]}) differs from the one-thread kernel`);
+      expectSameValues(ours, single, `call ${call} (${PRODUCTS[call % PRODUCTS.length]![0]})`);
     }
   });
 
   it('completes every product on the calling thread when the helper claims nothing', () => {
-    pauseSimdBatchMatMulHelper(sharedBackend, true);
+    setSimdBatchMatMulHelperMode(sharedBackend, 'idle');
     try {
       const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
       for (const [, aShape, bShape, transposeA, transposeB, batchShape] of PRODUCTS) {
         const a = operand(aShape, 5);
         const b = operand(bShape, 6);
-        expect(shared.product(a, b, transposeA, transposeB, [...batchShape])).toEqual(plain.product(a, b, transposeA, transposeB, [...batchShape]));
+        expectSameValues(shared.product(a, b, transposeA, transposeB, [...batchShape]), plain.product(a, b, transposeA, transposeB, [...batchShape]));
       }
       expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
     } finally {
-      pauseSimdBatchMatMulHelper(sharedBackend, false);
+      setSimdBatchMatMulHelperMode(sharedBackend, 'normal');
+    }
+  });
+
+  it('takes back the chunks of a helper that stalls mid-chunk, and keeps its late results out of the output', async () => {
+    setSimdBatchMatMulHelperMode(sharedBackend, 'stalling');
+    const results: { values: Float32Array; expected: Float32Array }[] = [];
+    try {
+      const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+      for (const [, aShape, bShape, transposeA, transposeB, batchShape] of PRODUCTS) {
+        const a = operand(aShape, 7);
+        const b = operand(bShape, 8);
+        const values = shared.productInPlace(a, b, transposeA, transposeB, [...batchShape]);
+        const expected = plain.product(a, b, transposeA, transposeB, [...batchShape]);
+        expectSameValues(values, expected);
+        results.push({ values, expected });
+      }
+      // Each call returned while the helper slept inside a chunk: it finished none.
+      expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
+      // The helper wakes, computes its chunk from operands overwritten since, and must find it taken
+      // back: the (freed) outputs of the calls stay as they were when the calls returned.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      for (const { values, expected } of results) expectSameValues(values, expected, 'a finished call’s output');
+    } finally {
+      setSimdBatchMatMulHelperMode(sharedBackend, 'normal');
     }
   });
 

@@ -1,5 +1,5 @@
 import { restoreWasmMatMul, useFastWasmMatMul } from '@lora/core';
-import { pauseSimdBatchMatMulHelper, simdBatchMatMulHelper } from '@lora/core/internal';
+import { setSimdBatchMatMulHelperMode, simdBatchMatMulHelper } from '@lora/core/internal';
 import { expectTensorsClose, withoutTensorLeaks } from '@lora/core/testing';
 import * as tf from '@tensorflow/tfjs-core';
 import { execFile } from 'node:child_process';
@@ -114,13 +114,13 @@ describe('the batched SIMD matMul on the threaded WASM build', () => {
 
   it('completes every product on the calling thread while the helper claims nothing', async () => {
     const backend = tf.engine().findBackend('wasm');
-    pauseSimdBatchMatMulHelper(backend, true);
+    setSimdBatchMatMulHelperMode(backend, 'idle');
     try {
       const before = helper().chunks;
       await withoutTensorLeaks(() => expectSameAsStock(() => PRODUCTS.map(([, aShape, bShape, transposeA, transposeB], i) => tf.matMul(random([...aShape], 60 + i), random([...bShape], 80 + i), transposeA, transposeB))));
       expect(helper().chunks).toBe(before);
     } finally {
-      pauseSimdBatchMatMulHelper(backend, false);
+      setSimdBatchMatMulHelperMode(backend, 'normal');
     }
   });
 
