@@ -149,7 +149,7 @@ const PRODUCTS = [
   ['aᵀ·bᵀ over a stack', [3, 45, 70], [3, 50, 45], true, true, [3]],
   ['one matrix times a stack (broadcast A)', [70, 45], [6, 45, 52], false, false, [6]],
   ['a stack times one thin matrix (broadcast B, LoRA x·Aᵀ)', [6, 90, 64], [8, 64], false, true, [6]],
-  ['a thin product split by columns (LoRA (x·Aᵀ)·Bᵀ)', [1030, 8], [257, 8], false, true, []],
+  ['a product with a short k split by columns', [1030, 24], [257, 24], false, true, []],
   ['a thin transposed left operand (LoRA dA = dyᵀ·x)', [1030, 8], [1030, 259], true, false, []],
   ['one narrow column panel split by rows (LoRA x·Aᵀ)', [1030, 260], [8, 260], false, true, []],
   ['the small model attention shape', [8, 4, 128, 64], [8, 4, 128, 64], false, true, [8, 4]],
@@ -282,9 +282,11 @@ describe('the two-thread batched SIMD matMul', () => {
 });
 
 describe('threadChunking', () => {
-  it('keeps small products on one thread and cuts large ones into at most 64 chunks of whole tiles', () => {
+  it('keeps small products and those with k ≤ 16 on one thread and cuts large ones into at most 64 chunks of whole tiles', () => {
     expect(threadChunking(1, 16, 16, 16)).toBeNull();
     expect(threadChunking(70_000, 8, 64, 8)).toBeNull();
+    // LoRA's up-projection u·Bᵀ (k = r = 8): mostly stores.
+    expect(threadChunking(1, 1024, 8, 768)).toBeNull();
     // Attention: 32 matrices of 128×128×64, two chunks each (half the columns).
     expect(threadChunking(32, 128, 64, 128)).toEqual({ rowBlock: 128, panelGroup: 8, chunks: 64 });
     // One column panel: split by rows, in blocks of 4.

@@ -69,7 +69,7 @@ const PRODUCTS = [
   ['aᵀ·bᵀ over a stack', [3, 45, 70], [3, 50, 45], true, true],
   ['one matrix times a stack (broadcast)', [70, 45], [6, 45, 52], false, false],
   ['a stack times one thin matrix (LoRA x·Aᵀ)', [6, 90, 64], [8, 64], false, true],
-  ['a thin product split by columns', [1030, 8], [257, 8], false, true],
+  ['a product with a short k split by columns', [1030, 24], [257, 24], false, true],
   ['a thin transposed left operand (LoRA dA = dyᵀ·x)', [515, 8], [515, 259], true, false],
   ['the small model attention shape', [2, 4, 128, 64], [2, 4, 128, 64], false, true],
 ] as const;
