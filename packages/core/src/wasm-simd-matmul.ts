@@ -219,8 +219,9 @@ const HELPER_MODES: Record<SimdBatchMatMulHelperMode, number> = { normal: 0, idl
 /**
  * A test switch for the helper thread of `backend`: `idle`, it claims no chunk, so the calling
  * thread computes every chunk alone (as when another process holds the second core); `stalling`, it
- * sleeps 20 ms inside each chunk it claims (as when it is descheduled mid-chunk), so the caller takes
- * the chunk back and the helper's late result must be dropped; `normal` (the default). No effect
+ * sleeps inside each chunk it claims (as when it is descheduled mid-chunk) until the caller has taken
+ * the chunk back and 20 ms more, then computes it, and its late result must be dropped; `normal`
+ * (the default). No effect
  * where there is no helper.
  */
 export function setSimdBatchMatMulHelperMode(backend: tf.KernelBackend, mode: SimdBatchMatMulHelperMode): void {

@@ -153,7 +153,7 @@ struct control {
   // Generation (bits 32-63) | chunks of the call (bits 16-31) | next unclaimed chunk (bits 0-15).
   uint64_t state;
   uint32_t stop;   // set by helper_stop: helper_loop returns
-  uint32_t test_mode; // a test switch: 1, the helper claims nothing; 2, it stalls 20 ms in each chunk it claims
+  uint32_t test_mode; // a test switch: 1, the helper claims nothing; 2, it stalls in each chunk it claims
   uint32_t caller_waiting;
   uint32_t pad0[11];
   // Written by the helper (another cache line than the state the caller polls).
@@ -318,17 +318,22 @@ static void help_with(struct control *ctl, int chunk, uint32_t gen) {
   for (unsigned i = 0; i < sizeof(struct args) / sizeof(int32_t); i++) to[i] = __atomic_load_n(&from[i], __ATOMIC_RELAXED);
   __atomic_thread_fence(SEQ);
   if (__atomic_load_n(word, SEQ) != mine) return;
-  // The test switch for a helper descheduled mid-chunk: the caller takes the chunk back meanwhile,
-  // returns, and this chunk's late result must then stay out of the output.
-  if (__atomic_load_n(&ctl->test_mode, SEQ) == 2) __builtin_wasm_memory_atomic_wait32((int *)&ctl->stop, 0, 20000000);
+  // The test switch for a helper descheduled mid-chunk: it sleeps until the caller has taken the
+  // chunk back (1 s at most), and 20 ms more, so the call has returned when it computes the chunk,
+  // whose late result must then stay out of the output.
+  if (__atomic_load_n(&ctl->test_mode, SEQ) == 2) {
+    for (int ms = 0; ms < 1000 && __atomic_load_n(word, SEQ) == mine; ms++) __builtin_wasm_memory_atomic_wait32((int *)word, (int)mine, 1000000);
+    __builtin_wasm_memory_atomic_wait32((int *)&ctl->stop, 0, 20000000);
+  }
   const struct args *p = &ctl->helper_args;
   float *packed_b = ctl->helper_scratch;
   float *out = packed_b + p->panel_group * NR * p->k + 32;
   run_chunk(p, chunk, packed_b, ctl->packed[1], gen, out);
   if (__sync_val_compare_and_swap(word, mine, gen << 2 | COPYING) != mine) return;
   copy_chunk(p, chunk, out);
-  __atomic_store_n(word, gen << 2 | DONE, SEQ);
+  // Counted before the caller can see the chunk done (and return).
   __atomic_add_fetch(&ctl->helper_chunks, 1, SEQ);
+  __atomic_store_n(word, gen << 2 | DONE, SEQ);
   if (__atomic_load_n(&ctl->caller_waiting, SEQ)) __builtin_wasm_memory_atomic_notify((int *)word, 1);
 }
 
