@@ -2,7 +2,7 @@ import { defineLibraryConfig } from '@lora-internal/tsup-config';
 
 export default defineLibraryConfig({
   // `index` and `internal` bundle for a browser; their `.node` twins (the `node` export condition)
-  // add the node:fs file host behind the path-based APIs. `testing` is Node-only (vitest).
+  // add the node:fs file host behind the path-based APIs and the worker_threads thread host. `testing` is Node-only (vitest).
   entry: {
     index: 'src/index.ts',
     'index.node': 'src/index.node.ts',

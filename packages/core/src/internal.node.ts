@@ -1,7 +1,10 @@
 // @lora/core/internal in Node (the `node` export condition): installs the node:fs file host too,
-// so a package that imports only internal helpers still gets working paths.
+// so a package that imports only internal helpers still gets working paths (and the thread host
+// of the batched SIMD matMul).
 import { installNodeFileHost } from './node-file-host.js';
+import { installNodeThreadHost } from './node-thread-host.js';
 
 installNodeFileHost();
+installNodeThreadHost();
 
 export * from './internal.js';

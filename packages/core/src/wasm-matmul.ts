@@ -18,7 +18,8 @@ import { hasSimdBatchMatMul, simdBatchMatMul } from './wasm-simd-matmul.js';
  * - a stack of left operands times one right operand is folded into one tall matrix;
  * - a stack times a stack (attention) and thin products (a dimension of at most
  *   {@link THIN_DIMENSION}: LoRA's rank-r factors) run on core's own batched SIMD kernel
- *   (wasm-simd-matmul.ts), which reads transposed and broadcast operands in place.
+ *   (wasm-simd-matmul.ts), which reads transposed and broadcast operands in place and, on tfjs's
+ *   threaded build in Node, shares each product with a helper thread of its own.
  * The products are the same, summed in another order than the loop's (float32 rounding differs,
  * nothing else).
  */

@@ -1,4 +1,5 @@
 import type * as tf from '@tensorflow/tfjs-core';
+import { threadHost } from './thread-host.js';
 import { BATCH_MATMUL_WASM_PLAIN, BATCH_MATMUL_WASM_SHARED } from './wasm-batch-matmul-binary.js';
 
 /**
@@ -8,7 +9,17 @@ import { BATCH_MATMUL_WASM_PLAIN, BATCH_MATMUL_WASM_SHARED } from './wasm-batch-
  * scalar loop, one XNNPACK call per matrix costs more than it computes) and thin products (LoRA's
  * rank-r factors and their gradients, where a transpose and a threaded XNNPACK call cost more than
  * the product). Operands are read in place through strides, so transposed and broadcast operands
- * need no copy. Single-threaded: it does not wait on a second core that another process holds.
+ * need no copy.
+ *
+ * On tfjs's threaded build (a shared memory) and where a thread host is installed (Node's entries
+ * of @lora/core install one on worker_threads; see thread-host.ts), products run on two threads:
+ * the calling thread and one helper thread that instantiates the same module on the same memory
+ * split the product into chunks claimed through an atomic counter. The caller never waits for the
+ * helper: not to start, and not to finish a chunk; once no chunk is left to claim, it takes back
+ * the chunks the helper has not finished (the helper computes into a buffer of its own and copies
+ * its result out only if its chunk was not taken back). A helper that another process keeps off
+ * the second core, even one descheduled mid-chunk, costs the caller no more than computing alone.
+ * Elsewhere (the single-threaded builds, a browser, small products) the caller computes alone.
  */
 
 /** A WebAssembly.Memory (core's tsconfig has no DOM/WebAssembly types): only its buffer is read. */
@@ -20,7 +31,7 @@ interface LinearMemory {
 interface WebAssemblyApi {
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: Record<string, Record<string, unknown>>) => { exports: Record<string, unknown> };
-  instantiate(bytes: Uint8Array, imports: Record<string, Record<string, unknown>>): Promise<{ instance: { exports: Record<string, unknown> } }>;
+  instantiate(bytes: Uint8Array, imports: Record<string, Record<string, unknown>>): Promise<{ module: object; instance: { exports: Record<string, unknown> } }>;
 }
 
 /** The BackendWasm members used here (public on the class; `wasm` is its Emscripten module). */
@@ -28,28 +39,44 @@ interface WasmBackendWithModule extends tf.KernelBackend {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
   typedArrayFromHeap(info: tf.TensorInfo): tf.backend_util.TypedArray;
   disposeData(dataId: tf.DataId, force?: boolean): boolean;
-  wasm?: { wasmMemory?: LinearMemory; asm?: { memory?: LinearMemory } };
+  wasm?: { wasmMemory?: LinearMemory; asm?: { memory?: LinearMemory }; _malloc?: (bytes: number) => number };
 }
 
-type BatchMatMulExport = (
-  batch: number,
-  m: number,
-  k: number,
-  n: number,
-  a: number,
-  aBatchStride: number,
-  aRowStride: number,
-  aColumnStride: number,
-  b: number,
-  bBatchStride: number,
-  bRowStride: number,
-  bColumnStride: number,
-  c: number,
-  scratch: number,
-) => void;
+/** Operand addresses and strides: batch, rows, k, n, then A, B (address and batch, row, column strides) and C. */
+type Operands = [number, number, number, number, number, number, number, number, number, number, number, number, number];
+
+type BatchMatMulExport = (...args: [...Operands, scratch: number]) => void;
+
+type BatchMatMulThreadedExport = (control: number, ...args: [...Operands, scratch: number, rowBlock: number, panelGroup: number, mayWait: number]) => void;
+
+/** The two-thread kernel of one backend: its control block (in the backend's memory) and helper. */
+interface ThreadedKernel {
+  readonly run: BatchMatMulThreadedExport;
+  readonly memory: LinearMemory;
+  /** Byte address of the control block (`struct control` in batch-matmul.c). */
+  readonly control: number;
+  readonly mayBlock: boolean;
+}
+
+interface SimdKernel {
+  readonly run: BatchMatMulExport;
+  /** Null where products run on the calling thread only. */
+  readonly threads: ThreadedKernel | null;
+}
+
+// The control block (`struct control` in wasm/batch-matmul.c, which asserts these byte offsets),
+// then one word per chunk, then the helper's own buffer.
+const CONTROL_BYTES = 512;
+const MAX_THREADED_CHUNKS = 4096;
+/** Floats in the helper's buffer (1 MiB): a chunk's packed panels of B and its result must fit. */
+const HELPER_SCRATCH_FLOATS = 2 ** 18;
+const TEST_MODE_OFFSET = 12;
+const HELPER_CHUNKS_OFFSET = 68;
+const HELPER_RUNNING_OFFSET = 72;
+const HELPER_FAILED_OFFSET = 76;
 
 /** The instance per backend, or null where it cannot run (no SIMD, memory not reachable). */
-const instances = new WeakMap<tf.KernelBackend, BatchMatMulExport | null>();
+const instances = new WeakMap<tf.KernelBackend, SimdKernel | null>();
 
 function decode(base64: string): Uint8Array {
   const binary = atob(base64);
@@ -59,23 +86,61 @@ function decode(base64: string): Uint8Array {
 }
 
 /** What instantiating the kernel's module for `backend` needs, or null where it cannot run. */
-function moduleFor(backend: WasmBackendWithModule): { api: WebAssemblyApi; bytes: Uint8Array; imports: Record<string, Record<string, unknown>> } | null {
+function moduleFor(backend: WasmBackendWithModule): { api: WebAssemblyApi; bytes: Uint8Array; memory: LinearMemory; imports: Record<string, Record<string, unknown>> } | null {
   // tfjs's threaded build creates its (shared) memory in JS and keeps it as `wasmMemory`; the
   // single-threaded builds export theirs.
   const memory = backend.wasm?.wasmMemory ?? backend.wasm?.asm?.memory;
   if (memory === undefined) return null;
-  const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
   const api = (globalThis as { WebAssembly?: WebAssemblyApi }).WebAssembly;
   if (api === undefined) return null;
-  return { api, bytes: decode(shared ? BATCH_MATMUL_WASM_SHARED : BATCH_MATMUL_WASM_PLAIN), imports: { env: { memory } } };
+  return { api, bytes: decode(isShared(memory) ? BATCH_MATMUL_WASM_SHARED : BATCH_MATMUL_WASM_PLAIN), memory, imports: { env: { memory } } };
 }
 
-function instantiate(backend: WasmBackendWithModule): BatchMatMulExport | null {
+const isShared = (memory: LinearMemory): boolean => typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+
+/** The kernel of an instantiated module, with its helper thread started where one can run. */
+function kernelFrom(backend: WasmBackendWithModule, module: object, exports: Record<string, unknown>, memory: LinearMemory): SimdKernel {
+  return { run: exports['batch_matmul'] as BatchMatMulExport, threads: startThreads(backend, module, exports, memory) };
+}
+
+/**
+ * Start the helper thread of a shared-memory instance: a control block allocated on the backend's
+ * heap (never freed: it lives as long as the backend) and a thread from the installed host, stopped
+ * when the backend is disposed. Null where the kernel stays on the calling thread.
+ */
+function startThreads(backend: WasmBackendWithModule, module: object, exports: Record<string, unknown>, memory: LinearMemory): ThreadedKernel | null {
+  const host = threadHost();
+  const malloc = backend.wasm?._malloc;
+  const run = exports['batch_matmul_threaded'] as BatchMatMulThreadedExport | undefined;
+  const init = exports['control_init'] as ((control: number, helperScratch: number) => void) | undefined;
+  const stop = exports['helper_stop'] as ((control: number) => void) | undefined;
+  if (host === null || !isShared(memory) || malloc === undefined || run === undefined || init === undefined || stop === undefined) return null;
+  // Aligned to a cache line (64 bytes), so the words the helper writes sit on lines of their own.
+  const chunkWordBytes = 4 * MAX_THREADED_CHUNKS;
+  const control = (((malloc(CONTROL_BYTES + chunkWordBytes + 4 * HELPER_SCRATCH_FLOATS + 64) >>> 0) + 63) & ~63) >>> 0;
+  init(control, control + CONTROL_BYTES + chunkWordBytes);
+  try {
+    const helper = host.startHelper({ module, memory, control, failedOffset: control + HELPER_FAILED_OFFSET });
+    const dispose = backend.dispose.bind(backend);
+    backend.dispose = () => {
+      stop(control);
+      helper.terminate();
+      dispose();
+    };
+  } catch {
+    // No thread could start (a sandbox without workers): the caller computes alone.
+    return null;
+  }
+  return { run, memory, control, mayBlock: host.mayBlock };
+}
+
+function instantiate(backend: WasmBackendWithModule): SimdKernel | null {
   const parts = moduleFor(backend);
   if (parts === null) return null;
   try {
-    const instance = new parts.api.Instance(new parts.api.Module(parts.bytes), parts.imports);
-    return instance.exports['batch_matmul'] as BatchMatMulExport;
+    const module = new parts.api.Module(parts.bytes);
+    const instance = new parts.api.Instance(module, parts.imports);
+    return kernelFrom(backend, module, instance.exports, parts.memory);
   } catch {
     // No WASM SIMD in this engine, a memory the module cannot import, or a browser that refuses a
     // synchronous compile on its main thread (prepareSimdBatchMatMul avoids that): the caller falls back.
@@ -90,18 +155,19 @@ const isWasmBackend = (backend: tf.KernelBackend): backend is WasmBackendWithMod
 
 /**
  * Compile and instantiate the kernel for `backend` asynchronously (initRuntime does this for the
- * wasm backend). Node compiles it synchronously on first use just as well, but browsers may refuse
- * a synchronous compile on the main thread (Chrome long capped it at 4 KB; this module is ~4.5 KB).
+ * wasm backend), and start its helper thread where it has one. Node compiles it synchronously on
+ * first use just as well, but browsers may refuse a synchronous compile on the main thread (Chrome
+ * long capped it at 4 KB; this module is ~4.5 KB).
  * @returns Whether the kernel runs on `backend`.
  */
 export async function prepareSimdBatchMatMul(backend: tf.KernelBackend): Promise<boolean> {
   if (instances.get(backend)) return true;
-  let kernel: BatchMatMulExport | null = null;
+  let kernel: SimdKernel | null = null;
   const parts = isWasmBackend(backend) ? moduleFor(backend) : null;
   if (parts !== null) {
     try {
-      const { instance } = await parts.api.instantiate(parts.bytes, parts.imports);
-      kernel = instance.exports['batch_matmul'] as BatchMatMulExport;
+      const { module, instance } = await parts.api.instantiate(parts.bytes, parts.imports);
+      kernel = kernelFrom(backend as WasmBackendWithModule, module, instance.exports, parts.memory);
     } catch {
       kernel = null;
     }
@@ -111,7 +177,7 @@ export async function prepareSimdBatchMatMul(backend: tf.KernelBackend): Promise
 }
 
 /** The batched SIMD matMul of `backend`, or null when the backend is not tfjs's WASM one or it cannot run. */
-function kernelOf(backend: tf.KernelBackend): BatchMatMulExport | null {
+function kernelOf(backend: tf.KernelBackend): SimdKernel | null {
   let kernel = instances.get(backend);
   if (kernel === undefined) {
     kernel = isWasmBackend(backend) ? instantiate(backend) : null;
@@ -123,6 +189,80 @@ function kernelOf(backend: tf.KernelBackend): BatchMatMulExport | null {
 /** Whether {@link simdBatchMatMul} runs on `backend`. */
 export function hasSimdBatchMatMul(backend: tf.KernelBackend): boolean {
   return kernelOf(backend) !== null;
+}
+
+/** The control block's 32-bit words (a fresh view: a grown shared memory has a new buffer). */
+const controlWords = (threads: ThreadedKernel): Int32Array => new Int32Array(threads.memory.buffer, threads.control, CONTROL_BYTES / 4);
+
+/** Whether the helper thread is taking chunks: started, and its loop neither returned nor failed. */
+function helperServes(threads: ThreadedKernel): boolean {
+  const words = controlWords(threads);
+  return Atomics.load(words, HELPER_RUNNING_OFFSET / 4) === 1 && Atomics.load(words, HELPER_FAILED_OFFSET / 4) === 0;
+}
+
+/**
+ * The helper thread of `backend`'s batched SIMD matMul, for tests and benchmarks: whether its loop
+ * runs, and how many chunks it has computed so far. Null where products run on the calling thread
+ * only (single-threaded WASM builds, no thread host, not a WASM backend).
+ */
+export function simdBatchMatMulHelper(backend: tf.KernelBackend): { running: boolean; chunks: number } | null {
+  const threads = kernelOf(backend)?.threads ?? null;
+  if (threads === null) return null;
+  return { running: helperServes(threads), chunks: Atomics.load(controlWords(threads), HELPER_CHUNKS_OFFSET / 4) >>> 0 };
+}
+
+/** How the helper thread behaves, for tests: see {@link setSimdBatchMatMulHelperMode}. */
+export type SimdBatchMatMulHelperMode = 'normal' | 'idle' | 'stalling';
+
+const HELPER_MODES: Record<SimdBatchMatMulHelperMode, number> = { normal: 0, idle: 1, stalling: 2 };
+
+/**
+ * A test switch for the helper thread of `backend`: `idle`, it claims no chunk, so the calling
+ * thread computes every chunk alone (as when another process holds the second core); `stalling`, it
+ * sleeps inside each chunk it claims (as when it is descheduled mid-chunk) until the caller has taken
+ * the chunk back and 20 ms more, then computes it, and its late result must be dropped; `normal`
+ * (the default). No effect
+ * where there is no helper.
+ */
+export function setSimdBatchMatMulHelperMode(backend: tf.KernelBackend, mode: SimdBatchMatMulHelperMode): void {
+  const threads = kernelOf(backend)?.threads ?? null;
+  if (threads !== null) Atomics.store(controlWords(threads), TEST_MODE_OFFSET / 4, HELPER_MODES[mode]);
+}
+
+/** Products below this many flops run on the calling thread alone (waking the helper costs ~10-50 µs). */
+const MIN_THREADED_FLOPS = 2 ** 19;
+/**
+ * Products with at most this many terms per output (LoRA's up-projections, k = r) run on the
+ * calling thread alone: their time goes to storing the output, which the helper does twice (into
+ * its own buffer, then the output), so sharing them measured slower under load.
+ */
+const MAX_UNSHARED_K = 16;
+/** A chunk holds about this many flops at least: claiming one is an atomic swap on a shared line. */
+const CHUNK_FLOPS = 2 ** 17;
+/** Chunks per product at most: enough that the caller balances the helper's share when it is slow. */
+const TARGET_CHUNKS = 64;
+
+/**
+ * How a product of `batch` matrices `[m, k]·[k, n]` is cut into chunks for two threads: rows per
+ * chunk (a multiple of the 4-row tile) and 8-column panels per chunk, each matrix of the stack
+ * being one chunk at least. Null when the product is too small to share, has 16 terms per output
+ * or fewer, has more matrices than
+ * the chunk words (4096), or a chunk's packed panels and result would not fit the helper's buffer.
+ */
+export function threadChunking(batch: number, m: number, k: number, n: number): { rowBlock: number; panelGroup: number; chunks: number } | null {
+  const flops = 2 * batch * m * k * n;
+  if (flops < MIN_THREADED_FLOPS || k <= MAX_UNSHARED_K || batch > MAX_THREADED_CHUNKS) return null;
+  const panels = Math.ceil(n / 8);
+  const rowTiles = Math.ceil(m / 4);
+  const perMatrix = Math.ceil(Math.min(TARGET_CHUNKS, Math.floor(flops / CHUNK_FLOPS)) / batch);
+  // Splitting columns first: a chunk packs only its own panels of B.
+  const panelGroups = Math.min(panels, perMatrix);
+  const rowGroups = Math.min(rowTiles, Math.ceil(perMatrix / panelGroups));
+  const panelGroup = Math.ceil(panels / panelGroups);
+  const rowBlock = 4 * Math.ceil(rowTiles / rowGroups);
+  const chunks = batch * Math.ceil(panels / panelGroup) * Math.ceil(m / rowBlock);
+  const helperFloats = panelGroup * 8 * k + 32 + rowBlock * panelGroup * 8;
+  return chunks < 2 || chunks > MAX_THREADED_CHUNKS || helperFloats > HELPER_SCRATCH_FLOATS ? null : { rowBlock, panelGroup, chunks };
 }
 
 const sizeOf = (shape: readonly number[]): number => shape.reduce((product, dimension) => product * dimension, 1);
@@ -148,11 +288,16 @@ export function simdBatchMatMul(backend: tf.KernelBackend, a: tf.TensorInfo, b: 
   const n = transposeB ? bRows : bColumns;
   const out = wasm.makeOutput([...outBatchShape, m, n], 'float32');
   if (batch * m * n === 0) return out;
-  const scratch = wasm.makeOutput([Math.ceil(m / 4) * 4 * k + Math.ceil(n / 8) * 8 * k + 32], 'float32');
+  const threads = kernel.threads !== null && helperServes(kernel.threads) ? kernel.threads : null;
+  const chunking = threads === null ? null : threadChunking(batch, m, k, n);
+  // Packed panels of B: all of them for one thread, a chunk's worth for the calling thread of two
+  // (the helper has a buffer of its own).
+  const scratchFloats = chunking === null ? Math.ceil(n / 8) * 8 * k + 32 : chunking.panelGroup * 8 * k + 32;
+  const scratch = wasm.makeOutput([scratchFloats], 'float32');
   try {
     // Byte offsets in the backend's memory, read after every allocation (they do not move).
     const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
-    kernel(
+    const operands: Operands = [
       batch,
       m,
       k,
@@ -166,8 +311,12 @@ export function simdBatchMatMul(backend: tf.KernelBackend, a: tf.TensorInfo, b: 
       transposeB ? 1 : bColumns,
       transposeB ? bColumns : 1,
       offset(out),
-      offset(scratch),
-    );
+    ];
+    if (threads !== null && chunking !== null) {
+      threads.run(threads.control, ...operands, offset(scratch), chunking.rowBlock, chunking.panelGroup, threads.mayBlock ? 1 : 0);
+    } else {
+      kernel.run(...operands, offset(scratch));
+    }
   } finally {
     wasm.disposeData(scratch.dataId);
   }

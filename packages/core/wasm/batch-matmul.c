@@ -10,6 +10,11 @@
 // is packed into panels of 4 rows and op(B) into panels of 8 columns (zero-padded), so the inner
 // loop reads both contiguously: per step of k, one 4-value load of A, two of B, 8 multiply-adds
 // of 4 lanes into 8 accumulators (the 4×8 register tile XNNPACK's WASM SIMD kernels use).
+//
+// The shared-memory build (tfjs's threaded WASM backend) also exports a two-thread entry, where
+// the calling thread and one helper thread (a Worker running `helper_loop` on the same memory)
+// share the chunks of a product: see "Two threads" below.
+
 #include <wasm_simd128.h>
 
 #define MR 4
@@ -102,3 +107,256 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
     }
   }
 }
+
+#ifdef __wasm_atomics__
+// Two threads (shared-memory build only).
+//
+// A product is cut into chunks: one matrix of the stack, times a group of B's 8-column panels,
+// times a block of A's rows (the caller picks the group and block sizes; a stack of attention
+// matrices is usually a matrix or half of one per chunk). The calling thread and one helper thread
+// claim chunks through one 64-bit word holding the call's generation, its number of chunks and the
+// next unclaimed chunk, so a claim is one compare-and-swap that also checks the generation: a
+// helper that wakes late can only fail its swap, never claim a chunk of the next call.
+//
+// The caller never waits for the helper: not to start, and not to finish a chunk it has claimed.
+// Once no chunk is left to claim, the caller takes back every chunk the helper has not finished
+// and computes it itself. So that a helper descheduled mid-chunk (another process holds the second
+// core) can never write into a finished call's output, the helper computes each chunk into a
+// buffer of its own and copies it to the output only after one more compare-and-swap on the
+// chunk's word: from "helper computing" to "helper copying". The caller's take-back is a swap on
+// the same word, so exactly one of them wins; the caller waits only for a copy in progress (a few
+// microseconds of stores). Each chunk's word holds the generation too, so a stale helper's swaps
+// fail. The helper reads the call's arguments into a copy of its own and checks the chunk is still
+// its own afterwards: arguments it has read are those of the call that chunk belongs to.
+#include <stdint.h>
+
+#define SEQ __ATOMIC_SEQ_CST
+// The caller spins (about 20 µs) on a copy in progress before it sleeps in memory.atomic.wait.
+#define SPINS 4000
+// Chunks per call at most (the chunk words follow the control block).
+#define MAX_CHUNKS 4096
+
+// A chunk's word: generation << 2 | phase.
+#define OPEN 0u    // not taken by the helper (claimed or not)
+#define HELPER 1u  // the helper computes it into its own buffer
+#define COPYING 2u // the helper copies its result to the output
+#define DONE 3u    // in the output, or being computed there by the caller
+
+struct args {
+  int32_t m, k, n, a_bs, a_rs, a_cs, b_bs, b_rs, b_cs;
+  const float *a, *b;
+  float *c;
+  int32_t row_block, panel_group, row_groups, panel_groups;
+};
+
+struct control {
+  // Generation (bits 32-63) | chunks of the call (bits 16-31) | next unclaimed chunk (bits 0-15).
+  uint64_t state;
+  uint32_t stop;   // set by helper_stop: helper_loop returns
+  uint32_t test_mode; // a test switch: 1, the helper claims nothing; 2, it stalls in each chunk it claims
+  uint32_t caller_waiting;
+  uint32_t pad0[11];
+  // Written by the helper (another cache line than the state the caller polls).
+  uint32_t pad1;
+  uint32_t helper_chunks;  // chunks the helper computed and copied, over all calls (a statistic)
+  uint32_t helper_running; // helper_loop has started and not returned
+  uint32_t helper_failed;  // set by the helper's host when helper_loop threw
+  float *helper_scratch;   // the helper's own buffer: packed panels, then its chunk's result
+  uint32_t pad2[11];
+  // Per thread: the generation, matrix (-1 for a broadcast B) and panel group its scratch holds packed.
+  int32_t packed[2][4];
+  struct args call;        // the current call's arguments, written before `state` publishes them
+  struct args helper_args; // the helper's copy of them
+};
+_Static_assert(sizeof(struct control) <= 512, "wasm-simd-matmul.ts allocates 512 bytes for the control block, then the chunk words");
+// wasm-simd-matmul.ts reads and writes these words by their byte offsets.
+_Static_assert(__builtin_offsetof(struct control, test_mode) == 12, "TEST_MODE_OFFSET");
+_Static_assert(__builtin_offsetof(struct control, helper_chunks) == 68, "HELPER_CHUNKS_OFFSET");
+_Static_assert(__builtin_offsetof(struct control, helper_running) == 72, "HELPER_RUNNING_OFFSET");
+_Static_assert(__builtin_offsetof(struct control, helper_failed) == 76, "HELPER_FAILED_OFFSET");
+
+static inline uint32_t *chunk_words(struct control *ctl) { return (uint32_t *)((char *)ctl + 512); }
+static inline int min_int(int x, int y) { return x < y ? x : y; }
+
+// Chunk `chunk` of the call described by `p` (matrix, panel group, row block), packing into
+// `packed_b` (memo: what it holds). Its result goes to the output, or, when `out` is not null,
+// to `out` as a [rows of the chunk, panel_group·8] matrix.
+static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t *memo, uint32_t gen, float *out) {
+  const int k = p->k, m = p->m, n = p->n;
+  const int rg = chunk % p->row_groups;
+  const int pg = (chunk / p->row_groups) % p->panel_groups;
+  const int i = chunk / p->row_groups / p->panel_groups;
+  const int first_column = pg * p->panel_group * NR;
+  const int columns = min_int(n - first_column, p->panel_group * NR);
+  float *edge = packed_b + p->panel_group * NR * k;
+  // Consecutive chunks differ in their row block first: the packed panels are reused.
+  const int b_key = p->b_bs != 0 ? i : -1;
+  if (memo[0] != (int32_t)gen || memo[1] != b_key || memo[2] != pg) {
+    pack_b(p->b + i * p->b_bs + first_column * p->b_cs, k, columns, p->b_rs, p->b_cs, packed_b);
+    memo[0] = (int32_t)gen;
+    memo[1] = b_key;
+    memo[2] = pg;
+  }
+  const int first_row = rg * p->row_block;
+  const int end_row = min_int(m, first_row + p->row_block);
+  const float *ai = p->a + i * p->a_bs;
+  // Where element (r, j) of the chunk goes: row stride and the address of (first_row, first_column).
+  const int ld = out ? p->panel_group * NR : n;
+  float *target = out ? out : p->c + i * m * n + first_row * n + first_column;
+  for (int jp = 0; jp * NR < columns; jp++) {
+    const int panel_columns = min_int(columns - jp * NR, NR);
+    for (int i0 = first_row; i0 < end_row; i0 += MR) {
+      tile(ai + i0 * p->a_rs, p->a_rs, p->a_cs, packed_b + jp * NR * k, k, target + (i0 - first_row) * ld + jp * NR, ld, min_int(end_row - i0, MR), panel_columns, edge);
+    }
+  }
+}
+
+// Copy the helper's result of `chunk` (see run_chunk) to the output.
+static void copy_chunk(const struct args *p, int chunk, const float *from) {
+  const int m = p->m, n = p->n;
+  const int rg = chunk % p->row_groups;
+  const int pg = (chunk / p->row_groups) % p->panel_groups;
+  const int i = chunk / p->row_groups / p->panel_groups;
+  const int first_column = pg * p->panel_group * NR;
+  const int columns = min_int(n - first_column, p->panel_group * NR);
+  const int first_row = rg * p->row_block;
+  const int rows = min_int(m, first_row + p->row_block) - first_row;
+  float *to = p->c + i * m * n + first_row * n + first_column;
+  for (int r = 0; r < rows; r++)
+    for (int j = 0; j < columns; j++) to[r * n + j] = from[r * p->panel_group * NR + j];
+}
+
+// Claim the next chunk of generation `gen`: its index, or -1 when none is left (or the call is over).
+static int claim(struct control *ctl, uint32_t gen) {
+  for (;;) {
+    const uint64_t s = __atomic_load_n(&ctl->state, SEQ);
+    const uint32_t next = (uint32_t)s & 0xffff, total = ((uint32_t)s >> 16) & 0xffff;
+    if ((uint32_t)(s >> 32) != gen || next >= total) return -1;
+    if (__sync_val_compare_and_swap(&ctl->state, s, s + 1) == s) return (int)next;
+  }
+}
+
+// The generation word (the state's high half) is what the helper sleeps on.
+static inline int *generation_word(struct control *ctl) { return (int *)&ctl->state + 1; }
+
+/// Initialise a control block (512 bytes, then MAX_CHUNKS chunk words) before its helper starts;
+/// `helper_scratch` is the helper's own buffer (its size is the caller's to respect).
+__attribute__((export_name("control_init"))) void control_init(struct control *ctl, float *helper_scratch) {
+  uint32_t *words = (uint32_t *)ctl;
+  for (int i = 0; i < 128 + MAX_CHUNKS; i++) words[i] = 0;
+  ctl->helper_scratch = helper_scratch;
+}
+
+// batch_matmul on two threads, chunked by `row_block` rows (a multiple of 4) and `panel_group`
+// panels of 8 columns; the chunks (batch · row blocks · panel groups) must number at most
+// MAX_CHUNKS. `scratch` holds panel_group·8·k + 32 floats (the calling thread's); the helper's
+// buffer must hold that plus row_block·panel_group·8. `may_wait`: whether this thread may sleep in
+// memory.atomic.wait (a browser's main thread may not: it spins instead).
+__attribute__((export_name("batch_matmul_threaded"))) void batch_matmul_threaded(struct control *ctl, int batch, int m, int k, int n, const float *a, int a_bs, int a_rs,
+                                                                                   int a_cs, const float *b, int b_bs, int b_rs, int b_cs, float *c, float *scratch,
+                                                                                   int row_block, int panel_group, int may_wait) {
+  const uint32_t gen = (uint32_t)(__atomic_load_n(&ctl->state, SEQ) >> 32) + 1;
+  struct args *p = &ctl->call;
+  p->m = m;
+  p->k = k;
+  p->n = n;
+  p->a = a;
+  p->a_bs = a_bs;
+  p->a_rs = a_rs;
+  p->a_cs = a_cs;
+  p->b = b;
+  p->b_bs = b_bs;
+  p->b_rs = b_rs;
+  p->b_cs = b_cs;
+  p->c = c;
+  p->row_block = row_block;
+  p->panel_group = panel_group;
+  p->row_groups = (m + row_block - 1) / row_block;
+  p->panel_groups = ((n + NR - 1) / NR + panel_group - 1) / panel_group;
+  const uint32_t total = (uint32_t)(batch * p->row_groups * p->panel_groups);
+  uint32_t *chunks = chunk_words(ctl);
+  const uint32_t open = gen << 2 | OPEN, done = gen << 2 | DONE;
+  for (uint32_t chunk = 0; chunk < total; chunk++) __atomic_store_n(&chunks[chunk], open, SEQ);
+  // Publish: arguments and chunk words first, then the word that makes the chunks claimable; then
+  // wake the helper.
+  __atomic_store_n(&ctl->state, ((uint64_t)gen << 32) | (total << 16), SEQ);
+  __builtin_wasm_memory_atomic_notify(generation_word(ctl), 1);
+  for (int chunk; (chunk = claim(ctl, gen)) >= 0;) {
+    __atomic_store_n(&chunks[chunk], done, SEQ);
+    run_chunk(p, chunk, scratch, ctl->packed[0], gen, 0);
+  }
+  // Every chunk is claimed: take back the helper's unfinished ones; wait only for copies.
+  for (uint32_t chunk = 0; chunk < total; chunk++) {
+    for (int spins = 0;; spins++) {
+      const uint32_t word = __atomic_load_n(&chunks[chunk], SEQ);
+      if (word == done) break;
+      if (word != (gen << 2 | COPYING) || __atomic_load_n(&ctl->helper_failed, SEQ)) {
+        // Not started, being computed into the helper's buffer, or stuck with a dead helper.
+        if (__sync_val_compare_and_swap(&chunks[chunk], word, done) == word) {
+          run_chunk(p, (int)chunk, scratch, ctl->packed[0], gen, 0);
+          break;
+        }
+        continue;
+      }
+      if (!may_wait || spins < SPINS) continue;
+      __atomic_store_n(&ctl->caller_waiting, 1, SEQ);
+      // A 1 ms timeout: the helper's failure flag comes without a notify.
+      if (__atomic_load_n(&chunks[chunk], SEQ) == word) __builtin_wasm_memory_atomic_wait32((int *)&chunks[chunk], (int)word, 1000000);
+    }
+  }
+  __atomic_store_n(&ctl->caller_waiting, 0, SEQ);
+}
+
+// The helper's side of one chunk it has claimed.
+static void help_with(struct control *ctl, int chunk, uint32_t gen) {
+  uint32_t *word = &chunk_words(ctl)[chunk];
+  const uint32_t mine = gen << 2 | HELPER;
+  if (__sync_val_compare_and_swap(word, gen << 2 | OPEN, mine) != (gen << 2 | OPEN)) return;
+  // Arguments read while the chunk is still ours are this call's: the caller writes the next
+  // call's only after taking this chunk back.
+  int32_t *from = (int32_t *)&ctl->call, *to = (int32_t *)&ctl->helper_args;
+  for (unsigned i = 0; i < sizeof(struct args) / sizeof(int32_t); i++) to[i] = __atomic_load_n(&from[i], __ATOMIC_RELAXED);
+  __atomic_thread_fence(SEQ);
+  if (__atomic_load_n(word, SEQ) != mine) return;
+  // The test switch for a helper descheduled mid-chunk: it sleeps until the caller has taken the
+  // chunk back (1 s at most), and 20 ms more, so the call has returned when it computes the chunk,
+  // whose late result must then stay out of the output.
+  if (__atomic_load_n(&ctl->test_mode, SEQ) == 2) {
+    for (int ms = 0; ms < 1000 && __atomic_load_n(word, SEQ) == mine; ms++) __builtin_wasm_memory_atomic_wait32((int *)word, (int)mine, 1000000);
+    __builtin_wasm_memory_atomic_wait32((int *)&ctl->stop, 0, 20000000);
+  }
+  const struct args *p = &ctl->helper_args;
+  float *packed_b = ctl->helper_scratch;
+  float *out = packed_b + p->panel_group * NR * p->k + 32;
+  run_chunk(p, chunk, packed_b, ctl->packed[1], gen, out);
+  if (__sync_val_compare_and_swap(word, mine, gen << 2 | COPYING) != mine) return;
+  copy_chunk(p, chunk, out);
+  // Counted before the caller can see the chunk done (and return).
+  __atomic_add_fetch(&ctl->helper_chunks, 1, SEQ);
+  __atomic_store_n(word, gen << 2 | DONE, SEQ);
+  if (__atomic_load_n(&ctl->caller_waiting, SEQ)) __builtin_wasm_memory_atomic_notify((int *)word, 1);
+}
+
+// The helper thread's whole life: sleep until a call publishes a generation, claim its chunks
+// until none is left, sleep again; return once helper_stop was called.
+__attribute__((export_name("helper_loop"))) void helper_loop(struct control *ctl) {
+  __atomic_store_n(&ctl->helper_running, 1, SEQ);
+  while (!__atomic_load_n(&ctl->stop, SEQ)) {
+    const uint32_t gen = (uint32_t)(__atomic_load_n(&ctl->state, SEQ) >> 32);
+    if (__atomic_load_n(&ctl->test_mode, SEQ) != 1) {
+      for (int chunk; (chunk = claim(ctl, gen)) >= 0;) help_with(ctl, chunk, gen);
+    }
+    // Returns at once if a newer generation is already published.
+    __builtin_wasm_memory_atomic_wait32(generation_word(ctl), (int)gen, -1);
+  }
+  __atomic_store_n(&ctl->helper_running, 0, SEQ);
+}
+
+// Make helper_loop return: the stop flag, then a generation without chunks to wake it.
+__attribute__((export_name("helper_stop"))) void helper_stop(struct control *ctl) {
+  __atomic_store_n(&ctl->stop, 1, SEQ);
+  const uint64_t gen = (__atomic_load_n(&ctl->state, SEQ) >> 32) + 1;
+  __atomic_store_n(&ctl->state, gen << 32, SEQ);
+  __builtin_wasm_memory_atomic_notify(generation_word(ctl), 1);
+}
+#endif

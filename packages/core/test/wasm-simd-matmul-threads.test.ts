@@ -1,0 +1,298 @@
+import type * as tf from '@tensorflow/tfjs-core';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { nodeThreadHost } from '../src/node-thread-host.js';
+import { expectTensorsClose } from '../src/testing.js';
+import { setThreadHost, type HelperThread } from '../src/thread-host.js';
+import { setSimdBatchMatMulHelperMode, simdBatchMatMul, simdBatchMatMulHelper, threadChunking } from '../src/wasm-simd-matmul.js';
+
+/**
+ * The parts of tfjs-backend-wasm's BackendWasm the kernel uses, on a memory of our own: shared
+ * (as tfjs's threaded build's) or plain (its single-threaded builds'). tfjs's threaded build itself
+ * starts through @lora/cuda-backend, whose tests run these products on it; here the two-thread
+ * kernel is checked alone, against the same kernel on one thread and an independent float64 loop.
+ */
+interface LinearMemory {
+  readonly buffer: ArrayBuffer | SharedArrayBuffer;
+  grow(pages: number): number;
+}
+
+/** core's tsconfig has no WebAssembly types: the one constructor used here. */
+const { Memory } = (globalThis as unknown as { WebAssembly: { Memory: new (descriptor: { initial: number; maximum: number; shared: boolean }) => LinearMemory } }).WebAssembly;
+
+class HeapBackend {
+  readonly wasm: { wasmMemory: LinearMemory; _malloc: (bytes: number) => number };
+  private next = 64;
+  private readonly data = new Map<object, { offset: number; size: number }>();
+
+  constructor(shared: boolean) {
+    const memory = new Memory({ initial: 256, maximum: 16384, shared });
+    this.wasm = { wasmMemory: memory, _malloc: (bytes) => this.allocate(bytes) };
+  }
+
+  /** A bump allocator: every call gets fresh memory, growing the memory (under a running helper) as needed. */
+  private allocate(bytes: number): number {
+    const offset = Math.ceil(this.next / 64) * 64;
+    this.next = offset + bytes;
+    const memory = this.wasm.wasmMemory;
+    if (this.next > memory.buffer.byteLength) memory.grow(Math.ceil((this.next - memory.buffer.byteLength) / 65536));
+    return offset;
+  }
+
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo {
+    const dataId = {};
+    const size = shape.reduce((product, dimension) => product * dimension, 1);
+    this.data.set(dataId, { offset: this.allocate(size * 4), size });
+    return { dataId, shape, dtype };
+  }
+
+  typedArrayFromHeap(info: tf.TensorInfo): Float32Array {
+    const { offset, size } = this.data.get(info.dataId)!;
+    return new Float32Array(this.wasm.wasmMemory.buffer, offset, size);
+  }
+
+  disposeData(dataId: tf.DataId): boolean {
+    return this.data.delete(dataId);
+  }
+
+  numDataIds(): number {
+    return this.data.size;
+  }
+
+  dispose(): void {}
+
+  upload(shape: readonly number[], values: Float32Array): tf.TensorInfo {
+    const info = this.makeOutput([...shape], 'float32');
+    this.typedArrayFromHeap(info).set(values);
+    return info;
+  }
+
+  /**
+   * `op(a)·op(b)` through the kernel; operands and result are freed (the bump allocator never
+   * hands their memory out again), and the result's memory is given back for later checks.
+   */
+  product(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batchShape: number[]): Float32Array {
+    return this.productInPlace(a, b, transposeA, transposeB, batchShape).slice();
+  }
+
+  /**
+   * {@link product}, returning a view of the (freed) result's memory; the freed operands are
+   * overwritten with NaN, as a reused heap would overwrite them, so that anything still computed
+   * from them afterwards is NaN.
+   */
+  productInPlace(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batchShape: number[]): Float32Array {
+    const left = this.upload(a.shape, a.values);
+    const right = this.upload(b.shape, b.values);
+    const out = simdBatchMatMul(this as unknown as tf.KernelBackend, left, right, transposeA, transposeB, batchShape);
+    if (out === null) throw new Error('the kernel declined the product');
+    const values = this.typedArrayFromHeap(out);
+    for (const operand of [left, right]) this.typedArrayFromHeap(operand).fill(Number.NaN);
+    for (const info of [left, right, out]) this.disposeData(info.dataId);
+    return values;
+  }
+}
+
+interface Operand {
+  shape: readonly number[];
+  values: Float32Array;
+}
+
+function operand(shape: readonly number[], seed: number): Operand {
+  let state = seed * 2654435761;
+  const values = new Float32Array(shape.reduce((product, dimension) => product * dimension, 1));
+  for (let i = 0; i < values.length; i++) {
+    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+    values[i] = state / 2 ** 31 - 1;
+  }
+  return { shape, values };
+}
+
+/** The independent reference: float64 sums, element by element, with broadcast batches. */
+function reference(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batch: number): Float64Array {
+  const [aRows, aColumns] = a.shape.slice(-2) as [number, number];
+  const [bRows, bColumns] = b.shape.slice(-2) as [number, number];
+  const [m, k] = transposeA ? [aColumns, aRows] : [aRows, aColumns];
+  const n = transposeB ? bRows : bColumns;
+  const aMatrices = a.values.length / (aRows * aColumns);
+  const bMatrices = b.values.length / (bRows * bColumns);
+  const out = new Float64Array(batch * m * n);
+  for (let i = 0; i < batch; i++) {
+    const aBase = aMatrices === 1 ? 0 : i * aRows * aColumns;
+    const bBase = bMatrices === 1 ? 0 : i * bRows * bColumns;
+    for (let r = 0; r < m; r++) {
+      for (let c = 0; c < n; c++) {
+        let sum = 0;
+        for (let p = 0; p < k; p++) {
+          const x = a.values[aBase + (transposeA ? p * aColumns + r : r * aColumns + p)]!;
+          const y = b.values[bBase + (transposeB ? c * bColumns + p : p * bColumns + c)]!;
+          sum += x * y;
+        }
+        out[(i * m + r) * n + c] = sum;
+      }
+    }
+  }
+  return out;
+}
+
+/** Bit-for-bit equality of two results (a loop: vitest's deep equality is slow on large arrays). */
+function expectSameValues(actual: Float32Array, expected: Float32Array, what = 'the result'): void {
+  expect(actual.length).toBe(expected.length);
+  const differs = actual.findIndex((value, i) => !Object.is(value, expected[i]));
+  if (differs >= 0) expect.fail(`${what} differs at ${differs}: ${actual[differs]} vs ${expected[differs]}`);
+}
+
+// [name, A shape, B shape, transposeA, transposeB, output batch shape]: every product is large
+// enough to be shared between the threads; sizes off the 4×8 tile and odd k reach the edge paths.
+const PRODUCTS = [
+  ['attention scores q·kᵀ', [2, 4, 67, 33], [2, 4, 61, 33], false, true, [2, 4]],
+  ['attention output p·v', [2, 4, 67, 61], [2, 4, 61, 35], false, false, [2, 4]],
+  ['the value gradient pᵀ·dy', [2, 4, 61, 67], [2, 4, 61, 35], true, false, [2, 4]],
+  ['aᵀ·bᵀ over a stack', [3, 45, 70], [3, 50, 45], true, true, [3]],
+  ['one matrix times a stack (broadcast A)', [70, 45], [6, 45, 52], false, false, [6]],
+  ['a stack times one thin matrix (broadcast B, LoRA x·Aᵀ)', [6, 90, 64], [8, 64], false, true, [6]],
+  ['a product with a short k split by columns', [1030, 24], [257, 24], false, true, []],
+  ['a thin transposed left operand (LoRA dA = dyᵀ·x)', [1030, 8], [1030, 259], true, false, []],
+  ['one narrow column panel split by rows (LoRA x·Aᵀ)', [1030, 260], [8, 260], false, true, []],
+  ['the small model attention shape', [8, 4, 128, 64], [8, 4, 128, 64], false, true, [8, 4]],
+] as const;
+
+const shared = new HeapBackend(true);
+const plain = new HeapBackend(false);
+const sharedBackend = shared as unknown as tf.KernelBackend;
+
+beforeAll(async () => {
+  // The first product instantiates the kernel and starts the helper (asynchronously: the caller
+  // never waits for it, so this product may run on one thread).
+  shared.product(operand([64, 64], 1), operand([64, 64], 2), false, false, []);
+  await vi.waitFor(() => expect(simdBatchMatMulHelper(sharedBackend)?.running).toBe(true), { timeout: 10_000 });
+});
+
+afterAll(() => {
+  shared.dispose();
+});
+
+describe('the two-thread batched SIMD matMul', () => {
+  it('has a helper thread on a shared memory and none on a plain one', () => {
+    expect(simdBatchMatMulHelper(sharedBackend)).toMatchObject({ running: true });
+    plain.product(operand([64, 64], 1), operand([64, 64], 2), false, false, []);
+    expect(simdBatchMatMulHelper(plain as unknown as tf.KernelBackend)).toBeNull();
+  });
+
+  it.each(PRODUCTS)('computes %s as the one-thread kernel does, bit for bit, and as a float64 loop', (_name, aShape, bShape, transposeA, transposeB, batchShape) => {
+    const batch = batchShape.reduce((product: number, dimension: number) => product * dimension, 1);
+    const a = operand(aShape, 3);
+    const b = operand(bShape, 4);
+    const [m, k] = transposeA ? [aShape.at(-1)!, aShape.at(-2)!] : [aShape.at(-2)!, aShape.at(-1)!];
+    const n = transposeB ? bShape.at(-2)! : bShape.at(-1)!;
+    // Large enough to be shared between the two threads.
+    expect(threadChunking(batch, m, k, n)?.chunks).toBeGreaterThanOrEqual(2);
+    const dataIds = shared.numDataIds();
+    const ours = shared.product(a, b, transposeA, transposeB, [...batchShape]);
+    // The scratch buffer is freed.
+    expect(shared.numDataIds()).toBe(dataIds);
+    // Each element is the same sum in the same order on either thread.
+    expectSameValues(ours, plain.product(a, b, transposeA, transposeB, [...batchShape]));
+    // Terms are at most 1 in size: float32 summation of k of them errs by about k·2⁻²⁴ at worst
+    // (1e-7·k: 1e-4 for the k = 1030 products, 1e-5 for the others).
+    expectTensorsClose(ours, reference(a, b, transposeA, transposeB, batch), { atol: 1e-5 + 1e-7 * k, rtol: 1e-5 });
+  });
+
+  it('has the helper compute chunks', () => {
+    const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+    for (let call = 0; call < 20; call++) shared.product(operand([8, 4, 128, 64], call), operand([8, 4, 128, 64], call + 1), false, true, [8, 4]);
+    expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBeGreaterThan(before);
+  });
+
+  it('gives the one-thread results over many consecutive calls of different shapes (no chunk runs with another call’s arguments)', () => {
+    for (let call = 0; call < 300; call++) {
+      const [, aShape, bShape, transposeA, transposeB, batchShape] = PRODUCTS[call % PRODUCTS.length]!;
+      const a = operand(aShape, 100 + call);
+      const b = operand(bShape, 200 + call);
+      const ours = shared.product(a, b, transposeA, transposeB, [...batchShape]);
+      const single = plain.product(a, b, transposeA, transposeB, [...batchShape]);
+      expectSameValues(ours, single, `call ${call} (${PRODUCTS[call % PRODUCTS.length]![0]})`);
+    }
+  });
+
+  it('completes every product on the calling thread when the helper claims nothing', () => {
+    setSimdBatchMatMulHelperMode(sharedBackend, 'idle');
+    try {
+      const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+      for (const [, aShape, bShape, transposeA, transposeB, batchShape] of PRODUCTS) {
+        const a = operand(aShape, 5);
+        const b = operand(bShape, 6);
+        expectSameValues(shared.product(a, b, transposeA, transposeB, [...batchShape]), plain.product(a, b, transposeA, transposeB, [...batchShape]));
+      }
+      expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
+    } finally {
+      setSimdBatchMatMulHelperMode(sharedBackend, 'normal');
+    }
+  });
+
+  it('takes back the chunks of a helper that stalls mid-chunk, and keeps its late results out of the output', async () => {
+    setSimdBatchMatMulHelperMode(sharedBackend, 'stalling');
+    const results: { values: Float32Array; expected: Float32Array }[] = [];
+    try {
+      const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+      for (const [, aShape, bShape, transposeA, transposeB, batchShape] of PRODUCTS) {
+        const a = operand(aShape, 7);
+        const b = operand(bShape, 8);
+        const values = shared.productInPlace(a, b, transposeA, transposeB, [...batchShape]);
+        const expected = plain.product(a, b, transposeA, transposeB, [...batchShape]);
+        expectSameValues(values, expected);
+        results.push({ values, expected });
+      }
+      // Each call returned while the helper slept inside a chunk: it finished none.
+      expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
+      // The helper wakes, computes its chunk from operands overwritten since, and must find it taken
+      // back: the (freed) outputs of the calls stay as they were when the calls returned.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      for (const { values, expected } of results) expectSameValues(values, expected, 'a finished call’s output');
+    } finally {
+      setSimdBatchMatMulHelperMode(sharedBackend, 'normal');
+    }
+  });
+
+  it('stops the helper loop and ends its thread when the backend is disposed', async () => {
+    // The test ends the thread itself once its loop has returned: ending it at once would hide
+    // whether helper_stop makes the loop return.
+    const started: HelperThread[] = [];
+    const ended: HelperThread[] = [];
+    setThreadHost({
+      ...nodeThreadHost,
+      startHelper: (options) => {
+        const thread = nodeThreadHost.startHelper(options);
+        started.push(thread);
+        return { terminate: () => void ended.push(thread) };
+      },
+    });
+    try {
+      const backend = new HeapBackend(true);
+      const kernelBackend = backend as unknown as tf.KernelBackend;
+      backend.product(operand([64, 64], 1), operand([64, 64], 2), false, false, []);
+      await vi.waitFor(() => expect(simdBatchMatMulHelper(kernelBackend)?.running).toBe(true), { timeout: 10_000 });
+      backend.dispose();
+      expect(ended).toEqual(started);
+      expect(started).toHaveLength(1);
+      await vi.waitFor(() => expect(simdBatchMatMulHelper(kernelBackend)?.running).toBe(false), { timeout: 10_000 });
+    } finally {
+      for (const thread of started) thread.terminate();
+      setThreadHost(nodeThreadHost);
+    }
+  });
+});
+
+describe('threadChunking', () => {
+  it('keeps small products and those with k ≤ 16 on one thread and cuts large ones into at most 64 chunks of whole tiles', () => {
+    expect(threadChunking(1, 16, 16, 16)).toBeNull();
+    expect(threadChunking(70_000, 8, 64, 8)).toBeNull();
+    // LoRA's up-projection u·Bᵀ (k = r = 8): mostly stores.
+    expect(threadChunking(1, 1024, 8, 768)).toBeNull();
+    // Attention: 32 matrices of 128×128×64, two chunks each (half the columns).
+    expect(threadChunking(32, 128, 64, 128)).toEqual({ rowBlock: 128, panelGroup: 8, chunks: 64 });
+    // One column panel: split by rows, in blocks of 4.
+    const thin = threadChunking(1, 1030, 260, 8)!;
+    expect(thin.rowBlock % 4).toBe(0);
+    expect(thin.chunks).toBeGreaterThan(8);
+    expect(thin.chunks).toBeLessThanOrEqual(64);
+  });
+});
