@@ -17,7 +17,10 @@ async function applyComparisonMethod(model, variant, steps) {
   const definition = METHODS.find((entry) => entry.variant === variant);
   const loaded = await loadVariantPackages(definition);
   if (loaded.missing) throw new Error(`${variant} needs ${loaded.missing}, which is not installed.`);
-  const context = { targetModules: LORA_CONFIG.targetModules, fanInFanOut: LORA_CONFIG.fanInFanOut, modulesToSave: undefined, steps };
+  // The method's schedule (AdaLoRA's budget phases) is sized for a run of at least 20 steps, of
+  // which the bench times the first few: AdaLoRA refuses a schedule with no budget phase (tinit must
+  // be below totalStep − tfinal), which a 2-step run would give.
+  const context = { targetModules: LORA_CONFIG.targetModules, fanInFanOut: LORA_CONFIG.fanInFanOut, modulesToSave: undefined, steps: Math.max(steps, 20) };
   return applyMethod(model, definition, loaded.modules, { seed: 3, context }).adapterModel;
 }
 
