@@ -38,7 +38,8 @@ export async function runThroughput({ quick = false, threads, log = (text) => pr
   }
   const trainRows = [];
   const skipped = [];
-  const steps = quick ? '1' : '3';
+  // Medians of 5 steps (2 with --quick): a step's time varies by ±10% on a shared machine.
+  const steps = quick ? '2' : '5';
   let torch = null;
   for (const kind of kinds) {
     log(`throughput: small GPT-2 forward, LoRA and full fine-tuning steps${kind === kinds[0] ? ' (and DoRA, AdaLoRA, QLoRA)' : ''} on ${kind}…`);

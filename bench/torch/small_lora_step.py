@@ -13,7 +13,8 @@ Prints one JSON object on its last stdout line: {"torch": version, "threads": n,
 "rows": [{variant, stepMs}]}. `blas` is the BLAS library the process loaded (Debian's python3-torch
 uses whichever libblas.so.3 is selected: the reference BLAS is ~40x slower than OpenBLAS, so the
 report names it).
-Median of `steps` steps after one warm-up step. Plain PyTorch only (no transformers, no peft).
+Median of `steps` steps after two warm-up steps (a process's first steps also pay for its first
+allocations: one warm-up left the first variant's steps ~3x slower). Plain PyTorch only (no transformers, no peft).
 """
 import argparse
 import json
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+WARMUP = 2
 CONFIG = dict(vocab=257, positions=128, d=256, layers=4, heads=4, batch=8, seq=128)
 
 
@@ -137,7 +139,7 @@ def run(variant, steps):
     if variant == "forward":
         model.eval()
         with torch.no_grad():
-            for step in range(steps + 1):
+            for step in range(steps + WARMUP):
                 started = time.perf_counter()
                 float(loss_of(model, data[step % 2]))
                 times.append(time.perf_counter() - started)
@@ -145,7 +147,7 @@ def run(variant, steps):
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-        for step in range(steps + 1):
+        for step in range(steps + WARMUP):
             started = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss = loss_of(model, data[step % 2])
@@ -155,7 +157,7 @@ def run(variant, steps):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             times.append(time.perf_counter() - started)
-    timed = sorted(times[1:])
+    timed = sorted(times[WARMUP:])
     return timed[len(timed) // 2] * 1000
 
 
