@@ -179,7 +179,11 @@ def main():
     args = parser.parse_args()
     # One thread is the anchor: on a 2-core machine two threads oversubscribe it.
     torch.set_num_threads(args.threads)
-    rows = [{"variant": v, "stepMs": round(run(v, args.steps), 1)} for v in args.variants.split(",")]
+    variants = args.variants.split(",")
+    # A discarded training pass first: until the process has run a backward pass, its steps stay
+    # slow for longer than the warm-up (seen: a forward run first took 2-3x its time after one).
+    run("lora", 2)
+    rows = [{"variant": v, "stepMs": round(run(v, args.steps), 1)} for v in variants]
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas_library(), "rows": rows}))
 
 
