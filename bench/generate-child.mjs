@@ -13,7 +13,7 @@ const { values } = parseArgs({
     backend: { type: 'string' },
     threads: { type: 'string' },
     'new-tokens': { type: 'string', default: '16' },
-    reps: { type: 'string', default: '3' },
+    reps: { type: 'string', default: '9' },
   },
 });
 const threads = values.threads === undefined ? undefined : Number(values.threads);
@@ -21,7 +21,11 @@ const report = await cudaBackend.useBestBackend(values.backend ? { prefer: value
 const newTokens = Number(values['new-tokens']);
 const reps = Number(values.reps);
 
-/** Prefill (prompt → first token) and per-token decode times of one generate() call, medians over reps after a warm-up. */
+/**
+ * Prefill (prompt → first token) and per-token decode times of one generate() call, medians over
+ * reps after a warm-up. A call's per-token time is the median of its steps: a token takes a few
+ * ms, so one step delayed by another process would otherwise move the figure.
+ */
 function measure(model, promptLength, useCache) {
   const prompt = Array.from({ length: promptLength }, (_, i) => 97 + (i % 26));
   const prefills = [];
@@ -32,7 +36,7 @@ function measure(model, promptLength, useCache) {
     models.generate(model, [prompt], { maxNewTokens: newTokens, useCache, eosTokenId: [], onStep: () => stamps.push(performance.now()) });
     if (rep === 0) continue;
     prefills.push(stamps[0] - started);
-    decodes.push((stamps[stamps.length - 1] - stamps[0]) / (stamps.length - 1));
+    decodes.push(median(stamps.slice(1).map((stamp, i) => stamp - stamps[i])));
   }
   return { prefillMs: Number(median(prefills).toFixed(2)), tokenMs: Number(median(decodes).toFixed(2)), tokensPerSec: Number((1000 / median(decodes)).toFixed(1)) };
 }

@@ -11,7 +11,7 @@ const INTERNAL_FIELDS = ['backendKind'];
 /** Run the section on the default backend. */
 export async function runGenerate({ quick = false, threads, log = (text) => process.stderr.write(`${text}\n`), print = () => {} } = {}) {
   log('generate: small GPT-2, base / LoRA unmerged / LoRA merged, prompts of 16 and 112 tokens…');
-  const args = [...(threads === undefined ? [] : ['--threads', String(threads)]), '--reps', quick ? '1' : '3'];
+  const args = [...(threads === undefined ? [] : ['--threads', String(threads)]), '--reps', quick ? '2' : '9'];
   const result = await runChild(CHILD, args, log);
   if (!result.ok) throw new Error(`The generate benchmark failed: ${result.reason}`);
   const { rows, backendKind, threads: used } = result.value;

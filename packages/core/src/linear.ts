@@ -15,6 +15,11 @@ export interface LinearOptions {
   readonly seed?: number;
 }
 
+/** Whether ops run now are recorded for a gradient (inside `tf.grad`, `tf.variableGrads`, `train()`). */
+function tapeRecording(): boolean {
+  return tf.engine().state.gradientDepth > 0;
+}
+
 /** Apply `fn` to the last axis of `input` as a 2-D [rows, features] matrix and restore the leading axes. */
 export function applyToLastAxis(input: tf.Tensor, outFeatures: number, fn: (matrix: tf.Tensor2D) => tf.Tensor2D): tf.Tensor {
   if (input.rank === 2) return fn(input as tf.Tensor2D);
@@ -89,6 +94,10 @@ export class Linear extends Module implements BaseLayer {
     const frozen = (parameter: tf.Variable | null): boolean => parameter === null || !parameter.trainable;
     return tf.tidy(() =>
       applyToLastAxis(input, this.outFeatures, (x) => {
+        if (this.bias !== null && !tapeRecording()) {
+          // Inference: no gradient to shape, so the bias goes inside the product.
+          return tf.fused.matMul({ a: x, b: this.weight as tf.Tensor2D, transposeB: !this.fanInFanOut, bias: this.bias }) as tf.Tensor2D;
+        }
         if (this.bias !== null && frozen(this.weight) && frozen(this.bias)) return this.frozenAffine(x, this.bias);
         // matMul + add rather than tf.fused.matMul: the fused op's gradient (a customGrad) computes
         // the gradients of every input, so a trainable weight's layer would pay for a frozen

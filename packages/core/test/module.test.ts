@@ -153,7 +153,14 @@ describe('Module', () => {
       const x = tf.randomNormal([2, 5, 24], 0, 1, 'float32', 4);
       const c = tf.randomNormal([2, 5, 20], 0, 1, 'float32', 5);
       const valueAndGradient = (): [tf.Tensor, tf.Tensor] => [layer.forward(x), tf.grad((input: tf.Tensor) => tf.sum(tf.mul(layer.forward(input), c)))(x)];
+      const inferenceSpy = spyOnKernels();
       const [trainableValue, trainableGradient] = valueAndGradient();
+      inferenceSpy.stop();
+      // Trainable: the value outside the tape has its bias inside the product too; the gradient's
+      // forward under the tape adds it separately (the bias's gradient needs the Add).
+      const inferenceKernels = inferenceSpy.calls.filter((call) => call.depth === 0).map((call) => call.kernelName);
+      expect(inferenceKernels.filter((name) => name === '_FusedMatMul')).toHaveLength(1);
+      expect(inferenceKernels.filter((name) => name === 'Add')).toHaveLength(1);
       layer.weight.trainable = false;
       layer.bias!.trainable = false;
       const spy = spyOnKernels();
