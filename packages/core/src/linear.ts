@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { BaseLayer } from './base-layer.js';
 import { ShapeError } from './errors.js';
 import { Module } from './module.js';
+import { fusedBiasProductIsSafe } from './wasm-matmul.js';
 
 /** Options for {@link Linear}. */
 export interface LinearOptions {
@@ -94,14 +95,15 @@ export class Linear extends Module implements BaseLayer {
     const frozen = (parameter: tf.Variable | null): boolean => parameter === null || !parameter.trainable;
     return tf.tidy(() =>
       applyToLastAxis(input, this.outFeatures, (x) => {
-        if (this.bias !== null && !tapeRecording()) {
+        if (this.bias !== null && fusedBiasProductIsSafe()) {
           // Inference: no gradient to shape, so the bias goes inside the product.
-          return tf.fused.matMul({ a: x, b: this.weight as tf.Tensor2D, transposeB: !this.fanInFanOut, bias: this.bias }) as tf.Tensor2D;
+          if (!tapeRecording()) return tf.fused.matMul({ a: x, b: this.weight as tf.Tensor2D, transposeB: !this.fanInFanOut, bias: this.bias }) as tf.Tensor2D;
+          if (frozen(this.weight) && frozen(this.bias)) return this.frozenAffine(x, this.bias);
         }
-        if (this.bias !== null && frozen(this.weight) && frozen(this.bias)) return this.frozenAffine(x, this.bias);
         // matMul + add rather than tf.fused.matMul: the fused op's gradient (a customGrad) computes
         // the gradients of every input, so a trainable weight's layer would pay for a frozen
-        // bias's (and the reverse). Plain matMul computes only the gradients needed.
+        // bias's (and the reverse). Plain matMul computes only the gradients needed. (And
+        // tfjs-backend-wasm 4.22's own fused kernel adds the bias wrongly for a transposed weight.)
         const product = tf.matMul(x, this.weight as tf.Tensor2D, false, !this.fanInFanOut);
         return (this.bias ? tf.add(product, this.bias) : product) as tf.Tensor2D;
       })

@@ -5,7 +5,7 @@ import { BackendWasmModule } from './wasm-module.js';
 /**
  * Core's module of fused elementwise and copy kernels (wasm/gelu-tanh.c, layer-norm.c,
  * softmax.c, adamw.c, cross-entropy.c,
- * reductions.c, copy-blocks.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
+ * reductions.c, low-rank.c, copy-blocks.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
  */
 export interface FusedKernelsExports {
   geluTanh(size: number, x: number, y: number): void;
@@ -42,6 +42,8 @@ export interface FusedKernelsExports {
   sumRows(rows: number, cols: number, src: number, dst: number): void;
   /** 1 when every value is finite, else 0. */
   allFinite(size: number, x: number): number;
+  /** out = base + s·(x·Aᵀ)·Bᵀ row by row; `t` is `rank` floats of scratch. */
+  lowRankAdd(rows: number, inFeatures: number, rank: number, outFeatures: number, x: number, a: number, b: number, base: number, scaling: number, t: number, out: number): void;
   /** dst[b][j][i] = src[b][i][j] for `batch` matrices of rows × cols 4-byte values. */
   transposeLastTwo(batch: number, rows: number, cols: number, src: number, dst: number): void;
   /** n0·n1·n2 blocks of `bytes` bytes, block (i0, i1, i2) from src + Σ iₖ·ssₖ to dst + Σ iₖ·dsₖ. */
@@ -62,6 +64,7 @@ export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: 
   sumOfSquares: exports['sum_of_squares'] as FusedKernelsExports['sumOfSquares'],
   sumRows: exports['sum_rows'] as FusedKernelsExports['sumRows'],
   allFinite: exports['all_finite'] as FusedKernelsExports['allFinite'],
+  lowRankAdd: exports['low_rank_add'] as FusedKernelsExports['lowRankAdd'],
   transposeLastTwo: exports['transpose_last_two'] as FusedKernelsExports['transposeLastTwo'],
   copyBlocks: exports['copy_blocks'] as FusedKernelsExports['copyBlocks'],
 }));

@@ -277,3 +277,14 @@ export function restoreWasmMatMul(backendName = 'wasm'): string[] {
 export function fastWasmMatMulKernels(backendName = 'wasm'): string[] {
   return replacements.names(backendName);
 }
+
+/**
+ * Whether `tf.fused.matMul` with a bias is right on the active backend: everywhere but on a WASM
+ * backend whose matMul kernels are tfjs's own (tfjs-backend-wasm 4.22's loop adds the bias wrongly
+ * for transposed and batched products; core's fast kernels compute those unfused or on XNNPACK).
+ */
+export function fusedBiasProductIsSafe(): boolean {
+  const backendName = tf.getBackend();
+  const backend = tf.engine().registry[backendName];
+  return backend === undefined || !isWasmKernelBackend(backend) || replacements.names(backendName).includes('_FusedMatMul');
+}

@@ -1,0 +1,24 @@
+import * as tf from '@tensorflow/tfjs-core';
+
+/** tfjs kernel name of base + s·(x·Aᵀ)·Bᵀ (inputs `x`, `a`, `b`, `base`; attribute `scaling`), registered by core's WASM kernels; not differentiable. */
+export const LOW_RANK_ADD_KERNEL = 'LoraLowRankAdd';
+
+/** Rows up to which the one-call form is used: token-by-token generation; longer inputs are products' work. */
+export const LOW_RANK_ADD_MAX_ROWS = 64;
+
+/**
+ * `base + scaling·(x·Aᵀ)·Bᵀ` over the last axis (x [..., in], A [rank, in], B [out, rank], base
+ * [..., out]) as one kernel, for a LoRA layer's output at inference: when no gradient tape records,
+ * the inputs are float32 with at most {@link LOW_RANK_ADD_MAX_ROWS} rows, and the backend has core's
+ * fused kernels (the WASM backend after `initRuntime()`). Returns null otherwise (the caller
+ * computes the products).
+ */
+export function lowRankAdd(x: tf.Tensor, a: tf.Tensor, b: tf.Tensor, base: tf.Tensor, scaling: number): tf.Tensor | null {
+  const rows = x.size / a.shape[1]!;
+  const fused =
+    tf.engine().state.gradientDepth === 0 &&
+    rows <= LOW_RANK_ADD_MAX_ROWS &&
+    [x, a, b, base].every((tensor) => tensor.dtype === 'float32') &&
+    tf.getKernel(LOW_RANK_ADD_KERNEL, tf.getBackend()) !== undefined;
+  return fused ? (tf.engine().runKernel(LOW_RANK_ADD_KERNEL, { x, a, b, base }, { scaling }) as tf.Tensor) : null;
+}
