@@ -48,19 +48,23 @@ const SHARED_MEMORY_IMPORT = [...PLAIN_MEMORY_IMPORT.slice(0, -2), 0x03, 0x02, 0
  * @throws {Error} when the module's import section is not the one core's build produces.
  */
 export function withSharedMemoryImport(plain: Uint8Array): Uint8Array {
-  // Header (8 bytes), then sections: id, LEB128 size, contents. Core's modules are small enough
-  // that every section size before the import section fits one LEB byte, checked below.
+  // Header (8 bytes), then sections: id, LEB128 size, contents.
   let offset = 8;
   while (offset < plain.length) {
-    const id = plain[offset]!;
-    const size = plain[offset + 1]!;
-    if (size >= 0x80) break;
-    if (id === 2) {
-      const contents = Array.from(plain.subarray(offset + 2, offset + 2 + size));
-      if (contents.length !== PLAIN_MEMORY_IMPORT.length || contents.some((byte, i) => byte !== PLAIN_MEMORY_IMPORT[i])) break;
-      return Uint8Array.from([...plain.subarray(0, offset), 2, SHARED_MEMORY_IMPORT.length, ...SHARED_MEMORY_IMPORT, ...plain.subarray(offset + 2 + size)]);
+    const id = plain[offset++]!;
+    let size = 0;
+    for (let shift = 0; ; shift += 7) {
+      const byte = plain[offset++]!;
+      size |= (byte & 0x7f) << shift;
+      if ((byte & 0x80) === 0) break;
     }
-    offset += 2 + size;
+    if (id === 2) {
+      const contents = Array.from(plain.subarray(offset, offset + size));
+      // Its size (15 bytes, then 18) is one LEB byte, so the section starts at offset − 2.
+      if (contents.length !== PLAIN_MEMORY_IMPORT.length || contents.some((byte, i) => byte !== PLAIN_MEMORY_IMPORT[i])) break;
+      return Uint8Array.from([...plain.subarray(0, offset - 2), 2, SHARED_MEMORY_IMPORT.length, ...SHARED_MEMORY_IMPORT, ...plain.subarray(offset + size)]);
+    }
+    offset += size;
   }
   throw new Error('[@lora/core] A WASM module of core has an unexpected import section (rebuild it with scripts/build-wasm.mjs).');
 }
