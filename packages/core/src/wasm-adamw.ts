@@ -1,7 +1,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { ADAMW_UPDATE_KERNEL } from './adamw-update.js';
 import { fusedKernels } from './wasm-fused-kernels.js';
-import type { WasmHeapBackend } from './wasm-module.js';
+import { heapOffset, type WasmHeapBackend } from './wasm-module.js';
 
 /**
  * The fused AdamW update of tfjs's WASM backend (wasm/adamw.c: one SIMD pass writing the new
@@ -20,18 +20,16 @@ const updateKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
     applyDecay: boolean;
   };
   const outputs = [param, m, v].map((info) => wasm.makeOutput([...info.shape], 'float32'));
-  // Offsets after every allocation (the memory may grow).
-  const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
   const [newParam, newM, newV] = outputs as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
   // 1 − β in float64 then float32, as the composite form's scalar operands.
   fusedKernels
     .exports(wasm)!
     .adamw(
       wasm.typedArrayFromHeap(param).length,
-      offset(param),
-      offset(gradient),
-      offset(m),
-      offset(v),
+      heapOffset(wasm, param),
+      heapOffset(wasm, gradient),
+      heapOffset(wasm, m),
+      heapOffset(wasm, v),
       beta1,
       1 - beta1,
       beta2,
@@ -41,9 +39,9 @@ const updateKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
       sqrtCorrection2,
       epsilon,
       stepSize,
-      offset(newParam),
-      offset(newM),
-      offset(newV)
+      heapOffset(wasm, newParam),
+      heapOffset(wasm, newM),
+      heapOffset(wasm, newV)
     );
   return outputs;
 };

@@ -1,14 +1,13 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { CROSS_ENTROPY_GRAD_KERNEL, CROSS_ENTROPY_KERNEL } from './cross-entropy.js';
 import { fusedKernels } from './wasm-fused-kernels.js';
-import type { WasmHeapBackend } from './wasm-module.js';
+import { heapOffset as offset, type WasmHeapBackend } from './wasm-module.js';
 
 /**
  * The fused cross-entropy kernels of tfjs's WASM backend (wasm/cross-entropy.c: one SIMD pass per
  * row each way). Registered by `useFastWasmKernels` only where the module runs.
  */
 
-const offset = (wasm: WasmHeapBackend, info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
 
 const lossKernel: tf.KernelFunc = ({ inputs, backend }) => {
   const wasm = backend as WasmHeapBackend;

@@ -1,7 +1,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { LAYER_NORM_GRAD_KERNEL, LAYER_NORM_KERNEL, LAYER_NORM_WEIGHT_GRAD_KERNEL } from './layer-norm.js';
 import { fusedKernels } from './wasm-fused-kernels.js';
-import type { WasmHeapBackend } from './wasm-module.js';
+import { heapOffset as offset, leadingRows as rowsOf, type WasmHeapBackend } from './wasm-module.js';
 
 /**
  * The fused LayerNorm kernels of tfjs's WASM backend (wasm/layer-norm.c: one SIMD pass per row for
@@ -9,9 +9,7 @@ import type { WasmHeapBackend } from './wasm-module.js';
  * where the module runs.
  */
 
-const offset = (wasm: WasmHeapBackend, info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
 const dimensionOf = (x: tf.TensorInfo): number => x.shape[x.shape.length - 1]!;
-const rowsOf = (x: tf.TensorInfo): number => x.shape.slice(0, -1).reduce((product, dimension) => product * dimension, 1);
 
 const valueKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const wasm = backend as WasmHeapBackend;

@@ -1,7 +1,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { LOW_RANK_ADD_KERNEL } from './low-rank-add.js';
 import { fusedKernels } from './wasm-fused-kernels.js';
-import type { WasmHeapBackend } from './wasm-module.js';
+import { heapOffset, type WasmHeapBackend } from './wasm-module.js';
 
 /** The one-call LoRA output of tfjs's WASM backend (wasm/low-rank.c). Registered by `useFastWasmKernels` only where the module runs. */
 const lowRankAddKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
@@ -12,11 +12,10 @@ const lowRankAddKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const out = wasm.makeOutput([...base.shape], 'float32');
   const scratch = wasm.makeOutput([Math.max(rank, 1)], 'float32');
   try {
-    const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
     const rows = wasm.typedArrayFromHeap(x).length / inFeatures;
     fusedKernels
       .exports(wasm)!
-      .lowRankAdd(rows, inFeatures, rank, outFeatures, offset(x), offset(a), offset(b), offset(base), attrs!['scaling'] as number, offset(scratch), offset(out));
+      .lowRankAdd(rows, inFeatures, rank, outFeatures, heapOffset(wasm, x), heapOffset(wasm, a), heapOffset(wasm, b), heapOffset(wasm, base), attrs!['scaling'] as number, heapOffset(wasm, scratch), heapOffset(wasm, out));
   } finally {
     wasm.disposeData(scratch.dataId);
   }

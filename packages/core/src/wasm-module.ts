@@ -26,6 +26,16 @@ export interface WasmHeapBackend extends tf.KernelBackend {
   wasm?: { wasmMemory?: LinearMemory; asm?: { memory?: LinearMemory } };
 }
 
+/** Byte offset of `info`'s values in `backend`'s memory; read it after the call's allocations (a growing memory replaces the buffer). */
+export function heapOffset(backend: WasmHeapBackend, info: tf.TensorInfo): number {
+  return backend.typedArrayFromHeap(info).byteOffset;
+}
+
+/** Rows of a tensor seen as [rows, last axis]. */
+export function leadingRows(info: tf.TensorInfo): number {
+  return info.shape.slice(0, -1).reduce((product, dimension) => product * dimension, 1);
+}
+
 /**
  * A module's two links, base64: importing a plain memory and a shared one. Without `shared`, the
  * shared link is made from the plain one by {@link withSharedMemoryImport} (the two differ only

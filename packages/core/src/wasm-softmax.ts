@@ -1,15 +1,13 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { SCALED_SOFTMAX_GRAD_KERNEL, SCALED_SOFTMAX_KERNEL } from './scaled-softmax.js';
 import { fusedKernels } from './wasm-fused-kernels.js';
-import type { WasmHeapBackend } from './wasm-module.js';
+import { heapOffset as offset, leadingRows as rowsOf, type WasmHeapBackend } from './wasm-module.js';
 
 /**
  * The fused attention-softmax kernels of tfjs's WASM backend (wasm/softmax.c: one SIMD pass per
  * row each way). Registered by `useFastWasmKernels` only where the module runs.
  */
 
-const offset = (wasm: WasmHeapBackend, info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
-const rowsOf = (x: tf.TensorInfo): number => x.shape.slice(0, -1).reduce((product, dimension) => product * dimension, 1);
 
 const valueKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const wasm = backend as WasmHeapBackend;
