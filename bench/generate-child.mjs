@@ -1,8 +1,8 @@
 // Generation speed in its own process:
-//   node bench/generate-child.mjs [--backend KIND] [--threads N] [--new-tokens 16] [--reps 3]
+//   node bench/generate-child.mjs [--backend KIND] [--threads N] [--new-tokens 16] [--reps 15] [--base-only]
 // @lora/models' generate() (greedy, key/value cache) on the `small` GPT-2, batch 1: the base model,
-// the model with an unmerged LoRA adapter, and with it merged; prompts of 16 and 112 tokens; and
-// without the cache for comparison. Prints one JSON object on its last stdout line.
+// the model with an unmerged LoRA adapter, and with it merged (three models, taking turns call by
+// call); prompts of 16 and 112 tokens; and without the cache for comparison. Prints one JSON object on its last stdout line.
 import { parseArgs } from 'node:util';
 import { median } from './lib/child.mjs';
 import { createModel, LORA_CONFIG } from './lib/gpt2.mjs';
@@ -13,7 +13,9 @@ const { values } = parseArgs({
     backend: { type: 'string' },
     threads: { type: 'string' },
     'new-tokens': { type: 'string', default: '16' },
-    reps: { type: 'string', default: '9' },
+    reps: { type: 'string', default: '15' },
+    // Only the base model with the 16-token prompt (the under-load measurement).
+    'base-only': { type: 'boolean', default: false },
   },
 });
 const threads = values.threads === undefined ? undefined : Number(values.threads);
@@ -21,50 +23,73 @@ const report = await cudaBackend.useBestBackend(values.backend ? { prefer: value
 const newTokens = Number(values['new-tokens']);
 const reps = Number(values.reps);
 
-/**
- * Prefill (prompt → first token) and per-token decode times of one generate() call, medians over
- * reps after a warm-up. A call's per-token time is the median of its steps: a token takes a few
- * ms, so one step delayed by another process would otherwise move the figure.
- */
-function measure(model, promptLength, useCache) {
+/** Prefill (prompt → first token) and per-token time of one generate() call: a call's per-token time is the median of its steps (a token takes about a millisecond, so one step delayed by another process would otherwise move it). */
+function call(model, promptLength, useCache) {
   const prompt = Array.from({ length: promptLength }, (_, i) => 97 + (i % 26));
-  const prefills = [];
-  const decodes = [];
-  for (let rep = 0; rep <= reps; rep++) {
-    const stamps = [];
-    const started = performance.now();
-    models.generate(model, [prompt], { maxNewTokens: newTokens, useCache, eosTokenId: [], onStep: () => stamps.push(performance.now()) });
-    if (rep === 0) continue;
-    prefills.push(stamps[0] - started);
-    decodes.push(median(stamps.slice(1).map((stamp, i) => stamp - stamps[i])));
-  }
-  return { prefillMs: Number(median(prefills).toFixed(2)), tokenMs: Number(median(decodes).toFixed(2)), tokensPerSec: Number((1000 / median(decodes)).toFixed(1)) };
+  const stamps = [];
+  const started = performance.now();
+  models.generate(model, [prompt], { maxNewTokens: newTokens, useCache, eosTokenId: [], onStep: () => stamps.push(performance.now()) });
+  return { prefillMs: stamps[0] - started, tokenMs: median(stamps.slice(1).map((stamp, i) => stamp - stamps[i])) };
 }
+
+const summary = (calls) => {
+  const tokenMs = median(calls.map((c) => c.tokenMs));
+  return { prefillMs: Number(median(calls.map((c) => c.prefillMs)).toFixed(2)), tokenMs: Number(tokenMs.toFixed(3)), tokensPerSec: Number((1000 / tokenMs).toFixed(1)) };
+};
 
 const rows = [];
-const row = (variant, promptLength, useCache, result) => rows.push({ kind: 'generate', variant, promptLength, newTokens, useCache, backend: report.backend, threads: report.threads, ...result, backendKind: report.kind });
+const row = (variant, promptLength, useCache, result) =>
+  rows.push({ kind: 'generate', variant, promptLength, newTokens, useCache, backend: report.backend, threads: report.threads, ...result, backendKind: report.kind });
 
-const model = createModel('small');
-model.eval();
-// Frozen, as the adapter rows' base is (AdapterModel freezes it): the rows then differ only by the
-// adapter (core keeps the transposed copy a frozen weight's product needs, e.g. the tied head's).
-model.setTrainable(false);
-// Discarded rounds first: V8 moves WASM functions to its optimising compiler only once they are
-// hot, so the process's first few dozen calls run slower (seen: the first base row 1.5x the
-// same row measured three rounds later), which made the first row, the base, look slow.
-for (let round = 0; round < 3; round++) {
-  measure(model, 16, true);
-  measure(model, 112, true);
+/** A frozen model in eval mode (as the adapter rows' base is: AdapterModel freezes it), the same weights each time (seeded). */
+function frozenModel() {
+  const model = createModel('small');
+  // Frozen: core then keeps the transposed copy a frozen weight's product needs (e.g. the tied
+  // head's), so the rows differ only by the adapter.
+  model.setTrainable(false);
+  model.eval();
+  return model;
 }
-row('base', 16, true, measure(model, 16, true));
-row('base', 112, true, measure(model, 112, true));
-row('base', 112, false, measure(model, 112, false));
-const adapterModel = core.AdapterModel.create(model, { registry: core.createLoraRegistry({ plugins: [core.lora({ seed: 3 })] }), config: LORA_CONFIG });
-model.eval();
-row('lora-unmerged', 16, true, measure(model, 16, true));
-row('lora-unmerged', 112, true, measure(model, 112, true));
-adapterModel.merge();
-row('lora-merged', 16, true, measure(model, 16, true));
-row('lora-merged', 112, true, measure(model, 112, true));
-model.dispose();
+const base = frozenModel();
+if (values['base-only']) {
+  for (let round = 0; round < 9; round++) call(base, 16, true);
+  row('base', 16, true, summary(Array.from({ length: reps }, () => call(base, 16, true))));
+  base.dispose();
+} else {
+  measureAll();
+}
 process.stdout.write(`\n${JSON.stringify({ backendKind: report.kind, threads: report.threads, rows })}\n`);
+
+function measureAll() {
+  const unmerged = frozenModel();
+  core.AdapterModel.create(unmerged, { registry: core.createLoraRegistry({ plugins: [core.lora({ seed: 3 })] }), config: LORA_CONFIG });
+  unmerged.eval();
+  const merged = frozenModel();
+  core.AdapterModel.create(merged, { registry: core.createLoraRegistry({ plugins: [core.lora({ seed: 3 })] }), config: LORA_CONFIG }).merge();
+  merged.eval();
+  const variants = { base, 'lora-unmerged': unmerged, 'lora-merged': merged };
+  const names = Object.keys(variants);
+
+  // The three models take turns, call by call, in an order that rotates each round: a slow spell of
+  // the machine then falls on all three alike, and each round gives a ratio of its own (its adapter
+  // call against its base call), whose median is reported. Discarded rounds first: V8 moves WASM
+  // functions to its optimising compiler only once they are hot (seen: the first base row 1.5× the
+  // same row measured three rounds later).
+  for (const promptLength of [16, 112]) {
+    const calls = Object.fromEntries(names.map((name) => [name, []]));
+    for (let round = -3; round < reps; round++) {
+      const order = names.map((_, i) => names[(i + round + 3) % names.length]);
+      for (const name of order) {
+        const result = call(variants[name], promptLength, true);
+        if (round >= 0) calls[name].push(result);
+      }
+    }
+    for (const name of names) {
+      const ratio = name === 'base' ? {} : { perTokenVsBase: Number(median(calls[name].map((c, i) => c.tokenMs / calls.base[i].tokenMs)).toFixed(3)) };
+      row(name, promptLength, true, { ...summary(calls[name]), ...ratio });
+    }
+  }
+  // Without the cache, for comparison: each token re-runs the whole sequence.
+  row('base', 112, false, summary(Array.from({ length: Math.max(2, Math.ceil(reps / 3)) + 1 }, () => call(base, 112, false)).slice(1)));
+  for (const model of Object.values(variants)) model.dispose();
+}

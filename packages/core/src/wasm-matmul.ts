@@ -16,8 +16,9 @@ import { hasSimdBatchMatMul, simdBatchMatMul } from './wasm-simd-matmul.js';
  *   variable holds that data, so LoRA steps do not transpose it again every step (and XNNPACK,
  *   which caches its packed weights by operand, packs it once);
  * - a stack of left operands times one right operand is folded into one tall matrix;
- * - a stack times a stack (attention) and thin products (a dimension of at most
- *   {@link THIN_DIMENSION}: LoRA's rank-r factors) run on core's own batched SIMD kernel
+ * - a stack times a stack (attention), thin products (a dimension of at most
+ *   {@link THIN_DIMENSION}: LoRA's rank-r factors) and products of a few rows (decoding) run on
+ *   core's own batched SIMD kernel
  *   (wasm-simd-matmul.ts), which reads transposed and broadcast operands in place and, on tfjs's
  *   threaded build in Node, shares each product with a helper thread of its own.
  * The products are the same, summed in another order than the loop's (float32 rounding differs,
@@ -30,6 +31,13 @@ const MATMUL_KERNELS = ['BatchMatMul', '_FusedMatMul'] as const;
  * threaded XNNPACK call, and the transposes it needs, cost more than the product itself.
  */
 export const THIN_DIMENSION = 16;
+/**
+ * Products of at most this many rows in all (token-by-token decoding: one row per sequence) run on
+ * core's kernel too. XNNPACK splits even these across its thread pool and waits for its worker at
+ * every product; when another process holds the second core, that wait is a scheduler slice (seen:
+ * generation went from 1 to 9 ms per token). Core's kernel never waits for its helper thread.
+ */
+const FEW_ROWS = 4;
 const replacements = new KernelReplacements();
 
 interface MatMulAttrs {
@@ -80,7 +88,8 @@ function fastMatMul(original: tf.KernelConfig, backendName: string): tf.KernelFu
     const float32 = a.dtype === 'float32' && b.dtype === 'float32';
     const batchShape = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
     const thin = n <= THIN_DIMENSION || k <= THIN_DIMENSION || (transposeA && m <= THIN_DIMENSION);
-    if (float32 && (stacked || thin) && hasSimdBatchMatMul(backend)) {
+    const fewRows = batchA * m <= FEW_ROWS;
+    if (float32 && (stacked || thin || fewRows) && hasSimdBatchMatMul(backend)) {
       const activation = (attrs?.['activation'] as string | undefined) ?? 'linear';
       // The SIMD kernel computes the plain product; a fused bias or activation is applied after it.
       if (bias !== undefined || prelu !== undefined || activation !== 'linear') return unfusedProduct(backendName, backend, inputs, attrs ?? {});

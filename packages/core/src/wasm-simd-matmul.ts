@@ -232,11 +232,11 @@ export function setSimdBatchMatMulHelperMode(backend: tf.KernelBackend, mode: Si
 /** Products below this many flops run on the calling thread alone (waking the helper costs ~10-50 µs). */
 const MIN_THREADED_FLOPS = 2 ** 19;
 /**
- * Products with at most this many terms per output (LoRA's up-projections, k = r) run on the
- * calling thread alone: their time goes to storing the output, which the helper does twice (into
- * its own buffer, then the output), so sharing them measured slower under load.
+ * Products with at most this many terms per output (LoRA's up-projections, k = r) are cut by rows
+ * only: the kernel writes their output row by row (batch-matmul.c's SMALL_K), and a chunk of whole
+ * rows keeps each of its cache lines to one thread.
  */
-const MAX_UNSHARED_K = 16;
+const SMALL_K = 16;
 /** A chunk holds about this many flops at least: claiming one is an atomic swap on a shared line. */
 const CHUNK_FLOPS = 2 ** 17;
 /** Chunks per product at most: enough that the caller balances the helper's share when it is slow. */
@@ -245,18 +245,17 @@ const TARGET_CHUNKS = 64;
 /**
  * How a product of `batch` matrices `[m, k]·[k, n]` is cut into chunks for two threads: rows per
  * chunk (a multiple of the 4-row tile) and 8-column panels per chunk, each matrix of the stack
- * being one chunk at least. Null when the product is too small to share, has 16 terms per output
- * or fewer, has more matrices than
+ * being one chunk at least. Null when the product is too small to share, has more matrices than
  * the chunk words (4096), or a chunk's packed panels and result would not fit the helper's buffer.
  */
 export function threadChunking(batch: number, m: number, k: number, n: number): { rowBlock: number; panelGroup: number; chunks: number } | null {
   const flops = 2 * batch * m * k * n;
-  if (flops < MIN_THREADED_FLOPS || k <= MAX_UNSHARED_K || batch > MAX_THREADED_CHUNKS) return null;
+  if (flops < MIN_THREADED_FLOPS || batch > MAX_THREADED_CHUNKS) return null;
   const panels = Math.ceil(n / 8);
   const rowTiles = Math.ceil(m / 4);
   const perMatrix = Math.ceil(Math.min(TARGET_CHUNKS, Math.floor(flops / CHUNK_FLOPS)) / batch);
-  // Splitting columns first: a chunk packs only its own panels of B.
-  const panelGroups = Math.min(panels, perMatrix);
+  // Splitting columns first (a chunk packs only its own panels of B), but rows only when k is small.
+  const panelGroups = k <= SMALL_K ? 1 : Math.min(panels, perMatrix);
   const rowGroups = Math.min(rowTiles, Math.ceil(perMatrix / panelGroups));
   const panelGroup = Math.ceil(panels / panelGroups);
   const rowBlock = 4 * Math.ceil(rowTiles / rowGroups);

@@ -70,6 +70,13 @@ describe('the batched SIMD matMul kernel', () => {
     ['a thin product (LoRA (x·Aᵀ)·Bᵀ)', [40, 8], [24, 8], false, true],
     ['a thin transposed left operand (LoRA dA = dyᵀ·x)', [40, 8], [40, 24], true, false],
     ['a thin right operand (LoRA dB)', [40, 24], [40, 3], true, false],
+    ['few rows times a B read in place, with a partial last panel', [5, 40], [40, 27], false, false],
+    ['few transposed rows times a transposed B (packed)', [40, 5], [27, 40], true, true],
+    ['k = 16 (row by row) and k = 17 (panel by panel)', [3, 37, 16], [16, 19], false, false],
+    ['k = 17, panel by panel', [37, 17], [19, 17], false, true],
+    ['one row (decoding a token)', [1, 40], [40, 27], false, false],
+    ['three rows times a transposed B (decoding three sequences)', [3, 1, 40], [24, 40], false, true],
+    ['a stack of rows, four in all', [2, 2, 33], [33, 20], false, false],
     ['the small model attention shape', [2, 4, 128, 64], [2, 4, 128, 64], false, true],
   ] as const)('gives the stock kernel result for %s', async (_name, aShape, bShape, transposeA, transposeB) => {
     await withoutTensorLeaks(() => expectSameAsStock(() => tf.matMul(random([...aShape], 1), random([...bShape], 2), transposeA, transposeB)));
@@ -86,6 +93,8 @@ describe('the batched SIMD matMul kernel', () => {
           tf.fused.matMul({ a: random([2, 5, 12], 3), b: random([2, 12, 6], 4), bias: random([6], 5), activation: 'relu' }),
           tf.fused.matMul({ a: random([40, 24], 6), b: random([8, 24], 7), transposeB: true, bias: random([8], 8) }),
           tf.fused.matMul({ a: random([2, 5, 12], 9), b: random([2, 12, 6], 10), activation: 'sigmoid' }),
+          // One row (decoding), which runs on the SIMD kernel: the bias is added after it.
+          tf.fused.matMul({ a: random([1, 40], 16), b: random([40, 24], 17), bias: random([24], 18) }),
         ],
         { stockWasmIsWrong: true },
       ),
@@ -103,6 +112,21 @@ describe('the batched SIMD matMul kernel', () => {
         return [dq!, dk!, dv!];
       }),
     );
+  });
+
+  it('computes a product of a few rows (decoding) in one kernel call, reading a transposed weight in place (no Transpose)', () => {
+    // XNNPACK would need Bᵀ transposed first, and runs such small products on its thread pool,
+    // which waits for its worker at every product: a long wait when another process holds the core.
+    const x = random([2, 1, 40], 19);
+    const weight = random([24, 40], 20);
+    const spy = spyOnKernels('wasm');
+    try {
+      tf.tidy(() => tf.matMul(x, weight, false, true).dataSync());
+      expect(spy.calls.map((call) => call.kernelName)).toEqual(['BatchMatMul']);
+    } finally {
+      spy.stop();
+      tf.dispose([x, weight]);
+    }
   });
 
   it('computes an attention product in one kernel call, reading kᵀ in place (no Transpose)', () => {

@@ -36,10 +36,10 @@ static void pack_b(const float *b, int k, int n, int rs, int cs, float *out) {
   }
 }
 
-#define STEP(p, bp)                                                           \
+#define STEP(p, bp, step)                                                     \
   {                                                                           \
-    const v128_t vb0 = wasm_v128_load(bp);                                    \
-    const v128_t vb1 = wasm_v128_load((bp) + 4);                              \
+    const v128_t vb0 = wasm_v128_load((bp) + (p) * (step));                   \
+    const v128_t vb1 = wasm_v128_load((bp) + (p) * (step) + 4);               \
     const v128_t a0 = wasm_v128_load32_splat(a0p + (p) * a_cs);               \
     const v128_t a1 = wasm_v128_load32_splat(a1p + (p) * a_cs);               \
     const v128_t a2 = wasm_v128_load32_splat(a2p + (p) * a_cs);               \
@@ -54,23 +54,20 @@ static void pack_b(const float *b, int k, int n, int rs, int cs, float *out) {
     c31 = wasm_f32x4_add(c31, wasm_f32x4_mul(a3, vb1));                       \
   }
 
-// One 4×8 tile of C: rows i0.. of op(A), read in place (`a` points at row i0, rows `a_rs` apart,
-// values `a_cs` apart), times a packed B panel. A partial tile (rows < 4 or columns < 8, at the
-// matrix's edge) repeats its last row and goes through `edge` (32 floats of scratch).
-static void tile(const float *a, int a_rs, int a_cs, const float *bp, int k, float *c, int ldc, int rows, int columns, float *edge) {
-  const float *a0p = a;
-  const float *a1p = rows > 1 ? a + a_rs : a0p;
-  const float *a2p = rows > 2 ? a + 2 * a_rs : a1p;
-  const float *a3p = rows > 3 ? a + 3 * a_rs : a2p;
+// One 4×8 tile of C: rows i0..i0+3 of op(A), read in place (`a` points at row i0, rows `a_rs`
+// apart, values `a_cs` apart), times a panel of 8 columns of op(B) whose rows are `b_step` floats
+// apart (8 when packed, B's row stride when read in place). A partial panel (columns < 8, at the
+// matrix's edge) goes through `edge` (32 floats of scratch).
+__attribute__((noinline)) static void tile(const float *a, int a_rs, int a_cs, const float *bp, int b_step, int k, float *c, int ldc, int columns, float *edge) {
+  const float *a0p = a, *a1p = a + a_rs, *a2p = a + 2 * a_rs, *a3p = a + 3 * a_rs;
   v128_t c00 = wasm_f32x4_splat(0.0f), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
   int p = 0;
   for (; p + 2 <= k; p += 2) {
-    STEP(p, bp);
-    STEP(p + 1, bp + NR);
-    bp += 2 * NR;
+    STEP(p, bp, b_step);
+    STEP(p + 1, bp, b_step);
   }
-  if (p < k) STEP(p, bp);
-  float *out = rows == MR && columns == NR ? c : edge;
+  if (p < k) STEP(p, bp, b_step);
+  float *out = columns == NR ? c : edge;
   const int ld = out == c ? ldc : NR;
   wasm_v128_store(out, c00);
   wasm_v128_store(out + 4, c01);
@@ -81,8 +78,66 @@ static void tile(const float *a, int a_rs, int a_cs, const float *bp, int k, flo
   wasm_v128_store(out + 3 * ld, c30);
   wasm_v128_store(out + 3 * ld + 4, c31);
   if (out == c) return;
-  for (int r = 0; r < rows; r++)
+  for (int r = 0; r < MR; r++)
     for (int j = 0; j < columns; j++) c[r * ldc + j] = edge[r * NR + j];
+}
+
+// One row of C's 8 columns, for the rows a 4-row tile would repeat (a product of fewer than 4 rows,
+// as in token-by-token decoding, or the last rows of a matrix): the same sums, in the same order,
+// as the tile's, a quarter of its work. A partial panel (columns < 8) goes through `edge`.
+__attribute__((noinline)) static void row_tile(const float *a, int a_cs, const float *bp, int b_step, int k, float *c, int columns, float *edge) {
+  v128_t c0 = wasm_f32x4_splat(0.0f), c1 = c0;
+  for (int p = 0; p < k; p++) {
+    const v128_t a0 = wasm_v128_load32_splat(a + p * a_cs);
+    c0 = wasm_f32x4_add(c0, wasm_f32x4_mul(a0, wasm_v128_load(bp + p * b_step)));
+    c1 = wasm_f32x4_add(c1, wasm_f32x4_mul(a0, wasm_v128_load(bp + p * b_step + 4)));
+  }
+  float *out = columns == NR ? c : edge;
+  wasm_v128_store(out, c0);
+  wasm_v128_store(out + 4, c1);
+  if (out != c)
+    for (int j = 0; j < columns; j++) c[j] = edge[j];
+}
+
+// With at most this many terms per output (LoRA's up-projections, k = r), the packed panels of B
+// are small enough to stay in cache for a whole row of tiles: C is then written row by row, each
+// of its cache lines once, instead of panel by panel down its columns (which, at 8 columns a panel,
+// wrote each line twice, far apart, and made the stores the cost of the product).
+#define SMALL_K 16
+// With at most this many rows of op(A) (two row tiles: LoRA's gradient of A, rᵀ·x), each value of
+// B is used once or twice, so packing B costs as much as the product: full panels of a B with
+// contiguous rows (column stride 1) are read in place; only a partial last panel is packed.
+#define IN_PLACE_ROWS 8
+
+// Full panels of op(B) read in place for a product of `rows` rows (0: all packed).
+static inline int panels_in_place(int rows, int columns, int b_cs) { return b_cs == 1 && rows <= IN_PLACE_ROWS ? columns / NR : 0; }
+
+// Rows [0, rows) of op(A) (`a` at its first row) times `columns` columns of op(B): the first
+// `in_place` panels read from `b` (the block's first column, rows `b_rs` apart), the others from
+// `packed` (as pack_b wrote them, from panel `in_place` on). Element (r, j) goes to target[r·ld + j].
+static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_rs, int in_place, const float *packed, int k, int rows, int columns, float *target, int ld,
+                     float *edge) {
+  const int panels = (columns + NR - 1) / NR;
+  // Panel jp's first value and the distance between its rows.
+#define PANEL(jp) ((jp) < in_place ? b + (jp) * NR : packed + ((jp) - in_place) * NR * k)
+#define PANEL_STEP(jp) ((jp) < in_place ? b_rs : NR)
+#define PANEL_COLUMNS(jp) (columns - (jp) * NR < NR ? columns - (jp) * NR : NR)
+#define PANEL_TILE(jp, i0)                                                                                                                                                   \
+  if (rows - (i0) >= MR)                                                                                                                                                     \
+    tile(a + (i0) * a_rs, a_rs, a_cs, PANEL(jp), PANEL_STEP(jp), k, target + (i0) * ld + (jp) * NR, ld, PANEL_COLUMNS(jp), edge);                                       \
+  else                                                                                                                                                                       \
+    for (int r = (i0); r < rows; r++) row_tile(a + r * a_rs, a_cs, PANEL(jp), PANEL_STEP(jp), k, target + r * ld + (jp) * NR, PANEL_COLUMNS(jp), edge)
+  if (k <= SMALL_K) {
+    for (int i0 = 0; i0 < rows; i0 += MR)
+      for (int jp = 0; jp < panels; jp++) PANEL_TILE(jp, i0);
+  } else {
+    for (int jp = 0; jp < panels; jp++)
+      for (int i0 = 0; i0 < rows; i0 += MR) PANEL_TILE(jp, i0);
+  }
+#undef PANEL_TILE
+#undef PANEL_COLUMNS
+#undef PANEL_STEP
+#undef PANEL
 }
 
 // C (row-major, [batch, m, n], contiguous) = op(A) · op(B) for each of `batch` matrices.
@@ -92,19 +147,12 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
   const int b_panels = (n + NR - 1) / NR;
   float *packed_b = scratch;
   float *edge = packed_b + b_panels * NR * k;
+  const int in_place = panels_in_place(m, n, b_cs);
   for (int i = 0; i < batch; i++) {
+    const float *bi = b + i * b_bs;
     // A broadcast B is packed once.
-    if (i == 0 || b_bs != 0) pack_b(b + i * b_bs, k, n, b_rs, b_cs, packed_b);
-    const float *ai = a + i * a_bs;
-    float *ci = c + i * m * n;
-    for (int jp = 0; jp < b_panels; jp++) {
-      const int j0 = jp * NR;
-      const int columns = n - j0 < NR ? n - j0 : NR;
-      for (int i0 = 0; i0 < m; i0 += MR) {
-        const int rows = m - i0 < MR ? m - i0 : MR;
-        tile(ai + i0 * a_rs, a_rs, a_cs, packed_b + jp * NR * k, k, ci + i0 * n + j0, n, rows, columns, edge);
-      }
-    }
+    if (i == 0 || b_bs != 0) pack_b(bi + in_place * NR * b_cs, k, n - in_place * NR, b_rs, b_cs, packed_b);
+    multiply(a + i * a_bs, a_rs, a_cs, bi, b_rs, in_place, packed_b, k, m, n, c + i * m * n, n, edge);
   }
 }
 
@@ -189,26 +237,22 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
   const int first_column = pg * p->panel_group * NR;
   const int columns = min_int(n - first_column, p->panel_group * NR);
   float *edge = packed_b + p->panel_group * NR * k;
+  const int first_row = rg * p->row_block;
+  const int rows = min_int(m, first_row + p->row_block) - first_row;
+  const float *bi = p->b + i * p->b_bs + first_column * p->b_cs;
+  const int in_place = panels_in_place(m, columns, p->b_cs);
   // Consecutive chunks differ in their row block first: the packed panels are reused.
   const int b_key = p->b_bs != 0 ? i : -1;
   if (memo[0] != (int32_t)gen || memo[1] != b_key || memo[2] != pg) {
-    pack_b(p->b + i * p->b_bs + first_column * p->b_cs, k, columns, p->b_rs, p->b_cs, packed_b);
+    pack_b(bi + in_place * NR * p->b_cs, k, columns - in_place * NR, p->b_rs, p->b_cs, packed_b);
     memo[0] = (int32_t)gen;
     memo[1] = b_key;
     memo[2] = pg;
   }
-  const int first_row = rg * p->row_block;
-  const int end_row = min_int(m, first_row + p->row_block);
-  const float *ai = p->a + i * p->a_bs;
   // Where element (r, j) of the chunk goes: row stride and the address of (first_row, first_column).
   const int ld = out ? p->panel_group * NR : n;
   float *target = out ? out : p->c + i * m * n + first_row * n + first_column;
-  for (int jp = 0; jp * NR < columns; jp++) {
-    const int panel_columns = min_int(columns - jp * NR, NR);
-    for (int i0 = first_row; i0 < end_row; i0 += MR) {
-      tile(ai + i0 * p->a_rs, p->a_rs, p->a_cs, packed_b + jp * NR * k, k, target + (i0 - first_row) * ld + jp * NR, ld, min_int(end_row - i0, MR), panel_columns, edge);
-    }
-  }
+  multiply(p->a + i * p->a_bs + first_row * p->a_rs, p->a_rs, p->a_cs, bi, p->b_rs, in_place, packed_b, k, rows, columns, target, ld, edge);
 }
 
 // Copy the helper's result of `chunk` (see run_chunk) to the output.
@@ -222,8 +266,13 @@ static void copy_chunk(const struct args *p, int chunk, const float *from) {
   const int first_row = rg * p->row_block;
   const int rows = min_int(m, first_row + p->row_block) - first_row;
   float *to = p->c + i * m * n + first_row * n + first_column;
-  for (int r = 0; r < rows; r++)
-    for (int j = 0; j < columns; j++) to[r * n + j] = from[r * p->panel_group * NR + j];
+  for (int r = 0; r < rows; r++) {
+    const float *source = from + r * p->panel_group * NR;
+    float *row = to + r * n;
+    int j = 0;
+    for (; j + 4 <= columns; j += 4) wasm_v128_store(row + j, wasm_v128_load(source + j));
+    for (; j < columns; j++) row[j] = source[j];
+  }
 }
 
 // Claim the next chunk of generation `gen`: its index, or -1 when none is left (or the call is over).
