@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { activeBackendHasKernels } from './registered-kernels.js';
 
 /** tfjs kernel name of the fused AdamW update (inputs `param`, `gradient`, `m`, `v`; outputs the new param, m and v), registered by core's WASM kernels. */
 export const ADAMW_UPDATE_KERNEL = 'LoraAdamWUpdate';
@@ -28,8 +29,7 @@ export function adamWUpdate(
   scalars: AdamWUpdateScalars
 ): { param: tf.Tensor; m: tf.Tensor; v: tf.Tensor } {
   const { param, gradient, m, v } = tensors;
-  const fused =
-    [param, gradient, m, v].every((tensor) => tensor.dtype === 'float32' && tensor.size === param.size) && tf.getKernel(ADAMW_UPDATE_KERNEL, tf.getBackend()) !== undefined;
+  const fused = [param, gradient, m, v].every((tensor) => tensor.dtype === 'float32' && tensor.size === param.size) && activeBackendHasKernels(ADAMW_UPDATE_KERNEL);
   if (fused) {
     const attrs = { ...scalars, decay: scalars.decay ?? 1, applyDecay: scalars.decay !== null };
     const [newParam, newM, newV] = tf.engine().runKernel(ADAMW_UPDATE_KERNEL, { param, gradient, m, v }, attrs) as tf.Tensor[];

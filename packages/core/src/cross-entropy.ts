@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { activeBackendHasKernels } from './registered-kernels.js';
 
 /** tfjs kernel name of the fused per-row cross-entropy (inputs `logits` [rows, classes] float32 and `labels` [rows] int32; output [rows]), registered by core's WASM kernels. */
 export const CROSS_ENTROPY_KERNEL = 'LoraCrossEntropy';
@@ -30,12 +31,7 @@ function registerCrossEntropyGradient(): void {
  * are not registered (the caller computes the composite form).
  */
 export function fusedRowCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D): tf.Tensor1D | null {
-  const backend = tf.getBackend();
-  const fused =
-    logits.dtype === 'float32' &&
-    labels.dtype === 'int32' &&
-    tf.getKernel(CROSS_ENTROPY_KERNEL, backend) !== undefined &&
-    tf.getKernel(CROSS_ENTROPY_GRAD_KERNEL, backend) !== undefined;
+  const fused = logits.dtype === 'float32' && labels.dtype === 'int32' && activeBackendHasKernels(CROSS_ENTROPY_KERNEL, CROSS_ENTROPY_GRAD_KERNEL);
   if (!fused) return null;
   registerCrossEntropyGradient();
   return tf.engine().runKernel(CROSS_ENTROPY_KERNEL, { logits, labels }, {}) as tf.Tensor1D;

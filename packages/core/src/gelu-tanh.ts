@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { activeBackendHasKernels } from './registered-kernels.js';
 
 /** tfjs kernel name of the fused gelu_new (value), registered for a backend by core's WASM kernels. */
 export const GELU_TANH_KERNEL = 'LoraGeluTanh';
@@ -53,7 +54,7 @@ function registerGeluTanhGradient(): void {
  * kernels forward and 8 backward) it runs that; elsewhere the composite form.
  */
 export function geluTanh(x: tf.Tensor): tf.Tensor {
-  const fused = x.dtype === 'float32' && tf.getKernel(GELU_TANH_KERNEL, tf.getBackend()) !== undefined && tf.getKernel(GELU_TANH_GRAD_KERNEL, tf.getBackend()) !== undefined;
+  const fused = x.dtype === 'float32' && activeBackendHasKernels(GELU_TANH_KERNEL, GELU_TANH_GRAD_KERNEL);
   if (!fused) return tf.tidy(() => compositeGeluTanh(x) as tf.Tensor);
   registerGeluTanhGradient();
   return tf.engine().runKernel(GELU_TANH_KERNEL, { x }, {}) as tf.Tensor;

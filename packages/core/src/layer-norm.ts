@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { activeBackendHasKernels } from './registered-kernels.js';
 
 /** tfjs kernel name of the fused LayerNorm (inputs `x`, `weight`, `bias`; attribute `eps`), registered by core's WASM kernels. */
 export const LAYER_NORM_KERNEL = 'LoraLayerNorm';
@@ -36,9 +37,7 @@ function registerLayerNormGradient(): void {
  * the value and each gradient; elsewhere the composite form.
  */
 export function layerNorm(input: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
-  const backend = tf.getBackend();
-  const fused =
-    input.dtype === 'float32' && [LAYER_NORM_KERNEL, LAYER_NORM_GRAD_KERNEL, LAYER_NORM_WEIGHT_GRAD_KERNEL].every((kernelName) => tf.getKernel(kernelName, backend) !== undefined);
+  const fused = input.dtype === 'float32' && activeBackendHasKernels(LAYER_NORM_KERNEL, LAYER_NORM_GRAD_KERNEL, LAYER_NORM_WEIGHT_GRAD_KERNEL);
   if (!fused) return compositeLayerNorm(input, weight, bias, eps);
   registerLayerNormGradient();
   return tf.engine().runKernel(LAYER_NORM_KERNEL, { x: input, weight, bias }, { eps }) as tf.Tensor;

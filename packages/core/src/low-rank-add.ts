@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { activeBackendHasKernels } from './registered-kernels.js';
 
 /** tfjs kernel name of base + s·(x·Aᵀ)·Bᵀ (inputs `x`, `a`, `b`, `base`; attribute `scaling`), registered by core's WASM kernels; not differentiable. */
 export const LOW_RANK_ADD_KERNEL = 'LoraLowRankAdd';
@@ -19,6 +20,6 @@ export function lowRankAdd(x: tf.Tensor, a: tf.Tensor, b: tf.Tensor, base: tf.Te
     tf.engine().state.gradientDepth === 0 &&
     rows <= LOW_RANK_ADD_MAX_ROWS &&
     [x, a, b, base].every((tensor) => tensor.dtype === 'float32') &&
-    tf.getKernel(LOW_RANK_ADD_KERNEL, tf.getBackend()) !== undefined;
+    activeBackendHasKernels(LOW_RANK_ADD_KERNEL);
   return fused ? (tf.engine().runKernel(LOW_RANK_ADD_KERNEL, { x, a, b, base }, { scaling }) as tf.Tensor) : null;
 }

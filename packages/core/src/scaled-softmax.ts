@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { activeBackendHasKernels } from './registered-kernels.js';
 
 /** tfjs kernel name of the fused softmax(scale·x + mask) (inputs `x` and optionally `mask`; attribute `scale`), registered by core's WASM kernels. */
 export const SCALED_SOFTMAX_KERNEL = 'LoraScaledSoftmax';
@@ -31,15 +32,9 @@ function registerScaledSoftmaxGradient(): void {
  * dimensions (a causal mask) or none, one kernel each way; otherwise the composite form.
  */
 export function scaledSoftmax(scores: tf.Tensor, scale: number, mask: tf.Tensor | null): tf.Tensor {
-  const backend = tf.getBackend();
   const [queries, keys] = scores.shape.slice(-2) as [number, number];
   const maskFits = mask === null || (mask.rank === 2 && mask.shape[0] === queries && mask.shape[1] === keys && mask.dtype === 'float32');
-  const fused =
-    scores.dtype === 'float32' &&
-    scores.rank >= 2 &&
-    maskFits &&
-    tf.getKernel(SCALED_SOFTMAX_KERNEL, backend) !== undefined &&
-    tf.getKernel(SCALED_SOFTMAX_GRAD_KERNEL, backend) !== undefined;
+  const fused = scores.dtype === 'float32' && scores.rank >= 2 && maskFits && activeBackendHasKernels(SCALED_SOFTMAX_KERNEL, SCALED_SOFTMAX_GRAD_KERNEL);
   if (!fused) {
     return tf.tidy(() => {
       const scaled = scale === 1 ? scores : tf.mul(scores, scale);

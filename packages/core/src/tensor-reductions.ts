@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { activeBackendHasKernels } from './registered-kernels.js';
 
 /** tfjs kernel name of Σ x² over every value of every input (inputs named `0`, `1`, …; float32 scalar), registered by core's WASM kernels. */
 export const SUM_OF_SQUARES_KERNEL = 'LoraSumOfSquares';
@@ -8,7 +9,7 @@ export const ALL_FINITE_KERNEL = 'LoraAllFinite';
 const asInputs = (tensors: readonly tf.Tensor[]): tf.NamedTensorMap => Object.fromEntries(tensors.map((tensor, i) => [String(i), tensor]));
 
 const fusedFor = (kernelName: string, tensors: readonly tf.Tensor[]): boolean =>
-  tensors.length > 0 && tensors.every((tensor) => tensor.dtype === 'float32') && tf.getKernel(kernelName, tf.getBackend()) !== undefined;
+  tensors.length > 0 && tensors.every((tensor) => tensor.dtype === 'float32') && activeBackendHasKernels(kernelName);
 
 /**
  * Σ x² over all values of `tensors` (the squared global norm of gradients), a float32 scalar the
