@@ -2,21 +2,17 @@ import * as tf from '@tensorflow/tfjs-core';
 import { AdapterModel, causalLmLoss, createLoraRegistry, initRuntime, lora, train } from '@lora/core';
 import { matMulFlops, spyOnKernels, type KernelCall, type KernelSpy } from '@lora/core/internal';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Gpt2LMHeadModel, parseGpt2Config } from '../src/index.js';
+import { generate, Gpt2LMHeadModel, parseGpt2Config } from '../src/index.js';
 import { withoutLeaks } from './helpers.js';
 
 const LAYERS = 2;
+const TINY_GPT2 = { vocab_size: 37, n_positions: 16, n_embd: 32, n_layer: LAYERS, n_head: 2, attn_pdrop: 0, embd_pdrop: 0, resid_pdrop: 0 };
+const TINY_LORA = { r: 4, loraAlpha: 8, targetModules: ['attn.c_attn', 'attn.c_proj'], fanInFanOut: true };
 
 /** The kernel calls of the second of two LoRA training steps (core's train(), AdamW) on a tiny GPT-2. */
 async function recordLoraStep(): Promise<{ calls: KernelCall[]; frozen: Set<tf.DataId> }> {
-  const model = new Gpt2LMHeadModel(
-    parseGpt2Config({ vocab_size: 37, n_positions: 16, n_embd: 32, n_layer: LAYERS, n_head: 2, attn_pdrop: 0, embd_pdrop: 0, resid_pdrop: 0 }),
-    { seed: 1 },
-  );
-  AdapterModel.create(model, {
-    registry: createLoraRegistry({ plugins: [lora({ seed: 2 })] }),
-    config: { r: 4, loraAlpha: 8, targetModules: ['attn.c_attn', 'attn.c_proj'], fanInFanOut: true },
-  });
+  const model = new Gpt2LMHeadModel(parseGpt2Config(TINY_GPT2), { seed: 1 });
+  AdapterModel.create(model, { registry: createLoraRegistry({ plugins: [lora({ seed: 2 })] }), config: TINY_LORA });
   const inputIds = tf.tensor2d(Array.from({ length: 24 }, (_, i) => (i * 7) % 37), [2, 12], 'int32');
   // Set from the progress callback, so kept in an object TypeScript does not narrow.
   const recording: { spy: KernelSpy | null } = { spy: null };
@@ -82,5 +78,49 @@ describe.each(['wasm', 'cpu'])('a LoRA training step on the %s backend', (backen
       ({ call }) => (call.attrs['transposeB'] === true && frozen.has(call.inputDataIds['b']!)) || (call.attrs['transposeA'] === true && frozen.has(call.inputDataIds['a']!)),
     );
     expect(transposedFrozenUses).toHaveLength(1 + 4 * LAYERS - 1);
+  });
+});
+
+/** The kernels (names, in order) of a greedy generation of 4 tokens: the base model frozen as an adapter's base is, with a LoRA adapter unmerged, and merged. */
+function recordDecoding(): Record<'base' | 'unmerged' | 'merged', string[]> {
+  const kernelsOf = (adapter: 'none' | 'unmerged' | 'merged'): string[] => {
+    const model = new Gpt2LMHeadModel(parseGpt2Config(TINY_GPT2), { seed: 1 });
+    try {
+      model.setTrainable(false);
+      if (adapter !== 'none') {
+        const adapterModel = AdapterModel.create(model, { registry: createLoraRegistry({ plugins: [lora({ seed: 2 })] }), config: TINY_LORA });
+        if (adapter === 'merged') adapterModel.merge();
+      }
+      model.eval();
+      const prompt = [[3, 14, 15, 9]];
+      generate(model, prompt, { maxNewTokens: 4, eosTokenId: [] });
+      const spy = spyOnKernels();
+      try {
+        generate(model, prompt, { maxNewTokens: 4, eosTokenId: [] });
+      } finally {
+        spy.stop();
+      }
+      return spy.calls.filter((call) => call.depth === 0).map((call) => call.kernelName);
+    } finally {
+      model.dispose();
+    }
+  };
+  return { base: kernelsOf('none'), unmerged: kernelsOf('unmerged'), merged: kernelsOf('merged') };
+}
+
+describe.each(['wasm', 'cpu'])('decoding on the %s backend', (backend) => {
+  it('runs exactly the base model’s kernels with a merged LoRA adapter, and with an unmerged one on wasm one fused kernel more per adapted layer and token', async () => {
+    await initRuntime({ backend });
+    const { base, unmerged, merged } = await withoutLeaks(recordDecoding);
+    expect(base.length).toBeGreaterThan(100);
+    // Merged is the base model's computation: the same kernels in the same order, so the same speed.
+    expect(merged).toEqual(base);
+    expect(unmerged.length).toBeGreaterThan(base.length);
+    if (backend === 'wasm') {
+      // Each of the 2 adapted layers per block adds base + s·(x·Aᵀ)·Bᵀ as one kernel, at each of the
+      // 4 forward passes (the prompt, then 3 more tokens).
+      expect(unmerged.filter((name) => name === 'LoraLowRankAdd')).toHaveLength(2 * LAYERS * 4);
+      expect(unmerged.filter((name) => name !== 'LoraLowRankAdd')).toEqual(base);
+    }
   });
 });
