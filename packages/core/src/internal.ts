@@ -29,7 +29,7 @@ export { hasSimdBatchMatMul, setSimdBatchMatMulHelperMode, simdBatchMatMulHelper
 export type { SimdBatchMatMulHelperMode } from './wasm-simd-matmul.js';
 export { setThreadHost, threadHost } from './thread-host.js';
 export type { HelperThread, ThreadHost } from './thread-host.js';
-export { withSharedMemoryImport } from './wasm-module.js';
+export { withPlainMemoryImport, withSharedMemoryImport } from './wasm-module.js';
 export { geluTanh, GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from './gelu-tanh.js';
 export { scaledSoftmax, SCALED_SOFTMAX_GRAD_KERNEL, SCALED_SOFTMAX_KERNEL } from './scaled-softmax.js';
 export type { KernelCall, KernelSpy } from './kernel-spy.js';

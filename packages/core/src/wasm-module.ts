@@ -52,34 +52,51 @@ const PLAIN_MEMORY_IMPORT = [0x01, 0x03, ...'env'.split('').map((c) => c.charCod
 /** The same import as a shared memory: limits {flags 3 (shared, has max), min 2, max 65536 pages (4 GiB)}. */
 const SHARED_MEMORY_IMPORT = [...PLAIN_MEMORY_IMPORT.slice(0, -2), 0x03, 0x02, 0x80, 0x80, 0x04];
 
-/**
- * `plain` (a module importing `env.memory` as a plain memory) importing it as a shared memory,
- * as tfjs's threaded build needs: the import section (id 2) is rewritten, every other byte kept.
- * @throws {Error} when the module's import section is not the one core's build produces.
- */
-export function withSharedMemoryImport(plain: Uint8Array): Uint8Array {
+/** `bytes` with its import section (id 2) rewritten from `from` to `to`, every other byte kept. */
+function withMemoryImport(bytes: Uint8Array, from: readonly number[], to: readonly number[]): Uint8Array {
   // Header (8 bytes), then sections: id, LEB128 size, contents.
   let offset = 8;
-  while (offset < plain.length) {
-    const id = plain[offset++]!;
+  while (offset < bytes.length) {
+    const id = bytes[offset++]!;
     let size = 0;
     for (let shift = 0; ; shift += 7) {
-      const byte = plain[offset++]!;
+      const byte = bytes[offset++]!;
       size |= (byte & 0x7f) << shift;
       if ((byte & 0x80) === 0) break;
     }
     if (id === 2) {
-      const contents = Array.from(plain.subarray(offset, offset + size));
-      // Its size (15 bytes, then 18) is one LEB byte, so the section starts at offset − 2.
-      if (contents.length !== PLAIN_MEMORY_IMPORT.length || contents.some((byte, i) => byte !== PLAIN_MEMORY_IMPORT[i])) break;
-      return Uint8Array.from([...plain.subarray(0, offset - 2), 2, SHARED_MEMORY_IMPORT.length, ...SHARED_MEMORY_IMPORT, ...plain.subarray(offset + size)]);
+      const contents = Array.from(bytes.subarray(offset, offset + size));
+      // Its size (15 bytes plain, 18 shared) is one LEB byte, so the section starts at offset − 2.
+      if (contents.length !== from.length || contents.some((byte, i) => byte !== from[i])) break;
+      return Uint8Array.from([...bytes.subarray(0, offset - 2), 2, to.length, ...to, ...bytes.subarray(offset + size)]);
     }
     offset += size;
   }
   throw new Error('[@lora/core] A WASM module of core has an unexpected import section (rebuild it with scripts/build-wasm.mjs).');
 }
 
-function decode(base64: string): Uint8Array {
+/**
+ * `plain` (a module importing `env.memory` as a plain memory) importing it as a shared memory,
+ * as tfjs's threaded build needs: the import section (id 2) is rewritten, every other byte kept.
+ * @throws {Error} when the module's import section is not the one core's build produces.
+ */
+export function withSharedMemoryImport(plain: Uint8Array): Uint8Array {
+  return withMemoryImport(plain, PLAIN_MEMORY_IMPORT, SHARED_MEMORY_IMPORT);
+}
+
+/**
+ * `shared` (a module importing `env.memory` as a shared memory) importing it as a plain memory, as
+ * tfjs's single-threaded builds need. Its atomic loads, stores and read-modify-writes work on a
+ * plain memory too; `memory.atomic.wait` would trap there, so its two-thread entries must not be
+ * called (the batched matMul calls them only on a shared memory).
+ * @throws {Error} when the module's import section is not the one core's build produces.
+ */
+export function withPlainMemoryImport(shared: Uint8Array): Uint8Array {
+  return withMemoryImport(shared, SHARED_MEMORY_IMPORT, PLAIN_MEMORY_IMPORT);
+}
+
+/** The bytes of a base64 text (`atob`: in browsers and Node alike). */
+export function decodeBase64(base64: string): Uint8Array {
   const binary = atob(base64);
   const bytes = new Uint8Array(binary.length);
   for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
@@ -118,8 +135,8 @@ export class BackendWasmModule<Exports> {
     const api = (globalThis as { WebAssembly?: WebAssemblyApi }).WebAssembly;
     if (memory === undefined || api === undefined) return null;
     const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
-    const plain = decode(this.binaries.plain);
-    const bytes = !shared ? plain : this.binaries.shared === undefined ? withSharedMemoryImport(plain) : decode(this.binaries.shared);
+    const plain = decodeBase64(this.binaries.plain);
+    const bytes = !shared ? plain : this.binaries.shared === undefined ? withSharedMemoryImport(plain) : decodeBase64(this.binaries.shared);
     return { api, bytes, imports: { env: { memory } } };
   }
 

@@ -1,6 +1,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { threadHost } from './thread-host.js';
-import { BATCH_MATMUL_WASM_PLAIN, BATCH_MATMUL_WASM_SHARED } from './wasm-batch-matmul-binary.js';
+import { BATCH_MATMUL_WASM_SHARED } from './wasm-batch-matmul-binary.js';
+import { decodeBase64, withPlainMemoryImport } from './wasm-module.js';
 
 /**
  * A batched matrix product of our own (wasm/batch-matmul.c, 128-bit SIMD, 4×8 register tiles) run
@@ -78,13 +79,6 @@ const HELPER_FAILED_OFFSET = 76;
 /** The instance per backend, or null where it cannot run (no SIMD, memory not reachable). */
 const instances = new WeakMap<tf.KernelBackend, SimdKernel | null>();
 
-function decode(base64: string): Uint8Array {
-  const binary = atob(base64);
-  const bytes = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-  return bytes;
-}
-
 /** What instantiating the kernel's module for `backend` needs, or null where it cannot run. */
 function moduleFor(backend: WasmBackendWithModule): { api: WebAssemblyApi; bytes: Uint8Array; memory: LinearMemory; imports: Record<string, Record<string, unknown>> } | null {
   // tfjs's threaded build creates its (shared) memory in JS and keeps it as `wasmMemory`; the
@@ -93,7 +87,9 @@ function moduleFor(backend: WasmBackendWithModule): { api: WebAssemblyApi; bytes
   if (memory === undefined) return null;
   const api = (globalThis as { WebAssembly?: WebAssemblyApi }).WebAssembly;
   if (api === undefined) return null;
-  return { api, bytes: decode(isShared(memory) ? BATCH_MATMUL_WASM_SHARED : BATCH_MATMUL_WASM_PLAIN), memory, imports: { env: { memory } } };
+  // The package carries the shared-memory link only; a plain memory gets it with its import rewritten.
+  const shared = decodeBase64(BATCH_MATMUL_WASM_SHARED);
+  return { api, bytes: isShared(memory) ? shared : withPlainMemoryImport(shared), memory, imports: { env: { memory } } };
 }
 
 const isShared = (memory: LinearMemory): boolean => typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;

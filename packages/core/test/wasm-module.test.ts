@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { withSharedMemoryImport } from '../src/wasm-module.js';
+import { decodeBase64, withPlainMemoryImport, withSharedMemoryImport } from '../src/wasm-module.js';
+import { BATCH_MATMUL_WASM_SHARED } from '../src/wasm-batch-matmul-binary.js';
 import { FUSED_KERNELS_WASM_PLAIN } from '../src/wasm-fused-kernels-binary.js';
 
 /** The parts of the global WebAssembly API used here (core's tsconfig has no DOM/WebAssembly types). */
@@ -47,5 +48,32 @@ describe('withSharedMemoryImport', () => {
     expect(at).toBeGreaterThan(8);
     other[at] = 'M'.charCodeAt(0);
     expect(() => withSharedMemoryImport(other)).toThrow(/unexpected import section/u);
+  });
+});
+
+describe('withPlainMemoryImport', () => {
+  it('undoes withSharedMemoryImport byte for byte', () => {
+    expect(withPlainMemoryImport(withSharedMemoryImport(plain))).toEqual(plain);
+    expect(() => withPlainMemoryImport(plain)).toThrow(/unexpected import section/u);
+  });
+
+  it('makes the batched matMul’s shared link run on a plain memory (the single-threaded backends’), with the same products', async () => {
+    const shared = decodeBase64(BATCH_MATMUL_WASM_SHARED);
+    const product = async (bytes: Uint8Array, memory: LinearMemory): Promise<number[]> => {
+      const { instance } = await WebAssembly.instantiate(bytes, { env: { memory } });
+      // [3, 5]·[5, 6] at byte 0 and 64, C at 256, scratch at 512.
+      new Float32Array(memory.buffer, 0, 15).set(Array.from({ length: 15 }, (_, i) => i - 7));
+      new Float32Array(memory.buffer, 64, 30).set(Array.from({ length: 30 }, (_, i) => (i % 4) - 1.5));
+      const batchMatMul = instance.exports['batch_matmul'] as (...args: number[]) => void;
+      batchMatMul(1, 3, 5, 6, 0, 0, 5, 1, 64, 0, 6, 1, 256, 512);
+      return Array.from(new Float32Array(memory.buffer, 256, 18));
+    };
+    await expect(WebAssembly.instantiate(shared, { env: { memory: new WebAssembly.Memory({ initial: 2 }) } })).rejects.toThrow();
+    const onPlain = await product(withPlainMemoryImport(shared), new WebAssembly.Memory({ initial: 2 }));
+    const onShared = await product(shared, new WebAssembly.Memory({ initial: 2, maximum: 65536, shared: true }));
+    expect(onPlain).toEqual(onShared);
+    // Row 0 of A is −7..−3, column 0 of B is −1.5, 0.5, −0.5, 1.5, −1.5 (B[p][j] = ((6p + j) mod 4) − 1.5).
+    const expected = [-7, -6, -5, -4, -3].reduce((sum, a, p) => sum + a * ((((6 * p) % 4) - 1.5)), 0);
+    expect(onPlain[0]).toBeCloseTo(expected, 5);
   });
 });
