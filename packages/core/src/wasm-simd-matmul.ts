@@ -208,17 +208,18 @@ export function simdBatchMatMulHelper(backend: tf.KernelBackend): { running: boo
 }
 
 /** How the helper thread behaves, for tests: see {@link setSimdBatchMatMulHelperMode}. */
-export type SimdBatchMatMulHelperMode = 'normal' | 'idle' | 'stalling';
+export type SimdBatchMatMulHelperMode = 'normal' | 'idle' | 'stalling' | 'dying';
 
-const HELPER_MODES: Record<SimdBatchMatMulHelperMode, number> = { normal: 0, idle: 1, stalling: 2 };
+const HELPER_MODES: Record<SimdBatchMatMulHelperMode, number> = { normal: 0, idle: 1, stalling: 2, dying: 3 };
 
 /**
  * A test switch for the helper thread of `backend`: `idle`, it claims no chunk, so the calling
  * thread computes every chunk alone (as when another process holds the second core); `stalling`, it
  * sleeps inside each chunk it claims (as when it is descheduled mid-chunk) until the caller has taken
- * the chunk back and 20 ms more, then computes it, and its late result must be dropped; `normal`
- * (the default). No effect
- * where there is no helper.
+ * the chunk back and 20 ms more, then computes it, and its late result must be dropped; `dying`, it
+ * traps while copying a chunk's result to the output (its host then reports the failure, the caller
+ * takes the chunk back, and later products run on the calling thread alone); `normal` (the
+ * default). No effect where there is no helper.
  */
 export function setSimdBatchMatMulHelperMode(backend: tf.KernelBackend, mode: SimdBatchMatMulHelperMode): void {
   const threads = kernelOf(backend)?.threads ?? null;

@@ -257,6 +257,34 @@ describe('the two-thread batched SIMD matMul', () => {
     }
   });
 
+  it('takes back a chunk whose helper died copying it, and runs later products on the calling thread alone', async () => {
+    // A backend of its own: its helper does not come back.
+    const backend = new HeapBackend(true);
+    const kernelBackend = backend as unknown as tf.KernelBackend;
+    try {
+      backend.product(operand([64, 64], 1), operand([64, 64], 2), false, false, []);
+      await vi.waitFor(() => expect(simdBatchMatMulHelper(kernelBackend)?.running).toBe(true), { timeout: 10_000 });
+      setSimdBatchMatMulHelperMode(kernelBackend, 'dying');
+      const [, aShape, bShape, transposeA, transposeB, batchShape] = PRODUCTS.at(-1)!;
+      // Until the helper claims a chunk (it may wake after the caller has claimed them all), then on.
+      for (let call = 0; call < 50; call++) {
+        const a = operand(aShape, 300 + call);
+        const b = operand(bShape, 400 + call);
+        expectSameValues(backend.product(a, b, transposeA, transposeB, [...batchShape]), plain.product(a, b, transposeA, transposeB, [...batchShape]), `call ${call}`);
+        if (call > 5 && simdBatchMatMulHelper(kernelBackend)?.running === false) break;
+        // The host reports the failure from the helper's thread: give it a moment.
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      // The helper died (its host set the failure word), and never finished a chunk.
+      expect(simdBatchMatMulHelper(kernelBackend)).toEqual({ running: false, chunks: 0 });
+      const a = operand(aShape, 9);
+      const b = operand(bShape, 10);
+      expectSameValues(backend.product(a, b, transposeA, transposeB, [...batchShape]), plain.product(a, b, transposeA, transposeB, [...batchShape]), 'after the helper died');
+    } finally {
+      backend.dispose();
+    }
+  });
+
   it('stops the helper loop and ends its thread when the backend is disposed', async () => {
     // The test ends the thread itself once its loop has returned: ending it at once would hide
     // whether helper_stop makes the loop return.

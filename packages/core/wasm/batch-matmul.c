@@ -201,7 +201,7 @@ struct control {
   // Generation (bits 32-63) | chunks of the call (bits 16-31) | next unclaimed chunk (bits 0-15).
   uint64_t state;
   uint32_t stop;   // set by helper_stop: helper_loop returns
-  uint32_t test_mode; // a test switch: 1, the helper claims nothing; 2, it stalls in each chunk it claims
+  uint32_t test_mode; // a test switch: 1, the helper claims nothing; 2, it stalls in each chunk it claims; 3, it dies copying
   uint32_t caller_waiting;
   uint32_t pad0[11];
   // Written by the helper (another cache line than the state the caller polls).
@@ -379,6 +379,9 @@ static void help_with(struct control *ctl, int chunk, uint32_t gen) {
   float *out = packed_b + p->panel_group * NR * p->k + 32;
   run_chunk(p, chunk, packed_b, ctl->packed[1], gen, out);
   if (__sync_val_compare_and_swap(word, mine, gen << 2 | COPYING) != mine) return;
+  // The test switch for a helper that dies mid-copy: it traps here, its host reports the failure,
+  // and the caller, which waits for a copy in progress, must take the chunk back.
+  if (__atomic_load_n(&ctl->test_mode, SEQ) == 3) __builtin_trap();
   copy_chunk(p, chunk, out);
   // Counted before the caller can see the chunk done (and return).
   __atomic_add_fetch(&ctl->helper_chunks, 1, SEQ);
