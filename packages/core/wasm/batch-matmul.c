@@ -6,10 +6,12 @@
 // stack (every local lives in a WASM local), so it cannot clash with the backend's allocator.
 //
 // Operands are described by strides (in floats), so a transposed or broadcast operand is read in
-// place: element (r, p) of op(A) for matrix i is a[i·a_bs + r·a_rs + p·a_cs]. Each matrix's op(A)
-// is packed into panels of 4 rows and op(B) into panels of 8 columns (zero-padded), so the inner
-// loop reads both contiguously: per step of k, one 4-value load of A, two of B, 8 multiply-adds
-// of 4 lanes into 8 accumulators (the 4×8 register tile XNNPACK's WASM SIMD kernels use).
+// place: element (r, p) of op(A) for matrix i is a[i·a_bs + r·a_rs + p·a_cs]. op(A) is read in
+// place; op(B) is packed into panels of 8 columns (zero-padded), so the inner loop reads it
+// contiguously — except for products of few rows, which read B's rows in place (see
+// IN_PLACE_ROWS). Per step of k: four 1-value splat loads of A, two 4-value loads of B, 8
+// multiply-adds of 4 lanes into 8 accumulators (the 4×8 register tile XNNPACK's WASM SIMD kernels
+// use); rows past the last full tile take a 1×8 tile each.
 //
 // The shared-memory build (tfjs's threaded WASM backend) also exports a two-thread entry, where
 // the calling thread and one helper thread (a Worker running `helper_loop` on the same memory)
