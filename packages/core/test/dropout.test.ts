@@ -37,14 +37,20 @@ function inputValues(size: number): number[] {
 
 /** dropout(x) and d/dx Σ dropout(x)·upstream, for a fixed seed, on the active backend. */
 function valueAndGradient(shape: number[], p: number, seed: number): [Float32Array, Float32Array] {
-  return tf.tidy(() => {
+  const tensors = tf.tidy(() => {
     const size = shape.reduce((a, b) => a * b, 1);
     const x = tf.tensor(inputValues(size), shape);
     const upstream = tf.tensor(seededRandomValues(size, 23, 2), shape);
-    const value = dropout(x, p, { seed });
-    const gradient = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(dropout(input, p, { seed }), upstream)))(x);
-    return [value.dataSync() as Float32Array, gradient.dataSync() as Float32Array];
+    return [dropout(x, p, { seed }), tf.grad((input: tf.Tensor) => tf.sum(tf.mul(dropout(input, p, { seed }), upstream)))(x)];
   });
+  return [readAndDispose(tensors[0]!), readAndDispose(tensors[1]!)];
+}
+
+/** The values of a float32 tensor, which is then disposed (read outside tf.tidy, which would walk a returned array element by element). */
+function readAndDispose(tensor: tf.Tensor): Float32Array {
+  const values = tensor.dataSync() as Float32Array;
+  tensor.dispose();
+  return values;
 }
 
 /** Kept fraction of `mask` (nonzero values) over the indices `select` picks, and a 5σ binomial bound on it for keep probability q. */
@@ -60,7 +66,7 @@ function keptFraction(mask: Float32Array, q: number, select: (index: number) => 
 }
 
 /** The mask of `size` elements (scale where kept) as the fused kernel computes it. */
-const maskOf = (size: number, p: number, seed: number): Float32Array => tf.tidy(() => dropout(tf.ones([size]), p, { seed }).dataSync() as Float32Array);
+const maskOf = (size: number, p: number, seed: number): Float32Array => readAndDispose(tf.tidy(() => dropout(tf.ones([size]), p, { seed })));
 
 describe('dropout', () => {
   beforeAll(async () => {
@@ -187,14 +193,14 @@ describe('dropout', () => {
       expect(Math.abs(disagree - 0.5), `seed 42 vs ${other}`).toBeLessThan(5 * Math.sqrt(0.25 / size));
     }
     // The mask of a [4, 8, 33] tensor is that of its 1056 values flattened.
-    const shaped = tf.tidy(() => dropout(tf.ones([4, 8, 33]), 0.5, { seed: 42 }).dataSync());
+    const shaped = readAndDispose(tf.tidy(() => dropout(tf.ones([4, 8, 33]), 0.5, { seed: 42 })));
     expect(Array.from(shaped)).toEqual(Array.from(first.subarray(0, 4 * 8 * 33)));
   });
 
   it('takes its seed from a seeded scope (so a resumed step repeats its masks), and draws a fresh one outside', async () => {
     await tf.setBackend('wasm');
     await withoutTensorLeaks(() => {
-      const draw = (): number[] => tf.tidy(() => Array.from(dropout(tf.ones([4096]), 0.5).dataSync()));
+      const draw = (): number[] => Array.from(readAndDispose(tf.tidy(() => dropout(tf.ones([4096]), 0.5))));
       const [a1, a2] = withSeededRandom(7, () => [draw(), draw()]);
       const [b1, b2] = withSeededRandom(7, () => [draw(), draw()]);
       expect(b1).toEqual(a1);
@@ -225,7 +231,7 @@ describe('dropout', () => {
     try {
       await withoutTensorLeaks(() => {
         const spy = spyOnKernels();
-        const composite = tf.tidy(() => dropout(tf.ones([64]), 0.5, { seed: 9 }).dataSync() as Float32Array);
+        const composite = readAndDispose(tf.tidy(() => dropout(tf.ones([64]), 0.5, { seed: 9 })));
         spy.stop();
         expect(spy.calls.map((call) => call.kernelName)).not.toContain(DROPOUT_KERNEL);
         expectSameBits(composite, fused, 'composite on stock WASM vs fused');
