@@ -24,7 +24,9 @@ export { Module, ModuleList } from './module.js';
 export type { AdapterInputScope, TensorModule } from './module.js';
 export { Linear, applyToLastAxis } from './linear.js';
 export type { LinearOptions } from './linear.js';
-export { Embedding, LayerNorm, RMSNorm, Dropout, dropout } from './layers.js';
+export { Embedding, LayerNorm, RMSNorm, Dropout } from './layers.js';
+export { dropout } from './dropout.js';
+export type { DropoutOptions } from './dropout.js';
 export { isBaseLayer } from './base-layer.js';
 export type { BaseLayer } from './base-layer.js';
 

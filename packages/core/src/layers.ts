@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { ConfigError, ShapeError } from './errors.js';
+import { ShapeError } from './errors.js';
 import { Module } from './module.js';
 import { normalSeed } from './random.js';
 import { layerNorm } from './layer-norm.js';
-import { nextScopedSeed } from './random-scope.js';
+import { checkDropoutRate, dropout } from './dropout.js';
 
 /** A lookup table `weight` [numEmbeddings, embeddingDim], as `torch.nn.Embedding`. */
 export class Embedding extends Module {
@@ -86,18 +86,13 @@ export class RMSNorm extends Module {
   }
 }
 
-/** Inverted dropout with probability `p`, active only in training mode. */
+/** Inverted dropout with probability `p` ({@link dropout}), active only in training mode. */
 export class Dropout extends Module {
   readonly p: number;
 
   constructor(p: number) {
     super();
-    if (!(p >= 0 && p < 1))
-      throw new ConfigError({
-        field: 'dropout',
-        received: p,
-        expected: 'a number in [0, 1)',
-      });
+    checkDropoutRate(p);
     this.p = p;
   }
 
@@ -106,14 +101,4 @@ export class Dropout extends Module {
     if (!this.training || this.p === 0) return input;
     return dropout(input, this.p);
   }
-}
-
-/** Inverted dropout: zero each element with probability `p` and scale the rest by 1/(1−p). */
-export function dropout(input: tf.Tensor, p: number): tf.Tensor {
-  if (p === 0) return input;
-  return tf.tidy(() => {
-    // The mask is built from a constant uniform draw, so no comparison op enters the gradient tape.
-    const keep = tf.tidy(() => tf.cast(tf.greaterEqual(tf.randomUniform(input.shape, 0, 1, 'float32', nextScopedSeed()), p), 'float32'));
-    return tf.mul(input, tf.mul(keep, 1 / (1 - p)));
-  });
 }

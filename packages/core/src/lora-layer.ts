@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { BaseLayer } from './base-layer.js';
 import { ShapeError } from './errors.js';
 import { applyToLastAxis } from './linear.js';
-import { dropout } from './layers.js';
+import { dropout } from './dropout.js';
 import { lowRankAdd } from './low-rank-add.js';
 import type { AdapterInstance, ApplyContext } from './plugin.js';
 import { normalSeed } from './random.js';

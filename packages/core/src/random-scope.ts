@@ -6,8 +6,12 @@
  */
 let scope: { readonly seed: number; counter: number } | null = null;
 
-// SplitMix32-style mixing: consecutive counters give unrelated seeds.
-function mix(seed: number, counter: number): number {
+/**
+ * SplitMix32-style mixing (murmur3's 32-bit finalizer of `seed ^ (counter + 1)·0x9e3779b9`):
+ * consecutive counters give unrelated values. Also the counter-based hash behind dropout's mask
+ * (wasm/dropout.c computes the same function).
+ */
+export function hashCounter(seed: number, counter: number): number {
   let x = (seed ^ Math.imul(counter + 1, 0x9e3779b9)) >>> 0;
   x = Math.imul(x ^ (x >>> 16), 0x85ebca6b) >>> 0;
   x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35) >>> 0;
@@ -17,7 +21,7 @@ function mix(seed: number, counter: number): number {
 /** Derive a 32-bit seed from a base seed and integers (e.g. step and micro-batch). */
 export function deriveSeed(seed: number, ...parts: readonly number[]): number {
   let value = seed >>> 0;
-  for (const part of parts) value = mix(value, part);
+  for (const part of parts) value = hashCounter(value, part);
   return value;
 }
 
@@ -35,5 +39,5 @@ export function withSeededRandom<T>(seed: number, fn: () => T): T {
 /** The next seed of the open scope, or undefined outside one. */
 export function nextScopedSeed(): number | undefined {
   if (scope === null) return undefined;
-  return mix(scope.seed, scope.counter++);
+  return hashCounter(scope.seed, scope.counter++);
 }

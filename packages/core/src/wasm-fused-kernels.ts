@@ -5,7 +5,7 @@ import { BackendWasmModule } from './wasm-module.js';
 /**
  * Core's module of fused elementwise and copy kernels (wasm/gelu-tanh.c, layer-norm.c,
  * softmax.c, adamw.c, cross-entropy.c,
- * reductions.c, low-rank.c, copy-blocks.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
+ * dropout.c, reductions.c, low-rank.c, copy-blocks.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
  */
 export interface FusedKernelsExports {
   geluTanh(size: number, x: number, y: number): void;
@@ -37,6 +37,8 @@ export interface FusedKernelsExports {
   ): void;
   crossEntropy(rows: number, n: number, logits: number, labels: number, loss: number): void;
   crossEntropyGrad(rows: number, n: number, dloss: number, logits: number, labels: number, dlogits: number): void;
+  /** y[i] = x[i]·(scale where the top 24 bits of hash(seed, i) ≥ threshold, else 0). */
+  dropout(size: number, x: number, seed: number, threshold: number, scale: number, y: number): void;
   sumOfSquares(size: number, x: number): number;
   /** dst[j] = Σ_i src[i·cols + j]. */
   sumRows(rows: number, cols: number, src: number, dst: number): void;
@@ -61,6 +63,7 @@ export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: 
   adamw: exports['adamw'] as FusedKernelsExports['adamw'],
   crossEntropy: exports['cross_entropy'] as FusedKernelsExports['crossEntropy'],
   crossEntropyGrad: exports['cross_entropy_grad'] as FusedKernelsExports['crossEntropyGrad'],
+  dropout: exports['dropout'] as FusedKernelsExports['dropout'],
   sumOfSquares: exports['sum_of_squares'] as FusedKernelsExports['sumOfSquares'],
   sumRows: exports['sum_rows'] as FusedKernelsExports['sumRows'],
   allFinite: exports['all_finite'] as FusedKernelsExports['allFinite'],

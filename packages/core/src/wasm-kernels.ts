@@ -8,6 +8,7 @@ import { WASM_LAYER_NORM_KERNELS } from './wasm-layer-norm.js';
 import { WASM_SOFTMAX_KERNELS } from './wasm-softmax.js';
 import { WASM_ADAMW_KERNELS } from './wasm-adamw.js';
 import { WASM_CROSS_ENTROPY_KERNELS } from './wasm-cross-entropy.js';
+import { WASM_DROPOUT_KERNELS } from './wasm-dropout.js';
 import { WASM_REDUCTION_KERNELS } from './wasm-reductions.js';
 import { WASM_LOW_RANK_KERNELS } from './wasm-low-rank.js';
 import { fastWasmMatMulKernels, restoreWasmMatMul, useFastWasmMatMul } from './wasm-matmul.js';
@@ -22,6 +23,7 @@ const OWN_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
   ...WASM_SOFTMAX_KERNELS,
   ...WASM_ADAMW_KERNELS,
   ...WASM_CROSS_ENTROPY_KERNELS,
+  ...WASM_DROPOUT_KERNELS,
   ...WASM_REDUCTION_KERNELS,
   ...WASM_LOW_RANK_KERNELS,
 };
@@ -49,7 +51,7 @@ const ownKernels = (backendName: string): string[] => Object.keys(OWN_KERNELS).f
  * swapping the last two, `GatherV2`, `SplitV`, `Concat`) and `Sum` over every axis but the last
  * (a bias's gradient); and registers fused kernels of its own for composite ops (GPT-2's gelu_new,
  * LayerNorm, attention's scaled and masked softmax and cross-entropy, with their gradients; the
- * AdamW update; the trainer's gradient norm and finiteness check; a LoRA layer's output at inference, one token
+ * AdamW update; dropout (its mask hashed from seed and index, the same bits as its composite form); the trainer's gradient norm and finiteness check; a LoRA layer's output at inference, one token
  * at a time) where its SIMD module runs.
  * Results are the stock kernels' (products, sums and LayerNorm up to float32 summation order; the
  * fused gelu_new within 2e-6 relative). `initRuntime()` does this for `wasm`; `@lora/cuda-backend`

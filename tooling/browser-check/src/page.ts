@@ -5,7 +5,7 @@ import * as tf from '@tensorflow/tfjs-core';
 // Registers tfjs's "webgl" backend, as an app that wants WebGL does; useBestBackend picks it up.
 import '@tensorflow/tfjs-backend-webgl';
 import { AdapterModel, causalLmLoss, createLoraRegistry, fastWasmKernels, loadAdapter, lora, serializeAdapter, train } from '@lora/core';
-import { hasSimdBatchMatMul } from '@lora/core/internal';
+import { hasSimdBatchMatMul, spyOnKernels } from '@lora/core/internal';
 import { formatBackendReport, useBestBackend, type BackendKind } from '@lora/cuda-backend';
 import { dora } from '@lora/dora';
 import { Gpt2LMHeadModel, parseGpt2Config, releaseCausalMasks } from '@lora/models';
@@ -31,6 +31,8 @@ export interface RecipeResult {
   readonly reloadMaxAbsDiff: number;
   /** max |logits(trained) − logits(base alone)|: the adapter must have changed something. */
   readonly adapterEffect: number;
+  /** Core's fused kernels (names starting `Lora`) that ran during training, sorted. */
+  readonly fusedKernelsRun: readonly string[];
   readonly tensorsBefore: number;
   readonly tensorsAfter: number;
 }
@@ -64,7 +66,8 @@ function adapterModel(recipe: Recipe): AdapterModel<Gpt2LMHeadModel> {
     registry: registry(),
     plugin: recipe === 'dora' ? 'dora' : 'lora',
     transforms: recipe === 'qlora' ? ['quant'] : [],
-    config: { r: 4, loraAlpha: 8, targetModules: ['c_attn', 'c_fc'] },
+    // Dropout on the adapters' input, so training runs core's fused dropout kernel too.
+    config: { r: 4, loraAlpha: 8, loraDropout: 0.1, targetModules: ['c_attn', 'c_fc'] },
   });
 }
 
@@ -79,16 +82,25 @@ async function runRecipe(recipe: Recipe): Promise<RecipeResult> {
   const probe = tokens(3);
   try {
     trained.model.train();
-    const { losses } = await train({
-      model: trained,
-      trainData: batches.map((inputIds) => ({ inputIds })),
-      steps: STEPS,
-      learningRate: 2e-2,
-      lossFn: (batch: { inputIds: tf.Tensor2D }) => tf.tidy(() => causalLmLoss(trained.model.forward(batch.inputIds), batch.inputIds)),
-    });
+    const spy = spyOnKernels();
+    let losses: readonly number[];
+    try {
+      ({ losses } = await train({
+        model: trained,
+        trainData: batches.map((inputIds) => ({ inputIds })),
+        steps: STEPS,
+        learningRate: 2e-2,
+        lossFn: (batch: { inputIds: tf.Tensor2D }) => tf.tidy(() => causalLmLoss(trained.model.forward(batch.inputIds), batch.inputIds)),
+      }));
+    } finally {
+      spy.stop();
+    }
+    const fusedKernelsRun = [...new Set(spy.calls.map((call) => call.kernelName).filter((kernelName) => kernelName.startsWith('Lora')))].sort();
     trained.model.eval();
     const files = serializeAdapter(trained);
     const fresh = adapterModel(recipe);
+    // A new module starts in training mode (as in PyTorch): without this its dropout would be on.
+    fresh.model.eval();
     fresh.deleteAdapter('default');
     try {
       await loadAdapter(fresh, { files, name: `${recipe} adapter bytes` });
@@ -101,6 +113,7 @@ async function runRecipe(recipe: Recipe): Promise<RecipeResult> {
         savedBytes: Object.fromEntries([...files].map(([name, bytes]) => [name, bytes.byteLength])),
         reloadMaxAbsDiff: maxAbsDiff(expected, reloaded),
         adapterEffect: maxAbsDiff(expected, base),
+        fusedKernelsRun,
       };
       tf.dispose([expected, reloaded, base]);
       fresh.dispose();
