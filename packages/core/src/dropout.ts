@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from './errors.js';
 import { hashCounter, nextScopedSeed } from './random-scope.js';
+import { activeBackendHasKernels } from './registered-kernels.js';
 
 /** tfjs kernel name of the fused dropout (input `x`; attributes {@link DropoutAttrs}), registered by core's WASM kernels. */
 export const DROPOUT_KERNEL = 'LoraDropout';
@@ -87,7 +88,7 @@ export function dropout(input: tf.Tensor, p: number, options: DropoutOptions = {
   const seed = options.seed ?? nextScopedSeed() ?? Math.floor(Math.random() * 2 ** 32);
   checkSeed(seed);
   const attrs: DropoutAttrs = { seed, threshold: dropoutThreshold(p), scale: Math.fround(1 / (1 - p)) };
-  if (input.dtype === 'float32' && tf.getKernel(DROPOUT_KERNEL, tf.getBackend()) !== undefined) {
+  if (input.dtype === 'float32' && activeBackendHasKernels(DROPOUT_KERNEL)) {
     registerDropoutGradient();
     return tf.engine().runKernel(DROPOUT_KERNEL, { x: input }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor;
   }
