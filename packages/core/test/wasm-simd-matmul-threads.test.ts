@@ -151,11 +151,11 @@ const PRODUCTS = [
   ['a stack times one thin matrix (broadcast B, LoRA x·Aᵀ)', [6, 90, 64], [8, 64], false, true, [6]],
   ['a product with a short k split by columns', [1030, 24], [257, 24], false, true, []],
   ['a thin transposed left operand (LoRA dA = dyᵀ·x; B read in place, its partial last panel packed)', [1030, 8], [1030, 259], true, false, []],
-  ['three rows of a transposed left operand (B read in place)', [1030, 3], [1030, 100], true, false, []],
+  ['five rows of a transposed left operand (B read in place)', [1030, 5], [1030, 100], true, false, []],
   ['an up-projection with k = 8 split by rows (LoRA u·Bᵀ)', [1030, 8], [259, 8], false, true, []],
   ['an up-projection with k = 16 and B not transposed', [517, 16], [16, 300], false, false, []],
-  ['one row split by columns (decoding; B read in place, its partial last panel packed)', [1, 300], [300, 1030], false, false, []],
-  ['three rows times a transposed B (packed)', [3, 300], [1030, 300], false, true, []],
+  ['five rows split by columns (B read in place, its partial last panel packed; the fifth row by a 1×8 tile)', [5, 300], [300, 1030], false, false, []],
+  ['six rows times a transposed B (packed)', [6, 300], [1030, 300], false, true, []],
   ['one narrow column panel split by rows (LoRA x·Aᵀ)', [1030, 260], [8, 260], false, true, []],
   ['the small model attention shape', [8, 4, 128, 64], [8, 4, 128, 64], false, true, [8, 4]],
 ] as const;
@@ -315,9 +315,12 @@ describe('the two-thread batched SIMD matMul', () => {
 });
 
 describe('threadChunking', () => {
-  it('keeps small products on one thread, cuts large ones into at most 64 chunks of whole tiles, and those with k ≤ 16 by rows only', () => {
+  it('keeps small products and those of fewer than 4 rows on one thread, cuts large ones into at most 64 chunks of whole tiles, and those with k ≤ 16 by rows only', () => {
     expect(threadChunking(1, 16, 16, 16)).toBeNull();
     expect(threadChunking(70_000, 8, 64, 8)).toBeNull();
+    // Decoding: a row per sequence, fewer than 4, stays on the calling thread.
+    expect(threadChunking(1, 3, 1024, 1024)).toBeNull();
+    expect(threadChunking(1, 4, 1024, 1024)?.chunks).toBeGreaterThanOrEqual(2);
     // LoRA's up-projection u·Bᵀ (k = r = 8): mostly stores, so each chunk is whole rows of C.
     expect(threadChunking(1, 1024, 8, 768)).toEqual({ rowBlock: 16, panelGroup: 96, chunks: 64 });
     expect(threadChunking(1, 1024, 16, 768)?.panelGroup).toBe(96);

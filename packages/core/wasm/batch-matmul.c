@@ -101,6 +101,51 @@ __attribute__((noinline)) static void row_tile(const float *a, int a_cs, const f
     for (int j = 0; j < columns; j++) c[j] = edge[j];
 }
 
+// Rows of C for a product of fewer than 4 rows whose B has contiguous rows (token-by-token decoding:
+// a row per sequence times a weight, which is all the product reads): B is streamed row by row as
+// it is stored, four rows at a time, and each row of C is accumulated where it lies (it stays in
+// cache). The tiles would read B down its columns, 32 bytes a row, which the memory serves far
+// slower. The sums are the tiles', in the same order (0 + a₀b₀ + a₁b₁ + …, one rounding each).
+__attribute__((noinline)) static void few_rows(const float *a, int a_rs, int a_cs, const float *b, int b_rs, int k, int columns, float *c, int ldc, int rows) {
+  for (int r = 0; r < rows; r++) {
+    float *cr = c + r * ldc;
+    int j = 0;
+    for (; j + 4 <= columns; j += 4) wasm_v128_store(cr + j, wasm_f32x4_splat(0.0f));
+    for (; j < columns; j++) cr[j] = 0.0f;
+  }
+  int p = 0;
+  for (; p + 4 <= k; p += 4) {
+    const float *b0 = b + p * b_rs, *b1 = b0 + b_rs, *b2 = b1 + b_rs, *b3 = b2 + b_rs;
+    for (int r = 0; r < rows; r++) {
+      const float *ar = a + r * a_rs + p * a_cs;
+      const float s0 = ar[0], s1 = ar[a_cs], s2 = ar[2 * a_cs], s3 = ar[3 * a_cs];
+      const v128_t a0 = wasm_f32x4_splat(s0), a1 = wasm_f32x4_splat(s1), a2 = wasm_f32x4_splat(s2), a3 = wasm_f32x4_splat(s3);
+      float *cr = c + r * ldc;
+      int j = 0;
+      for (; j + 4 <= columns; j += 4) {
+        v128_t acc = wasm_v128_load(cr + j);
+        acc = wasm_f32x4_add(acc, wasm_f32x4_mul(a0, wasm_v128_load(b0 + j)));
+        acc = wasm_f32x4_add(acc, wasm_f32x4_mul(a1, wasm_v128_load(b1 + j)));
+        acc = wasm_f32x4_add(acc, wasm_f32x4_mul(a2, wasm_v128_load(b2 + j)));
+        acc = wasm_f32x4_add(acc, wasm_f32x4_mul(a3, wasm_v128_load(b3 + j)));
+        wasm_v128_store(cr + j, acc);
+      }
+      for (; j < columns; j++) cr[j] = (((cr[j] + s0 * b0[j]) + s1 * b1[j]) + s2 * b2[j]) + s3 * b3[j];
+    }
+  }
+  for (; p < k; p++) {
+    const float *bp = b + p * b_rs;
+    for (int r = 0; r < rows; r++) {
+      const float s0 = a[r * a_rs + p * a_cs];
+      const v128_t a0 = wasm_f32x4_splat(s0);
+      float *cr = c + r * ldc;
+      int j = 0;
+      for (; j + 4 <= columns; j += 4) wasm_v128_store(cr + j, wasm_f32x4_add(wasm_v128_load(cr + j), wasm_f32x4_mul(a0, wasm_v128_load(bp + j))));
+      for (; j < columns; j++) cr[j] = cr[j] + s0 * bp[j];
+    }
+  }
+}
+
 // With at most this many terms per output (LoRA's up-projections, k = r), the packed panels of B
 // are small enough to stay in cache for a whole row of tiles: C is then written row by row, each
 // of its cache lines once, instead of panel by panel down its columns (which, at 8 columns a panel,
@@ -111,14 +156,25 @@ __attribute__((noinline)) static void row_tile(const float *a, int a_cs, const f
 // contiguous rows (column stride 1) are read in place; only a partial last panel is packed.
 #define IN_PLACE_ROWS 8
 
-// Full panels of op(B) read in place for a product of `rows` rows (0: all packed).
-static inline int panels_in_place(int rows, int columns, int b_cs) { return b_cs == 1 && rows <= IN_PLACE_ROWS ? columns / NR : 0; }
+// Whether a product of `rows` rows streams B's rows (few_rows) instead of multiplying tiles.
+static inline int streams_b(int rows, int b_cs) { return b_cs == 1 && rows < MR; }
+
+// Panels of op(B) read in place for a product of `rows` rows (0: all packed): all of them when B
+// is streamed, else the full ones when the rows are few.
+static inline int panels_in_place(int rows, int columns, int b_cs) {
+  if (streams_b(rows, b_cs)) return (columns + NR - 1) / NR;
+  return b_cs == 1 && rows <= IN_PLACE_ROWS ? columns / NR : 0;
+}
 
 // Rows [0, rows) of op(A) (`a` at its first row) times `columns` columns of op(B): the first
 // `in_place` panels read from `b` (the block's first column, rows `b_rs` apart), the others from
 // `packed` (as pack_b wrote them, from panel `in_place` on). Element (r, j) goes to target[r·ld + j].
-static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_rs, int in_place, const float *packed, int k, int rows, int columns, float *target, int ld,
-                     float *edge) {
+static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_rs, int b_cs, int in_place, const float *packed, int k, int rows, int columns, float *target,
+                     int ld, float *edge) {
+  if (streams_b(rows, b_cs)) {
+    few_rows(a, a_rs, a_cs, b, b_rs, k, columns, target, ld, rows);
+    return;
+  }
   const int panels = (columns + NR - 1) / NR;
   // Panel jp's first value and the distance between its rows.
 #define PANEL(jp) ((jp) < in_place ? b + (jp) * NR : packed + ((jp) - in_place) * NR * k)
@@ -154,7 +210,7 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
     const float *bi = b + i * b_bs;
     // A broadcast B is packed once.
     if (i == 0 || b_bs != 0) pack_b(bi + in_place * NR * b_cs, k, n - in_place * NR, b_rs, b_cs, packed_b);
-    multiply(a + i * a_bs, a_rs, a_cs, bi, b_rs, in_place, packed_b, k, m, n, c + i * m * n, n, edge);
+    multiply(a + i * a_bs, a_rs, a_cs, bi, b_rs, b_cs, in_place, packed_b, k, m, n, c + i * m * n, n, edge);
   }
 }
 
@@ -254,7 +310,7 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
   // Where element (r, j) of the chunk goes: row stride and the address of (first_row, first_column).
   const int ld = out ? p->panel_group * NR : n;
   float *target = out ? out : p->c + i * m * n + first_row * n + first_column;
-  multiply(p->a + i * p->a_bs + first_row * p->a_rs, p->a_rs, p->a_cs, bi, p->b_rs, in_place, packed_b, k, rows, columns, target, ld, edge);
+  multiply(p->a + i * p->a_bs + first_row * p->a_rs, p->a_rs, p->a_cs, bi, p->b_rs, p->b_cs, in_place, packed_b, k, rows, columns, target, ld, edge);
 }
 
 // Copy the helper's result of `chunk` (see run_chunk) to the output.
