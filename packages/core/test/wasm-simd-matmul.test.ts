@@ -114,31 +114,25 @@ describe('the batched SIMD matMul kernel', () => {
     );
   });
 
+  /** The kernels `a·bᵀ` runs on wasm (operands freed afterwards). */
+  function kernelsOfProductWithTransposedB(a: tf.Tensor, b: tf.Tensor): string[] {
+    const spy = spyOnKernels('wasm');
+    try {
+      tf.tidy(() => tf.matMul(a, b, false, true).dataSync());
+      return spy.calls.map((call) => call.kernelName);
+    } finally {
+      spy.stop();
+      tf.dispose([a, b]);
+    }
+  }
+
   it('computes a product of a few rows (decoding) in one kernel call, reading a transposed weight in place (no Transpose)', () => {
     // XNNPACK would need Bᵀ transposed first, and runs such small products on its thread pool,
     // which waits for its worker at every product: a long wait when another process holds the core.
-    const x = random([2, 1, 40], 19);
-    const weight = random([24, 40], 20);
-    const spy = spyOnKernels('wasm');
-    try {
-      tf.tidy(() => tf.matMul(x, weight, false, true).dataSync());
-      expect(spy.calls.map((call) => call.kernelName)).toEqual(['BatchMatMul']);
-    } finally {
-      spy.stop();
-      tf.dispose([x, weight]);
-    }
+    expect(kernelsOfProductWithTransposedB(random([2, 1, 40], 19), random([24, 40], 20))).toEqual(['BatchMatMul']);
   });
 
   it('computes an attention product in one kernel call, reading kᵀ in place (no Transpose)', () => {
-    const q = random([2, 4, 16, 8], 14);
-    const k = random([2, 4, 16, 8], 15);
-    const spy = spyOnKernels('wasm');
-    try {
-      tf.tidy(() => tf.matMul(q, k, false, true).dataSync());
-      expect(spy.calls.map((call) => call.kernelName)).toEqual(['BatchMatMul']);
-    } finally {
-      spy.stop();
-      tf.dispose([q, k]);
-    }
+    expect(kernelsOfProductWithTransposedB(random([2, 4, 16, 8], 14), random([2, 4, 16, 8], 15))).toEqual(['BatchMatMul']);
   });
 });
