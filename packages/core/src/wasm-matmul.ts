@@ -33,9 +33,10 @@ const MATMUL_KERNELS = ['BatchMatMul', '_FusedMatMul'] as const;
 export const THIN_DIMENSION = 16;
 /**
  * Products of at most this many rows in all (token-by-token decoding: one row per sequence) run on
- * core's kernel too. XNNPACK splits even these across its thread pool and waits for its worker at
- * every product; when another process holds the second core, that wait is a scheduler slice (seen:
- * generation went from 1 to 9 ms per token). Core's kernel never waits for its helper thread.
+ * core's kernel too, which streams the weight on the calling thread. XNNPACK splits even these
+ * across its thread pool and waits for its worker at every product; when another process holds the
+ * second core, that wait is a scheduler slice (`pnpm bench`'s generate section: 1.58 → 5.26 ms per
+ * token under one busy process, against 1.90 → 2.05 ms this way).
  */
 const FEW_ROWS = 4;
 const replacements = new KernelReplacements();

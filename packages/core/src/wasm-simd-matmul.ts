@@ -237,7 +237,7 @@ const SMALL_K = 16;
 /**
  * Products of fewer rows (token-by-token decoding) run on the calling thread alone: the kernel
  * streams B, which is the whole of their cost, and the helper, asleep between products, woke too
- * late to take a share (measured: generation 1.3× slower per token with it).
+ * late to take a share (measured: generation 1.27× slower with it).
  */
 const STREAMED_ROWS = 4;
 /** A chunk holds about this many flops at least: claiming one is an atomic swap on a shared line. */
@@ -248,8 +248,9 @@ const TARGET_CHUNKS = 64;
 /**
  * How a product of `batch` matrices `[m, k]·[k, n]` is cut into chunks for two threads: rows per
  * chunk (a multiple of the 4-row tile) and 8-column panels per chunk, each matrix of the stack
- * being one chunk at least. Null when the product is too small to share, has fewer than 4 rows, has more matrices than
- * the chunk words (4096), or a chunk's packed panels and result would not fit the helper's buffer.
+ * being one chunk at least. Null when the product is too small to share, has fewer than 4 rows,
+ * has more matrices than the chunk words (4096), or a chunk's packed panels and result would not
+ * fit the helper's buffer.
  */
 export function threadChunking(batch: number, m: number, k: number, n: number): { rowBlock: number; panelGroup: number; chunks: number } | null {
   const flops = 2 * batch * m * k * n;
