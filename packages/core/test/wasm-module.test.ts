@@ -16,7 +16,7 @@ const WebAssembly = (
   }
 ).WebAssembly;
 
-const plain = Uint8Array.from(atob(FUSED_KERNELS_WASM_PLAIN), (c) => c.charCodeAt(0));
+const plain = decodeBase64(FUSED_KERNELS_WASM_PLAIN);
 
 /** gelu_new of a few values computed by the module instantiated on `memory`. */
 async function geluOn(bytes: Uint8Array, memory: LinearMemory): Promise<number[]> {
