@@ -78,6 +78,8 @@ describe('the batched SIMD matMul kernel', () => {
     ['three rows times a transposed B (decoding three sequences)', [3, 1, 40], [24, 40], false, true],
     ['a stack of rows, four in all', [2, 2, 33], [33, 20], false, false],
     ['the small model attention shape', [2, 4, 128, 64], [2, 4, 128, 64], false, true],
+    // Full panels of a transposed B are packed 4×4 blocks at a time; k % 4 rows and a partial panel are not.
+    ['a transposed B: two full panels packed by blocks, k % 4 = 2, a partial panel', [2, 9, 14], [2, 21, 14], false, true],
   ] as const)('gives the stock kernel result for %s', async (_name, aShape, bShape, transposeA, transposeB) => {
     await withoutTensorLeaks(() => expectSameAsStock(() => tf.matMul(random([...aShape], 1), random([...bShape], 2), transposeA, transposeB)));
   });
