@@ -9,6 +9,8 @@ const CHILD = fileURLToPath(new URL('./profile-child.mjs', import.meta.url));
 const PRODUCTS_SHOWN = 16;
 /** Kernels listed per variant in the text report. */
 const KERNELS_SHOWN = 18;
+/** The per-product floor of the speed issue: a share of the 1024² rate measured in the same process. */
+const PRODUCT_FLOOR = 0.6;
 
 const percent = (share) => `${(100 * share).toFixed(1)}%`;
 
@@ -25,12 +27,23 @@ export function formatProfile(profile, referenceGflops) {
   const productRows = profile.products
     .slice(0, PRODUCTS_SHOWN)
     .map((entry) => [entry.product, entry.calls, entry.ms.toFixed(1), entry.gflops.toFixed(1), percent(entry.gflops / referenceGflops), percent(entry.share)]);
+  // Listed in full, as the table may not reach them.
+  const below = profile.products.filter((entry) => entry.gflops < PRODUCT_FLOOR * referenceGflops);
+  const belowMs = below.reduce((sum, entry) => sum + entry.ms, 0);
+  const floorLine =
+    below.length === 0
+      ? `Every product runs at ${percent(PRODUCT_FLOOR)} of the 1024² rate or more.`
+      : `Below ${percent(PRODUCT_FLOOR)} of the 1024² rate: ${below.length} of ${profile.products.length} product shapes, ${belowMs.toFixed(1)} ms (${percent(belowMs / profile.stepMs)} of the step): ${below
+          .map((entry) => `${entry.product} ${percent(entry.gflops / referenceGflops)}`)
+          .join(', ')}.`;
   return [
     `### ${profile.variant}: ${profile.stepMs.toFixed(0)} ms (fastest of ${profile.repeat} steps; each call's fastest time${profile.merged ? '' : ': steps differed, the fastest step alone'}), ${profile.kernelCalls} kernel calls, ${(profile.totalFlop / 1e9).toFixed(2)} GFLOP in products → ${profile.gflops.toFixed(1)} GFLOP/s over the step`,
     '',
     table(['kernel', 'calls', 'nested', 'ms (self)', 'share'], kernelRows, ['left']),
     '',
     table(['product (a·b, ᵀ = transposed operand)', 'calls', 'ms', 'GFLOP/s', 'of 1024²', 'share'], productRows, ['left']),
+    '',
+    floorLine,
   ].join('\n');
 }
 
