@@ -7,12 +7,12 @@
 //   after: right after 64 MB of other memory traffic (a JS array filled between calls), as in a
 //          training step, where the kernels before a product have evicted its operands.
 // Each figure is the median of `reps` calls (after 5 discarded), as GFLOP/s and as a share of the
-// 1024² product timed in the same process (best of 6 after one discarded, without a read-back, as
-// the profile section times it). Prints one JSON object on its last stdout line; the table goes to
-// stderr.
+// 1024² product timed in the same process (lib/reference.mjs, as the profile section times it).
+// Prints one JSON object on its last stdout line; the table goes to stderr.
 import { parseArgs } from 'node:util';
 import { median } from './lib/child.mjs';
 import { cudaBackend, tf } from './lib/packages.mjs';
+import { referenceGflops } from './lib/reference.mjs';
 
 const { values } = parseArgs({ options: { reps: { type: 'string', default: '40' }, threads: { type: 'string' } } });
 const reps = Number(values.reps);
@@ -44,19 +44,6 @@ function flopsOf(aShape, bShape, transposeA, transposeB) {
   const k = transposeA ? aShape.at(-2) : aShape.at(-1);
   const n = transposeB ? bShape.at(-2) : bShape.at(-1);
   return 2 * aShape.slice(0, -2).reduce((product, size) => product * size, 1) * m * k * n;
-}
-
-function referenceGflops() {
-  const [a, b] = [tf.randomNormal([1024, 1024], 0, 1, 'float32', 1), tf.randomNormal([1024, 1024], 0, 1, 'float32', 2)];
-  let best = Number.POSITIVE_INFINITY;
-  for (let rep = 0; rep < 7; rep++) {
-    const started = performance.now();
-    const product = tf.matMul(a, b);
-    if (rep > 0) best = Math.min(best, performance.now() - started);
-    product.dispose();
-  }
-  tf.dispose([a, b]);
-  return (2 * 1024 ** 3) / best / 1e6;
 }
 
 // 64 MB outside the backend's memory: filling it evicts every cache level the product uses.

@@ -7,6 +7,7 @@
 import { parseArgs } from 'node:util';
 import { coreInternal, cudaBackend, tf } from './lib/packages.mjs';
 import { CONFIGS } from './lib/gpt2.mjs';
+import { referenceGflops } from './lib/reference.mjs';
 import { runVariant, VARIANTS } from './lib/variants.mjs';
 
 const { values } = parseArgs({
@@ -20,26 +21,6 @@ const { values } = parseArgs({
 });
 const threads = values.threads === undefined ? undefined : Number(values.threads);
 const report = await cudaBackend.useBestBackend(values.backend ? { prefer: values.backend, fallback: false, threads } : { threads });
-
-/**
- * Best-of-5 GFLOP/s of a 1024² matMul (after one discarded product): the rate each product of the
- * step is compared with. Timed as the step's products are, without reading the result back: the
- * backends the profile runs on (WASM, tfjs-node, plain JS) compute synchronously, and a read-back
- * of the 4 MB result took a third of the time (seen: 46.6 GFLOP/s with it, 66.6 without).
- */
-function referenceGflops() {
-  const size = 1024;
-  const [a, b] = [tf.randomNormal([size, size], 0, 1, 'float32', 1), tf.randomNormal([size, size], 0, 1, 'float32', 2)];
-  let best = Number.POSITIVE_INFINITY;
-  for (let rep = 0; rep < 6; rep++) {
-    const started = performance.now();
-    const product = tf.matMul(a, b);
-    if (rep > 0) best = Math.min(best, performance.now() - started);
-    product.dispose();
-  }
-  tf.dispose([a, b]);
-  return (2 * size ** 3) / best / 1e6;
-}
 
 const shapeText = (shape) => `[${shape.join(',')}]`;
 

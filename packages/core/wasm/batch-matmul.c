@@ -19,18 +19,10 @@
 
 #include <wasm_simd128.h>
 
+#include "simd-transpose.h"
+
 #define MR 4
 #define NR 8
-
-// Four 4-value vectors as the columns of a 4×4 block, stored as its rows at out, out + NR, ….
-static inline void store_transposed(v128_t v0, v128_t v1, v128_t v2, v128_t v3, float *out) {
-  const v128_t t0 = wasm_i32x4_shuffle(v0, v1, 0, 4, 1, 5), t1 = wasm_i32x4_shuffle(v2, v3, 0, 4, 1, 5);
-  const v128_t t2 = wasm_i32x4_shuffle(v0, v1, 2, 6, 3, 7), t3 = wasm_i32x4_shuffle(v2, v3, 2, 6, 3, 7);
-  wasm_v128_store(out, wasm_i32x4_shuffle(t0, t1, 0, 1, 4, 5));
-  wasm_v128_store(out + NR, wasm_i32x4_shuffle(t0, t1, 2, 3, 6, 7));
-  wasm_v128_store(out + 2 * NR, wasm_i32x4_shuffle(t2, t3, 0, 1, 4, 5));
-  wasm_v128_store(out + 3 * NR, wasm_i32x4_shuffle(t2, t3, 2, 3, 6, 7));
-}
 
 static void pack_b(const float *b, int k, int n, int rs, int cs, float *out) {
   for (int j0 = 0; j0 < n; j0 += NR) {
@@ -42,8 +34,9 @@ static void pack_b(const float *b, int k, int n, int rs, int cs, float *out) {
     if (columns == NR && rs == 1) {
       const float *col = b + j0 * cs;
       for (; p + 4 <= k; p += 4) {
-        store_transposed(wasm_v128_load(col + p), wasm_v128_load(col + cs + p), wasm_v128_load(col + 2 * cs + p), wasm_v128_load(col + 3 * cs + p), out);
-        store_transposed(wasm_v128_load(col + 4 * cs + p), wasm_v128_load(col + 5 * cs + p), wasm_v128_load(col + 6 * cs + p), wasm_v128_load(col + 7 * cs + p), out + 4);
+        // Column j's values p..p+3 are a row of the block; stored transposed, they are rows p..p+3.
+        store_transposed_4x4(wasm_v128_load(col + p), wasm_v128_load(col + cs + p), wasm_v128_load(col + 2 * cs + p), wasm_v128_load(col + 3 * cs + p), (unsigned *)out, NR);
+        store_transposed_4x4(wasm_v128_load(col + 4 * cs + p), wasm_v128_load(col + 5 * cs + p), wasm_v128_load(col + 6 * cs + p), wasm_v128_load(col + 7 * cs + p), (unsigned *)(out + 4), NR);
         out += 4 * NR;
       }
     }

@@ -6,6 +6,8 @@
 // Linked into the fused-kernels module by scripts/build-wasm.mjs: no data, no stack.
 #include <wasm_simd128.h>
 
+#include "simd-transpose.h"
+
 static inline void copy_block(unsigned char *dst, const unsigned char *src, int bytes) {
   int k = 0;
   for (; k + 16 <= bytes; k += 16) wasm_v128_store(dst + k, wasm_v128_load(src + k));
@@ -22,17 +24,6 @@ __attribute__((export_name("copy_blocks"))) void copy_blocks(int bytes, unsigned
 // The last two axes of a stack of matrices swapped: dst[b][j][i] = src[b][i][j] for 4-byte values
 // (float32, int32), in 16×16 tiles (both sides stay in cache) of 4×4 blocks transposed in
 // registers. tfjs-backend-wasm moves such a transpose one value at a time.
-static inline void transpose_block(const unsigned *src, int src_stride, unsigned *dst, int dst_stride) {
-  const v128_t r0 = wasm_v128_load(src), r1 = wasm_v128_load(src + src_stride);
-  const v128_t r2 = wasm_v128_load(src + 2 * src_stride), r3 = wasm_v128_load(src + 3 * src_stride);
-  const v128_t t0 = wasm_i32x4_shuffle(r0, r1, 0, 4, 1, 5), t1 = wasm_i32x4_shuffle(r0, r1, 2, 6, 3, 7);
-  const v128_t t2 = wasm_i32x4_shuffle(r2, r3, 0, 4, 1, 5), t3 = wasm_i32x4_shuffle(r2, r3, 2, 6, 3, 7);
-  wasm_v128_store(dst, wasm_i32x4_shuffle(t0, t2, 0, 1, 4, 5));
-  wasm_v128_store(dst + dst_stride, wasm_i32x4_shuffle(t0, t2, 2, 3, 6, 7));
-  wasm_v128_store(dst + 2 * dst_stride, wasm_i32x4_shuffle(t1, t3, 0, 1, 4, 5));
-  wasm_v128_store(dst + 3 * dst_stride, wasm_i32x4_shuffle(t1, t3, 2, 3, 6, 7));
-}
-
 __attribute__((export_name("transpose_last_two"))) void transpose_last_two(int batch, int rows, int cols, const unsigned *src, unsigned *dst) {
   for (int b = 0; b < batch; b++, src += rows * cols, dst += rows * cols) {
     for (int i1 = 0; i1 < rows; i1 += 16) {
@@ -42,7 +33,8 @@ __attribute__((export_name("transpose_last_two"))) void transpose_last_two(int b
         int i = i1;
         for (; i + 4 <= i_end; i += 4) {
           int j = j1;
-          for (; j + 4 <= j_end; j += 4) transpose_block(src + i * cols + j, cols, dst + j * rows + i, rows);
+          for (; j + 4 <= j_end; j += 4) store_transposed_4x4(wasm_v128_load(src + i * cols + j), wasm_v128_load(src + (i + 1) * cols + j), wasm_v128_load(src + (i + 2) * cols + j),
+                                                                   wasm_v128_load(src + (i + 3) * cols + j), dst + j * rows + i, rows);
           for (; j < j_end; j++)
             for (int r = i; r < i + 4; r++) dst[j * rows + r] = src[r * cols + j];
         }
