@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { KernelReplacements } from './kernel-replacements.js';
-import { hasSimdBatchMatMul, simdBatchMatMul } from './wasm-simd-matmul.js';
+import { hasSimdBatchMatMul, packsTransposedA, simdBatchMatMul } from './wasm-simd-matmul.js';
 
 /**
  * tfjs-backend-wasm (4.x) runs a matMul on XNNPACK (SIMD, multi-threaded) only when neither operand
@@ -17,7 +17,8 @@ import { hasSimdBatchMatMul, simdBatchMatMul } from './wasm-simd-matmul.js';
  *   which caches its packed weights by operand, packs it once);
  * - a stack of left operands times one right operand is folded into one tall matrix;
  * - a stack times a stack (attention), thin products (a dimension of at most
- *   {@link THIN_DIMENSION}: LoRA's rank-r factors) and products of a few rows (decoding) run on
+ *   {@link THIN_DIMENSION}: LoRA's rank-r factors), products of a few rows (decoding) and those
+ *   whose transposed left operand the kernel copies in blocks (full fine-tuning's xᵀ·dy) run on
  *   core's own batched SIMD kernel
  *   (wasm-simd-matmul.ts), which reads transposed and broadcast operands in place and, on tfjs's
  *   threaded build in Node, shares each product with a helper thread of its own.
@@ -90,7 +91,11 @@ function fastMatMul(original: tf.KernelConfig, backendName: string): tf.KernelFu
     const batchShape = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
     const thin = n <= THIN_DIMENSION || k <= THIN_DIMENSION || (transposeA && m <= THIN_DIMENSION);
     const fewRows = batchA * m <= FEW_ROWS;
-    if (float32 && (stacked || thin || fewRows) && hasSimdBatchMatMul(backend)) {
+    // A transposed activation with rows far apart (full fine-tuning's weight gradient xᵀ·dy): core's
+    // kernel copies its rows in blocks, where XNNPACK needs it transposed for real and packs the
+    // other operand, which changes every step, again at every call.
+    const copiesA = float32 && packsTransposedA(transposeA, m, k, n) && batchA === 1 && batchB === 1 && !frozenWeightData().has(a.dataId);
+    if (float32 && (stacked || thin || fewRows || copiesA) && hasSimdBatchMatMul(backend)) {
       const activation = (attrs?.['activation'] as string | undefined) ?? 'linear';
       // The SIMD kernel computes the plain product; a fused bias or activation is applied after it.
       if (bias !== undefined || prelu !== undefined || activation !== 'linear') return unfusedProduct(backendName, backend, inputs, attrs ?? {});

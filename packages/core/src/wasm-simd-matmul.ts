@@ -246,25 +246,56 @@ const CHUNK_FLOPS = 2 ** 17;
 const TARGET_CHUNKS = 64;
 
 /**
+ * A transposed op(A) whose rows lie at least this many floats apart (its row count m: full
+ * fine-tuning's weight gradient xᵀ·dy), with k at least {@link PACK_A_MIN_K}, is copied by
+ * the kernel into scratch {@link A_BLOCK_ROWS} rows at a time before its tiles read it (read in
+ * place at 4 KB apart, every load of a tile falls in one L1 set). Mirrors batch-matmul.c's
+ * PACK_A_MIN_STRIDE, PACK_A_MIN_K, PACK_A_MIN_COLUMNS and A_BLOCK_ROWS.
+ */
+const PACK_A_MIN_STRIDE = 256;
+const PACK_A_MIN_K = 64;
+const A_BLOCK_ROWS = 16;
+/** With fewer columns (one panel: LoRA's dB), each value of A is used once and is read in place. */
+const PACK_A_MIN_COLUMNS = 16;
+
+/** Whether the kernel copies op(A) into scratch (batch-matmul.c's packs_a), for a product `[m, k]·[k, n]`. */
+export function packsTransposedA(transposeA: boolean, m: number, k: number, n: number): boolean {
+  return transposeA && m >= PACK_A_MIN_STRIDE && k >= PACK_A_MIN_K && n >= PACK_A_MIN_COLUMNS;
+}
+
+/**
  * How a product of `batch` matrices `[m, k]·[k, n]` is cut into chunks for two threads: rows per
  * chunk (a multiple of the 4-row tile) and 8-column panels per chunk, each matrix of the stack
  * being one chunk at least. Null when the product is too small to share, has fewer than 4 rows,
  * has more matrices than the chunk words (4096), or a chunk's packed panels and result would not
- * fit the helper's buffer.
+ * fit the helper's buffer. `packsA` (see {@link packsTransposedA}): each chunk copies its own rows of
+ * A, so the columns are cut into as few groups as the helper's buffer allows and the rows into
+ * blocks of whole copies.
  */
-export function threadChunking(batch: number, m: number, k: number, n: number): { rowBlock: number; panelGroup: number; chunks: number } | null {
+export function threadChunking(batch: number, m: number, k: number, n: number, packsA = false): { rowBlock: number; panelGroup: number; chunks: number } | null {
   const flops = 2 * batch * m * k * n;
   if (flops < MIN_THREADED_FLOPS || m < STREAMED_ROWS || batch > MAX_THREADED_CHUNKS) return null;
   const panels = Math.ceil(n / 8);
   const rowTiles = Math.ceil(m / 4);
   const perMatrix = Math.ceil(Math.min(TARGET_CHUNKS, Math.floor(flops / CHUNK_FLOPS)) / batch);
-  // Splitting columns first (a chunk packs only its own panels of B), but rows only when k is small.
-  const panelGroups = k <= SMALL_K ? 1 : Math.min(panels, perMatrix);
-  const rowGroups = Math.min(rowTiles, Math.ceil(perMatrix / panelGroups));
-  const panelGroup = Math.ceil(panels / panelGroups);
-  const rowBlock = 4 * Math.ceil(rowTiles / rowGroups);
+  const aBlockFloats = packsA ? A_BLOCK_ROWS * k : 0;
+  let panelGroup: number;
+  let rowBlock: number;
+  if (packsA) {
+    // Packed panels take at most half of what the helper's buffer has left after the copy of A.
+    panelGroup = Math.max(1, Math.min(panels, Math.floor((HELPER_SCRATCH_FLOATS - 32 - aBlockFloats) / 2 / (8 * k))));
+    const blocks = Math.ceil(m / A_BLOCK_ROWS);
+    const rowGroups = Math.min(blocks, Math.ceil(perMatrix / Math.ceil(panels / panelGroup)));
+    rowBlock = A_BLOCK_ROWS * Math.ceil(blocks / rowGroups);
+  } else {
+    // Splitting columns first (a chunk packs only its own panels of B), but rows only when k is small.
+    const panelGroups = k <= SMALL_K ? 1 : Math.min(panels, perMatrix);
+    const rowGroups = Math.min(rowTiles, Math.ceil(perMatrix / panelGroups));
+    panelGroup = Math.ceil(panels / panelGroups);
+    rowBlock = 4 * Math.ceil(rowTiles / rowGroups);
+  }
   const chunks = batch * Math.ceil(panels / panelGroup) * Math.ceil(m / rowBlock);
-  const helperFloats = panelGroup * 8 * k + 32 + rowBlock * panelGroup * 8;
+  const helperFloats = panelGroup * 8 * k + 32 + aBlockFloats + rowBlock * panelGroup * 8;
   return chunks < 2 || chunks > MAX_THREADED_CHUNKS || helperFloats > HELPER_SCRATCH_FLOATS ? null : { rowBlock, panelGroup, chunks };
 }
 
@@ -292,10 +323,11 @@ export function simdBatchMatMul(backend: tf.KernelBackend, a: tf.TensorInfo, b: 
   const out = wasm.makeOutput([...outBatchShape, m, n], 'float32');
   if (batch * m * n === 0) return out;
   const threads = kernel.threads !== null && helperServes(kernel.threads) ? kernel.threads : null;
-  const chunking = threads === null ? null : threadChunking(batch, m, k, n);
+  const packsA = packsTransposedA(transposeA, m, k, n);
+  const chunking = threads === null ? null : threadChunking(batch, m, k, n, packsA);
   // Packed panels of B: all of them for one thread, a chunk's worth for the calling thread of two
-  // (the helper has a buffer of its own).
-  const scratchFloats = chunking === null ? Math.ceil(n / 8) * 8 * k + 32 : chunking.panelGroup * 8 * k + 32;
+  // (the helper has a buffer of its own); then the copy of A's rows, if any.
+  const scratchFloats = (chunking === null ? Math.ceil(n / 8) * 8 * k + 32 : chunking.panelGroup * 8 * k + 32) + (packsA ? A_BLOCK_ROWS * k : 0);
   const scratch = wasm.makeOutput([scratchFloats], 'float32');
   try {
     // Byte offsets in the backend's memory, read after every allocation (they do not move).

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { nodeThreadHost } from '../src/node-thread-host.js';
 import { expectTensorsClose } from '../src/testing.js';
 import { setThreadHost, type HelperThread } from '../src/thread-host.js';
-import { setSimdBatchMatMulHelperMode, simdBatchMatMul, simdBatchMatMulHelper, threadChunking } from '../src/wasm-simd-matmul.js';
+import { packsTransposedA, setSimdBatchMatMulHelperMode, simdBatchMatMul, simdBatchMatMulHelper, threadChunking } from '../src/wasm-simd-matmul.js';
 
 /**
  * The parts of tfjs-backend-wasm's BackendWasm the kernel uses, on a memory of our own: shared
@@ -157,6 +157,8 @@ const PRODUCTS = [
   ['five rows split by columns (B read in place, its partial last panel packed; the fifth row by a 1×8 tile)', [5, 300], [300, 1030], false, false, []],
   ['six rows times a transposed B (packed)', [6, 300], [1030, 300], false, true, []],
   ['one narrow column panel split by rows (LoRA x·Aᵀ)', [1030, 260], [8, 260], false, true, []],
+  ['a transposed left operand copied 16 rows at a time (full fine-tuning xᵀ·dy; a last block of 11 rows, a partial last panel)', [300, 267], [300, 21], true, false, []],
+  ['a transposed left operand copied in blocks, its columns cut into three groups', [1030, 300], [1030, 300], true, false, []],
   ['the small model attention shape', [8, 4, 128, 64], [8, 4, 128, 64], false, true, [8, 4]],
 ] as const;
 
@@ -189,7 +191,7 @@ describe('the two-thread batched SIMD matMul', () => {
     const [m, k] = transposeA ? [aShape.at(-1)!, aShape.at(-2)!] : [aShape.at(-2)!, aShape.at(-1)!];
     const n = transposeB ? bShape.at(-2)! : bShape.at(-1)!;
     // Large enough to be shared between the two threads.
-    expect(threadChunking(batch, m, k, n)?.chunks).toBeGreaterThanOrEqual(2);
+    expect(threadChunking(batch, m, k, n, packsTransposedA(transposeA, m, k, n))?.chunks).toBeGreaterThanOrEqual(2);
     const dataIds = shared.numDataIds();
     const ours = shared.product(a, b, transposeA, transposeB, [...batchShape]);
     // The scratch buffer is freed.
@@ -332,5 +334,16 @@ describe('threadChunking', () => {
     expect(thin.rowBlock % 4).toBe(0);
     expect(thin.chunks).toBeGreaterThan(8);
     expect(thin.chunks).toBeLessThanOrEqual(64);
+  });
+
+  it('cuts a product whose transposed A is copied by rows, in whole 16-row copies, with as few column groups as fit the helper', () => {
+    // Full fine-tuning's xᵀ·dy for the MLP's first layer: [1024,1024]ᵀ·[1024,256].
+    expect(packsTransposedA(true, 1024, 1024, 256)).toBe(true);
+    expect(threadChunking(1, 1024, 1024, 256, true)).toEqual({ rowBlock: 48, panelGroup: 14, chunks: 66 });
+    // Not copied: not transposed, rows closer than 256 floats (attention), k < 64, one panel (LoRA's dB).
+    expect(packsTransposedA(false, 1024, 1024, 256)).toBe(false);
+    expect(packsTransposedA(true, 128, 128, 64)).toBe(false);
+    expect(packsTransposedA(true, 1024, 63, 256)).toBe(false);
+    expect(packsTransposedA(true, 768, 1024, 8)).toBe(false);
   });
 });

@@ -80,6 +80,9 @@ describe('the batched SIMD matMul kernel', () => {
     ['the small model attention shape', [2, 4, 128, 64], [2, 4, 128, 64], false, true],
     // Full panels of a transposed B are packed 4×4 blocks at a time; k % 4 rows and a partial panel are not.
     ['a transposed B: two full panels packed by blocks, k % 4 = 2, a partial panel', [2, 9, 14], [2, 21, 14], false, true],
+    // A transposed A whose rows lie ≥ 256 apart, with k ≥ 64 and two panels or more, is copied 16 rows at a time.
+    ['a transposed A copied in blocks (full fine-tuning xᵀ·dy): a last block of 11 rows, a partial panel', [70, 267], [70, 21], true, false],
+    ['a transposed A 260 rows apart times one panel (read in place: each value is used once)', [70, 260], [70, 8], true, false],
   ] as const)('gives the stock kernel result for %s', async (_name, aShape, bShape, transposeA, transposeB) => {
     await withoutTensorLeaks(() => expectSameAsStock(() => tf.matMul(random([...aShape], 1), random([...bShape], 2), transposeA, transposeB)));
   });
@@ -136,5 +139,18 @@ describe('the batched SIMD matMul kernel', () => {
 
   it('computes an attention product in one kernel call, reading kᵀ in place (no Transpose)', () => {
     expect(kernelsOfProductWithTransposedB(random([2, 4, 16, 8], 14), random([2, 4, 16, 8], 15))).toEqual(['BatchMatMul']);
+  });
+
+  it('computes a weight gradient xᵀ·dy in one kernel call, copying xᵀ in blocks (no Transpose)', () => {
+    // XNNPACK would need xᵀ transposed first, and packs dy, a new operand at every step, at every call.
+    const [x, dy] = [random([70, 300], 21), random([70, 40], 22)];
+    const spy = spyOnKernels('wasm');
+    try {
+      tf.tidy(() => tf.matMul(x, dy, true, false).dataSync());
+      expect(spy.calls.map((call) => call.kernelName)).toEqual(['BatchMatMul']);
+    } finally {
+      spy.stop();
+      tf.dispose([x, dy]);
+    }
   });
 });

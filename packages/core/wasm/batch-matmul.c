@@ -175,6 +175,42 @@ __attribute__((noinline)) static void few_rows(const float *a, int a_rs, int a_c
 // contiguous rows (column stride 1) are read in place; only a partial last panel is packed.
 #define IN_PLACE_ROWS 8
 
+// A transposed op(A) (its rows are A's columns: a_rs = 1) whose rows lie at least this many
+// floats apart (full fine-tuning's weight gradient xᵀ·dy) is copied into
+// scratch, 16 rows at a time, before the tiles read it: read in place, a 4-row tile takes 16 bytes
+// every a_cs floats, and at 1024 floats (4 KB) apart every one of its k loads falls in the same L1
+// set, so the next tile, which needs the rest of those cache lines, finds them evicted (measured on
+// one core, m 1024, k 1024, n 256: 21.5-24.4 GFLOP/s in place, 36-40 copied). Attention's
+// transposed operands (128 apart) are read in place as before, and so is an A whose values are each
+// used once (PACK_A_MIN_COLUMNS).
+#define PACK_A_MIN_STRIDE 256
+#define PACK_A_MIN_K 64
+#define A_BLOCK_ROWS 16
+// With one panel of B, each value of A is read once either way: copying it only adds a pass (LoRA's
+// dB = dyᵀ·(x·Aᵀ), n = r = 8, measured 20% slower copied).
+#define PACK_A_MIN_COLUMNS 16
+
+static inline int min_int(int x, int y) { return x < y ? x : y; }
+
+// Whether op(A) is copied into scratch (A_BLOCK_ROWS·k floats after the 32 of `edge`), for a
+// product of n columns.
+static inline int packs_a(int k, int n, int a_rs, int a_cs) { return a_rs == 1 && a_cs >= PACK_A_MIN_STRIDE && k >= PACK_A_MIN_K && n >= PACK_A_MIN_COLUMNS; }
+
+// Rows [0, rows) (rows ≤ A_BLOCK_ROWS) of a transposed op(A) (`a` at its first row, a_rs = 1) as
+// 4-row strips: strip t holds rows 4t..4t+3, value (r, p) at out[t·4k + 4p + r − 4t], so a tile
+// reads it with a_rs = 1, a_cs = 4. A partial last strip is zero-filled.
+static void pack_a(const float *a, int a_cs, int k, int rows, float *out) {
+  const int full = rows / MR;
+  for (int p = 0; p < k; p++) {
+    const float *row = a + p * a_cs;
+    for (int t = 0; t < full; t++) wasm_v128_store(out + t * MR * k + p * MR, wasm_v128_load(row + t * MR));
+    if (full * MR < rows) {
+      float *strip = out + full * MR * k + p * MR;
+      for (int r = 0; r < MR; r++) strip[r] = full * MR + r < rows ? row[full * MR + r] : 0.0f;
+    }
+  }
+}
+
 // Whether a product of `rows` rows streams B's rows (few_rows) instead of multiplying tiles.
 static inline int streams_b(int rows, int b_cs) { return b_cs == 1 && rows < MR; }
 
@@ -189,7 +225,7 @@ static inline int panels_in_place(int rows, int columns, int b_cs) {
 // `in_place` panels read from `b` (the block's first column, rows `b_rs` apart), the others from
 // `packed` (as pack_b wrote them, from panel `in_place` on). Element (r, j) goes to target[r·ld + j].
 static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_rs, int b_cs, int in_place, const float *packed, int k, int rows, int columns, float *target,
-                     int ld, float *edge) {
+                     int ld, float *edge, float *packed_a) {
   if (streams_b(rows, b_cs)) {
     few_rows(a, a_rs, a_cs, b, b_rs, k, columns, target, ld, rows);
     return;
@@ -204,7 +240,22 @@ static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_r
     tile(a + (i0) * a_rs, a_rs, a_cs, PANEL(jp), PANEL_STEP(jp), k, target + (i0) * ld + (jp) * NR, ld, PANEL_COLUMNS(jp), edge);                                       \
   else                                                                                                                                                                       \
     for (int r = (i0); r < rows; r++) row_tile(a + r * a_rs, a_cs, PANEL(jp), PANEL_STEP(jp), k, target + r * ld + (jp) * NR, PANEL_COLUMNS(jp), edge)
-  if (k <= SMALL_K) {
+  if (packed_a != 0 && rows >= MR) {
+    // Block by block of A_BLOCK_ROWS rows, copied (see PACK_A_MIN_STRIDE); each output is the same
+    // sum, in the same order, as read in place.
+    for (int r0 = 0; r0 < rows; r0 += A_BLOCK_ROWS) {
+      const int block_rows = min_int(A_BLOCK_ROWS, rows - r0);
+      pack_a(a + r0, a_cs, k, block_rows, packed_a);
+      for (int jp = 0; jp < panels; jp++)
+        for (int i0 = r0; i0 < r0 + block_rows; i0 += MR) {
+          const float *strip = packed_a + (i0 - r0) * k;
+          if (rows - i0 >= MR)
+            tile(strip, 1, MR, PANEL(jp), PANEL_STEP(jp), k, target + i0 * ld + jp * NR, ld, PANEL_COLUMNS(jp), edge);
+          else
+            for (int r = i0; r < rows; r++) row_tile(strip + (r - i0), MR, PANEL(jp), PANEL_STEP(jp), k, target + r * ld + jp * NR, PANEL_COLUMNS(jp), edge);
+        }
+    }
+  } else if (k <= SMALL_K) {
     for (int i0 = 0; i0 < rows; i0 += MR)
       for (int jp = 0; jp < panels; jp++) PANEL_TILE(jp, i0);
   } else {
@@ -218,7 +269,8 @@ static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_r
 }
 
 // C (row-major, [batch, m, n], contiguous) = op(A) · op(B) for each of `batch` matrices.
-// `scratch` holds ceil(n/8)·8·k + 32 floats. A batch stride of 0 broadcasts an operand.
+// `scratch` holds ceil(n/8)·8·k + 32 floats, and A_BLOCK_ROWS·k more when packs_a. A batch stride of
+// 0 broadcasts an operand.
 __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m, int k, int n, const float *a, int a_bs, int a_rs, int a_cs, const float *b,
                                                                  int b_bs, int b_rs, int b_cs, float *c, float *scratch) {
   const int b_panels = (n + NR - 1) / NR;
@@ -229,7 +281,7 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
     const float *bi = b + i * b_bs;
     // A broadcast B is packed once.
     if (i == 0 || b_bs != 0) pack_b(bi + in_place * NR * b_cs, k, n - in_place * NR, b_rs, b_cs, packed_b);
-    multiply(a + i * a_bs, a_rs, a_cs, bi, b_rs, b_cs, in_place, packed_b, k, m, n, c + i * m * n, n, edge);
+    multiply(a + i * a_bs, a_rs, a_cs, bi, b_rs, b_cs, in_place, packed_b, k, m, n, c + i * m * n, n, edge, packs_a(k, n, a_rs, a_cs) ? edge + 32 : 0);
   }
 }
 
@@ -301,7 +353,6 @@ _Static_assert(__builtin_offsetof(struct control, helper_running) == 72, "HELPER
 _Static_assert(__builtin_offsetof(struct control, helper_failed) == 76, "HELPER_FAILED_OFFSET");
 
 static inline uint32_t *chunk_words(struct control *ctl) { return (uint32_t *)((char *)ctl + 512); }
-static inline int min_int(int x, int y) { return x < y ? x : y; }
 
 // Chunk `chunk` of the call described by `p` (matrix, panel group, row block), packing into
 // `packed_b` (memo: what it holds). Its result goes to the output, or, when `out` is not null,
@@ -329,7 +380,8 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
   // Where element (r, j) of the chunk goes: row stride and the address of (first_row, first_column).
   const int ld = out ? p->panel_group * NR : n;
   float *target = out ? out : p->c + i * m * n + first_row * n + first_column;
-  multiply(p->a + i * p->a_bs + first_row * p->a_rs, p->a_rs, p->a_cs, bi, p->b_rs, p->b_cs, in_place, packed_b, k, rows, columns, target, ld, edge);
+  multiply(p->a + i * p->a_bs + first_row * p->a_rs, p->a_rs, p->a_cs, bi, p->b_rs, p->b_cs, in_place, packed_b, k, rows, columns, target, ld, edge,
+           packs_a(k, n, p->a_rs, p->a_cs) ? edge + 32 : 0);
 }
 
 // Copy the helper's result of `chunk` (see run_chunk) to the output.
@@ -375,8 +427,8 @@ __attribute__((export_name("control_init"))) void control_init(struct control *c
 
 // batch_matmul on two threads, chunked by `row_block` rows (a multiple of 4) and `panel_group`
 // panels of 8 columns; the chunks (batch · row blocks · panel groups) must number at most
-// MAX_CHUNKS. `scratch` holds panel_group·8·k + 32 floats (the calling thread's); the helper's
-// buffer must hold that plus row_block·panel_group·8. `may_wait`: whether this thread may sleep in
+// MAX_CHUNKS. `scratch` holds panel_group·8·k + 32 floats (the calling thread's), and A_BLOCK_ROWS·k
+// more when packs_a; the helper's buffer must hold that plus row_block·panel_group·8. `may_wait`: whether this thread may sleep in
 // memory.atomic.wait (a browser's main thread may not: it spins instead).
 __attribute__((export_name("batch_matmul_threaded"))) void batch_matmul_threaded(struct control *ctl, int batch, int m, int k, int n, const float *a, int a_bs, int a_rs,
                                                                                    int a_cs, const float *b, int b_bs, int b_rs, int b_cs, float *c, float *scratch,
@@ -453,7 +505,7 @@ static void help_with(struct control *ctl, int chunk, uint32_t gen) {
   }
   const struct args *p = &ctl->helper_args;
   float *packed_b = ctl->helper_scratch;
-  float *out = packed_b + p->panel_group * NR * p->k + 32;
+  float *out = packed_b + p->panel_group * NR * p->k + 32 + (packs_a(p->k, p->n, p->a_rs, p->a_cs) ? A_BLOCK_ROWS * p->k : 0);
   run_chunk(p, chunk, packed_b, ctl->packed[1], gen, out);
   if (__sync_val_compare_and_swap(word, mine, gen << 2 | COPYING) != mine) return;
   // The test switch for a helper that dies mid-copy: it traps here, its host reports the failure,
