@@ -175,14 +175,14 @@ __attribute__((noinline)) static void few_rows(const float *a, int a_rs, int a_c
 // contiguous rows (column stride 1) are read in place; only a partial last panel is packed.
 #define IN_PLACE_ROWS 8
 
-// A transposed op(A) (its rows are A's columns: a_rs = 1) whose rows lie at least this many
-// floats apart (full fine-tuning's weight gradient xᵀ·dy) is copied into
-// scratch, 16 rows at a time, before the tiles read it: read in place, a 4-row tile takes 16 bytes
-// every a_cs floats, and at 1024 floats (4 KB) apart every one of its k loads falls in the same L1
-// set, so the next tile, which needs the rest of those cache lines, finds them evicted (measured on
-// one core, m 1024, k 1024, n 256: 21.5-24.4 GFLOP/s in place, 36-40 copied). Attention's
-// transposed operands (128 apart) are read in place as before, and so is an A whose values are each
-// used once (PACK_A_MIN_COLUMNS).
+// A transposed op(A) (its rows are A's columns: a_rs = 1) whose rows lie at least this many floats
+// apart (full fine-tuning's weight gradient xᵀ·dy) is copied into scratch, 16 rows at a time,
+// before the tiles read it. Read in place, a 4-row tile takes 16 bytes every a_cs floats; at 1024
+// floats (4 KB) apart every one of its k loads falls in the same L1 set, so the next tile, which
+// needs the rest of those cache lines, finds them evicted (measured on one core, m 1024, k 1024,
+// n 256: 21.5-24.4 GFLOP/s in place, 36-40 copied). Attention's transposed operands (128 apart)
+// are read in place as before, and so is an A whose values are each used once
+// (PACK_A_MIN_COLUMNS).
 #define PACK_A_MIN_STRIDE 256
 #define PACK_A_MIN_K 64
 #define A_BLOCK_ROWS 16
@@ -428,8 +428,9 @@ __attribute__((export_name("control_init"))) void control_init(struct control *c
 // batch_matmul on two threads, chunked by `row_block` rows (a multiple of 4) and `panel_group`
 // panels of 8 columns; the chunks (batch · row blocks · panel groups) must number at most
 // MAX_CHUNKS. `scratch` holds panel_group·8·k + 32 floats (the calling thread's), and A_BLOCK_ROWS·k
-// more when packs_a; the helper's buffer must hold that plus row_block·panel_group·8. `may_wait`: whether this thread may sleep in
-// memory.atomic.wait (a browser's main thread may not: it spins instead).
+// more when packs_a; the helper's buffer must hold that plus row_block·panel_group·8. `may_wait`:
+// whether this thread may sleep in memory.atomic.wait (a browser's main thread may not: it spins
+// instead).
 __attribute__((export_name("batch_matmul_threaded"))) void batch_matmul_threaded(struct control *ctl, int batch, int m, int k, int n, const float *a, int a_bs, int a_rs,
                                                                                    int a_cs, const float *b, int b_bs, int b_rs, int b_cs, float *c, float *scratch,
                                                                                    int row_block, int panel_group, int may_wait) {
