@@ -11,7 +11,7 @@
 // Prints one JSON object on its last stdout line; the table goes to stderr.
 import { parseArgs } from 'node:util';
 import { median } from './lib/child.mjs';
-import { cudaBackend, tf } from './lib/packages.mjs';
+import { coreInternal, cudaBackend, tf } from './lib/packages.mjs';
 import { referenceGflops } from './lib/reference.mjs';
 
 const { values } = parseArgs({ options: { reps: { type: 'string', default: '40' }, threads: { type: 'string' } } });
@@ -39,13 +39,6 @@ const PRODUCTS = [
 
 const shapeText = (shape, transposed) => `[${shape.join(',')}]${transposed ? 'ᵀ' : ''}`;
 
-function flopsOf(aShape, bShape, transposeA, transposeB) {
-  const m = transposeA ? aShape.at(-1) : aShape.at(-2);
-  const k = transposeA ? aShape.at(-2) : aShape.at(-1);
-  const n = transposeB ? bShape.at(-2) : bShape.at(-1);
-  return 2 * aShape.slice(0, -2).reduce((product, size) => product * size, 1) * m * k * n;
-}
-
 // 64 MB outside the backend's memory: filling it evicts every cache level the product uses.
 const traffic = new Float32Array(16 << 20);
 function timeCalls(a, b, transposeA, transposeB, evict) {
@@ -66,7 +59,8 @@ const rows = [];
 for (const [name, aShape, bShape, transposeA, transposeB] of PRODUCTS) {
   const a = tf.randomNormal(aShape, 0, 1, 'float32', 3);
   const b = tf.randomNormal(bShape, 0, 1, 'float32', 4);
-  const flop = flopsOf(aShape, bShape, transposeA, transposeB);
+  const outputShape = tf.tidy(() => tf.matMul(a, b, transposeA, transposeB).shape);
+  const flop = coreInternal.matMulFlops({ kernelName: 'BatchMatMul', inputShapes: { a: aShape, b: bShape }, outputShapes: [outputShape], attrs: { transposeA, transposeB } });
   const warmMs = timeCalls(a, b, transposeA, transposeB, false);
   const afterTrafficMs = timeCalls(a, b, transposeA, transposeB, true);
   tf.dispose([a, b]);

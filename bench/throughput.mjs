@@ -13,8 +13,6 @@ const CHILD = fileURLToPath(new URL('./throughput-child.mjs', import.meta.url));
 /** Fields the children add for the summary; the JSON rows keep the documented shape. */
 const INTERNAL_FIELDS = ['backendKind', 'isDefault'];
 const runChild = (args, log) => runScript(CHILD, args, log);
-/** Rounds of the PyTorch comparison (see runThroughput). */
-const TORCH_ROUNDS = (quick) => (quick ? 1 : 3);
 
 const publicRow = (row) => Object.fromEntries(Object.entries(row).filter(([key]) => !INTERNAL_FIELDS.includes(key)));
 
@@ -46,10 +44,11 @@ export async function runThroughput({ quick = false, threads, log = (text) => pr
   // A shared machine's speed drifts by 10-20% over minutes (both frameworks' figures moved
   // together), so one pair can catch the two in different phases; the ratio reported is the median
   // of the rounds' ratios.
+  const torchRounds = quick ? 1 : 3;
   const rounds = [];
   let torchFailure = null;
   const compareWithTorch = async (ours) => {
-    log(`throughput: the same steps in PyTorch (bench/torch/small_lora_step.py, 1 thread), round ${rounds.length + 1} of ${TORCH_ROUNDS(quick)}…`);
+    log(`throughput: the same steps in PyTorch (bench/torch/small_lora_step.py, 1 thread), round ${rounds.length + 1} of ${torchRounds}…`);
     const torch = await runTorchReference({ steps: Number(steps), log });
     if (torch.ok) rounds.push({ ours, torch: torch.value });
     else torchFailure = torch.reason;
@@ -64,8 +63,8 @@ export async function runThroughput({ quick = false, threads, log = (text) => pr
     else skipped.push(`${kind}: ${result.reason}`);
     if (kind === kinds[0] && result.ok && (await compareWithTorch(result.value.rows))) {
       // More rounds of the two, each the default backend's forward, LoRA and full steps again.
-      while (rounds.length < TORCH_ROUNDS(quick)) {
-        log(`throughput: the default backend's steps again (${kinds[0]}), round ${rounds.length + 1} of ${TORCH_ROUNDS(quick)}…`);
+      while (rounds.length < torchRounds) {
+        log(`throughput: the default backend's steps again (${kinds[0]}), round ${rounds.length + 1} of ${torchRounds}…`);
         const again = await runChild(['train', '--backend', kind, '--steps', steps, '--variants', VARIANTS.join(','), ...threadArgs], log);
         if (!again.ok) {
           skipped.push(`PyTorch comparison round ${rounds.length + 1}: ${again.reason}`);

@@ -235,11 +235,14 @@ static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_r
 #define PANEL(jp) ((jp) < in_place ? b + (jp) * NR : packed + ((jp) - in_place) * NR * k)
 #define PANEL_STEP(jp) ((jp) < in_place ? b_rs : NR)
 #define PANEL_COLUMNS(jp) (columns - (jp) * NR < NR ? columns - (jp) * NR : NR)
-#define PANEL_TILE(jp, i0)                                                                                                                                                   \
+// Rows i0..i0+3 of C in panel jp (fewer at the matrix's edge, a 1×8 tile each), from A's row i0 at
+// `ai`, its rows `ars` apart and values `acs` apart: A in place, or a strip of its copy.
+#define PANEL_TILE_FROM(jp, i0, ai, ars, acs)                                                                                                                              \
   if (rows - (i0) >= MR)                                                                                                                                                     \
-    tile(a + (i0) * a_rs, a_rs, a_cs, PANEL(jp), PANEL_STEP(jp), k, target + (i0) * ld + (jp) * NR, ld, PANEL_COLUMNS(jp), edge);                                       \
+    tile(ai, ars, acs, PANEL(jp), PANEL_STEP(jp), k, target + (i0) * ld + (jp) * NR, ld, PANEL_COLUMNS(jp), edge);                                                       \
   else                                                                                                                                                                       \
-    for (int r = (i0); r < rows; r++) row_tile(a + r * a_rs, a_cs, PANEL(jp), PANEL_STEP(jp), k, target + r * ld + (jp) * NR, PANEL_COLUMNS(jp), edge)
+    for (int r = (i0); r < rows; r++) row_tile((ai) + (r - (i0)) * (ars), acs, PANEL(jp), PANEL_STEP(jp), k, target + r * ld + (jp) * NR, PANEL_COLUMNS(jp), edge)
+#define PANEL_TILE(jp, i0) PANEL_TILE_FROM(jp, i0, a + (i0) * a_rs, a_rs, a_cs)
   if (packed_a != 0 && rows >= MR) {
     // Block by block of A_BLOCK_ROWS rows, copied (see PACK_A_MIN_STRIDE); each output is the same
     // sum, in the same order, as read in place.
@@ -249,10 +252,7 @@ static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_r
       for (int jp = 0; jp < panels; jp++)
         for (int i0 = r0; i0 < r0 + block_rows; i0 += MR) {
           const float *strip = packed_a + (i0 - r0) * k;
-          if (rows - i0 >= MR)
-            tile(strip, 1, MR, PANEL(jp), PANEL_STEP(jp), k, target + i0 * ld + jp * NR, ld, PANEL_COLUMNS(jp), edge);
-          else
-            for (int r = i0; r < rows; r++) row_tile(strip + (r - i0), MR, PANEL(jp), PANEL_STEP(jp), k, target + r * ld + jp * NR, PANEL_COLUMNS(jp), edge);
+          PANEL_TILE_FROM(jp, i0, strip, 1, MR);
         }
     }
   } else if (k <= SMALL_K) {
@@ -263,6 +263,7 @@ static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_r
       for (int i0 = 0; i0 < rows; i0 += MR) PANEL_TILE(jp, i0);
   }
 #undef PANEL_TILE
+#undef PANEL_TILE_FROM
 #undef PANEL_COLUMNS
 #undef PANEL_STEP
 #undef PANEL
