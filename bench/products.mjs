@@ -1,8 +1,10 @@
-// The LoRA step's attention and rank-8 products alone, on the default backend (a measurement, not a
+// The LoRA step's attention and rank-8 products, and its layers' fused passes, alone, on the default backend (a measurement, not a
 // test; nothing asserts a timing):
 //   node bench/products.mjs [--reps 40] [--threads N]
 // Each product of the `small` LoRA step that core's batched SIMD kernel computes (attention's four
-// forms, LoRA's nine rank-8 forms) and a [1,8]·[8,8] product (the fixed cost of a call), timed:
+// forms, the nine rank-8 forms LoRA's layers compose on other backends) and a [1,8]·[8,8] product
+// (the fixed cost of a call), then a LoRA layer's forward and backward passes as core's fused WASM
+// kernels run them and as the products compose them, timed:
 //   warm:  back to back, operands in cache;
 //   after: right after 64 MB of other memory traffic (a JS array filled between calls), as in a
 //          training step, where the kernels before a product have evicted its operands.
@@ -41,17 +43,26 @@ const shapeText = (shape, transposed) => `[${shape.join(',')}]${transposed ? '�
 
 // 64 MB outside the backend's memory: filling it evicts every cache level the product uses.
 const traffic = new Float32Array(16 << 20);
-function timeCalls(a, b, transposeA, transposeB, evict) {
+/** Median ms of `reps` calls of `run` (which returns what it made, disposed after timing). */
+function timeCalls(run, evict) {
   const times = [];
   for (let rep = -5; rep < reps; rep++) {
     if (evict) traffic.fill(rep);
     const started = performance.now();
-    const product = tf.matMul(a, b, transposeA, transposeB);
+    const made = run();
     const ms = performance.now() - started;
-    product.dispose();
+    tf.dispose(made);
     if (rep >= 0) times.push(ms);
   }
   return median(times);
+}
+
+/** A row of the report: `flop` timed warm and after the traffic. */
+function measured(name, product, flop, run) {
+  const warmMs = timeCalls(run, false);
+  const afterTrafficMs = timeCalls(run, true);
+  const rate = (ms) => Number((flop / ms / 1e6).toFixed(1));
+  return { product, name, flop, warmUs: Math.round(warmMs * 1000), warmGflops: rate(warmMs), afterTrafficUs: Math.round(afterTrafficMs * 1000), afterTrafficGflops: rate(afterTrafficMs) };
 }
 
 const reference = referenceGflops();
@@ -61,28 +72,47 @@ for (const [name, aShape, bShape, transposeA, transposeB] of PRODUCTS) {
   const b = tf.randomNormal(bShape, 0, 1, 'float32', 4);
   const outputShape = tf.tidy(() => tf.matMul(a, b, transposeA, transposeB).shape);
   const flop = coreInternal.matMulFlops({ kernelName: 'BatchMatMul', inputShapes: { a: aShape, b: bShape }, outputShapes: [outputShape], attrs: { transposeA, transposeB } });
-  const warmMs = timeCalls(a, b, transposeA, transposeB, false);
-  const afterTrafficMs = timeCalls(a, b, transposeA, transposeB, true);
+  rows.push(measured(name, `${shapeText(aShape, transposeA)}·${shapeText(bShape, transposeB)}`, flop, () => tf.matMul(a, b, transposeA, transposeB)));
   tf.dispose([a, b]);
-  const rate = (ms) => Number((flop / ms / 1e6).toFixed(1));
-  rows.push({
-    product: `${shapeText(aShape, transposeA)}·${shapeText(bShape, transposeB)}`,
-    name,
-    flop,
-    warmUs: Math.round(warmMs * 1000),
-    warmGflops: rate(warmMs),
-    afterTrafficUs: Math.round(afterTrafficMs * 1000),
-    afterTrafficGflops: rate(afterTrafficMs),
-  });
+}
+
+// A LoRA layer's passes as the step runs them on WASM (core's fused kernels, one call each way), and
+// the same arithmetic composed of products, the scaling and the add (as other backends run it). The
+// FLOP are the rank-8 products' (matMulFlops), so the fused and composed rows compare directly.
+const { LORA_FORWARD_KERNEL, LORA_BACKWARD_KERNEL } = { LORA_FORWARD_KERNEL: 'LoraLowRankForward', LORA_BACKWARD_KERNEL: 'LoraLowRankBackward' };
+const fusedPasses = tf.getKernel(LORA_FORWARD_KERNEL, tf.getBackend()) !== undefined;
+for (const [layer, inFeatures, outFeatures] of [['c_attn', 256, 768], ['c_proj', 256, 256]]) {
+  const rank = 8;
+  const s = 2;
+  const [x, a, b, base, dy] = [[1024, inFeatures], [rank, inFeatures], [outFeatures, rank], [1024, outFeatures], [1024, outFeatures]].map((shape, i) => tf.randomNormal(shape, 0, 1, 'float32', 10 + i));
+  const hs = tf.tidy(() => tf.mul(tf.matMul(x, a, false, true), s));
+  const shapes = { x: x.shape, a: a.shape, b: b.shape };
+  const forwardFlop = coreInternal.matMulFlops({ kernelName: LORA_FORWARD_KERNEL, inputShapes: shapes, outputShapes: [], attrs: {} });
+  const backwardFlop = coreInternal.matMulFlops({ kernelName: LORA_BACKWARD_KERNEL, inputShapes: shapes, outputShapes: [], attrs: {} });
+  const form = `x[1024,${inFeatures}] r ${rank} out ${outFeatures}`;
+  if (fusedPasses) {
+    rows.push(measured(`LoRA forward, fused (${layer})`, form, forwardFlop, () => tf.engine().runKernel(LORA_FORWARD_KERNEL, { x, a, b, base }, { scaling: s })));
+    rows.push(measured(`LoRA backward, fused (${layer})`, form, backwardFlop, () => tf.engine().runKernel(LORA_BACKWARD_KERNEL, { dy, x, a, b, hs }, { scaling: s })));
+  }
+  rows.push(measured(`LoRA forward, composed (${layer})`, form, forwardFlop, () => tf.tidy(() => tf.add(base, tf.matMul(tf.mul(tf.matMul(x, a, false, true), s), b, false, true)))));
+  rows.push(
+    measured(`LoRA backward, composed (${layer})`, form, backwardFlop, () =>
+      tf.tidy(() => {
+        const g = tf.mul(tf.matMul(dy, b), s);
+        return [tf.matMul(g, a), tf.matMul(g, x, true, false), tf.matMul(dy, hs, true, false)];
+      }),
+    ),
+  );
+  tf.dispose([x, a, b, base, dy, hs]);
 }
 const referenceRounded = Number(reference.toFixed(1));
 const percent = (gflops) => `${((100 * gflops) / reference).toFixed(0)}%`;
 console.error(`${report.kind} (${report.threads} thread(s)); 1024² matMul in this process: ${referenceRounded} GFLOP/s; medians of ${reps} calls`);
-console.error(`${'product'.padEnd(32)} ${'form'.padEnd(26)} ${'MFLOP'.padStart(6)}  warm µs (GFLOP/s, of 1024²)  after 64 MB µs (GFLOP/s, of 1024²)`);
+console.error(`${'product'.padEnd(36)} ${'form'.padEnd(28)} ${'MFLOP'.padStart(6)}  warm µs (GFLOP/s, of 1024²)  after 64 MB µs (GFLOP/s, of 1024²)`);
 for (const row of rows) {
   const warm = `${row.warmUs} (${row.warmGflops}, ${percent(row.warmGflops)})`;
   const after = `${row.afterTrafficUs} (${row.afterTrafficGflops}, ${percent(row.afterTrafficGflops)})`;
-  console.error(`${row.name.padEnd(32)} ${row.product.padEnd(26)} ${(row.flop / 1e6).toFixed(1).padStart(6)}  ${warm.padEnd(28)} ${after}`);
+  console.error(`${row.name.padEnd(36)} ${row.product.padEnd(28)} ${(row.flop / 1e6).toFixed(1).padStart(6)}  ${warm.padEnd(28)} ${after}`);
 }
 console.log(JSON.stringify({ kind: 'products', backend: report.kind, threads: report.threads, reps, referenceGflops: referenceRounded, rows }));
 process.exit(0);

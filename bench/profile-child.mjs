@@ -24,8 +24,12 @@ const report = await cudaBackend.useBestBackend(values.backend ? { prefer: value
 
 const shapeText = (shape) => `[${shape.join(',')}]`;
 
-/** A product's form: operand shapes with ᵀ for a transposed operand. */
+/** A product's form: operand shapes with ᵀ for a transposed operand; a LoRA layer's fused pass by its x, A and B. */
 function productKey(call) {
+  if (call.kernelName.startsWith('LoraLowRank')) {
+    const pass = call.kernelName === 'LoraLowRankForward' ? 'forward' : 'backward';
+    return `LoRA ${pass} x${shapeText(call.inputShapes.x)} A${shapeText(call.inputShapes.a)} B${shapeText(call.inputShapes.b)}`;
+  }
   const a = `${shapeText(call.inputShapes.a)}${call.attrs.transposeA ? 'ᵀ' : ''}`;
   const b = `${shapeText(call.inputShapes.b)}${call.attrs.transposeB ? 'ᵀ' : ''}`;
   return `${call.kernelName === '_FusedMatMul' ? 'fused ' : ''}${a}·${b}`;

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL } from './low-rank-train.js';
 
 /** One kernel call seen by {@link spyOnKernels}. */
 export interface KernelCall {
@@ -111,9 +112,18 @@ export function spyOnKernels(backendName: string = tf.getBackend()): KernelSpy {
 
 /**
  * Floating-point operations of a matMul kernel call (`BatchMatMul` or `_FusedMatMul`):
- * 2·(batch·m·n)·k, k read from the left operand's shape and `transposeA`. 0 for other kernels.
+ * 2·(batch·m·n)·k, k read from the left operand's shape and `transposeA`; of a LoRA layer's fused
+ * pass ({@link LORA_FORWARD_KERNEL}, {@link LORA_BACKWARD_KERNEL}), its rank-r products' (forward
+ * x·Aᵀ and hs·Bᵀ: 2·rows·rank·(in + out); backward twice that: dy·B, g·A, gᵀ·x and dyᵀ·hs). 0 for
+ * other kernels.
  */
 export function matMulFlops(call: Pick<KernelCall, 'kernelName' | 'inputShapes' | 'outputShapes' | 'attrs'>): number {
+  if (call.kernelName === LORA_FORWARD_KERNEL || call.kernelName === LORA_BACKWARD_KERNEL) {
+    const [rank, inFeatures] = call.inputShapes['a'] ?? [0, 0];
+    const outFeatures = call.inputShapes['b']?.[0] ?? 0;
+    const rows = call.inputShapes['x']?.[0] ?? 0;
+    return (call.kernelName === LORA_FORWARD_KERNEL ? 2 : 4) * rows * rank! * (inFeatures! + outFeatures);
+  }
   if (call.kernelName !== 'BatchMatMul' && call.kernelName !== '_FusedMatMul') return 0;
   const a = call.inputShapes['a'];
   const out = call.outputShapes[0];

@@ -4,6 +4,7 @@ import { ShapeError } from './errors.js';
 import { applyToLastAxis } from './linear.js';
 import { dropout } from './dropout.js';
 import { lowRankAdd } from './low-rank-add.js';
+import { lowRankTrain } from './low-rank-train.js';
 import type { AdapterInstance, ApplyContext } from './plugin.js';
 import { normalSeed } from './random.js';
 
@@ -69,6 +70,9 @@ export class LoraAdapter implements AdapterInstance {
       // Generating token by token (no tape, a few rows): one kernel instead of four on WASM.
       const inOneCall = x === input ? lowRankAdd(x, this.loraA, this.loraB, result, this.scaling) : null;
       if (inOneCall !== null) return inOneCall;
+      // Training (or longer inputs): one kernel forward and one backward on WASM, rows a block at a time.
+      const fused = lowRankTrain(x, this.loraA, this.loraB, result, this.scaling);
+      if (fused !== null) return fused;
       // s·(x·Aᵀ)·Bᵀ: scaling the rank-r intermediate rather than the [tokens, out] result is the
       // same product with r/out as many multiplies, forward and backward (exact for the usual
       // power-of-two s = alpha/r; otherwise within float32 rounding of PEFT's order).

@@ -11,7 +11,9 @@ import { WASM_CROSS_ENTROPY_KERNELS } from './wasm-cross-entropy.js';
 import { WASM_DROPOUT_KERNELS } from './wasm-dropout.js';
 import { WASM_REDUCTION_KERNELS } from './wasm-reductions.js';
 import { WASM_LOW_RANK_KERNELS } from './wasm-low-rank.js';
+import { WASM_LOW_RANK_TRAIN_KERNELS } from './wasm-low-rank-train.js';
 import { fastWasmMatMulKernels, restoreWasmMatMul, useFastWasmMatMul } from './wasm-matmul.js';
+import { hasSimdBatchMatMul } from './wasm-simd-matmul.js';
 
 /** Stock kernels replaced by {@link useFastWasmKernels} (the matMul ones are kept by wasm-matmul). */
 const replacements = new KernelReplacements();
@@ -28,11 +30,19 @@ const OWN_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
   ...WASM_LOW_RANK_KERNELS,
 };
 
-/** Register {@link OWN_KERNELS} for `backendName` where core's fused-kernels module runs on it (ops fall back to their composite forms elsewhere). */
+/** Kernels of core's own in the batched matMul's module: a LoRA layer's fused passes in training. */
+const OWN_MATMUL_MODULE_KERNELS: Readonly<Record<string, tf.KernelFunc>> = WASM_LOW_RANK_TRAIN_KERNELS;
+
+/**
+ * Register {@link OWN_KERNELS} for `backendName` where core's fused-kernels module runs on it, and
+ * {@link OWN_MATMUL_MODULE_KERNELS} where the batched matMul's does (ops fall back to their
+ * composite forms elsewhere).
+ */
 function registerOwnKernels(backendName: string): string[] {
   const backend = tf.engine().registry[backendName];
-  if (backend === undefined || fusedKernels.exports(backend) === null) return [];
-  return Object.entries(OWN_KERNELS)
+  if (backend === undefined) return [];
+  const runnable = { ...(fusedKernels.exports(backend) !== null ? OWN_KERNELS : {}), ...(hasSimdBatchMatMul(backend) ? OWN_MATMUL_MODULE_KERNELS : {}) };
+  return Object.entries(runnable)
     .filter(([kernelName]) => tf.getKernel(kernelName, backendName) === undefined)
     .map(([kernelName, kernelFunc]) => {
       tf.registerKernel({ kernelName, backendName, kernelFunc });
@@ -41,7 +51,7 @@ function registerOwnKernels(backendName: string): string[] {
 }
 
 /** The {@link OWN_KERNELS} registered for `backendName`. */
-const ownKernels = (backendName: string): string[] => Object.keys(OWN_KERNELS).filter((kernelName) => tf.getKernel(kernelName, backendName) !== undefined);
+const ownKernels = (backendName: string): string[] => Object.keys({ ...OWN_KERNELS, ...OWN_MATMUL_MODULE_KERNELS }).filter((kernelName) => tf.getKernel(kernelName, backendName) !== undefined);
 
 /**
  * Route a WASM backend's kernels through core's faster forms, through tfjs's kernel registry:
@@ -52,7 +62,7 @@ const ownKernels = (backendName: string): string[] => Object.keys(OWN_KERNELS).f
  * (a bias's gradient); and registers fused kernels of its own for composite ops (GPT-2's gelu_new,
  * LayerNorm, attention's scaled and masked softmax and cross-entropy, with their gradients; the
  * AdamW update; dropout (its mask hashed from seed and index, the same bits as its composite form); the trainer's gradient norm and finiteness check; a LoRA layer's output at inference, one token
- * at a time) where its SIMD module runs.
+ * at a time; a LoRA layer's forward and backward passes in training, one kernel each) where its SIMD modules run.
  * Results are the stock kernels' (products, sums and LayerNorm up to float32 summation order; the
  * fused gelu_new within 2e-6 relative). `initRuntime()` does this for `wasm`; `@lora/cuda-backend`
  * for the instances it starts. Idempotent; only backends running tfjs's WASM kernels should be passed.

@@ -50,9 +50,33 @@ type BatchMatMulExport = (...args: [...Operands, scratch: number]) => void;
 
 type BatchMatMulThreadedExport = (control: number, ...args: [...Operands, scratch: number, rowBlock: number, panelGroup: number, mayWait: number]) => void;
 
+/** The fused LoRA passes' exports (wasm/low-rank-train.h): rows, in, out, rank, row block, s, then addresses. */
+type LoraForwardExport = (rows: number, inFeatures: number, outFeatures: number, rank: number, rowBlock: number, s: number, x: number, a: number, b: number, base: number, hs: number, y: number, scratch: number) => void;
+type LoraBackwardExport = (
+  rows: number,
+  inFeatures: number,
+  outFeatures: number,
+  rank: number,
+  rowBlock: number,
+  s: number,
+  dy: number,
+  x: number,
+  a: number,
+  b: number,
+  hs: number,
+  dx: number,
+  parts: number,
+  da: number,
+  db: number,
+  scratch: number,
+) => void;
+type WithControl<F extends (...args: never[]) => void> = (control: number, ...args: [...Parameters<F>, mayWait: number]) => void;
+
 /** The two-thread kernel of one backend: its control block (in the backend's memory) and helper. */
 interface ThreadedKernel {
   readonly run: BatchMatMulThreadedExport;
+  readonly loraForward: WithControl<LoraForwardExport>;
+  readonly loraBackward: WithControl<LoraBackwardExport>;
   readonly memory: LinearMemory;
   /** Byte address of the control block (`struct control` in batch-matmul.c). */
   readonly control: number;
@@ -61,6 +85,10 @@ interface ThreadedKernel {
 
 interface SimdKernel {
   readonly run: BatchMatMulExport;
+  readonly loraForward: LoraForwardExport;
+  readonly loraBackward: LoraBackwardExport;
+  /** Floats of scratch a thread needs for a fused LoRA pass (1 forward, 2 backward); `helper` 1 for the helper's buffer. */
+  readonly loraScratchFloats: (kind: number, inFeatures: number, outFeatures: number, rank: number, rowBlock: number, helper: number) => number;
   /** Null where products run on the calling thread only. */
   readonly threads: ThreadedKernel | null;
 }
@@ -96,7 +124,13 @@ const isShared = (memory: LinearMemory): boolean => typeof SharedArrayBuffer !==
 
 /** The kernel of an instantiated module, with its helper thread started where one can run. */
 function kernelFrom(backend: WasmBackendWithModule, module: object, exports: Record<string, unknown>, memory: LinearMemory): SimdKernel {
-  return { run: exports['batch_matmul'] as BatchMatMulExport, threads: startThreads(backend, module, exports, memory) };
+  return {
+    run: exports['batch_matmul'] as BatchMatMulExport,
+    loraForward: exports['lora_forward'] as LoraForwardExport,
+    loraBackward: exports['lora_backward'] as LoraBackwardExport,
+    loraScratchFloats: exports['lora_scratch_floats'] as SimdKernel['loraScratchFloats'],
+    threads: startThreads(backend, module, exports, memory),
+  };
 }
 
 /**
@@ -127,7 +161,14 @@ function startThreads(backend: WasmBackendWithModule, module: object, exports: R
     // No thread could start (a sandbox without workers): the caller computes alone.
     return null;
   }
-  return { run, memory, control, mayBlock: host.mayBlock };
+  return {
+    run,
+    loraForward: exports['lora_forward_threaded'] as ThreadedKernel['loraForward'],
+    loraBackward: exports['lora_backward_threaded'] as ThreadedKernel['loraBackward'],
+    memory,
+    control,
+    mayBlock: host.mayBlock,
+  };
 }
 
 function instantiate(backend: WasmBackendWithModule): SimdKernel | null {
@@ -356,4 +397,118 @@ export function simdBatchMatMul(backend: tf.KernelBackend, a: tf.TensorInfo, b: 
     wasm.disposeData(scratch.dataId);
   }
   return out;
+}
+
+/** Rows per block of the fused LoRA passes, forward and backward, where the helper's buffer allows (halved until it does). */
+const LORA_ROW_BLOCK = { forward: 64, backward: 128 } as const;
+const LORA_KIND = { forward: 1, backward: 2 } as const;
+
+/**
+ * Rows per block of a fused LoRA pass over `[rows, inFeatures]` inputs, or null where even 4-row
+ * blocks' results would not fit the helper's buffer. A function of the shapes only, never of the
+ * thread count: the backward pass's dA and dB are sums of per-block parts, so the block size fixes
+ * their rounding, and one thread or two give the same bits.
+ */
+function loraRowBlock(kernel: SimdKernel, pass: 'forward' | 'backward', inFeatures: number, outFeatures: number, rank: number): number | null {
+  for (let rowBlock = LORA_ROW_BLOCK[pass]; rowBlock >= 4; rowBlock /= 2) {
+    if (kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, 1) <= HELPER_SCRATCH_FLOATS) return rowBlock;
+  }
+  return null;
+}
+
+/**
+ * Whether `backend` runs {@link simdLoraForward} and {@link simdLoraBackward} for a layer of these
+ * sizes (false where a block's results would not fit the helper's buffer: such layers' rank-r
+ * products are large enough for the product kernels).
+ */
+export function simdLoraPassesFit(backend: tf.KernelBackend, inFeatures: number, outFeatures: number, rank: number): boolean {
+  const kernel = kernelOf(backend);
+  return kernel !== null && loraRowBlock(kernel, 'forward', inFeatures, outFeatures, rank) !== null && loraRowBlock(kernel, 'backward', inFeatures, outFeatures, rank) !== null;
+}
+
+/**
+ * The two threads (where the helper serves and the pass is large enough to share), or null for the
+ * calling thread alone.
+ */
+function threadsFor(kernel: SimdKernel, flops: number, blocks: number): ThreadedKernel | null {
+  const threads = kernel.threads;
+  return threads !== null && helperServes(threads) && flops >= MIN_THREADED_FLOPS && blocks >= 2 && blocks <= MAX_THREADED_CHUNKS ? threads : null;
+}
+
+/**
+ * A LoRA layer's forward pass in one kernel (wasm/low-rank-train.h): for float32 x [rows, in],
+ * A [rank, in], B [out, rank] and base [rows, out], `[y, hs]` with hs = s·(x·Aᵀ) and y = base +
+ * hs·Bᵀ. Null where the backend has no kernel or the shapes do not fit its buffers.
+ */
+export function simdLoraForward(backend: tf.KernelBackend, x: tf.TensorInfo, a: tf.TensorInfo, b: tf.TensorInfo, base: tf.TensorInfo, s: number): [tf.TensorInfo, tf.TensorInfo] | null {
+  const kernel = kernelOf(backend);
+  if (kernel === null || [x, a, b, base].some((info) => info.dtype !== 'float32')) return null;
+  const [rank, inFeatures] = a.shape as [number, number];
+  const outFeatures = b.shape[0]!;
+  const rows = base.shape[0]!;
+  const rowBlock = loraRowBlock(kernel, 'forward', inFeatures, outFeatures, rank);
+  if (rowBlock === null) return null;
+  const wasm = backend as WasmBackendWithModule;
+  const y = wasm.makeOutput([rows, outFeatures], 'float32');
+  const hs = wasm.makeOutput([rows, rank], 'float32');
+  if (rows === 0) return [y, hs];
+  const scratch = wasm.makeOutput([kernel.loraScratchFloats(LORA_KIND.forward, inFeatures, outFeatures, rank, rowBlock, 0)], 'float32');
+  try {
+    const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
+    const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(x), offset(a), offset(b), offset(base), offset(hs), offset(y), offset(scratch)] as const;
+    const threads = threadsFor(kernel, 2 * rows * rank * (inFeatures + outFeatures), Math.ceil(rows / rowBlock));
+    if (threads !== null) threads.loraForward(threads.control, ...args, threads.mayBlock ? 1 : 0);
+    else kernel.loraForward(...args);
+  } finally {
+    wasm.disposeData(scratch.dataId);
+  }
+  return [y, hs];
+}
+
+/**
+ * A LoRA layer's backward pass in one kernel (wasm/low-rank-train.h): from dy [rows, out], x, A, B
+ * and the forward pass's hs, `[dx, dA, dB]` with g = s·(dy·B), dx = g·A, dA = gᵀ·x, dB = dyᵀ·hs;
+ * `[dA, dB]` without `inputGradient`. Null where {@link simdLoraForward} would be.
+ */
+export function simdLoraBackward(
+  backend: tf.KernelBackend,
+  dy: tf.TensorInfo,
+  x: tf.TensorInfo,
+  a: tf.TensorInfo,
+  b: tf.TensorInfo,
+  hs: tf.TensorInfo,
+  s: number,
+  inputGradient = true,
+): tf.TensorInfo[] | null {
+  const kernel = kernelOf(backend);
+  if (kernel === null || [dy, x, a, b, hs].some((info) => info.dtype !== 'float32')) return null;
+  const [rank, inFeatures] = a.shape as [number, number];
+  const outFeatures = b.shape[0]!;
+  const rows = dy.shape[0]!;
+  const rowBlock = loraRowBlock(kernel, 'backward', inFeatures, outFeatures, rank);
+  if (rowBlock === null) return null;
+  const wasm = backend as WasmBackendWithModule;
+  const dx = inputGradient ? wasm.makeOutput([rows, inFeatures], 'float32') : null;
+  const da = wasm.makeOutput([rank, inFeatures], 'float32');
+  const db = wasm.makeOutput([outFeatures, rank], 'float32');
+  const gradients = dx === null ? [da, db] : [dx, da, db];
+  const blocks = Math.ceil(rows / rowBlock);
+  if (rows === 0) {
+    wasm.typedArrayFromHeap(da).fill(0);
+    wasm.typedArrayFromHeap(db).fill(0);
+    return gradients;
+  }
+  const parts = wasm.makeOutput([blocks * rank * (inFeatures + outFeatures)], 'float32');
+  const scratch = wasm.makeOutput([kernel.loraScratchFloats(LORA_KIND.backward, inFeatures, outFeatures, rank, rowBlock, 0)], 'float32');
+  try {
+    const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
+    const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(dy), offset(x), offset(a), offset(b), offset(hs), dx === null ? 0 : offset(dx), offset(parts), offset(da), offset(db), offset(scratch)] as const;
+    const threads = threadsFor(kernel, 4 * rows * rank * (inFeatures + outFeatures), blocks);
+    if (threads !== null) threads.loraBackward(threads.control, ...args, threads.mayBlock ? 1 : 0);
+    else kernel.loraBackward(...args);
+  } finally {
+    wasm.disposeData(parts.dataId);
+    wasm.disposeData(scratch.dataId);
+  }
+  return gradients;
 }

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { nodeThreadHost } from '../src/node-thread-host.js';
 import { expectTensorsClose } from '../src/testing.js';
 import { setThreadHost, type HelperThread } from '../src/thread-host.js';
-import { packsTransposedA, setSimdBatchMatMulHelperMode, simdBatchMatMul, simdBatchMatMulHelper, threadChunking } from '../src/wasm-simd-matmul.js';
+import { packsTransposedA, setSimdBatchMatMulHelperMode, simdBatchMatMul, simdBatchMatMulHelper, simdLoraBackward, simdLoraForward, threadChunking } from '../src/wasm-simd-matmul.js';
 
 /**
  * The parts of tfjs-backend-wasm's BackendWasm the kernel uses, on a memory of our own: shared
@@ -94,6 +94,36 @@ class HeapBackend {
 interface Operand {
   shape: readonly number[];
   values: Float32Array;
+}
+
+/** The fused LoRA passes' operands: x [rows, in], A [rank, in], B [out, rank], base and dy [rows, out]. */
+function loraOperands(rows: number, inFeatures: number, rank: number, outFeatures: number, seed: number): Record<'x' | 'a' | 'b' | 'base' | 'dy', Operand> {
+  return {
+    x: operand([rows, inFeatures], seed),
+    a: operand([rank, inFeatures], seed + 1),
+    b: operand([outFeatures, rank], seed + 2),
+    base: operand([rows, outFeatures], seed + 3),
+    dy: operand([rows, outFeatures], seed + 4),
+  };
+}
+
+/**
+ * A LoRA layer's forward and backward passes through the fused kernels on `backend` (the backward
+ * from the forward's hs): views of [y, hs, dx, dA, dB] in the (freed) results' memory, as
+ * {@link HeapBackend.productInPlace} returns; the freed operands are overwritten with NaN.
+ */
+function loraPasses(backend: HeapBackend, operands: Record<'x' | 'a' | 'b' | 'base' | 'dy', Operand>, s: number): Float32Array[] {
+  const kernelBackend = backend as unknown as tf.KernelBackend;
+  const [x, a, b, base, dy] = [operands.x, operands.a, operands.b, operands.base, operands.dy].map((value) => backend.upload(value.shape, value.values)) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
+  const forward = simdLoraForward(kernelBackend, x, a, b, base, s);
+  if (forward === null) throw new Error('the kernel declined the forward pass');
+  const backward = simdLoraBackward(kernelBackend, dy, x, a, b, forward[1], s);
+  if (backward === null) throw new Error('the kernel declined the backward pass');
+  const infos = [...forward, ...backward];
+  const results = infos.map((info) => backend.typedArrayFromHeap(info));
+  for (const info of [x, a, b, base, dy]) backend.typedArrayFromHeap(info).fill(Number.NaN);
+  for (const info of [x, a, b, base, dy, ...infos]) backend.disposeData(info.dataId);
+  return results;
 }
 
 function operand(shape: readonly number[], seed: number): Operand {
@@ -313,6 +343,62 @@ describe('the two-thread batched SIMD matMul', () => {
       for (const thread of started) thread.terminate();
       setThreadHost(nodeThreadHost);
     }
+  });
+});
+
+/** The passes on one thread (a plain memory), copied: a grown plain memory detaches its old views. */
+const oneThread = (operands: Record<'x' | 'a' | 'b' | 'base' | 'dy', Operand>, s: number): Float32Array[] => loraPasses(plain, operands, s).map((view) => view.slice());
+
+// [name, rows, in, rank, out]: each pass large enough to be shared; a partial last block of rows,
+// partial panels of 8 columns, rank 16 (two panels) and 5 (a partial one).
+const LORA_LAYERS = [
+  ['the small model’s c_attn', 1024, 256, 8, 768],
+  ['a partial last block, partial panels', 1030, 260, 8, 259],
+  ['rank 16', 517, 64, 16, 40],
+  ['rank 5', 260, 96, 5, 300],
+] as const;
+
+describe('the two-thread fused LoRA passes', () => {
+  it.each(LORA_LAYERS)('compute %s as on one thread, bit for bit (dA and dB summed block by block in the same order)', (_name, rows, inFeatures, rank, outFeatures) => {
+    const operands = loraOperands(rows, inFeatures, rank, outFeatures, 11);
+    const dataIds = shared.numDataIds();
+    const ours = loraPasses(shared, operands, 1.5);
+    expect(shared.numDataIds()).toBe(dataIds);
+    const single = oneThread(operands, 1.5);
+    ['y', 'hs', 'dx', 'dA', 'dB'].forEach((what, i) => expectSameValues(ours[i]!, single[i]!, what));
+    // Not a trivial agreement: the results are finite and not all zero.
+    for (const values of ours) expect(values.every(Number.isFinite) && values.some((value) => value !== 0)).toBe(true);
+  });
+
+  it('has the helper compute blocks', () => {
+    const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+    for (let call = 0; call < 20; call++) loraPasses(shared, loraOperands(1024, 256, 8, 768, call), 2);
+    expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBeGreaterThan(before);
+  });
+
+  it('gives the one-thread results when the helper claims nothing, and when it stalls mid-block (its late results kept out of finished calls)', async () => {
+    const finished: { values: Float32Array[]; expected: Float32Array[] }[] = [];
+    for (const mode of ['idle', 'stalling'] as const) {
+      setSimdBatchMatMulHelperMode(sharedBackend, mode);
+      try {
+        const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+        for (const [, rows, inFeatures, rank, outFeatures] of LORA_LAYERS) {
+          const operands = loraOperands(rows, inFeatures, rank, outFeatures, 21);
+          const values = loraPasses(shared, operands, 0.5);
+          const expected = oneThread(operands, 0.5);
+          ['y', 'hs', 'dx', 'dA', 'dB'].forEach((what, i) => expectSameValues(values[i]!, expected[i]!, `${what} (${mode})`));
+          finished.push({ values, expected });
+        }
+        // Each call returned before the helper finished a block.
+        expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
+      } finally {
+        setSimdBatchMatMulHelperMode(sharedBackend, 'normal');
+      }
+    }
+    // The stalled helper wakes, computes its block from operands overwritten since, and must find it
+    // taken back: the finished calls' (freed) results stay as they were.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    for (const { values, expected } of finished) values.forEach((view, i) => expectSameValues(view, expected[i]!, 'a finished call’s result'));
   });
 });
 

@@ -224,7 +224,7 @@ static inline int panels_in_place(int rows, int columns, int b_cs) {
 // Rows [0, rows) of op(A) (`a` at its first row) times `columns` columns of op(B): the first
 // `in_place` panels read from `b` (the block's first column, rows `b_rs` apart), the others from
 // `packed` (as pack_b wrote them, from panel `in_place` on). Element (r, j) goes to target[r·ld + j].
-static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_rs, int b_cs, int in_place, const float *packed, int k, int rows, int columns, float *target,
+__attribute__((noinline)) static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_rs, int b_cs, int in_place, const float *packed, int k, int rows, int columns, float *target,
                      int ld, float *edge, float *packed_a) {
   if (streams_b(rows, b_cs)) {
     few_rows(a, a_rs, a_cs, b, b_rs, k, columns, target, ld, rows);
@@ -286,12 +286,15 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
   }
 }
 
+#include "low-rank-train.h"
+
 #ifdef __wasm_atomics__
 // Two threads (shared-memory build only).
 //
 // A product is cut into chunks: one matrix of the stack, times a group of B's 8-column panels,
 // times a block of A's rows (the caller picks the group and block sizes; a stack of attention
-// matrices is usually a matrix or half of one per chunk). The calling thread and one helper thread
+// matrices is usually a matrix or half of one per chunk); a fused LoRA pass (low-rank-train.h) is
+// cut into blocks of rows, each chunk one block. The calling thread and one helper thread
 // claim chunks through one 64-bit word holding the call's generation, its number of chunks and the
 // next unclaimed chunk, so a claim is one compare-and-swap that also checks the generation: a
 // helper that wakes late can only fail its swap, never claim a chunk of the next call.
@@ -321,11 +324,20 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
 #define DONE 3u    // in the output, or being computed there by the caller
 
 struct args {
+  // PRODUCT, or a fused LoRA pass (LORA_FORWARD, LORA_BACKWARD: low-rank-train.h), whose chunks are
+  // its blocks of `row_block` rows; `a` and `b` are then LoRA's A and B.
+  int32_t kind;
   int32_t m, k, n, a_bs, a_rs, a_cs, b_bs, b_rs, b_cs;
   const float *a, *b;
   float *c;
   int32_t row_block, panel_group, row_groups, panel_groups;
+  // The LoRA passes' other arguments (see lora_block).
+  int32_t rows, in, out, rank;
+  float s;
+  const float *x, *third;
+  float *hs, *y, *parts;
 };
+#define PRODUCT 0
 
 struct control {
   // Generation (bits 32-63) | chunks of the call (bits 16-31) | next unclaimed chunk (bits 0-15).
@@ -359,6 +371,16 @@ static inline uint32_t *chunk_words(struct control *ctl) { return (uint32_t *)((
 // `packed_b` (memo: what it holds). Its result goes to the output, or, when `out` is not null,
 // to `out` as a [rows of the chunk, panel_group·8] matrix.
 static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t *memo, uint32_t gen, float *out) {
+  if (p->kind != PRODUCT) {
+    // A LoRA block: this thread packs the call's A and B once (its memo holds the generation).
+    if (memo[0] != (int32_t)gen || memo[1] != -2) {
+      lora_pack(p->kind, p->in, p->out, p->rank, p->a, p->b, packed_b);
+      memo[0] = (int32_t)gen;
+      memo[1] = -2;
+    }
+    lora_block(p->kind, p->rows, p->in, p->out, p->rank, p->row_block, p->s, p->x, p->a, p->b, p->third, p->hs, p->y, p->parts, chunk, packed_b, out);
+    return;
+  }
   const int k = p->k, m = p->m, n = p->n;
   const int rg = chunk % p->row_groups;
   const int pg = (chunk / p->row_groups) % p->panel_groups;
@@ -387,6 +409,10 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
 
 // Copy the helper's result of `chunk` (see run_chunk) to the output.
 static void copy_chunk(const struct args *p, int chunk, const float *from) {
+  if (p->kind != PRODUCT) {
+    lora_copy_block(p->kind, p->rows, p->in, p->out, p->rank, p->row_block, p->hs, p->y, p->parts, chunk, from);
+    return;
+  }
   const int m = p->m, n = p->n;
   const int rg = chunk % p->row_groups;
   const int pg = (chunk / p->row_groups) % p->panel_groups;
@@ -426,34 +452,13 @@ __attribute__((export_name("control_init"))) void control_init(struct control *c
   ctl->helper_scratch = helper_scratch;
 }
 
-// batch_matmul on two threads, chunked by `row_block` rows (a multiple of 4) and `panel_group`
-// panels of 8 columns; the chunks (batch · row blocks · panel groups) must number at most
-// MAX_CHUNKS. `scratch` holds panel_group·8·k + 32 floats (the calling thread's), and A_BLOCK_ROWS·k
-// more when packs_a; the helper's buffer must hold that plus row_block·panel_group·8. `may_wait`:
-// whether this thread may sleep in memory.atomic.wait (a browser's main thread may not: it spins
-// instead).
-__attribute__((export_name("batch_matmul_threaded"))) void batch_matmul_threaded(struct control *ctl, int batch, int m, int k, int n, const float *a, int a_bs, int a_rs,
-                                                                                   int a_cs, const float *b, int b_bs, int b_rs, int b_cs, float *c, float *scratch,
-                                                                                   int row_block, int panel_group, int may_wait) {
-  const uint32_t gen = (uint32_t)(__atomic_load_n(&ctl->state, SEQ) >> 32) + 1;
-  struct args *p = &ctl->call;
-  p->m = m;
-  p->k = k;
-  p->n = n;
-  p->a = a;
-  p->a_bs = a_bs;
-  p->a_rs = a_rs;
-  p->a_cs = a_cs;
-  p->b = b;
-  p->b_bs = b_bs;
-  p->b_rs = b_rs;
-  p->b_cs = b_cs;
-  p->c = c;
-  p->row_block = row_block;
-  p->panel_group = panel_group;
-  p->row_groups = (m + row_block - 1) / row_block;
-  p->panel_groups = ((n + NR - 1) / NR + panel_group - 1) / panel_group;
-  const uint32_t total = (uint32_t)(batch * p->row_groups * p->panel_groups);
+// The generation of the call about to be published.
+static inline uint32_t next_generation(struct control *ctl) { return (uint32_t)(__atomic_load_n(&ctl->state, SEQ) >> 32) + 1; }
+
+// Run the `total` chunks of the call whose arguments are in ctl->call on this thread and the
+// helper, and return once every chunk's result is in the output.
+static void share_chunks(struct control *ctl, uint32_t gen, uint32_t total, float *scratch, int may_wait) {
+  const struct args *p = &ctl->call;
   uint32_t *chunks = chunk_words(ctl);
   const uint32_t open = gen << 2 | OPEN, done = gen << 2 | DONE;
   for (uint32_t chunk = 0; chunk < total; chunk++) __atomic_store_n(&chunks[chunk], open, SEQ);
@@ -487,6 +492,76 @@ __attribute__((export_name("batch_matmul_threaded"))) void batch_matmul_threaded
   __atomic_store_n(&ctl->caller_waiting, 0, SEQ);
 }
 
+// batch_matmul on two threads, chunked by `row_block` rows (a multiple of 4) and `panel_group`
+// panels of 8 columns; the chunks (batch · row blocks · panel groups) must number at most
+// MAX_CHUNKS. `scratch` holds panel_group·8·k + 32 floats (the calling thread's), and A_BLOCK_ROWS·k
+// more when packs_a; the helper's buffer must hold that plus row_block·panel_group·8. `may_wait`:
+// whether this thread may sleep in memory.atomic.wait (a browser's main thread may not: it spins
+// instead).
+__attribute__((export_name("batch_matmul_threaded"))) void batch_matmul_threaded(struct control *ctl, int batch, int m, int k, int n, const float *a, int a_bs, int a_rs,
+                                                                                   int a_cs, const float *b, int b_bs, int b_rs, int b_cs, float *c, float *scratch,
+                                                                                   int row_block, int panel_group, int may_wait) {
+  const uint32_t gen = next_generation(ctl);
+  struct args *p = &ctl->call;
+  p->kind = PRODUCT;
+  p->m = m;
+  p->k = k;
+  p->n = n;
+  p->a = a;
+  p->a_bs = a_bs;
+  p->a_rs = a_rs;
+  p->a_cs = a_cs;
+  p->b = b;
+  p->b_bs = b_bs;
+  p->b_rs = b_rs;
+  p->b_cs = b_cs;
+  p->c = c;
+  p->row_block = row_block;
+  p->panel_group = panel_group;
+  p->row_groups = (m + row_block - 1) / row_block;
+  p->panel_groups = ((n + NR - 1) / NR + panel_group - 1) / panel_group;
+  share_chunks(ctl, gen, (uint32_t)(batch * p->row_groups * p->panel_groups), scratch, may_wait);
+}
+
+// A fused LoRA pass (low-rank-train.h) on two threads: its blocks of `row_block` rows are the
+// chunks (MAX_CHUNKS at most). `scratch` holds lora_scratch_floats(kind, …, 0) floats, the helper's
+// buffer lora_scratch_floats(kind, …, 1).
+static void lora_threaded(struct control *ctl, int kind, int rows, int in, int out, int rank, int row_block, float s, const float *x, const float *a, const float *b,
+                          const float *third, float *hs, float *y, float *parts, float *scratch, int may_wait) {
+  const uint32_t gen = next_generation(ctl);
+  struct args *p = &ctl->call;
+  p->kind = kind;
+  p->rows = rows;
+  p->in = in;
+  p->out = out;
+  p->rank = rank;
+  p->row_block = row_block;
+  p->s = s;
+  p->x = x;
+  p->a = a;
+  p->b = b;
+  p->third = third;
+  p->hs = hs;
+  p->y = y;
+  p->parts = parts;
+  share_chunks(ctl, gen, (uint32_t)blocks_of(rows, row_block), scratch, may_wait);
+}
+
+/// lora_forward on two threads (see lora_threaded).
+__attribute__((export_name("lora_forward_threaded"))) void lora_forward_threaded(struct control *ctl, int rows, int in, int out, int rank, int row_block, float s, const float *x,
+                                                                                   const float *a, const float *b, const float *base, float *hs, float *y, float *scratch,
+                                                                                   int may_wait) {
+  lora_threaded(ctl, LORA_FORWARD, rows, in, out, rank, row_block, s, x, a, b, base, hs, y, 0, scratch, may_wait);
+}
+
+/// lora_backward on two threads (see lora_threaded); the calling thread adds the blocks' parts.
+__attribute__((export_name("lora_backward_threaded"))) void lora_backward_threaded(struct control *ctl, int rows, int in, int out, int rank, int row_block, float s,
+                                                                                     const float *dy, const float *x, const float *a, const float *b, const float *hs, float *dx,
+                                                                                     float *parts, float *da, float *db, float *scratch, int may_wait) {
+  lora_threaded(ctl, LORA_BACKWARD, rows, in, out, rank, row_block, s, x, a, b, dy, (float *)hs, dx, parts, scratch, may_wait);
+  lora_sum_parts(blocks_of(rows, row_block), in, out, rank, parts, da, db);
+}
+
 // The helper's side of one chunk it has claimed.
 static void help_with(struct control *ctl, int chunk, uint32_t gen) {
   uint32_t *word = &chunk_words(ctl)[chunk];
@@ -507,7 +582,8 @@ static void help_with(struct control *ctl, int chunk, uint32_t gen) {
   }
   const struct args *p = &ctl->helper_args;
   float *packed_b = ctl->helper_scratch;
-  float *out = packed_b + p->panel_group * NR * p->k + 32 + (packs_a(p->k, p->n, p->a_rs, p->a_cs) ? A_BLOCK_ROWS * p->k : 0);
+  float *out = packed_b + (p->kind != PRODUCT ? lora_work_floats(p->kind, p->in, p->out, p->rank, p->row_block)
+                                              : p->panel_group * NR * p->k + 32 + (packs_a(p->k, p->n, p->a_rs, p->a_cs) ? A_BLOCK_ROWS * p->k : 0));
   run_chunk(p, chunk, packed_b, ctl->packed[1], gen, out);
   if (__sync_val_compare_and_swap(word, mine, gen << 2 | COPYING) != mine) return;
   // The test switch for a helper that dies mid-copy: it traps here, its host reports the failure,

@@ -1,0 +1,21 @@
+import type * as tf from '@tensorflow/tfjs-core';
+import { LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL } from './low-rank-train.js';
+import { simdLoraBackward, simdLoraForward } from './wasm-simd-matmul.js';
+
+/** The op checks simdLoraPassesFit before it calls these kernels, so a null is a caller's bug. */
+function notFitting(kernelName: string): never {
+  throw new Error(`[@lora/core] ${kernelName}: the backend's kernel cannot take these operands (check simdLoraPassesFit first)`);
+}
+
+const loraForwardKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const { x, a, b, base } = inputs as Record<'x' | 'a' | 'b' | 'base', tf.TensorInfo>;
+  return simdLoraForward(backend as tf.KernelBackend, x, a, b, base, attrs!['scaling'] as number) ?? notFitting(LORA_FORWARD_KERNEL);
+};
+
+const loraBackwardKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const { dy, x, a, b, hs } = inputs as Record<'dy' | 'x' | 'a' | 'b' | 'hs', tf.TensorInfo>;
+  return simdLoraBackward(backend as tf.KernelBackend, dy, x, a, b, hs, attrs!['scaling'] as number, attrs!['inputGradient'] !== false) ?? notFitting(LORA_BACKWARD_KERNEL);
+};
+
+/** A LoRA layer's fused passes (wasm/low-rank-train.h, in the batched matMul's module), by name. */
+export const WASM_LOW_RANK_TRAIN_KERNELS: Readonly<Record<string, tf.KernelFunc>> = { [LORA_FORWARD_KERNEL]: loraForwardKernel, [LORA_BACKWARD_KERNEL]: loraBackwardKernel };

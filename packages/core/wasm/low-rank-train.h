@@ -1,0 +1,184 @@
+// A LoRA layer in training, fused: for x [rows, in], A [rank, in], B [out, rank], scaling s,
+//   forward:  hs = s·(x·Aᵀ) [rows, rank] (kept for the backward pass) and y = base + hs·Bᵀ;
+//   backward: g = s·(dy·B), dx = g·A, dA = gᵀ·x, dB = dyᵀ·hs.
+// Computed a block of rows at a time, each block's rank-r products back to back while its rows are
+// in cache. As separate kernels (two products, a scale and an add forward; four products and a
+// scale backward) each thin product reached cold operands and a sleeping helper thread on its own:
+// measured in a training step at 29-48% of a 1024² product's rate, while each block here is one
+// chunk of the two-thread protocol in batch-matmul.c.
+//
+// dA and dB sum over every row: each block writes its part (dA's [rank, in] and dBᵀ's [rank, out])
+// into a slot of its own, and the caller adds the slots in block order once every block is done, so
+// the result is the same whichever thread computed which block, and on one thread.
+//
+// Included by batch-matmul.c (it uses pack_b, multiply, NR and MR from there); no stack, no data.
+
+#define LORA_FORWARD 1
+#define LORA_BACKWARD 2
+
+static inline int panels_of(int columns) { return (columns + NR - 1) / NR; }
+
+// Floats of a thread's working scratch for a call: the packed operands, `edge` (32), and for the
+// backward pass a block's g (row_block·rank) and one partial panel of x or dy (8·row_block).
+static inline int lora_work_floats(int kind, int in, int out, int rank, int row_block) {
+  if (kind == LORA_FORWARD) return panels_of(rank) * NR * in + panels_of(out) * NR * rank + 32;
+  return panels_of(rank) * NR * out + panels_of(in) * NR * rank + 32 + row_block * rank + NR * row_block;
+}
+
+// Floats of one block's results, where the helper computes them before copying them out: y's rows
+// then hs's (forward), or dx's rows then the block's dA and dBᵀ parts (backward).
+static inline int lora_result_floats(int kind, int in, int out, int rank, int row_block) {
+  if (kind == LORA_FORWARD) return row_block * (out + rank);
+  return row_block * in + rank * (in + out);
+}
+
+/// Floats of scratch a thread needs for a fused LoRA call (`kind` 1 forward, 2 backward): its
+/// working scratch, and with `helper` the room for one block's results too. The TypeScript side
+/// sizes its buffers with this, so the layout has one definition.
+__attribute__((export_name("lora_scratch_floats"))) int lora_scratch_floats(int kind, int in, int out, int rank, int row_block, int helper) {
+  return lora_work_floats(kind, in, out, rank, row_block) + (helper ? lora_result_floats(kind, in, out, rank, row_block) : 0);
+}
+
+// The operands every block reads, packed once per call and thread: forward, Aᵀ (k = in) and Bᵀ
+// (k = rank); backward, B (k = out) and A (k = rank).
+static void lora_pack(int kind, int in, int out, int rank, const float *a, const float *b, float *work) {
+  if (kind == LORA_FORWARD) {
+    pack_b(a, in, rank, 1, in, work);
+    pack_b(b, rank, out, 1, rank, work + panels_of(rank) * NR * in);
+  } else {
+    pack_b(b, out, rank, rank, 1, work);
+    pack_b(a, rank, in, in, 1, work + panels_of(rank) * NR * out);
+  }
+}
+
+__attribute__((noinline)) static void scale_floats(float *v, int n, float s) {
+  const v128_t vs = wasm_f32x4_splat(s);
+  int i = 0;
+#pragma clang loop unroll(disable)
+  for (; i + 4 <= n; i += 4) wasm_v128_store(v + i, wasm_f32x4_mul(wasm_v128_load(v + i), vs));
+#pragma clang loop unroll(disable) vectorize(disable)
+  for (; i < n; i++) v[i] *= s;
+}
+
+__attribute__((noinline)) static void copy_floats(float *to, const float *from, int n) {
+  int i = 0;
+#pragma clang loop unroll(disable)
+  for (; i + 4 <= n; i += 4) wasm_v128_store(to + i, wasm_v128_load(from + i));
+#pragma clang loop unroll(disable) vectorize(disable)
+  for (; i < n; i++) to[i] = from[i];
+}
+
+// Block `block` (rows block·row_block onwards) of a call whose operands `work` holds packed. Its
+// results go where they belong (`staging` 0), or to `staging` laid out as lora_result_floats says.
+// `third` is base (forward) or dy (backward); `y` is y (forward) or dx (backward); `parts` the
+// blocks' slots of dA and dBᵀ parts (backward).
+__attribute__((noinline)) static void lora_block(int kind, int rows, int in, int out, int rank, int row_block, float s, const float *x, const float *a, const float *b, const float *third, float *hs,
+                       float *y, float *parts, int block, float *work, float *staging) {
+  const int r0 = block * row_block;
+  const int count = min_int(rows, r0 + row_block) - r0;
+  if (kind == LORA_FORWARD) {
+    const float *packed_at = work, *packed_bt = work + panels_of(rank) * NR * in;
+    float *edge = work + panels_of(rank) * NR * in + panels_of(out) * NR * rank;
+    float *y_rows = staging ? staging : y + r0 * out;
+    float *hs_rows = staging ? staging + row_block * out : hs + r0 * rank;
+    const float *base_rows = third + r0 * out;
+    multiply(x + r0 * in, in, 1, a, 1, in, 0, packed_at, in, count, rank, hs_rows, rank, edge, 0);
+    scale_floats(hs_rows, count * rank, s);
+    // Four rows at a time, each added to base while its row of y is still in L1.
+    for (int i0 = 0; i0 < count; i0 += MR) {
+      const int n = min_int(MR, count - i0);
+      float *yi = y_rows + i0 * out;
+      const float *basei = base_rows + i0 * out;
+      multiply(hs_rows + i0 * rank, rank, 1, b, 1, rank, 0, packed_bt, rank, n, out, yi, out, edge, 0);
+      int j = 0;
+      for (; j + 4 <= n * out; j += 4) wasm_v128_store(yi + j, wasm_f32x4_add(wasm_v128_load(basei + j), wasm_v128_load(yi + j)));
+      for (; j < n * out; j++) yi[j] = basei[j] + yi[j];
+    }
+    return;
+  }
+  const float *packed_b = work, *packed_a = work + panels_of(rank) * NR * out;
+  float *edge = work + panels_of(rank) * NR * out + panels_of(in) * NR * rank;
+  float *g = edge + 32, *tail = g + row_block * rank;
+  float *dx_rows = staging ? staging : y ? y + r0 * in : 0;
+  float *part_a = staging ? staging + row_block * in : parts + block * rank * (in + out);
+  float *part_bt = part_a + rank * in;
+  const float *dy_rows = third + r0 * out, *x_rows = x + r0 * in, *hs_rows = hs + r0 * rank;
+  // g = s·(dy·B): B packed (or streamed in place for fewer than 4 rows).
+  multiply(dy_rows, out, 1, b, rank, 1, 0, packed_b, out, count, rank, g, rank, edge, 0);
+  scale_floats(g, count * rank, s);
+  // dx = g·A, unless no gradient flows to x (`y` 0: the first adapted layer, whose input depends
+  // on no trainable weight).
+  if (y) multiply(g, rank, 1, a, in, 1, 0, packed_a, rank, count, in, dx_rows, in, edge, 0);
+  // dA's part = gᵀ·x and dBᵀ's part = hsᵀ·dy over the block's rows (k = count): the block's rows of
+  // x and dy are read in place, whole panels of 8 columns; only a partial last panel is packed.
+  pack_b(x_rows + (in / NR) * NR, count, in % NR, in, 1, tail);
+  multiply(g, 1, rank, x_rows, in, 1, in / NR, tail, count, rank, in, part_a, in, edge, 0);
+  pack_b(dy_rows + (out / NR) * NR, count, out % NR, out, 1, tail);
+  multiply(hs_rows, 1, rank, dy_rows, out, 1, out / NR, tail, count, rank, out, part_bt, out, edge, 0);
+}
+
+// Copy the helper's results of block `block` (see lora_block's `staging`) where they belong.
+static void lora_copy_block(int kind, int rows, int in, int out, int rank, int row_block, float *hs, float *y, float *parts, int block, const float *staging) {
+  const int r0 = block * row_block;
+  const int count = min_int(rows, r0 + row_block) - r0;
+  if (kind == LORA_FORWARD) {
+    copy_floats(y + r0 * out, staging, count * out);
+    copy_floats(hs + r0 * rank, staging + row_block * out, count * rank);
+  } else {
+    if (y) copy_floats(y + r0 * in, staging, count * in);
+    copy_floats(parts + block * rank * (in + out), staging + row_block * in, rank * (in + out));
+  }
+}
+
+// dst[i] = Σ over the blocks of their slot's value i (slots `slot` floats apart), in block order;
+// dst may be block 0's own values.
+__attribute__((noinline)) static void sum_slots(float *dst, const float *parts, int slot, int blocks, int n) {
+  int i = 0;
+#pragma clang loop unroll(disable)
+  for (; i + 4 <= n; i += 4) {
+    v128_t sum = wasm_v128_load(parts + i);
+#pragma clang loop unroll(disable)
+    for (int c = 1; c < blocks; c++) sum = wasm_f32x4_add(sum, wasm_v128_load(parts + c * slot + i));
+    wasm_v128_store(dst + i, sum);
+  }
+#pragma clang loop unroll(disable) vectorize(disable)
+  for (; i < n; i++) {
+    float sum = parts[i];
+#pragma clang loop unroll(disable) vectorize(disable)
+    for (int c = 1; c < blocks; c++) sum += parts[c * slot + i];
+    dst[i] = sum;
+  }
+}
+
+// dA = Σ of the blocks' parts; dB = (Σ of their dBᵀ parts)ᵀ, summed into block 0's slot and then
+// transposed (a few thousand values once per call).
+__attribute__((noinline)) static void lora_sum_parts(int blocks, int in, int out, int rank, float *parts, float *da, float *db) {
+  const int slot = rank * (in + out);
+  sum_slots(da, parts, slot, blocks, rank * in);
+  float *bt = parts + rank * in;
+  sum_slots(bt, bt, slot, blocks, rank * out);
+  for (int j = 0; j < rank; j++)
+#pragma clang loop unroll(disable) vectorize(disable)
+    for (int o = 0; o < out; o++) db[o * rank + j] = bt[j * out + o];
+}
+
+static inline int blocks_of(int rows, int row_block) { return (rows + row_block - 1) / row_block; }
+
+/// The forward pass on the calling thread: y = base + hs·Bᵀ and hs = s·(x·Aᵀ), `row_block` rows (a
+/// multiple of 4) at a time; `scratch` holds lora_scratch_floats(1, …, 0).
+__attribute__((export_name("lora_forward"))) void lora_forward(int rows, int in, int out, int rank, int row_block, float s, const float *x, const float *a, const float *b,
+                                                               const float *base, float *hs, float *y, float *scratch) {
+  lora_pack(LORA_FORWARD, in, out, rank, a, b, scratch);
+  for (int block = 0; block < blocks_of(rows, row_block); block++) lora_block(LORA_FORWARD, rows, in, out, rank, row_block, s, x, a, b, base, hs, y, 0, block, scratch, 0);
+}
+
+/// The backward pass on the calling thread: dx (unless `dx` is 0), dA and dB from dy, x, A, B and
+/// the forward pass's hs; `parts` holds rank·(in + out) floats per block of `row_block` rows,
+/// `scratch` lora_scratch_floats(2, …, 0).
+__attribute__((export_name("lora_backward"))) void lora_backward(int rows, int in, int out, int rank, int row_block, float s, const float *dy, const float *x, const float *a,
+                                                                 const float *b, const float *hs, float *dx, float *parts, float *da, float *db, float *scratch) {
+  lora_pack(LORA_BACKWARD, in, out, rank, a, b, scratch);
+  const int blocks = blocks_of(rows, row_block);
+  for (int block = 0; block < blocks; block++) lora_block(LORA_BACKWARD, rows, in, out, rank, row_block, s, x, a, b, dy, (float *)hs, dx, parts, block, scratch, 0);
+  lora_sum_parts(blocks, in, out, rank, parts, da, db);
+}
