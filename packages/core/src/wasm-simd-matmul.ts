@@ -435,26 +435,36 @@ function threadsFor(kernel: SimdKernel, flops: number, blocks: number): Threaded
   return threads !== null && helperServes(threads) && flops >= MIN_THREADED_FLOPS && blocks >= 2 && blocks <= MAX_THREADED_CHUNKS ? threads : null;
 }
 
+/** What both fused LoRA passes start from: the kernel, the layer's sizes and its row block. Null where the pass cannot run. */
+function loraSetup(backend: tf.KernelBackend, pass: 'forward' | 'backward', operands: readonly tf.TensorInfo[], a: tf.TensorInfo, b: tf.TensorInfo) {
+  const kernel = kernelOf(backend);
+  if (kernel === null || operands.some((info) => info.dtype !== 'float32')) return null;
+  const [rank, inFeatures] = a.shape as [number, number];
+  const outFeatures = b.shape[0]!;
+  const rowBlock = loraRowBlock(kernel, pass, inFeatures, outFeatures, rank);
+  if (rowBlock === null) return null;
+  const wasm = backend as WasmBackendWithModule;
+  const scratchFloats = kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, 0);
+  // Byte offsets in the backend's memory, read after every allocation (they do not move).
+  const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
+  return { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset };
+}
+
 /**
  * A LoRA layer's forward pass in one kernel (wasm/low-rank-train.h): for float32 x [rows, in],
  * A [rank, in], B [out, rank] and base [rows, out], `[y, hs]` with hs = s·(x·Aᵀ) and y = base +
  * hs·Bᵀ. Null where the backend has no kernel or the shapes do not fit its buffers.
  */
 export function simdLoraForward(backend: tf.KernelBackend, x: tf.TensorInfo, a: tf.TensorInfo, b: tf.TensorInfo, base: tf.TensorInfo, s: number): [tf.TensorInfo, tf.TensorInfo] | null {
-  const kernel = kernelOf(backend);
-  if (kernel === null || [x, a, b, base].some((info) => info.dtype !== 'float32')) return null;
-  const [rank, inFeatures] = a.shape as [number, number];
-  const outFeatures = b.shape[0]!;
+  const setup = loraSetup(backend, 'forward', [x, a, b, base], a, b);
+  if (setup === null) return null;
+  const { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset } = setup;
   const rows = base.shape[0]!;
-  const rowBlock = loraRowBlock(kernel, 'forward', inFeatures, outFeatures, rank);
-  if (rowBlock === null) return null;
-  const wasm = backend as WasmBackendWithModule;
   const y = wasm.makeOutput([rows, outFeatures], 'float32');
   const hs = wasm.makeOutput([rows, rank], 'float32');
   if (rows === 0) return [y, hs];
-  const scratch = wasm.makeOutput([kernel.loraScratchFloats(LORA_KIND.forward, inFeatures, outFeatures, rank, rowBlock, 0)], 'float32');
+  const scratch = wasm.makeOutput([scratchFloats], 'float32');
   try {
-    const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
     const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(x), offset(a), offset(b), offset(base), offset(hs), offset(y), offset(scratch)] as const;
     const threads = threadsFor(kernel, 2 * rows * rank * (inFeatures + outFeatures), Math.ceil(rows / rowBlock));
     if (threads !== null) threads.loraForward(threads.control, ...args, threads.mayBlock ? 1 : 0);
@@ -480,14 +490,10 @@ export function simdLoraBackward(
   s: number,
   inputGradient = true,
 ): tf.TensorInfo[] | null {
-  const kernel = kernelOf(backend);
-  if (kernel === null || [dy, x, a, b, hs].some((info) => info.dtype !== 'float32')) return null;
-  const [rank, inFeatures] = a.shape as [number, number];
-  const outFeatures = b.shape[0]!;
+  const setup = loraSetup(backend, 'backward', [dy, x, a, b, hs], a, b);
+  if (setup === null) return null;
+  const { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset } = setup;
   const rows = dy.shape[0]!;
-  const rowBlock = loraRowBlock(kernel, 'backward', inFeatures, outFeatures, rank);
-  if (rowBlock === null) return null;
-  const wasm = backend as WasmBackendWithModule;
   const dx = inputGradient ? wasm.makeOutput([rows, inFeatures], 'float32') : null;
   const da = wasm.makeOutput([rank, inFeatures], 'float32');
   const db = wasm.makeOutput([outFeatures, rank], 'float32');
@@ -499,9 +505,8 @@ export function simdLoraBackward(
     return gradients;
   }
   const parts = wasm.makeOutput([blocks * rank * (inFeatures + outFeatures)], 'float32');
-  const scratch = wasm.makeOutput([kernel.loraScratchFloats(LORA_KIND.backward, inFeatures, outFeatures, rank, rowBlock, 0)], 'float32');
+  const scratch = wasm.makeOutput([scratchFloats], 'float32');
   try {
-    const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
     const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(dy), offset(x), offset(a), offset(b), offset(hs), dx === null ? 0 : offset(dx), offset(parts), offset(da), offset(db), offset(scratch)] as const;
     const threads = threadsFor(kernel, 4 * rows * rank * (inFeatures + outFeatures), blocks);
     if (threads !== null) threads.loraBackward(threads.control, ...args, threads.mayBlock ? 1 : 0);
