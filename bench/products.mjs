@@ -79,7 +79,7 @@ for (const [name, aShape, bShape, transposeA, transposeB] of PRODUCTS) {
 // A LoRA layer's passes as the step runs them on WASM (core's fused kernels, one call each way), and
 // the same arithmetic composed of products, the scaling and the add (as other backends run it). The
 // FLOP are the rank-8 products' (matMulFlops), so the fused and composed rows compare directly.
-const { LORA_FORWARD_KERNEL, LORA_BACKWARD_KERNEL } = { LORA_FORWARD_KERNEL: 'LoraLowRankForward', LORA_BACKWARD_KERNEL: 'LoraLowRankBackward' };
+const { LORA_FORWARD_KERNEL, LORA_BACKWARD_KERNEL } = coreInternal;
 const fusedPasses = tf.getKernel(LORA_FORWARD_KERNEL, tf.getBackend()) !== undefined;
 for (const [layer, inFeatures, outFeatures] of [['c_attn', 256, 768], ['c_proj', 256, 256]]) {
   const rank = 8;

@@ -26,8 +26,8 @@ const shapeText = (shape) => `[${shape.join(',')}]`;
 
 /** A product's form: operand shapes with ᵀ for a transposed operand; a LoRA layer's fused pass by its x, A and B. */
 function productKey(call) {
-  if (call.kernelName.startsWith('LoraLowRank')) {
-    const pass = call.kernelName === 'LoraLowRankForward' ? 'forward' : 'backward';
+  if (call.kernelName === coreInternal.LORA_FORWARD_KERNEL || call.kernelName === coreInternal.LORA_BACKWARD_KERNEL) {
+    const pass = call.kernelName === coreInternal.LORA_FORWARD_KERNEL ? 'forward' : 'backward';
     return `LoRA ${pass} x${shapeText(call.inputShapes.x)} A${shapeText(call.inputShapes.a)} B${shapeText(call.inputShapes.b)}`;
   }
   const a = `${shapeText(call.inputShapes.a)}${call.attrs.transposeA ? 'ᵀ' : ''}`;

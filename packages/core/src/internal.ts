@@ -25,6 +25,7 @@ export { hookStateError } from './hook-checkpoint.js';
 export type { FaultInjector, FaultPoint } from './files.js';
 export { deriveSeed, withSeededRandom } from './random-scope.js';
 export { matMulFlops, spyOnKernels } from './kernel-spy.js';
+export { LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL } from './low-rank-train.js';
 export { hasSimdBatchMatMul, setSimdBatchMatMulHelperMode, simdBatchMatMulHelper } from './wasm-simd-matmul.js';
 export type { SimdBatchMatMulHelperMode } from './wasm-simd-matmul.js';
 export { setThreadHost, threadHost } from './thread-host.js';
