@@ -33,6 +33,7 @@ export type { HelperThread, ThreadHost } from './thread-host.js';
 export { withPlainMemoryImport, withSharedMemoryImport } from './wasm-module.js';
 export { geluTanh, GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from './gelu-tanh.js';
 export { scaledSoftmax, SCALED_SOFTMAX_GRAD_KERNEL, SCALED_SOFTMAX_KERNEL } from './scaled-softmax.js';
+export { CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL, causalMix, causalScores } from './causal-products.js';
 export type { KernelCall, KernelSpy } from './kernel-spy.js';
 export { loraFactorTensors, writeExportedLora } from './lora-export.js';
 export type { ExportedLora, ExportedLoraWriteOptions, LoraFactors } from './lora-export.js';

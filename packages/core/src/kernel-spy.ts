@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL } from './causal-products.js';
 import { LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL } from './low-rank-train.js';
 
 /** One kernel call seen by {@link spyOnKernels}. */
@@ -114,8 +115,9 @@ export function spyOnKernels(backendName: string = tf.getBackend()): KernelSpy {
  * Floating-point operations of a matMul kernel call (`BatchMatMul` or `_FusedMatMul`):
  * 2·(batch·m·n)·k, k read from the left operand's shape and `transposeA`; of a LoRA layer's fused
  * pass ({@link LORA_FORWARD_KERNEL}, {@link LORA_BACKWARD_KERNEL}), its rank-r products' (forward
- * x·Aᵀ and hs·Bᵀ: 2·rows·rank·(in + out); backward twice that: dy·B, g·A, gᵀ·x and dyᵀ·hs). 0 for
- * other kernels.
+ * x·Aᵀ and hs·Bᵀ: 2·rows·rank·(in + out); backward twice that: dy·B, g·A, gᵀ·x and dyᵀ·hs); of a
+ * causal product ({@link CAUSAL_SCORES_KERNEL}, {@link CAUSAL_MIX_KERNEL}), its triangle's:
+ * batch·D·T·(T + 1). 0 for other kernels.
  */
 export function matMulFlops(call: Pick<KernelCall, 'kernelName' | 'inputShapes' | 'outputShapes' | 'attrs'>): number {
   if (call.kernelName === LORA_FORWARD_KERNEL || call.kernelName === LORA_BACKWARD_KERNEL) {
@@ -123,6 +125,14 @@ export function matMulFlops(call: Pick<KernelCall, 'kernelName' | 'inputShapes' 
     const outFeatures = call.inputShapes['b']?.[0] ?? 0;
     const rows = call.inputShapes['x']?.[0] ?? 0;
     return (call.kernelName === LORA_FORWARD_KERNEL ? 2 : 4) * rows * rank! * (inFeatures! + outFeatures);
+  }
+  if (call.kernelName === CAUSAL_SCORES_KERNEL || call.kernelName === CAUSAL_MIX_KERNEL) {
+    // The triangle's terms only, 2·D·T(T+1)/2 a matrix: T(T+1)/2 scores of D terms each, or T·D outputs of (T+1)/2 terms on average.
+    const b = call.inputShapes['b'] ?? [];
+    const out = call.outputShapes[0] ?? [];
+    if (b.length < 2 || out.length < 2) return 0;
+    const [rows, depth] = b.slice(-2) as [number, number];
+    return out.slice(0, -2).reduce((product, dimension) => product * dimension, 1) * depth * rows * (rows + 1);
   }
   if (call.kernelName !== 'BatchMatMul' && call.kernelName !== '_FusedMatMul') return 0;
   const a = call.inputShapes['a'];

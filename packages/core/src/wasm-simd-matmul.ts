@@ -46,9 +46,9 @@ interface WasmBackendWithModule extends tf.KernelBackend {
 /** Operand addresses and strides: batch, rows, k, n, then A, B (address and batch, row, column strides) and C. */
 type Operands = [number, number, number, number, number, number, number, number, number, number, number, number, number];
 
-type BatchMatMulExport = (...args: [...Operands, scratch: number]) => void;
+type BatchMatMulExport = (...args: [...Operands, scratch: number, triangle: number]) => void;
 
-type BatchMatMulThreadedExport = (control: number, ...args: [...Operands, scratch: number, rowBlock: number, panelGroup: number, mayWait: number]) => void;
+type BatchMatMulThreadedExport = (control: number, ...args: [...Operands, scratch: number, rowBlock: number, panelGroup: number, mayWait: number, triangle: number]) => void;
 
 /** The fused LoRA passes' exports (wasm/low-rank-train.h): rows, in, out, rank, row block, s, then addresses. */
 type LoraForwardExport = (rows: number, inFeatures: number, outFeatures: number, rank: number, rowBlock: number, s: number, x: number, a: number, b: number, base: number, hs: number, y: number, scratch: number) => void;
@@ -311,15 +311,16 @@ export function packsTransposedA(transposeA: boolean, m: number, k: number, n: n
  * has more matrices than the chunk words (4096), or a chunk's packed panels and result would not
  * fit the helper's buffer. `packsA` (see {@link packsTransposedA}): each chunk copies its own rows of
  * A, so the columns are cut into as few groups as the helper's buffer allows and the rows into
- * blocks of whole copies.
+ * blocks of whole copies. `copiesStrips`: a triangular form of an A operand (see {@link ProductTriangle}),
+ * whose 4-row strips each chunk copies (4·k floats of scratch).
  */
-export function threadChunking(batch: number, m: number, k: number, n: number, packsA = false): { rowBlock: number; panelGroup: number; chunks: number } | null {
+export function threadChunking(batch: number, m: number, k: number, n: number, packsA = false, copiesStrips = false): { rowBlock: number; panelGroup: number; chunks: number } | null {
   const flops = 2 * batch * m * k * n;
   if (flops < MIN_THREADED_FLOPS || m < STREAMED_ROWS || batch > MAX_THREADED_CHUNKS) return null;
   const panels = Math.ceil(n / 8);
   const rowTiles = Math.ceil(m / 4);
   const perMatrix = Math.ceil(Math.min(TARGET_CHUNKS, Math.floor(flops / CHUNK_FLOPS)) / batch);
-  const aBlockFloats = packsA ? A_BLOCK_ROWS * k : 0;
+  const aBlockFloats = packsA ? A_BLOCK_ROWS * k : copiesStrips ? 4 * k : 0;
   let panelGroup: number;
   let rowBlock: number;
   if (packsA) {
@@ -343,12 +344,35 @@ export function threadChunking(batch: number, m: number, k: number, n: number, p
 const sizeOf = (shape: readonly number[]): number => shape.reduce((product, dimension) => product * dimension, 1);
 
 /**
+ * A triangular form of a product of square attention matrices (query i sees keys ≤ i), computing
+ * about half of it: `lower-output`, tril(op(A)·op(B)) (a square result, zero above the diagonal);
+ * `lower-a`, op(tril(A))·op(B) (A square; what lies above its diagonal is never read). batch-matmul.c's
+ * TRI_LOWER_OUTPUT, and TRI_LOWER_A or (with transposeA) TRI_UPPER_A.
+ */
+export type ProductTriangle = 'none' | 'lower-output' | 'lower-a';
+
+/** batch-matmul.c's `tri` argument for a triangle and transposeA. */
+function triangleCode(triangle: ProductTriangle, transposeA: boolean): number {
+  if (triangle === 'none') return 0;
+  if (triangle === 'lower-output') return 1;
+  return transposeA ? 3 : 2;
+}
+
+/**
  * `op(a)·op(b)` for float32 operands of rank ≥ 2 whose batch dimensions are equal (after leading
  * 1s) or all 1 (broadcast); the result has the broadcast batch shape. Returns null for what it does
  * not cover (other dtypes, partial broadcasts, a backend without the kernel), which the caller
  * computes another way.
  */
-export function simdBatchMatMul(backend: tf.KernelBackend, a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean, outBatchShape: readonly number[]): tf.TensorInfo | null {
+export function simdBatchMatMul(
+  backend: tf.KernelBackend,
+  a: tf.TensorInfo,
+  b: tf.TensorInfo,
+  transposeA: boolean,
+  transposeB: boolean,
+  outBatchShape: readonly number[],
+  triangle: ProductTriangle = 'none',
+): tf.TensorInfo | null {
   const kernel = kernelOf(backend);
   if (kernel === null || a.dtype !== 'float32' || b.dtype !== 'float32') return null;
   const wasm = backend as WasmBackendWithModule;
@@ -361,14 +385,17 @@ export function simdBatchMatMul(backend: tf.KernelBackend, a: tf.TensorInfo, b: 
   const [bRows, bColumns] = b.shape.slice(-2) as [number, number];
   const [m, k] = transposeA ? [aColumns, aRows] : [aRows, aColumns];
   const n = transposeB ? bRows : bColumns;
+  if ((triangle === 'lower-output' && m !== n) || (triangle === 'lower-a' && aRows !== aColumns)) return null;
   const out = wasm.makeOutput([...outBatchShape, m, n], 'float32');
   if (batch * m * n === 0) return out;
   const threads = kernel.threads !== null && helperServes(kernel.threads) ? kernel.threads : null;
-  const packsA = packsTransposedA(transposeA, m, k, n);
-  const chunking = threads === null ? null : threadChunking(batch, m, k, n, packsA);
+  const tri = triangleCode(triangle, transposeA);
+  const packsA = tri === 0 && packsTransposedA(transposeA, m, k, n);
+  const copiesStrips = triangle === 'lower-a';
+  const chunking = threads === null ? null : threadChunking(batch, m, k, n, packsA, copiesStrips);
   // Packed panels of B: all of them for one thread, a chunk's worth for the calling thread of two
   // (the helper has a buffer of its own); then the copy of A's rows, if any.
-  const scratchFloats = (chunking === null ? Math.ceil(n / 8) * 8 * k + 32 : chunking.panelGroup * 8 * k + 32) + (packsA ? A_BLOCK_ROWS * k : 0);
+  const scratchFloats = (chunking === null ? Math.ceil(n / 8) * 8 * k + 32 : chunking.panelGroup * 8 * k + 32) + (packsA ? A_BLOCK_ROWS * k : copiesStrips ? 4 * k : 0);
   const scratch = wasm.makeOutput([scratchFloats], 'float32');
   try {
     // Byte offsets in the backend's memory, read after every allocation (they do not move).
@@ -389,9 +416,9 @@ export function simdBatchMatMul(backend: tf.KernelBackend, a: tf.TensorInfo, b: 
       offset(out),
     ];
     if (threads !== null && chunking !== null) {
-      threads.run(threads.control, ...operands, offset(scratch), chunking.rowBlock, chunking.panelGroup, threads.mayBlock ? 1 : 0);
+      threads.run(threads.control, ...operands, offset(scratch), chunking.rowBlock, chunking.panelGroup, threads.mayBlock ? 1 : 0, tri);
     } else {
-      kernel.run(...operands, offset(scratch));
+      kernel.run(...operands, offset(scratch), tri);
     }
   } finally {
     wasm.disposeData(scratch.dataId);

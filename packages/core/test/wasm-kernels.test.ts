@@ -47,7 +47,7 @@ afterAll(async () => {
 
 describe('useFastWasmKernels', () => {
   it('is applied by initRuntime() and replaces the matMul and data-movement kernels once', () => {
-    expect(fastWasmKernels().sort()).toEqual(['BatchMatMul', 'Cast', 'Concat', 'GatherV2', 'Identity', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraAdamWUpdate', 'LoraAllFinite', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraSumOfSquares', 'SplitV', 'Sum', 'Transpose', '_FusedMatMul'].sort());
+    expect(fastWasmKernels().sort()).toEqual(['BatchMatMul', 'Cast', 'Concat', 'GatherV2', 'Identity', 'LoraCausalMix', 'LoraCausalScores', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraAdamWUpdate', 'LoraAllFinite', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraSumOfSquares', 'SplitV', 'Sum', 'Transpose', '_FusedMatMul'].sort());
     expect(useFastWasmKernels()).toEqual([]);
   });
 

@@ -3,7 +3,16 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { nodeThreadHost } from '../src/node-thread-host.js';
 import { expectTensorsClose } from '../src/testing.js';
 import { setThreadHost, type HelperThread } from '../src/thread-host.js';
-import { packsTransposedA, setSimdBatchMatMulHelperMode, simdBatchMatMul, simdBatchMatMulHelper, simdLoraBackward, simdLoraForward, threadChunking } from '../src/wasm-simd-matmul.js';
+import {
+  packsTransposedA,
+  setSimdBatchMatMulHelperMode,
+  simdBatchMatMul,
+  simdBatchMatMulHelper,
+  simdLoraBackward,
+  simdLoraForward,
+  threadChunking,
+  type ProductTriangle,
+} from '../src/wasm-simd-matmul.js';
 
 /**
  * The parts of tfjs-backend-wasm's BackendWasm the kernel uses, on a memory of our own: shared
@@ -70,8 +79,8 @@ class HeapBackend {
    * `op(a)·op(b)` through the kernel; operands and result are freed (the bump allocator never
    * hands their memory out again), and the result's memory is given back for later checks.
    */
-  product(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batchShape: number[]): Float32Array {
-    return this.productInPlace(a, b, transposeA, transposeB, batchShape).slice();
+  product(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batchShape: number[], triangle: ProductTriangle = 'none'): Float32Array {
+    return this.productInPlace(a, b, transposeA, transposeB, batchShape, triangle).slice();
   }
 
   /**
@@ -79,10 +88,10 @@ class HeapBackend {
    * overwritten with NaN, as a reused heap would overwrite them, so that anything still computed
    * from them afterwards is NaN.
    */
-  productInPlace(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batchShape: number[]): Float32Array {
+  productInPlace(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batchShape: number[], triangle: ProductTriangle = 'none'): Float32Array {
     const left = this.upload(a.shape, a.values);
     const right = this.upload(b.shape, b.values);
-    const out = simdBatchMatMul(this as unknown as tf.KernelBackend, left, right, transposeA, transposeB, batchShape);
+    const out = simdBatchMatMul(this as unknown as tf.KernelBackend, left, right, transposeA, transposeB, batchShape, triangle);
     if (out === null) throw new Error('the kernel declined the product');
     const values = this.typedArrayFromHeap(out);
     for (const operand of [left, right]) this.typedArrayFromHeap(operand).fill(Number.NaN);
@@ -136,8 +145,12 @@ function operand(shape: readonly number[], seed: number): Operand {
   return { shape, values };
 }
 
-/** The independent reference: float64 sums, element by element, with broadcast batches. */
-function reference(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batch: number): Float64Array {
+/**
+ * The independent reference: float64 sums, element by element, with broadcast batches; for a
+ * triangle, zero above the output's diagonal (`lower-output`) or the terms of op(A) outside A's
+ * lower triangle left out (`lower-a`).
+ */
+function reference(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batch: number, triangle: ProductTriangle = 'none'): Float64Array {
   const [aRows, aColumns] = a.shape.slice(-2) as [number, number];
   const [bRows, bColumns] = b.shape.slice(-2) as [number, number];
   const [m, k] = transposeA ? [aColumns, aRows] : [aRows, aColumns];
@@ -152,6 +165,7 @@ function reference(a: Operand, b: Operand, transposeA: boolean, transposeB: bool
       for (let c = 0; c < n; c++) {
         let sum = 0;
         for (let p = 0; p < k; p++) {
+          if ((triangle === 'lower-output' && c > r) || (triangle === 'lower-a' && (transposeA ? p < r : p > r))) continue;
           const x = a.values[aBase + (transposeA ? p * aColumns + r : r * aColumns + p)]!;
           const y = b.values[bBase + (transposeB ? c * bColumns + p : p * bColumns + c)]!;
           sum += x * y;
@@ -170,26 +184,32 @@ function expectSameValues(actual: Float32Array, expected: Float32Array, what = '
   if (differs >= 0) expect.fail(`${what} differs at ${differs}: ${actual[differs]} vs ${expected[differs]}`);
 }
 
-// [name, A shape, B shape, transposeA, transposeB, output batch shape]: every product is large
-// enough to be shared between the threads; sizes off the 4×8 tile and odd k reach the edge paths.
+// [name, A shape, B shape, transposeA, transposeB, output batch shape, triangle]: every product is
+// large enough to be shared between the threads; sizes off the 4×8 tile and odd k reach the edge paths.
 const PRODUCTS = [
-  ['attention scores q·kᵀ', [2, 4, 67, 33], [2, 4, 61, 33], false, true, [2, 4]],
-  ['attention output p·v', [2, 4, 67, 61], [2, 4, 61, 35], false, false, [2, 4]],
-  ['the value gradient pᵀ·dy', [2, 4, 61, 67], [2, 4, 61, 35], true, false, [2, 4]],
-  ['aᵀ·bᵀ over a stack', [3, 45, 70], [3, 50, 45], true, true, [3]],
-  ['one matrix times a stack (broadcast A)', [70, 45], [6, 45, 52], false, false, [6]],
-  ['a stack times one thin matrix (broadcast B, LoRA x·Aᵀ)', [6, 90, 64], [8, 64], false, true, [6]],
-  ['a product with a short k split by columns', [1030, 24], [257, 24], false, true, []],
-  ['a thin transposed left operand (LoRA dA = dyᵀ·x; B read in place, its partial last panel packed)', [1030, 8], [1030, 259], true, false, []],
-  ['five rows of a transposed left operand (B read in place)', [1030, 5], [1030, 100], true, false, []],
-  ['an up-projection with k = 8 split by rows (LoRA u·Bᵀ)', [1030, 8], [259, 8], false, true, []],
-  ['an up-projection with k = 16 and B not transposed', [517, 16], [16, 300], false, false, []],
-  ['five rows split by columns (B read in place, its partial last panel packed; the fifth row by a 1×8 tile)', [5, 300], [300, 1030], false, false, []],
-  ['six rows times a transposed B (packed)', [6, 300], [1030, 300], false, true, []],
-  ['one narrow column panel split by rows (LoRA x·Aᵀ)', [1030, 260], [8, 260], false, true, []],
-  ['a transposed left operand copied 16 rows at a time (full fine-tuning xᵀ·dy; a last block of 11 rows, a partial last panel)', [300, 267], [300, 21], true, false, []],
-  ['a transposed left operand copied in blocks, its columns cut into three groups', [1030, 300], [1030, 300], true, false, []],
-  ['the small model attention shape', [8, 4, 128, 64], [8, 4, 128, 64], false, true, [8, 4]],
+  ['attention scores q·kᵀ', [2, 4, 67, 33], [2, 4, 61, 33], false, true, [2, 4], 'none'],
+  ['attention output p·v', [2, 4, 67, 61], [2, 4, 61, 35], false, false, [2, 4], 'none'],
+  ['the value gradient pᵀ·dy', [2, 4, 61, 67], [2, 4, 61, 35], true, false, [2, 4], 'none'],
+  ['aᵀ·bᵀ over a stack', [3, 45, 70], [3, 50, 45], true, true, [3], 'none'],
+  ['one matrix times a stack (broadcast A)', [70, 45], [6, 45, 52], false, false, [6], 'none'],
+  ['a stack times one thin matrix (broadcast B, LoRA x·Aᵀ)', [6, 90, 64], [8, 64], false, true, [6], 'none'],
+  ['a product with a short k split by columns', [1030, 24], [257, 24], false, true, [], 'none'],
+  ['a thin transposed left operand (LoRA dA = dyᵀ·x; B read in place, its partial last panel packed)', [1030, 8], [1030, 259], true, false, [], 'none'],
+  ['five rows of a transposed left operand (B read in place)', [1030, 5], [1030, 100], true, false, [], 'none'],
+  ['an up-projection with k = 8 split by rows (LoRA u·Bᵀ)', [1030, 8], [259, 8], false, true, [], 'none'],
+  ['an up-projection with k = 16 and B not transposed', [517, 16], [16, 300], false, false, [], 'none'],
+  ['five rows split by columns (B read in place, its partial last panel packed; the fifth row by a 1×8 tile)', [5, 300], [300, 1030], false, false, [], 'none'],
+  ['six rows times a transposed B (packed)', [6, 300], [1030, 300], false, true, [], 'none'],
+  ['one narrow column panel split by rows (LoRA x·Aᵀ)', [1030, 260], [8, 260], false, true, [], 'none'],
+  ['a transposed left operand copied 16 rows at a time (full fine-tuning xᵀ·dy; a last block of 11 rows, a partial last panel)', [300, 267], [300, 21], true, false, [], 'none'],
+  ['a transposed left operand copied in blocks, its columns cut into three groups', [1030, 300], [1030, 300], true, false, [], 'none'],
+  ['the small model attention shape', [8, 4, 128, 64], [8, 4, 128, 64], false, true, [8, 4], 'none'],
+  ['causal attention scores tril(q·kᵀ) (tiles right of the diagonal skipped; partial tiles and panels)', [2, 4, 67, 33], [2, 4, 67, 33], false, true, [2, 4], 'lower-output'],
+  ['causal attention output tril(p)·v (above the diagonal never read)', [2, 4, 67, 67], [2, 4, 67, 35], false, false, [2, 4], 'lower-a'],
+  ['the causal value gradient tril(p)ᵀ·dy', [2, 4, 67, 67], [2, 4, 67, 35], true, false, [2, 4], 'lower-a'],
+  ['the small model causal scores', [8, 4, 128, 64], [8, 4, 128, 64], false, true, [8, 4], 'lower-output'],
+  ['the small model causal output', [8, 4, 128, 128], [8, 4, 128, 64], false, false, [8, 4], 'lower-a'],
+  ['the small model causal key gradient tril(dS)ᵀ·q', [8, 4, 128, 128], [8, 4, 128, 64], true, false, [8, 4], 'lower-a'],
 ] as const;
 
 const shared = new HeapBackend(true);
@@ -214,23 +234,23 @@ describe('the two-thread batched SIMD matMul', () => {
     expect(simdBatchMatMulHelper(plain as unknown as tf.KernelBackend)).toBeNull();
   });
 
-  it.each(PRODUCTS)('computes %s as the one-thread kernel does, bit for bit, and as a float64 loop', (_name, aShape, bShape, transposeA, transposeB, batchShape) => {
+  it.each(PRODUCTS)('computes %s as the one-thread kernel does, bit for bit, and as a float64 loop', (_name, aShape, bShape, transposeA, transposeB, batchShape, triangle) => {
     const batch = batchShape.reduce((product: number, dimension: number) => product * dimension, 1);
     const a = operand(aShape, 3);
     const b = operand(bShape, 4);
     const [m, k] = transposeA ? [aShape.at(-1)!, aShape.at(-2)!] : [aShape.at(-2)!, aShape.at(-1)!];
     const n = transposeB ? bShape.at(-2)! : bShape.at(-1)!;
     // Large enough to be shared between the two threads.
-    expect(threadChunking(batch, m, k, n, packsTransposedA(transposeA, m, k, n))?.chunks).toBeGreaterThanOrEqual(2);
+    expect(threadChunking(batch, m, k, n, triangle === 'none' && packsTransposedA(transposeA, m, k, n), triangle === 'lower-a')?.chunks).toBeGreaterThanOrEqual(2);
     const dataIds = shared.numDataIds();
-    const ours = shared.product(a, b, transposeA, transposeB, [...batchShape]);
+    const ours = shared.product(a, b, transposeA, transposeB, [...batchShape], triangle);
     // The scratch buffer is freed.
     expect(shared.numDataIds()).toBe(dataIds);
     // Each element is the same sum in the same order on either thread.
-    expectSameValues(ours, plain.product(a, b, transposeA, transposeB, [...batchShape]));
+    expectSameValues(ours, plain.product(a, b, transposeA, transposeB, [...batchShape], triangle));
     // Terms are at most 1 in size: float32 summation of k of them errs by about k·2⁻²⁴ at worst
     // (1e-7·k: 1e-4 for the k = 1030 products, 1e-5 for the others).
-    expectTensorsClose(ours, reference(a, b, transposeA, transposeB, batch), { atol: 1e-5 + 1e-7 * k, rtol: 1e-5 });
+    expectTensorsClose(ours, reference(a, b, transposeA, transposeB, batch, triangle), { atol: 1e-5 + 1e-7 * k, rtol: 1e-5 });
   });
 
   it('has the helper compute chunks', () => {
@@ -241,11 +261,11 @@ describe('the two-thread batched SIMD matMul', () => {
 
   it('gives the one-thread results over many consecutive calls of different shapes (no chunk runs with another call’s arguments)', () => {
     for (let call = 0; call < 300; call++) {
-      const [, aShape, bShape, transposeA, transposeB, batchShape] = PRODUCTS[call % PRODUCTS.length]!;
+      const [, aShape, bShape, transposeA, transposeB, batchShape, triangle] = PRODUCTS[call % PRODUCTS.length]!;
       const a = operand(aShape, 100 + call);
       const b = operand(bShape, 200 + call);
-      const ours = shared.product(a, b, transposeA, transposeB, [...batchShape]);
-      const single = plain.product(a, b, transposeA, transposeB, [...batchShape]);
+      const ours = shared.product(a, b, transposeA, transposeB, [...batchShape], triangle);
+      const single = plain.product(a, b, transposeA, transposeB, [...batchShape], triangle);
       expectSameValues(ours, single, `call ${call} (${PRODUCTS[call % PRODUCTS.length]![0]})`);
     }
   });
@@ -254,10 +274,10 @@ describe('the two-thread batched SIMD matMul', () => {
     setSimdBatchMatMulHelperMode(sharedBackend, 'idle');
     try {
       const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
-      for (const [, aShape, bShape, transposeA, transposeB, batchShape] of PRODUCTS) {
+      for (const [, aShape, bShape, transposeA, transposeB, batchShape, triangle] of PRODUCTS) {
         const a = operand(aShape, 5);
         const b = operand(bShape, 6);
-        expectSameValues(shared.product(a, b, transposeA, transposeB, [...batchShape]), plain.product(a, b, transposeA, transposeB, [...batchShape]));
+        expectSameValues(shared.product(a, b, transposeA, transposeB, [...batchShape], triangle), plain.product(a, b, transposeA, transposeB, [...batchShape], triangle));
       }
       expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
     } finally {
@@ -270,11 +290,11 @@ describe('the two-thread batched SIMD matMul', () => {
     const results: { values: Float32Array; expected: Float32Array }[] = [];
     try {
       const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
-      for (const [, aShape, bShape, transposeA, transposeB, batchShape] of PRODUCTS) {
+      for (const [, aShape, bShape, transposeA, transposeB, batchShape, triangle] of PRODUCTS) {
         const a = operand(aShape, 7);
         const b = operand(bShape, 8);
-        const values = shared.productInPlace(a, b, transposeA, transposeB, [...batchShape]);
-        const expected = plain.product(a, b, transposeA, transposeB, [...batchShape]);
+        const values = shared.productInPlace(a, b, transposeA, transposeB, [...batchShape], triangle);
+        const expected = plain.product(a, b, transposeA, transposeB, [...batchShape], triangle);
         expectSameValues(values, expected);
         results.push({ values, expected });
       }
@@ -297,12 +317,12 @@ describe('the two-thread batched SIMD matMul', () => {
       backend.product(operand([64, 64], 1), operand([64, 64], 2), false, false, []);
       await vi.waitFor(() => expect(simdBatchMatMulHelper(kernelBackend)?.running).toBe(true), { timeout: 10_000 });
       setSimdBatchMatMulHelperMode(kernelBackend, 'dying');
-      const [, aShape, bShape, transposeA, transposeB, batchShape] = PRODUCTS.at(-1)!;
+      const [, aShape, bShape, transposeA, transposeB, batchShape, triangle] = PRODUCTS.find(([name]) => name === 'the small model attention shape')!;
       // Until the helper claims a chunk (it may wake after the caller has claimed them all), then on.
       for (let call = 0; call < 50; call++) {
         const a = operand(aShape, 300 + call);
         const b = operand(bShape, 400 + call);
-        expectSameValues(backend.product(a, b, transposeA, transposeB, [...batchShape]), plain.product(a, b, transposeA, transposeB, [...batchShape]), `call ${call}`);
+        expectSameValues(backend.product(a, b, transposeA, transposeB, [...batchShape], triangle), plain.product(a, b, transposeA, transposeB, [...batchShape], triangle), `call ${call}`);
         if (call > 5 && simdBatchMatMulHelper(kernelBackend)?.running === false) break;
         // The host reports the failure from the helper's thread: give it a moment.
         await new Promise((resolve) => setTimeout(resolve, 5));
@@ -311,7 +331,7 @@ describe('the two-thread batched SIMD matMul', () => {
       expect(simdBatchMatMulHelper(kernelBackend)).toEqual({ running: false, chunks: 0 });
       const a = operand(aShape, 9);
       const b = operand(bShape, 10);
-      expectSameValues(backend.product(a, b, transposeA, transposeB, [...batchShape]), plain.product(a, b, transposeA, transposeB, [...batchShape]), 'after the helper died');
+      expectSameValues(backend.product(a, b, transposeA, transposeB, [...batchShape], triangle), plain.product(a, b, transposeA, transposeB, [...batchShape], triangle), 'after the helper died');
     } finally {
       backend.dispose();
     }

@@ -269,20 +269,133 @@ __attribute__((noinline)) static void multiply(const float *a, int a_rs, int a_c
 #undef PANEL
 }
 
-// C (row-major, [batch, m, n], contiguous) = op(A) · op(B) for each of `batch` matrices.
-// `scratch` holds ceil(n/8)·8·k + 32 floats, and A_BLOCK_ROWS·k more when packs_a. A batch stride of
-// 0 broadcasts an operand.
+// Attention's causal products, of which only a triangle is needed (square T×T matrices of scores or
+// probabilities; query i sees keys ≤ i):
+//   TRI_LOWER_OUTPUT  C = tril(op(A)·op(B)), C square: the scores q·kᵀ and the gradient's dO·vᵀ.
+//                     Tiles wholly right of the diagonal are not multiplied; those values are 0.
+//   TRI_LOWER_A       C = tril(op(A))·op(B), op(A) square: p·v and dS·k (row r sums terms p ≤ r).
+//   TRI_UPPER_A       C = triu(op(A))·op(B): with op(A) = Aᵀ, tril(A)ᵀ·B, that is pᵀ·dO and dSᵀ·q
+//                     (row r sums terms p ≥ r).
+// Each about half the work of the full product. In the two A modes, a 4-row tile's rows of op(A),
+// over the terms any of them needs, are first copied into a strip (value (r, p) at
+// strip[4(p − p0) + r], as pack_a lays out), with zeros where a row's triangle leaves a term out, so
+// the tiles multiply it unmasked and a value outside the triangle (whatever it is) never enters.
+#define TRI_NONE 0
+#define TRI_LOWER_OUTPUT 1
+#define TRI_LOWER_A 2
+#define TRI_UPPER_A 3
+
+static inline int max_int(int x, int y) { return x > y ? x : y; }
+
+// Floats of scratch after `edge` for a copy of op(A): a triangular mode's strip, or pack_a's block.
+static inline int a_copy_floats(int tri, int k, int n, int a_rs, int a_cs) {
+  if (tri == TRI_LOWER_A || tri == TRI_UPPER_A) return MR * k;
+  return tri == TRI_NONE && packs_a(k, n, a_rs, a_cs) ? A_BLOCK_ROWS * k : 0;
+}
+
+// Terms [p0, p1) of the `rows` (≤ 4) rows of op(A) from `a` (the tile's first row, which is row
+// `g` of the matrix) into `strip`, keeping term p of row r only where the triangle `tri` has it.
+static void triangle_strip(int tri, const float *a, int a_rs, int a_cs, int rows, int g, int p0, int p1, float *strip) {
+  // Terms [full0, full1) are kept in all four rows: copied four at a time where a row or a column
+  // of op(A) is contiguous.
+  int full0 = p1, full1 = p1;
+  if (rows == MR) {
+    full0 = tri == TRI_LOWER_A ? p0 : min_int(p1, g + MR - 1);
+    full1 = tri == TRI_LOWER_A ? min_int(p1, g) : p1;
+  }
+#pragma clang loop vectorize(disable) unroll(disable)
+  for (int p = p0; p < p1; p++) {
+    if (p == full0 && full1 > full0) {
+      if (a_rs == 1) {
+#pragma clang loop unroll(disable)
+        for (; p < full1; p++) wasm_v128_store(strip + MR * (p - p0), wasm_v128_load(a + p * a_cs));
+      } else if (a_cs == 1) {
+#pragma clang loop unroll(disable)
+        for (; p + 4 <= full1; p += 4)
+          store_transposed_4x4(wasm_v128_load(a + p), wasm_v128_load(a + a_rs + p), wasm_v128_load(a + 2 * a_rs + p), wasm_v128_load(a + 3 * a_rs + p),
+                               (unsigned *)(strip + MR * (p - p0)), MR);
+      }
+      if (p >= p1) break;
+    }
+#pragma clang loop vectorize(disable) unroll(disable)
+    for (int r = 0; r < MR; r++) {
+      const int row = g + r;
+      const int kept = r < rows && (tri == TRI_LOWER_A ? p <= row : p >= row);
+      strip[MR * (p - p0) + r] = kept ? a[r * a_rs + p * a_cs] : 0.0f;
+    }
+  }
+}
+
+// Rows [0, rows) of a triangular product's C, which are rows first_row.. of the matrix, in its
+// columns first_column.. (`columns` of them): `a` at the chunk's first row of op(A), B's panels all
+// packed in `packed` (k rows of 8 each), element (r, j) to target[r·ld + j]; `strip` holds 4·k floats.
+__attribute__((noinline)) static void multiply_triangular(int tri, const float *a, int a_rs, int a_cs, const float *packed, int k, int rows, int columns, int first_row,
+                                                          int first_column, float *target, int ld, float *edge, float *strip) {
+  const int panels = (columns + NR - 1) / NR;
+  for (int i0 = 0; i0 < rows; i0 += MR) {
+    const int tile_rows = min_int(MR, rows - i0);
+    const int g = first_row + i0;
+    const float *ai = a + i0 * a_rs;
+    float *ci = target + i0 * ld;
+    if (tri == TRI_LOWER_OUTPUT) {
+      for (int jp = 0; jp < panels; jp++) {
+        const int j0 = first_column + jp * NR, cols = min_int(NR, columns - jp * NR);
+        float *cj = ci + jp * NR;
+        const float *bp = packed + jp * NR * k;
+        if (j0 >= g + tile_rows && cols == NR) {
+          // Wholly right of the diagonal.
+#pragma clang loop unroll(disable)
+          for (int r = 0; r < tile_rows; r++) {
+            wasm_v128_store(cj + r * ld, wasm_f32x4_splat(0.0f));
+            wasm_v128_store(cj + r * ld + 4, wasm_f32x4_splat(0.0f));
+          }
+          continue;
+        }
+        if (j0 < g + tile_rows) {
+          if (tile_rows == MR)
+            tile(ai, a_rs, a_cs, bp, NR, k, cj, ld, cols, edge);
+          else
+            for (int r = 0; r < tile_rows; r++) row_tile(ai + r * a_rs, a_cs, bp, NR, k, cj + r * ld, cols, edge);
+        }
+        // Scalar loops: clang's vectorized copies of these short loops would double this function.
+#pragma clang loop vectorize(disable) unroll(disable)
+        for (int r = 0; r < tile_rows; r++)
+#pragma clang loop vectorize(disable) unroll(disable)
+          for (int j = max_int(0, g + r + 1 - j0); j < cols; j++) cj[r * ld + j] = 0.0f;
+      }
+      continue;
+    }
+    const int p0 = tri == TRI_LOWER_A ? 0 : g;
+    const int p1 = tri == TRI_LOWER_A ? min_int(k, g + tile_rows) : k;
+    triangle_strip(tri, ai, a_rs, a_cs, tile_rows, g, p0, p1, strip);
+    for (int jp = 0; jp < panels; jp++) {
+      const int cols = min_int(NR, columns - jp * NR);
+      const float *bp = packed + jp * NR * k + p0 * NR;
+      if (tile_rows == MR)
+        tile(strip, 1, MR, bp, NR, p1 - p0, ci + jp * NR, ld, cols, edge);
+      else
+        for (int r = 0; r < tile_rows; r++) row_tile(strip + r, MR, bp, NR, p1 - p0, ci + r * ld + jp * NR, cols, edge);
+    }
+  }
+}
+
+// C (row-major, [batch, m, n], contiguous) = op(A) · op(B) for each of `batch` matrices, or a
+// triangular form of it (`tri`, see TRI_LOWER_OUTPUT). `scratch` holds ceil(n/8)·8·k + 32 floats,
+// and a_copy_floats more. A batch stride of 0 broadcasts an operand.
 __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m, int k, int n, const float *a, int a_bs, int a_rs, int a_cs, const float *b,
-                                                                 int b_bs, int b_rs, int b_cs, float *c, float *scratch) {
+                                                                 int b_bs, int b_rs, int b_cs, float *c, float *scratch, int tri) {
   const int b_panels = (n + NR - 1) / NR;
   float *packed_b = scratch;
   float *edge = packed_b + b_panels * NR * k;
-  const int in_place = panels_in_place(m, n, b_cs);
+  const int in_place = tri != TRI_NONE ? 0 : panels_in_place(m, n, b_cs);
   for (int i = 0; i < batch; i++) {
     const float *bi = b + i * b_bs;
     // A broadcast B is packed once.
     if (i == 0 || b_bs != 0) pack_b(bi + in_place * NR * b_cs, k, n - in_place * NR, b_rs, b_cs, packed_b);
-    multiply(a + i * a_bs, a_rs, a_cs, bi, b_rs, b_cs, in_place, packed_b, k, m, n, c + i * m * n, n, edge, packs_a(k, n, a_rs, a_cs) ? edge + 32 : 0);
+    if (tri != TRI_NONE)
+      multiply_triangular(tri, a + i * a_bs, a_rs, a_cs, packed_b, k, m, n, 0, 0, c + i * m * n, n, edge, edge + 32);
+    else
+      multiply(a + i * a_bs, a_rs, a_cs, bi, b_rs, b_cs, in_place, packed_b, k, m, n, c + i * m * n, n, edge, packs_a(k, n, a_rs, a_cs) ? edge + 32 : 0);
   }
 }
 
@@ -327,6 +440,8 @@ struct args {
   // PRODUCT, or a fused LoRA pass (LORA_FORWARD, LORA_BACKWARD: low-rank-train.h), whose chunks are
   // its blocks of `row_block` rows; `a` and `b` are then LoRA's A and B.
   int32_t kind;
+  // For a PRODUCT, TRI_NONE or a triangular form (see TRI_LOWER_OUTPUT).
+  int32_t tri;
   int32_t m, k, n, a_bs, a_rs, a_cs, b_bs, b_rs, b_cs;
   const float *a, *b;
   float *c;
@@ -391,7 +506,7 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
   const int first_row = rg * p->row_block;
   const int rows = min_int(m, first_row + p->row_block) - first_row;
   const float *bi = p->b + i * p->b_bs + first_column * p->b_cs;
-  const int in_place = panels_in_place(m, columns, p->b_cs);
+  const int in_place = p->tri != TRI_NONE ? 0 : panels_in_place(m, columns, p->b_cs);
   // Consecutive chunks differ in their row block first: the packed panels are reused.
   const int b_key = p->b_bs != 0 ? i : -1;
   if (memo[0] != (int32_t)gen || memo[1] != b_key || memo[2] != pg) {
@@ -403,8 +518,11 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
   // Where element (r, j) of the chunk goes: row stride and the address of (first_row, first_column).
   const int ld = out ? p->panel_group * NR : n;
   float *target = out ? out : p->c + i * m * n + first_row * n + first_column;
-  multiply(p->a + i * p->a_bs + first_row * p->a_rs, p->a_rs, p->a_cs, bi, p->b_rs, p->b_cs, in_place, packed_b, k, rows, columns, target, ld, edge,
-           packs_a(k, n, p->a_rs, p->a_cs) ? edge + 32 : 0);
+  const float *ai = p->a + i * p->a_bs + first_row * p->a_rs;
+  if (p->tri != TRI_NONE)
+    multiply_triangular(p->tri, ai, p->a_rs, p->a_cs, packed_b, k, rows, columns, first_row, first_column, target, ld, edge, edge + 32);
+  else
+    multiply(ai, p->a_rs, p->a_cs, bi, p->b_rs, p->b_cs, in_place, packed_b, k, rows, columns, target, ld, edge, packs_a(k, n, p->a_rs, p->a_cs) ? edge + 32 : 0);
 }
 
 // Copy the helper's result of `chunk` (see run_chunk) to the output.
@@ -494,16 +612,17 @@ static void share_chunks(struct control *ctl, uint32_t gen, uint32_t total, floa
 
 // batch_matmul on two threads, chunked by `row_block` rows (a multiple of 4) and `panel_group`
 // panels of 8 columns; the chunks (batch · row blocks · panel groups) must number at most
-// MAX_CHUNKS. `scratch` holds panel_group·8·k + 32 floats (the calling thread's), and A_BLOCK_ROWS·k
-// more when packs_a; the helper's buffer must hold that plus row_block·panel_group·8. `may_wait`:
+// MAX_CHUNKS. `scratch` holds panel_group·8·k + 32 floats (the calling thread's), and a_copy_floats
+// more; the helper's buffer must hold that plus row_block·panel_group·8. `may_wait`:
 // whether this thread may sleep in memory.atomic.wait (a browser's main thread may not: it spins
 // instead).
 __attribute__((export_name("batch_matmul_threaded"))) void batch_matmul_threaded(struct control *ctl, int batch, int m, int k, int n, const float *a, int a_bs, int a_rs,
                                                                                    int a_cs, const float *b, int b_bs, int b_rs, int b_cs, float *c, float *scratch,
-                                                                                   int row_block, int panel_group, int may_wait) {
+                                                                                   int row_block, int panel_group, int may_wait, int tri) {
   const uint32_t gen = next_generation(ctl);
   struct args *p = &ctl->call;
   p->kind = PRODUCT;
+  p->tri = tri;
   p->m = m;
   p->k = k;
   p->n = n;
@@ -583,7 +702,7 @@ static void help_with(struct control *ctl, int chunk, uint32_t gen) {
   const struct args *p = &ctl->helper_args;
   float *packed_b = ctl->helper_scratch;
   float *out = packed_b + (p->kind != PRODUCT ? lora_work_floats(p->kind, p->in, p->out, p->rank, p->row_block)
-                                              : p->panel_group * NR * p->k + 32 + (packs_a(p->k, p->n, p->a_rs, p->a_cs) ? A_BLOCK_ROWS * p->k : 0));
+                                              : p->panel_group * NR * p->k + 32 + a_copy_floats(p->tri, p->k, p->n, p->a_rs, p->a_cs));
   run_chunk(p, chunk, packed_b, ctl->packed[1], gen, out);
   if (__sync_val_compare_and_swap(word, mine, gen << 2 | COPYING) != mine) return;
   // The test switch for a helper that dies mid-copy: it traps here, its host reports the failure,

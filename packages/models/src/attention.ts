@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ShapeError } from '@lora/core';
-import { scaledSoftmax } from '@lora/core/internal';
+import { causalMix, causalScores, scaledSoftmax } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 
 /**
@@ -135,6 +135,13 @@ export interface AttentionOptions {
   readonly scale: number;
   /** Additive bias broadcast to [B, H, Tq, Tk] (causal and padding masks), or null. */
   readonly bias: tf.Tensor | null;
+  /**
+   * Whether `bias` holds the causal mask (every key after a query's position masked, as
+   * {@link causalMaskBias}). Where it is that mask alone ([T, T]: no padding, whose fully masked rows
+   * would weigh keys differently), with as many queries as keys (none cached) and one query head per
+   * key head, the products skip the masked triangle where core's causal products run (WASM).
+   */
+  readonly causal?: boolean;
   /** Dropout on the attention probabilities (training only). */
   readonly dropout?: (probabilities: tf.Tensor) => tf.Tensor;
 }
@@ -151,13 +158,16 @@ export function scaledDotProductAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tens
     const kvHeads = k.shape[1]!;
     const keys = k.shape[2]!;
     const group = heads / kvHeads;
+    // Causal, square and ungrouped: scores below the diagonal only (zero above it, where the bias
+    // masks them), and the output from the probabilities' lower triangle (zero above, as masked).
+    const triangular = options.causal === true && options.bias?.rank === 2 && queries === keys && group === 1;
     const grouped = group === 1 ? q : tf.reshape(q, [batch, kvHeads, group * queries, depth]);
-    let scores = tf.matMul(grouped, k, false, true);
+    let scores = (triangular ? causalScores(q, k) : null) ?? tf.matMul(grouped, k, false, true);
     if (group !== 1) scores = tf.reshape(scores, [batch, heads, queries, keys]);
     // softmax(scale·scores + bias) as one op: one fused kernel each way on WASM for a causal mask.
     let probabilities = scaledSoftmax(scores, options.scale, options.bias);
     if (options.dropout) probabilities = options.dropout(probabilities);
-    if (group === 1) return tf.matMul(probabilities, v) as tf.Tensor4D;
+    if (group === 1) return ((triangular ? causalMix(probabilities, v) : null) ?? tf.matMul(probabilities, v)) as tf.Tensor4D;
     const out = tf.matMul(tf.reshape(probabilities, [batch, kvHeads, group * queries, keys]), v);
     return tf.reshape(out, [batch, heads, queries, depth]) as tf.Tensor4D;
   });

@@ -42,6 +42,7 @@ export class Gpt2Attention extends Module {
       const attended = scaledDotProductAttention(splitHeads(q, nHead), keys, values, {
         scale,
         bias,
+        causal: true,
         dropout: this.training && this.config.attnPdrop > 0 ? (p) => this.attn_dropout.forward(p) : undefined,
       });
       return this.resid_dropout.forward(this.c_proj.forward(mergeHeads(attended)));

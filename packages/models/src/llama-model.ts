@@ -51,6 +51,7 @@ export class LlamaAttention extends Module {
       const attended = scaledDotProductAttention(q, k, v, {
         scale: 1 / Math.sqrt(headDim),
         bias,
+        causal: true,
         dropout: this.training && attentionDropout > 0 ? (p) => dropout(p, attentionDropout) : undefined,
       });
       return this.o_proj.forward(mergeHeads(attended));
