@@ -3,8 +3,9 @@
 //   node bench/products.mjs [--reps 40] [--threads N]
 // Each product of the `small` LoRA step that core's batched SIMD kernel computes (attention's four
 // forms, the nine rank-8 forms LoRA's layers compose on other backends) and a [1,8]·[8,8] product
-// (the fixed cost of a call), then a LoRA layer's forward and backward passes as core's fused WASM
-// kernels run them and as the products compose them, timed:
+// (the fixed cost of a call), causal attention's triangular products (core's WASM kernels), then a
+// LoRA layer's forward and backward passes as core's fused WASM kernels run them and as the products
+// compose them, timed:
 //   warm:  back to back, operands in cache;
 //   after: right after 64 MB of other memory traffic (a JS array filled between calls), as in a
 //          training step, where the kernels before a product have evicted its operands.
@@ -74,6 +75,27 @@ for (const [name, aShape, bShape, transposeA, transposeB] of PRODUCTS) {
   const flop = coreInternal.matMulFlops({ kernelName: 'BatchMatMul', inputShapes: { a: aShape, b: bShape }, outputShapes: [outputShape], attrs: { transposeA, transposeB } });
   rows.push(measured(name, `${shapeText(aShape, transposeA)}·${shapeText(bShape, transposeB)}`, flop, () => tf.matMul(a, b, transposeA, transposeB)));
   tf.dispose([a, b]);
+}
+
+// Causal attention's products as the step runs them on WASM (core's triangular kernels), beside the
+// full products above. The FLOP are the triangle's (matMulFlops), the work needed.
+const { CAUSAL_SCORES_KERNEL, CAUSAL_MIX_KERNEL } = coreInternal;
+if (tf.getKernel(CAUSAL_SCORES_KERNEL, tf.getBackend()) !== undefined) {
+  for (const [name, kernelName, aShape, transposeA] of [
+    ['causal tril(q·kᵀ) (and dy·vᵀ)', CAUSAL_SCORES_KERNEL, [8, 4, 128, 64], false],
+    ['causal tril(p)·v (and dS·k)', CAUSAL_MIX_KERNEL, [8, 4, 128, 128], false],
+    ['causal tril(p)ᵀ·dy (and dSᵀ·q)', CAUSAL_MIX_KERNEL, [8, 4, 128, 128], true],
+  ]) {
+    const bShape = [8, 4, 128, 64];
+    const a = tf.randomNormal(aShape, 0, 1, 'float32', 5);
+    const b = tf.randomNormal(bShape, 0, 1, 'float32', 6);
+    const run = () => tf.engine().runKernel(kernelName, { a, b }, { transposeA });
+    const outputShape = tf.tidy(() => run().shape);
+    const flop = coreInternal.matMulFlops({ kernelName, inputShapes: { a: aShape, b: bShape }, outputShapes: [outputShape], attrs: { transposeA } });
+    const form = kernelName === CAUSAL_SCORES_KERNEL ? `tril(${shapeText(aShape)}·${shapeText(bShape, true)})` : `tril(${shapeText(aShape)})${transposeA ? 'ᵀ' : ''}·${shapeText(bShape)}`;
+    rows.push(measured(name, form, flop, run));
+    tf.dispose([a, b]);
+  }
 }
 
 // A LoRA layer's passes as the step runs them on WASM (core's fused kernels, one call each way), and

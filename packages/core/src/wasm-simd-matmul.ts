@@ -309,7 +309,7 @@ export function packsTransposedA(transposeA: boolean, m: number, k: number, n: n
  * chunk (a multiple of the 4-row tile) and 8-column panels per chunk, each matrix of the stack
  * being one chunk at least. Null when the product is too small to share, has fewer than 4 rows,
  * has more matrices than the chunk words (4096), or a chunk's packed panels and result would not
- * fit the helper's buffer. `packsA` (see {@link packsTransposedA}): each chunk copies its own rows of
+ * fit the helper's buffer even in the smallest chunks (a row tile of one panel). `packsA` (see {@link packsTransposedA}): each chunk copies its own rows of
  * A, so the columns are cut into as few groups as the helper's buffer allows and the rows into
  * blocks of whole copies. `copiesStrips`: a triangular form of an A operand (see {@link ProductTriangle}),
  * whose 4-row strips each chunk copies (4·k floats of scratch).
@@ -336,6 +336,11 @@ export function threadChunking(batch: number, m: number, k: number, n: number, p
     panelGroup = Math.ceil(panels / panelGroups);
     rowBlock = 4 * Math.ceil(rowTiles / rowGroups);
   }
+  // Large products: chunks small enough for the helper's buffer (packed panels in one half, the
+  // chunk's result in the other), not a product left to one thread.
+  const half = HELPER_SCRATCH_FLOATS / 2;
+  if (!packsA && panelGroup * 8 * k + 32 + aBlockFloats > half) panelGroup = Math.max(1, Math.floor((half - 32 - aBlockFloats) / (8 * k)));
+  if (!packsA && rowBlock * panelGroup * 8 > half) rowBlock = Math.max(4, 4 * Math.floor(half / (panelGroup * 8) / 4));
   const chunks = batch * Math.ceil(panels / panelGroup) * Math.ceil(m / rowBlock);
   const helperFloats = panelGroup * 8 * k + 32 + aBlockFloats + rowBlock * panelGroup * 8;
   return chunks < 2 || chunks > MAX_THREADED_CHUNKS || helperFloats > HELPER_SCRATCH_FLOATS ? null : { rowBlock, panelGroup, chunks };

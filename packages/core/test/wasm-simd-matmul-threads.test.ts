@@ -452,4 +452,35 @@ describe('threadChunking', () => {
     expect(packsTransposedA(true, 1024, 63, 256)).toBe(false);
     expect(packsTransposedA(true, 768, 1024, 8)).toBe(false);
   });
+
+  it('cuts a product whose chunks would overflow the helper’s buffer into smaller ones, not leaving it to one thread', () => {
+    // A chunk of whole columns' groups and every row: 4096 rows × 64 columns of result alone fill the buffer.
+    const large = threadChunking(1, 4096, 1024, 4096)!;
+    expect(large).not.toBeNull();
+    expect(large.panelGroup * 8 * 1024 + 32 + large.rowBlock * large.panelGroup * 8).toBeLessThanOrEqual(2 ** 18);
+    expect(large.rowBlock % 4).toBe(0);
+    // A k so long that one panel's packed values take more than half the buffer.
+    const longK = threadChunking(1, 64, 20_000, 64)!;
+    expect(longK.panelGroup).toBe(1);
+    expect(8 * 20_000 + 32 + longK.rowBlock * 8).toBeLessThanOrEqual(2 ** 18);
+  });
+
+  it('computes such a product on both threads as on one, bit for bit', () => {
+    const [m, k, n] = [8200, 17, 1024];
+    const chunking = threadChunking(1, m, k, n)!;
+    expect(chunking.rowBlock).toBeLessThan(m);
+    const a = operand([m, k], 31);
+    const b = operand([k, n], 32);
+    const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+    const ours = shared.product(a, b, false, false, []);
+    expectSameValues(ours, plain.product(a, b, false, false, []));
+    expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBeGreaterThan(before);
+    // And a sample of its values as float64 sums.
+    for (let sample = 0; sample < 200; sample++) {
+      const [r, c] = [(sample * 7919) % m, (sample * 104_729) % n];
+      let sum = 0;
+      for (let p = 0; p < k; p++) sum += a.values[r * k + p]! * b.values[p * n + c]!;
+      expect(Math.abs(ours[r * n + c]! - sum)).toBeLessThanOrEqual(1e-5);
+    }
+  });
 });
