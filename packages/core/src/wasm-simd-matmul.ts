@@ -40,15 +40,15 @@ interface WasmBackendWithModule extends tf.KernelBackend {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
   typedArrayFromHeap(info: tf.TensorInfo): tf.backend_util.TypedArray;
   disposeData(dataId: tf.DataId, force?: boolean): boolean;
-  wasm?: { wasmMemory?: LinearMemory; asm?: { memory?: LinearMemory }; _malloc?: (bytes: number) => number };
+  wasm?: { wasmMemory?: LinearMemory; asm?: { memory?: LinearMemory }; _malloc?: (bytes: number) => number; tfjs?: { getThreadsCount?: () => number } };
 }
 
 /** Operand addresses and strides: batch, rows, k, n, then A, B (address and batch, row, column strides) and C. */
 type Operands = [number, number, number, number, number, number, number, number, number, number, number, number, number];
 
-type BatchMatMulExport = (...args: [...Operands, scratch: number, triangle: number]) => void;
+type BatchMatMulExport = (...args: [...Operands, scratch: number, triangle: number, bias: number]) => void;
 
-type BatchMatMulThreadedExport = (control: number, ...args: [...Operands, scratch: number, rowBlock: number, panelGroup: number, mayWait: number, triangle: number]) => void;
+type BatchMatMulThreadedExport = (control: number, ...args: [...Operands, scratch: number, rowBlock: number, panelGroup: number, mayWait: number, triangle: number, bias: number]) => void;
 
 /** The fused LoRA passes' exports (wasm/low-rank-train.h): rows, in, out, rank, row block, s, then addresses. */
 type LoraForwardExport = (rows: number, inFeatures: number, outFeatures: number, rank: number, rowBlock: number, s: number, x: number, a: number, b: number, base: number, hs: number, y: number, scratch: number) => void;
@@ -228,6 +228,20 @@ export function hasSimdBatchMatMul(backend: tf.KernelBackend): boolean {
   return kernelOf(backend) !== null;
 }
 
+/**
+ * Whether the kernel of `backend` runs a product on at least as many threads as tfjs's XNNPACK
+ * would: two (its helper thread serving) or one, against the threads of tfjs's pool (one on its
+ * single-threaded builds). Where XNNPACK has more (a browser's threaded build, a machine given more
+ * threads), large products are better left to it.
+ */
+export function simdBatchMatMulAsParallel(backend: tf.KernelBackend): boolean {
+  const kernel = kernelOf(backend);
+  if (kernel === null) return false;
+  const ours = kernel.threads !== null && helperServes(kernel.threads) ? 2 : 1;
+  const theirs = (backend as WasmBackendWithModule).wasm?.tfjs?.getThreadsCount?.() ?? 1;
+  return ours >= theirs;
+}
+
 /** The control block's 32-bit words (a fresh view: a grown shared memory has a new buffer). */
 const controlWords = (threads: ThreadedKernel): Int32Array => new Int32Array(threads.memory.buffer, threads.control, CONTROL_BYTES / 4);
 
@@ -365,9 +379,9 @@ function triangleCode(triangle: ProductTriangle, transposeA: boolean): number {
 
 /**
  * `op(a)·op(b)` for float32 operands of rank ≥ 2 whose batch dimensions are equal (after leading
- * 1s) or all 1 (broadcast); the result has the broadcast batch shape. Returns null for what it does
- * not cover (other dtypes, partial broadcasts, a backend without the kernel), which the caller
- * computes another way.
+ * 1s) or all 1 (broadcast); the result has the broadcast batch shape. A `bias` of n float32 values
+ * is added to every row (not with a triangle). Returns null for what it does not cover (other
+ * dtypes, partial broadcasts, a backend without the kernel), which the caller computes another way.
  */
 export function simdBatchMatMul(
   backend: tf.KernelBackend,
@@ -377,6 +391,7 @@ export function simdBatchMatMul(
   transposeB: boolean,
   outBatchShape: readonly number[],
   triangle: ProductTriangle = 'none',
+  bias: tf.TensorInfo | null = null,
 ): tf.TensorInfo | null {
   const kernel = kernelOf(backend);
   if (kernel === null || a.dtype !== 'float32' || b.dtype !== 'float32') return null;
@@ -391,6 +406,7 @@ export function simdBatchMatMul(
   const [m, k] = transposeA ? [aColumns, aRows] : [aRows, aColumns];
   const n = transposeB ? bRows : bColumns;
   if ((triangle === 'lower-output' && m !== n) || (triangle === 'lower-a' && aRows !== aColumns)) return null;
+  if (bias !== null && (triangle !== 'none' || bias.dtype !== 'float32' || sizeOf(bias.shape) !== n)) return null;
   const out = wasm.makeOutput([...outBatchShape, m, n], 'float32');
   if (batch * m * n === 0) return out;
   const threads = kernel.threads !== null && helperServes(kernel.threads) ? kernel.threads : null;
@@ -421,9 +437,9 @@ export function simdBatchMatMul(
       offset(out),
     ];
     if (threads !== null && chunking !== null) {
-      threads.run(threads.control, ...operands, offset(scratch), chunking.rowBlock, chunking.panelGroup, threads.mayBlock ? 1 : 0, tri);
+      threads.run(threads.control, ...operands, offset(scratch), chunking.rowBlock, chunking.panelGroup, threads.mayBlock ? 1 : 0, tri, bias === null ? 0 : offset(bias));
     } else {
-      kernel.run(...operands, offset(scratch), tri);
+      kernel.run(...operands, offset(scratch), tri, bias === null ? 0 : offset(bias));
     }
   } finally {
     wasm.disposeData(scratch.dataId);

@@ -47,7 +47,37 @@ afterAll(async () => {
 
 describe('useFastWasmKernels', () => {
   it('is applied by initRuntime() and replaces the matMul and data-movement kernels once', () => {
-    expect(fastWasmKernels().sort()).toEqual(['BatchMatMul', 'Cast', 'Concat', 'GatherV2', 'Identity', 'LoraCausalMix', 'LoraCausalScores', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraAdamWUpdate', 'LoraAllFinite', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraSumOfSquares', 'SplitV', 'Sum', 'Transpose', '_FusedMatMul'].sort());
+    expect(fastWasmKernels().sort()).toEqual(
+      [
+        'BatchMatMul',
+        'Cast',
+        'Concat',
+        'GatherV2',
+        'Identity',
+        'LoraCausalMix',
+        'LoraCausalScores',
+        'LoraGeluTanh',
+        'LoraGeluTanhGrad',
+        'LoraLayerNorm',
+        'LoraLayerNormGrad',
+        'LoraLayerNormWeightGrad',
+        'LoraLowRankAdd',
+        'LoraLowRankBackward',
+        'LoraLowRankForward',
+        'LoraScaledSoftmax',
+        'LoraScaledSoftmaxGrad',
+        'LoraAdamWUpdate',
+        'LoraAllFinite',
+        'LoraCrossEntropy',
+        'LoraCrossEntropyGrad',
+        'LoraDropout',
+        'LoraSumOfSquares',
+        'SplitV',
+        'Sum',
+        'Transpose',
+        '_FusedMatMul',
+      ].sort()
+    );
     expect(useFastWasmKernels()).toEqual([]);
   });
 
@@ -112,7 +142,7 @@ describe('useFastWasmKernels', () => {
           return tf.sum(tf.mul(tf.concat([a, tf.reshape(tf.transpose(heads, [0, 2, 1, 3]), [2, 3, 5])], -1), random([2, 3, 8], 22)));
         });
         return gradient(table);
-      }),
+      })
     );
   });
 
@@ -144,9 +174,7 @@ describe('frozen weights in the fast WASM matMul', () => {
     // x·Wᵀ (a PyTorch-layout Linear), Wᵀ·z and W·xᵀ: the frozen weight transposed as either operand.
     const compute = (): number[][] =>
       tf.tidy(() =>
-        [tf.matMul(x, weight(), false, true), tf.matMul(weight(), random([48, 40], 27), true, false), tf.matMul(weight(), x, false, true)].map((t) =>
-          Array.from(t.dataSync()),
-        ),
+        [tf.matMul(x, weight(), false, true), tf.matMul(weight(), random([48, 40], 27), true, false), tf.matMul(weight(), x, false, true)].map((t) => Array.from(t.dataSync()))
       );
     const wasm = compute();
     await tf.setBackend('cpu');
@@ -155,41 +183,73 @@ describe('frozen weights in the fast WASM matMul', () => {
     return { wasm, plain };
   }
 
-  it('transposes a frozen weight once, follows its assignments and frees the copy with it', async () => {
+  /** Run `fn` as where tfjs's XNNPACK has more threads than core's kernel (a browser's threaded build): XNNPACK keeps the dense products. */
+  async function withMoreXnnpackThreads(fn: () => Promise<void>): Promise<void> {
+    const module = (tf.backend() as unknown as { wasm: { tfjs: { getThreadsCount: () => number } } }).wasm.tfjs;
+    const getThreadsCount = module.getThreadsCount;
+    module.getThreadsCount = () => 4;
+    try {
+      await fn();
+    } finally {
+      module.getThreadsCount = getThreadsCount;
+    }
+  }
+
+  it('runs a frozen weight’s products on core’s kernel, which reads it transposed in place: no Transpose, no copy kept', async () => {
     await withoutTensorLeaks(async () => {
-      // Wider than THIN_DIMENSION: thin products run on the SIMD kernel, which needs no transpose.
-      const weight = tf.tidy(() => tf.variable(random([48, 32], 25), false, 'frozen-weight-test'));
+      const weight = tf.tidy(() => tf.variable(random([48, 32], 25), false, 'frozen-weight-dense'));
       const x = random([40, 32], 26);
       const spy = spyOnKernels('wasm');
       try {
         for (let step = 0; step < 3; step++) tf.tidy(() => tf.matMul(x, weight, false, true).dataSync());
-        const weightTransposes = spy.calls.filter((call) => call.kernelName === 'Transpose' && call.inputDataIds['x'] === weight.dataId);
-        expect(weightTransposes).toHaveLength(1);
       } finally {
         spy.stop();
       }
-      expect(keptWeightTransposes('wasm')).toBe(1);
-      let { wasm, plain } = await productsOf(() => weight, x);
-      wasm.forEach((values, i) => expectTensorsClose(values, plain[i]!, { atol: 1e-4, rtol: 1e-4 }));
-
-      // A merge assigns the weight: the next product uses the new values, and the old copy is freed.
-      tf.tidy(() => weight.assign(tf.add(weight, 1)));
-      ({ wasm, plain } = await productsOf(() => weight, x));
-      wasm.forEach((values, i) => expectTensorsClose(values, plain[i]!, { atol: 1e-4, rtol: 1e-4 }));
-      expect(keptWeightTransposes('wasm')).toBe(1);
-
-      // Trainable again: its data changes every step, so nothing is kept.
-      weight.trainable = true;
-      ({ wasm, plain } = await productsOf(() => weight, x));
-      wasm.forEach((values, i) => expectTensorsClose(values, plain[i]!, { atol: 1e-4, rtol: 1e-4 }));
+      expect(spy.calls.filter((call) => call.kernelName === 'Transpose')).toEqual([]);
       expect(keptWeightTransposes('wasm')).toBe(0);
-      weight.trainable = false;
-      tf.tidy(() => tf.matMul(x, weight, false, true).dataSync());
-      expect(keptWeightTransposes('wasm')).toBe(1);
-      weight.dispose();
-      tf.tidy(() => tf.matMul(x, x, false, true).dataSync());
-      expect(keptWeightTransposes('wasm')).toBe(0);
-      x.dispose();
+      const { wasm, plain } = await productsOf(() => weight, x);
+      wasm.forEach((values, i) => expectTensorsClose(values, plain[i]!, { atol: 1e-4, rtol: 1e-4 }));
+      tf.dispose([weight, x]);
     });
+  });
+
+  it('where XNNPACK has more threads, transposes a frozen weight once, follows its assignments and frees the copy with it', async () => {
+    await withoutTensorLeaks(() =>
+      withMoreXnnpackThreads(async () => {
+        // Wider than THIN_DIMENSION: thin products run on the SIMD kernel, which needs no transpose.
+        const weight = tf.tidy(() => tf.variable(random([48, 32], 25), false, 'frozen-weight-test'));
+        const x = random([40, 32], 26);
+        const spy = spyOnKernels('wasm');
+        try {
+          for (let step = 0; step < 3; step++) tf.tidy(() => tf.matMul(x, weight, false, true).dataSync());
+          const weightTransposes = spy.calls.filter((call) => call.kernelName === 'Transpose' && call.inputDataIds['x'] === weight.dataId);
+          expect(weightTransposes).toHaveLength(1);
+        } finally {
+          spy.stop();
+        }
+        expect(keptWeightTransposes('wasm')).toBe(1);
+        let { wasm, plain } = await productsOf(() => weight, x);
+        wasm.forEach((values, i) => expectTensorsClose(values, plain[i]!, { atol: 1e-4, rtol: 1e-4 }));
+
+        // A merge assigns the weight: the next product uses the new values, and the old copy is freed.
+        tf.tidy(() => weight.assign(tf.add(weight, 1)));
+        ({ wasm, plain } = await productsOf(() => weight, x));
+        wasm.forEach((values, i) => expectTensorsClose(values, plain[i]!, { atol: 1e-4, rtol: 1e-4 }));
+        expect(keptWeightTransposes('wasm')).toBe(1);
+
+        // Trainable again: its data changes every step, so nothing is kept.
+        weight.trainable = true;
+        ({ wasm, plain } = await productsOf(() => weight, x));
+        wasm.forEach((values, i) => expectTensorsClose(values, plain[i]!, { atol: 1e-4, rtol: 1e-4 }));
+        expect(keptWeightTransposes('wasm')).toBe(0);
+        weight.trainable = false;
+        tf.tidy(() => tf.matMul(x, weight, false, true).dataSync());
+        expect(keptWeightTransposes('wasm')).toBe(1);
+        weight.dispose();
+        tf.tidy(() => tf.matMul(x, x, false, true).dataSync());
+        expect(keptWeightTransposes('wasm')).toBe(0);
+        x.dispose();
+      })
+    );
   });
 });

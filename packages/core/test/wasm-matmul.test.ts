@@ -64,6 +64,13 @@ describe('useFastWasmMatMul', () => {
         tf.fused.matMul({ a: random([64, 48], 6), b: random([64, 4], 7), transposeA: true, bias: random([4], 8), activation: 'relu' }),
       );
       await expectSameAsCpu(() => tf.fused.matMul({ a: random([64, 48], 6), b: random([64, 4], 7), transposeA: true, activation: 'sigmoid' }));
+      // A bias added by core's kernel as it stores: partial panels (n = 13, 20) and a last partial
+      // tile of rows, a transposed weight, fewer than 4 rows (decoding's streamed weight).
+      await expectSameAsCpu(() => tf.fused.matMul({ a: random([7, 24], 3), b: random([24, 13], 4), bias: random([13], 5) }));
+      await expectSameAsCpu(() => tf.fused.matMul({ a: random([7, 24], 3), b: random([20, 24], 4), transposeB: true, bias: random([20], 5) }));
+      await expectSameAsCpu(() => tf.fused.matMul({ a: random([2, 40], 3), b: random([40, 20], 4), bias: random([20], 5) }));
+      await expectSameAsCpu(() => tf.fused.matMul({ a: random([1, 300], 3), b: random([300, 1030], 4), bias: random([1030], 5) }));
+      await expectSameAsCpu(() => tf.fused.matMul({ a: random([70, 300], 3), b: random([1030, 300], 4), transposeB: true, bias: random([1, 1030], 5) }));
       // A bias of another size than n: broadcast by an unfused Add.
       await expectSameAsCpu(() => tf.fused.matMul({ a: random([40, 24], 3), b: random([24, 16], 4), bias: tf.tensor1d([0.5]) }));
       await expectSameAsCpu(() => tf.fused.matMul({ a: random([40, 24], 3), b: random([16, 24], 4), transposeB: true, bias: tf.tensor1d([0.5]), activation: 'relu6' }));

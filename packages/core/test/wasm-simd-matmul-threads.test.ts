@@ -79,8 +79,8 @@ class HeapBackend {
    * `op(a)·op(b)` through the kernel; operands and result are freed (the bump allocator never
    * hands their memory out again), and the result's memory is given back for later checks.
    */
-  product(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batchShape: number[], triangle: ProductTriangle = 'none'): Float32Array {
-    return this.productInPlace(a, b, transposeA, transposeB, batchShape, triangle).slice();
+  product(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batchShape: number[], triangle: ProductTriangle = 'none', bias: Operand | null = null): Float32Array {
+    return this.productInPlace(a, b, transposeA, transposeB, batchShape, triangle, bias).slice();
   }
 
   /**
@@ -88,14 +88,24 @@ class HeapBackend {
    * overwritten with NaN, as a reused heap would overwrite them, so that anything still computed
    * from them afterwards is NaN.
    */
-  productInPlace(a: Operand, b: Operand, transposeA: boolean, transposeB: boolean, batchShape: number[], triangle: ProductTriangle = 'none'): Float32Array {
+  productInPlace(
+    a: Operand,
+    b: Operand,
+    transposeA: boolean,
+    transposeB: boolean,
+    batchShape: number[],
+    triangle: ProductTriangle = 'none',
+    bias: Operand | null = null,
+  ): Float32Array {
     const left = this.upload(a.shape, a.values);
     const right = this.upload(b.shape, b.values);
-    const out = simdBatchMatMul(this as unknown as tf.KernelBackend, left, right, transposeA, transposeB, batchShape, triangle);
+    const added = bias === null ? null : this.upload(bias.shape, bias.values);
+    const out = simdBatchMatMul(this as unknown as tf.KernelBackend, left, right, transposeA, transposeB, batchShape, triangle, added);
     if (out === null) throw new Error('the kernel declined the product');
     const values = this.typedArrayFromHeap(out);
-    for (const operand of [left, right]) this.typedArrayFromHeap(operand).fill(Number.NaN);
-    for (const info of [left, right, out]) this.disposeData(info.dataId);
+    const operands = added === null ? [left, right] : [left, right, added];
+    for (const operand of operands) this.typedArrayFromHeap(operand).fill(Number.NaN);
+    for (const info of [...operands, out]) this.disposeData(info.dataId);
     return values;
   }
 }
@@ -251,6 +261,23 @@ describe('the two-thread batched SIMD matMul', () => {
     // Terms are at most 1 in size: float32 summation of k of them errs by about k·2⁻²⁴ at worst
     // (1e-7·k: 1e-4 for the k = 1030 products, 1e-5 for the others).
     expectTensorsClose(ours, reference(a, b, transposeA, transposeB, batch, triangle), { atol: 1e-5 + 1e-7 * k, rtol: 1e-5 });
+  });
+
+  it.each([
+    ['rows cut into blocks, columns into groups (each chunk adds its own columns’ bias)', [1030, 260], [260, 300], false, false, []],
+    ['a transposed weight, partial last panel', [70, 300], [1030, 300], false, true, []],
+    ['fewer than 4 rows (B streamed row by row)', [3, 300], [300, 1030], false, false, []],
+    ['a stack times a stack', [2, 4, 67, 33], [2, 4, 61, 33], false, true, [2, 4]],
+  ] as const)('adds a bias of n values to every row of %s, on both threads as on one', (_name, aShape, bShape, transposeA, transposeB, batchShape) => {
+    const a = operand(aShape, 41);
+    const b = operand(bShape, 42);
+    const n = transposeB ? bShape.at(-2)! : bShape.at(-1)!;
+    const bias = operand([n], 43);
+    const ours = shared.product(a, b, transposeA, transposeB, [...batchShape], 'none', bias);
+    expectSameValues(ours, plain.product(a, b, transposeA, transposeB, [...batchShape], 'none', bias));
+    const batch = batchShape.reduce((product: number, dimension: number) => product * dimension, 1);
+    const expected = reference(a, b, transposeA, transposeB, batch).map((value, i) => value + bias.values[i % n]!);
+    expectTensorsClose(ours, expected, { atol: 1e-4, rtol: 1e-5 });
   });
 
   it('has the helper compute chunks', () => {
