@@ -299,6 +299,8 @@ const STREAMED_ROWS = 4;
 const CHUNK_FLOPS = 2 ** 17;
 /** Chunks per product at most: enough that the caller balances the helper's share when it is slow. */
 const TARGET_CHUNKS = 64;
+/** Row blocks per matrix of a triangular product (see {@link threadChunking}). */
+const TRIANGLE_ROW_GROUPS = 4;
 
 /**
  * A transposed op(A) whose rows lie at least this many floats apart (its row count m: full
@@ -325,19 +327,35 @@ export function packsTransposedA(transposeA: boolean, m: number, k: number, n: n
  * has more matrices than the chunk words (4096), or a chunk's packed panels and result would not
  * fit the helper's buffer even in the smallest chunks (a row tile of one panel). `packsA` (see {@link packsTransposedA}): each chunk copies its own rows of
  * A, so the columns are cut into as few groups as the helper's buffer allows and the rows into
- * blocks of whole copies. `copiesStrips`: a triangular form of an A operand (see {@link ProductTriangle}),
- * whose 4-row strips each chunk copies (4·k floats of scratch).
+ * blocks of whole copies. `triangle` (see {@link ProductTriangle}): only a triangle is computed, so
+ * the work lies unevenly over rows and columns; each chunk takes every column of a block of rows
+ * (a matrix's rows in {@link TRIANGLE_ROW_GROUPS} blocks), and for `lower-a` copies 4-row strips
+ * of A (4·k floats of scratch).
  */
-export function threadChunking(batch: number, m: number, k: number, n: number, packsA = false, copiesStrips = false): { rowBlock: number; panelGroup: number; chunks: number } | null {
+export function threadChunking(
+  batch: number,
+  m: number,
+  k: number,
+  n: number,
+  packsA = false,
+  triangle: ProductTriangle = 'none',
+): { rowBlock: number; panelGroup: number; chunks: number } | null {
   const flops = 2 * batch * m * k * n;
   if (flops < MIN_THREADED_FLOPS || m < STREAMED_ROWS || batch > MAX_THREADED_CHUNKS) return null;
   const panels = Math.ceil(n / 8);
   const rowTiles = Math.ceil(m / 4);
   const perMatrix = Math.ceil(Math.min(TARGET_CHUNKS, Math.floor(flops / CHUNK_FLOPS)) / batch);
-  const aBlockFloats = packsA ? A_BLOCK_ROWS * k : copiesStrips ? 4 * k : 0;
+  const aBlockFloats = packsA ? A_BLOCK_ROWS * k : triangle === 'lower-a' ? 4 * k : 0;
   let panelGroup: number;
   let rowBlock: number;
-  if (packsA) {
+  if (triangle !== 'none') {
+    // Whole rows: a column group of a triangle holds a share of its work that differs from group to
+    // group (up to 3:1 in halves), and each group of a `lower-a` product copied the same strips of A
+    // again. Row blocks differ too, but a matrix's few blocks are taken one after the other, the
+    // panels packed once per thread and matrix, and more chunks even out what each thread gets.
+    panelGroup = panels;
+    rowBlock = 4 * Math.ceil(rowTiles / TRIANGLE_ROW_GROUPS);
+  } else if (packsA) {
     // Packed panels take at most half of what the helper's buffer has left after the copy of A.
     panelGroup = Math.max(1, Math.min(panels, Math.floor((HELPER_SCRATCH_FLOATS - 32 - aBlockFloats) / 2 / (8 * k))));
     const blocks = Math.ceil(m / A_BLOCK_ROWS);
@@ -413,7 +431,7 @@ export function simdBatchMatMul(
   const tri = triangleCode(triangle, transposeA);
   const packsA = tri === 0 && packsTransposedA(transposeA, m, k, n);
   const copiesStrips = triangle === 'lower-a';
-  const chunking = threads === null ? null : threadChunking(batch, m, k, n, packsA, copiesStrips);
+  const chunking = threads === null ? null : threadChunking(batch, m, k, n, packsA, triangle);
   // Packed panels of B: all of them for one thread, a chunk's worth for the calling thread of two
   // (the helper has a buffer of its own); then the copy of A's rows, if any.
   const scratchFloats = (chunking === null ? Math.ceil(n / 8) * 8 * k + 32 : chunking.panelGroup * 8 * k + 32) + (packsA ? A_BLOCK_ROWS * k : copiesStrips ? 4 * k : 0);

@@ -251,7 +251,7 @@ describe('the two-thread batched SIMD matMul', () => {
     const [m, k] = transposeA ? [aShape.at(-1)!, aShape.at(-2)!] : [aShape.at(-2)!, aShape.at(-1)!];
     const n = transposeB ? bShape.at(-2)! : bShape.at(-1)!;
     // Large enough to be shared between the two threads.
-    expect(threadChunking(batch, m, k, n, triangle === 'none' && packsTransposedA(transposeA, m, k, n), triangle === 'lower-a')?.chunks).toBeGreaterThanOrEqual(2);
+    expect(threadChunking(batch, m, k, n, triangle === 'none' && packsTransposedA(transposeA, m, k, n), triangle)?.chunks).toBeGreaterThanOrEqual(2);
     const dataIds = shared.numDataIds();
     const ours = shared.product(a, b, transposeA, transposeB, [...batchShape], triangle);
     // The scratch buffer is freed.
@@ -478,6 +478,12 @@ describe('threadChunking', () => {
     expect(packsTransposedA(true, 128, 128, 64)).toBe(false);
     expect(packsTransposedA(true, 1024, 63, 256)).toBe(false);
     expect(packsTransposedA(true, 768, 1024, 8)).toBe(false);
+  });
+
+  it('cuts a triangular product into blocks of whole rows, four a matrix', () => {
+    // Causal attention's scores: all 16 panels in each chunk, rows 0-31, 32-63, …
+    expect(threadChunking(32, 128, 64, 128, false, 'lower-output')).toEqual({ rowBlock: 32, panelGroup: 16, chunks: 128 });
+    expect(threadChunking(32, 128, 128, 64, false, 'lower-a')).toEqual({ rowBlock: 32, panelGroup: 8, chunks: 128 });
   });
 
   it('cuts a product whose chunks would overflow the helper’s buffer into smaller ones, not leaving it to one thread', () => {
