@@ -329,8 +329,7 @@ export function packsTransposedA(transposeA: boolean, m: number, k: number, n: n
  * A, so the columns are cut into as few groups as the helper's buffer allows and the rows into
  * blocks of whole copies. `triangle` (see {@link ProductTriangle}): only a triangle is computed, so
  * the work lies unevenly over rows and columns; each chunk takes every column of a block of rows
- * (a matrix's rows in {@link TRIANGLE_ROW_GROUPS} blocks), and for `lower-a` copies 4-row strips
- * of A (4·k floats of scratch).
+ * (a matrix's rows in {@link TRIANGLE_ROW_GROUPS} blocks).
  */
 export function threadChunking(
   batch: number,
@@ -345,14 +344,14 @@ export function threadChunking(
   const panels = Math.ceil(n / 8);
   const rowTiles = Math.ceil(m / 4);
   const perMatrix = Math.ceil(Math.min(TARGET_CHUNKS, Math.floor(flops / CHUNK_FLOPS)) / batch);
-  const aBlockFloats = packsA ? A_BLOCK_ROWS * k : triangle === 'lower-a' ? 4 * k : 0;
+  const aBlockFloats = packsA ? A_BLOCK_ROWS * k : 0;
   let panelGroup: number;
   let rowBlock: number;
   if (triangle !== 'none') {
     // Whole rows: a column group of a triangle holds a share of its work that differs from group to
-    // group (up to 3:1 in halves), and each group of a `lower-a` product copied the same strips of A
-    // again. Row blocks differ too, but a matrix's few blocks are taken one after the other, the
-    // panels packed once per thread and matrix, and more chunks even out what each thread gets.
+    // group (up to 3:1 in halves). Row blocks differ too, but a matrix's few blocks are taken one
+    // after the other, the panels packed once per thread and matrix, and more chunks even out what
+    // each thread gets.
     panelGroup = panels;
     rowBlock = 4 * Math.ceil(rowTiles / TRIANGLE_ROW_GROUPS);
   } else if (packsA) {
@@ -430,11 +429,10 @@ export function simdBatchMatMul(
   const threads = kernel.threads !== null && helperServes(kernel.threads) ? kernel.threads : null;
   const tri = triangleCode(triangle, transposeA);
   const packsA = tri === 0 && packsTransposedA(transposeA, m, k, n);
-  const copiesStrips = triangle === 'lower-a';
   const chunking = threads === null ? null : threadChunking(batch, m, k, n, packsA, triangle);
   // Packed panels of B: all of them for one thread, a chunk's worth for the calling thread of two
   // (the helper has a buffer of its own); then the copy of A's rows, if any.
-  const scratchFloats = (chunking === null ? Math.ceil(n / 8) * 8 * k + 32 : chunking.panelGroup * 8 * k + 32) + (packsA ? A_BLOCK_ROWS * k : copiesStrips ? 4 * k : 0);
+  const scratchFloats = (chunking === null ? Math.ceil(n / 8) * 8 * k + 32 : chunking.panelGroup * 8 * k + 32) + (packsA ? A_BLOCK_ROWS * k : 0);
   const scratch = wasm.makeOutput([scratchFloats], 'float32');
   try {
     // Byte offsets in the backend's memory, read after every allocation (they do not move).

@@ -292,10 +292,8 @@ __attribute__((noinline)) static void multiply(const float *a, int a_rs, int a_c
 //   TRI_LOWER_A       C = tril(op(A))·op(B), op(A) square: p·v and dS·k (row r sums terms p ≤ r).
 //   TRI_UPPER_A       C = triu(op(A))·op(B): with op(A) = Aᵀ, tril(A)ᵀ·B, that is pᵀ·dO and dSᵀ·q
 //                     (row r sums terms p ≥ r).
-// Each about half the work of the full product. In the two A modes, a 4-row tile's rows of op(A),
-// over the terms any of them needs, are first copied into a strip (value (r, p) at
-// strip[4(p − p0) + r], as pack_a lays out), with zeros where a row's triangle leaves a term out, so
-// the tiles multiply it unmasked and a value outside the triangle (whatever it is) never enters.
+// Each about half the work of the full product. In the two A modes no value of op(A) outside the
+// triangle is read (whatever it is, even NaN, it never enters): see multiply_triangular.
 #define TRI_NONE 0
 #define TRI_LOWER_OUTPUT 1
 #define TRI_LOWER_A 2
@@ -303,50 +301,45 @@ __attribute__((noinline)) static void multiply(const float *a, int a_rs, int a_c
 
 static inline int max_int(int x, int y) { return x > y ? x : y; }
 
-// Floats of scratch after `edge` for a copy of op(A): a triangular mode's strip, or pack_a's block.
-static inline int a_copy_floats(int tri, int k, int n, int a_rs, int a_cs) {
-  if (tri == TRI_LOWER_A || tri == TRI_UPPER_A) return MR * k;
-  return tri == TRI_NONE && packs_a(k, n, a_rs, a_cs) ? A_BLOCK_ROWS * k : 0;
-}
+// Floats of scratch after `edge` for a copy of op(A) (pack_a's block).
+static inline int a_copy_floats(int tri, int k, int n, int a_rs, int a_cs) { return tri == TRI_NONE && packs_a(k, n, a_rs, a_cs) ? A_BLOCK_ROWS * k : 0; }
 
-// Terms [p0, p1) of the `rows` (≤ 4) rows of op(A) from `a` (the tile's first row, which is row
-// `g` of the matrix) into `strip`, keeping term p of row r only where the triangle `tri` has it.
-static void triangle_strip(int tri, const float *a, int a_rs, int a_cs, int rows, int g, int p0, int p1, float *strip) {
-  // Terms [full0, full1) are kept in all four rows: copied four at a time where a row or a column
-  // of op(A) is contiguous.
-  int full0 = p1, full1 = p1;
-  if (rows == MR) {
-    full0 = tri == TRI_LOWER_A ? p0 : min_int(p1, g + MR - 1);
-    full1 = tri == TRI_LOWER_A ? min_int(p1, g) : p1;
-  }
-#pragma clang loop vectorize(disable) unroll(disable)
-  for (int p = p0; p < p1; p++) {
-    if (p == full0 && full1 > full0) {
-      if (a_rs == 1) {
+// The terms p of the 4×4 block on the diagonal that only some rows of a full tile keep (rows
+// g..g+3 of op(A) from `a`, row r keeping p ≤ g + r for TRI_LOWER_A, p ≥ g + r for TRI_UPPER_A),
+// times the packed panel `bp` (k rows of 8), added to the tile's `cols` columns of C at `c`.
+__attribute__((noinline)) static void add_diagonal_terms(int tri, const float *a, int a_rs, int a_cs, const float *bp, int g, int k, float *c, int ld, int cols, float *edge) {
 #pragma clang loop unroll(disable)
-        for (; p < full1; p++) wasm_v128_store(strip + MR * (p - p0), wasm_v128_load(a + p * a_cs));
-      } else if (a_cs == 1) {
+  for (int r = 0; r < MR; r++) {
+    const int from = tri == TRI_LOWER_A ? g + 1 : g + r;
+    const int to = min_int(k, tri == TRI_LOWER_A ? g + r + 1 : g + MR - 1);
+    if (from >= to) continue;
+    v128_t c0 = wasm_f32x4_splat(0.0f), c1 = c0;
 #pragma clang loop unroll(disable)
-        for (; p + 4 <= full1; p += 4)
-          store_transposed_4x4(wasm_v128_load(a + p), wasm_v128_load(a + a_rs + p), wasm_v128_load(a + 2 * a_rs + p), wasm_v128_load(a + 3 * a_rs + p),
-                               (unsigned *)(strip + MR * (p - p0)), MR);
-      }
-      if (p >= p1) break;
+    for (int p = from; p < to; p++) {
+      const v128_t s = wasm_v128_load32_splat(a + r * a_rs + p * a_cs);
+      c0 = wasm_f32x4_add(c0, wasm_f32x4_mul(s, wasm_v128_load(bp + p * NR)));
+      c1 = wasm_f32x4_add(c1, wasm_f32x4_mul(s, wasm_v128_load(bp + p * NR + 4)));
     }
+    float *cr = c + r * ld;
+    if (cols == NR) {
+      wasm_v128_store(cr, wasm_f32x4_add(wasm_v128_load(cr), c0));
+      wasm_v128_store(cr + 4, wasm_f32x4_add(wasm_v128_load(cr + 4), c1));
+    } else {
+      wasm_v128_store(edge, c0);
+      wasm_v128_store(edge + 4, c1);
 #pragma clang loop vectorize(disable) unroll(disable)
-    for (int r = 0; r < MR; r++) {
-      const int row = g + r;
-      const int kept = r < rows && (tri == TRI_LOWER_A ? p <= row : p >= row);
-      strip[MR * (p - p0) + r] = kept ? a[r * a_rs + p * a_cs] : 0.0f;
+      for (int j = 0; j < cols; j++) cr[j] = cr[j] + edge[j];
     }
   }
 }
 
 // Rows [0, rows) of a triangular product's C, which are rows first_row.. of the matrix, in its
 // columns first_column.. (`columns` of them): `a` at the chunk's first row of op(A), B's panels all
-// packed in `packed` (k rows of 8 each), element (r, j) to target[r·ld + j]; `strip` holds 4·k floats.
+// packed in `packed` (k rows of 8 each), element (r, j) to target[r·ld + j]. In the two A modes a
+// full tile multiplies op(A) in place over the terms all four of its rows keep, then adds those of
+// the diagonal block that only some keep; a row of a partial tile takes exactly its own terms.
 __attribute__((noinline)) static void multiply_triangular(int tri, const float *a, int a_rs, int a_cs, const float *packed, int k, int rows, int columns, int first_row,
-                                                          int first_column, float *target, int ld, float *edge, float *strip) {
+                                                          int first_column, float *target, int ld, float *edge) {
   const int panels = (columns + NR - 1) / NR;
   for (int i0 = 0; i0 < rows; i0 += MR) {
     const int tile_rows = min_int(MR, rows - i0);
@@ -381,16 +374,23 @@ __attribute__((noinline)) static void multiply_triangular(int tri, const float *
       }
       continue;
     }
-    const int p0 = tri == TRI_LOWER_A ? 0 : g;
-    const int p1 = tri == TRI_LOWER_A ? min_int(k, g + tile_rows) : k;
-    triangle_strip(tri, ai, a_rs, a_cs, tile_rows, g, p0, p1, strip);
     for (int jp = 0; jp < panels; jp++) {
       const int cols = min_int(NR, columns - jp * NR);
-      const float *bp = packed + jp * NR * k + p0 * NR;
-      if (tile_rows == MR)
-        tile(strip, 1, MR, bp, NR, p1 - p0, ci + jp * NR, ld, cols, edge);
-      else
-        for (int r = 0; r < tile_rows; r++) row_tile(strip + r, MR, bp, NR, p1 - p0, ci + r * ld + jp * NR, cols, edge);
+      const float *bp = packed + jp * NR * k;
+      float *cj = ci + jp * NR;
+      if (tile_rows == MR) {
+        // Terms [q0, q1): kept by all four rows.
+        const int q0 = tri == TRI_LOWER_A ? 0 : min_int(k, g + MR - 1);
+        const int q1 = tri == TRI_LOWER_A ? min_int(k, g + 1) : k;
+        tile(ai + q0 * a_cs, a_rs, a_cs, bp + q0 * NR, NR, q1 - q0, cj, ld, cols, edge);
+        add_diagonal_terms(tri, ai, a_rs, a_cs, bp, g, k, cj, ld, cols, edge);
+      } else {
+        for (int r = 0; r < tile_rows; r++) {
+          const int q0 = tri == TRI_LOWER_A ? 0 : min_int(k, g + r);
+          const int q1 = tri == TRI_LOWER_A ? min_int(k, g + r + 1) : k;
+          row_tile(ai + r * a_rs + q0 * a_cs, a_cs, bp + q0 * NR, NR, q1 - q0, cj + r * ld, cols, edge);
+        }
+      }
     }
   }
 }
@@ -410,7 +410,7 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
     // A broadcast B is packed once.
     if (i == 0 || b_bs != 0) pack_b(bi + in_place * NR * b_cs, k, n - in_place * NR, b_rs, b_cs, packed_b);
     if (tri != TRI_NONE)
-      multiply_triangular(tri, a + i * a_bs, a_rs, a_cs, packed_b, k, m, n, 0, 0, c + i * m * n, n, edge, edge + 32);
+      multiply_triangular(tri, a + i * a_bs, a_rs, a_cs, packed_b, k, m, n, 0, 0, c + i * m * n, n, edge);
     else
       multiply(a + i * a_bs, a_rs, a_cs, bi, b_rs, b_cs, in_place, packed_b, k, m, n, c + i * m * n, n, edge, packs_a(k, n, a_rs, a_cs) ? edge + 32 : 0, bias);
   }
@@ -538,7 +538,7 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
   float *target = out ? out : p->c + i * m * n + first_row * n + first_column;
   const float *ai = p->a + i * p->a_bs + first_row * p->a_rs;
   if (p->tri != TRI_NONE)
-    multiply_triangular(p->tri, ai, p->a_rs, p->a_cs, packed_b, k, rows, columns, first_row, first_column, target, ld, edge, edge + 32);
+    multiply_triangular(p->tri, ai, p->a_rs, p->a_cs, packed_b, k, rows, columns, first_row, first_column, target, ld, edge);
   else
     multiply(ai, p->a_rs, p->a_cs, bi, p->b_rs, p->b_cs, in_place, packed_b, k, rows, columns, target, ld, edge, packs_a(k, n, p->a_rs, p->a_cs) ? edge + 32 : 0,
              p->bias != 0 ? p->bias + first_column : 0);
