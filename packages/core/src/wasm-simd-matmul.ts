@@ -299,8 +299,12 @@ const STREAMED_ROWS = 4;
 const CHUNK_FLOPS = 2 ** 17;
 /** Chunks per product at most: enough that the caller balances the helper's share when it is slow. */
 const TARGET_CHUNKS = 64;
-/** Row blocks per matrix of a triangular product (see {@link threadChunking}). */
-const TRIANGLE_ROW_GROUPS = 4;
+/**
+ * Row blocks per matrix of a triangular product (see {@link threadChunking}): fewer chunks ran
+ * faster (`bench/products.mjs`, causal attention's forms, alternating: 2 blocks 602-638 µs, 4
+ * 651-687, 8 703-768, 16 794-1,060).
+ */
+const TRIANGLE_ROW_GROUPS = 2;
 
 /**
  * A transposed op(A) whose rows lie at least this many floats apart (its row count m: full

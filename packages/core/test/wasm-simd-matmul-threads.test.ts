@@ -480,10 +480,10 @@ describe('threadChunking', () => {
     expect(packsTransposedA(true, 768, 1024, 8)).toBe(false);
   });
 
-  it('cuts a triangular product into blocks of whole rows, four a matrix', () => {
-    // Causal attention's scores: all 16 panels in each chunk, rows 0-31, 32-63, …
-    expect(threadChunking(32, 128, 64, 128, false, 'lower-output')).toEqual({ rowBlock: 32, panelGroup: 16, chunks: 128 });
-    expect(threadChunking(32, 128, 128, 64, false, 'lower-a')).toEqual({ rowBlock: 32, panelGroup: 8, chunks: 128 });
+  it('cuts a triangular product into blocks of whole rows, two a matrix', () => {
+    // Causal attention's scores: all 16 panels in each chunk, rows 0-63 and 64-127.
+    expect(threadChunking(32, 128, 64, 128, false, 'lower-output')).toEqual({ rowBlock: 64, panelGroup: 16, chunks: 64 });
+    expect(threadChunking(32, 128, 128, 64, false, 'lower-a')).toEqual({ rowBlock: 64, panelGroup: 8, chunks: 64 });
   });
 
   it('cuts a product whose chunks would overflow the helper’s buffer into smaller ones, not leaving it to one thread', () => {
