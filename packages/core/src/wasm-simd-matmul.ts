@@ -9,8 +9,10 @@ import { decodeBase64, withPlainMemoryImport } from './wasm-module.js';
  * small matrices (attention's q·kᵀ and p·v, their gradients: tfjs-backend-wasm runs these on a
  * scalar loop, one XNNPACK call per matrix costs more than it computes) and thin products (LoRA's
  * rank-r factors and their gradients, where a transpose and a threaded XNNPACK call cost more than
- * the product). Operands are read in place through strides, so transposed and broadcast operands
- * need no copy.
+ * the product); and, where it has as many threads as XNNPACK, every other float32 product (it is
+ * the faster of the two there: see wasm-matmul.ts), with a fused bias; and causal attention's
+ * triangular forms ({@link ProductTriangle}). Operands are read in place through strides, so
+ * transposed and broadcast operands need no copy.
  *
  * On tfjs's threaded build (a shared memory) and where a thread host is installed (Node's entries
  * of @lora/core install one on worker_threads; see thread-host.ts), products run on two threads:
