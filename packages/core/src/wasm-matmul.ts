@@ -101,12 +101,13 @@ function fastMatMul(original: tf.KernelConfig, backendName: string): tf.KernelFu
     const batchShape = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
     const thin = n <= THIN_DIMENSION || k <= THIN_DIMENSION || (transposeA && m <= THIN_DIMENSION);
     const fewRows = batchA * m <= FEW_ROWS;
-    // A transposed activation with rows far apart (full fine-tuning's weight gradient xᵀ·dy): core's
-    // kernel copies its rows in blocks, where XNNPACK needs it transposed for real and packs the
-    // other operand, which changes every step, again at every call.
-    const copiesA = float32 && packsTransposedA(transposeA, m, k, n) && batchA === 1 && batchB === 1 && !frozenWeightData().has(a.dataId);
     // Dense products too, where core's kernel runs on as many threads as XNNPACK would (see the top of this file).
     const dense = float32 && simdBatchMatMulAsParallel(backend);
+    // Else, a transposed activation with rows far apart (full fine-tuning's weight gradient xᵀ·dy):
+    // core's kernel copies its rows in blocks, where XNNPACK needs it transposed for real and packs
+    // the other operand, which changes every step, again at every call. (Not asked when `dense`:
+    // frozenWeightData walks every registered variable.)
+    const copiesA = !dense && float32 && packsTransposedA(transposeA, m, k, n) && batchA === 1 && batchB === 1 && !frozenWeightData().has(a.dataId);
     // Transposed copies kept while XNNPACK took the products (before the helper thread started) are not needed again.
     if (dense) releaseStaleTransposes(backend, NO_FROZEN_DATA);
     if (float32 && (stacked || thin || fewRows || copiesA || dense) && hasSimdBatchMatMul(backend)) {

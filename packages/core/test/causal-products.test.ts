@@ -3,9 +3,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL, causalMix, causalScores } from '../src/causal-products.js';
 import { initRuntime } from '../src/index.js';
 import { matMulFlops, spyOnKernels } from '../src/kernel-spy.js';
-import { withoutTensorLeaks } from '../src/testing.js';
+import { seededRandomValues, withoutTensorLeaks } from '../src/testing.js';
 
-const values = (size: number, seed: number): Float32Array => Float32Array.from({ length: size }, (_, i) => Math.sin(i * 0.61 + seed * 1.7));
+/** Seeded float32 operands (core's shared test helper). */
+const values = (size: number, seed: number): Float32Array => Float32Array.from(seededRandomValues(size, seed));
 
 /** [matrices, T, D] of a stack; the float64 products of one matrix are computed on index (i, j). */
 interface Stack {
