@@ -98,6 +98,38 @@ if (tf.getKernel(CAUSAL_SCORES_KERNEL, tf.getBackend()) !== undefined) {
   }
 }
 
+// Causal attention whole, as the step runs it on WASM (core's one kernel each way), and as the
+// separate kernels compute the same values (the triangular products around the scaled softmax). The
+// FLOP are each form's triangles' (two forward; backward five in one kernel, which recomputes the
+// scores, four separately), so the GFLOP/s of the two forms differ by more than their times do.
+const { CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL, SCALED_SOFTMAX_KERNEL, SCALED_SOFTMAX_GRAD_KERNEL } = coreInternal;
+if (tf.getKernel(CAUSAL_ATTENTION_KERNEL, tf.getBackend()) !== undefined) {
+  const shape = [8, 4, 128, 64];
+  const [q, k, v, dy] = [7, 8, 9, 10].map((seed) => tf.randomNormal(shape, 0, 1, 'float32', seed));
+  const scale = 0.125;
+  const mask = tf.tensor2d(Float32Array.from({ length: 128 * 128 }, (_, i) => (i % 128 > Math.floor(i / 128) ? -1e9 : 0)), [128, 128]);
+  const triangle = coreInternal.matMulFlops({ kernelName: CAUSAL_SCORES_KERNEL, inputShapes: { a: shape, b: shape }, outputShapes: [[8, 4, 128, 128]], attrs: {} });
+  const [o, stats] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v }, { scale });
+  const p = tf.tidy(() => tf.engine().runKernel(SCALED_SOFTMAX_KERNEL, { x: tf.engine().runKernel(CAUSAL_SCORES_KERNEL, { a: q, b: k }, {}), mask }, { scale }));
+  const form = `q${shapeText(shape)}`;
+  rows.push(measured('causal attention forward, one kernel', form, 2 * triangle, () => tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v }, { scale })));
+  rows.push(
+    measured('causal attention forward, separate kernels', form, 2 * triangle, () =>
+      tf.tidy(() => tf.engine().runKernel(CAUSAL_MIX_KERNEL, { a: tf.engine().runKernel(SCALED_SOFTMAX_KERNEL, { x: tf.engine().runKernel(CAUSAL_SCORES_KERNEL, { a: q, b: k }, {}), mask }, { scale }), b: v }, { transposeA: false })),
+    ),
+  );
+  rows.push(measured('causal attention backward, one kernel', form, 5 * triangle, () => tf.engine().runKernel(CAUSAL_ATTENTION_GRAD_KERNEL, { dy, q, k, v, stats }, { scale })));
+  rows.push(
+    measured('causal attention backward, separate kernels', form, 4 * triangle, () =>
+      tf.tidy(() => {
+        const ds = tf.engine().runKernel(SCALED_SOFTMAX_GRAD_KERNEL, { dy: tf.engine().runKernel(CAUSAL_SCORES_KERNEL, { a: dy, b: v }, {}), y: p }, { scale });
+        return [false, true].map((transposeA) => tf.engine().runKernel(CAUSAL_MIX_KERNEL, { a: ds, b: transposeA ? q : k }, { transposeA })).concat(tf.engine().runKernel(CAUSAL_MIX_KERNEL, { a: p, b: dy }, { transposeA: true }));
+      }),
+    ),
+  );
+  tf.dispose([q, k, v, dy, mask, o, stats, p]);
+}
+
 // A LoRA layer's passes as the step runs them on WASM (core's fused kernels, one call each way), and
 // the same arithmetic composed of products, the scaling and the add (as other backends run it). The
 // FLOP are the rank-8 products' (matMulFlops), so the fused and composed rows compare directly.

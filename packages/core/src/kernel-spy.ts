@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL } from './causal-products.js';
+import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL } from './causal-attention.js';
 import { LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL } from './low-rank-train.js';
 
 /** One kernel call seen by {@link spyOnKernels}. */
@@ -117,7 +118,9 @@ export function spyOnKernels(backendName: string = tf.getBackend()): KernelSpy {
  * pass ({@link LORA_FORWARD_KERNEL}, {@link LORA_BACKWARD_KERNEL}), its rank-r products' (forward
  * x·Aᵀ and hs·Bᵀ: 2·rows·rank·(in + out); backward twice that: dy·B, g·A, gᵀ·x and dyᵀ·hs); of a
  * causal product ({@link CAUSAL_SCORES_KERNEL}, {@link CAUSAL_MIX_KERNEL}), its triangle's:
- * batch·D·T·(T + 1). 0 for other kernels.
+ * batch·D·T·(T + 1); of causal attention in one kernel ({@link CAUSAL_ATTENTION_KERNEL},
+ * {@link CAUSAL_ATTENTION_GRAD_KERNEL}), its causal products' (two forward: scores and output; five
+ * backward: the scores again, dP, dq, dk, dv), its softmax not counted. 0 for other kernels.
  */
 export function matMulFlops(call: Pick<KernelCall, 'kernelName' | 'inputShapes' | 'outputShapes' | 'attrs'>): number {
   if (call.kernelName === LORA_FORWARD_KERNEL || call.kernelName === LORA_BACKWARD_KERNEL) {
@@ -133,6 +136,13 @@ export function matMulFlops(call: Pick<KernelCall, 'kernelName' | 'inputShapes' 
     if (b.length < 2 || out.length < 2) return 0;
     const [rows, depth] = b.slice(-2) as [number, number];
     return out.slice(0, -2).reduce((product, dimension) => product * dimension, 1) * depth * rows * (rows + 1);
+  }
+  if (call.kernelName === CAUSAL_ATTENTION_KERNEL || call.kernelName === CAUSAL_ATTENTION_GRAD_KERNEL) {
+    const q = call.inputShapes['q'] ?? [];
+    if (q.length < 2) return 0;
+    const [rows, depth] = q.slice(-2) as [number, number];
+    const products = call.kernelName === CAUSAL_ATTENTION_KERNEL ? 2 : 5;
+    return products * q.slice(0, -2).reduce((product, dimension) => product * dimension, 1) * depth * rows * (rows + 1);
   }
   if (call.kernelName !== 'BatchMatMul' && call.kernelName !== '_FusedMatMul') return 0;
   const a = call.inputShapes['a'];

@@ -32,6 +32,19 @@ export interface Tolerance {
 }
 
 /**
+ * Assert two arrays hold the same values, value for value (`Object.is`: −0 is not 0, any NaN equals
+ * any NaN), for results that must agree exactly (one thread or two, a fused kernel and the kernels
+ * it replaces). Fails at the first difference with a one-line message (a diff of large arrays would
+ * take the test runner minutes to print).
+ */
+export function expectSameValues(actual: ArrayLike<number>, expected: ArrayLike<number>, what = 'the result'): void {
+  if (actual.length !== expected.length) throw new Error(`${what}: sizes differ: ${actual.length} vs expected ${expected.length}.`);
+  for (let i = 0; i < actual.length; i++) {
+    if (!Object.is(actual[i], expected[i])) throw new Error(`${what} differs at flat index ${i}: got ${actual[i]}, expected ${expected[i]}.`);
+  }
+}
+
+/**
  * Assert two tensors (or arrays) have the same shape and values within tolerance; the failure
  * message names the worst element.
  */

@@ -13,6 +13,7 @@ import { WASM_REDUCTION_KERNELS } from './wasm-reductions.js';
 import { WASM_LOW_RANK_KERNELS } from './wasm-low-rank.js';
 import { WASM_LOW_RANK_TRAIN_KERNELS } from './wasm-low-rank-train.js';
 import { WASM_CAUSAL_PRODUCT_KERNELS } from './wasm-causal-products.js';
+import { WASM_CAUSAL_ATTENTION_KERNELS } from './wasm-causal-attention.js';
 import { fastWasmMatMulKernels, restoreWasmMatMul, useFastWasmMatMul } from './wasm-matmul.js';
 import { hasSimdBatchMatMul } from './wasm-simd-matmul.js';
 
@@ -31,8 +32,8 @@ const OWN_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
   ...WASM_LOW_RANK_KERNELS,
 };
 
-/** Kernels of core's own in the batched matMul's module: a LoRA layer's fused passes in training, causal attention's triangular products. */
-const OWN_MATMUL_MODULE_KERNELS: Readonly<Record<string, tf.KernelFunc>> = { ...WASM_LOW_RANK_TRAIN_KERNELS, ...WASM_CAUSAL_PRODUCT_KERNELS };
+/** Kernels of core's own in the batched matMul's module: a LoRA layer's fused passes in training, causal attention's triangular products, causal attention in one kernel each way. */
+const OWN_MATMUL_MODULE_KERNELS: Readonly<Record<string, tf.KernelFunc>> = { ...WASM_LOW_RANK_TRAIN_KERNELS, ...WASM_CAUSAL_PRODUCT_KERNELS, ...WASM_CAUSAL_ATTENTION_KERNELS };
 
 /**
  * Register {@link OWN_KERNELS} for `backendName` where core's fused-kernels module runs on it, and
@@ -63,7 +64,7 @@ const ownKernels = (backendName: string): string[] => Object.keys({ ...OWN_KERNE
  * (a bias's gradient); and registers fused kernels of its own for composite ops (GPT-2's gelu_new,
  * LayerNorm, attention's scaled and masked softmax and cross-entropy, with their gradients; the
  * AdamW update; dropout (its mask hashed from seed and index, the same bits as its composite form); the trainer's gradient norm and finiteness check; a LoRA layer's output at inference, one token
- * at a time; a LoRA layer's forward and backward passes in training, one kernel each; causal attention's products, the masked triangle skipped) where its SIMD modules run.
+ * at a time; a LoRA layer's forward and backward passes in training, one kernel each; causal attention's products, the masked triangle skipped, and causal attention whole, one kernel each way) where its SIMD modules run.
  * Results are the stock kernels' (products, sums and LayerNorm up to float32 summation order; the
  * fused gelu_new within 2e-6 relative). `initRuntime()` does this for `wasm`; `@lora/cuda-backend`
  * for the instances it starts. Idempotent; only backends running tfjs's WASM kernels should be passed.

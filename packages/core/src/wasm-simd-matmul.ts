@@ -72,6 +72,23 @@ type LoraBackwardExport = (
   db: number,
   scratch: number,
 ) => void;
+/** Causal attention's exports (wasm/causal-attention.h): matrices, T, D, scale, then addresses. */
+type AttentionForwardExport = (matrices: number, t: number, d: number, scale: number, q: number, k: number, v: number, o: number, stats: number, scratch: number) => void;
+type AttentionBackwardExport = (
+  matrices: number,
+  t: number,
+  d: number,
+  scale: number,
+  dout: number,
+  q: number,
+  k: number,
+  v: number,
+  stats: number,
+  dq: number,
+  dk: number,
+  dv: number,
+  scratch: number,
+) => void;
 type WithControl<F extends (...args: never[]) => void> = (control: number, ...args: [...Parameters<F>, mayWait: number]) => void;
 
 /** The two-thread kernel of one backend: its control block (in the backend's memory) and helper. */
@@ -79,6 +96,8 @@ interface ThreadedKernel {
   readonly run: BatchMatMulThreadedExport;
   readonly loraForward: WithControl<LoraForwardExport>;
   readonly loraBackward: WithControl<LoraBackwardExport>;
+  readonly attentionForward: WithControl<AttentionForwardExport>;
+  readonly attentionBackward: WithControl<AttentionBackwardExport>;
   readonly memory: LinearMemory;
   /** Byte address of the control block (`struct control` in batch-matmul.c). */
   readonly control: number;
@@ -91,6 +110,10 @@ interface SimdKernel {
   readonly loraBackward: LoraBackwardExport;
   /** Floats of scratch a thread needs for a fused LoRA pass (1 forward, 2 backward); `helper` 1 for the helper's buffer. */
   readonly loraScratchFloats: (kind: number, inFeatures: number, outFeatures: number, rank: number, rowBlock: number, helper: number) => number;
+  readonly attentionForward: AttentionForwardExport;
+  readonly attentionBackward: AttentionBackwardExport;
+  /** Floats of scratch a thread needs for causal attention (3 forward, 4 backward) on T×D matrices; `helper` 1 for the helper's buffer. */
+  readonly attentionScratchFloats: (kind: number, t: number, d: number, helper: number) => number;
   /** Null where products run on the calling thread only. */
   readonly threads: ThreadedKernel | null;
 }
@@ -131,6 +154,9 @@ function kernelFrom(backend: WasmBackendWithModule, module: object, exports: Rec
     loraForward: exports['lora_forward'] as LoraForwardExport,
     loraBackward: exports['lora_backward'] as LoraBackwardExport,
     loraScratchFloats: exports['lora_scratch_floats'] as SimdKernel['loraScratchFloats'],
+    attentionForward: exports['attention_forward'] as AttentionForwardExport,
+    attentionBackward: exports['attention_backward'] as AttentionBackwardExport,
+    attentionScratchFloats: exports['attention_scratch_floats'] as SimdKernel['attentionScratchFloats'],
     threads: startThreads(backend, module, exports, memory),
   };
 }
@@ -167,6 +193,8 @@ function startThreads(backend: WasmBackendWithModule, module: object, exports: R
     run,
     loraForward: exports['lora_forward_threaded'] as ThreadedKernel['loraForward'],
     loraBackward: exports['lora_backward_threaded'] as ThreadedKernel['loraBackward'],
+    attentionForward: exports['attention_forward_threaded'] as ThreadedKernel['attentionForward'],
+    attentionBackward: exports['attention_backward_threaded'] as ThreadedKernel['attentionBackward'],
     memory,
     control,
     mayBlock: host.mayBlock,
@@ -586,4 +614,74 @@ export function simdLoraBackward(
     wasm.disposeData(scratch.dataId);
   }
   return gradients;
+}
+
+const ATTENTION_KIND = { forward: 3, backward: 4 } as const;
+
+/**
+ * Whether `backend` runs {@link simdCausalAttentionForward} and {@link simdCausalAttentionBackward}
+ * on T×D matrices: false where one matrix's scratch and results would not fit the helper's buffer
+ * (longer sequences, T above about 350 at D = 64), which keep the separate causal products.
+ */
+export function simdCausalAttentionFits(backend: tf.KernelBackend, t: number, d: number): boolean {
+  const kernel = kernelOf(backend);
+  return kernel !== null && t > 0 && d > 0 && (['forward', 'backward'] as const).every((pass) => kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 1) <= HELPER_SCRATCH_FLOATS);
+}
+
+/** What both causal attention passes start from, or null where they cannot run. */
+function attentionSetup(backend: tf.KernelBackend, pass: 'forward' | 'backward', operands: readonly tf.TensorInfo[]) {
+  const kernel = kernelOf(backend);
+  const [t, d] = operands[0]!.shape.slice(-2) as [number, number];
+  const sameShape = operands.every((info) => info.dtype === 'float32' && info.shape.length === operands[0]!.shape.length && info.shape.every((size, axis) => size === operands[0]!.shape[axis]));
+  if (kernel === null || !sameShape || !simdCausalAttentionFits(backend, t, d)) return null;
+  const wasm = backend as WasmBackendWithModule;
+  const matrices = sizeOf(operands[0]!.shape.slice(0, -2));
+  // Byte offsets in the backend's memory, read after every allocation (they do not move).
+  const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
+  const scratch = wasm.makeOutput([kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 0)], 'float32');
+  const threads = threadsFor(kernel, 4 * matrices * t * t * d, matrices);
+  return { kernel, wasm, t, d, matrices, offset, scratch, threads };
+}
+
+/**
+ * Causal self-attention's forward pass in one kernel (wasm/causal-attention.h) for float32 q, k, v
+ * of one shape [..., T, D]: `[o, stats]`, o = tril(softmax(scale·tril(q·kᵀ)))·v [..., T, D] and
+ * each query row's softmax max and 1/Σ [..., T, 2] (what the backward pass recomputes the
+ * probabilities from). Null where the backend has no kernel or the shapes do not fit its buffers.
+ */
+export function simdCausalAttentionForward(backend: tf.KernelBackend, q: tf.TensorInfo, k: tf.TensorInfo, v: tf.TensorInfo, scale: number): [tf.TensorInfo, tf.TensorInfo] | null {
+  const setup = attentionSetup(backend, 'forward', [q, k, v]);
+  if (setup === null) return null;
+  const { kernel, wasm, t, matrices, offset, scratch, threads } = setup;
+  const o = wasm.makeOutput([...q.shape], 'float32');
+  const stats = wasm.makeOutput([...q.shape.slice(0, -1), 2], 'float32');
+  try {
+    const args = [matrices, t, setup.d, scale, offset(q), offset(k), offset(v), offset(o), offset(stats), offset(scratch)] as const;
+    if (threads !== null) threads.attentionForward(threads.control, ...args, threads.mayBlock ? 1 : 0);
+    else kernel.attentionForward(...args);
+  } finally {
+    wasm.disposeData(scratch.dataId);
+  }
+  return [o, stats];
+}
+
+/**
+ * Its backward pass in one kernel: from dO, q, k, v and the forward pass's stats, `[dq, dk, dv]`
+ * (the probabilities recomputed, not kept). Null where {@link simdCausalAttentionForward} would be.
+ */
+export function simdCausalAttentionBackward(backend: tf.KernelBackend, dout: tf.TensorInfo, q: tf.TensorInfo, k: tf.TensorInfo, v: tf.TensorInfo, stats: tf.TensorInfo, scale: number): tf.TensorInfo[] | null {
+  const statsShape = [...q.shape.slice(0, -1), 2];
+  if (stats.dtype !== 'float32' || stats.shape.length !== statsShape.length || stats.shape.some((size, axis) => size !== statsShape[axis])) return null;
+  const setup = attentionSetup(backend, 'backward', [dout, q, k, v]);
+  if (setup === null) return null;
+  const { kernel, wasm, t, matrices, offset, scratch, threads } = setup;
+  const [dq, dk, dv] = [0, 1, 2].map(() => wasm.makeOutput([...q.shape], 'float32')) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
+  try {
+    const args = [matrices, t, setup.d, scale, offset(dout), offset(q), offset(k), offset(v), offset(stats), offset(dq), offset(dk), offset(dv), offset(scratch)] as const;
+    if (threads !== null) threads.attentionBackward(threads.control, ...args, threads.mayBlock ? 1 : 0);
+    else kernel.attentionBackward(...args);
+  } finally {
+    wasm.disposeData(scratch.dataId);
+  }
+  return [dq, dk, dv];
 }

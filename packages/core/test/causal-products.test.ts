@@ -131,9 +131,9 @@ describe('causal attention products', () => {
     await tf.setBackend('wasm');
   });
 
-  it.each(SHAPES)('match float64 on WASM, values and gradients, for leading axes %j, T %i, D %i (p NaN above the diagonal)', (leading, rows, depth) => {
+  it.each(SHAPES)('match float64 on WASM, values and gradients, for leading axes %j, T %i, D %i (p NaN above the diagonal)', async (leading, rows, depth) => {
     const { q, k, v, p, dScores, dOut, expected, shape } = operands(leading, rows, depth);
-    withoutTensorLeaks(() => {
+    await withoutTensorLeaks(() => {
       const [tq, tk, tv, tp, tds, tdo] = [
         tf.tensor(q, shape(depth)),
         tf.tensor(k, shape(depth)),
@@ -179,8 +179,8 @@ describe('causal attention products', () => {
     });
   });
 
-  it('count the triangle’s FLOPs, D·T·(T + 1) a matrix', () => {
-    withoutTensorLeaks(() => {
+  it('count the triangle’s FLOPs, D·T·(T + 1) a matrix', async () => {
+    await withoutTensorLeaks(() => {
       const [q, k] = [tf.ones([2, 3, 10, 4]), tf.ones([2, 3, 10, 4])];
       const spy = spyOnKernels();
       tf.dispose([causalScores(q, k)!]);
@@ -190,8 +190,8 @@ describe('causal attention products', () => {
     });
   });
 
-  it('decline operands they do not take (the caller multiplies in full)', () => {
-    withoutTensorLeaks(() => {
+  it('decline operands they do not take (the caller multiplies in full)', async () => {
+    await withoutTensorLeaks(() => {
       const [q, k, wide, p] = [tf.ones([2, 5, 4]), tf.ones([2, 5, 3]), tf.ones([2, 6, 4]), tf.ones([2, 5, 6])];
       expect(causalScores(q, k)).toBeNull();
       expect(causalScores(q, wide)).toBeNull();

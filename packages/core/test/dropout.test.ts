@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DROPOUT_KERNEL, dropoutThreshold } from '../src/dropout.js';
 import { ConfigError, dropout, initRuntime, restoreWasmKernels, useFastWasmKernels } from '../src/index.js';
 import { spyOnKernels, withSeededRandom } from '../src/internal.js';
-import { seededRandomValues, withoutTensorLeaks } from '../src/testing.js';
+import { expectSameValues, seededRandomValues, withoutTensorLeaks } from '../src/testing.js';
 
 /**
  * The mask's hash written independently of random-scope.ts (BigInt arithmetic modulo 2³², not
@@ -15,17 +15,6 @@ function referenceHash(seed: number, index: number): number {
   h = wrap((h ^ (h >> 16n)) * 0x85ebca6bn);
   h = wrap((h ^ (h >> 13n)) * 0xc2b2ae35n);
   return Number(h ^ (h >> 16n));
-}
-
-/** Equal as float32 bits (−0 ≠ 0), NaN equal to any NaN (its sign and payload are the engine's). */
-function expectSameBits(actual: Float32Array, expected: Float32Array, what: string): void {
-  expect(actual.length, what).toBe(expected.length);
-  const a = new Uint32Array(actual.buffer, actual.byteOffset, actual.length);
-  const e = new Uint32Array(expected.buffer, expected.byteOffset, expected.length);
-  for (let i = 0; i < actual.length; i++) {
-    if (Number.isNaN(actual[i]) && Number.isNaN(expected[i])) continue;
-    if (a[i] !== e[i]) throw new Error(`${what}: bits differ at flat index ${i}: got ${actual[i]} (0x${a[i]!.toString(16)}), expected ${expected[i]} (0x${e[i]!.toString(16)})`);
-  }
 }
 
 /** Inputs with zeros of both signs and non-finite values among seeded ones. */
@@ -119,10 +108,10 @@ describe('dropout', () => {
     } finally {
       useFastWasmKernels('wasm');
     }
-    expectSameBits(fusedValue, plainValue, 'value vs plain JS');
-    expectSameBits(fusedGradient, plainGradient, 'gradient vs plain JS');
-    expectSameBits(fusedValue, stock[0], 'value vs stock WASM');
-    expectSameBits(fusedGradient, stock[1], 'gradient vs stock WASM');
+    expectSameValues(fusedValue, plainValue, 'value vs plain JS');
+    expectSameValues(fusedGradient, plainGradient, 'gradient vs plain JS');
+    expectSameValues(fusedValue, stock[0], 'value vs stock WASM');
+    expectSameValues(fusedGradient, stock[1], 'gradient vs stock WASM');
   });
 
   it('keeps element i where the independent hash says so and scales it by float32(1/(1−p))', async () => {
@@ -235,7 +224,7 @@ describe('dropout', () => {
         const composite = readAndDispose(tf.tidy(() => dropout(tf.ones([64]), 0.5, { seed: 9 })));
         spy.stop();
         expect(spy.calls.map((call) => call.kernelName)).not.toContain(DROPOUT_KERNEL);
-        expectSameBits(composite, fused, 'composite on stock WASM vs fused');
+        expectSameValues(composite, fused, 'composite on stock WASM vs fused');
       });
     } finally {
       useFastWasmKernels('wasm');
@@ -243,7 +232,7 @@ describe('dropout', () => {
     await withoutTensorLeaks(() => {
       const ints = tf.tidy(() => dropout(tf.ones([64], 'int32'), 0.5, { seed: 9 }));
       expect(ints.dtype).toBe('float32');
-      expectSameBits(ints.dataSync() as Float32Array, fused, 'int32 input');
+      expectSameValues(ints.dataSync() as Float32Array, fused, 'int32 input');
       ints.dispose();
     });
   });

@@ -137,10 +137,10 @@ describe('lowRankTrain: a LoRA layer in one WASM kernel each way', () => {
     await tf.setBackend('wasm');
   });
 
-  it.each(SHAPES)('matches float64, value and gradients, for x %j, rank %i, %i outputs', (xShape, rank, outFeatures) => {
+  it.each(SHAPES)('matches float64, value and gradients, for x %j, rank %i, %i outputs', async (xShape, rank, outFeatures) => {
     const s = 2.5;
     const { inFeatures, rows, baseShape, x, a, b, base, dy, expected, magnitude } = layerCase(xShape, rank, outFeatures, 1, s);
-    withoutTensorLeaks(() => {
+    await withoutTensorLeaks(() => {
       // x a trainable variable, as a layer's input computed from trainable weights is: the backward kernel computes dx.
       const tensors = [
         variableOf(x, xShape),
@@ -200,10 +200,10 @@ describe('lowRankTrain: a LoRA layer in one WASM kernel each way', () => {
     }
   });
 
-  it('leaves dx out of the backward kernel when x depends on no trainable variable, and composes it when asked for anyway', () => {
+  it('leaves dx out of the backward kernel when x depends on no trainable variable, and composes it when asked for anyway', async () => {
     const [xShape, rank, outFeatures] = SHAPES[2]!;
     const { inFeatures, baseShape, x, a, b, base, dy, expected, magnitude } = layerCase(xShape, rank, outFeatures, 11, 1.25);
-    withoutTensorLeaks(() => {
+    await withoutTensorLeaks(() => {
       const aVariable = variableOf(a, [rank, inFeatures]);
       const bVariable = variableOf(b, [outFeatures, rank]);
       // x computed from a frozen weight only (as the first adapted layer's input is).

@@ -54,6 +54,8 @@ describe('useFastWasmKernels', () => {
         'Concat',
         'GatherV2',
         'Identity',
+        'LoraCausalAttention',
+        'LoraCausalAttentionGrad',
         'LoraCausalMix',
         'LoraCausalScores',
         'LoraGeluTanh',

@@ -1,13 +1,15 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { nodeThreadHost } from '../src/node-thread-host.js';
-import { expectTensorsClose } from '../src/testing.js';
+import { expectSameValues, expectTensorsClose } from '../src/testing.js';
 import { setThreadHost, type HelperThread } from '../src/thread-host.js';
 import {
   packsTransposedA,
   setSimdBatchMatMulHelperMode,
   simdBatchMatMul,
   simdBatchMatMulHelper,
+  simdCausalAttentionBackward,
+  simdCausalAttentionForward,
   simdLoraBackward,
   simdLoraForward,
   threadChunking,
@@ -185,13 +187,6 @@ function reference(a: Operand, b: Operand, transposeA: boolean, transposeB: bool
     }
   }
   return out;
-}
-
-/** Bit-for-bit equality of two results (a loop: vitest's deep equality is slow on large arrays). */
-function expectSameValues(actual: Float32Array, expected: Float32Array, what = 'the result'): void {
-  expect(actual.length).toBe(expected.length);
-  const differs = actual.findIndex((value, i) => !Object.is(value, expected[i]));
-  if (differs >= 0) expect.fail(`${what} differs at ${differs}: ${actual[differs]} vs ${expected[differs]}`);
 }
 
 // [name, A shape, B shape, transposeA, transposeB, output batch shape, triangle]: every product is
@@ -444,6 +439,72 @@ describe('the two-thread fused LoRA passes', () => {
     }
     // The stalled helper wakes, computes its block from operands overwritten since, and must find it
     // taken back: the finished calls' (freed) results stay as they were.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    for (const { values, expected } of finished) values.forEach((view, i) => expectSameValues(view, expected[i]!, 'a finished call’s result'));
+  });
+});
+
+/**
+ * Causal attention's two passes through the one-kernel forms on `backend` (the backward from the
+ * forward's stats), on q, k, v and dO of `shape`: views of [o, stats, dq, dk, dv] in the (freed)
+ * results' memory, the freed operands overwritten with NaN (see {@link loraPasses}).
+ */
+function attentionPasses(backend: HeapBackend, shape: readonly number[], seed: number, scale: number): Float32Array[] {
+  const kernelBackend = backend as unknown as tf.KernelBackend;
+  const [q, k, v, dout] = [0, 1, 2, 3].map((i) => backend.upload(shape, operand(shape, seed + i).values)) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
+  const forward = simdCausalAttentionForward(kernelBackend, q, k, v, scale);
+  if (forward === null) throw new Error('the kernel declined the forward pass');
+  const backward = simdCausalAttentionBackward(kernelBackend, dout, q, k, v, forward[1], scale);
+  if (backward === null) throw new Error('the kernel declined the backward pass');
+  const infos = [...forward, ...backward];
+  const results = infos.map((info) => backend.typedArrayFromHeap(info));
+  for (const info of [q, k, v, dout]) backend.typedArrayFromHeap(info).fill(Number.NaN);
+  for (const info of [q, k, v, dout, ...infos]) backend.disposeData(info.dataId);
+  return results;
+}
+
+// [name, [matrices, T, D]]: each call large enough to be shared; T and D off the 4×8 tile and off 4-value rows.
+const ATTENTION_SHAPES = [
+  ['a quarter of the small model’s attention', [8, 128, 64]],
+  ['T and D off the tiles', [6, 37, 20]],
+  ['two matrices of T 61', [2, 61, 33]],
+] as const;
+const ATTENTION_RESULTS = ['o', 'stats', 'dq', 'dk', 'dv'];
+
+describe('the two-thread causal attention', () => {
+  it.each(ATTENTION_SHAPES)('computes %s as on one thread, bit for bit', (_name, shape) => {
+    const dataIds = shared.numDataIds();
+    const ours = attentionPasses(shared, shape, 31, 0.125);
+    expect(shared.numDataIds()).toBe(dataIds);
+    const single = attentionPasses(plain, shape, 31, 0.125).map((view) => view.slice());
+    ATTENTION_RESULTS.forEach((what, i) => expectSameValues(ours[i]!, single[i]!, what));
+    for (const values of ours) expect(values.every(Number.isFinite) && values.some((value) => value !== 0)).toBe(true);
+  });
+
+  it('has the helper compute matrices', () => {
+    const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+    // Few calls: the test backend's bump allocator never reuses memory.
+    for (let call = 0; call < 6; call++) attentionPasses(shared, [8, 128, 64], call, 0.125);
+    expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBeGreaterThan(before);
+  });
+
+  it('gives the one-thread results when the helper claims nothing, and when it stalls mid-matrix (its late results kept out of finished calls)', async () => {
+    const finished: { values: Float32Array[]; expected: Float32Array[] }[] = [];
+    for (const mode of ['idle', 'stalling'] as const) {
+      setSimdBatchMatMulHelperMode(sharedBackend, mode);
+      try {
+        const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+        for (const [, shape] of ATTENTION_SHAPES) {
+          const values = attentionPasses(shared, shape, 41, 0.5);
+          const expected = attentionPasses(plain, shape, 41, 0.5).map((view) => view.slice());
+          ATTENTION_RESULTS.forEach((what, i) => expectSameValues(values[i]!, expected[i]!, `${what} (${mode})`));
+          finished.push({ values, expected });
+        }
+        expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
+      } finally {
+        setSimdBatchMatMulHelperMode(sharedBackend, 'normal');
+      }
+    }
     await new Promise((resolve) => setTimeout(resolve, 100));
     for (const { values, expected } of finished) values.forEach((view, i) => expectSameValues(view, expected[i]!, 'a finished call’s result'));
   });

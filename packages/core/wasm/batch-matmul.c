@@ -24,7 +24,7 @@
 #define MR 4
 #define NR 8
 
-static void pack_b(const float *b, int k, int n, int rs, int cs, float *out) {
+__attribute__((noinline)) static void pack_b(const float *b, int k, int n, int rs, int cs, float *out) {
   for (int j0 = 0; j0 < n; j0 += NR) {
     const int columns = n - j0 < NR ? n - j0 : NR;
     int p = 0;
@@ -417,6 +417,7 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
 }
 
 #include "low-rank-train.h"
+#include "causal-attention.h"
 
 #ifdef __wasm_atomics__
 // Two threads (shared-memory build only).
@@ -454,8 +455,9 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
 #define DONE 3u    // in the output, or being computed there by the caller
 
 struct args {
-  // PRODUCT, or a fused LoRA pass (LORA_FORWARD, LORA_BACKWARD: low-rank-train.h), whose chunks are
-  // its blocks of `row_block` rows; `a` and `b` are then LoRA's A and B.
+  // PRODUCT, a fused LoRA pass (LORA_FORWARD, LORA_BACKWARD: low-rank-train.h), whose chunks are
+  // its blocks of `row_block` rows (`a` and `b` are then LoRA's A and B), or causal attention
+  // (ATTENTION_FORWARD, ATTENTION_BACKWARD: causal-attention.h).
   int32_t kind;
   // For a PRODUCT, TRI_NONE or a triangular form (see TRI_LOWER_OUTPUT), and the bias (n values, or null).
   int32_t tri;
@@ -469,6 +471,10 @@ struct args {
   float s;
   const float *x, *third;
   float *hs, *y, *parts;
+  // Causal attention's arguments (see attention_matrix), whose chunks are its matrices.
+  int32_t t, d;
+  const float *q, *kt, *v, *dout; // kt: the keys (k is the product's terms)
+  float *stats, *o, *dk, *dv;
 };
 #define PRODUCT 0
 
@@ -504,6 +510,10 @@ static inline uint32_t *chunk_words(struct control *ctl) { return (uint32_t *)((
 // `packed_b` (memo: what it holds). Its result goes to the output, or, when `out` is not null,
 // to `out` as a [rows of the chunk, panel_group·8] matrix.
 static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t *memo, uint32_t gen, float *out) {
+  if (p->kind == ATTENTION_FORWARD || p->kind == ATTENTION_BACKWARD) {
+    attention_matrix(p->kind, p->t, p->d, p->s, p->q, p->kt, p->v, p->dout, p->stats, p->o, p->dk, p->dv, chunk, packed_b, out);
+    return;
+  }
   if (p->kind != PRODUCT) {
     // A LoRA block: this thread packs the call's A and B once (its memo holds the generation).
     if (memo[0] != (int32_t)gen || memo[1] != -2) {
@@ -546,6 +556,10 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
 
 // Copy the helper's result of `chunk` (see run_chunk) to the output.
 static void copy_chunk(const struct args *p, int chunk, const float *from) {
+  if (p->kind == ATTENTION_FORWARD || p->kind == ATTENTION_BACKWARD) {
+    attention_copy_matrix(p->kind, p->t, p->d, p->stats, p->o, p->dk, p->dv, chunk, from);
+    return;
+  }
   if (p->kind != PRODUCT) {
     lora_copy_block(p->kind, p->rows, p->in, p->out, p->rank, p->row_block, p->hs, p->y, p->parts, chunk, from);
     return;
@@ -701,6 +715,41 @@ __attribute__((export_name("lora_backward_threaded"))) void lora_backward_thread
   lora_sum_parts(blocks_of(rows, row_block), in, out, rank, parts, da, db);
 }
 
+// Causal attention (causal-attention.h) on two threads: a chunk per matrix (MAX_CHUNKS at most).
+// `scratch` holds attention_scratch_floats(kind, t, d, 0) floats, the helper's buffer
+// attention_scratch_floats(kind, t, d, 1).
+static void attention_threaded(struct control *ctl, int kind, int matrices, int t, int d, float scale, const float *q, const float *k, const float *v, const float *dout, float *stats,
+                               float *o, float *dk, float *dv, float *scratch, int may_wait) {
+  const uint32_t gen = next_generation(ctl);
+  struct args *p = &ctl->call;
+  p->kind = kind;
+  p->t = t;
+  p->d = d;
+  p->s = scale;
+  p->q = q;
+  p->kt = k;
+  p->v = v;
+  p->dout = dout;
+  p->stats = stats;
+  p->o = o;
+  p->dk = dk;
+  p->dv = dv;
+  share_chunks(ctl, gen, (uint32_t)matrices, scratch, may_wait);
+}
+
+/// attention_forward on two threads (see attention_threaded).
+__attribute__((export_name("attention_forward_threaded"))) void attention_forward_threaded(struct control *ctl, int matrices, int t, int d, float scale, const float *q, const float *k,
+                                                                                             const float *v, float *o, float *stats, float *scratch, int may_wait) {
+  attention_threaded(ctl, ATTENTION_FORWARD, matrices, t, d, scale, q, k, v, 0, stats, o, 0, 0, scratch, may_wait);
+}
+
+/// attention_backward on two threads (see attention_threaded).
+__attribute__((export_name("attention_backward_threaded"))) void attention_backward_threaded(struct control *ctl, int matrices, int t, int d, float scale, const float *dout,
+                                                                                               const float *q, const float *k, const float *v, const float *stats, float *dq, float *dk,
+                                                                                               float *dv, float *scratch, int may_wait) {
+  attention_threaded(ctl, ATTENTION_BACKWARD, matrices, t, d, scale, q, k, v, dout, (float *)stats, dq, dk, dv, scratch, may_wait);
+}
+
 // The helper's side of one chunk it has claimed.
 static void help_with(struct control *ctl, int chunk, uint32_t gen) {
   uint32_t *word = &chunk_words(ctl)[chunk];
@@ -721,8 +770,9 @@ static void help_with(struct control *ctl, int chunk, uint32_t gen) {
   }
   const struct args *p = &ctl->helper_args;
   float *packed_b = ctl->helper_scratch;
-  float *out = packed_b + (p->kind != PRODUCT ? lora_work_floats(p->kind, p->in, p->out, p->rank, p->row_block)
-                                              : p->panel_group * NR * p->k + 32 + a_copy_floats(p->tri, p->k, p->n, p->a_rs, p->a_cs));
+  float *out = packed_b + (p->kind == ATTENTION_FORWARD || p->kind == ATTENTION_BACKWARD ? attention_work_floats(p->kind, p->t, p->d)
+                           : p->kind != PRODUCT                                           ? lora_work_floats(p->kind, p->in, p->out, p->rank, p->row_block)
+                                                                                          : p->panel_group * NR * p->k + 32 + a_copy_floats(p->tri, p->k, p->n, p->a_rs, p->a_cs));
   run_chunk(p, chunk, packed_b, ctl->packed[1], gen, out);
   if (__sync_val_compare_and_swap(word, mine, gen << 2 | COPYING) != mine) return;
   // The test switch for a helper that dies mid-copy: it traps here, its host reports the failure,

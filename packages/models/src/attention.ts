@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ShapeError } from '@lora/core';
-import { causalMix, causalScores, scaledSoftmax } from '@lora/core/internal';
+import { causalAttention, causalMix, causalScores, scaledSoftmax } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 
 /**
@@ -139,7 +139,8 @@ export interface AttentionOptions {
    * Whether `bias` holds the causal mask (every key after a query's position masked, as
    * {@link causalMaskBias}). Where it is that mask alone ([T, T]: no padding, whose fully masked rows
    * would weigh keys differently), with as many queries as keys (none cached) and one query head per
-   * key head, the products skip the masked triangle where core's causal products run (WASM).
+   * key head, the products skip the masked triangle where core's causal products run (WASM), and
+   * without `dropout` attention runs as one kernel each way (core's causal attention).
    */
   readonly causal?: boolean;
   /** Dropout on the attention probabilities (training only). */
@@ -161,6 +162,10 @@ export function scaledDotProductAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tens
     // Causal, square and ungrouped: scores below the diagonal only (zero above it, where the bias
     // masks them), and the output from the probabilities' lower triangle (zero above, as masked).
     const triangular = options.causal === true && options.bias?.rank === 2 && queries === keys && group === 1;
+    // Without dropout on the probabilities, the whole of it in one kernel each way where core has
+    // one (WASM): the same values, the [B, H, T, T] probabilities neither written nor kept.
+    const whole = triangular && options.dropout === undefined ? causalAttention(q, k, v, options.scale) : null;
+    if (whole !== null) return whole as tf.Tensor4D;
     const grouped = group === 1 ? q : tf.reshape(q, [batch, kvHeads, group * queries, depth]);
     let scores = (triangular ? causalScores(q, k) : null) ?? tf.matMul(grouped, k, false, true);
     if (group !== 1) scores = tf.reshape(scores, [batch, heads, queries, keys]);

@@ -1,0 +1,53 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { activeBackendHasKernels } from './registered-kernels.js';
+import { simdCausalAttentionFits } from './wasm-simd-matmul.js';
+
+/**
+ * tfjs kernel name of causal self-attention in one kernel: inputs `q`, `k`, `v` [..., T, D] (one
+ * shape), attribute `scale`; outputs o = P·v [..., T, D], P = softmax(scale·q·kᵀ) over the keys up to
+ * each query's position, and `stats` [..., T, 2] (each query row's max and 1/Σ, from which the
+ * gradient recomputes P: the [..., T, T] probabilities are not kept). Registered by core's WASM
+ * kernels; differentiable through {@link CAUSAL_ATTENTION_GRAD_KERNEL}.
+ */
+export const CAUSAL_ATTENTION_KERNEL = 'LoraCausalAttention';
+/** tfjs kernel name of its gradient: inputs `dy`, `q`, `k`, `v`, `stats`, attribute `scale`; outputs dq, dk, dv. */
+export const CAUSAL_ATTENTION_GRAD_KERNEL = 'LoraCausalAttentionGrad';
+
+function registerCausalAttentionGradient(): void {
+  if (tf.getGradient(CAUSAL_ATTENTION_KERNEL) !== undefined) return;
+  tf.registerGradient({
+    kernelName: CAUSAL_ATTENTION_KERNEL,
+    inputsToSave: ['q', 'k', 'v'],
+    outputsToSave: [false, true],
+    gradFunc: (dys, saved, attrs) => {
+      // `stats` is an output only so that the gradient can recompute P: its own gradient is zero.
+      const [dy] = dys as [tf.Tensor];
+      const [q, k, v, stats] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+      // One kernel gives all three, run once, here; tfjs asks for each input's separately.
+      const [dq, dk, dv] = tf.engine().runKernel(CAUSAL_ATTENTION_GRAD_KERNEL, { dy, q, k, v, stats }, { scale: attrs['scale'] as number }) as tf.Tensor[];
+      return { q: () => dq!, k: () => dk!, v: () => dv! };
+    },
+  });
+}
+
+/**
+ * Causal self-attention softmax(scale·q·kᵀ + causal mask)·v for q, k, v [..., T, D] of one shape
+ * (as many queries as keys, one query head per key head), differentiable in all three, as one
+ * kernel forward and one backward: on a backend with core's causal attention (the WASM backend
+ * after `initRuntime()`), float32, where a matrix fits its buffers (T up to about 350 at D = 64).
+ * Each matrix's scores stay in cache from product to softmax to product, and the [..., T, T]
+ * probabilities are neither written nor kept for the gradient (recomputed there). Equal, value for
+ * value, to core's causal products around its scaled softmax ({@link causalScores},
+ * {@link causalMix}). Returns null otherwise (the caller computes it another way).
+ */
+export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number): tf.Tensor | null {
+  const sameShape = (t: tf.Tensor): boolean => t.dtype === 'float32' && t.rank === q.rank && t.shape.every((size, axis) => size === q.shape[axis]);
+  if (q.rank < 2 || !sameShape(q) || !sameShape(k) || !sameShape(v) || !activeBackendHasKernels(CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL)) return null;
+  const [t, d] = q.shape.slice(-2) as [number, number];
+  if (!simdCausalAttentionFits(tf.backend(), t, d)) return null;
+  registerCausalAttentionGradient();
+  const [o, stats] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v }, { scale }) as tf.Tensor[];
+  // The stats stay on the tape (saved for the gradient) until it is disposed; outside a tape they are freed here.
+  stats!.dispose();
+  return o!;
+}

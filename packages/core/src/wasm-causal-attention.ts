@@ -1,0 +1,24 @@
+import type * as tf from '@tensorflow/tfjs-core';
+import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL } from './causal-attention.js';
+import { simdCausalAttentionBackward, simdCausalAttentionForward } from './wasm-simd-matmul.js';
+
+/** The op checks the operands and simdCausalAttentionFits before it calls these kernels, so a null is a caller's bug. */
+function notFitting(kernelName: string, q: tf.TensorInfo): never {
+  throw new Error(`[@lora/core] ${kernelName}: the backend's kernel cannot take operands [${q.shape.join(',')}] (causalAttention checks them first)`);
+}
+
+const causalAttentionKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const { q, k, v } = inputs as Record<'q' | 'k' | 'v', tf.TensorInfo>;
+  return simdCausalAttentionForward(backend as tf.KernelBackend, q, k, v, attrs!['scale'] as number) ?? notFitting(CAUSAL_ATTENTION_KERNEL, q);
+};
+
+const causalAttentionGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const { dy, q, k, v, stats } = inputs as Record<'dy' | 'q' | 'k' | 'v' | 'stats', tf.TensorInfo>;
+  return simdCausalAttentionBackward(backend as tf.KernelBackend, dy, q, k, v, stats, attrs!['scale'] as number) ?? notFitting(CAUSAL_ATTENTION_GRAD_KERNEL, q);
+};
+
+/** Causal self-attention in one kernel each way (wasm/causal-attention.h, in the batched matMul's module), by name. */
+export const WASM_CAUSAL_ATTENTION_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
+  [CAUSAL_ATTENTION_KERNEL]: causalAttentionKernel,
+  [CAUSAL_ATTENTION_GRAD_KERNEL]: causalAttentionGradKernel,
+};

@@ -1,0 +1,198 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, causalAttention } from '../src/causal-attention.js';
+import { causalMix, causalScores } from '../src/causal-products.js';
+import { initRuntime } from '../src/index.js';
+import { matMulFlops, spyOnKernels } from '../src/kernel-spy.js';
+import { scaledSoftmax } from '../src/scaled-softmax.js';
+import { expectSameValues, maxRelativeError, seededRandomValues, withoutTensorLeaks } from '../src/testing.js';
+
+// [leading axes, T, D]: the small model's attention; sizes off the 4×8 tile and off 4-value rows;
+// T of 1, 2 and 5.
+const SHAPES: [number[], number, number][] = [
+  [[8, 4], 128, 64],
+  [[2, 3], 13, 5],
+  [[1], 1, 3],
+  [[3], 2, 4],
+  [[2], 5, 9],
+  [[1], 37, 20],
+];
+
+/**
+ * The float64 reference, matrix by matrix: o = P·v with P = softmax(scale·q·kᵀ) over keys ≤ the
+ * query, and the gradients of Σ o∘dO: dP = dO·vᵀ, dS = scale·P∘(dP − Σⱼ dP∘P), dq = dS·k,
+ * dk = dSᵀ·q, dv = Pᵀ·dO.
+ */
+function reference(q: Float32Array, k: Float32Array, v: Float32Array, dOut: Float32Array, matrices: number, rows: number, depth: number, scale: number) {
+  const [o, dq, dk, dv] = [0, 1, 2, 3].map(() => new Float64Array(matrices * rows * depth)) as [Float64Array, Float64Array, Float64Array, Float64Array];
+  for (let m = 0; m < matrices; m++) {
+    const at = (i: number, d: number): number => (m * rows + i) * depth + d;
+    const p = Array.from({ length: rows }, () => new Float64Array(rows));
+    const ds = Array.from({ length: rows }, () => new Float64Array(rows));
+    for (let i = 0; i < rows; i++) {
+      let max = -Infinity;
+      for (let j = 0; j <= i; j++) {
+        let s = 0;
+        for (let d = 0; d < depth; d++) s += q[at(i, d)]! * k[at(j, d)]!;
+        p[i]![j] = scale * s;
+        max = Math.max(max, p[i]![j]!);
+      }
+      let sum = 0;
+      for (let j = 0; j <= i; j++) sum += p[i]![j] = Math.exp(p[i]![j]! - max);
+      for (let j = 0; j <= i; j++) p[i]![j]! /= sum;
+      let dot = 0;
+      for (let j = 0; j <= i; j++) {
+        let dp = 0;
+        for (let d = 0; d < depth; d++) dp += dOut[at(i, d)]! * v[at(j, d)]!;
+        ds[i]![j] = dp;
+        dot += dp * p[i]![j]!;
+      }
+      for (let j = 0; j <= i; j++) ds[i]![j] = scale * p[i]![j]! * (ds[i]![j]! - dot);
+    }
+    for (let i = 0; i < rows; i++) {
+      for (let d = 0; d < depth; d++) {
+        let [oSum, dqSum, dkSum, dvSum] = [0, 0, 0, 0];
+        for (let j = 0; j <= i; j++) {
+          oSum += p[i]![j]! * v[at(j, d)]!;
+          dqSum += ds[i]![j]! * k[at(j, d)]!;
+        }
+        for (let j = i; j < rows; j++) {
+          dkSum += ds[j]![i]! * q[at(j, d)]!;
+          dvSum += p[j]![i]! * dOut[at(j, d)]!;
+        }
+        [o[at(i, d)], dq[at(i, d)], dk[at(i, d)], dv[at(i, d)]] = [oSum, dqSum, dkSum, dvSum];
+      }
+    }
+  }
+  return { o, dq, dk, dv };
+}
+
+/** The causal mask as models' attention passes it: 0 where query i sees key j ≤ i, −1e9 above the diagonal. */
+const causalMask = (rows: number): tf.Tensor2D =>
+  tf.tensor2d(
+    Float32Array.from({ length: rows * rows }, (_, index) => (index % rows > Math.floor(index / rows) ? -1e9 : 0)),
+    [rows, rows]
+  );
+
+function operands(leading: number[], rows: number, depth: number) {
+  const matrices = leading.reduce((product, dimension) => product * dimension, 1);
+  const size = matrices * rows * depth;
+  // Scores of a few units (as trained attention's), so the softmax is neither flat nor one-hot.
+  const [q, k, v, dOut] = [1, 2, 3, 4].map((seed) => Float32Array.from(seededRandomValues(size, seed, seed <= 2 ? 2 : 1)));
+  const scale = 1 / Math.sqrt(depth);
+  return { q: q!, k: k!, v: v!, dOut: dOut!, scale, matrices, shape: [...leading, rows, depth], expected: reference(q!, k!, v!, dOut!, matrices, rows, depth, scale) };
+}
+
+describe('causal attention in one kernel each way', () => {
+  beforeAll(async () => {
+    await initRuntime();
+    await tf.setBackend('wasm');
+  });
+  afterAll(async () => {
+    await tf.setBackend('wasm');
+  });
+
+  it.each(SHAPES)('matches float64 on WASM, output and gradients, for leading axes %j, T %i, D %i', async (leading, rows, depth) => {
+    const { q, k, v, dOut, scale, shape, expected } = operands(leading, rows, depth);
+    await withoutTensorLeaks(() => {
+      const [tq, tk, tv, tdo] = [q, k, v, dOut].map((values) => tf.tensor(values, shape));
+      const spy = spyOnKernels();
+      const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(causalAttention(a, b, c, scale)!, tdo!)))([tq!, tk!, tv!]);
+      spy.stop();
+      const out = tf.tidy(() => causalAttention(tq!, tk!, tv!, scale)!);
+      // One kernel each way; no product, softmax or [..., T, T] tensor anywhere in the step.
+      const names = spy.calls.map((call) => call.kernelName);
+      expect(names.filter((name) => name === CAUSAL_ATTENTION_KERNEL || name === CAUSAL_ATTENTION_GRAD_KERNEL)).toEqual([CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL]);
+      expect(names.filter((name) => /MatMul|Causal(Scores|Mix)|Softmax/.test(name))).toEqual([]);
+      if (rows > depth) expect(spy.calls.flatMap((call) => call.outputShapes).filter((s) => s.length >= 2 && s[s.length - 1] === rows && s[s.length - 2] === rows)).toEqual([]);
+      expect(out.shape).toEqual(shape);
+      // Within 1e-5 of the largest value of each (float32 sums of ≤ 128 terms, a softmax, and its
+      // gradient's difference dP − Σ dP∘P; measured up to 6e-7).
+      const checks: [string, tf.Tensor, Float64Array][] = [
+        ['o', out, expected.o],
+        ['dq', grads[0]!, expected.dq],
+        ['dk', grads[1]!, expected.dk],
+        ['dv', grads[2]!, expected.dv],
+      ];
+      for (const [what, tensor, exact] of checks) expect(maxRelativeError(tensor, exact), what).toBeLessThan(1e-5);
+      tf.dispose([tq!, tk!, tv!, tdo!, value, out, ...grads]);
+    });
+  });
+
+  it.each(SHAPES)('equals core’s causal products around its scaled softmax, value for value, for leading axes %j, T %i, D %i', async (leading, rows, depth) => {
+    const { q, k, v, dOut, scale, shape } = operands(leading, rows, depth);
+    await withoutTensorLeaks(() => {
+      const [tq, tk, tv, tdo] = [q, k, v, dOut].map((values) => tf.tensor(values, shape));
+      const mask = causalMask(rows);
+      const separate = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalMix(scaledSoftmax(causalScores(a, b)!, scale, mask), c)!;
+      const whole = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalAttention(a, b, c, scale)!;
+      const run = (attend: typeof whole): number[][] =>
+        tf.tidy(() => {
+          const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), tdo!)))([tq!, tk!, tv!]);
+          return [attend(tq!, tk!, tv!), value, ...grads].map((tensor) => Array.from(tensor.dataSync()));
+        });
+      const [ours, theirs] = [run(whole), run(separate)];
+      ours.forEach((values, i) => expectSameValues(values, theirs[i]!, ['o', 'Σ o∘dO', 'dq', 'dk', 'dv'][i]));
+      // Not a trivial agreement: finite, and not all zero.
+      expect(ours[0]!.every(Number.isFinite) && ours[0]!.some((value) => value !== 0)).toBe(true);
+      tf.dispose([tq!, tk!, tv!, tdo!, mask]);
+    });
+  });
+
+  it('is not disturbed by NaN left in the memory its scratch reuses (rows padded to 4 values hold it)', async () => {
+    const [leading, rows, depth] = SHAPES[1]!;
+    const { q, k, v, dOut, scale, shape } = operands(leading, rows, depth);
+    await withoutTensorLeaks(() => {
+      const [tq, tk, tv, tdo] = [q, k, v, dOut].map((values) => tf.tensor(values, shape));
+      const mask = causalMask(rows);
+      const gradients = (attend: (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.Tensor): number[][] =>
+        tf.tidy(() => tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), tdo!)))([tq!, tk!, tv!]).map((tensor) => Array.from(tensor.dataSync())));
+      const expected = gradients((a, b, c) => causalMix(scaledSoftmax(causalScores(a, b)!, scale, mask), c)!);
+      for (let round = 0; round < 3; round++) {
+        // Freed memory full of NaN, which the kernels' scratch is then allocated from.
+        tf.dispose(tf.fill([1 << 16], Number.NaN));
+        gradients((a, b, c) => causalAttention(a, b, c, scale)!).forEach((values, i) => expectSameValues(values, expected[i]!, `${['dq', 'dk', 'dv'][i]} (round ${round})`));
+      }
+      tf.dispose([tq!, tk!, tv!, tdo!, mask]);
+    });
+  });
+
+  it('counts its causal products’ FLOPs: 2·D·T·(T + 1) a matrix forward, 5· backward', async () => {
+    await withoutTensorLeaks(() => {
+      const [q, k, v] = [1, 2, 3].map((seed) => tf.tensor(seededRandomValues(2 * 3 * 10 * 4, seed), [2, 3, 10, 4]));
+      const spy = spyOnKernels();
+      const grads = tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(causalAttention(a, b, c, 0.5)!))([q!, k!, v!]);
+      spy.stop();
+      const flops = Object.fromEntries(spy.calls.filter((call) => /CausalAttention/.test(call.kernelName)).map((call) => [call.kernelName, matMulFlops(call)]));
+      expect(flops).toEqual({ [CAUSAL_ATTENTION_KERNEL]: 2 * 6 * 4 * 10 * 11, [CAUSAL_ATTENTION_GRAD_KERNEL]: 5 * 6 * 4 * 10 * 11 });
+      tf.dispose([q!, k!, v!, ...grads]);
+    });
+  });
+
+  it('declines what it does not take (the caller computes attention another way)', async () => {
+    await withoutTensorLeaks(() => {
+      const [q, shorter, wider, vector] = [tf.ones([2, 5, 4]), tf.ones([2, 4, 4]), tf.ones([2, 5, 3]), tf.ones([5])];
+      expect(causalAttention(q, shorter, q, 1)).toBeNull();
+      expect(causalAttention(q, q, wider, 1)).toBeNull();
+      expect(causalAttention(vector, vector, vector, 1)).toBeNull();
+      const integers = tf.cast(q, 'int32');
+      expect(causalAttention(integers, integers, integers, 1)).toBeNull();
+      // A matrix whose scores and their gradient would not fit the helper's buffer (T = 400 at D = 64).
+      const long = tf.zeros([1, 400, 64]);
+      expect(causalAttention(long, long, long, 1)).toBeNull();
+      tf.dispose([q, shorter, wider, vector, integers, long]);
+    });
+  });
+
+  it('declines on the plain-JS backend', async () => {
+    await tf.setBackend('cpu');
+    try {
+      tf.tidy(() => {
+        const q = tf.ones([2, 5, 4]);
+        expect(causalAttention(q, q, q, 1)).toBeNull();
+      });
+    } finally {
+      await tf.setBackend('wasm');
+    }
+  });
+});
