@@ -3,13 +3,11 @@ import { FUSED_KERNELS_WASM_PLAIN } from './wasm-fused-kernels-binary.js';
 import { BackendWasmModule } from './wasm-module.js';
 
 /**
- * Core's module of fused elementwise and copy kernels (wasm/gelu-tanh.c, layer-norm.c,
+ * Core's module of fused elementwise and copy kernels (wasm/layer-norm.c,
  * softmax.c, adamw.c, cross-entropy.c,
  * dropout.c, reductions.c, low-rank.c, copy-blocks.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
  */
 export interface FusedKernelsExports {
-  geluTanh(size: number, x: number, y: number): void;
-  geluTanhGrad(size: number, dy: number, x: number, dx: number): void;
   layerNorm(rows: number, d: number, x: number, w: number, b: number, eps: number, y: number): void;
   layerNormGrad(rows: number, d: number, dy: number, x: number, w: number, eps: number, dx: number): void;
   layerNormWeightGrad(rows: number, d: number, dy: number, x: number, eps: number, dw: number): void;
@@ -53,8 +51,6 @@ export interface FusedKernelsExports {
 }
 
 export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: FUSED_KERNELS_WASM_PLAIN }, (exports) => ({
-  geluTanh: exports['gelu_tanh'] as FusedKernelsExports['geluTanh'],
-  geluTanhGrad: exports['gelu_tanh_grad'] as FusedKernelsExports['geluTanhGrad'],
   layerNorm: exports['layer_norm'] as FusedKernelsExports['layerNorm'],
   layerNormGrad: exports['layer_norm_grad'] as FusedKernelsExports['layerNormGrad'],
   layerNormWeightGrad: exports['layer_norm_weight_grad'] as FusedKernelsExports['layerNormWeightGrad'],

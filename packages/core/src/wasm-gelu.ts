@@ -1,29 +1,23 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from './gelu-tanh.js';
-import { fusedKernels } from './wasm-fused-kernels.js';
-import type { WasmHeapBackend } from './wasm-module.js';
+import { simdGeluTanh } from './wasm-simd-matmul.js';
 
 /**
- * The fused gelu_new kernels of tfjs's WASM backend (wasm/gelu-tanh.c: one SIMD pass each for the
- * value and the gradient). Registered by `useFastWasmKernels` only where the module runs.
+ * The fused gelu_new kernels of tfjs's WASM backend (wasm/gelu-tanh.h: one SIMD pass each for the
+ * value and the gradient, in the batched matMul's module, whose helper thread takes a share of the
+ * values). Registered by `useFastWasmKernels` only where the module runs.
  */
 
-const valueKernel: tf.KernelFunc = ({ inputs, backend }) => {
-  const wasm = backend as WasmHeapBackend;
-  const x = inputs['x']!;
-  const out = wasm.makeOutput([...x.shape], 'float32');
-  const input = wasm.typedArrayFromHeap(x);
-  fusedKernels.exports(wasm)!.geluTanh(input.length, input.byteOffset, wasm.typedArrayFromHeap(out).byteOffset);
-  return out;
-};
+/** Registered only where the module runs, so a null is a caller's bug. */
+function notRun(kernelName: string): never {
+  throw new Error(`[@lora/core] ${kernelName}: the backend's kernel did not run (registered where the batched matMul module does not?)`);
+}
+
+const valueKernel: tf.KernelFunc = ({ inputs, backend }) => simdGeluTanh(backend as tf.KernelBackend, inputs['x']!, null) ?? notRun(GELU_TANH_KERNEL);
 
 const gradientKernel: tf.KernelFunc = ({ inputs, backend }) => {
-  const wasm = backend as WasmHeapBackend;
   const { dy, x } = inputs as { dy: tf.TensorInfo; x: tf.TensorInfo };
-  const out = wasm.makeOutput([...x.shape], 'float32');
-  const input = wasm.typedArrayFromHeap(x);
-  fusedKernels.exports(wasm)!.geluTanhGrad(input.length, wasm.typedArrayFromHeap(dy).byteOffset, input.byteOffset, wasm.typedArrayFromHeap(out).byteOffset);
-  return out;
+  return simdGeluTanh(backend as tf.KernelBackend, x, dy) ?? notRun(GELU_TANH_GRAD_KERNEL);
 };
 
 /** The kernels by name. */

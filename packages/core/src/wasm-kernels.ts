@@ -22,7 +22,6 @@ const replacements = new KernelReplacements();
 
 /** Kernels of core's own (fused forms of composite ops), new names in tfjs's registry. */
 const OWN_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
-  ...WASM_GELU_KERNELS,
   ...WASM_LAYER_NORM_KERNELS,
   ...WASM_SOFTMAX_KERNELS,
   ...WASM_ADAMW_KERNELS,
@@ -32,8 +31,8 @@ const OWN_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
   ...WASM_LOW_RANK_KERNELS,
 };
 
-/** Kernels of core's own in the batched matMul's module: a LoRA layer's fused passes in training, causal attention's triangular products, causal attention in one kernel each way. */
-const OWN_MATMUL_MODULE_KERNELS: Readonly<Record<string, tf.KernelFunc>> = { ...WASM_LOW_RANK_TRAIN_KERNELS, ...WASM_CAUSAL_PRODUCT_KERNELS, ...WASM_CAUSAL_ATTENTION_KERNELS };
+/** Kernels of core's own in the batched matMul's module: a LoRA layer's fused passes in training, causal attention's triangular products, causal attention in one kernel each way, gelu_new (shared with the helper thread). */
+const OWN_MATMUL_MODULE_KERNELS: Readonly<Record<string, tf.KernelFunc>> = { ...WASM_LOW_RANK_TRAIN_KERNELS, ...WASM_CAUSAL_PRODUCT_KERNELS, ...WASM_CAUSAL_ATTENTION_KERNELS, ...WASM_GELU_KERNELS };
 
 /**
  * Register {@link OWN_KERNELS} for `backendName` where core's fused-kernels module runs on it, and

@@ -89,6 +89,10 @@ type AttentionBackwardExport = (
   dv: number,
   scratch: number,
 ) => void;
+/** gelu_new's exports (wasm/gelu-tanh.h, linked into this module): size, then addresses. */
+type GeluExport = (size: number, x: number, y: number) => void;
+type GeluGradExport = (size: number, dy: number, x: number, dx: number) => void;
+type GeluThreadedExport = (control: number, backward: number, size: number, x: number, dy: number, out: number, chunk: number, mayWait: number) => void;
 type WithControl<F extends (...args: never[]) => void> = (control: number, ...args: [...Parameters<F>, mayWait: number]) => void;
 
 /** The two-thread kernel of one backend: its control block (in the backend's memory) and helper. */
@@ -98,6 +102,7 @@ interface ThreadedKernel {
   readonly loraBackward: WithControl<LoraBackwardExport>;
   readonly attentionForward: WithControl<AttentionForwardExport>;
   readonly attentionBackward: WithControl<AttentionBackwardExport>;
+  readonly gelu: GeluThreadedExport;
   readonly memory: LinearMemory;
   /** Byte address of the control block (`struct control` in batch-matmul.c). */
   readonly control: number;
@@ -114,6 +119,8 @@ interface SimdKernel {
   readonly attentionBackward: AttentionBackwardExport;
   /** Floats of scratch a thread needs for causal attention (3 forward, 4 backward) on T×D matrices; `helper` 1 for the helper's buffer. */
   readonly attentionScratchFloats: (kind: number, t: number, d: number, helper: number) => number;
+  readonly geluTanh: GeluExport;
+  readonly geluTanhGrad: GeluGradExport;
   /** Null where products run on the calling thread only. */
   readonly threads: ThreadedKernel | null;
 }
@@ -157,6 +164,8 @@ function kernelFrom(backend: WasmBackendWithModule, module: object, exports: Rec
     attentionForward: exports['attention_forward'] as AttentionForwardExport,
     attentionBackward: exports['attention_backward'] as AttentionBackwardExport,
     attentionScratchFloats: exports['attention_scratch_floats'] as SimdKernel['attentionScratchFloats'],
+    geluTanh: exports['gelu_tanh'] as GeluExport,
+    geluTanhGrad: exports['gelu_tanh_grad'] as GeluGradExport,
     threads: startThreads(backend, module, exports, memory),
   };
 }
@@ -195,6 +204,7 @@ function startThreads(backend: WasmBackendWithModule, module: object, exports: R
     loraBackward: exports['lora_backward_threaded'] as ThreadedKernel['loraBackward'],
     attentionForward: exports['attention_forward_threaded'] as ThreadedKernel['attentionForward'],
     attentionBackward: exports['attention_backward_threaded'] as ThreadedKernel['attentionBackward'],
+    gelu: exports['gelu_threaded'] as GeluThreadedExport,
     memory,
     control,
     mayBlock: host.mayBlock,
@@ -684,4 +694,32 @@ export function simdCausalAttentionBackward(backend: tf.KernelBackend, dout: tf.
     wasm.disposeData(scratch.dataId);
   }
   return [dq, dk, dv];
+}
+
+/**
+ * Values per chunk of gelu_new on two threads (at least; more where a call would exceed the chunk
+ * words): 64 KB, the helper's result for it staged in its own buffer before it is copied out.
+ */
+const GELU_CHUNK_FLOATS = 16384;
+
+/**
+ * GPT-2's gelu_new (`dy` null: y = gelu_new(x)) or its gradient (dx = dy·gelu_new′(x)) over float32
+ * values of one shape (wasm/gelu-tanh.h), shared with the helper thread in ranges of values where it
+ * serves. Null where the backend has no kernel.
+ */
+export function simdGeluTanh(backend: tf.KernelBackend, x: tf.TensorInfo, dy: tf.TensorInfo | null): tf.TensorInfo | null {
+  const kernel = kernelOf(backend);
+  const size = sizeOf(x.shape);
+  if (kernel === null || x.dtype !== 'float32' || (dy !== null && (dy.dtype !== 'float32' || sizeOf(dy.shape) !== size))) return null;
+  const wasm = backend as WasmBackendWithModule;
+  const out = wasm.makeOutput([...x.shape], 'float32');
+  if (size === 0) return out;
+  const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
+  const chunk = Math.max(GELU_CHUNK_FLOATS, 4 * Math.ceil(size / MAX_THREADED_CHUNKS / 4));
+  // About 40 operations a value (its exp and the rest), as a product's flops count.
+  const threads = chunk <= HELPER_SCRATCH_FLOATS ? threadsFor(kernel, 40 * size, Math.ceil(size / chunk)) : null;
+  if (threads !== null) threads.gelu(threads.control, dy === null ? 0 : 1, size, offset(x), dy === null ? 0 : offset(dy), offset(out), chunk, threads.mayBlock ? 1 : 0);
+  else if (dy === null) kernel.geluTanh(size, offset(x), offset(out));
+  else kernel.geluTanhGrad(size, offset(dy), offset(x), offset(out));
+  return out;
 }

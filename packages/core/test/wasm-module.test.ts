@@ -18,13 +18,15 @@ const WebAssembly = (
 
 const plain = decodeBase64(FUSED_KERNELS_WASM_PLAIN);
 
-/** gelu_new of a few values computed by the module instantiated on `memory`. */
-async function geluOn(bytes: Uint8Array, memory: LinearMemory): Promise<number[]> {
+/** A layer norm of a row of values computed by the module instantiated on `memory` (weight 1, bias 0). */
+async function layerNormOn(bytes: Uint8Array, memory: LinearMemory): Promise<number[]> {
   const { instance } = await WebAssembly.instantiate(bytes, { env: { memory } });
-  const values = new Float32Array(memory.buffer, 0, 16);
+  const values = new Float32Array(memory.buffer, 0, 32);
   values.set([-3, -1, -0.5, 0, 0.5, 1, 3, 7]);
-  (instance.exports['gelu_tanh'] as (size: number, x: number, y: number) => void)(8, 0, 32);
-  return Array.from(new Float32Array(memory.buffer, 32, 8));
+  values.fill(1, 8, 16);
+  values.fill(0, 16, 24);
+  (instance.exports['layer_norm'] as (rows: number, d: number, x: number, w: number, b: number, eps: number, y: number) => void)(1, 8, 0, 32, 64, 1e-5, 96);
+  return Array.from(new Float32Array(memory.buffer, 96, 8));
 }
 
 describe('withSharedMemoryImport', () => {
@@ -34,10 +36,11 @@ describe('withSharedMemoryImport', () => {
     // The plain link refuses a shared memory and the rewritten one a plain memory: the import changed.
     await expect(WebAssembly.instantiate(plain, { env: { memory: new WebAssembly.Memory({ initial: 2, maximum: 65536, shared: true }) } })).rejects.toThrow();
     await expect(WebAssembly.instantiate(shared, { env: { memory: new WebAssembly.Memory({ initial: 2 }) } })).rejects.toThrow();
-    const fromShared = await geluOn(shared, new WebAssembly.Memory({ initial: 2, maximum: 65536, shared: true }));
-    const fromPlain = await geluOn(plain, new WebAssembly.Memory({ initial: 2 }));
+    const fromShared = await layerNormOn(shared, new WebAssembly.Memory({ initial: 2, maximum: 65536, shared: true }));
+    const fromPlain = await layerNormOn(plain, new WebAssembly.Memory({ initial: 2 }));
     expect(fromShared).toEqual(fromPlain);
-    expect(fromPlain[6]).toBeCloseTo(2.9964, 4);
+    // (3 − 0.875) / √(7.921875 + 1e-5): the values' mean and variance.
+    expect(fromPlain[6]).toBeCloseTo(2.125 / Math.sqrt(7.921875 + 1e-5), 5);
   });
 
   it('refuses a module whose import section is not the one core builds', () => {

@@ -10,6 +10,7 @@ import {
   simdBatchMatMulHelper,
   simdCausalAttentionBackward,
   simdCausalAttentionForward,
+  simdGeluTanh,
   simdLoraBackward,
   simdLoraForward,
   threadChunking,
@@ -498,6 +499,62 @@ describe('the two-thread causal attention', () => {
           const values = attentionPasses(shared, shape, 41, 0.5);
           const expected = attentionPasses(plain, shape, 41, 0.5).map((view) => view.slice());
           ATTENTION_RESULTS.forEach((what, i) => expectSameValues(values[i]!, expected[i]!, `${what} (${mode})`));
+          finished.push({ values, expected });
+        }
+        expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
+      } finally {
+        setSimdBatchMatMulHelperMode(sharedBackend, 'normal');
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    for (const { values, expected } of finished) values.forEach((view, i) => expectSameValues(view, expected[i]!, 'a finished call’s result'));
+  });
+});
+
+/** gelu_new of `size` values and its gradient on `backend`: views of [y, dx] in the (freed) results' memory, the freed operands overwritten with NaN. */
+function geluPasses(backend: HeapBackend, size: number, seed: number): Float32Array[] {
+  const kernelBackend = backend as unknown as tf.KernelBackend;
+  // Values of a few units, as an MLP's activations: both tails of the gate are reached.
+  const x = backend.upload([size], operand([size], seed).values.map((value) => 6 * value));
+  const dy = backend.upload([size], operand([size], seed + 1).values);
+  const results = [simdGeluTanh(kernelBackend, x, null), simdGeluTanh(kernelBackend, x, dy)];
+  if (results.some((result) => result === null)) throw new Error('the kernel declined gelu_new');
+  const views = results.map((info) => backend.typedArrayFromHeap(info!));
+  for (const info of [x, dy]) backend.typedArrayFromHeap(info).fill(Number.NaN);
+  for (const info of [x, dy, ...results]) backend.disposeData(info!.dataId);
+  return views;
+}
+
+// Sizes: a quarter of the small model's MLP activation ([8, 128, 1024]) and two off whole chunks and
+// vectors (the test backend's bump allocator never reuses memory: sizes are kept small).
+const GELU_SIZES = [2 * 128 * 1024, 100_003, 16_387];
+
+describe('the two-thread gelu_new', () => {
+  it.each(GELU_SIZES)('computes %i values and their gradient as on one thread, bit for bit', (size) => {
+    const dataIds = shared.numDataIds();
+    const ours = geluPasses(shared, size, 51);
+    expect(shared.numDataIds()).toBe(dataIds);
+    const single = geluPasses(plain, size, 51).map((view) => view.slice());
+    ['y', 'dx'].forEach((what, i) => expectSameValues(ours[i]!, single[i]!, what));
+    for (const values of ours) expect(values.every(Number.isFinite) && values.some((value) => value !== 0)).toBe(true);
+  });
+
+  it('has the helper compute ranges of values', () => {
+    const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+    for (let call = 0; call < 4; call++) geluPasses(shared, 2 * 128 * 1024, call);
+    expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBeGreaterThan(before);
+  });
+
+  it('gives the one-thread results when the helper claims nothing, and when it stalls mid-range (its late results kept out of finished calls)', async () => {
+    const finished: { values: Float32Array[]; expected: Float32Array[] }[] = [];
+    for (const mode of ['idle', 'stalling'] as const) {
+      setSimdBatchMatMulHelperMode(sharedBackend, mode);
+      try {
+        const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+        for (const size of GELU_SIZES) {
+          const values = geluPasses(shared, size, 61);
+          const expected = geluPasses(plain, size, 61).map((view) => view.slice());
+          ['y', 'dx'].forEach((what, i) => expectSameValues(values[i]!, expected[i]!, `${what} (${mode})`));
           finished.push({ values, expected });
         }
         expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);

@@ -1,4 +1,4 @@
-// exp(t), four lanes, for core's fused kernels (gelu-tanh.c, softmax.c, cross-entropy.c).
+// exp(t), four lanes, for core's fused kernels (gelu-tanh.h, softmax.c, cross-entropy.c, causal-attention.h).
 //
 // Cephes' expf: t = n·ln2 + r, |r| ≤ ln2/2, a degree-6 polynomial in r, then 2ⁿ put in the
 // exponent bits; relative error about 2e-7. exp_nonpositive (t ≤ 0, softmax and cross-entropy):

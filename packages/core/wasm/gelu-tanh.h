@@ -4,8 +4,10 @@
 // The composite form costs 7 kernels forward and 8 backward over the MLP's largest activation,
 // each a pass over memory, and tfjs-backend-wasm's sigmoid calls a scalar expf.
 //
-// Built by scripts/build-wasm.mjs into src/wasm-gelu-binary.ts. Like batch-matmul.c it imports the
-// backend's memory and keeps nothing of its own (no data, no stack).
+// Included by batch-matmul.c, whose two-thread protocol shares a call's ranges of values between the
+// calling thread and its helper (gelu_tanh, gelu_tanh_grad and gelu_threaded there). No data, no stack.
+#ifndef LORA_GELU_TANH_H
+#define LORA_GELU_TANH_H
 #include <wasm_simd128.h>
 
 #include "simd-exp.h"
@@ -39,7 +41,8 @@ static inline v128_t gelu_slope(v128_t x) {
   return wasm_f32x4_add(g, wasm_f32x4_mul(wasm_f32x4_mul(wasm_f32x4_mul(x, g), wasm_f32x4_sub(one, g)), du));
 }
 
-__attribute__((export_name("gelu_tanh"))) void gelu_tanh(int size, const float *x, float *y) {
+// y = gelu_new(x) for `size` values.
+__attribute__((noinline)) static void gelu_values(int size, const float *x, float *y) {
   int i = 0;
   // Two vectors per iteration: their exp polynomials are independent chains the CPU overlaps.
   for (; i + 8 <= size; i += 8) {
@@ -52,7 +55,8 @@ __attribute__((export_name("gelu_tanh"))) void gelu_tanh(int size, const float *
   if (i < size) store_tail(y + i, gelu(load_tail(x + i, size - i, 0.0f)), size - i);
 }
 
-__attribute__((export_name("gelu_tanh_grad"))) void gelu_tanh_grad(int size, const float *dy, const float *x, float *dx) {
+// dx = dy·gelu_new′(x) for `size` values.
+__attribute__((noinline)) static void gelu_gradients(int size, const float *dy, const float *x, float *dx) {
   int i = 0;
   for (; i + 8 <= size; i += 8) {
     const v128_t a = wasm_f32x4_mul(wasm_v128_load(dy + i), gelu_slope(wasm_v128_load(x + i)));
@@ -63,3 +67,5 @@ __attribute__((export_name("gelu_tanh_grad"))) void gelu_tanh_grad(int size, con
   for (; i + 4 <= size; i += 4) wasm_v128_store(dx + i, wasm_f32x4_mul(wasm_v128_load(dy + i), gelu_slope(wasm_v128_load(x + i))));
   if (i < size) store_tail(dx + i, wasm_f32x4_mul(load_tail(dy + i, size - i, 0.0f), gelu_slope(load_tail(x + i, size - i, 0.0f))), size - i);
 }
+
+#endif
