@@ -24,12 +24,14 @@ const report = await cudaBackend.useBestBackend(values.backend ? { prefer: value
 
 const shapeText = (shape) => `[${shape.join(',')}]`;
 
-/** A product's form: operand shapes with ᵀ for a transposed operand; a LoRA layer's fused pass by its x, A and B; a causal product with tril() round its triangle; causal attention in one kernel by its q. */
+/** A product's form: operand shapes with ᵀ for a transposed operand; a LoRA layer's fused pass by its x, A and B; a causal product with tril() round its triangle; causal attention in one kernel by its q (or fused qkv). */
 function productKey(call) {
   if (call.kernelName === coreInternal.LORA_FORWARD_KERNEL || call.kernelName === coreInternal.LORA_BACKWARD_KERNEL) {
     const pass = call.kernelName === coreInternal.LORA_FORWARD_KERNEL ? 'forward' : 'backward';
     return `LoRA ${pass} x${shapeText(call.inputShapes.x)} A${shapeText(call.inputShapes.a)} B${shapeText(call.inputShapes.b)}`;
   }
+  if (call.kernelName === coreInternal.CAUSAL_SELF_ATTENTION_KERNEL) return `causal attention qkv${shapeText(call.inputShapes.qkv)} ${call.attrs.heads} heads (2 triangles, softmax)`;
+  if (call.kernelName === coreInternal.CAUSAL_SELF_ATTENTION_GRAD_KERNEL) return `causal attention gradient qkv${shapeText(call.inputShapes.qkv)} ${call.attrs.heads} heads (5 triangles, softmax's)`;
   if (call.kernelName === coreInternal.CAUSAL_ATTENTION_KERNEL) return `causal attention q${shapeText(call.inputShapes.q)} (2 triangles, softmax)`;
   if (call.kernelName === coreInternal.CAUSAL_ATTENTION_GRAD_KERNEL) return `causal attention gradient q${shapeText(call.inputShapes.q)} (5 triangles, softmax's)`;
   if (call.kernelName === coreInternal.CAUSAL_SCORES_KERNEL) return `causal tril(${shapeText(call.inputShapes.a)}·${shapeText(call.inputShapes.b)}ᵀ)`;

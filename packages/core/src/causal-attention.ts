@@ -13,8 +13,30 @@ export const CAUSAL_ATTENTION_KERNEL = 'LoraCausalAttention';
 /** tfjs kernel name of its gradient: inputs `dy`, `q`, `k`, `v`, `stats`, attribute `scale`; outputs dq, dk, dv. */
 export const CAUSAL_ATTENTION_GRAD_KERNEL = 'LoraCausalAttentionGrad';
 
+/**
+ * tfjs kernel name of the same attention read straight from GPT-2's fused projection: input `qkv`
+ * [B, T, 3·C] (q, k, v side by side, each C = heads·D wide), attributes `heads` and `scale`; outputs
+ * o [B, T, C] (the heads side by side, as merging them gives) and `stats` [B, heads, T, 2].
+ * Differentiable through {@link CAUSAL_SELF_ATTENTION_GRAD_KERNEL}.
+ */
+export const CAUSAL_SELF_ATTENTION_KERNEL = 'LoraCausalSelfAttention';
+/** tfjs kernel name of its gradient: inputs `dy` [B, T, C], `qkv`, `stats`, attributes as above; output d(qkv). */
+export const CAUSAL_SELF_ATTENTION_GRAD_KERNEL = 'LoraCausalSelfAttentionGrad';
+
 function registerCausalAttentionGradient(): void {
   if (tf.getGradient(CAUSAL_ATTENTION_KERNEL) !== undefined) return;
+  tf.registerGradient({
+    kernelName: CAUSAL_SELF_ATTENTION_KERNEL,
+    inputsToSave: ['qkv'],
+    outputsToSave: [false, true],
+    gradFunc: (dys, saved, attrs) => {
+      const [dy] = dys as [tf.Tensor];
+      const [qkv, stats] = saved as [tf.Tensor, tf.Tensor];
+      return {
+        qkv: () => tf.engine().runKernel(CAUSAL_SELF_ATTENTION_GRAD_KERNEL, { dy, qkv, stats }, { heads: attrs['heads'] as number, scale: attrs['scale'] as number }) as tf.Tensor,
+      };
+    },
+  });
   tf.registerGradient({
     kernelName: CAUSAL_ATTENTION_KERNEL,
     inputsToSave: ['q', 'k', 'v'],
@@ -48,6 +70,26 @@ export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale:
   registerCausalAttentionGradient();
   const [o, stats] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v }, { scale }) as tf.Tensor[];
   // The stats stay on the tape (saved for the gradient) until it is disposed; outside a tape they are freed here.
+  stats!.dispose();
+  return o!;
+}
+
+/**
+ * Causal self-attention read straight from a fused projection (GPT-2's `c_attn` output): qkv
+ * [B, T, 3·C] holds q, k and v side by side (C = heads·D, each head's D values side by side), and the
+ * result [B, T, C] holds the heads side by side, as splitting qkv into heads, {@link causalAttention}
+ * and merging the heads back would give, value for value, without the splits, transposes and merge
+ * (and their gradients: one d(qkv) instead of three gradients to concatenate). Differentiable in qkv.
+ * Null where {@link causalAttention} would be (and for a width not divisible into 3·heads).
+ */
+export function causalSelfAttention(qkv: tf.Tensor, heads: number, scale: number): tf.Tensor | null {
+  if (qkv.dtype !== 'float32' || qkv.rank !== 3 || !activeBackendHasKernels(CAUSAL_SELF_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL)) return null;
+  const [, t, width] = qkv.shape as [number, number, number];
+  const depth = width / 3 / heads;
+  if (!Number.isInteger(heads) || heads < 1 || !Number.isInteger(depth) || !simdCausalAttentionFits(tf.backend(), t, depth)) return null;
+  registerCausalAttentionGradient();
+  const [o, stats] = tf.engine().runKernel(CAUSAL_SELF_ATTENTION_KERNEL, { qkv }, { heads, scale }) as tf.Tensor[];
+  // As in causalAttention: the tape keeps its own copy of the stats where it records.
   stats!.dispose();
   return o!;
 }

@@ -34,7 +34,14 @@ export { withPlainMemoryImport, withSharedMemoryImport } from './wasm-module.js'
 export { geluTanh, GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from './gelu-tanh.js';
 export { scaledSoftmax, SCALED_SOFTMAX_GRAD_KERNEL, SCALED_SOFTMAX_KERNEL } from './scaled-softmax.js';
 export { CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL, causalMix, causalScores } from './causal-products.js';
-export { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, causalAttention } from './causal-attention.js';
+export {
+  CAUSAL_ATTENTION_GRAD_KERNEL,
+  CAUSAL_ATTENTION_KERNEL,
+  CAUSAL_SELF_ATTENTION_GRAD_KERNEL,
+  CAUSAL_SELF_ATTENTION_KERNEL,
+  causalAttention,
+  causalSelfAttention,
+} from './causal-attention.js';
 export type { KernelCall, KernelSpy } from './kernel-spy.js';
 export { loraFactorTensors, writeExportedLora } from './lora-export.js';
 export type { ExportedLora, ExportedLoraWriteOptions, LoraFactors } from './lora-export.js';

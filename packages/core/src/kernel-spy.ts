@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL } from './causal-products.js';
-import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL } from './causal-attention.js';
+import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL } from './causal-attention.js';
 import { LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL } from './low-rank-train.js';
 
 /** One kernel call seen by {@link spyOnKernels}. */
@@ -119,7 +119,7 @@ export function spyOnKernels(backendName: string = tf.getBackend()): KernelSpy {
  * x·Aᵀ and hs·Bᵀ: 2·rows·rank·(in + out); backward twice that: dy·B, g·A, gᵀ·x and dyᵀ·hs); of a
  * causal product ({@link CAUSAL_SCORES_KERNEL}, {@link CAUSAL_MIX_KERNEL}), its triangle's:
  * batch·D·T·(T + 1); of causal attention in one kernel ({@link CAUSAL_ATTENTION_KERNEL},
- * {@link CAUSAL_ATTENTION_GRAD_KERNEL}), its causal products' (two forward: scores and output; five
+ * {@link CAUSAL_ATTENTION_GRAD_KERNEL}, and on a fused projection, {@link CAUSAL_SELF_ATTENTION_KERNEL}), its causal products' (two forward: scores and output; five
  * backward: the scores again, dP, dq, dk, dv), its softmax not counted. 0 for other kernels.
  */
 export function matMulFlops(call: Pick<KernelCall, 'kernelName' | 'inputShapes' | 'outputShapes' | 'attrs'>): number {
@@ -136,6 +136,12 @@ export function matMulFlops(call: Pick<KernelCall, 'kernelName' | 'inputShapes' 
     if (b.length < 2 || out.length < 2) return 0;
     const [rows, depth] = b.slice(-2) as [number, number];
     return out.slice(0, -2).reduce((product, dimension) => product * dimension, 1) * depth * rows * (rows + 1);
+  }
+  if (call.kernelName === CAUSAL_SELF_ATTENTION_KERNEL || call.kernelName === CAUSAL_SELF_ATTENTION_GRAD_KERNEL) {
+    const [batch, rows, width] = call.inputShapes['qkv'] ?? [];
+    const products = call.kernelName === CAUSAL_SELF_ATTENTION_KERNEL ? 2 : 5;
+    // heads·D = width / 3 per sequence: D·T·(T + 1) a head.
+    return batch === undefined || rows === undefined || width === undefined ? 0 : (products * batch * (width / 3) * rows * (rows + 1));
   }
   if (call.kernelName === CAUSAL_ATTENTION_KERNEL || call.kernelName === CAUSAL_ATTENTION_GRAD_KERNEL) {
     const q = call.inputShapes['q'] ?? [];

@@ -1,10 +1,10 @@
 import type * as tf from '@tensorflow/tfjs-core';
-import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL } from './causal-attention.js';
-import { simdCausalAttentionBackward, simdCausalAttentionForward } from './wasm-simd-matmul.js';
+import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL } from './causal-attention.js';
+import { simdCausalAttentionBackward, simdCausalAttentionForward, simdCausalSelfAttentionBackward, simdCausalSelfAttentionForward } from './wasm-simd-matmul.js';
 
-/** The op checks the operands and simdCausalAttentionFits before it calls these kernels, so a null is a caller's bug. */
+/** The ops check the operands and simdCausalAttentionFits before they call these kernels, so a null is a caller's bug. */
 function notFitting(kernelName: string, q: tf.TensorInfo): never {
-  throw new Error(`[@lora/core] ${kernelName}: the backend's kernel cannot take operands [${q.shape.join(',')}] (causalAttention checks them first)`);
+  throw new Error(`[@lora/core] ${kernelName}: the backend's kernel cannot take operands [${q.shape.join(',')}] (causalAttention and causalSelfAttention check them first)`);
 }
 
 const causalAttentionKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
@@ -17,8 +17,23 @@ const causalAttentionGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) =>
   return simdCausalAttentionBackward(backend as tf.KernelBackend, dy, q, k, v, stats, attrs!['scale'] as number) ?? notFitting(CAUSAL_ATTENTION_GRAD_KERNEL, q);
 };
 
-/** Causal self-attention in one kernel each way (wasm/causal-attention.h, in the batched matMul's module), by name. */
+const causalSelfAttentionKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const { qkv } = inputs as Record<'qkv', tf.TensorInfo>;
+  return simdCausalSelfAttentionForward(backend as tf.KernelBackend, qkv, attrs!['heads'] as number, attrs!['scale'] as number) ?? notFitting(CAUSAL_SELF_ATTENTION_KERNEL, qkv);
+};
+
+const causalSelfAttentionGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const { dy, qkv, stats } = inputs as Record<'dy' | 'qkv' | 'stats', tf.TensorInfo>;
+  return (
+    simdCausalSelfAttentionBackward(backend as tf.KernelBackend, dy, qkv, stats, attrs!['heads'] as number, attrs!['scale'] as number) ??
+    notFitting(CAUSAL_SELF_ATTENTION_GRAD_KERNEL, qkv)
+  );
+};
+
+/** Causal self-attention in one kernel each way (wasm/causal-attention.h, in the batched matMul's module): on split heads, and on GPT-2's fused projection. By name. */
 export const WASM_CAUSAL_ATTENTION_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
   [CAUSAL_ATTENTION_KERNEL]: causalAttentionKernel,
   [CAUSAL_ATTENTION_GRAD_KERNEL]: causalAttentionGradKernel,
+  [CAUSAL_SELF_ATTENTION_KERNEL]: causalSelfAttentionKernel,
+  [CAUSAL_SELF_ATTENTION_GRAD_KERNEL]: causalSelfAttentionGradKernel,
 };

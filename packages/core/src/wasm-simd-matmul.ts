@@ -72,23 +72,10 @@ type LoraBackwardExport = (
   db: number,
   scratch: number,
 ) => void;
-/** Causal attention's exports (wasm/causal-attention.h): matrices, T, D, scale, then addresses. */
-type AttentionForwardExport = (matrices: number, t: number, d: number, scale: number, q: number, k: number, v: number, o: number, stats: number, scratch: number) => void;
-type AttentionBackwardExport = (
-  matrices: number,
-  t: number,
-  d: number,
-  scale: number,
-  dout: number,
-  q: number,
-  k: number,
-  v: number,
-  stats: number,
-  dq: number,
-  dk: number,
-  dv: number,
-  scratch: number,
-) => void;
+/** Causal attention's exports (wasm/causal-attention.h): matrices, their layout (heads, T, D, row strides), scale, then addresses. */
+type AttentionLayoutArgs = [matrices: number, heads: number, t: number, d: number, ldIn: number, ldOut: number, scale: number];
+type AttentionForwardExport = (...args: [...AttentionLayoutArgs, q: number, k: number, v: number, o: number, stats: number, scratch: number]) => void;
+type AttentionBackwardExport = (...args: [...AttentionLayoutArgs, dout: number, q: number, k: number, v: number, stats: number, dq: number, dk: number, dv: number, scratch: number]) => void;
 /** gelu_new's exports (wasm/gelu-tanh.h, linked into this module): size, then addresses. */
 type GeluExport = (size: number, x: number, y: number) => void;
 type GeluGradExport = (size: number, dy: number, x: number, dx: number) => void;
@@ -638,20 +625,41 @@ export function simdCausalAttentionFits(backend: tf.KernelBackend, t: number, d:
   return kernel !== null && t > 0 && d > 0 && (['forward', 'backward'] as const).every((pass) => kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 1) <= HELPER_SCRATCH_FLOATS);
 }
 
-/** What both causal attention passes start from, or null where they cannot run. */
-function attentionSetup(backend: tf.KernelBackend, pass: 'forward' | 'backward', operands: readonly tf.TensorInfo[]) {
-  const kernel = kernelOf(backend);
-  const [t, d] = operands[0]!.shape.slice(-2) as [number, number];
-  const sameShape = operands.every((info) => info.dtype === 'float32' && info.shape.length === operands[0]!.shape.length && info.shape.every((size, axis) => size === operands[0]!.shape[axis]));
-  if (kernel === null || !sameShape || !simdCausalAttentionFits(backend, t, d)) return null;
-  const wasm = backend as WasmBackendWithModule;
-  const matrices = sizeOf(operands[0]!.shape.slice(0, -2));
-  // Byte offsets in the backend's memory, read after every allocation (they do not move).
-  const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
-  const scratch = wasm.makeOutput([kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 0)], 'float32');
-  const threads = threadsFor(kernel, 4 * matrices * t * t * d, matrices);
-  return { kernel, wasm, t, d, matrices, offset, scratch, threads };
+/**
+ * Where a causal attention call's matrices lie (wasm/causal-attention.h's attention_offset):
+ * `matrices` of T×D, matrix i being head i % heads of sequence i / heads, rows of q, k, v (and their
+ * gradients) `ldIn` floats apart and of the output (and its gradient) `ldOut`.
+ */
+interface AttentionLayout {
+  readonly matrices: number;
+  readonly heads: number;
+  readonly t: number;
+  readonly d: number;
+  readonly ldIn: number;
+  readonly ldOut: number;
 }
+
+/** Run one causal attention pass: the kernel, the layout, byte addresses; on both threads where the helper serves. */
+function runAttention(kernel: SimdKernel, wasm: WasmBackendWithModule, pass: 'forward' | 'backward', layout: AttentionLayout, scale: number, addresses: readonly number[]): void {
+  const { matrices, heads, t, d, ldIn, ldOut } = layout;
+  const scratch = wasm.makeOutput([kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 0)], 'float32');
+  try {
+    const args = [matrices, heads, t, d, ldIn, ldOut, scale, ...addresses, wasm.typedArrayFromHeap(scratch).byteOffset] as const;
+    const threads = threadsFor(kernel, 4 * matrices * t * t * d, matrices);
+    if (pass === 'forward') {
+      if (threads !== null) threads.attentionForward(threads.control, ...(args as unknown as Parameters<AttentionForwardExport>), threads.mayBlock ? 1 : 0);
+      else kernel.attentionForward(...(args as unknown as Parameters<AttentionForwardExport>));
+    } else if (threads !== null) threads.attentionBackward(threads.control, ...(args as unknown as Parameters<AttentionBackwardExport>), threads.mayBlock ? 1 : 0);
+    else kernel.attentionBackward(...(args as unknown as Parameters<AttentionBackwardExport>));
+  } finally {
+    wasm.disposeData(scratch.dataId);
+  }
+}
+
+const isFloat32Shaped = (info: tf.TensorInfo, shape: readonly number[]): boolean => info.dtype === 'float32' && info.shape.length === shape.length && info.shape.every((size, axis) => size === shape[axis]);
+
+/** Byte address of a tensor in the backend's memory (read after every allocation: it does not move). */
+const addressOf = (wasm: WasmBackendWithModule, info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
 
 /**
  * Causal self-attention's forward pass in one kernel (wasm/causal-attention.h) for float32 q, k, v
@@ -660,18 +668,14 @@ function attentionSetup(backend: tf.KernelBackend, pass: 'forward' | 'backward',
  * probabilities from). Null where the backend has no kernel or the shapes do not fit its buffers.
  */
 export function simdCausalAttentionForward(backend: tf.KernelBackend, q: tf.TensorInfo, k: tf.TensorInfo, v: tf.TensorInfo, scale: number): [tf.TensorInfo, tf.TensorInfo] | null {
-  const setup = attentionSetup(backend, 'forward', [q, k, v]);
-  if (setup === null) return null;
-  const { kernel, wasm, t, matrices, offset, scratch, threads } = setup;
+  const kernel = kernelOf(backend);
+  const [t, d] = q.shape.slice(-2) as [number, number];
+  if (kernel === null || q.shape.length < 2 || ![q, k, v].every((info) => isFloat32Shaped(info, q.shape)) || !simdCausalAttentionFits(backend, t, d)) return null;
+  const wasm = backend as WasmBackendWithModule;
   const o = wasm.makeOutput([...q.shape], 'float32');
   const stats = wasm.makeOutput([...q.shape.slice(0, -1), 2], 'float32');
-  try {
-    const args = [matrices, t, setup.d, scale, offset(q), offset(k), offset(v), offset(o), offset(stats), offset(scratch)] as const;
-    if (threads !== null) threads.attentionForward(threads.control, ...args, threads.mayBlock ? 1 : 0);
-    else kernel.attentionForward(...args);
-  } finally {
-    wasm.disposeData(scratch.dataId);
-  }
+  const layout = { matrices: sizeOf(q.shape.slice(0, -2)), heads: 1, t, d, ldIn: d, ldOut: d };
+  runAttention(kernel, wasm, 'forward', layout, scale, [q, k, v, o, stats].map((info) => addressOf(wasm, info)));
   return [o, stats];
 }
 
@@ -680,20 +684,65 @@ export function simdCausalAttentionForward(backend: tf.KernelBackend, q: tf.Tens
  * (the probabilities recomputed, not kept). Null where {@link simdCausalAttentionForward} would be.
  */
 export function simdCausalAttentionBackward(backend: tf.KernelBackend, dout: tf.TensorInfo, q: tf.TensorInfo, k: tf.TensorInfo, v: tf.TensorInfo, stats: tf.TensorInfo, scale: number): tf.TensorInfo[] | null {
-  const statsShape = [...q.shape.slice(0, -1), 2];
-  if (stats.dtype !== 'float32' || stats.shape.length !== statsShape.length || stats.shape.some((size, axis) => size !== statsShape[axis])) return null;
-  const setup = attentionSetup(backend, 'backward', [dout, q, k, v]);
-  if (setup === null) return null;
-  const { kernel, wasm, t, matrices, offset, scratch, threads } = setup;
+  const kernel = kernelOf(backend);
+  const [t, d] = q.shape.slice(-2) as [number, number];
+  const shaped = q.shape.length >= 2 && [dout, q, k, v].every((info) => isFloat32Shaped(info, q.shape)) && isFloat32Shaped(stats, [...q.shape.slice(0, -1), 2]);
+  if (kernel === null || !shaped || !simdCausalAttentionFits(backend, t, d)) return null;
+  const wasm = backend as WasmBackendWithModule;
   const [dq, dk, dv] = [0, 1, 2].map(() => wasm.makeOutput([...q.shape], 'float32')) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
-  try {
-    const args = [matrices, t, setup.d, scale, offset(dout), offset(q), offset(k), offset(v), offset(stats), offset(dq), offset(dk), offset(dv), offset(scratch)] as const;
-    if (threads !== null) threads.attentionBackward(threads.control, ...args, threads.mayBlock ? 1 : 0);
-    else kernel.attentionBackward(...args);
-  } finally {
-    wasm.disposeData(scratch.dataId);
-  }
+  const layout = { matrices: sizeOf(q.shape.slice(0, -2)), heads: 1, t, d, ldIn: d, ldOut: d };
+  runAttention(kernel, wasm, 'backward', layout, scale, [dout, q, k, v, stats, dq, dk, dv].map((info) => addressOf(wasm, info)));
   return [dq, dk, dv];
+}
+
+/**
+ * The layout of GPT-2's fused projection qkv [B, T, 3·heads·D] (q, then k, then v, each head's D
+ * values side by side), or null where it is not one (or does not fit the kernel's buffers).
+ */
+function fusedQkvLayout(backend: tf.KernelBackend, qkv: tf.TensorInfo, heads: number): AttentionLayout | null {
+  if (qkv.dtype !== 'float32' || qkv.shape.length !== 3 || !Number.isInteger(heads) || heads < 1) return null;
+  const [batch, t, width] = qkv.shape as [number, number, number];
+  const d = width / 3 / heads;
+  if (!Number.isInteger(d) || d < 1 || !simdCausalAttentionFits(backend, t, d)) return null;
+  return { matrices: batch * heads, heads, t, d, ldIn: width, ldOut: heads * d };
+}
+
+/**
+ * Causal self-attention's forward pass read straight from GPT-2's fused projection qkv [B, T, 3·C]
+ * (C = heads·D) and written in the layers' layout: `[o, stats]`, o [B, T, C] (heads side by side,
+ * as merging them would give) and stats [B, heads, T, 2]. The same arithmetic as
+ * {@link simdCausalAttentionForward} on the split heads, without splitting or merging them. Null
+ * where the backend has no kernel or the shapes do not fit.
+ */
+export function simdCausalSelfAttentionForward(backend: tf.KernelBackend, qkv: tf.TensorInfo, heads: number, scale: number): [tf.TensorInfo, tf.TensorInfo] | null {
+  const kernel = kernelOf(backend);
+  const layout = fusedQkvLayout(backend, qkv, heads);
+  if (kernel === null || layout === null) return null;
+  const wasm = backend as WasmBackendWithModule;
+  const [batch, t] = qkv.shape as [number, number];
+  const o = wasm.makeOutput([batch, t, layout.ldOut], 'float32');
+  const stats = wasm.makeOutput([batch, heads, t, 2], 'float32');
+  const base = addressOf(wasm, qkv);
+  runAttention(kernel, wasm, 'forward', layout, scale, [base, base + 4 * layout.ldOut, base + 8 * layout.ldOut, addressOf(wasm, o), addressOf(wasm, stats)]);
+  return [o, stats];
+}
+
+/**
+ * Its backward pass: from dO [B, T, C], qkv and the forward pass's stats, the gradient of qkv
+ * [B, T, 3·C] (dq, dk, dv where q, k, v lie). Null where {@link simdCausalSelfAttentionForward} would be.
+ */
+export function simdCausalSelfAttentionBackward(backend: tf.KernelBackend, dout: tf.TensorInfo, qkv: tf.TensorInfo, stats: tf.TensorInfo, heads: number, scale: number): tf.TensorInfo | null {
+  const kernel = kernelOf(backend);
+  const layout = fusedQkvLayout(backend, qkv, heads);
+  if (kernel === null || layout === null) return null;
+  const [batch, t] = qkv.shape as [number, number];
+  if (!isFloat32Shaped(dout, [batch, t, layout.ldOut]) || !isFloat32Shaped(stats, [batch, heads, t, 2])) return null;
+  const wasm = backend as WasmBackendWithModule;
+  const dqkv = wasm.makeOutput([...qkv.shape], 'float32');
+  const [base, gradient] = [addressOf(wasm, qkv), addressOf(wasm, dqkv)];
+  const thirds = (address: number): number[] => [address, address + 4 * layout.ldOut, address + 8 * layout.ldOut];
+  runAttention(kernel, wasm, 'backward', layout, scale, [addressOf(wasm, dout), ...thirds(base), addressOf(wasm, stats), ...thirds(gradient)]);
+  return dqkv;
 }
 
 /**

@@ -1,6 +1,13 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, causalAttention } from '../src/causal-attention.js';
+import {
+  CAUSAL_ATTENTION_GRAD_KERNEL,
+  CAUSAL_ATTENTION_KERNEL,
+  CAUSAL_SELF_ATTENTION_GRAD_KERNEL,
+  CAUSAL_SELF_ATTENTION_KERNEL,
+  causalAttention,
+  causalSelfAttention,
+} from '../src/causal-attention.js';
 import { causalMix, causalScores } from '../src/causal-products.js';
 import { initRuntime } from '../src/index.js';
 import { matMulFlops, spyOnKernels } from '../src/kernel-spy.js';
@@ -146,7 +153,11 @@ describe('causal attention in one kernel each way', () => {
       const [tq, tk, tv, tdo] = [q, k, v, dOut].map((values) => tf.tensor(values, shape));
       const mask = causalMask(rows);
       const gradients = (attend: (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.Tensor): number[][] =>
-        tf.tidy(() => tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), tdo!)))([tq!, tk!, tv!]).map((tensor) => Array.from(tensor.dataSync())));
+        tf.tidy(() =>
+          tf
+            .grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), tdo!)))([tq!, tk!, tv!])
+            .map((tensor) => Array.from(tensor.dataSync()))
+        );
       const expected = gradients((a, b, c) => causalMix(scaledSoftmax(causalScores(a, b)!, scale, mask), c)!);
       for (let round = 0; round < 3; round++) {
         // Freed memory full of NaN, which the kernels' scratch is then allocated from.
@@ -154,6 +165,58 @@ describe('causal attention in one kernel each way', () => {
         gradients((a, b, c) => causalAttention(a, b, c, scale)!).forEach((values, i) => expectSameValues(values, expected[i]!, `${['dq', 'dk', 'dv'][i]} (round ${round})`));
       }
       tf.dispose([tq!, tk!, tv!, tdo!, mask]);
+    });
+  });
+
+  // [batch, T, heads, D]: the small model's attention; sizes off the tile and off 4-value rows; T of 1.
+  it.each([
+    [8, 128, 4, 64],
+    [2, 13, 3, 5],
+    [1, 1, 2, 3],
+    [3, 37, 2, 20],
+  ])(
+    'reads GPT-2’s fused q|k|v [B, T, 3·H·D] in place and writes the heads merged, equal to splitting and merging them, value for value (B %i, T %i, %i heads, D %i)',
+    async (batch, rows, heads, depth) => {
+      await withoutTensorLeaks(() => {
+        const width = heads * depth;
+        const qkv = tf.tensor(seededRandomValues(batch * rows * 3 * width, 9, 2), [batch, rows, 3 * width]);
+        const dy = tf.tensor(seededRandomValues(batch * rows * width, 10), [batch, rows, width]);
+        const scale = 1 / Math.sqrt(depth);
+        const split = (x: tf.Tensor): tf.Tensor => tf.transpose(tf.reshape(x, [batch, rows, heads, depth]), [0, 2, 1, 3]);
+        const apart = (packed: tf.Tensor): tf.Tensor => {
+          const [q, k, v] = tf.split(packed, 3, -1) as [tf.Tensor, tf.Tensor, tf.Tensor];
+          return tf.reshape(tf.transpose(causalAttention(split(q), split(k), split(v), scale)!, [0, 2, 1, 3]), [batch, rows, width]);
+        };
+        const together = (packed: tf.Tensor): tf.Tensor => causalSelfAttention(packed, heads, scale)!;
+        const run = (attend: (packed: tf.Tensor) => tf.Tensor): { names: string[]; values: Float32Array[] } => {
+          const spy = spyOnKernels();
+          const values = tf.tidy(() => {
+            const { value, grads } = tf.valueAndGrads((packed: tf.Tensor) => tf.sum(tf.mul(attend(packed), dy)))([qkv]);
+            return [attend(qkv), value, grads[0]!].map((tensor) => tensor.dataSync() as Float32Array);
+          });
+          spy.stop();
+          return { names: spy.calls.map((call) => call.kernelName), values };
+        };
+        const ours = run(together);
+        const theirs = run(apart);
+        // One kernel each way, and no split, transpose or concatenation around it.
+        expect(ours.names.filter((name) => /Attention|Transpose|SplitV|Concat|MatMul/.test(name)).sort()).toEqual(
+          [CAUSAL_SELF_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL].sort()
+        );
+        ours.values.forEach((values, i) => expectSameValues(values, theirs.values[i]!, ['o', 'Σ o∘dy', 'd(qkv)'][i]));
+        expect(ours.values[2]!.every(Number.isFinite) && ours.values[2]!.some((value) => value !== 0)).toBe(true);
+        tf.dispose([qkv, dy]);
+      });
+    }
+  );
+
+  it('declines a fused projection it cannot split into heads, or too long', async () => {
+    await withoutTensorLeaks(() => {
+      const [odd, flat, long] = [tf.ones([2, 5, 20]), tf.ones([10, 24]), tf.zeros([1, 400, 192])];
+      expect(causalSelfAttention(odd, 3, 1)).toBeNull();
+      expect(causalSelfAttention(flat, 2, 1)).toBeNull();
+      expect(causalSelfAttention(long, 1, 1)).toBeNull();
+      tf.dispose([odd, flat, long]);
     });
   });
 

@@ -58,6 +58,8 @@ describe('useFastWasmKernels', () => {
         'LoraCausalAttentionGrad',
         'LoraCausalMix',
         'LoraCausalScores',
+        'LoraCausalSelfAttention',
+        'LoraCausalSelfAttentionGrad',
         'LoraGeluTanh',
         'LoraGeluTanhGrad',
         'LoraLayerNorm',

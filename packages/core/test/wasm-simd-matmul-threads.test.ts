@@ -10,6 +10,8 @@ import {
   simdBatchMatMulHelper,
   simdCausalAttentionBackward,
   simdCausalAttentionForward,
+  simdCausalSelfAttentionBackward,
+  simdCausalSelfAttentionForward,
   simdGeluTanh,
   simdLoraBackward,
   simdLoraForward,
@@ -564,6 +566,34 @@ describe('the two-thread gelu_new', () => {
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
     for (const { values, expected } of finished) values.forEach((view, i) => expectSameValues(view, expected[i]!, 'a finished call’s result'));
+  });
+});
+
+/** Causal attention on a fused projection qkv [B, T, 3·H·D] on `backend`: views of [o, stats, d(qkv)], the freed operands overwritten with NaN. */
+function selfAttentionPasses(backend: HeapBackend, batch: number, rows: number, heads: number, depth: number, seed: number): Float32Array[] {
+  const kernelBackend = backend as unknown as tf.KernelBackend;
+  const qkv = backend.upload([batch, rows, 3 * heads * depth], operand([batch, rows, 3 * heads * depth], seed).values);
+  const dout = backend.upload([batch, rows, heads * depth], operand([batch, rows, heads * depth], seed + 1).values);
+  const forward = simdCausalSelfAttentionForward(kernelBackend, qkv, heads, 0.25);
+  if (forward === null) throw new Error('the kernel declined the forward pass');
+  const backward = simdCausalSelfAttentionBackward(kernelBackend, dout, qkv, forward[1], heads, 0.25);
+  if (backward === null) throw new Error('the kernel declined the backward pass');
+  const infos = [...forward, backward];
+  const results = infos.map((info) => backend.typedArrayFromHeap(info));
+  for (const info of [qkv, dout]) backend.typedArrayFromHeap(info).fill(Number.NaN);
+  for (const info of [qkv, dout, ...infos]) backend.disposeData(info.dataId);
+  return results;
+}
+
+describe('the two-thread causal attention on a fused projection', () => {
+  it.each([
+    [2, 128, 4, 64],
+    [3, 37, 2, 20],
+  ])('computes B %i, T %i, %i heads of D %i as on one thread, bit for bit (each matrix’s rows where its head lies)', (batch, rows, heads, depth) => {
+    const ours = selfAttentionPasses(shared, batch, rows, heads, depth, 81);
+    const single = selfAttentionPasses(plain, batch, rows, heads, depth, 81).map((view) => view.slice());
+    ['o', 'stats', 'd(qkv)'].forEach((what, i) => expectSameValues(ours[i]!, single[i]!, what));
+    for (const values of ours) expect(values.every(Number.isFinite) && values.some((value) => value !== 0)).toBe(true);
   });
 });
 

@@ -14,8 +14,10 @@
 // the softmax and its gradient sum in the same lanes, in the same order, as softmax.c's
 // scaled_softmax(_grad) with the causal mask (whose masked entries add exact zeros).
 //
-// Each matrix is one chunk of the two-thread protocol in batch-matmul.c. Included by
-// batch-matmul.c (pack_b, multiply_triangular, TRI_*); no stack, no data.
+// Each matrix is one chunk of the two-thread protocol in batch-matmul.c. The matrices are read and
+// written where they lie (attention_offset): a [B, H, T, D] stack, or GPT-2's fused projection
+// [B, T, 3·H·D] and its output [B, T, H·D], so no head is split out or merged back by a copy.
+// Included by batch-matmul.c (pack_b, multiply_triangular, TRI_*); no stack, no data.
 
 #include "simd-exp.h"
 #include "simd-lanes.h"
@@ -94,73 +96,91 @@ __attribute__((noinline)) static void softmax_grad_row(float *dp, const float *p
   for (int j = 0; j < n; j += 4) wasm_v128_store(dp + j, wasm_f32x4_mul(wasm_f32x4_mul(wasm_v128_load(p + j), wasm_f32x4_sub(wasm_v128_load(dp + j), dot)), vs));
 }
 
-// P of matrix `i` into `p` (T×T, zero above the diagonal), from q, k and, with `stats_in`, the
-// forward pass's stats (else found and written to `stats`).
-static void attention_probabilities(int t, int d, float scale, const float *q, const float *k, float *stats, int stats_in, float *packed, float *edge, float *p) {
-  const int ld = attention_row_floats(t);
-  // kᵀ as B (k = D terms, T columns): its columns are k's rows, contiguous.
-  pack_b(k, d, t, 1, d, packed);
-  multiply_triangular(TRI_LOWER_OUTPUT, q, d, 1, packed, d, t, t, 0, 0, p, ld, edge);
-  for (int r = 0; r < t; r++) softmax_row(p + r * ld, r, scale, stats + 2 * r, stats_in);
+// P of a matrix into `p` (T×T, zero above the diagonal), from its q and k (rows `ld` apart) and,
+// with `stats_in`, the forward pass's stats (else found and written to `stats`).
+static void attention_probabilities(int t, int d, int ld, float scale, const float *q, const float *k, float *stats, int stats_in, float *packed, float *edge, float *p) {
+  const int ldp = attention_row_floats(t);
+  // kᵀ as B (k = D terms, T columns): its columns are k's rows.
+  pack_b(k, d, t, 1, ld, packed);
+  multiply_triangular(TRI_LOWER_OUTPUT, q, ld, 1, packed, d, t, t, 0, 0, p, ldp, edge);
+  for (int r = 0; r < t; r++) softmax_row(p + r * ldp, r, scale, stats + 2 * r, stats_in);
 }
 
-// Matrix `i` of a call (q, k, v, dO, O/dq, dk, dv: [matrices, T, D]; stats [matrices, T, 2]). Its
-// results go where they belong (`staging` 0), or to `staging` laid out as attention_result_floats says.
-__attribute__((noinline)) static void attention_matrix(int kind, int t, int d, float scale, const float *q, const float *k, const float *v, const float *dout, float *stats, float *o,
-                                                       float *dk, float *dv, int i, float *work, float *staging) {
-  const int size = t * d, ld = attention_row_floats(t);
-  q += i * size;
-  k += i * size;
-  v += i * size;
+// Where a call's matrix i lies: head i % heads of sequence i / heads, whose rows of q, k, v (and of
+// their gradients) lie `ld_in` floats apart, and of O and dO `ld_out` apart: [B, H, T, D] stacks
+// have heads 1 and both strides D; GPT-2's fused q|k|v [B, T, 3·H·D] has heads H, ld_in 3·H·D (q,
+// k, v then start H·D floats apart) and its output [B, T, H·D] ld_out H·D: no head is split out
+// of, or merged back into, the layers' layout.
+static inline int attention_offset(int i, int heads, int t, int d, int ld) { return (i / heads) * t * ld + (i % heads) * d; }
+
+// `rows` rows of `columns` floats from `from` (rows `ld_from` apart) to `to` (`ld_to` apart).
+static void copy_rows(float *to, int ld_to, const float *from, int ld_from, int rows, int columns) {
+  for (int r = 0; r < rows; r++) copy_floats(to + r * ld_to, from + r * ld_from, columns);
+}
+
+// Matrix `i` of a call (q, k, v, dq, dk, dv laid out by `ld_in`, O and dO by `ld_out`, see
+// attention_offset; stats [matrices, T, 2]). Its results go where they belong (`staging` 0), or to
+// `staging` as T×D blocks laid out as attention_result_floats says.
+__attribute__((noinline)) static void attention_matrix(int kind, int t, int d, int heads, int ld_in, int ld_out, float scale, const float *q, const float *k, const float *v,
+                                                       const float *dout, float *stats, float *o, float *dk, float *dv, int i, float *work, float *staging) {
+  const int size = t * d, ldp = attention_row_floats(t);
+  const int in = attention_offset(i, heads, t, d, ld_in), out = attention_offset(i, heads, t, d, ld_out);
+  q += in;
+  k += in;
+  v += in;
   float *packed = work, *edge = work + attention_packed_floats(t, d), *p = edge + 32;
   if (kind == ATTENTION_FORWARD) {
-    float *o_i = staging ? staging : o + i * size;
+    float *o_i = staging ? staging : o + out;
     float *stats_i = staging ? staging + size : stats + i * 2 * t;
-    attention_probabilities(t, d, scale, q, k, stats_i, 0, packed, edge, p);
-    pack_b(v, t, d, d, 1, packed);
-    multiply_triangular(TRI_LOWER_A, p, ld, 1, packed, t, t, d, 0, 0, o_i, d, edge);
+    attention_probabilities(t, d, ld_in, scale, q, k, stats_i, 0, packed, edge, p);
+    pack_b(v, t, d, ld_in, 1, packed);
+    multiply_triangular(TRI_LOWER_A, p, ldp, 1, packed, t, t, d, 0, 0, o_i, staging ? d : ld_out, edge);
     return;
   }
-  const float *dout_i = dout + i * size;
-  float *dq_i = staging ? staging : o + i * size;
-  float *dk_i = staging ? staging + size : dk + i * size;
-  float *dv_i = staging ? staging + 2 * size : dv + i * size;
-  float *ds = p + t * ld;
-  attention_probabilities(t, d, scale, q, k, stats + i * 2 * t, 1, packed, edge, p);
+  const float *dout_i = dout + out;
+  const int ld_g = staging ? d : ld_in;
+  float *dq_i = staging ? staging : o + in;
+  float *dk_i = staging ? staging + size : dk + in;
+  float *dv_i = staging ? staging + 2 * size : dv + in;
+  float *ds = p + t * ldp;
+  attention_probabilities(t, d, ld_in, scale, q, k, stats + i * 2 * t, 1, packed, edge, p);
   // dP = tril(dO·vᵀ), then dS in place.
-  pack_b(v, d, t, 1, d, packed);
-  multiply_triangular(TRI_LOWER_OUTPUT, dout_i, d, 1, packed, d, t, t, 0, 0, ds, ld, edge);
-  for (int r = 0; r < t; r++) softmax_grad_row(ds + r * ld, p + r * ld, r, scale);
-  pack_b(k, t, d, d, 1, packed);
-  multiply_triangular(TRI_LOWER_A, ds, ld, 1, packed, t, t, d, 0, 0, dq_i, d, edge);
-  pack_b(q, t, d, d, 1, packed);
-  multiply_triangular(TRI_UPPER_A, ds, 1, ld, packed, t, t, d, 0, 0, dk_i, d, edge);
-  pack_b(dout_i, t, d, d, 1, packed);
-  multiply_triangular(TRI_UPPER_A, p, 1, ld, packed, t, t, d, 0, 0, dv_i, d, edge);
+  pack_b(v, d, t, 1, ld_in, packed);
+  multiply_triangular(TRI_LOWER_OUTPUT, dout_i, ld_out, 1, packed, d, t, t, 0, 0, ds, ldp, edge);
+  for (int r = 0; r < t; r++) softmax_grad_row(ds + r * ldp, p + r * ldp, r, scale);
+  pack_b(k, t, d, ld_in, 1, packed);
+  multiply_triangular(TRI_LOWER_A, ds, ldp, 1, packed, t, t, d, 0, 0, dq_i, ld_g, edge);
+  pack_b(q, t, d, ld_in, 1, packed);
+  multiply_triangular(TRI_UPPER_A, ds, 1, ldp, packed, t, t, d, 0, 0, dk_i, ld_g, edge);
+  pack_b(dout_i, t, d, ld_out, 1, packed);
+  multiply_triangular(TRI_UPPER_A, p, 1, ldp, packed, t, t, d, 0, 0, dv_i, ld_g, edge);
 }
 
 // Copy the helper's results of matrix `i` (see attention_matrix's `staging`) where they belong.
-static void attention_copy_matrix(int kind, int t, int d, float *stats, float *o, float *dk, float *dv, int i, const float *staging) {
+static void attention_copy_matrix(int kind, int t, int d, int heads, int ld_in, int ld_out, float *stats, float *o, float *dk, float *dv, int i, const float *staging) {
   const int size = t * d;
-  copy_floats(o + i * size, staging, size);
   if (kind == ATTENTION_FORWARD) {
+    copy_rows(o + attention_offset(i, heads, t, d, ld_out), ld_out, staging, d, t, d);
     copy_floats(stats + i * 2 * t, staging + size, 2 * t);
   } else {
-    copy_floats(dk + i * size, staging + size, size);
-    copy_floats(dv + i * size, staging + 2 * size, size);
+    const int in = attention_offset(i, heads, t, d, ld_in);
+    copy_rows(o + in, ld_in, staging, d, t, d);
+    copy_rows(dk + in, ld_in, staging + size, d, t, d);
+    copy_rows(dv + in, ld_in, staging + 2 * size, d, t, d);
   }
 }
 
-/// Causal attention's forward pass on the calling thread for `matrices` T×D matrices of q, k, v:
-/// O and the stats (see above); `scratch` holds attention_scratch_floats(3, T, D, 0).
-__attribute__((export_name("attention_forward"))) void attention_forward(int matrices, int t, int d, float scale, const float *q, const float *k, const float *v, float *o, float *stats,
-                                                                         float *scratch) {
-  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_FORWARD, t, d, scale, q, k, v, 0, stats, o, 0, 0, i, scratch, 0);
+/// Causal attention's forward pass on the calling thread for `matrices` T×D matrices of q, k, v
+/// laid out by `heads`, `ld_in` and `ld_out` (see attention_offset): O and the stats (see above);
+/// `scratch` holds attention_scratch_floats(3, T, D, 0).
+__attribute__((export_name("attention_forward"))) void attention_forward(int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale, const float *q, const float *k,
+                                                                         const float *v, float *o, float *stats, float *scratch) {
+  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_FORWARD, t, d, heads, ld_in, ld_out, scale, q, k, v, 0, stats, o, 0, 0, i, scratch, 0);
 }
 
-/// Its backward pass on the calling thread: dq, dk, dv from dO, q, k, v and the forward pass's
-/// stats; `scratch` holds attention_scratch_floats(4, T, D, 0).
-__attribute__((export_name("attention_backward"))) void attention_backward(int matrices, int t, int d, float scale, const float *dout, const float *q, const float *k, const float *v,
-                                                                           const float *stats, float *dq, float *dk, float *dv, float *scratch) {
-  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_BACKWARD, t, d, scale, q, k, v, dout, (float *)stats, dq, dk, dv, i, scratch, 0);
+/// Its backward pass on the calling thread: dq, dk, dv (laid out as q, k, v) from dO, q, k, v and
+/// the forward pass's stats; `scratch` holds attention_scratch_floats(4, T, D, 0).
+__attribute__((export_name("attention_backward"))) void attention_backward(int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale, const float *dout, const float *q,
+                                                                           const float *k, const float *v, const float *stats, float *dq, float *dk, float *dv, float *scratch) {
+  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_BACKWARD, t, d, heads, ld_in, ld_out, scale, q, k, v, dout, (float *)stats, dq, dk, dv, i, scratch, 0);
 }

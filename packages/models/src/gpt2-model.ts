@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ShapeError, type TensorModule } from '@lora/core';
+import { causalSelfAttention } from '@lora/core/internal';
 import { activationFunction } from './activations.js';
 import { attentionBias, mergeHeads, scaledDotProductAttention, splitHeads, type KeyValueCache } from './attention.js';
 import { PACKAGE } from './config-fields.js';
@@ -33,17 +34,22 @@ export class Gpt2Attention extends Module {
     return tf.tidy(() => {
       const { nEmbd, nHead } = this.config;
       const qkv = this.c_attn.forward(hidden);
+      let scale = this.config.scaleAttnWeights ? 1 / Math.sqrt(nEmbd / nHead) : 1;
+      if (this.config.scaleAttnByInverseLayerIdx) scale /= this.layerIndex + 1;
+      // Causal attention without padding (the causal mask alone), cache or attention dropout: read
+      // straight from qkv and written with the heads merged, where core has that kernel (WASM).
+      const dropout = this.training && this.config.attnPdrop > 0;
+      const whole = cache === undefined && bias?.rank === 2 && !dropout ? causalSelfAttention(qkv, nHead, scale) : null;
+      if (whole !== null) return this.resid_dropout.forward(this.c_proj.forward(whole));
       const [q, k, v] = tf.split(qkv, [nEmbd, nEmbd, nEmbd], -1) as [tf.Tensor, tf.Tensor, tf.Tensor];
       let keys = splitHeads(k, nHead) as tf.Tensor;
       let values = splitHeads(v, nHead) as tf.Tensor;
       if (cache) ({ key: keys, value: values } = cache.update(this.layerIndex, keys, values));
-      let scale = this.config.scaleAttnWeights ? 1 / Math.sqrt(nEmbd / nHead) : 1;
-      if (this.config.scaleAttnByInverseLayerIdx) scale /= this.layerIndex + 1;
       const attended = scaledDotProductAttention(splitHeads(q, nHead), keys, values, {
         scale,
         bias,
         causal: true,
-        dropout: this.training && this.config.attnPdrop > 0 ? (p) => this.attn_dropout.forward(p) : undefined,
+        dropout: dropout ? (p) => this.attn_dropout.forward(p) : undefined,
       });
       return this.resid_dropout.forward(this.c_proj.forward(mergeHeads(attended)));
     });

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { AdapterModel, causalLmLoss, createLoraRegistry, initRuntime, lora, train } from '@lora/core';
-import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL, LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL, matMulFlops, spyOnKernels, type KernelCall, type KernelSpy } from '@lora/core/internal';
+import { CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL, CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL, LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL, matMulFlops, spyOnKernels, type KernelCall, type KernelSpy } from '@lora/core/internal';
 import { afterAll, describe, expect, it } from 'vitest';
 import { generate, Gpt2LMHeadModel, parseGpt2Config } from '../src/index.js';
 import { withoutLeaks } from './helpers.js';
@@ -61,7 +61,7 @@ describe.each(['wasm', 'cpu'])('a LoRA training step on the %s backend', (backen
     // only (its weight is frozen); per layer every input gradient and the LoRA weights' gradients
     // but no frozen weight's (16); the first layer's input needs no gradient (−2: c_attn, lora_A).
     // On wasm each LoRA layer is one fused kernel each way (core's LoraLowRankForward/Backward,
-    // counted as products), and so is attention (core's LoraCausalAttention and its gradient, in
+    // counted as products), and so is attention (core's LoraCausalSelfAttention and its gradient, in
     // place of q·kᵀ, p·v and their four gradients' products): 7 per layer forward, 7 backward, and in
     // the first layer the backward kernel leaves out the input's gradient (−1: c_attn).
     expect(products).toHaveLength(backend === 'wasm' ? 7 * LAYERS + 1 + 1 + 7 * LAYERS - 1 : 10 * LAYERS + 1 + 1 + 16 * LAYERS - 2);
@@ -71,12 +71,16 @@ describe.each(['wasm', 'cpu'])('a LoRA training step on the %s backend', (backen
       // Only the first adapted layer's backward kernel skips dx: [dA, dB] instead of [dx, dA, dB].
       const withoutDx = lowRank.filter(({ call }) => call.kernelName === LORA_BACKWARD_KERNEL && call.outputShapes.length === 2);
       expect(withoutDx).toHaveLength(1);
-      // Attention is one kernel each way per layer (its products the causal triangle's, its
-      // probabilities never stored): no separate causal product, no scores' softmax.
-      const attention = products.filter(({ call }) => call.kernelName === CAUSAL_ATTENTION_KERNEL || call.kernelName === CAUSAL_ATTENTION_GRAD_KERNEL);
-      expect(attention.map(({ call }) => call.kernelName).sort()).toEqual([...Array(LAYERS).fill(CAUSAL_ATTENTION_KERNEL), ...Array(LAYERS).fill(CAUSAL_ATTENTION_GRAD_KERNEL)]);
+      // Attention is one kernel each way per layer, reading q, k, v where c_attn wrote them and
+      // writing the heads merged (its products the causal triangle's, its probabilities never
+      // stored): no separate causal product, no scores' softmax, no split of qkv into heads (nor
+      // the concatenation of their gradients).
+      const attention = products.filter(({ call }) => call.kernelName === CAUSAL_SELF_ATTENTION_KERNEL || call.kernelName === CAUSAL_SELF_ATTENTION_GRAD_KERNEL);
+      expect(attention.map(({ call }) => call.kernelName).sort()).toEqual([...Array(LAYERS).fill(CAUSAL_SELF_ATTENTION_KERNEL), ...Array(LAYERS).fill(CAUSAL_SELF_ATTENTION_GRAD_KERNEL)]);
       expect(products.filter(({ call }) => call.kernelName === CAUSAL_SCORES_KERNEL || call.kernelName === CAUSAL_MIX_KERNEL)).toEqual([]);
-      expect(calls.filter((call) => /Softmax/.test(call.kernelName))).toEqual([]);
+      expect(calls.filter((call) => /Softmax|SplitV/.test(call.kernelName)).map((call) => call.kernelName)).toEqual([]);
+      // (The loss's shifted labels are one Concat of [2, 11] and [2, 1] ids.)
+      expect(calls.filter((call) => call.kernelName === 'Concat' && Object.values(call.inputShapes).some((shape) => shape.length === 3))).toEqual([]);
       expect(products.filter(({ call }) => call.kernelName === 'BatchMatMul' && call.inputShapes['a']!.length === 4)).toEqual([]);
     }
 

@@ -70,14 +70,14 @@ describe('the @lora packages in headless Chromium', () => {
       // Core's SIMD kernel for attention and thin products must run in a page too, not fall back.
       expect(result.simdMatMul).toBe(backend === 'wasm');
       // And its fused kernels (instantiated asynchronously: a page may refuse a synchronous compile).
-      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSumOfSquares'];
+      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSumOfSquares'];
       expect([...result.fusedKernels].sort()).toEqual(backend === 'wasm' ? fused : []);
       // Registered is not enough: training (LoRA dropout 0.1 on the adapters' input) ran the fused dropout and the others.
       for (const recipe of result.results) {
         // LoRA's layers (QLoRA's too, on its 4-bit base) train through the fused passes; DoRA's have their own arithmetic.
         const lowRank = recipe.recipe === 'dora' ? [] : ['LoraLowRankForward', 'LoraLowRankBackward'];
-        // GPT-2's causal attention (no dropout on its probabilities) runs as one kernel each way.
-        const causal = ['LoraCausalAttention', 'LoraCausalAttentionGrad'];
+        // GPT-2's causal attention (no dropout on its probabilities) runs as one kernel each way, on its fused projection.
+        const causal = ['LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad'];
         if (backend === 'wasm') expect(recipe.fusedKernelsRun, recipe.recipe).toEqual(expect.arrayContaining(['LoraDropout', 'LoraGeluTanh', 'LoraLayerNorm', 'LoraAdamWUpdate', ...lowRank, ...causal]));
         else expect(recipe.fusedKernelsRun, recipe.recipe).toEqual([]);
       }
