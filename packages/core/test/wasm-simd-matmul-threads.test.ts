@@ -403,6 +403,33 @@ const LORA_LAYERS = [
   ['rank 5', 260, 96, 5, 300],
 ] as const;
 
+/**
+ * The cases `runCases` computes on two threads (the views of their results) against one thread, with
+ * the helper idle (it claims nothing: the calling thread computes every chunk) and then stalling in
+ * each chunk it claims (descheduled mid-chunk: the caller takes the chunk back), the same bits
+ * either way; and, once the stalled helper has woken and computed its chunks from operands
+ * overwritten since, every finished call's (freed) results as they were when it returned.
+ */
+async function expectHelperIdleOrStallingHarmless(runCases: () => { values: Float32Array[]; expected: Float32Array[]; names: readonly string[] }[]): Promise<void> {
+  const finished: { values: Float32Array[]; expected: Float32Array[] }[] = [];
+  for (const mode of ['idle', 'stalling'] as const) {
+    setSimdBatchMatMulHelperMode(sharedBackend, mode);
+    try {
+      const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+      for (const { values, expected, names } of runCases()) {
+        names.forEach((what, i) => expectSameValues(values[i]!, expected[i]!, `${what} (${mode})`));
+        finished.push({ values, expected });
+      }
+      // Each call returned before the helper finished a chunk.
+      expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
+    } finally {
+      setSimdBatchMatMulHelperMode(sharedBackend, 'normal');
+    }
+  }
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  for (const { values, expected } of finished) values.forEach((view, i) => expectSameValues(view, expected[i]!, 'a finished call’s result'));
+}
+
 describe('the two-thread fused LoRA passes', () => {
   it.each(LORA_LAYERS)('compute %s as on one thread, bit for bit (dA and dB summed block by block in the same order)', (_name, rows, inFeatures, rank, outFeatures) => {
     const operands = loraOperands(rows, inFeatures, rank, outFeatures, 11);
@@ -422,28 +449,12 @@ describe('the two-thread fused LoRA passes', () => {
   });
 
   it('gives the one-thread results when the helper claims nothing, and when it stalls mid-block (its late results kept out of finished calls)', async () => {
-    const finished: { values: Float32Array[]; expected: Float32Array[] }[] = [];
-    for (const mode of ['idle', 'stalling'] as const) {
-      setSimdBatchMatMulHelperMode(sharedBackend, mode);
-      try {
-        const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
-        for (const [, rows, inFeatures, rank, outFeatures] of LORA_LAYERS) {
-          const operands = loraOperands(rows, inFeatures, rank, outFeatures, 21);
-          const values = loraPasses(shared, operands, 0.5);
-          const expected = oneThread(operands, 0.5);
-          ['y', 'hs', 'dx', 'dA', 'dB'].forEach((what, i) => expectSameValues(values[i]!, expected[i]!, `${what} (${mode})`));
-          finished.push({ values, expected });
-        }
-        // Each call returned before the helper finished a block.
-        expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
-      } finally {
-        setSimdBatchMatMulHelperMode(sharedBackend, 'normal');
-      }
-    }
-    // The stalled helper wakes, computes its block from operands overwritten since, and must find it
-    // taken back: the finished calls' (freed) results stay as they were.
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    for (const { values, expected } of finished) values.forEach((view, i) => expectSameValues(view, expected[i]!, 'a finished call’s result'));
+    await expectHelperIdleOrStallingHarmless(() =>
+      LORA_LAYERS.map(([, rows, inFeatures, rank, outFeatures]) => {
+        const operands = loraOperands(rows, inFeatures, rank, outFeatures, 21);
+        return { values: loraPasses(shared, operands, 0.5), expected: oneThread(operands, 0.5), names: ['y', 'hs', 'dx', 'dA', 'dB'] };
+      }),
+    );
   });
 });
 
@@ -492,24 +503,13 @@ describe('the two-thread causal attention', () => {
   });
 
   it('gives the one-thread results when the helper claims nothing, and when it stalls mid-matrix (its late results kept out of finished calls)', async () => {
-    const finished: { values: Float32Array[]; expected: Float32Array[] }[] = [];
-    for (const mode of ['idle', 'stalling'] as const) {
-      setSimdBatchMatMulHelperMode(sharedBackend, mode);
-      try {
-        const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
-        for (const [, shape] of ATTENTION_SHAPES) {
-          const values = attentionPasses(shared, shape, 41, 0.5);
-          const expected = attentionPasses(plain, shape, 41, 0.5).map((view) => view.slice());
-          ATTENTION_RESULTS.forEach((what, i) => expectSameValues(values[i]!, expected[i]!, `${what} (${mode})`));
-          finished.push({ values, expected });
-        }
-        expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
-      } finally {
-        setSimdBatchMatMulHelperMode(sharedBackend, 'normal');
-      }
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    for (const { values, expected } of finished) values.forEach((view, i) => expectSameValues(view, expected[i]!, 'a finished call’s result'));
+    await expectHelperIdleOrStallingHarmless(() =>
+      ATTENTION_SHAPES.map(([, shape]) => ({
+        values: attentionPasses(shared, shape, 41, 0.5),
+        expected: attentionPasses(plain, shape, 41, 0.5).map((view) => view.slice()),
+        names: ATTENTION_RESULTS,
+      })),
+    );
   });
 });
 
@@ -548,24 +548,9 @@ describe('the two-thread gelu_new', () => {
   });
 
   it('gives the one-thread results when the helper claims nothing, and when it stalls mid-range (its late results kept out of finished calls)', async () => {
-    const finished: { values: Float32Array[]; expected: Float32Array[] }[] = [];
-    for (const mode of ['idle', 'stalling'] as const) {
-      setSimdBatchMatMulHelperMode(sharedBackend, mode);
-      try {
-        const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
-        for (const size of GELU_SIZES) {
-          const values = geluPasses(shared, size, 61);
-          const expected = geluPasses(plain, size, 61).map((view) => view.slice());
-          ['y', 'dx'].forEach((what, i) => expectSameValues(values[i]!, expected[i]!, `${what} (${mode})`));
-          finished.push({ values, expected });
-        }
-        expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBe(before);
-      } finally {
-        setSimdBatchMatMulHelperMode(sharedBackend, 'normal');
-      }
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    for (const { values, expected } of finished) values.forEach((view, i) => expectSameValues(view, expected[i]!, 'a finished call’s result'));
+    await expectHelperIdleOrStallingHarmless(() =>
+      GELU_SIZES.map((size) => ({ values: geluPasses(shared, size, 61), expected: geluPasses(plain, size, 61).map((view) => view.slice()), names: ['y', 'dx'] })),
+    );
   });
 });
 
