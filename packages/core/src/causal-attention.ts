@@ -63,8 +63,8 @@ function registerCausalAttentionGradient(): void {
  * {@link causalMix}). Returns null otherwise (the caller computes it another way).
  */
 export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number): tf.Tensor | null {
-  const sameShape = (t: tf.Tensor): boolean => t.dtype === 'float32' && t.rank === q.rank && t.shape.every((size, axis) => size === q.shape[axis]);
-  if (q.rank < 2 || !sameShape(q) || !sameShape(k) || !sameShape(v) || !activeBackendHasKernels(CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL)) return null;
+  const likeQ = (t: tf.Tensor): boolean => t.dtype === 'float32' && t.rank === q.rank && t.shape.every((size, axis) => size === q.shape[axis]);
+  if (q.dtype !== 'float32' || q.rank < 2 || !likeQ(k) || !likeQ(v) || !activeBackendHasKernels(CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL)) return null;
   const [t, d] = q.shape.slice(-2) as [number, number];
   if (!simdCausalAttentionFits(tf.backend(), t, d)) return null;
   registerCausalAttentionGradient();

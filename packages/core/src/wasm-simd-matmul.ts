@@ -410,6 +410,9 @@ export function threadChunking(
 
 const sizeOf = (shape: readonly number[]): number => shape.reduce((product, dimension) => product * dimension, 1);
 
+/** Byte address of a tensor in the backend's memory (read after every allocation: it does not move). */
+const addressOf = (wasm: WasmBackendWithModule, info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
+
 /**
  * A triangular form of a product of square attention matrices (query i sees keys ≤ i), computing
  * about half of it: `lower-output`, tril(op(A)·op(B)) (a square result, zero above the diagonal);
@@ -466,8 +469,7 @@ export function simdBatchMatMul(
   const scratchFloats = (chunking === null ? Math.ceil(n / 8) * 8 * k + 32 : chunking.panelGroup * 8 * k + 32) + (packsA ? A_BLOCK_ROWS * k : 0);
   const scratch = wasm.makeOutput([scratchFloats], 'float32');
   try {
-    // Byte offsets in the backend's memory, read after every allocation (they do not move).
-    const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
+    const offset = (info: tf.TensorInfo): number => addressOf(wasm, info);
     const operands: Operands = [
       batch,
       m,
@@ -540,8 +542,7 @@ function loraSetup(backend: tf.KernelBackend, pass: 'forward' | 'backward', oper
   if (rowBlock === null) return null;
   const wasm = backend as WasmBackendWithModule;
   const scratchFloats = kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, 0);
-  // Byte offsets in the backend's memory, read after every allocation (they do not move).
-  const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
+  const offset = (info: tf.TensorInfo): number => addressOf(wasm, info);
   return { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset };
 }
 
@@ -658,9 +659,6 @@ function runAttention(kernel: SimdKernel, wasm: WasmBackendWithModule, pass: 'fo
 
 const isFloat32Shaped = (info: tf.TensorInfo, shape: readonly number[]): boolean => info.dtype === 'float32' && info.shape.length === shape.length && info.shape.every((size, axis) => size === shape[axis]);
 
-/** Byte address of a tensor in the backend's memory (read after every allocation: it does not move). */
-const addressOf = (wasm: WasmBackendWithModule, info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
-
 /**
  * Causal self-attention's forward pass in one kernel (wasm/causal-attention.h) for float32 q, k, v
  * of one shape [..., T, D]: `[o, stats]`, o = tril(softmax(scale·tril(q·kᵀ)))·v [..., T, D] and
@@ -763,7 +761,7 @@ export function simdGeluTanh(backend: tf.KernelBackend, x: tf.TensorInfo, dy: tf
   const wasm = backend as WasmBackendWithModule;
   const out = wasm.makeOutput([...x.shape], 'float32');
   if (size === 0) return out;
-  const offset = (info: tf.TensorInfo): number => wasm.typedArrayFromHeap(info).byteOffset;
+  const offset = (info: tf.TensorInfo): number => addressOf(wasm, info);
   const chunk = Math.max(GELU_CHUNK_FLOATS, 4 * Math.ceil(size / MAX_THREADED_CHUNKS / 4));
   // About 40 operations a value (its exp and the rest), as a product's flops count.
   const threads = chunk <= HELPER_SCRATCH_FLOATS ? threadsFor(kernel, 40 * size, Math.ceil(size / chunk)) : null;
