@@ -56,16 +56,31 @@ __attribute__((noinline)) static void pack_b(const float *b, int k, int n, int r
 // One 4×8 tile of C: rows i0..i0+3 of op(A), read in place (`a` points at row i0, rows `a_rs`
 // apart, values `a_cs` apart), times a panel of 8 columns of op(B) whose rows are `b_step` floats
 // apart (8 when packed, B's row stride when read in place). A partial panel (columns < 8, at the
-// matrix's edge) goes through `edge` (32 floats of scratch).
+// matrix's edge) goes through `edge` (32 floats of scratch). With `init` (not null), each sum
+// starts from its value there (row r's 8 values at init + r·init_ld: a bias row for init_ld 0, a
+// LoRA layer's base output for init_ld its row stride) instead of 0.
 //
 // The loop is written for V8's register allocator, which has 15 of x64's 16 vector registers: one
 // step of k at a time (not unrolled), each row's splat used as soon as it is loaded, so the live
 // values are the 8 accumulators, B's two vectors, one splat and one product. Unrolled by two,
 // clang hoisted both steps' loads and V8 kept four accumulators on the stack, a load and a store
-// each per step: measured on one core, 30-31 GFLOP/s against 38-42 this way.
-__attribute__((noinline)) static void tile(const float *a, int a_rs, int a_cs, const float *bp, int b_step, int k, float *c, int ldc, int columns, float *edge) {
+// each per step: measured on one core, 30-31 GFLOP/s against 38-42 this way. `init` only sets the
+// accumulators' first values, so the loop is the same; tile() and tile_init() are two copies (the
+// one without `init` has no branch on it), not one function taking a null.
+static inline __attribute__((always_inline)) void tile_from(const float *a, int a_rs, int a_cs, const float *bp, int b_step, int k, float *c, int ldc, int columns, float *edge,
+                                                             const float *init, int init_ld) {
   const float *a0p = a, *a1p = a + a_rs, *a2p = a + 2 * a_rs, *a3p = a + 3 * a_rs;
   v128_t c00 = wasm_f32x4_splat(0.0f), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  if (init != 0) {
+    c00 = wasm_v128_load(init);
+    c01 = wasm_v128_load(init + 4);
+    c10 = wasm_v128_load(init + init_ld);
+    c11 = wasm_v128_load(init + init_ld + 4);
+    c20 = wasm_v128_load(init + 2 * init_ld);
+    c21 = wasm_v128_load(init + 2 * init_ld + 4);
+    c30 = wasm_v128_load(init + 3 * init_ld);
+    c31 = wasm_v128_load(init + 3 * init_ld + 4);
+  }
 #pragma clang loop unroll(disable)
   for (int p = 0; p < k; p++) {
     const v128_t vb0 = wasm_v128_load(bp);
@@ -103,6 +118,18 @@ __attribute__((noinline)) static void tile(const float *a, int a_rs, int a_cs, c
     for (int j = 0; j < columns; j++) c[r * ldc + j] = edge[r * NR + j];
 }
 
+__attribute__((noinline)) static void tile(const float *a, int a_rs, int a_cs, const float *bp, int b_step, int k, float *c, int ldc, int columns, float *edge) {
+  tile_from(a, a_rs, a_cs, bp, b_step, k, c, ldc, columns, edge, 0, 0);
+}
+
+// A full panel's tile (8 columns) whose sums start from `init` (not null; see tile_from). A bias
+// added this way costs nothing: added by a pass over each tile just stored, it took 10-13% of a
+// product of k = 256 (GPT-2's c_attn, c_fc: 84-88% of a 1024² product's rate, 95-103% this way),
+// the pass's loads waiting for the stores' cache lines.
+__attribute__((noinline)) static void tile_init(const float *a, int a_rs, int a_cs, const float *bp, int b_step, int k, float *c, int ldc, const float *init, int init_ld) {
+  tile_from(a, a_rs, a_cs, bp, b_step, k, c, ldc, NR, 0, init, init_ld);
+}
+
 // One row of C's 8 columns, for the rows a 4-row tile would repeat (a product of fewer than 4 rows,
 // as in token-by-token decoding, or the last rows of a matrix): the same sums, in the same order,
 // as the tile's, a quarter of its work. A partial panel (columns < 8) goes through `edge`.
@@ -120,15 +147,15 @@ __attribute__((noinline)) static void row_tile(const float *a, int a_cs, const f
     for (int j = 0; j < columns; j++) c[j] = edge[j];
 }
 
-// C's `rows` rows (ldc apart) of `columns` values += bias, once they are summed: a pass over values
-// just stored (in cache) rather than inside tile(), where the extra live vectors cost V8's
-// register allocator a quarter of the tile's speed (measured: 1024² 77 → 58 GFLOP/s).
-__attribute__((noinline)) static void add_bias(float *c, int ldc, int rows, int columns, const float *bias) {
+// C's `rows` rows (ldc apart) of `columns` values += init's (row r at init + r·init_ld: a bias row
+// for init_ld 0), for the tiles tile_init does not take (a partial panel or a row tile).
+__attribute__((noinline)) static void add_init(float *c, int ldc, int rows, int columns, const float *init, int init_ld) {
   for (int r = 0; r < rows; r++) {
     float *cr = c + r * ldc;
+    const float *ir = init + r * init_ld;
     int j = 0;
-    for (; j + 4 <= columns; j += 4) wasm_v128_store(cr + j, wasm_f32x4_add(wasm_v128_load(cr + j), wasm_v128_load(bias + j)));
-    for (; j < columns; j++) cr[j] = cr[j] + bias[j];
+    for (; j + 4 <= columns; j += 4) wasm_v128_store(cr + j, wasm_f32x4_add(wasm_v128_load(cr + j), wasm_v128_load(ir + j)));
+    for (; j < columns; j++) cr[j] = cr[j] + ir[j];
   }
 }
 
@@ -136,8 +163,9 @@ __attribute__((noinline)) static void add_bias(float *c, int ldc, int rows, int 
 // a row per sequence times a weight, which is all the product reads): B is streamed row by row as
 // it is stored, four rows at a time, and each row of C is accumulated where it lies (it stays in
 // cache). The tiles would read B down its columns, 32 bytes a row, which the memory serves far
-// slower. The sums are the tiles', in the same order (0 + a₀b₀ + a₁b₁ + …, one rounding each).
-__attribute__((noinline)) static void few_rows(const float *a, int a_rs, int a_cs, const float *b, int b_rs, int k, int columns, float *c, int ldc, int rows, const float *bias) {
+// slower. The sums are the tiles', in the same order (0 + a₀b₀ + a₁b₁ + …, one rounding each);
+// `init` (see multiply) is added once they are summed, as for row tiles.
+__attribute__((noinline)) static void few_rows(const float *a, int a_rs, int a_cs, const float *b, int b_rs, int k, int columns, float *c, int ldc, int rows, const float *init, int init_ld) {
   for (int r = 0; r < rows; r++) {
     float *cr = c + r * ldc;
     int j = 0;
@@ -175,7 +203,7 @@ __attribute__((noinline)) static void few_rows(const float *a, int a_rs, int a_c
       for (; j < columns; j++) cr[j] = cr[j] + s0 * bp[j];
     }
   }
-  if (bias != 0) add_bias(c, ldc, rows, columns, bias);
+  if (init != 0) add_init(c, ldc, rows, columns, init, init_ld);
 }
 
 // With at most this many terms per output (LoRA's up-projections, k = r), the packed panels of B
@@ -237,10 +265,13 @@ static inline int panels_in_place(int rows, int columns, int b_cs) {
 // Rows [0, rows) of op(A) (`a` at its first row) times `columns` columns of op(B): the first
 // `in_place` panels read from `b` (the block's first column, rows `b_rs` apart), the others from
 // `packed` (as pack_b wrote them, from panel `in_place` on). Element (r, j) goes to target[r·ld + j].
+// With `init` (not null), element (r, j) is init[r·init_ld + j] plus the product's: a bias row
+// (init_ld 0) or a matrix (a LoRA layer's base output); full tiles start their sums from it
+// (tile_init), the others add it once summed (add_init).
 __attribute__((noinline)) static void multiply(const float *a, int a_rs, int a_cs, const float *b, int b_rs, int b_cs, int in_place, const float *packed, int k, int rows, int columns, float *target,
-                     int ld, float *edge, float *packed_a, const float *bias) {
+                     int ld, float *edge, float *packed_a, const float *init, int init_ld) {
   if (streams_b(rows, b_cs)) {
-    few_rows(a, a_rs, a_cs, b, b_rs, k, columns, target, ld, rows, bias);
+    few_rows(a, a_rs, a_cs, b, b_rs, k, columns, target, ld, rows, init, init_ld);
     return;
   }
   const int panels = (columns + NR - 1) / NR;
@@ -252,11 +283,17 @@ __attribute__((noinline)) static void multiply(const float *a, int a_rs, int a_c
 // `ai`, its rows `ars` apart and values `acs` apart: A in place, or a strip of its copy.
 #define PANEL_TILE_FROM(jp, i0, ai, ars, acs)                                                                                                                              \
   do {                                                                                                                                                                       \
-    if (rows - (i0) >= MR)                                                                                                                                                   \
-      tile(ai, ars, acs, PANEL(jp), PANEL_STEP(jp), k, target + (i0) * ld + (jp) * NR, ld, PANEL_COLUMNS(jp), edge);                                                     \
-    else                                                                                                                                                                     \
-      for (int r = (i0); r < rows; r++) row_tile((ai) + (r - (i0)) * (ars), acs, PANEL(jp), PANEL_STEP(jp), k, target + r * ld + (jp) * NR, PANEL_COLUMNS(jp), edge);         \
-    if (bias != 0) add_bias(target + (i0) * ld + (jp) * NR, ld, min_int(MR, rows - (i0)), PANEL_COLUMNS(jp), bias + (jp) * NR);                                            \
+    float *const c_tile = target + (i0) * ld + (jp) * NR;                                                                                                                   \
+    const float *const init_tile = init != 0 ? init + (i0) * init_ld + (jp) * NR : 0;                                                                                       \
+    if (rows - (i0) >= MR && init != 0 && PANEL_COLUMNS(jp) == NR)                                                                                                          \
+      tile_init(ai, ars, acs, PANEL(jp), PANEL_STEP(jp), k, c_tile, ld, init_tile, init_ld);                                                                               \
+    else {                                                                                                                                                                   \
+      if (rows - (i0) >= MR)                                                                                                                                                 \
+        tile(ai, ars, acs, PANEL(jp), PANEL_STEP(jp), k, c_tile, ld, PANEL_COLUMNS(jp), edge);                                                                               \
+      else                                                                                                                                                                   \
+        for (int r = (i0); r < rows; r++) row_tile((ai) + (r - (i0)) * (ars), acs, PANEL(jp), PANEL_STEP(jp), k, c_tile + (r - (i0)) * ld, PANEL_COLUMNS(jp), edge);         \
+      if (init != 0) add_init(c_tile, ld, min_int(MR, rows - (i0)), PANEL_COLUMNS(jp), init_tile, init_ld);                                                                  \
+    }                                                                                                                                                                        \
   } while (0)
 #define PANEL_TILE(jp, i0) PANEL_TILE_FROM(jp, i0, a + (i0) * a_rs, a_rs, a_cs)
   if (packed_a != 0 && rows >= MR) {
@@ -412,7 +449,7 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
     if (tri != TRI_NONE)
       multiply_triangular(tri, a + i * a_bs, a_rs, a_cs, packed_b, k, m, n, 0, 0, c + i * m * n, n, edge);
     else
-      multiply(a + i * a_bs, a_rs, a_cs, bi, b_rs, b_cs, in_place, packed_b, k, m, n, c + i * m * n, n, edge, packs_a(k, n, a_rs, a_cs) ? edge + 32 : 0, bias);
+      multiply(a + i * a_bs, a_rs, a_cs, bi, b_rs, b_cs, in_place, packed_b, k, m, n, c + i * m * n, n, edge, packs_a(k, n, a_rs, a_cs) ? edge + 32 : 0, bias, 0);
   }
 }
 
@@ -569,7 +606,7 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
     multiply_triangular(p->tri, ai, p->a_rs, p->a_cs, packed_b, k, rows, columns, first_row, first_column, target, ld, edge);
   else
     multiply(ai, p->a_rs, p->a_cs, bi, p->b_rs, p->b_cs, in_place, packed_b, k, rows, columns, target, ld, edge, packs_a(k, n, p->a_rs, p->a_cs) ? edge + 32 : 0,
-             p->bias != 0 ? p->bias + first_column : 0);
+             p->bias != 0 ? p->bias + first_column : 0, 0);
 }
 
 // Copy the helper's result of `chunk` (see run_chunk) to the output.

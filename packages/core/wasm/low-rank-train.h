@@ -82,18 +82,11 @@ __attribute__((noinline)) static void lora_block(int kind, int rows, int in, int
     float *y_rows = staging ? staging : y + r0 * out;
     float *hs_rows = staging ? staging + row_block * out : hs + r0 * rank;
     const float *base_rows = third + r0 * out;
-    multiply(x + r0 * in, in, 1, a, 1, in, 0, packed_at, in, count, rank, hs_rows, rank, edge, 0, 0);
+    multiply(x + r0 * in, in, 1, a, 1, in, 0, packed_at, in, count, rank, hs_rows, rank, edge, 0, 0, 0);
     scale_floats(hs_rows, count * rank, s);
-    // Four rows at a time, each added to base while its row of y is still in L1.
-    for (int i0 = 0; i0 < count; i0 += MR) {
-      const int n = min_int(MR, count - i0);
-      float *yi = y_rows + i0 * out;
-      const float *basei = base_rows + i0 * out;
-      multiply(hs_rows + i0 * rank, rank, 1, b, 1, rank, 0, packed_bt, rank, n, out, yi, out, edge, 0, 0);
-      int j = 0;
-      for (; j + 4 <= n * out; j += 4) wasm_v128_store(yi + j, wasm_f32x4_add(wasm_v128_load(basei + j), wasm_v128_load(yi + j)));
-      for (; j < n * out; j++) yi[j] = basei[j] + yi[j];
-    }
+    // y = base + hs·Bᵀ: each tile's sums start from base's values (see tile_init), so y is written
+    // once and base read once, with no pass adding them.
+    multiply(hs_rows, rank, 1, b, 1, rank, 0, packed_bt, rank, count, out, y_rows, out, edge, 0, base_rows, out);
     return;
   }
   const float *packed_b = work, *packed_a = work + panels_of(rank) * NR * out;
@@ -104,17 +97,17 @@ __attribute__((noinline)) static void lora_block(int kind, int rows, int in, int
   float *part_bt = part_a + rank * in;
   const float *dy_rows = third + r0 * out, *x_rows = x + r0 * in, *hs_rows = hs + r0 * rank;
   // g = s·(dy·B): B packed (or streamed in place for fewer than 4 rows).
-  multiply(dy_rows, out, 1, b, rank, 1, 0, packed_b, out, count, rank, g, rank, edge, 0, 0);
+  multiply(dy_rows, out, 1, b, rank, 1, 0, packed_b, out, count, rank, g, rank, edge, 0, 0, 0);
   scale_floats(g, count * rank, s);
   // dx = g·A, unless no gradient flows to x (`y` 0: the first adapted layer, whose input depends
   // on no trainable weight).
-  if (y) multiply(g, rank, 1, a, in, 1, 0, packed_a, rank, count, in, dx_rows, in, edge, 0, 0);
+  if (y) multiply(g, rank, 1, a, in, 1, 0, packed_a, rank, count, in, dx_rows, in, edge, 0, 0, 0);
   // dA's part = gᵀ·x and dBᵀ's part = hsᵀ·dy over the block's rows (k = count): the block's rows of
   // x and dy are read in place, whole panels of 8 columns; only a partial last panel is packed.
   pack_b(x_rows + (in / NR) * NR, count, in % NR, in, 1, tail);
-  multiply(g, 1, rank, x_rows, in, 1, in / NR, tail, count, rank, in, part_a, in, edge, 0, 0);
+  multiply(g, 1, rank, x_rows, in, 1, in / NR, tail, count, rank, in, part_a, in, edge, 0, 0, 0);
   pack_b(dy_rows + (out / NR) * NR, count, out % NR, out, 1, tail);
-  multiply(hs_rows, 1, rank, dy_rows, out, 1, out / NR, tail, count, rank, out, part_bt, out, edge, 0, 0);
+  multiply(hs_rows, 1, rank, dy_rows, out, 1, out / NR, tail, count, rank, out, part_bt, out, edge, 0, 0, 0);
 }
 
 // Copy the helper's results of block `block` (see lora_block's `staging`) where they belong.
