@@ -1,6 +1,6 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { threadHost } from './thread-host.js';
-import { BATCH_MATMUL_WASM_SHARED } from './wasm-batch-matmul-binary.js';
+import { BATCH_MATMUL_WASM_FMA_SHARED, BATCH_MATMUL_WASM_SHARED } from './wasm-batch-matmul-binary.js';
 import { decodeBase64, withPlainMemoryImport } from './wasm-module.js';
 
 /**
@@ -35,6 +35,7 @@ interface WebAssemblyApi {
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: Record<string, Record<string, unknown>>) => { exports: Record<string, unknown> };
   instantiate(bytes: Uint8Array, imports: Record<string, Record<string, unknown>>): Promise<{ module: object; instance: { exports: Record<string, unknown> } }>;
+  validate(bytes: Uint8Array): boolean;
 }
 
 /** The BackendWasm members used here (public on the class; `wasm` is its Emscripten module). */
@@ -97,6 +98,7 @@ interface ThreadedKernel {
 }
 
 interface SimdKernel {
+  readonly build: SimdKernelBuild;
   readonly run: BatchMatMulExport;
   readonly loraForward: LoraForwardExport;
   readonly loraBackward: LoraBackwardExport;
@@ -127,23 +129,47 @@ const HELPER_FAILED_OFFSET = 76;
 const instances = new WeakMap<tf.KernelBackend, SimdKernel | null>();
 
 /** What instantiating the kernel's module for `backend` needs, or null where it cannot run. */
-function moduleFor(backend: WasmBackendWithModule): { api: WebAssemblyApi; bytes: Uint8Array; memory: LinearMemory; imports: Record<string, Record<string, unknown>> } | null {
+function moduleFor(
+  backend: WasmBackendWithModule,
+): { api: WebAssemblyApi; bytes: Uint8Array; build: SimdKernelBuild; memory: LinearMemory; imports: Record<string, Record<string, unknown>> } | null {
   // tfjs's threaded build creates its (shared) memory in JS and keeps it as `wasmMemory`; the
   // single-threaded builds export theirs.
   const memory = backend.wasm?.wasmMemory ?? backend.wasm?.asm?.memory;
   if (memory === undefined) return null;
   const api = (globalThis as { WebAssembly?: WebAssemblyApi }).WebAssembly;
   if (api === undefined) return null;
-  // The package carries the shared-memory link only; a plain memory gets it with its import rewritten.
-  const shared = decodeBase64(BATCH_MATMUL_WASM_SHARED);
-  return { api, bytes: isShared(memory) ? shared : withPlainMemoryImport(shared), memory, imports: { env: { memory } } };
+  return { api, ...kernelBinary(api, isShared(memory)), memory, imports: { env: { memory } } };
+}
+
+/** Which build of the kernel's module runs: with fused multiply-adds (relaxed SIMD), or without. */
+export type SimdKernelBuild = 'fma' | 'plain';
+
+/**
+ * The kernel's module for a shared or a plain memory: the build with fused multiply-adds where the
+ * engine accepts relaxed SIMD (Chrome and Edge 114+, Node 22+, and Node 20-21 with the flag that
+ * core's Node entry sets) and `LORA_WASM_FMA` is not `0` in Node's environment, else the plain one.
+ * The package carries shared-memory links only; a plain memory gets one with its import rewritten.
+ */
+function kernelBinary(api: WebAssemblyApi, sharedMemory: boolean): { bytes: Uint8Array; build: SimdKernelBuild } {
+  const forMemory = (shared: Uint8Array): Uint8Array => (sharedMemory ? shared : withPlainMemoryImport(shared));
+  if (fmaBuildWanted()) {
+    const bytes = forMemory(decodeBase64(BATCH_MATMUL_WASM_FMA_SHARED));
+    if (api.validate(bytes)) return { bytes, build: 'fma' };
+  }
+  return { bytes: forMemory(decodeBase64(BATCH_MATMUL_WASM_SHARED)), build: 'plain' };
+}
+
+/** False where Node's environment has `LORA_WASM_FMA=0` (a switch for comparisons and for the plain build's tests). */
+function fmaBuildWanted(): boolean {
+  return (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.['LORA_WASM_FMA'] !== '0';
 }
 
 const isShared = (memory: LinearMemory): boolean => typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
 
 /** The kernel of an instantiated module, with its helper thread started where one can run. */
-function kernelFrom(backend: WasmBackendWithModule, module: object, exports: Record<string, unknown>, memory: LinearMemory): SimdKernel {
+function kernelFrom(backend: WasmBackendWithModule, module: object, exports: Record<string, unknown>, memory: LinearMemory, build: SimdKernelBuild): SimdKernel {
   return {
+    build,
     run: exports['batch_matmul'] as BatchMatMulExport,
     loraForward: exports['lora_forward'] as LoraForwardExport,
     loraBackward: exports['lora_backward'] as LoraBackwardExport,
@@ -204,7 +230,7 @@ function instantiate(backend: WasmBackendWithModule): SimdKernel | null {
   try {
     const module = new parts.api.Module(parts.bytes);
     const instance = new parts.api.Instance(module, parts.imports);
-    return kernelFrom(backend, module, instance.exports, parts.memory);
+    return kernelFrom(backend, module, instance.exports, parts.memory, parts.build);
   } catch {
     // No WASM SIMD in this engine, a memory the module cannot import, or a browser that refuses a
     // synchronous compile on its main thread (prepareSimdBatchMatMul avoids that): the caller falls back.
@@ -231,7 +257,7 @@ export async function prepareSimdBatchMatMul(backend: tf.KernelBackend): Promise
   if (parts !== null) {
     try {
       const { module, instance } = await parts.api.instantiate(parts.bytes, parts.imports);
-      kernel = kernelFrom(backend as WasmBackendWithModule, module, instance.exports, parts.memory);
+      kernel = kernelFrom(backend as WasmBackendWithModule, module, instance.exports, parts.memory, parts.build);
     } catch {
       kernel = null;
     }
@@ -248,6 +274,11 @@ function kernelOf(backend: tf.KernelBackend): SimdKernel | null {
     instances.set(backend, kernel);
   }
   return kernel;
+}
+
+/** Which build of core's kernel module runs on `backend` (see {@link SimdKernelBuild}), or null where none does. */
+export function simdKernelBuild(backend: tf.KernelBackend): SimdKernelBuild | null {
+  return kernelOf(backend)?.build ?? null;
 }
 
 /** Whether {@link simdBatchMatMul} runs on `backend`. */

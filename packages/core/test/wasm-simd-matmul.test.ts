@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initRuntime, restoreWasmMatMul, useFastWasmMatMul } from '../src/index.js';
 import { spyOnKernels } from '../src/internal.js';
 import { expectTensorsClose, withoutTensorLeaks } from '../src/testing.js';
-import { hasSimdBatchMatMul, prepareSimdBatchMatMul } from '../src/wasm-simd-matmul.js';
+import { hasSimdBatchMatMul, prepareSimdBatchMatMul, simdKernelBuild } from '../src/wasm-simd-matmul.js';
 
 /** Seeded inputs: the same values on every backend. */
 const random = (shape: number[], seed: number): tf.Tensor => tf.randomNormal(shape, 0, 1, 'float32', seed);
@@ -57,6 +57,12 @@ describe('the batched SIMD matMul kernel', () => {
   it('runs on the WASM backend and not on the plain-JS one', () => {
     expect(hasSimdBatchMatMul(tf.engine().findBackend('wasm'))).toBe(true);
     expect(hasSimdBatchMatMul(tf.engine().findBackend('cpu'))).toBe(false);
+  });
+
+  it('runs its fused multiply-add build in Node (relaxed SIMD, enabled by the Node entry), the plain one where LORA_WASM_FMA=0 asks', () => {
+    // wasm-plain-build.test.ts runs this file again with LORA_WASM_FMA=0.
+    expect(simdKernelBuild(tf.engine().findBackend('wasm'))).toBe(process.env['LORA_WASM_FMA'] === '0' ? 'plain' : 'fma');
+    expect(simdKernelBuild(tf.engine().findBackend('cpu'))).toBe(null);
   });
 
   it.each([

@@ -19,6 +19,7 @@
 
 #include <wasm_simd128.h>
 
+#include "simd-madd.h"
 #include "simd-transpose.h"
 
 #define MR 4
@@ -87,17 +88,17 @@ static inline __attribute__((always_inline)) void tile_from(const float *a, int 
     const v128_t vb1 = wasm_v128_load(bp + 4);
     bp += b_step;
     v128_t av = wasm_v128_load32_splat(a0p);
-    c00 = wasm_f32x4_add(c00, wasm_f32x4_mul(av, vb0));
-    c01 = wasm_f32x4_add(c01, wasm_f32x4_mul(av, vb1));
+    c00 = MADD(av, vb0, c00);
+    c01 = MADD(av, vb1, c01);
     av = wasm_v128_load32_splat(a1p);
-    c10 = wasm_f32x4_add(c10, wasm_f32x4_mul(av, vb0));
-    c11 = wasm_f32x4_add(c11, wasm_f32x4_mul(av, vb1));
+    c10 = MADD(av, vb0, c10);
+    c11 = MADD(av, vb1, c11);
     av = wasm_v128_load32_splat(a2p);
-    c20 = wasm_f32x4_add(c20, wasm_f32x4_mul(av, vb0));
-    c21 = wasm_f32x4_add(c21, wasm_f32x4_mul(av, vb1));
+    c20 = MADD(av, vb0, c20);
+    c21 = MADD(av, vb1, c21);
     av = wasm_v128_load32_splat(a3p);
-    c30 = wasm_f32x4_add(c30, wasm_f32x4_mul(av, vb0));
-    c31 = wasm_f32x4_add(c31, wasm_f32x4_mul(av, vb1));
+    c30 = MADD(av, vb0, c30);
+    c31 = MADD(av, vb1, c31);
     a0p += a_cs;
     a1p += a_cs;
     a2p += a_cs;
@@ -137,8 +138,8 @@ __attribute__((noinline)) static void row_tile(const float *a, int a_cs, const f
   v128_t c0 = wasm_f32x4_splat(0.0f), c1 = c0;
   for (int p = 0; p < k; p++) {
     const v128_t a0 = wasm_v128_load32_splat(a + p * a_cs);
-    c0 = wasm_f32x4_add(c0, wasm_f32x4_mul(a0, wasm_v128_load(bp + p * b_step)));
-    c1 = wasm_f32x4_add(c1, wasm_f32x4_mul(a0, wasm_v128_load(bp + p * b_step + 4)));
+    c0 = MADD(a0, wasm_v128_load(bp + p * b_step), c0);
+    c1 = MADD(a0, wasm_v128_load(bp + p * b_step + 4), c1);
   }
   float *out = columns == NR ? c : edge;
   wasm_v128_store(out, c0);
@@ -183,10 +184,10 @@ __attribute__((noinline)) static void few_rows(const float *a, int a_rs, int a_c
       int j = 0;
       for (; j + 4 <= columns; j += 4) {
         v128_t acc = wasm_v128_load(cr + j);
-        acc = wasm_f32x4_add(acc, wasm_f32x4_mul(a0, wasm_v128_load(b0 + j)));
-        acc = wasm_f32x4_add(acc, wasm_f32x4_mul(a1, wasm_v128_load(b1 + j)));
-        acc = wasm_f32x4_add(acc, wasm_f32x4_mul(a2, wasm_v128_load(b2 + j)));
-        acc = wasm_f32x4_add(acc, wasm_f32x4_mul(a3, wasm_v128_load(b3 + j)));
+        acc = MADD(a0, wasm_v128_load(b0 + j), acc);
+        acc = MADD(a1, wasm_v128_load(b1 + j), acc);
+        acc = MADD(a2, wasm_v128_load(b2 + j), acc);
+        acc = MADD(a3, wasm_v128_load(b3 + j), acc);
         wasm_v128_store(cr + j, acc);
       }
       for (; j < columns; j++) cr[j] = (((cr[j] + s0 * b0[j]) + s1 * b1[j]) + s2 * b2[j]) + s3 * b3[j];
@@ -199,7 +200,7 @@ __attribute__((noinline)) static void few_rows(const float *a, int a_rs, int a_c
       const v128_t a0 = wasm_f32x4_splat(s0);
       float *cr = c + r * ldc;
       int j = 0;
-      for (; j + 4 <= columns; j += 4) wasm_v128_store(cr + j, wasm_f32x4_add(wasm_v128_load(cr + j), wasm_f32x4_mul(a0, wasm_v128_load(bp + j))));
+      for (; j + 4 <= columns; j += 4) wasm_v128_store(cr + j, MADD(a0, wasm_v128_load(bp + j), wasm_v128_load(cr + j)));
       for (; j < columns; j++) cr[j] = cr[j] + s0 * bp[j];
     }
   }
@@ -354,8 +355,8 @@ __attribute__((noinline)) static void add_diagonal_terms(int tri, const float *a
 #pragma clang loop unroll(disable)
     for (int p = from; p < to; p++) {
       const v128_t s = wasm_v128_load32_splat(a + r * a_rs + p * a_cs);
-      c0 = wasm_f32x4_add(c0, wasm_f32x4_mul(s, wasm_v128_load(bp + p * NR)));
-      c1 = wasm_f32x4_add(c1, wasm_f32x4_mul(s, wasm_v128_load(bp + p * NR + 4)));
+      c0 = MADD(s, wasm_v128_load(bp + p * NR), c0);
+      c1 = MADD(s, wasm_v128_load(bp + p * NR + 4), c1);
     }
     float *cr = c + r * ld;
     if (cols == NR) {

@@ -5,7 +5,7 @@ import * as tf from '@tensorflow/tfjs-core';
 // Registers tfjs's "webgl" backend, as an app that wants WebGL does; useBestBackend picks it up.
 import '@tensorflow/tfjs-backend-webgl';
 import { AdapterModel, causalLmLoss, createLoraRegistry, fastWasmKernels, loadAdapter, lora, serializeAdapter, train } from '@lora/core';
-import { hasSimdBatchMatMul, spyOnKernels } from '@lora/core/internal';
+import { hasSimdBatchMatMul, simdKernelBuild, spyOnKernels } from '@lora/core/internal';
 import { formatBackendReport, useBestBackend, type BackendKind } from '@lora/cuda-backend';
 import { dora } from '@lora/dora';
 import { Gpt2LMHeadModel, parseGpt2Config, releaseCausalMasks } from '@lora/models';
@@ -43,6 +43,8 @@ export interface CheckResult {
   readonly report: string;
   /** Whether core's SIMD batched matMul runs on the backend (wasm only). */
   readonly simdMatMul: boolean;
+  /** Which build of core's kernel module runs (null off WASM): `fma` where the browser accepts relaxed SIMD. */
+  readonly kernelBuild: string | null;
   /** Core's fused kernels registered for the backend (gelu_new, LayerNorm, softmax, AdamW; wasm only). */
   readonly fusedKernels: readonly string[];
   readonly attempts: readonly { kind: string; outcome: string; reason?: string; message: string }[];
@@ -141,6 +143,7 @@ async function runCheck(request: CheckRequest): Promise<CheckResult> {
     backend: tf.getBackend(),
     report: formatBackendReport(report),
     simdMatMul: hasSimdBatchMatMul(tf.backend()),
+    kernelBuild: simdKernelBuild(tf.backend()),
     fusedKernels: fastWasmKernels(tf.getBackend()).filter((kernelName) => kernelName.startsWith('Lora')),
     attempts: report.attempts.map(({ kind, outcome, reason, message }) => ({ kind, outcome, ...(reason ? { reason } : {}), message })),
     results,

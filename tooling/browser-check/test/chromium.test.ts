@@ -69,6 +69,8 @@ describe('the @lora packages in headless Chromium', () => {
       expect(result.backend).toBe(backend);
       // Core's SIMD kernel for attention and thin products must run in a page too, not fall back.
       expect(result.simdMatMul).toBe(backend === 'wasm');
+      // Its build with fused multiply-adds: Chromium (114+) accepts relaxed SIMD without a flag.
+      expect(result.kernelBuild).toBe(backend === 'wasm' ? 'fma' : null);
       // And its fused kernels (instantiated asynchronously: a page may refuse a synchronous compile).
       const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSumOfSquares'];
       expect([...result.fusedKernels].sort()).toEqual(backend === 'wasm' ? fused : []);
