@@ -5,7 +5,7 @@
 // same calls in the same order, so each call's time is its minimum over the steps: another process
 // taking a core only ever adds time, and the minimum is the call undisturbed.
 import { parseArgs } from 'node:util';
-import { coreInternal, cudaBackend } from './lib/packages.mjs';
+import { coreInternal, cudaBackend, tf } from './lib/packages.mjs';
 import { CONFIGS } from './lib/gpt2.mjs';
 import { referenceGflops } from './lib/reference.mjs';
 import { runVariant, VARIANTS } from './lib/variants.mjs';
@@ -132,6 +132,7 @@ process.stdout.write(
     backend: report.backend,
     backendKind: report.kind,
     threads: report.threads,
+    kernelBuild: coreInternal.simdKernelBuild(tf.backend()),
     config: values.config,
     tokens: config.batchSize * config.seqLen,
     referenceGflops: round(reference),

@@ -56,13 +56,13 @@ export async function runProfile({ quick = false, threads, log = (text) => proce
   log(`profile: ${quick ? 'lora' : 'forward, lora and full'} on the default backend, every kernel call of 5 steps recorded…`);
   const result = await runChild(CHILD, args, log);
   if (!result.ok) throw new Error(`The profile failed: ${result.reason}`);
-  const { backend, backendKind, threads: used, config, referenceGflops, profiles } = result.value;
+  const { backend, backendKind, threads: used, kernelBuild, config, referenceGflops, profiles } = result.value;
   const lines = [
-    `## profile (${backendKind}, ${used} thread(s), ${config}; 1024² matMul in the same process: ${referenceGflops.toFixed(1)} GFLOP/s)`,
+    `## profile (${backendKind}, ${used} thread(s), ${config}${kernelBuild ? `, core's ${kernelBuild} kernel build` : ''}; 1024² matMul in the same process: ${referenceGflops.toFixed(1)} GFLOP/s)`,
     '',
     'ms (self) counts each ms once (a kernel called by a kernel — "nested" — is not counted in its caller); a product\'s ms includes what its kernel did to reach the fast form. Kernel timing adds a little overhead per call.',
   ];
   for (const profile of profiles) lines.push('', formatProfile(profile, referenceGflops));
   print(lines.join('\n'));
-  return profiles.map((profile) => ({ kind: 'profile', backend, threads: used, config, referenceGflops, ...profile }));
+  return profiles.map((profile) => ({ kind: 'profile', backend, threads: used, kernelBuild, config, referenceGflops, ...profile }));
 }

@@ -2,6 +2,7 @@
 // torch is found (LORA_BENCH_PYTHON, else python3, else /usr/bin/python3 — Debian's python3-torch
 // installs for the system Python, which a pyenv or venv python3 may hide).
 import { spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { runChild } from './child.mjs';
 
@@ -12,7 +13,9 @@ export function findTorchPython() {
   const candidates = [process.env.LORA_BENCH_PYTHON, 'python3', '/usr/bin/python3'].filter((candidate) => candidate !== undefined && candidate !== '');
   const reasons = [];
   for (const python of [...new Set(candidates)]) {
-    const probe = spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8', timeout: 60_000 });
+    // Outside the bench directory: there, `import torch` finds bench/torch/ (this script's folder) as
+    // a namespace package and succeeds without PyTorch.
+    const probe = spawnSync(python, ['-c', 'import torch; torch.zeros(1)'], { encoding: 'utf8', timeout: 60_000, cwd: tmpdir() });
     if (probe.status === 0) return { python };
     const why = probe.error ? probe.error.code ?? probe.error.message : (probe.stderr.trim().split('\n').pop() ?? `exit ${probe.status}`);
     reasons.push(`${python}: ${why}`);
