@@ -330,12 +330,21 @@ __attribute__((noinline)) static void multiply(const float *a, int a_rs, int a_c
 //   TRI_LOWER_A       C = tril(op(A))·op(B), op(A) square: p·v and dS·k (row r sums terms p ≤ r).
 //   TRI_UPPER_A       C = triu(op(A))·op(B): with op(A) = Aᵀ, tril(A)ᵀ·B, that is pᵀ·dO and dSᵀ·q
 //                     (row r sums terms p ≥ r).
-// Each about half the work of the full product. In the two A modes no value of op(A) outside the
-// triangle is read (whatever it is, even NaN, it never enters): see multiply_triangular.
+//   TRI_LOWER_A_ZEROED  TRI_LOWER_A for an op(A) whose 4×4 blocks on the diagonal hold zeros above it
+//                     (causal-attention.h's P and dS, whose rows it pads with zeros to a multiple of
+//                     4): a full tile takes all four rows' terms, those zeros included, in one run.
+//   TRI_LOWER_SCORES  TRI_LOWER_OUTPUT for a C of which nothing right of each row's diagonal tile
+//                     is read afterwards (causal-attention.h's scratch S and dP): those tiles are
+//                     not written, nor the values above the diagonal in it zeroed.
+// Each about half the work of the full product. In the A modes but TRI_LOWER_A_ZEROED no value of
+// op(A) outside the triangle is read (whatever it is, even NaN, it never enters): see
+// multiply_triangular.
 #define TRI_NONE 0
 #define TRI_LOWER_OUTPUT 1
 #define TRI_LOWER_A 2
 #define TRI_UPPER_A 3
+#define TRI_LOWER_A_ZEROED 4
+#define TRI_LOWER_SCORES 5
 
 static inline int max_int(int x, int y) { return x > y ? x : y; }
 
@@ -344,30 +353,32 @@ static inline int a_copy_floats(int tri, int k, int n, int a_rs, int a_cs) { ret
 
 // The terms p of the 4×4 block on the diagonal that only some rows of a full tile keep (rows
 // g..g+3 of op(A) from `a`, row r keeping p ≤ g + r for TRI_LOWER_A, p ≥ g + r for TRI_UPPER_A),
-// times the packed panel `bp` (k rows of 8), added to the tile's `cols` columns of C at `c`.
+// times the packed panel `bp` (k rows of 8), added to the tile's `cols` columns of C at `c`. Each
+// row's sum goes on from the value the tile stored, term after term: for TRI_LOWER_A the same sum,
+// in the same order, as a tile over terms [0, g + r] (TRI_LOWER_A_ZEROED's, whose extra terms add
+// exact zeros), so causal attention's one kernel gives the separate kernels' values.
 __attribute__((noinline)) static void add_diagonal_terms(int tri, const float *a, int a_rs, int a_cs, const float *bp, int g, int k, float *c, int ld, int cols, float *edge) {
 #pragma clang loop unroll(disable)
   for (int r = 0; r < MR; r++) {
     const int from = tri == TRI_LOWER_A ? g + 1 : g + r;
     const int to = min_int(k, tri == TRI_LOWER_A ? g + r + 1 : g + MR - 1);
     if (from >= to) continue;
-    v128_t c0 = wasm_f32x4_splat(0.0f), c1 = c0;
+    float *cr = c + r * ld;
+    // A partial panel's row goes through `edge` (its 8 floats; the lanes past `cols` are dropped).
+    float *row = cols == NR ? cr : edge;
+#pragma clang loop vectorize(disable) unroll(disable)
+    for (int j = 0; row == edge && j < NR; j++) edge[j] = j < cols ? cr[j] : 0.0f;
+    v128_t c0 = wasm_v128_load(row), c1 = wasm_v128_load(row + 4);
 #pragma clang loop unroll(disable)
     for (int p = from; p < to; p++) {
       const v128_t s = wasm_v128_load32_splat(a + r * a_rs + p * a_cs);
       c0 = MADD(s, wasm_v128_load(bp + p * NR), c0);
       c1 = MADD(s, wasm_v128_load(bp + p * NR + 4), c1);
     }
-    float *cr = c + r * ld;
-    if (cols == NR) {
-      wasm_v128_store(cr, wasm_f32x4_add(wasm_v128_load(cr), c0));
-      wasm_v128_store(cr + 4, wasm_f32x4_add(wasm_v128_load(cr + 4), c1));
-    } else {
-      wasm_v128_store(edge, c0);
-      wasm_v128_store(edge + 4, c1);
+    wasm_v128_store(row, c0);
+    wasm_v128_store(row + 4, c1);
 #pragma clang loop vectorize(disable) unroll(disable)
-      for (int j = 0; j < cols; j++) cr[j] = cr[j] + edge[j];
-    }
+    for (int j = 0; row == edge && j < cols; j++) cr[j] = edge[j];
   }
 }
 
@@ -384,8 +395,10 @@ __attribute__((noinline)) static void multiply_triangular(int tri, const float *
     const int g = first_row + i0;
     const float *ai = a + i0 * a_rs;
     float *ci = target + i0 * ld;
-    if (tri == TRI_LOWER_OUTPUT) {
-      for (int jp = 0; jp < panels; jp++) {
+    if (tri == TRI_LOWER_OUTPUT || tri == TRI_LOWER_SCORES) {
+      // TRI_LOWER_SCORES stops at the diagonal tile: the panels of columns < g + tile_rows.
+      const int last = tri == TRI_LOWER_SCORES ? min_int(panels, max_int(0, g + tile_rows - first_column + NR - 1) / NR) : panels;
+      for (int jp = 0; jp < last; jp++) {
         const int j0 = first_column + jp * NR, cols = min_int(NR, columns - jp * NR);
         float *cj = ci + jp * NR;
         const float *bp = packed + jp * NR * k;
@@ -404,6 +417,7 @@ __attribute__((noinline)) static void multiply_triangular(int tri, const float *
           else
             for (int r = 0; r < tile_rows; r++) row_tile(ai + r * a_rs, a_cs, bp, NR, k, cj + r * ld, cols, edge);
         }
+        if (tri == TRI_LOWER_SCORES) continue;
         // Scalar loops: clang's vectorized copies of these short loops would double this function.
 #pragma clang loop vectorize(disable) unroll(disable)
         for (int r = 0; r < tile_rows; r++)
@@ -416,7 +430,10 @@ __attribute__((noinline)) static void multiply_triangular(int tri, const float *
       const int cols = min_int(NR, columns - jp * NR);
       const float *bp = packed + jp * NR * k;
       float *cj = ci + jp * NR;
-      if (tile_rows == MR) {
+      if (tile_rows == MR && tri == TRI_LOWER_A_ZEROED) {
+        // Every row's terms and the zeros above the diagonal: [0, g + 4).
+        tile(ai, a_rs, a_cs, bp, NR, min_int(k, g + MR), cj, ld, cols, edge);
+      } else if (tile_rows == MR) {
         // Terms [q0, q1): kept by all four rows.
         const int q0 = tri == TRI_LOWER_A ? 0 : min_int(k, g + MR - 1);
         const int q1 = tri == TRI_LOWER_A ? min_int(k, g + 1) : k;
@@ -424,8 +441,8 @@ __attribute__((noinline)) static void multiply_triangular(int tri, const float *
         add_diagonal_terms(tri, ai, a_rs, a_cs, bp, g, k, cj, ld, cols, edge);
       } else {
         for (int r = 0; r < tile_rows; r++) {
-          const int q0 = tri == TRI_LOWER_A ? 0 : min_int(k, g + r);
-          const int q1 = tri == TRI_LOWER_A ? min_int(k, g + r + 1) : k;
+          const int q0 = tri == TRI_UPPER_A ? min_int(k, g + r) : 0;
+          const int q1 = tri == TRI_UPPER_A ? k : min_int(k, g + r + 1);
           row_tile(ai + r * a_rs + q0 * a_cs, a_cs, bp + q0 * NR, NR, q1 - q0, cj + r * ld, cols, edge);
         }
       }

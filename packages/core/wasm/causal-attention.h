@@ -59,9 +59,16 @@ __attribute__((noinline)) static void softmax_row(float *row, int r, float scale
   const int n = r + 1;
   const v128_t vs = wasm_f32x4_splat(scale);
   v128_t vmax = wasm_f32x4_splat(ATTENTION_PAD);
-  for (int j = 0; j < n; j += 4) {
-    const v128_t z = wasm_v128_bitselect(wasm_f32x4_mul(wasm_v128_load(row + j), vs), wasm_f32x4_splat(ATTENTION_PAD), kept_lanes(j, n));
+  // Only the last vector has lanes past the kept keys.
+  const int full = n & ~3;
+  for (int j = 0; j < full; j += 4) {
+    const v128_t z = wasm_f32x4_mul(wasm_v128_load(row + j), vs);
     wasm_v128_store(row + j, z);
+    vmax = wasm_f32x4_pmax(vmax, z);
+  }
+  if (full < n) {
+    const v128_t z = wasm_v128_bitselect(wasm_f32x4_mul(wasm_v128_load(row + full), vs), wasm_f32x4_splat(ATTENTION_PAD), kept_lanes(full, n));
+    wasm_v128_store(row + full, z);
     vmax = wasm_f32x4_pmax(vmax, z);
   }
   vmax = wasm_f32x4_pmax(vmax, wasm_i32x4_shuffle(vmax, vmax, 2, 3, 0, 1));
@@ -86,9 +93,11 @@ __attribute__((noinline)) static void softmax_row(float *row, int r, float scale
 __attribute__((noinline)) static void softmax_grad_row(float *dp, const float *p, int r, float scale) {
   const int n = r + 1;
   v128_t vdot = wasm_f32x4_splat(0.0f);
-  // dP's lanes past the kept keys are the padding's (anything): zero them, so P's zeros stay zeros.
+  // dP's lanes past the kept keys (in the last vector) are the padding's (anything): zero them, so
+  // P's zeros stay zeros.
   for (int j = 0; j < n; j += 4) {
-    const v128_t g = wasm_v128_and(wasm_v128_load(dp + j), kept_lanes(j, n));
+    const v128_t loaded = wasm_v128_load(dp + j);
+    const v128_t g = j + 4 <= n ? loaded : wasm_v128_and(loaded, kept_lanes(j, n));
     wasm_v128_store(dp + j, g);
     vdot = wasm_f32x4_add(vdot, wasm_f32x4_mul(g, wasm_v128_load(p + j)));
   }
@@ -96,13 +105,14 @@ __attribute__((noinline)) static void softmax_grad_row(float *dp, const float *p
   for (int j = 0; j < n; j += 4) wasm_v128_store(dp + j, wasm_f32x4_mul(wasm_f32x4_mul(wasm_v128_load(p + j), wasm_f32x4_sub(wasm_v128_load(dp + j), dot)), vs));
 }
 
-// P of a matrix into `p` (T×T, zero above the diagonal), from its q and k (rows `ld` apart) and,
-// with `stats_in`, the forward pass's stats (else found and written to `stats`).
+// P of a matrix into `p` (T rows; row r written up to the end of its last 4-value vector, zeros past
+// key r; what lies further right is left as it was and never read), from its q and k (rows `ld`
+// apart) and, with `stats_in`, the forward pass's stats (else found and written to `stats`).
 static void attention_probabilities(int t, int d, int ld, float scale, const float *q, const float *k, float *stats, int stats_in, float *packed, float *edge, float *p) {
   const int ldp = attention_row_floats(t);
   // kᵀ as B (k = D terms, T columns): its columns are k's rows.
   pack_b(k, d, t, 1, ld, packed);
-  multiply_triangular(TRI_LOWER_OUTPUT, q, ld, 1, packed, d, t, t, 0, 0, p, ldp, edge);
+  multiply_triangular(TRI_LOWER_SCORES, q, ld, 1, packed, d, t, t, 0, 0, p, ldp, edge);
   for (int r = 0; r < t; r++) softmax_row(p + r * ldp, r, scale, stats + 2 * r, stats_in);
 }
 
@@ -134,7 +144,7 @@ __attribute__((noinline)) static void attention_matrix(int kind, int t, int d, i
     float *stats_i = staging ? staging + size : stats + i * 2 * t;
     attention_probabilities(t, d, ld_in, scale, q, k, stats_i, 0, packed, edge, p);
     pack_b(v, t, d, ld_in, 1, packed);
-    multiply_triangular(TRI_LOWER_A, p, ldp, 1, packed, t, t, d, 0, 0, o_i, staging ? d : ld_out, edge);
+    multiply_triangular(TRI_LOWER_A_ZEROED, p, ldp, 1, packed, t, t, d, 0, 0, o_i, staging ? d : ld_out, edge);
     return;
   }
   const float *dout_i = dout + out;
@@ -146,10 +156,10 @@ __attribute__((noinline)) static void attention_matrix(int kind, int t, int d, i
   attention_probabilities(t, d, ld_in, scale, q, k, stats + i * 2 * t, 1, packed, edge, p);
   // dP = tril(dO·vᵀ), then dS in place.
   pack_b(v, d, t, 1, ld_in, packed);
-  multiply_triangular(TRI_LOWER_OUTPUT, dout_i, ld_out, 1, packed, d, t, t, 0, 0, ds, ldp, edge);
+  multiply_triangular(TRI_LOWER_SCORES, dout_i, ld_out, 1, packed, d, t, t, 0, 0, ds, ldp, edge);
   for (int r = 0; r < t; r++) softmax_grad_row(ds + r * ldp, p + r * ldp, r, scale);
   pack_b(k, t, d, ld_in, 1, packed);
-  multiply_triangular(TRI_LOWER_A, ds, ldp, 1, packed, t, t, d, 0, 0, dq_i, ld_g, edge);
+  multiply_triangular(TRI_LOWER_A_ZEROED, ds, ldp, 1, packed, t, t, d, 0, 0, dq_i, ld_g, edge);
   pack_b(q, t, d, ld_in, 1, packed);
   multiply_triangular(TRI_UPPER_A, ds, 1, ldp, packed, t, t, d, 0, 0, dk_i, ld_g, edge);
   pack_b(dout_i, t, d, ld_out, 1, packed);
