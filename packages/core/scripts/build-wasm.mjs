@@ -48,8 +48,9 @@ const variants = {
   shared: ['-matomics', '-mbulk-memory', '-Wl,--shared-memory', '-Wl,--max-memory=4294967296'],
 };
 
-// The code section's [start, end) byte offsets.
-const codeSection = (bytes) => {
+// A module's sections: id and [start, end) byte offsets of each one's contents.
+const sections = (bytes) => {
+  const found = [];
   let offset = 8;
   const leb = () => {
     let value = 0;
@@ -62,10 +63,10 @@ const codeSection = (bytes) => {
   while (offset < bytes.length) {
     const id = bytes[offset++];
     const size = leb();
-    if (id === 10) return [offset, offset + size];
+    found.push({ id, start: offset, end: offset + size });
     offset += size;
   }
-  throw new Error('no code section');
+  return found;
 };
 
 // clang 14 emits relaxed SIMD's multiply-add as the proposal's earlier f32x4.fma (0xfd 0xaf 0x01),
@@ -81,7 +82,9 @@ function withRelaxedMadd(bytes, disassembly) {
     if (!/relaxed_madd/.test(disassembly)) throw new Error('the FMA build has no multiply-add');
     return bytes;
   }
-  const [start, end] = codeSection(bytes);
+  const code = sections(bytes).find((section) => section.id === 10);
+  if (code === undefined) throw new Error('the FMA build has no code section');
+  const { start, end } = code;
   const at = [];
   for (let i = start; i + 3 <= end; i++) if (FMA_PROTOTYPE.every((byte, j) => bytes[i + j] === byte)) at.push(i);
   if (at.length !== listed) throw new Error(`the FMA build lists ${listed} f32x4.fma but its code has the byte pattern ${at.length} times`);
@@ -90,25 +93,7 @@ function withRelaxedMadd(bytes, disassembly) {
   return out;
 }
 
-const sectionIds = (bytes) => {
-  const ids = [];
-  let offset = 8;
-  const leb = () => {
-    let value = 0;
-    for (let shift = 0; ; shift += 7) {
-      const byte = bytes[offset++];
-      value |= (byte & 0x7f) << shift;
-      if ((byte & 0x80) === 0) return value >>> 0;
-    }
-  };
-  while (offset < bytes.length) {
-    const id = bytes[offset++];
-    const size = leb();
-    ids.push(id);
-    offset += size;
-  }
-  return ids;
-};
+const sectionIds = (bytes) => sections(bytes).map((section) => section.id);
 
 // llvm-objdump is versioned on Debian (llvm-objdump-14); take the first one on the PATH.
 const objdump = ['llvm-objdump', 'llvm-objdump-16', 'llvm-objdump-15', 'llvm-objdump-14'].find((name) => {
