@@ -1,6 +1,7 @@
 // @lora/core: the whole public surface.
 export { initRuntime, ensureGradients } from './runtime.js';
 export type { RuntimeOptions, RuntimeReport, BuiltinBackendName } from './runtime.js';
+export type { SimdKernelBuild } from './wasm-simd-matmul.js';
 export { useFastWasmMatMul, restoreWasmMatMul, fastWasmMatMulKernels, keptWeightTransposes } from './wasm-matmul.js';
 export { useFastWasmKernels, restoreWasmKernels, fastWasmKernels } from './wasm-kernels.js';
 export { registerMissingGradientKernels } from './kernels.js';

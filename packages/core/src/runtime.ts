@@ -3,7 +3,8 @@ import { LoraError } from './errors.js';
 import { registerMissingGradientKernels } from './kernels.js';
 import { useFastWasmKernels } from './wasm-kernels.js';
 import { prepareFusedKernels } from './wasm-fused-kernels.js';
-import { prepareSimdBatchMatMul } from './wasm-simd-matmul.js';
+import { prepareSimdBatchMatMul, simdKernelBuild } from './wasm-simd-matmul.js';
+import type { SimdKernelBuild } from './wasm-simd-matmul.js';
 
 /** Backends this package can set up by itself. Others (e.g. `tensorflow` from tfjs-node) are used when already registered. */
 export type BuiltinBackendName = 'wasm' | 'cpu';
@@ -22,6 +23,12 @@ export interface RuntimeReport {
   readonly skipped: readonly { readonly backend: string; readonly reason: string }[];
   /** Whether gradient functions for every tfjs op are registered (needed for training). */
   readonly gradients: boolean;
+  /**
+   * Which build of core's own WASM kernel module runs on the backend: `fma` (products with fused
+   * multiply-adds, where the engine accepts relaxed SIMD), `plain`, or null (another backend, or no
+   * kernel could start).
+   */
+  readonly kernelBuild: SimdKernelBuild | null;
 }
 
 /** Options for {@link initRuntime}. */
@@ -101,7 +108,7 @@ export async function initRuntime(options: RuntimeOptions = {}): Promise<Runtime
             ? 'WASM (SIMD) is the fastest backend built in for Node.'
             : 'plain JS CPU backend: WASM could not start.'
           : `named by ${source === 'option' ? 'the backend option' : 'LORA_BACKEND'}.`;
-      return { backend: tf.getBackend(), requested, source, reason, skipped, gradients: true };
+      return { backend: tf.getBackend(), requested, source, reason, skipped, gradients: true, kernelBuild: simdKernelBuild(tf.backend()) };
     } catch (error) {
       if (requested !== 'auto') {
         throw error instanceof LoraError

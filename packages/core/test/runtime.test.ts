@@ -13,6 +13,9 @@ describe('initRuntime', () => {
     expect(report.requested).toBe('auto');
     expect(report.reason).toMatch(/WASM/u);
     expect(report.gradients).toBe(true);
+    // Core's kernel module with fused multiply-adds: Node 20 accepts relaxed SIMD once core's Node
+    // entry (here the test set-up) has set V8's flag; LORA_WASM_FMA=0 asks for the plain one.
+    expect(report.kernelBuild).toBe(process.env['LORA_WASM_FMA'] === '0' ? 'plain' : 'fma');
     expect(tf.getBackend()).toBe('wasm');
   });
 
@@ -20,6 +23,7 @@ describe('initRuntime', () => {
     const report = await initRuntime({ backend: 'cpu' });
     expect(report.backend).toBe('cpu');
     expect(report.source).toBe('option');
+    expect(report.kernelBuild).toBe(null);
   });
 
   it('uses LORA_BACKEND when no option is given', async () => {

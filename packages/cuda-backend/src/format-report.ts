@@ -22,21 +22,24 @@ function attemptLine(attempt: BackendAttempt): string {
 
 /**
  * Format a {@link BackendReport} as the few lines `lora doctor` prints: the backend in use with its
- * threads and SIMD, then every backend considered, in order, with why it was skipped.
+ * threads, SIMD and (on WASM) whether core's kernels use fused multiply-adds, then every backend
+ * considered, in order, with why it was skipped.
  *
  * @example
  * console.log(formatBackendReport(await useBestBackend()));
  * // backend: wasm-threads (tfjs "wasm") — WebAssembly SIMD, multi-threaded (XNNPACK thread pool), 2 threads
- * //   threads 2 of 2 cores · SIMD yes · GPU no · fast matMul: BatchMatMul, _FusedMatMul
+ * //   threads 2 of 2 cores · SIMD yes · FMA yes · GPU no · fast matMul: BatchMatMul, _FusedMatMul
  * //   ✗ cuda         not installed   @tensorflow/tfjs-node-gpu is not installed (…): `pnpm add @tensorflow/tfjs-node-gpu`.
  * //   …
  */
 export function formatBackendReport(report: BackendReport): string {
   const simd = report.simd === null ? 'n/a' : report.simd ? 'yes' : 'no';
+  // Whether core's WASM kernels run their fused multiply-add build (relaxed SIMD); WASM only.
+  const fma = report.runtime.kernelBuild === null ? '' : ` · FMA ${report.runtime.kernelBuild === 'fma' ? 'yes' : 'no'}`;
   const fast = report.fastMatMulKernels.length > 0 ? report.fastMatMulKernels.join(', ') : 'off';
   return [
     `backend: ${report.kind} (tfjs "${report.backend}") — ${report.description}`,
-    `  threads ${report.threads} of ${report.availableCores} cores · SIMD ${simd} · GPU ${report.gpu ? 'yes' : 'no'} · fast matMul: ${fast} · gradients ${report.runtime.gradients ? 'registered' : 'missing'} · ${report.elapsedMs.toFixed(0)} ms`,
+    `  threads ${report.threads} of ${report.availableCores} cores · SIMD ${simd}${fma} · GPU ${report.gpu ? 'yes' : 'no'} · fast matMul: ${fast} · gradients ${report.runtime.gradients ? 'registered' : 'missing'} · ${report.elapsedMs.toFixed(0)} ms`,
     ...report.attempts.map(attemptLine),
     ...report.warnings.map((warning) => `  ! ${warning}`),
   ].join('\n');

@@ -17,7 +17,7 @@ const report: BackendReport = {
     { kind: 'wasm-threads', outcome: 'selected', message: 'Multi-threaded WASM with 2 threads.', elapsedMs: 250 },
   ],
   warnings: [],
-  runtime: { backend: 'wasm', requested: 'wasm', source: 'option', reason: 'named by the backend option.', skipped: [], gradients: true },
+  runtime: { backend: 'wasm', requested: 'wasm', source: 'option', reason: 'named by the backend option.', skipped: [], gradients: true, kernelBuild: 'fma' },
   elapsedMs: 260,
 };
 
@@ -26,13 +26,18 @@ describe('formatBackendReport', () => {
     expect(formatBackendReport(report)).toBe(
       [
         'backend: wasm-threads (tfjs "wasm") — WebAssembly SIMD, multi-threaded (XNNPACK thread pool), 2 threads',
-        '  threads 2 of 2 cores · SIMD yes · GPU no · fast matMul: BatchMatMul, _FusedMatMul · gradients registered · 260 ms',
+        '  threads 2 of 2 cores · SIMD yes · FMA yes · GPU no · fast matMul: BatchMatMul, _FusedMatMul · gradients registered · 260 ms',
         '  ✗ cuda         failed to load  @tensorflow/tfjs-node-gpu is installed but failed to load.',
         '      error: libcudart.so.11.0: cannot open shared object file',
         '  ✗ native       not installed   @tensorflow/tfjs-node is not installed: `pnpm add @tensorflow/tfjs-node`.',
         '  ✓ wasm-threads selected        Multi-threaded WASM with 2 threads.',
       ].join('\n'),
     );
+  });
+
+  it("says FMA no where core's kernels run their plain build, and nothing of FMA off WASM", () => {
+    expect(formatBackendReport({ ...report, runtime: { ...report.runtime, kernelBuild: 'plain' } })).toContain('SIMD yes · FMA no · GPU no');
+    expect(formatBackendReport({ ...report, runtime: { ...report.runtime, kernelBuild: null } })).toContain('SIMD yes · GPU no');
   });
 
   it('ends with the warnings', () => {

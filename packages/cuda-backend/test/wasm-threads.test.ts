@@ -22,7 +22,7 @@ describe('useBestBackend', () => {
     // The patches needed while the build starts are undone.
     expect(URL.createObjectURL).toBe(createObjectURL);
     expect(os.cpus).toBe(cpus);
-    expect(formatBackendReport(report)).toMatch(/^backend: wasm-threads \(tfjs "wasm"\).*2 threads\n {2}threads 2 of \d+ cores · SIMD yes/u);
+    expect(formatBackendReport(report)).toMatch(/^backend: wasm-threads \(tfjs "wasm"\).*2 threads\n {2}threads 2 of \d+ cores · SIMD yes · FMA yes/u);
   });
 
   it('computes the same matMul on the threaded build as the plain JS backend', async () => {
