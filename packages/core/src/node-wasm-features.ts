@@ -1,4 +1,5 @@
 import { setFlagsFromString } from 'node:v8';
+import { fmaBuildWanted } from './wasm-simd-matmul.js';
 
 /**
  * A module of one function using relaxed SIMD's f32x4.relaxed_madd (`() -> v128`), to ask the engine
@@ -21,6 +22,6 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
  */
 export function installNodeWasmFeatures(): void {
   const wasm = (globalThis as { WebAssembly?: { validate(bytes: Uint8Array): boolean } }).WebAssembly;
-  if (wasm === undefined || process.env['LORA_WASM_FMA'] === '0' || wasm.validate(RELAXED_SIMD_PROBE)) return;
+  if (wasm === undefined || !fmaBuildWanted() || wasm.validate(RELAXED_SIMD_PROBE)) return;
   setFlagsFromString('--experimental-wasm-relaxed-simd');
 }

@@ -160,7 +160,7 @@ function kernelBinary(api: WebAssemblyApi, sharedMemory: boolean): { bytes: Uint
 }
 
 /** False where Node's environment has `LORA_WASM_FMA=0` (a switch for comparisons and for the plain build's tests). */
-function fmaBuildWanted(): boolean {
+export function fmaBuildWanted(): boolean {
   return (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.['LORA_WASM_FMA'] !== '0';
 }
 
