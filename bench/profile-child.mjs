@@ -24,11 +24,15 @@ const report = await cudaBackend.useBestBackend(values.backend ? { prefer: value
 
 const shapeText = (shape) => `[${shape.join(',')}]`;
 
-/** A product's form: operand shapes with ᵀ for a transposed operand; a LoRA layer's fused pass by its x, A and B; a causal product with tril() round its triangle; causal attention in one kernel by its q (or fused qkv). */
+/** A product's form: operand shapes with ᵀ for a transposed operand; a LoRA layer's fused pass by its x, A and B (with its base layer, W too); a causal product with tril() round its triangle; causal attention in one kernel by its q (or fused qkv). */
 function productKey(call) {
   if (call.kernelName === coreInternal.LORA_FORWARD_KERNEL || call.kernelName === coreInternal.LORA_BACKWARD_KERNEL) {
     const pass = call.kernelName === coreInternal.LORA_FORWARD_KERNEL ? 'forward' : 'backward';
     return `LoRA ${pass} x${shapeText(call.inputShapes.x)} A${shapeText(call.inputShapes.a)} B${shapeText(call.inputShapes.b)}`;
+  }
+  if (call.kernelName === coreInternal.LORA_LINEAR_FORWARD_KERNEL || call.kernelName === coreInternal.LORA_LINEAR_BACKWARD_KERNEL) {
+    const pass = call.kernelName === coreInternal.LORA_LINEAR_FORWARD_KERNEL ? 'forward' : call.attrs.inputGradient === false ? 'backward (no dx)' : 'backward';
+    return `LoRA layer ${pass} x${shapeText(call.inputShapes.x)} W${shapeText(call.inputShapes.w)} A${shapeText(call.inputShapes.a)} B${shapeText(call.inputShapes.b)}`;
   }
   if (call.kernelName === coreInternal.CAUSAL_SELF_ATTENTION_KERNEL) return `causal attention qkv${shapeText(call.inputShapes.qkv)} ${call.attrs.heads} heads (2 triangles, softmax)`;
   if (call.kernelName === coreInternal.CAUSAL_SELF_ATTENTION_GRAD_KERNEL) return `causal attention gradient qkv${shapeText(call.inputShapes.qkv)} ${call.attrs.heads} heads (5 triangles, softmax's)`;

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { BaseLayer } from './base-layer.js';
 import { LoraError } from './errors.js';
 import { Module } from './module.js';
-import type { AdapterInputs, AdapterInstance, AdapterState } from './plugin.js';
+import type { AdapterInputs, AdapterInstance, AdapterState, ApplyContext } from './plugin.js';
 
 /** What an adapter layer asks of the `AdapterModel` that owns it while computing. */
 export interface AdapterLayerHost {
@@ -136,18 +136,22 @@ export class AdapterLayer extends Module {
     }
     if (this.merged || this.active.length === 0) return this.base_layer.forward(input);
     const inputs = this.host?.adapterInputs() ?? NO_INPUTS;
+    const context = (name: string): ApplyContext => ({
+      base: this.base_layer,
+      training: this.training,
+      modulePath: this.modulePath,
+      adapterName: name,
+      inputs,
+      adapterState: this.host?.adapterState(name),
+    });
     return tf.tidy(() => {
-      let result = this.base_layer.forward(input);
-      for (const name of this.active) {
-        result = this.adapterMap.get(name)!.apply(input, result, {
-          base: this.base_layer,
-          training: this.training,
-          modulePath: this.modulePath,
-          adapterName: name,
-          inputs,
-          adapterState: this.host?.adapterState(name),
-        });
+      if (this.active.length === 1) {
+        const [name] = this.active as [string];
+        const whole = this.adapterMap.get(name)!.applyWithBase?.(input, context(name)) ?? null;
+        if (whole !== null) return whole;
       }
+      let result = this.base_layer.forward(input);
+      for (const name of this.active) result = this.adapterMap.get(name)!.apply(input, result, context(name));
       return result;
     });
   }

@@ -1,10 +1,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { BaseLayer } from './base-layer.js';
 import { ShapeError } from './errors.js';
-import { applyToLastAxis } from './linear.js';
+import { applyToLastAxis, Linear } from './linear.js';
 import { dropout } from './dropout.js';
-import { lowRankAdd } from './low-rank-add.js';
-import { lowRankTrain } from './low-rank-train.js';
+import { lowRankAdd, lowRankAddTakes } from './low-rank-add.js';
+import { lowRankLinearTrain, lowRankTrain } from './low-rank-train.js';
 import type { AdapterInstance, ApplyContext } from './plugin.js';
 import { normalSeed } from './random.js';
 
@@ -81,6 +81,19 @@ export class LoraAdapter implements AdapterInstance {
       );
       return tf.add(result, delta);
     });
+  }
+
+  /**
+   * The base layer (core's `Linear`) and this adapter in one kernel each way where the backend has
+   * them (see `lowRankLinearTrain`); null (the base runs, then {@link LoraAdapter.apply}) with
+   * dropout in training (the adapter's input is then not the base's), for any other base, and for
+   * the few rows of token-by-token generation, which {@link LoraAdapter.apply} takes in one call.
+   */
+  applyWithBase(input: tf.Tensor, context: ApplyContext): tf.Tensor | null {
+    const base = context.base;
+    if ((context.training && this.dropout > 0) || !(base instanceof Linear)) return null;
+    if (lowRankAddTakes(input.size / this.loraA.shape[1]!)) return null;
+    return lowRankLinearTrain(input, base, this.loraA, this.loraB, this.scaling);
   }
 
   deltaWeight(): tf.Tensor2D {

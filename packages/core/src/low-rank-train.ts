@@ -11,8 +11,17 @@ import { simdLoraPassesFit } from './wasm-simd-matmul.js';
 export const LORA_FORWARD_KERNEL = 'LoraLowRankForward';
 /** tfjs kernel name of its gradient: inputs `dy`, `x`, `a`, `b`, `hs`, attributes `scaling` and `inputGradient`; outputs dx, dA, dB (dA, dB when `inputGradient` is false). */
 export const LORA_BACKWARD_KERNEL = 'LoraLowRankBackward';
+/**
+ * tfjs kernel name of a LoRA layer's whole forward pass, base layer included: inputs `x` [rows, in],
+ * `w` (the base weight: [in, out] with attribute `inOut` true, else [out, in]), `a`, `b` and, when
+ * the base layer has one, `bias` [out]; attributes `scaling`, `inOut` and `inputGradient`; outputs
+ * y = x·op(W) + bias + hs·Bᵀ and hs = s·(x·Aᵀ). Differentiable through {@link LORA_LINEAR_BACKWARD_KERNEL}.
+ */
+export const LORA_LINEAR_FORWARD_KERNEL = 'LoraLinearForward';
+/** tfjs kernel name of its gradient: inputs `dy`, `x`, `w`, `a`, `b`, `hs`, attributes as the forward pass's; outputs dx = dy·op(W)ᵀ + s·(dy·B)·A, dA, dB (dA, dB when `inputGradient` is false). */
+export const LORA_LINEAR_BACKWARD_KERNEL = 'LoraLinearBackward';
 
-function registerLowRankGradient(): void {
+function registerLowRankGradients(): void {
   if (tf.getGradient(LORA_FORWARD_KERNEL) !== undefined) return;
   tf.registerGradient({
     kernelName: LORA_FORWARD_KERNEL,
@@ -38,6 +47,28 @@ function registerLowRankGradient(): void {
       };
     },
   });
+  tf.registerGradient({
+    kernelName: LORA_LINEAR_FORWARD_KERNEL,
+    inputsToSave: ['x', 'w', 'a', 'b'],
+    outputsToSave: [false, true],
+    gradFunc: (dys, saved, attrs) => {
+      const [dy] = dys as [tf.Tensor2D];
+      const [x, w, a, b, hs] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+      const scaling = attrs['scaling'] as number;
+      const inOut = attrs['inOut'] === true;
+      const inputGradient = attrs['inputGradient'] !== false;
+      const gradients = tf.engine().runKernel(LORA_LINEAR_BACKWARD_KERNEL, { dy, x, w, a, b, hs }, { scaling, inOut, inputGradient }) as tf.Tensor[];
+      const [dx, da, db] = inputGradient ? gradients : [null, ...gradients];
+      return {
+        x: () => dx ?? tf.add(tf.matMul(dy, w, false, inOut), tf.matMul(tf.mul(tf.matMul(dy, b), scaling), a)),
+        a: () => da!,
+        b: () => db!,
+        // A trainable base (rare with LoRA) gets its gradients composed: d op(W) = xᵀ·dy.
+        w: () => (inOut ? tf.matMul(x, dy, true, false) : tf.matMul(dy, x, true, false)),
+        bias: () => tf.sum(dy, 0),
+      };
+    },
+  });
 }
 
 /**
@@ -55,11 +86,54 @@ export function lowRankTrain(x: tf.Tensor, a: tf.Tensor, b: tf.Tensor, base: tf.
     activeBackendHasKernels(LORA_FORWARD_KERNEL, LORA_BACKWARD_KERNEL) &&
     simdLoraPassesFit(tf.backend(), inFeatures, outFeatures, rank);
   if (!fused) return null;
-  registerLowRankGradient();
+  registerLowRankGradients();
   return tf.tidy(() => {
     const inputs = { x: tf.reshape(x, [-1, inFeatures]), a, b, base: tf.reshape(base, [-1, outFeatures]) };
     const attrs = { scaling, inputGradient: dependsOnTrainableVariable(x) };
     const [y] = tf.engine().runKernel(LORA_FORWARD_KERNEL, inputs, attrs) as tf.Tensor[];
     return tf.reshape(y!, base.shape);
+  });
+}
+
+/** What {@link lowRankLinearTrain} needs of a LoRA layer's base layer (core's `Linear`). */
+export interface LowRankLinearBase {
+  /** [in, out] when `fanInFanOut`, else [out, in]. */
+  readonly weight: tf.Tensor;
+  readonly bias: tf.Tensor | null;
+  readonly fanInFanOut: boolean;
+}
+
+/**
+ * A LoRA layer's whole output `x·op(W) + bias + scaling·(x·Aᵀ)·Bᵀ`, base layer included (x [..., in],
+ * A [rank, in], B [out, rank]; `base` the layer's weight and bias), differentiable in all of them, as
+ * one kernel forward and one backward: the rank-r term is computed a block of rows at a time and the
+ * base product's sums start from it, so the base output is never written by one kernel to be read
+ * by the next. On the same backends as {@link lowRankTrain}, for layers whose packed weight fits the
+ * kernel's buffers; null otherwise (the caller computes the base layer and then
+ * {@link lowRankTrain}). Equal to the composed form up to float32 summation order.
+ */
+export function lowRankLinearTrain(x: tf.Tensor, base: LowRankLinearBase, a: tf.Tensor, b: tf.Tensor, scaling: number): tf.Tensor | null {
+  const [rank, inFeatures] = a.shape as [number, number];
+  const outFeatures = b.shape[0]!;
+  const operands = [x, base.weight, a, b, ...(base.bias === null ? [] : [base.bias])];
+  // Sizes that do not match go the composed way, whose base layer says what is wrong.
+  const weightShape = base.fanInFanOut ? [inFeatures, outFeatures] : [outFeatures, inFeatures];
+  const fits =
+    x.shape[x.rank - 1] === inFeatures &&
+    base.weight.shape.length === 2 &&
+    base.weight.shape.every((size, axis) => size === weightShape[axis]) &&
+    (base.bias === null || (base.bias.rank === 1 && base.bias.shape[0] === outFeatures));
+  const fused =
+    fits &&
+    operands.every((tensor) => tensor.dtype === 'float32') &&
+    activeBackendHasKernels(LORA_LINEAR_FORWARD_KERNEL, LORA_LINEAR_BACKWARD_KERNEL) &&
+    simdLoraPassesFit(tf.backend(), inFeatures, outFeatures, rank, true);
+  if (!fused) return null;
+  registerLowRankGradients();
+  return tf.tidy(() => {
+    const inputs: tf.NamedTensorMap = { x: tf.reshape(x, [-1, inFeatures]), w: base.weight, a, b, ...(base.bias === null ? {} : { bias: base.bias }) };
+    const attrs = { scaling, inOut: base.fanInFanOut, inputGradient: dependsOnTrainableVariable(x) };
+    const [y] = tf.engine().runKernel(LORA_LINEAR_FORWARD_KERNEL, inputs, attrs) as tf.Tensor[];
+    return tf.reshape(y!, [...x.shape.slice(0, -1), outFeatures]);
   });
 }

@@ -111,6 +111,13 @@ export interface AdapterInstance {
   /** Add this adapter's effect to `result` (the output so far, base included) and return the new output. */
   apply(input: tf.Tensor, result: tf.Tensor, context: ApplyContext): tf.Tensor;
   /**
+   * Optional: the base layer's output (`context.base`) and this adapter's effect on it computed
+   * together, e.g. by one fused kernel, or null to decline. Asked only when this adapter is the
+   * layer's one active adapter; when it declines (or lacks this method), the layer computes the base
+   * and calls {@link AdapterInstance.apply}. Must equal that result up to float32 rounding.
+   */
+  applyWithBase?(input: tf.Tensor, context: ApplyContext): tf.Tensor | null;
+  /**
    * ΔW = merged − base weight as dense [out, in]. The caller disposes it. An adapter whose ΔW
    * depends on per-forward inputs (a hypernetwork) throws a {@link LoraError} saying how to merge
    * (e.g. export a fixed condition first).

@@ -53,8 +53,25 @@ type BatchMatMulExport = (...args: [...Operands, scratch: number, triangle: numb
 
 type BatchMatMulThreadedExport = (control: number, ...args: [...Operands, scratch: number, rowBlock: number, panelGroup: number, mayWait: number, triangle: number, bias: number]) => void;
 
-/** The fused LoRA passes' exports (wasm/low-rank-train.h): rows, in, out, rank, row block, s, then addresses. */
-type LoraForwardExport = (rows: number, inFeatures: number, outFeatures: number, rank: number, rowBlock: number, s: number, x: number, a: number, b: number, base: number, hs: number, y: number, scratch: number) => void;
+/** The fused LoRA passes' exports (wasm/low-rank-train.h): rows, in, out, rank, row block, s, then addresses; the base weight's address (0 for none) and layout last. */
+type LoraForwardExport = (
+  rows: number,
+  inFeatures: number,
+  outFeatures: number,
+  rank: number,
+  rowBlock: number,
+  s: number,
+  x: number,
+  a: number,
+  b: number,
+  base: number,
+  hs: number,
+  y: number,
+  scratch: number,
+  w: number,
+  wInOut: number,
+  bias: number,
+) => void;
 type LoraBackwardExport = (
   rows: number,
   inFeatures: number,
@@ -72,6 +89,8 @@ type LoraBackwardExport = (
   da: number,
   db: number,
   scratch: number,
+  w: number,
+  wInOut: number,
 ) => void;
 /** Causal attention's exports (wasm/causal-attention.h): matrices, their layout (heads, T, D, row strides), scale, then addresses. */
 type AttentionLayoutArgs = [matrices: number, heads: number, t: number, d: number, ldIn: number, ldOut: number, scale: number];
@@ -102,8 +121,8 @@ interface SimdKernel {
   readonly run: BatchMatMulExport;
   readonly loraForward: LoraForwardExport;
   readonly loraBackward: LoraBackwardExport;
-  /** Floats of scratch a thread needs for a fused LoRA pass (1 forward, 2 backward); `helper` 1 for the helper's buffer. */
-  readonly loraScratchFloats: (kind: number, inFeatures: number, outFeatures: number, rank: number, rowBlock: number, helper: number) => number;
+  /** Floats of scratch a thread needs for a fused LoRA pass (1 forward, 2 backward); `fused` 1 with the base weight, `helper` 1 for the helper's buffer. */
+  readonly loraScratchFloats: (kind: number, inFeatures: number, outFeatures: number, rank: number, rowBlock: number, fused: number, helper: number) => number;
   readonly attentionForward: AttentionForwardExport;
   readonly attentionBackward: AttentionBackwardExport;
   /** Floats of scratch a thread needs for causal attention (3 forward, 4 backward) on T×D matrices; `helper` 1 for the helper's buffer. */
@@ -530,6 +549,12 @@ export function simdBatchMatMul(
 /** Rows per block of the fused LoRA passes, forward and backward, where the helper's buffer allows (halved until it does). */
 const LORA_ROW_BLOCK = { forward: 64, backward: 128 } as const;
 const LORA_KIND = { forward: 1, backward: 2 } as const;
+/**
+ * Fewest rows per block with the base weight: each block streams the whole packed weight through
+ * the cache for its rows' tiles, so fewer rows would make the base product wait on memory (the
+ * separate product, chunked by columns, does not); the small model's c_attn runs 32 forward.
+ */
+const LORA_LINEAR_MIN_ROW_BLOCK = 32;
 
 /**
  * Rows per block of a fused LoRA pass over `[rows, inFeatures]` inputs, or null where even 4-row
@@ -537,9 +562,9 @@ const LORA_KIND = { forward: 1, backward: 2 } as const;
  * thread count: the backward pass's dA and dB are sums of per-block parts, so the block size fixes
  * their rounding, and one thread or two give the same bits.
  */
-function loraRowBlock(kernel: SimdKernel, pass: 'forward' | 'backward', inFeatures: number, outFeatures: number, rank: number): number | null {
-  for (let rowBlock = LORA_ROW_BLOCK[pass]; rowBlock >= 4; rowBlock /= 2) {
-    if (kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, 1) <= HELPER_SCRATCH_FLOATS) return rowBlock;
+function loraRowBlock(kernel: SimdKernel, pass: 'forward' | 'backward', inFeatures: number, outFeatures: number, rank: number, withWeight: boolean): number | null {
+  for (let rowBlock = LORA_ROW_BLOCK[pass]; rowBlock >= (withWeight ? LORA_LINEAR_MIN_ROW_BLOCK : 4); rowBlock /= 2) {
+    if (kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, withWeight ? 1 : 0, 1) <= HELPER_SCRATCH_FLOATS) return rowBlock;
   }
   return null;
 }
@@ -547,11 +572,22 @@ function loraRowBlock(kernel: SimdKernel, pass: 'forward' | 'backward', inFeatur
 /**
  * Whether `backend` runs {@link simdLoraForward} and {@link simdLoraBackward} for a layer of these
  * sizes (false where a block's results would not fit the helper's buffer: such layers' rank-r
- * products are large enough for the product kernels).
+ * products are large enough for the product kernels). With `withWeight`, whether it runs them with
+ * the base weight ({@link LoraBaseWeight}): the packed weight must fit that buffer too.
  */
-export function simdLoraPassesFit(backend: tf.KernelBackend, inFeatures: number, outFeatures: number, rank: number): boolean {
+export function simdLoraPassesFit(backend: tf.KernelBackend, inFeatures: number, outFeatures: number, rank: number, withWeight = false): boolean {
   const kernel = kernelOf(backend);
-  return kernel !== null && loraRowBlock(kernel, 'forward', inFeatures, outFeatures, rank) !== null && loraRowBlock(kernel, 'backward', inFeatures, outFeatures, rank) !== null;
+  return kernel !== null && (['forward', 'backward'] as const).every((pass) => loraRowBlock(kernel, pass, inFeatures, outFeatures, rank, withWeight) !== null);
+}
+
+/**
+ * A LoRA layer's frozen base weight and bias, for the fused passes to compute the whole layer:
+ * `weight` [in, out] when `inOut` (GPT-2's Conv1D), else [out, in]; `bias` [out] or null.
+ */
+export interface LoraBaseWeight {
+  readonly weight: tf.TensorInfo;
+  readonly inOut: boolean;
+  readonly bias: tf.TensorInfo | null;
 }
 
 /**
@@ -564,36 +600,58 @@ function threadsFor(kernel: SimdKernel, flops: number, blocks: number): Threaded
 }
 
 /** What both fused LoRA passes start from: the kernel, the layer's sizes and its row block. Null where the pass cannot run. */
-function loraSetup(backend: tf.KernelBackend, pass: 'forward' | 'backward', operands: readonly tf.TensorInfo[], a: tf.TensorInfo, b: tf.TensorInfo) {
+function loraSetup(backend: tf.KernelBackend, pass: 'forward' | 'backward', operands: readonly tf.TensorInfo[], a: tf.TensorInfo, b: tf.TensorInfo, base: LoraBaseWeight | undefined) {
   const kernel = kernelOf(backend);
-  if (kernel === null || operands.some((info) => info.dtype !== 'float32')) return null;
+  const weightOperands = base === undefined ? [] : base.bias === null ? [base.weight] : [base.weight, base.bias];
+  if (kernel === null || [...operands, ...weightOperands].some((info) => info.dtype !== 'float32')) return null;
   const [rank, inFeatures] = a.shape as [number, number];
   const outFeatures = b.shape[0]!;
-  const rowBlock = loraRowBlock(kernel, pass, inFeatures, outFeatures, rank);
+  if (base !== undefined && !sameShape(base.weight.shape, base.inOut ? [inFeatures, outFeatures] : [outFeatures, inFeatures])) return null;
+  if (base?.bias != null && !sameShape(base.bias.shape, [outFeatures])) return null;
+  const rowBlock = loraRowBlock(kernel, pass, inFeatures, outFeatures, rank, base !== undefined);
   if (rowBlock === null) return null;
   const wasm = backend as WasmBackendWithModule;
-  const scratchFloats = kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, 0);
+  const scratchFloats = kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, base === undefined ? 0 : 1, 0);
   const offset = (info: tf.TensorInfo): number => addressOf(wasm, info);
-  return { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset };
+  // The base weight's address and layout as the exports take them (0, 0: none).
+  const weightArgs = [base === undefined ? 0 : offset(base.weight), base?.inOut === true ? 1 : 0] as const;
+  return { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset, weightArgs };
+}
+
+function sameShape(shape: readonly number[], expected: readonly number[]): boolean {
+  return shape.length === expected.length && shape.every((size, axis) => size === expected[axis]);
 }
 
 /**
  * A LoRA layer's forward pass in one kernel (wasm/low-rank-train.h): for float32 x [rows, in],
  * A [rank, in], B [out, rank] and base [rows, out], `[y, hs]` with hs = s·(x·Aᵀ) and y = base +
- * hs·Bᵀ. Null where the backend has no kernel or the shapes do not fit its buffers.
+ * hs·Bᵀ; or, given the layer's base weight instead of its output (`base` a {@link LoraBaseWeight}),
+ * y = x·op(W) + bias + hs·Bᵀ, the whole layer. Null where the backend has no kernel or the shapes
+ * do not fit its buffers.
  */
-export function simdLoraForward(backend: tf.KernelBackend, x: tf.TensorInfo, a: tf.TensorInfo, b: tf.TensorInfo, base: tf.TensorInfo, s: number): [tf.TensorInfo, tf.TensorInfo] | null {
-  const setup = loraSetup(backend, 'forward', [x, a, b, base], a, b);
+export function simdLoraForward(
+  backend: tf.KernelBackend,
+  x: tf.TensorInfo,
+  a: tf.TensorInfo,
+  b: tf.TensorInfo,
+  base: tf.TensorInfo | LoraBaseWeight,
+  s: number,
+): [tf.TensorInfo, tf.TensorInfo] | null {
+  const weight = 'inOut' in base ? base : undefined;
+  const setup = loraSetup(backend, 'forward', weight === undefined ? [x, a, b, base as tf.TensorInfo] : [x, a, b], a, b, weight);
   if (setup === null) return null;
-  const { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset } = setup;
-  const rows = base.shape[0]!;
+  const { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset, weightArgs } = setup;
+  const rows = x.shape[0]!;
   const y = wasm.makeOutput([rows, outFeatures], 'float32');
   const hs = wasm.makeOutput([rows, rank], 'float32');
   if (rows === 0) return [y, hs];
   const scratch = wasm.makeOutput([scratchFloats], 'float32');
   try {
-    const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(x), offset(a), offset(b), offset(base), offset(hs), offset(y), offset(scratch)] as const;
-    const threads = threadsFor(kernel, 2 * rows * rank * (inFeatures + outFeatures), Math.ceil(rows / rowBlock));
+    const baseOutput = weight === undefined ? offset(base as tf.TensorInfo) : 0;
+    const bias = weight?.bias == null ? 0 : offset(weight.bias);
+    const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(x), offset(a), offset(b), baseOutput, offset(hs), offset(y), offset(scratch), ...weightArgs, bias] as const;
+    const baseFlops = weight === undefined ? 0 : 2 * rows * inFeatures * outFeatures;
+    const threads = threadsFor(kernel, baseFlops + 2 * rows * rank * (inFeatures + outFeatures), Math.ceil(rows / rowBlock));
     if (threads !== null) threads.loraForward(threads.control, ...args, threads.mayBlock ? 1 : 0);
     else kernel.loraForward(...args);
   } finally {
@@ -605,7 +663,8 @@ export function simdLoraForward(backend: tf.KernelBackend, x: tf.TensorInfo, a: 
 /**
  * A LoRA layer's backward pass in one kernel (wasm/low-rank-train.h): from dy [rows, out], x, A, B
  * and the forward pass's hs, `[dx, dA, dB]` with g = s·(dy·B), dx = g·A, dA = gᵀ·x, dB = dyᵀ·hs;
- * `[dA, dB]` without `inputGradient`. Null where {@link simdLoraForward} would be.
+ * `[dA, dB]` without `inputGradient`. With the base weight (`base`; its bias unused), dx is the whole
+ * layer's, dy·op(W)ᵀ + g·A. Null where {@link simdLoraForward} would be.
  */
 export function simdLoraBackward(
   backend: tf.KernelBackend,
@@ -616,10 +675,13 @@ export function simdLoraBackward(
   hs: tf.TensorInfo,
   s: number,
   inputGradient = true,
+  base?: LoraBaseWeight,
 ): tf.TensorInfo[] | null {
-  const setup = loraSetup(backend, 'backward', [dy, x, a, b, hs], a, b);
+  // Without dx the base weight has no part in the pass.
+  const weight = inputGradient ? base : undefined;
+  const setup = loraSetup(backend, 'backward', [dy, x, a, b, hs], a, b, weight);
   if (setup === null) return null;
-  const { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset } = setup;
+  const { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset, weightArgs } = setup;
   const rows = dy.shape[0]!;
   const dx = inputGradient ? wasm.makeOutput([rows, inFeatures], 'float32') : null;
   const da = wasm.makeOutput([rank, inFeatures], 'float32');
@@ -634,8 +696,9 @@ export function simdLoraBackward(
   const parts = wasm.makeOutput([blocks * rank * (inFeatures + outFeatures)], 'float32');
   const scratch = wasm.makeOutput([scratchFloats], 'float32');
   try {
-    const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(dy), offset(x), offset(a), offset(b), offset(hs), dx === null ? 0 : offset(dx), offset(parts), offset(da), offset(db), offset(scratch)] as const;
-    const threads = threadsFor(kernel, 4 * rows * rank * (inFeatures + outFeatures), blocks);
+    const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(dy), offset(x), offset(a), offset(b), offset(hs), dx === null ? 0 : offset(dx), offset(parts), offset(da), offset(db), offset(scratch), ...weightArgs] as const;
+    const baseFlops = weight === undefined ? 0 : 2 * rows * inFeatures * outFeatures;
+    const threads = threadsFor(kernel, baseFlops + 4 * rows * rank * (inFeatures + outFeatures), blocks);
     if (threads !== null) threads.loraBackward(threads.control, ...args, threads.mayBlock ? 1 : 0);
     else kernel.loraBackward(...args);
   } finally {

@@ -65,6 +65,8 @@ describe('useFastWasmKernels', () => {
         'LoraLayerNorm',
         'LoraLayerNormGrad',
         'LoraLayerNormWeightGrad',
+        'LoraLinearBackward',
+        'LoraLinearForward',
         'LoraLowRankAdd',
         'LoraLowRankBackward',
         'LoraLowRankForward',

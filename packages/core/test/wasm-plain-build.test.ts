@@ -11,6 +11,7 @@ process.env['LORA_WASM_FMA'] = '0';
 await import('./wasm-simd-matmul.test.js');
 await import('./wasm-simd-matmul-threads.test.js');
 await import('./low-rank-train.test.js');
+await import('./low-rank-linear-train.test.js');
 await import('./causal-products.test.js');
 await import('./causal-attention.test.js');
 

@@ -120,33 +120,52 @@ interface Operand {
   values: Float32Array;
 }
 
-/** The fused LoRA passes' operands: x [rows, in], A [rank, in], B [out, rank], base and dy [rows, out]. */
-function loraOperands(rows: number, inFeatures: number, rank: number, outFeatures: number, seed: number): Record<'x' | 'a' | 'b' | 'base' | 'dy', Operand> {
+/**
+ * The fused LoRA passes' operands: x [rows, in], A [rank, in], B [out, rank], base and dy [rows,
+ * out]; with `weight`, the layer's base weight in that layout and a bias (used instead of base).
+ */
+interface LoraOperands {
+  readonly x: Operand;
+  readonly a: Operand;
+  readonly b: Operand;
+  readonly base: Operand;
+  readonly dy: Operand;
+  readonly weight?: { readonly w: Operand; readonly inOut: boolean; readonly bias: Operand };
+}
+
+function loraOperands(rows: number, inFeatures: number, rank: number, outFeatures: number, seed: number, weight?: 'in-out' | 'out-in'): LoraOperands {
   return {
     x: operand([rows, inFeatures], seed),
     a: operand([rank, inFeatures], seed + 1),
     b: operand([outFeatures, rank], seed + 2),
     base: operand([rows, outFeatures], seed + 3),
     dy: operand([rows, outFeatures], seed + 4),
+    ...(weight === undefined
+      ? {}
+      : { weight: { w: operand(weight === 'in-out' ? [inFeatures, outFeatures] : [outFeatures, inFeatures], seed + 5), inOut: weight === 'in-out', bias: operand([outFeatures], seed + 6) } }),
   };
 }
 
 /**
  * A LoRA layer's forward and backward passes through the fused kernels on `backend` (the backward
- * from the forward's hs): views of [y, hs, dx, dA, dB] in the (freed) results' memory, as
- * {@link HeapBackend.productInPlace} returns; the freed operands are overwritten with NaN.
+ * from the forward's hs; with the base weight, the whole layer's): views of [y, hs, dx, dA, dB] in
+ * the (freed) results' memory, as {@link HeapBackend.productInPlace} returns; the freed operands are
+ * overwritten with NaN.
  */
-function loraPasses(backend: HeapBackend, operands: Record<'x' | 'a' | 'b' | 'base' | 'dy', Operand>, s: number): Float32Array[] {
+function loraPasses(backend: HeapBackend, operands: LoraOperands, s: number): Float32Array[] {
   const kernelBackend = backend as unknown as tf.KernelBackend;
-  const [x, a, b, base, dy] = [operands.x, operands.a, operands.b, operands.base, operands.dy].map((value) => backend.upload(value.shape, value.values)) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
-  const forward = simdLoraForward(kernelBackend, x, a, b, base, s);
+  const upload = (value: Operand): tf.TensorInfo => backend.upload(value.shape, value.values);
+  const [x, a, b, base, dy] = [operands.x, operands.a, operands.b, operands.base, operands.dy].map(upload) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
+  const weight = operands.weight === undefined ? undefined : { weight: upload(operands.weight.w), inOut: operands.weight.inOut, bias: upload(operands.weight.bias) };
+  const forward = simdLoraForward(kernelBackend, x, a, b, weight ?? base, s);
   if (forward === null) throw new Error('the kernel declined the forward pass');
-  const backward = simdLoraBackward(kernelBackend, dy, x, a, b, forward[1], s);
+  const backward = simdLoraBackward(kernelBackend, dy, x, a, b, forward[1], s, true, weight);
   if (backward === null) throw new Error('the kernel declined the backward pass');
   const infos = [...forward, ...backward];
   const results = infos.map((info) => backend.typedArrayFromHeap(info));
-  for (const info of [x, a, b, base, dy]) backend.typedArrayFromHeap(info).fill(Number.NaN);
-  for (const info of [x, a, b, base, dy, ...infos]) backend.disposeData(info.dataId);
+  const operandInfos = [x, a, b, base, dy, ...(weight === undefined ? [] : [weight.weight, weight.bias!])];
+  for (const info of operandInfos) backend.typedArrayFromHeap(info).fill(Number.NaN);
+  for (const info of [...operandInfos, ...infos]) backend.disposeData(info.dataId);
   return results;
 }
 
@@ -392,15 +411,19 @@ describe('the two-thread batched SIMD matMul', () => {
 });
 
 /** The passes on one thread (a plain memory), copied: a grown plain memory detaches its old views. */
-const oneThread = (operands: Record<'x' | 'a' | 'b' | 'base' | 'dy', Operand>, s: number): Float32Array[] => loraPasses(plain, operands, s).map((view) => view.slice());
+const oneThread = (operands: LoraOperands, s: number): Float32Array[] => loraPasses(plain, operands, s).map((view) => view.slice());
 
-// [name, rows, in, rank, out]: each pass large enough to be shared; a partial last block of rows,
-// partial panels of 8 columns, rank 16 (two panels) and 5 (a partial one).
+// [name, rows, in, rank, out, base weight]: each pass large enough to be shared; a partial last
+// block of rows, partial panels of 8 columns, rank 16 (two panels) and 5 (a partial one); without
+// and with the base layer's product, in either weight layout.
 const LORA_LAYERS = [
-  ['the small model’s c_attn', 1024, 256, 8, 768],
-  ['a partial last block, partial panels', 1030, 260, 8, 259],
-  ['rank 16', 517, 64, 16, 40],
-  ['rank 5', 260, 96, 5, 300],
+  ['the small model’s c_attn', 1024, 256, 8, 768, undefined],
+  ['a partial last block, partial panels', 1030, 260, 8, 259, undefined],
+  ['rank 16', 517, 64, 16, 40, undefined],
+  ['rank 5', 260, 96, 5, 300, undefined],
+  ['the small model’s c_attn with its [in, out] weight', 1024, 256, 8, 768, 'in-out'],
+  ['a partial last block, partial panels, with an [out, in] weight', 1030, 260, 8, 259, 'out-in'],
+  ['rank 5 with an [in, out] weight', 262, 96, 5, 300, 'in-out'],
 ] as const;
 
 /**
@@ -431,8 +454,8 @@ async function expectHelperIdleOrStallingHarmless(runCases: () => { values: Floa
 }
 
 describe('the two-thread fused LoRA passes', () => {
-  it.each(LORA_LAYERS)('compute %s as on one thread, bit for bit (dA and dB summed block by block in the same order)', (_name, rows, inFeatures, rank, outFeatures) => {
-    const operands = loraOperands(rows, inFeatures, rank, outFeatures, 11);
+  it.each(LORA_LAYERS)('compute %s as on one thread, bit for bit (dA and dB summed block by block in the same order)', (_name, rows, inFeatures, rank, outFeatures, weight) => {
+    const operands = loraOperands(rows, inFeatures, rank, outFeatures, 11, weight);
     const dataIds = shared.numDataIds();
     const ours = loraPasses(shared, operands, 1.5);
     expect(shared.numDataIds()).toBe(dataIds);
@@ -450,8 +473,8 @@ describe('the two-thread fused LoRA passes', () => {
 
   it('gives the one-thread results when the helper claims nothing, and when it stalls mid-block (its late results kept out of finished calls)', async () => {
     await expectHelperIdleOrStallingHarmless(() =>
-      LORA_LAYERS.map(([, rows, inFeatures, rank, outFeatures]) => {
-        const operands = loraOperands(rows, inFeatures, rank, outFeatures, 21);
+      LORA_LAYERS.map(([, rows, inFeatures, rank, outFeatures, weight]) => {
+        const operands = loraOperands(rows, inFeatures, rank, outFeatures, 21, weight);
         return { values: loraPasses(shared, operands, 0.5), expected: oneThread(operands, 0.5), names: ['y', 'hs', 'dx', 'dA', 'dB'] };
       }),
     );

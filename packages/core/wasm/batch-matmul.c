@@ -532,11 +532,13 @@ struct args {
   const float *a, *b;
   float *c;
   int32_t row_block, panel_group, row_groups, panel_groups;
-  // The LoRA passes' other arguments (see lora_block).
+  // The LoRA passes' other arguments (see lora_block; `bias` above is the base layer's there).
   int32_t rows, in, out, rank;
   float s;
   const float *x, *third;
   float *hs, *y, *parts;
+  const float *w;
+  int32_t w_in_out;
   // Causal attention's arguments (see attention_matrix), whose chunks are its matrices.
   int32_t t, d, heads, ld_in, ld_out;
   const float *q, *kt, *v, *dout; // kt: the keys (k is the product's terms)
@@ -590,11 +592,11 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
   if (p->kind != PRODUCT) {
     // A LoRA block: this thread packs the call's A and B once (its memo holds the generation).
     if (memo[0] != (int32_t)gen || memo[1] != -2) {
-      lora_pack(p->kind, p->in, p->out, p->rank, p->a, p->b, packed_b);
+      lora_pack(p->kind, p->in, p->out, p->rank, p->row_block, p->a, p->b, p->w, p->w_in_out, packed_b);
       memo[0] = (int32_t)gen;
       memo[1] = -2;
     }
-    lora_block(p->kind, p->rows, p->in, p->out, p->rank, p->row_block, p->s, p->x, p->a, p->b, p->third, p->hs, p->y, p->parts, chunk, packed_b, out);
+    lora_block(p->kind, p->rows, p->in, p->out, p->rank, p->row_block, p->s, p->x, p->a, p->b, p->third, p->hs, p->y, p->parts, chunk, packed_b, out, p->w, p->w_in_out, p->bias);
     return;
   }
   const int k = p->k, m = p->m, n = p->n;
@@ -755,10 +757,10 @@ __attribute__((export_name("batch_matmul_threaded"))) void batch_matmul_threaded
 }
 
 // A fused LoRA pass (low-rank-train.h) on two threads: its blocks of `row_block` rows are the
-// chunks (MAX_CHUNKS at most). `scratch` holds lora_scratch_floats(kind, …, 0) floats, the helper's
-// buffer lora_scratch_floats(kind, …, 1).
+// chunks (MAX_CHUNKS at most). `scratch` holds lora_scratch_floats(kind, …, w != 0, 0) floats, the
+// helper's buffer lora_scratch_floats(kind, …, w != 0, 1).
 static void lora_threaded(struct control *ctl, int kind, int rows, int in, int out, int rank, int row_block, float s, const float *x, const float *a, const float *b,
-                          const float *third, float *hs, float *y, float *parts, float *scratch, int may_wait) {
+                          const float *third, float *hs, float *y, float *parts, float *scratch, int may_wait, const float *w, int w_in_out, const float *bias) {
   const uint32_t gen = next_generation(ctl);
   struct args *p = &ctl->call;
   p->kind = kind;
@@ -775,21 +777,25 @@ static void lora_threaded(struct control *ctl, int kind, int rows, int in, int o
   p->hs = hs;
   p->y = y;
   p->parts = parts;
+  p->w = w;
+  p->w_in_out = w_in_out;
+  p->bias = bias;
   share_chunks(ctl, gen, (uint32_t)blocks_of(rows, row_block), scratch, may_wait);
 }
 
 /// lora_forward on two threads (see lora_threaded).
 __attribute__((export_name("lora_forward_threaded"))) void lora_forward_threaded(struct control *ctl, int rows, int in, int out, int rank, int row_block, float s, const float *x,
                                                                                    const float *a, const float *b, const float *base, float *hs, float *y, float *scratch,
-                                                                                   int may_wait) {
-  lora_threaded(ctl, LORA_FORWARD, rows, in, out, rank, row_block, s, x, a, b, base, hs, y, 0, scratch, may_wait);
+                                                                                   const float *w, int w_in_out, const float *bias, int may_wait) {
+  lora_threaded(ctl, LORA_FORWARD, rows, in, out, rank, row_block, s, x, a, b, base, hs, y, 0, scratch, may_wait, w, w_in_out, bias);
 }
 
 /// lora_backward on two threads (see lora_threaded); the calling thread adds the blocks' parts.
 __attribute__((export_name("lora_backward_threaded"))) void lora_backward_threaded(struct control *ctl, int rows, int in, int out, int rank, int row_block, float s,
                                                                                      const float *dy, const float *x, const float *a, const float *b, const float *hs, float *dx,
-                                                                                     float *parts, float *da, float *db, float *scratch, int may_wait) {
-  lora_threaded(ctl, LORA_BACKWARD, rows, in, out, rank, row_block, s, x, a, b, dy, (float *)hs, dx, parts, scratch, may_wait);
+                                                                                     float *parts, float *da, float *db, float *scratch, const float *w, int w_in_out,
+                                                                                     int may_wait) {
+  lora_threaded(ctl, LORA_BACKWARD, rows, in, out, rank, row_block, s, x, a, b, dy, (float *)hs, dx, parts, scratch, may_wait, w, w_in_out, 0);
   lora_sum_parts(blocks_of(rows, row_block), in, out, rank, parts, da, db);
 }
 
@@ -868,7 +874,7 @@ static void help_with(struct control *ctl, int chunk, uint32_t gen) {
   float *packed_b = ctl->helper_scratch;
   float *out = packed_b + (p->kind == GELU_FORWARD || p->kind == GELU_BACKWARD               ? 0
                            : p->kind == ATTENTION_FORWARD || p->kind == ATTENTION_BACKWARD ? attention_work_floats(p->kind, p->t, p->d)
-                           : p->kind != PRODUCT                                           ? lora_work_floats(p->kind, p->in, p->out, p->rank, p->row_block)
+                           : p->kind != PRODUCT                                           ? lora_work_floats(p->kind, p->in, p->out, p->rank, p->row_block, p->w != 0)
                                                                                           : p->panel_group * NR * p->k + 32 + a_copy_floats(p->tri, p->k, p->n, p->a_rs, p->a_cs));
   run_chunk(p, chunk, packed_b, ctl->packed[1], gen, out);
   if (__sync_val_compare_and_swap(word, mine, gen << 2 | COPYING) != mine) return;

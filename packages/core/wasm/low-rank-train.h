@@ -7,6 +7,14 @@
 // measured in a training step at 29-48% of a 1024² product's rate, while each block here is one
 // chunk of the two-thread protocol in batch-matmul.c.
 //
+// With the layer's frozen weight W (and bias), the pass is the whole layer: forward y = x·op(W) +
+// bias + hs·Bᵀ, backward dx = dy·op(W)ᵀ + g·A, where op(W) is W [in, out] as GPT-2's Conv1D stores
+// it (`w_in_out` 1) or Wᵀ of PyTorch's [out, in]. A block's rank-r term (and the bias) is computed
+// first, into scratch, and the base product's tiles start their sums from it (tile_init): base was
+// otherwise written by one kernel and read back from memory by the next, and the passes ran at
+// 29-40% of the 1024² rate in a step for that traffic alone. op(W) is packed once per call and
+// thread, whole (so only layers whose packed weight fits the helper's buffer take this form).
+//
 // dA and dB sum over every row: each block writes its part (dA's [rank, in] and dBᵀ's [rank, out])
 // into a slot of its own, and the caller adds the slots in block order once every block is done, so
 // the result is the same whichever thread computed which block, and on one thread.
@@ -18,11 +26,28 @@
 
 static inline int panels_of(int columns) { return (columns + NR - 1) / NR; }
 
-// Floats of a thread's working scratch for a call: the packed operands, `edge` (32), and for the
-// backward pass a block's g (row_block·rank) and one partial panel of x or dy (8·row_block).
-static inline int lora_work_floats(int kind, int in, int out, int rank, int row_block) {
+// Floats of a thread's working scratch for a call without the base weight: the packed operands,
+// `edge` (32), and for the backward pass a block's g (row_block·rank) and one partial panel of x or
+// dy (8·row_block).
+static inline int lora_own_floats(int kind, int in, int out, int rank, int row_block) {
   if (kind == LORA_FORWARD) return panels_of(rank) * NR * in + panels_of(out) * NR * rank + 32;
   return panels_of(rank) * NR * out + panels_of(in) * NR * rank + 32 + row_block * rank + NR * row_block;
+}
+
+// op(W)'s terms per output in a pass (forward in, backward out: the backward product is dy·op(W)ᵀ)
+// and its outputs per row.
+static inline int weight_terms(int kind, int in, int out) { return kind == LORA_FORWARD ? in : out; }
+static inline int weight_outputs(int kind, int in, int out) { return kind == LORA_FORWARD ? out : in; }
+// The strides of the pass's operand of the base product, element (p, j) at w[p·rs + j·cs]: op(W)
+// [in, out] forward, op(W)ᵀ [out, in] backward.
+static inline int weight_rs(int kind, int in, int out, int w_in_out) { return kind == LORA_FORWARD ? (w_in_out ? out : 1) : (w_in_out ? 1 : in); }
+static inline int weight_cs(int kind, int in, int out, int w_in_out) { return kind == LORA_FORWARD ? (w_in_out ? 1 : in) : (w_in_out ? out : 1); }
+
+// Floats of a thread's working scratch for a call: its own (above) and, with the base weight
+// (`fused`), op(W) packed and a block's rank-r term (row_block·outputs), in that order.
+static inline int lora_work_floats(int kind, int in, int out, int rank, int row_block, int fused) {
+  const int outputs = weight_outputs(kind, in, out);
+  return lora_own_floats(kind, in, out, rank, row_block) + (fused ? panels_of(outputs) * NR * weight_terms(kind, in, out) + row_block * outputs : 0);
 }
 
 // Floats of one block's results, where the helper computes them before copying them out: y's rows
@@ -32,16 +57,17 @@ static inline int lora_result_floats(int kind, int in, int out, int rank, int ro
   return row_block * in + rank * (in + out);
 }
 
-/// Floats of scratch a thread needs for a fused LoRA call (`kind` 1 forward, 2 backward): its
-/// working scratch, and with `helper` the room for one block's results too. The TypeScript side
-/// sizes its buffers with this, so the layout has one definition.
-__attribute__((export_name("lora_scratch_floats"))) int lora_scratch_floats(int kind, int in, int out, int rank, int row_block, int helper) {
-  return lora_work_floats(kind, in, out, rank, row_block) + (helper ? lora_result_floats(kind, in, out, rank, row_block) : 0);
+/// Floats of scratch a thread needs for a fused LoRA call (`kind` 1 forward, 2 backward; `fused` 1
+/// with the base weight): its working scratch, and with `helper` the room for one block's results
+/// too. The TypeScript side sizes its buffers with this, so the layout has one definition.
+__attribute__((export_name("lora_scratch_floats"))) int lora_scratch_floats(int kind, int in, int out, int rank, int row_block, int fused, int helper) {
+  return lora_work_floats(kind, in, out, rank, row_block, fused) + (helper ? lora_result_floats(kind, in, out, rank, row_block) : 0);
 }
 
 // The operands every block reads, packed once per call and thread: forward, Aᵀ (k = in) and Bᵀ
-// (k = rank); backward, B (k = out) and A (k = rank).
-static void lora_pack(int kind, int in, int out, int rank, const float *a, const float *b, float *work) {
+// (k = rank); backward, B (k = out) and A (k = rank); and with the base weight `w` (not null), the
+// pass's op(W) or op(W)ᵀ after them (see lora_work_floats).
+static void lora_pack(int kind, int in, int out, int rank, int row_block, const float *a, const float *b, const float *w, int w_in_out, float *work) {
   if (kind == LORA_FORWARD) {
     pack_b(a, in, rank, 1, in, work);
     pack_b(b, rank, out, 1, rank, work + panels_of(rank) * NR * in);
@@ -49,6 +75,9 @@ static void lora_pack(int kind, int in, int out, int rank, const float *a, const
     pack_b(b, out, rank, rank, 1, work);
     pack_b(a, rank, in, in, 1, work + panels_of(rank) * NR * out);
   }
+  if (w)
+    pack_b(w, weight_terms(kind, in, out), weight_outputs(kind, in, out), weight_rs(kind, in, out, w_in_out), weight_cs(kind, in, out, w_in_out),
+           work + lora_own_floats(kind, in, out, rank, row_block));
 }
 
 __attribute__((noinline)) static void scale_floats(float *v, int n, float s) {
@@ -70,10 +99,15 @@ __attribute__((noinline)) static void copy_floats(float *to, const float *from, 
 
 // Block `block` (rows block·row_block onwards) of a call whose operands `work` holds packed. Its
 // results go where they belong (`staging` 0), or to `staging` laid out as lora_result_floats says.
-// `third` is base (forward) or dy (backward); `y` is y (forward) or dx (backward); `parts` the
-// blocks' slots of dA and dBᵀ parts (backward).
+// `third` is base (forward; unused with `w`) or dy (backward); `y` is y (forward) or dx (backward);
+// `parts` the blocks' slots of dA and dBᵀ parts (backward). With the base weight `w` (not null; see
+// the top of this file), y is the layer's whole output and dx its whole input gradient; `bias` (n
+// values, or null) is the base layer's, forward only.
 __attribute__((noinline)) static void lora_block(int kind, int rows, int in, int out, int rank, int row_block, float s, const float *x, const float *a, const float *b, const float *third, float *hs,
-                       float *y, float *parts, int block, float *work, float *staging) {
+                       float *y, float *parts, int block, float *work, float *staging, const float *w, int w_in_out, const float *bias) {
+  const int w_rs = weight_rs(kind, in, out, w_in_out), w_cs = weight_cs(kind, in, out, w_in_out);
+  const float *packed_w = work + lora_own_floats(kind, in, out, rank, row_block);
+  float *term = (float *)packed_w + panels_of(weight_outputs(kind, in, out)) * NR * weight_terms(kind, in, out);
   const int r0 = block * row_block;
   const int count = min_int(rows, r0 + row_block) - r0;
   if (kind == LORA_FORWARD) {
@@ -84,6 +118,12 @@ __attribute__((noinline)) static void lora_block(int kind, int rows, int in, int
     const float *base_rows = third + r0 * out;
     multiply(x + r0 * in, in, 1, a, 1, in, 0, packed_at, in, count, rank, hs_rows, rank, edge, 0, 0, 0);
     scale_floats(hs_rows, count * rank, s);
+    if (w) {
+      // term = bias + hs·Bᵀ, then y = term + x·op(W), each tile's sums starting from term's values.
+      multiply(hs_rows, rank, 1, b, 1, rank, 0, packed_bt, rank, count, out, term, out, edge, 0, bias, 0);
+      multiply(x + r0 * in, in, 1, w, w_rs, w_cs, 0, packed_w, in, count, out, y_rows, out, edge, 0, term, out);
+      return;
+    }
     // y = base + hs·Bᵀ: each tile's sums start from base's values (see tile_init), so y is written
     // once and base read once, with no pass adding them.
     multiply(hs_rows, rank, 1, b, 1, rank, 0, packed_bt, rank, count, out, y_rows, out, edge, 0, base_rows, out);
@@ -99,9 +139,13 @@ __attribute__((noinline)) static void lora_block(int kind, int rows, int in, int
   // g = s·(dy·B): B packed (or streamed in place for fewer than 4 rows).
   multiply(dy_rows, out, 1, b, rank, 1, 0, packed_b, out, count, rank, g, rank, edge, 0, 0, 0);
   scale_floats(g, count * rank, s);
-  // dx = g·A, unless no gradient flows to x (`y` 0: the first adapted layer, whose input depends
-  // on no trainable weight).
-  if (y) multiply(g, rank, 1, a, in, 1, 0, packed_a, rank, count, in, dx_rows, in, edge, 0, 0, 0);
+  // dx = g·A (with the base weight: term = g·A, then dx = term + dy·op(W)ᵀ), unless no gradient
+  // flows to x (`y` 0: the first adapted layer, whose input depends on no trainable weight).
+  if (y && w) {
+    multiply(g, rank, 1, a, in, 1, 0, packed_a, rank, count, in, term, in, edge, 0, 0, 0);
+    multiply(dy_rows, out, 1, w, w_rs, w_cs, 0, packed_w, out, count, in, dx_rows, in, edge, 0, term, in);
+  } else if (y)
+    multiply(g, rank, 1, a, in, 1, 0, packed_a, rank, count, in, dx_rows, in, edge, 0, 0, 0);
   // dA's part = gᵀ·x and dBᵀ's part = hsᵀ·dy over the block's rows (k = count): the block's rows of
   // x and dy are read in place, whole panels of 8 columns; only a partial last panel is packed.
   pack_b(x_rows + (in / NR) * NR, count, in % NR, in, 1, tail);
@@ -158,20 +202,25 @@ __attribute__((noinline)) static void lora_sum_parts(int blocks, int in, int out
 static inline int blocks_of(int rows, int row_block) { return (rows + row_block - 1) / row_block; }
 
 /// The forward pass on the calling thread: y = base + hs·Bᵀ and hs = s·(x·Aᵀ), `row_block` rows (a
-/// multiple of 4) at a time; `scratch` holds lora_scratch_floats(1, …, 0).
+/// multiple of 4) at a time; or, with the base weight `w` (not null; `w_in_out` its layout, `bias`
+/// null or n values), y = x·op(W) + bias + hs·Bᵀ and `base` unused. `scratch` holds
+/// lora_scratch_floats(1, …, w != 0, 0).
 __attribute__((export_name("lora_forward"))) void lora_forward(int rows, int in, int out, int rank, int row_block, float s, const float *x, const float *a, const float *b,
-                                                               const float *base, float *hs, float *y, float *scratch) {
-  lora_pack(LORA_FORWARD, in, out, rank, a, b, scratch);
-  for (int block = 0; block < blocks_of(rows, row_block); block++) lora_block(LORA_FORWARD, rows, in, out, rank, row_block, s, x, a, b, base, hs, y, 0, block, scratch, 0);
+                                                               const float *base, float *hs, float *y, float *scratch, const float *w, int w_in_out, const float *bias) {
+  lora_pack(LORA_FORWARD, in, out, rank, row_block, a, b, w, w_in_out, scratch);
+  for (int block = 0; block < blocks_of(rows, row_block); block++)
+    lora_block(LORA_FORWARD, rows, in, out, rank, row_block, s, x, a, b, base, hs, y, 0, block, scratch, 0, w, w_in_out, bias);
 }
 
-/// The backward pass on the calling thread: dx (unless `dx` is 0), dA and dB from dy, x, A, B and
-/// the forward pass's hs; `parts` holds rank·(in + out) floats per block of `row_block` rows,
-/// `scratch` lora_scratch_floats(2, …, 0).
+/// The backward pass on the calling thread: dx (unless `dx` is 0; with the base weight `w`, not
+/// null, the layer's whole dx), dA and dB from dy, x, A, B and the forward pass's hs; `parts` holds
+/// rank·(in + out) floats per block of `row_block` rows, `scratch` lora_scratch_floats(2, …, w != 0, 0).
 __attribute__((export_name("lora_backward"))) void lora_backward(int rows, int in, int out, int rank, int row_block, float s, const float *dy, const float *x, const float *a,
-                                                                 const float *b, const float *hs, float *dx, float *parts, float *da, float *db, float *scratch) {
-  lora_pack(LORA_BACKWARD, in, out, rank, a, b, scratch);
+                                                                 const float *b, const float *hs, float *dx, float *parts, float *da, float *db, float *scratch, const float *w,
+                                                                 int w_in_out) {
+  lora_pack(LORA_BACKWARD, in, out, rank, row_block, a, b, w, w_in_out, scratch);
   const int blocks = blocks_of(rows, row_block);
-  for (int block = 0; block < blocks; block++) lora_block(LORA_BACKWARD, rows, in, out, rank, row_block, s, x, a, b, dy, (float *)hs, dx, parts, block, scratch, 0);
+  for (int block = 0; block < blocks; block++)
+    lora_block(LORA_BACKWARD, rows, in, out, rank, row_block, s, x, a, b, dy, (float *)hs, dx, parts, block, scratch, 0, w, w_in_out, 0);
   lora_sum_parts(blocks, in, out, rank, parts, da, db);
 }

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { AdapterModel, causalLmLoss, createLoraRegistry, initRuntime, lora, train } from '@lora/core';
-import { CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL, CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL, LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL, matMulFlops, spyOnKernels, type KernelCall, type KernelSpy } from '@lora/core/internal';
+import { CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL, CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL, LORA_LINEAR_BACKWARD_KERNEL, LORA_LINEAR_FORWARD_KERNEL, matMulFlops, spyOnKernels, type KernelCall, type KernelSpy } from '@lora/core/internal';
 import { afterAll, describe, expect, it } from 'vitest';
 import { generate, Gpt2LMHeadModel, parseGpt2Config } from '../src/index.js';
 import { withoutLeaks } from './helpers.js';
@@ -60,16 +60,17 @@ describe.each(['wasm', 'cpu'])('a LoRA training step on the %s backend', (backen
     // lora_B, c_fc, mlp.c_proj (10), plus the tied LM head. Backward: the head's input gradient
     // only (its weight is frozen); per layer every input gradient and the LoRA weights' gradients
     // but no frozen weight's (16); the first layer's input needs no gradient (−2: c_attn, lora_A).
-    // On wasm each LoRA layer is one fused kernel each way (core's LoraLowRankForward/Backward,
-    // counted as products), and so is attention (core's LoraCausalSelfAttention and its gradient, in
-    // place of q·kᵀ, p·v and their four gradients' products): 7 per layer forward, 7 backward, and in
-    // the first layer the backward kernel leaves out the input's gradient (−1: c_attn).
-    expect(products).toHaveLength(backend === 'wasm' ? 7 * LAYERS + 1 + 1 + 7 * LAYERS - 1 : 10 * LAYERS + 1 + 1 + 16 * LAYERS - 2);
+    // On wasm each LoRA layer, its base layer included, is one fused kernel each way (core's
+    // LoraLinearForward/Backward, counted as products), and so is attention (core's
+    // LoraCausalSelfAttention and its gradient, in place of q·kᵀ, p·v and their four gradients'
+    // products): 5 per layer forward (c_attn, attention, attn.c_proj, c_fc, mlp.c_proj), 5 backward;
+    // in the first layer c_attn's backward kernel leaves out the input's gradient.
+    expect(products).toHaveLength(backend === 'wasm' ? 5 * LAYERS + 1 + 1 + 5 * LAYERS : 10 * LAYERS + 1 + 1 + 16 * LAYERS - 2);
     if (backend === 'wasm') {
-      const lowRank = products.filter(({ call }) => call.kernelName === LORA_FORWARD_KERNEL || call.kernelName === LORA_BACKWARD_KERNEL);
-      expect(lowRank.map(({ call }) => call.kernelName).sort()).toEqual([...Array(2 * LAYERS).fill(LORA_BACKWARD_KERNEL), ...Array(2 * LAYERS).fill(LORA_FORWARD_KERNEL)]);
+      const lowRank = products.filter(({ call }) => /^Lora(LowRank|Linear)/.test(call.kernelName));
+      expect(lowRank.map(({ call }) => call.kernelName).sort()).toEqual([...Array(2 * LAYERS).fill(LORA_LINEAR_BACKWARD_KERNEL), ...Array(2 * LAYERS).fill(LORA_LINEAR_FORWARD_KERNEL)]);
       // Only the first adapted layer's backward kernel skips dx: [dA, dB] instead of [dx, dA, dB].
-      const withoutDx = lowRank.filter(({ call }) => call.kernelName === LORA_BACKWARD_KERNEL && call.outputShapes.length === 2);
+      const withoutDx = lowRank.filter(({ call }) => call.kernelName === LORA_LINEAR_BACKWARD_KERNEL && call.outputShapes.length === 2);
       expect(withoutDx).toHaveLength(1);
       // Attention is one kernel each way per layer, reading q, k, v where c_attn wrote them and
       // writing the heads merged (its products the causal triangle's, its probabilities never
@@ -95,11 +96,12 @@ describe.each(['wasm', 'cpu'])('a LoRA training step on the %s backend', (backen
     const frozenTransposes = calls.filter((call) => call.kernelName === 'Transpose' && frozen.has(call.inputDataIds['x']!));
     expect(frozenTransposes).toEqual([]);
     // The step does use frozen weights in transposed form, so the check bites: the head's h·Eᵀ, and
-    // dy·Wᵀ of the four Conv1D layers per layer but the first layer's c_attn.
+    // dy·Wᵀ of the four Conv1D layers per layer but the first layer's c_attn (on wasm, of the two
+    // not adapted: the fused kernels take the adapted layers' dy·Wᵀ).
     const transposedFrozenUses = products.filter(
       ({ call }) => (call.attrs['transposeB'] === true && frozen.has(call.inputDataIds['b']!)) || (call.attrs['transposeA'] === true && frozen.has(call.inputDataIds['a']!)),
     );
-    expect(transposedFrozenUses).toHaveLength(1 + 4 * LAYERS - 1);
+    expect(transposedFrozenUses).toHaveLength(backend === 'wasm' ? 1 + 2 * LAYERS : 1 + 4 * LAYERS - 1);
   });
 });
 
