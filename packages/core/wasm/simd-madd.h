@@ -1,7 +1,7 @@
 // acc + a·b, four lanes: a product's step. Built twice (scripts/build-wasm.mjs): plain, a multiply
 // then an add; with LORA_FMA (and -mrelaxed-simd), relaxed SIMD's f32x4.relaxed_madd, one fused
 // multiply-add where the CPU has FMA (x86-64 with FMA3, ARM64): in the products' 4×8 tile, 8 fused
-// instructions a step instead of 16: on this project's machine the 1024² product went from 68-70 to
+// instructions a step instead of 16 (and a 6×8 tile for dense products, batch-matmul.c's tile6_from): on this project's machine the 1024² product went from 68-70 to
 // 74-88 GFLOP/s and LoRA steps 8-29% faster. relaxed_madd may round once (fused) or twice, as the
 // CPU does: the same on every call on one machine, so one thread and two still agree bit for bit.
 #ifndef LORA_SIMD_MADD_H
