@@ -30,8 +30,10 @@ function productKey(call) {
     const pass = call.kernelName === coreInternal.LORA_FORWARD_KERNEL ? 'forward' : 'backward';
     return `LoRA ${pass} x${shapeText(call.inputShapes.x)} A${shapeText(call.inputShapes.a)} B${shapeText(call.inputShapes.b)}`;
   }
-  if (call.kernelName === coreInternal.LORA_LINEAR_FORWARD_KERNEL || call.kernelName === coreInternal.LORA_LINEAR_BACKWARD_KERNEL) {
-    const pass = call.kernelName === coreInternal.LORA_LINEAR_FORWARD_KERNEL ? 'forward' : call.attrs.inputGradient === false ? 'backward (no dx)' : 'backward';
+  const linearForward = call.kernelName === coreInternal.LORA_LINEAR_FORWARD_KERNEL || call.kernelName === coreInternal.LORA_LINEAR_DROPOUT_FORWARD_KERNEL;
+  if (linearForward || call.kernelName === coreInternal.LORA_LINEAR_BACKWARD_KERNEL) {
+    const dropout = call.inputShapes.xa !== undefined ? ', dropout' : '';
+    const pass = linearForward ? `forward${dropout}` : call.attrs.inputGradient === false ? 'backward (no dx)' : `backward${dropout}`;
     return `LoRA layer ${pass} x${shapeText(call.inputShapes.x)} W${shapeText(call.inputShapes.w)} A${shapeText(call.inputShapes.a)} B${shapeText(call.inputShapes.b)}`;
   }
   if (call.kernelName === coreInternal.CAUSAL_SELF_ATTENTION_KERNEL) return `causal attention qkv${shapeText(call.inputShapes.qkv)} ${call.attrs.heads} heads (2 triangles, softmax)`;

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL } from './causal-products.js';
 import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL } from './causal-attention.js';
-import { LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL, LORA_LINEAR_BACKWARD_KERNEL, LORA_LINEAR_FORWARD_KERNEL } from './low-rank-train.js';
+import { LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL, LORA_LINEAR_BACKWARD_KERNEL, LORA_LINEAR_DROPOUT_FORWARD_KERNEL, LORA_LINEAR_FORWARD_KERNEL } from './low-rank-train.js';
 
 /** One kernel call seen by {@link spyOnKernels}. */
 export interface KernelCall {
@@ -117,7 +117,7 @@ export function spyOnKernels(backendName: string = tf.getBackend()): KernelSpy {
  * 2·(batch·m·n)·k, k read from the left operand's shape and `transposeA`; of a LoRA layer's fused
  * pass ({@link LORA_FORWARD_KERNEL}, {@link LORA_BACKWARD_KERNEL}), its rank-r products' (forward
  * x·Aᵀ and hs·Bᵀ: 2·rows·rank·(in + out); backward twice that: dy·B, g·A, gᵀ·x and dyᵀ·hs), and with
- * the base layer's product ({@link LORA_LINEAR_FORWARD_KERNEL}, {@link LORA_LINEAR_BACKWARD_KERNEL}
+ * the base layer's product ({@link LORA_LINEAR_FORWARD_KERNEL}, {@link LORA_LINEAR_DROPOUT_FORWARD_KERNEL}, {@link LORA_LINEAR_BACKWARD_KERNEL}
  * with `inputGradient`) 2·rows·in·out more; of a
  * causal product ({@link CAUSAL_SCORES_KERNEL}, {@link CAUSAL_MIX_KERNEL}), its triangle's:
  * batch·D·T·(T + 1); of causal attention in one kernel ({@link CAUSAL_ATTENTION_KERNEL},
@@ -125,8 +125,9 @@ export function spyOnKernels(backendName: string = tf.getBackend()): KernelSpy {
  * backward: the scores again, dP, dq, dk, dv), its softmax not counted. 0 for other kernels.
  */
 export function matMulFlops(call: Pick<KernelCall, 'kernelName' | 'inputShapes' | 'outputShapes' | 'attrs'>): number {
-  const forward = call.kernelName === LORA_FORWARD_KERNEL || call.kernelName === LORA_LINEAR_FORWARD_KERNEL;
-  const linear = call.kernelName === LORA_LINEAR_FORWARD_KERNEL || call.kernelName === LORA_LINEAR_BACKWARD_KERNEL;
+  const linearForward = call.kernelName === LORA_LINEAR_FORWARD_KERNEL || call.kernelName === LORA_LINEAR_DROPOUT_FORWARD_KERNEL;
+  const forward = call.kernelName === LORA_FORWARD_KERNEL || linearForward;
+  const linear = linearForward || call.kernelName === LORA_LINEAR_BACKWARD_KERNEL;
   if (forward || linear || call.kernelName === LORA_BACKWARD_KERNEL) {
     const [rank, inFeatures] = call.inputShapes['a'] ?? [0, 0];
     const outFeatures = call.inputShapes['b']?.[0] ?? 0;

@@ -85,15 +85,16 @@ export class LoraAdapter implements AdapterInstance {
 
   /**
    * The base layer (core's `Linear`) and this adapter in one kernel each way where the backend has
-   * them (see `lowRankLinearTrain`); null (the base runs, then {@link LoraAdapter.apply}) with
-   * dropout in training (the adapter's input is then not the base's), for any other base, and for
-   * the few rows of token-by-token generation, which {@link LoraAdapter.apply} takes in one call.
+   * them (see `lowRankLinearTrain`; with dropout in training, the adapter's dropped input is the
+   * kernel's second input); null (the base runs, then {@link LoraAdapter.apply}) for any other
+   * base, and for the few rows of token-by-token generation, which {@link LoraAdapter.apply} takes
+   * in one call.
    */
   applyWithBase(input: tf.Tensor, context: ApplyContext): tf.Tensor | null {
     const base = context.base;
-    if ((context.training && this.dropout > 0) || !(base instanceof Linear)) return null;
-    if (lowRankAddTakes(input.size / this.loraA.shape[1]!)) return null;
-    return lowRankLinearTrain(input, base, this.loraA, this.loraB, this.scaling);
+    if (!(base instanceof Linear) || lowRankAddTakes(input.size / this.loraA.shape[1]!)) return null;
+    const adapterInput = context.training && this.dropout > 0 ? () => dropout(input, this.dropout) : undefined;
+    return lowRankLinearTrain(input, base, this.loraA, this.loraB, this.scaling, adapterInput);
   }
 
   deltaWeight(): tf.Tensor2D {

@@ -71,6 +71,7 @@ type LoraForwardExport = (
   w: number,
   wInOut: number,
   bias: number,
+  xa: number,
 ) => void;
 type LoraBackwardExport = (
   rows: number,
@@ -91,6 +92,8 @@ type LoraBackwardExport = (
   scratch: number,
   w: number,
   wInOut: number,
+  xa: number,
+  dxa: number,
 ) => void;
 /** Causal attention's exports (wasm/causal-attention.h): matrices, their layout (heads, T, D, row strides), scale, then addresses. */
 type AttentionLayoutArgs = [matrices: number, heads: number, t: number, d: number, ldIn: number, ldOut: number, scale: number];
@@ -135,7 +138,7 @@ interface SimdKernel {
 
 // The control block (`struct control` in wasm/batch-matmul.c, which asserts these byte offsets),
 // then one word per chunk, then the helper's own buffer.
-const CONTROL_BYTES = 512;
+const CONTROL_BYTES = 576;
 const MAX_THREADED_CHUNKS = 4096;
 /** Floats in the helper's buffer (1 MiB): a chunk's packed panels of B and its result must fit. */
 const HELPER_SCRATCH_FLOATS = 2 ** 18;
@@ -555,6 +558,13 @@ const LORA_KIND = { forward: 1, backward: 2 } as const;
  * separate product, chunked by columns, does not); the small model's c_attn runs 32 forward.
  */
 const LORA_LINEAR_MIN_ROW_BLOCK = 32;
+/**
+ * The same for the backward pass of a layer with dropout on its adapter's input, whose blocks also
+ * return dxa's rows: the small model's c_attn would run 32 rows a block there, and measured slower
+ * than its base product and LoRA pass apart (6.1-8.3 against 5.8-8.1 ms; at 64 rows, without
+ * dropout, 5.8-6.0 against 6.5-7.1): such layers keep the separate form.
+ */
+const LORA_LINEAR_DROPOUT_MIN_BACKWARD_ROW_BLOCK = 64;
 
 /**
  * Rows per block of a fused LoRA pass over `[rows, inFeatures]` inputs, or null where even 4-row
@@ -562,22 +572,32 @@ const LORA_LINEAR_MIN_ROW_BLOCK = 32;
  * thread count: the backward pass's dA and dB are sums of per-block parts, so the block size fixes
  * their rounding, and one thread or two give the same bits.
  */
-function loraRowBlock(kernel: SimdKernel, pass: 'forward' | 'backward', inFeatures: number, outFeatures: number, rank: number, withWeight: boolean): number | null {
-  for (let rowBlock = LORA_ROW_BLOCK[pass]; rowBlock >= (withWeight ? LORA_LINEAR_MIN_ROW_BLOCK : 4); rowBlock /= 2) {
-    if (kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, withWeight ? 1 : 0, 1) <= HELPER_SCRATCH_FLOATS) return rowBlock;
+function loraRowBlock(kernel: SimdKernel, pass: 'forward' | 'backward', inFeatures: number, outFeatures: number, rank: number, form: LoraPassForm): number | null {
+  const fewest = form === 'adapter' ? 4 : form === 'layer-dropout' && pass === 'backward' ? LORA_LINEAR_DROPOUT_MIN_BACKWARD_ROW_BLOCK : LORA_LINEAR_MIN_ROW_BLOCK;
+  for (let rowBlock = LORA_ROW_BLOCK[pass]; rowBlock >= fewest; rowBlock /= 2) {
+    if (kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, LORA_FORM_CODE[form], 1) <= HELPER_SCRATCH_FLOATS) return rowBlock;
   }
   return null;
 }
 
 /**
- * Whether `backend` runs {@link simdLoraForward} and {@link simdLoraBackward} for a layer of these
- * sizes (false where a block's results would not fit the helper's buffer: such layers' rank-r
- * products are large enough for the product kernels). With `withWeight`, whether it runs them with
- * the base weight ({@link LoraBaseWeight}): the packed weight must fit that buffer too.
+ * What a fused LoRA pass computes: the adapter's term alone (`adapter`), the whole layer with its
+ * base weight ({@link LoraBaseWeight}; `layer`), or the whole layer whose adapter has an input of
+ * its own, the base's input after dropout (`layer-dropout`).
  */
-export function simdLoraPassesFit(backend: tf.KernelBackend, inFeatures: number, outFeatures: number, rank: number, withWeight = false): boolean {
+export type LoraPassForm = 'adapter' | 'layer' | 'layer-dropout';
+/** The forms as wasm/low-rank-train.h's `fused` argument. */
+const LORA_FORM_CODE: Readonly<Record<LoraPassForm, number>> = { adapter: 0, layer: 1, 'layer-dropout': 2 };
+
+/**
+ * Whether `backend` runs {@link simdLoraForward} and {@link simdLoraBackward} in `form` for a layer
+ * of these sizes (false where a block's results would not fit the helper's buffer: such layers'
+ * rank-r products are large enough for the product kernels; with the base weight, false too where
+ * its packed panels would not fit beside 32 rows' results).
+ */
+export function simdLoraPassesFit(backend: tf.KernelBackend, inFeatures: number, outFeatures: number, rank: number, form: LoraPassForm = 'adapter'): boolean {
   const kernel = kernelOf(backend);
-  return kernel !== null && (['forward', 'backward'] as const).every((pass) => loraRowBlock(kernel, pass, inFeatures, outFeatures, rank, withWeight) !== null);
+  return kernel !== null && (['forward', 'backward'] as const).every((pass) => loraRowBlock(kernel, pass, inFeatures, outFeatures, rank, form) !== null);
 }
 
 /**
@@ -600,18 +620,27 @@ function threadsFor(kernel: SimdKernel, flops: number, blocks: number): Threaded
 }
 
 /** What both fused LoRA passes start from: the kernel, the layer's sizes and its row block. Null where the pass cannot run. */
-function loraSetup(backend: tf.KernelBackend, pass: 'forward' | 'backward', operands: readonly tf.TensorInfo[], a: tf.TensorInfo, b: tf.TensorInfo, base: LoraBaseWeight | undefined) {
+function loraSetup(
+  backend: tf.KernelBackend,
+  pass: 'forward' | 'backward',
+  operands: readonly tf.TensorInfo[],
+  a: tf.TensorInfo,
+  b: tf.TensorInfo,
+  base: LoraBaseWeight | undefined,
+  adapterInput: tf.TensorInfo | undefined,
+) {
   const kernel = kernelOf(backend);
   const weightOperands = base === undefined ? [] : base.bias === null ? [base.weight] : [base.weight, base.bias];
-  if (kernel === null || [...operands, ...weightOperands].some((info) => info.dtype !== 'float32')) return null;
+  if (kernel === null || [...operands, ...weightOperands, ...(adapterInput === undefined ? [] : [adapterInput])].some((info) => info.dtype !== 'float32')) return null;
   const [rank, inFeatures] = a.shape as [number, number];
   const outFeatures = b.shape[0]!;
   if (base !== undefined && !sameShape(base.weight.shape, base.inOut ? [inFeatures, outFeatures] : [outFeatures, inFeatures])) return null;
   if (base?.bias != null && !sameShape(base.bias.shape, [outFeatures])) return null;
-  const rowBlock = loraRowBlock(kernel, pass, inFeatures, outFeatures, rank, base !== undefined);
+  const form: LoraPassForm = base === undefined ? 'adapter' : adapterInput === undefined ? 'layer' : 'layer-dropout';
+  const rowBlock = loraRowBlock(kernel, pass, inFeatures, outFeatures, rank, form);
   if (rowBlock === null) return null;
   const wasm = backend as WasmBackendWithModule;
-  const scratchFloats = kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, base === undefined ? 0 : 1, 0);
+  const scratchFloats = kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, LORA_FORM_CODE[form], 0);
   const offset = (info: tf.TensorInfo): number => addressOf(wasm, info);
   // The base weight's address and layout as the exports take them (0, 0: none).
   const weightArgs = [base === undefined ? 0 : offset(base.weight), base?.inOut === true ? 1 : 0] as const;
@@ -626,8 +655,9 @@ function sameShape(shape: readonly number[], expected: readonly number[]): boole
  * A LoRA layer's forward pass in one kernel (wasm/low-rank-train.h): for float32 x [rows, in],
  * A [rank, in], B [out, rank] and base [rows, out], `[y, hs]` with hs = s·(x·Aᵀ) and y = base +
  * hs·Bᵀ; or, given the layer's base weight instead of its output (`base` a {@link LoraBaseWeight}),
- * y = x·op(W) + bias + hs·Bᵀ, the whole layer. Null where the backend has no kernel or the shapes
- * do not fit its buffers.
+ * y = x·op(W) + bias + hs·Bᵀ, the whole layer, where with `adapterInput` (x after dropout, with the
+ * base weight only) hs = s·(adapterInput·Aᵀ). Null where the backend has no kernel or the shapes do
+ * not fit its buffers.
  */
 export function simdLoraForward(
   backend: tf.KernelBackend,
@@ -636,9 +666,11 @@ export function simdLoraForward(
   b: tf.TensorInfo,
   base: tf.TensorInfo | LoraBaseWeight,
   s: number,
+  adapterInput?: tf.TensorInfo,
 ): [tf.TensorInfo, tf.TensorInfo] | null {
   const weight = 'inOut' in base ? base : undefined;
-  const setup = loraSetup(backend, 'forward', weight === undefined ? [x, a, b, base as tf.TensorInfo] : [x, a, b], a, b, weight);
+  if (adapterInput !== undefined && (weight === undefined || !sameShape(adapterInput.shape, x.shape))) return null;
+  const setup = loraSetup(backend, 'forward', weight === undefined ? [x, a, b, base as tf.TensorInfo] : [x, a, b], a, b, weight, adapterInput);
   if (setup === null) return null;
   const { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset, weightArgs } = setup;
   const rows = x.shape[0]!;
@@ -649,7 +681,7 @@ export function simdLoraForward(
   try {
     const baseOutput = weight === undefined ? offset(base as tf.TensorInfo) : 0;
     const bias = weight?.bias == null ? 0 : offset(weight.bias);
-    const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(x), offset(a), offset(b), baseOutput, offset(hs), offset(y), offset(scratch), ...weightArgs, bias] as const;
+    const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(x), offset(a), offset(b), baseOutput, offset(hs), offset(y), offset(scratch), ...weightArgs, bias, offset(adapterInput ?? x)] as const;
     const baseFlops = weight === undefined ? 0 : 2 * rows * inFeatures * outFeatures;
     const threads = threadsFor(kernel, baseFlops + 2 * rows * rank * (inFeatures + outFeatures), Math.ceil(rows / rowBlock));
     if (threads !== null) threads.loraForward(threads.control, ...args, threads.mayBlock ? 1 : 0);
@@ -664,7 +696,9 @@ export function simdLoraForward(
  * A LoRA layer's backward pass in one kernel (wasm/low-rank-train.h): from dy [rows, out], x, A, B
  * and the forward pass's hs, `[dx, dA, dB]` with g = s·(dy·B), dx = g·A, dA = gᵀ·x, dB = dyᵀ·hs;
  * `[dA, dB]` without `inputGradient`. With the base weight (`base`; its bias unused), dx is the whole
- * layer's, dy·op(W)ᵀ + g·A. Null where {@link simdLoraForward} would be.
+ * layer's, dy·op(W)ᵀ + g·A; with `adapterInput` too (x after dropout, the forward pass's), dA = gᵀ·
+ * adapterInput and the result is `[dx, dxa, dA, dB]`: x's part dy·op(W)ᵀ and the adapter input's g·A
+ * apart. Null where {@link simdLoraForward} would be.
  */
 export function simdLoraBackward(
   backend: tf.KernelBackend,
@@ -676,17 +710,21 @@ export function simdLoraBackward(
   s: number,
   inputGradient = true,
   base?: LoraBaseWeight,
+  adapterInput?: tf.TensorInfo,
 ): tf.TensorInfo[] | null {
-  // Without dx the base weight has no part in the pass.
+  if (adapterInput !== undefined && (base === undefined || !sameShape(adapterInput.shape, x.shape))) return null;
+  // Without dx the base weight has no part in the pass (nor a separate dxa).
   const weight = inputGradient ? base : undefined;
-  const setup = loraSetup(backend, 'backward', [dy, x, a, b, hs], a, b, weight);
+  const split = weight !== undefined && adapterInput !== undefined;
+  const setup = loraSetup(backend, 'backward', [dy, x, a, b, hs], a, b, weight, split ? adapterInput : undefined);
   if (setup === null) return null;
   const { kernel, wasm, rank, inFeatures, outFeatures, rowBlock, scratchFloats, offset, weightArgs } = setup;
   const rows = dy.shape[0]!;
   const dx = inputGradient ? wasm.makeOutput([rows, inFeatures], 'float32') : null;
+  const dxa = split ? wasm.makeOutput([rows, inFeatures], 'float32') : null;
   const da = wasm.makeOutput([rank, inFeatures], 'float32');
   const db = wasm.makeOutput([outFeatures, rank], 'float32');
-  const gradients = dx === null ? [da, db] : [dx, da, db];
+  const gradients = [...(dx === null ? [] : [dx]), ...(dxa === null ? [] : [dxa]), da, db];
   const blocks = Math.ceil(rows / rowBlock);
   if (rows === 0) {
     wasm.typedArrayFromHeap(da).fill(0);
@@ -696,7 +734,11 @@ export function simdLoraBackward(
   const parts = wasm.makeOutput([blocks * rank * (inFeatures + outFeatures)], 'float32');
   const scratch = wasm.makeOutput([scratchFloats], 'float32');
   try {
-    const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(dy), offset(x), offset(a), offset(b), offset(hs), dx === null ? 0 : offset(dx), offset(parts), offset(da), offset(db), offset(scratch), ...weightArgs] as const;
+    const args = [rows, inFeatures, outFeatures, rank, rowBlock, s, offset(dy), offset(x), offset(a), offset(b), offset(hs), dx === null ? 0 : offset(dx), offset(parts), offset(da), offset(db), offset(scratch), ...weightArgs,
+      // dA sums over the adapter's own input (x after dropout, where it has one).
+      offset(adapterInput ?? x),
+      dxa === null ? 0 : offset(dxa),
+    ] as const;
     const baseFlops = weight === undefined ? 0 : 2 * rows * inFeatures * outFeatures;
     const threads = threadsFor(kernel, baseFlops + 4 * rows * rank * (inFeatures + outFeatures), blocks);
     if (threads !== null) threads.loraBackward(threads.control, ...args, threads.mayBlock ? 1 : 0);

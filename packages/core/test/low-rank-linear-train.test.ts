@@ -5,7 +5,15 @@ import { initRuntime } from '../src/index.js';
 import { spyOnKernels } from '../src/kernel-spy.js';
 import { Linear } from '../src/linear.js';
 import { LoraAdapter } from '../src/lora-layer.js';
-import { LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL, LORA_LINEAR_BACKWARD_KERNEL, LORA_LINEAR_FORWARD_KERNEL, lowRankLinearTrain } from '../src/low-rank-train.js';
+import {
+  LORA_BACKWARD_KERNEL,
+  LORA_FORWARD_KERNEL,
+  LORA_LINEAR_BACKWARD_KERNEL,
+  LORA_LINEAR_DROPOUT_FORWARD_KERNEL,
+  LORA_LINEAR_FORWARD_KERNEL,
+  lowRankLinearTrain,
+} from '../src/low-rank-train.js';
+import { withSeededRandom } from '../src/random-scope.js';
 import { withoutTensorLeaks } from '../src/testing.js';
 import { expectWithinRounding, linearReference, values, variableOf } from './low-rank-reference.js';
 
@@ -33,8 +41,8 @@ function linearCase(xShape: number[], rank: number, outFeatures: number, layout:
     a,
     b,
     dy,
-    expected: linearReference(x, w, inOut, bias, a, b, dy, rows, inFeatures, rank, outFeatures, s),
-    magnitude: linearReference(abs(x), abs(w), inOut, bias && abs(bias), abs(a), abs(b), abs(dy), rows, inFeatures, rank, outFeatures, s),
+    expected: linearReference(x, null, w, inOut, bias, a, b, dy, rows, inFeatures, rank, outFeatures, s),
+    magnitude: linearReference(abs(x), null, abs(w), inOut, bias && abs(bias), abs(a), abs(b), abs(dy), rows, inFeatures, rank, outFeatures, s),
   };
 }
 
@@ -86,6 +94,43 @@ describe('lowRankLinearTrain: a LoRA layer and its base layer in one WASM kernel
       const bounds = [c.magnitude.y, c.magnitude.dx, c.magnitude.da, c.magnitude.db];
       results.forEach((got, i) => expectWithinRounding(got, exact[i]!, bounds[i]!, ['y', 'dx', 'dA', 'dB'][i]!));
       tf.dispose([x, a, b, w, upstream, value, loss, ...(bias === null ? [] : [bias]), ...Object.values(grads)]);
+    });
+  });
+
+  it.each(SHAPES.slice(1, 5))('takes the adapter’s own input (the base’s after dropout), x %j, rank %i, %i outputs, a %s weight (bias %s)', async (xShape, rank, outFeatures, layout, withBias) => {
+    const s = 0.75;
+    const c = linearCase(xShape, rank, outFeatures, layout, withBias, 3, s);
+    // The adapter's input: x with some values zeroed and the rest scaled, as dropout leaves it.
+    const xa = c.x.map((value, i) => (i % 7 === 3 ? 0 : value / 0.9));
+    const expected = linearReference(c.x, xa, c.w, c.inOut, c.bias, c.a, c.b, c.dy, c.rows, c.inFeatures, rank, outFeatures, s);
+    const abs = (v: Float32Array): Float32Array => v.map(Math.abs);
+    const magnitude = linearReference(abs(c.x), abs(xa), abs(c.w), c.inOut, c.bias && abs(c.bias), abs(c.a), abs(c.b), abs(c.dy), c.rows, c.inFeatures, rank, outFeatures, s);
+    await withoutTensorLeaks(() => {
+      const x = variableOf(c.x, xShape);
+      const adapterInput = variableOf(xa, xShape);
+      const a = variableOf(c.a, [rank, c.inFeatures]);
+      const b = variableOf(c.b, [outFeatures, rank]);
+      const w = variableOf(c.w, c.weightShape, false);
+      const bias = c.bias === null ? null : variableOf(c.bias, [outFeatures], false);
+      const upstream = tf.tensor(c.dy, c.yShape);
+      const spy = spyOnKernels();
+      const { value, grads } = tf.variableGrads(
+        () => tf.sum(tf.mul(lowRankLinearTrain(x, { weight: w, bias, fanInFanOut: c.inOut }, a, b, s, () => adapterInput)!, upstream)),
+        [x, adapterInput, a, b],
+      );
+      spy.stop();
+      const names = spy.calls.map((call) => call.kernelName);
+      expect(names.filter((name) => name === LORA_LINEAR_DROPOUT_FORWARD_KERNEL)).toHaveLength(1);
+      expect(names.filter((name) => name === LORA_LINEAR_BACKWARD_KERNEL)).toHaveLength(1);
+      expect(spy.calls.find((call) => call.kernelName === LORA_LINEAR_BACKWARD_KERNEL)!.outputShapes).toHaveLength(4);
+      expect(names.filter((name) => /MatMul|^Add|LowRank/.test(name))).toEqual([]);
+      const results = [grads[x.name]!, grads[adapterInput.name]!, grads[a.name]!, grads[b.name]!].map((tensor) => tensor.dataSync());
+      const exact = [expected.dx, expected.dxa, expected.da, expected.db];
+      const bounds = [magnitude.dx, magnitude.dxa, magnitude.da, magnitude.db];
+      results.forEach((got, i) => expectWithinRounding(got, exact[i]!, bounds[i]!, ['dx', 'dxa', 'dA', 'dB'][i]!));
+      const y = lowRankLinearTrain(x, { weight: w, bias, fanInFanOut: c.inOut }, a, b, s, () => adapterInput)!;
+      expectWithinRounding(y.dataSync(), expected.y, magnitude.y, 'y');
+      tf.dispose([x, adapterInput, a, b, w, upstream, value, y, ...(bias === null ? [] : [bias]), ...Object.values(grads)]);
     });
   });
 
@@ -153,6 +198,20 @@ describe('lowRankLinearTrain: a LoRA layer and its base layer in one WASM kernel
     expect(fits(operands(12, 7, 13))).toBe(false);
     // A [1024, 1024] weight: 4 MiB packed, past the helper's 1 MiB buffer.
     expect(fits(operands(1024, 1024))).toBe(false);
+    // The small model's c_attn (a [256, 768] weight, rank 8) takes it; with dropout on the adapter's
+    // input its backward blocks (64 rows at least, see wasm-simd-matmul.ts) would not fit: the
+    // separate form. Its c_proj ([256, 256]) takes both.
+    for (const [outFeatures, withDropout] of [
+      [768, false],
+      [768, true],
+      [256, true],
+    ] as const) {
+      const [x, base] = operands(256, outFeatures);
+      const [a, b] = [tf.ones([8, 256]), tf.ones([outFeatures, 8])];
+      const y = lowRankLinearTrain(x, base, a, b, 1, withDropout ? () => tf.mul(x, 2) : undefined);
+      expect(y === null, `${outFeatures} outputs${withDropout ? ', dropout' : ''}`).toBe(outFeatures === 768 && withDropout);
+      tf.dispose([x, base.weight, base.bias, a, b, ...(y === null ? [] : [y])]);
+    }
     await tf.setBackend('cpu');
     try {
       expect(fits(operands(12, 7))).toBe(false);
@@ -226,20 +285,56 @@ describe('LoraAdapter.applyWithBase: when a LoRA layer computes its base layer t
     });
   });
 
-  it('declines with dropout in training (the adapter’s input is not the base’s) and with two active adapters', async () => {
+  it('with dropout in training, gives the kernel the adapter’s dropped input: the same output as the base layer then apply() with the same mask', async () => {
+    await withoutTensorLeaks(() => {
+      const adapterLayer = layer(0.25);
+      const x = tf.tensor(values(6 * 24, 9), [2, 3, 24]);
+      const fused = withSeededRandom(11, () => trainingStep(adapterLayer, x));
+      expect(fused.names.filter((name) => name === LORA_LINEAR_DROPOUT_FORWARD_KERNEL)).toHaveLength(1);
+      expect(fused.names.filter((name) => name === LORA_LINEAR_BACKWARD_KERNEL)).toHaveLength(1);
+      expect(fused.names.filter((name) => /MatMul|LowRank/.test(name))).toEqual([]);
+      const adapter = adapterLayer.adapter('default') as LoraAdapter;
+      const applyWithBase = adapter.applyWithBase;
+      Object.defineProperty(adapter, 'applyWithBase', { value: undefined, configurable: true });
+      try {
+        const separate = withSeededRandom(11, () => trainingStep(adapterLayer, x));
+        expect(separate.names).toContain(LORA_FORWARD_KERNEL);
+        const worst = Math.max(...fused.output.map((value, i) => Math.abs(value - separate.output[i]!) / (1 + Math.abs(separate.output[i]!))));
+        expect(worst).toBeLessThan(1e-5);
+        // The mask mattered: without dropout the output is another.
+        adapterLayer.training = false;
+        const { output: noDropout } = trainingStep(adapterLayer, x);
+        expect(Math.max(...noDropout.map((value, i) => Math.abs(value - separate.output[i]!)))).toBeGreaterThan(1e-3);
+      } finally {
+        Object.defineProperty(adapter, 'applyWithBase', { value: applyWithBase, configurable: true });
+      }
+      x.dispose();
+      adapterLayer.dispose();
+    });
+  });
+
+  it('declines with two active adapters, and for generation’s few rows', async () => {
     await withoutTensorLeaks(() => {
       const x = tf.tensor(values(6 * 24, 9), [2, 3, 24]);
-      const withDropout = layer(0.1);
       const twoAdapters = layer(0);
       twoAdapters.addAdapter('other', new LoraAdapter({ inFeatures: 24, outFeatures: 40, r: 2, alpha: 2, init: false, seed: 8 }));
       twoAdapters.setActiveAdapters(['default', 'other']);
-      for (const adapterLayer of [withDropout, twoAdapters]) {
-        const { names } = trainingStep(adapterLayer, x);
-        expect(names).not.toContain(LORA_LINEAR_FORWARD_KERNEL);
-        expect(names).toContain(LORA_FORWARD_KERNEL);
-        expect(names).toContain(LORA_BACKWARD_KERNEL);
-        adapterLayer.dispose();
-      }
+      const { names } = trainingStep(twoAdapters, x);
+      expect(names.filter((name) => name.startsWith('LoraLinear'))).toEqual([]);
+      expect(names).toContain(LORA_FORWARD_KERNEL);
+      expect(names).toContain(LORA_BACKWARD_KERNEL);
+      twoAdapters.dispose();
+      // No tape, 6 rows: the one-call form of token-by-token generation (LoraLowRankAdd).
+      const decoding = layer(0);
+      decoding.training = false;
+      const spy = spyOnKernels();
+      tf.tidy(() => {
+        decoding.forward(x);
+      });
+      spy.stop();
+      expect(spy.calls.map((call) => call.kernelName)).toContain('LoraLowRankAdd');
+      expect(spy.calls.map((call) => call.kernelName).filter((name) => name.startsWith('LoraLinear'))).toEqual([]);
+      decoding.dispose();
       x.dispose();
     });
   });

@@ -69,12 +69,14 @@ function opW(w: ArrayLike<number>, inOut: boolean, inFeatures: number, outFeatur
 }
 
 /**
- * A LoRA layer with its base layer, y = x·op(W) + bias + s·(x·Aᵀ)·Bᵀ, and for an upstream gradient
- * dy its gradients in float64: dx = dy·op(W)ᵀ + g·A, dA, dB, and the base's dW (in W's layout) and
+ * A LoRA layer with its base layer, y = x·op(W) + bias + s·(xa·Aᵀ)·Bᵀ (xa the adapter's input, x
+ * itself when null), and for an upstream gradient dy its gradients in float64: dx = dy·op(W)ᵀ + g·A
+ * (with a separate xa, dx = dy·op(W)ᵀ and dxa = g·A), dA, dB, and the base's dW (in W's layout) and
  * dbias.
  */
 export function linearReference(
   x: Float32Array,
+  xa: Float32Array | null,
   w: Float32Array,
   inOut: boolean,
   bias: Float32Array | null,
@@ -105,6 +107,6 @@ export function linearReference(
       base[m * outFeatures + j] = sum;
     }
   }
-  const lora = reference(x, a, b, base, dy, rows, inFeatures, rank, outFeatures, s);
-  return { ...lora, dx: lora.dx.map((value, i) => value + baseDx[i]!), dw, dbias };
+  const lora = reference(xa ?? x, a, b, base, dy, rows, inFeatures, rank, outFeatures, s);
+  return { ...lora, dx: xa === null ? lora.dx.map((value, i) => value + baseDx[i]!) : baseDx, dxa: lora.dx, dw, dbias };
 }

@@ -66,6 +66,7 @@ describe('useFastWasmKernels', () => {
         'LoraLayerNormGrad',
         'LoraLayerNormWeightGrad',
         'LoraLinearBackward',
+        'LoraLinearDropoutForward',
         'LoraLinearForward',
         'LoraLowRankAdd',
         'LoraLowRankBackward',

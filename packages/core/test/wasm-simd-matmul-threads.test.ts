@@ -39,7 +39,8 @@ class HeapBackend {
   private readonly data = new Map<object, { offset: number; size: number }>();
 
   constructor(shared: boolean) {
-    const memory = new Memory({ initial: 256, maximum: 16384, shared });
+    // Up to 2 GiB: the bump allocator never reuses memory, and the file's cases allocate more than 1 GiB in all.
+    const memory = new Memory({ initial: 256, maximum: 32768, shared });
     this.wasm = { wasmMemory: memory, _malloc: (bytes) => this.allocate(bytes) };
   }
 
@@ -130,10 +131,13 @@ interface LoraOperands {
   readonly b: Operand;
   readonly base: Operand;
   readonly dy: Operand;
-  readonly weight?: { readonly w: Operand; readonly inOut: boolean; readonly bias: Operand };
+  readonly weight?: { readonly w: Operand; readonly inOut: boolean; readonly bias: Operand; readonly adapterInput?: Operand };
 }
 
-function loraOperands(rows: number, inFeatures: number, rank: number, outFeatures: number, seed: number, weight?: 'in-out' | 'out-in'): LoraOperands {
+/** The base weight's layout, and `-dropout` for an adapter input of its own (the base's after dropout). */
+type WeightForm = 'in-out' | 'out-in' | 'in-out-dropout' | 'out-in-dropout';
+
+function loraOperands(rows: number, inFeatures: number, rank: number, outFeatures: number, seed: number, weight?: WeightForm): LoraOperands {
   return {
     x: operand([rows, inFeatures], seed),
     a: operand([rank, inFeatures], seed + 1),
@@ -142,7 +146,14 @@ function loraOperands(rows: number, inFeatures: number, rank: number, outFeature
     dy: operand([rows, outFeatures], seed + 4),
     ...(weight === undefined
       ? {}
-      : { weight: { w: operand(weight === 'in-out' ? [inFeatures, outFeatures] : [outFeatures, inFeatures], seed + 5), inOut: weight === 'in-out', bias: operand([outFeatures], seed + 6) } }),
+      : {
+          weight: {
+            w: operand(weight.startsWith('in-out') ? [inFeatures, outFeatures] : [outFeatures, inFeatures], seed + 5),
+            inOut: weight.startsWith('in-out'),
+            bias: operand([outFeatures], seed + 6),
+            ...(weight.endsWith('-dropout') ? { adapterInput: operand([rows, inFeatures], seed + 7) } : {}),
+          },
+        }),
   };
 }
 
@@ -157,13 +168,14 @@ function loraPasses(backend: HeapBackend, operands: LoraOperands, s: number): Fl
   const upload = (value: Operand): tf.TensorInfo => backend.upload(value.shape, value.values);
   const [x, a, b, base, dy] = [operands.x, operands.a, operands.b, operands.base, operands.dy].map(upload) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
   const weight = operands.weight === undefined ? undefined : { weight: upload(operands.weight.w), inOut: operands.weight.inOut, bias: upload(operands.weight.bias) };
-  const forward = simdLoraForward(kernelBackend, x, a, b, weight ?? base, s);
+  const adapterInput = operands.weight?.adapterInput === undefined ? undefined : upload(operands.weight.adapterInput);
+  const forward = simdLoraForward(kernelBackend, x, a, b, weight ?? base, s, adapterInput);
   if (forward === null) throw new Error('the kernel declined the forward pass');
-  const backward = simdLoraBackward(kernelBackend, dy, x, a, b, forward[1], s, true, weight);
+  const backward = simdLoraBackward(kernelBackend, dy, x, a, b, forward[1], s, true, weight, adapterInput);
   if (backward === null) throw new Error('the kernel declined the backward pass');
   const infos = [...forward, ...backward];
   const results = infos.map((info) => backend.typedArrayFromHeap(info));
-  const operandInfos = [x, a, b, base, dy, ...(weight === undefined ? [] : [weight.weight, weight.bias!])];
+  const operandInfos = [x, a, b, base, dy, ...(weight === undefined ? [] : [weight.weight, weight.bias!]), ...(adapterInput === undefined ? [] : [adapterInput])];
   for (const info of operandInfos) backend.typedArrayFromHeap(info).fill(Number.NaN);
   for (const info of [...operandInfos, ...infos]) backend.disposeData(info.dataId);
   return results;
@@ -424,7 +436,12 @@ const LORA_LAYERS = [
   ['the small model’s c_attn with its [in, out] weight', 1024, 256, 8, 768, 'in-out'],
   ['a partial last block, partial panels, with an [out, in] weight', 1030, 260, 8, 259, 'out-in'],
   ['rank 5 with an [in, out] weight', 262, 96, 5, 300, 'in-out'],
+  ['the small model’s attn.c_proj with dropout on the adapter’s input', 1024, 256, 8, 256, 'in-out-dropout'],
+  ['a partial last block, partial panels, an [out, in] weight, dropout on the adapter’s input', 1030, 260, 8, 259, 'out-in-dropout'],
 ] as const;
+
+/** The names of {@link loraPasses}' results. */
+const passNames = (weight: WeightForm | undefined): string[] => (weight?.endsWith('-dropout') ? ['y', 'hs', 'dx', 'dxa', 'dA', 'dB'] : ['y', 'hs', 'dx', 'dA', 'dB']);
 
 /**
  * The cases `runCases` computes on two threads (the views of their results) against one thread, with
@@ -460,7 +477,8 @@ describe('the two-thread fused LoRA passes', () => {
     const ours = loraPasses(shared, operands, 1.5);
     expect(shared.numDataIds()).toBe(dataIds);
     const single = oneThread(operands, 1.5);
-    ['y', 'hs', 'dx', 'dA', 'dB'].forEach((what, i) => expectSameValues(ours[i]!, single[i]!, what));
+    expect(ours).toHaveLength(passNames(weight).length);
+    passNames(weight).forEach((what, i) => expectSameValues(ours[i]!, single[i]!, what));
     // Not a trivial agreement: the results are finite and not all zero.
     for (const values of ours) expect(values.every(Number.isFinite) && values.some((value) => value !== 0)).toBe(true);
   });
@@ -475,7 +493,7 @@ describe('the two-thread fused LoRA passes', () => {
     await expectHelperIdleOrStallingHarmless(() =>
       LORA_LAYERS.map(([, rows, inFeatures, rank, outFeatures, weight]) => {
         const operands = loraOperands(rows, inFeatures, rank, outFeatures, 21, weight);
-        return { values: loraPasses(shared, operands, 0.5), expected: oneThread(operands, 0.5), names: ['y', 'hs', 'dx', 'dA', 'dB'] };
+        return { values: loraPasses(shared, operands, 0.5), expected: oneThread(operands, 0.5), names: passNames(weight) };
       }),
     );
   });

@@ -635,7 +635,8 @@ struct args {
   float s;
   const float *x, *third;
   float *hs, *y, *parts;
-  const float *w;
+  const float *w, *xa;
+  float *dxa;
   int32_t w_in_out;
   // Causal attention's arguments (see attention_matrix), whose chunks are its matrices.
   int32_t t, d, heads, ld_in, ld_out;
@@ -663,14 +664,16 @@ struct control {
   struct args call;        // the current call's arguments, written before `state` publishes them
   struct args helper_args; // the helper's copy of them
 };
-_Static_assert(sizeof(struct control) <= 512, "wasm-simd-matmul.ts allocates 512 bytes for the control block, then the chunk words");
+// Bytes of the control block, then the chunk words (wasm-simd-matmul.ts's CONTROL_BYTES).
+#define CONTROL_BYTES 576
+_Static_assert(sizeof(struct control) <= CONTROL_BYTES, "wasm-simd-matmul.ts allocates CONTROL_BYTES for the control block, then the chunk words");
 // wasm-simd-matmul.ts reads and writes these words by their byte offsets.
 _Static_assert(__builtin_offsetof(struct control, test_mode) == 12, "TEST_MODE_OFFSET");
 _Static_assert(__builtin_offsetof(struct control, helper_chunks) == 68, "HELPER_CHUNKS_OFFSET");
 _Static_assert(__builtin_offsetof(struct control, helper_running) == 72, "HELPER_RUNNING_OFFSET");
 _Static_assert(__builtin_offsetof(struct control, helper_failed) == 76, "HELPER_FAILED_OFFSET");
 
-static inline uint32_t *chunk_words(struct control *ctl) { return (uint32_t *)((char *)ctl + 512); }
+static inline uint32_t *chunk_words(struct control *ctl) { return (uint32_t *)((char *)ctl + CONTROL_BYTES); }
 
 // Chunk `chunk` of the call described by `p` (matrix, panel group, row block), packing into
 // `packed_b` (memo: what it holds). Its result goes to the output, or, when `out` is not null,
@@ -694,7 +697,8 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
       memo[0] = (int32_t)gen;
       memo[1] = -2;
     }
-    lora_block(p->kind, p->rows, p->in, p->out, p->rank, p->row_block, p->s, p->x, p->a, p->b, p->third, p->hs, p->y, p->parts, chunk, packed_b, out, p->w, p->w_in_out, p->bias);
+    lora_block(p->kind, p->rows, p->in, p->out, p->rank, p->row_block, p->s, p->x, p->a, p->b, p->third, p->hs, p->y, p->parts, chunk, packed_b, out, p->w, p->w_in_out, p->bias, p->xa,
+               p->dxa);
     return;
   }
   const int k = p->k, m = p->m, n = p->n;
@@ -739,7 +743,7 @@ static void copy_chunk(const struct args *p, int chunk, const float *from) {
     return;
   }
   if (p->kind != PRODUCT) {
-    lora_copy_block(p->kind, p->rows, p->in, p->out, p->rank, p->row_block, p->hs, p->y, p->parts, chunk, from);
+    lora_copy_block(p->kind, p->rows, p->in, p->out, p->rank, p->row_block, p->hs, p->y, p->parts, chunk, from, p->dxa);
     return;
   }
   const int m = p->m, n = p->n;
@@ -773,11 +777,11 @@ static int claim(struct control *ctl, uint32_t gen) {
 // The generation word (the state's high half) is what the helper sleeps on.
 static inline int *generation_word(struct control *ctl) { return (int *)&ctl->state + 1; }
 
-/// Initialise a control block (512 bytes, then MAX_CHUNKS chunk words) before its helper starts;
+/// Initialise a control block (CONTROL_BYTES, then MAX_CHUNKS chunk words) before its helper starts;
 /// `helper_scratch` is the helper's own buffer (its size is the caller's to respect).
 __attribute__((export_name("control_init"))) void control_init(struct control *ctl, float *helper_scratch) {
   uint32_t *words = (uint32_t *)ctl;
-  for (int i = 0; i < 128 + MAX_CHUNKS; i++) words[i] = 0;
+  for (int i = 0; i < CONTROL_BYTES / 4 + MAX_CHUNKS; i++) words[i] = 0;
   ctl->helper_scratch = helper_scratch;
 }
 
@@ -858,7 +862,8 @@ __attribute__((export_name("batch_matmul_threaded"))) void batch_matmul_threaded
 // chunks (MAX_CHUNKS at most). `scratch` holds lora_scratch_floats(kind, …, w != 0, 0) floats, the
 // helper's buffer lora_scratch_floats(kind, …, w != 0, 1).
 static void lora_threaded(struct control *ctl, int kind, int rows, int in, int out, int rank, int row_block, float s, const float *x, const float *a, const float *b,
-                          const float *third, float *hs, float *y, float *parts, float *scratch, int may_wait, const float *w, int w_in_out, const float *bias) {
+                          const float *third, float *hs, float *y, float *parts, float *scratch, int may_wait, const float *w, int w_in_out, const float *bias, const float *xa,
+                          float *dxa) {
   const uint32_t gen = next_generation(ctl);
   struct args *p = &ctl->call;
   p->kind = kind;
@@ -878,22 +883,24 @@ static void lora_threaded(struct control *ctl, int kind, int rows, int in, int o
   p->w = w;
   p->w_in_out = w_in_out;
   p->bias = bias;
+  p->xa = xa;
+  p->dxa = dxa;
   share_chunks(ctl, gen, (uint32_t)blocks_of(rows, row_block), scratch, may_wait);
 }
 
 /// lora_forward on two threads (see lora_threaded).
 __attribute__((export_name("lora_forward_threaded"))) void lora_forward_threaded(struct control *ctl, int rows, int in, int out, int rank, int row_block, float s, const float *x,
                                                                                    const float *a, const float *b, const float *base, float *hs, float *y, float *scratch,
-                                                                                   const float *w, int w_in_out, const float *bias, int may_wait) {
-  lora_threaded(ctl, LORA_FORWARD, rows, in, out, rank, row_block, s, x, a, b, base, hs, y, 0, scratch, may_wait, w, w_in_out, bias);
+                                                                                   const float *w, int w_in_out, const float *bias, const float *xa, int may_wait) {
+  lora_threaded(ctl, LORA_FORWARD, rows, in, out, rank, row_block, s, x, a, b, base, hs, y, 0, scratch, may_wait, w, w_in_out, bias, xa, 0);
 }
 
 /// lora_backward on two threads (see lora_threaded); the calling thread adds the blocks' parts.
 __attribute__((export_name("lora_backward_threaded"))) void lora_backward_threaded(struct control *ctl, int rows, int in, int out, int rank, int row_block, float s,
                                                                                      const float *dy, const float *x, const float *a, const float *b, const float *hs, float *dx,
                                                                                      float *parts, float *da, float *db, float *scratch, const float *w, int w_in_out,
-                                                                                     int may_wait) {
-  lora_threaded(ctl, LORA_BACKWARD, rows, in, out, rank, row_block, s, x, a, b, dy, (float *)hs, dx, parts, scratch, may_wait, w, w_in_out, 0);
+                                                                                     const float *xa, float *dxa, int may_wait) {
+  lora_threaded(ctl, LORA_BACKWARD, rows, in, out, rank, row_block, s, x, a, b, dy, (float *)hs, dx, parts, scratch, may_wait, w, w_in_out, 0, xa, dxa);
   lora_sum_parts(blocks_of(rows, row_block), in, out, rank, parts, da, db);
 }
 

@@ -14,6 +14,9 @@
 // otherwise written by one kernel and read back from memory by the next, and the passes ran at
 // 29-40% of the 1024² rate in a step for that traffic alone. op(W) is packed once per call and
 // thread, whole (so only layers whose packed weight fits the helper's buffer take this form).
+// With dropout on the adapter's input, that input `xa` is not x: hs = s·(xa·Aᵀ), dA = gᵀ·xa, and
+// the backward pass gives x's part dy·op(W)ᵀ and xa's part g·A apart (dxa), each flowing back its
+// own way (xa's through the dropout's mask).
 //
 // dA and dB sum over every row: each block writes its part (dA's [rank, in] and dBᵀ's [rank, out])
 // into a slot of its own, and the caller adds the slots in block order once every block is done, so
@@ -51,17 +54,19 @@ static inline int lora_work_floats(int kind, int in, int out, int rank, int row_
 }
 
 // Floats of one block's results, where the helper computes them before copying them out: y's rows
-// then hs's (forward), or dx's rows then the block's dA and dBᵀ parts (backward).
-static inline int lora_result_floats(int kind, int in, int out, int rank, int row_block) {
+// then hs's (forward), or dx's rows, the block's dA and dBᵀ parts, and with `split` (a separate
+// adapter input: `fused` 2) dxa's rows (backward).
+static inline int lora_result_floats(int kind, int in, int out, int rank, int row_block, int split) {
   if (kind == LORA_FORWARD) return row_block * (out + rank);
-  return row_block * in + rank * (in + out);
+  return row_block * in + rank * (in + out) + (split ? row_block * in : 0);
 }
 
 /// Floats of scratch a thread needs for a fused LoRA call (`kind` 1 forward, 2 backward; `fused` 1
-/// with the base weight): its working scratch, and with `helper` the room for one block's results
-/// too. The TypeScript side sizes its buffers with this, so the layout has one definition.
+/// with the base weight, 2 with it and a separate adapter input): its working scratch, and with
+/// `helper` the room for one block's results too. The TypeScript side sizes its buffers with this,
+/// so the layout has one definition.
 __attribute__((export_name("lora_scratch_floats"))) int lora_scratch_floats(int kind, int in, int out, int rank, int row_block, int fused, int helper) {
-  return lora_work_floats(kind, in, out, rank, row_block, fused) + (helper ? lora_result_floats(kind, in, out, rank, row_block) : 0);
+  return lora_work_floats(kind, in, out, rank, row_block, fused != 0) + (helper ? lora_result_floats(kind, in, out, rank, row_block, fused == 2) : 0);
 }
 
 // The operands every block reads, packed once per call and thread: forward, Aᵀ (k = in) and Bᵀ
@@ -102,9 +107,11 @@ __attribute__((noinline)) static void copy_floats(float *to, const float *from, 
 // `third` is base (forward; unused with `w`) or dy (backward); `y` is y (forward) or dx (backward);
 // `parts` the blocks' slots of dA and dBᵀ parts (backward). With the base weight `w` (not null; see
 // the top of this file), y is the layer's whole output and dx its whole input gradient; `bias` (n
-// values, or null) is the base layer's, forward only.
+// values, or null) is the base layer's, forward only. `xa` is the adapter's input (x itself, or a
+// separate one with `w`); with a separate one the backward pass writes x's part of dx to `y` and
+// xa's to `dxa`.
 __attribute__((noinline)) static void lora_block(int kind, int rows, int in, int out, int rank, int row_block, float s, const float *x, const float *a, const float *b, const float *third, float *hs,
-                       float *y, float *parts, int block, float *work, float *staging, const float *w, int w_in_out, const float *bias) {
+                       float *y, float *parts, int block, float *work, float *staging, const float *w, int w_in_out, const float *bias, const float *xa, float *dxa) {
   const int w_rs = weight_rs(kind, in, out, w_in_out), w_cs = weight_cs(kind, in, out, w_in_out);
   const float *packed_w = work + lora_own_floats(kind, in, out, rank, row_block);
   float *term = (float *)packed_w + panels_of(weight_outputs(kind, in, out)) * NR * weight_terms(kind, in, out);
@@ -116,7 +123,7 @@ __attribute__((noinline)) static void lora_block(int kind, int rows, int in, int
     float *y_rows = staging ? staging : y + r0 * out;
     float *hs_rows = staging ? staging + row_block * out : hs + r0 * rank;
     const float *base_rows = third + r0 * out;
-    multiply(x + r0 * in, in, 1, a, 1, in, 0, packed_at, in, count, rank, hs_rows, rank, edge, 0, 0, 0);
+    multiply(xa + r0 * in, in, 1, a, 1, in, 0, packed_at, in, count, rank, hs_rows, rank, edge, 0, 0, 0);
     scale_floats(hs_rows, count * rank, s);
     if (w) {
       // term = bias + hs·Bᵀ, then y = term + x·op(W), each tile's sums starting from term's values.
@@ -135,27 +142,31 @@ __attribute__((noinline)) static void lora_block(int kind, int rows, int in, int
   float *dx_rows = staging ? staging : y ? y + r0 * in : 0;
   float *part_a = staging ? staging + row_block * in : parts + block * rank * (in + out);
   float *part_bt = part_a + rank * in;
-  const float *dy_rows = third + r0 * out, *x_rows = x + r0 * in, *hs_rows = hs + r0 * rank;
+  const float *dy_rows = third + r0 * out, *xa_rows = xa + r0 * in, *hs_rows = hs + r0 * rank;
+  float *dxa_rows = !dxa ? 0 : staging ? part_bt + rank * out : dxa + r0 * in;
   // g = s·(dy·B): B packed (or streamed in place for fewer than 4 rows).
   multiply(dy_rows, out, 1, b, rank, 1, 0, packed_b, out, count, rank, g, rank, edge, 0, 0, 0);
   scale_floats(g, count * rank, s);
   // dx = g·A (with the base weight: term = g·A, then dx = term + dy·op(W)ᵀ), unless no gradient
   // flows to x (`y` 0: the first adapted layer, whose input depends on no trainable weight).
-  if (y && w) {
+  if (y && w && dxa) {
+    multiply(g, rank, 1, a, in, 1, 0, packed_a, rank, count, in, dxa_rows, in, edge, 0, 0, 0);
+    multiply(dy_rows, out, 1, w, w_rs, w_cs, 0, packed_w, out, count, in, dx_rows, in, edge, 0, 0, 0);
+  } else if (y && w) {
     multiply(g, rank, 1, a, in, 1, 0, packed_a, rank, count, in, term, in, edge, 0, 0, 0);
     multiply(dy_rows, out, 1, w, w_rs, w_cs, 0, packed_w, out, count, in, dx_rows, in, edge, 0, term, in);
   } else if (y)
     multiply(g, rank, 1, a, in, 1, 0, packed_a, rank, count, in, dx_rows, in, edge, 0, 0, 0);
   // dA's part = gᵀ·x and dBᵀ's part = hsᵀ·dy over the block's rows (k = count): the block's rows of
   // x and dy are read in place, whole panels of 8 columns; only a partial last panel is packed.
-  pack_b(x_rows + (in / NR) * NR, count, in % NR, in, 1, tail);
-  multiply(g, 1, rank, x_rows, in, 1, in / NR, tail, count, rank, in, part_a, in, edge, 0, 0, 0);
+  pack_b(xa_rows + (in / NR) * NR, count, in % NR, in, 1, tail);
+  multiply(g, 1, rank, xa_rows, in, 1, in / NR, tail, count, rank, in, part_a, in, edge, 0, 0, 0);
   pack_b(dy_rows + (out / NR) * NR, count, out % NR, out, 1, tail);
   multiply(hs_rows, 1, rank, dy_rows, out, 1, out / NR, tail, count, rank, out, part_bt, out, edge, 0, 0, 0);
 }
 
 // Copy the helper's results of block `block` (see lora_block's `staging`) where they belong.
-static void lora_copy_block(int kind, int rows, int in, int out, int rank, int row_block, float *hs, float *y, float *parts, int block, const float *staging) {
+static void lora_copy_block(int kind, int rows, int in, int out, int rank, int row_block, float *hs, float *y, float *parts, int block, const float *staging, float *dxa) {
   const int r0 = block * row_block;
   const int count = min_int(rows, r0 + row_block) - r0;
   if (kind == LORA_FORWARD) {
@@ -164,6 +175,7 @@ static void lora_copy_block(int kind, int rows, int in, int out, int rank, int r
   } else {
     if (y) copy_floats(y + r0 * in, staging, count * in);
     copy_floats(parts + block * rank * (in + out), staging + row_block * in, rank * (in + out));
+    if (dxa) copy_floats(dxa + r0 * in, staging + row_block * in + rank * (in + out), count * in);
   }
 }
 
@@ -203,24 +215,27 @@ static inline int blocks_of(int rows, int row_block) { return (rows + row_block 
 
 /// The forward pass on the calling thread: y = base + hs·Bᵀ and hs = s·(x·Aᵀ), `row_block` rows (a
 /// multiple of 4) at a time; or, with the base weight `w` (not null; `w_in_out` its layout, `bias`
-/// null or n values), y = x·op(W) + bias + hs·Bᵀ and `base` unused. `scratch` holds
-/// lora_scratch_floats(1, …, w != 0, 0).
+/// null or n values), y = x·op(W) + bias + hs·Bᵀ and `base` unused, hs from the adapter's input
+/// `xa` (x itself, or its dropout). `scratch` holds lora_scratch_floats(1, …, w != 0, 0).
 __attribute__((export_name("lora_forward"))) void lora_forward(int rows, int in, int out, int rank, int row_block, float s, const float *x, const float *a, const float *b,
-                                                               const float *base, float *hs, float *y, float *scratch, const float *w, int w_in_out, const float *bias) {
+                                                               const float *base, float *hs, float *y, float *scratch, const float *w, int w_in_out, const float *bias,
+                                                               const float *xa) {
   lora_pack(LORA_FORWARD, in, out, rank, row_block, a, b, w, w_in_out, scratch);
   for (int block = 0; block < blocks_of(rows, row_block); block++)
-    lora_block(LORA_FORWARD, rows, in, out, rank, row_block, s, x, a, b, base, hs, y, 0, block, scratch, 0, w, w_in_out, bias);
+    lora_block(LORA_FORWARD, rows, in, out, rank, row_block, s, x, a, b, base, hs, y, 0, block, scratch, 0, w, w_in_out, bias, xa, 0);
 }
 
 /// The backward pass on the calling thread: dx (unless `dx` is 0; with the base weight `w`, not
 /// null, the layer's whole dx), dA and dB from dy, x, A, B and the forward pass's hs; `parts` holds
-/// rank·(in + out) floats per block of `row_block` rows, `scratch` lora_scratch_floats(2, …, w != 0, 0).
+/// rank·(in + out) floats per block of `row_block` rows, `scratch` lora_scratch_floats(2, …, w != 0
+/// (2 with `dxa`), 0). `xa` is the adapter's input (x itself, or its dropout); with the base weight and
+/// `dxa` (not null), dx is x's part dy·op(W)ᵀ and dxa xa's, g·A.
 __attribute__((export_name("lora_backward"))) void lora_backward(int rows, int in, int out, int rank, int row_block, float s, const float *dy, const float *x, const float *a,
                                                                  const float *b, const float *hs, float *dx, float *parts, float *da, float *db, float *scratch, const float *w,
-                                                                 int w_in_out) {
+                                                                 int w_in_out, const float *xa, float *dxa) {
   lora_pack(LORA_BACKWARD, in, out, rank, row_block, a, b, w, w_in_out, scratch);
   const int blocks = blocks_of(rows, row_block);
   for (int block = 0; block < blocks; block++)
-    lora_block(LORA_BACKWARD, rows, in, out, rank, row_block, s, x, a, b, dy, (float *)hs, dx, parts, block, scratch, 0, w, w_in_out, 0);
+    lora_block(LORA_BACKWARD, rows, in, out, rank, row_block, s, x, a, b, dy, (float *)hs, dx, parts, block, scratch, 0, w, w_in_out, 0, xa, dxa);
   lora_sum_parts(blocks, in, out, rank, parts, da, db);
 }

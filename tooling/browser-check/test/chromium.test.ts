@@ -72,12 +72,13 @@ describe('the @lora packages in headless Chromium', () => {
       // Its build with fused multiply-adds: Chromium (114+) accepts relaxed SIMD without a flag.
       expect(result.kernelBuild).toBe(backend === 'wasm' ? 'fma' : null);
       // And its fused kernels (instantiated asynchronously: a page may refuse a synchronous compile).
-      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLinearBackward', 'LoraLinearForward', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSumOfSquares'];
+      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLinearBackward', 'LoraLinearDropoutForward', 'LoraLinearForward', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSumOfSquares'];
       expect([...result.fusedKernels].sort()).toEqual(backend === 'wasm' ? fused : []);
       // Registered is not enough: training (LoRA dropout 0.1 on the adapters' input) ran the fused dropout and the others.
       for (const recipe of result.results) {
-        // LoRA's layers (QLoRA's too, on its 4-bit base) train through the fused passes; DoRA's have their own arithmetic.
-        const lowRank = recipe.recipe === 'dora' ? [] : ['LoraLowRankForward', 'LoraLowRankBackward'];
+        // LoRA's layers train through the fused layer kernels (base product included; with dropout on the adapter's input),
+        // QLoRA's (a 4-bit base) through the fused LoRA passes; DoRA's have their own arithmetic.
+        const lowRank = { lora: ['LoraLinearDropoutForward', 'LoraLinearBackward'], qlora: ['LoraLowRankForward', 'LoraLowRankBackward'], dora: [] }[recipe.recipe] ?? [];
         // GPT-2's causal attention (no dropout on its probabilities) runs as one kernel each way, on its fused projection.
         const causal = ['LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad'];
         if (backend === 'wasm') expect(recipe.fusedKernelsRun, recipe.recipe).toEqual(expect.arrayContaining(['LoraDropout', 'LoraGeluTanh', 'LoraLayerNorm', 'LoraAdamWUpdate', ...lowRank, ...causal]));
