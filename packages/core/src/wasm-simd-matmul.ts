@@ -140,8 +140,17 @@ interface SimdKernel {
 // then one word per chunk, then the helper's own buffer.
 const CONTROL_BYTES = 576;
 const MAX_THREADED_CHUNKS = 4096;
-/** Floats in the helper's buffer (1 MiB): a chunk's packed panels of B and its result must fit. */
-const HELPER_SCRATCH_FLOATS = 2 ** 18;
+/**
+ * Floats in the helper's buffer (2 MiB): a chunk's packed panels of B and its result must fit, and
+ * a LoRA layer's whole packed weight with 64 rows' results (the `small` model's c_attn, [256, 768];
+ * at 1 MiB it ran 32-row blocks, which measured no faster than its base product and LoRA pass apart).
+ */
+const HELPER_SCRATCH_FLOATS = 2 ** 19;
+/**
+ * Products size their chunks as for a 1 MiB buffer (what they were tuned and measured with): the
+ * larger buffer is for the LoRA layers' packed weights and longer attention matrices.
+ */
+const PRODUCT_CHUNK_FLOATS = 2 ** 18;
 const TEST_MODE_OFFSET = 12;
 const HELPER_CHUNKS_OFFSET = 68;
 const HELPER_RUNNING_OFFSET = 72;
@@ -440,7 +449,7 @@ export function threadChunking(
     rowBlock = 4 * Math.ceil(rowTiles / TRIANGLE_ROW_GROUPS);
   } else if (packsA) {
     // Packed panels take at most half of what the helper's buffer has left after the copy of A.
-    panelGroup = Math.max(1, Math.min(panels, Math.floor((HELPER_SCRATCH_FLOATS - 32 - aBlockFloats) / 2 / (8 * k))));
+    panelGroup = Math.max(1, Math.min(panels, Math.floor((PRODUCT_CHUNK_FLOATS - 32 - aBlockFloats) / 2 / (8 * k))));
     const blocks = Math.ceil(m / A_BLOCK_ROWS);
     const rowGroups = Math.min(blocks, Math.ceil(perMatrix / Math.ceil(panels / panelGroup)));
     rowBlock = A_BLOCK_ROWS * Math.ceil(blocks / rowGroups);
@@ -453,12 +462,12 @@ export function threadChunking(
   }
   // Large products: chunks small enough for the helper's buffer (packed panels in one half, the
   // chunk's result in the other), not a product left to one thread.
-  const half = HELPER_SCRATCH_FLOATS / 2;
+  const half = PRODUCT_CHUNK_FLOATS / 2;
   if (!packsA && panelGroup * 8 * k + 32 + aBlockFloats > half) panelGroup = Math.max(1, Math.floor((half - 32 - aBlockFloats) / (8 * k)));
   if (!packsA && rowBlock * panelGroup * 8 > half) rowBlock = Math.max(4, 4 * Math.floor(half / (panelGroup * 8) / 4));
   const chunks = batch * Math.ceil(panels / panelGroup) * Math.ceil(m / rowBlock);
   const helperFloats = panelGroup * 8 * k + 32 + aBlockFloats + rowBlock * panelGroup * 8;
-  return chunks < 2 || chunks > MAX_THREADED_CHUNKS || helperFloats > HELPER_SCRATCH_FLOATS ? null : { rowBlock, panelGroup, chunks };
+  return chunks < 2 || chunks > MAX_THREADED_CHUNKS || helperFloats > PRODUCT_CHUNK_FLOATS ? null : { rowBlock, panelGroup, chunks };
 }
 
 const sizeOf = (shape: readonly number[]): number => shape.reduce((product, dimension) => product * dimension, 1);
@@ -560,9 +569,10 @@ const LORA_KIND = { forward: 1, backward: 2 } as const;
 const LORA_LINEAR_MIN_ROW_BLOCK = 32;
 /**
  * The same for the backward pass of a layer with dropout on its adapter's input, whose blocks also
- * return dxa's rows: the small model's c_attn would run 32 rows a block there, and measured slower
- * than its base product and LoRA pass apart (6.1-8.3 against 5.8-8.1 ms; at 64 rows, without
- * dropout, 5.8-6.0 against 6.5-7.1): such layers keep the separate form.
+ * return dxa's rows: with a 1 MiB helper buffer the small model's c_attn ran 32 rows a block there,
+ * and measured slower than its base product and LoRA pass apart (6.1-8.3 against 5.8-8.1 ms; at 64
+ * rows, without dropout, 5.8-6.0 against 6.5-7.1): layers that would need fewer rows keep the
+ * separate form.
  */
 const LORA_LINEAR_DROPOUT_MIN_BACKWARD_ROW_BLOCK = 64;
 
@@ -574,7 +584,9 @@ const LORA_LINEAR_DROPOUT_MIN_BACKWARD_ROW_BLOCK = 64;
  */
 function loraRowBlock(kernel: SimdKernel, pass: 'forward' | 'backward', inFeatures: number, outFeatures: number, rank: number, form: LoraPassForm): number | null {
   const fewest = form === 'adapter' ? 4 : form === 'layer-dropout' && pass === 'backward' ? LORA_LINEAR_DROPOUT_MIN_BACKWARD_ROW_BLOCK : LORA_LINEAR_MIN_ROW_BLOCK;
-  for (let rowBlock = LORA_ROW_BLOCK[pass]; rowBlock >= fewest; rowBlock /= 2) {
+  // The whole layer's passes start at 64 rows both ways (128 backward ran slower for the small
+  // model's c_attn and c_proj: each block streams the whole packed weight).
+  for (let rowBlock = form === 'adapter' ? LORA_ROW_BLOCK[pass] : 64; rowBlock >= fewest; rowBlock /= 2) {
     if (kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, LORA_FORM_CODE[form], 1) <= HELPER_SCRATCH_FLOATS) return rowBlock;
   }
   return null;
@@ -755,7 +767,7 @@ const ATTENTION_KIND = { forward: 3, backward: 4 } as const;
 /**
  * Whether `backend` runs {@link simdCausalAttentionForward} and {@link simdCausalAttentionBackward}
  * on T×D matrices: false where one matrix's scratch and results would not fit the helper's buffer
- * (longer sequences, T above about 350 at D = 64), which keep the separate causal products.
+ * (longer sequences, T above about 450 at D = 64), which keep the separate causal products.
  */
 export function simdCausalAttentionFits(backend: tf.KernelBackend, t: number, d: number): boolean {
   const kernel = kernelOf(backend);

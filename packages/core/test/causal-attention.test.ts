@@ -212,7 +212,7 @@ describe('causal attention in one kernel each way', () => {
 
   it('declines a fused projection it cannot split into heads, or too long', async () => {
     await withoutTensorLeaks(() => {
-      const [odd, flat, long] = [tf.ones([2, 5, 20]), tf.ones([10, 24]), tf.zeros([1, 400, 192])];
+      const [odd, flat, long] = [tf.ones([2, 5, 20]), tf.ones([10, 24]), tf.zeros([1, 480, 192])];
       expect(causalSelfAttention(odd, 3, 1)).toBeNull();
       expect(causalSelfAttention(flat, 2, 1)).toBeNull();
       expect(causalSelfAttention(long, 1, 1)).toBeNull();
@@ -240,8 +240,8 @@ describe('causal attention in one kernel each way', () => {
       expect(causalAttention(vector, vector, vector, 1)).toBeNull();
       const integers = tf.cast(q, 'int32');
       expect(causalAttention(integers, integers, integers, 1)).toBeNull();
-      // A matrix whose scores and their gradient would not fit the helper's buffer (T = 400 at D = 64).
-      const long = tf.zeros([1, 400, 64]);
+      // A matrix whose scores and their gradient would not fit the helper's buffer (T = 480 at D = 64).
+      const long = tf.zeros([1, 480, 64]);
       expect(causalAttention(long, long, long, 1)).toBeNull();
       tf.dispose([q, shorter, wider, vector, integers, long]);
     });

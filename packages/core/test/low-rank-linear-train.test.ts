@@ -198,18 +198,19 @@ describe('lowRankLinearTrain: a LoRA layer and its base layer in one WASM kernel
     expect(fits(operands(12, 7, 13))).toBe(false);
     // A [1024, 1024] weight: 4 MiB packed, past the helper's 1 MiB buffer.
     expect(fits(operands(1024, 1024))).toBe(false);
-    // The small model's c_attn (a [256, 768] weight, rank 8) takes it; with dropout on the adapter's
-    // input its backward blocks (64 rows at least, see wasm-simd-matmul.ts) would not fit: the
-    // separate form. Its c_proj ([256, 256]) takes both.
-    for (const [outFeatures, withDropout] of [
-      [768, false],
-      [768, true],
-      [256, true],
+    // The small model's c_attn (a [256, 768] weight, rank 8) takes it, with and without dropout on
+    // the adapter's input; a [640, 640] one only without: with dropout its backward blocks (64 rows
+    // at least, see wasm-simd-matmul.ts) would not fit beside its packed weight.
+    for (const [size, withDropout, fused] of [
+      [[256, 768], false, true],
+      [[256, 768], true, true],
+      [[640, 640], false, true],
+      [[640, 640], true, false],
     ] as const) {
-      const [x, base] = operands(256, outFeatures);
-      const [a, b] = [tf.ones([8, 256]), tf.ones([outFeatures, 8])];
+      const [x, base] = operands(size[0], size[1]);
+      const [a, b] = [tf.ones([8, size[0]]), tf.ones([size[1], 8])];
       const y = lowRankLinearTrain(x, base, a, b, 1, withDropout ? () => tf.mul(x, 2) : undefined);
-      expect(y === null, `${outFeatures} outputs${withDropout ? ', dropout' : ''}`).toBe(outFeatures === 768 && withDropout);
+      expect(y !== null, `${size.join(' → ')}${withDropout ? ', dropout' : ''}`).toBe(fused);
       tf.dispose([x, base.weight, base.bias, a, b, ...(y === null ? [] : [y])]);
     }
     await tf.setBackend('cpu');
