@@ -97,42 +97,45 @@ describe('lowRankLinearTrain: a LoRA layer and its base layer in one WASM kernel
     });
   });
 
-  it.each(SHAPES.slice(1, 5))('takes the adapter’s own input (the base’s after dropout), x %j, rank %i, %i outputs, a %s weight (bias %s)', async (xShape, rank, outFeatures, layout, withBias) => {
-    const s = 0.75;
-    const c = linearCase(xShape, rank, outFeatures, layout, withBias, 3, s);
-    // The adapter's input: x with some values zeroed and the rest scaled, as dropout leaves it.
-    const xa = c.x.map((value, i) => (i % 7 === 3 ? 0 : value / 0.9));
-    const expected = linearReference(c.x, xa, c.w, c.inOut, c.bias, c.a, c.b, c.dy, c.rows, c.inFeatures, rank, outFeatures, s);
-    const abs = (v: Float32Array): Float32Array => v.map(Math.abs);
-    const magnitude = linearReference(abs(c.x), abs(xa), abs(c.w), c.inOut, c.bias && abs(c.bias), abs(c.a), abs(c.b), abs(c.dy), c.rows, c.inFeatures, rank, outFeatures, s);
-    await withoutTensorLeaks(() => {
-      const x = variableOf(c.x, xShape);
-      const adapterInput = variableOf(xa, xShape);
-      const a = variableOf(c.a, [rank, c.inFeatures]);
-      const b = variableOf(c.b, [outFeatures, rank]);
-      const w = variableOf(c.w, c.weightShape, false);
-      const bias = c.bias === null ? null : variableOf(c.bias, [outFeatures], false);
-      const upstream = tf.tensor(c.dy, c.yShape);
-      const spy = spyOnKernels();
-      const { value, grads } = tf.variableGrads(
-        () => tf.sum(tf.mul(lowRankLinearTrain(x, { weight: w, bias, fanInFanOut: c.inOut }, a, b, s, () => adapterInput)!, upstream)),
-        [x, adapterInput, a, b],
-      );
-      spy.stop();
-      const names = spy.calls.map((call) => call.kernelName);
-      expect(names.filter((name) => name === LORA_LINEAR_DROPOUT_FORWARD_KERNEL)).toHaveLength(1);
-      expect(names.filter((name) => name === LORA_LINEAR_BACKWARD_KERNEL)).toHaveLength(1);
-      expect(spy.calls.find((call) => call.kernelName === LORA_LINEAR_BACKWARD_KERNEL)!.outputShapes).toHaveLength(4);
-      expect(names.filter((name) => /MatMul|^Add|LowRank/.test(name))).toEqual([]);
-      const results = [grads[x.name]!, grads[adapterInput.name]!, grads[a.name]!, grads[b.name]!].map((tensor) => tensor.dataSync());
-      const exact = [expected.dx, expected.dxa, expected.da, expected.db];
-      const bounds = [magnitude.dx, magnitude.dxa, magnitude.da, magnitude.db];
-      results.forEach((got, i) => expectWithinRounding(got, exact[i]!, bounds[i]!, ['dx', 'dxa', 'dA', 'dB'][i]!));
-      const y = lowRankLinearTrain(x, { weight: w, bias, fanInFanOut: c.inOut }, a, b, s, () => adapterInput)!;
-      expectWithinRounding(y.dataSync(), expected.y, magnitude.y, 'y');
-      tf.dispose([x, adapterInput, a, b, w, upstream, value, y, ...(bias === null ? [] : [bias]), ...Object.values(grads)]);
-    });
-  });
+  it.each(SHAPES.slice(1, 5))(
+    'takes the adapter’s own input (the base’s after dropout), x %j, rank %i, %i outputs, a %s weight (bias %s)',
+    async (xShape, rank, outFeatures, layout, withBias) => {
+      const s = 0.75;
+      const c = linearCase(xShape, rank, outFeatures, layout, withBias, 3, s);
+      // The adapter's input: x with some values zeroed and the rest scaled, as dropout leaves it.
+      const xa = c.x.map((value, i) => (i % 7 === 3 ? 0 : value / 0.9));
+      const expected = linearReference(c.x, xa, c.w, c.inOut, c.bias, c.a, c.b, c.dy, c.rows, c.inFeatures, rank, outFeatures, s);
+      const abs = (v: Float32Array): Float32Array => v.map(Math.abs);
+      const magnitude = linearReference(abs(c.x), abs(xa), abs(c.w), c.inOut, c.bias && abs(c.bias), abs(c.a), abs(c.b), abs(c.dy), c.rows, c.inFeatures, rank, outFeatures, s);
+      await withoutTensorLeaks(() => {
+        const x = variableOf(c.x, xShape);
+        const adapterInput = variableOf(xa, xShape);
+        const a = variableOf(c.a, [rank, c.inFeatures]);
+        const b = variableOf(c.b, [outFeatures, rank]);
+        const w = variableOf(c.w, c.weightShape, false);
+        const bias = c.bias === null ? null : variableOf(c.bias, [outFeatures], false);
+        const upstream = tf.tensor(c.dy, c.yShape);
+        const spy = spyOnKernels();
+        const { value, grads } = tf.variableGrads(
+          () => tf.sum(tf.mul(lowRankLinearTrain(x, { weight: w, bias, fanInFanOut: c.inOut }, a, b, s, () => adapterInput)!, upstream)),
+          [x, adapterInput, a, b]
+        );
+        spy.stop();
+        const names = spy.calls.map((call) => call.kernelName);
+        expect(names.filter((name) => name === LORA_LINEAR_DROPOUT_FORWARD_KERNEL)).toHaveLength(1);
+        expect(names.filter((name) => name === LORA_LINEAR_BACKWARD_KERNEL)).toHaveLength(1);
+        expect(spy.calls.find((call) => call.kernelName === LORA_LINEAR_BACKWARD_KERNEL)!.outputShapes).toHaveLength(4);
+        expect(names.filter((name) => /MatMul|^Add|LowRank/.test(name))).toEqual([]);
+        const results = [grads[x.name]!, grads[adapterInput.name]!, grads[a.name]!, grads[b.name]!].map((tensor) => tensor.dataSync());
+        const exact = [expected.dx, expected.dxa, expected.da, expected.db];
+        const bounds = [magnitude.dx, magnitude.dxa, magnitude.da, magnitude.db];
+        results.forEach((got, i) => expectWithinRounding(got, exact[i]!, bounds[i]!, ['dx', 'dxa', 'dA', 'dB'][i]!));
+        const y = lowRankLinearTrain(x, { weight: w, bias, fanInFanOut: c.inOut }, a, b, s, () => adapterInput)!;
+        expectWithinRounding(y.dataSync(), expected.y, magnitude.y, 'y');
+        tf.dispose([x, adapterInput, a, b, w, upstream, value, y, ...(bias === null ? [] : [bias]), ...Object.values(grads)]);
+      });
+    }
+  );
 
   it('gives a trainable base weight and bias their gradients (composed of products), in either layout', async () => {
     for (const layout of ['in-out', 'out-in'] as const) {
@@ -258,6 +261,24 @@ describe('LoraAdapter.applyWithBase: when a LoRA layer computes its base layer t
     }
   }
 
+  /** `fn`'s result with the layer's adapter lacking applyWithBase (the layer runs the base, then apply()). */
+  function withoutApplyWithBase<T>(adapterLayer: AdapterLayer, fn: () => T): T {
+    const adapter = adapterLayer.adapter('default') as LoraAdapter;
+    const applyWithBase = adapter.applyWithBase;
+    Object.defineProperty(adapter, 'applyWithBase', { value: undefined, configurable: true });
+    try {
+      return fn();
+    } finally {
+      Object.defineProperty(adapter, 'applyWithBase', { value: applyWithBase, configurable: true });
+    }
+  }
+
+  /** Outputs that differ only in the order of float32 sums of a few dozen terms. */
+  function expectWithinFloat32Sums(got: Float32Array, expected: Float32Array): void {
+    const worst = Math.max(...got.map((value, i) => Math.abs(value - expected[i]!) / (1 + Math.abs(expected[i]!))));
+    expect(worst).toBeLessThan(1e-5);
+  }
+
   it('runs one kernel each way for the one active adapter, equal within rounding to the base layer then apply()', async () => {
     await withoutTensorLeaks(() => {
       const adapterLayer = layer(0);
@@ -267,20 +288,12 @@ describe('LoraAdapter.applyWithBase: when a LoRA layer computes its base layer t
       expect(fused.names.filter((name) => name === LORA_LINEAR_BACKWARD_KERNEL)).toHaveLength(1);
       expect(fused.names.filter((name) => /MatMul|LowRank/.test(name))).toEqual([]);
       // The same layer as base layer then apply(): the adapter's method hidden, the layer declines to nothing.
-      const adapter = adapterLayer.adapter('default') as LoraAdapter;
-      const applyWithBase = adapter.applyWithBase;
-      Object.defineProperty(adapter, 'applyWithBase', { value: undefined, configurable: true });
-      try {
-        const separate = trainingStep(adapterLayer, x);
-        expect(separate.names).toContain(LORA_FORWARD_KERNEL);
-        expect(separate.names).not.toContain(LORA_LINEAR_FORWARD_KERNEL);
-        // Both float32 sums of 24 + 4 terms, in other orders.
-        const worst = Math.max(...fused.output.map((value, i) => Math.abs(value - separate.output[i]!) / (1 + Math.abs(separate.output[i]!))));
-        expect(worst).toBeLessThan(1e-5);
-        expect(fused.output.some((value) => value !== 0)).toBe(true);
-      } finally {
-        Object.defineProperty(adapter, 'applyWithBase', { value: applyWithBase, configurable: true });
-      }
+      const separate = withoutApplyWithBase(adapterLayer, () => trainingStep(adapterLayer, x));
+      expect(separate.names).toContain(LORA_FORWARD_KERNEL);
+      expect(separate.names).not.toContain(LORA_LINEAR_FORWARD_KERNEL);
+      // Both float32 sums of 24 + 4 terms, in other orders.
+      expectWithinFloat32Sums(fused.output, separate.output);
+      expect(fused.output.some((value) => value !== 0)).toBe(true);
       x.dispose();
       adapterLayer.dispose();
     });
@@ -294,21 +307,13 @@ describe('LoraAdapter.applyWithBase: when a LoRA layer computes its base layer t
       expect(fused.names.filter((name) => name === LORA_LINEAR_DROPOUT_FORWARD_KERNEL)).toHaveLength(1);
       expect(fused.names.filter((name) => name === LORA_LINEAR_BACKWARD_KERNEL)).toHaveLength(1);
       expect(fused.names.filter((name) => /MatMul|LowRank/.test(name))).toEqual([]);
-      const adapter = adapterLayer.adapter('default') as LoraAdapter;
-      const applyWithBase = adapter.applyWithBase;
-      Object.defineProperty(adapter, 'applyWithBase', { value: undefined, configurable: true });
-      try {
-        const separate = withSeededRandom(11, () => trainingStep(adapterLayer, x));
-        expect(separate.names).toContain(LORA_FORWARD_KERNEL);
-        const worst = Math.max(...fused.output.map((value, i) => Math.abs(value - separate.output[i]!) / (1 + Math.abs(separate.output[i]!))));
-        expect(worst).toBeLessThan(1e-5);
-        // The mask mattered: without dropout the output is another.
-        adapterLayer.training = false;
-        const { output: noDropout } = trainingStep(adapterLayer, x);
-        expect(Math.max(...noDropout.map((value, i) => Math.abs(value - separate.output[i]!)))).toBeGreaterThan(1e-3);
-      } finally {
-        Object.defineProperty(adapter, 'applyWithBase', { value: applyWithBase, configurable: true });
-      }
+      const separate = withoutApplyWithBase(adapterLayer, () => withSeededRandom(11, () => trainingStep(adapterLayer, x)));
+      expect(separate.names).toContain(LORA_FORWARD_KERNEL);
+      expectWithinFloat32Sums(fused.output, separate.output);
+      // The mask mattered: without dropout the output is another.
+      adapterLayer.training = false;
+      const { output: noDropout } = trainingStep(adapterLayer, x);
+      expect(Math.max(...noDropout.map((value, i) => Math.abs(value - separate.output[i]!)))).toBeGreaterThan(1e-3);
       x.dispose();
       adapterLayer.dispose();
     });
