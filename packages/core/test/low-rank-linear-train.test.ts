@@ -46,6 +46,21 @@ function linearCase(xShape: number[], rank: number, outFeatures: number, layout:
   };
 }
 
+/**
+ * A case's tensors as LoRA training holds them: x, A and B trainable variables (x's gradient is then
+ * computed), the base weight and bias frozen ones, and the upstream gradient.
+ */
+function trainingTensors(c: ReturnType<typeof linearCase>, xShape: number[], rank: number, outFeatures: number) {
+  return {
+    x: variableOf(c.x, xShape),
+    a: variableOf(c.a, [rank, c.inFeatures]),
+    b: variableOf(c.b, [outFeatures, rank]),
+    w: variableOf(c.w, c.weightShape, false),
+    bias: c.bias === null ? null : variableOf(c.bias, [outFeatures], false),
+    upstream: tf.tensor(c.dy, c.yShape),
+  };
+}
+
 // [x shape, rank, out features, weight layout, bias]: the small model's c_attn and c_proj (GPT-2's
 // Conv1D stores [in, out]); sizes off the 4×8 tile, a partial last block of rows, rank 1 and 16,
 // fewer than 4 rows (which read an [in, out] weight in place), both layouts, with and without bias.
@@ -72,13 +87,7 @@ describe('lowRankLinearTrain: a LoRA layer and its base layer in one WASM kernel
     const s = 2.5;
     const c = linearCase(xShape, rank, outFeatures, layout, withBias, 1, s);
     await withoutTensorLeaks(() => {
-      // x a trainable variable (so dx is computed), the base weight and bias frozen as in LoRA training.
-      const x = variableOf(c.x, xShape);
-      const a = variableOf(c.a, [rank, c.inFeatures]);
-      const b = variableOf(c.b, [outFeatures, rank]);
-      const w = variableOf(c.w, c.weightShape, false);
-      const bias = c.bias === null ? null : variableOf(c.bias, [outFeatures], false);
-      const upstream = tf.tensor(c.dy, c.yShape);
+      const { x, a, b, w, bias, upstream } = trainingTensors(c, xShape, rank, outFeatures);
       const spy = spyOnKernels();
       const value = lowRankLinearTrain(x, { weight: w, bias, fanInFanOut: c.inOut }, a, b, s)!;
       const { value: loss, grads } = tf.variableGrads(() => tf.sum(tf.mul(lowRankLinearTrain(x, { weight: w, bias, fanInFanOut: c.inOut }, a, b, s)!, upstream)), [x, a, b]);
@@ -108,13 +117,8 @@ describe('lowRankLinearTrain: a LoRA layer and its base layer in one WASM kernel
       const abs = (v: Float32Array): Float32Array => v.map(Math.abs);
       const magnitude = linearReference(abs(c.x), abs(xa), abs(c.w), c.inOut, c.bias && abs(c.bias), abs(c.a), abs(c.b), abs(c.dy), c.rows, c.inFeatures, rank, outFeatures, s);
       await withoutTensorLeaks(() => {
-        const x = variableOf(c.x, xShape);
+        const { x, a, b, w, bias, upstream } = trainingTensors(c, xShape, rank, outFeatures);
         const adapterInput = variableOf(xa, xShape);
-        const a = variableOf(c.a, [rank, c.inFeatures]);
-        const b = variableOf(c.b, [outFeatures, rank]);
-        const w = variableOf(c.w, c.weightShape, false);
-        const bias = c.bias === null ? null : variableOf(c.bias, [outFeatures], false);
-        const upstream = tf.tensor(c.dy, c.yShape);
         const spy = spyOnKernels();
         const { value, grads } = tf.variableGrads(
           () => tf.sum(tf.mul(lowRankLinearTrain(x, { weight: w, bias, fanInFanOut: c.inOut }, a, b, s, () => adapterInput)!, upstream)),
