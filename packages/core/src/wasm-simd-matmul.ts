@@ -558,35 +558,36 @@ export function simdBatchMatMul(
   return out;
 }
 
-/** Rows per block of the fused LoRA passes, forward and backward, where the helper's buffer allows (halved until it does). */
-const LORA_ROW_BLOCK = { forward: 64, backward: 128 } as const;
 const LORA_KIND = { forward: 1, backward: 2 } as const;
-/**
- * Fewest rows per block with the base weight: each block streams the whole packed weight through
- * the cache for its rows' tiles, so fewer rows would make the base product wait on memory (the
- * separate product, chunked by columns, does not); the small model's c_attn runs 32 forward.
- */
-const LORA_LINEAR_MIN_ROW_BLOCK = 32;
-/**
- * The same for the backward pass of a layer with dropout on its adapter's input, whose blocks also
- * return dxa's rows: with a 1 MiB helper buffer the small model's c_attn ran 32 rows a block there,
- * and measured slower than its base product and LoRA pass apart (6.1-8.3 against 5.8-8.1 ms; at 64
- * rows, without dropout, 5.8-6.0 against 6.5-7.1): layers that would need fewer rows keep the
- * separate form.
- */
-const LORA_LINEAR_DROPOUT_MIN_BACKWARD_ROW_BLOCK = 64;
 
 /**
- * Rows per block of a fused LoRA pass over `[rows, inFeatures]` inputs, or null where even 4-row
- * blocks' results would not fit the helper's buffer. A function of the shapes only, never of the
- * thread count: the backward pass's dA and dB are sums of per-block parts, so the block size fixes
- * their rounding, and one thread or two give the same bits.
+ * Rows per block of the fused LoRA passes, by form and pass: the first size tried, halved while the
+ * helper's buffer cannot hold a block, down to the fewest (below which the pass declines).
+ * - The adapter's passes alone: 64 forward, 128 backward, down to 4.
+ * - With the base weight each block streams the whole packed weight through the cache for its rows'
+ *   tiles, so fewer rows make the base product wait on memory (the separate product, chunked by
+ *   columns, does not): 64 both ways (128 backward ran slower for the small model's c_attn and
+ *   c_proj), down to 32.
+ * - Its backward pass with dropout on the adapter's input (blocks also return dxa's rows) down to
+ *   64 only: with a 1 MiB helper buffer the small model's c_attn ran 32 rows a block there and
+ *   measured slower than its base product and LoRA pass apart (6.1-8.3 against 5.8-8.1 ms; at 64
+ *   rows, without dropout, 5.8-6.0 against 6.5-7.1): layers that would need fewer keep the separate form.
+ */
+const LORA_ROW_BLOCKS: Readonly<Record<LoraPassForm, Readonly<Record<'forward' | 'backward', { readonly first: number; readonly fewest: number }>>>> = {
+  adapter: { forward: { first: 64, fewest: 4 }, backward: { first: 128, fewest: 4 } },
+  layer: { forward: { first: 64, fewest: 32 }, backward: { first: 64, fewest: 32 } },
+  'layer-dropout': { forward: { first: 64, fewest: 32 }, backward: { first: 64, fewest: 64 } },
+};
+
+/**
+ * Rows per block of a fused LoRA pass over `[rows, inFeatures]` inputs, or null where even the
+ * fewest rows' results would not fit the helper's buffer. A function of the shapes only, never of
+ * the thread count: the backward pass's dA and dB are sums of per-block parts, so the block size
+ * fixes their rounding, and one thread or two give the same bits.
  */
 function loraRowBlock(kernel: SimdKernel, pass: 'forward' | 'backward', inFeatures: number, outFeatures: number, rank: number, form: LoraPassForm): number | null {
-  const fewest = form === 'adapter' ? 4 : form === 'layer-dropout' && pass === 'backward' ? LORA_LINEAR_DROPOUT_MIN_BACKWARD_ROW_BLOCK : LORA_LINEAR_MIN_ROW_BLOCK;
-  // The whole layer's passes start at 64 rows both ways (128 backward ran slower for the small
-  // model's c_attn and c_proj: each block streams the whole packed weight).
-  for (let rowBlock = form === 'adapter' ? LORA_ROW_BLOCK[pass] : 64; rowBlock >= fewest; rowBlock /= 2) {
+  const { first, fewest } = LORA_ROW_BLOCKS[form][pass];
+  for (let rowBlock = first; rowBlock >= fewest; rowBlock /= 2) {
     if (kernel.loraScratchFloats(LORA_KIND[pass], inFeatures, outFeatures, rank, rowBlock, LORA_FORM_CODE[form], 1) <= HELPER_SCRATCH_FLOATS) return rowBlock;
   }
   return null;
