@@ -126,25 +126,31 @@ describe('causal attention in one kernel each way', () => {
     });
   });
 
-  it.each(SHAPES)('equals core’s causal products around its scaled softmax, value for value, for leading axes %j, T %i, D %i', async (leading, rows, depth) => {
-    const { q, k, v, dOut, scale, shape } = operands(leading, rows, depth);
-    await withoutTensorLeaks(() => {
-      const [tq, tk, tv, tdo] = [q, k, v, dOut].map((values) => tf.tensor(values, shape));
-      const mask = causalMask(rows);
-      const separate = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalMix(scaledSoftmax(causalScores(a, b)!, scale, mask), c)!;
-      const whole = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalAttention(a, b, c, scale)!;
-      const run = (attend: typeof whole): number[][] =>
-        tf.tidy(() => {
-          const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), tdo!)))([tq!, tk!, tv!]);
-          return [attend(tq!, tk!, tv!), value, ...grads].map((tensor) => Array.from(tensor.dataSync()));
-        });
-      const [ours, theirs] = [run(whole), run(separate)];
-      ours.forEach((values, i) => expectSameValues(values, theirs[i]!, ['o', 'Σ o∘dO', 'dq', 'dk', 'dv'][i]));
-      // Not a trivial agreement: finite, and not all zero.
-      expect(ours[0]!.every(Number.isFinite) && ours[0]!.some((value) => value !== 0)).toBe(true);
-      tf.dispose([tq!, tk!, tv!, tdo!, mask]);
-    });
-  });
+  // A scale that is not positive (which no model passes) turns the scores' order over: the kernel's
+  // softmax finds the largest scaled score from the smallest score then.
+  it.each([...SHAPES.map(([leading, rows, depth]): [number[], number, number, number | undefined] => [leading, rows, depth, undefined]), [[2, 3], 13, 5, -0.7], [[1], 37, 20, 0]])(
+    'equals core’s causal products around its scaled softmax, value for value, for leading axes %j, T %i, D %i, scale %s (undefined: 1/√D)',
+    async (leading, rows, depth, scaleGiven) => {
+      const { q, k, v, dOut, shape, ...defaults } = operands(leading, rows, depth);
+      const scale = scaleGiven ?? defaults.scale;
+      await withoutTensorLeaks(() => {
+        const [tq, tk, tv, tdo] = [q, k, v, dOut].map((values) => tf.tensor(values, shape));
+        const mask = causalMask(rows);
+        const separate = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalMix(scaledSoftmax(causalScores(a, b)!, scale, mask), c)!;
+        const whole = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalAttention(a, b, c, scale)!;
+        const run = (attend: typeof whole): number[][] =>
+          tf.tidy(() => {
+            const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), tdo!)))([tq!, tk!, tv!]);
+            return [attend(tq!, tk!, tv!), value, ...grads].map((tensor) => Array.from(tensor.dataSync()));
+          });
+        const [ours, theirs] = [run(whole), run(separate)];
+        ours.forEach((values, i) => expectSameValues(values, theirs[i]!, ['o', 'Σ o∘dO', 'dq', 'dk', 'dv'][i]));
+        // Not a trivial agreement: finite, and not all zero.
+        expect(ours[0]!.every(Number.isFinite) && ours[0]!.some((value) => value !== 0)).toBe(true);
+        tf.dispose([tq!, tk!, tv!, tdo!, mask]);
+      });
+    }
+  );
 
   it('is not disturbed by NaN left in the memory its scratch reuses (rows padded to 4 values hold it)', async () => {
     const [leading, rows, depth] = SHAPES[1]!;

@@ -209,6 +209,14 @@ static inline __attribute__((always_inline)) void tile6_from(const float *a, int
   wasm_v128_store(c + 5 * ldc + 4, c51);
 }
 
+// 6-row strips for `rows` rows, the rest taking 4-row tiles and then 1-row ones: as many as leave
+// the fewest 1-row tiles (128 rows: 20 strips and two 4-row tiles, not 21 strips and two 1-row
+// tiles, which cost about as much as the strips gained).
+static inline int strips6_of(int rows) {
+  const int n = rows / MR6;
+  return n > 0 && (rows - n * MR6) % MR > (rows - (n - 1) * MR6) % MR ? n - 1 : n;
+}
+
 __attribute__((noinline)) static void tile6(const float *a, int a_rs, int a_cs, const float *bp, int b_step, int k, float *c, int ldc) {
   tile6_from(a, a_rs, a_cs, bp, b_step, k, c, ldc, 0, 0);
 }
@@ -403,9 +411,9 @@ __attribute__((noinline)) static void multiply(const float *a, int a_rs, int a_c
     for (int jp = 0; jp < panels; jp++) {
       int i0 = 0;
 #ifdef LORA_FMA
-      // Full panels: 6-row tiles while 6 rows are left (see tile6_from), then the 4-row ones.
+      // Full panels: 6-row tiles (see tile6_from, strips6_of), then the 4-row ones.
       if (PANEL_COLUMNS(jp) == NR)
-        for (; i0 + MR6 <= rows; i0 += MR6) {
+        for (int strips = strips6_of(rows); strips > 0; strips--, i0 += MR6) {
           float *const c_tile = target + i0 * ld + jp * NR;
           if (init != 0) tile6_init(a + i0 * a_rs, a_rs, a_cs, PANEL(jp), PANEL_STEP(jp), k, c_tile, ld, init + i0 * init_ld + jp * NR, init_ld);
           else tile6(a + i0 * a_rs, a_rs, a_cs, PANEL(jp), PANEL_STEP(jp), k, c_tile, ld);
@@ -488,7 +496,33 @@ __attribute__((noinline)) static void add_diagonal_terms(int tri, const float *a
 __attribute__((noinline)) static void multiply_triangular(int tri, const float *a, int a_rs, int a_cs, const float *packed, int k, int rows, int columns, int first_row,
                                                           int first_column, float *target, int ld, float *edge) {
   const int panels = (columns + NR - 1) / NR;
+#ifdef LORA_FMA
+  int strips6 = tri == TRI_LOWER_SCORES || tri == TRI_LOWER_A_ZEROED ? strips6_of(rows) : 0;
+#endif
   for (int i0 = 0; i0 < rows; i0 += MR) {
+#ifdef LORA_FMA
+    // Attention's forms take 6-row strips first (see tile6_from, strips6_of): their scratch
+    // rows hold zeros up to 8 terms past the diagonal (causal-attention.h), which a 6-row strip's
+    // terms [0, g + 6) need in TRI_LOWER_A_ZEROED; in TRI_LOWER_SCORES the strip's extra values
+    // right of the diagonal are never read. Full panels only (a partial one takes 4 + 2 rows).
+    for (; strips6 > 0; strips6--, i0 += MR6) {
+      const int g = first_row + i0;
+      const int last = tri == TRI_LOWER_SCORES ? min_int(panels, max_int(0, g + MR6 - first_column + NR - 1) / NR) : panels;
+      const int terms = tri == TRI_LOWER_SCORES ? k : min_int(k, g + MR6);
+      for (int jp = 0; jp < last; jp++) {
+        const int cols = min_int(NR, columns - jp * NR);
+        const float *ai = a + i0 * a_rs, *bp = packed + jp * NR * k;
+        float *cj = target + i0 * ld + jp * NR;
+        if (cols == NR) {
+          tile6(ai, a_rs, a_cs, bp, NR, terms, cj, ld);
+          continue;
+        }
+        tile(ai, a_rs, a_cs, bp, NR, terms, cj, ld, cols, edge);
+        for (int r = MR; r < MR6; r++) row_tile(ai + r * a_rs, a_cs, bp, NR, terms, cj + r * ld, cols, edge);
+      }
+    }
+    if (i0 >= rows) break;
+#endif
     const int tile_rows = min_int(MR, rows - i0);
     const int g = first_row + i0;
     const float *ai = a + i0 * a_rs;

@@ -51,37 +51,57 @@ __attribute__((export_name("attention_scratch_floats"))) int attention_scratch_f
 // Lanes j0..j0+3 that are kept keys of a row with n of them.
 static inline v128_t kept_lanes(int j0, int n) { return wasm_i32x4_lt(wasm_i32x4_add(wasm_i32x4_make(0, 1, 2, 3), wasm_i32x4_splat(j0)), wasm_i32x4_splat(n)); }
 
+// The two 4-value vectors after a row's last one (n kept keys), within its `row_floats`, set to 0:
+// a 6-row strip of TRI_LOWER_A_ZEROED reads up to 5 terms past a row's diagonal.
+static inline void zero_past_row(float *row, int n, int row_floats) {
+  const int end = (n + 3) & ~3;
+  if (end + 4 <= row_floats) wasm_v128_store(row + end, wasm_f32x4_splat(0.0f));
+  if (end + 8 <= row_floats) wasm_v128_store(row + end + 4, wasm_f32x4_splat(0.0f));
+}
+
 // Row r of S (r + 1 kept keys) becomes row r of P in place, its whole 4-value vectors written (the
 // lanes past the kept keys become 0: rows are padded to a multiple of 4, see attention_row_floats);
 // its max and 1/Σ go to stats[0], stats[1]. With `stats_in`, the max and 1/Σ are taken from there
 // (the backward pass's recomputation) instead of found.
-__attribute__((noinline)) static void softmax_row(float *row, int r, float scale, float *stats, int stats_in) {
+__attribute__((noinline)) static void softmax_row(float *row, int r, int row_floats, float scale, float *stats, int stats_in) {
   const int n = r + 1;
   const v128_t vs = wasm_f32x4_splat(scale);
-  v128_t vmax = wasm_f32x4_splat(ATTENTION_PAD);
-  // Only the last vector has lanes past the kept keys.
+  // Only the last vector has lanes past the kept keys: they take ATTENTION_PAD.
   const int full = n & ~3;
-  for (int j = 0; j < full; j += 4) {
-    const v128_t z = wasm_f32x4_mul(wasm_v128_load(row + j), vs);
-    wasm_v128_store(row + j, z);
-    vmax = wasm_f32x4_pmax(vmax, z);
+  const v128_t last_kept = kept_lanes(full, n);
+  // The largest scaled score, found without a pass writing the scaled row: rounding is monotonic,
+  // so it is the scale times the largest score (the smallest, for a scale that is not positive,
+  // found as the largest negated score: `flip` is the sign bit then).
+  v128_t vtop;
+  if (stats_in)
+    vtop = wasm_f32x4_splat(stats[0]);
+  else {
+    const v128_t flip = scale > 0 ? wasm_f32x4_splat(0.0f) : wasm_f32x4_splat(-0.0f);
+    v128_t vmax = wasm_f32x4_splat(ATTENTION_PAD);
+    for (int j = 0; j < full; j += 4) vmax = wasm_f32x4_pmax(vmax, wasm_v128_xor(wasm_v128_load(row + j), flip));
+    if (full < n) vmax = wasm_f32x4_pmax(vmax, wasm_v128_bitselect(wasm_v128_xor(wasm_v128_load(row + full), flip), wasm_f32x4_splat(ATTENTION_PAD), last_kept));
+    vmax = wasm_f32x4_pmax(vmax, wasm_i32x4_shuffle(vmax, vmax, 2, 3, 0, 1));
+    vtop = wasm_f32x4_mul(wasm_v128_xor(wasm_f32x4_pmax(vmax, wasm_i32x4_shuffle(vmax, vmax, 1, 0, 3, 2)), flip), vs);
   }
+  // e = exp(z − max), then its sum in a pass of its own: with the sum in this loop, the
+  // exponential's constants and the sum outnumbered x64's 16 vector registers and V8 kept the
+  // sum on the stack, a store and a load per vector.
+  for (int j = 0; j < full; j += 4) wasm_v128_store(row + j, exp_nonpositive(wasm_f32x4_sub(wasm_f32x4_mul(wasm_v128_load(row + j), vs), vtop)));
   if (full < n) {
-    const v128_t z = wasm_v128_bitselect(wasm_f32x4_mul(wasm_v128_load(row + full), vs), wasm_f32x4_splat(ATTENTION_PAD), kept_lanes(full, n));
-    wasm_v128_store(row + full, z);
-    vmax = wasm_f32x4_pmax(vmax, z);
+    const v128_t z = wasm_v128_bitselect(wasm_f32x4_mul(wasm_v128_load(row + full), vs), wasm_f32x4_splat(ATTENTION_PAD), last_kept);
+    wasm_v128_store(row + full, exp_nonpositive(wasm_f32x4_sub(z, vtop)));
   }
-  vmax = wasm_f32x4_pmax(vmax, wasm_i32x4_shuffle(vmax, vmax, 2, 3, 0, 1));
-  const v128_t vtop = stats_in ? wasm_f32x4_splat(stats[0]) : wasm_f32x4_pmax(vmax, wasm_i32x4_shuffle(vmax, vmax, 1, 0, 3, 2));
-  v128_t vsum = wasm_f32x4_splat(0.0f);
-  for (int j = 0; j < n; j += 4) {
-    const v128_t e = exp_nonpositive(wasm_f32x4_sub(wasm_v128_load(row + j), vtop));
-    wasm_v128_store(row + j, e);
-    vsum = wasm_f32x4_add(vsum, e);
+  float reciprocal;
+  if (stats_in)
+    reciprocal = stats[1];
+  else {
+    v128_t vsum = wasm_f32x4_splat(0.0f);
+    for (int j = 0; j < n; j += 4) vsum = wasm_f32x4_add(vsum, wasm_v128_load(row + j));
+    reciprocal = 1.0f / sum_lanes(vsum);
   }
-  const float reciprocal = stats_in ? stats[1] : 1.0f / sum_lanes(vsum);
   const v128_t vr = wasm_f32x4_splat(reciprocal);
   for (int j = 0; j < n; j += 4) wasm_v128_store(row + j, wasm_f32x4_mul(wasm_v128_load(row + j), vr));
+  zero_past_row(row, n, row_floats);
   if (!stats_in) {
     stats[0] = wasm_f32x4_extract_lane(vtop, 0);
     stats[1] = reciprocal;
@@ -90,7 +110,7 @@ __attribute__((noinline)) static void softmax_row(float *row, int r, float scale
 
 // Row r of dP (r + 1 kept keys) becomes row r of dS = scale·P·(dP − Σ dP·P) in place (P's row as
 // softmax_row left it).
-__attribute__((noinline)) static void softmax_grad_row(float *dp, const float *p, int r, float scale) {
+__attribute__((noinline)) static void softmax_grad_row(float *dp, const float *p, int r, int row_floats, float scale) {
   const int n = r + 1;
   v128_t vdot = wasm_f32x4_splat(0.0f);
   // dP's lanes past the kept keys (in the last vector) are the padding's (anything): zero them, so
@@ -103,17 +123,19 @@ __attribute__((noinline)) static void softmax_grad_row(float *dp, const float *p
   }
   const v128_t dot = wasm_f32x4_splat(sum_lanes(vdot)), vs = wasm_f32x4_splat(scale);
   for (int j = 0; j < n; j += 4) wasm_v128_store(dp + j, wasm_f32x4_mul(wasm_f32x4_mul(wasm_v128_load(p + j), wasm_f32x4_sub(wasm_v128_load(dp + j), dot)), vs));
+  zero_past_row(dp, n, row_floats);
 }
 
-// P of a matrix into `p` (T rows; row r written up to the end of its last 4-value vector, zeros past
-// key r; what lies further right is left as it was and never read), from its q and k (rows `ld`
-// apart) and, with `stats_in`, the forward pass's stats (else found and written to `stats`).
+// P of a matrix into `p` (T rows; row r written up to 8 values past the end of its last 4-value
+// vector, within the row, zeros past key r; what lies further right is left as it was and never
+// read), from its q and k (rows `ld` apart) and, with `stats_in`, the forward pass's stats (else
+// found and written to `stats`).
 static void attention_probabilities(int t, int d, int ld, float scale, const float *q, const float *k, float *stats, int stats_in, float *packed, float *edge, float *p) {
   const int ldp = attention_row_floats(t);
   // kᵀ as B (k = D terms, T columns): its columns are k's rows.
   pack_b(k, d, t, 1, ld, packed);
   multiply_triangular(TRI_LOWER_SCORES, q, ld, 1, packed, d, t, t, 0, 0, p, ldp, edge);
-  for (int r = 0; r < t; r++) softmax_row(p + r * ldp, r, scale, stats + 2 * r, stats_in);
+  for (int r = 0; r < t; r++) softmax_row(p + r * ldp, r, ldp, scale, stats + 2 * r, stats_in);
 }
 
 // Where a call's matrix i lies: head i % heads of sequence i / heads, whose rows of q, k, v (and of
@@ -157,7 +179,7 @@ __attribute__((noinline)) static void attention_matrix(int kind, int t, int d, i
   // dP = tril(dO·vᵀ), then dS in place.
   pack_b(v, d, t, 1, ld_in, packed);
   multiply_triangular(TRI_LOWER_SCORES, dout_i, ld_out, 1, packed, d, t, t, 0, 0, ds, ldp, edge);
-  for (int r = 0; r < t; r++) softmax_grad_row(ds + r * ldp, p + r * ldp, r, scale);
+  for (int r = 0; r < t; r++) softmax_grad_row(ds + r * ldp, p + r * ldp, r, ldp, scale);
   pack_b(k, t, d, ld_in, 1, packed);
   multiply_triangular(TRI_LOWER_A_ZEROED, ds, ldp, 1, packed, t, t, d, 0, 0, dq_i, ld_g, edge);
   pack_b(q, t, d, ld_in, 1, packed);
