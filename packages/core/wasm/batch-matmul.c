@@ -623,9 +623,14 @@ __attribute__((export_name("gelu_tanh_grad"))) void gelu_tanh_grad(int size, con
 // times a block of A's rows (the caller picks the group and block sizes; a stack of attention
 // matrices is usually a matrix or half of one per chunk); a fused LoRA pass (low-rank-train.h) is
 // cut into blocks of rows, each chunk one block. The calling thread and one helper thread
-// claim chunks through one 64-bit word holding the call's generation, its number of chunks and the
-// next unclaimed chunk, so a claim is one compare-and-swap that also checks the generation: a
-// helper that wakes late can only fail its swap, never claim a chunk of the next call.
+// claim chunks through one 64-bit word holding the call's generation and the unclaimed chunks'
+// range, so a claim is one compare-and-swap that also checks the generation: a helper that wakes
+// late can only fail its swap, never claim a chunk of the next call. The caller claims from the
+// front of the range and the helper from the back, so consecutive calls cut by rows in the same
+// order (a LoRA layer's blocks, then attention's sequences, then the next layer's blocks) tend to
+// leave rows with the thread whose cache holds them; from one end, each call's rows went to
+// whichever thread came first. Alternating in one process: attention on the rows of the call
+// before 2-6% faster, LoRA steps 0-5% (4 of 5 runs faster).
 //
 // The caller never waits for the helper: not to start, and not to finish a chunk it has claimed.
 // Once no chunk is left to claim, the caller takes back every chunk the helper has not finished
@@ -680,7 +685,8 @@ struct args {
 #define PRODUCT 0
 
 struct control {
-  // Generation (bits 32-63) | chunks of the call (bits 16-31) | next unclaimed chunk (bits 0-15).
+  // Generation (bits 32-63) | one past the last unclaimed chunk (bits 16-31) | the first unclaimed
+  // chunk (bits 0-15): chunks [first, end) are unclaimed.
   uint64_t state;
   uint32_t stop;   // set by helper_stop: helper_loop returns
   uint32_t test_mode; // a test switch: 1, the helper claims nothing; 2, it stalls in each chunk it claims; 3, it dies copying
@@ -798,13 +804,15 @@ static void copy_chunk(const struct args *p, int chunk, const float *from) {
   }
 }
 
-// Claim the next chunk of generation `gen`: its index, or -1 when none is left (or the call is over).
-static int claim(struct control *ctl, uint32_t gen) {
+// Claim an unclaimed chunk of generation `gen`, the first (`from_end` 0: the caller) or the last
+// (1: the helper): its index, or -1 when none is left (or the call is over).
+static int claim(struct control *ctl, uint32_t gen, int from_end) {
   for (;;) {
     const uint64_t s = __atomic_load_n(&ctl->state, SEQ);
-    const uint32_t next = (uint32_t)s & 0xffff, total = ((uint32_t)s >> 16) & 0xffff;
-    if ((uint32_t)(s >> 32) != gen || next >= total) return -1;
-    if (__sync_val_compare_and_swap(&ctl->state, s, s + 1) == s) return (int)next;
+    const uint32_t first = (uint32_t)s & 0xffff, end = ((uint32_t)s >> 16) & 0xffff;
+    if ((uint32_t)(s >> 32) != gen || first >= end) return -1;
+    const uint64_t claimed = from_end ? s - (1u << 16) : s + 1;
+    if (__sync_val_compare_and_swap(&ctl->state, s, claimed) == s) return (int)(from_end ? end - 1 : first);
   }
 }
 
@@ -833,7 +841,7 @@ static void share_chunks(struct control *ctl, uint32_t gen, uint32_t total, floa
   // wake the helper.
   __atomic_store_n(&ctl->state, ((uint64_t)gen << 32) | (total << 16), SEQ);
   __builtin_wasm_memory_atomic_notify(generation_word(ctl), 1);
-  for (int chunk; (chunk = claim(ctl, gen)) >= 0;) {
+  for (int chunk; (chunk = claim(ctl, gen, 0)) >= 0;) {
     __atomic_store_n(&chunks[chunk], done, SEQ);
     run_chunk(p, chunk, scratch, ctl->packed[0], gen, 0);
   }
@@ -1038,7 +1046,7 @@ __attribute__((export_name("helper_loop"))) void helper_loop(struct control *ctl
   while (!__atomic_load_n(&ctl->stop, SEQ)) {
     const uint32_t gen = (uint32_t)(__atomic_load_n(&ctl->state, SEQ) >> 32);
     if (__atomic_load_n(&ctl->test_mode, SEQ) != 1) {
-      for (int chunk; (chunk = claim(ctl, gen)) >= 0;) help_with(ctl, chunk, gen);
+      for (int chunk; (chunk = claim(ctl, gen, 1)) >= 0;) help_with(ctl, chunk, gen);
     }
     // Returns at once if a newer generation is already published.
     __builtin_wasm_memory_atomic_wait32(generation_word(ctl), (int)gen, -1);
