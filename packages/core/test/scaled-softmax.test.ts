@@ -17,14 +17,8 @@ async function run(backend: string, shape: number[], scale: number, withMask: bo
   await tf.setBackend(backend);
   const size = shape.reduce((a, b) => a * b, 1);
   const [queries, keys] = shape.slice(-2) as [number, number];
-  const x = tf.tensor(
-    Array.from({ length: size }, (_, i) => Math.sin(i * 2.1) * 6),
-    shape
-  );
-  const c = tf.tensor(
-    Array.from({ length: size }, (_, i) => Math.cos(i * 0.53)),
-    shape
-  );
+  const x = tf.tensor(Array.from({ length: size }, (_, i) => Math.sin(i * 2.1) * 6), shape);
+  const c = tf.tensor(Array.from({ length: size }, (_, i) => Math.cos(i * 0.53)), shape);
   const mask = withMask ? tf.tensor2d(causalMask(queries, keys), [queries, keys]) : null;
   const spy = spyOnKernels();
   const value = scaledSoftmax(x, scale, mask);
@@ -65,8 +59,7 @@ describe('scaledSoftmax: fused WASM kernels against the composite form', () => {
     probabilities!.forEach((p, i) => {
       if (withMask && mask[i % mask.length] === MASK_VALUE) expect(p).toBe(0);
     });
-    for (let row = 0; row < probabilities!.length / keys; row++)
-      expect(Math.abs(probabilities!.slice(row * keys, (row + 1) * keys).reduce((a, b) => a + b, 0) - 1)).toBeLessThan(1e-6);
+    for (let row = 0; row < probabilities!.length / keys; row++) expect(Math.abs(probabilities!.slice(row * keys, (row + 1) * keys).reduce((a, b) => a + b, 0) - 1)).toBeLessThan(1e-6);
   });
 
   it('exponentiates within a unit in the last place (the SIMD exp its kernels share with cross-entropy, gelu_new and causal attention)', async () => {
@@ -75,10 +68,7 @@ describe('scaledSoftmax: fused WASM kernels against the composite form', () => {
     // within one more rounding (2⁻²⁴ relative). 20,000 values of t over [−87, 0], denser near 0.
     const count = 20_000;
     const ts = Array.from({ length: count }, (_, i) => -87 * ((i + 0.5) / count) ** 2);
-    const x = tf.tensor2d(
-      ts.flatMap((t) => [0, t]),
-      [count, 2]
-    );
+    const x = tf.tensor2d(ts.flatMap((t) => [0, t]), [count, 2]);
     const y = scaledSoftmax(x, 1, null);
     const p = y.dataSync();
     let worst = 0;
