@@ -493,6 +493,10 @@ __attribute__((noinline)) static void add_diagonal_terms(int tri, const float *a
 // packed in `packed` (k rows of 8 each), element (r, j) to target[r·ld + j]. In the two A modes a
 // full tile multiplies op(A) in place over the terms all four of its rows keep, then adds those of
 // the diagonal block that only some keep; a row of a partial tile takes exactly its own terms.
+// The panels (of `panels`, from column first_column) that rows g..g+rows−1 of a TRI_LOWER_SCORES
+// product compute: those holding a column < g + rows, the diagonal's included.
+static inline int panels_to_diagonal(int panels, int g, int rows, int first_column) { return min_int(panels, max_int(0, g + rows - first_column + NR - 1) / NR); }
+
 __attribute__((noinline)) static void multiply_triangular(int tri, const float *a, int a_rs, int a_cs, const float *packed, int k, int rows, int columns, int first_row,
                                                           int first_column, float *target, int ld, float *edge) {
   const int panels = (columns + NR - 1) / NR;
@@ -507,7 +511,7 @@ __attribute__((noinline)) static void multiply_triangular(int tri, const float *
     // right of the diagonal are never read. Full panels only (a partial one takes 4 + 2 rows).
     for (; strips6 > 0; strips6--, i0 += MR6) {
       const int g = first_row + i0;
-      const int last = tri == TRI_LOWER_SCORES ? min_int(panels, max_int(0, g + MR6 - first_column + NR - 1) / NR) : panels;
+      const int last = tri == TRI_LOWER_SCORES ? panels_to_diagonal(panels, g, MR6, first_column) : panels;
       const int terms = tri == TRI_LOWER_SCORES ? k : min_int(k, g + MR6);
       for (int jp = 0; jp < last; jp++) {
         const int cols = min_int(NR, columns - jp * NR);
@@ -529,7 +533,7 @@ __attribute__((noinline)) static void multiply_triangular(int tri, const float *
     float *ci = target + i0 * ld;
     if (tri == TRI_LOWER_OUTPUT || tri == TRI_LOWER_SCORES) {
       // TRI_LOWER_SCORES stops at the diagonal tile: the panels of columns < g + tile_rows.
-      const int last = tri == TRI_LOWER_SCORES ? min_int(panels, max_int(0, g + tile_rows - first_column + NR - 1) / NR) : panels;
+      const int last = tri == TRI_LOWER_SCORES ? panels_to_diagonal(panels, g, tile_rows, first_column) : panels;
       for (int jp = 0; jp < last; jp++) {
         const int j0 = first_column + jp * NR, cols = min_int(NR, columns - jp * NR);
         float *cj = ci + jp * NR;
