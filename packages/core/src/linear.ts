@@ -99,11 +99,12 @@ export class Linear extends Module implements BaseLayer {
           // Inference: no gradient to shape, so the bias goes inside the product.
           if (!tapeRecording()) return tf.fused.matMul({ a: x, b: this.weight as tf.Tensor2D, transposeB: !this.fanInFanOut, bias: this.bias }) as tf.Tensor2D;
           if (frozen(this.weight) && frozen(this.bias)) return this.frozenAffine(x, this.bias);
+          if (!frozen(this.weight) && !frozen(this.bias)) return this.trainableAffine(x, this.bias);
         }
-        // matMul + add rather than tf.fused.matMul: the fused op's gradient (a customGrad) computes
-        // the gradients of every input, so a trainable weight's layer would pay for a frozen
-        // bias's (and the reverse). Plain matMul computes only the gradients needed. (And
-        // tfjs-backend-wasm 4.22's own fused kernel adds the bias wrongly for a transposed weight.)
+        // matMul + add where one of the weight and bias is trainable and the other frozen (or where
+        // the fused product is not safe: tfjs-backend-wasm 4.22's own fused kernel adds the bias
+        // wrongly for a transposed weight): tf.fused.matMul's gradient computes every input's, so
+        // the frozen one's would be paid for; plain matMul computes only the gradients needed.
         const product = tf.matMul(x, this.weight as tf.Tensor2D, false, !this.fanInFanOut);
         return (this.bias ? tf.add(product, this.bias) : product) as tf.Tensor2D;
       })
@@ -126,6 +127,38 @@ export class Linear extends Module implements BaseLayer {
       };
     });
     return affine(input) as tf.Tensor2D;
+  }
+
+  /**
+   * `x·op(W) + b` for a trainable weight and bias (full fine-tuning): the bias is added inside the
+   * product, as in {@link frozenAffine}, instead of by an Add kernel after it. The Add rewrote the
+   * whole output on the calling thread alone, so the next kernel's helper thread read its half from
+   * the other core's cache: in full fine-tuning steps of the bench's `small` GPT-2 (alternating
+   * steps), causal attention on `c_attn`'s output took 1.70 ms per call after matMul + Add and 1.48
+   * ms after the product with its bias. The gradients are the products matMul's gradient computes, dx =
+   * dy·op(W)ᵀ and dW = xᵀ·dy (dyᵀ·x in PyTorch's layout), and Add's db = Σ over the rows of dy. A
+   * custom gradient returns all three, so dx is computed even where no one needs it (a first layer
+   * over frozen embeddings): whether a gradient is asked of x itself (`tf.grad` with respect to a
+   * plain tensor) cannot be known here.
+   */
+  private trainableAffine(input: tf.Tensor2D, bias: tf.Variable): tf.Tensor2D {
+    const transposeB = !this.fanInFanOut;
+    const affine = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
+      const [x, weight, b] = inputs as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D];
+      const save = inputs[3] as tf.GradSaveFunc;
+      save([x]);
+      return {
+        value: tf.fused.matMul({ a: x, b: weight, transposeB, bias: b }),
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+          const [savedX] = saved as [tf.Tensor2D];
+          const dy2d = dy as tf.Tensor2D;
+          const dx = tf.matMul(dy2d, weight, false, !transposeB);
+          const dWeight = transposeB ? tf.matMul(dy2d, savedX, true, false) : tf.matMul(savedX, dy2d, true, false);
+          return [dx, dWeight, tf.sum(dy2d, 0)];
+        },
+      };
+    });
+    return affine(input, this.weight, bias) as tf.Tensor2D;
   }
 
   forwardWithoutBias(input: tf.Tensor): tf.Tensor {

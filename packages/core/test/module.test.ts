@@ -156,11 +156,11 @@ describe('Module', () => {
       const inferenceSpy = spyOnKernels();
       const [trainableValue, trainableGradient] = valueAndGradient();
       inferenceSpy.stop();
-      // Trainable: the value outside the tape has its bias inside the product too; the gradient's
-      // forward under the tape adds it separately (the bias's gradient needs the Add).
+      // Trainable: the value outside the tape and the gradient's forward under it both have the
+      // bias inside the product.
       const inferenceKernels = inferenceSpy.calls.filter((call) => call.depth === 0).map((call) => call.kernelName);
-      expect(inferenceKernels.filter((name) => name === '_FusedMatMul')).toHaveLength(1);
-      expect(inferenceKernels.filter((name) => name === 'Add')).toHaveLength(1);
+      expect(inferenceKernels.filter((name) => name === '_FusedMatMul')).toHaveLength(2);
+      expect(inferenceKernels).not.toContain('Add');
       layer.weight.trainable = false;
       layer.bias!.trainable = false;
       const spy = spyOnKernels();
@@ -172,6 +172,59 @@ describe('Module', () => {
       expect(names).toContain('_FusedMatMul');
       expect(names).not.toContain('Add');
       tf.dispose([x, c, trainableValue, trainableGradient, frozenValue, frozenGradient]);
+      layer.dispose();
+    }
+    await tf.setBackend('wasm');
+  });
+
+  it.each(['wasm', 'cpu'])('trains a Linear’s weight and bias with the bias inside the product, its gradients equal to float64’s on %s', async (backend) => {
+    await initRuntime();
+    await tf.setBackend(backend);
+    const [rows, inFeatures, outFeatures] = [7, 24, 20];
+    const xs = Array.from({ length: rows * inFeatures }, (_, i) => Math.sin(i * 0.37));
+    const cs = Array.from({ length: rows * outFeatures }, (_, i) => Math.cos(i * 0.61));
+    for (const fanInFanOut of [false, true]) {
+      const layer = new Linear({ inFeatures, outFeatures, fanInFanOut, seed: 5 });
+      const ws = Array.from(layer.weight.dataSync());
+      const bs = Array.from(layer.bias!.dataSync());
+      // W[o][i] in either layout; loss = Σ c·(x·Wᵀ + b), so dy = c and, in float64:
+      // y = x·Wᵀ + b, dx = c·W, dW[o][i] = Σ_rows c[r][o]·x[r][i], db = Σ_rows c.
+      const weightAt = (o: number, i: number): number => ws[fanInFanOut ? i * outFeatures + o : o * inFeatures + i]!;
+      const y: number[] = [];
+      const dx: number[] = [];
+      for (let r = 0; r < rows; r++) {
+        for (let o = 0; o < outFeatures; o++) y.push(bs[o]! + xs.slice(r * inFeatures, (r + 1) * inFeatures).reduce((sum, v, i) => sum + v * weightAt(o, i), 0));
+        for (let i = 0; i < inFeatures; i++) dx.push(cs.slice(r * outFeatures, (r + 1) * outFeatures).reduce((sum, c, o) => sum + c * weightAt(o, i), 0));
+      }
+      const dwAt = (o: number, i: number): number => Array.from({ length: rows }, (_, r) => cs[r * outFeatures + o]! * xs[r * inFeatures + i]!).reduce((a, b) => a + b, 0);
+      const dw = fanInFanOut
+        ? Array.from({ length: inFeatures * outFeatures }, (_, k) => dwAt(k % outFeatures, Math.floor(k / outFeatures)))
+        : Array.from({ length: inFeatures * outFeatures }, (_, k) => dwAt(Math.floor(k / inFeatures), k % inFeatures));
+      const db = Array.from({ length: outFeatures }, (_, o) => Array.from({ length: rows }, (_, r) => cs[r * outFeatures + o]!).reduce((a, b) => a + b, 0));
+      const x = tf.variable(tf.tensor2d(xs, [rows, inFeatures]), true, `linear-input-${backend}-${fanInFanOut}`);
+      const c = tf.tensor2d(cs, [rows, outFeatures]);
+      const before = tf.memory().numTensors;
+      const spy = spyOnKernels();
+      const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(layer.forward(x), c)) as tf.Scalar, [x, layer.weight, layer.bias!]);
+      spy.stop();
+      const forward = tf.tidy(() => layer.forward(x));
+      tf.tidy(() => {
+        expectTensorsClose(forward, tf.tensor2d(y, [rows, outFeatures]), { atol: 1e-5, rtol: 1e-5 });
+        expectTensorsClose(grads[x.name]!, tf.tensor2d(dx, [rows, inFeatures]), { atol: 1e-5, rtol: 1e-5 });
+        expectTensorsClose(grads[layer.weight.name]!, tf.tensor(dw, layer.weight.shape), { atol: 1e-5, rtol: 1e-5 });
+        expectTensorsClose(grads[layer.bias!.name]!, tf.tensor1d(db), { atol: 1e-5, rtol: 1e-5 });
+      });
+      // One product with its bias forward, no Add; backward the two products and one row sum (the
+      // other Sum is the loss's).
+      const calls = spy.calls.filter((call) => call.depth === 0);
+      const names = calls.map((call) => call.kernelName);
+      expect(names.filter((name) => name === '_FusedMatMul')).toHaveLength(1);
+      expect(names).not.toContain('Add');
+      expect(names.filter((name) => name === 'BatchMatMul')).toHaveLength(2);
+      expect(calls.filter((call) => call.kernelName === 'Sum' && call.outputShapes[0]!.length === 1)).toHaveLength(1);
+      tf.dispose([value, ...Object.values(grads), forward]);
+      expect(tf.memory().numTensors).toBe(before);
+      tf.dispose([x, c]);
       layer.dispose();
     }
     await tf.setBackend('wasm');
