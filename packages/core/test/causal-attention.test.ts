@@ -15,7 +15,7 @@ import { scaledSoftmax } from '../src/scaled-softmax.js';
 import { expectSameValues, maxRelativeError, seededRandomValues, withoutTensorLeaks } from '../src/testing.js';
 
 // [leading axes, T, D]: the small model's attention; sizes off the 4×8 tile and off 4-value rows;
-// T of 1, 2 and 5.
+// T of 1, 2 and 5; T of 4k + 1, 4k + 2 and 4k + 3 (the softmax's last group of four rows).
 const SHAPES: [number[], number, number][] = [
   [[8, 4], 128, 64],
   [[2, 3], 13, 5],
@@ -23,6 +23,8 @@ const SHAPES: [number[], number, number][] = [
   [[3], 2, 4],
   [[2], 5, 9],
   [[1], 37, 20],
+  [[4], 7, 6],
+  [[2, 2], 30, 8],
 ];
 
 /**

@@ -523,6 +523,7 @@ const ATTENTION_SHAPES = [
   ['a quarter of the small model’s attention', [8, 128, 64]],
   ['T and D off the tiles', [6, 37, 20]],
   ['two matrices of T 61', [2, 61, 33]],
+  ['eight matrices of T 39 (the softmax’s last group of four rows holds three)', [8, 39, 24]],
 ] as const;
 const ATTENTION_RESULTS = ['o', 'stats', 'dq', 'dk', 'dv'];
 

@@ -34,9 +34,15 @@ static inline int attention_packed_floats(int t, int d) { return max_int(panels_
 // within the row.
 static inline int attention_row_floats(int t) { return (t + 3) & ~3; }
 
-// Floats of a thread's working scratch for a matrix: packed operand, `edge` (32), P (T rows) and,
-// backward, dP/dS (T rows).
-static inline int attention_work_floats(int kind, int t, int d) { return attention_packed_floats(t, d) + 32 + (kind == ATTENTION_FORWARD ? 1 : 2) * t * attention_row_floats(t); }
+// Rows of the scratch matrices P and dS: T rounded up to 4, so that the softmax's last group of four
+// rows (softmax_rows4) lies in scratch; its rows past T are computed and never read.
+static inline int attention_scratch_rows(int t) { return (t + 3) & ~3; }
+
+// Floats of a thread's working scratch for a matrix: packed operand, `edge` (32), P and, backward,
+// dP/dS.
+static inline int attention_work_floats(int kind, int t, int d) {
+  return attention_packed_floats(t, d) + 32 + (kind == ATTENTION_FORWARD ? 1 : 2) * attention_scratch_rows(t) * attention_row_floats(t);
+}
 
 // Floats of one matrix's results where the helper computes them before copying them out: O then
 // the stats (forward), or dq, dk, dv (backward).
@@ -59,57 +65,122 @@ static inline void zero_past_row(float *row, int n, int row_floats) {
   if (end + 8 <= row_floats) wasm_v128_store(row + end + 4, wasm_f32x4_splat(0.0f));
 }
 
-// Row r of S (r + 1 kept keys) becomes row r of P in place, its whole 4-value vectors written (the
-// lanes past the kept keys become 0: rows are padded to a multiple of 4, see attention_row_floats);
-// its max and 1/Σ go to stats[0], stats[1]. With `stats_in`, the max and 1/Σ are taken from there
-// (the backward pass's recomputation) instead of found.
-__attribute__((noinline)) static void softmax_row(float *row, int r, int row_floats, float scale, float *stats, int stats_in) {
-  const int n = r + 1;
-  const v128_t vs = wasm_f32x4_splat(scale);
-  // Only the last vector has lanes past the kept keys: they take ATTENTION_PAD.
-  const int full = n & ~3;
-  const v128_t last_kept = kept_lanes(full, n);
-  // The largest scaled score, found without a pass writing the scaled row: rounding is monotonic,
-  // so it is the scale times the largest score (the smallest, for a scale that is not positive,
-  // found as the largest negated score: `flip` is the sign bit then).
-  v128_t vtop;
+// The four 4-value vectors a, b, c, d as columns: lane k of column j is lane j of the k-th vector,
+// so lane-wise operations on the columns reduce each vector across its lanes.
+static inline void transpose4(v128_t a, v128_t b, v128_t c, v128_t d, v128_t *c0, v128_t *c1, v128_t *c2, v128_t *c3) {
+  const v128_t ab_low = wasm_i32x4_shuffle(a, b, 0, 4, 1, 5), ab_high = wasm_i32x4_shuffle(a, b, 2, 6, 3, 7);
+  const v128_t cd_low = wasm_i32x4_shuffle(c, d, 0, 4, 1, 5), cd_high = wasm_i32x4_shuffle(c, d, 2, 6, 3, 7);
+  *c0 = wasm_i32x4_shuffle(ab_low, cd_low, 0, 1, 4, 5);
+  *c1 = wasm_i32x4_shuffle(ab_low, cd_low, 2, 3, 6, 7);
+  *c2 = wasm_i32x4_shuffle(ab_high, cd_high, 0, 1, 4, 5);
+  *c3 = wasm_i32x4_shuffle(ab_high, cd_high, 2, 3, 6, 7);
+}
+
+// Rows r0..r0 + 3 of S (r0 a multiple of 4; row r has r + 1 kept keys) become those rows of P in
+// place, four rows at a time: one row at a time, a row's short passes were bound by their chains of
+// dependent operations (the sum's one accumulator, the reductions across lanes, the division) and
+// by each loop's exit; here the four rows share each loop and their chains run side by side
+// (attention's forward kernel 2–3% faster on one thread). The four rows end in the same 4-value
+// vector, the one at r0, where row r0 + k keeps lanes 0..k; each row's vectors are written whole,
+// their lanes past the kept keys 0 (rows are padded to a multiple of 4, see attention_row_floats).
+// The values are softmax.c's scaled_softmax with the causal mask, bit for bit: the same operations
+// on each value, and each row's sum taken in the same lanes, in the same order, its lanes then
+// added ((l0 + l1) + l2) + l3 as sum_lanes does (here by adding the transposed sums' columns).
+// Only the first `valid` rows (1 to 4) are rows of the matrix: their max and 1/Σ go to stats[2k],
+// stats[2k + 1] (with `stats_in`, the backward pass's recomputation, they are taken from there
+// instead of found); rows past them (scratch rows past T, see attention_scratch_rows) are computed
+// from whatever they hold and never read.
+__attribute__((noinline)) static void softmax_rows4(float *row, int r0, int row_floats, float scale, float *stats, int stats_in, int valid) {
+  float *const row1 = row + row_floats, *const row2 = row1 + row_floats, *const row3 = row2 + row_floats;
+  const v128_t vs = wasm_f32x4_splat(scale), pad = wasm_f32x4_splat(ATTENTION_PAD);
+  const v128_t keep0 = wasm_i32x4_make(-1, 0, 0, 0), keep1 = wasm_i32x4_make(-1, -1, 0, 0), keep2 = wasm_i32x4_make(-1, -1, -1, 0);
+  v128_t tops;
   if (stats_in)
-    vtop = wasm_f32x4_splat(stats[0]);
+    tops = wasm_f32x4_make(stats[0], valid > 1 ? stats[2] : 0.0f, valid > 2 ? stats[4] : 0.0f, valid > 3 ? stats[6] : 0.0f);
   else {
+    // Each row's largest scaled score, found without a pass writing the scaled row: rounding is
+    // monotonic, so it is the scale times the row's largest score (its smallest, for a scale that
+    // is not positive, found as the largest negated score: `flip` is the sign bit then).
     const v128_t flip = scale > 0 ? wasm_f32x4_splat(0.0f) : wasm_f32x4_splat(-0.0f);
-    v128_t vmax = wasm_f32x4_splat(ATTENTION_PAD);
-    for (int j = 0; j < full; j += 4) vmax = wasm_f32x4_pmax(vmax, wasm_v128_xor(wasm_v128_load(row + j), flip));
-    if (full < n) vmax = wasm_f32x4_pmax(vmax, wasm_v128_bitselect(wasm_v128_xor(wasm_v128_load(row + full), flip), wasm_f32x4_splat(ATTENTION_PAD), last_kept));
-    vmax = wasm_f32x4_pmax(vmax, wasm_i32x4_shuffle(vmax, vmax, 2, 3, 0, 1));
-    vtop = wasm_f32x4_mul(wasm_v128_xor(wasm_f32x4_pmax(vmax, wasm_i32x4_shuffle(vmax, vmax, 1, 0, 3, 2)), flip), vs);
+    v128_t m0 = pad, m1 = pad, m2 = pad, m3 = pad;
+    for (int j = 0; j < r0; j += 4) {
+      m0 = wasm_f32x4_pmax(m0, wasm_v128_xor(wasm_v128_load(row + j), flip));
+      m1 = wasm_f32x4_pmax(m1, wasm_v128_xor(wasm_v128_load(row1 + j), flip));
+      m2 = wasm_f32x4_pmax(m2, wasm_v128_xor(wasm_v128_load(row2 + j), flip));
+      m3 = wasm_f32x4_pmax(m3, wasm_v128_xor(wasm_v128_load(row3 + j), flip));
+    }
+    m0 = wasm_f32x4_pmax(m0, wasm_v128_bitselect(wasm_v128_xor(wasm_v128_load(row + r0), flip), pad, keep0));
+    m1 = wasm_f32x4_pmax(m1, wasm_v128_bitselect(wasm_v128_xor(wasm_v128_load(row1 + r0), flip), pad, keep1));
+    m2 = wasm_f32x4_pmax(m2, wasm_v128_bitselect(wasm_v128_xor(wasm_v128_load(row2 + r0), flip), pad, keep2));
+    m3 = wasm_f32x4_pmax(m3, wasm_v128_xor(wasm_v128_load(row3 + r0), flip));
+    v128_t c0, c1, c2, c3;
+    transpose4(m0, m1, m2, m3, &c0, &c1, &c2, &c3);
+    tops = wasm_f32x4_mul(wasm_v128_xor(wasm_f32x4_pmax(wasm_f32x4_pmax(c0, c1), wasm_f32x4_pmax(c2, c3)), flip), vs);
   }
-  // e = exp(z − max), then its sum in a pass of its own: with the sum in this loop, the
-  // exponential's constants and the sum outnumbered x64's 16 vector registers and V8 kept the
-  // sum on the stack, a store and a load per vector.
-  for (int j = 0; j < full; j += 4) wasm_v128_store(row + j, exp_nonpositive(wasm_f32x4_sub(wasm_f32x4_mul(wasm_v128_load(row + j), vs), vtop)));
-  if (full < n) {
-    const v128_t z = wasm_v128_bitselect(wasm_f32x4_mul(wasm_v128_load(row + full), vs), wasm_f32x4_splat(ATTENTION_PAD), last_kept);
-    wasm_v128_store(row + full, exp_nonpositive(wasm_f32x4_sub(z, vtop)));
+  const v128_t top0 = wasm_i32x4_shuffle(tops, tops, 0, 0, 0, 0), top1 = wasm_i32x4_shuffle(tops, tops, 1, 1, 1, 1);
+  const v128_t top2 = wasm_i32x4_shuffle(tops, tops, 2, 2, 2, 2), top3 = wasm_i32x4_shuffle(tops, tops, 3, 3, 3, 3);
+  // e = exp(z − max), the vector at r0 included, whole: its lanes past a row's kept keys (scores of
+  // later keys, which may exceed the row's max) give anything, finite or not, and are then set to
+  // the 0 that masking them with ATTENTION_PAD would give, before any sum reads them. (Masking the
+  // scores there instead took a second copy of the exponential's code.)
+  for (int j = 0; j <= r0; j += 4) {
+    wasm_v128_store(row + j, exp_nonpositive(wasm_f32x4_sub(wasm_f32x4_mul(wasm_v128_load(row + j), vs), top0)));
+    wasm_v128_store(row1 + j, exp_nonpositive(wasm_f32x4_sub(wasm_f32x4_mul(wasm_v128_load(row1 + j), vs), top1)));
+    wasm_v128_store(row2 + j, exp_nonpositive(wasm_f32x4_sub(wasm_f32x4_mul(wasm_v128_load(row2 + j), vs), top2)));
+    wasm_v128_store(row3 + j, exp_nonpositive(wasm_f32x4_sub(wasm_f32x4_mul(wasm_v128_load(row3 + j), vs), top3)));
   }
-  float reciprocal;
+  wasm_v128_store(row + r0, wasm_v128_and(wasm_v128_load(row + r0), keep0));
+  wasm_v128_store(row1 + r0, wasm_v128_and(wasm_v128_load(row1 + r0), keep1));
+  wasm_v128_store(row2 + r0, wasm_v128_and(wasm_v128_load(row2 + r0), keep2));
+  v128_t reciprocals;
   if (stats_in)
-    reciprocal = stats[1];
+    reciprocals = wasm_f32x4_make(stats[1], valid > 1 ? stats[3] : 0.0f, valid > 2 ? stats[5] : 0.0f, valid > 3 ? stats[7] : 0.0f);
   else {
-    v128_t vsum = wasm_f32x4_splat(0.0f);
-    for (int j = 0; j < n; j += 4) vsum = wasm_f32x4_add(vsum, wasm_v128_load(row + j));
-    reciprocal = 1.0f / sum_lanes(vsum);
+    // The sums in a pass of their own: with them in the exponential's loop, its constants and the
+    // sums outnumbered x64's 16 vector registers and V8 kept the sums on the stack.
+    v128_t s0 = wasm_f32x4_splat(0.0f), s1 = s0, s2 = s0, s3 = s0;
+    for (int j = 0; j <= r0; j += 4) {
+      s0 = wasm_f32x4_add(s0, wasm_v128_load(row + j));
+      s1 = wasm_f32x4_add(s1, wasm_v128_load(row1 + j));
+      s2 = wasm_f32x4_add(s2, wasm_v128_load(row2 + j));
+      s3 = wasm_f32x4_add(s3, wasm_v128_load(row3 + j));
+    }
+    v128_t c0, c1, c2, c3;
+    transpose4(s0, s1, s2, s3, &c0, &c1, &c2, &c3);
+    reciprocals = wasm_f32x4_div(wasm_f32x4_splat(1.0f), wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_add(c0, c1), c2), c3));
   }
-  const v128_t vr = wasm_f32x4_splat(reciprocal);
-  for (int j = 0; j < n; j += 4) wasm_v128_store(row + j, wasm_f32x4_mul(wasm_v128_load(row + j), vr));
-  zero_past_row(row, n, row_floats);
-  if (!stats_in) {
-    stats[0] = wasm_f32x4_extract_lane(vtop, 0);
-    stats[1] = reciprocal;
+  const v128_t rec0 = wasm_i32x4_shuffle(reciprocals, reciprocals, 0, 0, 0, 0), rec1 = wasm_i32x4_shuffle(reciprocals, reciprocals, 1, 1, 1, 1);
+  const v128_t rec2 = wasm_i32x4_shuffle(reciprocals, reciprocals, 2, 2, 2, 2), rec3 = wasm_i32x4_shuffle(reciprocals, reciprocals, 3, 3, 3, 3);
+  for (int j = 0; j <= r0; j += 4) {
+    wasm_v128_store(row + j, wasm_f32x4_mul(wasm_v128_load(row + j), rec0));
+    wasm_v128_store(row1 + j, wasm_f32x4_mul(wasm_v128_load(row1 + j), rec1));
+    wasm_v128_store(row2 + j, wasm_f32x4_mul(wasm_v128_load(row2 + j), rec2));
+    wasm_v128_store(row3 + j, wasm_f32x4_mul(wasm_v128_load(row3 + j), rec3));
+  }
+  zero_past_row(row, r0 + 1, row_floats);
+  zero_past_row(row1, r0 + 2, row_floats);
+  zero_past_row(row2, r0 + 3, row_floats);
+  zero_past_row(row3, r0 + 4, row_floats);
+  if (stats_in) return;
+  // Row k's max and 1/Σ at stats[2k], stats[2k + 1], for the rows of the matrix only.
+  stats[0] = wasm_f32x4_extract_lane(tops, 0);
+  stats[1] = wasm_f32x4_extract_lane(reciprocals, 0);
+  if (valid > 1) {
+    stats[2] = wasm_f32x4_extract_lane(tops, 1);
+    stats[3] = wasm_f32x4_extract_lane(reciprocals, 1);
+  }
+  if (valid > 2) {
+    stats[4] = wasm_f32x4_extract_lane(tops, 2);
+    stats[5] = wasm_f32x4_extract_lane(reciprocals, 2);
+  }
+  if (valid > 3) {
+    stats[6] = wasm_f32x4_extract_lane(tops, 3);
+    stats[7] = wasm_f32x4_extract_lane(reciprocals, 3);
   }
 }
 
 // Row r of dP (r + 1 kept keys) becomes row r of dS = scale·P·(dP − Σ dP·P) in place (P's row as
-// softmax_row left it).
+// softmax_rows4 left it).
 __attribute__((noinline)) static void softmax_grad_row(float *dp, const float *p, int r, int row_floats, float scale) {
   const int n = r + 1;
   v128_t vdot = wasm_f32x4_splat(0.0f);
@@ -126,16 +197,16 @@ __attribute__((noinline)) static void softmax_grad_row(float *dp, const float *p
   zero_past_row(dp, n, row_floats);
 }
 
-// P of a matrix into `p` (T rows; row r written up to 8 values past the end of its last 4-value
-// vector, within the row, zeros past key r; what lies further right is left as it was and never
-// read), from its q and k (rows `ld` apart) and, with `stats_in`, the forward pass's stats (else
-// found and written to `stats`).
+// P of a matrix into `p` (attention_scratch_rows(T) rows, of which the first T are P's; row r
+// written up to 8 values past the end of its last 4-value vector, within the row, zeros past key r;
+// what lies further right is left as it was and never read), from its q and k (rows `ld` apart)
+// and, with `stats_in`, the forward pass's stats (else found and written to `stats`).
 static void attention_probabilities(int t, int d, int ld, float scale, const float *q, const float *k, float *stats, int stats_in, float *packed, float *edge, float *p) {
   const int ldp = attention_row_floats(t);
   // kᵀ as B (k = D terms, T columns): its columns are k's rows.
   pack_b(k, d, t, 1, ld, packed);
   multiply_triangular(TRI_LOWER_SCORES, q, ld, 1, packed, d, t, t, 0, 0, p, ldp, edge);
-  for (int r = 0; r < t; r++) softmax_row(p + r * ldp, r, ldp, scale, stats + 2 * r, stats_in);
+  for (int r = 0; r < t; r += 4) softmax_rows4(p + r * ldp, r, ldp, scale, stats + 2 * r, stats_in, min_int(4, t - r));
 }
 
 // Where a call's matrix i lies: head i % heads of sequence i / heads, whose rows of q, k, v (and of
@@ -174,7 +245,7 @@ __attribute__((noinline)) static void attention_matrix(int kind, int t, int d, i
   float *dq_i = staging ? staging : o + in;
   float *dk_i = staging ? staging + size : dk + in;
   float *dv_i = staging ? staging + 2 * size : dv + in;
-  float *ds = p + t * ldp;
+  float *ds = p + attention_scratch_rows(t) * ldp;
   attention_probabilities(t, d, ld_in, scale, q, k, stats + i * 2 * t, 1, packed, edge, p);
   // dP = tril(dO·vᵀ), then dS in place.
   pack_b(v, d, t, 1, ld_in, packed);
