@@ -80,7 +80,7 @@ static inline void transpose4(v128_t a, v128_t b, v128_t c, v128_t d, v128_t *c0
 // place, four rows at a time: one row at a time, a row's short passes were bound by their chains of
 // dependent operations (the sum's one accumulator, the reductions across lanes, the division) and
 // by each loop's exit; here the four rows share each loop and their chains run side by side
-// (attention's forward kernel 2–3% faster on one thread). The four rows end in the same 4-value
+// (attention's forward kernel 1–3% faster in alternating calls). The four rows end in the same 4-value
 // vector, the one at r0, where row r0 + k keeps lanes 0..k; each row's vectors are written whole,
 // their lanes past the kept keys 0 (rows are padded to a multiple of 4, see attention_row_floats).
 // The values are softmax.c's scaled_softmax with the causal mask, bit for bit: the same operations
