@@ -123,7 +123,7 @@ export class Linear extends Module implements BaseLayer {
       const x = inputs[0] as tf.Tensor2D;
       return {
         value: tf.fused.matMul({ a: x, b: weight, transposeB: !this.fanInFanOut, bias }),
-        gradFunc: (dy: tf.Tensor) => tf.matMul(dy as tf.Tensor2D, weight, false, this.fanInFanOut),
+        gradFunc: (dy: tf.Tensor) => this.inputGradient(dy as tf.Tensor2D, weight),
       };
     });
     return affine(input) as tf.Tensor2D;
@@ -152,13 +152,18 @@ export class Linear extends Module implements BaseLayer {
         gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
           const [savedX] = saved as [tf.Tensor2D];
           const dy2d = dy as tf.Tensor2D;
-          const dx = tf.matMul(dy2d, weight, false, !transposeB);
+          const dx = this.inputGradient(dy2d, weight);
           const dWeight = transposeB ? tf.matMul(dy2d, savedX, true, false) : tf.matMul(savedX, dy2d, true, false);
           return [dx, dWeight, tf.sum(dy2d, 0)];
         },
       };
     });
     return affine(input, this.weight, bias) as tf.Tensor2D;
+  }
+
+  /** dy·op(W)ᵀ: the input's gradient of `x·op(W) + b`, in either weight layout. */
+  private inputGradient(dy: tf.Tensor2D, weight: tf.Tensor2D): tf.Tensor2D {
+    return tf.matMul(dy, weight, false, this.fanInFanOut);
   }
 
   forwardWithoutBias(input: tf.Tensor): tf.Tensor {
