@@ -16,7 +16,14 @@ async function minifyOutputChunks(outDir, prefixes) {
   if (names.length === 0) throw new Error(`minifyChunks: no output file in ${outDir} starts with ${prefixes.join(', ')}; was the chunk renamed?`);
   for (const name of names) {
     const path = join(outDir, name);
-    const minified = await transform(await readFile(path, 'utf8'), { loader: 'js', format: name.endsWith('.cjs') ? 'cjs' : 'esm', minify: true, legalComments: 'eof', target: 'node20', sourcefile: name });
+    const minified = await transform(await readFile(path, 'utf8'), {
+      loader: 'js',
+      format: name.endsWith('.cjs') ? 'cjs' : 'esm',
+      minify: true,
+      legalComments: 'eof',
+      target: 'node20',
+      sourcefile: name,
+    });
     await writeFile(`${path}.tmp`, minified.code);
     await rename(`${path}.tmp`, path);
   }
