@@ -21,6 +21,7 @@ export { faultPoint, parseJsonText, pathExists, setFaultInjector } from './files
 export { fileHost, setFileHost } from './file-host.js';
 export type { FileHost } from './file-host.js';
 export { yieldToEventLoop } from './event-loop.js';
+export { tensorFilledBy } from './filled-tensor.js';
 export { hookStateError } from './hook-checkpoint.js';
 export type { FaultInjector, FaultPoint } from './files.js';
 export { deriveSeed, withSeededRandom } from './random-scope.js';

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Linear, LoraError, Module, ShapeError, applyToLastAxis, type BaseLayer } from '@lora/core';
+import { tensorFilledBy } from '@lora/core/internal';
 import type { ComputeDtype, QuantMergeMode } from './quant-config.js';
 import { dequantizeWeight, quantStateBytes, quantizeWeight, type QuantState, type QuantStateBytes } from './quant-state.js';
 
@@ -173,10 +174,13 @@ export class QuantLinear extends Module implements BaseLayer {
     }
   }
 
-  /** The dense weight [out, in] as a new tensor (dequantized, or the merged float weight). */
+  /**
+   * The dense weight [out, in] as a new tensor (dequantized, or the merged float weight). On WASM it
+   * is dequantized straight into the tensor's memory (see core's `tensorFilledBy`).
+   */
   private weightTensor(state: QuantState): tf.Tensor2D {
     if (this.floatWeight) return tf.clone(this.floatWeight) as tf.Tensor2D;
-    return tf.tensor2d(dequantizeWeight(state), [this.outFeatures, this.inFeatures], 'float32');
+    return tensorFilledBy([this.outFeatures, this.inFeatures], (values) => void dequantizeWeight(state, values)) as tf.Tensor2D;
   }
 
   private matMulTransposed(x: tf.Tensor2D): tf.Tensor2D {
