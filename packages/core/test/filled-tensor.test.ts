@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initRuntime } from '../src/index.js';
 import { tensorFilledBy } from '../src/internal.js';
 import { withoutTensorLeaks } from '../src/testing.js';
+import type { WasmHeapBackend } from '../src/wasm-module.js';
 
 const fillWithIndex = (values: Float32Array): void => {
   for (let i = 0; i < values.length; i++) values[i] = i * 0.5 - 3;
@@ -57,7 +58,7 @@ describe('tensorFilledBy', () => {
         handed = values;
         values.fill(1.5);
       });
-      const heap = (tf.backend() as unknown as { typedArrayFromHeap(info: tf.TensorInfo): Float32Array }).typedArrayFromHeap(filled);
+      const heap = (tf.backend() as WasmHeapBackend).typedArrayFromHeap(filled);
       expect(handed).not.toBeNull();
       // Compared as booleans: a failing toBe would diff the whole heap.
       expect(handed!.buffer === heap.buffer, 'fill was handed an array over the WASM heap').toBe(true);
