@@ -26,7 +26,15 @@ export { hookStateError } from './hook-checkpoint.js';
 export type { FaultInjector, FaultPoint } from './files.js';
 export { deriveSeed, withSeededRandom } from './random-scope.js';
 export { matMulFlops, spyOnKernels } from './kernel-spy.js';
-export { LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL, LORA_LINEAR_BACKWARD_KERNEL, LORA_LINEAR_DROPOUT_FORWARD_KERNEL, LORA_LINEAR_FORWARD_KERNEL } from './low-rank-train.js';
+export {
+  LORA_BACKWARD_KERNEL,
+  LORA_FORWARD_KERNEL,
+  LORA_LINEAR_BACKWARD_KERNEL,
+  LORA_LINEAR_DROPOUT_FORWARD_KERNEL,
+  LORA_LINEAR_FORWARD_KERNEL,
+  lowRankLinearTrain,
+} from './low-rank-train.js';
+export type { LowRankLinearBase } from './low-rank-train.js';
 export { hasSimdBatchMatMul, setSimdBatchMatMulHelperMode, simdBatchMatMulHelper, simdKernelBuild } from './wasm-simd-matmul.js';
 export type { SimdBatchMatMulHelperMode, SimdKernelBuild } from './wasm-simd-matmul.js';
 export { setThreadHost, threadHost } from './thread-host.js';

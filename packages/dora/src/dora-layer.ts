@@ -3,12 +3,14 @@ import {
   applyToLastAxis,
   checkBaseShape,
   dropout,
+  Linear,
   LoraAdapter,
   LoraError,
   type AdapterInstance,
   type ApplyContext,
   type BaseLayer,
 } from '@lora/core';
+import { lowRankLinearTrain } from '@lora/core/internal';
 
 /** Options for {@link DoraAdapter}. */
 export interface DoraAdapterOptions {
@@ -31,6 +33,21 @@ export interface DoraAdapterOptions {
 /** ‖rows‖₂ of a [out, in] matrix: one value per output feature. */
 function rowNorm(matrix: tf.Tensor): tf.Tensor1D {
   return tf.sqrt(tf.sum(tf.square(matrix), 1)) as tf.Tensor1D;
+}
+
+/** ‖columns‖₂ of an [in, out] matrix (GPT-2's Conv1D layout): one value per output feature. */
+function columnNorm(matrix: tf.Tensor): tf.Tensor1D {
+  return tf.sqrt(tf.sum(tf.square(matrix), 0)) as tf.Tensor1D;
+}
+
+/**
+ * `compute()`, detached from the gradient (torch's `.detach()`): it runs inside a custom-gradient
+ * kernel whose one input is `input`, so the tape records none of its ops, and the variables it reads
+ * by closure (A and B) are not inputs of any recorded op: no gradient, not even a zero one to add
+ * to theirs, is computed through it.
+ */
+function detached(input: tf.Tensor, compute: () => tf.Tensor1D): tf.Tensor1D {
+  return tf.customGrad((x) => ({ value: compute(), gradFunc: () => tf.zerosLike(x as tf.Tensor) }))(input) as tf.Tensor1D;
 }
 
 /**
@@ -68,7 +85,6 @@ export class DoraAdapter implements AdapterInstance {
   /** m [out], initialised to ‖W + s·B·A‖ per output row (‖W‖ with the default B = 0). */
   readonly magnitude: tf.Variable;
   private readonly factors: LoraAdapter;
-  private readonly detachedNorm: (weight: tf.Tensor2D, a: tf.Tensor, b: tf.Tensor) => tf.Tensor1D;
   /** The norm used by the last merge, kept for unmerge (PEFT's `<adapter>-weight_norm` cache). */
   private cachedMergeNorm: tf.Tensor1D | null = null;
 
@@ -91,17 +107,6 @@ export class DoraAdapter implements AdapterInstance {
     this.dropout = this.factors.dropout;
     this.loraA = this.factors.loraA;
     this.loraB = this.factors.loraB;
-    const scaling = this.scaling;
-    // Stop-gradient: the norm is computed inside a custom-gradient kernel whose gradient is zero
-    // for every input, so the tape neither records the norm's ops nor sends a gradient through
-    // them (torch's `.detach()`); A and B get their gradient through the numerator only.
-    this.detachedNorm = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
-      const [weight, a, b] = inputs as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
-      return {
-        value: rowNorm(tf.add(weight, tf.mul(tf.matMul(b, a), scaling))),
-        gradFunc: () => [tf.zerosLike(weight), tf.zerosLike(a), tf.zerosLike(b)],
-      };
-    }) as (weight: tf.Tensor2D, a: tf.Tensor, b: tf.Tensor) => tf.Tensor1D;
     this.magnitude = tf.tidy(() => {
       const weight = base.denseWeight();
       return tf.variable(rowNorm(tf.add(weight, this.factors.deltaWeight())), true);
@@ -114,11 +119,19 @@ export class DoraAdapter implements AdapterInstance {
   }
 
   /**
-   * ‖W + s·B·A‖ per output row for the base's current weight, detached from the gradient.
-   * The caller disposes the result.
+   * ‖W + s·B·A‖ per output row for the base's current weight, detached from the gradient (paper
+   * §4.3): A and B get their gradient through the numerator only. The caller disposes the result.
    */
   weightNorm(base: BaseLayer): tf.Tensor1D {
-    return tf.tidy(() => this.detachedNorm(base.denseWeight(), this.loraA, this.loraB));
+    return tf.tidy(() => {
+      if (base instanceof Linear && base.fanInFanOut) {
+        // The stored [in, out] weight's columns, with (B·A)ᵀ = Aᵀ·Bᵀ: no transposed copy of W each step.
+        const weight = base.weight;
+        return detached(weight, () => columnNorm(tf.add(weight, tf.mul(tf.matMul(this.loraA, this.loraB, true, true), this.scaling))));
+      }
+      const weight = base.denseWeight();
+      return detached(weight, () => rowNorm(tf.add(weight, tf.mul(tf.matMul(this.loraB, this.loraA), this.scaling))));
+    });
   }
 
   /**
@@ -145,6 +158,29 @@ export class DoraAdapter implements AdapterInstance {
       const doraResult = tf.add(tf.mul(tf.sub(scale, 1), baseResult), tf.mul(tf.mul(scale, loraResult), this.scaling));
       return tf.add(result, doraResult);
     });
+  }
+
+  /**
+   * The base layer (core's `Linear`) and this adapter as one output, its terms gathered:
+   * `g ⊙ (x·Wᵀ + s·B·A·x) + bias`, equal to {@link DoraAdapter.apply}'s forward up to float32
+   * rounding. The bracket is LoRA's layer output without the bias, one fused kernel each way where
+   * the backend has them (core's WASM kernels); then one scaling and the bias, instead of the base
+   * product, two rank-r products and six passes over the [tokens, out] output forward (and theirs
+   * backward). Null (the base runs, then `apply`) for any other base, where the backend has no fused
+   * kernels, and in training with dropout, where PEFT's base product on the dropped-out input is a
+   * product of its own.
+   */
+  applyWithBase(input: tf.Tensor, context: ApplyContext): tf.Tensor | null {
+    const base = context.base;
+    if (!(base instanceof Linear) || (context.training && this.dropout > 0)) return null;
+    const combined = lowRankLinearTrain(input, { weight: base.weight, bias: null, fanInFanOut: base.fanInFanOut }, this.loraA, this.loraB, this.scaling);
+    if (combined === null) return null;
+    const output = tf.tidy(() => {
+      const scaled = tf.mul(combined, tf.div(this.magnitude, this.weightNorm(base)));
+      return base.bias ? tf.add(scaled, base.bias) : scaled;
+    });
+    combined.dispose();
+    return output;
   }
 
   /** The low-rank part alone, s·B·A [out, in] (PEFT's `get_delta_weight`). The caller disposes it. */

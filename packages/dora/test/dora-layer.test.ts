@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { initRuntime, LoraError, type AdapterLayer, type Linear } from '@lora/core';
+import { LORA_LINEAR_BACKWARD_KERNEL, LORA_LINEAR_FORWARD_KERNEL, spyOnKernels } from '@lora/core/internal';
 import { withoutTensorLeaks } from '@lora/core/testing';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DoraAdapter } from '../src/index.js';
 import {
   doraApply64,
@@ -93,9 +94,64 @@ describe('DoraAdapter', () => {
     });
   });
 
-  describe.each(layouts)('on a $name', ({ fanInFanOut, bias }) => {
+  // WASM computes a single adapter's layer through applyWithBase (core's fused LoRA kernels); the
+  // plain-JS backend has no such kernels, so there the base runs and then apply(): both forms meet
+  // the same float64 references.
+  describe.each(['wasm', 'cpu'].flatMap((backend) => layouts.map((layout) => ({ ...layout, backend }))))('on a $name ($backend backend)', ({ fanInFanOut, bias, backend }) => {
     const p = parameters(10);
     const b = bias ? BIAS : null;
+
+    beforeAll(async () => {
+      await initRuntime({ backend });
+    });
+
+    afterAll(async () => {
+      await initRuntime();
+    });
+
+    it('takes one fused kernel each way on WASM, equal to apply()’s composed form, and declines on the plain-JS backend', async () => {
+      await withoutTensorLeaks(() => {
+        const { linear, adapter } = build({ fanInFanOut, bias, p });
+        const layer = wrap(linear, { default: adapter });
+        layer.train();
+        // More rows than token-by-token generation takes, as in training.
+        const rows = 40;
+        const x = tf.tensor2d(randomValues(rows * IN, 60, 1), [rows, IN]);
+        const weights = tf.tensor2d(randomValues(rows * OUT, 61, 1), [rows, OUT]);
+        const context = { base: linear, training: true, modulePath: 'layer', adapterName: 'default', inputs: {}, adapterState: undefined };
+        const spy = spyOnKernels();
+        const whole = adapter.applyWithBase(x, context);
+        spy.stop();
+        if (backend === 'cpu') {
+          expect(whole).toBeNull();
+        } else {
+          const names = spy.calls.filter((call) => call.depth === 0).map((call) => call.kernelName);
+          expect(names.filter((name) => name === LORA_LINEAR_FORWARD_KERNEL)).toHaveLength(1);
+          expect(names).not.toContain('Sub');
+          // The layer output and every gradient (A, B, m and x) against apply() after the base layer.
+          const variables = [adapter.loraA, adapter.loraB, adapter.magnitude];
+          const gradientsOf = (forward: (input: tf.Tensor) => tf.Tensor): tf.Tensor[] =>
+            tf.tidy(() => {
+              const { grads } = tf.variableGrads(() => tf.sum(tf.mul(forward(x), weights)) as tf.Scalar, variables);
+              const dx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(forward(input), weights)))(x);
+              return [...variables.map((variable) => grads[variable.name]!), dx];
+            });
+          const backward = spyOnKernels();
+          const fused = gradientsOf((input) => adapter.applyWithBase(input, context)!);
+          backward.stop();
+          expect(backward.calls.filter((call) => call.kernelName === LORA_LINEAR_BACKWARD_KERNEL).length).toBeGreaterThan(0);
+          const composed = gradientsOf((input) => adapter.apply(input, linear.forward(input), context));
+          const reference = tf.tidy(() => adapter.apply(x, linear.forward(x), context));
+          const expected = [reference, ...composed];
+          const errors = [whole!, ...fused].map((tensor, index) => maxRelativeError(tensor.dataSync(), expected[index]!.dataSync()));
+          console.log(`DoRA fused vs composed (fanInFanOut ${fanInFanOut}, bias ${bias}): output, dA, dB, dm, dx max rel ${errors.map((e) => e.toExponential(2)).join(', ')}`);
+          for (const error of errors) expect(error).toBeLessThan(1e-5);
+          tf.dispose([whole!, ...fused, ...composed, reference]);
+        }
+        tf.dispose([x, weights]);
+        layer.dispose();
+      });
+    });
 
     it('computes PEFT’s forward: result + (g − 1)·(result − bias) + g·s·B·A·x', async () => {
       await withoutTensorLeaks(() => {
