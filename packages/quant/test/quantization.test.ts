@@ -137,6 +137,22 @@ describe('quantize4bit', () => {
     for (let i = 0; i < 121; i++) expect(Math.abs(restored[i]! - values[i]!)).toBeLessThanOrEqual(0.152 * absmax[i >> 6]!);
   });
 
+  it('dequantizes element i to float32(code[nibble i] · absmax[⌊i / blockSize⌋]) at any block size and length', () => {
+    // Odd block sizes start every other block on a byte's low nibble; odd lengths end on a high one.
+    for (const [blockSize, length] of [
+      [64, 121],
+      [64, 128],
+      [5, 37],
+      [7, 42],
+      [1, 9],
+    ] as const) {
+      const values = normalSamples(length, blockSize + length);
+      const { packed, absmax } = quantize4bit(values, { type: 'nf4', blockSize });
+      const expected = Array.from({ length }, (_, i) => Math.fround(NF4_CODE[(i & 1) === 0 ? packed[i >> 1]! >> 4 : packed[i >> 1]! & 0x0f]! * absmax[Math.floor(i / blockSize)]!));
+      expect(Array.from(dequantize4bit(packed, absmax, { code: NF4_CODE, blockSize, length }))).toEqual(expected);
+    }
+  });
+
   it('stores an all-zero block as absmax 0 and code 0x77 (NF4), dequantizing to zeros', () => {
     const values = new Float32Array(128);
     values.set(normalSamples(64, 5), 64);
