@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { applyToLastAxis, CheckpointError, dropout, type AdapterInstance, type ApplyContext } from '@lora/core';
-import { normalSeed } from '@lora/core/internal';
+import { applyToLastAxis, CheckpointError, dropout, Linear, type AdapterInstance, type ApplyContext } from '@lora/core';
+import { lowRankLinearTrain, normalSeed } from '@lora/core/internal';
 
 /** Options for {@link AdaLoraAdapter}. */
 export interface AdaLoraAdapterOptions {
@@ -210,6 +210,26 @@ export class AdaLoraAdapter implements AdapterInstance {
       const delta = applyToLastAxis(x, this.outFeatures, (m) => tf.matMul(tf.matMul(m, scaledA, false, true), this.b as tf.Tensor2D, false, true));
       return tf.add(result, tf.div(tf.mul(delta, this.scalingNumerator), this.ranknumPlusEpsilon));
     });
+  }
+
+  /**
+   * The base layer (core's `Linear`) and this adapter in one fused kernel each way where the backend
+   * has them (core's `lowRankLinearTrain`, LoRA's layer kernels with Q ⊙ Λ as the down-projection and
+   * alpha / (initR + 1e-5) as one scaling): equal to {@link AdaLoraAdapter.apply} after the base up to
+   * float32 rounding (PEFT multiplies by alpha, then divides). Null (the base runs, then `apply`) for
+   * any other base, a rank-0 module, or a backend without the kernels.
+   */
+  applyWithBase(input: tf.Tensor, context: ApplyContext): tf.Tensor | null {
+    const base = context.base;
+    if (this.rows === 0 || !(base instanceof Linear)) return null;
+    const adapterInput = context.training && this.dropout > 0 ? () => dropout(input, this.dropout) : undefined;
+    // Recorded on the tape (Q and Λ get their gradients through it); the fused kernel keeps its own copy.
+    const scaledA = tf.mul(this.a, this.e);
+    try {
+      return lowRankLinearTrain(input, base, scaledA, this.b, this.scalingNumerator / this.ranknumPlusEpsilon, adapterInput);
+    } finally {
+      scaledA.dispose();
+    }
   }
 
   /** ΔW = P·(Q ⊙ Λ) · alpha / (initR + 1e-5), dense [out, in]. The caller disposes it. */

@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { CheckpointError, initRuntime, Linear } from '@lora/core';
+import { LORA_LINEAR_BACKWARD_KERNEL, LORA_LINEAR_DROPOUT_FORWARD_KERNEL, LORA_LINEAR_FORWARD_KERNEL, spyOnKernels, withSeededRandom } from '@lora/core/internal';
 import { applyContextFor, withoutTensorLeaks } from '@lora/core/testing';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdaLoraAdapter } from '../src/index.js';
 import { float32, maxRelativeDifference, randomValues } from './helpers.js';
 
@@ -126,6 +127,79 @@ describe('AdaLoraAdapter', () => {
       expect(adapter.rank).toBe(3);
       expect(adapter.rankPattern('pruned')).toEqual([true, true, true, false]);
       tf.dispose([before, after]);
+      adapter.dispose();
+    });
+  });
+});
+
+// WASM computes a single AdaLoRA adapter's layer through applyWithBase (core's fused LoRA kernels,
+// Q ⊙ Λ as the down-projection); the plain-JS backend has no such kernels and declines.
+describe.each(['wasm', 'cpu'])('AdaLoraAdapter.applyWithBase on the %s backend', (backend) => {
+  beforeAll(async () => {
+    await initRuntime({ backend });
+  });
+
+  afterAll(async () => {
+    await initRuntime();
+  });
+
+  it('equals the base layer and apply() for the output and every gradient, with and without dropout', async () => {
+    await withoutTensorLeaks(() => {
+      const [inF, outF, r, rows] = [6, 5, 4, 40];
+      for (const [fanInFanOut, dropout] of [
+        [true, 0],
+        [false, 0],
+        [true, 0.5],
+      ] as const) {
+        const base = new Linear({ inFeatures: inF, outFeatures: outF, fanInFanOut, seed: 3 });
+        const adapter = new AdaLoraAdapter({ inFeatures: inF, outFeatures: outF, initR: r, loraAlpha: 8, dropout, init: false, seed: 4 });
+        const x = tf.tensor2d(randomValues(rows * inF, 5), [rows, inF]);
+        const weights = tf.tensor2d(randomValues(rows * outF, 6), [rows, outF]);
+        const context = applyContextFor(base, { training: true });
+        // The same seeded scope draws the same dropout mask on both paths (one draw of x's shape each).
+        const fusedForward = (input: tf.Tensor): tf.Tensor | null => withSeededRandom(7, () => adapter.applyWithBase(input, context));
+        const composedForward = (input: tf.Tensor): tf.Tensor => withSeededRandom(7, () => adapter.apply(input, base.forward(input), context));
+        const spy = spyOnKernels();
+        const whole = fusedForward(x);
+        spy.stop();
+        if (backend === 'cpu') {
+          expect(whole).toBeNull();
+        } else {
+          const kernel = dropout > 0 ? LORA_LINEAR_DROPOUT_FORWARD_KERNEL : LORA_LINEAR_FORWARD_KERNEL;
+          expect(spy.calls.filter((call) => call.kernelName === kernel)).toHaveLength(1);
+          const variables = [adapter.loraA, adapter.loraE, adapter.loraB];
+          const gradientsOf = (forward: (input: tf.Tensor) => tf.Tensor): tf.Tensor[] =>
+            tf.tidy(() => {
+              const { grads } = tf.variableGrads(() => tf.sum(tf.mul(forward(x), weights)) as tf.Scalar, variables);
+              const dx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(forward(input), weights)))(x);
+              return [...variables.map((variable) => grads[variable.name]!), dx];
+            });
+          const backward = spyOnKernels();
+          const fused = gradientsOf((input) => fusedForward(input)!);
+          backward.stop();
+          expect(backward.calls.filter((call) => call.kernelName === LORA_LINEAR_BACKWARD_KERNEL).length).toBeGreaterThan(0);
+          const expected = [tf.tidy(() => composedForward(x)), ...gradientsOf(composedForward)];
+          const errors = [whole!, ...fused].map((tensor, index) => maxRelativeDifference(tensor.dataSync(), expected[index]!.dataSync()));
+          console.log(`AdaLoRA fused vs composed (fanInFanOut ${fanInFanOut}, dropout ${dropout}): output, dA, dE, dB, dx max rel ${errors.map((e) => e.toExponential(2)).join(', ')}`);
+          for (const error of errors) expect(error).toBeLessThan(1e-5);
+          tf.dispose([whole!, ...fused, ...expected]);
+        }
+        tf.dispose([x, weights]);
+        base.dispose();
+        adapter.dispose();
+      }
+    });
+  });
+
+  it('declines a rank-0 module, whose layer is the base alone', async () => {
+    await withoutTensorLeaks(() => {
+      const base = new Linear({ inFeatures: 6, outFeatures: 5, seed: 3 });
+      const adapter = new AdaLoraAdapter({ inFeatures: 6, outFeatures: 5, initR: 4, loraAlpha: 8, rankPattern: [false, false, false, false] });
+      const x = tf.ones([3, 6]);
+      expect(adapter.rows).toBe(0);
+      expect(adapter.applyWithBase(x, applyContextFor(base))).toBeNull();
+      x.dispose();
+      base.dispose();
       adapter.dispose();
     });
   });

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { initRuntime, LoraError, type AdapterLayer, type Linear } from '@lora/core';
 import { LORA_LINEAR_BACKWARD_KERNEL, LORA_LINEAR_FORWARD_KERNEL, spyOnKernels } from '@lora/core/internal';
-import { withoutTensorLeaks } from '@lora/core/testing';
+import { applyContextFor, withoutTensorLeaks } from '@lora/core/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DoraAdapter } from '../src/index.js';
 import {
@@ -118,7 +118,7 @@ describe('DoraAdapter', () => {
         const rows = 40;
         const x = tf.tensor2d(randomValues(rows * IN, 60, 1), [rows, IN]);
         const weights = tf.tensor2d(randomValues(rows * OUT, 61, 1), [rows, OUT]);
-        const context = { base: linear, training: true, modulePath: 'layer', adapterName: 'default', inputs: {}, adapterState: undefined };
+        const context = applyContextFor(linear, { training: true });
         const spy = spyOnKernels();
         const whole = adapter.applyWithBase(x, context);
         spy.stop();
