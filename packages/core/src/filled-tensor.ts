@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { WasmHeapBackend } from './wasm-module.js';
 
 /** The WASM backend where `backend` is it (the one with a heap its tensors live in), else null. */
-function heapBackend(backend: tf.KernelBackend): WasmHeapBackend | null {
+export function heapBackend(backend: tf.KernelBackend): WasmHeapBackend | null {
   const candidate = backend as Partial<WasmHeapBackend>;
   return typeof candidate.makeOutput === 'function' && typeof candidate.typedArrayFromHeap === 'function' ? (backend as WasmHeapBackend) : null;
 }

@@ -22,6 +22,8 @@ export { fileHost, setFileHost } from './file-host.js';
 export type { FileHost } from './file-host.js';
 export { yieldToEventLoop } from './event-loop.js';
 export { tensorFilledBy } from './filled-tensor.js';
+export { dequantized4bitTensor } from './dequantized-tensor.js';
+export type { Packed4bit } from './dequantized-tensor.js';
 export { hookStateError } from './hook-checkpoint.js';
 export type { FaultInjector, FaultPoint } from './files.js';
 export { deriveSeed, withSeededRandom } from './random-scope.js';
@@ -40,6 +42,7 @@ export type { SimdBatchMatMulHelperMode, SimdKernelBuild } from './wasm-simd-mat
 export { setThreadHost, threadHost } from './thread-host.js';
 export type { HelperThread, ThreadHost } from './thread-host.js';
 export { withPlainMemoryImport, withSharedMemoryImport } from './wasm-module.js';
+export { fusedBiasProductIsSafe } from './wasm-matmul.js';
 export { geluTanh, GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from './gelu-tanh.js';
 export { scaledSoftmax, SCALED_SOFTMAX_GRAD_KERNEL, SCALED_SOFTMAX_KERNEL } from './scaled-softmax.js';
 export { CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL, causalMix, causalScores } from './causal-products.js';

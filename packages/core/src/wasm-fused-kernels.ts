@@ -5,7 +5,7 @@ import { BackendWasmModule } from './wasm-module.js';
 /**
  * Core's module of fused elementwise and copy kernels (wasm/layer-norm.c,
  * softmax.c, adamw.c, cross-entropy.c,
- * dropout.c, reductions.c, low-rank.c, copy-blocks.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
+ * dropout.c, reductions.c, low-rank.c, copy-blocks.c, dequantize.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
  */
 export interface FusedKernelsExports {
   layerNorm(rows: number, d: number, x: number, w: number, b: number, eps: number, y: number): void;
@@ -48,6 +48,8 @@ export interface FusedKernelsExports {
   transposeLastTwo(batch: number, rows: number, cols: number, src: number, dst: number): void;
   /** n0·n1·n2 blocks of `bytes` bytes, block (i0, i1, i2) from src + Σ iₖ·ssₖ to dst + Σ iₖ·dsₖ. */
   copyBlocks(bytes: number, dst: number, src: number, n0: number, ss0: number, ds0: number, n1: number, ss1: number, ds1: number, n2: number, ss2: number, ds2: number): void;
+  /** out[i] = code[nibble i of packed] · absmax[⌊i / blockSize⌋] for `length` values (see wasm/dequantize.c). */
+  dequantize4bit(length: number, packed: number, absmax: number, blockSize: number, code: number, out: number): void;
 }
 
 export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: FUSED_KERNELS_WASM_PLAIN }, (exports) => ({
@@ -66,6 +68,7 @@ export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: 
   lowRankAdd: exports['low_rank_add'] as FusedKernelsExports['lowRankAdd'],
   transposeLastTwo: exports['transpose_last_two'] as FusedKernelsExports['transposeLastTwo'],
   copyBlocks: exports['copy_blocks'] as FusedKernelsExports['copyBlocks'],
+  dequantize4bit: exports['dequantize_4bit'] as FusedKernelsExports['dequantize4bit'],
 }));
 
 /** Instantiate the module for `backend` asynchronously (initRuntime does this for `wasm`; see {@link BackendWasmModule.prepare}). */

@@ -1,8 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Linear, LoraError, Module, ShapeError, applyToLastAxis, type BaseLayer } from '@lora/core';
-import { tensorFilledBy } from '@lora/core/internal';
+import { dequantized4bitTensor, fusedBiasProductIsSafe, tensorFilledBy } from '@lora/core/internal';
 import type { ComputeDtype, QuantMergeMode } from './quant-config.js';
-import { dequantizeWeight, quantStateBytes, quantizeWeight, type QuantState, type QuantStateBytes } from './quant-state.js';
+import { dequantize4bit } from './blockwise.js';
+import { absmaxOf, dequantizeWeight, quantStateBytes, quantizeWeight, type QuantState, type QuantStateBytes } from './quant-state.js';
 
 /** Options for {@link QuantLinear}. */
 export interface QuantLinearOptions {
@@ -175,21 +176,46 @@ export class QuantLinear extends Module implements BaseLayer {
   }
 
   /**
-   * The dense weight [out, in] as a new tensor (dequantized, or the merged float weight). On WASM it
-   * is dequantized straight into the tensor's memory (see core's `tensorFilledBy`).
+   * The dense weight [out, in] as a new tensor (dequantized, or the merged float weight), dequantized
+   * straight into the tensor's memory (see {@link QuantLinear.dequantized}).
    */
   private weightTensor(state: QuantState): tf.Tensor2D {
     if (this.floatWeight) return tf.clone(this.floatWeight) as tf.Tensor2D;
-    return tensorFilledBy([this.outFeatures, this.inFeatures], (values) => void dequantizeWeight(state, values)) as tf.Tensor2D;
+    return this.dequantized(state, [this.outFeatures, this.inFeatures]) as tf.Tensor2D;
   }
 
-  private matMulTransposed(x: tf.Tensor2D): tf.Tensor2D {
-    if (this.floatWeight) return tf.matMul(x, this.floatWeight as tf.Tensor2D, false, true);
+  /**
+   * The dequantized weight as a new tensor of `shape` (its size out·in): on WASM by core's SIMD
+   * kernel in the tensor's heap memory (`dequantized4bitTensor`), elsewhere by
+   * {@link dequantize4bit}'s loop (into core's `tensorFilledBy`); the same values bit for bit.
+   */
+  private dequantized(state: QuantState, shape: number[]): tf.Tensor {
+    const codes = { packed: state.packed, absmax: absmaxOf(state), code: state.quantMap, blockSize: state.blockSize };
+    return dequantized4bitTensor(shape, codes) ?? tensorFilledBy(shape, (values) => void dequantize4bit(codes.packed, codes.absmax, { ...codes, length: values.length, out: values }));
+  }
+
+  /** `x·Wᵀ`, plus `bias` when given (a frozen bias, added inside the product). */
+  private matMulTransposed(x: tf.Tensor2D, bias: tf.Tensor | null): tf.Tensor2D {
+    if (this.floatWeight) {
+      const weight = this.floatWeight as tf.Tensor2D;
+      return bias === null ? tf.matMul(x, weight, false, true) : (tf.fused.matMul({ a: x, b: weight, transposeB: true, bias }) as tf.Tensor2D);
+    }
     const state = this.current;
-    // The gradient to x re-dequantizes the weight instead of letting the tape keep it alive.
+    const [rows, inFeatures] = x.shape;
+    // The gradient to x re-dequantizes the weight instead of letting the tape keep it alive; the
+    // bias, frozen, gets none.
     const multiply = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
       const input = inputs[0] as tf.Tensor2D;
-      const value = tf.tidy(() => tf.matMul(input, this.weightTensor(state), false, true));
+      const value = tf.tidy(() => {
+        if (bias === null) return tf.matMul(input, this.weightTensor(state), false, true);
+        // The fused kernel itself, on the 3-D operands tf.fused.matMul would reshape to, with the
+        // weight dequantized 3-D: reshaping it would make a second tensor of the same buffer, whose
+        // bytes tfjs counts again (a phantom weight in measurePeakTensorBytes and tf.memory()).
+        const weight = this.dequantized(state, [1, this.outFeatures, inFeatures]);
+        const attrs = { transposeA: false, transposeB: true, activation: 'linear', leakyreluAlpha: 0.2 };
+        const product = tf.engine().runKernel('_FusedMatMul', { a: tf.reshape(input, [1, rows, inFeatures]), b: weight, bias }, attrs) as tf.Tensor;
+        return tf.reshape(product, [rows, this.outFeatures]) as tf.Tensor2D;
+      });
       return {
         value,
         gradFunc: (dy: tf.Tensor) => tf.tidy(() => tf.matMul(dy as tf.Tensor2D, this.weightTensor(state))),
@@ -198,19 +224,24 @@ export class QuantLinear extends Module implements BaseLayer {
     return multiply(x) as tf.Tensor2D;
   }
 
-  /** `x·Wᵀ + b` with W dequantized for this call only. */
+  /**
+   * `x·Wᵀ + b` with W dequantized for this call only. A frozen bias is added inside the product (one
+   * kernel instead of a product and an Add over the whole output) where the backend's fused product
+   * is right (see core's `fusedBiasProductIsSafe`); a trainable one by an Add, which gives its gradient.
+   */
   forward(input: tf.Tensor): tf.Tensor {
     this.checkInput(input);
     return tf.tidy(() => {
-      const output = applyToLastAxis(input, this.outFeatures, (x) => this.matMulTransposed(x));
-      return this.bias ? tf.add(output, this.bias) : output;
+      const inside = this.bias !== null && !this.bias.trainable && fusedBiasProductIsSafe() ? this.bias : null;
+      const output = applyToLastAxis(input, this.outFeatures, (x) => this.matMulTransposed(x, inside));
+      return this.bias && inside === null ? tf.add(output, this.bias) : output;
     });
   }
 
   /** `x·Wᵀ` without the bias. */
   forwardWithoutBias(input: tf.Tensor): tf.Tensor {
     this.checkInput(input);
-    return tf.tidy(() => applyToLastAxis(input, this.outFeatures, (x) => this.matMulTransposed(x)));
+    return tf.tidy(() => applyToLastAxis(input, this.outFeatures, (x) => this.matMulTransposed(x, null)));
   }
 
   /** The dequantized weight as a new dense float32 [out, in] tensor. The caller disposes it. */

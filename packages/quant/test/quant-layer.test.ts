@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { AdapterModel, Linear, createLoraRegistry, initRuntime, lora } from '@lora/core';
+import { spyOnKernels } from '@lora/core/internal';
 import { expectTensorsClose, withoutTensorLeaks } from '@lora/core/testing';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuantLinear, dequantizeWeight, mergeAndDequantize, quant, quantizeModel, dequantizeModel } from '../src/index.js';
 import { TinyMlp, maxAbsDifference } from './helpers.js';
 
@@ -83,6 +84,66 @@ describe('QuantLinear', () => {
       tf.dispose([x, upstream, gradient, expected]);
       source.dispose();
       layer.dispose();
+    });
+  });
+
+  describe.each(['wasm', 'cpu'])('on the %s backend', (backend) => {
+    beforeAll(async () => {
+      await initRuntime({ backend });
+    });
+
+    afterAll(async () => {
+      await initRuntime();
+    });
+
+    it('dequantizes its weight to the float32 values of dequantizeWeight bit for bit (NF4 double-quantized, FP4, odd sizes)', async () => {
+      await withoutTensorLeaks(() => {
+        for (const [inFeatures, outFeatures, options] of [
+          [256, 96, { type: 'nf4', doubleQuant: true }],
+          [70, 9, { type: 'fp4', doubleQuant: false }],
+          [33, 7, { type: 'nf4', blockSize: 128 }],
+        ] as const) {
+          const source = new Linear({ inFeatures, outFeatures, seed: inFeatures });
+          const layer = QuantLinear.fromLayer(source, options);
+          const dense = layer.denseWeight();
+          expect(dense.shape).toEqual([outFeatures, inFeatures]);
+          expect(Array.from(dense.dataSync())).toEqual(Array.from(dequantizeWeight(layer.quantState)));
+          dense.dispose();
+          source.dispose();
+          layer.dispose();
+        }
+      });
+    });
+
+    it('adds a frozen bias inside the product (no Add over the output), a trainable one by an Add that gives its gradient', async () => {
+      await withoutTensorLeaks(() => {
+        const source = new Linear({ inFeatures: 40, outFeatures: 24, seed: 7 });
+        const layer = QuantLinear.fromLayer(source, { type: 'nf4' });
+        const x = tf.randomNormal([6, 40], 0, 1, 'float32', 4);
+        const upstream = tf.randomNormal([6, 24], 0, 1, 'float32', 5);
+        const reference = denseReference(layer, x as tf.Tensor2D);
+        const loss = (input: tf.Tensor): tf.Scalar => tf.sum(tf.mul(layer.forward(input), upstream));
+        const spy = spyOnKernels();
+        const y = layer.forward(x);
+        const dx = tf.grad(loss)(x);
+        spy.stop();
+        const forwardKernels = spy.calls.filter((call) => call.depth === 0).map((call) => call.kernelName);
+        expect(forwardKernels).toContain('_FusedMatMul');
+        expect(forwardKernels).not.toContain('Add');
+        expectTensorsClose(y, reference, { atol: 1e-5, rtol: 1e-5 });
+        const expectedDx = tf.tidy(() => tf.matMul(upstream, tf.tensor2d(dequantizeWeight(layer.quantState), [24, 40])));
+        expectTensorsClose(dx, expectedDx, { atol: 1e-5, rtol: 1e-5 });
+        // A trainable bias (a config training biases) takes the Add, whose gradient reaches it.
+        layer.bias!.trainable = true;
+        const { value, grads } = tf.variableGrads(() => loss(x), [layer.bias!]);
+        const expectedValue = tf.tidy(() => tf.sum(tf.mul(reference, upstream)));
+        expectTensorsClose(value, expectedValue, { atol: 1e-4, rtol: 1e-5 });
+        const expectedBiasGradient = tf.sum(upstream, 0);
+        expectTensorsClose(grads[layer.bias!.name]!, expectedBiasGradient, { atol: 1e-6, rtol: 1e-6 });
+        tf.dispose([x, upstream, reference, y, dx, expectedDx, value, expectedValue, expectedBiasGradient, ...Object.values(grads)]);
+        source.dispose();
+        layer.dispose();
+      });
     });
   });
 
