@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { TrainingError, type TrainingHookState } from '@lora/core';
-import { hookStateError } from '@lora/core/internal';
+import { hookStateError, sensitivityUpdate } from '@lora/core/internal';
 import type { AdaLoraConfig, AdaLoraGrowthOptions } from './adalora-config.js';
 import type { AdaLoraAdapter, AdaLoraFactors } from './adalora-layer.js';
 import { importanceTensorName, parseAllocatorCheckpoint, scheduleOf, type AllocatorCheckpointJson } from './allocator-checkpoint.js';
@@ -258,14 +258,18 @@ export class RankAllocator {
           );
         }
         const previous = perFactor.get(name);
-        const next = tf.tidy(() => {
-          const sensitivity = tf.abs(tf.mul(variable, gradient));
-          const oldSensitivity = previous?.sensitivity ?? tf.zerosLike(variable);
-          const oldUncertainty = previous?.uncertainty ?? tf.zerosLike(variable);
-          const smoothed = tf.add(tf.mul(oldSensitivity, beta1), tf.mul(sensitivity, 1 - beta1));
-          const uncertainty = tf.add(tf.mul(oldUncertainty, beta2), tf.mul(tf.abs(tf.sub(sensitivity, smoothed)), 1 - beta2));
-          return { sensitivity: smoothed, uncertainty };
-        });
+        // One fused kernel per factor on WASM (core's sensitivityUpdate; the same bits as its composite form).
+        const next = tf.tidy(() =>
+          sensitivityUpdate(
+            {
+              param: variable,
+              gradient,
+              sensitivity: previous?.sensitivity ?? tf.zerosLike(variable),
+              uncertainty: previous?.uncertainty ?? tf.zerosLike(variable),
+            },
+            { beta1, beta2 },
+          ),
+        );
         if (previous) tf.dispose([previous.sensitivity, previous.uncertainty]);
         perFactor.set(name, next);
       }

@@ -23,6 +23,7 @@ export type { FileHost } from './file-host.js';
 export { yieldToEventLoop } from './event-loop.js';
 export { tensorFilledBy } from './filled-tensor.js';
 export { dequantized4bitTensor } from './dequantized-tensor.js';
+export { sensitivityUpdate, SENSITIVITY_UPDATE_KERNEL } from './sensitivity-update.js';
 export type { Packed4bit } from './dequantized-tensor.js';
 export { hookStateError } from './hook-checkpoint.js';
 export type { FaultInjector, FaultPoint } from './files.js';

@@ -5,7 +5,7 @@ import { BackendWasmModule } from './wasm-module.js';
 /**
  * Core's module of fused elementwise and copy kernels (wasm/layer-norm.c,
  * softmax.c, adamw.c, cross-entropy.c,
- * dropout.c, reductions.c, low-rank.c, copy-blocks.c, dequantize.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
+ * dropout.c, reductions.c, low-rank.c, copy-blocks.c, dequantize.c, sensitivity.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
  */
 export interface FusedKernelsExports {
   layerNorm(rows: number, d: number, x: number, w: number, b: number, eps: number, y: number): void;
@@ -50,6 +50,8 @@ export interface FusedKernelsExports {
   copyBlocks(bytes: number, dst: number, src: number, n0: number, ss0: number, ds0: number, n1: number, ss1: number, ds1: number, n2: number, ss2: number, ds2: number): void;
   /** out[i] = code[nibble i of packed] · absmax[⌊i / blockSize⌋] for `length` values (see wasm/dequantize.c). */
   dequantize4bit(length: number, packed: number, absmax: number, blockSize: number, code: number, out: number): void;
+  /** AdaLoRA's smoothed sensitivity and uncertainty of one factor (see wasm/sensitivity.c). */
+  sensitivityUpdate(size: number, p: number, g: number, s: number, u: number, beta1: number, rest1: number, beta2: number, rest2: number, sOut: number, uOut: number): void;
 }
 
 export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: FUSED_KERNELS_WASM_PLAIN }, (exports) => ({
@@ -69,6 +71,7 @@ export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: 
   transposeLastTwo: exports['transpose_last_two'] as FusedKernelsExports['transposeLastTwo'],
   copyBlocks: exports['copy_blocks'] as FusedKernelsExports['copyBlocks'],
   dequantize4bit: exports['dequantize_4bit'] as FusedKernelsExports['dequantize4bit'],
+  sensitivityUpdate: exports['sensitivity_update'] as FusedKernelsExports['sensitivityUpdate'],
 }));
 
 /** Instantiate the module for `backend` asynchronously (initRuntime does this for `wasm`; see {@link BackendWasmModule.prepare}). */

@@ -7,6 +7,7 @@ import { WASM_GELU_KERNELS } from './wasm-gelu.js';
 import { WASM_LAYER_NORM_KERNELS } from './wasm-layer-norm.js';
 import { WASM_SOFTMAX_KERNELS } from './wasm-softmax.js';
 import { WASM_ADAMW_KERNELS } from './wasm-adamw.js';
+import { WASM_SENSITIVITY_KERNELS } from './wasm-sensitivity.js';
 import { WASM_CROSS_ENTROPY_KERNELS } from './wasm-cross-entropy.js';
 import { WASM_DROPOUT_KERNELS } from './wasm-dropout.js';
 import { WASM_REDUCTION_KERNELS } from './wasm-reductions.js';
@@ -25,6 +26,7 @@ const OWN_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
   ...WASM_LAYER_NORM_KERNELS,
   ...WASM_SOFTMAX_KERNELS,
   ...WASM_ADAMW_KERNELS,
+  ...WASM_SENSITIVITY_KERNELS,
   ...WASM_CROSS_ENTROPY_KERNELS,
   ...WASM_DROPOUT_KERNELS,
   ...WASM_REDUCTION_KERNELS,

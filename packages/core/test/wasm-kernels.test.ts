@@ -74,6 +74,7 @@ describe('useFastWasmKernels', () => {
         'LoraScaledSoftmax',
         'LoraScaledSoftmaxGrad',
         'LoraAdamWUpdate',
+        'LoraSensitivityUpdate',
         'LoraAllFinite',
         'LoraCrossEntropy',
         'LoraCrossEntropyGrad',
