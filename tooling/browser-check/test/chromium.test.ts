@@ -72,7 +72,7 @@ describe('the @lora packages in headless Chromium', () => {
       // Its build with fused multiply-adds: Chromium (114+) accepts relaxed SIMD without a flag.
       expect(result.kernelBuild).toBe(backend === 'wasm' ? 'fma' : null);
       // And its fused kernels (instantiated asynchronously: a page may refuse a synchronous compile).
-      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLinearBackward', 'LoraLinearDropoutForward', 'LoraLinearForward', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSumOfSquares'];
+      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLinearBackward', 'LoraLinearDropoutForward', 'LoraLinearForward', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSensitivityUpdate', 'LoraSumOfSquares'];
       expect([...result.fusedKernels].sort()).toEqual(backend === 'wasm' ? fused : []);
       // Registered is not enough: training (LoRA dropout 0.1 on the adapters' input) ran the fused dropout and the others.
       for (const recipe of result.results) {
