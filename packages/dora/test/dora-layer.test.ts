@@ -128,25 +128,33 @@ describe('DoraAdapter', () => {
           const names = spy.calls.filter((call) => call.depth === 0).map((call) => call.kernelName);
           expect(names.filter((name) => name === LORA_LINEAR_FORWARD_KERNEL)).toHaveLength(1);
           expect(names).not.toContain('Sub');
-          // The layer output and every gradient (A, B, m and x) against apply() after the base layer.
-          const variables = [adapter.loraA, adapter.loraB, adapter.magnitude];
-          const gradientsOf = (forward: (input: tf.Tensor) => tf.Tensor): tf.Tensor[] =>
-            tf.tidy(() => {
-              const { grads } = tf.variableGrads(() => tf.sum(tf.mul(forward(x), weights)) as tf.Scalar, variables);
-              const dx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(forward(input), weights)))(x);
-              return [...variables.map((variable) => grads[variable.name]!), dx];
-            });
-          const backward = spyOnKernels();
-          const fused = gradientsOf((input) => adapter.applyWithBase(input, context)!);
-          backward.stop();
-          expect(backward.calls.filter((call) => call.kernelName === LORA_LINEAR_BACKWARD_KERNEL).length).toBeGreaterThan(0);
-          const composed = gradientsOf((input) => adapter.apply(input, linear.forward(input), context));
-          const reference = tf.tidy(() => adapter.apply(x, linear.forward(x), context));
-          const expected = [reference, ...composed];
-          const errors = [whole!, ...fused].map((tensor, index) => maxRelativeError(tensor.dataSync(), expected[index]!.dataSync()));
-          console.log(`DoRA fused vs composed (fanInFanOut ${fanInFanOut}, bias ${bias}): output, dA, dB, dm, dx max rel ${errors.map((e) => e.toExponential(2)).join(', ')}`);
-          for (const error of errors) expect(error).toBeLessThan(1e-5);
-          tf.dispose([whole!, ...fused, ...composed, reference]);
+          // The layer output and every gradient (A, B, m, x and a trainable bias) against apply()
+          // after the base layer; a frozen bias (as in LoRA training) gets none.
+          for (const biasTrainable of bias ? [true, false] : [false]) {
+            if (linear.bias) linear.bias.trainable = biasTrainable;
+            const variables = [adapter.loraA, adapter.loraB, adapter.magnitude, ...(biasTrainable ? [linear.bias!] : [])];
+            const gradientsOf = (forward: (input: tf.Tensor) => tf.Tensor): tf.Tensor[] =>
+              tf.tidy(() => {
+                const { grads } = tf.variableGrads(() => tf.sum(tf.mul(forward(x), weights)) as tf.Scalar, variables);
+                const dx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(forward(input), weights)))(x);
+                return [...variables.map((variable) => grads[variable.name]!), dx];
+              });
+            const backward = spyOnKernels();
+            const fused = gradientsOf((input) => adapter.applyWithBase(input, context)!);
+            backward.stop();
+            expect(backward.calls.filter((call) => call.kernelName === LORA_LINEAR_BACKWARD_KERNEL).length).toBeGreaterThan(0);
+            const composed = gradientsOf((input) => adapter.apply(input, linear.forward(input), context));
+            const reference = tf.tidy(() => adapter.apply(x, linear.forward(x), context));
+            const expected = [reference, ...composed];
+            const errors = [whole!, ...fused].map((tensor, index) => maxRelativeError(tensor.dataSync(), expected[index]!.dataSync()));
+            console.log(
+              `DoRA fused vs composed (fanInFanOut ${fanInFanOut}, bias ${bias}, trainable bias ${biasTrainable}): output, dA, dB, dm${biasTrainable ? ', db' : ''}, dx max rel ${errors.map((e) => e.toExponential(2)).join(', ')}`,
+            );
+            expect(errors).toHaveLength(variables.length + 2);
+            for (const error of errors) expect(error).toBeLessThan(1e-5);
+            tf.dispose([...fused, ...composed, reference]);
+          }
+          whole!.dispose();
         }
         tf.dispose([x, weights]);
         layer.dispose();
