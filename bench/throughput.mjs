@@ -6,7 +6,7 @@
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { median, runChild as runScript, startCompetingProcess, table } from './lib/child.mjs';
-import { runTorchReference } from './lib/torch.mjs';
+import { referenceBlasWarning, runTorchReference } from './lib/torch.mjs';
 import { METHOD_VARIANTS, VARIANTS } from './lib/variants.mjs';
 
 const CHILD = fileURLToPath(new URL('./throughput-child.mjs', import.meta.url));
@@ -169,9 +169,11 @@ export async function runThroughput({ quick = false, threads, log = (text) => pr
   }
   if (ratioRows.length > 0) {
     const { torch: version, blas, threads: torchThreads } = torchRows[0];
+    const blasWarning = referenceBlasWarning(blas);
     lines.push(
       '',
       `PyTorch ${version} CPU, ${torchThreads} thread, BLAS ${blas} — ${rounds.length} round(s), each ${kinds[0]}'s steps then PyTorch's, back to back (medians over the rounds; the ratio is the median of the rounds' ratios):`,
+      ...(blasWarning === null ? [] : [blasWarning]),
       '',
       table(
         ['variant', `${kinds[0]} tokens/s`, 'PyTorch tokens/s', 'ratio', 'each round'],

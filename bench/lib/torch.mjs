@@ -32,3 +32,14 @@ export async function runTorchReference({ steps = 3, variants = 'forward,lora,fu
   if (found.python === undefined) return { ok: false, reason: found.reason };
   return runChild(SCRIPT, ['--threads', '1', '--steps', String(steps), '--variants', variants], log, found.python);
 }
+
+/**
+ * A warning when the BLAS libraries PyTorch loaded (the reference script's `blas`, comma-separated)
+ * include no optimized one: Debian's torch uses whichever `libblas.so.3` is selected, and the
+ * reference BLAS runs its products ~40× slower than OpenBLAS, which makes every ratio to PyTorch
+ * meaningless. Null when an optimized BLAS is among them.
+ */
+export function referenceBlasWarning(blas) {
+  if (/openblas|mkl|blis|atlas|accelerate/iu.test(blas)) return null;
+  return `! PyTorch loaded no optimized BLAS (${blas}): on the reference BLAS its steps run ~40× slower than on OpenBLAS, so the ratios below are no anchor. On Debian: apt-get install libopenblas0-pthread.`;
+}
