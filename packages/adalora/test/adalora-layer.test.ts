@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { CheckpointError, initRuntime, Linear } from '@lora/core';
 import { LORA_LINEAR_BACKWARD_KERNEL, LORA_LINEAR_DROPOUT_FORWARD_KERNEL, LORA_LINEAR_FORWARD_KERNEL, spyOnKernels, withSeededRandom } from '@lora/core/internal';
-import { applyContextFor, withoutTensorLeaks } from '@lora/core/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { applyContextFor, layerGradients, runSuiteOnBackend, withoutTensorLeaks } from '@lora/core/testing';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { AdaLoraAdapter } from '../src/index.js';
 import { float32, maxRelativeDifference, randomValues } from './helpers.js';
 
@@ -135,13 +135,7 @@ describe('AdaLoraAdapter', () => {
 // WASM computes a single AdaLoRA adapter's layer through applyWithBase (core's fused LoRA kernels,
 // Q ⊙ Λ as the down-projection); the plain-JS backend has no such kernels and declines.
 describe.each(['wasm', 'cpu'])('AdaLoraAdapter.applyWithBase on the %s backend', (backend) => {
-  beforeAll(async () => {
-    await initRuntime({ backend });
-  });
-
-  afterAll(async () => {
-    await initRuntime();
-  });
+  runSuiteOnBackend(backend);
 
   it('equals the base layer and apply() for the output and every gradient, with and without dropout', async () => {
     await withoutTensorLeaks(() => {
@@ -168,12 +162,7 @@ describe.each(['wasm', 'cpu'])('AdaLoraAdapter.applyWithBase on the %s backend',
           const kernel = dropout > 0 ? LORA_LINEAR_DROPOUT_FORWARD_KERNEL : LORA_LINEAR_FORWARD_KERNEL;
           expect(spy.calls.filter((call) => call.kernelName === kernel)).toHaveLength(1);
           const variables = [adapter.loraA, adapter.loraE, adapter.loraB];
-          const gradientsOf = (forward: (input: tf.Tensor) => tf.Tensor): tf.Tensor[] =>
-            tf.tidy(() => {
-              const { grads } = tf.variableGrads(() => tf.sum(tf.mul(forward(x), weights)) as tf.Scalar, variables);
-              const dx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(forward(input), weights)))(x);
-              return [...variables.map((variable) => grads[variable.name]!), dx];
-            });
+          const gradientsOf = (forward: (input: tf.Tensor) => tf.Tensor): tf.Tensor[] => layerGradients(forward, x, weights, variables);
           const backward = spyOnKernels();
           const fused = gradientsOf((input) => fusedForward(input)!);
           backward.stop();

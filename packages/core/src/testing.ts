@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, expect, it, beforeAll } from 'vitest';
+import { afterAll, describe, expect, it, beforeAll } from 'vitest';
 import { AdapterModel } from './adapter-model.js';
 import { adapterPeftConfig, loadAdapter, saveAdapter } from './adapter-files.js';
 import { ConfigError, LoraError } from './errors.js';
@@ -296,6 +296,33 @@ class ConformanceBlock extends Module {
  */
 export function applyContextFor(base: BaseLayer, options: Partial<Omit<ApplyContext, 'base'>> = {}): ApplyContext {
   return { base, training: false, modulePath: 'layer', adapterName: 'default', inputs: {}, adapterState: undefined, ...options };
+}
+
+/**
+ * In the enclosing `describe`: run its tests on `backend` (`initRuntime({ backend })` before them),
+ * and set the default runtime up again after them.
+ */
+export function runSuiteOnBackend(backend: string): void {
+  beforeAll(async () => {
+    await initRuntime({ backend });
+  });
+  afterAll(async () => {
+    await initRuntime();
+  });
+}
+
+/**
+ * The gradients of Σ forward(x) ⊙ upstream with respect to each of `variables`, then to `x`, in that
+ * order: for checking a layer's fused and composed forms against each other. New tensors; the caller
+ * disposes them.
+ */
+export function layerGradients(forward: (input: tf.Tensor) => tf.Tensor, x: tf.Tensor, upstream: tf.Tensor, variables: readonly tf.Variable[]): tf.Tensor[] {
+  return tf.tidy(() => {
+    const loss = (input: tf.Tensor): tf.Scalar => tf.sum(tf.mul(forward(input), upstream));
+    const { grads } = tf.variableGrads(() => loss(x), [...variables]);
+    const dx = tf.grad(loss)(x);
+    return [...variables.map((variable) => grads[variable.name]!), dx];
+  });
 }
 
 /** Options for {@link describeAdapterPlugin}. */

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { initRuntime, LoraError, type AdapterLayer, type Linear } from '@lora/core';
 import { LORA_LINEAR_BACKWARD_KERNEL, LORA_LINEAR_FORWARD_KERNEL, spyOnKernels } from '@lora/core/internal';
-import { applyContextFor, withoutTensorLeaks } from '@lora/core/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { applyContextFor, layerGradients, runSuiteOnBackend, withoutTensorLeaks } from '@lora/core/testing';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { DoraAdapter } from '../src/index.js';
 import {
   doraApply64,
@@ -101,13 +101,7 @@ describe('DoraAdapter', () => {
     const p = parameters(10);
     const b = bias ? BIAS : null;
 
-    beforeAll(async () => {
-      await initRuntime({ backend });
-    });
-
-    afterAll(async () => {
-      await initRuntime();
-    });
+    runSuiteOnBackend(backend);
 
     it('takes one fused kernel each way on WASM, equal to apply()’s composed form, and declines on the plain-JS backend', async () => {
       await withoutTensorLeaks(() => {
@@ -133,12 +127,7 @@ describe('DoraAdapter', () => {
           for (const biasTrainable of bias ? [true, false] : [false]) {
             if (linear.bias) linear.bias.trainable = biasTrainable;
             const variables = [adapter.loraA, adapter.loraB, adapter.magnitude, ...(biasTrainable ? [linear.bias!] : [])];
-            const gradientsOf = (forward: (input: tf.Tensor) => tf.Tensor): tf.Tensor[] =>
-              tf.tidy(() => {
-                const { grads } = tf.variableGrads(() => tf.sum(tf.mul(forward(x), weights)) as tf.Scalar, variables);
-                const dx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(forward(input), weights)))(x);
-                return [...variables.map((variable) => grads[variable.name]!), dx];
-              });
+            const gradientsOf = (forward: (input: tf.Tensor) => tf.Tensor): tf.Tensor[] => layerGradients(forward, x, weights, variables);
             const backward = spyOnKernels();
             const fused = gradientsOf((input) => adapter.applyWithBase(input, context)!);
             backward.stop();

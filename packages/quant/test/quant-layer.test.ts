@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { AdapterModel, Linear, createLoraRegistry, initRuntime, lora } from '@lora/core';
 import { spyOnKernels } from '@lora/core/internal';
-import { expectTensorsClose, withoutTensorLeaks } from '@lora/core/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectTensorsClose, runSuiteOnBackend, withoutTensorLeaks } from '@lora/core/testing';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { QuantLinear, dequantizeWeight, mergeAndDequantize, quant, quantizeModel, dequantizeModel } from '../src/index.js';
 import { TinyMlp, maxAbsDifference } from './helpers.js';
 
@@ -88,13 +88,7 @@ describe('QuantLinear', () => {
   });
 
   describe.each(['wasm', 'cpu'])('on the %s backend', (backend) => {
-    beforeAll(async () => {
-      await initRuntime({ backend });
-    });
-
-    afterAll(async () => {
-      await initRuntime();
-    });
+    runSuiteOnBackend(backend);
 
     it('dequantizes its weight to the float32 values of dequantizeWeight bit for bit (NF4 double-quantized, FP4, odd sizes)', async () => {
       await withoutTensorLeaks(() => {
