@@ -1,7 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { heapBackend } from './filled-tensor.js';
 import { fusedKernels } from './wasm-fused-kernels.js';
-import { heapOffset } from './wasm-module.js';
+import { heapOffset, isWasmBackend } from './wasm-module.js';
 
 /** Blockwise 4-bit codes and what they stand for, in bitsandbytes' layout (QLoRA's frozen weights). */
 export interface Packed4bit {
@@ -25,9 +24,10 @@ export interface Packed4bit {
  */
 export function dequantized4bitTensor(shape: readonly number[], codes: Packed4bit): tf.Tensor | null {
   const size = shape.reduce((product, dimension) => product * dimension, 1);
-  const backend = size > 0 ? heapBackend(tf.backend()) : null;
-  const kernels = backend === null ? null : fusedKernels.exports(backend);
-  if (backend === null || kernels === null) return null;
+  const backend = tf.backend();
+  if (size === 0 || !isWasmBackend(backend)) return null;
+  const kernels = fusedKernels.exports(backend);
+  if (kernels === null) return null;
   const { packed, absmax, code, blockSize } = codes;
   const packedBytes = Math.ceil(size / 2);
   const blocks = Math.ceil(size / blockSize);

@@ -1,11 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { WasmHeapBackend } from './wasm-module.js';
-
-/** The WASM backend where `backend` is it (the one with a heap its tensors live in), else null. */
-export function heapBackend(backend: tf.KernelBackend): WasmHeapBackend | null {
-  const candidate = backend as Partial<WasmHeapBackend>;
-  return typeof candidate.makeOutput === 'function' && typeof candidate.typedArrayFromHeap === 'function' ? (backend as WasmHeapBackend) : null;
-}
+import { isWasmBackend } from './wasm-module.js';
 
 /**
  * A new float32 tensor of `shape` on the active backend whose values `fill` writes into the array it
@@ -22,8 +16,8 @@ export function heapBackend(backend: tf.KernelBackend): WasmHeapBackend | null {
  */
 export function tensorFilledBy(shape: readonly number[], fill: (values: Float32Array) => void): tf.Tensor {
   const size = shape.reduce((product, dimension) => product * dimension, 1);
-  const backend = size > 0 ? heapBackend(tf.backend()) : null;
-  if (backend === null) {
+  const backend = tf.backend();
+  if (size === 0 || !isWasmBackend(backend)) {
     const values = new Float32Array(size);
     fill(values);
     return tf.tensor(values, [...shape], 'float32');

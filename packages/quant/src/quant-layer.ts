@@ -191,7 +191,7 @@ export class QuantLinear extends Module implements BaseLayer {
    */
   private dequantized(state: QuantState, shape: number[]): tf.Tensor {
     const codes = { packed: state.packed, absmax: absmaxOf(state), code: state.quantMap, blockSize: state.blockSize };
-    return dequantized4bitTensor(shape, codes) ?? tensorFilledBy(shape, (values) => void dequantize4bit(codes.packed, codes.absmax, { ...codes, length: values.length, out: values }));
+    return dequantized4bitTensor(shape, codes) ?? tensorFilledBy(shape, (values) => void dequantize4bit(codes.packed, codes.absmax, { code: codes.code, blockSize: codes.blockSize, length: values.length, out: values }));
   }
 
   /** `x·Wᵀ`, plus `bias` when given (a frozen bias, added inside the product). */
