@@ -112,7 +112,7 @@ function addSelectOptions(command: Command): Command {
     .option('--memory-budget <size>', 'memory available for training, e.g. 6GiB or 512MB (default: free system memory)')
     .option('--config <file>', 'answers and settings from a JSON file (flags win)')
     .option('--model <dir>', 'Hugging Face model directory (default: the bundled base)')
-    .option('--data <file.jsonl>', 'training texts, one {"text": …} per line (default: State of the Union speeches)')
+    .option('--data <file.jsonl>', 'training texts, one {"text": …} per line; for HyperLoRA {"text": …, "condition": {"factor": "value"}} (default: State of the Union speeches)')
     .option('--steps <n>', 'training steps', positiveInteger('--steps'), 300)
     .option('--batch-size <n>', 'sequences per step', positiveInteger('--batch-size'), 8)
     .option('--context <n>', 'tokens per sequence', positiveInteger('--context'), 128)
