@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { KernelReplacements } from './kernel-replacements.js';
 import { hasSimdBatchMatMul, packsTransposedA, simdBatchMatMul, simdBatchMatMulAsParallel } from './wasm-simd-matmul.js';
+import { isWasmBackend, type WasmHeapBackend } from './wasm-module.js';
 
 /**
  * tfjs-backend-wasm (4.x) runs a matMul on XNNPACK (SIMD, multi-threaded) only when neither operand
@@ -57,17 +58,13 @@ interface MatMulAttrs {
   transposeB: boolean;
 }
 
-/** The BackendWasm methods used here (all public on the class, used by its own kernels). */
-interface WasmKernelBackend extends tf.KernelBackend {
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+/** The BackendWasm methods used here (all public on the class, used by its own kernels); the kernels here read float32 tensors only. */
+interface WasmKernelBackend extends WasmHeapBackend {
   typedArrayFromHeap(info: tf.TensorInfo): Float32Array;
   disposeData(dataId: tf.DataId, force?: boolean): boolean;
 }
 
-function isWasmKernelBackend(backend: tf.KernelBackend): backend is WasmKernelBackend {
-  const candidate = backend as Partial<WasmKernelBackend>;
-  return typeof candidate.makeOutput === 'function' && typeof candidate.typedArrayFromHeap === 'function';
-}
+const isWasmKernelBackend = (backend: tf.KernelBackend): backend is WasmKernelBackend => isWasmBackend(backend);
 
 function sizeOf(shape: readonly number[]): number {
   return shape.reduce((product, dimension) => product * dimension, 1);

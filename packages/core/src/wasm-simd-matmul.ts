@@ -1,7 +1,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { threadHost } from './thread-host.js';
 import { BATCH_MATMUL_WASM_FMA_SHARED, BATCH_MATMUL_WASM_SHARED } from './wasm-batch-matmul-binary.js';
-import { decodeBase64, withPlainMemoryImport } from './wasm-module.js';
+import { decodeBase64, isWasmBackend, withPlainMemoryImport, type WasmHeapBackend } from './wasm-module.js';
 
 /**
  * A batched matrix product of our own (wasm/batch-matmul.c, 128-bit SIMD, 4×8 register tiles) run
@@ -39,9 +39,7 @@ interface WebAssemblyApi {
 }
 
 /** The BackendWasm members used here (public on the class; `wasm` is its Emscripten module). */
-interface WasmBackendWithModule extends tf.KernelBackend {
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
-  typedArrayFromHeap(info: tf.TensorInfo): tf.backend_util.TypedArray;
+interface WasmBackendWithModule extends WasmHeapBackend {
   disposeData(dataId: tf.DataId, force?: boolean): boolean;
   wasm?: { wasmMemory?: LinearMemory; asm?: { memory?: LinearMemory }; _malloc?: (bytes: number) => number; tfjs?: { getThreadsCount?: () => number } };
 }
@@ -269,10 +267,7 @@ function instantiate(backend: WasmBackendWithModule): SimdKernel | null {
   }
 }
 
-const isWasmBackend = (backend: tf.KernelBackend): backend is WasmBackendWithModule => {
-  const candidate = backend as Partial<WasmBackendWithModule>;
-  return typeof candidate.makeOutput === 'function' && typeof candidate.typedArrayFromHeap === 'function';
-};
+const isWasmBackendWithModule = (backend: tf.KernelBackend): backend is WasmBackendWithModule => isWasmBackend(backend);
 
 /**
  * Compile and instantiate the kernel for `backend` asynchronously (initRuntime does this for the
@@ -284,7 +279,7 @@ const isWasmBackend = (backend: tf.KernelBackend): backend is WasmBackendWithMod
 export async function prepareSimdBatchMatMul(backend: tf.KernelBackend): Promise<boolean> {
   if (instances.get(backend)) return true;
   let kernel: SimdKernel | null = null;
-  const parts = isWasmBackend(backend) ? moduleFor(backend) : null;
+  const parts = isWasmBackendWithModule(backend) ? moduleFor(backend) : null;
   if (parts !== null) {
     try {
       const { module, instance } = await parts.api.instantiate(parts.bytes, parts.imports);
@@ -301,7 +296,7 @@ export async function prepareSimdBatchMatMul(backend: tf.KernelBackend): Promise
 function kernelOf(backend: tf.KernelBackend): SimdKernel | null {
   let kernel = instances.get(backend);
   if (kernel === undefined) {
-    kernel = isWasmBackend(backend) ? instantiate(backend) : null;
+    kernel = isWasmBackendWithModule(backend) ? instantiate(backend) : null;
     instances.set(backend, kernel);
   }
   return kernel;
