@@ -124,14 +124,21 @@ export class DoraAdapter implements AdapterInstance {
    */
   weightNorm(base: BaseLayer): tf.Tensor1D {
     return tf.tidy(() => {
-      if (base instanceof Linear && base.fanInFanOut) {
-        // The stored [in, out] weight's columns, with (B·A)ᵀ = Aᵀ·Bᵀ: no transposed copy of W each step.
-        const weight = base.weight;
-        return detached(weight, () => columnNorm(tf.add(weight, tf.mul(tf.matMul(this.loraA, this.loraB, true, true), this.scaling))));
-      }
-      const weight = base.denseWeight();
-      return detached(weight, () => rowNorm(tf.add(weight, tf.mul(tf.matMul(this.loraB, this.loraA), this.scaling))));
+      // A core Linear's stored weight as it is (no copy); other bases' dense weight.
+      const weight = base instanceof Linear ? base.weight : base.denseWeight();
+      return detached(weight, () => this.combinedNorm(base, weight));
     });
+  }
+
+  /**
+   * ‖W + s·B·A‖ per output row, `weight` being the base's ([out, in], or a fan-in-fan-out Linear's
+   * stored [in, out]), as plain ops: for callers that tape nothing (inside a custom gradient);
+   * {@link DoraAdapter.weightNorm} detaches it.
+   */
+  private combinedNorm(base: BaseLayer, weight: tf.Tensor): tf.Tensor1D {
+    // The stored [in, out] weight's columns, with (B·A)ᵀ = Aᵀ·Bᵀ: no transposed copy of W each step.
+    if (base instanceof Linear && base.fanInFanOut) return columnNorm(tf.add(weight, tf.mul(tf.matMul(this.loraA, this.loraB, true, true), this.scaling)));
+    return rowNorm(tf.add(weight, tf.mul(tf.matMul(this.loraB, this.loraA), this.scaling)));
   }
 
   /**
@@ -196,7 +203,8 @@ export class DoraAdapter implements AdapterInstance {
     const op = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
       const [x, magnitude] = inputs as [tf.Tensor, tf.Tensor];
       const save = inputs[inputs.length - 1] as tf.GradSaveFunc;
-      const norm = this.weightNorm(base);
+      // Inside this op nothing is taped, so the norm needs no detaching of its own.
+      const norm = this.combinedNorm(base, base.weight);
       const scale = tf.div(magnitude, norm);
       const scaled = tf.mul(x, scale);
       save([x, scale, norm]);

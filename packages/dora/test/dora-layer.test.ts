@@ -269,12 +269,14 @@ describe('DoraAdapter', () => {
           return worst;
         };
         const mError = check(adapter.magnitude);
-        // Freeze the norm at its current value (what the detached gradient assumes) for A and B.
-        const original = adapter.weightNorm.bind(adapter);
-        (adapter as unknown as { weightNorm: () => tf.Tensor1D }).weightNorm = () => tf.clone(frozenNorm);
+        // Freeze the norm at its current value (what the detached gradient assumes) for A and B:
+        // both ways it is computed (the composed form's weightNorm, the fused path's combinedNorm).
+        const patched = adapter as unknown as Record<'weightNorm' | 'combinedNorm', () => tf.Tensor1D>;
+        patched.weightNorm = patched.combinedNorm = () => tf.clone(frozenNorm);
         const aError = check(adapter.loraA);
         const bError = check(adapter.loraB);
-        (adapter as unknown as { weightNorm: typeof original }).weightNorm = original;
+        // The class's own methods again.
+        for (const name of ['weightNorm', 'combinedNorm']) Reflect.deleteProperty(patched, name);
         console.log(`DoRA float32 finite differences (fanInFanOut ${fanInFanOut}, bias ${bias}): m ${mError.toExponential(2)}, A ${aError.toExponential(2)}, B ${bError.toExponential(2)}`);
         expect(mError).toBeLessThan(1e-4);
         expect(aError).toBeLessThan(1e-4);
