@@ -56,7 +56,8 @@ function registerCausalAttentionGradient(): void {
  * Causal self-attention softmax(scale·q·kᵀ + causal mask)·v for q, k, v [..., T, D] of one shape
  * (as many queries as keys, one query head per key head), differentiable in all three, as one
  * kernel forward and one backward: on a backend with core's causal attention (the WASM backend
- * after `initRuntime()`), float32, where a matrix fits its buffers (T up to about 450 at D = 64).
+ * after `initRuntime()`), float32, T up to about 4,000 at D = 64 (on both threads up to about
+ * 2,000, the helper's buffer grown for them; longer ones on the calling thread).
  * Each matrix's scores stay in cache from product to softmax to product, and the [..., T, T]
  * probabilities are neither written nor kept for the gradient (recomputed there). Equal, value for
  * value, to core's causal products around its scaled softmax ({@link causalScores},

@@ -115,6 +115,13 @@ interface ThreadedKernel {
   /** Byte address of the control block (`struct control` in batch-matmul.c). */
   readonly control: number;
   readonly mayBlock: boolean;
+  /**
+   * Whether the helper's buffer holds `floats`, grown to hold them where they are at most
+   * MAX_HELPER_SCRATCH_FLOATS (false otherwise: the caller computes alone).
+   */
+  readonly growHelperBuffer: (floats: number) => boolean;
+  /** Floats in the helper's buffer now. */
+  readonly helperFloats: () => number;
 }
 
 interface SimdKernel {
@@ -144,6 +151,12 @@ const MAX_THREADED_CHUNKS = 4096;
  * at 1 MiB it ran 32-row blocks, which measured no faster than its base product and LoRA pass apart).
  */
 const HELPER_SCRATCH_FLOATS = 2 ** 19;
+/**
+ * Floats the helper's buffer may grow to for causal attention's longer matrices (32 MiB: T up to
+ * about 2,000 at D = 64 on both threads), in powers of two as they come; longer ones run on the
+ * calling thread. The buffers it outgrows are never freed (see control_helper_scratch).
+ */
+const MAX_HELPER_SCRATCH_FLOATS = 2 ** 23;
 /**
  * Products size their chunks as for a 1 MiB buffer (what they were tuned and measured with): the
  * larger buffer is for the LoRA layers' packed weights and longer attention matrices.
@@ -223,7 +236,8 @@ function startThreads(backend: WasmBackendWithModule, module: object, exports: R
   const run = exports['batch_matmul_threaded'] as BatchMatMulThreadedExport | undefined;
   const init = exports['control_init'] as ((control: number, helperScratch: number) => void) | undefined;
   const stop = exports['helper_stop'] as ((control: number) => void) | undefined;
-  if (host === null || !isShared(memory) || malloc === undefined || run === undefined || init === undefined || stop === undefined) return null;
+  const setHelperScratch = exports['control_helper_scratch'] as ((control: number, helperScratch: number) => void) | undefined;
+  if (host === null || !isShared(memory) || malloc === undefined || run === undefined || init === undefined || stop === undefined || setHelperScratch === undefined) return null;
   // Aligned to a cache line (64 bytes), so the words the helper writes sit on lines of their own.
   const chunkWordBytes = 4 * MAX_THREADED_CHUNKS;
   const control = (((malloc(CONTROL_BYTES + chunkWordBytes + 4 * HELPER_SCRATCH_FLOATS + 64) >>> 0) + 63) & ~63) >>> 0;
@@ -240,7 +254,20 @@ function startThreads(backend: WasmBackendWithModule, module: object, exports: R
     // No thread could start (a sandbox without workers): the caller computes alone.
     return null;
   }
+  let helperFloats = HELPER_SCRATCH_FLOATS;
+  const growHelperBuffer = (floats: number): boolean => {
+    if (floats <= helperFloats) return true;
+    if (floats > MAX_HELPER_SCRATCH_FLOATS) return false;
+    const grown = Math.min(MAX_HELPER_SCRATCH_FLOATS, 2 ** Math.ceil(Math.log2(floats)));
+    const address = malloc(4 * grown + 64) >>> 0;
+    if (address === 0) return false;
+    setHelperScratch(control, ((address + 63) & ~63) >>> 0);
+    helperFloats = grown;
+    return true;
+  };
   return {
+    growHelperBuffer,
+    helperFloats: () => helperFloats,
     run,
     loraForward: exports['lora_forward_threaded'] as ThreadedKernel['loraForward'],
     loraBackward: exports['lora_backward_threaded'] as ThreadedKernel['loraBackward'],
@@ -337,13 +364,14 @@ function helperServes(threads: ThreadedKernel): boolean {
 
 /**
  * The helper thread of `backend`'s batched SIMD matMul, for tests and benchmarks: whether its loop
- * runs, and how many chunks it has computed so far. Null where products run on the calling thread
- * only (single-threaded WASM builds, no thread host, not a WASM backend).
+ * runs, how many chunks it has computed so far, and the floats in its buffer (grown for causal
+ * attention's longer matrices). Null where products run on the calling thread only
+ * (single-threaded WASM builds, no thread host, not a WASM backend).
  */
-export function simdBatchMatMulHelper(backend: tf.KernelBackend): { running: boolean; chunks: number } | null {
+export function simdBatchMatMulHelper(backend: tf.KernelBackend): { running: boolean; chunks: number; bufferFloats: number } | null {
   const threads = kernelOf(backend)?.threads ?? null;
   if (threads === null) return null;
-  return { running: helperServes(threads), chunks: Atomics.load(controlWords(threads), HELPER_CHUNKS_OFFSET / 4) >>> 0 };
+  return { running: helperServes(threads), chunks: Atomics.load(controlWords(threads), HELPER_CHUNKS_OFFSET / 4) >>> 0, bufferFloats: threads.helperFloats() };
 }
 
 /** How the helper thread behaves, for tests: see {@link setSimdBatchMatMulHelperMode}. */
@@ -761,13 +789,19 @@ export function simdLoraBackward(
 const ATTENTION_KIND = { forward: 3, backward: 4 } as const;
 
 /**
+ * Floats of a causal attention call's scratch at most (128 MiB, T up to about 4,000 at D = 64): its
+ * [T, T] matrices (P, and dS backward) are the calling thread's, allocated for the call.
+ */
+const MAX_ATTENTION_SCRATCH_FLOATS = 2 ** 25;
+
+/**
  * Whether `backend` runs {@link simdCausalAttentionForward} and {@link simdCausalAttentionBackward}
- * on T×D matrices: false where one matrix's scratch and results would not fit the helper's buffer
- * (longer sequences, T above about 450 at D = 64), which keep the separate causal products.
+ * on T×D matrices: false where a call's scratch would pass MAX_ATTENTION_SCRATCH_FLOATS (sequences
+ * of thousands of tokens), which keep the separate causal products.
  */
 export function simdCausalAttentionFits(backend: tf.KernelBackend, t: number, d: number): boolean {
   const kernel = kernelOf(backend);
-  return kernel !== null && t > 0 && d > 0 && (['forward', 'backward'] as const).every((pass) => kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 1) <= HELPER_SCRATCH_FLOATS);
+  return kernel !== null && t > 0 && d > 0 && (['forward', 'backward'] as const).every((pass) => kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 0) <= MAX_ATTENTION_SCRATCH_FLOATS);
 }
 
 /**
@@ -784,13 +818,18 @@ interface AttentionLayout {
   readonly ldOut: number;
 }
 
-/** Run one causal attention pass: the kernel, the layout, byte addresses; on both threads where the helper serves. */
+/**
+ * Run one causal attention pass: the kernel, the layout, byte addresses; on both threads where the
+ * helper serves and one matrix's work and results fit its buffer, grown for longer matrices up to
+ * MAX_HELPER_SCRATCH_FLOATS, else on the calling thread alone, whose scratch is the call's own.
+ */
 function runAttention(kernel: SimdKernel, wasm: WasmBackendWithModule, pass: 'forward' | 'backward', layout: AttentionLayout, scale: number, addresses: readonly number[]): void {
   const { matrices, heads, t, d, ldIn, ldOut } = layout;
   const scratch = wasm.makeOutput([kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 0)], 'float32');
   try {
     const args = [matrices, heads, t, d, ldIn, ldOut, scale, ...addresses, wasm.typedArrayFromHeap(scratch).byteOffset] as const;
-    const threads = threadsFor(kernel, 4 * matrices * t * t * d, matrices);
+    const shared = threadsFor(kernel, 4 * matrices * t * t * d, matrices);
+    const threads = shared !== null && shared.growHelperBuffer(kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 1)) ? shared : null;
     if (pass === 'forward') {
       if (threads !== null) threads.attentionForward(threads.control, ...(args as unknown as Parameters<AttentionForwardExport>), threads.mayBlock ? 1 : 0);
       else kernel.attentionForward(...(args as unknown as Parameters<AttentionForwardExport>));

@@ -25,6 +25,9 @@ const SHAPES: [number[], number, number][] = [
   [[1], 37, 20],
   [[4], 7, 6],
   [[2, 2], 30, 8],
+  // Past the helper's buffer: backward on the calling thread alone (T 520), both passes (T 740).
+  [[2], 520, 8],
+  [[2], 740, 4],
 ];
 
 /**
@@ -182,6 +185,8 @@ describe('causal attention in one kernel each way', () => {
     [2, 13, 3, 5],
     [1, 1, 2, 3],
     [3, 37, 2, 20],
+    // Backward past the helper's buffer (on the calling thread alone).
+    [2, 520, 2, 8],
   ])(
     'reads GPT-2’s fused q|k|v [B, T, 3·H·D] in place and writes the heads merged, equal to splitting and merging them, value for value (B %i, T %i, %i heads, D %i)',
     async (batch, rows, heads, depth) => {
@@ -220,7 +225,8 @@ describe('causal attention in one kernel each way', () => {
 
   it('declines a fused projection it cannot split into heads, or too long', async () => {
     await withoutTensorLeaks(() => {
-      const [odd, flat, long] = [tf.ones([2, 5, 20]), tf.ones([10, 24]), tf.zeros([1, 480, 192])];
+      // T = 4,200 at D = 64: the backward pass's two [T, T] scratch matrices would pass 128 MiB.
+      const [odd, flat, long] = [tf.ones([2, 5, 20]), tf.ones([10, 24]), tf.zeros([1, 4200, 192])];
       expect(causalSelfAttention(odd, 3, 1)).toBeNull();
       expect(causalSelfAttention(flat, 2, 1)).toBeNull();
       expect(causalSelfAttention(long, 1, 1)).toBeNull();
@@ -248,8 +254,8 @@ describe('causal attention in one kernel each way', () => {
       expect(causalAttention(vector, vector, vector, 1)).toBeNull();
       const integers = tf.cast(q, 'int32');
       expect(causalAttention(integers, integers, integers, 1)).toBeNull();
-      // A matrix whose scores and their gradient would not fit the helper's buffer (T = 480 at D = 64).
-      const long = tf.zeros([1, 480, 64]);
+      // A matrix whose scores and their gradient would pass the call's 128 MiB of scratch (T = 4,200 at D = 64).
+      const long = tf.zeros([1, 4200, 64]);
       expect(causalAttention(long, long, long, 1)).toBeNull();
       tf.dispose([q, shorter, wider, vector, integers, long]);
     });

@@ -384,7 +384,7 @@ describe('the two-thread batched SIMD matMul', () => {
         await new Promise((resolve) => setTimeout(resolve, 5));
       }
       // The helper died (its host set the failure word), and never finished a chunk.
-      expect(simdBatchMatMulHelper(kernelBackend)).toEqual({ running: false, chunks: 0 });
+      expect(simdBatchMatMulHelper(kernelBackend)).toMatchObject({ running: false, chunks: 0 });
       const a = operand(aShape, 9);
       const b = operand(bShape, 10);
       expectSameValues(backend.product(a, b, transposeA, transposeB, [...batchShape], triangle), plain.product(a, b, transposeA, transposeB, [...batchShape], triangle), 'after the helper died');
@@ -542,6 +542,49 @@ describe('the two-thread causal attention', () => {
     // Few calls: the test backend's bump allocator never reuses memory.
     for (let call = 0; call < 6; call++) attentionPasses(shared, [8, 128, 64], call, 0.125);
     expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBeGreaterThan(before);
+  });
+
+  it('grows the helper’s buffer for longer matrices and shares them, as on one thread, bit for bit', () => {
+    // T 740 at D 4 and T 520 at D 8: a matrix's work (and, backward, T 520's) outgrows the first 2 MiB.
+    for (const [shape, seed] of [[[4, 740, 4], 51], [[4, 520, 8], 52]] as const) {
+      const single = attentionPasses(plain, shape, seed, 0.5).map((view) => view.slice());
+      const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
+      // A call's few matrices may all be done before a busy machine wakes the helper: a few calls.
+      for (let call = 0; call < 8 && simdBatchMatMulHelper(sharedBackend)!.chunks === before; call++) {
+        const ours = attentionPasses(shared, shape, seed, 0.5);
+        ATTENTION_RESULTS.forEach((what, i) => expectSameValues(ours[i]!, single[i]!, what));
+        for (const values of ours) expect(values.every(Number.isFinite) && values.some((value) => value !== 0)).toBe(true);
+      }
+      const helper = simdBatchMatMulHelper(sharedBackend)!;
+      expect(helper.chunks).toBeGreaterThan(before);
+      // Room for the helper's work and results on one backward matrix (attention_scratch_floats(4, T, D, 1)).
+      const [, t, d] = shape;
+      expect(helper.bufferFloats).toBeGreaterThanOrEqual(Math.max(Math.ceil(t / 8) * 8 * d, Math.ceil(d / 8) * 8 * t) + 32 + 2 * ((t + 3) & ~3) ** 2 + 3 * t * d);
+    }
+  });
+
+  it('runs a matrix past the helper’s largest buffer (32 MiB) on the calling thread alone, as on one thread, bit for bit', () => {
+    // T 2,100 at D 4: the forward pass's matrix (4.4 M floats) fits the largest buffer, the backward's (8.8 M) does not.
+    const shape = [2, 2100, 4];
+    const passes = (backend: HeapBackend): { values: Float32Array[]; helperChunks: number[] } => {
+      const kernelBackend = backend as unknown as tf.KernelBackend;
+      const [q, k, v, dout] = [0, 1, 2, 3].map((i) => backend.upload(shape, operand(shape, 61 + i).values)) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
+      const chunks = (): number => simdBatchMatMulHelper(kernelBackend)?.chunks ?? 0;
+      const helperChunks = [chunks()];
+      const forward = simdCausalAttentionForward(kernelBackend, q, k, v, 0.5)!;
+      helperChunks.push(chunks());
+      const backward = simdCausalAttentionBackward(kernelBackend, dout, q, k, v, forward[1], 0.5)!;
+      helperChunks.push(chunks());
+      const values = [...forward, ...backward].map((info) => backend.typedArrayFromHeap(info).slice());
+      for (const info of [q, k, v, dout, ...forward, ...backward]) backend.disposeData(info.dataId);
+      return { values, helperChunks };
+    };
+    const ours = passes(shared);
+    const [, afterForward, afterBackward] = ours.helperChunks;
+    expect(afterBackward).toBe(afterForward);
+    expect(simdBatchMatMulHelper(sharedBackend)!.bufferFloats).toBe(2 ** 23);
+    const single = passes(plain);
+    ATTENTION_RESULTS.forEach((what, i) => expectSameValues(ours.values[i]!, single.values[i]!, what));
   });
 
   it('gives the one-thread results when the helper claims nothing, and when it stalls mid-matrix (its late results kept out of finished calls)', async () => {

@@ -701,7 +701,7 @@ struct control {
   uint32_t helper_chunks;  // chunks the helper computed and copied, over all calls (a statistic)
   uint32_t helper_running; // helper_loop has started and not returned
   uint32_t helper_failed;  // set by the helper's host when helper_loop threw
-  float *helper_scratch;   // the helper's own buffer: packed panels, then its chunk's result
+  float *helper_scratch;   // the helper's own buffer: packed panels, then its chunk's result (see control_helper_scratch)
   uint32_t pad2[11];
   // Per thread: the generation, matrix (-1 for a broadcast B) and panel group its scratch holds packed.
   int32_t packed[2][4];
@@ -1026,7 +1026,9 @@ __attribute__((noinline)) static void help_with(struct control *ctl, int chunk, 
     __builtin_wasm_memory_atomic_wait32((int *)&ctl->stop, 0, 20000000);
   }
   const struct args *p = &ctl->helper_args;
-  float *packed_b = ctl->helper_scratch;
+  // Read after the chunk's arguments: a buffer set for this call (control_helper_scratch) before it
+  // was published is the one seen here.
+  float *packed_b = __atomic_load_n(&ctl->helper_scratch, SEQ);
   float *out = packed_b + (p->kind == GELU_FORWARD || p->kind == GELU_BACKWARD               ? 0
                            : p->kind == ATTENTION_FORWARD || p->kind == ATTENTION_BACKWARD ? attention_work_floats(p->kind, p->t, p->d)
                            : p->kind != PRODUCT                                           ? lora_work_floats(p->kind, p->in, p->out, p->rank, p->row_block, p->w != 0)
@@ -1042,6 +1044,11 @@ __attribute__((noinline)) static void help_with(struct control *ctl, int chunk, 
   __atomic_store_n(word, gen << 2 | DONE, SEQ);
   if (__atomic_load_n(&ctl->caller_waiting, SEQ)) __builtin_wasm_memory_atomic_notify((int *)word, 1);
 }
+
+/// Give the helper a larger buffer of its own (`scratch`, whose size is the caller's to respect) for
+/// the calls published from now on. The caller never frees a buffer it has replaced: a helper
+/// descheduled mid-chunk may still be writing an earlier call's abandoned result into it.
+__attribute__((export_name("control_helper_scratch"))) void control_helper_scratch(struct control *ctl, float *scratch) { __atomic_store_n(&ctl->helper_scratch, scratch, SEQ); }
 
 // The helper thread's whole life: sleep until a call publishes a generation, claim its chunks
 // until none is left, sleep again; return once helper_stop was called.
