@@ -9,11 +9,11 @@ const LAYERS = 2;
 const TINY_GPT2 = { vocab_size: 37, n_positions: 16, n_embd: 32, n_layer: LAYERS, n_head: 2, attn_pdrop: 0, embd_pdrop: 0, resid_pdrop: 0 };
 const TINY_LORA = { r: 4, loraAlpha: 8, targetModules: ['attn.c_attn', 'attn.c_proj'], fanInFanOut: true };
 
-/** The kernel calls of the second of two LoRA training steps (core's train(), AdamW) on a tiny GPT-2. */
-async function recordLoraStep(): Promise<{ calls: KernelCall[]; frozen: Set<tf.DataId> }> {
-  const model = new Gpt2LMHeadModel(parseGpt2Config(TINY_GPT2), { seed: 1 });
+/** The kernel calls of the second of two LoRA training steps (core's train(), AdamW) on a tiny GPT-2, on `batch` sequences of `length` tokens. */
+async function recordLoraStep(batch = 2, length = 12): Promise<{ calls: KernelCall[]; frozen: Set<tf.DataId> }> {
+  const model = new Gpt2LMHeadModel(parseGpt2Config({ ...TINY_GPT2, n_positions: Math.max(TINY_GPT2.n_positions, length) }), { seed: 1 });
   AdapterModel.create(model, { registry: createLoraRegistry({ plugins: [lora({ seed: 2 })] }), config: TINY_LORA });
-  const inputIds = tf.tensor2d(Array.from({ length: 24 }, (_, i) => (i * 7) % 37), [2, 12], 'int32');
+  const inputIds = tf.tensor2d(Array.from({ length: batch * length }, (_, i) => (i * 7) % 37), [batch, length], 'int32');
   // Set from the progress callback, so kept in an object TypeScript does not narrow.
   const recording: { spy: KernelSpy | null } = { spy: null };
   let calls: KernelCall[] = [];
@@ -102,6 +102,21 @@ describe.each(['wasm', 'cpu'])('a LoRA training step on the %s backend', (backen
       ({ call }) => (call.attrs['transposeB'] === true && frozen.has(call.inputDataIds['b']!)) || (call.attrs['transposeA'] === true && frozen.has(call.inputDataIds['a']!)),
     );
     expect(transposedFrozenUses).toHaveLength(backend === 'wasm' ? 1 + 2 * LAYERS : 1 + 4 * LAYERS - 1);
+  });
+});
+
+describe('a LoRA training step on long sequences on the wasm backend', () => {
+  it('runs attention as one kernel each way past the helper thread’s first buffer (T 520), keeping no [B, H, T, T] tensor', async () => {
+    await initRuntime({ backend: 'wasm' });
+    const { calls } = await withoutLeaks(() => recordLoraStep(1, 520));
+    const names = calls.map((call) => call.kernelName);
+    expect(names.filter((name) => name === CAUSAL_SELF_ATTENTION_KERNEL || name === CAUSAL_SELF_ATTENTION_GRAD_KERNEL).sort()).toEqual([
+      ...Array(LAYERS).fill(CAUSAL_SELF_ATTENTION_KERNEL),
+      ...Array(LAYERS).fill(CAUSAL_SELF_ATTENTION_GRAD_KERNEL),
+    ]);
+    expect(names.filter((name) => name === CAUSAL_SCORES_KERNEL || name === CAUSAL_MIX_KERNEL || /Softmax/.test(name))).toEqual([]);
+    // No [B, H, T, T] scores or probabilities (the model's cached [T, T] causal mask is passed along, unused by the kernel).
+    expect(calls.filter((call) => call.outputShapes.some((shape) => shape.length >= 3 && shape.at(-1) === 520 && shape.at(-2) === 520)).map((call) => call.kernelName)).toEqual([]);
   });
 });
 
