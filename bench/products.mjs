@@ -5,7 +5,7 @@
 // forms, the nine rank-8 forms LoRA's layers compose on other backends) and a [1,8]·[8,8] product
 // (the fixed cost of a call), causal attention's triangular products (core's WASM kernels), then a
 // LoRA layer's forward and backward passes as core's fused WASM kernels run them and as the products
-// compose them, timed:
+// compose them, and causal attention on long sequences both ways (time and peak tensor bytes), timed:
 //   warm:  back to back, operands in cache;
 //   after: right after 64 MB of other memory traffic (a JS array filled between calls), as in a
 //          training step, where the kernels before a product have evicted its operands.
@@ -130,6 +130,32 @@ if (tf.getKernel(CAUSAL_ATTENTION_KERNEL, tf.getBackend()) !== undefined) {
   tf.dispose([q, k, v, dy, mask, o, stats, p]);
 }
 
+// Long sequences: GPT-2-sized heads [1, 12, T, 64], forward and backward through the ops' gradients
+// (one kernel each way, the helper's buffer grown for T above 450; or the separate kernels around
+// the scaled softmax, which keep the [1, 12, T, T] probabilities for the gradient), timed as above
+// and with the peak tensor bytes of one pass (tf.profile; the one kernel's own scratch, 4–8 MB at
+// T = 1,024, is the backend's and not counted).
+const longRows = [];
+if (tf.getKernel(CAUSAL_ATTENTION_KERNEL, tf.getBackend()) !== undefined) {
+  for (const t of [512, 1024]) {
+    const shape = [1, 12, t, 64];
+    const [q, k, v, dy] = [11, 12, 13, 14].map((seed) => tf.randomNormal(shape, 0, 1, 'float32', seed));
+    const mask = tf.tensor2d(Float32Array.from({ length: t * t }, (_, i) => (i % t > Math.floor(i / t) ? -1e9 : 0)), [t, t]);
+    const scale = 0.125;
+    const forms = {
+      'one kernel each way': (a, b, c) => coreInternal.causalAttention(a, b, c, scale),
+      'separate kernels': (a, b, c) => coreInternal.causalMix(coreInternal.scaledSoftmax(coreInternal.causalScores(a, b), scale, mask), c),
+    };
+    for (const [form, attend] of Object.entries(forms)) {
+      const pass = () => tf.grads((a, b, c) => tf.sum(tf.mul(attend(a, b, c), dy)))([q, k, v]);
+      const before = tf.memory().numBytes;
+      const { peakBytes } = await tf.profile(() => tf.dispose(pass()));
+      longRows.push({ name: `causal attention forward + backward, ${form}`, shape, warmMs: Number(timeCalls(pass, false).toFixed(1)), peakMiB: Number(((peakBytes - before) / 2 ** 20).toFixed(1)) });
+    }
+    tf.dispose([q, k, v, dy, mask]);
+  }
+}
+
 // A LoRA layer's passes as the step runs them on WASM (core's fused kernels, one call each way), and
 // the same arithmetic composed of products, the scaling and the add (as other backends run it). The
 // FLOP are the rank-8 products' (matMulFlops), so the fused and composed rows compare directly.
@@ -168,5 +194,6 @@ for (const row of rows) {
   const after = `${row.afterTrafficUs} (${row.afterTrafficGflops}, ${percent(row.afterTrafficGflops)})`;
   console.error(`${row.name.padEnd(36)} ${row.product.padEnd(28)} ${(row.flop / 1e6).toFixed(1).padStart(6)}  ${warm.padEnd(28)} ${after}`);
 }
-console.log(JSON.stringify({ kind: 'products', backend: report.kind, threads: report.threads, reps, referenceGflops: referenceRounded, rows }));
+for (const row of longRows) console.error(`${row.name.padEnd(56)} [${row.shape.join(',')}]  ${row.warmMs} ms, peak tensor bytes ${row.peakMiB} MiB`);
+console.log(JSON.stringify({ kind: 'products', backend: report.kind, threads: report.threads, reps, referenceGflops: referenceRounded, rows, longSequences: longRows }));
 process.exit(0);
