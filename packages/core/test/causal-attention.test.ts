@@ -25,7 +25,7 @@ const SHAPES: [number[], number, number][] = [
   [[1], 37, 20],
   [[4], 7, 6],
   [[2, 2], 30, 8],
-  // Past the helper's buffer: backward on the calling thread alone (T 520), both passes (T 740).
+  // Past the helper's first 2 MiB (its buffer grows for them): the backward pass's matrix (T 520), both passes' (T 740).
   [[2], 520, 8],
   [[2], 740, 4],
 ];
@@ -185,7 +185,7 @@ describe('causal attention in one kernel each way', () => {
     [2, 13, 3, 5],
     [1, 1, 2, 3],
     [3, 37, 2, 20],
-    // Backward past the helper's buffer (on the calling thread alone).
+    // The backward pass's matrix past the helper's first 2 MiB.
     [2, 520, 2, 8],
   ])(
     'reads GPT-2’s fused q|k|v [B, T, 3·H·D] in place and writes the heads merged, equal to splitting and merging them, value for value (B %i, T %i, %i heads, D %i)',
