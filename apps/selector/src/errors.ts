@@ -17,7 +17,9 @@ export class CliError extends Error {
  * manager; a package that is not published gets no command (it would only fail).
  */
 export class MissingPackageError extends CliError {
+  /** The npm package that is missing (e.g. `@lora/dora`). */
   readonly packageName: string;
+  /** The command that installs it with the user's package manager, or null when it is not published. */
   readonly installCommand: string | null;
 
   constructor(packageName: string, purpose: string) {
@@ -30,4 +32,17 @@ export class MissingPackageError extends CliError {
     this.packageName = packageName;
     this.installCommand = command;
   }
+}
+
+/**
+ * The one-line input error for a file that could not be read: what is wrong in words (missing, a
+ * directory, no permission) rather than the system's error code, and the fix.
+ * @example
+ * throw unreadableFile('Config file', 'selector.json', error, 'check the --config path');
+ */
+export function unreadableFile(what: string, file: string, error: unknown, fix: string): CliError {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const problem =
+    code === 'ENOENT' ? 'does not exist' : code === 'EISDIR' ? 'is a directory, not a file' : code === 'EACCES' || code === 'EPERM' ? 'cannot be read (permission denied)' : `cannot be read (${code ?? String(error)})`;
+  return new CliError(`${what} ${file} ${problem}; ${fix}.`, { exitCode: 2, cause: error });
 }

@@ -9,7 +9,9 @@ export type AnswerSource = 'flag' | 'config' | 'prompt' | 'measurement' | 'defau
 
 /** One answered question, with the evidence behind it. */
 export interface Answer {
+  /** True for yes; a `default` answer is always no (false). */
   readonly value: boolean;
+  /** The first source, in precedence order, that could answer (flag, config file, prompt, measurement), else `default`. */
   readonly source: AnswerSource;
   /** Human-readable reason, with numbers where a measurement decided it. */
   readonly detail: string;
@@ -17,16 +19,23 @@ export interface Answer {
 
 /** One step of the path through the flowchart. */
 export interface PathStep {
+  /** The question's id (its key in {@link QUESTION_TEXT}). */
   readonly question: QuestionId;
+  /** The question as printed (its {@link QUESTION_TEXT} entry). */
   readonly text: string;
+  /** The answer taken: true for yes. */
   readonly answer: boolean;
+  /** Which source gave the answer. */
   readonly source: AnswerSource;
+  /** The answer's human-readable reason (see {@link Answer.detail}). */
   readonly detail: string;
 }
 
 /** The flowchart's result. */
 export interface Decision {
+  /** The recommended variant: the flowchart leaf the path reaches. */
   readonly variant: Variant;
+  /** The questions asked, in order: only those on the path taken (one, three or four). */
   readonly path: readonly PathStep[];
 }
 

@@ -3,12 +3,12 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { AdapterModel, causalLmLoss, createLoraRegistry, lora, saveAdapter, train, writeJsonAtomic } from '@lora/core';
 import { loadStateOfTheUnion, shuffled, type CausalLanguageModel } from '@lora/models';
-import { CliError } from './errors.js';
-import { writeDirectoryAtomically } from './output-dir.js';
+import { CliError, unreadableFile } from './errors.js';
+import { assertWritableOutput, cleanUpStale, writeDirectoryAtomically } from './output-dir.js';
 import { recipePackageFor } from './recipe.js';
 import type { PackageLoader } from './plugins.js';
 import type { SelectorIo } from './select.js';
-import { loadLanguageModel, type TrainRunOptions } from './train-run.js';
+import { assertContextFits, loadLanguageModel, type TrainRunOptions } from './train-run.js';
 
 /** What the CLI uses of the HyperLoRA plugin package, loaded (like every variant package) by the name the recipe table gives. */
 interface HyperPackage {
@@ -42,8 +42,8 @@ export async function readConditionedJsonl(file: string): Promise<ConditionedTex
   let content: string;
   try {
     content = await fs.readFile(file, 'utf8');
-  } catch {
-    throw new CliError(`Data file ${file} does not exist or cannot be read.`, { exitCode: 2 });
+  } catch (error) {
+    throw unreadableFile('Data file', file, error, 'pass a JSONL file of {"text": …, "condition": {…}} lines with --data');
   }
   const records: ConditionedText[] = [];
   for (const [index, line] of content.split(/\r?\n/u).entries()) {
@@ -145,12 +145,16 @@ function validationLoss(model: CausalLanguageModel, windows: readonly number[][]
  * adapter (`peft_type: "HYPERLORA"`) and `hyper-report.json` to the output directory.
  */
 export async function runHyperTraining(options: HyperRunOptions, io: SelectorIo): Promise<HyperRunReport> {
+  // The output directory is checked before any data is read or step taken: a refusal costs nothing.
+  for (const note of await cleanUpStale(options.outDirectory)) io.stdout.write(`lora: ${note}\n`);
+  await assertWritableOutput(options.outDirectory, { overwrite: options.overwrite });
   const corpus = options.dataFile
     ? { description: `${options.dataFile}`, records: await readConditionedJsonl(options.dataFile), heldOut: null }
     : await stateOfTheUnionByPartyAndEra();
   const { model, tokenizer, name } = await loadLanguageModel(options.modelDirectory);
   let peft: AdapterModel<CausalLanguageModel> | null = null;
   try {
+    assertContextFits(model, options.contextLength, options.modelDirectory);
     const groups = windowsByCondition(corpus, (text) => tokenizer.encode(text), options.contextLength);
     const trainGroups = [...groups.values()].filter((group) => group.train.length > 0);
     if (trainGroups.length === 0) throw new CliError(`No condition of ${corpus.description} has a training window of ${options.contextLength} tokens; add data or lower --context.`, { exitCode: 2 });
@@ -269,7 +273,29 @@ export async function exportHyperCondition(
     if (error instanceof CliError) throw error;
     throw new CliError((error as Error).message.replace(/^\[[^\]]+\]\s*/u, ''), { exitCode: 2, cause: error });
   }
-  io.stdout.write(`wrote the plain LoRA for ${options.conditionText} to ${options.outDirectory}\n`);
+  io.stdout.write(`wrote the plain LoRA for ${describeCondition(options.adapterModel, condition)} to ${options.outDirectory}\n`);
+}
+
+/**
+ * For `forward` and `generate`: a note when the run's HyperLoRA adapter gets no condition, or one
+ * that leaves factors out (they take their learned null embedding, which the user may not expect);
+ * null when the condition is whole or no HyperLoRA is active.
+ */
+export function conditionNote(adapterModel: AdapterModel | null, condition: Readonly<Record<string, string>> | undefined): string | null {
+  if (!adapterModel?.activeAdapters.some((name) => adapterModel.adapterConfig(name).plugin.name === 'hyper')) return null;
+  const described = describeCondition(adapterModel, condition ?? {});
+  if (!described.includes('null embedding')) return null;
+  return `the HyperLoRA runs with ${described}; pass --condition factor=value,… for every factor to choose one`;
+}
+
+/** A condition as the user gave it, plus the factors it leaves out: those take their learned null embedding. */
+export function describeCondition(adapterModel: AdapterModel, condition: Readonly<Record<string, string>>): string {
+  const spec = (adapterModel.adapterConfig('default').config as unknown as { condition?: { kind: string; factors?: readonly { name: string }[] } }).condition;
+  const given = Object.entries(condition).map(([name, value]) => `${name}=${value}`);
+  const missing = spec?.kind === 'discrete' ? (spec.factors ?? []).map((factor) => factor.name).filter((name) => !(name in condition)) : [];
+  if (missing.length === 0) return given.join(',');
+  const nulls = `${missing.join(', ')} at the learned null embedding`;
+  return given.length === 0 ? `no condition (${nulls})` : `${given.join(',')} (${nulls})`;
 }
 
 /**

@@ -20,16 +20,28 @@ const MODEL_PREFIX = 'base_model.model.';
 
 /** A summary of a model or adapter directory. */
 export interface InspectResult {
+  /** `adapter` when the directory has `adapter_config.json` (checked first), `model` when it has `config.json`. */
   readonly kind: 'adapter' | 'model';
+  /** Adapter: its `peft_type`, plus ` (DoRA)` when `use_dora` is set; model: the first of `architectures`, else `model_type`, else `unknown`. */
   readonly type: string;
+  /** Total elements of all the weight tensors. */
   readonly parameters: number;
+  /** Total bytes of tensor data (safetensors headers excluded). */
   readonly bytes: number;
+  /** Number of tensors in the weights. */
   readonly tensors: number;
+  /** Elements per safetensors dtype, e.g. `{ F32: 294912 }`. */
   readonly dtypes: Readonly<Record<string, number>>;
   /** Adapter only: targeted module paths and the rank found at each (null when the type has no rank). */
-  readonly targets?: readonly { readonly module: string; readonly rank: number | null }[];
+  readonly targets?: readonly {
+    /** Module path without PEFT's `base_model.model.` prefix, e.g. `transformer.h.0.attn.c_attn`. */
+    readonly module: string;
+    /** The rank read from its tensors (the plugin's `savedRank`, else the first dimension of `lora_A`), or null. */
+    readonly rank: number | null;
+  }[];
   /** Adapter only: the installed plugin that reads it, or null when none does. */
   readonly reader?: string | null;
+  /** The directory's `adapter_config.json` or `config.json`, as read. */
   readonly config: Readonly<Record<string, unknown>>;
 }
 
@@ -133,6 +145,12 @@ export async function inspectDirectory(
     const type = Array.isArray(architectures) && typeof architectures[0] === 'string' ? architectures[0] : String(config['model_type'] ?? 'unknown');
     return { kind: 'model', type, ...summarise(tensors), tensors: tensors.size, config };
   }
+  const exists = await fs.stat(directory).then(
+    (stats) => (stats.isDirectory() ? 'directory' : 'file'),
+    () => null,
+  );
+  if (exists === null) throw new CliError(`${directory} does not exist; give a model or adapter directory.`, { exitCode: 2 });
+  if (exists === 'file') throw new CliError(`${directory} is a file; give the directory that holds it (a model's config.json or an adapter's adapter_config.json).`, { exitCode: 2 });
   throw new CliError(`${directory} holds neither an adapter (adapter_config.json) nor a model (config.json).`, { exitCode: 2 });
 }
 
@@ -147,10 +165,21 @@ export function formatInspection(result: InspectResult): string {
     const byRank = new Map<number | null, number>();
     for (const target of result.targets) byRank.set(target.rank, (byRank.get(target.rank) ?? 0) + 1);
     lines.push(`Read by: ${result.reader ?? 'no installed plugin (install the package that saved it, or pass --plugin <package>)'}`);
-    lines.push(`Targets: ${result.targets.length} modules; ranks ${[...byRank].map(([rank, count]) => `${rank ?? 'n/a'} ×${count}`).join(', ')}`);
+    if (result.targets.length === 0) {
+      // A HyperLoRA saves its generator, not factors per module.
+      lines.push(`Targets: no per-module factors in the weights; target_modules ${JSON.stringify(result.config['target_modules'] ?? null)}`);
+    } else lines.push(`Targets: ${result.targets.length} modules; ranks ${[...byRank].map(([rank, count]) => `${rank ?? 'n/a'} ×${count}`).join(', ')}`);
     for (const target of result.targets) lines.push(`  ${target.module}  r=${target.rank ?? 'n/a'}`);
     const fields = ['target_modules', 'lora_alpha', 'lora_dropout', 'task_type', 'base_model_name_or_path'];
     for (const field of fields) if (field in result.config) lines.push(`${field}: ${JSON.stringify(result.config[field])}`);
+  }
+  const quantization = result.kind === 'model' ? result.config['quantization_config'] : undefined;
+  if (quantization !== null && typeof quantization === 'object') {
+    const q = quantization as Record<string, unknown>;
+    const bits = q['load_in_4bit'] === true ? '4-bit' : q['load_in_8bit'] === true ? '8-bit' : 'quantized';
+    const details = [q['bnb_4bit_quant_type'], q['bnb_4bit_use_double_quant'] === true ? 'double-quantized scales' : null].filter((item) => typeof item === 'string');
+    // The counts above are of stored elements: packed codes and scales, not weights.
+    lines.push(`Quantization: ${bits} ${String(q['quant_method'] ?? '')}${details.length > 0 ? ` (${details.join(', ')})` : ''}; parameters above count stored elements (packed codes, scales)`.replace(/ {2,}/gu, ' '));
   }
   return lines.join('\n');
 }

@@ -5,7 +5,9 @@ import { parseSafetensors } from '@lora/core';
 
 /** Sizes that drive the training-memory estimate. */
 export interface TrainingShape {
+  /** Sequences per training step (`--batch-size`). */
   readonly batchSize: number;
+  /** Tokens per sequence (`--context`). */
   readonly sequenceLength: number;
   /** LoRA rank. */
   readonly rank: number;
@@ -13,9 +15,13 @@ export interface TrainingShape {
 
 /** What is known about a model from its Hugging Face directory, without loading its weights. */
 export interface ModelFootprint {
+  /** Total elements of all tensors in the safetensors file(s), counted from their headers. */
   readonly parameters: number;
+  /** Hidden width from `config.json` (`n_embd`, `hidden_size` or `d_model`; 0 when none is present). */
   readonly hiddenSize: number;
+  /** Transformer blocks from `config.json` (`n_layer` or `num_hidden_layers`; 0 when neither is present). */
   readonly layers: number;
+  /** `vocab_size` from `config.json` (0 when absent). */
   readonly vocabSize: number;
   /** Sum of in+out features of the layers LoRA would target, per layer. */
   readonly adaptedFeaturesPerLayer: number;
@@ -23,9 +29,13 @@ export interface ModelFootprint {
 
 /** Float32 LoRA training memory, by component. */
 export interface MemoryEstimate {
+  /** Frozen base weights: 4 bytes per parameter. */
   readonly baseWeightsBytes: number;
+  /** Adapter weights, their gradients and two AdamW moments: 16 bytes per adapter parameter. */
   readonly adapterStateBytes: number;
+  /** Activations kept for backward for one batch: ~24 floats per token, layer and hidden unit, plus 3 per token and vocabulary entry (logits, their gradient). */
   readonly activationBytes: number;
+  /** Sum of the three components, in bytes: what is compared with the available memory. */
   readonly totalBytes: number;
 }
 
@@ -37,7 +47,7 @@ export function formatBytes(bytes: number): string {
   return `${bytes} B`;
 }
 
-/** Parse `--memory-budget`: plain bytes, or a number with KiB/MiB/GiB/KB/MB/GB (e.g. `6GiB`, `512MB`). */
+/** Parse `--memory-budget`: plain bytes, or a number with KiB/MiB/GiB/KB/MB/GB (e.g. `6GiB`, `512MB`); null when it is not such a size or is under one byte. */
 export function parseByteSize(text: string): number | null {
   const match = /^\s*(\d+(?:\.\d+)?)\s*(b|kib|mib|gib|tib|kb|mb|gb|tb|k|m|g|t)?\s*$/iu.exec(text);
   if (!match) return null;
@@ -58,7 +68,9 @@ export function parseByteSize(text: string): number | null {
     gb: 1e9,
     tb: 1e12,
   };
-  return Math.round(value * factors[unit]!);
+  const bytes = Math.round(value * factors[unit]!);
+  // No budget is zero bytes: a 0 would answer "memory limits extreme?" yes for any model.
+  return bytes >= 1 ? bytes : null;
 }
 
 /**
@@ -117,7 +129,12 @@ export function availableMemory(budgetBytes: number | null): { bytes: number; so
 }
 
 /** Whether compute is "substantial": a GPU backend, or at least 8 cores. */
-export function judgeCompute(backend: { name: string; gpu: boolean }, cores = os.availableParallelism()): { substantial: boolean; detail: string } {
+export function judgeCompute(backend: { name: string; gpu: boolean }, cores = os.availableParallelism()): {
+  /** True with a GPU backend, or with at least 8 CPU cores. */
+  substantial: boolean;
+  /** The reason, naming the backend and, without a GPU, the core count (e.g. `no GPU (backend "cpu"), 4 CPU cores < 8`). */
+  detail: string;
+} {
   if (backend.gpu) return { substantial: true, detail: `GPU backend "${backend.name}" present` };
   const substantial = cores >= 8;
   return {

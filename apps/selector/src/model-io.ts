@@ -14,6 +14,7 @@ import {
   lora,
   readAdapterConfig,
   readJsonFile,
+  writeFileAtomic,
   type LoraPlugin,
   type Module,
   type PeftConfigJson,
@@ -159,11 +160,49 @@ export async function readForwardInput(file: string): Promise<ForwardInput> {
   const width = input.input_ids[0]!.length;
   const { adapter_inputs: _adapterInputs, ...grids } = input;
   for (const [field, rows] of Object.entries(grids)) {
-    if (rows.length !== input.input_ids.length || rows.some((row) => row.length !== width)) {
-      throw new CliError(`${file}: ${field} must be a rectangular [${input.input_ids.length}, ${width}] array like input_ids.`, { exitCode: 2 });
+    const ragged = rows.findIndex((row) => row.length !== width);
+    if (field === 'input_ids' && ragged >= 0) {
+      throw new CliError(`${file}: input_ids must have rows of one length (pad them and pass attention_mask), but row ${ragged} has ${rows[ragged]!.length} ids and row 0 has ${width}.`, { exitCode: 2 });
+    }
+    if (rows.length !== input.input_ids.length || ragged >= 0) {
+      throw new CliError(`${file}: ${field} must be a [${input.input_ids.length}, ${width}] array, the shape of input_ids.`, { exitCode: 2 });
     }
   }
   return input;
+}
+
+/** The sizes a forward input must fit: token ids below `vocab`, token types below `types`, rows of at most `positions`. */
+function inputLimits(model: Module): { vocab: number; types: number | null; positions: number | null; source: string } | null {
+  if (model instanceof CausalLanguageModel) return { vocab: model.vocabSize, types: null, positions: model.maxPositions, source: 'n_positions' };
+  if (model instanceof BertForSequenceClassification || model instanceof BertModel) {
+    return { vocab: model.config.vocabSize, types: model.config.typeVocabSize, positions: model.config.maxPositionEmbeddings, source: 'max_position_embeddings' };
+  }
+  return null;
+}
+
+/**
+ * Refuse token ids the model has no embedding for, and rows longer than its positions, naming the
+ * file, the first offending entry and the limit (tfjs would fail inside its gather, or read garbage).
+ * @throws {CliError} exit 2.
+ */
+export function checkForwardInputFits(model: Module, input: ForwardInput, file: string): void {
+  const limits = inputLimits(model);
+  if (!limits) return;
+  const width = input.input_ids[0]!.length;
+  if (limits.positions !== null && width > limits.positions) {
+    throw new CliError(`${file}: input_ids rows are ${width} tokens, more than the model's ${limits.positions} positions (${limits.source} in its config.json); shorten them.`, { exitCode: 2 });
+  }
+  const grids: [string, number[][] | undefined, number | null, string][] = [
+    ['input_ids', input.input_ids, limits.vocab, 'vocab_size'],
+    ['token_type_ids', input.token_type_ids, limits.types, 'type_vocab_size'],
+  ];
+  for (const [field, rows, size, sizeField] of grids) {
+    if (!rows || size === null) continue;
+    for (const [r, row] of rows.entries()) {
+      const c = row.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= size);
+      if (c >= 0) throw new CliError(`${file}: ${field}[${r}][${c}] must be an integer from 0 to ${size - 1} (the model's ${sizeField} is ${size}), got ${row[c]}.`, { exitCode: 2 });
+    }
+  }
 }
 
 /**
@@ -225,4 +264,36 @@ export function adapterLoadError(directory: string, modelDirectory: string, conf
     exitCode: error instanceof LoraError ? 2 : 1,
     cause: error,
   });
+}
+
+/** Files beside a checkpoint's weights that a merged or quantized copy needs to be used the same way. */
+const COMPANION_FILES = [
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'special_tokens_map.json',
+  'added_tokens.json',
+  'vocab.json',
+  'merges.txt',
+  'vocab.txt',
+  'tokenizer.model',
+  'generation_config.json',
+];
+
+/**
+ * Copy the tokenizer and generation files of model directory `from` into `to` (each written
+ * atomically); those it lacks are skipped. Returns the names copied.
+ */
+export async function copyCompanionFiles(from: string, to: string): Promise<string[]> {
+  const copied: string[] = [];
+  for (const name of COMPANION_FILES) {
+    let bytes: Uint8Array;
+    try {
+      bytes = await fs.readFile(path.join(from, name));
+    } catch {
+      continue;
+    }
+    await writeFileAtomic(path.join(to, name), bytes);
+    copied.push(name);
+  }
+  return copied;
 }

@@ -6,8 +6,8 @@ import { faultPoint, pathExists } from '@lora/core/internal';
 import { CliError } from './errors.js';
 
 /**
- * The marker file in every directory `lora` writes: only a directory holding it (or an empty one)
- * is ever replaced or deleted.
+ * The marker file in every directory `lora` writes: only a directory holding it, and nothing beyond
+ * the files it lists (or an empty directory), is ever replaced or deleted.
  */
 export const OUTPUT_MARKER = '.lora-output.json';
 
@@ -23,13 +23,26 @@ export interface OutputMarker {
   readonly pid: number;
   /** Identifies the writing process's run, so a live run's staging directory is never taken for stale. */
   readonly runId: string;
+  /**
+   * Every file and directory `lora` wrote there (paths relative to the directory, `/`-separated,
+   * the marker left out), recorded when the output is complete: anything else found there later is
+   * the user's, and the directory is then never replaced. Absent while a run is being written (and
+   * in markers of versions before the list).
+   */
+  readonly files?: readonly string[];
 }
 
 /** The state of an output path. */
 export type OutputState =
   | { readonly kind: 'missing' | 'empty' }
   | { readonly kind: 'ours'; readonly marker: OutputMarker }
-  | { readonly kind: 'foreign'; readonly entries: readonly string[] }
+  | {
+      readonly kind: 'foreign';
+      /** What lora did not write (relative paths), or with `unlisted` everything there. */
+      readonly entries: readonly string[];
+      /** A marker of a lora version that did not list its files: nothing there can be told apart from the user's. */
+      readonly unlisted?: boolean;
+    }
   | { readonly kind: 'file' };
 
 const STAGING = '.partial-';
@@ -46,7 +59,30 @@ export async function readMarker(directory: string): Promise<OutputMarker | null
   }
 }
 
-/** Whether `directory` is missing, empty, written by `lora`, someone else's, or a file. */
+/**
+ * Every file and directory below `directory` (relative, `/`-separated, in walk order), links not
+ * followed; the top-level marker and its temporary files left out.
+ */
+async function listTree(directory: string, prefix = ''): Promise<string[]> {
+  const out: string[] = [];
+  for (const entry of await fs.readdir(directory, { withFileTypes: true })) {
+    const relative = `${prefix}${entry.name}`;
+    if (prefix === '' && (entry.name === OUTPUT_MARKER || isMarkerTemporary(entry.name))) continue;
+    out.push(relative);
+    if (entry.isDirectory()) out.push(...(await listTree(path.join(directory, entry.name), `${relative}/`)));
+  }
+  return out;
+}
+
+/** The temporary file of an atomic write of the marker (core's writeFileAtomic names it so). */
+function isMarkerTemporary(name: string): boolean {
+  return /^\.\.lora-output\.json\.\d+\.[0-9a-f]+\.tmp$/u.test(name);
+}
+
+/**
+ * Whether `directory` is missing, empty, written by `lora` (holding only what its marker lists),
+ * someone else's (or lora's with something added), or a file.
+ */
 export async function outputState(directory: string): Promise<OutputState> {
   let entries: string[];
   try {
@@ -59,7 +95,13 @@ export async function outputState(directory: string): Promise<OutputState> {
   }
   if (entries.length === 0) return { kind: 'empty' };
   const marker = entries.includes(OUTPUT_MARKER) ? await readMarker(directory) : null;
-  return marker ? { kind: 'ours', marker } : { kind: 'foreign', entries };
+  if (!marker) return { kind: 'foreign', entries };
+  const present = await listTree(directory);
+  if (!Array.isArray(marker.files) || !marker.files.every((file) => typeof file === 'string')) return { kind: 'foreign', entries: present, unlisted: true };
+  // A file the user added to a finished output (notes beside the adapter, say) makes it theirs too.
+  const listed = new Set(marker.files);
+  const added = present.filter((entry) => !listed.has(entry));
+  return added.length === 0 ? { kind: 'ours', marker } : { kind: 'foreign', entries: added };
 }
 
 /**
@@ -72,6 +114,12 @@ export async function assertWritableOutput(directory: string, options: { overwri
   const state = await outputState(target);
   const flag = options.flag ?? '--out';
   if (state.kind === 'file') throw new CliError(`${flag} ${target} is a file, not a directory; choose a new directory.`, { exitCode: 2 });
+  if (state.kind === 'foreign' && state.unlisted) {
+    throw new CliError(
+      `${flag} ${target} was written by an earlier version of lora that did not record its files, so it cannot tell them from yours; it is left untouched. Move or delete it yourself, or choose another ${flag}.`,
+      { exitCode: 2 },
+    );
+  }
   if (state.kind === 'foreign') {
     const shown = state.entries.slice(0, 3).join(', ') + (state.entries.length > 3 ? ', …' : '');
     throw new CliError(
@@ -131,7 +179,7 @@ async function isUnmarkedStaging(directory: string, name: string, base: string):
   if (!new RegExp(`^${base.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')}\\${STAGING}[0-9a-f]{8}$`, 'u').test(name)) return false;
   try {
     const entries = await fs.readdir(directory);
-    return entries.every((entry) => /^\.\.lora-output\.json\.\d+\.[0-9a-f]+\.tmp$/u.test(entry));
+    return entries.every(isMarkerTemporary);
   } catch {
     return false;
   }
@@ -275,8 +323,8 @@ async function syncTree(directory: string): Promise<void> {
 }
 
 /**
- * Put a finished staging directory in place of `target`: mark it complete, flush every file and
- * directory, rename the old run aside, rename the new one in, then delete the old one. At every
+ * Put a finished staging directory in place of `target`: mark it complete with the list of its
+ * files (see {@link OutputMarker.files}), flush every file and directory, rename the old run aside, rename the new one in, then delete the old one. At every
  * failure and every kill point either the old or the new run is complete (a kill between the two
  * renames leaves both beside `target`, and the next run finishes the replacement); a failed
  * rename puts the old run back.
@@ -285,12 +333,12 @@ export async function commitStaging(staging: string, directory: string): Promise
   const target = path.resolve(directory);
   const marker = await readMarker(staging);
   if (!marker) throw new CliError(`${staging} lost its marker file; not replacing ${target}.`);
-  await writeMarker(staging, { ...marker, status: 'complete' });
+  await writeMarker(staging, { ...marker, status: 'complete', files: await listTree(staging) });
   await syncTree(staging);
   await syncDirectory(path.dirname(target));
   const state = await outputState(target);
   if (state.kind === 'foreign' || state.kind === 'file') {
-    // Checked at the start; someone put files there since. Never replace them.
+    // Checked at the start; someone put files there since (or the previous output's list was unreadable). Never replace them.
     throw new CliError(`${target} now holds files lora did not write; the new output is kept in ${staging}.`, { exitCode: 1 });
   }
   let aside: string | null = null;

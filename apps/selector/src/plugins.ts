@@ -70,7 +70,12 @@ export function extraPluginPackages(fromFlags: readonly string[] = []): string[]
 }
 
 /** Which of a recipe's packages can be imported. */
-export async function checkInstalled(recipe: VariantRecipe, loader: PackageLoader = importPackage): Promise<{ installed: string[]; missing: string[] }> {
+export async function checkInstalled(recipe: VariantRecipe, loader: PackageLoader = importPackage): Promise<{
+  /** The recipe's packages that import and export their plugin descriptor, in recipe order. */
+  installed: string[];
+  /** The recipe's packages that are not installed, in recipe order (empty when all are). */
+  missing: string[];
+}> {
   const installed: string[] = [];
   const missing: string[] = [];
   for (const packageName of recipe.packages) {

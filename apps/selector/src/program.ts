@@ -2,22 +2,25 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { initRuntime, LoraError, writeJsonAtomic } from '@lora/core';
+import { initRuntime, LoraError, NonFiniteTensorError, writeJsonAtomic } from '@lora/core';
+import { pathExists } from '@lora/core/internal';
 import { bundledBaseDirectory, CausalLanguageModel, generate, loadTokenizer, ByteTokenizer, savePretrained } from '@lora/models';
 import { readSelectorConfig, type FlowchartFlags, type SelectorConfig } from './answers.js';
 import { CliError, MissingPackageError } from './errors.js';
 import { inspectDirectory, formatInspection } from './inspect.js';
 import { parseByteSize } from './measure.js';
-import { forwardLogits, loadModelWithAdapters, readForwardInput } from './model-io.js';
+import { checkForwardInputFits, copyCompanionFiles, forwardLogits, loadModelWithAdapters, readForwardInput } from './model-io.js';
 import { readMarker, resumableRuns, writeDirectoryAtomically } from './output-dir.js';
+import { assertWritableLogitsFile } from './output-file.js';
 import { extraPluginPackages, importPackage, registryForRecipe, type PackageLoader } from './plugins.js';
 import { recipeFor, recipePackageFor } from './recipe.js';
 import { assertInstalled, formatSelection, select, type SelectorIo } from './select.js';
 import { isResumableRun, readRunSettings, runTraining } from './train-run.js';
-import { checkConditionFor, exportHyperCondition, parseConditionFlag, refuseHyperMerge, runHyperTraining } from './hyper-run.js';
+import { checkConditionFor, conditionNote, exportHyperCondition, parseConditionFlag, refuseHyperMerge, runHyperTraining } from './hyper-run.js';
 
 /** Where the CLI reads and writes, plus an injectable package loader (tests simulate missing packages). */
 export interface ProgramContext extends SelectorIo {
+  /** Imports plugin and backend packages by name (default {@link importPackage}). */
   readonly loader?: PackageLoader;
 }
 
@@ -115,7 +118,7 @@ function addSelectOptions(command: Command): Command {
     .option('--data <file.jsonl>', 'training texts, one {"text": …} per line; for HyperLoRA {"text": …, "condition": {"factor": "value"}} (default: State of the Union speeches)')
     .option('--steps <n>', 'training steps', positiveInteger('--steps'), 300)
     .option('--batch-size <n>', 'sequences per step', positiveInteger('--batch-size'), 8)
-    .option('--context <n>', 'tokens per sequence', positiveInteger('--context'), 128)
+    .option('--context <n>', 'tokens per sequence (at least 2; at most the model\'s positions)', integerOption('--context', { min: 2 }), 128)
     .option('--learning-rate <lr>', 'peak learning rate (finite, > 0)', positiveNumber('--learning-rate'), 2e-3)
     .option('--seed <n>', 'seed for the data split and order, adapter initialisation, dropout and sampling', seedOption(), 0)
     .option('--out <dir>', 'output directory for the adapter and report (default: lora-runs/<variant>, replaced by each run)')
@@ -208,7 +211,9 @@ async function runSelect(options: SelectCommandOptions, command: Command, contex
   const budgetText = options.memoryBudget ?? (config?.memoryBudget === undefined ? undefined : String(config.memoryBudget));
   const memoryBudgetBytes = budgetText === undefined ? null : parseByteSize(budgetText);
   if (budgetText !== undefined && memoryBudgetBytes === null) {
-    throw new CliError(`--memory-budget must be bytes or a size like 6GiB / 512MB, got "${budgetText}".`, { exitCode: 2 });
+    const where = options.memoryBudget !== undefined ? '--memory-budget' : `${options.config}: memoryBudget`;
+    const fix = options.memoryBudget !== undefined ? '' : ' Fix the file, or pass --memory-budget.';
+    throw new CliError(`${where} must be a positive number of bytes or a size like 6GiB / 512MB, got "${budgetText}".${fix}`, { exitCode: 2 });
   }
   // The backend comes first: it is what the memory and compute answers below are measured on.
   const backend = await startBackend(loader);
@@ -238,7 +243,12 @@ async function runSelect(options: SelectCommandOptions, command: Command, contex
   );
   if (options.json && !runAfter) context.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   else io.stdout.write(`${formatSelection(result, decision)}\n\n`);
-  if (!runAfter) return;
+  if (!runAfter) {
+    // The training settings only matter to the run: say so rather than accept them silently.
+    const unused = ['data', 'batchSize', 'learningRate', 'seed', 'out', 'overwrite', 'checkpointEvery', 'prompt'].filter(given);
+    if (unused.length > 0) context.stderr.write(`lora: note: ${unused.map((key) => `--${key.replace(/[A-Z]/gu, (c) => `-${c.toLowerCase()}`)}`).join(', ')} only apply to training; add --run to train with them.\n`);
+    return;
+  }
   assertInstalled(result);
   const registry = await registryForRecipe(recipe, loader, { seed: options.seed });
   const outDirectory = options.out ?? config?.out ?? path.join('lora-runs', result.variant);
@@ -259,7 +269,11 @@ async function runSelect(options: SelectCommandOptions, command: Command, contex
   };
   if (recipe.adapter === 'hyper') {
     // HyperLoRA trains on conditioned texts and reports per condition: its own run (hyper-run.ts).
-    await runHyperTraining({ ...run, loader }, context);
+    const report = await runHyperTraining({ ...run, loader }, io);
+    if (options.json) {
+      const out = path.resolve(outDirectory);
+      context.stdout.write(`${JSON.stringify({ ...result, out, adapter: out, report })}\n`);
+    }
     return;
   }
   const report = await withSignals((signal) =>
@@ -276,22 +290,42 @@ function finishTraining(
   io: SelectorIo,
   selection: object | null,
 ): void {
-  const change = ((report.after.validationPerplexity / report.before.validationPerplexity - 1) * 100).toFixed(1);
+  const ratio = report.after.validationPerplexity / report.before.validationPerplexity - 1;
+  const change = `${ratio > 0 ? '+' : ''}${(ratio * 100).toFixed(1)}`;
   io.stdout.write(
     `Validation perplexity ${report.before.validationPerplexity.toFixed(3)} → ${report.after.validationPerplexity.toFixed(3)} (${change}%) with ${report.variant} in ${report.seconds.toFixed(0)} s.\n`,
   );
+  // Finite, so kept; but a run that made the model worse should not read as a success.
+  if (ratio > 0) context.stderr.write(`lora: warning: validation perplexity rose ${(ratio * 100).toFixed(1)}% over the run; the adapter is saved, but try a lower --learning-rate or more data.\n`);
   if (options.json) {
     const out = path.resolve(outDirectory);
     context.stdout.write(`${JSON.stringify({ ...(selection ?? { variant: report.variant }), out, adapter: path.join(out, 'adapter'), report: { before: report.before, after: report.after, resumedFromStep: report.resumedFromStep } })}\n`);
   }
 }
 
+/**
+ * How many tokens `lora generate` asks for: `--max-new-tokens`, or, left at its default, as many as
+ * the model's positions leave after the prompt.
+ * @throws {CliError} exit 2 when the prompt leaves no room, or an explicit `--max-new-tokens` does not fit.
+ */
+function newTokensThatFit(maxPositions: number | null, promptLength: number, asked: number, isDefault: boolean): number {
+  if (maxPositions === null || promptLength + asked <= maxPositions) return asked;
+  const room = maxPositions - promptLength;
+  if (room <= 0) throw new CliError(`--prompt is ${promptLength} tokens, which fill the model's ${maxPositions} positions; shorten it to at most ${maxPositions - 1}.`, { exitCode: 2 });
+  if (isDefault) return room;
+  throw new CliError(`--max-new-tokens ${asked} after a ${promptLength}-token prompt exceeds the model's ${maxPositions} positions; pass --max-new-tokens ${room} or less, or shorten the prompt.`, { exitCode: 2 });
+}
+
 /** Build the `lora` command set. */
 export function buildProgram(context: ProgramContext): Command {
   const program = new Command('lora')
     .description('Choose a LoRA variant with the variant guide\'s flowchart, compose its plugins and fine-tune; plus model and adapter tools.')
-    .showHelpAfterError('(run with --help for usage)')
-    .configureOutput({ writeOut: (text) => context.stdout.write(text), writeErr: (text) => context.stderr.write(text) })
+    .configureOutput({
+      writeOut: (text) => context.stdout.write(text),
+      writeErr: (text) => context.stderr.write(text),
+      // One line, as every other error: `lora: <what> (run with --help for usage)`.
+      outputError: (text, write) => write(`lora: ${text.replace(/^error: /u, '').trim().split('\n').join(' ')} (run with --help for usage)\n`),
+    })
     .version(`lora ${cliVersion()}`, '-V, --version', 'print the version')
     .exitOverride();
 
@@ -310,38 +344,49 @@ export function buildProgram(context: ProgramContext): Command {
     .option('--adapter <dir>', 'PEFT adapter directory (repeatable; all are applied)', (value: string, previous: string[]) => [...previous, value], [] as string[])
     .addOption(new Option('--quantize <type>', 'quantize the base to 4 bits first').choices(['nf4', 'fp4']))
     .requiredOption('--input <in.json>', '(required) {"input_ids": [[…]], "attention_mask": [[…]], "token_type_ids": [[…]], "adapter_inputs": {…}}')
-    .requiredOption('--out <out.json>', '(required) where to write {"logits": […]}')
+    .requiredOption('--out <out.json>', '(required) where to write {"logits": […]}: a new file')
+    .option('--overwrite', 'replace --out if an earlier lora forward wrote it (never another file)')
     .option('--condition <factor=value,…>', 'HyperLoRA condition for every row (e.g. party=Democratic,era=modern)')
     .option('--allow-non-finite', ALLOW_NON_FINITE)
     .addOption(pluginOption())
-    .action(async (options: { model?: string; adapter: string[]; quantize?: 'nf4' | 'fp4'; input: string; out: string; condition?: string; allowNonFinite?: boolean; plugin: string[] }) => {
-      let input = await readForwardInput(options.input);
-      const condition = options.condition === undefined ? undefined : await parseConditionFlag(options.condition, context.loader ?? importPackage);
-      if (condition !== undefined) input = { ...input, adapter_inputs: { ...input.adapter_inputs, condition } };
-      await initRuntime();
-      const { model, adapterModel } = await loadModelWithAdapters({
-        modelDirectory: options.model ?? bundledBaseDirectory(),
-        adapterDirectories: options.adapter,
-        quantize: options.quantize,
-        loader: context.loader,
-        allowNonFinite: options.allowNonFinite,
-        pluginPackages: options.plugin,
-      });
-      try {
-        if (condition !== undefined) await checkConditionFor(adapterModel, condition, context.loader ?? importPackage);
-        model.eval();
-        const logits = forwardLogits(model, input);
-        const values = logits.arraySync();
-        const finite = logits.dataSync().every(Number.isFinite);
-        logits.dispose();
-        // JSON has no NaN: they would be written as null. Only with --allow-non-finite, and then said.
-        if (!finite && !options.allowNonFinite) throw new CliError('The logits are not finite (NaN or Infinity); nothing was written. Check the model and adapter weights.');
-        await writeJsonAtomic(options.out, { logits: values });
-        context.stdout.write(`wrote logits ${JSON.stringify(logits.shape)} to ${options.out}\n`);
-      } finally {
-        model.dispose();
-      }
-    });
+    .action(
+      async (options: { model?: string; adapter: string[]; quantize?: 'nf4' | 'fp4'; input: string; out: string; overwrite?: boolean; condition?: string; allowNonFinite?: boolean; plugin: string[] }) => {
+        await assertWritableLogitsFile(options.out, { input: options.input, overwrite: options.overwrite });
+        let input = await readForwardInput(options.input);
+        const condition = options.condition === undefined ? undefined : await parseConditionFlag(options.condition, context.loader ?? importPackage);
+        if (condition !== undefined) input = { ...input, adapter_inputs: { ...input.adapter_inputs, condition } };
+        await initRuntime();
+        const { model, adapterModel } = await loadModelWithAdapters({
+          modelDirectory: options.model ?? bundledBaseDirectory(),
+          adapterDirectories: options.adapter,
+          quantize: options.quantize,
+          loader: context.loader,
+          allowNonFinite: options.allowNonFinite,
+          pluginPackages: options.plugin,
+        });
+        try {
+          if (condition !== undefined) await checkConditionFor(adapterModel, condition, context.loader ?? importPackage);
+          checkForwardInputFits(model, input, options.input);
+          // A condition in the input file (one per row, or for the batch) is the caller's to vouch for.
+          if (condition !== undefined || input.adapter_inputs?.['condition'] === undefined) {
+            const note = conditionNote(adapterModel, condition);
+            if (note) context.stderr.write(`lora: note: ${note}.\n`);
+          }
+          model.eval();
+          const logits = forwardLogits(model, input);
+          const values = logits.arraySync();
+          const finite = logits.dataSync().every(Number.isFinite);
+          logits.dispose();
+          // JSON has no NaN: they would be written as null. Only with --allow-non-finite, and then said.
+          if (!finite && !options.allowNonFinite) throw new CliError('The logits are not finite (NaN or Infinity); nothing was written. Check the model and adapter weights.');
+          await writeJsonAtomic(options.out, { logits: values });
+          context.stdout.write(`wrote logits ${JSON.stringify(logits.shape)} to ${options.out}\n`);
+          if (!finite) context.stderr.write(`lora: warning: some logits are not finite (NaN or Infinity), written as null in ${options.out}: the weights loaded with --allow-non-finite reach the output.\n`);
+        } finally {
+          model.dispose();
+        }
+      },
+    );
 
   program
     .command('merge')
@@ -364,7 +409,23 @@ export function buildProgram(context: ProgramContext): Command {
       try {
         refuseHyperMerge(adapterModel!, { model: options.model, adapter: options.adapter });
         const merged = adapterModel!.mergeAndUnload();
-        await writeDirectoryAtomically(options.out, (staging) => savePretrained(merged, staging), { overwrite: options.overwrite, kind: 'merge' });
+        try {
+          await writeDirectoryAtomically(
+            options.out,
+            async (staging) => {
+              await savePretrained(merged, staging);
+              await copyCompanionFiles(options.model, staging);
+            },
+            { overwrite: options.overwrite, kind: 'merge' },
+          );
+        } catch (error) {
+          // savePretrained names the staging directory; the user knows --out.
+          if (!(error instanceof NonFiniteTensorError)) throw error;
+          throw new CliError(
+            `Not writing the merged model to ${path.resolve(options.out)}: tensor "${error.tensor}" holds ${error.count} non-finite value${error.count === 1 ? '' : 's'} (first: ${error.found}); nothing was written. Merge finite weights (--allow-non-finite only lets them load).`,
+            { exitCode: 2 },
+          );
+        }
         context.stdout.write(`wrote the merged model to ${path.resolve(options.out)}\n`);
       } finally {
         model.dispose();
@@ -378,7 +439,7 @@ export function buildProgram(context: ProgramContext): Command {
     .requiredOption('--out <dir>', '(required) output model directory')
     .addOption(new Option('--type <type>', '4-bit code').choices(['nf4', 'fp4']).default('nf4'))
     .option('--double-quant', 'also quantize the absmax constants (≈4.127 bits per weight)')
-    .option('--block-size <n>', 'elements per absmax block', positiveInteger('--block-size'), 64)
+    .option('--block-size <n>', 'elements per absmax block: 32, 64, …, 4096 (a power of two)', positiveInteger('--block-size'), 64)
     .option('--overwrite', 'replace an output directory an earlier lora command wrote (never one with other files)')
     .action(async (options: { model: string; out: string; type: 'nf4' | 'fp4'; doubleQuant?: boolean; blockSize: number; overwrite?: boolean }) => {
       const loader = context.loader ?? importPackage;
@@ -391,12 +452,20 @@ export function buildProgram(context: ProgramContext): Command {
       }
       const save = quantPackage['saveQuantizedPretrained'];
       if (typeof save !== 'function') throw new CliError(`The installed ${quantPackageName} has no saveQuantizedPretrained(); update it.`);
+      // The sizes come from the quant package (bitsandbytes' block sizes), checked before the model loads.
+      const blockSizes = quantPackage['VALID_BLOCK_SIZES'];
+      if (Array.isArray(blockSizes) && !blockSizes.includes(options.blockSize)) {
+        throw new CliError(`--block-size must be one of ${blockSizes.join(', ')}, got ${options.blockSize}.`, { exitCode: 2 });
+      }
       await initRuntime();
       const { model } = await loadModelWithAdapters({ modelDirectory: options.model, adapterDirectories: [], loader });
       try {
         await writeDirectoryAtomically(
           options.out,
-          (staging) => (save as (m: unknown, d: string, o: unknown) => Promise<void>)(model, staging, { type: options.type, doubleQuant: options.doubleQuant ?? false, blockSize: options.blockSize }),
+          async (staging) => {
+            await (save as (m: unknown, d: string, o: unknown) => Promise<void>)(model, staging, { type: options.type, doubleQuant: options.doubleQuant ?? false, blockSize: options.blockSize });
+            await copyCompanionFiles(options.model, staging);
+          },
           { overwrite: options.overwrite, kind: 'quantize' },
         );
         context.stdout.write(`wrote the ${options.type} checkpoint to ${path.resolve(options.out)}\n`);
@@ -438,7 +507,7 @@ export function buildProgram(context: ProgramContext): Command {
     .option('--adapter <dir>', 'PEFT adapter directory (repeatable)', (value: string, previous: string[]) => [...previous, value], [] as string[])
     .requiredOption('--prompt <text>', '(required) prompt text')
     .option('--max-new-tokens <n>', 'tokens to generate', positiveInteger('--max-new-tokens'), 80)
-    .option('--greedy', 'greedy decoding instead of sampling')
+    .addOption(new Option('--greedy', 'greedy decoding instead of sampling (no --temperature, --top-k or --top-p then)').conflicts(['temperature', 'topK', 'topP']))
     .option('--temperature <t>', 'sampling temperature', positiveNumber('--temperature'), 0.8)
     .option('--top-k <k>', 'sample among the k most likely tokens', positiveInteger('--top-k'), 20)
     .option('--top-p <p>', 'nucleus sampling mass', positiveNumber('--top-p', { max: 1 }), 1)
@@ -446,7 +515,7 @@ export function buildProgram(context: ProgramContext): Command {
     .option('--condition <factor=value,…>', 'HyperLoRA condition (e.g. party=Democratic,era=modern)')
     .option('--allow-non-finite', ALLOW_NON_FINITE)
     .addOption(pluginOption())
-    .action(async (options: { model?: string; adapter: string[]; prompt: string; maxNewTokens: number; greedy?: boolean; temperature: number; topK: number; topP: number; seed: number; condition?: string; allowNonFinite?: boolean; plugin: string[] }) => {
+    .action(async (options: { model?: string; adapter: string[]; prompt: string; maxNewTokens: number; greedy?: boolean; temperature: number; topK: number; topP: number; seed: number; condition?: string; allowNonFinite?: boolean; plugin: string[] }, command: Command) => {
       const condition = options.condition === undefined ? undefined : await parseConditionFlag(options.condition, context.loader ?? importPackage);
       await initRuntime();
       const directory = options.model ?? bundledBaseDirectory();
@@ -459,11 +528,18 @@ export function buildProgram(context: ProgramContext): Command {
       });
       try {
         if (condition !== undefined) await checkConditionFor(adapterModel, condition, context.loader ?? importPackage);
+        const note = conditionNote(adapterModel, condition);
+        if (note) context.stderr.write(`lora: note: ${note}.\n`);
         if (!(model instanceof CausalLanguageModel)) throw new CliError(`lora generate needs a causal language model; ${directory} holds a ${model.architecture}.`, { exitCode: 2 });
-        const tokenizer = await loadTokenizer(directory).catch(() => new ByteTokenizer());
+        // A checkpoint without tokenizer files (the tiny test models) takes bytes as token ids; a tokenizer file that is there but broken is an error.
+        const hasTokenizer = (await pathExists(path.join(directory, 'tokenizer.json'))) || (await pathExists(path.join(directory, 'tokenizer_config.json')));
+        const tokenizer = hasTokenizer ? await loadTokenizer(directory) : new ByteTokenizer();
         const promptIds = tokenizer.encode(options.prompt);
+        if (promptIds.length === 0) throw new CliError('--prompt is empty; give the text to continue.', { exitCode: 2 });
+        const maxNewTokens = newTokensThatFit(model.maxPositions, promptIds.length, options.maxNewTokens, command.getOptionValueSource('maxNewTokens') === 'default');
+        if (maxNewTokens < options.maxNewTokens) context.stderr.write(`lora: generating ${maxNewTokens} tokens: the prompt's ${promptIds.length} fill the rest of the model's ${model.maxPositions} positions.\n`);
         const [tokens] = generate(model, [promptIds], {
-          maxNewTokens: options.maxNewTokens,
+          maxNewTokens,
           doSample: !options.greedy,
           temperature: options.temperature,
           topK: options.topK,
@@ -481,10 +557,10 @@ export function buildProgram(context: ProgramContext): Command {
     .command('export')
     .description('write the plain PEFT LoRA a HyperLoRA adapter gives for one condition')
     .option('--model <dir>', 'Hugging Face model directory (default: the bundled base)')
-    .requiredOption('--adapter <dir>', 'HyperLoRA adapter directory (peft_type HYPERLORA)')
-    .requiredOption('--condition <factor=value,…>', 'the condition to export, e.g. party=Democratic,era=modern')
-    .requiredOption('--out <dir>', 'output adapter directory')
-    .option('--overwrite', 'replace a non-empty output directory')
+    .requiredOption('--adapter <dir>', '(required) HyperLoRA adapter directory (peft_type HYPERLORA)')
+    .requiredOption('--condition <factor=value,…>', '(required) the condition to export, e.g. party=Democratic,era=modern (a factor left out takes its learned null embedding)')
+    .requiredOption('--out <dir>', '(required) output adapter directory')
+    .option('--overwrite', 'replace an output directory an earlier lora command wrote (never one with other files)')
     .addOption(pluginOption())
     .action(async (options: { model?: string; adapter: string; condition: string; out: string; overwrite?: boolean; plugin: string[] }) => {
       await initRuntime();

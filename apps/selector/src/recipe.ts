@@ -2,9 +2,11 @@ import type { Variant } from './flowchart.js';
 
 /** What a variant needs: its adapter plugin, base transforms and the packages providing them. */
 export interface VariantRecipe {
+  /** The flowchart variant this recipe is for. */
   readonly variant: Variant;
   /** Adapter plugin name in the registry. */
   readonly adapter: string;
+  /** Base transform plugins applied to the frozen base before the adapter: `['quant']` (4-bit NF4) for QLoRA, else empty. */
   readonly transforms: readonly string[];
   /** npm packages that must be installed, in addition to @lora/core. */
   readonly packages: readonly string[];
@@ -16,9 +18,13 @@ export interface VariantRecipe {
 
 /** Training settings a recipe's options depend on. */
 export interface RecipeContext {
+  /** Module names the adapter wraps, copied into the options (PEFT's `target_modules`), e.g. `['c_attn', 'c_proj']` for GPT-2. */
   readonly targetModules: readonly string[];
+  /** Whether the targets store weights [in, out] (GPT-2's Conv1D; PEFT's `fan_in_fan_out`); set in the LoRA, QLoRA, DoRA and AdaLoRA options. */
   readonly fanInFanOut: boolean;
+  /** Total training steps: sets AdaLoRA's schedule (`totalStep`, `tinit` and `tfinal` of ~10% each, `deltaT` of ~5%); other variants ignore it. */
   readonly steps: number;
+  /** PEFT's `task_type`, copied into the options. */
   readonly taskType: 'CAUSAL_LM' | 'SEQ_CLS';
 }
 
@@ -68,6 +74,7 @@ export function recipeFor(variant: Variant, context: RecipeContext): VariantReci
           loraAlpha: 16,
           loraDropout: 0.05,
           targetModules: [...context.targetModules],
+          fanInFanOut: context.fanInFanOut,
           totalStep: context.steps,
           tinit,
           tfinal,

@@ -2,26 +2,77 @@ import asciichart from 'asciichart';
 
 /** What a training run reports (written as report.json and summarised in report.md). */
 export interface TrainingReport {
+  /** The trained recipe's variant id (e.g. `lora`, `qlora`). */
   readonly variant: string;
-  readonly recipe: { readonly adapter: string; readonly transforms: readonly string[]; readonly config: Readonly<Record<string, unknown>> };
+  /** The recipe as trained. */
+  readonly recipe: {
+    /** Adapter plugin name in the registry. */
+    readonly adapter: string;
+    /** Base transform plugins applied before the adapter (`['quant']` for QLoRA). */
+    readonly transforms: readonly string[];
+    /** The trained adapter's config as PEFT JSON (snake_case keys, defaults filled in). */
+    readonly config: Readonly<Record<string, unknown>>;
+  };
+  /** The model directory as given, or a description of the bundled base. */
   readonly model: string;
+  /** The training data: the JSONL file with its record count, or the default corpus's description. */
   readonly data: string;
+  /** The tensor backend's description, as passed in `TrainRunOptions.backend`. */
   readonly backend: string;
+  /** Total optimizer steps of the run, counting those before a resume. */
   readonly steps: number;
+  /** Windows per step. */
   readonly batchSize: number;
+  /** Tokens per window. */
   readonly contextLength: number;
+  /** PEFT's one-line count: `trainable params: … || all params: … || trainable%: …`. */
   readonly trainableParameters: string;
   /** Validation measured the same way before and after training (same tokens, windows and model, adapter included). */
-  readonly before: { readonly validationLoss: number; readonly validationPerplexity: number; readonly tokens: number };
-  readonly after: { readonly validationLoss: number; readonly validationPerplexity: number; readonly tokens: number };
+  readonly before: {
+    /** Mean negative log-likelihood per predicted token, in nats. */
+    readonly validationLoss: number;
+    /** exp(`validationLoss`). */
+    readonly validationPerplexity: number;
+    /** Number of validation tokens predicted. */
+    readonly tokens: number;
+  };
+  /** Validation after training, measured exactly as `before`. */
+  readonly after: {
+    /** Mean negative log-likelihood per predicted token, in nats. */
+    readonly validationLoss: number;
+    /** exp(`validationLoss`). */
+    readonly validationPerplexity: number;
+    /** Number of validation tokens predicted. */
+    readonly tokens: number;
+  };
   /** Training loss of each step run by the process that finished the run. */
   readonly losses: readonly number[];
   /** The checkpoint step a resumed run continued from (0 when run in one go). */
   readonly resumedFromStep: number;
+  /** Training throughput of the finishing process: (steps − `resumedFromStep`) × batch × context tokens over `seconds`. */
   readonly tokensPerSecond: number;
+  /** Wall-clock seconds of the training loop in the finishing process (checkpoints included; evaluation and sampling not). */
   readonly seconds: number;
-  readonly samples: { readonly prompt: string; readonly before: string; readonly after: string } | null;
-  readonly path: readonly { readonly question: string; readonly answer: boolean; readonly source: string; readonly detail: string }[];
+  /** Seeded samples from the same prompt before and after training, or null when none were taken. */
+  readonly samples: {
+    /** The prompt (`--prompt`). */
+    readonly prompt: string;
+    /** Continuation (up to 80 tokens, prompt excluded) sampled before training. */
+    readonly before: string;
+    /** Continuation sampled after training, with the same seed. */
+    readonly after: string;
+  } | null;
+  /** The flowchart steps that chose the variant, as the report's "Why this variant" lists them. */
+  readonly path: readonly {
+    /** The question's text (not its id), e.g. `Are memory limitations extreme?`. */
+    readonly question: string;
+    /** The answer taken: true for yes. */
+    readonly answer: boolean;
+    /** Which source gave the answer (`flag`, `config`, `prompt`, `measurement` or `default`). */
+    readonly source: string;
+    /** The answer's human-readable reason. */
+    readonly detail: string;
+  }[];
 }
 
 /** Average `values` into at most `width` buckets so a chart fits a terminal. */

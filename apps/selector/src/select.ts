@@ -11,8 +11,11 @@ import { installCommand } from './package-manager.js';
 
 /** Streams the selector talks through (injectable for tests). */
 export interface SelectorIo {
+  /** Reports, progress and prompts (under `--json` the CLI passes its stderr here, keeping stdout for the JSON). */
   readonly stdout: Writable;
+  /** One-line error messages (and, under `--json`, everything meant for people). */
   readonly stderr: Writable;
+  /** Read by the interactive prompts. */
   readonly stdin: Readable;
   /** Whether stdin and stdout are a terminal: prompts are only shown then. */
   readonly interactive: boolean;
@@ -20,42 +23,82 @@ export interface SelectorIo {
 
 /** Options of `lora select`. */
 export interface SelectOptions extends FlowchartFlags {
+  /** A parsed `selector.json`: its answers count where no flag gives one (its run settings are the caller's to apply). */
   readonly config?: SelectorConfig;
   /** Model directory (Hugging Face layout) whose training memory is estimated. */
   readonly modelDirectory: string;
+  /** Memory available for training, in bytes (`--memory-budget`); null uses the OS's free memory. */
   readonly memoryBudgetBytes: number | null;
-  readonly training: TrainingShape & { readonly steps: number };
+  /** Batch, sequence length and rank for the memory estimate, plus the run's steps. */
+  readonly training: TrainingShape & {
+    /** Total training steps, which set AdaLoRA's schedule in the recipe. */
+    readonly steps: number;
+  };
   /** Backend name and whether it is a GPU, for the compute question. */
-  readonly backend: { readonly name: string; readonly gpu: boolean };
+  readonly backend: {
+    /** The backend's name, as quoted in the compute answer's detail. */
+    readonly name: string;
+    /** A GPU backend makes the compute answer "substantial" whatever the core count. */
+    readonly gpu: boolean;
+  };
+  /** Module names the recipe's adapter targets (PEFT's `target_modules`), e.g. `['c_attn', 'c_proj']` for GPT-2. */
   readonly targetModules: readonly string[];
   /** Whether the targets store weights [in, out] (GPT-2's Conv1D); written to the config as PEFT does. */
   readonly fanInFanOut?: boolean;
+  /** Imports the recipe's packages to see which are installed (default {@link importPackage}). */
   readonly loader?: PackageLoader;
 }
 
 /** The result `--json` prints. */
 export interface SelectResult {
+  /** The recommended variant. */
   readonly variant: Variant;
+  /** The questions asked, with each answer, its source and its reason. */
   readonly path: Decision['path'];
+  /** What the variant needs, and its config. */
   readonly recipe: {
+    /** Adapter plugin name in the registry (`lora`, `dora`, `adalora` or `hyper`). */
     readonly adapter: string;
+    /** Base transform plugins (`['quant']` for QLoRA, else empty). */
     readonly transforms: readonly string[];
+    /** Every npm package the recipe needs, `@lora/core` first. */
     readonly packages: readonly string[];
+    /** Those of `packages` that are not installed (empty when all are). */
     readonly missingPackages: readonly string[];
+    /** The command installing `missingPackages` with the user's package manager; null when none are missing or one is not published. */
     readonly installCommand: string | null;
+    /** The adapter config as PEFT JSON (snake_case keys): the plugin's own `toPeftJson` when installed, else the options with keys converted. */
     readonly config: Readonly<Record<string, unknown>>;
+    /** One line on what the variant does. */
     readonly summary: string;
   };
+  /** The measurements behind the memory and compute answers (taken even when a flag or the config answered). */
   readonly measurements: {
+    /** Estimated float32 LoRA training memory, in bytes (`MemoryEstimate.totalBytes`). */
     readonly estimatedTrainingBytes: number;
+    /** Memory the estimate was compared with, in bytes. */
     readonly availableBytes: number;
+    /** Where `availableBytes` came from: `--memory-budget` or `free system memory`. */
     readonly availableSource: string;
+    /** The compute judgement's reason, e.g. `GPU backend "webgpu" present`. */
     readonly compute: string;
   };
 }
 
 /** Measure the answers a machine can give: memory (estimate vs available) and compute. */
-export async function measureAnswers(options: SelectOptions): Promise<{ answers: MeasuredAnswers; estimate: number; available: { bytes: number; source: string } }> {
+export async function measureAnswers(options: SelectOptions): Promise<{
+  /** The measured memory and compute answers. */
+  answers: MeasuredAnswers;
+  /** Estimated float32 LoRA training memory, in bytes. */
+  estimate: number;
+  /** The memory the estimate is compared with. */
+  available: {
+    /** Available memory, in bytes. */
+    bytes: number;
+    /** Where it came from: `--memory-budget` or `free system memory`. */
+    source: string;
+  };
+}> {
   const footprint = await readModelFootprint(options.modelDirectory).catch((error: unknown) => {
     throw new CliError(`Cannot read the model in ${options.modelDirectory}: ${(error as Error).message}`);
   });
@@ -100,12 +143,23 @@ async function recipeConfigJson(recipe: VariantRecipe, missing: readonly string[
 }
 
 /** Walk the flowchart with every answer source and build the recipe. */
-export async function select(options: SelectOptions, io: SelectorIo): Promise<{ result: SelectResult; recipe: VariantRecipe; decision: Decision }> {
+export async function select(options: SelectOptions, io: SelectorIo): Promise<{
+  /** What `--json` prints. */
+  result: SelectResult;
+  /** The chosen variant's recipe, with camelCase options, for training. */
+  recipe: VariantRecipe;
+  /** The flowchart's result, with the path taken. */
+  decision: Decision;
+}> {
   const measured = await measureAnswers(options);
   const prompt = io.interactive ? terminalPrompt(io) : undefined;
   const decision = await walkFlowchart((question) =>
     resolveAnswer(question, { flags: options, config: options.config, measured: measured.answers, prompt }),
   );
+  // PEFT's AdaLoRA schedule needs tinit < totalStep − tfinal: a warm-up, a pruning and a final step at least.
+  if (decision.variant === 'adalora' && options.training.steps < 3) {
+    throw new CliError(`AdaLoRA needs --steps 3 or more (its rank schedule warms up, prunes and settles over one step each at least), got ${options.training.steps}.`, { exitCode: 2 });
+  }
   const recipe = recipeFor(decision.variant, {
     targetModules: options.targetModules,
     fanInFanOut: options.fanInFanOut ?? false,

@@ -38,13 +38,19 @@ export interface TrainRunOptions {
   readonly modelDirectory: string | null;
   /** JSONL file with a `text` field per line, or null for the built-in corpus. */
   readonly dataFile: string | null;
+  /** Where the finished run goes (`adapter/`, `report.json`, `report.md`, `run.json`); it is built in a staging directory beside it. */
   readonly outDirectory: string;
   /** Replace an existing output directory that lora wrote (default false). Others are never replaced. */
   readonly overwrite?: boolean;
+  /** Total optimizer steps of the run (a resumed run continues from its checkpoint's step up to this). */
   readonly steps: number;
+  /** Windows per step; also the batch size of the validation passes. */
   readonly batchSize: number;
+  /** Tokens per training and validation window. */
   readonly contextLength: number;
+  /** Peak AdamW learning rate: linear warm-up over the first 5% of steps, then cosine decay to 0 (CLI default 2e-3). */
   readonly learningRate: number;
+  /** Seeds the train/validation split, the batch order, dropout and the samples (the adapter's initialisation is seeded by `registry`). */
   readonly seed: number;
   /** Checkpoint every this many steps (default: every 10% of the run). */
   readonly checkpointEvery?: number;
@@ -52,9 +58,13 @@ export interface TrainRunOptions {
   readonly validationTokens?: number;
   /** Prompt for the before/after samples (language models). */
   readonly samplePrompt: string;
+  /** The variant's recipe: adapter plugin, base transforms and camelCase options of the adapter to train. */
   readonly recipe: VariantRecipe;
+  /** A registry holding the recipe's adapter and transform plugins (see `registryForRecipe`). */
   readonly registry: LoraRegistry;
+  /** The flowchart's decision, saved in `run.json` and written to the report's `path`. */
   readonly decision: Decision;
+  /** A description of the tensor backend, copied into the report as is. */
   readonly backend: string;
   /** Continue the stopped run in this staging directory (`lora train --resume`). */
   readonly resumeFrom?: string;
@@ -153,7 +163,14 @@ export function shuffledBatches(windowsList: readonly number[][], batchSize: num
 }
 
 /** Load a causal LM and its tokenizer from a directory, or the bundled base. */
-export async function loadLanguageModel(directory: string | null): Promise<{ model: CausalLanguageModel; tokenizer: TextTokenizer; name: string }> {
+export async function loadLanguageModel(directory: string | null): Promise<{
+  /** The loaded model; the caller disposes it. */
+  model: CausalLanguageModel;
+  /** The directory's tokenizer, or a byte tokenizer for the bundled base and for 257-token vocabularies without one. */
+  tokenizer: TextTokenizer;
+  /** How reports name the model: the directory as given, or a description of the bundled base. */
+  name: string;
+}> {
   if (directory === null) {
     const { model, tokenizer } = await loadBundledBase();
     return { model, tokenizer, name: 'bundled base (GPT-2 architecture, byte vocabulary, pretrained on Moby-Dick)' };
@@ -212,6 +229,18 @@ function oneLine(error: unknown): string {
 }
 
 /**
+ * Refuse a `--context` longer than the model's position table (GPT-2's `n_positions`) before any
+ * directory is made or data read.
+ * @throws {CliError} exit 2, naming the flag, the model's limit and where it comes from.
+ */
+export function assertContextFits(model: CausalLanguageModel, contextLength: number, modelDirectory: string | null): void {
+  const limit = model.maxPositions;
+  if (limit === null || contextLength <= limit) return;
+  const source = modelDirectory === null ? 'the bundled base' : path.join(modelDirectory, 'config.json');
+  throw new CliError(`--context ${contextLength} is longer than the model's ${limit} positions (n_positions in ${source}); pass --context ${limit} or less.`, { exitCode: 2 });
+}
+
+/**
  * Fine-tune with a recipe: evaluate validation loss and perplexity, train, evaluate again the same
  * way, sample before and after, and save the adapter (PEFT format) with report.json and report.md.
  *
@@ -236,6 +265,7 @@ export async function runTraining(options: TrainRunOptions, io: SelectorIo): Pro
   let staging: string | null = null;
   let keep = false;
   try {
+    assertContextFits(model, options.contextLength, options.modelDirectory);
     const data = await loadTokenData(options.dataFile, tokenizer, {
       maxTrainTokens: Math.max(options.steps * options.batchSize * options.contextLength, options.batchSize * options.contextLength),
       maxValidationTokens: options.validationTokens ?? 8192,
@@ -244,12 +274,12 @@ export async function runTraining(options: TrainRunOptions, io: SelectorIo): Pro
     const trainWindows = windows(data.trainIds, options.contextLength);
     if (trainWindows.length < options.batchSize) {
       throw new CliError(
-        `The dataset is smaller than one batch: ${trainWindows.length} window(s) of ${options.contextLength} tokens for a batch of ${options.batchSize}. Add data or lower --batch-size / --context.`,
+        `The training split of ${data.description} is smaller than one batch: ${trainWindows.length} window(s) of ${options.contextLength} tokens for a batch of ${options.batchSize}. Add data or lower --batch-size / --context.`,
         { exitCode: 2 },
       );
     }
     if (data.validationIds.length < options.contextLength) {
-      throw new CliError(`The validation split has ${data.validationIds.length} tokens, fewer than one window of ${options.contextLength}. Add data.`, { exitCode: 2 });
+      throw new CliError(`The validation split of ${data.description} has ${data.validationIds.length} tokens, fewer than one window of ${options.contextLength}. Add data or lower --context.`, { exitCode: 2 });
     }
     const batches = shuffledBatches(trainWindows, options.batchSize, options.seed);
 
@@ -398,8 +428,9 @@ export async function runTraining(options: TrainRunOptions, io: SelectorIo): Pro
     return report;
   } catch (error) {
     if (staging !== null && !keep) {
-      if (await isResumableRun(staging)) {
-        // A checkpoint is worth keeping: the run can be resumed after the problem is fixed.
+      // A checkpoint is worth keeping: the run can be resumed after the problem is fixed. Without
+      // one (bad input found after the staging directory was made) there is nothing to resume.
+      if ((await isResumableRun(staging)) && (await readCheckpointStep(path.join(staging, CHECKPOINT_DIRECTORY)).catch(() => null)) !== null) {
         await releaseStaging(staging, 'interrupted');
       } else {
         forgetStaging(await readMarker(staging));

@@ -56,7 +56,9 @@ describe('lora forward / merge / inspect / generate', () => {
     const out = path.join(directory, 'merged-gpt2');
     const result = await run(['merge', '--model', GPT2, '--adapter', path.join(FIXTURES, 'adapters/gpt2_lora'), '--out', out]);
     expect(result.code).toBe(0);
-    expect((await readdir(out)).sort()).toEqual(expect.arrayContaining(['config.json', 'model.safetensors']));
+    // The base's generation (and tokenizer) files come along, byte for byte.
+    expect((await readdir(out)).sort()).toEqual(['.lora-output.json', 'config.json', 'generation_config.json', 'model.safetensors']);
+    expect((await readFile(path.join(out, 'generation_config.json'))).equals(await readFile(path.join(GPT2, 'generation_config.json')))).toBe(true);
     const ref = await reference('adapters/gpt2_lora');
     const merged = await forward(out, ref.inputs);
     const withAdapter = await forward(GPT2, ref.inputs, [path.join(FIXTURES, 'adapters/gpt2_lora')]);
@@ -92,12 +94,40 @@ describe('lora forward / merge / inspect / generate', () => {
     expect(parsed.parameters).toBe(2 * (4 * 64 + 192 * 4) + 2 * (4 * 64 + 64 * 4) + 2 * (4 * 256 + 64 * 4));
     const model = await run(['inspect', GPT2]);
     expect(model.stdout).toMatch(/^Model: GPT2LMHeadModel\nParameters: /u);
+    expect(model.stdout).not.toMatch(/Quantization/u);
+    // A 4-bit checkpoint says so, and that its counts are of stored elements.
+    const quantized = path.join(directory, 'inspect-nf4');
+    expect((await run(['quantize', '--model', GPT2, '--out', quantized, '--double-quant'])).code).toBe(0);
+    const inspected = await run(['inspect', quantized]);
+    expect(inspected.stdout).toContain('Quantization: 4-bit bitsandbytes (nf4, double-quantized scales); parameters above count stored elements (packed codes, scales)\n');
+    const missing = await run(['inspect', path.join(directory, 'nope')]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toBe(`lora: ${path.join(directory, 'nope')} does not exist; give a model or adapter directory.\n`);
   });
 
   it('generates text from the fixture GPT-2', async () => {
     const result = await run(['generate', '--model', GPT2, '--prompt', 'Call me', '--max-new-tokens', '5', '--greedy']);
     expect(result.code).toBe(0);
     expect(result.stdout.startsWith('Call me')).toBe(true);
+  });
+
+  it('generates as many tokens as the model\'s positions leave after a long prompt, and refuses what cannot fit (exit 2)', async () => {
+    // The bundled base has 128 positions and takes bytes as tokens: a 100-byte prompt leaves 28 of the default 80.
+    const prompt = 'x'.repeat(100);
+    const capped = await run(['generate', '--prompt', prompt, '--greedy']);
+    expect(capped.code).toBe(0);
+    expect(capped.stderr).toBe("lora: generating 28 tokens: the prompt's 100 fill the rest of the model's 128 positions.\n");
+    expect(capped.stdout.startsWith(prompt)).toBe(true);
+    const refusals: [string[], string][] = [
+      [['--prompt', prompt, '--max-new-tokens', '29'], '--max-new-tokens 29 after a 100-token prompt exceeds the model\'s 128 positions; pass --max-new-tokens 28 or less, or shorten the prompt.'],
+      [['--prompt', 'y'.repeat(128)], '--prompt is 128 tokens, which fill the model\'s 128 positions; shorten it to at most 127.'],
+      [['--prompt', ''], '--prompt is empty; give the text to continue.'],
+    ];
+    for (const [flags, message] of refusals) {
+      const result = await run(['generate', ...flags, '--greedy']);
+      expect(result.code).toBe(2);
+      expect(result.stderr).toBe(`lora: ${message}\n`);
+    }
   });
 
   it('fails with one line and exit 2 on bad input, leaving no partial output', async () => {

@@ -1,8 +1,10 @@
-import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readSafetensorsFile, writeSafetensorsFile } from '@lora/core';
+import { buildProgram } from '../src/index.js';
 import { BERT, FIXTURES, GPT2, run } from './helpers.js';
 
 describe('the lora CLI contract', () => {
@@ -22,6 +24,9 @@ describe('the lora CLI contract', () => {
     [['generate', '--prompt', 'x', '--top-p', '2'], /--top-p must be a finite number > 0 and <= 1, got "2"/u],
     [['generate', '--prompt', 'x', '--temperature', 'NaN'], /--temperature must be a finite number > 0, got "NaN"/u],
     [['quantize', '--model', 'm', '--out', 'o', '--block-size', '0'], /--block-size must be an integer >= 1, got "0"/u],
+    [['select', '--model', GPT2, '--steps', '2', '--multi-task', '--compute', 'limited'], /^lora: AdaLoRA needs --steps 3 or more \(its rank schedule warms up, prunes and settles over one step each at least\), got 2\.\n$/u],
+    [['quantize', '--model', GPT2, '--out', 'never-written', '--block-size', '7'], /^lora: --block-size must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096, got 7\.\n$/u],
+    [['generate', '--prompt', 'x', '--greedy', '--temperature', '2'], /^lora: option '--greedy' cannot be used with option '--temperature <t>' \(run with --help for usage\)\n$/u],
   ])('rejects %j with exit 2, naming the option', async (argv, message) => {
     const result = await run(argv);
     expect(result.code).toBe(2);
@@ -58,6 +63,11 @@ describe('the lora CLI contract', () => {
     }
     // --model defaults to the bundled base, so it is not marked required.
     expect(help.stdout).toMatch(/--model <dir>\s+Hugging Face model directory \(default:\s+the\s+bundled base\)/u);
+    // Every command's mandatory options say so in their help.
+    const program = buildProgram({ stdout: new PassThrough(), stderr: new PassThrough(), stdin: new PassThrough(), interactive: false });
+    const mandatory = program.commands.flatMap((command) => command.options.filter((option) => option.mandatory).map((option) => [command.name(), option.flags, option.description] as const));
+    expect(mandatory.length).toBeGreaterThan(6);
+    for (const [command, flags, description] of mandatory) expect(description, `${command} ${flags}`).toMatch(/^\(required\) /u);
   });
 
   it('names the file in inspect errors', async () => {
@@ -106,6 +116,15 @@ describe('the lora CLI contract', () => {
     // Opted in: it loads, and the non-finite logits are said, not silently written as null.
     const allowed = await run(['forward', '--model', GPT2, '--adapter', adapter, '--input', input, '--out', out, '--allow-non-finite']);
     expect(allowed.stderr).not.toMatch(/non-finite value/u);
+    expect(allowed.code).toBe(0);
+    expect(allowed.stderr).toBe(`lora: warning: some logits are not finite (NaN or Infinity), written as null in ${out}: the weights loaded with --allow-non-finite reach the output.\n`);
+    // Loading them may be allowed; writing them never is: the merged model is refused and nothing is written.
+    const mergedAnyway = await run(['merge', '--model', GPT2, '--adapter', adapter, '--out', path.join(directory, 'nan-merged'), '--allow-non-finite']);
+    expect(mergedAnyway.code).toBe(2);
+    expect(mergedAnyway.stderr.trim().split('\n')).toHaveLength(1);
+    expect(mergedAnyway.stderr).toContain(`lora: Not writing the merged model to ${path.join(directory, 'nan-merged')}: tensor "`);
+    expect(mergedAnyway.stderr).toMatch(/holds \d+ non-finite values? \(first: NaN\); nothing was written\. Merge finite weights/u);
+    expect((await readdir(directory)).filter((name) => name.startsWith('nan-merged'))).toEqual([]);
     const model = path.join(directory, 'nan-model');
     await cp(GPT2, model, { recursive: true });
     const weights = await readSafetensorsFile(path.join(model, 'model.safetensors'));
@@ -113,8 +132,73 @@ describe('the lora CLI contract', () => {
     const bad = new Float32Array(first.data.slice().buffer);
     bad[0] = Number.POSITIVE_INFINITY;
     await writeSafetensorsFile(path.join(model, 'model.safetensors'), new Map([...weights.tensors, [name, { ...first, data: new Uint8Array(bad.buffer) }]]));
-    const badModel = await run(['forward', '--model', model, '--input', input, '--out', out]);
+    const badModel = await run(['forward', '--model', model, '--input', input, '--out', out, '--overwrite']);
     expect(badModel.code).toBe(2);
     expect(badModel.stderr).toMatch(new RegExp(`tensor "${name.replace(/\./gu, '\\.')}" holds 1 non-finite value`, 'u'));
+  });
+
+  it('writes forward\'s logits only to a new file, or with --overwrite over logits it wrote: never over the user\'s files, the input or a directory', async () => {
+    const input = path.join(directory, 'in-out.json');
+    await writeFile(input, JSON.stringify({ input_ids: [[1, 2, 3]] }));
+    const forward = (out: string, ...extra: string[]) => run(['forward', '--model', GPT2, '--input', input, '--out', out, ...extra]);
+    const notes = path.join(directory, 'notes.txt');
+    await writeFile(notes, 'my notes\n');
+    const otherJson = path.join(directory, 'other.json');
+    await writeFile(otherJson, JSON.stringify({ logits: [[1]], mine: true }));
+    const refusals: [string[], string][] = [
+      [[notes], `--out ${notes} exists; pass --overwrite to replace it (only a logits file lora forward wrote) or choose another path.`],
+      [[notes, '--overwrite'], `--out ${notes} is not a logits file lora forward wrote; it is left untouched, --overwrite included. Choose another path.`],
+      [[otherJson, '--overwrite'], `--out ${otherJson} is not a logits file lora forward wrote`],
+      [[input, '--overwrite'], `--out ${input} is the --input file; choose another path for the logits.`],
+      [[directory], `--out ${directory} is a directory; give a file path such as ${path.join(directory, 'logits.json')}.`],
+    ];
+    for (const [argv, message] of refusals) {
+      const result = await forward(argv[0]!, ...argv.slice(1));
+      expect(result.code, argv.join(' ')).toBe(2);
+      expect(result.stderr.trim().split('\n')).toHaveLength(1);
+      expect(result.stderr).toContain(`lora: ${message}`);
+    }
+    expect(await readFile(notes, 'utf8')).toBe('my notes\n');
+    expect(JSON.parse(await readFile(otherJson, 'utf8'))).toEqual({ logits: [[1]], mine: true });
+    expect(JSON.parse(await readFile(input, 'utf8'))).toEqual({ input_ids: [[1, 2, 3]] });
+    // Its own logits file: refused without --overwrite, replaced with it.
+    const out = path.join(directory, 'logits.json');
+    expect((await forward(out)).code).toBe(0);
+    const first = await readFile(out, 'utf8');
+    expect((await forward(out)).code).toBe(2);
+    expect((await forward(out, '--overwrite')).code).toBe(0);
+    expect(await readFile(out, 'utf8')).toBe(first);
+  });
+
+  it('refuses forward inputs the model cannot take, naming the file, the entry and the limit (exit 2)', async () => {
+    // Limits read from the GPT-2 fixture's config.
+    const config = JSON.parse(await readFile(path.join(GPT2, 'config.json'), 'utf8')) as { vocab_size: number; n_positions: number };
+    const cases: [object, string][] = [
+      [{ input_ids: [[1, 2, config.vocab_size]] }, `input_ids[0][2] must be an integer from 0 to ${config.vocab_size - 1} (the model's vocab_size is ${config.vocab_size}), got ${config.vocab_size}.`],
+      [{ input_ids: [[1, 2], [3, -2]] }, `input_ids[1][1] must be an integer from 0 to ${config.vocab_size - 1} (the model's vocab_size is ${config.vocab_size}), got -2.`],
+      [{ input_ids: [Array.from({ length: config.n_positions + 1 }, () => 1)] }, `input_ids rows are ${config.n_positions + 1} tokens, more than the model's ${config.n_positions} positions (n_positions in its config.json); shorten them.`],
+      [{ input_ids: [[1, 2], [3]] }, 'input_ids must have rows of one length (pad them and pass attention_mask), but row 1 has 1 ids and row 0 has 2.'],
+      [{ input_ids: [[1, 2]], attention_mask: [[1]] }, 'attention_mask must be a [1, 2] array, the shape of input_ids.'],
+    ];
+    for (const [body, message] of cases) {
+      const input = path.join(directory, `in-bad-${Math.random()}.json`);
+      await writeFile(input, JSON.stringify(body));
+      const out = path.join(directory, `out-bad-${Math.random()}.json`);
+      const result = await run(['forward', '--model', GPT2, '--input', input, '--out', out]);
+      expect(result.code, message).toBe(2);
+      expect(result.stderr).toBe(`lora: ${input}: ${message}\n`);
+      await expect(readFile(out)).rejects.toThrow(/ENOENT/u);
+    }
+  });
+
+  it('says when a finished run made the model worse: a signed change and a warning, the adapter still saved (exit 0)', async () => {
+    // The bundled base at a learning rate far too high for it: finite, but much worse.
+    const out = path.join(directory, 'worse');
+    const result = await run(['train', '--context', '32', '--batch-size', '2', '--steps', '3', '--learning-rate', '5', '--out', out]);
+    expect(result.code).toBe(0);
+    const [, change] = /Validation perplexity [\d.]+ → [\d.]+ \(\+([\d.]+)%\)/u.exec(result.stdout) ?? [];
+    expect(Number(change)).toBeGreaterThan(0);
+    expect(result.stderr).toBe(`lora: warning: validation perplexity rose ${change}% over the run; the adapter is saved, but try a lower --learning-rate or more data.\n`);
+    await expect(readFile(path.join(out, 'adapter', 'adapter_model.safetensors'))).resolves.toBeDefined();
   });
 });

@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -30,19 +30,31 @@ describe('lora train / export / forward with HyperLoRA', () => {
     expect(trained.stdout).toMatch(/condition task=b: base [\d.]+ → HyperLoRA [\d.]+/u);
     const config = JSON.parse(await readFile(path.join(out, 'adapter_config.json'), 'utf8')) as { peft_type: string; condition: unknown };
     expect(config.peft_type).toBe('HYPERLORA');
+    const inspected = await run(['inspect', out]);
+    expect(inspected.stdout).toMatch(/\nTargets: no per-module factors in the weights; target_modules \[.*c_attn.*\]\n/u);
     expect(config.condition).toEqual({ kind: 'discrete', factors: [{ name: 'task', values: ['a', 'b'], dim: 16 }] });
 
     const exported = path.join(directory, 'task-b-lora');
     const exportRun = await run(['export', '--model', GPT2, '--adapter', out, '--condition', 'task=b', '--out', exported]);
     expect(exportRun.stderr).toBe('');
     expect(exportRun.code).toBe(0);
+    expect(exportRun.stdout).toBe(`wrote the plain LoRA for task=b to ${exported}\n`);
+    // No condition at all: said, with the factor that takes its learned null embedding.
+    const unconditioned = await run(['export', '--model', GPT2, '--adapter', out, '--condition', '', '--out', path.join(directory, 'null-lora')]);
+    expect(unconditioned.code).toBe(0);
+    expect(unconditioned.stdout).toBe(`wrote the plain LoRA for no condition (task at the learned null embedding) to ${path.join(directory, 'null-lora')}\n`);
+    const generated = await run(['generate', '--model', GPT2, '--adapter', out, '--prompt', 'the', '--max-new-tokens', '2', '--greedy']);
+    expect(generated.code).toBe(0);
+    expect(generated.stderr).toBe('lora: note: the HyperLoRA runs with no condition (task at the learned null embedding); pass --condition factor=value,… for every factor to choose one.\n');
     expect((JSON.parse(await readFile(path.join(exported, 'adapter_config.json'), 'utf8')) as { peft_type: string }).peft_type).toBe('LORA');
 
     const input = path.join(directory, 'in.json');
     await writeFile(input, JSON.stringify({ input_ids: [[10, 20, 30, 40], [50, 60, 70, 80]] }));
     const viaHyper = path.join(directory, 'hyper-logits.json');
     const viaLora = path.join(directory, 'lora-logits.json');
-    expect((await run(['forward', '--model', GPT2, '--adapter', out, '--condition', 'task=b', '--input', input, '--out', viaHyper])).code).toBe(0);
+    const conditioned = await run(['forward', '--model', GPT2, '--adapter', out, '--condition', 'task=b', '--input', input, '--out', viaHyper]);
+    expect(conditioned.code).toBe(0);
+    expect(conditioned.stderr).toBe('');
     expect((await run(['forward', '--model', GPT2, '--adapter', exported, '--input', input, '--out', viaLora])).code).toBe(0);
     const flat = async (file: string) => (JSON.parse(await readFile(file, 'utf8')) as { logits: number[][][] }).logits.flat(2);
     const [a, b] = [await flat(viaHyper), await flat(viaLora)];
@@ -58,10 +70,33 @@ describe('lora train / export / forward with HyperLoRA', () => {
     expect(merge.stderr).toContain(`lora export --model ${GPT2} --adapter ${out} --condition task=a --out <lora dir>, then lora merge --model ${GPT2} --adapter <lora dir> --out <dir>`);
     await expect(readFile(path.join(mergedDirectory, 'config.json'))).rejects.toThrow(/ENOENT/u);
 
-    const unknown = await run(['forward', '--model', GPT2, '--adapter', out, '--condition', 'task=z', '--input', input, '--out', viaHyper]);
+    const unknown = await run(['forward', '--model', GPT2, '--adapter', out, '--condition', 'task=z', '--input', input, '--out', viaHyper, '--overwrite']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toMatch(/--condition: .*condition\.task must be one of "a", "b", got "z"/u);
     expect(unknown.stderr.trim().split('\n')).toHaveLength(1);
+
+    // --out is checked before any training: an earlier run's directory without --overwrite, and a user's, are refused at once.
+    const train = ['train', '--model', GPT2, ...HYPER_ANSWERS, '--data', data, '--steps', '3', '--batch-size', '4', '--context', '16'];
+    const again = await run([...train, '--out', out]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(/exists and is not empty; pass --overwrite/u);
+    expect(again.stdout).not.toContain('validation loss');
+    const users = path.join(directory, 'users-folder');
+    await mkdir(users);
+    await writeFile(path.join(users, 'thesis.tex'), 'mine\n');
+    const refused = await run([...train, '--out', users, '--overwrite']);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/holds files lora did not write \(thesis\.tex\)/u);
+    expect(refused.stdout).not.toContain('validation loss');
+    expect(await readdir(users)).toEqual(['thesis.tex']);
+
+    // --json: exactly one JSON document on stdout, everything for people on stderr.
+    const json = await run([...train, '--out', out, '--overwrite', '--json']);
+    expect(json.code).toBe(0);
+    const document = JSON.parse(json.stdout) as { variant: string; out: string; adapter: string; report: { conditions: { condition: string }[] } };
+    expect(document).toMatchObject({ variant: 'hyperlora', out, adapter: out });
+    expect(document.report.conditions.map((row) => row.condition)).toEqual(['task=a', 'task=b']);
+    expect(json.stderr).toMatch(/condition task=a: base [\d.]+ → HyperLoRA [\d.]+/u);
   });
 
   it('runs to the end on the default corpus (State of the Union, party × era), reporting the held-out combination against the base and a shared LoRA', async () => {

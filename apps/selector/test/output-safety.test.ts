@@ -56,6 +56,47 @@ describe('output directories', () => {
     }
   });
 
+  it('refuses to replace its own earlier output once the user has added a file to it (default directory and --overwrite), and lists its files in the marker', async () => {
+    const cwd = process.cwd();
+    const project = path.join(directory, 'added');
+    await mkdir(project);
+    process.chdir(project);
+    try {
+      const data = path.join(directory, 'added-data.jsonl');
+      await writeFile(data, `${Array.from({ length: 30 }, (_, i) => JSON.stringify({ text: `Line ${i} of the data, long enough to fill a window or two.` })).join('\n')}\n`);
+      const train = ['train', '--model', GPT2, '--data', data, '--steps', '1', '--context', '16', '--batch-size', '2'];
+      expect((await run(train)).code).toBe(0);
+      const out = path.join(project, 'lora-runs', 'lora');
+      expect([...((await readMarker(out))?.files ?? [])].sort()).toEqual(['adapter', 'adapter/adapter_config.json', 'adapter/adapter_model.safetensors', 'report.json', 'report.md', 'run.json']);
+      // Added at the top and inside the adapter: each alone makes the directory the user's too.
+      for (const added of ['my-analysis.txt', path.join('adapter', 'my-notes.txt')]) {
+        await writeFile(path.join(out, added), 'mine\n');
+        const before = await snapshot(out);
+        for (const argv of [train, [...train, '--out', out, '--overwrite']]) {
+          const result = await run(argv);
+          expect(result.code).toBe(2);
+          expect(result.stderr.trim().split('\n')).toHaveLength(1);
+          expect(result.stderr).toContain(`holds files lora did not write (${added.split(path.sep).join('/')}); it is left untouched, --overwrite included`);
+          expect(sameFiles(await snapshot(out), before)).toBe(true);
+        }
+        await rm(path.join(out, added));
+      }
+      // Without the added files it is lora's again.
+      expect((await run(train)).code).toBe(0);
+      // A marker without the list (an earlier lora) cannot tell lora's files from the user's.
+      const marker = JSON.parse(await readFile(path.join(out, OUTPUT_MARKER), 'utf8')) as Record<string, unknown>;
+      delete marker['files'];
+      await writeFile(path.join(out, OUTPUT_MARKER), JSON.stringify(marker));
+      const before = await snapshot(out);
+      const legacy = await run([...train, '--out', out, '--overwrite']);
+      expect(legacy.code).toBe(2);
+      expect(legacy.stderr).toMatch(/was written by an earlier version of lora that did not record its files, so it cannot tell them from yours; it is left untouched/u);
+      expect(sameFiles(await snapshot(out), before)).toBe(true);
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+
   it('keeps the previous output complete when moving the new one in fails (EXDEV)', async () => {
     const out = path.join(directory, 'merged');
     expect((await run(['merge', '--model', GPT2, '--adapter', path.join(FIXTURES, 'adapters/gpt2_lora'), '--out', out])).code).toBe(0);
@@ -134,6 +175,26 @@ describe('lora train: divergence, interruption, resume', () => {
   });
   afterAll(async () => {
     await rm(directory, { recursive: true, force: true });
+  });
+
+  it('refuses bad settings found only with the model or its layers (exit 2) and leaves nothing beside --out', async () => {
+    const unknownTargets = path.join(directory, 'llama-named');
+    await cp(GPT2, unknownTargets, { recursive: true });
+    const config = JSON.parse(await readFile(path.join(unknownTargets, 'config.json'), 'utf8')) as Record<string, unknown>;
+    // A model type the selector has no target names for: it falls back to q_proj/v_proj, which GPT-2's layers are not.
+    await writeFile(path.join(unknownTargets, 'config.json'), JSON.stringify({ ...config, model_type: 'gpt2-renamed' }));
+    const cases: [string[], RegExp][] = [
+      [['--model', GPT2, '--context', '65'], /^lora: --context 65 is longer than the model's 64 positions \(n_positions in .*gpt2.config\.json\); pass --context 64 or less\.\n$/u],
+      [['--model', GPT2, '--context', '1'], /--context must be an integer >= 2, got "1"/u],
+      [['--model', unknownTargets, '--context', '32'], /targetModules must be names matching at least one linear layer of the model/u],
+    ];
+    for (const [flags, message] of cases) {
+      const out = path.join(directory, 'refused-settings');
+      const result = await run(['train', '--data', data, '--steps', '2', '--batch-size', '4', ...flags, '--out', out]);
+      expect(result.code, flags.join(' ')).toBe(2);
+      expect(result.stderr).toMatch(message);
+      expect((await readdir(directory)).filter((name) => name.startsWith('refused-settings')), flags.join(' ')).toEqual([]);
+    }
   });
 
   it('exits 1 on divergence, says where it stopped and what was kept, and keeps no non-finite tensor', async () => {

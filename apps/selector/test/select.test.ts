@@ -44,6 +44,43 @@ describe('lora select', () => {
     expect(parsed.path[0]!.detail).toMatch(/> 1\.0 MiB --memory-budget/u);
   });
 
+  it('refuses a memory budget that is not a positive size, naming the flag or the config file (exit 2)', async () => {
+    for (const budget of ['0', '0.2', '12 parsecs']) {
+      const result = await run(['select', '--model', GPT2, '--memory-budget', budget]);
+      expect(result.code, budget).toBe(2);
+      expect(result.stderr.trim().split('\n')).toHaveLength(1);
+      expect(result.stderr).toContain(`--memory-budget must be a positive number of bytes or a size like 6GiB / 512MB, got "${budget}"`);
+    }
+    const { writeFile, mkdtemp } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const path = await import('node:path');
+    const file = path.join(await mkdtemp(path.join(tmpdir(), 'selector-budget-')), 'selector.json');
+    await writeFile(file, JSON.stringify({ memoryBudget: '0GiB' }));
+    const fromFile = await run(['select', '--model', GPT2, '--config', file]);
+    expect(fromFile.code).toBe(2);
+    expect(fromFile.stderr).toContain(`${file}: memoryBudget must be a positive number of bytes or a size like 6GiB / 512MB, got "0GiB". Fix the file, or pass --memory-budget.`);
+  });
+
+  it('reads paths in a config file relative to the file, and says in words why a config or data file cannot be read', async () => {
+    const { writeFile, mkdtemp, mkdir } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const path = await import('node:path');
+    const directory = await mkdtemp(path.join(tmpdir(), 'selector-paths-'));
+    await mkdir(path.join(directory, 'settings'));
+    const file = path.join(directory, 'settings', 'selector.json');
+    await writeFile(file, JSON.stringify({ data: 'texts.jsonl', memory: 'ample' }));
+    // Run from elsewhere: the data file is looked for beside the config, and it is not there.
+    const missing = await run(['train', '--model', GPT2, '--config', file, '--steps', '1', '--context', '16']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toBe(`lora: Data file ${path.join(directory, 'settings', 'texts.jsonl')} does not exist; pass a JSONL file of {"text": …} lines with --data.\n`);
+    const noConfig = await run(['select', '--config', path.join(directory, 'nope.json')]);
+    expect(noConfig.code).toBe(2);
+    expect(noConfig.stderr).toBe(`lora: Config file ${path.join(directory, 'nope.json')} does not exist; check the --config path.\n`);
+    const dataDirectory = await run(['train', '--model', GPT2, '--data', directory, '--steps', '1', '--context', '16']);
+    expect(dataDirectory.code).toBe(2);
+    expect(dataDirectory.stderr).toBe(`lora: Data file ${directory} is a directory, not a file; pass a JSONL file of {"text": …} lines with --data.\n`);
+  });
+
   it('takes answers from a config file, below flags', async () => {
     const { writeFile, mkdtemp } = await import('node:fs/promises');
     const { tmpdir } = await import('node:os');
@@ -123,10 +160,19 @@ describe('lora select', () => {
     }
   });
 
+  it('says that training settings given to select without --run are not used', async () => {
+    const result = await run(['select', '--model', GPT2, '--memory', 'ample', '--data', 'texts.jsonl', '--out', 'somewhere', '--learning-rate', '0.01']);
+    expect(result.code).toBe(0);
+    expect(result.stderr).toBe('lora: note: --data, --learning-rate, --out only apply to training; add --run to train with them.\n');
+  });
+
   it('rejects an unknown flag with exit code 2 and one line of error', async () => {
     const result = await run(['select', '--bogus']);
     expect(result.code).toBe(2);
-    expect(result.stderr).toMatch(/unknown option '--bogus'/u);
+    expect(result.stderr).toBe("lora: unknown option '--bogus' (run with --help for usage)\n");
+    const typo = await run(['trian']);
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toBe("lora: unknown command 'trian' (Did you mean train?) (run with --help for usage)\n");
   });
 });
 
@@ -148,5 +194,12 @@ describe('recipeFor', () => {
     const context = { targetModules: ['c_attn'], fanInFanOut: true, steps: 200, taskType: 'CAUSAL_LM' as const };
     expect(recipeFor('qlora', context)).toMatchObject({ adapter: 'lora', transforms: ['quant'], packages: ['@lora/quant'] });
     expect(recipeFor('adalora', context).options).toMatchObject({ totalStep: 200, tinit: 20, tfinal: 20, deltaT: 10 });
+  });
+
+  it('passes the targets\' weight layout (GPT-2\'s Conv1D: fan_in_fan_out) to every variant whose config has it', () => {
+    for (const fanInFanOut of [true, false]) {
+      const context = { targetModules: ['c_attn'], fanInFanOut, steps: 200, taskType: 'CAUSAL_LM' as const };
+      for (const variant of ['lora', 'qlora', 'dora', 'adalora'] as const) expect(recipeFor(variant, context).options, variant).toMatchObject({ fanInFanOut });
+    }
   });
 });

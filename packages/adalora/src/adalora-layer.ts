@@ -170,7 +170,12 @@ export class AdaLoraAdapter implements AdapterInstance {
    * The row flags a trainer checkpoint keeps (copies): which rows are live, and the last
    * allocation's mask (null before any). Λ itself is a weight and travels with the weights.
    */
-  rowState(): { live: boolean[]; keep: boolean[] | null } {
+  rowState(): {
+    /** Per row: live (false while dormant, i.e. not yet grown). */
+    live: boolean[];
+    /** Per row: the last allocation's keep mask as set, or null before any allocation. */
+    keep: boolean[] | null;
+  } {
     return { live: [...this.live], keep: this.keep ? [...this.keep] : null };
   }
 

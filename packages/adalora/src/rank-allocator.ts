@@ -34,7 +34,12 @@ export type AllocationPhase = 'warmup' | 'budgeting' | 'final' | 'fixed';
  * @example
  * budgetSchedule(3, { initialBudget: 12, targetBudget: 4, tinit: 2, tfinal: 3, totalStep: 12, deltaT: 1 }); // { budget: 9, mask: true }
  */
-export function budgetSchedule(step: number, options: BudgetScheduleOptions): { budget: number; mask: boolean } {
+export function budgetSchedule(step: number, options: BudgetScheduleOptions): {
+  /** Triplets (rows of Λ) to keep over all modules at this step. */
+  budget: number;
+  /** Whether to mask to `budget` at this step (false during warm-up and between `deltaT` steps). */
+  mask: boolean;
+} {
   const { initialBudget, targetBudget, tinit, tfinal, totalStep, deltaT } = options;
   if (step <= tinit) return { budget: initialBudget, mask: false };
   if (step > totalStep - tfinal) return { budget: targetBudget, mask: true };
@@ -48,6 +53,7 @@ export function budgetSchedule(step: number, options: BudgetScheduleOptions): { 
 export interface RankHistoryEntry {
   /** PEFT's 0-based global step. */
   readonly step: number;
+  /** `warmup` (step ≤ tinit), `budgeting` (cubic schedule), `final` (step = totalStep − tfinal: pattern fixed) or `fixed` (after it). */
   readonly phase: AllocationPhase;
   /** The scheduled budget at this step. */
   readonly budget: number;
@@ -81,6 +87,7 @@ export interface RankHistory {
 export interface AllocationResult {
   /** The global step passed in. */
   readonly step: number;
+  /** `warmup` (step ≤ tinit), `budgeting` (cubic schedule), `final` (step = totalStep − tfinal: pattern fixed) or `fixed` (after it). */
   readonly phase: AllocationPhase;
   /** The scheduled budget. */
   readonly budget: number;
@@ -168,7 +175,12 @@ export class RankAllocator {
   }
 
   /** The schedule at a global step. */
-  budgetAt(step: number): { budget: number; mask: boolean } {
+  budgetAt(step: number): {
+    /** Triplets (rows of Λ) to keep over all modules at this step. */
+    budget: number;
+    /** Whether the schedule masks to `budget` at this step. */
+    mask: boolean;
+  } {
     return budgetSchedule(step, {
       initialBudget: this.initialBudget,
       targetBudget: this.targetBudget,
@@ -308,7 +320,12 @@ export class RankAllocator {
    * The smoothed sensitivity and uncertainty of one module's factor, as plain arrays (for reports
    * and tests); null before the first update.
    */
-  importanceOf(path: string, factor: FactorName): { sensitivity: Float32Array; uncertainty: Float32Array } | null {
+  importanceOf(path: string, factor: FactorName): {
+    /** Smoothed sensitivity Ī per entry (PEFT's `exp_avg_ipt`), row-major in the factor's shape. */
+    sensitivity: Float32Array;
+    /** Smoothed uncertainty Ū per entry (PEFT's `exp_avg_unc`), row-major in the factor's shape. */
+    uncertainty: Float32Array;
+  } | null {
     const adapter = this.modules.find(([p]) => p === path)?.[1];
     const state = adapter ? this.state.get(adapter)?.get(factor) : undefined;
     if (!state) return null;

@@ -2,7 +2,7 @@ import type * as tf from '@tensorflow/tfjs-core';
 import { AdapterLayer } from './adapter-layer.js';
 import { AdapterModel } from './adapter-model.js';
 import { ConfigError, SafetensorsError } from './errors.js';
-import { checkLoadedTensors } from './finite.js';
+import { checkLoadedTensors, checkTensorsToSave } from './finite.js';
 import { fileHost } from './file-host.js';
 import { parseJsonText, pathExists, readJsonFile, readSafetensorsFile, writeFileAtomic } from './files.js';
 import type { Module } from './module.js';
@@ -66,6 +66,7 @@ export function adapterPeftConfig(adapterModel: AdapterModel, adapterName: strin
  * {@link ADAPTER_WEIGHTS_NAME}): what {@link saveAdapter} writes, without a file system, so a
  * browser can store or upload them. F32 tensors, metadata `{"format": "pt"}`.
  *
+ * @throws {NonFiniteTensorError} when a weight holds NaN or ±Infinity: such an adapter is never saved.
  * @example
  * const files = serializeAdapter(adapterModel);
  * await loadAdapter(otherAdapterModel, { files });
@@ -89,6 +90,7 @@ export function serializeAdapter(adapterModel: AdapterModel, options: { adapterN
       for (const [, tensor] of replacements) tensor.dispose();
     }
   }
+  checkTensorsToSave(entries, { file: ADAPTER_WEIGHTS_NAME });
   return new Map([
     [ADAPTER_WEIGHTS_NAME, serializeSafetensors(entries, { format: 'pt' })],
     [ADAPTER_CONFIG_NAME, new TextEncoder().encode(`${JSON.stringify(adapterPeftConfig(adapterModel, name), null, 2)}\n`)],
@@ -100,6 +102,7 @@ export function serializeAdapter(adapterModel: AdapterModel, options: { adapterN
  * `{"format": "pt"}`). `default` goes in `directory`, any other adapter in `directory/<name>`.
  * Both files are written atomically, so an interrupted save leaves the previous files intact.
  * Needs Node; in a browser use {@link serializeAdapter}.
+ * @throws {NonFiniteTensorError} when a weight of any of the adapters holds NaN or ±Infinity; nothing is written then.
  */
 export async function saveAdapter(
   adapterModel: AdapterModel,
@@ -108,9 +111,10 @@ export async function saveAdapter(
 ): Promise<void> {
   const host = fileHost();
   const names = options.adapterNames ?? adapterModel.adapterNames;
-  for (const name of names) {
+  // Every adapter serialised (and checked finite) before the first file is written.
+  const serialized = names.map((name) => [name, serializeAdapter(adapterModel, { adapterName: name })] as const);
+  for (const [name, files] of serialized) {
     const target = name === 'default' ? directory : host.join(directory, name);
-    const files = serializeAdapter(adapterModel, { adapterName: name });
     // Weights first: a config never names weights that are not there yet.
     await writeFileAtomic(host.join(target, ADAPTER_WEIGHTS_NAME), files.get(ADAPTER_WEIGHTS_NAME)!);
     await writeFileAtomic(host.join(target, ADAPTER_CONFIG_NAME), files.get(ADAPTER_CONFIG_NAME)!);
@@ -134,6 +138,7 @@ export type BinarySource =
  * {@link serializeAdapter} gives them or from a file picker or `fetch()`.
  */
 export interface AdapterFileSource {
+  /** The files' bytes by file name: `adapter_config.json` and `adapter_model.safetensors` are read, other entries ignored. */
   readonly files: ReadonlyMap<string, BinarySource> | Readonly<Record<string, BinarySource>>;
   /** What to call the source in error messages (default `the adapter files`). */
   readonly name?: string;

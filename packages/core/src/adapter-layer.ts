@@ -26,6 +26,7 @@ export function inMemoryTensorName(savedKey: string, adapterName: string): strin
  * contribution; merged adapters live in the base weight instead.
  */
 export class AdapterLayer extends Module {
+  /** The wrapped layer (a `Linear`, or a base transform's layer such as 4-bit `QuantLinear`), registered as child `base_layer`. */
   readonly base_layer: Module & BaseLayer;
   private readonly adapterMap = new Map<string, AdapterInstance>();
   private active: string[] = [];
@@ -244,10 +245,14 @@ class ModuleDict extends Module {
  * trainable copy per adapter (`modules_to_save.<adapter>`); forward runs the active adapter's copy.
  */
 export class ModulesToSaveWrapper extends Module {
+  /** The module as the base model had it (child `original_module`); runs when no adapter copy is active. */
   readonly original_module: Module;
+  /** A `ModuleDict` of the per-adapter copies by adapter name (child `modules_to_save`); rebuilt when one is deleted. */
   readonly modules_to_save: Module;
   private readonly copies = new Map<string, Module>();
+  /** The adapter whose copy forward runs: the first active adapter that has one (set by `setAdapter`), or null for the original. */
   activeAdapter: string | null = null;
+  /** When true forward runs `original_module` whatever the active adapter (set while adapters are disabled). */
   disabled = false;
 
   constructor(original: Module) {

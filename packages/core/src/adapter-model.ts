@@ -23,6 +23,7 @@ export interface AdapterTargetHints {
 
 /** Options for {@link AdapterModel.create}. */
 export interface CreateAdapterModelOptions {
+  /** The registry holding the adapter plugin and any `transforms` (from `createLoraRegistry`). */
   readonly registry: LoraRegistry;
   /** Adapter plugin name (default `lora`). */
   readonly plugin?: string;
@@ -36,8 +37,11 @@ export interface CreateAdapterModelOptions {
 
 /** Options for {@link AdapterModel.addWeightedAdapter}. */
 export interface WeightedAdapterOptions {
+  /** Names of the existing plain LoRA adapters to combine (at least one). */
   readonly adapters: readonly string[];
+  /** One weight per entry of `adapters`, in the same order, multiplying that adapter's ΔW (may be negative). */
   readonly weights: readonly number[];
+  /** Name of the new adapter; must not exist yet (letters, digits, `_` or `-`). */
   readonly adapterName: string;
   /**
    * `cat` (exact, rank Σrᵢ, as PEFT), `linear` (PEFT's: A and B combined separately, exact only for one
@@ -51,7 +55,9 @@ export interface WeightedAdapterOptions {
 
 /** Parameter counts, as PEFT's `print_trainable_parameters`. */
 export interface TrainableParameterReport {
+  /** Scalar parameters in trainable variables (PEFT's `trainable params`), shared variables counted once. */
   readonly trainable: number;
+  /** All scalar parameters, frozen ones and packed 4-bit weights included (PEFT's `all params`). */
   readonly total: number;
   /** 100 · trainable / total. */
   readonly percent: number;
@@ -89,6 +95,7 @@ const ADAPTER_NAME = /^[A-Za-z0-9_-]+$/u;
  */
 export class AdapterModel<M extends Module = Module> implements AdapterLayerHost, TrainingTarget {
   readonly model: M;
+  /** The registry adapter plugins are looked up in (by `addAdapter`, `loadAdapter`). */
   readonly registry: LoraRegistry;
   private readonly entries = new Map<string, AdapterEntry>();
   private active: string[] = [];
@@ -198,7 +205,14 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
   }
 
   /** The plugin and validated config of an adapter. @throws {LoraError} for an unknown name. */
-  adapterConfig(name: string): { plugin: AdapterPlugin; config: AdapterConfigBase; targetModules: readonly string[] | string } {
+  adapterConfig(name: string): {
+    /** The adapter's plugin. */
+    plugin: AdapterPlugin;
+    /** The config as the plugin parsed it (its own config type, e.g. {@link LoraConfig}). */
+    config: AdapterConfigBase;
+    /** The targets as PEFT saves them: the model's defaults when the config gave none, `all-linear` expanded to module paths. */
+    targetModules: readonly string[] | string;
+  } {
     const entry = this.entries.get(name);
     if (!entry) throw new LoraError(`[@lora/core] No adapter named "${name}" (have: ${this.adapterNames.join(', ') || 'none'}).`);
     return entry;

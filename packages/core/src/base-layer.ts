@@ -8,7 +8,9 @@ import type { Module, TensorModule } from './module.js';
  * `forward`, so any adapter can wrap either.
  */
 export interface BaseLayer extends TensorModule {
+  /** Size of the input's last axis (PyTorch's `in_features`). */
   readonly inFeatures: number;
+  /** Size of the output's last axis (PyTorch's `out_features`). */
   readonly outFeatures: number;
   /** Bias [out], or null. */
   readonly bias: tf.Variable | null;
@@ -22,7 +24,12 @@ export interface BaseLayer extends TensorModule {
    * Replace the weight with a dense [out, in] tensor (not taken over: the caller still disposes it).
    * Returns a note when the layer cannot hold it exactly (a quantized base re-quantizes).
    */
-  assignDenseWeight(weight: tf.Tensor2D): { readonly exact: boolean; readonly note?: string };
+  assignDenseWeight(weight: tf.Tensor2D): {
+    /** False when the stored weight differs from the one given (a quantized base re-quantized it). */
+    readonly exact: boolean;
+    /** When not exact: a sentence on the loss (e.g. the max and mean absolute error), collected by merge. */
+    readonly note?: string;
+  };
   /**
    * Optional: capture the exact state before a merge. When present, unmerge calls
    * {@link BaseLayer.restoreSnapshot} with it instead of subtracting ΔW, so a lossy base

@@ -16,8 +16,11 @@ export class LoraError extends Error {
 
 /** A configuration value is missing, of the wrong type or out of range. */
 export class ConfigError extends LoraError {
+  /** The config field or option that was rejected, as named where it was given (e.g. `lora_alpha` in a file, `batchSize` in options). */
   readonly field: string;
+  /** The rejected value as given, of any type (the message shows a short preview of it). */
   readonly received: unknown;
+  /** What the field accepts, as a phrase completing "must be …" (e.g. `a positive integer`). */
   readonly expected: string;
 
   constructor(options: {
@@ -54,6 +57,7 @@ export type SafetensorsErrorCode =
 
 /** A safetensors file is malformed or holds something this library cannot represent. */
 export class SafetensorsError extends LoraError {
+  /** Which check the buffer failed, e.g. `TRUNCATED` or `SIZE_MISMATCH`; also shown in the message. */
   readonly code: SafetensorsErrorCode;
   /** The tensor the problem concerns, when there is one. */
   readonly tensor: string | undefined;
@@ -90,9 +94,19 @@ export class RegistryError extends LoraError {
 
 /** Tensors in a checkpoint or adapter do not fit the model: missing, unexpected or mis-shaped. */
 export class CheckpointError extends LoraError {
+  /** Tensor names the model or adapter expects but the file lacks; empty when none or not checked. */
   readonly missing: readonly string[];
+  /** Tensor names in the file that nothing in the model or adapter expects; empty when none or not checked. */
   readonly unexpected: readonly string[];
-  readonly mismatched: readonly { name: string; expected: readonly number[]; received: readonly number[] }[];
+  /** Tensors present under the expected name but with another shape; empty when none or not checked. */
+  readonly mismatched: readonly {
+    /** The tensor's name (key) in the file. */
+    name: string;
+    /** The shape the model or adapter expects. */
+    expected: readonly number[];
+    /** The shape the file holds. */
+    received: readonly number[];
+  }[];
 
   constructor(
     message: string,
@@ -113,6 +127,7 @@ export class CheckpointError extends LoraError {
 
 /** A module path does not exist, or a module is not of the kind an operation needs. */
 export class ModuleError extends LoraError {
+  /** The dotted module path that was asked for (e.g. `transformer.h.0.attn.c_attn`), or the rejected child name when registering one. */
   readonly path: string;
 
   constructor(message: string, path: string) {
@@ -128,6 +143,10 @@ export type TrainingStopReason = 'options' | 'non-finite-loss' | 'non-finite-gra
 export class TrainingError extends LoraError {
   /** The optimizer step at which training stopped (1-based), if it had started. */
   readonly step: number | undefined;
+  /**
+   * Why training stopped: a non-finite loss, gradient or parameters, `interrupted`, or `options`, the
+   * default for every other cause (a bad option, an unusable checkpoint, a hook's invalid state).
+   */
   readonly reason: TrainingStopReason;
   /**
    * Optimizer steps the model's weights now reflect: the last good state, which is also what was
@@ -153,15 +172,20 @@ export class TrainingError extends LoraError {
 export class NonFiniteTensorError extends LoraError {
   /** The file the tensor came from, when known. */
   readonly file: string | undefined;
+  /** The name of the tensor (its key in the file or model) that holds non-finite values. */
   readonly tensor: string;
   /** How many values are not finite. */
   readonly count: number;
   /** The first such value (NaN, Infinity or -Infinity). */
   readonly found: number;
 
-  constructor(options: { file?: string; tensor: string; count: number; found: number; plugin?: string }) {
+  /** With `saving`, the tensor was about to be written to `file` (and nothing was written), else it was read from it. */
+  constructor(options: { file?: string; tensor: string; count: number; found: number; plugin?: string; saving?: boolean }) {
+    const values = `tensor ${describeValue(options.tensor)} holds ${options.count} non-finite value${options.count === 1 ? '' : 's'} (first: ${options.found})`;
     super(
-      `[${options.plugin ?? '@lora/core'}] ${options.file ? `${options.file}: ` : ''}tensor ${describeValue(options.tensor)} holds ${options.count} non-finite value${options.count === 1 ? '' : 's'} (first: ${options.found}); expected finite weights. The file is corrupt or comes from a diverged run; pass allowNonFinite (CLI: --allow-non-finite) to load it anyway.`,
+      options.saving
+        ? `[${options.plugin ?? '@lora/core'}] Not writing ${options.file ?? 'the weights'}: ${values}; nothing was written. Non-finite weights come from a diverged run or from non-finite weights loaded with allowNonFinite; retrain, or start from finite weights.`
+        : `[${options.plugin ?? '@lora/core'}] ${options.file ? `${options.file}: ` : ''}${values}; expected finite weights. The file is corrupt or comes from a diverged run; pass allowNonFinite (CLI: --allow-non-finite) to load it anyway.`,
       { plugin: options.plugin },
     );
     this.file = options.file;
@@ -173,7 +197,9 @@ export class NonFiniteTensorError extends LoraError {
 
 /** Shapes of inputs do not agree. */
 export class ShapeError extends LoraError {
+  /** The shape that was required; `null` marks a dimension of any size (shown as `*` in the message). */
   readonly expected: readonly (number | null)[];
+  /** The shape that was given. */
   readonly received: readonly number[];
 
   constructor(message: string, expected: readonly (number | null)[], received: readonly number[]) {

@@ -4,6 +4,11 @@ import { parseSafetensors, serializeSafetensors, type SafetensorsEntry, type Saf
 
 /** A file-system step of a save where a test can inject a failure or a simulated kill. */
 export interface FaultPoint {
+  /**
+   * The step about to run: an atomic write's `mkdir` (of the target's directory), `open`, `write` (once per
+   * chunk), `sync`, `rename` and `sync-directory`, `remove` (of the temporary file, after a failure), or
+   * `train-step` (before each optimizer step of `train()`).
+   */
   readonly operation: 'mkdir' | 'open' | 'write' | 'sync' | 'rename' | 'remove' | 'sync-directory' | 'train-step';
   /** The path the step acts on (for `train-step`, the 1-based step about to run). */
   readonly path: string;

@@ -31,7 +31,12 @@ function decode(dtype: keyof typeof FLOAT_FORMATS, bits: number): number {
  * Count the NaN and ±Infinity values of a float entry from their bit patterns (no decoding), and
  * return the first one. Integer dtypes are always finite.
  */
-export function countNonFinite(entry: SafetensorsEntry): { count: number; first: number | null } {
+export function countNonFinite(entry: SafetensorsEntry): {
+  /** How many values are NaN or ±Infinity (0 for integer dtypes). */
+  count: number;
+  /** The first such value in storage order (NaN, Infinity or -Infinity), or null when there is none. */
+  first: number | null;
+} {
   const format = (FLOAT_FORMATS as Record<string, { bytes: number; mask: number }>)[entry.dtype];
   if (!format) return { count: 0, first: null };
   const view = new DataView(entry.data.buffer, entry.data.byteOffset, entry.data.byteLength);
@@ -68,5 +73,20 @@ export function checkLoadedTensors(entries: ReadonlyMap<string, SafetensorsEntry
     if (options.allowNonFinite) continue;
     const { count, first } = countNonFinite(entry);
     if (count > 0) throw new NonFiniteTensorError({ file: options.file, tensor: name, count, found: first!, plugin: options.plugin });
+  }
+}
+
+/**
+ * Refuse to write tensors holding NaN or ±Infinity (finite or nothing: a save never keeps them,
+ * whatever was allowed when loading). Call it on everything a save writes before it writes anything.
+ *
+ * @throws {NonFiniteTensorError} naming the file, the first such tensor and its count of non-finite values.
+ * @example
+ * checkTensorsToSave(entries, { file: 'out/model.safetensors' });
+ */
+export function checkTensorsToSave(entries: ReadonlyMap<string, SafetensorsEntry>, options: { file?: string | undefined; plugin?: string | undefined } = {}): void {
+  for (const [name, entry] of entries) {
+    const { count, first } = countNonFinite(entry);
+    if (count > 0) throw new NonFiniteTensorError({ file: options.file, tensor: name, count, found: first!, plugin: options.plugin, saving: true });
   }
 }

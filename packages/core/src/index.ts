@@ -18,7 +18,7 @@ export {
   NonFiniteTensorError,
 } from './errors.js';
 export type { SafetensorsErrorCode, TrainingStopReason } from './errors.js';
-export { checkLoadedTensors, countNonFinite } from './finite.js';
+export { checkLoadedTensors, checkTensorsToSave, countNonFinite } from './finite.js';
 export type { LoadedTensorCheckOptions } from './finite.js';
 
 export { Module, ModuleList } from './module.js';

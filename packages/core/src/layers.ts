@@ -7,8 +7,11 @@ import { checkDropoutRate, dropout } from './dropout.js';
 
 /** A lookup table `weight` [numEmbeddings, embeddingDim], as `torch.nn.Embedding`. */
 export class Embedding extends Module {
+  /** Number of rows, i.e. valid ids are 0 … numEmbeddings − 1 (e.g. the vocabulary size; PyTorch's `num_embeddings`). */
   readonly numEmbeddings: number;
+  /** Length of each row, the size of the output's last axis (PyTorch's `embedding_dim`). */
   readonly embeddingDim: number;
+  /** The float32 table parameter `weight` [numEmbeddings, embeddingDim]. */
   readonly weight: tf.Variable;
 
   /** Initialised N(0, 1) like PyTorch; checkpoints usually overwrite it. */
@@ -42,9 +45,13 @@ export class Embedding extends Module {
 
 /** Layer normalisation over the last axis with `weight` and `bias` [dim], as `torch.nn.LayerNorm`. */
 export class LayerNorm extends Module {
+  /** Size of the normalised last axis (PyTorch's `normalized_shape`). */
   readonly dim: number;
+  /** Added to the variance before the square root, for stability; default 1e-5 as in PyTorch. */
   readonly eps: number;
+  /** The scale parameter `weight` [dim], initialised to ones. */
   readonly weight: tf.Variable;
+  /** The shift parameter `bias` [dim], initialised to zeros. */
   readonly bias: tf.Variable;
 
   constructor(options: { dim: number; eps?: number }) {
@@ -65,8 +72,11 @@ export class LayerNorm extends Module {
 
 /** Root-mean-square normalisation with `weight` [dim] (Llama's `LlamaRMSNorm`). */
 export class RMSNorm extends Module {
+  /** Size of the normalised last axis (the model's hidden size). */
   readonly dim: number;
+  /** Added to the mean square before the square root, for stability; default 1e-6 as Llama's `rms_norm_eps`. */
   readonly eps: number;
+  /** The scale parameter `weight` [dim], initialised to ones. */
   readonly weight: tf.Variable;
 
   constructor(options: { dim: number; eps?: number }) {
@@ -88,6 +98,7 @@ export class RMSNorm extends Module {
 
 /** Inverted dropout with probability `p` ({@link dropout}), active only in training mode. */
 export class Dropout extends Module {
+  /** Probability of zeroing each element in training mode, in [0, 1); 0 makes the layer a no-op. */
   readonly p: number;
 
   constructor(p: number) {

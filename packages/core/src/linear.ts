@@ -6,7 +6,9 @@ import { fusedBiasProductIsSafe } from './wasm-matmul.js';
 
 /** Options for {@link Linear}. */
 export interface LinearOptions {
+  /** Size of the input's last axis (PyTorch's `in_features`). */
   readonly inFeatures: number;
+  /** Size of the output's last axis (PyTorch's `out_features`). */
   readonly outFeatures: number;
   /** Whether to hold a bias (default true). */
   readonly bias?: boolean;
@@ -39,9 +41,12 @@ export function applyToLastAxis(input: tf.Tensor, outFeatures: number, fn: (matr
  * const y = tf.tidy(() => layer.forward(tf.ones([2, 64]))); // [2, 32]
  */
 export class Linear extends Module implements BaseLayer {
+  /** Size of the input's last axis (PyTorch's `in_features`). */
   readonly inFeatures: number;
+  /** Size of the output's last axis (PyTorch's `out_features`). */
   readonly outFeatures: number;
   readonly fanInFanOut: boolean;
+  /** The float32 weight parameter `weight`: [out, in], or [in, out] with `fanInFanOut`. */
   readonly weight: tf.Variable;
   readonly bias: tf.Variable | null;
 
@@ -175,7 +180,10 @@ export class Linear extends Module implements BaseLayer {
     return tf.tidy(() => (this.fanInFanOut ? tf.transpose(this.weight) : tf.clone(this.weight)) as tf.Tensor2D) as tf.Tensor2D;
   }
 
-  assignDenseWeight(weight: tf.Tensor2D): { exact: boolean } {
+  assignDenseWeight(weight: tf.Tensor2D): {
+    /** Always true: a float32 `Linear` holds any float32 weight exactly. */
+    exact: boolean;
+  } {
     if (weight.shape[0] !== this.outFeatures || weight.shape[1] !== this.inFeatures) {
       throw new ShapeError('[@lora/core] Linear.assignDenseWeight', [this.outFeatures, this.inFeatures], weight.shape);
     }

@@ -22,6 +22,7 @@ export interface LoraConfig extends AdapterConfigBase {
   readonly alphaPattern: Readonly<Record<string, number>>;
   /** Whether this is DoRA (handled by `@lora/dora`; the plain LoRA plugin refuses it). */
   readonly useDora: boolean;
+  /** The base model's revision, as PEFT records it (default null); written back as given, never checked. */
   readonly revision: string | null;
 }
 

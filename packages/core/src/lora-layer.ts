@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { BaseLayer } from './base-layer.js';
-import { ShapeError } from './errors.js';
+import { ConfigError, ShapeError } from './errors.js';
 import { applyToLastAxis, Linear } from './linear.js';
 import { dropout } from './dropout.js';
 import { lowRankAdd, lowRankAddTakes } from './low-rank-add.js';
@@ -10,14 +10,21 @@ import { normalSeed } from './random.js';
 
 /** Options for {@link LoraAdapter}. */
 export interface LoraAdapterOptions {
+  /** The base layer's `inFeatures`: A is [r, inFeatures]. */
   readonly inFeatures: number;
+  /** The base layer's `outFeatures`: B is [outFeatures, r]. */
   readonly outFeatures: number;
+  /** Rank of the update, a positive integer (PEFT's `r`). */
   readonly r: number;
+  /** Scaling numerator (PEFT's `lora_alpha`): scaling = alpha / r, or alpha / √r with `useRslora`. */
   readonly alpha: number;
+  /** Scale by alpha / √r instead of alpha / r (rank-stabilised LoRA, PEFT's `use_rslora`; default false). */
   readonly useRslora?: boolean;
+  /** Dropout probability on the adapter's input in training mode, in [0, 1) (PEFT's `lora_dropout`; default 0). */
   readonly dropout?: number;
   /** As `initLoraWeights` in {@link LoraConfig} (default true). */
   readonly init?: boolean | 'gaussian';
+  /** Seed for A's initial values (B's, with `init: false`, use `seed + 1`); default unseeded, so each run differs. */
   readonly seed?: number;
 }
 
@@ -26,18 +33,34 @@ export interface LoraAdapterOptions {
  * `s · B·A·dropout(x)`, computed as two small matMuls (ΔW is never formed in the forward pass).
  */
 export class LoraAdapter implements AdapterInstance {
+  /** Rank: the rows of A and the columns of B (PEFT's `r`). */
   readonly r: number;
+  /** Scaling numerator (PEFT's `lora_alpha`). */
   readonly alpha: number;
+  /** s multiplying B·A·x: alpha / r, or alpha / √r with `useRslora` (PEFT's `scaling`). */
   readonly scaling: number;
+  /** Dropout probability on the adapter's input in training mode (0: none). */
   readonly dropout: number;
+  /** Factor A [r, in], saved as `lora_A.weight`; kaiming-uniform by default. */
   readonly loraA: tf.Variable;
+  /** Factor B [out, r], saved as `lora_B.weight`; zeros by default, so a new adapter changes nothing. */
   readonly loraB: tf.Variable;
 
+  /** @throws {ConfigError} naming the option when a size is not a positive integer, `alpha` is not finite or `dropout` is outside [0, 1). */
   constructor(options: LoraAdapterOptions) {
+    // Checked before any tensor exists: r = 0 would make the scaling infinite, and a bad dropout
+    // would only surface at the first training step.
+    for (const field of ['inFeatures', 'outFeatures', 'r'] as const) {
+      const value = options[field];
+      if (!Number.isInteger(value) || value < 1) throw new ConfigError({ field, received: value, expected: 'a positive integer', hint: 'LoraAdapter takes the base layer\'s sizes and PEFT\'s r.' });
+    }
+    if (!Number.isFinite(options.alpha)) throw new ConfigError({ field: 'alpha', received: options.alpha, expected: 'a finite number (PEFT\'s lora_alpha)' });
+    const dropoutRate = options.dropout ?? 0;
+    if (!(dropoutRate >= 0 && dropoutRate < 1)) throw new ConfigError({ field: 'dropout', received: options.dropout, expected: 'a probability in [0, 1)' });
     this.r = options.r;
     this.alpha = options.alpha;
     this.scaling = options.useRslora ? options.alpha / Math.sqrt(options.r) : options.alpha / options.r;
-    this.dropout = options.dropout ?? 0;
+    this.dropout = dropoutRate;
     const init = options.init ?? true;
     const seed = options.seed;
     this.loraA = tf.tidy(() =>

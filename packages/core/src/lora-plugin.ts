@@ -12,7 +12,12 @@ export interface LoraPluginOptions {
 }
 
 /** Per-module rank and alpha after `rankPattern` / `alphaPattern`, as PEFT resolves them. */
-export function resolveRankAndAlpha(config: LoraConfig, modulePath: string): { r: number; alpha: number } {
+export function resolveRankAndAlpha(config: LoraConfig, modulePath: string): {
+  /** The module's rank: its `rankPattern` entry, else `config.r`. */
+  r: number;
+  /** The module's alpha (PEFT's `lora_alpha`): its `alphaPattern` entry, else `config.loraAlpha`. */
+  alpha: number;
+} {
   const rankKey = matchPatternKey(config.rankPattern, modulePath);
   const alphaKey = matchPatternKey(config.alphaPattern, modulePath);
   return {

@@ -8,6 +8,7 @@ import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetenso
  * be passed in. The trainer sets `learningRate` before every step.
  */
 export interface TrainOptimizer {
+  /** Step size of the next `applyGradients`; `train()` overwrites it before every step with the scheduled rate. */
   learningRate: number;
   /** Updates applied so far (restored from checkpoints). */
   step: number;
@@ -41,7 +42,12 @@ export interface OptimizerSnapshot {
  */
 export interface MomentStore {
   /** The moments as float32 tensors, called inside the update's `tidy` (new tensors are freed by it). */
-  read(): { m: tf.Tensor; v: tf.Tensor };
+  read(): {
+    /** First moment: the exponential average of gradients (PyTorch's `exp_avg`), shaped like the variable, not bias-corrected. */
+    m: tf.Tensor;
+    /** Second moment: the exponential average of squared gradients (PyTorch's `exp_avg_sq`), shaped like the variable. */
+    v: tf.Tensor;
+  };
   /** Keep the updated moments (the tensors belong to the update's `tidy`: copy or assign them). */
   write(m: tf.Tensor, v: tf.Tensor): void;
   /** Checkpoint entries for the variable checkpointed as `name` (keys end in `.${name}`). */
@@ -139,10 +145,15 @@ export interface AdamWOptions {
  * @throws {ConfigError} on an invalid option, naming it.
  */
 export class AdamW implements TrainOptimizer {
+  /** Decay rate of the first-moment average, in [0, 1); default 0.9. */
   readonly beta1: number;
+  /** Decay rate of the second-moment average, in [0, 1); default 0.999. */
   readonly beta2: number;
+  /** Added to √v̂ in the denominator, for stability; > 0, default 1e-8. */
   readonly epsilon: number;
+  /** Decoupled weight decay: each step multiplies weights by 1 − learningRate·weightDecay; ≥ 0, default 0.01 (0 turns it off). */
   readonly weightDecay: number;
+  /** Step size of the next update, ≥ 0; default 1e-3. `train()` sets it before every step from its schedule. */
   learningRate: number;
   /** Number of updates applied. */
   step = 0;
@@ -203,7 +214,14 @@ export class AdamW implements TrainOptimizer {
   }
 
   /** The moments of `variable` as float32 copies the caller disposes (decoded when stored in 8 bits), if it has been updated. */
-  momentsOf(variable: tf.Variable): { m: tf.Tensor; v: tf.Tensor } | undefined {
+  momentsOf(variable: tf.Variable):
+    | {
+        /** First moment (PyTorch's `exp_avg`), shaped like `variable`, not bias-corrected. */
+        m: tf.Tensor;
+        /** Second moment (PyTorch's `exp_avg_sq`), shaped like `variable`, not bias-corrected. */
+        v: tf.Tensor;
+      }
+    | undefined {
     const store = this.stores.get(variable);
     if (!store) return undefined;
     return tf.tidy(() => {
@@ -239,7 +257,16 @@ export class AdamW implements TrainOptimizer {
   }
 
   /** Bytes of optimizer state held, split by encoding, and the number of parameters with state. */
-  stateBytes(): { readonly total: number; readonly quantized: number; readonly float32: number; readonly parameters: number } {
+  stateBytes(): {
+    /** All bytes of moment state: `quantized` + `float32`. */
+    readonly total: number;
+    /** Bytes held by stores with an encoding smaller than float32 (e.g. `AdamW8bit`'s 8-bit codes and per-block absmax). */
+    readonly quantized: number;
+    /** Bytes held by float32 stores (8 per parameter: m and v). */
+    readonly float32: number;
+    /** Scalar parameters (elements, not variables) that have moment state, i.e. have been updated. */
+    readonly parameters: number;
+  } {
     let quantized = 0;
     let float32 = 0;
     let parameters = 0;
@@ -272,9 +299,11 @@ export class AdamW implements TrainOptimizer {
 export type LearningRateSchedule = 'constant' | 'linear' | 'cosine';
 
 /**
- * The learning rate at optimizer step `step` (0-based): linear warm-up from 0 over `warmupSteps`,
- * then constant, linear decay to 0, or half-cosine decay to 0 at `totalSteps` (as transformers'
- * `get_linear_schedule_with_warmup` / `get_cosine_schedule_with_warmup`).
+ * The learning rate at optimizer step `step` (0-based): linear warm-up over `warmupSteps`
+ * (base·(step + 1)/warmupSteps, so the first step already moves the weights, where transformers'
+ * schedule gives step 0 a rate of 0), then constant, linear decay to 0, or half-cosine decay to 0
+ * at `totalSteps` (as transformers' `get_linear_schedule_with_warmup` /
+ * `get_cosine_schedule_with_warmup` after warm-up).
  */
 export function learningRateAt(step: number, options: { baseLearningRate: number; warmupSteps: number; totalSteps: number; schedule: LearningRateSchedule }): number {
   const { baseLearningRate, warmupSteps, totalSteps, schedule } = options;

@@ -42,7 +42,14 @@ export function createDescribedPlugin(descriptor: PluginPackageDescriptor, entry
 export function findPluginForPeftConfig(
   packages: readonly PluginPackageDescriptor[],
   json: PeftConfigJson,
-): { readonly descriptor: PluginPackageDescriptor; readonly entry: PluginDescriptor; readonly plugin: AdapterPlugin } | null {
+): {
+  /** The package that provides the plugin. */
+  readonly descriptor: PluginPackageDescriptor;
+  /** The package's entry for the plugin. */
+  readonly entry: PluginDescriptor;
+  /** The plugin, made by the entry's factory with default options. */
+  readonly plugin: AdapterPlugin;
+} | null {
   const peftType = Object.hasOwn(json, 'peft_type') ? json.peft_type : undefined;
   if (typeof peftType !== 'string') return null;
   for (const descriptor of packages) {

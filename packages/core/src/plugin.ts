@@ -17,7 +17,10 @@ export const PLUGIN_SPECIFICATION_VERSION = 'v2' as const;
 export type AdapterInputs = Readonly<Record<string, unknown>>;
 
 /** `adapter_config.json` as PEFT writes it: snake_case keys, `peft_type` always present. */
-export type PeftConfigJson = { readonly peft_type: string } & Readonly<Record<string, unknown>>;
+export type PeftConfigJson = {
+  /** PEFT's method name, which picks the plugin that reads the file, e.g. `LORA` (also DoRA) or `ADALORA`. */
+  readonly peft_type: string;
+} & Readonly<Record<string, unknown>>;
 
 /** Module selection shared by every adapter config (PEFT's field names in camelCase). */
 export interface TargetSelection {
@@ -39,6 +42,7 @@ export interface AdapterConfigBase extends TargetSelection {
   readonly bias: 'none' | 'all' | 'lora_only';
   /** PEFT's task type (`CAUSAL_LM`, `SEQ_CLS`, …) or null. */
   readonly taskType: string | null;
+  /** PEFT's `base_model_name_or_path`: the model the adapter was made for (default null); recorded and written back, never checked. */
   readonly baseModelNameOrPath: string | null;
   /** True: the adapter is frozen. */
   readonly inferenceMode: boolean;
@@ -219,7 +223,9 @@ export interface TrainingHookCheckpoint {
 
 /** What a plugin's training hooks may look at. */
 export interface AdapterHookContext<TConfig> {
+  /** Name of the adapter the hooks are for, e.g. `default`. */
   readonly adapterName: string;
+  /** The adapter's parsed config, as the plugin's `parseConfig` / `fromPeftJson` returned it. */
   readonly config: TConfig;
   /** The adapter instances of this adapter, by module path. */
   instances(): [string, AdapterInstance][];
@@ -240,7 +246,9 @@ export interface AdapterSaveContext {
  * the adapter that wraps a target layer, converts its config to and from PEFT JSON.
  */
 export interface AdapterPlugin<TConfig extends AdapterConfigBase = AdapterConfigBase> {
+  /** The plugin interface version implemented; `createLoraRegistry` refuses any other than `PLUGIN_SPECIFICATION_VERSION`. */
   readonly specificationVersion: typeof PLUGIN_SPECIFICATION_VERSION;
+  /** Always `adapter`: tells adapter plugins from base transforms in a {@link LoraPlugin}. */
   readonly kind: 'adapter';
   /** Registry name, e.g. `lora`. */
   readonly name: string;
@@ -253,6 +261,7 @@ export interface AdapterPlugin<TConfig extends AdapterConfigBase = AdapterConfig
    * transform composes unless refused here by name with a reason (e.g. `{ quant: 'needs float weights' }`).
    */
   readonly compatibility?: {
+    /** Base transform name → why this adapter cannot wrap its layers; the reason is quoted when a recipe combines them. */
     readonly refusals?: Readonly<Record<string, string>>;
   };
   /** Validate user options (camelCase) and fill PEFT's defaults. @throws {ConfigError} */
@@ -298,9 +307,13 @@ export interface AdapterPlugin<TConfig extends AdapterConfigBase = AdapterConfig
  * `forward`, before adapters wrap them.
  */
 export interface BaseTransform {
+  /** The plugin interface version implemented; `createLoraRegistry` refuses any other than `PLUGIN_SPECIFICATION_VERSION`. */
   readonly specificationVersion: typeof PLUGIN_SPECIFICATION_VERSION;
+  /** Always `base-transform`: tells base transforms from adapter plugins in a `LoraPlugin` union. */
   readonly kind: 'base-transform';
+  /** Registry name, e.g. `quant`, as listed in a {@link Recipe}'s `transforms`. */
   readonly name: string;
+  /** The npm package providing it, named in errors when it is missing. */
   readonly packageName: string;
   /** Whether the layer at `path` should be replaced. */
   shouldTransform(path: string, module: Module & BaseLayer, context: { readonly model: Module }): boolean;
@@ -312,6 +325,7 @@ export interface BaseTransform {
 export interface PluginDescriptor {
   /** Registry name, e.g. `dora`. */
   readonly name: string;
+  /** Whether `create` makes an adapter plugin or a base transform (checked against the plugin it makes). */
   readonly kind: 'adapter' | 'base-transform';
   /** The `peft_type`s of saved configs this plugin may read (`[]` for base transforms). */
   readonly peftTypes: readonly string[];
@@ -329,6 +343,7 @@ export interface PluginDescriptor {
 export interface PluginPackageDescriptor {
   /** The npm package name, e.g. `@lora/dora`. */
   readonly packageName: string;
+  /** Every plugin the package provides, one entry each (names unique within the package). */
   readonly plugins: readonly PluginDescriptor[];
 }
 
@@ -337,6 +352,8 @@ export type LoraPlugin = AdapterPlugin | BaseTransform;
 
 /** One adapter plugin plus zero or more base transforms (QLoRA = `{ adapter: 'lora', transforms: ['quant'] }`). */
 export interface Recipe {
+  /** Registry name of the adapter plugin, e.g. `lora`. */
   readonly adapter: string;
+  /** Registry names of the base transforms applied first, e.g. `['quant']`; each at most once (default none). */
   readonly transforms?: readonly string[];
 }

@@ -4,6 +4,7 @@ import { PLUGIN_SPECIFICATION_VERSION } from './plugin.js';
 
 /** The result of checking a recipe. */
 export interface RecipeCheck {
+  /** True when the recipe has no problems (`problems` is empty). */
   readonly ok: boolean;
   /** One sentence per problem, saying why and what to do. */
   readonly problems: readonly string[];
@@ -13,6 +14,7 @@ export interface RecipeCheck {
 
 /** Holds the plugins an application passed in; looks them up by name or by saved config. */
 export interface LoraRegistry {
+  /** Every registered plugin (adapters and base transforms), in the order they were passed. */
   readonly plugins: readonly LoraPlugin[];
   /** @throws {RegistryError} naming the package to install. */
   adapter(name: string): AdapterPlugin;

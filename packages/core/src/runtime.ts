@@ -20,7 +20,12 @@ export interface RuntimeReport {
   /** One sentence on why this backend was chosen. */
   readonly reason: string;
   /** Backends tried before the chosen one, with why each was not used. */
-  readonly skipped: readonly { readonly backend: string; readonly reason: string }[];
+  readonly skipped: readonly {
+    /** The backend's name, e.g. `wasm`. */
+    readonly backend: string;
+    /** Why it could not start: the message of the error its setup threw. */
+    readonly reason: string;
+  }[];
   /** Whether gradient functions for every tfjs op are registered (needed for training). */
   readonly gradients: boolean;
   /**

@@ -12,8 +12,11 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** One tensor of a safetensors file: its dtype, shape and raw little-endian bytes. */
 export interface SafetensorsEntry {
+  /** The element type as the file names it, e.g. `F32` or `BF16`. */
   readonly dtype: SafetensorsDtype;
+  /** Dimensions, outermost first (row-major); `[]` for a scalar. */
   readonly shape: readonly number[];
+  /** The raw bytes, little-endian: exactly (product of `shape`) × (bytes per element of `dtype`). */
   readonly data: Uint8Array;
 }
 

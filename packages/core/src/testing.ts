@@ -97,7 +97,10 @@ export async function withoutTensorLeaks<T>(fn: () => T | Promise<T>): Promise<T
 
 /** Thrown at a simulated kill point (see {@link runUntilKilled}). */
 export class SimulatedKill extends Error {
-  constructor(readonly point: FaultPoint) {
+  constructor(
+    /** The save step this kill was thrown at: the one `killAt` picked, or any step announced after it. */
+    readonly point: FaultPoint,
+  ) {
     super(`simulated kill before ${point.operation} ${point.path}`);
     this.name = 'SimulatedKill';
   }

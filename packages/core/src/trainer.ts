@@ -26,6 +26,7 @@ import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetenso
 export type BatchSource<Batch> =
   | readonly Batch[]
   | {
+      /** Number of batches, > 0 for `trainData`; positions past the end wrap around (index modulo length). */
       readonly length: number;
       /** The batch at `index` (0 ≤ index < length); may build it on demand. */
       get(index: number): Batch;
@@ -33,13 +34,17 @@ export type BatchSource<Batch> =
 
 /** Emitted after every optimizer step and evaluation. */
 export interface TrainingProgress {
+  /** `step` after an optimizer step, `eval` after an evaluation on `evalData`. */
   readonly kind: 'step' | 'eval';
   /** Optimizer steps done (1-based). */
   readonly step: number;
+  /** The run's `steps` option: the step training ends at. */
   readonly totalSteps: number;
   /** Mean training loss of this step (kind `step`) or evaluation loss (kind `eval`). */
   readonly loss: number;
+  /** The learning rate of the step just done, after warm-up and schedule. */
   readonly learningRate: number;
+  /** Wall-clock milliseconds since this `train()` call started (a resumed run counts from its own start). */
   readonly elapsedMs: number;
   /** Estimated time left. */
   readonly etaMs: number;
@@ -57,6 +62,10 @@ export interface TrainOptions<Batch> {
   readonly model: Module | TrainingTarget;
   /** Forward pass and loss for one batch. Runs inside the gradient tape; return a scalar. */
   readonly lossFn: (batch: Batch) => tf.Scalar;
+  /**
+   * Training batches (at least one). Optimizer step k (0-based) uses batches k·a … k·a + a − 1, with a =
+   * `gradientAccumulationSteps`, wrapping around past the end; there is no shuffling.
+   */
   readonly trainData: BatchSource<Batch>;
   /** Optimizer steps to run in total (a resumed run continues up to this number). */
   readonly steps: number;
@@ -64,8 +73,11 @@ export interface TrainOptions<Batch> {
   readonly learningRate?: number;
   /** AdamW decoupled weight decay (default 0). */
   readonly weightDecay?: number;
+  /** AdamW's first-moment decay rate, in [0, 1) (default 0.9); ignored with `optimizer`. */
   readonly beta1?: number;
+  /** AdamW's second-moment decay rate, in [0, 1) (default 0.999); ignored with `optimizer`. */
   readonly beta2?: number;
+  /** AdamW's denominator term for stability, > 0 (default 1e-8); ignored with `optimizer`. */
   readonly epsilon?: number;
   /** Clip the global gradient norm to this (default 1.0; null disables). */
   readonly maxGradNorm?: number | null;
@@ -75,6 +87,7 @@ export interface TrainOptions<Batch> {
   readonly schedule?: LearningRateSchedule;
   /** Micro-batches per optimizer step (default 1); their gradients are averaged. */
   readonly gradientAccumulationSteps?: number;
+  /** Evaluation batches: their mean loss, in eval mode and without gradients, is reported as `eval` progress and in `evalLosses` (default: no evaluation). */
   readonly evalData?: BatchSource<Batch>;
   /** Evaluate every this many steps and at the end (default: only at the end). */
   readonly evalEvery?: number;
@@ -91,7 +104,12 @@ export interface TrainOptions<Batch> {
    * with a `checkpoint`, such as AdaLoRA's rank allocator) replaced atomically, and only a state
    * whose loss was seen to be finite is written.
    */
-  readonly checkpoint?: { readonly directory: string; readonly every: number };
+  readonly checkpoint?: {
+    /** The directory of `trainer_checkpoint.safetensors`, created when missing; also where a resumed run reads it. */
+    readonly directory: string;
+    /** Checkpoint every this many optimizer steps, a positive integer. */
+    readonly every: number;
+  };
   /**
    * Continue from the checkpoint in `checkpoint.directory` if there is one (default true when
    * checkpointing). The run's hooks with a `checkpoint` get their state back first; a checkpoint
@@ -121,7 +139,13 @@ export interface TrainResult {
   readonly steps: number;
   /** Mean training loss per optimizer step run in this call. */
   readonly losses: readonly number[];
-  readonly evalLosses: readonly { readonly step: number; readonly loss: number }[];
+  /** One entry per evaluation run in this call, in order (empty without `evalData`). */
+  readonly evalLosses: readonly {
+    /** Optimizer steps done when evaluated (1-based). */
+    readonly step: number;
+    /** Mean loss over every batch of `evalData`. */
+    readonly loss: number;
+  }[];
   /** The step a resumed run started from (0 for a fresh run). */
   readonly startStep: number;
   /** Step of the newest checkpoint written, or null when not checkpointing. */

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { AdapterLayer, initRuntime, Linear, LoraAdapter } from '../src/index.js';
+import { AdapterLayer, ConfigError, initRuntime, Linear, LoraAdapter } from '../src/index.js';
 import { withoutTensorLeaks } from '../src/testing.js';
 import { matmul64, maxRelativeError, randomValues, transpose64 } from './helpers.js';
 
@@ -64,6 +64,26 @@ describe('LoraAdapter', () => {
     expect(stabilised.scaling).toBe(4);
     plain.dispose();
     stabilised.dispose();
+  });
+
+  it('refuses sizes that are not positive integers, a non-finite alpha and a dropout outside [0, 1) before making any tensor', async () => {
+    await withoutTensorLeaks(() => {
+      const valid = { inFeatures: 4, outFeatures: 3, r: 2, alpha: 4 };
+      const cases: [Partial<typeof valid> & { dropout?: number }, RegExp][] = [
+        [{ r: 0 }, /r must be a positive integer, got 0/],
+        [{ r: 1.5 }, /r must be a positive integer, got 1\.5/],
+        [{ inFeatures: -1 }, /inFeatures must be a positive integer/],
+        [{ outFeatures: Number.NaN }, /outFeatures must be a positive integer/],
+        [{ alpha: Number.POSITIVE_INFINITY }, /alpha must be a finite number/],
+        [{ dropout: 1 }, /dropout must be a probability in \[0, 1\), got 1/],
+        [{ dropout: -0.1 }, /dropout must be a probability/],
+      ];
+      for (const [change, message] of cases) {
+        const attempt = () => new LoraAdapter({ ...valid, ...change });
+        expect(attempt).toThrow(ConfigError);
+        expect(attempt).toThrow(message);
+      }
+    });
   });
 
   it('initialises A kaiming-uniform within 1/sqrt(in) and B to zeros, or A ~ N(0, 1/r) for gaussian', () => {

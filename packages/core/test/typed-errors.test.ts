@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,6 +14,7 @@ import {
   readSafetensorsFile,
   SafetensorsError,
   saveAdapter,
+  serializeAdapter,
   writeSafetensorsFile,
   type SafetensorsEntry,
 } from '../src/index.js';
@@ -69,6 +70,19 @@ describe('loadAdapter: weights that are not finite floats', () => {
       expect(adapterModel.adapterNames).toEqual([]);
       await loadAdapter(adapterModel, dir, { allowNonFinite: true });
       expect(adapterModel.adapterNames).toEqual(['default']);
+      // Loading them was allowed; saving them never is, and a save of several adapters writes none.
+      expect(() => serializeAdapter(adapterModel)).toThrow(NonFiniteTensorError);
+      await loadAdapter(adapterModel, path.join(directory, 'good'), { adapterName: 'clean' });
+      const out = await mkdtemp(path.join(tmpdir(), 'lora-nonfinite-save-'));
+      try {
+        const saving = await saveAdapter(adapterModel, out, { adapterNames: ['clean', 'default'] }).catch((caught: unknown) => caught);
+        expect(saving).toBeInstanceOf(NonFiniteTensorError);
+        expect(saving).toMatchObject({ tensor: key, count: 2 });
+        expect((saving as Error).message).toMatch(/^\[@lora\/core\] Not writing adapter_model\.safetensors: tensor ".*" holds 2 non-finite values \(first: NaN\); nothing was written\./u);
+        expect(await readdir(out)).toEqual([]);
+      } finally {
+        await rm(out, { recursive: true, force: true });
+      }
       adapterModel.dispose();
     });
   });

@@ -34,6 +34,7 @@ export type SkipReason = 'not-installed' | 'load-failed' | 'no-cuda-device' | 'i
 
 /** One backend {@link useBestBackend} considered, and what came of it. */
 export interface BackendAttempt {
+  /** The backend tried (`cuda`, `native`, `wasm-threads`, …); attempts are listed in the order tried. */
   readonly kind: BackendKind;
   /** `selected` for the backend in use; `skipped` with a {@link SkipReason} otherwise. */
   readonly outcome: 'selected' | 'skipped';
@@ -49,13 +50,17 @@ export interface BackendAttempt {
 
 /** The npm package behind each browser GPU kind. */
 export const BROWSER_GPU_PACKAGES = {
+  /** Registers tfjs's `webgpu` backend when imported (the app imports it, or passes `importModule`). */
   webgpu: '@tensorflow/tfjs-backend-webgpu',
+  /** Registers tfjs's `webgl` backend when imported (the app imports it, or passes `importModule`). */
   webgl: '@tensorflow/tfjs-backend-webgl',
 } as const satisfies Partial<Record<BackendKind, string>>;
 
 /** The npm package behind each native kind. */
 export const NATIVE_PACKAGES = {
+  /** Optional peer for kind `cuda`: TensorFlow's C library with CUDA, registered as the `tensorflow` backend. */
   cuda: '@tensorflow/tfjs-node-gpu',
+  /** Optional peer for kind `native`: TensorFlow's C library on the CPU, registered as the `tensorflow` backend. */
   native: '@tensorflow/tfjs-node',
 } as const satisfies Partial<Record<BackendKind, string>>;
 

@@ -91,7 +91,12 @@ export class DoubleLoraAdapter implements AdapterInstance {
    * `B = [B₁ | B₂]` [out, r₁+r₂], so `B·A = s₁·B₁A₁ + s₂·B₂A₂` exactly (up to float rounding).
    * The caller disposes both tensors.
    */
-  toLoraFactors(): { loraA: tf.Tensor2D; loraB: tf.Tensor2D } {
+  toLoraFactors(): {
+    /** `[s₁·A₁; s₂·A₂]` [r₁+r₂, in], both A factors with their scalings folded in. */
+    loraA: tf.Tensor2D;
+    /** `[B₁ | B₂]` [out, r₁+r₂], unscaled. */
+    loraB: tf.Tensor2D;
+  } {
     return tf.tidy(() => ({
       loraA: tf.concat([tf.mul(this.first.loraA, this.first.scaling), tf.mul(this.second.loraA, this.second.scaling)], 0) as tf.Tensor2D,
       loraB: tf.concat([this.first.loraB, this.second.loraB], 1) as tf.Tensor2D,

@@ -3,13 +3,19 @@ import type { GeneratedFactors } from './generator.js';
 
 /** Counters of a {@link GeneratedAdapterCache}. */
 export interface CacheStats {
+  /** `get` calls that found their key, since creation. */
   readonly hits: number;
+  /** `get` calls that found nothing (the adapters were generated), since creation. */
   readonly misses: number;
+  /** Least recently used entries dropped to make room within the budget, since creation. */
   readonly evictions: number;
   /** Times the whole cache was dropped (optimizer step, weight load). */
   readonly invalidations: number;
+  /** Conditions cached now (one entry holds every target's A and B for one condition). */
   readonly entries: number;
+  /** Bytes of cached factors now (float32: 4 per element of every A and B). */
   readonly bytes: number;
+  /** The most bytes the cache keeps (0: caching disabled). */
   readonly budgetBytes: number;
 }
 
@@ -25,6 +31,7 @@ interface Entry {
  * load) and on dispose. Callers must not dispose what `get` returns.
  */
 export class GeneratedAdapterCache {
+  /** The most bytes of generated factors kept (float32, 4 per element); 0 disables caching. Fixed at creation. */
   readonly budgetBytes: number;
   private readonly entries = new Map<string, Entry>();
   private bytes = 0;

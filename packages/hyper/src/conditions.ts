@@ -15,7 +15,19 @@ export type Condition = Readonly<Record<string, string | null | undefined>> | re
 export type ConditionInput = Condition | readonly Condition[];
 
 /** A condition after validation: factor indices (0 = null, value i → i + 1) or a float vector. */
-export type ResolvedCondition = { readonly kind: 'discrete'; readonly indices: readonly number[] } | { readonly kind: 'continuous'; readonly vector: Float32Array };
+export type ResolvedCondition =
+  | {
+      /** Discriminant: a condition on discrete factors, given by `indices`. */
+      readonly kind: 'discrete';
+      /** Per factor in the config's order, its embedding-table row: 0 for null, value i → i + 1. */
+      readonly indices: readonly number[];
+    }
+  | {
+      /** Discriminant: a continuous condition, given by `vector`. */
+      readonly kind: 'continuous';
+      /** The condition vector as float32 (length: the spec's `size`; finite). */
+      readonly vector: Float32Array;
+    };
 
 /** The conditions of one forward pass after deduplication. */
 export interface ConditionBatch {
@@ -165,7 +177,7 @@ export function parseConditionText(text: string): Record<string, string> {
   for (const part of text.split(',').map((item) => item.trim()).filter((item) => item.length > 0)) {
     const match = /^([^=]+)=(.+)$/u.exec(part);
     if (!match) {
-      throw new ConfigError({ plugin: 'hyper', field: 'condition', received: part, expected: 'factor=value', hint: 'Write e.g. --condition party=D,era=modern.' });
+      throw new ConfigError({ plugin: 'hyper', field: 'condition', received: part, expected: 'factor=value', hint: 'Write factor=value pairs separated by commas, e.g. party=Democratic,era=modern.' });
     }
     const name = match[1]!.trim();
     if (name in condition) throw new ConfigError({ plugin: 'hyper', field: 'condition', received: text, expected: `each factor once ("${name}" repeats)` });
@@ -180,6 +192,7 @@ export function parseConditionText(text: string): Record<string, string> {
  * Parameters: Σ_f (V_f + 1)·e_f, or size·dim + dim + 2·dim.
  */
 export class ConditionEncoder {
+  /** The config's condition spec this encoder was built for (discrete factors or a continuous vector). */
   readonly spec: ConditionSpec;
   /** Width e of the encoded condition. */
   readonly width: number;

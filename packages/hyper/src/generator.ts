@@ -4,8 +4,11 @@ import type { HyperLoraConfig } from './hyper-config.js';
 
 /** One adapted layer as the generator sees it. */
 export interface HyperTarget {
+  /** Dotted module path of the target layer in the model, e.g. `transformer.h.0.attn.c_attn`. */
   readonly modulePath: string;
+  /** Input width of the target layer (columns of A). */
   readonly inFeatures: number;
+  /** Output width of the target layer (rows of B). */
   readonly outFeatures: number;
   /** Index into {@link TargetPlan.layers}. */
   readonly layer: number;
@@ -15,16 +18,21 @@ export interface HyperTarget {
 
 /** A module type: targets with the same name inside their layer and the same shape share one head. */
 export interface ModuleType {
+  /** The path after the layer index (e.g. `attn.c_attn`) or the last segment, with the shape appended (`c_attn[768x2304]`) when one name has several; keys its head's saved tensors (`head.<name>.*`). */
   readonly name: string;
+  /** Input width shared by the type's targets. */
   readonly inFeatures: number;
+  /** Output width shared by the type's targets. */
   readonly outFeatures: number;
 }
 
 /** The targets of one adapter, grouped into layers (rows of the layer embedding) and module types (heads). */
 export interface TargetPlan {
+  /** Every target, in the order given (model order); a target's position here is its target index. */
   readonly targets: readonly HyperTarget[];
   /** Layer labels (the layer index as text, or `-` for targets outside a layer list). */
   readonly layers: readonly string[];
+  /** The module types, in order of first appearance; one generator head each. */
   readonly types: readonly ModuleType[];
 }
 
@@ -85,6 +93,7 @@ export interface HyperParameterCount {
    * `diag` Σ_t (H + 1)·r + Σ_targets r·d; with d = in + out.
    */
   readonly heads: number;
+  /** condition + positions + trunk + heads: every parameter of the encoder and the generator. */
   readonly total: number;
   /** One plain LoRA of rank r on the same targets: Σ_targets r·d. */
   readonly oneLora: number;
@@ -123,7 +132,9 @@ export function hyperParameterCount(config: HyperLoraConfig, plan: TargetPlan): 
 
 /** The generated factors of one target for u conditions: A [u, r, in] and B [u, out, r] (any extra gain folded in). */
 export interface GeneratedFactors {
+  /** A [u, r, in], one per condition (in the order of the encoded conditions). */
   readonly a: tf.Tensor3D;
+  /** B [u, out, r], one per condition; ΔW = s·B·A with the scaling s applied outside. */
   readonly b: tf.Tensor3D;
 }
 
@@ -148,7 +159,9 @@ function silu(x: tf.Tensor): tf.Tensor {
  * equals the base model bit for bit while the B-producing parameters get non-zero gradients.
  */
 export class HyperGenerator {
+  /** The adapter's config (rank, head mode, trunk and embedding sizes). */
   readonly config: HyperLoraConfig;
+  /** The targets, layers and module types the generator's embeddings and heads were built for. */
   readonly plan: TargetPlan;
   /** Trunk rows computed so far (u unique conditions × M targets per call). Tests read it. */
   rowsGenerated = 0;
@@ -339,7 +352,12 @@ export class HyperGenerator {
    * folded into B (`diag`: A = learned A, B = B·diag(s(c))): lora_A [r, in], lora_B [out, r].
    * Call inside a tidy; the tensors are the caller's.
    */
-  exportFactors(encoded: tf.Tensor2D): { loraA: tf.Tensor2D; loraB: tf.Tensor2D }[] {
+  exportFactors(encoded: tf.Tensor2D): {
+    /** PEFT's `lora_A` [r, in] (`diag`: the target's learned A). */
+    loraA: tf.Tensor2D;
+    /** PEFT's `lora_B` [out, r], any extra gain folded in (`diag`: B·diag(s(c))); without the scaling s. */
+    loraB: tf.Tensor2D;
+  }[] {
     if (this.config.headMode !== 'diag') {
       return this.generate(encoded).map(({ a, b }) => ({ loraA: tf.squeeze(a, [0]) as tf.Tensor2D, loraB: tf.squeeze(b, [0]) as tf.Tensor2D }));
     }

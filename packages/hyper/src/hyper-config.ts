@@ -18,12 +18,15 @@ export interface ConditionFactor {
 
 /** Discrete conditions: one embedding table per factor, each with a learned null row; the condition vector is their concatenation. */
 export interface DiscreteConditionSpec {
+  /** Discriminant: conditions are objects `{ factor: value }`. */
   readonly kind: 'discrete';
+  /** The factors (at least one, distinct names), in the order their embeddings are concatenated and condition keys are written. */
   readonly factors: readonly ConditionFactor[];
 }
 
 /** A continuous condition vector of length `size` (a user or task embedding), encoded as `LayerNorm(Linear(size → dim))`. */
 export interface ContinuousConditionSpec {
+  /** Discriminant: conditions are number vectors of length `size`. */
   readonly kind: 'continuous';
   /** Length of the condition vector the caller passes. */
   readonly size: number;

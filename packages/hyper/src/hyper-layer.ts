@@ -9,8 +9,11 @@ import type { HyperLoraState } from './hyper-state.js';
  * factors from the u generated ones (gather's gradient sums back into the u conditions).
  */
 export class HyperLoraAdapter implements AdapterInstance {
+  /** The adapter-level state that owns the generator and hands this layer its factors each forward pass. */
   readonly state: HyperLoraState;
+  /** Dotted path of the adapted layer in the model, named in shape errors. */
   readonly modulePath: string;
+  /** This layer's index in the state's `plan.targets`, used to pick its generated factors. */
   readonly targetIndex: number;
 
   constructor(options: { state: HyperLoraState; modulePath: string }) {

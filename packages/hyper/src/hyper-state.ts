@@ -14,10 +14,17 @@ export const DEFAULT_CACHE_BYTES = 64 * 1024 * 1024;
 
 /** Options for {@link HyperLoraState}. */
 export interface HyperLoraStateOptions {
+  /** Name of the adapter in the model (e.g. `default`), named in errors. */
   readonly adapterName: string;
+  /** The validated config (see {@link parseHyperLoraConfig}). */
   readonly config: HyperLoraConfig;
   /** Every target of the adapter, by module path, in model order. */
-  readonly targets: readonly (readonly [string, { readonly inFeatures: number; readonly outFeatures: number }])[];
+  readonly targets: readonly (readonly [string, {
+    /** Input width of the target layer. */
+    readonly inFeatures: number;
+    /** Output width of the target layer. */
+    readonly outFeatures: number;
+  }])[];
   /** Seed of the initialisation and of condition dropout (default 0). */
   readonly seed?: number;
   /** Inference-cache budget in bytes (default {@link DEFAULT_CACHE_BYTES}; 0 disables it). */
@@ -84,11 +91,17 @@ function seededUniform(seed: number): () => number {
  * owns what it keeps.
  */
 export class HyperLoraState implements AdapterState {
+  /** Name of the adapter in the model (e.g. `default`), named in errors. */
   readonly adapterName: string;
+  /** The adapter's validated config. */
   readonly config: HyperLoraConfig;
+  /** The targets grouped into layers and module types (from the options' `targets` and the config's `layersPattern`). */
   readonly plan: TargetPlan;
+  /** Maps resolved conditions to vectors of width e; its variables are saved under `hyperlora.condition.*`. */
   readonly encoder: ConditionEncoder;
+  /** Produces every target's A and B from an encoded condition; its variables are saved under `hyperlora.*`. */
   readonly generator: HyperGenerator;
+  /** LRU cache of generated factors for inference (budget `cacheBytes`), invalidated by any optimizer step or weight load. */
   readonly cache: GeneratedAdapterCache;
   /** s = alpha/r (or alpha/√r): outside the generator, as in PEFT, so exports keep `lora_alpha`. */
   readonly scaling: number;
@@ -292,7 +305,14 @@ export class HyperLoraState implements AdapterState {
    * PEFT LoRA factors of every target for one condition, extra gains folded into B:
    * lora_A [r, in], lora_B [out, r] with ΔW = s·lora_B·lora_A. The caller disposes them.
    */
-  exportFactors(condition: Condition | undefined): { modulePath: string; loraA: tf.Tensor2D; loraB: tf.Tensor2D }[] {
+  exportFactors(condition: Condition | undefined): {
+    /** Dotted path of the target layer. */
+    modulePath: string;
+    /** PEFT's `lora_A` [r, in]. */
+    loraA: tf.Tensor2D;
+    /** PEFT's `lora_B` [out, r], any extra gain folded in (not the scaling s). */
+    loraB: tf.Tensor2D;
+  }[] {
     const resolved = resolveCondition(this.config.condition, condition);
     const factors = tf.tidy(() => this.generator.exportFactors(this.encoder.encode([resolved])).flatMap(({ loraA, loraB }) => [loraA, loraB]));
     return this.plan.targets.map((target, j) => ({ modulePath: target.modulePath, loraA: factors[2 * j] as tf.Tensor2D, loraB: factors[2 * j + 1] as tf.Tensor2D }));

@@ -36,7 +36,12 @@ export class KeyValueCache {
    * Append this step's keys and values ([B, kvHeads, T, headDim]) for `layer` and return the full
    * ones. The returned tensors belong to the cache (kept out of any enclosing `tf.tidy`).
    */
-  update(layer: number, key: tf.Tensor, value: tf.Tensor): { key: tf.Tensor; value: tf.Tensor } {
+  update(layer: number, key: tf.Tensor, value: tf.Tensor): {
+    /** Keys of every cached position [B, kvHeads, past + T, headDim], owned by the cache. */
+    key: tf.Tensor;
+    /** Values of every cached position [B, kvHeads, past + T, headDim], owned by the cache. */
+    value: tf.Tensor;
+  } {
     if (layer < 0 || layer >= this.numLayers) {
       throw new ShapeError(`[${PACKAGE}] KeyValueCache.update: layer ${layer} is outside this cache of`, [this.numLayers], [layer]);
     }

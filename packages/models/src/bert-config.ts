@@ -2,19 +2,29 @@ import { ConfigReader, type ConfigJson } from './config-fields.js';
 
 /** BERT hyper-parameters (transformers' `BertConfig`, camelCase). */
 export interface BertConfig {
+  /** Number of token ids: rows of `word_embeddings` (`vocab_size`, default 30522). */
   readonly vocabSize: number;
+  /** Width of the hidden states and embeddings (`hidden_size`, default 768). */
   readonly hiddenSize: number;
+  /** Number of encoder layers (`num_hidden_layers`, default 12). */
   readonly numHiddenLayers: number;
+  /** Number of attention heads; divides `hiddenSize` (`num_attention_heads`, default 12). */
   readonly numAttentionHeads: number;
+  /** Width of each layer's feed-forward (intermediate) layer (`intermediate_size`, default 3072). */
   readonly intermediateSize: number;
   /** Default `gelu` (exact erf). */
   readonly hiddenAct: string;
+  /** Dropout probability in [0, 1) on the embeddings and on each dense output before its residual add (`hidden_dropout_prob`, default 0.1). */
   readonly hiddenDropoutProb: number;
+  /** Dropout probability in [0, 1) on the attention probabilities (`attention_probs_dropout_prob`, default 0.1). */
   readonly attentionProbsDropoutProb: number;
+  /** Rows of the learned position table: the longest input accepted, in tokens (`max_position_embeddings`, default 512). */
   readonly maxPositionEmbeddings: number;
+  /** Number of segment (token type) ids: rows of `token_type_embeddings` (`type_vocab_size`, default 2). */
   readonly typeVocabSize: number;
   /** Default 1e-12. */
   readonly layerNormEps: number;
+  /** Padding token id (`pad_token_id`; the first when a list; default 0, also when null); kept for `configJson`, unused by the model. */
   readonly padTokenId: number;
   /** Dropout before the classifier (default `hiddenDropoutProb`). */
   readonly classifierDropout: number;

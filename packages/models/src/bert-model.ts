@@ -21,10 +21,15 @@ export interface BertForwardOptions {
 
 /** `BertEmbeddings`: word + absolute position + token type, then LayerNorm and dropout. */
 export class BertEmbeddings extends Module {
+  /** Token embedding [vocabSize, hiddenSize]. */
   readonly word_embeddings: Embedding;
+  /** Learned absolute position embedding [maxPositionEmbeddings, hiddenSize]. */
   readonly position_embeddings: Embedding;
+  /** Segment embedding [typeVocabSize, hiddenSize], indexed by `tokenTypeIds`. */
   readonly token_type_embeddings: Embedding;
+  /** LayerNorm on the summed embeddings (eps `layerNormEps`). */
   LayerNorm: LayerSlot;
+  /** Dropout after the LayerNorm, rate `hiddenDropoutProb` (training only). */
   readonly dropout: Dropout;
 
   constructor(config: BertConfig) {
@@ -58,9 +63,13 @@ export class BertEmbeddings extends Module {
 
 /** `BertSelfAttention`: `query`, `key`, `value` projections and scaled dot-product attention. */
 export class BertSelfAttention extends Module {
+  /** Query projection [hiddenSize → hiddenSize] with bias; a default LoRA target (an adapter may replace it). */
   query: LayerSlot;
+  /** Key projection [hiddenSize → hiddenSize] with bias (an adapter may replace it). */
   key: LayerSlot;
+  /** Value projection [hiddenSize → hiddenSize] with bias; a default LoRA target (an adapter may replace it). */
   value: LayerSlot;
+  /** Dropout on the attention probabilities, rate `attentionProbsDropoutProb` (training only). */
   readonly dropout: Dropout;
   private readonly heads: number;
 
@@ -92,8 +101,11 @@ export class BertSelfAttention extends Module {
 
 /** `BertSelfOutput` / `BertOutput`: dense, dropout, residual add and LayerNorm. */
 export class BertResidualOutput extends Module {
+  /** Projection back to hiddenSize (from hiddenSize after attention, from intermediateSize after the MLP); an adapter may replace it. */
   dense: LayerSlot;
+  /** LayerNorm applied after the residual add (eps `layerNormEps`). */
   LayerNorm: LayerSlot;
+  /** Dropout on `dense`'s output before the residual add, rate `hiddenDropoutProb` (training only). */
   readonly dropout: Dropout;
 
   constructor(config: BertConfig, inFeatures: number) {
@@ -111,7 +123,9 @@ export class BertResidualOutput extends Module {
 
 /** `BertAttention`: self-attention (`self`) and its output block (`output`). */
 export class BertAttention extends Module {
+  /** The q, k, v projections and multi-head attention (`attention.self` in checkpoint keys). */
   readonly self: BertSelfAttention;
+  /** The attention output projection, dropout, residual add and LayerNorm (`BertSelfOutput`). */
   readonly output: BertResidualOutput;
 
   constructor(config: BertConfig) {
@@ -128,6 +142,7 @@ export class BertAttention extends Module {
 
 /** `BertIntermediate`: dense to the intermediate size and the activation. */
 export class BertIntermediate extends Module {
+  /** Up projection hiddenSize → intermediateSize, followed by `hiddenAct` (an adapter may replace it). */
   dense: LayerSlot;
   private readonly activation: (x: tf.Tensor) => tf.Tensor;
 
@@ -145,8 +160,11 @@ export class BertIntermediate extends Module {
 
 /** One post-norm encoder layer (`BertLayer`). */
 export class BertLayer extends Module {
+  /** Self-attention with its residual output block. */
   readonly attention: BertAttention;
+  /** The feed-forward up projection and activation. */
   readonly intermediate: BertIntermediate;
+  /** The feed-forward down projection intermediateSize → hiddenSize, dropout, residual add and LayerNorm (`BertOutput`). */
   readonly output: BertResidualOutput;
 
   constructor(config: BertConfig) {
@@ -167,6 +185,7 @@ export class BertLayer extends Module {
 
 /** `BertEncoder`: the stack of layers (`layer.0`, `layer.1`, …). */
 export class BertEncoder extends Module {
+  /** The `numHiddenLayers` encoder layers, in order. */
   readonly layer: ModuleList<BertLayer>;
 
   constructor(config: BertConfig) {
@@ -186,6 +205,7 @@ export class BertEncoder extends Module {
 
 /** `BertPooler`: tanh(dense(hidden state of the first token)). */
 export class BertPooler extends Module {
+  /** Projection [hiddenSize → hiddenSize] of the first token's hidden state, before the tanh (an adapter may replace it). */
   dense: LayerSlot;
 
   constructor(config: BertConfig) {
@@ -220,9 +240,13 @@ export class BertModel extends PretrainedModel {
   readonly outputHeadPaths: readonly string[] = [];
   readonly basePrefix = 'bert';
   override readonly ignoredCheckpointKeys: readonly RegExp[] = [/(^|\.)embeddings\.position_ids$/u];
+  /** The hyper-parameters this encoder was built from. */
   readonly config: BertConfig;
+  /** Word, position and token-type embeddings with their LayerNorm and dropout. */
   readonly embeddings: BertEmbeddings;
+  /** The stack of encoder layers. */
   readonly encoder: BertEncoder;
+  /** Pooler of the first ([CLS]) token, used by `forwardWithPooler` only (not by `forward`). */
   readonly pooler: BertPooler;
 
   /** A BERT encoder with transformers' initialisation N(0, 0.02). @param options.seed default 0. */
@@ -253,7 +277,12 @@ export class BertModel extends PretrainedModel {
   }
 
   /** The last hidden state and the pooled first-token output [B, hidden]. The caller disposes both. */
-  forwardWithPooler(inputIds: tf.Tensor, options: BertForwardOptions = {}): { lastHiddenState: tf.Tensor; poolerOutput: tf.Tensor } {
+  forwardWithPooler(inputIds: tf.Tensor, options: BertForwardOptions = {}): {
+    /** Output of the last encoder layer [B, T, hiddenSize], as `forward` returns. */
+    lastHiddenState: tf.Tensor;
+    /** The pooled first-token output [B, hiddenSize], `tanh(pooler.dense(lastHiddenState[:, 0]))`. */
+    poolerOutput: tf.Tensor;
+  } {
     const lastHiddenState = this.forward(inputIds, options);
     return { lastHiddenState, poolerOutput: this.pooler.forward(lastHiddenState) };
   }
@@ -274,9 +303,13 @@ export class BertForSequenceClassification extends PretrainedModel {
   readonly outputHeadPaths: readonly string[] = ['classifier'];
   readonly basePrefix = 'bert';
   override readonly ignoredCheckpointKeys: readonly RegExp[] = [/(^|\.)embeddings\.position_ids$/u];
+  /** The hyper-parameters this model was built from. */
   readonly config: BertConfig;
+  /** The BERT encoder (checkpoint prefix `bert.`). */
   readonly bert: BertModel;
+  /** Dropout on the pooled output before `classifier`, rate `classifierDropout` (training only). */
   readonly dropout: Dropout;
+  /** Classification head hiddenSize → numLabels with bias; listed in `outputHeadPaths`, so `all-linear` skips it. */
   classifier: LayerSlot;
 
   /** @param options.seed seed of the initialisation (default 0). */

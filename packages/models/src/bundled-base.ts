@@ -47,7 +47,12 @@ export interface LoadBundledBaseOptions extends Pick<LoadPretrainedOptions, 'onR
  * const [tokens] = generate(model, [tokenizer.encode('Call me Ishmael.')], { maxNewTokens: 60, doSample: true, topK: 10 });
  * console.log(tokenizer.decode(tokens));
  */
-export async function loadBundledBase(options: LoadBundledBaseOptions = {}): Promise<{ model: Gpt2LMHeadModel; tokenizer: ByteTokenizer }> {
+export async function loadBundledBase(options: LoadBundledBaseOptions = {}): Promise<{
+  /** The pretrained 4-layer byte-level GPT-2, in eval mode; the caller disposes it. */
+  model: Gpt2LMHeadModel;
+  /** A new {@link ByteTokenizer}, the vocabulary the model was trained with. */
+  tokenizer: ByteTokenizer;
+}> {
   const { directory, ...loadOptions } = options;
   const model = await loadPretrained(directory ?? bundledBaseDirectory(), { ...loadOptions, architecture: 'GPT2LMHeadModel' });
   return { model, tokenizer: new ByteTokenizer() };

@@ -28,7 +28,9 @@ async function callCorpus(packageName: string): Promise<unknown[]> {
 export interface MobyDickChapter {
   /** `'1'` … `'135'`, or the name of the front/back matter. */
   readonly chapter: string;
+  /** The part's title as the dataset gives it (e.g. `Loomings.` for chapter 1); empty for `Contents`. */
   readonly title: string;
+  /** The part's text, paragraphs separated by a blank line (front matter and the epilogue start with their heading; chapters do not). */
   readonly text: string;
 }
 
@@ -56,10 +58,13 @@ export async function mobyDickText(): Promise<string> {
 
 /** One State of the Union address. */
 export interface StateOfTheUnionSpeech extends TextExample {
+  /** Calendar year the address was given (1790–2016). */
   readonly year: number;
+  /** The president's name as the dataset gives it (its `name` field). */
   readonly president: string;
   /** Party as the dataset names it (`none` for the earliest presidents). */
   readonly party: string;
+  /** The full text of the address. */
   readonly text: string;
 }
 
@@ -79,11 +84,13 @@ export async function loadStateOfTheUnion(): Promise<StateOfTheUnionSpeech[]> {
 
 /** One SpamAssassin message. */
 export interface SpamAssassinMessage extends TextExample {
+  /** The dataset's message number within its `group` (e.g. `00001`): unique only together with `group`. */
   readonly id: string;
   /** `easy-ham-1`, `easy-ham-2`, `hard-ham-1`, `spam-1` or `spam-2`. */
   readonly group: string;
   /** 1 for spam, 0 for ham. */
   readonly label: 0 | 1;
+  /** The raw e-mail, headers included. */
   readonly text: string;
 }
 
@@ -108,7 +115,12 @@ export const MOBY_DICK_HELD_OUT_FRACTION = 0.05;
  * The byte-level train / held-out split of {@link mobyDickText} used to pretrain and evaluate the
  * bundled base: UTF-8 bytes, the last 5% held out, cut at the paragraph break nearest after the 95% mark.
  */
-export async function mobyDickSplits(): Promise<{ train: Uint8Array; heldOut: Uint8Array }> {
+export async function mobyDickSplits(): Promise<{
+  /** The first ~95% of the UTF-8 bytes, ending with the blank line at the cut. */
+  train: Uint8Array;
+  /** The remaining ~5% of the bytes, from the paragraph after the cut to the end of the book (a view of the same buffer as `train`). */
+  heldOut: Uint8Array;
+}> {
   const bytes = new TextEncoder().encode(await mobyDickText());
   let cut = Math.floor(bytes.length * (1 - MOBY_DICK_HELD_OUT_FRACTION));
   while (cut < bytes.length - 1 && !(bytes[cut] === 10 && bytes[cut + 1] === 10)) cut++;

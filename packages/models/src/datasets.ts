@@ -7,6 +7,7 @@ import { shuffled } from './random.js';
 
 /** One text example, with a label for classification. */
 export interface TextExample {
+  /** The raw text, untokenised (from the JSONL field or CSV column chosen by the reader's options). */
   readonly text: string;
   /** Class label (string or number as in the file), absent for plain text. */
   readonly label?: string | number;
@@ -201,7 +202,12 @@ export interface SplitOptions {
  * there are two or more items).
  * @throws {ConfigError} when `validationFraction` is outside [0, 1).
  */
-export function trainValidationSplit<T>(items: readonly T[], options: SplitOptions = {}): { train: T[]; validation: T[] } {
+export function trainValidationSplit<T>(items: readonly T[], options: SplitOptions = {}): {
+  /** The remaining items, in shuffled order. */
+  train: T[];
+  /** `round(length · validationFraction)` items, in shuffled order; when the fraction is positive, at least 1 and at most length − 1. */
+  validation: T[];
+} {
   const fraction = options.validationFraction ?? 0.1;
   if (!(fraction >= 0 && fraction < 1)) {
     throw new ConfigError({ plugin: PACKAGE, field: 'validationFraction', received: fraction, expected: 'a number in [0, 1)' });
@@ -278,7 +284,14 @@ export function makeBatches(
 }
 
 /** Tensors of a {@link PaddedBatch}: int32 ids and mask [B, T], int32 labels [B] when present. The caller disposes them (or runs inside `tf.tidy`). */
-export function batchTensors(batch: PaddedBatch): { inputIds: tf.Tensor2D; attentionMask: tf.Tensor2D; labels?: tf.Tensor1D } {
+export function batchTensors(batch: PaddedBatch): {
+  /** int32 token ids [B, T], padding included. */
+  inputIds: tf.Tensor2D;
+  /** int32 [B, T] of 1 for real tokens and 0 for padding. */
+  attentionMask: tf.Tensor2D;
+  /** int32 class labels [B]; only when the batch has `labels`. */
+  labels?: tf.Tensor1D;
+} {
   const inputIds = tf.tensor2d(batch.inputIds, undefined, 'int32');
   const attentionMask = tf.tensor2d(batch.attentionMask, undefined, 'int32');
   return batch.labels ? { inputIds, attentionMask, labels: tf.tensor1d(batch.labels, 'int32') } : { inputIds, attentionMask };

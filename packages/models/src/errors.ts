@@ -7,6 +7,7 @@ import { PACKAGE } from './config-fields.js';
  * locate the problem; `field` names a missing column or key.
  */
 export class DatasetError extends LoraError {
+  /** The file path or `source` name being read (`<jsonl>`/`<csv>` for text without one), or the corpus package's name. */
   readonly file: string;
   /** 1-based line (JSONL) or record (CSV) number, or null when the problem is not on one line. */
   readonly line: number | null;

@@ -93,8 +93,17 @@ export function generate(model: CausalLanguageModel, prompts: readonly number[] 
   checkOption(options.topK === undefined || (Number.isInteger(options.topK) && options.topK >= 0), 'topK', options.topK, 'a non-negative integer');
   checkOption(options.topP === undefined || (options.topP > 0 && options.topP <= 1), 'topP', options.topP, 'a number in (0, 1]');
   const length = rows[0]?.length ?? 0;
-  if (rows.length === 0 || length === 0 || rows.some((row) => row.length !== length)) {
-    throw new ShapeError(`[${PACKAGE}] generate: prompts must be non-empty and of equal length`, [rows.length, length || 1], rows.map((r) => r.length));
+  if (rows.length === 0 || length === 0) {
+    throw new ShapeError(`[${PACKAGE}] generate: prompts must be non-empty (pass at least one token id per prompt)`, [null, null], [rows.length, length]);
+  }
+  const ragged = rows.findIndex((row) => row.length !== length);
+  if (ragged >= 0) {
+    // The batch as a [prompts, tokens] matrix: the first row of another length is what breaks it.
+    throw new ShapeError(
+      `[${PACKAGE}] generate: prompts must be of equal length (prompt ${ragged} has ${rows[ragged]!.length} tokens, prompt 0 has ${length}; pad them or generate them one at a time)`,
+      [rows.length, length],
+      [rows.length, rows[ragged]!.length],
+    );
   }
   for (const row of rows) {
     const bad = row.find((id) => !Number.isInteger(id) || id < 0 || id >= model.vocabSize);

@@ -2,19 +2,25 @@ import { ConfigReader, type ConfigJson } from './config-fields.js';
 
 /** GPT-2 hyper-parameters (transformers' `GPT2Config`, camelCase). */
 export interface Gpt2Config {
+  /** Number of token ids: rows of `wte` and logits per position (`vocab_size`, default 50257). */
   readonly vocabSize: number;
   /** Maximum sequence length (learned position table size). */
   readonly nPositions: number;
   /** Hidden size. */
   readonly nEmbd: number;
+  /** Number of transformer blocks (`n_layer`, default 12). */
   readonly nLayer: number;
+  /** Number of attention heads; divides `nEmbd` (`n_head`, default 12). */
   readonly nHead: number;
   /** MLP width (default 4·nEmbd). */
   readonly nInner: number;
   /** Default `gelu_new`. */
   readonly activationFunction: string;
+  /** Dropout probability in [0, 1) on the attention and MLP outputs before each residual add (`resid_pdrop`, default 0.1). */
   readonly residPdrop: number;
+  /** Dropout probability in [0, 1) on the summed token and position embeddings (`embd_pdrop`, default 0.1). */
   readonly embdPdrop: number;
+  /** Dropout probability in [0, 1) on the attention probabilities (`attn_pdrop`, default 0.1). */
   readonly attnPdrop: number;
   /** Default 1e-5. */
   readonly layerNormEpsilon: number;
@@ -24,7 +30,9 @@ export interface Gpt2Config {
   readonly scaleAttnByInverseLayerIdx: boolean;
   /** Share `lm_head.weight` with `transformer.wte.weight` (default true). */
   readonly tieWordEmbeddings: boolean;
+  /** Beginning-of-sequence token id (`bos_token_id`; the first when a list), or null when absent; kept for `configJson`, unused by the model. */
   readonly bosTokenId: number | null;
+  /** End-of-sequence token ids (`eos_token_id`, one or a list), empty when absent; `generate`'s default stop tokens. */
   readonly eosTokenIds: readonly number[];
   /** The original JSON, kept so unknown keys survive a save. */
   readonly json: ConfigJson;

@@ -12,9 +12,13 @@ import { positionIdsFor } from './positions.js';
 
 /** GPT-2 self-attention (`GPT2Attention`): fused `c_attn` Conv1D for q, k, v, then `c_proj`. */
 export class Gpt2Attention extends Module {
+  /** Fused q, k, v projection, Conv1D layout: weight [nEmbd, 3·nEmbd]; the default LoRA target (an adapter may replace it). */
   c_attn: LayerSlot;
+  /** Output projection [nEmbd, nEmbd] after the heads are merged, Conv1D layout (an adapter may replace it). */
   c_proj: LayerSlot;
+  /** Dropout on the attention probabilities, rate `attnPdrop` (training only). */
   readonly attn_dropout: Dropout;
+  /** Dropout on the output of `c_proj`, rate `residPdrop` (training only). */
   readonly resid_dropout: Dropout;
   private readonly config: Gpt2Config;
   private readonly layerIndex: number;
@@ -58,8 +62,11 @@ export class Gpt2Attention extends Module {
 
 /** GPT-2 feed-forward block (`GPT2MLP`): `c_fc` → activation → `c_proj` → dropout. */
 export class Gpt2Mlp extends Module {
+  /** Up projection nEmbd → nInner, Conv1D layout (an adapter may replace it). */
   c_fc: LayerSlot;
+  /** Down projection nInner → nEmbd, Conv1D layout (an adapter may replace it). */
   c_proj: LayerSlot;
+  /** Dropout on the MLP output, rate `residPdrop` (training only). */
   readonly dropout: Dropout;
   private readonly activation: (x: tf.Tensor) => tf.Tensor;
 
@@ -79,9 +86,13 @@ export class Gpt2Mlp extends Module {
 
 /** One pre-norm GPT-2 layer (`GPT2Block`). */
 export class Gpt2Block extends Module {
+  /** LayerNorm applied before `attn` (eps `layerNormEpsilon`). */
   ln_1: LayerSlot;
+  /** The block's self-attention. */
   readonly attn: Gpt2Attention;
+  /** LayerNorm applied before `mlp` (eps `layerNormEpsilon`). */
   ln_2: LayerSlot;
+  /** The block's feed-forward network. */
   readonly mlp: Gpt2Mlp;
 
   constructor(config: Gpt2Config, layerIndex: number) {
@@ -116,11 +127,17 @@ export class Gpt2Model extends PretrainedModel {
   readonly outputHeadPaths: readonly string[] = ['lm_head'];
   readonly basePrefix = 'transformer';
   override readonly ignoredCheckpointKeys: readonly RegExp[] = [/(^|\.)h\.\d+\.attn\.(bias|masked_bias)$/u];
+  /** The hyper-parameters this trunk was built from. */
   readonly config: Gpt2Config;
+  /** Token embedding [vocabSize, nEmbd]; also the weight of `Gpt2LMHeadModel`'s `lm_head` when `tieWordEmbeddings`. */
   readonly wte: Embedding;
+  /** Learned position embedding [nPositions, nEmbd]. */
   readonly wpe: Embedding;
+  /** Dropout on the summed embeddings, rate `embdPdrop` (training only). */
   readonly drop: Dropout;
+  /** The `nLayer` blocks, in order (`h.0` … in checkpoint keys). */
   readonly h: ModuleList<Gpt2Block>;
+  /** Final LayerNorm on the last block's output (eps `layerNormEpsilon`). */
   ln_f: LayerSlot;
 
   /**
@@ -186,8 +203,11 @@ export class Gpt2LMHeadModel extends CausalLanguageModel {
   readonly basePrefix = 'transformer';
   override readonly ignoredCheckpointKeys: readonly RegExp[] = [/(^|\.)h\.\d+\.attn\.(bias|masked_bias)$/u];
   override readonly tiedCheckpointKeys: readonly string[];
+  /** The hyper-parameters this model was built from. */
   readonly config: Gpt2Config;
+  /** The GPT-2 trunk (checkpoint prefix `transformer.`). */
   readonly transformer: Gpt2Model;
+  /** Projection to vocabulary logits (an `OutputHead`, weight [vocabSize, nEmbd]) sharing `transformer.wte`'s weight when `tieWordEmbeddings`. */
   lm_head: LayerSlot;
 
   /** @param options.seed seed of the initialisation (default 0). */

@@ -2,21 +2,36 @@ import { ConfigReader, type ConfigJson } from './config-fields.js';
 
 /** Rotary scaling (`rope_scaling`) this package implements. */
 export type RopeScaling =
-  | { readonly type: 'linear'; readonly factor: number }
   | {
-      readonly type: 'llama3';
+      /** Position interpolation: every rotary frequency divided by `factor` (`rope_type` / `type`). */
+      readonly type: 'linear';
+      /** Divisor of the rotary frequencies (`factor`), e.g. 2 to stretch the context twofold. */
       readonly factor: number;
+    }
+  | {
+      /** Llama 3.1's wavelength-dependent scaling (`rope_type` / `type`). */
+      readonly type: 'llama3';
+      /** Divisor of the low frequencies, those with a wavelength above `originalMaxPositionEmbeddings / lowFreqFactor` (`factor`). */
+      readonly factor: number;
+      /** Frequencies with a wavelength above `originalMaxPositionEmbeddings / lowFreqFactor` are fully scaled (`low_freq_factor`). */
       readonly lowFreqFactor: number;
+      /** Frequencies with a wavelength below `originalMaxPositionEmbeddings / highFreqFactor` are kept; between the two they are blended (`high_freq_factor`). */
       readonly highFreqFactor: number;
+      /** Context length, in positions, the model was pre-trained with before scaling (`original_max_position_embeddings`). */
       readonly originalMaxPositionEmbeddings: number;
     };
 
 /** Llama hyper-parameters (transformers' `LlamaConfig`, camelCase). */
 export interface LlamaConfig {
+  /** Number of token ids: rows of `embed_tokens` and logits per position (`vocab_size`, default 32000). */
   readonly vocabSize: number;
+  /** Width of the hidden states and embeddings (`hidden_size`, default 4096). */
   readonly hiddenSize: number;
+  /** Width of the SwiGLU MLP's gate and up projections (`intermediate_size`, default 11008). */
   readonly intermediateSize: number;
+  /** Number of decoder layers (`num_hidden_layers`, default 32). */
   readonly numHiddenLayers: number;
+  /** Number of query heads; a multiple of `numKeyValueHeads` (`num_attention_heads`, default 32). */
   readonly numAttentionHeads: number;
   /** Key/value heads (grouped-query attention); default `numAttentionHeads`. */
   readonly numKeyValueHeads: number;
@@ -24,20 +39,25 @@ export interface LlamaConfig {
   readonly headDim: number;
   /** Default `silu`. */
   readonly hiddenAct: string;
+  /** `max_position_embeddings` (default 2048): kept for `configJson` only; rotary positions are not limited by it. */
   readonly maxPositionEmbeddings: number;
   /** Default 1e-6. */
   readonly rmsNormEps: number;
   /** Default 10000. */
   readonly ropeTheta: number;
+  /** Rotary frequency scaling from `rope_scaling`, or null for none (absent, null or `rope_type: 'default'`). */
   readonly ropeScaling: RopeScaling | null;
   /** Bias on q/k/v/o projections (default false). */
   readonly attentionBias: boolean;
   /** Bias on the MLP projections (default false). */
   readonly mlpBias: boolean;
+  /** Dropout probability in [0, 1) on the attention probabilities, in training only (`attention_dropout`, default 0). */
   readonly attentionDropout: number;
   /** Share `lm_head.weight` with `model.embed_tokens.weight` (default false). */
   readonly tieWordEmbeddings: boolean;
+  /** Beginning-of-sequence token id (`bos_token_id`; the first when a list; default 1, also when null); kept for `configJson`, unused by the model. */
   readonly bosTokenId: number | null;
+  /** End-of-sequence token ids (`eos_token_id`, one or a list; default [2]); `generate`'s default stop tokens. */
   readonly eosTokenIds: readonly number[];
   /** The original JSON, kept so unknown keys survive a save. */
   readonly json: ConfigJson;

@@ -18,9 +18,13 @@ interface RotaryContext {
 
 /** Llama self-attention (`LlamaAttention`): rotary q/k, grouped-query attention, `o_proj`. */
 export class LlamaAttention extends Module {
+  /** Query projection hiddenSize → numAttentionHeads·headDim; a default LoRA target (an adapter may replace it). */
   q_proj: LayerSlot;
+  /** Key projection hiddenSize → numKeyValueHeads·headDim (an adapter may replace it). */
   k_proj: LayerSlot;
+  /** Value projection hiddenSize → numKeyValueHeads·headDim; a default LoRA target (an adapter may replace it). */
   v_proj: LayerSlot;
+  /** Output projection numAttentionHeads·headDim → hiddenSize after the heads are merged (an adapter may replace it). */
   o_proj: LayerSlot;
   private readonly config: LlamaConfig;
   private readonly layerIndex: number;
@@ -61,8 +65,11 @@ export class LlamaAttention extends Module {
 
 /** Llama's SwiGLU feed-forward (`LlamaMLP`): down(act(gate(x)) · up(x)). */
 export class LlamaMlp extends Module {
+  /** Gate projection hiddenSize → intermediateSize, passed through `hiddenAct` (an adapter may replace it). */
   gate_proj: LayerSlot;
+  /** Up projection hiddenSize → intermediateSize, multiplied by the activated gate (an adapter may replace it). */
   up_proj: LayerSlot;
+  /** Down projection intermediateSize → hiddenSize (an adapter may replace it). */
   down_proj: LayerSlot;
   private readonly activation: (x: tf.Tensor) => tf.Tensor;
 
@@ -83,9 +90,13 @@ export class LlamaMlp extends Module {
 
 /** One pre-norm Llama layer (`LlamaDecoderLayer`). */
 export class LlamaDecoderLayer extends Module {
+  /** The layer's rotary, grouped-query self-attention. */
   readonly self_attn: LlamaAttention;
+  /** The layer's SwiGLU feed-forward network. */
   readonly mlp: LlamaMlp;
+  /** RMSNorm applied before `self_attn` (eps `rmsNormEps`). */
   input_layernorm: LayerSlot;
+  /** RMSNorm applied before `mlp` (eps `rmsNormEps`). */
   post_attention_layernorm: LayerSlot;
 
   constructor(config: LlamaConfig, layerIndex: number) {
@@ -119,9 +130,13 @@ export class LlamaModel extends PretrainedModel {
   readonly outputHeadPaths: readonly string[] = ['lm_head'];
   readonly basePrefix = 'model';
   override readonly ignoredCheckpointKeys: readonly RegExp[] = [/(^|\.)rotary_emb\.inv_freq$/u];
+  /** The hyper-parameters this trunk was built from. */
   readonly config: LlamaConfig;
+  /** Token embedding [vocabSize, hiddenSize]; also the weight of `LlamaForCausalLM`'s `lm_head` when `tieWordEmbeddings`. */
   readonly embed_tokens: Embedding;
+  /** The `numHiddenLayers` decoder layers, in order (`layers.0` … in checkpoint keys). */
   readonly layers: ModuleList<LlamaDecoderLayer>;
+  /** Final RMSNorm on the last layer's output (eps `rmsNormEps`). */
   norm: LayerSlot;
   private readonly inverseFrequencies: Float64Array;
 
@@ -190,8 +205,11 @@ export class LlamaForCausalLM extends CausalLanguageModel {
   readonly basePrefix = 'model';
   override readonly ignoredCheckpointKeys: readonly RegExp[] = [/(^|\.)rotary_emb\.inv_freq$/u];
   override readonly tiedCheckpointKeys: readonly string[];
+  /** The hyper-parameters this model was built from. */
   readonly config: LlamaConfig;
+  /** The Llama trunk (checkpoint prefix `model.`). */
   readonly model: LlamaModel;
+  /** Projection to vocabulary logits (an `OutputHead`, weight [vocabSize, hiddenSize]) sharing `model.embed_tokens`'s weight when `tieWordEmbeddings`. */
   lm_head: LayerSlot;
 
   /** @param options.seed seed of the initialisation (default 0). */

@@ -13,10 +13,13 @@ import { normalSeed } from '@lora/core/internal';
  * the model's `outputHeadPaths`).
  */
 export class OutputHead extends Module implements BaseLayer {
+  /** Hidden size: the width of the last axis of `forward`'s input. */
   readonly inFeatures: number;
+  /** Vocabulary size: the number of logits per position. */
   readonly outFeatures: number;
   readonly fanInFanOut = false;
   readonly bias: tf.Variable | null = null;
+  /** The [outFeatures, inFeatures] ([vocab, hidden]) weight; when `tied`, the embedding's own variable. */
   readonly weight: tf.Variable;
   /** True when `weight` is shared with an embedding. */
   readonly tied: boolean;
@@ -59,7 +62,12 @@ export class OutputHead extends Module implements BaseLayer {
     return tf.clone(this.weight) as tf.Tensor2D;
   }
 
-  assignDenseWeight(weight: tf.Tensor2D): { exact: boolean; note?: string } {
+  assignDenseWeight(weight: tf.Tensor2D): {
+    /** Always true: the float32 weight holds the given values exactly. */
+    exact: boolean;
+    /** Set when `tied`: says the input embedding changed too. */
+    note?: string;
+  } {
     if (weight.shape[0] !== this.outFeatures || weight.shape[1] !== this.inFeatures) {
       throw new ShapeError(`[${PACKAGE}] OutputHead.assignDenseWeight`, [this.outFeatures, this.inFeatures], weight.shape);
     }

@@ -1,5 +1,5 @@
 import { fileHost, pathExists } from '@lora/core/internal';
-import { CheckpointError, ConfigError, LoraError, readJsonFile, readSafetensorsFile, writeJsonAtomic, writeSafetensorsFile, type SafetensorsEntry } from '@lora/core';
+import { CheckpointError, checkTensorsToSave, ConfigError, LoraError, readJsonFile, readSafetensorsFile, writeJsonAtomic, writeSafetensorsFile, type SafetensorsEntry } from '@lora/core';
 import { BertForSequenceClassification, BertModel } from './bert-model.js';
 import { parseBertConfig } from './bert-config.js';
 import { PACKAGE, type ConfigJson } from './config-fields.js';
@@ -29,11 +29,17 @@ export const ARCHITECTURES: readonly ArchitectureName[] = [
 
 /** The model class built for each architecture name. */
 export interface ArchitectureModels {
+  /** GPT-2 with its language-model head; what a `gpt2` config without `architectures` builds. */
   GPT2LMHeadModel: Gpt2LMHeadModel;
+  /** The GPT-2 trunk alone: returns hidden states, no logits. */
   GPT2Model: Gpt2Model;
+  /** Llama with its language-model head; what a `llama` config without `architectures` builds. */
   LlamaForCausalLM: LlamaForCausalLM;
+  /** The Llama trunk alone: returns hidden states, no logits. */
   LlamaModel: LlamaModel;
+  /** The BERT encoder with its pooler; what a `bert` config without `architectures` builds. */
   BertModel: BertModel;
+  /** BERT with a `numLabels`-way classification head. */
   BertForSequenceClassification: BertForSequenceClassification;
 }
 
@@ -235,6 +241,7 @@ export interface SavePretrainedOptions {
  * `model.safetensors.index.json` when larger than `maxShardBytes`), keys as transformers names them and
  * tied copies left out. Every file is written atomically.
  * @throws {LoraError} when the model still holds adapter layers (merge or unload them first).
+ * @throws {NonFiniteTensorError} when a weight holds NaN or ±Infinity; nothing is written then.
  */
 export async function savePretrained(model: PretrainedModel, directory: string, options: SavePretrainedOptions = {}): Promise<void> {
   const entries = stateDict(model);
@@ -244,6 +251,8 @@ export async function savePretrained(model: PretrainedModel, directory: string, 
       plugin: PACKAGE,
     });
   }
+  // Finite or nothing: checked before the first file is written.
+  checkTensorsToSave(entries, { file: fileHost().join(directory, WEIGHTS_NAME), plugin: PACKAGE });
   const metadata = { ...options.metadata, format: 'pt' };
   const maxShardBytes = options.maxShardBytes ?? 5_000_000_000;
   await fileHost().mkdir(directory);

@@ -10,8 +10,18 @@ export interface LoadReport {
   readonly missing: readonly string[];
   /** Checkpoint tensors that are not parameters of the model. */
   readonly unexpected: readonly string[];
-  /** Tensors whose shape differs from the parameter's. */
-  readonly mismatched: readonly { readonly name: string; readonly expected: readonly number[]; readonly received: readonly number[] }[];
+  /**
+   * Tensors whose shape differs from the parameter's: always empty in a returned report, since a
+   * mis-shaped tensor throws a `CheckpointError` (whose `mismatched` lists them) even with `strict: false`.
+   */
+  readonly mismatched: readonly {
+    /** The checkpoint key of the tensor (before any prefix change). */
+    readonly name: string;
+    /** Shape of the model's parameter. */
+    readonly expected: readonly number[];
+    /** Shape of the tensor in the checkpoint. */
+    readonly received: readonly number[];
+  }[];
   /** Checkpoint keys skipped on purpose: buffers (`attn.bias`), tied copies (`lm_head.weight`), or the head of a task checkpoint loaded into a bare trunk. */
   readonly ignored: readonly string[];
   /** Prefix added to (`+transformer`) or removed from (`-transformer`) checkpoint keys, or null. */

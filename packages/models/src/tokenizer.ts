@@ -20,7 +20,9 @@ export interface DecodeOptions {
 export interface TextTokenizer {
   /** Number of ids, special tokens included. */
   readonly vocabSize: number;
+  /** Beginning-of-sequence id (BERT's [CLS] where there is no BOS), or null when the tokenizer has none. */
   readonly bosTokenId: number | null;
+  /** End-of-sequence id (BERT's [SEP] where there is no EOS), or null when the tokenizer has none. */
   readonly eosTokenId: number | null;
   /** Id used for padding (falls back to EOS when the tokenizer has no pad token, as is usual for GPT-2), or null. */
   readonly padTokenId: number | null;
@@ -46,7 +48,9 @@ export class ByteTokenizer implements TextTokenizer {
   /** The special token string. */
   static readonly END_OF_TEXT = '<|endoftext|>';
   readonly vocabSize = 257;
+  /** 256, `<|endoftext|>`: put first by `encode` with `addSpecialTokens`. */
   readonly bosTokenId = 256;
+  /** 256, `<|endoftext|>` (the same id as BOS and padding). */
   readonly eosTokenId = 256;
   readonly padTokenId = 256;
   private readonly encoder = new TextEncoder();
@@ -102,15 +106,6 @@ function tokenString(value: unknown): string | null {
 }
 
 /**
- * A Hugging Face `tokenizer.json` (BPE as GPT-2 and Llama, WordPiece as BERT, Unigram/SentencePiece
- * style) run by the maintained `@huggingface/tokenizers` library, with the special tokens named in
- * `tokenizer_config.json`.
- *
- * @example
- * const tokenizer = await HuggingFaceTokenizer.load('path/to/model'); // tokenizer.json (+ tokenizer_config.json)
- * tokenizer.encode('Hello world'); // GPT-2: [15496, 995]
- */
-/**
  * What this package uses of `@huggingface/tokenizers`' `Tokenizer`, as a structural type. Naming that
  * library's own class in our declaration files would make every TypeScript consumer load its types,
  * which are ESM-only with extensionless imports and fail under \`node16\` resolution (and from a
@@ -118,7 +113,14 @@ function tokenString(value: unknown): string | null {
  */
 export interface HuggingFaceTokenizerObject {
   /** Encode `text` (`add_special_tokens` defaults to true). */
-  encode(text: string, options?: { add_special_tokens?: boolean }): { ids: number[]; tokens: string[]; attention_mask: number[] };
+  encode(text: string, options?: { add_special_tokens?: boolean }): {
+    /** Token ids, special tokens included when added. */
+    ids: number[];
+    /** The token string of each id, aligned with `ids`. */
+    tokens: string[];
+    /** One entry per id, all 1 (this library's `encode` does not pad). */
+    attention_mask: number[];
+  };
   /** Decode token ids to text. */
   decode(tokenIds: number[], options?: { skip_special_tokens?: boolean }): string;
   /** The token strings of `text`, without ids. */
@@ -129,9 +131,20 @@ export interface HuggingFaceTokenizerObject {
   get_vocab(withAddedTokens?: boolean): Map<string, number>;
 }
 
+/**
+ * A Hugging Face `tokenizer.json` (BPE as GPT-2 and Llama, WordPiece as BERT, Unigram/SentencePiece
+ * style) run by the maintained `@huggingface/tokenizers` library, with the special tokens named in
+ * `tokenizer_config.json`.
+ *
+ * @example
+ * const tokenizer = await HuggingFaceTokenizer.load('path/to/model'); // tokenizer.json (+ tokenizer_config.json)
+ * tokenizer.encode('Hello world'); // GPT-2: [15496, 995]
+ */
 export class HuggingFaceTokenizer implements TextTokenizer {
   readonly vocabSize: number;
+  /** Id of `tokenizer_config.json`'s `bos_token`, else of its `cls_token`; null when neither is set or in the vocabulary. */
   readonly bosTokenId: number | null;
+  /** Id of `tokenizer_config.json`'s `eos_token`, else of its `sep_token`; null when neither is set or in the vocabulary. */
   readonly eosTokenId: number | null;
   readonly padTokenId: number | null;
   /** The underlying `@huggingface/tokenizers` `Tokenizer`, for anything not wrapped here. */

@@ -66,6 +66,8 @@ describe('generate', () => {
     expect(gpt2.training).toBe(true);
     gpt2.eval();
     expect(() => generate(gpt2, [[1, 2], [3]], {})).toThrow(ShapeError);
+    expect(() => generate(gpt2, [[1, 2], [3, 4], [5]], {})).toThrow(/prompt 2 has 1 tokens, prompt 0 has 2.*expected shape \[3, 2\], got \[3, 1\]/);
+    expect(() => generate(gpt2, [], {})).toThrow(/prompts must be non-empty/);
     expect(() => generate(gpt2, [1, 2], { maxNewTokens: 63 })).toThrow(ShapeError);
     expect(() => generate(gpt2, [1, 2], { temperature: 0 })).toThrow(ConfigError);
     expect(() => generate(gpt2, [1, 999], {})).toThrow(ConfigError);

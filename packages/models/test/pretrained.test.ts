@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { CheckpointError, ConfigError, float32Entry, initRuntime, readSafetensorsFile, writeSafetensorsFile, type SafetensorsEntry } from '@lora/core';
+import { CheckpointError, ConfigError, float32Entry, initRuntime, NonFiniteTensorError, readSafetensorsFile, writeSafetensorsFile, type SafetensorsEntry } from '@lora/core';
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -198,6 +198,22 @@ describe('savePretrained', () => {
     await withoutLeaks(() => logitsOf(reloaded));
     model.dispose();
     reloaded.dispose();
+  });
+
+  it('never saves a non-finite weight, even one loaded with allowNonFinite: nothing is written', async () => {
+    const source = await variant('nan-weights', null, (tensors) => {
+      const [name, entry] = [...tensors].find(([key]) => key.endsWith('mlp.c_fc.weight'))!;
+      const values = new Float32Array(entry.data.slice().buffer);
+      values[3] = Number.NEGATIVE_INFINITY;
+      tensors.set(name, { ...entry, data: new Uint8Array(values.buffer) });
+    });
+    const model = await loadPretrained(source, { allowNonFinite: true });
+    const directory = path.join(scratch, 'nan-saved');
+    const error = await caught(savePretrained(model, directory));
+    expect(error).toBeInstanceOf(NonFiniteTensorError);
+    expect((error as Error).message).toMatch(/Not writing .*nan-saved.model\.safetensors: tensor ".*mlp\.c_fc\.weight" holds 1 non-finite value \(first: -Infinity\); nothing was written/u);
+    expect(await readdir(directory).catch(() => [])).toEqual([]);
+    model.dispose();
   });
 
   it('saves a bare GPT2Model without the transformer. prefix and loads it back into GPT2LMHeadModel', async () => {

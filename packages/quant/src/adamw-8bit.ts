@@ -102,7 +102,9 @@ function blockwise8bitStore(variable: tf.Variable, blockSize: number): MomentSto
  * await train({ model: peft, optimizer, steps: 100, trainData, lossFn });
  */
 export class AdamW8bit extends AdamW {
+  /** Elements per 8-bit quantization block of the moment estimates (default 256). */
   readonly blockSize: number;
+  /** Variables with fewer elements keep float32 moments (default 4096, bitsandbytes' `min_8bit_size`). */
   readonly minQuantizedSize: number;
 
   constructor(options: AdamW8bitOptions = {}) {

@@ -349,6 +349,7 @@ export interface LoadQuantizedModelOptions<M extends Module> extends Omit<LoadQu
 
 /** What {@link loadQuantizedModel} returns. */
 export interface LoadedQuantizedModel<M extends Module> extends LoadQuantizedResult {
+  /** The model `loadModel` built, with the checkpoint loaded: layers stored 4-bit replaced in place by {@link QuantLinear}s, other parameters assigned. */
   readonly model: M;
   /** The whole `config.json`. */
   readonly config: Readonly<Record<string, unknown>>;

@@ -6,7 +6,10 @@ import { adapterVariables } from './tree-paths.js';
 /** An optimizer whose state size can be measured: core's `AdamW` or {@link AdamW8bit} (its 8-bit encoding). */
 export interface MeasurableOptimizer {
   /** Bytes of optimizer state held now; `total` sums every variable's stored moments. */
-  stateBytes(): { readonly total: number };
+  stateBytes(): {
+    /** Bytes of every variable's stored moments, whatever their encoding; reported as `optimizerState`. */
+    readonly total: number;
+  };
 }
 
 /** Bytes held by a (Q)LoRA model, by component. See {@link memoryReport}. */
@@ -121,6 +124,7 @@ export function memoryReport(model: Module, options: { readonly optimizer?: Meas
 
 /** What {@link measurePeakTensorBytes} returns. */
 export interface PeakTensorBytes<T> {
+  /** What the measured function returned (awaited when it returned a promise). */
   readonly result: T;
   /** tfjs tensor bytes (variables included) before the call. */
   readonly startBytes: number;

@@ -42,12 +42,19 @@ export interface QuantOptions {
 
 /** {@link QuantOptions} with every default filled. */
 export interface QuantConfig {
+  /** 4-bit data type: `nf4` (default) or `fp4`; transformers' `bnb_4bit_quant_type`. */
   readonly type: QuantType;
+  /** Elements per first-level absmax block: a power of two from 32 to 4096 (default 64). */
   readonly blockSize: number;
+  /** Whether the absmax values are quantized again to 8 bits in blocks of 256 (default true); `bnb_4bit_use_double_quant`. */
   readonly doubleQuant: boolean;
+  /** `bnb_4bit_compute_dtype` to record (default `float32`); tfjs computes in float32 whatever it is. */
   readonly computeDtype: ComputeDtype;
+  /** Substrings of module paths never quantized (`llm_int8_skip_modules`), or null (default) to skip the output heads (`lm_head`). */
   readonly skipModules: readonly string[] | null;
+  /** What merging an adapter into a 4-bit layer does: `requantize` (default, lossy) or `dequantize` (float32 while merged). */
   readonly merge: QuantMergeMode;
+  /** Keep the pre-merge packed bytes so that unmerging restores them exactly (default true). */
   readonly keepOriginalOnMerge: boolean;
 }
 
@@ -106,18 +113,31 @@ export function parseQuantOptions(options: unknown = {}): QuantConfig {
 
 /** transformers' `quantization_config` (in `config.json`) of a bitsandbytes 4-bit model. */
 export interface BitsAndBytesConfigJson {
+  /** Always `bitsandbytes` (GPTQ/AWQ checkpoints are rejected on load). */
   readonly quant_method: 'bitsandbytes';
+  /** Always true: only 4-bit checkpoints are written and read. */
   readonly load_in_4bit: true;
+  /** Always false: 8-bit (LLM.int8) is not supported. */
   readonly load_in_8bit: false;
+  /** transformers' private copy of `load_in_4bit` (also accepted on load when `load_in_4bit` is absent); always true. */
   readonly _load_in_4bit: true;
+  /** transformers' private copy of `load_in_8bit`; always false. */
   readonly _load_in_8bit: false;
+  /** {@link QuantConfig.type}: `nf4` or `fp4` (transformers' default when absent on load: `fp4`). */
   readonly bnb_4bit_quant_type: QuantType;
+  /** {@link QuantConfig.doubleQuant} (default false when absent on load, as transformers). */
   readonly bnb_4bit_use_double_quant: boolean;
+  /** {@link QuantConfig.computeDtype}; on load `fp32`, `bf16` and `fp16` are also accepted (default `float32`). */
   readonly bnb_4bit_compute_dtype: ComputeDtype;
+  /** Dtype of the packed-weight tensors; always `uint8` when written (other dtypes are read as raw bytes). */
   readonly bnb_4bit_quant_storage: 'uint8';
+  /** {@link QuantConfig.skipModules}: module-path substrings kept in full precision, or null. */
   readonly llm_int8_skip_modules: readonly string[] | null;
+  /** LLM.int8 outlier threshold; unused for 4-bit, written as transformers' default 6.0 and ignored on load. */
   readonly llm_int8_threshold: number;
+  /** LLM.int8 setting; unused for 4-bit, always written false and ignored on load. */
   readonly llm_int8_has_fp16_weight: boolean;
+  /** transformers' CPU-offload switch; not supported here, always written false and ignored on load. */
   readonly llm_int8_enable_fp32_cpu_offload: boolean;
 }
 

@@ -51,15 +51,20 @@ interface MergeSnapshot {
  * const y = tf.tidy(() => layer.forward(tf.ones([2, 64]))); // [2, 32]
  */
 export class QuantLinear extends Module implements BaseLayer {
+  /** Input width: columns of the [out, in] weight (from the quantization state's shape). */
   readonly inFeatures: number;
+  /** Output width: rows of the [out, in] weight. */
   readonly outFeatures: number;
   /** Always false: the 4-bit weight is stored [out, in] whatever the source layer was. */
   readonly fanInFanOut = false;
   readonly bias: tf.Variable | null;
   /** See {@link QuantLinearOptions.sourceFanInFanOut}. */
   readonly sourceFanInFanOut: boolean;
+  /** What {@link QuantLinear.assignDenseWeight} does: `requantize` (default) or `dequantize`; see {@link QuantOptions.merge}. */
   readonly mergeMode: QuantMergeMode;
+  /** Keep the pre-merge packed bytes while merged so that unmerging restores them exactly (default true); false in `requantize` mode: unmerge re-quantizes, as PEFT. */
   readonly keepOriginalOnMerge: boolean;
+  /** Recorded only (default `float32`): the forward pass computes in float32 whatever it is. */
   readonly computeDtype: ComputeDtype;
   /** The module path given at creation ('' if none). */
   readonly name: string;
@@ -140,7 +145,10 @@ export class QuantLinear extends Module implements BaseLayer {
   }
 
   /** Bytes of the buffers this layer holds, by part (tables are shared constants when unchanged). */
-  storageBytes(): QuantStateBytes & { readonly floatWeight: number } {
+  storageBytes(): QuantStateBytes & {
+    /** Bytes of the float32 merged weight (merge mode `dequantize`), 0 when none is held. */
+    readonly floatWeight: number;
+  } {
     return { ...quantStateBytes(this.current), floatWeight: this.floatWeight ? this.floatWeight.size * 4 : 0 };
   }
 
@@ -260,7 +268,12 @@ export class QuantLinear extends Module implements BaseLayer {
    *
    * @throws {ShapeError} on a wrong shape; {LoraError} on a non-finite value.
    */
-  assignDenseWeight(weight: tf.Tensor2D): { readonly exact: boolean; readonly note?: string } {
+  assignDenseWeight(weight: tf.Tensor2D): {
+    /** True when the layer now holds the weight exactly (merge mode `dequantize`), false when re-quantized. */
+    readonly exact: boolean;
+    /** With `exact: false`: the max and mean absolute re-quantization error and how to unmerge or merge exactly. */
+    readonly note?: string;
+  } {
     if (weight.shape[0] !== this.outFeatures || weight.shape[1] !== this.inFeatures) {
       throw new ShapeError(`[@lora/quant] QuantLinear${this.label()}.assignDenseWeight`, [this.outFeatures, this.inFeatures], weight.shape);
     }

@@ -4,7 +4,9 @@ import { QuantLinear } from './quant-layer.js';
 
 /** The base transform `quant()` returns: core's `BaseTransform` plus its resolved config. */
 export interface QuantTransform extends BaseTransform {
+  /** Registry name, as named in `transforms: ['quant']`. */
   readonly name: 'quant';
+  /** The npm package providing it, named in errors when it is missing. */
   readonly packageName: '@lora/quant';
   /** The options with defaults filled. */
   readonly config: QuantConfig;

@@ -20,6 +20,7 @@ export interface NestedQuantState {
  * bitsandbytes' `QuantState`. Treat it as immutable; tables may be shared between layers.
  */
 export interface QuantState {
+  /** 4-bit data type, `nf4` or `fp4` (bitsandbytes' `quant_type`; also the suffix of the `quant_state.bitsandbytes__<type>` key). */
   readonly quantType: QuantType;
   /** First-level block size (default 64). */
   readonly blockSize: number;

@@ -1,7 +1,7 @@
 // The API reference (`pnpm run docs`, TypeDoc's packages strategy over typedoc.json) covers every
 // published package with code and fails on an undocumented export: the workspace converts with no
-// warning (warnings are errors there), and a fixture package with an undocumented export fails
-// under the same configuration.
+// warning (warnings are errors there), and a fixture package with an undocumented export (and an
+// undocumented property of a documented interface) fails under the same configuration.
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -15,7 +15,7 @@ const configuration = JSON.parse(readFileSync(join(repositoryRoot, 'typedoc.json
   entryPointStrategy: string;
   entryPoints: string[];
   treatWarningsAsErrors: boolean;
-  packageOptions: { validation: { notDocumented: boolean } };
+  packageOptions: { validation: { notDocumented: boolean }; requiredToBeDocumented: string[] };
 };
 
 /** Run TypeDoc from the repository root without writing the site; resolves with its exit code and output. */
@@ -38,6 +38,10 @@ describe('typedoc.json', () => {
     expect(configuration.entryPointStrategy).toBe('packages');
     expect([...configuration.entryPoints].sort()).toEqual(withSources.sort());
     expect(configuration.packageOptions.validation.notDocumented).toBe(true);
+    // Properties too: an options interface's fields are most of what a user reads in the reference.
+    expect(configuration.packageOptions.requiredToBeDocumented).toEqual(
+      expect.arrayContaining(['Function', 'Class', 'Interface', 'TypeAlias', 'Variable', 'Method', 'Accessor', 'Property']),
+    );
     expect(configuration.treatWarningsAsErrors).toBe(true);
   });
 });
@@ -54,7 +58,8 @@ describe('the API reference', () => {
     const fixture = fileURLToPath(new URL('fixtures/undocumented-export', import.meta.url));
     const { code, output } = await runTypedoc('--entryPoints', fixture);
     expect(output).toMatch(/undocumentedTimesTwo \(CallSignature\).* does not have any documentation/);
-    expect(output).not.toMatch(/documentedPlusOne/);
+    expect(output).toMatch(/PartlyDocumentedOptions\.undocumentedLimit \(Property\).* does not have any documentation/);
+    expect(output).not.toMatch(/documentedPlusOne|\.documentedLimit \(/);
     expect(code).not.toBe(0);
   }, 120_000);
 });
