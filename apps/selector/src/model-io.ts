@@ -84,6 +84,12 @@ export async function loadModelWithAdapters(options: {
   allowNonFinite?: boolean;
 }): Promise<{ model: AnyPretrainedModel; adapterModel: AdapterModel<AnyPretrainedModel> | null }> {
   const loader = options.loader ?? importPackage;
+  // The same adapter twice would be applied twice (its ΔW doubled): surely a slip.
+  const seen = new Set<string>();
+  for (const directory of options.adapterDirectories) {
+    if (seen.has(path.resolve(directory))) throw new CliError(`--adapter ${directory} is given twice; each adapter is applied once, so pass it once.`, { exitCode: 2 });
+    seen.add(path.resolve(directory));
+  }
   const configs: { file: string; json: PeftConfigJson }[] = [];
   for (const directory of options.adapterDirectories) {
     try {
@@ -253,7 +259,7 @@ export function adapterLoadError(directory: string, modelDirectory: string, conf
     });
   }
   const base = typeof config['base_model_name_or_path'] === 'string' ? ` (it was made for base model "${config['base_model_name_or_path']}")` : '';
-  if (error instanceof ConfigError && error.field === 'targetModules') {
+  if (error instanceof ConfigError && error.field === 'target_modules') {
     return new CliError(
       `Adapter ${directory} targets ${describeValue(error.received)}, which the model in ${modelDirectory} does not have${base}. Pass the --model it was trained on.`,
       { exitCode: 2, cause: error },

@@ -370,7 +370,9 @@ export async function runTraining(options: TrainRunOptions, io: SelectorIo): Pro
       // Diverged: the model holds the last good state; keep it as an adapter beside the checkpoint.
       await saveAdapter(adapterModel, path.join(staging, 'adapter'));
       await releaseStaging(staging, 'diverged');
-      throw new CliError(`${oneLine(error)} Kept that adapter in ${path.join(staging, 'adapter')}; ${out} was not written. Try a lower --learning-rate.`, {
+      // Core's advice names the library option; the CLI's names the flag (which a resumed run cannot change).
+      const what = oneLine(error).replace(/ Lower the learning rate or check the data\.$/u, '');
+      throw new CliError(`${what} Kept that adapter in ${path.join(staging, 'adapter')}; ${out} was not written. Start a new run with a lower --learning-rate (--resume keeps the run's own), or check the data.`, {
         exitCode: 1,
         cause: error,
       });

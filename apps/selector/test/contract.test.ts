@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readSafetensorsFile, writeSafetensorsFile } from '@lora/core';
+import { CheckpointError, ConfigError, readSafetensorsFile, SafetensorsError, TrainingError, writeSafetensorsFile } from '@lora/core';
 import { buildProgram } from '../src/index.js';
 import { BERT, FIXTURES, GPT2, run } from './helpers.js';
 
@@ -26,6 +26,7 @@ describe('the lora CLI contract', () => {
     [['quantize', '--model', 'm', '--out', 'o', '--block-size', '0'], /--block-size must be an integer >= 1, got "0"/u],
     [['select', '--model', GPT2, '--steps', '2', '--multi-task', '--compute', 'limited'], /^lora: AdaLoRA needs --steps 3 or more \(its rank schedule warms up, prunes and settles over one step each at least\), got 2\.\n$/u],
     [['quantize', '--model', GPT2, '--out', 'never-written', '--block-size', '7'], /^lora: --block-size must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096, got 7\.\n$/u],
+    [['generate', '--model', GPT2, '--adapter', `${FIXTURES}/adapters/gpt2_lora`, '--adapter', `${FIXTURES}/adapters/gpt2_lora/`, '--prompt', 'x'], /--adapter .*gpt2_lora\/ is given twice; each adapter is applied once, so pass it once\.\n$/u],
     [['generate', '--prompt', 'x', '--greedy', '--temperature', '2'], /^lora: option '--greedy' cannot be used with option '--temperature <t>' \(run with --help for usage\)\n$/u],
   ])('rejects %j with exit 2, naming the option', async (argv, message) => {
     const result = await run(argv);
@@ -200,5 +201,11 @@ describe('the lora CLI contract', () => {
     expect(Number(change)).toBeGreaterThan(0);
     expect(result.stderr).toBe(`lora: warning: validation perplexity rose ${change}% over the run; the adapter is saved, but try a lower --learning-rate or more data.\n`);
     await expect(readFile(path.join(out, 'adapter', 'adapter_model.safetensors'))).resolves.toBeDefined();
+  });
+
+  it('sees @lora/core\'s built errors under their own names (the CLI tells a TrainingError by name)', () => {
+    // esbuild renames a class that refers to itself (`_SafetensorsError`); the errors' `name` must not follow.
+    const errors = [new SafetensorsError('TRUNCATED', 'x'), new TrainingError('x'), new CheckpointError('x'), new ConfigError({ field: 'f', received: 1, expected: 'e' })];
+    expect(errors.map((error) => error.name)).toEqual(['SafetensorsError', 'TrainingError', 'CheckpointError', 'ConfigError']);
   });
 });

@@ -1,7 +1,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { AdapterLayer } from './adapter-layer.js';
-import { AdapterModel } from './adapter-model.js';
-import { ConfigError, SafetensorsError } from './errors.js';
+import { AdapterModel, wrappingUndo } from './adapter-model.js';
+import { ConfigError, LoraError, SafetensorsError } from './errors.js';
 import { checkLoadedTensors, checkTensorsToSave } from './finite.js';
 import { fileHost } from './file-host.js';
 import { parseJsonText, pathExists, readJsonFile, readSafetensorsFile, writeFileAtomic } from './files.js';
@@ -103,6 +103,7 @@ export function serializeAdapter(adapterModel: AdapterModel, options: { adapterN
  * Both files are written atomically, so an interrupted save leaves the previous files intact.
  * Needs Node; in a browser use {@link serializeAdapter}.
  * @throws {NonFiniteTensorError} when a weight of any of the adapters holds NaN or ±Infinity; nothing is written then.
+ * @throws {LoraError} when there is no adapter to save.
  */
 export async function saveAdapter(
   adapterModel: AdapterModel,
@@ -111,6 +112,8 @@ export async function saveAdapter(
 ): Promise<void> {
   const host = fileHost();
   const names = options.adapterNames ?? adapterModel.adapterNames;
+  // Nothing written is no save: after unload(), dispose() or deleting the last adapter, say so.
+  if (names.length === 0) throw new LoraError(`[@lora/core] saveAdapter: the AdapterModel has no adapter to save (it was unloaded or disposed, or every adapter deleted); nothing was written to ${directory}.`);
   // Every adapter serialised (and checked finite) before the first file is written.
   const serialized = names.map((name) => [name, serializeAdapter(adapterModel, { adapterName: name })] as const);
   for (const [name, files] of serialized) {
@@ -215,12 +218,15 @@ export async function loadAdapter(adapterModel: AdapterModel, source: string | A
   const name = options.adapterName ?? 'default';
   const { json, weights: file, weightsName } = await readAdapterSource(source);
   const plugin = adapterModel.registry.adapterForPeftConfig(json);
-  const config = plugin.fromPeftJson(json);
+  const configName = typeof source === 'string' ? fileHost().join(source, ADAPTER_CONFIG_NAME) : ADAPTER_CONFIG_NAME;
+  const config = inConfigFile(configName, () => plugin.fromPeftJson(json));
   checkLoadedTensors(file.tensors, { file: weightsName, floatOnly: true, allowNonFinite: options.allowNonFinite });
-  adapterModel.addAdapter(name, {
-    plugin: plugin.name,
-    config: { ...configToOptions(config), inferenceMode: !(options.isTrainable ?? false) },
-  });
+  inConfigFile(configName, () =>
+    adapterModel.addAdapter(name, {
+      plugin: plugin.name,
+      config: { ...configToOptions(config), inferenceMode: !(options.isTrainable ?? false) },
+    }),
+  );
   try {
     assignAdapterTensors(adapterModel, name, file.tensors, weightsName);
   } catch (error) {
@@ -228,6 +234,22 @@ export async function loadAdapter(adapterModel: AdapterModel, source: string | A
     throw error;
   }
   if (options.activate ?? true) adapterModel.setAdapter(name);
+}
+
+/**
+ * Run `read` (parsing or applying a saved config) so that a `ConfigError` names the file and the
+ * field as the file spells it (`lora_alpha`, not the option `loraAlpha`), without the options-style
+ * example (`Pass e.g. { r: 8 }.`) that does not apply to a file.
+ */
+function inConfigFile<T>(file: string, read: () => T): T {
+  try {
+    return read();
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    const field = error.field.replace(/[A-Z]/gu, (letter) => `_${letter.toLowerCase()}`);
+    const hint = error.hint === undefined || /^Pass e\.g\. \{/u.test(error.hint) ? '' : error.hint;
+    throw new ConfigError({ plugin: error.plugin, field, received: error.received, expected: error.expected, hint: `Fix it in ${file}.${hint ? ` ${hint}` : ''}`, cause: error });
+  }
 }
 
 /**
@@ -239,8 +261,15 @@ export async function loadAdapterModel<M extends Module>(
   source: string | AdapterFileSource,
   options: LoadAdapterOptions & { registry: LoraRegistry },
 ): Promise<AdapterModel<M>> {
+  const restore = wrappingUndo(model);
   const adapterModel = new AdapterModel(model, { registry: options.registry });
-  await loadAdapter(adapterModel, source, options);
+  try {
+    await loadAdapter(adapterModel, source, options);
+  } catch (error) {
+    // loadAdapter leaves no adapter behind on failure; the model gets its trainable flags back too.
+    restore();
+    throw error;
+  }
   return adapterModel;
 }
 

@@ -82,6 +82,20 @@ const NO_INPUTS: AdapterInputs = Object.freeze({});
 const ADAPTER_NAME = /^[A-Za-z0-9_-]+$/u;
 
 /**
+ * What wrapping `model` in an AdapterModel changes before any adapter exists (its parameters'
+ * trainable flags, its adapter-input scope), as a function that puts it back: for a wrap whose
+ * first adapter is refused, so the user's model is left as it was.
+ */
+export function wrappingUndo(model: Module): () => void {
+  const trainable = model.namedParameters().map(([, variable]) => [variable, variable.trainable] as const);
+  const scope = model.adapterInputScope;
+  return () => {
+    for (const [variable, flag] of trainable) variable.trainable = flag;
+    model.adapterInputScope = scope;
+  };
+}
+
+/**
  * PEFT's `PeftModel` for a module tree: injects adapters into target layers by PEFT's matching
  * rules, holds several named adapters, switches, disables, merges, combines them, and counts
  * parameters. Saving and loading live in `saveAdapter` / `loadAdapter`.
@@ -102,7 +116,20 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
   private disabledDepth = 0;
   private currentInputs: AdapterInputs = NO_INPUTS;
 
+  /**
+   * Wrap `model` (its parameters are frozen; adapters come with `addAdapter` or `loadAdapter`).
+   * @throws {LoraError} when the model is already wrapped by an AdapterModel (it holds adapter layers): a second one would take over and break the first's layers.
+   */
   constructor(model: M, options: { registry: LoraRegistry }) {
+    const wrapped = model.namedModules().filter(([, module]) => module instanceof AdapterLayer || module instanceof ModulesToSaveWrapper);
+    if (wrapped.length > 0) {
+      throw new LoraError(
+        `[@lora/core] This model is already wrapped by an AdapterModel (adapter layers at ${wrapped
+          .slice(0, 2)
+          .map(([path]) => path)
+          .join(', ')}${wrapped.length > 2 ? ', …' : ''}); add adapters to that AdapterModel (addAdapter, loadAdapter) or unload() it first.`,
+      );
+    }
     this.model = model;
     this.registry = options.registry;
     model.setTrainable(false);
@@ -114,7 +141,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
     return this.currentInputs;
   }
 
-  /** The adapter-level object of an adapter (undefined when its plugin has none). @throws {LoraError} for an unknown name. */
+  /** The adapter-level object of an adapter: undefined when its plugin has none, or no adapter has that name. */
   adapterState(name: string): AdapterState | undefined {
     return this.entries.get(name)?.state;
   }
@@ -167,15 +194,24 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
 
   /**
    * Wrap `model`, apply base transforms, add one adapter and make it active and trainable
-   * (PEFT's `get_peft_model`).
-   * @throws {RegistryError} when the recipe's plugins are missing or do not compose; {ConfigError} on bad config.
+   * (PEFT's `get_peft_model`). The config and its targets are checked before anything changes: a
+   * refused config leaves the model as it was (trainable flags included), and no base transform
+   * (which cannot be undone: a quantized weight stays quantized) has run.
+   * @throws {RegistryError} when the recipe's plugins are missing or do not compose; {ConfigError} on bad config or targets no layer matches; {LoraError} when the model is already wrapped.
    */
   static create<M extends Module>(model: M, options: CreateAdapterModelOptions): AdapterModel<M> {
     const pluginName = options.plugin ?? 'lora';
     options.registry.assertRecipe({ adapter: pluginName, transforms: options.transforms ?? [] });
-    const adapterModel = new AdapterModel(model, { registry: options.registry });
-    for (const name of options.transforms ?? []) adapterModel.applyBaseTransform(options.registry.transform(name));
     const adapterName = options.adapterName ?? 'default';
+    const restore = wrappingUndo(model);
+    const adapterModel = new AdapterModel(model, { registry: options.registry });
+    try {
+      adapterModel.planAdapter(adapterName, { plugin: pluginName, config: options.config });
+    } catch (error) {
+      restore();
+      throw error;
+    }
+    for (const name of options.transforms ?? []) adapterModel.applyBaseTransform(options.registry.transform(name));
     adapterModel.addAdapter(adapterName, { plugin: pluginName, config: options.config });
     adapterModel.setAdapter(adapterName);
     return adapterModel;
@@ -279,6 +315,22 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * @throws {ConfigError} on an invalid config or when no module matches the targets.
    */
   addAdapter(name: string, options: { plugin?: string; config: unknown }): void {
+    const planned = this.planAdapter(name, options);
+    const { plugin, targetModules, modulesToSave, matched } = planned;
+    let { config } = planned;
+    config = withPeftFanInFanOut(config, matched.map((path) => this.model.getSubmodule(path)));
+    this.attachAdapter(name, plugin, config, targetModules, modulesToSave, matched);
+  }
+
+  /**
+   * Everything `addAdapter` checks before it changes the model: the name, the config (parsed by the
+   * plugin) and the layers its targets match.
+   * @throws {ConfigError} on an invalid name or config or when no module matches the targets; {LoraError} for a name in use.
+   */
+  private planAdapter(
+    name: string,
+    options: { plugin?: string; config: unknown },
+  ): { plugin: AdapterPlugin; config: AdapterConfigBase; targetModules: readonly string[] | string; modulesToSave: string[]; matched: string[] } {
     if (!ADAPTER_NAME.test(name)) {
       throw new ConfigError({ field: 'adapterName', received: name, expected: 'letters, digits, _ or -', hint: "Use e.g. 'default'." });
     }
@@ -287,7 +339,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
       throw new ConfigError({ field: 'adapterName', received: name, expected: 'a name that is not part of "lora_"', hint: "Use e.g. 'default'." });
     }
     const plugin = this.registry.adapter(options.plugin ?? 'lora');
-    let config = plugin.parseConfig(options.config);
+    const config = plugin.parseConfig(options.config);
     const targetModules = this.expandTargets(config);
     const selection = { ...config, targetModules };
     const modulesToSave = [...(config.modulesToSave ?? [])];
@@ -314,7 +366,18 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
         hint: `Linear layers here are named like: ${examples.join(', ') || '(none)'}.`,
       });
     }
-    config = withPeftFanInFanOut(config, matched.map((path) => this.model.getSubmodule(path)));
+    return { plugin, config, targetModules, modulesToSave, matched };
+  }
+
+  /** The part of `addAdapter` that changes the model: wrap the matched layers and create the adapter in each (all undone on failure). */
+  private attachAdapter(
+    name: string,
+    plugin: AdapterPlugin,
+    config: AdapterConfigBase,
+    targetModules: readonly string[] | string,
+    modulesToSave: string[],
+    matched: readonly string[],
+  ): void {
     const created: [string, AdapterLayer, boolean][] = [];
     let state: AdapterState | undefined;
     try {
@@ -568,12 +631,20 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
   /**
    * Combine LoRA adapters into a new one (PEFT's `add_weighted_adapter`); the new adapter is not
    * activated. Sources must be plain LoRA adapters.
-   * @throws {ConfigError} on mismatched lists, unequal ranks for `linear`, or an existing name.
+   * @throws {ConfigError} on mismatched lists, a weight that is not finite, an unknown `combinationType`, an `svdRank` that is not a positive integer, or unequal ranks for `linear`; {LoraError} for an existing name or an unknown source adapter.
    */
   addWeightedAdapter(options: WeightedAdapterOptions): void {
     const { adapters, weights, adapterName } = options;
     if (adapters.length === 0 || adapters.length !== weights.length) {
       throw new ConfigError({ field: 'weights', received: weights, expected: `one weight per adapter (${adapters.length})` });
+    }
+    // Checked here: a NaN weight would make an adapter of NaNs, and an unknown type ran as svd.
+    if (!weights.every(Number.isFinite)) throw new ConfigError({ field: 'weights', received: weights, expected: 'finite numbers' });
+    if (!(['cat', 'linear', 'svd'] as const).includes(options.combinationType)) {
+      throw new ConfigError({ field: 'combinationType', received: options.combinationType, expected: "'cat', 'linear' or 'svd'" });
+    }
+    if (options.svdRank !== undefined && !(Number.isInteger(options.svdRank) && options.svdRank > 0)) {
+      throw new ConfigError({ field: 'svdRank', received: options.svdRank, expected: 'a positive integer (the combined adapter\'s rank)' });
     }
     if (this.entries.has(adapterName)) throw new LoraError(`[@lora/core] An adapter named "${adapterName}" exists already.`);
     const sources = adapters.map((name) => {

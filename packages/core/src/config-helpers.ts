@@ -97,6 +97,9 @@ function expectedFromIssue(issue: z.ZodIssue): string {
       return issue.type === 'number' ? `${issue.inclusive ? '<=' : '<'} ${String(issue.maximum)}` : `at most ${String(issue.maximum)} long`;
     case z.ZodIssueCode.invalid_enum_value:
       return `one of ${issue.options.map((o) => JSON.stringify(o)).join(', ')}`;
+    case z.ZodIssueCode.invalid_literal:
+      // zod's own text ("Invalid literal value, expected false") does not read after "must be".
+      return JSON.stringify(issue.expected);
     case z.ZodIssueCode.unrecognized_keys:
       return 'a known option';
     default:

@@ -9,7 +9,8 @@ export class LoraError extends Error {
 
   constructor(message: string, options: { plugin?: string; cause?: unknown } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.name = new.target.name;
+    // The class's own name: a bundler may rename a class that refers to itself (esbuild's `_SafetensorsError`).
+    this.name = new.target.name.replace(/^_+/u, '');
     this.plugin = options.plugin ?? '@lora/core';
   }
 }
@@ -22,6 +23,8 @@ export class ConfigError extends LoraError {
   readonly received: unknown;
   /** What the field accepts, as a phrase completing "must be …" (e.g. `a positive integer`). */
   readonly expected: string;
+  /** The fix suggested after the facts (e.g. `Pass e.g. { r: 8 }.`), when there is one. */
+  readonly hint: string | undefined;
 
   constructor(options: {
     plugin?: string;
@@ -40,6 +43,7 @@ export class ConfigError extends LoraError {
     this.field = options.field;
     this.received = options.received;
     this.expected = options.expected;
+    this.hint = options.hint;
   }
 }
 

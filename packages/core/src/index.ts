@@ -95,7 +95,7 @@ export {
 } from './adapter-files.js';
 export type { AdapterFileSource, BinarySource, LoadAdapterOptions } from './adapter-files.js';
 
-export { AdamW, float32Moments, learningRateAt } from './optimizer.js';
+export { AdamW, float32Moments, LEARNING_RATE_SCHEDULES, learningRateAt } from './optimizer.js';
 export type { AdamWOptions, LearningRateSchedule, MomentEncoding, MomentStore, OptimizerSnapshot, TrainOptimizer } from './optimizer.js';
 export { train, evaluate, readCheckpointStep, TRAINER_CHECKPOINT_NAME } from './trainer.js';
 export type { TrainingTarget } from './training-target.js';

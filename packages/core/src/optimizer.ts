@@ -295,8 +295,11 @@ export class AdamW implements TrainOptimizer {
   }
 }
 
+/** The learning-rate schedules `train` accepts (checked there: an unknown name would silently run as cosine). */
+export const LEARNING_RATE_SCHEDULES = ['constant', 'linear', 'cosine'] as const;
+
 /** Learning-rate schedule after warm-up. */
-export type LearningRateSchedule = 'constant' | 'linear' | 'cosine';
+export type LearningRateSchedule = (typeof LEARNING_RATE_SCHEDULES)[number];
 
 /**
  * The learning rate at optimizer step `step` (0-based): linear warm-up over `warmupSteps`

@@ -17,7 +17,7 @@ import {
 } from './hook-checkpoint.js';
 import { deriveSeed, withSeededRandom } from './random-scope.js';
 import type { Module } from './module.js';
-import { AdamW, learningRateAt, type LearningRateSchedule, type OptimizerSnapshot, type TrainOptimizer } from './optimizer.js';
+import { AdamW, LEARNING_RATE_SCHEDULES, learningRateAt, type LearningRateSchedule, type OptimizerSnapshot, type TrainOptimizer } from './optimizer.js';
 import type { TrainingHookCheckpoint, TrainingHooks } from './plugin.js';
 import { resolveTrainingTarget, type TrainingTarget } from './training-target.js';
 import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
@@ -232,6 +232,16 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
   if (options.learningRate !== undefined && !(Number.isFinite(options.learningRate) && options.learningRate > 0)) {
     throw new TrainingError(`[@lora/core] train: learningRate must be a finite number > 0, got ${options.learningRate}. Pass e.g. 1e-3.`);
   }
+  // A negative clip would flip the gradients and 0 would stop learning, both silently.
+  if (options.maxGradNorm !== undefined && options.maxGradNorm !== null && !(options.maxGradNorm > 0)) {
+    throw new TrainingError(`[@lora/core] train: maxGradNorm must be a number > 0 (Infinity or null: no clipping), got ${options.maxGradNorm}. Pass e.g. 1.0.`);
+  }
+  if (options.warmupSteps !== undefined && !(Number.isInteger(options.warmupSteps) && options.warmupSteps >= 0)) {
+    throw new TrainingError(`[@lora/core] train: warmupSteps must be an integer >= 0, got ${options.warmupSteps}.`);
+  }
+  if (options.schedule !== undefined && !(LEARNING_RATE_SCHEDULES as readonly string[]).includes(options.schedule)) {
+    throw new TrainingError(`[@lora/core] train: schedule must be one of ${LEARNING_RATE_SCHEDULES.map((name) => `'${name}'`).join(', ')}, got ${JSON.stringify(options.schedule)}.`);
+  }
   if (options.checkpoint && !(Number.isInteger(options.checkpoint.every) && options.checkpoint.every > 0)) {
     throw new TrainingError(`[@lora/core] train: checkpoint.every must be a positive integer, got ${options.checkpoint.every}.`);
   }
@@ -360,16 +370,43 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       let lossSum = 0;
       for (let micro = 0; micro < accumulation; micro++) {
         const batch = batchAt(options.trainData, step * accumulation + micro);
+        // In a tidy, so a lossFn that throws leaves none of its tensors behind. A loss that is not a
+        // scalar is refused only after its backward pass: tfjs keeps what each op saved for the
+        // backward pass until that pass runs, so a throw inside the taped function would leak them.
+        let nonScalarShape: number[] | null = null;
         const computeGradients = () =>
-          tf.variableGrads(() => {
-            let loss = options.lossFn(batch);
-            for (const hook of hooks) {
-              const extra = hook.extraLoss?.({ step: step + 1 });
-              if (extra) loss = tf.add(loss, extra);
-            }
-            return tf.div(loss, accumulation) as tf.Scalar;
-          }, variables);
-        const { value, grads } = options.seed === undefined ? computeGradients() : withSeededRandom(deriveSeed(options.seed, step, micro), computeGradients);
+          tf.tidy(() =>
+            tf.variableGrads(() => {
+              let loss = options.lossFn(batch);
+              if (loss.rank !== 0) {
+                nonScalarShape = loss.shape;
+                loss = tf.sum(loss);
+              }
+              for (const hook of hooks) {
+                const extra = hook.extraLoss?.({ step: step + 1 });
+                if (extra) loss = tf.add(loss, extra);
+              }
+              return tf.div(loss, accumulation) as tf.Scalar;
+            }, variables),
+          );
+        let computed: { value: tf.Scalar; grads: tf.NamedTensorMap };
+        try {
+          computed = options.seed === undefined ? computeGradients() : withSeededRandom(deriveSeed(options.seed, step, micro), computeGradients);
+        } catch (error) {
+          if (error instanceof Error && /Cannot find a connection between any variable and the result of the loss function/u.test(error.message)) {
+            throw new TrainingError(
+              '[@lora/core] train: the loss does not depend on any trainable variable. Are the adapters merged (call unmerge()) or disabled, or does lossFn run another model than the one given?',
+              { cause: error },
+            );
+          }
+          throw error;
+        }
+        const { value, grads } = computed;
+        if (nonScalarShape !== null) {
+          tf.dispose([value, ...Object.values(grads)]);
+          tf.dispose(accumulated ?? []);
+          throw new TrainingError(`[@lora/core] train: lossFn must return a scalar, got a tensor of shape [${(nonScalarShape as number[]).join(', ')}]. Reduce it, e.g. with tf.mean.`);
+        }
         const lossValue = value.dataSync()[0]! * accumulation;
         value.dispose();
         const ordered = variables.map((variable) => grads[variable.name] ?? tf.zerosLike(variable));

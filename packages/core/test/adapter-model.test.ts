@@ -9,8 +9,13 @@ import {
   createLoraRegistry,
   initRuntime,
   Linear,
+  loadAdapterModel,
   lora,
+  LoraError,
   ModulesToSaveWrapper,
+  PLUGIN_SPECIFICATION_VERSION,
+  serializeAdapter,
+  type BaseTransform,
 } from '../src/index.js';
 import { expectTensorsClose, withoutTensorLeaks } from '../src/testing.js';
 import { Gpt2ShapedTree } from './helpers.js';
@@ -35,6 +40,61 @@ const input = () => tf.randomNormal([2, 3, 16], 0, 1, 'float32', 5);
 describe('AdapterModel', () => {
   beforeAll(async () => {
     await initRuntime();
+  });
+
+  it('refuses a second AdapterModel over a wrapped model and leaves the first one whole', async () => {
+    const first = create({ r: 2, targetModules: ['c_attn', 'c_proj'] });
+    const before = serializeAdapter(first).get('adapter_model.safetensors')!;
+    expect(() => new AdapterModel(first.model, { registry })).toThrow(LoraError);
+    expect(() => AdapterModel.create(first.model, { registry, config: { r: 2, targetModules: ['c_attn'] } })).toThrow(
+      /^\[@lora\/core\] This model is already wrapped by an AdapterModel \(adapter layers at transformer\.h\.0\.attn\.c_attn, transformer\.h\.0\.attn\.c_proj, …\); add adapters to that AdapterModel \(addAdapter, loadAdapter\) or unload\(\) it first\.$/u,
+    );
+    await expect(loadAdapterModel(first.model, { files: serializeAdapter(first) }, { registry })).rejects.toThrow(LoraError);
+    expect(first.trainableParameters().trainable).toBeGreaterThan(0);
+    expect(serializeAdapter(first).get('adapter_model.safetensors')).toEqual(before);
+    // Once unloaded, the model can be wrapped again.
+    const plain = first.unload();
+    const again = AdapterModel.create(plain, { registry, config: { r: 2, targetModules: ['c_attn'] } });
+    expect(again.adapterLayers().length).toBe(2);
+    again.dispose();
+  });
+
+  it('leaves the model as it was (trainable flags, no base transform) when create or loadAdapterModel refuses the adapter', async () => {
+    let transformed = 0;
+    // A base transform that records each replacement: none may run before the config is accepted.
+    const recordingTransform: BaseTransform = {
+      specificationVersion: PLUGIN_SPECIFICATION_VERSION,
+      kind: 'base-transform',
+      name: 'recording',
+      packageName: '@lora-internal/recording',
+      shouldTransform: () => true,
+      transform: (module) => {
+        transformed += 1;
+        return module;
+      },
+    };
+    const withTransform = createLoraRegistry({ plugins: [lora({ seed: 1 }), recordingTransform] });
+    const model = new Gpt2ShapedTree({ width: 16 });
+    const flags = () => model.namedParameters().map(([, variable]) => variable.trainable);
+    expect(flags().every(Boolean)).toBe(true);
+    for (const config of [{ r: 2, loraAlhpa: 16, targetModules: ['c_attn'] }, { r: -1, targetModules: ['c_attn'] }, { r: 2, targetModules: ['q_proj'] }]) {
+      expect(() => AdapterModel.create(model, { registry: withTransform, transforms: ['recording'], config })).toThrow(ConfigError);
+      expect(transformed).toBe(0);
+      expect(flags().every(Boolean)).toBe(true);
+      expect(model.adapterInputScope).toBeNull();
+    }
+    const saved = create({ r: 2, targetModules: ['c_attn', 'c_proj', 'c_fc'] });
+    const files = serializeAdapter(saved);
+    saved.dispose();
+    // The saved adapter targets a layer (c_fc) the model lacks under that name: refused, model unchanged.
+    const narrow = new Gpt2ShapedTree({ width: 8 });
+    await expect(loadAdapterModel(narrow, { files }, { registry })).rejects.toThrow();
+    expect(narrow.namedParameters().every(([, variable]) => variable.trainable)).toBe(true);
+    expect(narrow.adapterInputScope).toBeNull();
+    // …and it can still be wrapped.
+    AdapterModel.create(narrow, { registry, config: { r: 2, targetModules: ['c_attn'] } }).dispose();
+    model.dispose();
+    narrow.dispose();
   });
 
   it('wraps the targets, freezes the base and reports parameters as PEFT does', () => {
@@ -236,6 +296,16 @@ describe('AdapterModel', () => {
     expect(() => adapterModel.addWeightedAdapter({ adapters: ['default', 'other'], weights, adapterName: 'lin', combinationType: 'linear' })).toThrow(
       ConfigError,
     );
+    // Refused before anything is added: a NaN weight, an unknown combination, a bad svdRank.
+    const refused: [Partial<Parameters<typeof adapterModel.addWeightedAdapter>[0]>, RegExp][] = [
+      [{ weights: [Number.NaN, 1] }, /weights must be finite numbers/u],
+      [{ combinationType: 'bogus' as 'svd' }, /combinationType must be 'cat', 'linear' or 'svd', got "bogus"/u],
+      [{ combinationType: 'svd', svdRank: -1 }, /svdRank must be a positive integer \(the combined adapter's rank\), got -1/u],
+    ];
+    for (const [change, message] of refused) {
+      expect(() => adapterModel.addWeightedAdapter({ adapters: ['default', 'other'], weights, adapterName: 'refused', combinationType: 'cat', ...change })).toThrow(message);
+    }
+    expect(adapterModel.adapterNames).not.toContain('refused');
     adapterModel.dispose();
   });
 

@@ -59,6 +59,26 @@ describe('train', () => {
     await rm(directory, { recursive: true, force: true });
   });
 
+  it('refuses a loss that is not a scalar or does not reach the trainable variables with a TrainingError, leaking nothing', async () => {
+    const adapterModel = setUp();
+    // One forward first: layers cache what they derive from frozen weights (e.g. a transposed copy) on their first call.
+    tf.tidy(() => adapterModel.model.forward(data[0]!.x));
+    const before = tf.memory().numTensors;
+    const notScalar = (batch: Batch) => tf.square(tf.sub(adapterModel.model.forward(batch.x), batch.y)) as unknown as tf.Scalar;
+    const error = await train({ model: adapterModel.model, lossFn: notScalar, trainData: data, steps: 1 }).catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(TrainingError);
+    expect((error as Error).message).toBe('[@lora/core] train: lossFn must return a scalar, got a tensor of shape [4, 3, 17]. Reduce it, e.g. with tf.mean.');
+    expect(tf.memory().numTensors).toBe(before);
+    // Merged adapters: the forward pass no longer runs through the trainable factors.
+    adapterModel.merge();
+    const merged = await train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 1 }).catch((caught: unknown) => caught);
+    expect(merged).toBeInstanceOf(TrainingError);
+    expect((merged as Error).message).toMatch(/^\[@lora\/core\] train: the loss does not depend on any trainable variable\. Are the adapters merged \(call unmerge\(\)\)/u);
+    adapterModel.unmerge();
+    expect(tf.memory().numTensors).toBe(before);
+    adapterModel.dispose();
+  });
+
   it('lowers the loss, changes only adapter variables and keeps the tensor count constant over 50 steps', async () => {
     const adapterModel = setUp();
     const frozen = adapterModel.model.namedParameters().filter(([, v]) => !v.trainable).map(([name, v]) => [name, v.dataSync().slice()] as const);
@@ -185,6 +205,16 @@ describe('train', () => {
     for (const learningRate of [Number.POSITIVE_INFINITY, Number.NaN, 0, -1]) {
       await expect(train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 1, learningRate })).rejects.toThrow(/learningRate must be a finite number > 0/u);
     }
+    // Options that would otherwise run silently wrong: a negative clip flips the gradients, 0 stops learning, an unknown schedule ran as cosine.
+    const common = { model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 1 };
+    for (const maxGradNorm of [-1, 0, Number.NaN]) {
+      await expect(train({ ...common, maxGradNorm })).rejects.toThrow(new RegExp(`maxGradNorm must be a number > 0 \\(Infinity or null: no clipping\\), got ${maxGradNorm}\\. Pass e\\.g\\. 1\\.0\\.`, 'u'));
+    }
+    for (const warmupSteps of [-5, 1.5]) await expect(train({ ...common, warmupSteps })).rejects.toThrow(/warmupSteps must be an integer >= 0/u);
+    await expect(train({ ...common, schedule: 'bogus' as 'cosine' })).rejects.toThrow(/schedule must be one of 'constant', 'linear', 'cosine', got "bogus"\./u);
+    const before = weights(adapterModel.model);
+    await expect(train({ ...common, maxGradNorm: -1 })).rejects.toBeInstanceOf(TrainingError);
+    expect(weights(adapterModel.model)).toEqual(before);
     adapterModel.dispose();
   });
 

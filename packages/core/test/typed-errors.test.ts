@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -80,11 +80,40 @@ describe('loadAdapter: weights that are not finite floats', () => {
         expect(saving).toMatchObject({ tensor: key, count: 2 });
         expect((saving as Error).message).toMatch(/^\[@lora\/core\] Not writing adapter_model\.safetensors: tensor ".*" holds 2 non-finite values \(first: NaN\); nothing was written\./u);
         expect(await readdir(out)).toEqual([]);
+        // An AdapterModel with no adapter left: an error, not a save that writes nothing.
+        const emptied = make();
+        emptied.deleteAdapter('default');
+        await expect(saveAdapter(emptied, path.join(out, 'empty'))).rejects.toThrow(
+          /^\[@lora\/core\] saveAdapter: the AdapterModel has no adapter to save \(it was unloaded or disposed, or every adapter deleted\); nothing was written to .*empty\.$/u,
+        );
+        expect(await readdir(out)).toEqual([]);
+        emptied.dispose();
       } finally {
         await rm(out, { recursive: true, force: true });
       }
       adapterModel.dispose();
     });
+  });
+
+  it('names adapter_config.json and the field as the file spells it when the saved config is invalid, without an options-style example', async () => {
+    const dir = path.join(directory, 'bad-config');
+    await saveAdapter(make(), dir);
+    const file = path.join(dir, 'adapter_config.json');
+    const json = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+    await writeFile(file, JSON.stringify({ ...json, lora_alpha: '8' }));
+    const adapterModel = make();
+    adapterModel.deleteAdapter('default');
+    const error = await loadAdapter(adapterModel, dir).catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(ConfigError);
+    expect(error).toMatchObject({ field: 'lora_alpha' });
+    expect((error as Error).message).toBe(`[lora] Invalid config: lora_alpha must be of type number, got "8". Fix it in ${file}.`);
+    // Targets the model does not have: the layer names are still suggested.
+    await writeFile(file, JSON.stringify({ ...json, target_modules: ['q_proj'] }));
+    const targets = await loadAdapter(adapterModel, dir).catch((caught: unknown) => caught);
+    expect(targets).toMatchObject({ field: 'target_modules' });
+    expect((targets as Error).message).toMatch(new RegExp(`^\\[lora\\] Invalid config: target_modules must be names matching at least one linear layer of the model, got \\["q_proj"\\]\\. Fix it in ${file.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')}\\. Linear layers here are named like: transformer\\.h\\.0\\.attn\\.c_attn`, 'u'));
+    expect(adapterModel.adapterNames).toEqual([]);
+    adapterModel.dispose();
   });
 
   it('refuses an I32 tensor where a float is expected with a SafetensorsError, not tfjs\'s own Error', async () => {

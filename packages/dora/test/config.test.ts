@@ -34,7 +34,9 @@ describe('parseDoraConfig', () => {
     expect(error.field).toBe('r');
     expect(error.message).toBe('[dora] Invalid config: r must be > 0, got 0. Pass e.g. { r: 8 }.');
     expect(configError(() => parseDoraConfig({ loraDropout: 1 })).field).toBe('loraDropout');
-    expect(configError(() => parseDoraConfig({ loraBias: true })).field).toBe('loraBias');
+    const bias = configError(() => parseDoraConfig({ loraBias: true }));
+    expect(bias.field).toBe('loraBias');
+    expect(bias.message).toMatch(/^\[dora\] Invalid config: loraBias must be false, got true\./u);
   });
 
   it('refuses useDora false and points to lora()', () => {

@@ -4,7 +4,15 @@ import { geluTanh as coreGeluTanh } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 
 /** Activation names from Hugging Face configs (`activation_function`, `hidden_act`) that this package implements. */
-export type ActivationName = 'gelu' | 'gelu_new' | 'gelu_pytorch_tanh' | 'gelu_fast' | 'relu' | 'silu' | 'swish' | 'tanh';
+export const ACTIVATION_NAMES = ['gelu', 'gelu_new', 'gelu_pytorch_tanh', 'gelu_fast', 'relu', 'silu', 'swish', 'tanh'] as const;
+
+/** One of {@link ACTIVATION_NAMES}. */
+export type ActivationName = (typeof ACTIVATION_NAMES)[number];
+
+/** Whether a config's activation name is one this package implements (checked when the config is read, before any layer is built). */
+export function isActivationName(name: string): name is ActivationName {
+  return (ACTIVATION_NAMES as readonly string[]).includes(name);
+}
 
 /**
  * GPT-2's `gelu_new`: the tanh approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), with its
@@ -48,7 +56,7 @@ export function activationFunction(name: string, field: string): (x: tf.Tensor) 
         plugin: PACKAGE,
         field,
         received: name,
-        expected: 'one of gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu, swish, tanh',
+        expected: `one of ${ACTIVATION_NAMES.join(', ')}`,
       });
   }
 }

@@ -54,7 +54,7 @@ export function parseBertConfig(json: ConfigJson, source = 'config.json'): BertC
     numHiddenLayers: r.positiveInteger('num_hidden_layers', 12),
     numAttentionHeads,
     intermediateSize: r.positiveInteger('intermediate_size', 3072),
-    hiddenAct: r.string('hidden_act', 'gelu'),
+    hiddenAct: r.activation('hidden_act', 'gelu'),
     hiddenDropoutProb,
     attentionProbsDropoutProb: r.probability('attention_probs_dropout_prob', 0.1),
     maxPositionEmbeddings: r.positiveInteger('max_position_embeddings', 512),

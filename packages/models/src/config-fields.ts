@@ -1,4 +1,5 @@
 import { ConfigError } from '@lora/core';
+import { ACTIVATION_NAMES, isActivationName } from './activations.js';
 
 /** The package name put in front of every error message. */
 export const PACKAGE = '@lora/models';
@@ -74,6 +75,13 @@ export class ConfigReader {
   }
 
   /** Throw unless `condition` holds, naming `field`. */
+  /** An activation name this package implements (see `ACTIVATION_NAMES`), so a bad one fails here, naming the file, before any layer is built. */
+  activation(field: string, fallback: string): string {
+    const name = this.string(field, fallback);
+    this.require(isActivationName(name), field, `one of ${ACTIVATION_NAMES.join(', ')}`);
+    return name;
+  }
+
   require(condition: boolean, field: string, expected: string, hint?: string): void {
     if (!condition) this.fail(field, expected, hint);
   }

@@ -54,7 +54,7 @@ export function parseGpt2Config(json: ConfigJson, source = 'config.json'): Gpt2C
     nLayer: r.positiveInteger('n_layer', 12),
     nHead,
     nInner: r.positiveInteger('n_inner', 4 * nEmbd),
-    activationFunction: r.string('activation_function', 'gelu_new'),
+    activationFunction: r.activation('activation_function', 'gelu_new'),
     residPdrop: r.probability('resid_pdrop', 0.1),
     embdPdrop: r.probability('embd_pdrop', 0.1),
     attnPdrop: r.probability('attn_pdrop', 0.1),

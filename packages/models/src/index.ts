@@ -4,7 +4,7 @@ export type { ArchitectureName, CausalLmForwardOptions, LayerSlot } from './pret
 export { OutputHead } from './output-head.js';
 export { KeyValueCache, MASK_VALUE, causalMaskBias, paddingMaskBias, releaseCausalMasks, scaledDotProductAttention } from './attention.js';
 export type { AttentionOptions } from './attention.js';
-export { activationFunction, geluExact, geluTanh, silu } from './activations.js';
+export { ACTIVATION_NAMES, activationFunction, geluExact, geluTanh, isActivationName, silu } from './activations.js';
 export type { ActivationName } from './activations.js';
 
 export { parseGpt2Config, gpt2ConfigJson } from './gpt2-config.js';

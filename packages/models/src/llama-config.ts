@@ -105,7 +105,7 @@ export function parseLlamaConfig(json: ConfigJson, source = 'config.json'): Llam
     numAttentionHeads,
     numKeyValueHeads,
     headDim,
-    hiddenAct: r.string('hidden_act', 'silu'),
+    hiddenAct: r.activation('hidden_act', 'silu'),
     maxPositionEmbeddings: r.positiveInteger('max_position_embeddings', 2048),
     rmsNormEps: r.number('rms_norm_eps', 1e-6),
     ropeTheta: r.number('rope_theta', 10000),

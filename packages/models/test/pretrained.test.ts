@@ -111,7 +111,13 @@ describe('loadPretrained', () => {
     const headError = await caught(loadPretrained(badHeads));
     expect((headError as ConfigError).field).toBe('n_head');
     const badActivation = await variant('activation', { ...base, activation_function: 'mish' });
-    expect(((await caught(loadPretrained(badActivation))) as ConfigError).field).toBe('activation_function');
+    // Refused while the config is read: the file is named and no layer (tensor) is built first.
+    const before = tf.memory().numTensors;
+    const activationError = (await caught(loadPretrained(badActivation))) as ConfigError;
+    expect(activationError.field).toBe('activation_function');
+    expect(activationError.message).toContain(path.join(badActivation, 'config.json'));
+    expect(activationError.message).toMatch(/activation_function must be one of gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu, swish, tanh/u);
+    expect(tf.memory().numTensors).toBe(before);
   });
 
   it('loadCausalLanguageModel accepts decoders and rejects BERT naming architectures', async () => {

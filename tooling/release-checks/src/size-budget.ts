@@ -18,7 +18,7 @@ export const SIZE_BUDGETS: MeasuredSizes = {
     '@lora/adalora': 64_000,
     '@lora/hyper': 64_000,
     '@lora/cuda-backend': 32_000,
-    '@lora/selector': 40_000,
+    '@lora/selector': 52_000,
   },
   // node_modules of an app that installed the subject, @lora/core and @tensorflow/tfjs-core with npm.
   installedBytes: {
