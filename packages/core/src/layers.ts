@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { ShapeError } from './errors.js';
+import { LoraError, ShapeError } from './errors.js';
 import { Module } from './module.js';
 import { normalSeed } from './random.js';
 import { layerNorm } from './layer-norm.js';
@@ -24,12 +24,25 @@ export class Embedding extends Module {
     initial.dispose();
   }
 
-  /** Rows of `weight` for integer ids of any shape; output shape [...ids.shape, embeddingDim]. */
+  /**
+   * Rows of `weight` for integer ids of any shape; output shape [...ids.shape, embeddingDim].
+   * @throws {LoraError} naming the id and the table's size when an id is out of range (on the backends that check: cpu, wasm).
+   */
   forward(ids: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      const flat = tf.reshape(ids.dtype === 'int32' ? ids : tf.cast(ids, 'int32'), [-1]);
-      return tf.reshape(tf.gather(this.weight, flat), [...ids.shape, this.embeddingDim]);
-    });
+    try {
+      return tf.tidy(() => {
+        const flat = tf.reshape(ids.dtype === 'int32' ? ids : tf.cast(ids, 'int32'), [-1]);
+        return tf.reshape(tf.gather(this.weight, flat), [...ids.shape, this.embeddingDim]);
+      });
+    } catch (error) {
+      // The backend's own check, in its kernel's words; said here in the model's terms, with the likely cause.
+      const outOfRange = error instanceof Error ? /GatherV2: the index value (-?\d+) is not in \[0, \d+\]/u.exec(error.message) : null;
+      if (!outOfRange) throw error;
+      throw new LoraError(
+        `[@lora/core] Embedding: token id ${outOfRange[1]} is out of range: the table has ${this.numEmbeddings} rows (ids 0 to ${this.numEmbeddings - 1}). Check that the tokenizer belongs to the model (its vocab_size).`,
+        { cause: error },
+      );
+    }
   }
 
   override clone(): Embedding {

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { Dropout, Embedding, initRuntime, LayerNorm, Linear, Module, ModuleError, ModuleList, RMSNorm } from '../src/index.js';
+import { Dropout, Embedding, initRuntime, LayerNorm, Linear, LoraError, Module, ModuleError, ModuleList, RMSNorm } from '../src/index.js';
 import { spyOnKernels } from '../src/kernel-spy.js';
-import { expectTensorsClose } from '../src/testing.js';
+import { expectTensorsClose, runSuiteOnBackend } from '../src/testing.js';
 
 class Tied extends Module {
   readonly wte: Embedding;
@@ -258,5 +258,24 @@ describe('layer construction', () => {
       make().dispose();
       expect(tf.memory().numTensors).toBe(before);
     }
+  });
+});
+
+describe.each(['wasm', 'cpu'])('Embedding on %s', (backend) => {
+  runSuiteOnBackend(backend);
+
+  it('says which token id is out of range and how large the table is, leaking nothing', () => {
+    const embedding = new Embedding({ numEmbeddings: 5, embeddingDim: 3, seed: 1 });
+    const before = tf.memory().numTensors;
+    for (const id of [5, -1]) {
+      const ids = tf.tensor2d([[1, id]], undefined, 'int32');
+      expect(() => embedding.forward(ids)).toThrow(LoraError);
+      expect(() => embedding.forward(ids)).toThrow(
+        `[@lora/core] Embedding: token id ${id} is out of range: the table has 5 rows (ids 0 to 4). Check that the tokenizer belongs to the model (its vocab_size).`,
+      );
+      ids.dispose();
+    }
+    expect(tf.memory().numTensors).toBe(before);
+    embedding.dispose();
   });
 });
