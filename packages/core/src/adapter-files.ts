@@ -245,7 +245,8 @@ function inConfigFile<T>(file: string, read: () => T): T {
   try {
     return read();
   } catch (error) {
-    if (!(error instanceof ConfigError)) throw error;
+    // `adapterName` is the caller's argument, not a field of the file.
+    if (!(error instanceof ConfigError) || error.field === 'adapterName') throw error;
     const field = error.field.replace(/[A-Z]/gu, (letter) => `_${letter.toLowerCase()}`);
     const hint = error.hint === undefined || /^Pass e\.g\. \{/u.test(error.hint) ? '' : error.hint;
     throw new ConfigError({ plugin: error.plugin, field, received: error.received, expected: error.expected, hint: `Fix it in ${file}.${hint ? ` ${hint}` : ''}`, cause: error });

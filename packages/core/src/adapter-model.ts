@@ -331,7 +331,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
     name: string,
     options: { plugin?: string; config: unknown },
   ): { plugin: AdapterPlugin; config: AdapterConfigBase; targetModules: readonly string[] | string; modulesToSave: string[]; matched: string[] } {
-    if (!ADAPTER_NAME.test(name)) {
+    if (typeof name !== 'string' || !ADAPTER_NAME.test(name)) {
       throw new ConfigError({ field: 'adapterName', received: name, expected: 'letters, digits, _ or -', hint: "Use e.g. 'default'." });
     }
     if (this.entries.has(name)) throw new LoraError(`[@lora/core] An adapter named "${name}" exists already; delete it or pick another name.`);
@@ -567,8 +567,11 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * cannot be merged in some layer (a HyperLoRA refuses, `safe` finds NaN), every merge this call
    * made, in any layer, is taken out again before the error is rethrown.
    * @returns notes from layers that cannot hold the merged weight exactly (quantized bases).
+   * @throws {LoraError} for a name in `adapterNames` that is not an adapter (nothing is merged then).
    */
   merge(options: { adapterNames?: readonly string[]; safe?: boolean } = {}): string[] {
+    // An unknown name would otherwise merge nothing, silently.
+    for (const name of options.adapterNames ?? []) this.adapterConfig(name);
     const notes = new Set<string>();
     const layers = this.adapterLayers().map(([, layer]) => ({ layer, mergedBefore: layer.mergedAdapters.length }));
     try {

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { LoraError, ShapeError } from './errors.js';
+import { checkLayerSizes } from './layer-sizes.js';
 import { Module } from './module.js';
 import { normalSeed } from './random.js';
 import { layerNorm } from './layer-norm.js';
@@ -14,9 +15,10 @@ export class Embedding extends Module {
   /** The float32 table parameter `weight` [numEmbeddings, embeddingDim]. */
   readonly weight: tf.Variable;
 
-  /** Initialised N(0, 1) like PyTorch; checkpoints usually overwrite it. */
+  /** Initialised N(0, 1) like PyTorch; checkpoints usually overwrite it. @throws {ConfigError} when a size is not a positive integer. */
   constructor(options: { numEmbeddings: number; embeddingDim: number; seed?: number }) {
     super();
+    checkLayerSizes(options, ['numEmbeddings', 'embeddingDim'], 'Embedding takes the number of rows (e.g. vocab_size) and their length.');
     this.numEmbeddings = options.numEmbeddings;
     this.embeddingDim = options.embeddingDim;
     const initial = tf.randomNormal([options.numEmbeddings, options.embeddingDim], 0, 1, 'float32', normalSeed(options.seed));

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { BaseLayer } from './base-layer.js';
 import { ShapeError } from './errors.js';
+import { checkLayerSizes } from './layer-sizes.js';
 import { Module } from './module.js';
 import { fusedBiasProductIsSafe } from './wasm-matmul.js';
 
@@ -66,8 +67,10 @@ export class Linear extends Module implements BaseLayer {
     return linear;
   }
 
+  /** @throws {ConfigError} when `inFeatures` or `outFeatures` is not a positive integer. */
   constructor(options: LinearOptions) {
     super();
+    checkLayerSizes(options, ['inFeatures', 'outFeatures'], 'Linear takes the sizes of its input and output features.');
     this.inFeatures = options.inFeatures;
     this.outFeatures = options.outFeatures;
     this.fanInFanOut = options.fanInFanOut ?? false;

@@ -3,6 +3,7 @@ import type { BaseLayer } from './base-layer.js';
 import { ConfigError, ShapeError } from './errors.js';
 import { applyToLastAxis, Linear } from './linear.js';
 import { dropout } from './dropout.js';
+import { checkLayerSizes } from './layer-sizes.js';
 import { lowRankAdd, lowRankAddTakes } from './low-rank-add.js';
 import { lowRankLinearTrain, lowRankTrain } from './low-rank-train.js';
 import type { AdapterInstance, ApplyContext } from './plugin.js';
@@ -50,10 +51,7 @@ export class LoraAdapter implements AdapterInstance {
   constructor(options: LoraAdapterOptions) {
     // Checked before any tensor exists: r = 0 would make the scaling infinite, and a bad dropout
     // would only surface at the first training step.
-    for (const field of ['inFeatures', 'outFeatures', 'r'] as const) {
-      const value = options[field];
-      if (!Number.isInteger(value) || value < 1) throw new ConfigError({ field, received: value, expected: 'a positive integer', hint: 'LoraAdapter takes the base layer\'s sizes and PEFT\'s r.' });
-    }
+    checkLayerSizes(options, ['inFeatures', 'outFeatures', 'r'], "LoraAdapter takes the base layer's sizes and PEFT's r.");
     if (!Number.isFinite(options.alpha)) throw new ConfigError({ field: 'alpha', received: options.alpha, expected: 'a finite number (PEFT\'s lora_alpha)' });
     const dropoutRate = options.dropout ?? 0;
     if (!(dropoutRate >= 0 && dropoutRate < 1)) throw new ConfigError({ field: 'dropout', received: options.dropout, expected: 'a probability in [0, 1)' });

@@ -306,6 +306,8 @@ describe('AdapterModel', () => {
       expect(() => adapterModel.addWeightedAdapter({ adapters: ['default', 'other'], weights, adapterName: 'refused', combinationType: 'cat', ...change })).toThrow(message);
     }
     expect(adapterModel.adapterNames).not.toContain('refused');
+    expect(() => adapterModel.merge({ adapterNames: ['nope'] })).toThrow(/^\[@lora\/core\] No adapter named "nope" \(have: default, other, cat, svd, single\)\.$/u);
+    expect(adapterModel.adapterLayers().every(([, layer]) => layer.mergedAdapters.length === 0)).toBe(true);
     adapterModel.dispose();
   });
 

@@ -259,6 +259,14 @@ describe('layer construction', () => {
       expect(tf.memory().numTensors).toBe(before);
     }
   });
+
+  it('refuses layer sizes that are not positive integers with a ConfigError naming the option, before making any tensor', () => {
+    const before = tf.memory().numTensors;
+    expect(() => new Linear({ inFeatures: 0, outFeatures: 3 })).toThrow('[@lora/core] Invalid config: inFeatures must be a positive integer, got 0. Linear takes the sizes of its input and output features.');
+    expect(() => new Linear({ inFeatures: 4, outFeatures: 2.5 })).toThrow(/outFeatures must be a positive integer, got 2\.5/u);
+    expect(() => new Embedding({ numEmbeddings: -1, embeddingDim: 3 })).toThrow(/numEmbeddings must be a positive integer, got -1\. Embedding takes the number of rows/u);
+    expect(tf.memory().numTensors).toBe(before);
+  });
 });
 
 describe.each(['wasm', 'cpu'])('Embedding on %s', (backend) => {

@@ -113,6 +113,10 @@ describe('loadAdapter: weights that are not finite floats', () => {
     expect(targets).toMatchObject({ field: 'target_modules' });
     expect((targets as Error).message).toMatch(new RegExp(`^\\[lora\\] Invalid config: target_modules must be names matching at least one linear layer of the model, got \\["q_proj"\\]\\. Fix it in ${file.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')}\\. Linear layers here are named like: transformer\\.h\\.0\\.attn\\.c_attn`, 'u'));
     expect(adapterModel.adapterNames).toEqual([]);
+    // An adapter name that is not a string is refused before anything is added.
+    await writeFile(file, JSON.stringify(json));
+    await expect(loadAdapter(adapterModel, dir, { adapterName: 5 as unknown as string })).rejects.toThrow(/adapterName must be letters, digits, _ or -, got 5/u);
+    expect(adapterModel.adapterNames).toEqual([]);
     adapterModel.dispose();
   });
 
