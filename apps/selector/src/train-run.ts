@@ -5,6 +5,7 @@ import { SingleBar } from 'cli-progress';
 import { AdapterModel, causalLmLoss, readCheckpointStep, saveAdapter, train, TrainingError, writeFileAtomic, writeJsonAtomic, type LoraRegistry } from '@lora/core';
 import { deriveSeed, faultPoint } from '@lora/core/internal';
 import {
+  BUNDLED_BASE_PACKAGE,
   ByteTokenizer,
   CausalLanguageModel,
   evaluatePerplexity,
@@ -162,6 +163,15 @@ export function shuffledBatches(windowsList: readonly number[][], batchSize: num
   };
 }
 
+/**
+ * What a trained adapter's `base_model_name_or_path` says: the bundled base's package, or the model
+ * directory as an absolute path (the same whether the run was started or resumed, so a resumed run
+ * saves the same config bytes).
+ */
+export function baseModelName(modelDirectory: string | null): string {
+  return modelDirectory === null ? BUNDLED_BASE_PACKAGE : path.resolve(modelDirectory);
+}
+
 /** Load a causal LM and its tokenizer from a directory, or the bundled base. */
 export async function loadLanguageModel(directory: string | null): Promise<{
   /** The loaded model; the caller disposes it. */
@@ -312,7 +322,8 @@ export async function runTraining(options: TrainRunOptions, io: SelectorIo): Pro
     adapterModel = AdapterModel.create(model, {
       registry: options.registry,
       plugin: options.recipe.adapter,
-      config: options.recipe.options,
+      // PEFT records the base an adapter was trained on; the loaders name it when an adapter meets another model.
+      config: { ...options.recipe.options, baseModelNameOrPath: baseModelName(options.modelDirectory) },
       transforms: options.recipe.transforms,
     });
     model.eval();

@@ -80,6 +80,9 @@ describe('lora train', () => {
     expect(report.recipe.transforms).toEqual(variant === 'qlora' ? ['quant'] : []);
     const inspect = await run(['inspect', path.join(out, 'adapter'), '--json']);
     expect(JSON.parse(inspect.stdout)).toMatchObject({ kind: 'adapter', type });
+    // As PEFT does, the adapter names the base it was trained on (absolute, so a resumed run writes the same).
+    const config = JSON.parse(await readFile(path.join(out, 'adapter', 'adapter_config.json'), 'utf8')) as { base_model_name_or_path: unknown };
+    expect(config.base_model_name_or_path).toBe(path.resolve(GPT2));
   });
 
   it('trains on a JSONL file (one record longer than a spread call can pass) and saves a loadable adapter', async () => {
