@@ -183,11 +183,13 @@ async function runSelect(options: SelectCommandOptions, command: Command, contex
   // With --json, stdout carries exactly one JSON document; everything for people goes to stderr.
   const io: SelectorIo = options.json ? { ...context, stdout: context.stderr } : context;
   const given = (key: string) => command.getOptionValueSource(key) === 'cli' || command.getOptionValueSource(key) === 'env';
+  // The flag as the user types it, from commander's own option list.
+  const flagOf = (key: string) => command.options.find((option) => option.attributeName() === key)?.long ?? key;
   const loader = context.loader ?? importPackage;
   if (options.resume !== undefined) {
     const allowed = new Set(['resume', 'json']);
     const extra = command.options.map((option) => option.attributeName()).filter((key) => given(key) && !allowed.has(key));
-    if (extra.length > 0) throw new CliError(`--resume continues a run with its own settings; drop ${extra.map((key) => `--${key.replace(/[A-Z]/gu, (c) => `-${c.toLowerCase()}`)}`).join(', ')}.`, { exitCode: 2 });
+    if (extra.length > 0) throw new CliError(`--resume continues a run with its own settings; drop ${extra.map(flagOf).join(', ')}.`, { exitCode: 2 });
     const staging = await resolveResume(options.resume);
     const settings = await readRunSettings(staging);
     const backend = await startBackend(loader);
@@ -246,7 +248,7 @@ async function runSelect(options: SelectCommandOptions, command: Command, contex
   if (!runAfter) {
     // The training settings only matter to the run: say so rather than accept them silently.
     const unused = ['data', 'batchSize', 'learningRate', 'seed', 'out', 'overwrite', 'checkpointEvery', 'prompt'].filter(given);
-    if (unused.length > 0) context.stderr.write(`lora: note: ${unused.map((key) => `--${key.replace(/[A-Z]/gu, (c) => `-${c.toLowerCase()}`)}`).join(', ')} only apply to training; add --run to train with them.\n`);
+    if (unused.length > 0) context.stderr.write(`lora: note: ${unused.map(flagOf).join(', ')} only apply to training; add --run to train with them.\n`);
     return;
   }
   assertInstalled(result);

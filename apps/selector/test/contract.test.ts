@@ -27,6 +27,7 @@ describe('the lora CLI contract', () => {
     [['select', '--model', GPT2, '--steps', '2', '--multi-task', '--compute', 'limited'], /^lora: AdaLoRA needs --steps 3 or more \(its rank schedule warms up, prunes and settles over one step each at least\), got 2\.\n$/u],
     [['quantize', '--model', GPT2, '--out', 'never-written', '--block-size', '7'], /^lora: --block-size must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096, got 7\.\n$/u],
     [['generate', '--model', GPT2, '--adapter', `${FIXTURES}/adapters/gpt2_lora`, '--adapter', `${FIXTURES}/adapters/gpt2_lora/`, '--prompt', 'x'], /--adapter .*gpt2_lora\/ is given twice; each adapter is applied once, so pass it once\.\n$/u],
+    [['train', '--resume', 'no-such-run', '--steps', '3', '--learning-rate', '0.1'], /^lora: --resume continues a run with its own settings; drop --steps, --learning-rate\.\n$/u],
     [['generate', '--prompt', 'x', '--greedy', '--temperature', '2'], /^lora: option '--greedy' cannot be used with option '--temperature <t>' \(run with --help for usage\)\n$/u],
   ])('rejects %j with exit 2, naming the option', async (argv, message) => {
     const result = await run(argv);

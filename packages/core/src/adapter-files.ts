@@ -1,6 +1,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { AdapterLayer } from './adapter-layer.js';
 import { AdapterModel, wrappingUndo } from './adapter-model.js';
+import { camelToSnake } from './config-helpers.js';
 import { ConfigError, LoraError, SafetensorsError } from './errors.js';
 import { checkLoadedTensors, checkTensorsToSave } from './finite.js';
 import { fileHost } from './file-host.js';
@@ -247,7 +248,7 @@ function inConfigFile<T>(file: string, read: () => T): T {
   } catch (error) {
     // `adapterName` is the caller's argument, not a field of the file.
     if (!(error instanceof ConfigError) || error.field === 'adapterName') throw error;
-    const field = error.field.replace(/[A-Z]/gu, (letter) => `_${letter.toLowerCase()}`);
+    const field = camelToSnake(error.field);
     const hint = error.hint === undefined || /^Pass e\.g\. \{/u.test(error.hint) ? '' : error.hint;
     throw new ConfigError({ plugin: error.plugin, field, received: error.received, expected: error.expected, hint: `Fix it in ${file}.${hint ? ` ${hint}` : ''}`, cause: error });
   }
