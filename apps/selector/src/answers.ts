@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { CliError, unreadableFile } from './errors.js';
-import type { Answer, QuestionId } from './flowchart.js';
+import type { Answer, Decision, QuestionId } from './flowchart.js';
 import { QUESTION_TEXT } from './flowchart.js';
 
 /** The flowchart answers a user can give as flags (undefined = not given). */
@@ -121,6 +121,47 @@ function describeFlag(question: QuestionId, value: boolean): string {
     case 'expressive':
       return value ? '--expressive' : '--no-expressive';
   }
+}
+
+/** For each question, what the flowchart asks it about and on which paths (the notes below quote it). */
+const ASKED_WHEN: Readonly<Record<QuestionId, { readonly about: string; readonly when: string }>> = {
+  memoryExtreme: { about: 'memory limits', when: 'first, always' },
+  multiTask: { about: 'multi-task', when: 'only when memory limits are not extreme' },
+  dynamic: { about: 'dynamic adaptation', when: 'only when memory limits are not extreme and multi-task is not needed' },
+  computeSubstantial: { about: 'compute', when: 'only after a yes to multi-task or dynamic adaptation' },
+  expressive: { about: 'expressiveness', when: 'only when memory limits are not extreme and neither multi-task nor dynamic adaptation is needed' },
+};
+
+const QUESTION_ORDER: readonly QuestionId[] = ['memoryExtreme', 'multiTask', 'dynamic', 'computeSubstantial', 'expressive'];
+
+/**
+ * The flowchart answers given as flags whose question the path taken never asked (the flowchart
+ * asks some only on some paths: `--compute` only after a multi-task or dynamic yes, for one), so
+ * they did not affect the choice. Each is named as typed (e.g. `--compute substantial`,
+ * `--no-dynamic`), in flowchart order; empty when every flag given was used.
+ */
+export function unaskedFlags(flags: FlowchartFlags, decision: Decision): { flag: string; question: QuestionId }[] {
+  const asked = new Set(decision.path.map((step) => step.question));
+  const out: { flag: string; question: QuestionId }[] = [];
+  for (const question of QUESTION_ORDER) {
+    const value = fromTriState(question, flags);
+    if (value !== undefined && !asked.has(question)) out.push({ flag: question === 'memoryExtreme' ? `--memory ${flags.memory}` : describeFlag(question, value), question });
+  }
+  return out;
+}
+
+/**
+ * The one-line note for {@link unaskedFlags}: which flags did not affect the choice of `variant`,
+ * and on which paths the flowchart asks about each; null when there are none.
+ * @example
+ * unaskedFlagsNote([{ flag: '--compute substantial', question: 'computeSubstantial' }], 'LoRA');
+ * // '--compute substantial did not affect the choice of LoRA: the flowchart asks about compute only after a yes to multi-task or dynamic adaptation'
+ */
+export function unaskedFlagsNote(unasked: readonly { readonly flag: string; readonly question: QuestionId }[], variant: string): string | null {
+  if (unasked.length === 0) return null;
+  const reasons = unasked.map(({ question }) => `about ${ASKED_WHEN[question].about} ${ASKED_WHEN[question].when}`);
+  const joined = reasons.length === 1 ? reasons[0]! : `${reasons.slice(0, -1).join(', ')}, and ${reasons.at(-1)!}`;
+  return `${unasked.map((entry) => entry.flag).join(', ')} did not affect the choice of ${variant}: the flowchart asks ${joined}`;
 }
 
 /**

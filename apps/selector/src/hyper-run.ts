@@ -8,7 +8,7 @@ import { assertWritableOutput, cleanUpStale, writeDirectoryAtomically } from './
 import { recipePackageFor } from './recipe.js';
 import type { PackageLoader } from './plugins.js';
 import type { SelectorIo } from './select.js';
-import { assertContextFits, loadLanguageModel, type TrainRunOptions } from './train-run.js';
+import { assertContextFits, baseModelName, loadLanguageModel, type TrainRunOptions } from './train-run.js';
 
 /** What the CLI uses of the HyperLoRA plugin package, loaded (like every variant package) by the name the recipe table gives. */
 interface HyperPackage {
@@ -185,7 +185,8 @@ export async function runHyperTraining(options: HyperRunOptions, io: SelectorIo)
     peft = AdapterModel.create(model, {
       registry: options.registry,
       plugin: options.recipe.adapter,
-      config: { ...options.recipe.options, condition, conditionDropout: 0.1 },
+      // Recorded as an ordinary run records it (and carried into `lora export`'s plain LoRA).
+      config: { ...options.recipe.options, condition, conditionDropout: 0.1, baseModelNameOrPath: baseModelName(options.modelDirectory) },
     });
     const adapter = peft;
     const trainableParameters = adapter.trainableParameters().trainable;

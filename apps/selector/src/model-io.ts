@@ -272,6 +272,80 @@ export function adapterLoadError(directory: string, modelDirectory: string, conf
   });
 }
 
+/**
+ * `lora quantize` on a checkpoint that already has a `quantization_config` (as `lora quantize`
+ * writes): its 4-bit layers would be written again as they are, whatever `--type` and
+ * `--block-size` say. Checked before the model loads; a config.json that cannot be read is left to
+ * the loader to report.
+ * @throws {CliError} exit 2, naming the directory and what it is quantized to (type, block size and
+ * double quantization where known).
+ */
+export async function refuseQuantizedModel(directory: string): Promise<void> {
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(await fs.readFile(path.join(directory, 'config.json'), 'utf8')) as Record<string, unknown>;
+  } catch {
+    return;
+  }
+  const quantization = config['quantization_config'];
+  if (quantization === undefined || quantization === null) return;
+  const q = (typeof quantization === 'object' ? quantization : {}) as Record<string, unknown>;
+  const bits = q['load_in_4bit'] === true ? '4-bit' : q['load_in_8bit'] === true ? '8-bit' : typeof q['quant_method'] === 'string' ? q['quant_method'] : 'quantized';
+  const blockSize = bits === '4-bit' ? await quantStateBlockSize(directory) : null;
+  const details = [
+    typeof q['bnb_4bit_quant_type'] === 'string' ? `${bits} ${q['bnb_4bit_quant_type']}` : bits,
+    blockSize === null ? null : `block size ${blockSize}`,
+    q['bnb_4bit_use_double_quant'] === true ? 'double-quantized scales' : null,
+  ].filter((item): item is string => item !== null);
+  throw new CliError(
+    `--model ${directory} is already quantized (${details.join(', ')}: quantization_config in its config.json); lora quantize needs a float checkpoint, so pass the model it was made from.`,
+    { exitCode: 2 },
+  );
+}
+
+const QUANT_STATE_KEY = /\.weight\.quant_state\.bitsandbytes__[a-z0-9]+$/u;
+
+/**
+ * The block size of a 4-bit checkpoint, from the first bitsandbytes quant-state blob of its weights
+ * (transformers' config does not record it): only the safetensors header and that small blob are
+ * read. Null when it cannot be told (no such tensor, a sharded index that does not name one, an
+ * unreadable file): it only makes a message more precise.
+ */
+async function quantStateBlockSize(directory: string): Promise<number | null> {
+  try {
+    let file = path.join(directory, 'model.safetensors');
+    try {
+      await fs.access(file);
+    } catch {
+      const index = JSON.parse(await fs.readFile(path.join(directory, 'model.safetensors.index.json'), 'utf8')) as { weight_map?: Record<string, unknown> };
+      const shard = Object.entries(index.weight_map ?? {}).find(([key, value]) => QUANT_STATE_KEY.test(key) && typeof value === 'string')?.[1];
+      if (typeof shard !== 'string') return null;
+      file = path.join(directory, shard);
+    }
+    const handle = await fs.open(file, 'r');
+    try {
+      const prefix = Buffer.alloc(8);
+      await handle.read(prefix, 0, 8, 0);
+      const headerLength = Number(prefix.readBigUInt64LE(0));
+      // safetensors caps its header at 100 MB.
+      if (headerLength <= 0 || headerLength > 100_000_000) return null;
+      const header = Buffer.alloc(headerLength);
+      await handle.read(header, 0, headerLength, 8);
+      const entries = JSON.parse(header.toString('utf8')) as Record<string, { data_offsets?: [number, number] }>;
+      const offsets = Object.entries(entries).find(([key]) => QUANT_STATE_KEY.test(key))?.[1].data_offsets;
+      if (!offsets || offsets[1] - offsets[0] <= 0 || offsets[1] - offsets[0] > 65_536) return null;
+      const blob = Buffer.alloc(offsets[1] - offsets[0]);
+      await handle.read(blob, 0, blob.length, 8 + headerLength + offsets[0]);
+      const blockSize = (JSON.parse(blob.toString('utf8')) as { blocksize?: unknown }).blocksize;
+      return typeof blockSize === 'number' && Number.isInteger(blockSize) ? blockSize : null;
+    } finally {
+      await handle.close();
+    }
+  } catch {
+    return null;
+  }
+}
+
 /** Files beside a checkpoint's weights that a merged or quantized copy needs to be used the same way. */
 const COMPANION_FILES = [
   'tokenizer.json',

@@ -7,7 +7,7 @@ import { CliError } from './errors.js';
 
 /**
  * The marker file in every directory `lora` writes: only a directory holding it, and nothing beyond
- * the files it lists (or an empty directory), is ever replaced or deleted.
+ * the files it lists, each unchanged (or an empty directory), is ever replaced or deleted.
  */
 export const OUTPUT_MARKER = '.lora-output.json';
 
@@ -30,6 +30,22 @@ export interface OutputMarker {
    * in markers of versions before the list).
    */
   readonly files?: readonly string[];
+  /**
+   * The size in bytes and modification time (`mtimeMs`) of every regular file in {@link files},
+   * taken when the output is complete (no hashing: outputs can be gigabytes): a listed file that no
+   * longer matches was changed after lora wrote it, and the directory is then the user's too.
+   * Absent while a run is being written, and in markers of versions before it (see
+   * {@link outputState} for how those are read).
+   */
+  readonly fileStats?: Readonly<Record<string, FileStat>>;
+}
+
+/** What {@link OutputMarker.fileStats} records of one file. */
+export interface FileStat {
+  /** Size in bytes. */
+  readonly size: number;
+  /** Last modification time, in milliseconds since the epoch (`fs.Stats.mtimeMs`). */
+  readonly mtimeMs: number;
 }
 
 /** The state of an output path. */
@@ -40,6 +56,8 @@ export type OutputState =
       readonly kind: 'foreign';
       /** What lora did not write (relative paths), or with `unlisted` everything there. */
       readonly entries: readonly string[];
+      /** Files lora wrote that were changed since (their size or modification time differs from the marker's); absent when none. */
+      readonly modified?: readonly string[];
       /** A marker of a lora version that did not list its files: nothing there can be told apart from the user's. */
       readonly unlisted?: boolean;
     }
@@ -59,17 +77,30 @@ export async function readMarker(directory: string): Promise<OutputMarker | null
   }
 }
 
+/** One entry of {@link listTree}: its relative path, and its size and mtime when it is a regular file. */
+interface TreeEntry {
+  readonly path: string;
+  readonly stat: FileStat | null;
+}
+
 /**
  * Every file and directory below `directory` (relative, `/`-separated, in walk order), links not
- * followed; the top-level marker and its temporary files left out.
+ * followed (a link is listed with no stat, so it never matches a file lora wrote); the top-level
+ * marker and its temporary files left out.
  */
-async function listTree(directory: string, prefix = ''): Promise<string[]> {
-  const out: string[] = [];
+async function listTree(directory: string, prefix = ''): Promise<TreeEntry[]> {
+  const out: TreeEntry[] = [];
   for (const entry of await fs.readdir(directory, { withFileTypes: true })) {
     const relative = `${prefix}${entry.name}`;
     if (prefix === '' && (entry.name === OUTPUT_MARKER || isMarkerTemporary(entry.name))) continue;
-    out.push(relative);
-    if (entry.isDirectory()) out.push(...(await listTree(path.join(directory, entry.name), `${relative}/`)));
+    const full = path.join(directory, entry.name);
+    let stat: FileStat | null = null;
+    if (entry.isFile()) {
+      const stats = await fs.lstat(full);
+      stat = { size: stats.size, mtimeMs: stats.mtimeMs };
+    }
+    out.push({ path: relative, stat });
+    if (entry.isDirectory()) out.push(...(await listTree(full, `${relative}/`)));
   }
   return out;
 }
@@ -80,8 +111,8 @@ function isMarkerTemporary(name: string): boolean {
 }
 
 /**
- * Whether `directory` is missing, empty, written by `lora` (holding only what its marker lists),
- * someone else's (or lora's with something added), or a file.
+ * Whether `directory` is missing, empty, written by `lora` (holding only what its marker lists, as
+ * it wrote it), someone else's (or lora's with something added or changed), or a file.
  */
 export async function outputState(directory: string): Promise<OutputState> {
   let entries: string[];
@@ -97,11 +128,38 @@ export async function outputState(directory: string): Promise<OutputState> {
   const marker = entries.includes(OUTPUT_MARKER) ? await readMarker(directory) : null;
   if (!marker) return { kind: 'foreign', entries };
   const present = await listTree(directory);
-  if (!Array.isArray(marker.files) || !marker.files.every((file) => typeof file === 'string')) return { kind: 'foreign', entries: present, unlisted: true };
+  if (!Array.isArray(marker.files) || !marker.files.every((file) => typeof file === 'string')) return { kind: 'foreign', entries: present.map((entry) => entry.path), unlisted: true };
   // A file the user added to a finished output (notes beside the adapter, say) makes it theirs too.
   const listed = new Set(marker.files);
-  const added = present.filter((entry) => !listed.has(entry));
-  return added.length === 0 ? { kind: 'ours', marker } : { kind: 'foreign', entries: added };
+  const added = present.filter((entry) => !listed.has(entry.path)).map((entry) => entry.path);
+  // So does a file lora wrote that the user has edited since. A marker of the version before
+  // `fileStats` already listed its files, so it is read by name only (as that version did) rather
+  // than refused: refusing would lock every output of that version out of re-runs and --overwrite,
+  // and its directories get no weaker protection than they had.
+  const recorded = isFileStats(marker.fileStats) ? marker.fileStats : null;
+  const modified = recorded === null ? [] : present.filter((entry) => isChanged(recorded[entry.path], entry.stat)).map((entry) => entry.path);
+  if (added.length === 0 && modified.length === 0) return { kind: 'ours', marker };
+  return modified.length === 0 ? { kind: 'foreign', entries: added } : { kind: 'foreign', entries: added, modified };
+}
+
+/** Whether a marker's `fileStats` is readable: an object of `{ size, mtimeMs }` numbers. */
+function isFileStats(value: unknown): value is Readonly<Record<string, FileStat>> {
+  return (
+    value !== null &&
+    typeof value === 'object' &&
+    !Array.isArray(value) &&
+    Object.values(value).every((stat: unknown) => stat !== null && typeof stat === 'object' && typeof (stat as FileStat).size === 'number' && typeof (stat as FileStat).mtimeMs === 'number')
+  );
+}
+
+/**
+ * Whether a listed path differs from the file lora recorded there: another size or modification
+ * time, or no longer a regular file. A file only touched counts as changed too (without hashing,
+ * it cannot be told from an edit; refusing is the safe side). Directories are not recorded.
+ */
+function isChanged(recorded: FileStat | undefined, present: FileStat | null): boolean {
+  if (recorded === undefined) return false;
+  return present === null || present.size !== recorded.size || present.mtimeMs !== recorded.mtimeMs;
 }
 
 /**
@@ -121,9 +179,17 @@ export async function assertWritableOutput(directory: string, options: { overwri
     );
   }
   if (state.kind === 'foreign') {
-    const shown = state.entries.slice(0, 3).join(', ') + (state.entries.length > 3 ? ', …' : '');
+    const shown = (entries: readonly string[]) => entries.slice(0, 3).join(', ') + (entries.length > 3 ? ', …' : '');
+    const modified = state.modified ?? [];
+    if (modified.length === 0) {
+      throw new CliError(
+        `${flag} ${target} holds files lora did not write (${shown(state.entries)}); it is left untouched, --overwrite included. Choose a new or empty directory.`,
+        { exitCode: 2 },
+      );
+    }
+    const added = state.entries.length === 0 ? '' : `files lora did not write (${shown(state.entries)}) and `;
     throw new CliError(
-      `${flag} ${target} holds files lora did not write (${shown}); it is left untouched, --overwrite included. Choose a new or empty directory.`,
+      `${flag} ${target} holds ${added}files lora wrote that were changed since (${shown(modified)}); it is left untouched, --overwrite included. Move them out, or choose another ${flag}.`,
       { exitCode: 2 },
     );
   }
@@ -324,7 +390,7 @@ async function syncTree(directory: string): Promise<void> {
 
 /**
  * Put a finished staging directory in place of `target`: mark it complete with the list of its
- * files (see {@link OutputMarker.files}), flush every file and directory, rename the old run aside, rename the new one in, then delete the old one. At every
+ * files and their sizes and mtimes (see {@link OutputMarker.files}, {@link OutputMarker.fileStats}), flush every file and directory, rename the old run aside, rename the new one in, then delete the old one. At every
  * failure and every kill point either the old or the new run is complete (a kill between the two
  * renames leaves both beside `target`, and the next run finishes the replacement); a failed
  * rename puts the old run back.
@@ -333,13 +399,19 @@ export async function commitStaging(staging: string, directory: string): Promise
   const target = path.resolve(directory);
   const marker = await readMarker(staging);
   if (!marker) throw new CliError(`${staging} lost its marker file; not replacing ${target}.`);
-  await writeMarker(staging, { ...marker, status: 'complete', files: await listTree(staging) });
+  // Taken now, when every file is written: nothing lora does after this writes into the directory
+  // (checkpoints stay in staging and are removed before; renames keep sizes and mtimes), so only
+  // the user's edits can change them.
+  const tree = await listTree(staging);
+  const fileStats: Record<string, FileStat> = {};
+  for (const entry of tree) if (entry.stat !== null) fileStats[entry.path] = entry.stat;
+  await writeMarker(staging, { ...marker, status: 'complete', files: tree.map((entry) => entry.path), fileStats });
   await syncTree(staging);
   await syncDirectory(path.dirname(target));
   const state = await outputState(target);
   if (state.kind === 'foreign' || state.kind === 'file') {
     // Checked at the start; someone put files there since (or the previous output's list was unreadable). Never replace them.
-    throw new CliError(`${target} now holds files lora did not write; the new output is kept in ${staging}.`, { exitCode: 1 });
+    throw new CliError(`${target} now holds files lora did not write or changed since it wrote them; the new output is kept in ${staging}.`, { exitCode: 1 });
   }
   let aside: string | null = null;
   if (state.kind !== 'missing') {

@@ -5,11 +5,12 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { initRuntime, LoraError, NonFiniteTensorError, writeJsonAtomic } from '@lora/core';
 import { pathExists } from '@lora/core/internal';
 import { bundledBaseDirectory, CausalLanguageModel, generate, loadTokenizer, ByteTokenizer, savePretrained } from '@lora/models';
-import { readSelectorConfig, type FlowchartFlags, type SelectorConfig } from './answers.js';
+import { readSelectorConfig, unaskedFlagsNote, type FlowchartFlags, type SelectorConfig } from './answers.js';
+import { variantName } from './flowchart.js';
 import { CliError, MissingPackageError } from './errors.js';
 import { inspectDirectory, formatInspection } from './inspect.js';
 import { parseByteSize } from './measure.js';
-import { checkForwardInputFits, copyCompanionFiles, forwardLogits, loadModelWithAdapters, readForwardInput } from './model-io.js';
+import { checkForwardInputFits, copyCompanionFiles, forwardLogits, loadModelWithAdapters, readForwardInput, refuseQuantizedModel } from './model-io.js';
 import { readMarker, resumableRuns, writeDirectoryAtomically } from './output-dir.js';
 import { assertWritableLogitsFile } from './output-file.js';
 import { extraPluginPackages, importPackage, registryForRecipe, type PackageLoader } from './plugins.js';
@@ -245,6 +246,9 @@ async function runSelect(options: SelectCommandOptions, command: Command, contex
   );
   if (options.json && !runAfter) context.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   else io.stdout.write(`${formatSelection(result, decision)}\n\n`);
+  // An answer the path never asked for changed nothing: say so rather than ignore it silently.
+  const unasked = unaskedFlagsNote(result.unaskedFlags, variantName(result.variant));
+  if (unasked) context.stderr.write(`lora: note: ${unasked}.\n`);
   if (!runAfter) {
     // The training settings only matter to the run: say so rather than accept them silently.
     const unused = ['data', 'batchSize', 'learningRate', 'seed', 'out', 'overwrite', 'checkpointEvery', 'prompt'].filter(given);
@@ -444,6 +448,8 @@ export function buildProgram(context: ProgramContext): Command {
     .option('--block-size <n>', 'elements per absmax block: 32, 64, …, 4096 (a power of two)', positiveInteger('--block-size'), 64)
     .option('--overwrite', 'replace an output directory an earlier lora command wrote (never one with other files)')
     .action(async (options: { model: string; out: string; type: 'nf4' | 'fp4'; doubleQuant?: boolean; blockSize: number; overwrite?: boolean }) => {
+      // Before anything loads or is written: a 4-bit checkpoint would only be copied as it is, whatever --type and --block-size say.
+      await refuseQuantizedModel(options.model);
       const loader = context.loader ?? importPackage;
       const quantPackageName = recipePackageFor('quant')!;
       let quantPackage: Record<string, unknown>;
@@ -575,6 +581,23 @@ export function buildProgram(context: ProgramContext): Command {
         if (adapterModel) adapterModel.dispose();
         else model.dispose();
       }
+    });
+
+  // Commander's own `help <command>` prints the whole help (to stderr, with no message) for a name
+  // it does not know; ours says in one line that the command is unknown, and which there are.
+  program.helpCommand(false);
+  program
+    .command('help')
+    .description('display help for command')
+    .argument('[command]', 'the command to describe')
+    .action((name: string | undefined) => {
+      if (name === undefined) return program.help();
+      const command = program.commands.find((candidate) => candidate.name() === name || candidate.aliases().includes(name));
+      if (!command) {
+        const names = program.commands.map((candidate) => candidate.name()).filter((candidate) => candidate !== 'help');
+        throw new CliError(`Unknown command "${name}" for lora help; the commands are ${names.join(', ')} (lora --help describes them).`, { exitCode: 2 });
+      }
+      command.help();
     });
 
   return program;

@@ -1,8 +1,8 @@
 import { confirm } from '@inquirer/prompts';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { availableMemory, estimateLoraTrainingMemory, formatBytes, judgeCompute, readModelFootprint, type TrainingShape } from './measure.js';
-import { resolveAnswer, type FlowchartFlags, type MeasuredAnswers, type SelectorConfig, type YesNoPrompt } from './answers.js';
-import { renderPathDiagram, variantName, walkFlowchart, type Decision, type Variant } from './flowchart.js';
+import { resolveAnswer, unaskedFlags, type FlowchartFlags, type MeasuredAnswers, type SelectorConfig, type YesNoPrompt } from './answers.js';
+import { renderPathDiagram, variantName, walkFlowchart, type Decision, type QuestionId, type Variant } from './flowchart.js';
 import { checkInstalled, importPackage, registryForRecipe, type PackageLoader } from './plugins.js';
 import { recipeFor, type VariantRecipe } from './recipe.js';
 import { camelToSnake } from '@lora/core/internal';
@@ -55,6 +55,17 @@ export interface SelectResult {
   readonly variant: Variant;
   /** The questions asked, with each answer, its source and its reason. */
   readonly path: Decision['path'];
+  /**
+   * Flowchart answers given as flags whose question the path taken never asked, so they did not
+   * affect the choice (e.g. `--compute` on a path without multi-task or dynamic adaptation); empty
+   * when every one given was used. The CLI also says so in a note on stderr.
+   */
+  readonly unaskedFlags: readonly {
+    /** The flag as typed, e.g. `--compute substantial` or `--no-dynamic`. */
+    readonly flag: string;
+    /** The question it answers, which the path did not reach. */
+    readonly question: QuestionId;
+  }[];
   /** What the variant needs, and its config. */
   readonly recipe: {
     /** Adapter plugin name in the registry (`lora`, `dora`, `adalora` or `hyper`). */
@@ -172,6 +183,7 @@ export async function select(options: SelectOptions, io: SelectorIo): Promise<{
   const result: SelectResult = {
     variant: decision.variant,
     path: decision.path,
+    unaskedFlags: unaskedFlags(options, decision),
     recipe: {
       adapter: recipe.adapter,
       transforms: recipe.transforms,

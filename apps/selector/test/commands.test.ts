@@ -85,6 +85,28 @@ describe('lora forward / merge / inspect / generate', () => {
     expect(error).toBeLessThan(0.2);
   });
 
+  it('refuses to quantize a checkpoint that is already 4-bit (exit 2, one line, naming it and its settings) before writing anything', async () => {
+    const once = path.join(directory, 'gpt2-fp4');
+    expect((await run(['quantize', '--model', GPT2, '--out', once, '--type', 'fp4', '--block-size', '128', '--double-quant'])).code).toBe(0);
+    const files = async () => new Map(await Promise.all((await readdir(once)).map(async (name) => [name, await readFile(path.join(once, name))] as const)));
+    const before = await files();
+    // The block size is not in config.json: it comes from the weights' quant state.
+    const message = `lora: --model ${once} is already quantized (4-bit fp4, block size 128, double-quantized scales: quantization_config in its config.json); lora quantize needs a float checkpoint, so pass the model it was made from.\n`;
+    const again = path.join(directory, 'gpt2-fp4-again');
+    const refused = await run(['quantize', '--model', once, '--out', again]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toBe(message);
+    expect((await readdir(directory)).filter((name) => name.startsWith('gpt2-fp4-again'))).toEqual([]);
+    // Over itself, with --overwrite: refused the same way, every file as it was.
+    const overItself = await run(['quantize', '--model', once, '--out', once, '--overwrite', '--type', 'nf4']);
+    expect(overItself.code).toBe(2);
+    expect(overItself.stderr).toBe(message);
+    const after = await files();
+    expect([...after.keys()].sort()).toEqual([...before.keys()].sort());
+    for (const [name, bytes] of before) expect(after.get(name)?.equals(bytes), name).toBe(true);
+    expect((await readdir(directory)).filter((name) => name.startsWith('gpt2-fp4.'))).toEqual([]);
+  });
+
   it('inspects adapters and models', async () => {
     const adapter = await run(['inspect', path.join(FIXTURES, 'adapters/gpt2_lora'), '--json']);
     const parsed = JSON.parse(adapter.stdout) as { kind: string; type: string; targets: { rank: number }[]; parameters: number };

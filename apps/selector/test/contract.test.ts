@@ -72,6 +72,21 @@ describe('the lora CLI contract', () => {
     for (const [command, flags, description] of mandatory) expect(description, `${command} ${flags}`).toMatch(/^\(required\) /u);
   });
 
+  it('prints a command\'s help with lora help <command>, and refuses an unknown command there in one line (exit 2)', async () => {
+    const train = await run(['help', 'train']);
+    expect(train.code).toBe(0);
+    expect(train.stderr).toBe('');
+    expect(train.stdout).toMatch(/^Usage: lora train \[options\]\n/u);
+    const overview = await run(['help']);
+    expect(overview.code).toBe(0);
+    expect(overview.stdout).toMatch(/^Usage: lora \[options\] \[command\]\n/u);
+    // Commander's own help command printed the whole help, on stderr and without a word on what was wrong.
+    const unknown = await run(['help', 'bogus']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stdout).toBe('');
+    expect(unknown.stderr).toBe('lora: Unknown command "bogus" for lora help; the commands are select, train, forward, merge, quantize, doctor, inspect, generate, export (lora --help describes them).\n');
+  });
+
   it('names the file in inspect errors', async () => {
     const adapter = path.join(directory, 'broken-adapter');
     await cp(path.join(FIXTURES, 'adapters/gpt2_lora'), adapter, { recursive: true });

@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BUNDLED_BASE_PACKAGE } from '@lora/models';
 import { GPT2, run } from './helpers.js';
 
 const HYPER_ANSWERS = ['--memory', 'ample', '--multi-task', '--compute', 'substantial'];
@@ -28,8 +29,10 @@ describe('lora train / export / forward with HyperLoRA', () => {
     expect(trained.stdout).toContain('└─▶ HyperLoRA');
     expect(trained.stdout).toMatch(/condition task=a: base [\d.]+ → HyperLoRA [\d.]+/u);
     expect(trained.stdout).toMatch(/condition task=b: base [\d.]+ → HyperLoRA [\d.]+/u);
-    const config = JSON.parse(await readFile(path.join(out, 'adapter_config.json'), 'utf8')) as { peft_type: string; condition: unknown };
+    const config = JSON.parse(await readFile(path.join(out, 'adapter_config.json'), 'utf8')) as { peft_type: string; condition: unknown; base_model_name_or_path: unknown };
     expect(config.peft_type).toBe('HYPERLORA');
+    // The base it was trained on, recorded as an ordinary run records it (it was null before).
+    expect(config.base_model_name_or_path).toBe(path.resolve(GPT2));
     const inspected = await run(['inspect', out]);
     expect(inspected.stdout).toMatch(/\nTargets: no per-module factors in the weights; target_modules \[.*c_attn.*\]\n/u);
     expect(config.condition).toEqual({ kind: 'discrete', factors: [{ name: 'task', values: ['a', 'b'], dim: 16 }] });
@@ -46,7 +49,9 @@ describe('lora train / export / forward with HyperLoRA', () => {
     const generated = await run(['generate', '--model', GPT2, '--adapter', out, '--prompt', 'the', '--max-new-tokens', '2', '--greedy']);
     expect(generated.code).toBe(0);
     expect(generated.stderr).toBe('lora: note: the HyperLoRA runs with no condition (task at the learned null embedding); pass --condition factor=value,… for every factor to choose one.\n');
-    expect((JSON.parse(await readFile(path.join(exported, 'adapter_config.json'), 'utf8')) as { peft_type: string }).peft_type).toBe('LORA');
+    const exportedConfig = JSON.parse(await readFile(path.join(exported, 'adapter_config.json'), 'utf8')) as { peft_type: string; base_model_name_or_path: unknown };
+    expect(exportedConfig.peft_type).toBe('LORA');
+    expect(exportedConfig.base_model_name_or_path).toBe(path.resolve(GPT2));
 
     const input = path.join(directory, 'in.json');
     await writeFile(input, JSON.stringify({ input_ids: [[10, 20, 30, 40], [50, 60, 70, 80]] }));
@@ -109,6 +114,9 @@ describe('lora train / export / forward with HyperLoRA', () => {
     expect(report.conditions.map((row) => row.condition).sort()).toEqual(['era=early,party=Democratic', 'era=early,party=Republican', 'era=modern,party=Democratic', 'era=modern,party=Republican']);
     expect(report.conditions.filter((row) => row.heldOut).map((row) => row.condition)).toEqual(['era=modern,party=Republican']);
     expect(report.conditions.every((row) => Number.isFinite(row.sharedLora))).toBe(true);
+    // Trained on the bundled base: its package names it, as in an ordinary run.
+    const config = JSON.parse(await readFile(path.join(out, 'adapter_config.json'), 'utf8')) as { base_model_name_or_path: unknown };
+    expect(config.base_model_name_or_path).toBe(BUNDLED_BASE_PACKAGE);
   });
 
   it('rejects a JSONL line without a condition, naming the file and line', async () => {

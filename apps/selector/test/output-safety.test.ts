@@ -1,11 +1,11 @@
-import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { countNonFinite, readSafetensorsFile, writeFileAtomic } from '@lora/core';
 import { setFaultInjector } from '@lora/core/internal';
 import { runUntilKilled } from '@lora/core/testing';
-import { cleanUpStale, OUTPUT_MARKER, readMarker, writeDirectoryAtomically } from '../src/output-dir.js';
+import { cleanUpStale, OUTPUT_MARKER, outputState, readMarker, writeDirectoryAtomically } from '../src/output-dir.js';
 import { FIXTURES, GPT2, run } from './helpers.js';
 
 /** Every file under `directory` (relative path → bytes), the marker left out. */
@@ -95,6 +95,88 @@ describe('output directories', () => {
     } finally {
       process.chdir(cwd);
     }
+  });
+
+  it('refuses to replace its own earlier output once the user has changed a file lora wrote (default directory and --overwrite), leaving every file as it is', async () => {
+    const cwd = process.cwd();
+    const project = path.join(directory, 'modified');
+    await mkdir(project);
+    process.chdir(project);
+    try {
+      const data = path.join(directory, 'modified-data.jsonl');
+      await writeFile(data, `${Array.from({ length: 30 }, (_, i) => JSON.stringify({ text: `Line ${i} of the data, long enough to fill a window or two.` })).join('\n')}\n`);
+      const train = ['train', '--model', GPT2, '--data', data, '--steps', '1', '--context', '16', '--batch-size', '2'];
+      expect((await run(train)).code).toBe(0);
+      const out = path.join(project, 'lora-runs', 'lora');
+      // Every file's size and mtime, recorded when the output was complete (the run wrote and removed a checkpoint before).
+      expect(Object.keys((await readMarker(out))?.fileStats ?? {}).sort()).toEqual(['adapter/adapter_config.json', 'adapter/adapter_model.safetensors', 'report.json', 'report.md', 'run.json']);
+      // Changed at the top (notes appended) and inside the adapter (same size, other bytes): each alone makes the directory the user's.
+      const edits: [string, (original: Buffer) => Buffer][] = [
+        ['report.md', (original) => Buffer.concat([original, Buffer.from('\nMy notes on this run.\n')])],
+        [path.join('adapter', 'adapter_config.json'), (original) => Buffer.from(original).reverse()],
+      ];
+      for (const [file, edit] of edits) {
+        await writeFile(path.join(out, file), edit(await readFile(path.join(out, file))));
+        const before = await snapshot(out);
+        for (const argv of [train, [...train, '--out', out, '--overwrite']]) {
+          const result = await run(argv);
+          expect(result.code, `${file}: ${argv.join(' ')}`).toBe(2);
+          expect(result.stderr.trim().split('\n')).toHaveLength(1);
+          expect(result.stderr).toBe(
+            `lora: --out ${out} holds files lora wrote that were changed since (${file.split(path.sep).join('/')}); it is left untouched, --overwrite included. Move them out, or choose another --out.\n`,
+          );
+          expect(result.stdout).not.toContain('validation');
+          expect(sameFiles(await snapshot(out), before)).toBe(true);
+          expect((await readdir(path.join(project, 'lora-runs'))).sort()).toEqual(['lora']);
+        }
+        // The fix the message names: with the changed file moved out, the directory is lora's again.
+        await rm(path.join(out, file));
+        expect((await run(train)).code).toBe(0);
+      }
+      // A marker of the version before sizes and mtimes (its file list, no fileStats) is read by
+      // name only, as that version did, so its outputs are not locked out of re-runs.
+      const marker = JSON.parse(await readFile(path.join(out, OUTPUT_MARKER), 'utf8')) as Record<string, unknown>;
+      delete marker['fileStats'];
+      await writeFile(path.join(out, OUTPUT_MARKER), JSON.stringify(marker));
+      await writeFile(path.join(out, 'report.md'), 'edited\n');
+      expect((await outputState(out)).kind).toBe('ours');
+      expect((await run(train)).code).toBe(0);
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+
+  it('tells a changed file by its size alone and by its mtime alone', async () => {
+    const target = path.join(directory, 'stats');
+    // Whole seconds: an mtime that can be set back exactly.
+    const fixed = 1_000_000;
+    await writeDirectoryAtomically(
+      target,
+      async (staging) => {
+        for (const name of ['a.txt', path.join('sub', 'b.txt')]) {
+          await writeFileAtomic(path.join(staging, name), 'lora\n');
+          await utimes(path.join(staging, name), fixed, fixed);
+        }
+      },
+      { kind: 'merge' },
+    );
+    expect((await outputState(target)).kind).toBe('ours');
+    const a = path.join(target, 'a.txt');
+    // Longer, with its mtime set back: only the size tells.
+    await writeFile(a, 'lora, and mine\n');
+    await utimes(a, fixed, fixed);
+    expect(await outputState(target)).toEqual({ kind: 'foreign', entries: [], modified: ['a.txt'] });
+    await writeFile(a, 'lora\n');
+    await utimes(a, fixed, fixed);
+    expect((await outputState(target)).kind).toBe('ours');
+    // The same size, other bytes, written now: only the mtime tells.
+    await writeFile(path.join(target, 'sub', 'b.txt'), 'mine\n');
+    expect(await outputState(target)).toEqual({ kind: 'foreign', entries: [], modified: ['sub/b.txt'] });
+    // Added and changed together: both named.
+    await writeFile(path.join(target, 'notes.txt'), 'mine\n');
+    await expect(writeDirectoryAtomically(target, async () => undefined, { kind: 'merge', overwrite: true })).rejects.toThrow(
+      `--out ${target} holds files lora did not write (notes.txt) and files lora wrote that were changed since (sub/b.txt); it is left untouched, --overwrite included. Move them out, or choose another --out.`,
+    );
   });
 
   it('keeps the previous output complete when moving the new one in fails (EXDEV)', async () => {
@@ -236,6 +318,8 @@ describe('lora train: divergence, interruption, resume', () => {
     expect(resumed.stdout).toMatch(/resuming .*killed\.partial-[0-9a-f]+ from step \d\/6/u);
     expect((await readFile(path.join(killedOut, 'adapter', 'adapter_model.safetensors'))).equals(expected), `kill at step ${killStep}`).toBe(true);
     expect((await readdir(directory)).filter((name) => name.startsWith('killed.'))).toEqual([]);
+    // Nothing the resumed run wrote (checkpoints included) looks changed by the user: it can be replaced.
+    expect((await outputState(killedOut)).kind).toBe('ours');
 
     const stoppedOut = path.join(directory, 'stopped');
     let sent = false;
@@ -257,6 +341,7 @@ describe('lora train: divergence, interruption, resume', () => {
     const report = JSON.parse(await readFile(path.join(stoppedOut, 'report.json'), 'utf8')) as { resumedFromStep: number; losses: number[] };
     expect(report.resumedFromStep).toBe(Number(line![1]));
     expect(report.losses).toHaveLength(6 - report.resumedFromStep);
+    expect((await outputState(stoppedOut)).kind).toBe('ours');
   });
 
   it('resumes an AdaLoRA run killed inside its pruning phase to the same adapter bytes and rank pattern as an uninterrupted run', async () => {

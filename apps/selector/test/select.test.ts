@@ -18,6 +18,8 @@ describe('lora select', () => {
       expect(text.code).toBe(0);
       expect(text.stdout).toMatch(new RegExp(`└─▶ ${{ qlora: 'QLoRA', hyperlora: 'HyperLoRA', adalora: 'AdaLoRA', dora: 'DoRA', lora: 'LoRA' }[leaf.variant]}\\n`, 'u'));
       expect(text.stdout).toContain('flag: --');
+      // Every answer given is on the path: no note.
+      expect(text.stderr).toBe('');
       const json = await run(['select', '--model', GPT2, '--json', ...leaf.flags]);
       expect(json.code).toBe(0);
       const result = JSON.parse(json.stdout) as { variant: string; path: { question: string; source: string }[]; recipe: { adapter: string; config: object } };
@@ -164,6 +166,29 @@ describe('lora select', () => {
     const result = await run(['select', '--model', GPT2, '--memory', 'ample', '--data', 'texts.jsonl', '--out', 'somewhere', '--learning-rate', '0.01']);
     expect(result.code).toBe(0);
     expect(result.stderr).toBe('lora: note: --data, --learning-rate, --out only apply to training; add --run to train with them.\n');
+  });
+
+  it('says that a flowchart answer whose question the path never asked did not affect the choice (a note, and unaskedFlags in --json)', async () => {
+    // --compute is asked only after a multi-task or dynamic yes: on the way to LoRA it changes nothing.
+    const compute = await run(['select', '--model', GPT2, '--memory', 'ample', '--no-multi-task', '--no-dynamic', '--compute', 'substantial']);
+    expect(compute.code).toBe(0);
+    expect(compute.stdout).toContain('└─▶ LoRA');
+    expect(compute.stderr).toBe('lora: note: --compute substantial did not affect the choice of LoRA: the flowchart asks about compute only after a yes to multi-task or dynamic adaptation.\n');
+    // The other answers asked only on some paths, the same way: --dynamic after a multi-task yes, --expressive after an adaptive yes.
+    const json = await run(['select', '--model', GPT2, '--json', '--memory', 'ample', '--multi-task', '--no-dynamic', '--compute', 'limited', '--expressive']);
+    expect(json.code).toBe(0);
+    const parsed = JSON.parse(json.stdout) as { variant: string; unaskedFlags: unknown };
+    expect(parsed.variant).toBe('adalora');
+    expect(parsed.unaskedFlags).toEqual([
+      { flag: '--no-dynamic', question: 'dynamic' },
+      { flag: '--expressive', question: 'expressive' },
+    ]);
+    expect(json.stderr.trim().split('\n').at(-1)).toBe(
+      'lora: note: --no-dynamic, --expressive did not affect the choice of AdaLoRA: the flowchart asks about dynamic adaptation only when memory limits are not extreme and multi-task is not needed, and about expressiveness only when memory limits are not extreme and neither multi-task nor dynamic adaptation is needed.',
+    );
+    // Extreme memory ends the path at its first question.
+    const qlora = JSON.parse((await run(['select', '--model', GPT2, '--json', '--memory', 'extreme', '--no-multi-task'])).stdout) as { unaskedFlags: { flag: string }[] };
+    expect(qlora.unaskedFlags.map((entry) => entry.flag)).toEqual(['--no-multi-task']);
   });
 
   it('rejects an unknown flag with exit code 2 and one line of error', async () => {

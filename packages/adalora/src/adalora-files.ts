@@ -1,4 +1,5 @@
-import { saveAdapter, type AdapterModel } from '@lora/core';
+import { LoraError, saveAdapter, type AdapterModel } from '@lora/core';
+import { ADALORA_PLUGIN_NAME } from './adalora-config.js';
 
 /**
  * Save adapters exactly as PEFT saves AdaLoRA (`AdaLoraModel._get_adapter_state_dict`): each
@@ -8,11 +9,23 @@ import { saveAdapter, type AdapterModel } from '@lora/core';
  * (training can go on).
  *
  * Core's `saveAdapter` writes the same files (through the adapter's `tensorsForSave` hook); this
- * name is kept for discoverability.
+ * name is kept for discoverability, and refuses adapters of other methods (save those with `saveAdapter`).
  *
+ * @throws {LoraError} when an adapter to save (default: every adapter) is not AdaLoRA; nothing is written then.
  * @example
  * await saveAdaLoraAdapter(peft, './my-adalora'); // loads in Python PEFT with PeftModel.from_pretrained
  */
 export function saveAdaLoraAdapter(adapterModel: AdapterModel, directory: string, options: { adapterNames?: readonly string[] } = {}): Promise<void> {
+  // Checked first: a mixed model would otherwise be written in part under an AdaLoRA name.
+  for (const name of options.adapterNames ?? adapterModel.adapterNames) {
+    const { plugin } = adapterModel.adapterConfig(name);
+    if (plugin.peftType !== 'ADALORA') {
+      return Promise.reject(
+        new LoraError(`[adalora] saveAdaLoraAdapter: adapter "${name}" is ${plugin.name} (${plugin.peftType}), not AdaLoRA; nothing was written to ${directory}. Save it with saveAdapter from @lora/core.`, {
+          plugin: ADALORA_PLUGIN_NAME,
+        }),
+      );
+    }
+  }
   return saveAdapter(adapterModel, directory, options);
 }

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { AdapterModel, createLoraRegistry, initRuntime, loadAdapterModel, readSafetensorsFile, saveAdapter, train } from '@lora/core';
+import { AdapterModel, createLoraRegistry, initRuntime, loadAdapterModel, lora, readSafetensorsFile, saveAdapter, train } from '@lora/core';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -27,6 +28,21 @@ describe('training with the AdaLoRA hooks (core trainer)', () => {
   });
   afterAll(async () => {
     await rm(directory, { recursive: true, force: true });
+  });
+
+  it('saveAdaLoraAdapter refuses an adapter of another method, writing nothing', async () => {
+    const mixed = createLoraRegistry({ plugins: [adalora({ seed: 3 }), lora({ seed: 3 })] });
+    const peft = AdapterModel.create(new SmallNet(), { registry: mixed, plugin: 'adalora', config: CONFIG });
+    peft.addAdapter('plain', { plugin: 'lora', config: { r: 2, targetModules: ['fc1'] } });
+    const target = path.join(directory, 'mixed');
+    await expect(saveAdaLoraAdapter(peft, target)).rejects.toThrow(
+      `[adalora] saveAdaLoraAdapter: adapter "plain" is lora (LORA), not AdaLoRA; nothing was written to ${target}. Save it with saveAdapter from @lora/core.`,
+    );
+    expect(existsSync(target)).toBe(false);
+    // The AdaLoRA adapter alone is saved.
+    await saveAdaLoraAdapter(peft, target, { adapterNames: ['default'] });
+    expect(existsSync(path.join(target, 'adapter_config.json'))).toBe(true);
+    peft.dispose();
   });
 
   it('prunes to targetR × modules, keeps numTensors constant, and saves what it computes', async () => {

@@ -1,8 +1,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { BaseLayer } from './base-layer.js';
-import { LoraError } from './errors.js';
+import { LoraError, NonFiniteTensorError } from './errors.js';
+import { countNonFinite } from './finite.js';
 import { Module } from './module.js';
 import type { AdapterInputs, AdapterInstance, AdapterState, ApplyContext } from './plugin.js';
+import { tensorToEntry } from './safetensors.js';
 
 /** What an adapter layer asks of the `AdapterModel` that owns it while computing. */
 export interface AdapterLayerHost {
@@ -159,22 +161,23 @@ export class AdapterLayer extends Module {
 
   /**
    * Fold adapters into the base weight (default: the active ones). Already merged names are skipped.
-   * With `safe`, the merged weight is checked for NaN/Inf before the base is touched.
+   * With `safe`, the merged weight is checked for NaN/Inf before the base is touched
+   * ({@link NonFiniteTensorError} naming `where`, the layer's path, when given).
    * All or nothing: when one adapter cannot be merged (it throws), those this call merged are taken
    * out again before the error is rethrown.
    * @returns notes from the base when it cannot hold the merged weight exactly (a quantized base).
    */
-  merge(options: { adapterNames?: readonly string[]; safe?: boolean } = {}): string[] {
+  merge(options: { adapterNames?: readonly string[]; safe?: boolean; where?: string } = {}): string[] {
     const mergedBefore = this.mergedNames.length;
     try {
-      return this.mergeEach(options.adapterNames ?? this.active, options.safe ?? false);
+      return this.mergeEach(options.adapterNames ?? this.active, options.safe ?? false, options.where);
     } catch (error) {
       this.unmerge({ keep: mergedBefore });
       throw error;
     }
   }
 
-  private mergeEach(names: readonly string[], safe: boolean): string[] {
+  private mergeEach(names: readonly string[], safe: boolean, where: string | undefined): string[] {
     const notes: string[] = [];
     for (const name of names) {
       const instance = this.adapterMap.get(name);
@@ -187,8 +190,10 @@ export class AdapterLayer extends Module {
       let snapshot: unknown;
       try {
         if (safe) {
+          // On the device first; the host reads the values only to describe a weight that is not finite.
           const finite = tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0] === 1);
-          if (!finite) throw new LoraError(`[@lora/core] NaNs detected in the merged weights of adapter "${name}"; the base weight was not changed.`);
+          const { count, first } = finite ? { count: 0, first: null } : countNonFinite(tensorToEntry(merged));
+          if (count > 0) throw new NonFiniteTensorError({ tensor: `${where ? `${where}.` : ''}weight`, count, found: first!, merging: name });
         }
         snapshot = this.base_layer.snapshotForMerge?.();
         const result = this.base_layer.assignDenseWeight(merged);

@@ -121,6 +121,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * @throws {LoraError} when the model is already wrapped by an AdapterModel (it holds adapter layers): a second one would take over and break the first's layers.
    */
   constructor(model: M, options: { registry: LoraRegistry }) {
+    assertRegistry(options as { registry?: unknown } | undefined, 'new AdapterModel(model, { registry })');
     const wrapped = model.namedModules().filter(([, module]) => module instanceof AdapterLayer || module instanceof ModulesToSaveWrapper);
     if (wrapped.length > 0) {
       throw new LoraError(
@@ -200,6 +201,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * @throws {RegistryError} when the recipe's plugins are missing or do not compose; {ConfigError} on bad config or targets no layer matches; {LoraError} when the model is already wrapped.
    */
   static create<M extends Module>(model: M, options: CreateAdapterModelOptions): AdapterModel<M> {
+    assertRegistry(options as { registry?: unknown } | undefined, 'AdapterModel.create(model, { registry, config })');
     const pluginName = options.plugin ?? 'lora';
     options.registry.assertRecipe({ adapter: pluginName, transforms: options.transforms ?? [] });
     const adapterName = options.adapterName ?? 'default';
@@ -454,10 +456,16 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
 
   /**
    * Make one adapter, or several summed in order, active and trainable; all others inactive and frozen.
-   * @throws {LoraError} for an unknown name.
+   * @throws {LoraError} for an unknown name, an empty list (use `disableAdapters` to run the base
+   * model alone) or a name given twice (it would be applied twice).
    */
   setAdapter(names: string | readonly string[]): void {
     const list = typeof names === 'string' ? [names] : [...names];
+    if (list.length === 0) {
+      throw new LoraError('[@lora/core] setAdapter([]) would leave no adapter active and nothing trainable; name at least one adapter, or run the base model alone with disableAdapters(fn).');
+    }
+    const twice = list.find((name, i) => list.indexOf(name) !== i);
+    if (twice !== undefined) throw new LoraError(`[@lora/core] setAdapter: adapter "${twice}" is named twice; each active adapter is applied once, so name it once.`);
     for (const name of list) this.adapterConfig(name);
     for (const [, layer] of this.adapterLayers()) {
       if (layer.merged) layer.unmerge();
@@ -573,10 +581,10 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
     // An unknown name would otherwise merge nothing, silently.
     for (const name of options.adapterNames ?? []) this.adapterConfig(name);
     const notes = new Set<string>();
-    const layers = this.adapterLayers().map(([, layer]) => ({ layer, mergedBefore: layer.mergedAdapters.length }));
+    const layers = this.adapterLayers().map(([path, layer]) => ({ path, layer, mergedBefore: layer.mergedAdapters.length }));
     try {
-      for (const { layer } of layers) {
-        for (const note of layer.merge({ adapterNames: options.adapterNames ?? this.active, safe: options.safe })) notes.add(note);
+      for (const { path, layer } of layers) {
+        for (const note of layer.merge({ adapterNames: options.adapterNames ?? this.active, safe: options.safe, where: path })) notes.add(note);
       }
     } catch (error) {
       for (const { layer, mergedBefore } of layers) layer.unmerge({ keep: mergedBefore });
@@ -790,3 +798,18 @@ function stripDerived(config: LoraConfig): Record<string, unknown> {
 }
 
 export type { BaseLayer };
+
+/**
+ * Untyped callers (plain JavaScript) reach here without a registry; say what to pass instead of
+ * failing on a property of undefined.
+ */
+function assertRegistry(options: { registry?: unknown } | undefined, call: string): void {
+  const registry = options?.registry as Partial<LoraRegistry> | undefined;
+  if (typeof registry?.adapter === 'function' && typeof registry.assertRecipe === 'function') return;
+  throw new ConfigError({
+    field: 'registry',
+    received: registry,
+    expected: 'a registry from createLoraRegistry({ plugins: [...] })',
+    hint: `Pass it to ${call}, e.g. { registry: createLoraRegistry({ plugins: [lora()] }) }.`,
+  });
+}

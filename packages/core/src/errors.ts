@@ -183,13 +183,20 @@ export class NonFiniteTensorError extends LoraError {
   /** The first such value (NaN, Infinity or -Infinity). */
   readonly found: number;
 
-  /** With `saving`, the tensor was about to be written to `file` (and nothing was written), else it was read from it. */
-  constructor(options: { file?: string; tensor: string; count: number; found: number; plugin?: string; saving?: boolean }) {
+  /**
+   * With `saving`, the tensor was about to be written to `file` (and nothing was written); with
+   * `merging` (the adapter's name), it is the weight a safe merge of that adapter would have made
+   * (and the base was not changed); else it was read from `file`.
+   */
+  constructor(options: { file?: string; tensor: string; count: number; found: number; plugin?: string; saving?: boolean; merging?: string }) {
+    const plugin = options.plugin ?? '@lora/core';
     const values = `tensor ${describeValue(options.tensor)} holds ${options.count} non-finite value${options.count === 1 ? '' : 's'} (first: ${options.found})`;
     super(
-      options.saving
-        ? `[${options.plugin ?? '@lora/core'}] Not writing ${options.file ?? 'the weights'}: ${values}; nothing was written. Non-finite weights come from a diverged run or from non-finite weights loaded with allowNonFinite; retrain, or start from finite weights.`
-        : `[${options.plugin ?? '@lora/core'}] ${options.file ? `${options.file}: ` : ''}${values}; expected finite weights. The file is corrupt or comes from a diverged run; pass allowNonFinite (CLI: --allow-non-finite) to load it anyway.`,
+      options.merging !== undefined
+        ? `[${plugin}] Not merging adapter ${describeValue(options.merging)}: the merged ${values}; the base weight was not changed. The adapter or the base holds non-finite weights (a diverged run, or weights loaded with allowNonFinite); retrain the adapter, or leave it unmerged.`
+        : options.saving
+          ? `[${plugin}] Not writing ${options.file ?? 'the weights'}: ${values}; nothing was written. Non-finite weights come from a diverged run or from non-finite weights loaded with allowNonFinite; retrain, or start from finite weights.`
+          : `[${plugin}] ${options.file ? `${options.file}: ` : ''}${values}; expected finite weights. The file is corrupt or comes from a diverged run; pass allowNonFinite (CLI: --allow-non-finite) to load it anyway.`,
       { plugin: options.plugin },
     );
     this.file = options.file;

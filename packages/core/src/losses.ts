@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { fusedRowCrossEntropy } from './cross-entropy.js';
-import { ShapeError } from './errors.js';
+import { LoraError, ShapeError } from './errors.js';
 
 /** Label value ignored by the losses, as PyTorch's `ignore_index`. */
 export const IGNORE_INDEX = -100;
@@ -22,17 +22,49 @@ function maskedCrossEntropy(logits2d: tf.Tensor2D, labels: tf.Tensor1D): tf.Scal
   });
 }
 
+// Backends whose tensors live in host memory, where reading the labels costs a copy of a few KB and
+// no wait for queued work. On a GPU backend (webgl, webgpu) a read would stall the pipeline every
+// step, so the labels are not checked there: an out-of-range label then adds 0 to the sum (tfjs's
+// oneHot gives a row of zeros) while it still counts in the mean.
+const HOST_MEMORY_BACKENDS = new Set(['cpu', 'wasm', 'tensorflow']);
+
+/**
+ * Refuse a label that is neither an index into the `classes` logits nor {@link IGNORE_INDEX}, as
+ * PyTorch's cross-entropy does ("Target out of bounds"): counted in the mean, it would silently
+ * lower the loss. `skip(row, column)` marks positions that are never a target.
+ */
+function checkLabels(caller: string, labels: tf.Tensor, classes: number, skip?: (index: number) => boolean): void {
+  if (!HOST_MEMORY_BACKENDS.has(tf.getBackend())) return;
+  const values = labels.dataSync();
+  const columns = labels.rank === 2 ? labels.shape[1]! : 0;
+  for (let i = 0; i < values.length; i++) {
+    const value = values[i]!;
+    if (value === IGNORE_INDEX || (Number.isInteger(value) && value >= 0 && value < classes) || skip?.(i)) continue;
+    const at = labels.rank === 2 ? `[${Math.floor(i / columns)}][${i % columns}]` : `[${i}]`;
+    throw new LoraError(
+      `[@lora/core] ${caller}: labels${at} must be an integer from 0 to ${classes - 1} (the logits have ${classes} classes) or ${IGNORE_INDEX} (ignored), got ${value}. ` +
+        `Fix the labels, or set positions that have no target to ${IGNORE_INDEX}.`,
+    );
+  }
+}
+
 /**
  * Mean next-token cross-entropy of a causal language model, as transformers computes it: logits
  * [B, T, V] predict `labels` [B, T] shifted by one; labels equal to -100 (and positions whose
  * `attentionMask` is 0, when given) are ignored.
+ * @throws {ShapeError} when the shapes do not agree.
+ * @throws {LoraError} for a label that is not an index into the vocabulary nor -100 (checked on the
+ * cpu, wasm and tensorflow backends; not on GPU backends, where reading the labels would stall every step).
  */
 export function causalLmLoss(logits: tf.Tensor, labels: tf.Tensor, attentionMask?: tf.Tensor): tf.Scalar {
   if (logits.rank !== 3 || labels.rank !== 2 || logits.shape[0] !== labels.shape[0] || logits.shape[1] !== labels.shape[1]) {
     throw new ShapeError('[@lora/core] causalLmLoss logits vs labels', [labels.shape[0] ?? null, labels.shape[1] ?? null, null], logits.shape);
   }
+  const [batch, time, vocab] = logits.shape as [number, number, number];
+  // The first position is never a target, nor is one the attention mask leaves out.
+  const mask = attentionMask && HOST_MEMORY_BACKENDS.has(tf.getBackend()) ? attentionMask.dataSync() : undefined;
+  checkLabels('causalLmLoss', labels, vocab, (i) => i % time === 0 || (mask !== undefined && mask[i] === 0));
   return tf.tidy(() => {
-    const [batch, time, vocab] = logits.shape as [number, number, number];
     // Position t predicts label t + 1. The labels move left (the last position gets none) rather
     // than the logits being cut: the mean is the same, and the gradient needs no pad back to the
     // logits' shape (a slice's gradient) over the whole [batch, time, vocab].
@@ -46,10 +78,15 @@ export function causalLmLoss(logits: tf.Tensor, labels: tf.Tensor, attentionMask
   });
 }
 
-/** Mean cross-entropy of classification logits [B, C] against integer labels [B]. */
+/**
+ * Mean cross-entropy of classification logits [B, C] against integer labels [B] (-100: ignored).
+ * @throws {ShapeError} when the shapes do not agree.
+ * @throws {LoraError} for a label outside 0…C−1 other than -100 (checked as in {@link causalLmLoss}).
+ */
 export function classificationLoss(logits: tf.Tensor, labels: tf.Tensor): tf.Scalar {
   if (logits.rank !== 2 || labels.rank !== 1 || logits.shape[0] !== labels.shape[0]) {
     throw new ShapeError('[@lora/core] classificationLoss logits vs labels', [labels.shape[0] ?? null, null], logits.shape);
   }
+  checkLabels('classificationLoss', labels, logits.shape[1]!);
   return tf.tidy(() => maskedCrossEntropy(logits as tf.Tensor2D, tf.cast(labels, 'int32') as tf.Tensor1D));
 }

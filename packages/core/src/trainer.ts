@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { allFinite, sumOfSquares } from './tensor-reductions.js';
-import { TrainingError, type TrainingStopReason } from './errors.js';
+import { describeValue, LoraError, TrainingError, type TrainingStopReason } from './errors.js';
 import { yieldToEventLoop } from './event-loop.js';
 import { fileHost } from './file-host.js';
 import { faultPoint, pathExists, readSafetensorsFile, writeSafetensorsFile } from './files.js';
@@ -16,7 +16,7 @@ import {
   type StoredHookState,
 } from './hook-checkpoint.js';
 import { deriveSeed, withSeededRandom } from './random-scope.js';
-import type { Module } from './module.js';
+import { Module } from './module.js';
 import { AdamW, LEARNING_RATE_SCHEDULES, learningRateAt, type LearningRateSchedule, type OptimizerSnapshot, type TrainOptimizer } from './optimizer.js';
 import type { TrainingHookCheckpoint, TrainingHooks } from './plugin.js';
 import { resolveTrainingTarget, type TrainingTarget } from './training-target.js';
@@ -204,6 +204,32 @@ function describeStop(reason: TrainingStopReason, value: number): string {
   }
 }
 
+function isBatchSource(value: unknown): boolean {
+  if (Array.isArray(value)) return true;
+  const source = value as { length?: unknown; get?: unknown } | null | undefined;
+  return typeof source === 'object' && source !== null && Number.isInteger(source.length) && typeof source.get === 'function';
+}
+
+/**
+ * The options a plain-JavaScript caller can leave out or mistype (TypeScript's types say the same):
+ * a typed error saying what to pass, instead of a TypeError from deep inside the first step.
+ */
+function checkTrainInputs<Batch>(options: TrainOptions<Batch>): void {
+  const model = options?.model as { namedTrainableVariables?: unknown } | undefined;
+  if (!(model instanceof Module) && typeof model?.namedTrainableVariables !== 'function') {
+    throw new TrainingError(`[@lora/core] train: model must be a Module or an AdapterModel, got ${describeValue(options?.model)}.`);
+  }
+  if (typeof options.lossFn !== 'function') {
+    throw new TrainingError(`[@lora/core] train: lossFn must be a function from a batch to a scalar loss, got ${describeValue(options.lossFn)}. Pass e.g. (batch) => causalLmLoss(model.forward(batch), batch).`);
+  }
+  for (const key of ['trainData', 'evalData'] as const) {
+    if (key === 'evalData' && options.evalData === undefined) continue;
+    if (!isBatchSource(options[key])) {
+      throw new TrainingError(`[@lora/core] train: ${key} must be an array of batches or { length, get(index) }, got ${describeValue(options[key])}.`);
+    }
+  }
+}
+
 /**
  * Train the model's trainable variables (only those: frozen base weights get no gradients and no
  * optimizer state) with AdamW, gradient clipping, warm-up and a schedule, gradient accumulation,
@@ -223,6 +249,7 @@ function describeStop(reason: TrainingStopReason, value: number): string {
  */
 export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainResult> {
   const accumulation = options.gradientAccumulationSteps ?? 1;
+  checkTrainInputs(options);
   if (!Number.isInteger(options.steps) || options.steps <= 0) {
     throw new TrainingError(`[@lora/core] train: steps must be a positive integer, got ${options.steps}.`);
   }
@@ -274,6 +301,8 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
   let good: Snapshot | null = null;
   let checkpointDue = false;
 
+  // Made (or found) now, so a path that cannot hold the checkpoint fails before any step is spent.
+  if (checkpoint) await makeCheckpointDirectory(checkpoint.directory);
   if (checkpoint && (options.resume ?? true)) {
     // Before the variables are listed: a hook's state may rebuild variables.
     startStep = await restoreCheckpoint(checkpoint.directory, () => target.namedVariables(), optimizer, checkpointed);
@@ -522,6 +551,17 @@ interface CheckpointState {
   readonly hooks?: Readonly<Record<string, StoredHookState>>;
 }
 
+async function makeCheckpointDirectory(directory: string): Promise<void> {
+  try {
+    await fileHost().mkdir(directory);
+  } catch (error) {
+    if (error instanceof LoraError) throw error;
+    const code = (error as { code?: string }).code;
+    const why = code === 'EEXIST' || code === 'ENOTDIR' ? 'it (or a folder above it) is a file' : `${(error as Error).message ?? String(error)}`;
+    throw new TrainingError(`[@lora/core] train: cannot use checkpoint.directory ${directory}: ${why}. Pass a directory path (it is created when missing).`, { cause: error });
+  }
+}
+
 async function writeCheckpoint(
   directory: string,
   named: [string, tf.Variable][],
@@ -564,6 +604,8 @@ function readState(file: string, metadata: Readonly<Record<string, string>>): Ch
   return record as CheckpointState;
 }
 
+const RESUME_FIX = 'Resume with the model and adapter config it was written for, pass resume: false to start over, or use another checkpoint.directory.';
+
 /**
  * Load a checkpoint into the hooks, then the variables (listed after the hooks are restored, as a
  * hook may rebuild them), then the optimizer. Returns its step, or 0 when there is none.
@@ -585,11 +627,11 @@ async function restoreCheckpoint(
   for (const [name, variable] of named) {
     const param = contents.tensors.get(`param.${name}`);
     if (!param) {
-      throw new TrainingError(`[@lora/core] The checkpoint ${file} has no tensor for "${name}"; it was written for another model or adapter.`);
+      throw new TrainingError(`[@lora/core] The checkpoint ${file} has no tensor for "${name}"; it was written for another model or adapter. ${RESUME_FIX}`);
     }
     if (param.shape.length !== variable.shape.length || param.shape.some((d, i) => d !== variable.shape[i])) {
       throw new TrainingError(
-        `[@lora/core] The checkpoint ${file} has "${name}" of shape [${param.shape.join(', ')}], the model [${variable.shape.join(', ')}]; it was written for another model or adapter.`,
+        `[@lora/core] The checkpoint ${file} has "${name}" of shape [${param.shape.join(', ')}], the model [${variable.shape.join(', ')}]; it was written for another model or adapter. ${RESUME_FIX}`,
       );
     }
     tf.tidy(() => variable.assign(entryToTensor(param, name)));

@@ -12,6 +12,7 @@ import {
   loadAdapterModel,
   lora,
   LoraError,
+  NonFiniteTensorError,
   ModulesToSaveWrapper,
   PLUGIN_SPECIFICATION_VERSION,
   serializeAdapter,
@@ -188,6 +189,32 @@ describe('AdapterModel', () => {
     adapterModel.dispose();
   });
 
+  it('refuses setAdapter with no name or a name twice, leaving the active adapters as they were', () => {
+    const adapterModel = create({ r: 2, targetModules: ['c_attn'] });
+    adapterModel.addAdapter('second', { config: { r: 3, targetModules: ['c_attn'] } });
+    adapterModel.setAdapter(['default', 'second']);
+    const trainable = (): string[] => adapterModel.model.namedParameters().filter(([, v]) => v.trainable).map(([p]) => p);
+    const before = trainable();
+    expect(() => adapterModel.setAdapter([])).toThrow(/setAdapter\(\[\]\) would leave no adapter active and nothing trainable; .* disableAdapters\(fn\)\.$/u);
+    expect(() => adapterModel.setAdapter(['second', 'default', 'second'])).toThrow(/^\[@lora\/core\] setAdapter: adapter "second" is named twice;/u);
+    expect(adapterModel.activeAdapters).toEqual(['default', 'second']);
+    expect(trainable()).toEqual(before);
+    adapterModel.dispose();
+  });
+
+  it('names the missing registry of an untyped caller with a ConfigError', async () => {
+    const model = new Gpt2ShapedTree({ width: 16, seed: 1 });
+    const loose = { registry: undefined } as unknown as { registry: ReturnType<typeof createLoraRegistry>; config: unknown };
+    expect(() => AdapterModel.create(model, { ...loose, config: { r: 2, targetModules: ['c_attn'] } })).toThrow(
+      /^\[@lora\/core\] Invalid config: registry must be a registry from createLoraRegistry\(\{ plugins: \[\.\.\.\] \}\), got undefined\. Pass it to AdapterModel\.create/u,
+    );
+    expect(() => new AdapterModel(model, loose)).toThrow(ConfigError);
+    await expect(loadAdapterModel(model, { files: {} } as never, loose)).rejects.toThrow(/registry must be a registry from createLoraRegistry/u);
+    // Nothing was frozen on the way.
+    expect(model.namedParameters().every(([, v]) => v.trainable)).toBe(true);
+    model.dispose();
+  });
+
   it('refuses to delete a merged adapter', () => {
     const adapterModel = create({ r: 2, targetModules: ['c_attn'] });
     adapterModel.merge();
@@ -205,7 +232,19 @@ describe('AdapterModel', () => {
     tf.tidy(() => last.loraB.assign(tf.fill(last.loraB.shape, Number.NaN)));
     const weightsOf = (): Float32Array[] => tf.tidy(() => adapterModel.adapterLayers().map(([, layer]) => layer.base_layer.denseWeight().dataSync() as Float32Array));
     const before = weightsOf();
-    expect(() => adapterModel.merge({ safe: true })).toThrow(/NaNs detected/u);
+    const [lastPath] = instances.at(-1)!;
+    const weightSize = tf.tidy(() => adapterModel.adapterLayers().find(([path]) => path === lastPath)![1].base_layer.denseWeight().size);
+    let error: unknown;
+    try {
+      adapterModel.merge({ safe: true });
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(NonFiniteTensorError);
+    expect((error as NonFiniteTensorError).message).toBe(
+      `[@lora/core] Not merging adapter "default": the merged tensor "${lastPath}.weight" holds ${weightSize} non-finite values (first: NaN); the base weight was not changed. ` +
+        'The adapter or the base holds non-finite weights (a diverged run, or weights loaded with allowNonFinite); retrain the adapter, or leave it unmerged.',
+    );
     expect(adapterModel.adapterLayers().every(([, layer]) => layer.mergedAdapters.length === 0)).toBe(true);
     // W + ΔW − ΔW: float32 rounding only (without the roll-back the first layers would hold W + ΔW).
     weightsOf().forEach((weight, i) => expectTensorsClose(weight, before[i]!, { atol: 1e-5, rtol: 0 }));

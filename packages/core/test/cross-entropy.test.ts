@@ -34,8 +34,7 @@ describe('cross-entropy: the fused WASM kernels against the composite form', () 
 
   it.each([
     [[6, 7] as [number, number], [0, 6, -100, 3, -100, 2]],
-    // Another negative label means class 0 and one past the classes selects nothing (the composite form's rules).
-    [[5, 257] as [number, number], [256, -3, 257, 0, 100]],
+    [[5, 257] as [number, number], [256, -100, 255, 0, 100]],
     [[3, 4] as [number, number], [-100, -100, -100]],
   ])('gives the loss and gradient of the plain-JS composite form for logits %j and labels %j', async (shape, labels) => {
     const logits = Array.from({ length: shape[0] * shape[1] }, (_, i) => Math.sin(i * 1.9) * 8);
@@ -56,6 +55,32 @@ describe('cross-entropy: the fused WASM kernels against the composite form', () 
     const loss = causalLmLoss(logits, labels);
     expect(Number.isNaN(loss.dataSync()[0])).toBe(true);
     tf.dispose([logits, labels, loss]);
+  });
+
+  it.each(['wasm', 'cpu'])('refuses a label outside the classes other than -100, naming its position (%s)', async (backend) => {
+    await tf.setBackend(backend);
+    await withoutTensorLeaks(() => {
+      const logits = tf.zeros([2, 3, 5]);
+      // Position 0 of a row is never a target, and the mask leaves out [1][2]: neither is checked.
+      const labels = tf.tensor2d([7, 1, 4, 9, 0, 7], [2, 3], 'int32');
+      const mask = tf.tensor2d([1, 1, 1, 1, 1, 0], [2, 3], 'int32');
+      tf.dispose(causalLmLoss(logits, labels, mask));
+      expect(() => causalLmLoss(logits, labels)).toThrow(
+        /^\[@lora\/core\] causalLmLoss: labels\[1\]\[2\] must be an integer from 0 to 4 \(the logits have 5 classes\) or -100 \(ignored\), got 7\. Fix the labels/u
+      );
+      const negative = tf.tensor2d([0, -1, 2], [1, 3], 'int32');
+      const small = tf.zeros([1, 3, 5]);
+      expect(() => causalLmLoss(small, negative)).toThrow(/labels\[0\]\[1\] must be .* got -1\./u);
+      const classes = tf.zeros([3, 4]);
+      const [outside, fraction, valid] = [tf.tensor1d([0, 4, -100], 'int32'), tf.tensor1d([0, 1.5, 2], 'float32'), tf.tensor1d([3, -100, 0], 'int32')];
+      expect(() => classificationLoss(classes, outside)).toThrow(/classificationLoss: labels\[1\] must be an integer from 0 to 3 .* got 4\./u);
+      expect(() => classificationLoss(classes, fraction)).toThrow(/labels\[1\] .* got 1\.5\./u);
+      const loss = classificationLoss(classes, valid);
+      expect(loss.dataSync()[0]).toBeCloseTo(Math.log(4), 6);
+      tf.dispose([small, outside, fraction, valid, loss]);
+      tf.dispose([logits, labels, mask, negative, classes]);
+    });
+    await tf.setBackend('wasm');
   });
 
   it('leaves no tensors behind', async () => {

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -406,8 +406,43 @@ describe('train', () => {
     const adapterModel = setUp();
     await expect(train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 0 })).rejects.toThrow(/steps must be a positive integer/u);
     await expect(train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: [], steps: 1 })).rejects.toThrow(/no batches/u);
+    // What an untyped (plain JavaScript) caller can pass: typed errors naming the option, not TypeErrors.
+    const loose = train as unknown as (options: Record<string, unknown>) => Promise<unknown>;
+    await expect(loose({ lossFn: mse(adapterModel.model), trainData: data, steps: 1 })).rejects.toThrow(
+      /^\[@lora\/core\] train: model must be a Module or an AdapterModel, got undefined\.$/u,
+    );
+    await expect(loose({ model: adapterModel, trainData: data, steps: 1 })).rejects.toThrow(/train: lossFn must be a function from a batch to a scalar loss, got undefined\. Pass e\.g\./u);
+    await expect(loose({ model: adapterModel, lossFn: mse(adapterModel.model), steps: 1 })).rejects.toThrow(/train: trainData must be an array of batches or \{ length, get\(index\) \}, got undefined\./u);
+    await expect(loose({ model: adapterModel, lossFn: mse(adapterModel.model), trainData: data, evalData: { length: 2 }, steps: 1 })).rejects.toThrow(/train: evalData must be/u);
+    await expect(loose({ model: adapterModel, lossFn: 'mse', trainData: data, steps: 1 })).rejects.toBeInstanceOf(TrainingError);
     adapterModel.model.setTrainable(false);
     await expect(train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 1 })).rejects.toThrow(/no trainable variables/u);
+    adapterModel.dispose();
+  });
+
+  it('refuses a checkpoint directory that is a file before any step, and says how to fix a checkpoint of another model', async () => {
+    const adapterModel = setUp();
+    const file = path.join(directory, 'not-a-directory');
+    await writeFile(file, 'the user\'s file');
+    let steps = 0;
+    const options = { model: adapterModel, lossFn: mse(adapterModel.model), trainData: data, steps: 2, onProgress: () => (steps += 1) };
+    for (const target of [file, path.join(file, 'below')]) {
+      await expect(train({ ...options, checkpoint: { directory: target, every: 1 } })).rejects.toThrow(
+        `[@lora/core] train: cannot use checkpoint.directory ${target}: it (or a folder above it) is a file. Pass a directory path (it is created when missing).`,
+      );
+    }
+    expect(steps).toBe(0);
+    expect(await readFile(file, 'utf8')).toBe('the user\'s file');
+    // A checkpoint of rank 4 resumed by a rank-2 adapter.
+    const checkpointDirectory = path.join(directory, 'other-shape');
+    await train({ ...options, steps: 1, checkpoint: { directory: checkpointDirectory, every: 1 } });
+    const registry = createLoraRegistry({ plugins: [lora({ seed: 3 })] });
+    const other = AdapterModel.create(new Gpt2ShapedTree({ width: 16, seed: 1 }), { registry, config: { r: 2, loraAlpha: 8, targetModules: ['c_attn', 'c_proj'] } });
+    await expect(train({ ...options, model: other, lossFn: mse(other.model), checkpoint: { directory: checkpointDirectory, every: 1 } })).rejects.toThrow(
+      /it was written for another model or adapter\. Resume with the model and adapter config it was written for, pass resume: false to start over, or use another checkpoint\.directory\.$/u,
+    );
+    await train({ ...options, model: other, lossFn: mse(other.model), resume: false, checkpoint: { directory: checkpointDirectory, every: 1 } });
+    other.dispose();
     adapterModel.dispose();
   });
 });

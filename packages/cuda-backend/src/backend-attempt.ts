@@ -82,6 +82,23 @@ export function backendContext(options: UseBestBackendOptions, availableCores: n
   };
 }
 
+// setTimeout fires at once for a delay past 2³¹ − 1 ms (about 24.8 days), as for 0 or a negative one.
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/**
+ * A start-up timeout option in ms (default 30 000): a number above 0 and at most 2³¹ − 1, which
+ * is what `setTimeout` honours; anything else would time the backend out at once, and it would be
+ * passed over as if it had failed.
+ * @throws {BackendUnavailableError} naming the option, the value and the range.
+ */
+export function startTimeoutMs(value: number | undefined, option: string): number {
+  if (value === undefined) return 30_000;
+  if (typeof value !== 'number' || !(value > 0 && value <= MAX_TIMEOUT_MS)) {
+    throw new BackendUnavailableError(`[@lora/cuda-backend] ${option} must be a number of milliseconds above 0 and at most ${MAX_TIMEOUT_MS}, got ${String(value)}. Pass e.g. { ${option}: 30000 }.`, []);
+  }
+  return value;
+}
+
 /** What {@link selectFirstBackend} needs besides the user's options. */
 export interface BackendSelection<Context extends BackendContext> {
   /** The kinds to try, in order (from `backendOrder`). */

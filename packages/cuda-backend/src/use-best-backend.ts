@@ -1,7 +1,7 @@
 import type { RuntimeReport } from '@lora/core';
 import * as tf from '@tensorflow/tfjs-core';
 import os from 'node:os';
-import { backendContext, selectFirstBackend, Skip, startedWasm, type BackendContext, type StartedBackend } from './backend-attempt.js';
+import { backendContext, selectFirstBackend, Skip, startedWasm, startTimeoutMs, type BackendContext, type StartedBackend } from './backend-attempt.js';
 import { BACKEND_DESCRIPTIONS, type BackendAttempt, type BackendKind } from './backend-kinds.js';
 import { BackendInitError } from './errors.js';
 import { errorLine, isUsingGpuDevice, loadNativePackage, NATIVE_BACKEND_NAME, nativeLoadedBy, type ModuleImporter } from './native.js';
@@ -31,7 +31,7 @@ export interface UseBestBackendOptions {
   readonly fastMatMul?: boolean;
   /** Loads the optional native packages (default: `import()`). For tests, and bundlers that need a static map. */
   readonly importModule?: ModuleImporter;
-  /** Give up on a backend that has not started after this long, in ms (default 30 000). */
+  /** Give up on a backend that has not started after this long, in ms (default 30 000; above 0, at most 2³¹ − 1: a bad value is refused, not run as an instant timeout). */
   readonly initTimeoutMs?: number;
   /**
    * Browser only: the URL prefix (ending in `/`) the `.wasm` files of `@tensorflow/tfjs-backend-wasm`
@@ -171,7 +171,7 @@ async function startKind(kind: BackendKind, context: Context): Promise<StartedBa
  * @param options Preferred backends, fallback, thread count, fast matMul; see {@link UseBestBackendOptions}.
  * @returns What was chosen, with every skipped backend and the reason (see {@link formatBackendReport}).
  * @throws {BackendUnavailableError} when no acceptable backend starts (its `attempts` say why each failed),
- * or when `prefer` names an unknown backend.
+ * or when `prefer` names an unknown backend, or `threads` or `initTimeoutMs` is out of range.
  * @example
  * import { useBestBackend, formatBackendReport } from '@lora/cuda-backend';
  * const report = await useBestBackend();          // e.g. kind 'wasm-threads', 2 threads
@@ -184,7 +184,7 @@ export async function useBestBackend(options: UseBestBackendOptions = {}): Promi
   const prefer = options.prefer ?? (isBackendKind(fromEnvironment) ? fromEnvironment : undefined);
   const order = backendOrder(prefer, options.fallback ?? true);
   const cores = availableCores();
-  const context: Context = { ...backendContext(options, cores), initTimeoutMs: options.initTimeoutMs ?? 30_000 };
+  const context: Context = { ...backendContext(options, cores), initTimeoutMs: startTimeoutMs(options.initTimeoutMs, 'initTimeoutMs') };
   return selectFirstBackend(options, {
     order,
     context,

@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
+import { startTimeoutMs } from './backend-attempt.js';
 import { MAX_WASM_THREADS } from './backend-kinds.js';
 import { BackendInitError } from './errors.js';
 
@@ -54,7 +55,7 @@ export interface StartWasmOptions {
   readonly name?: string;
   /** Threads for XNNPACK's pool; 1 starts the single-threaded SIMD build (default 1). */
   readonly threads?: number;
-  /** Give up on a backend that has not started after this long (default 30 000 ms). */
+  /** Give up on a backend that has not started after this long (default 30 000 ms; above 0, at most 2³¹ − 1). */
   readonly timeoutMs?: number;
 }
 
@@ -185,7 +186,7 @@ function describeError(error: unknown): string {
 export async function startWasmBackend(options: StartWasmOptions = {}): Promise<WasmStartResult> {
   const name = options.name ?? 'wasm';
   const threads = Math.min(MAX_WASM_THREADS, Math.max(1, Math.floor(options.threads ?? 1)));
-  const timeoutMs = options.timeoutMs ?? 30_000;
+  const timeoutMs = startTimeoutMs(options.timeoutMs, 'timeoutMs');
   const kind = threads > 1 ? 'wasm-threads' : 'wasm';
   const wasm = await loadWasmPackage();
   const base = wasmFactory();

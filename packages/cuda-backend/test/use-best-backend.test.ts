@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { fastWasmKernels } from '@lora/core';
-import { BackendUnavailableError, backendOrder, BACKEND_ORDER, useBestBackend, type ModuleImporter } from '../src/index.node.js';
+import { BackendUnavailableError, backendOrder, BACKEND_ORDER, startWasmBackend, useBestBackend, type ModuleImporter } from '../src/index.node.js';
 import { resetNativeStateForTests } from '../src/native.js';
 import { nothingInstalled, notInstalledError, registerFakeTensorflowBackend, removeFakeTensorflowBackend } from './helpers.js';
 
@@ -134,6 +134,19 @@ describe('useBestBackend', () => {
 
   it('rejects a thread count that is not a positive integer', async () => {
     await expect(useBestBackend({ threads: 0 })).rejects.toThrow(/threads must be a positive integer, got 0/u);
+  });
+
+  it.each([-5, 0, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 31])('refuses initTimeoutMs %s before trying a backend (setTimeout would fire at once)', async (value) => {
+    let imports = 0;
+    const counting = (specifier: string): Promise<unknown> => {
+      imports += 1;
+      return nothingInstalled(specifier);
+    };
+    await expect(useBestBackend({ initTimeoutMs: value, importModule: counting })).rejects.toThrow(
+      `[@lora/cuda-backend] initTimeoutMs must be a number of milliseconds above 0 and at most 2147483647, got ${String(value)}. Pass e.g. { initTimeoutMs: 30000 }.`,
+    );
+    expect(imports).toBe(0);
+    await expect(startWasmBackend({ timeoutMs: value })).rejects.toThrow(/timeoutMs must be a number of milliseconds above 0/u);
   });
 
   it('uses LORA_BACKEND as the preferred backend when it names one', async () => {
