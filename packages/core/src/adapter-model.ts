@@ -114,6 +114,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
   private readonly entries = new Map<string, AdapterEntry>();
   private active: string[] = [];
   private disabledDepth = 0;
+  private disposed = false;
   private currentInputs: AdapterInputs = NO_INPUTS;
 
   /**
@@ -137,6 +138,13 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
     model.adapterInputScope = (inputs, fn) => this.withAdapterInputs(inputs, fn);
   }
 
+  /** After `dispose()` every weight is freed: each use says so, instead of failing deep inside tfjs or doing nothing. */
+  private assertLive(call: string): void {
+    if (this.disposed) {
+      throw new LoraError(`[@lora/core] AdapterModel.${call}: this AdapterModel was disposed, and its model's weights with it; load or create the model and the AdapterModel again.`);
+    }
+  }
+
   /** The per-forward adapter inputs of the pass in progress (`{}` outside one). */
   adapterInputs(): AdapterInputs {
     return this.currentInputs;
@@ -158,6 +166,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * const logits = peft.withAdapterInputs({ condition }, () => model.forward(ids));
    */
   withAdapterInputs<T>(inputs: AdapterInputs, fn: () => T): T {
+    this.assertLive('withAdapterInputs');
     const previous = this.currentInputs;
     const states = this.disabledDepth > 0 ? [] : this.active.map((name) => this.entries.get(name)?.state).filter((state) => state !== undefined);
     const training = this.model.training;
@@ -221,6 +230,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
 
   /** Replace the layers a base transform selects (e.g. 4-bit quantization). Returns the replaced paths. */
   applyBaseTransform(transform: BaseTransform): string[] {
+    this.assertLive('applyBaseTransform');
     return replaceLayers(this.model, (path, module) => {
       if (module instanceof AdapterLayer || !isBaseLayer(module) || this.isInsideWrapper(path)) return null;
       if (!transform.shouldTransform(path, module, { model: this.model })) return null;
@@ -317,6 +327,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * @throws {ConfigError} on an invalid config or when no module matches the targets.
    */
   addAdapter(name: string, options: { plugin?: string; config: unknown }): void {
+    this.assertLive('addAdapter');
     const planned = this.planAdapter(name, options);
     const { plugin, targetModules, modulesToSave, matched } = planned;
     let { config } = planned;
@@ -368,6 +379,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
         hint: `Linear layers here are named like: ${examples.join(', ') || '(none)'}.`,
       });
     }
+    this.checkModulesToSave(modulesToSave);
     return { plugin, config, targetModules, modulesToSave, matched };
   }
 
@@ -424,12 +436,19 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
     this.applyTrainableFlags();
   }
 
-  private wrapModulesToSave(adapterName: string, modulesToSave: readonly string[]): void {
+  /** The modules `modulesToSave` entries are matched against (PEFT's `_set_trainable`). */
+  private modulesToSaveCandidates(): [string, Module][] {
+    return this.model.namedModules().filter(([path, module]) => path !== '' && !this.isInsideWrapper(path) && !(module instanceof AdapterLayer));
+  }
+
+  /**
+   * Every `modulesToSave` entry the user gave must match a module (checked by `planAdapter`, before
+   * anything changes). PEFT's `_set_trainable`: a plain endswith, with no dot boundary.
+   * @throws {ConfigError} naming the entries that match nothing.
+   */
+  private checkModulesToSave(modulesToSave: readonly string[]): void {
     if (modulesToSave.length === 0) return;
-    // PEFT's _set_trainable: a plain endswith, with no dot boundary.
-    const candidates = this.model
-      .namedModules()
-      .filter(([path, module]) => path !== '' && !this.isInsideWrapper(path) && !(module instanceof AdapterLayer));
+    const candidates = this.modulesToSaveCandidates();
     const unmatched = modulesToSave.filter((entry) => !candidates.some(([path]) => path.endsWith(entry)));
     // A task head the task type adds by default (`classifier` / `score`) may be absent; a name the user gave may not.
     const required = unmatched.filter((entry) => entry !== 'classifier' && entry !== 'score');
@@ -441,6 +460,11 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
         hint: `Modules here are named like: ${candidates.slice(0, 6).map(([path]) => path).join(', ') || '(none)'}.`,
       });
     }
+  }
+
+  private wrapModulesToSave(adapterName: string, modulesToSave: readonly string[]): void {
+    if (modulesToSave.length === 0) return;
+    const candidates = this.modulesToSaveCandidates();
     for (const [path, module] of candidates) {
       if (!modulesToSave.some((entry) => path.endsWith(entry))) continue;
       if (module instanceof ModulesToSaveWrapper && this.isInsideWrapper(path)) continue;
@@ -460,6 +484,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * model alone) or a name given twice (it would be applied twice).
    */
   setAdapter(names: string | readonly string[]): void {
+    this.assertLive('setAdapter');
     const list = typeof names === 'string' ? [names] : [...names];
     if (list.length === 0) {
       throw new LoraError('[@lora/core] setAdapter([]) would leave no adapter active and nothing trainable; name at least one adapter, or run the base model alone with disableAdapters(fn).');
@@ -489,6 +514,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
 
   /** The trainable variables of the model and of the adapters' adapter-level objects, by unique name (what `train()` trains). */
   namedTrainableVariables(): [string, tf.Variable][] {
+    this.assertLive('namedTrainableVariables');
     return [...this.model.namedParameters(), ...this.stateVariables()].filter(([, variable]) => variable.trainable);
   }
 
@@ -547,6 +573,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * @throws {LoraError} when the adapter is merged.
    */
   deleteAdapter(name: string): void {
+    this.assertLive('deleteAdapter');
     this.adapterConfig(name);
     for (const [path, layer] of this.adapterLayers()) {
       if (layer.mergedAdapters.includes(name)) {
@@ -578,6 +605,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * @throws {LoraError} for a name in `adapterNames` that is not an adapter (nothing is merged then).
    */
   merge(options: { adapterNames?: readonly string[]; safe?: boolean } = {}): string[] {
+    this.assertLive('merge');
     // An unknown name would otherwise merge nothing, silently.
     for (const name of options.adapterNames ?? []) this.adapterConfig(name);
     const notes = new Set<string>();
@@ -595,6 +623,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
 
   /** Take every merged adapter out of the base weights again. */
   unmerge(): void {
+    this.assertLive('unmerge');
     for (const [, layer] of this.adapterLayers()) layer.unmerge();
   }
 
@@ -605,21 +634,42 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * With `dequantize: true`, every base layer that is not a float `Linear` (a 4-bit base) is first
    * replaced by one holding its dense weight, so the merge is exact (`dequant(W) + ΔW`, what the
    * adapter was trained against) and the result is a float model; adapters already merged into such
-   * a base are unmerged first.
+   * a base are unmerged first. All or nothing: when the merge is refused (`safe` finds a non-finite
+   * weight, a HyperLoRA cannot merge), the 4-bit bases are put back and the adapters merged before
+   * are merged again, so the model is as it was.
    */
   mergeAndUnload(options: { safe?: boolean; dequantize?: boolean } = {}): M {
-    if (options.dequantize) {
-      this.unmerge();
-      replaceLayers(this.model, (_path, module) =>
-        module instanceof Linear || module instanceof AdapterLayer || !isBaseLayer(module) ? null : (module.toLinear?.() ?? Linear.fromBaseLayer(module)),
-      );
+    this.assertLive('mergeAndUnload');
+    if (!options.dequantize) {
+      this.merge({ safe: options.safe });
+      return this.unload();
     }
-    this.merge({ safe: options.safe });
+    const mergedBefore = this.adapterLayers().map(([, layer]) => [layer, [...layer.mergedAdapters]] as const);
+    this.unmerge();
+    // Dense copies built first and swapped in without disposing the 4-bit bases, which go only once the merge has worked.
+    const swapped: [string, Module, Module][] = [];
+    try {
+      for (const [path, module] of this.model.namedModules()) {
+        if (path === '' || module instanceof Linear || module instanceof AdapterLayer || !isBaseLayer(module)) continue;
+        swapped.push([path, module, module.toLinear?.() ?? Linear.fromBaseLayer(module)]);
+      }
+      for (const [path, , dense] of swapped) this.model.setSubmodule(path, dense);
+      this.merge({ safe: options.safe });
+    } catch (error) {
+      for (const [path, original, dense] of swapped) {
+        if (this.model.getSubmodule(path) === dense) this.model.setSubmodule(path, original);
+        dense.dispose();
+      }
+      for (const [layer, names] of mergedBefore) if (names.length > 0) layer.merge({ adapterNames: names });
+      throw error;
+    }
+    for (const [, original] of swapped) original.dispose();
     return this.unload();
   }
 
   /** Remove all adapters without merging and return the plain model. */
   unload(): M {
+    this.assertLive('unload');
     for (const [path, layer] of this.adapterLayers()) {
       const base = layer.base_layer;
       // Merged adapters live on in the base weight; their own variables are no longer needed.
@@ -645,6 +695,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * @throws {ConfigError} on mismatched lists, a weight that is not finite, an unknown `combinationType`, an `svdRank` that is not a positive integer, or unequal ranks for `linear`; {LoraError} for an existing name or an unknown source adapter.
    */
   addWeightedAdapter(options: WeightedAdapterOptions): void {
+    this.assertLive('addWeightedAdapter');
     const { adapters, weights, adapterName } = options;
     if (adapters.length === 0 || adapters.length !== weights.length) {
       throw new ConfigError({ field: 'weights', received: weights, expected: `one weight per adapter (${adapters.length})` });
@@ -751,6 +802,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * AdaLoRA's regulariser and rank allocation). `train({ model: adapterModel })` runs them itself.
    */
   trainingHooks(): TrainingHooks[] {
+    this.assertLive('trainingHooks');
     const hooks: TrainingHooks[] = [];
     for (const name of this.active) {
       const entry = this.entries.get(name);
@@ -768,6 +820,8 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
 
   /** Free every tensor of the model, its adapters and their adapter-level objects. */
   dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
     for (const entry of this.entries.values()) entry.state?.dispose();
     this.entries.clear();
     this.model.adapterInputScope = null;

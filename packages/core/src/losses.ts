@@ -31,7 +31,7 @@ const HOST_MEMORY_BACKENDS = new Set(['cpu', 'wasm', 'tensorflow']);
 /**
  * Refuse a label that is neither an index into the `classes` logits nor {@link IGNORE_INDEX}, as
  * PyTorch's cross-entropy does ("Target out of bounds"): counted in the mean, it would silently
- * lower the loss. `skip(row, column)` marks positions that are never a target.
+ * lower the loss. `skip(index)` marks positions (flat, row-major) that are never a target.
  */
 function checkLabels(caller: string, labels: tf.Tensor, classes: number, skip?: (index: number) => boolean): void {
   if (!HOST_MEMORY_BACKENDS.has(tf.getBackend())) return;

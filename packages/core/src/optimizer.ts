@@ -167,8 +167,14 @@ export class AdamW implements TrainOptimizer {
     this.epsilon = options.epsilon ?? 1e-8;
     this.weightDecay = options.weightDecay ?? 0.01;
     this.encoding = options.momentEncoding ?? float32Moments;
+    const plugin = options.packageName ?? '@lora/core';
+    // PyTorch's names, which would otherwise be ignored silently (the defaults run instead).
+    const torchNames: Record<string, string> = { lr: 'learningRate', betas: 'beta1 and beta2', eps: 'epsilon', weight_decay: 'weightDecay' };
+    for (const [key, name] of Object.entries(torchNames)) {
+      if (key in options) throw new ConfigError({ plugin, field: key, received: (options as Record<string, unknown>)[key], expected: `spelled ${name} here`, hint: `Pass e.g. { ${name.split(' ')[0]}: … }.` });
+    }
     const check = (field: string, value: number, ok: boolean, expected: string, example: number): void => {
-      if (!ok) throw new ConfigError({ plugin: options.packageName ?? '@lora/core', field, received: value, expected, hint: `Pass e.g. { ${field}: ${example} }.` });
+      if (typeof value !== 'number' || !ok) throw new ConfigError({ plugin, field, received: value, expected, hint: `Pass e.g. { ${field}: ${example} }.` });
     };
     check('learningRate', this.learningRate, Number.isFinite(this.learningRate) && this.learningRate >= 0, 'a finite number >= 0', 1e-3);
     check('beta1', this.beta1, this.beta1 >= 0 && this.beta1 < 1, 'in [0, 1)', 0.9);

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { describeValue, SafetensorsError } from './errors.js';
+import { ConfigError, describeValue, SafetensorsError } from './errors.js';
 
 /** Element types this library reads and writes. */
 export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'U8';
@@ -176,6 +176,13 @@ export function serializeSafetensors(
 ): Uint8Array {
   const entries: [string, SafetensorsEntry][] =
     tensors instanceof Map ? [...(tensors as ReadonlyMap<string, SafetensorsEntry>).entries()] : Object.entries(tensors as Record<string, SafetensorsEntry>);
+  // The format's metadata is strings only, and parseSafetensors (like the Python library) refuses
+  // anything else: written, a number would make a file no reader loads.
+  for (const [key, value] of Object.entries(metadata)) {
+    if (typeof value !== 'string') {
+      throw new ConfigError({ field: `metadata.${key}`, received: value, expected: 'a string (safetensors metadata holds strings only)', hint: `Pass e.g. { ${JSON.stringify(key)}: ${JSON.stringify(String(value))} }.` });
+    }
+  }
   for (const [name, entry] of entries) {
     const elements = entry.shape.reduce((a, b) => a * b, 1);
     if (elements * DTYPE_SIZES[entry.dtype] !== entry.data.byteLength) {

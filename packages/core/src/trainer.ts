@@ -275,7 +275,20 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
   if (options.trainData.length === 0) throw new TrainingError('[@lora/core] train: trainData has no batches.');
   const target = resolveTrainingTarget(options.model, options.hooks);
   if (target.namedVariables().length === 0) {
-    throw new TrainingError('[@lora/core] train: the model has no trainable variables. Add an adapter or unfreeze parameters.');
+    // A model an AdapterModel wraps, given itself: adapter-level variables (HyperLoRA's generator) and plugin hooks live on the AdapterModel.
+    const wrapped = options.model instanceof Module && options.model.adapterInputScope !== null;
+    throw new TrainingError(
+      wrapped
+        ? '[@lora/core] train: the model has no trainable variables of its own, and an AdapterModel wraps it: pass that as model (train({ model: adapterModel, … })), which trains its adapter-level variables and runs its plugins\' hooks too.'
+        : '[@lora/core] train: the model has no trainable variables. Add an adapter or unfreeze parameters.',
+    );
+  }
+  // These configure the AdamW train() makes; with a caller's optimizer they would be ignored, silently.
+  if (options.optimizer !== undefined) {
+    const ignored = (['weightDecay', 'beta1', 'beta2', 'epsilon'] as const).filter((key) => options[key] !== undefined);
+    if (ignored.length > 0) {
+      throw new TrainingError(`[@lora/core] train: ${ignored.join(', ')} configure the AdamW train() creates, and an optimizer was given; set ${ignored.length === 1 ? 'it' : 'them'} on that optimizer instead (e.g. new AdamW({ ${ignored[0]}: … })).`);
+    }
   }
   const hooks = target.hooks;
   const checkpointed = checkpointedHooks(hooks);
@@ -402,20 +415,29 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
         // In a tidy, so a lossFn that throws leaves none of its tensors behind. A loss that is not a
         // scalar is refused only after its backward pass: tfjs keeps what each op saved for the
         // backward pass until that pass runs, so a throw inside the taped function would leak them.
+        // For the same reason a lossFn (or hook) that throws after its forward pass is caught inside
+        // the taped function: it returns a stand-in loss reaching one variable, whose short backward
+        // pass frees what the forward pass saved, and the error is rethrown after it.
         let nonScalarShape: number[] | null = null;
+        let thrown: { error: unknown } | null = null;
         const computeGradients = () =>
           tf.tidy(() =>
             tf.variableGrads(() => {
-              let loss = options.lossFn(batch);
-              if (loss.rank !== 0) {
-                nonScalarShape = loss.shape;
-                loss = tf.sum(loss);
+              try {
+                let loss = options.lossFn(batch);
+                if (loss.rank !== 0) {
+                  nonScalarShape = loss.shape;
+                  loss = tf.sum(loss);
+                }
+                for (const hook of hooks) {
+                  const extra = hook.extraLoss?.({ step: step + 1 });
+                  if (extra) loss = tf.add(loss, extra);
+                }
+                return tf.div(loss, accumulation) as tf.Scalar;
+              } catch (error) {
+                thrown = { error };
+                return tf.mul(tf.sum(variables[0]!), 0) as tf.Scalar;
               }
-              for (const hook of hooks) {
-                const extra = hook.extraLoss?.({ step: step + 1 });
-                if (extra) loss = tf.add(loss, extra);
-              }
-              return tf.div(loss, accumulation) as tf.Scalar;
             }, variables),
           );
         let computed: { value: tf.Scalar; grads: tf.NamedTensorMap };
@@ -431,6 +453,11 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
           throw error;
         }
         const { value, grads } = computed;
+        if (thrown !== null) {
+          tf.dispose([value, ...Object.values(grads)]);
+          tf.dispose(accumulated ?? []);
+          throw (thrown as { error: unknown }).error;
+        }
         if (nonScalarShape !== null) {
           tf.dispose([value, ...Object.values(grads)]);
           tf.dispose(accumulated ?? []);
@@ -624,21 +651,60 @@ async function restoreCheckpoint(
   checkLoadedTensors(contents.tensors, { file });
   restoreHooksFromFile(file, hooks, state.hooks, contents.tensors);
   const named = namedVariables();
-  for (const [name, variable] of named) {
+  // Every check before the first weight changes: a refused resume leaves the model's weights as they were.
+  const params = named.map(([name, variable]) => {
     const param = contents.tensors.get(`param.${name}`);
     if (!param) {
       throw new TrainingError(`[@lora/core] The checkpoint ${file} has no tensor for "${name}"; it was written for another model or adapter. ${RESUME_FIX}`);
     }
-    if (param.shape.length !== variable.shape.length || param.shape.some((d, i) => d !== variable.shape[i])) {
+    if (!sameShape(param.shape, variable.shape)) {
       throw new TrainingError(
         `[@lora/core] The checkpoint ${file} has "${name}" of shape [${param.shape.join(', ')}], the model [${variable.shape.join(', ')}]; it was written for another model or adapter. ${RESUME_FIX}`,
       );
     }
-    tf.tidy(() => variable.assign(entryToTensor(param, name)));
-  }
-  optimizer.loadStateEntries?.(contents.tensors, new Map(named.map(([name, variable]) => [variable, name] as const)));
+    return param;
+  });
+  const names = new Map(named.map(([name, variable]) => [variable, name] as const));
+  restoreOptimizerState(file, optimizer, contents.tensors, names, state.optimizerStep);
+  named.forEach(([name, variable], i) => tf.tidy(() => variable.assign(entryToTensor(params[i]!, name))));
   optimizer.step = state.optimizerStep;
   return state.step;
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+const OPTIMIZER_FIX =
+  'Resume with the optimizer and settings it was written with (e.g. AdamW or AdamW8bit, the same blockSize), pass resume: false to start over, or use another checkpoint.directory.';
+
+/**
+ * Load the optimizer's state and check it is whole: after at least one step every variable has
+ * state, so each entry this optimizer keeps must be in the file with its dtype and shape. Without
+ * the check, a checkpoint of another optimizer (float AdamW resumed with an 8-bit one) or other
+ * settings (another block size) restarted the moments at zero, or restored part of them, silently.
+ */
+function restoreOptimizerState(
+  file: string,
+  optimizer: TrainOptimizer,
+  tensors: ReadonlyMap<string, SafetensorsEntry>,
+  names: ReadonlyMap<tf.Variable, string>,
+  optimizerStep: number,
+): void {
+  if (!optimizer.loadStateEntries) return;
+  try {
+    optimizer.loadStateEntries(tensors, names);
+  } catch (error) {
+    if (error instanceof LoraError) throw error;
+    throw new TrainingError(`[@lora/core] The optimizer state in ${file} does not fit this optimizer (${(error as Error).message}). ${OPTIMIZER_FIX}`, { cause: error });
+  }
+  if (optimizerStep === 0 || !optimizer.stateEntries) return;
+  for (const [key, entry] of optimizer.stateEntries(names)) {
+    const stored = tensors.get(key);
+    if (stored && stored.dtype === entry.dtype && sameShape(stored.shape, entry.shape)) continue;
+    const found = stored ? `"${key}" as ${stored.dtype} [${stored.shape.join(', ')}], this optimizer ${entry.dtype} [${entry.shape.join(', ')}]` : `no optimizer state "${key}"`;
+    throw new TrainingError(`[@lora/core] The checkpoint ${file} (after ${optimizerStep} optimizer steps) has ${found}: it was written by another optimizer or with other settings. ${OPTIMIZER_FIX}`);
+  }
 }
 
 /**

@@ -206,6 +206,12 @@ const concat: PartialKernel = ({ inputs, backend, attrs }) => {
   const parts = Object.values(inputs).filter((part): part is tf.TensorInfo => part !== undefined);
   if (parts.length === 0 || parts.some((part) => part.dtype === 'string' || part.dtype === 'complex64' || part.dtype !== parts[0]!.dtype)) return null;
   const axis = tf.util.parseAxisParam(attrs['axis'] as number, parts[0]!.shape)[0]!;
+  // The stock kernels' check (the op itself does not make it): parts that differ off the axis would
+  // be copied past their ends, silently (a key/value cache fed another batch size did).
+  tf.backend_util.assertParamsConsistent(
+    parts.map((part) => part.shape),
+    axis
+  );
   const outShape = tf.backend_util.computeOutShape(
     parts.map((part) => part.shape),
     axis

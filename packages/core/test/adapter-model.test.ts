@@ -19,7 +19,7 @@ import {
   type BaseTransform,
 } from '../src/index.js';
 import { expectTensorsClose, withoutTensorLeaks } from '../src/testing.js';
-import { Gpt2ShapedTree } from './helpers.js';
+import { Gpt2ShapedTree, StandInBase } from './helpers.js';
 
 const registry = createLoraRegistry({ plugins: [lora({ seed: 1 })] });
 
@@ -78,7 +78,13 @@ describe('AdapterModel', () => {
     const model = new Gpt2ShapedTree({ width: 16 });
     const flags = () => model.namedParameters().map(([, variable]) => variable.trainable);
     expect(flags().every(Boolean)).toBe(true);
-    for (const config of [{ r: 2, loraAlhpa: 16, targetModules: ['c_attn'] }, { r: -1, targetModules: ['c_attn'] }, { r: 2, targetModules: ['q_proj'] }]) {
+    for (const config of [
+      { r: 2, loraAlhpa: 16, targetModules: ['c_attn'] },
+      { r: -1, targetModules: ['c_attn'] },
+      { r: 2, targetModules: ['q_proj'] },
+      // Matched only once the adapter is attached, which is after the transforms: checked before them now.
+      { r: 2, targetModules: ['c_attn'], modulesToSave: ['nope'] },
+    ]) {
       expect(() => AdapterModel.create(model, { registry: withTransform, transforms: ['recording'], config })).toThrow(ConfigError);
       expect(transformed).toBe(0);
       expect(flags().every(Boolean)).toBe(true);
@@ -187,6 +193,83 @@ describe('AdapterModel', () => {
     adapterModel.setAdapter('default');
     expect(adapterModel.model.namedParameters().some(([p]) => p.includes('.second.'))).toBe(false);
     adapterModel.dispose();
+  });
+
+  it('replaces layers all or nothing: a base transform that fails on a later layer leaves the earlier ones as they were', async () => {
+    let calls = 0;
+    const failingTransform: BaseTransform = {
+      specificationVersion: PLUGIN_SPECIFICATION_VERSION,
+      kind: 'base-transform',
+      name: 'stand-in',
+      packageName: '@lora-internal/stand-in',
+      shouldTransform: () => true,
+      transform: (module) => {
+        calls += 1;
+        if (calls === 3) throw new LoraError('[@lora-internal/stand-in] Cannot transform the third layer.');
+        return new StandInBase(module);
+      },
+    };
+    const withTransform = createLoraRegistry({ plugins: [lora({ seed: 1 }), failingTransform] });
+    const model = new Gpt2ShapedTree({ width: 16 });
+    const weights = (): Float32Array[] => model.namedParameters().map(([, variable]) => variable.dataSync() as Float32Array);
+    const before = weights();
+    await withoutTensorLeaks(() => {
+      expect(() => AdapterModel.create(model, { registry: withTransform, transforms: ['stand-in'], config: { r: 2, targetModules: ['c_attn'] } })).toThrow(/third layer/u);
+    });
+    expect(calls).toBe(3);
+    expect(model.namedModules().filter(([, module]) => module instanceof StandInBase)).toHaveLength(0);
+    weights().forEach((weight, i) => expect(weight).toEqual(before[i]));
+    model.dispose();
+  });
+
+  it('mergeAndUnload({ dequantize }) refused puts the non-Linear bases back and re-merges what was merged', async () => {
+    const standIn: BaseTransform = {
+      specificationVersion: PLUGIN_SPECIFICATION_VERSION,
+      kind: 'base-transform',
+      name: 'stand-in',
+      packageName: '@lora-internal/stand-in',
+      shouldTransform: (path) => path.endsWith('c_attn') || path.endsWith('c_fc'),
+      transform: (module) => new StandInBase(module),
+    };
+    const registryWith = createLoraRegistry({ plugins: [lora({ seed: 1 }), standIn] });
+    const adapterModel = AdapterModel.create(new Gpt2ShapedTree({ width: 16 }), { registry: registryWith, transforms: ['stand-in'], config: { r: 4, targetModules: ['c_attn', 'c_fc'] } });
+    adapterModel.addAdapter('second', { config: { r: 2, targetModules: ['c_attn', 'c_fc'] } });
+    randomiseB(adapterModel, 'default', 40);
+    randomiseB(adapterModel, 'second', 41);
+    adapterModel.setAdapter(['default', 'second']);
+    adapterModel.merge({ adapterNames: ['default'] });
+    const last = adapterModel.adapterInstances('second').at(-1)![1] as LoraAdapter;
+    tf.tidy(() => last.loraB.assign(tf.fill(last.loraB.shape, Number.NaN)));
+    const x = input();
+    const bases = (): string[] => adapterModel.adapterLayers().map(([, layer]) => layer.base_layer.constructor.name);
+    const denseWeights = (): Float32Array[] => tf.tidy(() => adapterModel.adapterLayers().map(([, layer]) => layer.base_layer.denseWeight().dataSync() as Float32Array));
+    const [basesBefore, weightsBefore, mergedBefore] = [bases(), denseWeights(), adapterModel.adapterLayers().map(([, layer]) => [...layer.mergedAdapters])];
+    expect(basesBefore.every((name) => name === 'StandInBase')).toBe(true);
+    const count = tf.memory().numTensors;
+    expect(() => adapterModel.mergeAndUnload({ dequantize: true, safe: true })).toThrow(NonFiniteTensorError);
+    expect(tf.memory().numTensors).toBe(count);
+    expect(bases()).toEqual(basesBefore);
+    expect(adapterModel.adapterLayers().map(([, layer]) => [...layer.mergedAdapters])).toEqual(mergedBefore);
+    // W + ΔW(default) again: float32 rounding of the unmerge and merge only.
+    denseWeights().forEach((weight, i) => expectTensorsClose(weight, weightsBefore[i]!, { atol: 1e-5, rtol: 0 }));
+    tf.dispose(x);
+    adapterModel.dispose();
+  });
+
+  it('says it was disposed when an AdapterModel or its layers are used afterwards', () => {
+    const adapterModel = create({ r: 2, targetModules: ['c_attn'] });
+    const layer = adapterModel.adapterLayers()[0]![1];
+    adapterModel.dispose();
+    adapterModel.dispose();
+    const x = input();
+    const disposed = /^\[@lora\/core\] AdapterModel\.(\w+): this AdapterModel was disposed, and its model's weights with it; load or create the model and the AdapterModel again\.$/u;
+    expect(() => adapterModel.forward({}, x)).toThrow(disposed);
+    expect(() => adapterModel.merge()).toThrow(disposed);
+    expect(() => adapterModel.addAdapter('more', { config: { r: 2, targetModules: ['c_attn'] } })).toThrow(disposed);
+    expect(() => adapterModel.setAdapter('default')).toThrow(disposed);
+    expect(() => adapterModel.namedTrainableVariables()).toThrow(disposed);
+    expect(() => layer.forward(x)).toThrow(/^\[@lora\/core\] transformer\.h\.0\.attn\.c_attn: this adapter layer was disposed/u);
+    tf.dispose(x);
   });
 
   it('refuses setAdapter with no name or a name twice, leaving the active adapters as they were', () => {

@@ -86,6 +86,14 @@ describe('parseSafetensors / serializeSafetensors', () => {
     expect(Array.from(entryToInt32(parsed.tensors.get('u8')!))).toEqual([1, 2, 255]);
   });
 
+  it('refuses to write metadata that is not a string (the reader, like the Python library, refuses it)', () => {
+    const tensors = new Map([['w', { dtype: 'F32' as const, shape: [1], data: new Uint8Array(4) }]]);
+    expect(() => serializeSafetensors(tensors, { step: 5 } as unknown as Record<string, string>)).toThrow(
+      '[@lora/core] Invalid config: metadata.step must be a string (safetensors metadata holds strings only), got 5. Pass e.g. { "step": "5" }.',
+    );
+    expect(parseSafetensors(serializeSafetensors(tensors, { step: '5' })).metadata).toEqual({ step: '5' });
+  });
+
   it('rejects a file shorter than the length field', () => {
     expectCode(new Uint8Array(5), 'TRUNCATED');
   });

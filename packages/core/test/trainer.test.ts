@@ -18,6 +18,9 @@ import {
   readCheckpointStep,
   readSafetensorsFile,
   TRAINER_CHECKPOINT_NAME,
+  float32Moments,
+  type MomentEncoding,
+  type SafetensorsEntry,
   type TrainOptimizer,
 } from '../src/index.js';
 import { runUntilKilled } from '../src/testing.js';
@@ -76,6 +79,22 @@ describe('train', () => {
     expect((merged as Error).message).toMatch(/^\[@lora\/core\] train: the loss does not depend on any trainable variable\. Are the adapters merged \(call unmerge\(\)\)/u);
     adapterModel.unmerge();
     expect(tf.memory().numTensors).toBe(before);
+    // A lossFn that throws after its forward pass (a shape check of the user's, say): its error, and
+    // nothing the forward pass saved for the backward pass left behind (it leaked 15 tensors).
+    const late = new RangeError('the user\'s own check');
+    for (const accumulation of [1, 2]) {
+      // With accumulation, the first micro-batch's gradients are kept when the second one throws.
+      let calls = 0;
+      const throwing = (batch: Batch) => {
+        const loss = mse(adapterModel.model)(batch);
+        calls += 1;
+        if (calls === accumulation) throw late;
+        return loss;
+      };
+      const caught = await train({ model: adapterModel.model, lossFn: throwing, trainData: data, steps: 1, gradientAccumulationSteps: accumulation }).catch((e: unknown) => e);
+      expect(caught).toBe(late);
+      expect(tf.memory().numTensors).toBe(before);
+    }
     adapterModel.dispose();
   });
 
@@ -417,6 +436,53 @@ describe('train', () => {
     await expect(loose({ model: adapterModel, lossFn: 'mse', trainData: data, steps: 1 })).rejects.toBeInstanceOf(TrainingError);
     adapterModel.model.setTrainable(false);
     await expect(train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 1 })).rejects.toThrow(/no trainable variables/u);
+    adapterModel.dispose();
+  });
+
+  it('refuses optimizer options it would ignore, PyTorch spellings and non-numbers, and names the AdapterModel a wrapped model needs', async () => {
+    const adapterModel = setUp();
+    const optimizer = new AdamW({ learningRate: 1e-3 });
+    await expect(train({ model: adapterModel, lossFn: mse(adapterModel.model), trainData: data, steps: 1, optimizer, weightDecay: 0.1, beta2: 0.99 })).rejects.toThrow(
+      '[@lora/core] train: weightDecay, beta2 configure the AdamW train() creates, and an optimizer was given; set them on that optimizer instead (e.g. new AdamW({ weightDecay: … })).',
+    );
+    const loose = (options: Record<string, unknown>) => new AdamW(options as never);
+    expect(() => loose({ lr: 0.1 })).toThrow(/^\[@lora\/core\] Invalid config: lr must be spelled learningRate here, got 0\.1\./u);
+    expect(() => loose({ betas: [0.9, 0.99] })).toThrow(/betas must be spelled beta1 and beta2 here/u);
+    expect(() => loose({ beta1: '0.9' })).toThrow(/beta1 must be in \[0, 1\), got "0\.9"/u);
+    // The model of an AdapterModel whose trainable variables are all adapter-level (frozen layers here).
+    adapterModel.model.setTrainable(false);
+    await expect(train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 1 })).rejects.toThrow(
+      /no trainable variables of its own, and an AdapterModel wraps it: pass that as model \(train\(\{ model: adapterModel, … \}\)\)/u,
+    );
+    optimizer.dispose();
+    adapterModel.dispose();
+  });
+
+  it('refuses to resume optimizer state of another layout, before any weight changes', async () => {
+    const adapterModel = setUp();
+    const checkpointDirectory = path.join(directory, 'other-optimizer');
+    const options = { model: adapterModel, lossFn: mse(adapterModel.model), trainData: data, checkpoint: { directory: checkpointDirectory, every: 1 } };
+    await train({ ...options, steps: 2 });
+    // Moments stored under other keys (as an 8-bit optimizer's are): this encoding finds none of the file's.
+    const renamed: MomentEncoding = {
+      create(variable) {
+        const inner = float32Moments.create(variable);
+        return {
+          ...inner,
+          entries: (name) => inner.entries(name).map(([key, entry]) => [`other.${key}`, entry] as [string, SafetensorsEntry]),
+          load: (entries, name) => inner.load(new Map([...entries].filter(([key]) => key.startsWith('other.')).map(([key, entry]) => [key.slice(6), entry])), name),
+        };
+      },
+    };
+    const weightsBefore = adapterModel.namedTrainableVariables().map(([, variable]) => variable.dataSync().slice());
+    const other = new AdamW({ momentEncoding: renamed });
+    await expect(train({ ...options, steps: 3, optimizer: other })).rejects.toThrow(
+      /^\[@lora\/core\] The checkpoint .*trainer_checkpoint\.safetensors \(after 2 optimizer steps\) has no optimizer state "other\.adam_m\..*": it was written by another optimizer or with other settings\. Resume with the optimizer and settings it was written with/u,
+    );
+    adapterModel.namedTrainableVariables().forEach(([, variable], i) => expect(variable.dataSync()).toEqual(weightsBefore[i]));
+    other.dispose();
+    // The same optimizer resumes.
+    await train({ ...options, steps: 3 });
     adapterModel.dispose();
   });
 

@@ -168,6 +168,15 @@ describe('useFastWasmKernels', () => {
     });
   });
 
+  it('refuses a concat whose parts differ off the axis, as the stock kernels do (it copied past their ends)', async () => {
+    await tf.setBackend('wasm');
+    await withoutTensorLeaks(() => {
+      const [first, second] = [tf.zeros([1, 4, 2, 16]), tf.ones([2, 4, 1, 16])];
+      expect(() => tf.concat([first, second], 2)).toThrow(/Error in concat.*does not match/u);
+      tf.dispose([first, second]);
+    });
+  });
+
   it('throws the stock message for an id outside the table', () => {
     const table = random([3, 2], 24);
     const idsOut = ints([0, 3], [2]);

@@ -28,6 +28,8 @@ export interface DoraAdapterOptions {
   readonly init?: boolean | 'gaussian';
   /** Seed for A (and B when `init` is false); default unseeded. */
   readonly seed?: number;
+  /** The wrapped layer's path in the model, named in errors (default: not named). */
+  readonly modulePath?: string;
 }
 
 /** ‖rows‖₂ of a [out, in] matrix: one value per output feature. */
@@ -111,6 +113,17 @@ export class DoraAdapter implements AdapterInstance {
       const weight = base.denseWeight();
       return tf.variable(rowNorm(tf.add(weight, this.factors.deltaWeight())), true);
     });
+    // An output row of zeros has norm 0: the magnitude scaling m / ‖W + ΔW‖ is then 0/0, NaN in every
+    // forward pass (PEFT's too), and a merge writes it into the base.
+    const zero = (this.magnitude.dataSync() as Float32Array).indexOf(0);
+    if (zero >= 0) {
+      this.factors.dispose();
+      this.magnitude.dispose();
+      throw new LoraError(
+        `[dora] Cannot adapt ${options.modulePath ?? 'this layer'}: row ${zero} of its weight (output feature ${zero}) is all zeros, so DoRA's magnitude ‖W + ΔW‖ is 0 there and its output 0/0 = NaN. Leave the layer out of targetModules, or adapt it with LoRA.`,
+        { plugin: 'dora' },
+      );
+    }
   }
 
   /** `lora_A.weight` [r, in], `lora_B.weight` [out, r], `lora_magnitude_vector` [out] (no `.weight`, as PEFT saves it). */

@@ -50,6 +50,7 @@ export function dora(options: DoraPluginOptions = {}): AdapterPlugin<DoraConfig>
         dropout: config.loraDropout,
         init: config.initLoraWeights,
         seed,
+        modulePath,
       });
     },
   };

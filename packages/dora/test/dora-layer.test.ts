@@ -83,6 +83,17 @@ describe('DoraAdapter', () => {
     });
   });
 
+  it('refuses a layer with an all-zero output row, whose magnitude scaling would be 0/0, leaking nothing', async () => {
+    const zeroRow = W.map((value, i) => (Math.floor(i / IN) === 3 ? 0 : value));
+    const linear = makeLinear({ W: zeroRow, bias: BIAS, inF: IN, out: OUT });
+    await withoutTensorLeaks(() => {
+      expect(() => new DoraAdapter({ base: linear, r: R, alpha: ALPHA, seed: 5, modulePath: 'h.0.fc1' })).toThrow(
+        "[dora] Cannot adapt h.0.fc1: row 3 of its weight (output feature 3) is all zeros, so DoRA's magnitude ‖W + ΔW‖ is 0 there and its output 0/0 = NaN. Leave the layer out of targetModules, or adapt it with LoRA.",
+      );
+    });
+    linear.dispose();
+  });
+
   it('initialises the magnitude to ‖W + s·B·A‖ when B starts non-zero (initLoraWeights false)', async () => {
     await withoutTensorLeaks(() => {
       const linear = makeLinear({ W, bias: BIAS, inF: IN, out: OUT });
