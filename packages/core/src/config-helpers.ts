@@ -72,7 +72,9 @@ const TYPE_NAMES: Readonly<Record<string, string>> = { array: 'a list', string: 
 function specificIssue(issue: z.ZodIssue): z.ZodIssue {
   if (issue.code !== z.ZodIssueCode.invalid_union) return issue;
   const firsts = issue.unionErrors.map((error) => error.issues[0]).filter((first): first is z.ZodIssue => first !== undefined);
-  const matchedType = firsts.find((first) => first.code !== z.ZodIssueCode.invalid_type && first.code !== z.ZodIssueCode.invalid_union);
+  // A literal or enum branch that did not match says only its own values: the union lists every branch.
+  const unspecific: readonly string[] = [z.ZodIssueCode.invalid_type, z.ZodIssueCode.invalid_union, z.ZodIssueCode.invalid_literal, z.ZodIssueCode.invalid_enum_value];
+  const matchedType = firsts.find((first) => !unspecific.includes(first.code));
   return matchedType ?? issue;
 }
 
@@ -83,6 +85,8 @@ function expectedFromIssue(issue: z.ZodIssue): string {
       for (const error of issue.unionErrors) {
         const first = error.issues[0];
         if (first?.code === z.ZodIssueCode.invalid_type) types.add(TYPE_NAMES[first.expected] ?? first.expected);
+        else if (first?.code === z.ZodIssueCode.invalid_literal) types.add(JSON.stringify(first.expected));
+        else if (first?.code === z.ZodIssueCode.invalid_enum_value) for (const option of first.options) types.add(JSON.stringify(option));
         else if (first) return expectedFromIssue(first);
       }
       return [...types].join(' or ') || 'a valid value';
@@ -96,6 +100,9 @@ function expectedFromIssue(issue: z.ZodIssue): string {
     case z.ZodIssueCode.too_big:
       return issue.type === 'number' ? `${issue.inclusive ? '<=' : '<'} ${String(issue.maximum)}` : `at most ${String(issue.maximum)} long`;
     case z.ZodIssueCode.invalid_enum_value:
+      return `one of ${issue.options.map((o) => JSON.stringify(o)).join(', ')}`;
+    case z.ZodIssueCode.invalid_union_discriminator:
+      // zod's own text ("Invalid discriminator value. Expected 'a' | 'b'") does not read after "must be".
       return `one of ${issue.options.map((o) => JSON.stringify(o)).join(', ')}`;
     case z.ZodIssueCode.invalid_literal:
       // zod's own text ("Invalid literal value, expected false") does not read after "must be".

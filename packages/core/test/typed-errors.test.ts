@@ -18,7 +18,9 @@ import {
   writeSafetensorsFile,
   type SafetensorsEntry,
 } from '../src/index.js';
+import { parseConfigWithSchema } from '../src/internal.js';
 import { withoutTensorLeaks } from '../src/testing.js';
+import { z } from 'zod';
 import { Gpt2ShapedTree } from './helpers.js';
 
 const make = () =>
@@ -146,5 +148,12 @@ describe('target selection errors', () => {
     expect(() => plugin.fromPeftJson({ peft_type: 'LORA', target_modules: 42 })).toThrow(/targetModules must be a list or a string, got 42\./u);
     expect(() => plugin.fromPeftJson({ peft_type: 'LORA', target_modules: ['q'], layers_to_transform: 'abc' })).toThrow(/layersToTransform must be a number or a list, got "abc"\./u);
     expect(() => plugin.fromPeftJson({ peft_type: 'LORA', target_modules: 'q.*', layers_to_transform: [1] })).toThrow(/^\[lora\] Invalid config: layersToTransform must be unset when targetModules is a regex string/u);
+  });
+
+  it('lists every branch of a union with a literal, and reads a discriminated union without zod\'s text', () => {
+    // One branch a type, one a literal: both named (it said only "gaussian").
+    expect(() => lora().parseConfig({ r: 2, targetModules: ['q'], initLoraWeights: 'pissa' })).toThrow(/initLoraWeights must be a boolean or "gaussian", got "pissa"\./u);
+    const schema = z.object({ kind: z.discriminatedUnion('kind', [z.object({ kind: z.literal('discrete') }), z.object({ kind: z.literal('continuous') })]) });
+    expect(() => parseConfigWithSchema(schema, { kind: { kind: 'other' } }, { plugin: 'test' })).toThrow(/^\[test\] Invalid config: kind\.kind must be one of "discrete", "continuous", got "other"\./u);
   });
 });
