@@ -10,7 +10,7 @@ import type { Module } from './module.js';
 import type { AdapterConfigBase, AdapterInputs, AdapterInstance, AdapterPlugin, AdapterState, BaseTransform, TrainingHooks } from './plugin.js';
 import type { LoraRegistry } from './registry.js';
 import { thinSvd } from './svd.js';
-import { isTargetModule } from './target-matching.js';
+import { isTargetModule, layerIndexOf } from './target-matching.js';
 import type { TrainingTarget } from './training-target.js';
 
 /** A model that says which modules are its output head and which it targets by default. */
@@ -364,6 +364,25 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
       if (path === '' || this.isInsideWrapper(path)) continue;
       if (!(module instanceof AdapterLayer) && !isBaseLayer(module)) continue;
       if (isTargetModule(path, selectionWithSave)) matched.push(path);
+    }
+    if (matched.length === 0 && selection.layersToTransform !== null) {
+      // The targets exist, in layers the restriction leaves out: say so, rather than blame the names.
+      const layers = new Set<number>();
+      for (const [path, module] of this.model.namedModules()) {
+        if (path === '' || this.isInsideWrapper(path) || !(module instanceof AdapterLayer || isBaseLayer(module))) continue;
+        if (!isTargetModule(path, { ...selectionWithSave, layersToTransform: null })) continue;
+        const index = layerIndexOf(path, selection.layersPattern);
+        if (index !== null) layers.add(index);
+      }
+      if (layers.size > 0) {
+        throw new ConfigError({
+          plugin: plugin.name,
+          field: 'layersToTransform',
+          received: selection.layersToTransform,
+          expected: 'layer indices holding the targets',
+          hint: `The targets are in layers ${[...layers].sort((a, b) => a - b).join(', ')}.`,
+        });
+      }
     }
     if (matched.length === 0) {
       const examples = this.model

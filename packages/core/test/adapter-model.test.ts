@@ -272,6 +272,15 @@ describe('AdapterModel', () => {
     tf.dispose(x);
   });
 
+  it('blames layersToTransform, not the target names, when the targets are only in layers it leaves out', () => {
+    const model = new Gpt2ShapedTree({ width: 16 });
+    expect(() => AdapterModel.create(model, { registry, config: { r: 2, targetModules: ['c_attn'], layersToTransform: [5] } })).toThrow(
+      '[lora] Invalid config: layersToTransform must be layer indices holding the targets, got [5]. The targets are in layers 0, 1.',
+    );
+    expect(() => AdapterModel.create(model, { registry, config: { r: 2, targetModules: ['q_proj'], layersToTransform: [0] } })).toThrow(/targetModules must be names matching/u);
+    AdapterModel.create(model, { registry, config: { r: 2, targetModules: ['c_attn'], layersToTransform: [1] } }).dispose();
+  });
+
   it('refuses setAdapter with no name or a name twice, leaving the active adapters as they were', () => {
     const adapterModel = create({ r: 2, targetModules: ['c_attn'] });
     adapterModel.addAdapter('second', { config: { r: 3, targetModules: ['c_attn'] } });
