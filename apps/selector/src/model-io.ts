@@ -63,10 +63,16 @@ export async function loadModelDirectory(
   }
   const load = quantPackage['loadQuantizedModel'] as (
     directory: string,
-    options: { loadModel: (json: Readonly<Record<string, unknown>>) => AnyPretrainedModel },
+    options: { loadModel: (json: Readonly<Record<string, unknown>>) => AnyPretrainedModel; allowNonFinite?: boolean },
   ) => Promise<{ model: AnyPretrainedModel }>;
-  const { model } = await load(directory, { loadModel: (json) => createModel(json as Parameters<typeof createModel>[0]) });
-  return model;
+  try {
+    const { model } = await load(directory, { loadModel: (json) => createModel(json as Parameters<typeof createModel>[0]), allowNonFinite: options.allowNonFinite });
+    return model;
+  } catch (error) {
+    // As a float checkpoint's: an input problem (a damaged file, non-finite weights), in one line.
+    if (error instanceof LoraError) throw new CliError(`Model ${directory} does not load: ${shortMessage(error)}`, { exitCode: 2, cause: error });
+    throw error;
+  }
 }
 
 /**

@@ -154,6 +154,26 @@ describe('the lora CLI contract', () => {
     expect(badModel.stderr).toMatch(new RegExp(`tensor "${name.replace(/\./gu, '\\.')}" holds 1 non-finite value`, 'u'));
   });
 
+  it('refuses a 4-bit checkpoint holding a non-finite weight in one line (exit 2) unless --allow-non-finite', async () => {
+    const quantized = path.join(directory, 'q4-nan');
+    expect((await run(['quantize', '--model', GPT2, '--out', quantized])).code).toBe(0);
+    const file = path.join(quantized, 'model.safetensors');
+    const weights = await readSafetensorsFile(file);
+    const [name, bias] = [...weights.tensors].find(([key, entry]) => entry.dtype === 'F32' && key.endsWith('.bias'))!;
+    const bad = new Float32Array(bias.data.slice().buffer);
+    bad[0] = Number.NaN;
+    await writeSafetensorsFile(file, new Map([...weights.tensors, [name, { ...bias, data: new Uint8Array(bad.buffer) }]]), weights.metadata);
+    const input = path.join(directory, 'in-q4.json');
+    await writeFile(input, JSON.stringify({ input_ids: [[1, 2, 3]] }));
+    const out = path.join(directory, 'out-q4.json');
+    const refused = await run(['forward', '--model', quantized, '--input', input, '--out', out]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr.trim().split('\n')).toHaveLength(1);
+    expect(refused.stderr).toMatch(new RegExp(`^lora: Model ${quantized.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')} does not load: .*tensor "${name.replace(/\./gu, '\\.')}" holds 1 non-finite value`, 'u'));
+    const allowed = await run(['forward', '--model', quantized, '--input', input, '--out', out, '--allow-non-finite']);
+    expect(allowed.code).toBe(0);
+  });
+
   it('writes forward\'s logits only to a new file, or with --overwrite over logits it wrote: never over the user\'s files, the input or a directory', async () => {
     const input = path.join(directory, 'in-out.json');
     await writeFile(input, JSON.stringify({ input_ids: [[1, 2, 3]] }));

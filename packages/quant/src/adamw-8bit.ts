@@ -1,5 +1,15 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { AdamW, CheckpointError, ConfigError, entryToFloat32, float32Entry, float32Moments, type MomentStore } from '@lora/core';
+import {
+  AdamW,
+  CheckpointError,
+  ConfigError,
+  ShapeError,
+  entryToFloat32,
+  float32Entry,
+  float32Moments,
+  type MomentStore,
+  type SafetensorsEntry,
+} from '@lora/core';
 import { dequantizeBlockwise8bit, quantizeBlockwise8bit } from './blockwise.js';
 import { DYNAMIC_MAP_SIGNED, DYNAMIC_MAP_UNSIGNED } from './codebooks.js';
 
@@ -107,7 +117,12 @@ export class AdamW8bit extends AdamW {
   /** Variables with fewer elements keep float32 moments (default 4096, bitsandbytes' `min_8bit_size`). */
   readonly minQuantizedSize: number;
 
+  /**
+   * @throws {ConfigError} on an unknown option (PyTorch's `lr`, `betas`, `eps`, … name the option to use
+   * instead), an option that is not a number, or one out of range.
+   */
   constructor(options: AdamW8bitOptions = {}) {
+    checkOptionNames(options);
     const blockSize = options.blockSize ?? 256;
     const minQuantizedSize = options.minQuantizedSize ?? 4096;
     if (!Number.isInteger(blockSize) || blockSize <= 0) {
@@ -125,5 +140,139 @@ export class AdamW8bit extends AdamW {
     });
     this.blockSize = blockSize;
     this.minQuantizedSize = minQuantizedSize;
+  }
+
+  /**
+   * One AdamW update (see core's `AdamW.applyGradients`); every gradient's shape is checked against its
+   * variable first, so a wrong one changes nothing (not the step, not any variable or moment).
+   * @throws {ShapeError} naming the variable whose gradient has another shape.
+   */
+  override applyGradients(gradients: ReadonlyMap<tf.Variable, tf.Tensor>): void {
+    for (const [variable, gradient] of gradients) {
+      if (gradient.rank !== variable.rank || gradient.shape.some((size, i) => size !== variable.shape[i])) {
+        throw new ShapeError(`[@lora/quant] AdamW8bit.applyGradients: the gradient of variable "${variable.name}" (nothing was updated)`, variable.shape, gradient.shape);
+      }
+    }
+    super.applyGradients(gradients);
+  }
+
+  /**
+   * Restore moments written by {@link AdamW8bit.stateEntries} (the trainer's resumable checkpoints).
+   * Every variable's stored entries are checked against this optimizer's layout first — 8-bit codes
+   * (U8, one per element) and absmax (F32, one per block of `blockSize`) for variables of at least
+   * `minQuantizedSize` elements, float32 moments for smaller ones — so state written with another
+   * `blockSize` or `minQuantizedSize`, or by float `AdamW`, is refused instead of being restored in part
+   * or silently left at zero. A variable with no entries at all keeps its state (zero moments when new).
+   * @throws {CheckpointError} naming the checkpoint key, what was expected and what was found; nothing is restored.
+   */
+  override loadStateEntries(entries: ReadonlyMap<string, SafetensorsEntry>, names: ReadonlyMap<tf.Variable, string>): void {
+    for (const [variable, name] of names) this.checkStoredState(entries, variable, name);
+    super.loadStateEntries(entries, names);
+  }
+
+  private checkStoredState(entries: ReadonlyMap<string, SafetensorsEntry>, variable: tf.Variable, name: string): void {
+    const size = variable.size;
+    const blocks = Math.ceil(size / this.blockSize);
+    const eightBit: [string, 'U8' | 'F32', number, string][] = [
+      [`adam8_m.${name}`, 'U8', size, `one 8-bit code per element of "${name}"`],
+      [`adam8_v.${name}`, 'U8', size, `one 8-bit code per element of "${name}"`],
+      [`adam8_m_absmax.${name}`, 'F32', blocks, `one absmax per block of ${this.blockSize} of the ${size} elements of "${name}"; the state was written with another blockSize`],
+      [`adam8_v_absmax.${name}`, 'F32', blocks, `one absmax per block of ${this.blockSize} of the ${size} elements of "${name}"; the state was written with another blockSize`],
+    ];
+    const float: string[] = [`adam_m.${name}`, `adam_v.${name}`];
+    const fail = (key: string, problem: string, details: { missing?: string[]; mismatched?: { name: string; expected: number[]; received: readonly number[] }[] } = {}): never => {
+      throw new CheckpointError(
+        `[@lora/quant] Cannot restore AdamW8bit state: checkpoint key "${key}" ${problem}. Nothing was restored; resume with the optimizer settings the checkpoint was written with (same optimizer, blockSize and minQuantizedSize), or pass resume: false to start over.`,
+        { plugin: '@lora/quant', ...details },
+      );
+    };
+    const presentEightBit = eightBit.filter(([key]) => entries.has(key)).map(([key]) => key);
+    const presentFloat = float.filter((key) => entries.has(key));
+    const elementsOf = (entry: SafetensorsEntry): number => entry.shape.reduce((product, dimension) => product * dimension, 1);
+    if (size >= this.minQuantizedSize) {
+      if (presentFloat.length > 0) {
+        fail(
+          presentFloat[0]!,
+          `holds float32 moments (written by float AdamW, or by AdamW8bit with a larger minQuantizedSize), expected 8-bit ones: this AdamW8bit quantizes variables of at least minQuantizedSize = ${this.minQuantizedSize} elements and "${name}" has ${size}`,
+        );
+      }
+      if (presentEightBit.length === 0) return;
+      for (const [key, dtype, length, what] of eightBit) {
+        const entry = entries.get(key);
+        if (!entry) fail(key, `is missing while "${presentEightBit[0]}" is there (an incomplete 8-bit state)`, { missing: [key] });
+        const found = elementsOf(entry!);
+        if (entry!.dtype !== dtype || found !== length) {
+          fail(key, `is ${entry!.dtype} with ${found} values, expected ${dtype} with ${length} (${what})`, { mismatched: [{ name: key, expected: [length], received: entry!.shape }] });
+        }
+      }
+      return;
+    }
+    if (presentEightBit.length > 0) {
+      fail(
+        presentEightBit[0]!,
+        `holds 8-bit moments (written by AdamW8bit with a smaller minQuantizedSize), expected float32 ones: this AdamW8bit keeps float32 moments for variables under minQuantizedSize = ${this.minQuantizedSize} elements and "${name}" has ${size}`,
+      );
+    }
+    if (presentFloat.length === 0) return;
+    for (const key of float) {
+      const entry = entries.get(key);
+      if (!entry) fail(key, `is missing while "${presentFloat[0]}" is there (an incomplete float32 state)`, { missing: [key] });
+      const sameShape = entry!.shape.length === variable.rank && entry!.shape.every((dimension, i) => dimension === variable.shape[i]);
+      if (!['F32', 'F16', 'BF16'].includes(entry!.dtype) || !sameShape) {
+        fail(key, `is ${entry!.dtype} [${entry!.shape.join(', ')}], expected a float tensor of the shape of "${name}", [${variable.shape.join(', ')}]`, {
+          mismatched: [{ name: key, expected: [...variable.shape], received: entry!.shape }],
+        });
+      }
+    }
+  }
+}
+
+const OPTION_NAMES = ['learningRate', 'beta1', 'beta2', 'epsilon', 'weightDecay', 'blockSize', 'minQuantizedSize'] as const;
+const OPTION_EXAMPLES: Readonly<Record<(typeof OPTION_NAMES)[number], string>> = {
+  learningRate: '1e-3',
+  beta1: '0.9',
+  beta2: '0.999',
+  epsilon: '1e-8',
+  weightDecay: '0.01',
+  blockSize: '256',
+  minQuantizedSize: '4096',
+};
+// PyTorch's / bitsandbytes' names for AdamW8bit's options.
+const PYTORCH_NAMES: Readonly<Record<string, (typeof OPTION_NAMES)[number]>> = {
+  lr: 'learningRate',
+  learning_rate: 'learningRate',
+  eps: 'epsilon',
+  weight_decay: 'weightDecay',
+  block_size: 'blockSize',
+  blocksize: 'blockSize',
+  min_8bit_size: 'minQuantizedSize',
+};
+
+function shown(value: unknown): string {
+  return typeof value === 'number' ? String(value) : JSON.stringify(value) ?? String(value);
+}
+
+/** Unknown keys (PyTorch's names among them) and values that are not numbers, one ConfigError each. */
+function checkOptionNames(options: unknown): void {
+  const invalid = (field: string, received: unknown, expected: string, hint: string): ConfigError =>
+    new ConfigError({ plugin: '@lora/quant', field, received, expected, hint });
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw invalid('options', options, 'an object', 'Pass e.g. new AdamW8bit({ learningRate: 1e-3 }).');
+  }
+  const known = `one of AdamW8bit's options (${OPTION_NAMES.join(', ')})`;
+  for (const [key, value] of Object.entries(options)) {
+    if ((OPTION_NAMES as readonly string[]).includes(key)) {
+      if (value !== undefined && typeof value !== 'number') {
+        throw invalid(key, value, 'a number', `Pass e.g. { ${key}: ${OPTION_EXAMPLES[key as (typeof OPTION_NAMES)[number]]} }.`);
+      }
+      continue;
+    }
+    if (key === 'betas') {
+      const pair = Array.isArray(value) && value.length === 2 ? (value as unknown[]) : [0.9, 0.999];
+      throw invalid(key, value, known, `betas is PyTorch's name: pass { beta1: ${shown(pair[0])}, beta2: ${shown(pair[1])} }.`);
+    }
+    const renamed = PYTORCH_NAMES[key];
+    if (renamed) throw invalid(key, value, known, `${key} is PyTorch's name: pass { ${renamed}: ${value === undefined ? OPTION_EXAMPLES[renamed] : shown(value)} }.`);
+    throw invalid(key, value, known, 'Remove it or fix its spelling.');
   }
 }

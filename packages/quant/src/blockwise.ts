@@ -1,4 +1,4 @@
-import { LoraError } from '@lora/core';
+import { ConfigError, LoraError } from '@lora/core';
 import { DYNAMIC_MAP_SIGNED, dynamicCodeOf, fp4CodeOf, nf4CodeOf, type QuantType } from './codebooks.js';
 
 /** Block sizes bitsandbytes accepts for 4-bit quantization. */
@@ -19,6 +19,14 @@ function nonFinite(name: string | undefined, index: number, value: number): Lora
   );
 }
 
+// The numeric kernels take any positive block size (bitsandbytes' own set is VALID_BLOCK_SIZES, checked
+// where a state is made); 0 or a fraction would loop forever or index past the absmax.
+function checkBlockSize(blockSize: unknown, caller: string): void {
+  if (typeof blockSize !== 'number' || !Number.isSafeInteger(blockSize) || blockSize <= 0) {
+    throw new ConfigError({ plugin: '@lora/quant', field: 'blockSize', received: blockSize, expected: 'a positive integer', hint: `Pass e.g. ${caller}(…, { blockSize: 64 }).` });
+  }
+}
+
 /**
  * Blockwise 4-bit quantization exactly as bitsandbytes' `quantize_4bit`: blocks of `blockSize`
  * consecutive elements of the flat (row-major) input, float32 absmax per block, values scaled by the
@@ -28,7 +36,8 @@ function nonFinite(name: string | undefined, index: number, value: number): Lora
  *
  * @param values the weight, flattened row-major ([out, in] as PyTorch stores it).
  * @param options.name used in error messages.
- * @throws {LoraError} when a value is NaN or infinite.
+ * @throws {ConfigError} when `type` is not `nf4`/`fp4` or `blockSize` is not a positive integer;
+ * {LoraError} when a value is NaN or infinite.
  * @example
  * const { packed, absmax } = quantize4bit(new Float32Array([0.5, -1, 0.25, 0]), { type: 'nf4', blockSize: 64 });
  */
@@ -37,6 +46,10 @@ export function quantize4bit(
   options: { readonly type: QuantType; readonly blockSize: number; readonly name?: string },
 ): Quantized4bit {
   const { type, blockSize } = options;
+  if (type !== 'nf4' && type !== 'fp4') {
+    throw new ConfigError({ plugin: '@lora/quant', field: 'type', received: type, expected: "'nf4' or 'fp4'", hint: "Pass e.g. quantize4bit(values, { type: 'nf4', blockSize: 64 })." });
+  }
+  checkBlockSize(blockSize, 'quantize4bit');
   const n = values.length;
   const blocks = Math.ceil(n / blockSize);
   const absmax = new Float32Array(blocks);
@@ -78,6 +91,7 @@ export function dequantize4bit(
   options: { readonly code: Float32Array; readonly blockSize: number; readonly length: number; readonly out?: Float32Array },
 ): Float32Array {
   const { code, blockSize, length } = options;
+  checkBlockSize(blockSize, 'dequantize4bit');
   const out = options.out ?? new Float32Array(length);
   const blocks = Math.ceil(length / blockSize);
   const scaled = new Float32Array(16);
@@ -126,6 +140,7 @@ export function quantizeBlockwise8bit(
   options: { readonly blockSize: number; readonly code?: Float32Array; readonly out?: Uint8Array; readonly absmaxOut?: Float32Array },
 ): Quantized8bit {
   const { blockSize } = options;
+  checkBlockSize(blockSize, 'quantizeBlockwise8bit');
   const code = options.code ?? DYNAMIC_MAP_SIGNED;
   const n = values.length;
   const blocks = Math.ceil(n / blockSize);
@@ -155,6 +170,7 @@ export function dequantizeBlockwise8bit(
   absmax: Float32Array,
   options: { readonly blockSize: number; readonly code?: Float32Array; readonly offset?: number; readonly out?: Float32Array },
 ): Float32Array {
+  checkBlockSize(options.blockSize, 'dequantizeBlockwise8bit');
   const code = options.code ?? DYNAMIC_MAP_SIGNED;
   const offset = options.offset ?? 0;
   const out = options.out ?? new Float32Array(codes.length);

@@ -4,6 +4,8 @@ import {
   CheckpointError,
   ConfigError,
   LoraError,
+  checkLoadedTensors,
+  checkTensorsToSave,
   entryToFloat32,
   isBaseLayer,
   readJsonFile,
@@ -47,13 +49,14 @@ export interface QuantizedStateDictOptions {
  * and modules_to_save wrappers are looked through (their base is saved under the plain path; adapter
  * tensors are left out, as `save_pretrained` of the base model does).
  *
- * @throws {LoraError} when a 4-bit layer holds a float32 merged weight (unmerge first), or a weight to
- * quantize is not finite.
+ * @throws {LoraError} when an adapter is merged into a layer of the base (its weight then holds base +
+ * adapter; unmerge first), a 4-bit layer holds a float32 merged weight, or a weight to quantize is not finite.
  * @example
  * const entries = quantizedStateDict(model); // Map<key, SafetensorsEntry>, for writeSafetensorsFile
  */
 export function quantizedStateDict(model: Module, options: QuantizedStateDictOptions = {}): Map<string, SafetensorsEntry> {
   const paths = checkpointPaths(model);
+  refuseMergedAdapters(model, paths);
   const entries = new Map<string, SafetensorsEntry>();
   const quantizeConfig = options.quantize ? parseQuantOptions(options.quantize) : null;
   const quantizedKeys = new Set<string>();
@@ -96,6 +99,26 @@ export function quantizedStateDict(model: Module, options: QuantizedStateDictOpt
   return entries;
 }
 
+/**
+ * A merged adapter lives in its base layer's weight (re-quantized into the 4-bit bytes in merge mode
+ * `requantize`, held in float32 in mode `dequantize`, added to a float weight): saved as the base, it
+ * would be applied a second time by the adapter loaded on top. Refused, as in mode `dequantize`.
+ */
+function refuseMergedAdapters(model: Module, paths: ReadonlyMap<string, string | null>): void {
+  const merged: string[] = [];
+  for (const [treePath, module] of model.namedModules()) {
+    const key = paths.get(treePath);
+    if (!(module instanceof AdapterLayer) || key === null || key === undefined || module.mergedAdapters.length === 0) continue;
+    merged.push(`"${key}" (${module.mergedAdapters.map((name) => `"${name}"`).join(', ')})`);
+  }
+  if (merged.length === 0) return;
+  const listed = merged.length <= 5 ? merged.join(', ') : `${merged.slice(0, 5).join(', ')} and ${merged.length - 5} more`;
+  throw new LoraError(
+    `[@lora/quant] Cannot save the base model: adapters are merged into ${listed}, so those weights hold base + adapter and loading the adapter on top would apply it twice; nothing was written. Call unmerge() first, or mergeAndUnload() to save a merged model.`,
+    { plugin: '@lora/quant' },
+  );
+}
+
 /** Options for {@link loadQuantizedStateDict}. */
 export interface LoadQuantizedOptions {
   /** Throw on missing, unexpected or mis-shaped tensors (default true). */
@@ -108,6 +131,12 @@ export interface LoadQuantizedOptions {
   readonly computeDtype?: QuantConfig['computeDtype'];
   /** What the tensors came from, named in errors (default `The 4-bit checkpoint`), e.g. the directory. */
   readonly source?: string;
+  /**
+   * Load float weights (biases, layers kept in float) holding NaN or ±Infinity instead of throwing
+   * `NonFiniteTensorError` (default false). The quantization statistics (absmax, code tables) must be
+   * finite in any case: a non-finite one is a malformed state ({@link QuantStateError}).
+   */
+  readonly allowNonFinite?: boolean;
 }
 
 /** What {@link loadQuantizedStateDict} did. */
@@ -137,7 +166,9 @@ export interface LoadQuantizedResult {
  *
  * @throws {QuantStateError} naming the tensor for a malformed quant state (wrong absmax length, unknown
  * quant type, bad JSON blob, …); {CheckpointError} for missing/unexpected/mis-shaped tensors when strict
- * or a 4-bit weight whose module is not a linear layer of matching size.
+ * or a 4-bit weight whose module is not a linear layer of matching size (also with `strict: false`);
+ * {NonFiniteTensorError} for a float weight holding NaN or ±Infinity (unless `allowNonFinite`);
+ * {ConfigError} on an invalid `merge`, `keepOriginalOnMerge` or `computeDtype`.
  */
 export function loadQuantizedStateDict(
   model: Module,
@@ -145,6 +176,9 @@ export function loadQuantizedStateDict(
   options: LoadQuantizedOptions = {},
 ): LoadQuantizedResult {
   const strict = options.strict ?? true;
+  const source = options.source ?? 'The 4-bit checkpoint';
+  // Checked now: the layers are made after the model has started to change.
+  parseQuantOptions({ merge: options.merge, keepOriginalOnMerge: options.keepOriginalOnMerge, computeDtype: options.computeDtype });
   const paths = checkpointPaths(model);
   const treePathOf = new Map<string, string>();
   // Parents come before children in namedModules, so an adapter layer's base_layer wins its path.
@@ -159,6 +193,8 @@ export function loadQuantizedStateDict(
   const mismatched: { name: string; expected: readonly number[]; received: readonly number[] }[] = [];
   const unexpected: string[] = [];
   const missing: string[] = [];
+  // The float tensors that become weights (biases, float parameters): ignored buffers may hold -Infinity masks.
+  const weightsToCheck = new Map<string, SafetensorsEntry>();
   for (const key of findQuantizedModules(tensors.keys())) {
     const weightKey = key === '' ? 'weight' : `${key}.weight`;
     const biasKey = key === '' ? 'bias' : `${key}.bias`;
@@ -173,7 +209,7 @@ export function loadQuantizedStateDict(
     const state = quantStateFromEntries(tensors, key);
     if (state.shape[0] !== module.outFeatures || state.shape[1] !== module.inFeatures) {
       throw new CheckpointError(
-        `[@lora/quant] The 4-bit weight "${weightKey}" has shape [${state.shape.join(', ')}] but the layer at "${key}" is [${module.outFeatures}, ${module.inFeatures}] ([out, in]).`,
+        `[@lora/quant] ${source}: the 4-bit weight "${weightKey}" has shape [${state.shape.join(', ')}] but the layer at "${key}" is [${module.outFeatures}, ${module.inFeatures}] ([out, in]); a 4-bit weight cannot be loaded into a layer of another size, also with { strict: false }. The model was not changed; check that the checkpoint belongs to this architecture (and config).`,
         { plugin: '@lora/quant', mismatched: [{ name: weightKey, expected: [module.outFeatures, module.inFeatures], received: state.shape }] },
       );
     }
@@ -182,6 +218,7 @@ export function loadQuantizedStateDict(
     const biasEntry = tensors.get(biasKey);
     if (biasEntry) {
       consumed.add(biasKey);
+      weightsToCheck.set(biasKey, biasEntry);
       bias = entryToFloat32(biasEntry, biasKey);
       if (bias.length !== module.outFeatures) mismatched.push({ name: biasKey, expected: [module.outFeatures], received: biasEntry.shape });
     } else if (module.bias) {
@@ -210,6 +247,7 @@ export function loadQuantizedStateDict(
       continue;
     }
     assignments.push([variable, entry, name]);
+    weightsToCheck.set(name, entry);
   }
   for (const key of parameters.keys()) {
     const cut = key.lastIndexOf('.');
@@ -218,8 +256,15 @@ export function loadQuantizedStateDict(
   }
   assertTensorsFit(
     { missing, unexpected, mismatched },
-    { plugin: '@lora/quant', source: options.source ?? 'The 4-bit checkpoint', target: 'the model', strict, hint: 'The model was not changed. Pass { strict: false } to load what fits.' },
+    {
+      plugin: '@lora/quant',
+      source,
+      target: 'the model',
+      strict,
+      hint: mismatched.length === 0 ? 'The model was not changed. Pass { strict: false } to load what fits.' : 'The model was not changed; mis-shaped tensors are refused also with { strict: false }: check that the checkpoint belongs to this architecture.',
+    },
   );
+  checkLoadedTensors(weightsToCheck, { file: source, allowNonFinite: options.allowNonFinite, plugin: '@lora/quant' });
 
   // Phase 2: apply.
   for (const plan of plans) {
@@ -293,9 +338,11 @@ export interface SaveQuantizedModelOptions {
 /**
  * Save a 4-bit model as transformers saves a bitsandbytes model: `model.safetensors` from
  * {@link quantizedStateDict} (metadata `format: pt`) and `config.json` with `quantization_config`.
- * Files are written atomically.
+ * Files are written atomically, and everything is checked before the first is written: a refused model
+ * (merged adapters, non-finite weights, …) writes nothing.
  *
- * @throws {LoraError} when the model has no 4-bit layers or mixes settings.
+ * @throws {LoraError} when the model has no 4-bit layers, mixes settings, or has an adapter merged into
+ * its base (call `unmerge()` first); {NonFiniteTensorError} when a weight to write holds NaN or ±Infinity.
  * @example
  * await saveQuantizedModel(model, 'out/gpt2-nf4', { config: gpt2Config });
  */
@@ -310,8 +357,12 @@ function configJsonOf(model: Module): Record<string, unknown> {
 }
 
 async function writeModelDirectory(directory: string, entries: Map<string, SafetensorsEntry>, config: Record<string, unknown>): Promise<void> {
+  const weightsFile = fileHost().join(directory, MODEL_WEIGHTS_NAME);
+  // Before anything is written (the directory included): the 4-bit codes are U8, the biases, float
+  // layers and F32 absmax can hold NaN after a diverged run.
+  checkTensorsToSave(entries, { file: weightsFile, plugin: '@lora/quant' });
   await fileHost().mkdir(directory);
-  await writeSafetensorsFile(fileHost().join(directory, MODEL_WEIGHTS_NAME), entries, { format: 'pt' });
+  await writeSafetensorsFile(weightsFile, entries, { format: 'pt' });
   await writeJsonAtomic(fileHost().join(directory, MODEL_CONFIG_NAME), config);
 }
 
@@ -327,7 +378,9 @@ export interface SaveQuantizedPretrainedOptions extends QuantOptions {
  * {@link saveQuantizedModel} does. transformers' `from_pretrained` of such a directory gives a
  * bitsandbytes 4-bit model; {@link loadQuantizedModel} reads it back.
  *
- * @throws {ConfigError} on invalid options; {LoraError} when a weight is not finite.
+ * @throws {ConfigError} on invalid options; {LoraError} when a weight to quantize is not finite or an
+ * adapter is merged into the base; {NonFiniteTensorError} when a float weight to write is not finite.
+ * A refused model writes nothing.
  * @example
  * await saveQuantizedPretrained(model, 'out/gpt2-nf4', { type: 'nf4', doubleQuant: true });
  */
@@ -353,7 +406,11 @@ export interface LoadedQuantizedModel<M extends Module> extends LoadQuantizedRes
   readonly model: M;
   /** The whole `config.json`. */
   readonly config: Readonly<Record<string, unknown>>;
-  /** Its `quantization_config`, read. */
+  /**
+   * The settings of the loaded 4-bit layers: `type`, `blockSize` and `doubleQuant` as the tensors' own
+   * quant states say (as bitsandbytes reads them, whatever `quantization_config` claims or omits),
+   * `computeDtype` and `skipModules` from `quantization_config`, `merge` and `keepOriginalOnMerge` as given.
+   */
   readonly quantConfig: QuantConfig;
 }
 
@@ -376,24 +433,41 @@ async function readWeights(directory: string): Promise<Map<string, SafetensorsEn
  * Load a bitsandbytes 4-bit model directory (`config.json` with `quantization_config` +
  * `model.safetensors` or a sharded index) straight into a quantized model: `loadModel` builds the
  * architecture, then {@link loadQuantizedStateDict} puts 4-bit layers in place from the packed bytes.
+ * The quantization type and block size are read from each tensor's quant state, as bitsandbytes does
+ * (`quantization_config` may omit them or disagree); `result.quantConfig` reports them. When loading
+ * fails, the model `loadModel` built is disposed.
  *
- * @throws {ConfigError} when `config.json` has no bitsandbytes 4-bit `quantization_config`;
- * {CheckpointError} when the weights hold no quant state or do not fit; {QuantStateError} naming a malformed tensor.
+ * @throws {ConfigError} when `loadModel` is not a function, or `config.json` has no bitsandbytes 4-bit
+ * `quantization_config` (naming the file); {CheckpointError} when the weights hold no quant state, do not
+ * fit, or mix quantization types, block sizes or double quantization across layers (load those with
+ * {@link loadQuantizedStateDict}); {QuantStateError} naming a malformed tensor; {NonFiniteTensorError}
+ * for a float weight holding NaN or ±Infinity (unless `allowNonFinite`).
  * @example
  * const { model } = await loadQuantizedModel('out/gpt2-nf4', { loadModel: (config) => createGpt2(config) });
  */
 export async function loadQuantizedModel<M extends Module>(directory: string, options: LoadQuantizedModelOptions<M>): Promise<LoadedQuantizedModel<M>> {
-  const config = (await readJsonFile(fileHost().join(directory, MODEL_CONFIG_NAME))) as Record<string, unknown>;
+  const loadModel = (options as Partial<LoadQuantizedModelOptions<M>> | null | undefined)?.loadModel;
+  if (typeof loadModel !== 'function') {
+    throw new ConfigError({
+      plugin: '@lora/quant',
+      field: 'loadModel',
+      received: loadModel,
+      expected: 'a function (config) => model that builds the unquantized architecture from config.json',
+      hint: "Pass e.g. loadQuantizedModel(directory, { loadModel: (config) => createModel(config) }) with createModel from '@lora/models'.",
+    });
+  }
+  const configFile = fileHost().join(directory, MODEL_CONFIG_NAME);
+  const config = (await readJsonFile(configFile)) as Record<string, unknown>;
   if (config === null || typeof config !== 'object' || config['quantization_config'] === undefined) {
     throw new ConfigError({
       plugin: '@lora/quant',
       field: 'quantization_config',
       received: undefined,
       expected: 'a bitsandbytes 4-bit quantization_config in config.json',
-      hint: `${fileHost().join(directory, MODEL_CONFIG_NAME)} describes an unquantized model; load it normally and call quantizeModel().`,
+      hint: `${configFile} describes an unquantized model; load it normally and call quantizeModel().`,
     });
   }
-  const quantConfig = fromBitsAndBytesConfig(config['quantization_config']);
+  const declared = fromBitsAndBytesConfig(config['quantization_config'], { source: configFile });
   const tensors = await readWeights(directory);
   if (findQuantizedModules(tensors.keys()).length === 0) {
     throw new CheckpointError(
@@ -401,7 +475,39 @@ export async function loadQuantizedModel<M extends Module>(directory: string, op
       { plugin: '@lora/quant' },
     );
   }
-  const model = await options.loadModel(config);
-  const result = loadQuantizedStateDict(model, tensors, { ...options, computeDtype: quantConfig.computeDtype, source: `The 4-bit checkpoint in ${directory}` });
-  return { ...result, model, config, quantConfig };
+  const source = `The 4-bit checkpoint in ${directory}`;
+  const model = await loadModel(config);
+  try {
+    const result = loadQuantizedStateDict(model, tensors, { ...options, computeDtype: declared.computeDtype, source });
+    const quantConfig = loadedQuantConfig(model, declared, source);
+    return { ...result, model, config, quantConfig };
+  } catch (error) {
+    // The model is the caller's only once it is returned.
+    model.dispose();
+    throw error;
+  }
+}
+
+/** The settings of a loaded model's 4-bit layers, which must agree (one `QuantConfig` describes them). */
+function loadedQuantConfig(model: Module, declared: QuantConfig, source: string): QuantConfig {
+  const layers = model.namedModules().filter((pair): pair is [string, QuantLinear] => pair[1] instanceof QuantLinear);
+  const describe = (layer: QuantLinear): string =>
+    `${layer.quantState.quantType}, blocks of ${layer.quantState.blockSize}, ${layer.quantState.nested ? 'with' : 'without'} double quantization`;
+  const [firstPath, first] = layers[0]!;
+  for (const [path, layer] of layers) {
+    if (describe(layer) !== describe(first)) {
+      throw new CheckpointError(
+        `[@lora/quant] ${source} mixes 4-bit settings: "${path}" is ${describe(layer)} but "${firstPath}" is ${describe(first)}; one quantization_config cannot describe both. Load such a checkpoint with loadQuantizedStateDict(), which keeps each layer's own state.`,
+        { plugin: '@lora/quant' },
+      );
+    }
+  }
+  return {
+    ...declared,
+    type: first.quantState.quantType,
+    blockSize: first.quantState.blockSize,
+    doubleQuant: first.quantState.nested !== null,
+    merge: first.mergeMode,
+    keepOriginalOnMerge: first.keepOriginalOnMerge,
+  };
 }

@@ -21,7 +21,7 @@ export { quantizeWeight, dequantizeWeight, doubleQuantizeAbsmax, absmaxOf, quant
 export type { QuantState, NestedQuantState, QuantizeWeightOptions, QuantStateBytes } from './quant-state.js';
 
 export { parseQuantOptions, toBitsAndBytesConfig, fromBitsAndBytesConfig } from './quant-config.js';
-export type { QuantOptions, QuantConfig, ComputeDtype, QuantMergeMode, BitsAndBytesConfigJson } from './quant-config.js';
+export type { QuantOptions, QuantConfig, ComputeDtype, QuantMergeMode, BitsAndBytesConfigJson, FromBitsAndBytesConfigOptions } from './quant-config.js';
 
 export { QuantLinear, isQuantLinear } from './quant-layer.js';
 export type { QuantLinearOptions } from './quant-layer.js';

@@ -160,18 +160,27 @@ export function toBitsAndBytesConfig(config: QuantConfig): BitsAndBytesConfigJso
   };
 }
 
+/** Options for {@link fromBitsAndBytesConfig}. */
+export interface FromBitsAndBytesConfigOptions {
+  /** Where the object was read from (e.g. the `config.json` path), named in errors. Default: none. */
+  readonly source?: string;
+}
+
 /**
  * Read a `quantization_config` object (from a model's `config.json`) into {@link QuantConfig}.
- * Block size is not part of transformers' config (it is per tensor, in each quant state): 64 here.
- * @throws {ConfigError} when it is not a bitsandbytes 4-bit config (8-bit LLM.int8 is not supported).
+ * Block size is not part of transformers' config (it is per tensor, in each quant state): 64 here;
+ * `loadQuantizedModel` reports the type and block size the tensors' own quant states carry.
+ * @throws {ConfigError} naming the JSON field (and `options.source`) when it is not a bitsandbytes 4-bit
+ * config (8-bit LLM.int8 is not supported).
  */
-export function fromBitsAndBytesConfig(json: unknown): QuantConfig {
+export function fromBitsAndBytesConfig(json: unknown, options: FromBitsAndBytesConfigOptions = {}): QuantConfig {
+  const where = options.source ? ` in ${options.source}` : '';
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
-    throw invalid('quantization_config', json, 'an object', 'Expected the quantization_config of a bitsandbytes 4-bit model.');
+    throw invalid('quantization_config', json, 'an object', `Expected the quantization_config of a bitsandbytes 4-bit model${where}.`);
   }
   const raw = json as Record<string, unknown>;
   if (raw['quant_method'] !== undefined && raw['quant_method'] !== 'bitsandbytes') {
-    throw invalid('quantization_config.quant_method', raw['quant_method'], "'bitsandbytes'", 'Only bitsandbytes 4-bit checkpoints are supported (not GPTQ/AWQ).');
+    throw invalid('quantization_config.quant_method', raw['quant_method'], "'bitsandbytes'", `Only bitsandbytes 4-bit checkpoints are supported (not GPTQ/AWQ)${where ? `; found${where}` : ''}.`);
   }
   const fourBit = raw['load_in_4bit'] ?? raw['_load_in_4bit'];
   if (fourBit !== true) {
@@ -179,12 +188,14 @@ export function fromBitsAndBytesConfig(json: unknown): QuantConfig {
       'quantization_config.load_in_4bit',
       fourBit,
       'true',
-      raw['load_in_8bit'] === true || raw['_load_in_8bit'] === true ? '8-bit (LLM.int8) checkpoints are not supported; use a 4-bit one.' : '',
+      raw['load_in_8bit'] === true || raw['_load_in_8bit'] === true
+        ? `The checkpoint${where} is 8-bit (LLM.int8), which is not supported; use a 4-bit one.`
+        : `Only bitsandbytes 4-bit checkpoints are supported; if the weights are 4-bit, set "load_in_4bit": true${where}.`,
     );
   }
   const storage = raw['bnb_4bit_quant_storage'];
   if (storage !== undefined && storage !== 'uint8' && typeof storage !== 'string') {
-    throw invalid('quantization_config.bnb_4bit_quant_storage', storage, 'a dtype name', '');
+    throw invalid('quantization_config.bnb_4bit_quant_storage', storage, 'a dtype name', `Fix it${where}, e.g. "uint8".`);
   }
   const computeDtype = raw['bnb_4bit_compute_dtype'] ?? 'float32';
   const jsonField: Readonly<Record<string, string>> = {
@@ -203,6 +214,6 @@ export function fromBitsAndBytesConfig(json: unknown): QuantConfig {
     });
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
-    throw invalid(`quantization_config.${jsonField[error.field] ?? error.field}`, error.received, error.expected, 'Fix config.json.');
+    throw invalid(`quantization_config.${jsonField[error.field] ?? error.field}`, error.received, error.expected, options.source ? `Fix it${where}.` : 'Fix config.json.');
   }
 }

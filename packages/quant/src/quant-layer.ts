@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Linear, LoraError, Module, ShapeError, applyToLastAxis, type BaseLayer } from '@lora/core';
+import { ConfigError, Linear, LoraError, Module, ShapeError, applyToLastAxis, type BaseLayer } from '@lora/core';
 import { dequantized4bitTensor, fusedBiasProductIsSafe, tensorFilledBy } from '@lora/core/internal';
-import type { ComputeDtype, QuantMergeMode } from './quant-config.js';
+import { parseQuantOptions, type ComputeDtype, type QuantMergeMode } from './quant-config.js';
 import { dequantize4bit } from './blockwise.js';
 import { absmaxOf, dequantizeWeight, quantStateBytes, quantizeWeight, type QuantState, type QuantStateBytes } from './quant-state.js';
 
@@ -74,17 +74,25 @@ export class QuantLinear extends Module implements BaseLayer {
   /**
    * Wrap an existing quantization state (from {@link quantizeWeight} or a checkpoint). The state's arrays
    * are used as they are, not copied; the bias is copied into a new frozen variable.
-   * @throws {ShapeError} when the bias is not [out].
+   * @throws {ConfigError} on an invalid `merge`, `keepOriginalOnMerge` or `computeDtype` (as {@link quant}
+   * names them), or a state whose type, block size or buffer lengths do not hold a weight of its shape;
+   * {ShapeError} when the bias is not [out].
    */
   constructor(state: QuantState, options: QuantLinearOptions = {}) {
     super();
+    const { merge, keepOriginalOnMerge, computeDtype } = parseQuantOptions({
+      merge: options.merge,
+      keepOriginalOnMerge: options.keepOriginalOnMerge,
+      computeDtype: options.computeDtype,
+    });
+    checkState(state, options.name);
     const [outFeatures, inFeatures] = state.shape;
     this.outFeatures = outFeatures;
     this.inFeatures = inFeatures;
     this.current = state;
-    this.mergeMode = options.merge ?? 'requantize';
-    this.keepOriginalOnMerge = options.keepOriginalOnMerge ?? true;
-    this.computeDtype = options.computeDtype ?? 'float32';
+    this.mergeMode = merge;
+    this.keepOriginalOnMerge = keepOriginalOnMerge;
+    this.computeDtype = computeDtype;
     this.name = options.name ?? '';
     this.sourceFanInFanOut = options.sourceFanInFanOut ?? false;
     const bias = options.bias ?? null;
@@ -104,7 +112,8 @@ export class QuantLinear extends Module implements BaseLayer {
   /**
    * Quantize a layer (a core `Linear` or any `BaseLayer`): its dense [out, in] weight is read once and
    * packed; the bias is copied. The source layer is not changed or disposed.
-   * @throws {LoraError} when the weight holds NaN or infinity.
+   * @throws {ConfigError} on an invalid option (checked as {@link quant} checks them, before the weight is read);
+   * {LoraError} when the weight holds NaN or infinity.
    */
   static fromLayer(
     layer: BaseLayer,
@@ -114,6 +123,15 @@ export class QuantLinear extends Module implements BaseLayer {
       readonly doubleQuant?: boolean;
     } & Omit<QuantLinearOptions, 'bias' | 'sourceFanInFanOut'> = {},
   ): QuantLinear {
+    // Every option checked before the weight is read back (quantizeWeight and the constructor check again).
+    parseQuantOptions({
+      type: options.type,
+      blockSize: options.blockSize,
+      doubleQuant: options.doubleQuant,
+      merge: options.merge,
+      keepOriginalOnMerge: options.keepOriginalOnMerge,
+      computeDtype: options.computeDtype,
+    });
     const dense = layer.denseWeight();
     let values: Float32Array;
     try {
@@ -336,6 +354,38 @@ export class QuantLinear extends Module implements BaseLayer {
     super.dispose();
     this.floatWeight?.dispose();
     this.floatWeight = null;
+  }
+}
+
+/**
+ * A state the layer can dequantize: a known type and one of bitsandbytes' block sizes (so it can also be
+ * saved and loaded back), and buffers as long as its shape needs (else dequantizing reads past them).
+ */
+function checkState(state: QuantState, name: string | undefined): void {
+  parseQuantOptions({ type: state.quantType, blockSize: state.blockSize });
+  const [outFeatures, inFeatures] = state.shape;
+  const where = name ? ` of "${name}"` : '';
+  if (!(Number.isSafeInteger(outFeatures) && outFeatures > 0 && Number.isSafeInteger(inFeatures) && inFeatures > 0)) {
+    throw new ConfigError({ plugin: '@lora/quant', field: 'state.shape', received: state.shape, expected: `[out, in] with positive integers${where}`, hint: 'Make the state with quantizeWeight().' });
+  }
+  const elements = outFeatures * inFeatures;
+  const blocks = Math.ceil(elements / state.blockSize);
+  const absmaxLength = state.nested ? state.nested.codes.length : (state.absmax?.length ?? 0);
+  const lengths: [string, number, number][] = [
+    ['state.packed.length', state.packed.length, Math.ceil(elements / 2)],
+    [state.nested ? 'state.nested.codes.length' : 'state.absmax.length', absmaxLength, blocks],
+    ['state.quantMap.length', state.quantMap.length, 16],
+  ];
+  for (const [field, received, expected] of lengths) {
+    if (received !== expected) {
+      throw new ConfigError({
+        plugin: '@lora/quant',
+        field,
+        received,
+        expected: `${expected} for shape [${outFeatures}, ${inFeatures}] in blocks of ${state.blockSize}${where}`,
+        hint: 'The state does not describe a weight of its shape; make it with quantizeWeight() or read it with quantStateFromEntries().',
+      });
+    }
   }
 }
 

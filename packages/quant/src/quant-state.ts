@@ -1,5 +1,7 @@
+import { ConfigError } from '@lora/core';
 import { dequantize4bit, dequantizeBlockwise8bit, quantize4bit, quantizeBlockwise8bit } from './blockwise.js';
 import { DYNAMIC_MAP_SIGNED, codebookFor, type QuantType } from './codebooks.js';
+import { parseQuantOptions } from './quant-config.js';
 
 /** Second-level (double) quantization of the absmax values. */
 export interface NestedQuantState {
@@ -86,17 +88,36 @@ export function absmaxOf(state: QuantState): Float32Array {
   return dequantizeBlockwise8bit(nested.codes, nested.absmax, { blockSize: nested.blockSize, code: nested.quantMap, offset: nested.offset });
 }
 
+function checkShape(values: Float32Array, shape: readonly [number, number], name: string | undefined): void {
+  const valid = Array.isArray(shape) && shape.length === 2 && shape.every((size) => Number.isSafeInteger(size) && size > 0);
+  if (!valid || shape[0] * shape[1] !== values.length) {
+    throw new ConfigError({
+      plugin: '@lora/quant',
+      field: 'shape',
+      received: shape,
+      expected: `[out, in] (positive integers) with out · in = ${values.length}, the number of values${name ? ` of "${name}"` : ''}`,
+      hint: 'Pass the weight\'s own [out, in] shape.',
+    });
+  }
+}
+
 /**
  * Quantize a dense float32 weight [out, in] (row-major values) to a {@link QuantState}.
- * @throws {LoraError} on a non-finite value.
+ * @throws {ConfigError} on an invalid `type`, `blockSize` (bitsandbytes' 32…4096, powers of two),
+ * `doubleQuant` or `nestedBlockSize`, or a `shape` whose product is not the number of values;
+ * {LoraError} on a non-finite value.
  * @example
  * const state = quantizeWeight(weightValues, [768, 768], { type: 'nf4', doubleQuant: true });
  */
 export function quantizeWeight(values: Float32Array, shape: readonly [number, number], options: QuantizeWeightOptions = {}): QuantState {
-  const type = options.type ?? 'nf4';
-  const blockSize = options.blockSize ?? 64;
+  // The same checks (and one-line errors) as quant(): a state made here is one bitsandbytes can load.
+  const { type, blockSize, doubleQuant } = parseQuantOptions({ type: options.type, blockSize: options.blockSize, doubleQuant: options.doubleQuant });
+  const nestedBlockSize = options.nestedBlockSize;
+  if (nestedBlockSize !== undefined && (!Number.isSafeInteger(nestedBlockSize) || nestedBlockSize <= 0)) {
+    throw new ConfigError({ plugin: '@lora/quant', field: 'nestedBlockSize', received: nestedBlockSize, expected: 'a positive integer', hint: 'Pass e.g. { nestedBlockSize: 256 } (bitsandbytes\' value), or leave it out.' });
+  }
+  checkShape(values, shape, options.name);
   const { packed, absmax } = quantize4bit(values, { type, blockSize, name: options.name });
-  const doubleQuant = options.doubleQuant ?? true;
   return {
     quantType: type,
     blockSize,
@@ -105,7 +126,7 @@ export function quantizeWeight(values: Float32Array, shape: readonly [number, nu
     quantMap: codebookFor(type),
     packed,
     absmax: doubleQuant ? null : absmax,
-    nested: doubleQuant ? doubleQuantizeAbsmax(absmax, { blockSize: options.nestedBlockSize, offset: options.nestedOffset }) : null,
+    nested: doubleQuant ? doubleQuantizeAbsmax(absmax, { blockSize: nestedBlockSize, offset: options.nestedOffset }) : null,
   };
 }
 

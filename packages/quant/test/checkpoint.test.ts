@@ -3,14 +3,19 @@ import {
   AdapterModel,
   CheckpointError,
   ConfigError,
+  LoraError,
+  NonFiniteTensorError,
   createLoraRegistry,
   initRuntime,
   lora,
   readJsonFile,
   readSafetensorsFile,
+  writeJsonAtomic,
+  writeSafetensorsFile,
   type SafetensorsEntry,
 } from '@lora/core';
 import { withoutTensorLeaks } from '@lora/core/testing';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -292,5 +297,220 @@ describe('malformed quant state', () => {
     } finally {
       await rm(plainDirectory, { recursive: true, force: true });
     }
+  });
+});
+
+/** The error `fn` throws or rejects with (the test fails if it does not throw). */
+async function errorOf(fn: () => unknown): Promise<Error> {
+  try {
+    await fn();
+  } catch (error) {
+    return error as Error;
+  }
+  throw new Error('expected an error');
+}
+
+function nanEntry(entry: SafetensorsEntry): SafetensorsEntry {
+  const values = new Float32Array(entry.data.byteLength / 4).fill(Number.NaN);
+  return { dtype: 'F32', shape: entry.shape, data: new Uint8Array(values.buffer) };
+}
+
+describe('saveQuantizedModel', () => {
+  it.each(['requantize', 'dequantize'] as const)('refuses, writing nothing, when an adapter is merged into the base (merge: %s)', async (merge) => {
+    const target = path.join(directory, `merged-${merge}`);
+    await withoutTensorLeaks(async () => {
+      const registry = createLoraRegistry({ plugins: [lora({ seed: 3 }), quant({ merge })] });
+      const peft = AdapterModel.create(new TinyMlp({ seed: 7 }), {
+        registry,
+        config: { r: 2, targetModules: ['fc1', 'proj'], initLoraWeights: false },
+        transforms: ['quant'],
+      });
+      const plain = quantizedMlp(7);
+      try {
+        peft.merge();
+        const error = await errorOf(() => saveQuantizedModel(peft.model, target));
+        expect(error).toBeInstanceOf(LoraError);
+        expect(error.message).toMatch(/^\[@lora\/quant\] Cannot save the base model: adapters are merged into "fc1" \("default"\), "proj" \("default"\).*nothing was written\. Call unmerge\(\) first/u);
+        expect(error.message).not.toContain('\n');
+        expect(existsSync(target)).toBe(false);
+        expect(() => quantizedStateDict(peft.model)).toThrow(/adapters are merged into "fc1"/u);
+        // Unmerged, the base saves as the never-merged base, byte for byte.
+        peft.unmerge();
+        await saveQuantizedModel(peft.model, target);
+        const written = (await readSafetensorsFile(path.join(target, 'model.safetensors'))).tensors;
+        const expected = quantizedStateDict(plain);
+        expect([...written.keys()].sort()).toEqual([...expected.keys()].sort());
+        for (const [name, entry] of expected) expect(Buffer.from(written.get(name)!.data).equals(Buffer.from(entry.data)), name).toBe(true);
+      } finally {
+        peft.dispose();
+        plain.dispose();
+      }
+    });
+  });
+
+  it('refuses a non-finite bias with NonFiniteTensorError, writing nothing', async () => {
+    const target = path.join(directory, 'nan-bias');
+    await withoutTensorLeaks(async () => {
+      const model = quantizedMlp(7);
+      tf.tidy(() => model.fc1.bias!.assign(tf.fill(model.fc1.bias!.shape, Number.NaN)));
+      const error = await errorOf(() => saveQuantizedModel(model, target));
+      expect(error).toBeInstanceOf(NonFiniteTensorError);
+      expect((error as NonFiniteTensorError).tensor).toBe('fc1.bias');
+      expect(error.message).toContain(path.join(target, 'model.safetensors'));
+      expect(existsSync(target)).toBe(false);
+      model.dispose();
+    });
+  });
+});
+
+describe('saveQuantizedPretrained', () => {
+  it('refuses a non-finite weight of a layer kept in float (the output head), writing nothing', async () => {
+    const target = path.join(directory, 'nan-head');
+    await withoutTensorLeaks(async () => {
+      const model = new TinyMlp({ seed: 7 });
+      tf.tidy(() => model.lm_head.weight.assign(tf.fill(model.lm_head.weight.shape, Number.POSITIVE_INFINITY)));
+      const error = await errorOf(() => saveQuantizedPretrained(model, target));
+      expect(error).toBeInstanceOf(NonFiniteTensorError);
+      expect((error as NonFiniteTensorError).tensor).toBe('lm_head.weight');
+      expect(existsSync(target)).toBe(false);
+      model.dispose();
+    });
+  });
+});
+
+describe('loadQuantizedModel', () => {
+  async function savedCheckpoint(name: string, change?: (entries: Map<string, SafetensorsEntry>) => void, options: Parameters<typeof quantizeModel>[1] = {}): Promise<string> {
+    const target = path.join(directory, name);
+    const model = quantizedMlp(7, options);
+    await saveQuantizedModel(model, target);
+    if (change) {
+      const entries = quantizedStateDict(model);
+      change(entries);
+      await writeSafetensorsFile(path.join(target, 'model.safetensors'), entries, { format: 'pt' });
+    }
+    model.dispose();
+    return target;
+  }
+
+  it('refuses a non-finite bias with NonFiniteTensorError naming the tensor and directory, and disposes the model it built', async () => {
+    const target = await savedCheckpoint('load-nan-bias', (entries) => entries.set('fc1.bias', nanEntry(entries.get('fc1.bias')!)));
+    await withoutTensorLeaks(async () => {
+      const built: TinyMlp[] = [];
+      const error = await errorOf(() => loadQuantizedModel(target, { loadModel: () => built[built.push(new TinyMlp({ seed: 1 })) - 1]! }));
+      expect(error).toBeInstanceOf(NonFiniteTensorError);
+      expect((error as NonFiniteTensorError).tensor).toBe('fc1.bias');
+      expect(error.message).toContain(target);
+      expect(error.message).toContain('allowNonFinite');
+      expect(built[0]!.fc1.weight.isDisposed).toBe(true);
+    });
+  });
+
+  it('loads a non-finite float weight with allowNonFinite', async () => {
+    const target = await savedCheckpoint('load-nan-head', (entries) => entries.set('lm_head.weight', nanEntry(entries.get('lm_head.weight')!)));
+    await withoutTensorLeaks(async () => {
+      const loaded = await loadQuantizedModel(target, { loadModel: () => new TinyMlp({ seed: 1 }), allowNonFinite: true });
+      expect(Number.isNaN(loaded.model.lm_head.weight.dataSync()[0])).toBe(true);
+      loaded.model.dispose();
+    });
+  });
+
+  it('disposes the model it built when the checkpoint does not fit, and names the tensor and shapes also with strict: false', async () => {
+    const target = await savedCheckpoint('load-wrong-size');
+    await withoutTensorLeaks(async () => {
+      for (const strict of [true, false]) {
+        const error = await errorOf(() => loadQuantizedModel(target, { strict, loadModel: () => new TinyMlp({ hidden: 48 }) }));
+        expect(error).toBeInstanceOf(CheckpointError);
+        expect(error.message).toContain(`The 4-bit checkpoint in ${target}: the 4-bit weight "fc1.weight" has shape [40, 24] but the layer at "fc1" is [48, 24]`);
+        expect(error.message).toContain('also with { strict: false }');
+      }
+    });
+  });
+
+  it('throws a ConfigError saying what to pass when loadModel is missing', async () => {
+    const target = await savedCheckpoint('load-no-builder');
+    for (const options of [{}, undefined]) {
+      const error = await errorOf(() => loadQuantizedModel(target, options as unknown as Parameters<typeof loadQuantizedModel>[1]));
+      expect(error).toBeInstanceOf(ConfigError);
+      expect((error as ConfigError).field).toBe('loadModel');
+      expect(error.message).toMatch(/loadModel: \(config\) => createModel\(config\)/u);
+    }
+  });
+
+  it('names config.json when its quantization_config is not a 4-bit one', async () => {
+    const target = await savedCheckpoint('load-not-4bit');
+    const configFile = path.join(target, 'config.json');
+    const config = (await readJsonFile(configFile)) as { quantization_config: Record<string, unknown> };
+    delete config.quantization_config['load_in_4bit'];
+    delete config.quantization_config['_load_in_4bit'];
+    await writeJsonAtomic(configFile, config);
+    const error = await errorOf(() => loadQuantizedModel(target, { loadModel: () => new TinyMlp() }));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as ConfigError).field).toBe('quantization_config.load_in_4bit');
+    expect(error.message).toContain(configFile);
+  });
+
+  it.each([
+    { label: 'nf4, type missing from quantization_config', options: { type: 'nf4', blockSize: 64, doubleQuant: true }, edit: (q: Record<string, unknown>) => delete q['bnb_4bit_quant_type'] },
+    { label: 'fp4 blocks of 128, config claiming nf4 with double quantization', options: { type: 'fp4', blockSize: 128, doubleQuant: false }, edit: (q: Record<string, unknown>) => Object.assign(q, { bnb_4bit_quant_type: 'nf4', bnb_4bit_use_double_quant: true }) },
+  ] as const)('reports the type and block size the tensors carry ($label)', async ({ label, options, edit }) => {
+    const target = await savedCheckpoint(`load-derived-${label.length}`, undefined, options);
+    const configFile = path.join(target, 'config.json');
+    const config = (await readJsonFile(configFile)) as { quantization_config: Record<string, unknown> };
+    edit(config.quantization_config);
+    await writeJsonAtomic(configFile, config);
+    await withoutTensorLeaks(async () => {
+      const loaded = await loadQuantizedModel(target, { loadModel: () => new TinyMlp(), merge: 'dequantize' });
+      expect(loaded.quantConfig).toMatchObject({ type: options.type, blockSize: options.blockSize, doubleQuant: options.doubleQuant, merge: 'dequantize' });
+      expect((loaded.model.fc1 as unknown as QuantLinear).quantState).toMatchObject({ quantType: options.type, blockSize: options.blockSize });
+      loaded.model.dispose();
+    });
+  });
+
+  it('refuses a checkpoint mixing quantization types, pointing to loadQuantizedStateDict, and disposes the model', async () => {
+    const target = path.join(directory, 'load-mixed');
+    const nf4 = quantizedMlp(7);
+    const fp4 = quantizedMlp(7, { type: 'fp4' });
+    await saveQuantizedModel(nf4, target);
+    const entries = quantizedStateDict(nf4);
+    for (const key of [...entries.keys()]) if (key.startsWith('proj.')) entries.delete(key);
+    for (const [key, entry] of quantizedStateDict(fp4)) if (key.startsWith('proj.')) entries.set(key, entry);
+    await writeSafetensorsFile(path.join(target, 'model.safetensors'), entries, { format: 'pt' });
+    nf4.dispose();
+    fp4.dispose();
+    await withoutTensorLeaks(async () => {
+      const error = await errorOf(() => loadQuantizedModel(target, { loadModel: () => new TinyMlp() }));
+      expect(error).toBeInstanceOf(CheckpointError);
+      expect(error.message).toMatch(/mixes 4-bit settings: "proj" is fp4.* but "fc1" is nf4.*loadQuantizedStateDict\(\)/u);
+    });
+  });
+});
+
+describe('loadQuantizedStateDict', () => {
+  it('refuses a non-finite float weight, leaving the model unchanged, unless allowNonFinite', async () => {
+    await withoutTensorLeaks(() => {
+      const model = quantizedMlp(7);
+      const entries = quantizedStateDict(model);
+      model.dispose();
+      entries.set('proj.bias', nanEntry(entries.get('proj.bias')!));
+      const fresh = new TinyMlp({ seed: 1 });
+      expect(() => loadQuantizedStateDict(fresh, entries)).toThrow(NonFiniteTensorError);
+      expect(() => loadQuantizedStateDict(fresh, entries)).toThrow(/The 4-bit checkpoint: tensor "proj\.bias" holds 40 non-finite values/u);
+      expect(fresh.fc1).not.toBeInstanceOf(QuantLinear);
+      loadQuantizedStateDict(fresh, entries, { allowNonFinite: true });
+      expect(Number.isNaN((fresh.proj as unknown as QuantLinear).bias!.dataSync()[0])).toBe(true);
+      fresh.dispose();
+    });
+  });
+
+  it('refuses an invalid merge option before changing the model', async () => {
+    await withoutTensorLeaks(() => {
+      const model = quantizedMlp(7);
+      const entries = quantizedStateDict(model);
+      model.dispose();
+      const fresh = new TinyMlp({ seed: 1 });
+      expect(() => loadQuantizedStateDict(fresh, entries, { merge: 'bogus' as 'requantize' })).toThrow(/merge must be 'requantize' or 'dequantize', got "bogus"/u);
+      expect(fresh.fc1).not.toBeInstanceOf(QuantLinear);
+      fresh.dispose();
+    });
   });
 });

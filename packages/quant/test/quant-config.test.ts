@@ -65,4 +65,11 @@ describe('quantization_config', () => {
     expect(fieldOf(() => fromBitsAndBytesConfig({ quant_method: 'gptq', load_in_4bit: true }))).toBe('quantization_config.quant_method');
     expect(fieldOf(() => fromBitsAndBytesConfig({ load_in_4bit: true, bnb_4bit_quant_type: 'int4' }))).toBe('quantization_config.bnb_4bit_quant_type');
   });
+
+  it('names the file in every error when given options.source', () => {
+    const source = '/models/gpt2-nf4/config.json';
+    for (const json of [null, { load_in_8bit: true }, {}, { quant_method: 'gptq', load_in_4bit: true }, { load_in_4bit: true, bnb_4bit_quant_type: 'int4' }, { load_in_4bit: true, bnb_4bit_quant_storage: 8 }]) {
+      expect(() => fromBitsAndBytesConfig(json, { source }), JSON.stringify(json)).toThrow(` in ${source}`);
+    }
+  });
 });

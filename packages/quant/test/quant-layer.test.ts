@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { AdapterModel, Linear, createLoraRegistry, initRuntime, lora } from '@lora/core';
+import { AdapterModel, ConfigError, Linear, createLoraRegistry, initRuntime, lora } from '@lora/core';
 import { spyOnKernels } from '@lora/core/internal';
 import { expectTensorsClose, runSuiteOnBackend, withoutTensorLeaks } from '@lora/core/testing';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { QuantLinear, dequantizeWeight, mergeAndDequantize, quant, quantizeModel, dequantizeModel } from '../src/index.js';
+import { QuantLinear, dequantizeWeight, mergeAndDequantize, quant, quantizeModel, quantizeWeight, dequantizeModel } from '../src/index.js';
 import { TinyMlp, maxAbsDifference } from './helpers.js';
 
 beforeAll(async () => {
@@ -160,6 +160,44 @@ describe('QuantLinear', () => {
       source.dispose();
       layer.dispose();
       back.dispose();
+    });
+  });
+});
+
+describe('QuantLinear.fromLayer / new QuantLinear', () => {
+  it("refuses options quant() refuses with the same ConfigError", async () => {
+    await withoutTensorLeaks(() => {
+      const source = new Linear({ inFeatures: 12, outFeatures: 8, seed: 1 });
+      for (const [options, field] of [
+        [{ type: 'int4' }, 'type'],
+        [{ blockSize: 48 }, 'blockSize'],
+        [{ blockSize: 0 }, 'blockSize'],
+        [{ merge: 'bogus' }, 'merge'],
+        [{ keepOriginalOnMerge: 1 }, 'keepOriginalOnMerge'],
+        [{ computeDtype: 'fp16' }, 'computeDtype'],
+      ] as const) {
+        let caught: unknown;
+        try {
+          QuantLinear.fromLayer(source, options as unknown as Parameters<typeof QuantLinear.fromLayer>[1]).dispose();
+        } catch (error) {
+          caught = error;
+        }
+        expect(caught, JSON.stringify(options)).toBeInstanceOf(ConfigError);
+        expect((caught as ConfigError).field).toBe(field);
+      }
+      source.dispose();
+    });
+  });
+
+  it('refuses a state whose buffers do not hold a weight of its shape, and an invalid merge mode', async () => {
+    await withoutTensorLeaks(() => {
+      const state = quantizeWeight(new Float32Array(96).fill(0.5), [8, 12], { doubleQuant: false });
+      expect(() => new QuantLinear({ ...state, shape: [10, 12] })).toThrow(/state\.packed\.length must be 60 for shape \[10, 12\]/u);
+      expect(() => new QuantLinear({ ...state, blockSize: 48 })).toThrow(/blockSize must be one of 32, 64/u);
+      expect(() => new QuantLinear(state, { merge: 'bogus' as 'requantize' })).toThrow(ConfigError);
+      const layer = new QuantLinear(state, { merge: 'dequantize' });
+      expect(layer.mergeMode).toBe('dequantize');
+      layer.dispose();
     });
   });
 });

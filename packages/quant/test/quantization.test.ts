@@ -1,4 +1,4 @@
-import { LoraError } from '@lora/core';
+import { ConfigError, LoraError } from '@lora/core';
 import { describe, expect, it } from 'vitest';
 import {
   DYNAMIC_MAP_SIGNED,
@@ -195,5 +195,51 @@ describe('double quantization', () => {
       expect(((bytes.packed + bytes.statistics) * 8) / (out * inFeatures)).toBeCloseTo(4 + 8 / 64 + 32 / (64 * 256), 3);
       console.log(`[${out}, ${inFeatures}] NF4+DQ: ${inMemory} B in memory = ${((100 * inMemory) / float32).toFixed(3)}% of float32; on disk ${((100 * onDisk) / float32).toFixed(3)}%`);
     }
+  });
+});
+
+describe('quantizeWeight', () => {
+  function fieldOf(fn: () => unknown): { field: string; message: string } {
+    try {
+      fn();
+    } catch (error) {
+      expect(error).toBeInstanceOf(ConfigError);
+      expect((error as Error).message).not.toContain('\n');
+      return { field: (error as ConfigError).field, message: (error as Error).message };
+    }
+    throw new Error('expected a ConfigError');
+  }
+  const values = normalSamples(96, 4);
+
+  it("refuses a type, block size or double-quantization flag quant() refuses, with quant()'s ConfigError", () => {
+    expect(fieldOf(() => quantizeWeight(values, [8, 12], { type: 'int4' as QuantType }))).toEqual({
+      field: 'type',
+      message: `[@lora/quant] Invalid config: type must be 'nf4' or 'fp4', got "int4". Pass e.g. { type: 'nf4' }.`,
+    });
+    for (const blockSize of [48, 0, 2.5, 8192]) expect(fieldOf(() => quantizeWeight(values, [8, 12], { blockSize })).field).toBe('blockSize');
+    expect(fieldOf(() => quantizeWeight(values, [8, 12], { doubleQuant: 'yes' as unknown as boolean })).field).toBe('doubleQuant');
+    expect(fieldOf(() => quantizeWeight(values, [8, 12], { nestedBlockSize: 0 })).field).toBe('nestedBlockSize');
+  });
+
+  it('refuses a shape whose product is not the number of values', () => {
+    for (const shape of [[10, 12], [4, 12], [96, 0], [-8, -12]] as [number, number][]) {
+      const { field, message } = fieldOf(() => quantizeWeight(values, shape, { name: 'h.0.fc' }));
+      expect(field).toBe('shape');
+      expect(message).toContain('out · in = 96, the number of values of "h.0.fc"');
+    }
+    expect(quantizeWeight(values, [8, 12]).shape).toEqual([8, 12]);
+  });
+});
+
+describe('quantize4bit / dequantize4bit / quantizeBlockwise8bit / dequantizeBlockwise8bit', () => {
+  it('refuses a block size that is not a positive integer and an unknown type with a ConfigError (was a RangeError or an endless loop)', () => {
+    const values = normalSamples(64, 2);
+    for (const blockSize of [0, -64, 2.5, Number.NaN]) {
+      expect(() => quantize4bit(values, { type: 'nf4', blockSize })).toThrow(ConfigError);
+      expect(() => dequantize4bit(new Uint8Array(32), new Float32Array(1), { code: NF4_CODE, blockSize, length: 64 })).toThrow(/dequantize4bit\(…, \{ blockSize: 64 \}\)/u);
+      expect(() => quantizeBlockwise8bit(values, { blockSize })).toThrow(ConfigError);
+      expect(() => dequantizeBlockwise8bit(new Uint8Array(64), new Float32Array(1), { blockSize })).toThrow(ConfigError);
+    }
+    expect(() => quantize4bit(values, { type: 'int4' as QuantType, blockSize: 64 })).toThrow(/type must be 'nf4' or 'fp4', got "int4"/u);
   });
 });

@@ -2,7 +2,20 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { AdamW, AdapterModel, ConfigError, Linear, Module, createLoraRegistry, initRuntime, lora, train } from '@lora/core';
+import {
+  AdamW,
+  AdapterModel,
+  CheckpointError,
+  ConfigError,
+  Linear,
+  Module,
+  ShapeError,
+  createLoraRegistry,
+  initRuntime,
+  lora,
+  train,
+  type SafetensorsEntry,
+} from '@lora/core';
 import { withoutTensorLeaks } from '@lora/core/testing';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { AdamW8bit, DYNAMIC_MAP_SIGNED, DYNAMIC_MAP_UNSIGNED, measurePeakTensorBytes, memoryReport, quant, type QuantLinear } from '../src/index.js';
@@ -199,6 +212,146 @@ describe('AdamW8bit', () => {
   it('rejects invalid options with a ConfigError naming the field', () => {
     expect(() => new AdamW8bit({ beta1: 1 })).toThrow(ConfigError);
     expect(() => new AdamW8bit({ blockSize: 0 })).toThrow(/blockSize/u);
+  });
+
+  it("rejects PyTorch's option names, naming the option to use, and options that are not numbers", () => {
+    const errorOf = (options: unknown): ConfigError => {
+      try {
+        new AdamW8bit(options as ConstructorParameters<typeof AdamW8bit>[0]);
+      } catch (error) {
+        expect(error).toBeInstanceOf(ConfigError);
+        expect((error as Error).message).not.toContain('\n');
+        return error as ConfigError;
+      }
+      throw new Error(`expected ${JSON.stringify(options)} to be rejected`);
+    };
+    expect(errorOf({ lr: 0.1 })).toMatchObject({ field: 'lr', message: expect.stringContaining('pass { learningRate: 0.1 }') });
+    expect(errorOf({ learningRate: 0.1, betas: [0.9, 0.99] })).toMatchObject({ field: 'betas', message: expect.stringContaining('pass { beta1: 0.9, beta2: 0.99 }') });
+    expect(errorOf({ eps: 1e-6 })).toMatchObject({ field: 'eps', message: expect.stringContaining('pass { epsilon: 0.000001 }') });
+    expect(errorOf({ weight_decay: 0 })).toMatchObject({ field: 'weight_decay', message: expect.stringContaining('pass { weightDecay: 0 }') });
+    expect(errorOf({ learningrate: 0.1 })).toMatchObject({ field: 'learningrate', message: expect.stringContaining('Remove it or fix its spelling') });
+    expect(errorOf({ beta1: '0.9' })).toMatchObject({ field: 'beta1', expected: 'a number' });
+    expect(errorOf({ blockSize: '256' })).toMatchObject({ field: 'blockSize', expected: 'a number' });
+    expect(errorOf(null)).toMatchObject({ field: 'options' });
+    expect(new AdamW8bit({ learningRate: 0.1, beta1: undefined }).learningRate).toBe(0.1);
+  });
+
+  it('throws a ShapeError naming the variable for a gradient of the wrong shape, changing nothing', async () => {
+    await withoutTensorLeaks(() => {
+      const [good, bad] = tf.tidy(() => [tf.variable(tf.zeros([300]), true, 'good'), tf.variable(tf.zeros([300]), true, 'bad')]);
+      const gradients = new Map<tf.Variable, tf.Tensor>([
+        [good, tf.ones([300])],
+        [bad, tf.ones([10])],
+      ]);
+      const optimizer = new AdamW8bit({ minQuantizedSize: 0 });
+      expect(() => optimizer.applyGradients(gradients)).toThrow(ShapeError);
+      expect(() => optimizer.applyGradients(gradients)).toThrow(/the gradient of variable "bad".*expected shape \[300\], got \[10\]/u);
+      expect(optimizer.step).toBe(0);
+      expect(optimizer.stateBytes().total).toBe(0);
+      expect(Math.max(...good.dataSync())).toBe(0);
+      tf.dispose([...gradients.values(), good, bad]);
+      optimizer.dispose();
+    });
+  });
+});
+
+describe('AdamW8bit.loadStateEntries', () => {
+  /** State after two steps of `optimizer` on a 600- and a 100-element variable, checkpointed as `big` and `small`. */
+  function stateOf(optimizer: AdamW): Map<string, SafetensorsEntry> {
+    const [big, small] = tf.tidy(() => [tf.variable(tf.zeros([600])), tf.variable(tf.zeros([100]))]);
+    for (let step = 0; step < 2; step++) {
+      const gradients = new Map<tf.Variable, tf.Tensor>([
+        [big, tf.randomNormal([600], 0, 1, 'float32', 10 + step)],
+        [small, tf.randomNormal([100], 0, 1, 'float32', 20 + step)],
+      ]);
+      optimizer.applyGradients(gradients);
+      tf.dispose([...gradients.values()]);
+    }
+    const entries = optimizer.stateEntries(new Map([[big, 'big'], [small, 'small']]));
+    optimizer.dispose();
+    tf.dispose([big, small]);
+    return entries;
+  }
+
+  function loadInto(options: ConstructorParameters<typeof AdamW8bit>[0], entries: ReadonlyMap<string, SafetensorsEntry>): { error: unknown; stateBytes: number; entries: Map<string, SafetensorsEntry> } {
+    const [big, small] = tf.tidy(() => [tf.variable(tf.zeros([600])), tf.variable(tf.zeros([100]))]);
+    const names = new Map([[big, 'big'], [small, 'small']]);
+    const optimizer = new AdamW8bit(options);
+    let error: unknown;
+    try {
+      optimizer.loadStateEntries(entries, names);
+    } catch (caught) {
+      error = caught;
+    }
+    const result = { error, stateBytes: optimizer.stateBytes().total, entries: optimizer.stateEntries(names) };
+    optimizer.dispose();
+    tf.dispose([big, small]);
+    return result;
+  }
+
+  it('restores state written with the same settings exactly', async () => {
+    await withoutTensorLeaks(() => {
+      for (const minQuantizedSize of [0, 200]) {
+        const written = stateOf(new AdamW8bit({ minQuantizedSize, blockSize: 64 }));
+        const { error, entries } = loadInto({ minQuantizedSize, blockSize: 64 }, written);
+        expect(error).toBeUndefined();
+        expect([...entries.keys()].sort()).toEqual([...written.keys()].sort());
+        for (const [key, entry] of written) expect(Buffer.from(entries.get(key)!.data).equals(Buffer.from(entry.data)), key).toBe(true);
+      }
+    });
+  });
+
+  it.each([
+    ['with blockSize 64, resumed with 256', () => new AdamW8bit({ minQuantizedSize: 0, blockSize: 64 }), { minQuantizedSize: 0, blockSize: 256 }, /"adam8_m_absmax\.big" is F32 with 10 values, expected F32 with 3 \(one absmax per block of 256 .*another blockSize/u],
+    ['with blockSize 256, resumed with 64', () => new AdamW8bit({ minQuantizedSize: 0, blockSize: 256 }), { minQuantizedSize: 0, blockSize: 64 }, /"adam8_m_absmax\.big" is F32 with 3 values, expected F32 with 10/u],
+    ['by float AdamW', () => new AdamW(), { minQuantizedSize: 0 }, /"adam_m\.big" holds float32 moments .*minQuantizedSize = 0 elements and "big" has 600/u],
+    ['with minQuantizedSize 0, resumed with the default', () => new AdamW8bit({ minQuantizedSize: 0 }), {}, /"adam8_m\.big" holds 8-bit moments .*under minQuantizedSize = 4096 elements/u],
+    ['with minQuantizedSize 4096, resumed with 200', () => new AdamW8bit(), { minQuantizedSize: 200 }, /"adam_m\.big" holds float32 moments/u],
+  ] as const)('refuses state written %s with a CheckpointError naming the key, restoring nothing', async (_label, writer, options, message) => {
+    await withoutTensorLeaks(() => {
+      const { error, stateBytes } = loadInto(options, stateOf(writer()));
+      expect(error).toBeInstanceOf(CheckpointError);
+      expect((error as Error).message).toMatch(/^\[@lora\/quant\] Cannot restore AdamW8bit state: checkpoint key /u);
+      expect((error as Error).message).toMatch(message);
+      expect((error as Error).message).toMatch(/or pass resume: false to start over\.$/u);
+      expect(stateBytes).toBe(0);
+    });
+  });
+
+  it('refuses an incomplete or mistyped 8-bit state, naming the key', async () => {
+    await withoutTensorLeaks(() => {
+      const written = stateOf(new AdamW8bit({ minQuantizedSize: 0 }));
+      const incomplete = new Map(written);
+      incomplete.delete('adam8_v_absmax.small');
+      expect(loadInto({ minQuantizedSize: 0 }, incomplete).error).toMatchObject({ missing: ['adam8_v_absmax.small'], message: expect.stringContaining('"adam8_v_absmax.small" is missing') });
+      const mistyped = new Map(written);
+      const codes = written.get('adam8_m.big')!;
+      mistyped.set('adam8_m.big', { dtype: 'F32', shape: [150], data: codes.data });
+      expect(loadInto({ minQuantizedSize: 0 }, mistyped).error).toMatchObject({ message: expect.stringContaining('"adam8_m.big" is F32 with 150 values, expected U8 with 600') });
+    });
+  });
+
+  it("makes train() refuse a checkpoint written with another blockSize with a CheckpointError (was tfjs' RangeError)", async () => {
+    const data = batches(2);
+    const directory = await mkdtemp(path.join(tmpdir(), 'quant-adam8-mismatch-'));
+    const run = async (blockSize: number, resume: boolean) => {
+      const peft = qlora();
+      const optimizer = new AdamW8bit({ learningRate: 1e-2, minQuantizedSize: 0, blockSize });
+      try {
+        await train({ model: peft.model, lossFn: mse(peft.model), trainData: data, steps: 4, optimizer, checkpoint: { directory, every: 2 }, resume });
+      } finally {
+        optimizer.dispose();
+        peft.dispose();
+      }
+    };
+    try {
+      await run(64, false);
+      await expect(run(256, true)).rejects.toThrow(CheckpointError);
+      await expect(run(256, true)).rejects.toThrow(/checkpoint key "adam8_m_absmax\.[^"]+" is F32 with \d+ values, expected F32 with \d+/u);
+    } finally {
+      await rm(directory, { recursive: true, force: true });
+      tf.dispose(data.flatMap((b) => [b.x, b.y]));
+    }
   });
 });
 
