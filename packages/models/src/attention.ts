@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { ShapeError } from '@lora/core';
+import { LoraError, ShapeError } from '@lora/core';
 import { causalAttention, causalMix, causalScores, scaledSoftmax } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 
@@ -42,10 +42,20 @@ export class KeyValueCache {
     /** Values of every cached position [B, kvHeads, past + T, headDim], owned by the cache. */
     value: tf.Tensor;
   } {
-    if (layer < 0 || layer >= this.numLayers) {
-      throw new ShapeError(`[${PACKAGE}] KeyValueCache.update: layer ${layer} is outside this cache of`, [this.numLayers], [layer]);
+    if (!Number.isInteger(layer) || layer < 0 || layer >= this.numLayers) {
+      throw new LoraError(
+        `[${PACKAGE}] KeyValueCache.update: layer ${layer} is outside this cache of ${this.numLayers} layer${this.numLayers === 1 ? '' : 's'} (0 to ${this.numLayers - 1}). Create the cache with new KeyValueCache(model.numLayers).`,
+        { plugin: PACKAGE },
+      );
     }
     const previous = this.layers[layer];
+    if (previous && (key.rank !== 4 || key.shape[0] !== previous.key.shape[0] || key.shape[1] !== previous.key.shape[1] || key.shape[3] !== previous.key.shape[3])) {
+      throw new ShapeError(
+        `[${PACKAGE}] KeyValueCache.update (layer ${layer}): the new keys do not extend the cached ones (a batch size or head layout that changed between calls; use a new cache for a new batch)`,
+        [previous.key.shape[0]!, previous.key.shape[1]!, null, previous.key.shape[3]!],
+        key.shape,
+      );
+    }
     const next = previous
       ? { key: tf.keep(tf.concat([previous.key, key], 2)), value: tf.keep(tf.concat([previous.value, value], 2)) }
       : { key: tf.keep(tf.clone(key)), value: tf.keep(tf.clone(value)) };
@@ -55,6 +65,33 @@ export class KeyValueCache {
     }
     this.layers[layer] = next;
     return next;
+  }
+
+  /** Batch size of the cached keys, or null while the cache is empty. */
+  get batchSize(): number | null {
+    return this.layers[0]?.key.shape[0] ?? null;
+  }
+
+  /**
+   * Refuse a cache that does not fit a model's forward before any layer writes to it: a cache of
+   * another number of layers, or one holding another batch size.
+   * @throws {LoraError} naming both layer counts; {@link ShapeError} naming both batch sizes.
+   */
+  check(numLayers: number, batch: number): void {
+    if (this.numLayers !== numLayers) {
+      throw new LoraError(
+        `[${PACKAGE}] KeyValueCache: this cache has ${this.numLayers} layer${this.numLayers === 1 ? '' : 's'} but the model has ${numLayers}; nothing was cached. Create it with new KeyValueCache(model.numLayers).`,
+        { plugin: PACKAGE },
+      );
+    }
+    const cached = this.batchSize;
+    if (cached !== null && cached !== batch) {
+      throw new ShapeError(
+        `[${PACKAGE}] KeyValueCache: the cache holds ${cached} row${cached === 1 ? '' : 's'} but this forward has ${batch}; nothing was cached. Use a new cache (or cache.dispose()) for a new batch`,
+        [cached, null],
+        [batch, this.length],
+      );
+    }
   }
 
   /** Free every cached tensor; the cache is empty afterwards and can be reused. */

@@ -59,7 +59,7 @@ export function parseBertConfig(json: ConfigJson, source = 'config.json'): BertC
     attentionProbsDropoutProb: r.probability('attention_probs_dropout_prob', 0.1),
     maxPositionEmbeddings: r.positiveInteger('max_position_embeddings', 512),
     typeVocabSize: r.positiveInteger('type_vocab_size', 2),
-    layerNormEps: r.number('layer_norm_eps', 1e-12),
+    layerNormEps: r.nonNegativeNumber('layer_norm_eps', 1e-12),
     padTokenId: r.tokenIds('pad_token_id')?.[0] ?? 0,
     classifierDropout: r.probability('classifier_dropout', hiddenDropoutProb),
     numLabels: r.positiveInteger('num_labels', labelCount),

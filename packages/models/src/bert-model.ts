@@ -6,6 +6,7 @@ import { bertConfigJson, type BertConfig } from './bert-config.js';
 import { PACKAGE } from './config-fields.js';
 import { normalInit } from './initialization.js';
 import { PretrainedModel, type LayerSlot } from './pretrained-model.js';
+import { checkIdTensor } from './input-checks.js';
 
 /** Options of a BERT forward pass. */
 export interface BertForwardOptions {
@@ -222,10 +223,25 @@ export class BertPooler extends Module {
   }
 }
 
-function checkInputs(inputIds: tf.Tensor, config: BertConfig): void {
+function checkInputs(inputIds: tf.Tensor, config: BertConfig, options: BertForwardOptions): void {
   if (inputIds.rank !== 2) throw new ShapeError(`[${PACKAGE}] BERT inputIds`, [null, null], inputIds.shape);
-  if (inputIds.shape[1]! > config.maxPositionEmbeddings) {
+  const [batch, time] = inputIds.shape as [number, number];
+  if (time > config.maxPositionEmbeddings) {
     throw new ShapeError(`[${PACKAGE}] BERT sequence longer than max_position_embeddings`, [null, config.maxPositionEmbeddings], inputIds.shape);
+  }
+  checkIdTensor(inputIds, { name: 'inputIds', size: config.vocabSize, field: 'vocab_size' });
+  const { positionIds, tokenTypeIds } = options;
+  if (positionIds) {
+    // [T] or [1, T] apply to every row; [B, T] gives each row its own. Anything else would broadcast to another batch.
+    const fits = (positionIds.rank === 1 && positionIds.shape[0] === time) || (positionIds.rank === 2 && (positionIds.shape[0] === batch || positionIds.shape[0] === 1) && positionIds.shape[1] === time);
+    if (!fits) throw new ShapeError(`[${PACKAGE}] BERT positionIds ([T] or [B, T] for inputIds [${batch}, ${time}])`, [batch, time], positionIds.shape);
+    checkIdTensor(positionIds, { name: 'positionIds', size: config.maxPositionEmbeddings, field: 'max_position_embeddings' });
+  }
+  if (tokenTypeIds) {
+    if (tokenTypeIds.rank !== 2 || tokenTypeIds.shape[0] !== batch || tokenTypeIds.shape[1] !== time) {
+      throw new ShapeError(`[${PACKAGE}] BERT tokenTypeIds (one segment id per input id)`, [batch, time], tokenTypeIds.shape);
+    }
+    checkIdTensor(tokenTypeIds, { name: 'tokenTypeIds', size: config.typeVocabSize, field: 'type_vocab_size' });
   }
 }
 
@@ -266,7 +282,7 @@ export class BertModel extends PretrainedModel {
   /** Last hidden state [B, T, hidden] for ids [B, T]. The caller disposes it. */
   forward(inputIds: tf.Tensor, options: BertForwardOptions = {}): tf.Tensor {
     if (options.adapterInputs !== undefined) return this.withAdapterInputs(options.adapterInputs, () => this.forward(inputIds, { ...options, adapterInputs: undefined }));
-    checkInputs(inputIds, this.config);
+    checkInputs(inputIds, this.config, options);
     const [batch, time] = inputIds.shape as [number, number];
     const bias = attentionBias({ queries: time, past: 0, causal: false, attentionMask: options.attentionMask, batch });
     try {

@@ -45,6 +45,20 @@ export class ConfigReader {
     return value;
   }
 
+  /** A finite number > 0 (a rotary base, a scaling factor). */
+  positiveNumber(field: string, fallback?: number): number {
+    const value = this.number(field, fallback);
+    if (!(value > 0)) this.fail(field, 'a positive number', 'A value of 0 or below makes every logit NaN.');
+    return value;
+  }
+
+  /** A finite number ≥ 0 (a normalisation epsilon). */
+  nonNegativeNumber(field: string, fallback?: number): number {
+    const value = this.number(field, fallback);
+    if (!(value >= 0)) this.fail(field, 'a non-negative number (e.g. 1e-5)', 'A negative epsilon makes the normalisation take the square root of a negative number: NaN logits.');
+    return value;
+  }
+
   probability(field: string, fallback: number): number {
     const value = this.number(field, fallback);
     if (!(value >= 0 && value < 1)) this.fail(field, 'a dropout probability in [0, 1)');

@@ -32,7 +32,8 @@ export function parseJsonl(content: string, options: JsonlOptions & { source?: s
   const textField = options.textField ?? 'text';
   const labelField = options.labelField ?? 'label';
   const out: TextExample[] = [];
-  const lines = content.split(/\r?\n/u);
+  // A UTF-8 byte-order mark (Windows editors write one) is not part of the first record, as in parseCsv.
+  const lines = content.replace(/^\uFEFF/u, '').split(/\r?\n/u);
   for (const [index, line] of lines.entries()) {
     if (line.trim() === '') continue;
     const number = index + 1;
@@ -158,7 +159,17 @@ function csvRecords(content: string, delimiter: string, source: string): { field
  */
 export function parseCsv(content: string, options: CsvOptions & { source?: string } = {}): TextExample[] {
   const source = options.source ?? '<csv>';
-  const records = csvRecords(content.replace(/^\uFEFF/u, ''), options.delimiter ?? ',', source);
+  const delimiter = options.delimiter ?? ',';
+  if (typeof delimiter !== 'string' || [...delimiter].length !== 1 || delimiter === '"' || delimiter === '\n' || delimiter === '\r') {
+    throw new ConfigError({
+      plugin: PACKAGE,
+      field: 'delimiter',
+      received: delimiter,
+      expected: `one character other than a quote or a line break (reading ${source})`,
+      hint: "Pass e.g. { delimiter: ';' } or { delimiter: '\\t' }.",
+    });
+  }
+  const records = csvRecords(content.replace(/^\uFEFF/u, ''), delimiter, source);
   const header = records.shift();
   if (!header) throw new DatasetError(`[${PACKAGE}] ${source} is empty: a header row is needed.`, { file: source });
   const textColumn = options.textColumn ?? 'text';
@@ -237,10 +248,36 @@ export interface PaddingOptions {
   readonly side?: 'left' | 'right';
 }
 
-/** Pad (and optionally truncate) sequences to the longest one. */
+function checkPaddingOptions(options: PaddingOptions): void {
+  if (options === null || typeof options !== 'object') {
+    throw new ConfigError({ plugin: PACKAGE, field: 'options', received: options, expected: 'an object with padTokenId', hint: 'Pass e.g. { padTokenId: tokenizer.padTokenId }.' });
+  }
+  const pad = options.padTokenId;
+  if (!(typeof pad === 'number' && Number.isInteger(pad) && pad >= 0)) {
+    throw new ConfigError({
+      plugin: PACKAGE,
+      field: 'padTokenId',
+      received: pad,
+      expected: 'a non-negative integer token id',
+      hint: "Pass the tokenizer's padTokenId (for GPT-2 its eosTokenId), e.g. { padTokenId: 256 } for ByteTokenizer.",
+    });
+  }
+  if (options.maxLength !== undefined) positiveInteger(options.maxLength, 'maxLength', 'Pass e.g. { maxLength: 128 }, or leave it out to keep every token.');
+  if (options.side !== undefined && options.side !== 'left' && options.side !== 'right') {
+    throw new ConfigError({ plugin: PACKAGE, field: 'side', received: options.side, expected: "'left' or 'right'" });
+  }
+}
+
+/**
+ * Pad (and optionally truncate) sequences to the longest one.
+ * @throws {ConfigError} when `padTokenId` is not a non-negative integer, `maxLength` not a positive integer, or `side` not `left`/`right`.
+ */
 export function padBatch(sequences: readonly (readonly number[])[], options: PaddingOptions): PaddedBatch {
+  checkPaddingOptions(options);
   const truncated = sequences.map((s) => (options.maxLength === undefined ? [...s] : s.slice(0, options.maxLength)));
-  const width = Math.max(1, ...truncated.map((s) => s.length));
+  // A loop, not Math.max(...lengths): spreading hundreds of thousands of arguments overflows the stack.
+  let width = 1;
+  for (const s of truncated) if (s.length > width) width = s.length;
   const inputIds: number[][] = [];
   const attentionMask: number[][] = [];
   for (const sequence of truncated) {
@@ -261,6 +298,7 @@ export function padBatch(sequences: readonly (readonly number[])[], options: Pad
 /**
  * Group tokenised examples into padded batches, optionally shuffled with a seed. Labels, when given,
  * go into `labels`.
+ * @throws {DatasetError} when some examples have a label and others not; {@link ConfigError} for bad options as {@link padBatch}.
  */
 export function makeBatches(
   examples: readonly { readonly ids: readonly number[]; readonly label?: number }[],
@@ -268,6 +306,15 @@ export function makeBatches(
 ): PaddedBatch[] {
   if (!Number.isInteger(options.batchSize) || options.batchSize <= 0) {
     throw new ConfigError({ plugin: PACKAGE, field: 'batchSize', received: options.batchSize, expected: 'a positive integer' });
+  }
+  checkPaddingOptions(options);
+  const labelled = examples.filter((e) => e.label !== undefined).length;
+  if (labelled > 0 && labelled < examples.length) {
+    const index = examples.findIndex((e) => e.label === undefined);
+    throw new DatasetError(
+      `[${PACKAGE}] makeBatches: ${labelled} of ${examples.length} examples have a label but example ${index} has none; label every example (classification) or none (language modelling).`,
+      { file: '<examples>', field: 'label' },
+    );
   }
   const order = options.shuffleSeed === undefined ? [...examples] : shuffled(examples, options.shuffleSeed);
   const batches: PaddedBatch[] = [];
@@ -283,7 +330,10 @@ export function makeBatches(
   return batches;
 }
 
-/** Tensors of a {@link PaddedBatch}: int32 ids and mask [B, T], int32 labels [B] when present. The caller disposes them (or runs inside `tf.tidy`). */
+/**
+ * Tensors of a {@link PaddedBatch}: int32 ids and mask [B, T], int32 labels [B] when present. The caller disposes them (or runs inside `tf.tidy`).
+ * @throws {DatasetError} naming the row or example when rows differ in length, an id is not an integer, or a label is not a class index (nothing is allocated then).
+ */
 export function batchTensors(batch: PaddedBatch): {
   /** int32 token ids [B, T], padding included. */
   inputIds: tf.Tensor2D;
@@ -292,16 +342,60 @@ export function batchTensors(batch: PaddedBatch): {
   /** int32 class labels [B]; only when the batch has `labels`. */
   labels?: tf.Tensor1D;
 } {
+  const rows = batch.inputIds.length;
+  const width = batch.inputIds[0]?.length ?? 0;
+  for (const [name, matrix] of [['inputIds', batch.inputIds], ['attentionMask', batch.attentionMask]] as const) {
+    if (!Array.isArray(matrix) || matrix.length !== rows) {
+      throw new DatasetError(`[${PACKAGE}] batchTensors: ${name} has ${Array.isArray(matrix) ? matrix.length : 'no'} rows, inputIds has ${rows}. Build batches with padBatch or makeBatches.`, { file: '<batch>', field: name });
+    }
+    for (const [i, row] of matrix.entries()) {
+      if (!Array.isArray(row) || row.length !== width) {
+        throw new DatasetError(`[${PACKAGE}] batchTensors: ${name}[${i}] has ${Array.isArray(row) ? row.length : 'no'} entries, row 0 of inputIds has ${width}; every row must have the same length. Pad them with padBatch.`, {
+          file: '<batch>',
+          field: name,
+        });
+      }
+      const bad = row.findIndex((value) => !(typeof value === 'number' && Number.isInteger(value)));
+      if (bad >= 0) {
+        throw new DatasetError(`[${PACKAGE}] batchTensors: ${name}[${i}][${bad}] is ${JSON.stringify(row[bad]) ?? String(row[bad])}, expected an integer.`, { file: '<batch>', field: name });
+      }
+    }
+  }
+  if (batch.labels !== undefined) {
+    if (!Array.isArray(batch.labels) || batch.labels.length !== rows) {
+      throw new DatasetError(`[${PACKAGE}] batchTensors: labels has ${Array.isArray(batch.labels) ? batch.labels.length : 'no'} entries for ${rows} examples.`, { file: '<batch>', field: 'labels' });
+    }
+    const bad = batch.labels.findIndex((label) => !(typeof label === 'number' && Number.isInteger(label) && label >= 0));
+    if (bad >= 0) {
+      throw new DatasetError(
+        `[${PACKAGE}] batchTensors: the label of example ${bad} is ${JSON.stringify(batch.labels[bad]) ?? String(batch.labels[bad])}, expected a class index (a non-negative integer). Map text labels to indices first (e.g. { spam: 1, ham: 0 }).`,
+        { file: '<batch>', field: 'labels' },
+      );
+    }
+  }
   const inputIds = tf.tensor2d(batch.inputIds, undefined, 'int32');
   const attentionMask = tf.tensor2d(batch.attentionMask, undefined, 'int32');
   return batch.labels ? { inputIds, attentionMask, labels: tf.tensor1d(batch.labels, 'int32') } : { inputIds, attentionMask };
 }
 
+/** Throw a ConfigError naming `field` unless `value` is a positive integer. */
+export function positiveInteger(value: unknown, field: string, hint?: string): asserts value is number {
+  if (!(typeof value === 'number' && Number.isInteger(value) && value > 0)) {
+    throw new ConfigError({ plugin: PACKAGE, field, received: value, expected: 'a positive integer', hint });
+  }
+}
+
 /**
  * Cut a long token stream into language-modelling windows of `contextLength` ids, each starting
  * `stride` ids after the previous one (default `contextLength`: no overlap). A shorter tail is dropped.
+ * @throws {ConfigError} when `contextLength` or `stride` is not a positive integer.
  */
 export function causalLmWindows(ids: ArrayLike<number>, options: { contextLength: number; stride?: number }): number[][] {
+  if (options === null || typeof options !== 'object') {
+    throw new ConfigError({ plugin: PACKAGE, field: 'options', received: options, expected: 'an object with contextLength', hint: 'Pass e.g. causalLmWindows(ids, { contextLength: 128 }).' });
+  }
+  positiveInteger(options.contextLength, 'contextLength', 'Pass e.g. { contextLength: 128 }.');
+  if (options.stride !== undefined) positiveInteger(options.stride, 'stride', 'Pass e.g. { stride: 64 }, or leave it out for non-overlapping windows.');
   const stride = options.stride ?? options.contextLength;
   const windows: number[][] = [];
   for (let start = 0; start + options.contextLength <= ids.length; start += stride) {

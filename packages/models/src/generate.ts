@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { ConfigError, ShapeError, type AdapterInputs } from '@lora/core';
+import { ConfigError, LoraError, ShapeError, type AdapterInputs } from '@lora/core';
 import { KeyValueCache } from './attention.js';
 import { PACKAGE } from './config-fields.js';
 import type { CausalLanguageModel } from './pretrained-model.js';
@@ -27,6 +27,29 @@ export interface GenerateOptions {
   readonly onStep?: (tokens: readonly number[], step: number) => void;
   /** Per-forward inputs for the adapters of the `AdapterModel` wrapping the model (e.g. a condition per row), for every step. */
   readonly adapterInputs?: AdapterInputs;
+}
+
+/** Refuse a model that does not produce next-token logits (a bare trunk, BERT): generate needs a causal LM. */
+function checkCausalLanguageModel(model: CausalLanguageModel): void {
+  const candidate = model as Partial<CausalLanguageModel> | null | undefined;
+  const isInteger = (value: unknown): boolean => typeof value === 'number' && Number.isInteger(value) && value > 0;
+  if (
+    candidate === null ||
+    typeof candidate !== 'object' ||
+    typeof candidate.forward !== 'function' ||
+    !isInteger(candidate.vocabSize) ||
+    !isInteger(candidate.numLayers) ||
+    !(candidate.maxPositions === null || isInteger(candidate.maxPositions))
+  ) {
+    const name = (candidate as { architecture?: unknown } | null | undefined)?.architecture ?? (candidate as object | null | undefined)?.constructor?.name ?? candidate;
+    throw new ConfigError({
+      plugin: PACKAGE,
+      field: 'model',
+      received: name,
+      expected: 'a causal language model (a CausalLanguageModel: GPT2LMHeadModel or LlamaForCausalLM) that returns next-token logits',
+      hint: 'A bare trunk (GPT2Model, LlamaModel) returns hidden states and BERT is an encoder; load the model with loadCausalLanguageModel(directory).',
+    });
+  }
 }
 
 function checkOption(condition: boolean, field: string, received: unknown, expected: string): void {
@@ -78,12 +101,14 @@ export function pickToken(
  *
  * @returns each prompt followed by its new tokens (plain arrays; no tensors to dispose).
  * @throws {ShapeError} for empty or unequal prompts, or a sequence longer than the model supports.
- * @throws {ConfigError} naming an invalid option.
+ * @throws {ConfigError} naming an invalid option, or `model` when it is not a causal LM (a trunk, BERT).
+ * @throws {LoraError} when the logits hold NaN or ±Infinity (non-finite weights); no token is emitted for that step.
  * @example
  * const [tokens] = generate(model, [tokenizer.encode('Call me')], { maxNewTokens: 40, doSample: true, topK: 20 });
  * console.log(tokenizer.decode(tokens));
  */
 export function generate(model: CausalLanguageModel, prompts: readonly number[] | readonly (readonly number[])[], options: GenerateOptions = {}): number[][] {
+  checkCausalLanguageModel(model);
   const rows: number[][] = (prompts.length > 0 && Array.isArray(prompts[0]) ? (prompts as readonly (readonly number[])[]) : [prompts as readonly number[]]).map(
     (row) => [...row],
   );
@@ -112,7 +137,18 @@ export function generate(model: CausalLanguageModel, prompts: readonly number[] 
   if (model.maxPositions !== null && length + maxNewTokens > model.maxPositions) {
     throw new ShapeError(`[${PACKAGE}] generate: prompt + maxNewTokens exceeds the model's positions`, [null, model.maxPositions], [rows.length, length + maxNewTokens]);
   }
-  const eos = new Set(options.eosTokenId === undefined ? model.eosTokenIds : typeof options.eosTokenId === 'number' ? [options.eosTokenId] : options.eosTokenId);
+  const isToken = (id: unknown): id is number => typeof id === 'number' && Number.isInteger(id) && id >= 0 && id < model.vocabSize;
+  let eosList: readonly number[];
+  if (options.eosTokenId === undefined) {
+    // The config's eos_token_id may lie outside a resized vocabulary: such an id can never be produced.
+    eosList = model.eosTokenIds.filter(isToken);
+  } else {
+    const given: readonly unknown[] = Array.isArray(options.eosTokenId) ? (options.eosTokenId as readonly unknown[]) : [options.eosTokenId];
+    checkOption(given.every(isToken), 'eosTokenId', options.eosTokenId, `a token id in [0, ${model.vocabSize}) or a list of them ([] never stops early)`);
+    eosList = given as readonly number[];
+  }
+  const eos = new Set(eosList);
+  checkOption(options.seed === undefined || (typeof options.seed === 'number' && Number.isSafeInteger(options.seed)), 'seed', options.seed, 'an integer');
   const random = seededRandom(options.seed ?? 0);
   const useCache = options.useCache ?? true;
   const cache = useCache ? new KeyValueCache(model.numLayers) : undefined;
@@ -132,6 +168,15 @@ export function generate(model: CausalLanguageModel, prompts: readonly number[] 
         const values = lastLogits.dataSync();
         lastLogits.dispose();
         const vocab = model.vocabSize;
+        const nonFinite = values.findIndex((value) => !Number.isFinite(value));
+        if (nonFinite >= 0) {
+          // Argmax or sampling over NaN would emit token 0 (or any token) forever.
+          throw new LoraError(
+            `[${PACKAGE}] generate: the model's logits for prompt ${Math.floor(nonFinite / vocab)} at step ${step} hold ${values[nonFinite]} (token ${nonFinite % vocab}); no token can be chosen. ` +
+              'The weights hold NaN or ±Infinity (loaded with allowNonFinite, or a diverged run): load finite weights.',
+            { plugin: PACKAGE },
+          );
+        }
         const chosen = rows.map((row, i) => {
           if (finished[i]) {
             const pad = row[row.length - 1]!;

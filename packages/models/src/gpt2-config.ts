@@ -58,7 +58,7 @@ export function parseGpt2Config(json: ConfigJson, source = 'config.json'): Gpt2C
     residPdrop: r.probability('resid_pdrop', 0.1),
     embdPdrop: r.probability('embd_pdrop', 0.1),
     attnPdrop: r.probability('attn_pdrop', 0.1),
-    layerNormEpsilon: r.number('layer_norm_epsilon', 1e-5),
+    layerNormEpsilon: r.nonNegativeNumber('layer_norm_epsilon', 1e-5),
     scaleAttnWeights: r.boolean('scale_attn_weights', true),
     scaleAttnByInverseLayerIdx: r.boolean('scale_attn_by_inverse_layer_idx', false),
     tieWordEmbeddings: r.boolean('tie_word_embeddings', true),

@@ -9,6 +9,7 @@ import { normalInit } from './initialization.js';
 import { OutputHead } from './output-head.js';
 import { CausalLanguageModel, PretrainedModel, type CausalLmForwardOptions, type LayerSlot } from './pretrained-model.js';
 import { positionIdsFor } from './positions.js';
+import { checkIdTensor } from './input-checks.js';
 
 /** GPT-2 self-attention (`GPT2Attention`): fused `c_attn` Conv1D for q, k, v, then `c_proj`. */
 export class Gpt2Attention extends Module {
@@ -166,6 +167,9 @@ export class Gpt2Model extends PretrainedModel {
   forward(inputIds: tf.Tensor, options: CausalLmForwardOptions = {}): tf.Tensor {
     if (inputIds.rank !== 2) throw new ShapeError(`[${PACKAGE}] GPT-2 inputIds`, [null, null], inputIds.shape);
     const [batch, time] = inputIds.shape as [number, number];
+    options.cache?.check(this.config.nLayer, batch);
+    checkIdTensor(inputIds, { name: 'inputIds', size: this.config.vocabSize, field: 'vocab_size' });
+    if (options.positionIds) checkIdTensor(options.positionIds, { name: 'positionIds', size: this.config.nPositions, field: 'n_positions' });
     const past = options.cache?.length ?? 0;
     if (past + time > this.config.nPositions) {
       throw new ShapeError(`[${PACKAGE}] GPT-2 sequence (cached + new positions) longer than n_positions`, [null, this.config.nPositions], [batch, past + time]);

@@ -70,13 +70,13 @@ function parseRopeScaling(r: ConfigReader): RopeScaling | null {
   const scaling = new ConfigReader(raw as ConfigJson, `${r.source} rope_scaling`);
   const type = scaling.has('rope_type') ? scaling.string('rope_type') : scaling.string('type', 'default');
   if (type === 'default') return null;
-  if (type === 'linear') return { type, factor: scaling.number('factor') };
+  if (type === 'linear') return { type, factor: scaling.positiveNumber('factor') };
   if (type === 'llama3') {
     return {
       type,
-      factor: scaling.number('factor'),
-      lowFreqFactor: scaling.number('low_freq_factor'),
-      highFreqFactor: scaling.number('high_freq_factor'),
+      factor: scaling.positiveNumber('factor'),
+      lowFreqFactor: scaling.positiveNumber('low_freq_factor'),
+      highFreqFactor: scaling.positiveNumber('high_freq_factor'),
       originalMaxPositionEmbeddings: scaling.positiveInteger('original_max_position_embeddings'),
     };
   }
@@ -107,8 +107,8 @@ export function parseLlamaConfig(json: ConfigJson, source = 'config.json'): Llam
     headDim,
     hiddenAct: r.activation('hidden_act', 'silu'),
     maxPositionEmbeddings: r.positiveInteger('max_position_embeddings', 2048),
-    rmsNormEps: r.number('rms_norm_eps', 1e-6),
-    ropeTheta: r.number('rope_theta', 10000),
+    rmsNormEps: r.nonNegativeNumber('rms_norm_eps', 1e-6),
+    ropeTheta: r.positiveNumber('rope_theta', 10000),
     ropeScaling: parseRopeScaling(r),
     attentionBias: r.boolean('attention_bias', false),
     mlpBias: r.boolean('mlp_bias', false),

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Embedding, Linear, Module, ModuleList, RMSNorm, ShapeError, type TensorModule } from '@lora/core';
+import { ConfigError, Embedding, Linear, Module, ModuleList, RMSNorm, ShapeError, type TensorModule } from '@lora/core';
 import { activationFunction } from './activations.js';
 import { attentionBias, mergeHeads, scaledDotProductAttention, splitHeads, type KeyValueCache } from './attention.js';
 import { PACKAGE } from './config-fields.js';
@@ -8,6 +8,7 @@ import { llamaConfigJson, type LlamaConfig } from './llama-config.js';
 import { OutputHead } from './output-head.js';
 import { CausalLanguageModel, PretrainedModel, type CausalLmForwardOptions, type LayerSlot } from './pretrained-model.js';
 import { applyRotary, rotaryInverseFrequencies, rotaryTables } from './rotary.js';
+import { checkIdTensor } from './input-checks.js';
 import { dropout } from '@lora/core';
 
 /** Rotary cos/sin tables for one forward pass, shared by every layer. */
@@ -159,6 +160,8 @@ export class LlamaModel extends PretrainedModel {
   forward(inputIds: tf.Tensor, options: CausalLmForwardOptions = {}): tf.Tensor {
     if (inputIds.rank !== 2) throw new ShapeError(`[${PACKAGE}] Llama inputIds`, [null, null], inputIds.shape);
     const [batch, time] = inputIds.shape as [number, number];
+    options.cache?.check(this.config.numHiddenLayers, batch);
+    checkIdTensor(inputIds, { name: 'inputIds', size: this.config.vocabSize, field: 'vocab_size' });
     const past = options.cache?.length ?? 0;
     let positions: ArrayLike<number>;
     if (options.positionIds) {
@@ -167,13 +170,25 @@ export class LlamaModel extends PretrainedModel {
         throw new ShapeError(`[${PACKAGE}] positionIds`, [batch, time], ids.shape);
       }
       const values = ids.dataSync();
+      const bad = values.findIndex((value) => !(Number.isInteger(value) && value >= 0));
+      if (ids.dtype === 'bool' || ids.dtype === 'string' || bad >= 0) {
+        // Rotary angles take any number: a fractional or negative position would silently rotate by the wrong angle.
+        throw new ConfigError({
+          plugin: PACKAGE,
+          field: bad >= 0 ? `positionIds${ids.rank === 2 ? `[${Math.floor(bad / time)}][${bad % time}]` : `[${bad}]`}` : 'positionIds',
+          received: bad >= 0 ? values[bad] : `a ${ids.dtype} tensor`,
+          expected: 'a non-negative integer position (int32, or float32 holding integers)',
+        });
+      }
       positions = ids.rank === 2 ? values : Array.from({ length: batch * time }, (_, i) => values[i % time]!);
     } else {
       positions = Array.from({ length: batch * time }, (_, i) => past + (i % time));
     }
     const rotary = rotaryTables(this.inverseFrequencies, positions, batch, time);
-    const bias = attentionBias({ queries: time, past, causal: true, attentionMask: options.attentionMask, batch });
+    let bias: tf.Tensor | null = null;
     try {
+      // Inside the try: a bad attentionMask throws here, and the rotary tables must still be freed.
+      bias = attentionBias({ queries: time, past, causal: true, attentionMask: options.attentionMask, batch });
       return tf.tidy(() => {
         let hidden = this.embed_tokens.forward(inputIds);
         for (const layer of this.layers) hidden = layer.forward(hidden, bias, rotary, options.cache);

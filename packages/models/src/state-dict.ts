@@ -120,14 +120,25 @@ export function loadStateDict(
     if (parameters.has(name) && entry) assigned.set(key, entry);
   }
   checkLoadedTensors(assigned, { file: options.source, allowNonFinite: options.allowNonFinite, plugin: PACKAGE });
-  for (const [name, variable] of parameters) {
-    const key = rename.get(name);
-    const entry = key === undefined ? undefined : tensors.get(key);
-    if (!entry) continue;
-    tf.tidy(() => {
-      const value = entryToTensor(entry, key);
-      variable.assign(value.dtype === variable.dtype ? value : tf.cast(value, variable.dtype));
-    });
+  // Every tensor decoded (and cast) before the first assignment: a tensor that cannot be decoded (an
+  // I64 value beyond 2^53, a truncated buffer) throws while the model still holds its old weights.
+  const decoded: [tf.Variable, tf.Tensor][] = [];
+  try {
+    for (const [name, variable] of parameters) {
+      const key = rename.get(name);
+      const entry = key === undefined ? undefined : tensors.get(key);
+      if (!entry) continue;
+      decoded.push([
+        variable,
+        tf.tidy(() => {
+          const value = entryToTensor(entry, key);
+          return value.dtype === variable.dtype ? value : tf.cast(value, variable.dtype);
+        }),
+      ]);
+    }
+    for (const [variable, value] of decoded) variable.assign(value);
+  } finally {
+    for (const [, value] of decoded) value.dispose();
   }
   return { missing, unexpected, mismatched, ignored, prefixChange, dtypes };
 }

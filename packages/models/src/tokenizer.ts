@@ -32,6 +32,30 @@ export interface TextTokenizer {
   decode(ids: readonly number[], options?: DecodeOptions): string;
 }
 
+/** Refuse anything `decode` cannot turn into text: a non-array, or an id that is not an integer in the vocabulary. */
+function checkDecodeIds(ids: unknown, isId: (id: number) => boolean, vocabulary: string, source: string): asserts ids is readonly number[] {
+  if (!Array.isArray(ids) && !ArrayBuffer.isView(ids)) {
+    throw new TokenizerError(`[${PACKAGE}] decode: expected an array of token ids, got ${typeof ids}. Pass e.g. tokenizer.decode([65, 104]).`, { file: source });
+  }
+  const list = ids as ArrayLike<unknown>;
+  for (let i = 0; i < list.length; i++) {
+    const id = list[i];
+    if (!(typeof id === 'number' && Number.isInteger(id) && isId(id))) {
+      throw new TokenizerError(
+        `[${PACKAGE}] decode: ids[${i}] is ${typeof id === 'string' ? JSON.stringify(id) : String(id)}, expected an integer token id in ${vocabulary}. Check that the ids come from this tokenizer (or its model's vocab_size).`,
+        { file: source },
+      );
+    }
+  }
+}
+
+/** Refuse text that is not a string, naming what was passed. */
+function checkEncodeText(text: unknown, source: string): asserts text is string {
+  if (typeof text !== 'string') {
+    throw new TokenizerError(`[${PACKAGE}] encode: expected a string, got ${text === null ? 'null' : typeof text}. Pass the text, e.g. tokenizer.encode('Call me Ishmael.').`, { file: source });
+  }
+}
+
 /** `tokenizer_class` written by {@link ByteTokenizer.save}. */
 export const BYTE_TOKENIZER_CLASS = 'LoraByteTokenizer';
 
@@ -61,12 +85,17 @@ export class ByteTokenizer implements TextTokenizer {
    * is put first. The literal text `<|endoftext|>` is encoded as bytes, never as the special id.
    */
   encode(text: string, options: EncodeOptions = {}): number[] {
+    checkEncodeText(text, 'ByteTokenizer');
     const bytes = Array.from(this.encoder.encode(text));
     return options.addSpecialTokens ? [this.bosTokenId, ...bytes] : bytes;
   }
 
-  /** Text of the bytes; invalid UTF-8 becomes U+FFFD. Ids ≥ 256 are special tokens. */
+  /**
+   * Text of the bytes; invalid UTF-8 becomes U+FFFD. Id 256 is `<|endoftext|>`; `[]` gives `''`.
+   * @throws {TokenizerError} naming the position of an id that is not an integer in [0, 256].
+   */
   decode(ids: readonly number[], options: DecodeOptions = {}): string {
+    checkDecodeIds(ids, (id) => id >= 0 && id < this.vocabSize, `[0, ${this.vocabSize})`, 'ByteTokenizer');
     let out = '';
     let run: number[] = [];
     const flush = (): void => {
@@ -86,7 +115,21 @@ export class ByteTokenizer implements TextTokenizer {
 
   /** Write `tokenizer_config.json` so {@link loadTokenizer} recognises the directory. */
   async save(directory: string): Promise<void> {
-    await writeJsonAtomic(fileHost().join(directory, 'tokenizer_config.json'), {
+    const file = fileHost().join(directory, 'tokenizer_config.json');
+    if ((await pathExists(directory)) && !(await pathExists(`${directory}/.`))) {
+      throw new TokenizerError(`[${PACKAGE}] ByteTokenizer.save: ${directory} is a file, not a directory. Pass the model directory (it is created if missing); nothing was written.`, { file });
+    }
+    try {
+      await this.write(file);
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      if (typeof code !== 'string') throw error;
+      throw new TokenizerError(`[${PACKAGE}] ByteTokenizer.save: cannot write ${file} (${code}): a part of the path is a file or not writable. Pass another directory; nothing was written.`, { file, cause: error });
+    }
+  }
+
+  private async write(file: string): Promise<void> {
+    await writeJsonAtomic(file, {
       tokenizer_class: BYTE_TOKENIZER_CLASS,
       bos_token: ByteTokenizer.END_OF_TEXT,
       eos_token: ByteTokenizer.END_OF_TEXT,
@@ -172,6 +215,15 @@ export class HuggingFaceTokenizer implements TextTokenizer {
     this.bosTokenId = idOf('bos_token') ?? idOf('cls_token');
     this.eosTokenId = idOf('eos_token') ?? idOf('sep_token');
     this.padTokenId = idOf('pad_token') ?? this.eosTokenId;
+    this.source = source;
+  }
+
+  private readonly source: string;
+  private ids: Set<number> | undefined;
+
+  private isId(id: number): boolean {
+    this.ids ??= new Set(this.tokenizer.get_vocab(true).values());
+    return this.ids.has(id);
   }
 
   /**
@@ -198,6 +250,7 @@ export class HuggingFaceTokenizer implements TextTokenizer {
 
   /** Token ids of `text`; special tokens (e.g. BERT's [CLS]/[SEP]) are added unless `options.addSpecialTokens` is false. */
   encode(text: string, options: EncodeOptions = {}): number[] {
+    checkEncodeText(text, this.source);
     return this.tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
   }
 
@@ -206,8 +259,13 @@ export class HuggingFaceTokenizer implements TextTokenizer {
     return this.tokenizer.tokenize(text);
   }
 
-  /** The text of token ids; special tokens are kept unless `options.skipSpecialTokens` is true. */
+  /**
+   * The text of token ids; special tokens are kept unless `options.skipSpecialTokens` is true; `[]` gives `''`.
+   * @throws {TokenizerError} naming the position of an id that is not an integer in the vocabulary.
+   */
   decode(ids: readonly number[], options: DecodeOptions = {}): string {
+    checkDecodeIds(ids, (id) => this.isId(id), `this tokenizer's vocabulary (${this.vocabSize} ids)`, this.source);
+    if (ids.length === 0) return '';
     return this.tokenizer.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? false });
   }
 }
@@ -215,7 +273,12 @@ export class HuggingFaceTokenizer implements TextTokenizer {
 async function readOptionalConfig(directory: string): Promise<Record<string, unknown>> {
   const file = fileHost().join(directory, 'tokenizer_config.json');
   if (!(await pathExists(file))) return {};
-  const json = await readJsonFile(file);
+  let json: unknown;
+  try {
+    json = await readJsonFile(file);
+  } catch (error) {
+    throw new TokenizerError(`[${PACKAGE}] ${file} is not valid JSON (${error instanceof Error ? error.message : String(error)}). Fix or remove the file.`, { file, cause: error });
+  }
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new TokenizerError(`[${PACKAGE}] ${file} must hold a JSON object.`, { file });
   }
