@@ -293,7 +293,7 @@ export function conditionNote(adapterModel: AdapterModel | null, condition: Read
 export function describeCondition(adapterModel: AdapterModel, condition: Readonly<Record<string, string>>): string {
   const spec = (adapterModel.adapterConfig('default').config as unknown as { condition?: { kind: string; factors?: readonly { name: string }[] } }).condition;
   const given = Object.entries(condition).map(([name, value]) => `${name}=${value}`);
-  const missing = spec?.kind === 'discrete' ? (spec.factors ?? []).map((factor) => factor.name).filter((name) => !(name in condition)) : [];
+  const missing = spec?.kind === 'discrete' ? (spec.factors ?? []).map((factor) => factor.name).filter((name) => !Object.hasOwn(condition, name)) : [];
   if (missing.length === 0) return given.join(',');
   const nulls = `${missing.join(', ')} at the learned null embedding`;
   return given.length === 0 ? `no condition (${nulls})` : `${given.join(',')} (${nulls})`;

@@ -377,6 +377,8 @@ export function buildProgram(context: ProgramContext): Command {
           if (condition !== undefined || input.adapter_inputs?.['condition'] === undefined) {
             const note = conditionNote(adapterModel, condition);
             if (note) context.stderr.write(`lora: note: ${note}.\n`);
+            // The note says the HyperLoRA runs at its learned null embedding: ask for that explicitly (@lora/hyper refuses a forward pass without a condition).
+            if (note && condition === undefined) input = { ...input, adapter_inputs: { ...input.adapter_inputs, condition: {} } };
           }
           model.eval();
           const logits = forwardLogits(model, input);
@@ -553,7 +555,8 @@ export function buildProgram(context: ProgramContext): Command {
           topK: options.topK,
           topP: options.topP,
           seed: options.seed,
-          adapterInputs: condition === undefined ? undefined : { condition },
+          // Without --condition a HyperLoRA runs at its learned null embedding (the note above says so), asked for explicitly.
+          adapterInputs: condition !== undefined ? { condition } : note !== null ? { condition: {} } : undefined,
         });
         context.stdout.write(`${options.prompt}${tokenizer.decode(tokens!.slice(promptIds.length))}\n`);
       } finally {

@@ -38,7 +38,7 @@ console.log(peft.trainableParameters().line);
 // Each row has its own condition; a target per condition that only a conditioned adapter can fit.
 const conditions = [{ src: 'en', tgt: 'fr' }, { src: 'en', tgt: 'de' }, { src: 'fr', tgt: 'en' }, { src: 'en', tgt: 'fr' }];
 const x = tf.randomNormal([4, 32], 0, 1, 'float32', 5);
-const y = tf.tidy(() => tf.add(model.forward(x), tf.tile(tf.tensor2d([[1], [-1], [0.5], [1]]), [1, 8])));
+const y = tf.tidy(() => tf.add(peft.disableAdapters(() => model.forward(x)), tf.tile(tf.tensor2d([[1], [-1], [0.5], [1]]), [1, 8]))); // the base's output, shifted
 const result = await train({
   model: peft, // an AdapterModel: its generator (adapter-level state) trains, its cache is dropped each step
   trainData: [{ x, y }],

@@ -1,5 +1,23 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { ConfigError } from '@lora/core';
 import type { GeneratedFactors } from './generator.js';
+
+/**
+ * Check an inference-cache budget (`hyper({ cacheBytes })`): a whole number of bytes >= 0.
+ * Anything else (a string like '64MB', a negative or fractional number) would otherwise compare as
+ * "does not fit" and turn the cache off silently.
+ * @throws {ConfigError} naming `field`.
+ */
+export function checkCacheBytes(value: unknown, field = 'cacheBytes'): number {
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value;
+  throw new ConfigError({
+    plugin: 'hyper',
+    field,
+    received: value,
+    expected: 'a whole number of bytes >= 0 (0 turns the inference cache off)',
+    hint: 'Pass e.g. hyper({ cacheBytes: 64 * 1024 * 1024 }) for 64 MiB.',
+  });
+}
 
 /** Counters of a {@link GeneratedAdapterCache}. */
 export interface CacheStats {
@@ -40,9 +58,12 @@ export class GeneratedAdapterCache {
   private evictions = 0;
   private invalidations = 0;
 
-  /** @param budgetBytes the most bytes of tensors kept (0 disables caching). */
+  /**
+   * @param budgetBytes the most bytes of tensors kept (0 disables caching).
+   * @throws {ConfigError} unless `budgetBytes` is a whole number >= 0.
+   */
   constructor(budgetBytes: number) {
-    this.budgetBytes = budgetBytes;
+    this.budgetBytes = checkCacheBytes(budgetBytes);
   }
 
   /** The cached factors for a key (most recently used afterwards), or undefined. */
@@ -89,7 +110,7 @@ export class GeneratedAdapterCache {
     return false;
   }
 
-  /** Drop every entry (the generator changed). */
+  /** Drop every entry (the generator's weights changed). */
   invalidate(): void {
     if (this.entries.size > 0) this.invalidations += 1;
     for (const key of [...this.entries.keys()]) this.remove(key);

@@ -37,6 +37,12 @@ export interface ConditionBatch {
   readonly keys: readonly string[];
   /** For each batch row, the index of its condition in `unique`; null when one condition serves the whole batch. */
   readonly rowToUnique: Int32Array | null;
+  /**
+   * The batch size a per-row list implies (its length, which the input's first axis must equal,
+   * also when every entry is the same condition and `rowToUnique` is null); null when one condition
+   * object (not a list) was given for the whole batch, whatever its size.
+   */
+  readonly rows: number | null;
 }
 
 function isVector(value: unknown): value is readonly number[] | Float32Array {
@@ -45,7 +51,29 @@ function isVector(value: unknown): value is readonly number[] | Float32Array {
 
 function isConditionList(spec: ConditionSpec, value: unknown): value is readonly Condition[] {
   if (!Array.isArray(value)) return false;
-  return spec.kind === 'discrete' ? true : value.length > 0 && value.every((item) => isVector(item));
+  // An array of numbers is one vector (for a discrete spec, an error about the whole input); any
+  // other array is a list of rows, each validated on its own (errors name the row).
+  const numbers = value.length > 0 && value.every((item) => typeof item === 'number');
+  return spec.kind === 'discrete' ? !numbers : value.length > 0 && !numbers;
+}
+
+/** What a condition should look like, for messages. */
+function expectedCondition(spec: ConditionSpec): string {
+  return spec.kind === 'discrete' ? 'an object { factor: value }' : `a vector of ${spec.size} numbers (an array or Float32Array)`;
+}
+
+/**
+ * A ConfigError for a condition that is a tfjs tensor: core's value preview would show the tensor's
+ * internals (`"kept"`), so the message says it got a tensor and what to pass instead.
+ */
+function tensorConditionError(spec: ConditionSpec, field: string, tensor: tf.Tensor): ConfigError {
+  const hint =
+    spec.kind === 'discrete'
+      ? `Pass plain objects, e.g. { ${spec.factors[0]!.name}: '${spec.factors[0]!.values[0]!}' }.`
+      : 'Pass plain numbers: read the tensor with await tensor.array() (or arraySync()) first.';
+  const error = new ConfigError({ plugin: 'hyper', field, received: `a tf.Tensor of shape [${tensor.shape.join(', ')}]`, expected: expectedCondition(spec), hint });
+  error.message = `[hyper] Invalid config: ${field} must be ${expectedCondition(spec)}, got a tf.Tensor of shape [${tensor.shape.join(', ')}]. ${hint}`;
+  return error;
 }
 
 /** Lower-case hex of `bytes` (no Node `Buffer`: this package also runs in browsers). */
@@ -71,15 +99,24 @@ function knownFactors(spec: ConditionSpec): string {
 }
 
 /**
- * Validate one condition against the config's condition spec.
- * @throws {ConfigError} for an unknown factor or value (listing the known ones) or a vector of the wrong length.
+ * Validate one condition against the config's condition spec. For discrete factors a factor left
+ * out (or null) takes its learned null embedding, so `{}` (and null or undefined here) is every
+ * factor null; factor names are read as own properties only (`toString` is a valid factor name).
+ * @throws {ConfigError} for an unknown factor or value (listing the known ones), a vector of the
+ *   wrong length, or a tf.Tensor (pass plain values).
  */
 export function resolveCondition(spec: ConditionSpec, condition: Condition | null | undefined): ResolvedCondition {
+  return resolveConditionAt(spec, condition, 'condition');
+}
+
+/** {@link resolveCondition} naming the condition `field` in errors (`condition`, or `condition[2]` for a row of a list). */
+function resolveConditionAt(spec: ConditionSpec, condition: Condition | null | undefined, field: string): ResolvedCondition {
+  if (condition instanceof tf.Tensor) throw tensorConditionError(spec, field, condition);
   if (spec.kind === 'continuous') {
     if (!isVector(condition) || condition.length !== spec.size) {
       throw new ConfigError({
         plugin: 'hyper',
-        field: 'condition',
+        field,
         received: condition === undefined || condition === null ? condition : isVector(condition) ? `a vector of length ${condition.length}` : condition,
         expected: `a vector of ${spec.size} numbers (this HyperLoRA is conditioned on a continuous vector)`,
         hint: 'Pass inputs { condition: [0.1, …] } for the whole batch, or one vector per row.',
@@ -87,27 +124,29 @@ export function resolveCondition(spec: ConditionSpec, condition: Condition | nul
     }
     const vector = Float32Array.from(condition);
     if (!vector.every((value) => Number.isFinite(value))) {
-      throw new ConfigError({ plugin: 'hyper', field: 'condition', received: 'a vector with NaN or Infinity', expected: 'finite numbers' });
+      throw new ConfigError({ plugin: 'hyper', field, received: 'a vector with NaN or Infinity', expected: 'finite numbers' });
     }
     return { kind: 'continuous', vector };
   }
   const given = (condition ?? {}) as Readonly<Record<string, string | null | undefined>>;
   if (typeof given !== 'object' || isVector(given)) {
-    throw new ConfigError({ plugin: 'hyper', field: 'condition', received: given, expected: 'an object { factor: value }', hint: `Known factors: ${knownFactors(spec)}.` });
+    throw new ConfigError({ plugin: 'hyper', field, received: given, expected: 'an object { factor: value }', hint: `Known factors: ${knownFactors(spec)}.` });
   }
   for (const name of Object.keys(given)) {
     if (!spec.factors.some((factor) => factor.name === name)) {
-      throw new ConfigError({ plugin: 'hyper', field: 'condition', received: name, expected: 'a known factor', hint: `Known factors: ${knownFactors(spec)}.` });
+      throw new ConfigError({ plugin: 'hyper', field, received: name, expected: 'a known factor', hint: `Known factors: ${knownFactors(spec)}.` });
     }
   }
   const indices = spec.factors.map((factor) => {
-    const value = given[factor.name];
+    // Own properties only: a factor named like an Object.prototype member (toString, constructor)
+    // that the condition leaves out must read as missing, not as the inherited function.
+    const value = Object.hasOwn(given, factor.name) ? given[factor.name] : undefined;
     if (value === undefined || value === null) return 0;
-    const index = factor.values.indexOf(value);
+    const index = typeof value === 'string' ? factor.values.indexOf(value) : -1;
     if (index < 0) {
       throw new ConfigError({
         plugin: 'hyper',
-        field: `condition.${factor.name}`,
+        field: `${field}.${factor.name}`,
         received: value,
         expected: `one of ${factor.values.map((v) => JSON.stringify(v)).join(', ')}`,
         hint: `Known factors: ${knownFactors(spec)}.`,
@@ -130,21 +169,35 @@ export interface BatchConditionsOptions {
 
 /**
  * Validate the conditions of one forward pass and deduplicate them: each distinct condition is
- * generated once, and rows gather from it. `undefined` means "no condition" (all factors null).
- * @throws {ConfigError} for unknown factors or values; {ShapeError} when a per-row list does not match the batch size.
+ * generated once, and rows gather from it. `undefined` means "no condition" (all factors null);
+ * a HyperLoRA forward pass refuses it before calling this (pass `{}` to ask for every factor null).
+ * A list keeps its length in `rows` (checked against the input's batch), even when every entry is
+ * the same condition; an entry of a list may not be null or undefined (`{}` asks for every factor null).
+ * @throws {ConfigError} for unknown factors or values, an empty list, a missing list entry or a tensor;
+ *   {ShapeError} when a per-row list does not match `batchSize`.
  */
 export function batchConditions(spec: ConditionSpec, input: ConditionInput | undefined, options: BatchConditionsOptions = {}): ConditionBatch {
   const dropout = options.dropout ?? 0;
   const random = options.random ?? Math.random;
   const drop = (condition: ResolvedCondition): ResolvedCondition =>
     dropout > 0 && condition.kind === 'discrete' ? { kind: 'discrete', indices: condition.indices.map((index) => (random() < dropout ? 0 : index)) } : condition;
+  if (Array.isArray(input) && input.length === 0) {
+    throw new ConfigError({
+      plugin: 'hyper',
+      field: 'condition',
+      received: input,
+      expected: 'one condition for the whole batch, or a list with one condition per batch row',
+      hint: `Pass e.g. { condition: ${spec.kind === 'discrete' ? `{ ${spec.factors[0]!.name}: '${spec.factors[0]!.values[0]!}' }` : '[0.1, …]'} }.`,
+    });
+  }
   if (!isConditionList(spec, input)) {
     if (dropout > 0 && options.batchSize !== undefined && options.batchSize > 1) {
       // Dropout draws per row, so one condition for the batch becomes per-row conditions.
-      return batchConditions(spec, new Array<Condition | undefined>(options.batchSize).fill(input as Condition | undefined) as Condition[], options);
+      const perRow = batchConditions(spec, new Array<Condition | undefined>(options.batchSize).fill(input as Condition | undefined) as Condition[], options);
+      return { ...perRow, rows: null };
     }
     const single = drop(resolveCondition(spec, input as Condition | undefined));
-    return { unique: [single], keys: [conditionKey(spec, single)], rowToUnique: null };
+    return { unique: [single], keys: [conditionKey(spec, single)], rowToUnique: null, rows: null };
   }
   if (options.batchSize !== undefined && input.length !== options.batchSize) {
     throw new ShapeError(`[@lora/hyper] inputs.condition has one entry per batch row`, [options.batchSize], [input.length]);
@@ -154,7 +207,16 @@ export function batchConditions(spec: ConditionSpec, input: ConditionInput | und
   const byKey = new Map<string, number>();
   const rowToUnique = new Int32Array(input.length);
   input.forEach((raw, row) => {
-    const condition = drop(resolveCondition(spec, raw));
+    if (raw === undefined || raw === null) {
+      throw new ConfigError({
+        plugin: 'hyper',
+        field: `condition[${row}]`,
+        received: raw,
+        expected: `${expectedCondition(spec)} (one per batch row)`,
+        hint: spec.kind === 'discrete' ? 'Pass {} for a row with every factor at its learned null embedding.' : 'Pass a vector for every row.',
+      });
+    }
+    const condition = drop(resolveConditionAt(spec, raw, `condition[${row}]`));
     const key = conditionKey(spec, condition);
     let index = byKey.get(key);
     if (index === undefined) {
@@ -165,7 +227,7 @@ export function batchConditions(spec: ConditionSpec, input: ConditionInput | und
     }
     rowToUnique[row] = index;
   });
-  return { unique, keys, rowToUnique: unique.length === 1 ? null : rowToUnique };
+  return { unique, keys, rowToUnique: unique.length === 1 ? null : rowToUnique, rows: input.length };
 }
 
 /**
@@ -180,8 +242,10 @@ export function parseConditionText(text: string): Record<string, string> {
       throw new ConfigError({ plugin: 'hyper', field: 'condition', received: part, expected: 'factor=value', hint: 'Write factor=value pairs separated by commas, e.g. party=Democratic,era=modern.' });
     }
     const name = match[1]!.trim();
-    if (name in condition) throw new ConfigError({ plugin: 'hyper', field: 'condition', received: text, expected: `each factor once ("${name}" repeats)` });
-    condition[name] = match[2]!.trim();
+    // Own properties only, defined rather than assigned: `constructor=x` is not a repeat (`in` sees
+    // the prototype), and `__proto__=x` is kept as a factor (assignment would set the prototype).
+    if (Object.hasOwn(condition, name)) throw new ConfigError({ plugin: 'hyper', field: 'condition', received: text, expected: `each factor once ("${name}" repeats)` });
+    Object.defineProperty(condition, name, { value: match[2]!.trim(), enumerable: true, writable: true, configurable: true });
   }
   return condition;
 }

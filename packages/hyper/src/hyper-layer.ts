@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { applyToLastAxis, LoraError, ShapeError, type AdapterInstance, type ApplyContext } from '@lora/core';
+import { applyToLastAxis, LoraError, type AdapterInstance, type ApplyContext } from '@lora/core';
 import type { HyperLoraState } from './hyper-state.js';
 
 /**
@@ -16,10 +16,12 @@ export class HyperLoraAdapter implements AdapterInstance {
   /** This layer's index in the state's `plan.targets`, used to pick its generated factors. */
   readonly targetIndex: number;
 
+  /** Attaches to the state, which lives until the last of its layers is disposed (or the AdapterModel disposes it). */
   constructor(options: { state: HyperLoraState; modulePath: string }) {
     this.state = options.state;
     this.modulePath = options.modulePath;
     this.targetIndex = options.state.targetIndex(options.modulePath);
+    this.state.attachLayer(this);
   }
 
   /** None: the generator's variables are saved once by the adapter state. */
@@ -29,7 +31,8 @@ export class HyperLoraAdapter implements AdapterInstance {
 
   apply(input: tf.Tensor, result: tf.Tensor, context: ApplyContext): tf.Tensor {
     return tf.tidy(() => {
-      const { a, b, rowIndex } = this.state.factorsFor(this.targetIndex);
+      // The state checks the input's batch against a per-row condition list before generating anything.
+      const { a, b, rowIndex } = this.state.factorsFor(this.targetIndex, { inputShape: input.shape, modulePath: this.modulePath });
       const outFeatures = context.base.outFeatures;
       let delta: tf.Tensor;
       if (rowIndex === null) {
@@ -38,9 +41,6 @@ export class HyperLoraAdapter implements AdapterInstance {
         delta = applyToLastAxis(input, outFeatures, (m) => tf.matMul(tf.matMul(m, loraA, false, true), loraB, false, true));
       } else {
         const rows = rowIndex.shape[0];
-        if (input.rank < 2 || input.shape[0] !== rows) {
-          throw new ShapeError(`[@lora/hyper] ${this.modulePath}: inputs.condition has ${rows} rows, so the input's first axis`, [rows, null], input.shape);
-        }
         const x = tf.reshape(input, [rows, -1, input.shape[input.rank - 1]!]) as tf.Tensor3D;
         const rowA = tf.gather(a, rowIndex) as tf.Tensor3D;
         const rowB = tf.gather(b, rowIndex) as tf.Tensor3D;
@@ -64,6 +64,11 @@ export class HyperLoraAdapter implements AdapterInstance {
     );
   }
 
-  /** Nothing to free: the state owns the generator. */
-  dispose(): void {}
+  /**
+   * Detach from the state: the generator lives in the adapter-level state, which frees itself when
+   * its last layer is disposed (so `model.dispose()` on the wrapped model frees it too).
+   */
+  dispose(): void {
+    this.state.detachLayer(this);
+  }
 }

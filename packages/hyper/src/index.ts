@@ -18,7 +18,7 @@ export type { GeneratedFactors, HyperParameterCount, HyperTarget, ModuleType, Ta
 export { GeneratedAdapterCache } from './cache.js';
 export type { CacheStats } from './cache.js';
 export { HyperLoraState, HYPERLORA_STATE_PREFIX, DEFAULT_CACHE_BYTES } from './hyper-state.js';
-export type { HyperLoraStateOptions, ForwardFactors } from './hyper-state.js';
+export type { HyperLoraStateOptions, ForwardFactors, FactorsForOptions } from './hyper-state.js';
 export { HyperLoraAdapter } from './hyper-layer.js';
 export { exportHyperLoraAsLora, hyperStateToLora, saveHyperLoraAsLora, writeExportedLora } from './hyper-export.js';
 export type { ExportedLora, HyperLoraExportOptions, HyperStateExportOptions } from './hyper-export.js';

@@ -1,9 +1,10 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { AdamW, initRuntime } from '@lora/core';
+import { AdamW, AdapterModel, createLoraRegistry, initRuntime, lora } from '@lora/core';
 import { withoutTensorLeaks } from '@lora/core/testing';
+import { AdamW8bit } from '@lora/quant';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { resolveCondition } from '../src/index.js';
-import { createHyperModel, LANGUAGES, randomizeGenerator, withCondition } from './helpers.js';
+import { hyper, resolveCondition, type HyperLoraState } from '../src/index.js';
+import { createHyperModel, LANGUAGES, randomizeGenerator, TinyModel, tinyConfig, withCondition } from './helpers.js';
 
 beforeAll(async () => {
   await initRuntime();
@@ -102,6 +103,97 @@ describe('GeneratedAdapterCache (through HyperLoraState)', () => {
       expect(hyper.state.generator.rowsGenerated).toBe(rows);
       tf.dispose(x);
       hyper.dispose();
+    });
+  });
+});
+
+/** The largest absolute difference between two tensors. */
+function maxDifference(a: tf.Tensor, b: tf.Tensor): number {
+  return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
+}
+
+/**
+ * Ways generator weights change outside `train()` (no afterStep hook, no invalidate()): optimizer
+ * steps run by hand, and an assignment with no gradient tape anywhere.
+ */
+const UPDATES: readonly [string, (peft: AdapterModel<TinyModel>, x: tf.Tensor, target: tf.Tensor) => void][] = [
+  ["3 steps of core's AdamW", (peft, x, target) => manualSteps(peft, x, target, new AdamW({ learningRate: 0.05 }))],
+  ["3 steps of @lora/quant's AdamW8bit", (peft, x, target) => manualSteps(peft, x, target, new AdamW8bit({ learningRate: 0.05, minQuantizedSize: 0 }))],
+  [
+    'a plain variable.assign with no tape',
+    (peft) => {
+      const state = peft.adapterState('default') as HyperLoraState;
+      for (const [key, variable] of state.namedTensors()) {
+        if (key.includes('b_basis')) tf.tidy(() => variable.assign(tf.add(variable, tf.randomNormal(variable.shape, 0, 0.3, 'float32', 7))));
+      }
+    },
+  ],
+];
+
+function manualSteps(peft: AdapterModel<TinyModel>, x: tf.Tensor, target: tf.Tensor, optimizer: AdamW): void {
+  const variables = peft.namedTrainableVariables().map(([, variable]) => variable);
+  for (let step = 0; step < 3; step++) {
+    const { value, grads } = tf.variableGrads(
+      () => peft.withAdapterInputs({ condition: EN_FR }, () => tf.tidy(() => tf.mean(tf.square(tf.sub(peft.model.forward(x), target))) as tf.Scalar)),
+      variables,
+    );
+    optimizer.applyGradients(new Map(variables.map((variable) => [variable, grads[variable.name]!] as const)));
+    tf.dispose([value, ...Object.values(grads)]);
+  }
+  optimizer.dispose();
+}
+
+describe('GeneratedAdapterCache never serves adapters of older weights', () => {
+  for (const [label, update] of UPDATES) {
+    it(`regenerates after ${label}, and hits again while the weights stay`, async () => {
+      await withoutTensorLeaks(() => {
+        const peft = AdapterModel.create(new TinyModel(1), { registry: createLoraRegistry({ plugins: [lora(), hyper({ seed: 9 })] }), plugin: 'hyper', config: tinyConfig() });
+        const state = peft.adapterState('default') as HyperLoraState;
+        const x = tf.randomNormal([2, 3, 6], 0, 1, 'float32', 46);
+        const target = tf.randomNormal([2, 3, 3], 0, 1, 'float32', 47);
+        // The audit's reproduction: eval, a forward fills the cache, weights change, forward again.
+        peft.model.eval();
+        const before = peft.forward({ condition: EN_FR }, x);
+        update(peft, x, target);
+        const after = peft.forward({ condition: EN_FR }, x);
+        state.invalidate();
+        const fresh = peft.forward({ condition: EN_FR }, x);
+        expect(maxDifference(after, before)).toBeGreaterThan(1e-4);
+        expect(Array.from(after.dataSync())).toEqual(Array.from(fresh.dataSync()));
+        // Unchanged weights: served from the cache (the generator does not run).
+        const rows = state.generator.rowsGenerated;
+        const again = peft.forward({ condition: EN_FR }, x);
+        expect(state.generator.rowsGenerated).toBe(rows);
+        expect(Array.from(again.dataSync())).toEqual(Array.from(fresh.dataSync()));
+        tf.dispose([x, target, before, after, fresh, again]);
+        peft.dispose();
+      });
+    });
+  }
+
+  it('regenerates inside one withAdapterInputs that spans optimizer steps', async () => {
+    await withoutTensorLeaks(() => {
+      const peft = AdapterModel.create(new TinyModel(1), { registry: createLoraRegistry({ plugins: [lora(), hyper({ seed: 9 })] }), plugin: 'hyper', config: tinyConfig() });
+      const x = tf.randomNormal([2, 3, 6], 0, 1, 'float32', 48);
+      const target = tf.randomNormal([2, 3, 3], 0, 1, 'float32', 49);
+      const variables = peft.namedTrainableVariables().map(([, variable]) => variable);
+      const optimizer = new AdamW({ learningRate: 0.05 });
+      const losses = peft.withAdapterInputs({ condition: EN_FR }, () => {
+        const values: number[] = [];
+        for (let step = 0; step < 4; step++) {
+          const { value, grads } = tf.variableGrads(() => tf.tidy(() => tf.mean(tf.square(tf.sub(peft.model.forward(x), target))) as tf.Scalar), variables);
+          // Every step gets gradients (the factors are generated on each step's tape, from its weights).
+          expect(Object.values(grads).some((grad) => tf.tidy(() => tf.max(tf.abs(grad)).dataSync()[0]!) > 0)).toBe(true);
+          optimizer.applyGradients(new Map(variables.map((variable) => [variable, grads[variable.name]!] as const)));
+          values.push(value.dataSync()[0]!);
+          tf.dispose([value, ...Object.values(grads)]);
+        }
+        return values;
+      });
+      expect(losses[3]!).toBeLessThan(losses[0]!);
+      optimizer.dispose();
+      tf.dispose([x, target]);
+      peft.dispose();
     });
   });
 });

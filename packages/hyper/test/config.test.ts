@@ -1,6 +1,6 @@
 import { ConfigError } from '@lora/core';
 import { describe, expect, it } from 'vitest';
-import { conditionKey, hyperLoraConfigFromPeftJson, hyperLoraConfigToPeftJson, parseConditionText, parseHyperLoraConfig, resolveCondition } from '../src/index.js';
+import { batchConditions, conditionKey, hyperLoraConfigFromPeftJson, hyperLoraConfigToPeftJson, parseConditionText, parseHyperLoraConfig, resolveCondition } from '../src/index.js';
 import { INVALID_CONFIGS, LANGUAGES } from './helpers.js';
 
 const condition = { kind: 'discrete', factors: [{ name: 'task', values: ['a', 'b'], dim: 4 }] };
@@ -61,4 +61,23 @@ describe('conditions', () => {
     expect(conditionKey(spec, { kind: 'continuous', vector: backing.subarray(1, 3) })).toBe('vector:0000803f000000c0');
     expect(conditionKey(spec, resolveCondition(spec, [1, 2]))).not.toBe(conditionKey(spec, resolveCondition(spec, [1, -2])));
   });
+});
+
+describe('factor names that are Object.prototype members', () => {
+  for (const name of ['toString', 'constructor', 'valueOf', 'hasOwnProperty', '__proto__']) {
+    it(`treat "${name}" as an ordinary factor`, () => {
+      const spec = parseHyperLoraConfig({ targetModules: ['q'], condition: { kind: 'discrete', factors: [{ name, values: ['x', 'y'] }, { name: 'other', values: ['p'] }] } }).condition;
+      // Left out: its null embedding, not the inherited function.
+      expect(resolveCondition(spec, { other: 'p' })).toEqual({ kind: 'discrete', indices: [0, 1] });
+      expect(resolveCondition(spec, {})).toEqual({ kind: 'discrete', indices: [0, 0] });
+      // Given (JSON and the CLI form create it as an own property, __proto__ included).
+      expect(resolveCondition(spec, JSON.parse(`{"${name}": "y"}`))).toEqual({ kind: 'discrete', indices: [2, 0] });
+      const parsed = parseConditionText(`${name}=y,other=p`);
+      expect(Object.keys(parsed)).toEqual([name, 'other']);
+      expect(resolveCondition(spec, parsed)).toEqual({ kind: 'discrete', indices: [2, 1] });
+      expect(() => resolveCondition(spec, JSON.parse(`{"${name}": "z"}`))).toThrow(`condition.${name} must be one of "x", "y", got "z"`);
+      expect(() => parseConditionText(`${name}=x,${name}=y`)).toThrow(`("${name}" repeats)`);
+      expect(batchConditions(spec, [{ other: 'p' }, JSON.parse(`{"${name}": "x"}`)]).keys).toEqual([`${name}=|other=p`, `${name}=x|other=`]);
+    });
+  }
 });

@@ -94,10 +94,10 @@ export function createHyperModel(
   };
 }
 
-/** Run `fn` (a forward pass) with `condition` as the per-forward input, as the adapter model does. */
+/** Run `fn` (a forward pass) with `condition` as the per-forward input, as the adapter model does (endForward also when beginForward throws). */
 export function withCondition<T>(hyper: HyperModel, condition: ConditionInput | undefined, fn: () => T): T {
-  hyper.state.beginForward({ inputs: condition === undefined ? {} : { condition }, training: hyper.model.training });
   try {
+    hyper.state.beginForward({ inputs: condition === undefined ? {} : { condition }, training: hyper.model.training });
     return fn();
   } finally {
     hyper.state.endForward();

@@ -25,9 +25,12 @@ describe('batchConditions', () => {
     expect(Array.from(batch.rowToUnique!)).toEqual([0, 1, 0, 2, 1, 0]);
   });
 
-  it('uses the single-condition fast path when all rows agree', () => {
-    expect(batchConditions(LANGUAGES, [ROWS[0]!, ROWS[2]!]).rowToUnique).toBeNull();
-    expect(batchConditions(LANGUAGES, ROWS[0]).rowToUnique).toBeNull();
+  it('uses the single-condition fast path when all rows agree, keeping the row count of a list', () => {
+    const agreeing = batchConditions(LANGUAGES, [ROWS[0]!, ROWS[2]!]);
+    expect([agreeing.rowToUnique, agreeing.rows]).toEqual([null, 2]);
+    const single = batchConditions(LANGUAGES, ROWS[0]);
+    expect([single.rowToUnique, single.rows]).toEqual([null, null]);
+    expect(batchConditions(LANGUAGES, ROWS).rows).toBe(ROWS.length);
   });
 
   it('replaces factors by null with condition dropout', () => {

@@ -1,9 +1,11 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
   AdapterModel,
+  CheckpointError,
+  ConfigError,
   createLoraRegistry,
   initRuntime,
   loadAdapter,
@@ -119,6 +121,95 @@ describe('hyper() through AdapterModel', () => {
       expect(new Set(counts.slice(1)).size).toBe(1);
       expect(result.losses[result.losses.length - 1]!).toBeLessThan(0.5 * result.losses[0]!);
       tf.dispose([x, target]);
+      peft.dispose();
+    });
+  });
+});
+
+describe('hyper() options', () => {
+  for (const [options, field, expected] of [
+    [{ cacheBytes: '64MB' }, 'cacheBytes', '[hyper] Invalid config: cacheBytes must be a whole number of bytes >= 0 (0 turns the inference cache off), got "64MB". Pass e.g. hyper({ cacheBytes: 64 * 1024 * 1024 }) for 64 MiB.'],
+    [{ cacheBytes: -1 }, 'cacheBytes', 'cacheBytes must be a whole number of bytes >= 0'],
+    [{ cacheBytes: 1.5 }, 'cacheBytes', 'cacheBytes must be a whole number of bytes >= 0'],
+    [{ seed: 'x' }, 'seed', '[hyper] Invalid config: seed must be an integer, got "x". Pass e.g. hyper({ seed: 1 }).'],
+    [{ seed: 0.5 }, 'seed', 'seed must be an integer'],
+    [{ cachebytes: 0 }, 'cachebytes', '[hyper] Invalid config: cachebytes must be a known option of hyper() (seed, cacheBytes; check the spelling), got 0.'],
+    [42, 'options', 'options must be an object { seed?, cacheBytes? }'],
+  ] as const) {
+    it(`rejects ${JSON.stringify(options)} with a one-line ConfigError naming ${field}`, () => {
+      let caught: unknown;
+      try {
+        hyper(options as never);
+      } catch (error) {
+        caught = error;
+      }
+      expect(caught).toBeInstanceOf(ConfigError);
+      expect((caught as ConfigError).field).toBe(field);
+      expect((caught as Error).message).toContain(expected);
+      expect((caught as Error).message).not.toContain('\n');
+    });
+  }
+
+  it('accepts the documented options', () => {
+    expect(hyper().name).toBe('hyper');
+    expect(hyper({ seed: 3, cacheBytes: 0 }).name).toBe('hyper');
+    expect(hyper({ seed: undefined, cacheBytes: 1024 }).name).toBe('hyper');
+  });
+});
+
+describe('loading a HyperLoRA adapter', () => {
+  it('names the file when the saved generator does not fit the model, and leaves the model as it was', async () => {
+    await withoutTensorLeaks(async () => {
+      const peft = create();
+      const target = path.join(directory, 'for-another-model');
+      await saveAdapter(peft, target);
+      peft.dispose();
+      // Another vocabulary: the same targets, a condition table of another size.
+      const json = JSON.parse(await readFile(path.join(target, 'adapter_config.json'), 'utf8')) as { condition: { factors: { values: string[] }[] } };
+      json.condition.factors[0]!.values.push('es');
+      await writeFile(path.join(target, 'adapter_config.json'), JSON.stringify(json));
+      const other = new AdapterModel(new TinyModel(1), { registry: registry() });
+      let caught: unknown;
+      try {
+        await loadAdapter(other, target);
+      } catch (error) {
+        caught = error;
+      }
+      expect(caught).toBeInstanceOf(CheckpointError);
+      const message = (caught as Error).message;
+      expect(message).toContain(path.join(target, 'adapter_model.safetensors'));
+      expect(message).toContain('wrong shape: hyperlora.condition.src.weight (expected [5, 4], found [4, 4])');
+      expect(message).not.toContain('\n');
+      expect(other.adapterNames).toEqual([]);
+      other.dispose();
+    });
+  });
+});
+
+describe('disposing a HyperLoRA model', () => {
+  it('frees the generator with model.dispose(), as LoRA frees its factors, and peft.dispose() afterwards is harmless', async () => {
+    await withoutTensorLeaks(() => {
+      const peft = create();
+      const state = peft.adapterState('default') as HyperLoraState;
+      peft.model.eval();
+      const x = tf.randomNormal([4, 3, 6], 0, 1, 'float32', 95);
+      tf.dispose(peft.forward({ condition: ROWS }, x));
+      tf.dispose(peft.forward({ condition: ROWS[0] }, x));
+      peft.model.dispose();
+      expect(state.isDisposed).toBe(true);
+      peft.dispose();
+      tf.dispose(x);
+    });
+  });
+
+  it('frees the generator with peft.dispose() and with deleteAdapter', async () => {
+    await withoutTensorLeaks(() => {
+      const peft = create();
+      peft.addAdapter('second', { plugin: 'hyper', config: tinyConfig() });
+      const second = peft.adapterState('second') as HyperLoraState;
+      peft.deleteAdapter('second');
+      expect(second.isDisposed).toBe(true);
+      expect((peft.adapterState('default') as HyperLoraState).isDisposed).toBe(false);
       peft.dispose();
     });
   });

@@ -27,7 +27,7 @@ describe('HyperLoraState tensors', () => {
       // Warm the cache first: loading must invalidate it.
       tf.dispose(withCondition(loaded, ROWS, () => loaded.model.forward(x)));
       const tensors = new Map([...parseSafetensors(bytes).tensors].map(([key, entry]) => [key, entryToTensor(entry)]));
-      loaded.state.loadTensors(tensors);
+      loaded.state.assignTensors(tensors);
       tf.dispose([...tensors.values()]);
       const actual = withCondition(loaded, ROWS, () => loaded.model.forward(x));
       expect(Array.from(actual.dataSync())).toEqual(Array.from(expected.dataSync()));
@@ -49,7 +49,7 @@ describe('HyperLoraState tensors', () => {
       const before = tf.tidy(() => Array.from(named[0]![1].dataSync()));
       let caught: unknown;
       try {
-        hyper.state.loadTensors(tensors);
+        hyper.state.assignTensors(tensors);
       } catch (error) {
         caught = error;
       }
