@@ -75,7 +75,7 @@ export class KeyValueCache {
   /**
    * Refuse a cache that does not fit a model's forward before any layer writes to it: a cache of
    * another number of layers, or one holding another batch size.
-   * @throws {LoraError} naming both layer counts; {@link ShapeError} naming both batch sizes.
+   * @throws {LoraError} naming both layer counts; `ShapeError` naming both batch sizes.
    */
   check(numLayers: number, batch: number): void {
     if (this.numLayers !== numLayers) {

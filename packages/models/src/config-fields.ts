@@ -8,7 +8,7 @@ export const PACKAGE = '@lora/models';
 export type ConfigJson = Readonly<Record<string, unknown>>;
 
 /**
- * Typed reads of Hugging Face `config.json` fields. Each throws a {@link ConfigError} whose
+ * Typed reads of Hugging Face `config.json` fields. Each throws a `ConfigError` whose
  * `field` is the JSON key, so a wrong checkpoint says which entry is wrong.
  */
 export class ConfigReader {

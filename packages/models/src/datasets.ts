@@ -298,7 +298,7 @@ export function padBatch(sequences: readonly (readonly number[])[], options: Pad
 /**
  * Group tokenised examples into padded batches, optionally shuffled with a seed. Labels, when given,
  * go into `labels`.
- * @throws {DatasetError} when some examples have a label and others not; {@link ConfigError} for bad options as {@link padBatch}.
+ * @throws {DatasetError} when some examples have a label and others not; `ConfigError` for bad options as {@link padBatch}.
  */
 export function makeBatches(
   examples: readonly { readonly ids: readonly number[]; readonly label?: number }[],
