@@ -244,7 +244,11 @@ export interface PaddingOptions {
   readonly padTokenId: number;
   /** Truncate longer sequences to this length (default: no truncation). */
   readonly maxLength?: number;
-  /** Pad on the `right` (default, for training) or the `left` (for batched generation). */
+  /**
+   * Pad on the `right` (default, for training) or the `left` (as transformers pads prompts for
+   * batched generation; this package's `generate` takes no attention mask, so give it prompts of
+   * one length, or one at a time, rather than left-padded rows: their pad tokens would be attended).
+   */
   readonly side?: 'left' | 'right';
 }
 

@@ -11,7 +11,7 @@ import {
   readJsonFile,
   readSafetensorsFile,
   tensorToEntry,
-  writeJsonAtomic,
+  writeFileAtomic,
   writeSafetensorsFile,
   type BaseLayer,
   type Module,
@@ -361,9 +361,24 @@ async function writeModelDirectory(directory: string, entries: Map<string, Safet
   // Before anything is written (the directory included): the 4-bit codes are U8, the biases, float
   // layers and F32 absmax can hold NaN after a diverged run.
   checkTensorsToSave(entries, { file: weightsFile, plugin: '@lora/quant' });
-  await fileHost().mkdir(directory);
-  await writeSafetensorsFile(weightsFile, entries, { format: 'pt' });
-  await writeJsonAtomic(fileHost().join(directory, MODEL_CONFIG_NAME), config);
+  const host = fileHost();
+  await host.mkdir(directory);
+  // Each file is atomic, the pair is not: weights first, config.json last, and an old config.json
+  // that differs goes before the weights change, so a kill at any point leaves the old checkpoint,
+  // the new one, or one without config.json (a clear error), never new weights read under an old
+  // config (another quant type, say). A write that fails puts the old config.json back.
+  const configFile = host.join(directory, MODEL_CONFIG_NAME);
+  const configText = `${JSON.stringify(config, null, 2)}\n`;
+  const oldConfig = (await pathExists(configFile)) ? await host.readText(configFile).catch(() => null) : null;
+  const replacing = oldConfig !== null && oldConfig !== configText;
+  if (replacing) await host.remove(configFile);
+  try {
+    await writeSafetensorsFile(weightsFile, entries, { format: 'pt' });
+  } catch (error) {
+    if (replacing) await writeFileAtomic(configFile, oldConfig).catch(() => undefined);
+    throw error;
+  }
+  await writeFileAtomic(configFile, configText);
 }
 
 /** Options for {@link saveQuantizedPretrained}: the quantization options plus the model's config. */

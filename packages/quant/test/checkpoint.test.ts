@@ -14,9 +14,10 @@ import {
   writeSafetensorsFile,
   type SafetensorsEntry,
 } from '@lora/core';
+import { setFaultInjector } from '@lora/core/internal';
 import { withoutTensorLeaks } from '@lora/core/testing';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -346,6 +347,34 @@ describe('saveQuantizedModel', () => {
         plain.dispose();
       }
     });
+  });
+
+  it('never leaves new weights under an old config.json: a failed weights write keeps the old pair, a failure after it leaves no config', async () => {
+    const target = path.join(directory, 'replace-pair');
+    const [nf4, fp4] = [quantizedMlp(7, { type: 'nf4' }), quantizedMlp(8, { type: 'fp4' })];
+    await saveQuantizedModel(nf4, target);
+    const [oldConfig, oldWeights] = [await readFile(path.join(target, 'config.json'), 'utf8'), await readFile(path.join(target, 'model.safetensors'))];
+    const failAt = (operation: string, suffix: string) =>
+      setFaultInjector((point) => {
+        if (point.operation === operation && point.path.endsWith(suffix)) throw Object.assign(new Error('disk full'), { code: 'ENOSPC' });
+      });
+    try {
+      failAt('rename', 'model.safetensors');
+      await expect(saveQuantizedModel(fp4, target)).rejects.toThrow('disk full');
+      expect(await readFile(path.join(target, 'config.json'), 'utf8')).toBe(oldConfig);
+      expect((await readFile(path.join(target, 'model.safetensors'))).equals(oldWeights)).toBe(true);
+      // The new weights are in place when config.json fails: the old config is gone, not read with them.
+      failAt('rename', 'config.json');
+      await expect(saveQuantizedModel(fp4, target)).rejects.toThrow('disk full');
+      expect(existsSync(path.join(target, 'config.json'))).toBe(false);
+      expect((await readFile(path.join(target, 'model.safetensors'))).equals(oldWeights)).toBe(false);
+    } finally {
+      setFaultInjector(null);
+    }
+    await saveQuantizedModel(fp4, target);
+    expect(JSON.parse(await readFile(path.join(target, 'config.json'), 'utf8')).quantization_config.bnb_4bit_quant_type).toBe('fp4');
+    nf4.dispose();
+    fp4.dispose();
   });
 
   it('refuses a non-finite bias with NonFiniteTensorError, writing nothing', async () => {
