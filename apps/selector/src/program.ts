@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { initRuntime, LoraError, NonFiniteTensorError, writeJsonAtomic } from '@lora/core';
+import { holdsNonFloatWeight, initRuntime, LoraError, NonFiniteTensorError, writeJsonAtomic } from '@lora/core';
 import { pathExists } from '@lora/core/internal';
 import { bundledBaseDirectory, CausalLanguageModel, generate, loadTokenizer, ByteTokenizer, savePretrained } from '@lora/models';
 import { readSelectorConfig, unaskedFlagsNote, type FlowchartFlags, type SelectorConfig } from './answers.js';
@@ -416,7 +416,11 @@ export function buildProgram(context: ProgramContext): Command {
       });
       try {
         refuseHyperMerge(adapterModel!, { model: options.model, adapter: options.adapter });
-        const merged = adapterModel!.mergeAndUnload();
+        // A 4-bit base is merged into its dequantized weights (exact: what the adapter was trained
+        // against) and written as a float model; re-quantizing in place would lose the merge's precision.
+        const fourBit = model.namedModules().some(([, module]) => holdsNonFloatWeight(module));
+        const merged = adapterModel!.mergeAndUnload({ dequantize: true });
+        if (fourBit) context.stderr.write(`lora: note: ${options.model} is a 4-bit checkpoint: the adapter was merged into its dequantized weights and the merged model is written in float32 (lora quantize makes it 4-bit again).\n`);
         try {
           await writeDirectoryAtomically(
             options.out,

@@ -85,6 +85,25 @@ describe('lora forward / merge / inspect / generate', () => {
     expect(error).toBeLessThan(0.2);
   });
 
+  it('merges into a 4-bit checkpoint\'s dequantized weights and writes a whole float model that loads (it wrote one without its linear weights)', async () => {
+    const quantized = path.join(directory, 'gpt2-nf4-for-merge');
+    expect((await run(['quantize', '--model', GPT2, '--out', quantized])).code).toBe(0);
+    const adapter = path.join(FIXTURES, 'adapters/gpt2_lora');
+    const out = path.join(directory, 'merged-from-nf4');
+    const result = await run(['merge', '--model', quantized, '--adapter', adapter, '--out', out]);
+    expect(result.code).toBe(0);
+    expect(result.stderr).toBe(
+      `lora: note: ${quantized} is a 4-bit checkpoint: the adapter was merged into its dequantized weights and the merged model is written in float32 (lora quantize makes it 4-bit again).\n`,
+    );
+    const config = JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8')) as Record<string, unknown>;
+    expect(config['quantization_config']).toBeUndefined();
+    const ref = await reference('adapters/gpt2_lora');
+    // The 4-bit base with the adapter on top, computed unmerged: the merge of its dequantized weights is exact up to float32 rounding.
+    const merged = await forward(out, ref.inputs);
+    const unmerged = await forward(quantized, ref.inputs, [adapter]);
+    expect(relativeError(merged, unmerged)).toBeLessThan(1e-5);
+  });
+
   it('refuses to quantize a checkpoint that is already 4-bit (exit 2, one line, naming it and its settings) before writing anything', async () => {
     const once = path.join(directory, 'gpt2-fp4');
     expect((await run(['quantize', '--model', GPT2, '--out', once, '--type', 'fp4', '--block-size', '128', '--double-quant'])).code).toBe(0);

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { AdapterLayer, ModulesToSaveWrapper, type AdapterLayerHost } from './adapter-layer.js';
-import { isBaseLayer, type BaseLayer } from './base-layer.js';
+import { holdsNonFloatWeight, isBaseLayer, type BaseLayer } from './base-layer.js';
 import { ConfigError, LoraError } from './errors.js';
 import { replaceLayers } from './layer-replacement.js';
 import { Linear } from './linear.js';
@@ -650,7 +650,7 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * Merge the active adapters and return the plain model: every adapter layer is replaced by its base
    * layer (adapters disposed) and every modules_to_save wrapper by the active copy.
    *
-   * With `dequantize: true`, every base layer that is not a float `Linear` (a 4-bit base) is first
+   * With `dequantize: true`, every base layer that does not hold a float weight (a 4-bit base, see `holdsNonFloatWeight`) is first
    * replaced by one holding its dense weight, so the merge is exact (`dequant(W) + ΔW`, what the
    * adapter was trained against) and the result is a float model; adapters already merged into such
    * a base are unmerged first. All or nothing: when the merge is refused (`safe` finds a non-finite
@@ -669,7 +669,8 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
     const swapped: [string, Module, Module][] = [];
     try {
       for (const [path, module] of this.model.namedModules()) {
-        if (path === '' || module instanceof Linear || module instanceof AdapterLayer || !isBaseLayer(module)) continue;
+        // Float layers stay (a tied output head shares the embedding's variable: a copy would part them).
+        if (path === '' || module instanceof AdapterLayer || !isBaseLayer(module) || !holdsNonFloatWeight(module)) continue;
         swapped.push([path, module, module.toLinear?.() ?? Linear.fromBaseLayer(module)]);
       }
       for (const [path, , dense] of swapped) this.model.setSubmodule(path, dense);

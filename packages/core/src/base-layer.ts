@@ -56,3 +56,15 @@ export function isBaseLayer(module: Module): module is Module & BaseLayer {
     typeof candidate.inFeatures === 'number'
   );
 }
+
+/**
+ * True for a base layer that keeps its weight in some form other than a float32 parameter named
+ * `weight` (a 4-bit `QuantLinear`'s packed codes): one that must be dequantized to be merged exactly
+ * or written as a float checkpoint. False for core's `Linear` and for other float layers (a tied
+ * output head, whose `weight` is the embedding's variable).
+ */
+export function holdsNonFloatWeight(module: Module): boolean {
+  if (!isBaseLayer(module)) return false;
+  const weight = module.getOwnParameter('weight');
+  return weight === undefined || weight.dtype !== 'float32';
+}

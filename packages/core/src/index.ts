@@ -28,7 +28,7 @@ export type { LinearOptions } from './linear.js';
 export { Embedding, LayerNorm, RMSNorm, Dropout } from './layers.js';
 export { dropout } from './dropout.js';
 export type { DropoutOptions } from './dropout.js';
-export { isBaseLayer } from './base-layer.js';
+export { holdsNonFloatWeight, isBaseLayer } from './base-layer.js';
 export type { BaseLayer } from './base-layer.js';
 
 export { PLUGIN_SPECIFICATION_VERSION } from './plugin.js';

@@ -95,28 +95,29 @@ class Gpt2Mlp extends Module {
 }
 
 /**
- * A base layer that is not a core `Linear` (as a 4-bit layer is not), holding a copy of a layer's
- * dense [out, in] weight and bias: what base-transform, dequantize and merge tests replace layers with.
+ * A base layer that keeps its weight outside its parameters, as a 4-bit layer keeps its codes (so
+ * `holdsNonFloatWeight` is true): a copy of a layer's dense [out, in] weight and its bias, for
+ * base-transform, dequantize and merge tests.
  */
 export class StandInBase extends Module implements BaseLayer {
   readonly inFeatures: number;
   readonly outFeatures: number;
   readonly fanInFanOut = false;
-  readonly weight: tf.Variable;
+  private weight: tf.Tensor2D;
   readonly bias: tf.Variable | null;
 
   constructor(layer: BaseLayer) {
     super();
     this.inFeatures = layer.inFeatures;
     this.outFeatures = layer.outFeatures;
-    this.weight = tf.tidy(() => this.registerParameter('weight', layer.denseWeight(), { trainable: false }));
+    this.weight = tf.keep(layer.denseWeight());
     // A copy: given the layer's own variable, the parameter would share it (and die with the layer).
     const bias = layer.bias;
     this.bias = bias === null ? null : tf.tidy(() => this.registerParameter('bias', tf.clone(bias), { trainable: false }));
   }
 
   forwardWithoutBias(input: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => tf.reshape(tf.matMul(tf.reshape(input, [-1, this.inFeatures]), this.weight as tf.Tensor2D, false, true), [...input.shape.slice(0, -1), this.outFeatures]));
+    return tf.tidy(() => tf.reshape(tf.matMul(tf.reshape(input, [-1, this.inFeatures]), this.weight, false, true), [...input.shape.slice(0, -1), this.outFeatures]));
   }
 
   forward(input: tf.Tensor): tf.Tensor {
@@ -131,7 +132,14 @@ export class StandInBase extends Module implements BaseLayer {
   }
 
   assignDenseWeight(weight: tf.Tensor2D): { readonly exact: boolean } {
-    this.weight.assign(weight);
+    const previous = this.weight;
+    this.weight = tf.keep(tf.clone(weight));
+    previous.dispose();
     return { exact: true };
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.weight.dispose();
   }
 }

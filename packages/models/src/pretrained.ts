@@ -1,5 +1,5 @@
 import { faultPoint, fileHost, pathExists } from '@lora/core/internal';
-import { CheckpointError, checkTensorsToSave, ConfigError, LoraError, readJsonFile, readSafetensorsFile, writeFileAtomic, writeJsonAtomic, writeSafetensorsFile, type SafetensorsEntry } from '@lora/core';
+import { CheckpointError, checkTensorsToSave, ConfigError, holdsNonFloatWeight, LoraError, readJsonFile, readSafetensorsFile, writeFileAtomic, writeJsonAtomic, writeSafetensorsFile, type SafetensorsEntry } from '@lora/core';
 import { BertForSequenceClassification, BertModel } from './bert-model.js';
 import { parseBertConfig } from './bert-config.js';
 import { PACKAGE, type ConfigJson } from './config-fields.js';
@@ -361,13 +361,23 @@ async function removeFile(file: string): Promise<void> {
  * files of that checkpoint (the index and the shards it lists, or `model.safetensors`). Shards of an
  * earlier sharded save that the new index no longer lists are removed after the new index is written.
  *
- * @throws {LoraError} when the model still holds adapter layers (merge or unload them first).
+ * @throws {LoraError} when the model still holds adapter layers (merge or unload them first), or a
+ * layer whose weight is not a float parameter (a 4-bit one: save it with `@lora/quant`), which it would leave out.
  * @throws {NonFiniteTensorError} when a weight holds NaN or ±Infinity; nothing is written then.
  * @throws {ConfigError} for an invalid option (`maxShardBytes`, `metadata` values that are not strings); nothing is written then.
  * @throws {CheckpointError} when `directory` is a file, or holds a checkpoint of the other layout without `overwrite`.
  */
 export async function savePretrained(model: PretrainedModel, directory: string, options: SavePretrainedOptions = {}): Promise<void> {
   checkSaveOptions(options);
+  // A layer keeping its weight outside the parameters this writes (a 4-bit QuantLinear's codes):
+  // saved, the checkpoint would lack that weight and fail to load later.
+  const foreign = model.namedModules().find(([path, module]) => path !== '' && holdsNonFloatWeight(module));
+  if (foreign) {
+    throw new LoraError(
+      `[${PACKAGE}] savePretrained: ${foreign[0]} is a ${foreign[1].constructor.name}, whose weight is not a float parameter and would not be written; nothing was written to ${directory}. Save a 4-bit model with @lora/quant's saveQuantizedModel, or turn it into a float one first (@lora/quant's dequantizeModel, or mergeAndUnload({ dequantize: true })).`,
+      { plugin: PACKAGE },
+    );
+  }
   const entries = stateDict(model);
   const wrapped = [...entries.keys()].find((key) => /(^|\.)(base_layer|lora_[A-Za-z]+|modules_to_save|original_module)\./u.test(key));
   if (wrapped) {
@@ -419,7 +429,10 @@ export async function savePretrained(model: PretrainedModel, directory: string, 
       cause: error,
     });
   }
-  const configText = `${JSON.stringify({ ...model.configJson(), torch_dtype: 'float32' }, null, 2)}\n`;
+  // What this writes is a float32 checkpoint: a quantization_config kept from a 4-bit source
+  // (its model dequantized since) would send loaders to a 4-bit reader that finds no 4-bit weights.
+  const { quantization_config: _quantization, ...floatConfig } = model.configJson() as Record<string, unknown>;
+  const configText = `${JSON.stringify({ ...floatConfig, torch_dtype: 'float32' }, null, 2)}\n`;
   const oldShards = hadIndex ? await indexedShards(index) : [];
   const count = String(shards.length).padStart(5, '0');
   const shardNames = shards.map((_, i) => `model-${String(i + 1).padStart(5, '0')}-of-${count}.safetensors`);
