@@ -294,6 +294,77 @@ class ConformanceBlock extends Module {
 }
 
 /**
+ * A base layer that keeps its weight outside its parameters, as a 4-bit layer keeps its codes
+ * (`holdsNonFloatWeight` is true for it): a copy of `layer`'s dense [out, in] weight in a kept
+ * tensor, and of its bias as a frozen parameter. For tests of base transforms, dequantizing merges
+ * and saves, which must treat such a layer differently from a float one.
+ */
+export class NonFloatBaseLayer extends Module implements BaseLayer {
+  /** As the copied layer's. */
+  readonly inFeatures: number;
+  /** As the copied layer's. */
+  readonly outFeatures: number;
+  /** False: the weight is held [out, in]. */
+  readonly fanInFanOut = false;
+  /** A copy of the copied layer's bias (a frozen parameter), or null. */
+  readonly bias: tf.Variable | null;
+  private weight: tf.Tensor2D;
+  private readonly linearFanInFanOut: boolean;
+
+  /** @param options.fanInFanOut the layout `toLinear()` gives back (default false; true for GPT-2's Conv1D, as a 4-bit layer restores it). */
+  constructor(layer: BaseLayer, options: { readonly fanInFanOut?: boolean } = {}) {
+    super();
+    this.inFeatures = layer.inFeatures;
+    this.outFeatures = layer.outFeatures;
+    this.linearFanInFanOut = options.fanInFanOut ?? false;
+    this.weight = tf.keep(layer.denseWeight());
+    // A copy: given the layer's own variable, the parameter would share it (and die with the layer).
+    const bias = layer.bias;
+    this.bias = bias === null ? null : tf.tidy(() => this.registerParameter('bias', tf.clone(bias), { trainable: false }));
+  }
+
+  /** x·Wᵀ + b over the last axis. */
+  forward(input: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => {
+      const y = this.forwardWithoutBias(input);
+      return this.bias === null ? y : tf.add(y, this.bias);
+    });
+  }
+
+  /** x·Wᵀ over the last axis. */
+  forwardWithoutBias(input: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => tf.reshape(tf.matMul(tf.reshape(input, [-1, this.inFeatures]), this.weight, false, true), [...input.shape.slice(0, -1), this.outFeatures]));
+  }
+
+  /** A copy of the [out, in] weight; the caller disposes it. */
+  denseWeight(): tf.Tensor2D {
+    return tf.clone(this.weight);
+  }
+
+  /** Replace the weight with a copy of `weight` (exactly). */
+  assignDenseWeight(weight: tf.Tensor2D): {
+    /** Always true: the copy holds the given values exactly. */
+    readonly exact: boolean;
+  } {
+    const previous = this.weight;
+    this.weight = tf.keep(tf.clone(weight));
+    previous.dispose();
+    return { exact: true };
+  }
+
+  /** A float `Linear` computing the same, in the layout given to the constructor. */
+  toLinear(): Linear {
+    return Linear.fromBaseLayer(this, { fanInFanOut: this.linearFanInFanOut });
+  }
+
+  /** Free the weight and the bias. */
+  override dispose(): void {
+    super.dispose();
+    this.weight.dispose();
+  }
+}
+
+/**
  * An {@link ApplyContext} for calling `AdapterInstance.apply` directly in a test: no per-forward
  * inputs and no adapter-level state unless given.
  */

@@ -18,8 +18,8 @@ import {
   serializeAdapter,
   type BaseTransform,
 } from '../src/index.js';
-import { expectTensorsClose, withoutTensorLeaks } from '../src/testing.js';
-import { Gpt2ShapedTree, StandInBase } from './helpers.js';
+import { expectTensorsClose, NonFloatBaseLayer, withoutTensorLeaks } from '../src/testing.js';
+import { Gpt2ShapedTree } from './helpers.js';
 
 const registry = createLoraRegistry({ plugins: [lora({ seed: 1 })] });
 
@@ -206,7 +206,7 @@ describe('AdapterModel', () => {
       transform: (module) => {
         calls += 1;
         if (calls === 3) throw new LoraError('[@lora-internal/stand-in] Cannot transform the third layer.');
-        return new StandInBase(module);
+        return new NonFloatBaseLayer(module);
       },
     };
     const withTransform = createLoraRegistry({ plugins: [lora({ seed: 1 }), failingTransform] });
@@ -217,7 +217,7 @@ describe('AdapterModel', () => {
       expect(() => AdapterModel.create(model, { registry: withTransform, transforms: ['stand-in'], config: { r: 2, targetModules: ['c_attn'] } })).toThrow(/third layer/u);
     });
     expect(calls).toBe(3);
-    expect(model.namedModules().filter(([, module]) => module instanceof StandInBase)).toHaveLength(0);
+    expect(model.namedModules().filter(([, module]) => module instanceof NonFloatBaseLayer)).toHaveLength(0);
     weights().forEach((weight, i) => expect(weight).toEqual(before[i]));
     model.dispose();
   });
@@ -229,7 +229,7 @@ describe('AdapterModel', () => {
       name: 'stand-in',
       packageName: '@lora-internal/stand-in',
       shouldTransform: (path) => path.endsWith('c_attn') || path.endsWith('c_fc'),
-      transform: (module) => new StandInBase(module),
+      transform: (module) => new NonFloatBaseLayer(module),
     };
     const registryWith = createLoraRegistry({ plugins: [lora({ seed: 1 }), standIn] });
     const adapterModel = AdapterModel.create(new Gpt2ShapedTree({ width: 16 }), { registry: registryWith, transforms: ['stand-in'], config: { r: 4, targetModules: ['c_attn', 'c_fc'] } });
@@ -244,7 +244,7 @@ describe('AdapterModel', () => {
     const bases = (): string[] => adapterModel.adapterLayers().map(([, layer]) => layer.base_layer.constructor.name);
     const denseWeights = (): Float32Array[] => tf.tidy(() => adapterModel.adapterLayers().map(([, layer]) => layer.base_layer.denseWeight().dataSync() as Float32Array));
     const [basesBefore, weightsBefore, mergedBefore] = [bases(), denseWeights(), adapterModel.adapterLayers().map(([, layer]) => [...layer.mergedAdapters])];
-    expect(basesBefore.every((name) => name === 'StandInBase')).toBe(true);
+    expect(basesBefore.every((name) => name === 'NonFloatBaseLayer')).toBe(true);
     const count = tf.memory().numTensors;
     expect(() => adapterModel.mergeAndUnload({ dequantize: true, safe: true })).toThrow(NonFiniteTensorError);
     expect(tf.memory().numTensors).toBe(count);

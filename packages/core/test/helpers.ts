@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Linear, Module, ModuleList, type BaseLayer } from '../src/index.js';
+import { Linear, Module, ModuleList } from '../src/index.js';
 
 // Shared numeric helpers live in @lora/core/testing so every package's tests use the same ones.
 export { matmul64, maxRelativeError, seededRandomValues as randomValues, transpose64 } from '../src/testing.js';
@@ -91,55 +91,5 @@ class Gpt2Mlp extends Module {
 
   forward(x: tf.Tensor): tf.Tensor {
     return tf.tidy(() => this.c_proj.forward(tf.tanh(this.c_fc.forward(x))));
-  }
-}
-
-/**
- * A base layer that keeps its weight outside its parameters, as a 4-bit layer keeps its codes (so
- * `holdsNonFloatWeight` is true): a copy of a layer's dense [out, in] weight and its bias, for
- * base-transform, dequantize and merge tests.
- */
-export class StandInBase extends Module implements BaseLayer {
-  readonly inFeatures: number;
-  readonly outFeatures: number;
-  readonly fanInFanOut = false;
-  private weight: tf.Tensor2D;
-  readonly bias: tf.Variable | null;
-
-  constructor(layer: BaseLayer) {
-    super();
-    this.inFeatures = layer.inFeatures;
-    this.outFeatures = layer.outFeatures;
-    this.weight = tf.keep(layer.denseWeight());
-    // A copy: given the layer's own variable, the parameter would share it (and die with the layer).
-    const bias = layer.bias;
-    this.bias = bias === null ? null : tf.tidy(() => this.registerParameter('bias', tf.clone(bias), { trainable: false }));
-  }
-
-  forwardWithoutBias(input: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => tf.reshape(tf.matMul(tf.reshape(input, [-1, this.inFeatures]), this.weight, false, true), [...input.shape.slice(0, -1), this.outFeatures]));
-  }
-
-  forward(input: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => {
-      const y = this.forwardWithoutBias(input);
-      return this.bias === null ? y : tf.add(y, this.bias);
-    });
-  }
-
-  denseWeight(): tf.Tensor2D {
-    return tf.clone(this.weight) as tf.Tensor2D;
-  }
-
-  assignDenseWeight(weight: tf.Tensor2D): { readonly exact: boolean } {
-    const previous = this.weight;
-    this.weight = tf.keep(tf.clone(weight));
-    previous.dispose();
-    return { exact: true };
-  }
-
-  override dispose(): void {
-    super.dispose();
-    this.weight.dispose();
   }
 }

@@ -374,7 +374,7 @@ export async function savePretrained(model: PretrainedModel, directory: string, 
   const foreign = model.namedModules().find(([path, module]) => path !== '' && holdsNonFloatWeight(module));
   if (foreign) {
     throw new LoraError(
-      `[${PACKAGE}] savePretrained: ${foreign[0]} is a ${foreign[1].constructor.name}, whose weight is not a float parameter and would not be written; nothing was written to ${directory}. Save a 4-bit model with saveQuantizedModel (the quant plugin's package), or turn it into a float one first (its dequantizeModel, or mergeAndUnload({ dequantize: true })).`,
+      `[${PACKAGE}] savePretrained: ${foreign[0]} is a ${foreign[1].constructor.name.replace(/^_+/u, '')}, whose weight is not a float parameter and would not be written; nothing was written to ${directory}. Save a 4-bit model with saveQuantizedModel (the quant plugin's package), or turn it into a float one first (its dequantizeModel, or mergeAndUnload({ dequantize: true })).`,
       { plugin: PACKAGE },
     );
   }

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { AdapterModel, CheckpointError, ConfigError, createLoraRegistry, initRuntime, Linear, lora, LoraError, Module, type BaseLayer, type SafetensorsEntry } from '@lora/core';
+import { AdapterModel, CheckpointError, ConfigError, createLoraRegistry, initRuntime, Linear, lora, LoraError, type BaseLayer, type Module, type SafetensorsEntry } from '@lora/core';
 import { setFaultInjector } from '@lora/core/internal';
-import { runUntilKilled } from '@lora/core/testing';
+import { NonFloatBaseLayer, runUntilKilled } from '@lora/core/testing';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -169,50 +169,15 @@ describe('savePretrained', () => {
 
   it('refuses a layer whose weight is not a float parameter (a 4-bit one), and dequantize-merging keeps the tied head tied', async () => {
     const model = await loadPretrained(GPT2);
-    // A stand-in for a 4-bit layer: its weight lives outside its parameters.
-    class CodesOnly extends Module implements BaseLayer {
-      readonly inFeatures: number;
-      readonly outFeatures: number;
-      readonly fanInFanOut = false;
-      readonly bias: tf.Variable | null;
-      private readonly values: tf.Tensor2D;
-      constructor(layer: BaseLayer) {
-        super();
-        this.inFeatures = layer.inFeatures;
-        this.outFeatures = layer.outFeatures;
-        this.values = tf.keep(layer.denseWeight());
-        const bias = layer.bias;
-        this.bias = bias === null ? null : tf.tidy(() => this.registerParameter('bias', tf.clone(bias), { trainable: false }));
-      }
-      forward(input: tf.Tensor): tf.Tensor {
-        return tf.tidy(() => (this.bias === null ? this.forwardWithoutBias(input) : tf.add(this.forwardWithoutBias(input), this.bias)));
-      }
-      forwardWithoutBias(input: tf.Tensor): tf.Tensor {
-        return tf.tidy(() => tf.reshape(tf.matMul(tf.reshape(input, [-1, this.inFeatures]), this.values, false, true), [...input.shape.slice(0, -1), this.outFeatures]));
-      }
-      denseWeight(): tf.Tensor2D {
-        return tf.clone(this.values);
-      }
-      assignDenseWeight(): { exact: boolean } {
-        return { exact: false };
-      }
-      // As a 4-bit layer does: back in GPT-2's Conv1D layout.
-      toLinear(): Linear {
-        return Linear.fromBaseLayer(this, { fanInFanOut: true });
-      }
-      override dispose(): void {
-        super.dispose();
-        this.values.dispose();
-      }
-    }
     const path0 = 'transformer.h.0.mlp.c_fc';
     const original = model.getSubmodule(path0) as Module & BaseLayer;
-    model.setSubmodule(path0, new CodesOnly(original));
+    // A stand-in for a 4-bit layer (its weight outside its parameters), giving back GPT-2's Conv1D layout as one does.
+    model.setSubmodule(path0, new NonFloatBaseLayer(original, { fanInFanOut: true }));
     original.dispose();
     const directory = fresh('codes-only');
     const error = (await caught(savePretrained(model, directory))) as Error;
     expect(error).toBeInstanceOf(LoraError);
-    expect(error.message).toMatch(new RegExp(`^\\[@lora/models\\] savePretrained: ${path0.replace(/\./gu, '\\.')} is a CodesOnly, whose weight is not a float parameter and would not be written; nothing was written`, 'u'));
+    expect(error.message).toMatch(new RegExp(`^\\[@lora/models\\] savePretrained: ${path0.replace(/\./gu, '\\.')} is a NonFloatBaseLayer, whose weight is not a float parameter and would not be written; nothing was written`, 'u'));
     await expect(readdir(directory)).rejects.toThrow();
     // mergeAndUnload({ dequantize }) turns that layer into a float Linear and leaves the tied output head (a float layer that is not a Linear) alone.
     const peft = AdapterModel.create(model, { registry: createLoraRegistry({ plugins: [lora({ seed: 1 })] }), config: { r: 2, targetModules: ['c_attn'] } });
