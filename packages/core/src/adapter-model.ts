@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { AdapterLayer, ModulesToSaveWrapper, type AdapterLayerHost } from './adapter-layer.js';
 import { holdsNonFloatWeight, isBaseLayer, type BaseLayer } from './base-layer.js';
 import { ConfigError, LoraError } from './errors.js';
-import { replaceLayers } from './layer-replacement.js';
+import { replaceLayers, swapLayers } from './layer-replacement.js';
 import { Linear } from './linear.js';
 import type { LoraAdapter } from './lora-layer.js';
 import type { LoraConfig } from './lora-config.js';
@@ -665,25 +665,19 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
     }
     const mergedBefore = this.adapterLayers().map(([, layer]) => [layer, [...layer.mergedAdapters]] as const);
     this.unmerge();
-    // Dense copies built first and swapped in without disposing the 4-bit bases, which go only once the merge has worked.
-    const swapped: [string, Module, Module][] = [];
+    // The 4-bit bases are kept until the merge has worked. Float layers stay (a tied output head
+    // shares the embedding's variable: a copy would part them).
+    const swap = swapLayers(this.model, (_path, module) =>
+      module instanceof AdapterLayer || !isBaseLayer(module) || !holdsNonFloatWeight(module) ? null : (module.toLinear?.() ?? Linear.fromBaseLayer(module)),
+    );
     try {
-      for (const [path, module] of this.model.namedModules()) {
-        // Float layers stay (a tied output head shares the embedding's variable: a copy would part them).
-        if (path === '' || module instanceof AdapterLayer || !isBaseLayer(module) || !holdsNonFloatWeight(module)) continue;
-        swapped.push([path, module, module.toLinear?.() ?? Linear.fromBaseLayer(module)]);
-      }
-      for (const [path, , dense] of swapped) this.model.setSubmodule(path, dense);
       this.merge({ safe: options.safe });
     } catch (error) {
-      for (const [path, original, dense] of swapped) {
-        if (this.model.getSubmodule(path) === dense) this.model.setSubmodule(path, original);
-        dense.dispose();
-      }
+      swap.undo();
       for (const [layer, names] of mergedBefore) if (names.length > 0) layer.merge({ adapterNames: names });
       throw error;
     }
-    for (const [, original] of swapped) original.dispose();
+    swap.commit();
     return this.unload();
   }
 
