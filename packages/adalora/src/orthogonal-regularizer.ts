@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { addMany } from '@lora/core/internal';
 import type { OrthogonalRegularizer } from './adalora-config.js';
 import type { AdaLoraAdapter } from './adalora-layer.js';
 
@@ -34,7 +35,8 @@ export function orthogonalRegularization(adapters: readonly AdaLoraAdapter[], op
     }
     const count = adapters.length * 2;
     if (terms.length === 0) return tf.scalar(0);
-    const sum = tf.addN(terms) as tf.Scalar;
+    // Not tf.addN: WebGPU refuses one kernel over more than 7 inputs (see addMany).
+    const sum = addMany(terms);
     return (squared ? tf.mul(sum, options.weight) : tf.mul(tf.div(sum, count), options.weight)) as tf.Scalar;
   });
 }

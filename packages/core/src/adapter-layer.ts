@@ -5,6 +5,7 @@ import { countNonFinite } from './finite.js';
 import { Module } from './module.js';
 import type { AdapterInputs, AdapterInstance, AdapterState, ApplyContext } from './plugin.js';
 import { tensorToEntry } from './safetensors.js';
+import { allFinite } from './tensor-reductions.js';
 
 /** What an adapter layer asks of the `AdapterModel` that owns it while computing. */
 export interface AdapterLayerHost {
@@ -195,7 +196,7 @@ export class AdapterLayer extends Module {
       try {
         if (safe) {
           // On the device first; the host reads the values only to describe a weight that is not finite.
-          const finite = tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0] === 1);
+          const finite = allFinite([merged]);
           const { count, first } = finite ? { count: 0, first: null } : countNonFinite(tensorToEntry(merged));
           if (count > 0) throw new NonFiniteTensorError({ tensor: `${where ? `${where}.` : ''}weight`, count, found: first!, merging: name });
         }

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { addMany } from './add-many.js';
 import { AdapterLayer, ModulesToSaveWrapper, type AdapterLayerHost } from './adapter-layer.js';
 import { holdsNonFloatWeight, isBaseLayer, type BaseLayer } from './base-layer.js';
 import { ConfigError, LoraError } from './errors.js';
@@ -777,10 +778,10 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
             newB = tf.concat([newB, tf.zeros([layer.outFeatures, missing])], 1) as tf.Tensor2D;
           }
         } else if (combination === 'linear') {
-          newA = tf.addN(parts.map((p) => tf.mul(p.adapter.loraA, Math.sign(p.weight * p.adapter.scaling) * Math.sqrt(Math.abs(p.weight * p.adapter.scaling))))) as tf.Tensor2D;
-          newB = tf.addN(parts.map((p) => tf.mul(p.adapter.loraB, Math.sqrt(Math.abs(p.weight * p.adapter.scaling))))) as tf.Tensor2D;
+          newA = addMany(parts.map((p) => tf.mul(p.adapter.loraA, Math.sign(p.weight * p.adapter.scaling) * Math.sqrt(Math.abs(p.weight * p.adapter.scaling))))) as tf.Tensor2D;
+          newB = addMany(parts.map((p) => tf.mul(p.adapter.loraB, Math.sqrt(Math.abs(p.weight * p.adapter.scaling))))) as tf.Tensor2D;
         } else {
-          const delta = tf.addN(parts.map((p) => tf.mul(p.adapter.deltaWeight(), p.weight)));
+          const delta = addMany(parts.map((p) => tf.mul(p.adapter.deltaWeight(), p.weight)));
           const values = delta.dataSync() as Float32Array;
           const { u, s, vt, k } = thinSvd(values, layer.outFeatures, layer.inFeatures);
           const rank = Math.min(newRank, k);

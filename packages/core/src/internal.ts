@@ -21,6 +21,8 @@ export { faultPoint, parseJsonText, pathExists, setFaultInjector } from './files
 export { fileHost, setFileHost } from './file-host.js';
 export type { FileHost } from './file-host.js';
 export { yieldToEventLoop } from './event-loop.js';
+export { hostReadIsCheap } from './host-reads.js';
+export { addMany } from './add-many.js';
 export { tensorFilledBy } from './filled-tensor.js';
 export { dequantized4bitTensor } from './dequantized-tensor.js';
 export { sensitivityUpdate, SENSITIVITY_UPDATE_KERNEL } from './sensitivity-update.js';

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { fusedRowCrossEntropy } from './cross-entropy.js';
 import { LoraError, ShapeError } from './errors.js';
+import { hostReadIsCheap } from './host-reads.js';
 
 /** Label value ignored by the losses, as PyTorch's `ignore_index`. */
 export const IGNORE_INDEX = -100;
@@ -22,19 +23,16 @@ function maskedCrossEntropy(logits2d: tf.Tensor2D, labels: tf.Tensor1D): tf.Scal
   });
 }
 
-// Backends whose tensors live in host memory, where reading the labels costs a copy of a few KB and
-// no wait for queued work. On a GPU backend (webgl, webgpu) a read would stall the pipeline every
-// step, so the labels are not checked there: an out-of-range label then adds 0 to the sum (tfjs's
-// oneHot gives a row of zeros) while it still counts in the mean.
-const HOST_MEMORY_BACKENDS = new Set(['cpu', 'wasm', 'tensorflow']);
-
 /**
  * Refuse a label that is neither an index into the `classes` logits nor {@link IGNORE_INDEX}, as
  * PyTorch's cross-entropy does ("Target out of bounds"): counted in the mean, it would silently
  * lower the loss. `skip(index)` marks positions (flat, row-major) that are never a target.
  */
 function checkLabels(caller: string, labels: tf.Tensor, classes: number, skip?: (index: number) => boolean): void {
-  if (!HOST_MEMORY_BACKENDS.has(tf.getBackend())) return;
+  // On a GPU backend a read would stall the pipeline every step, so the labels are not checked there:
+  // an out-of-range label then adds 0 to the sum (tfjs's oneHot gives a row of zeros) while it still
+  // counts in the mean.
+  if (!hostReadIsCheap()) return;
   const values = labels.dataSync();
   const columns = labels.rank === 2 ? labels.shape[1]! : 0;
   for (let i = 0; i < values.length; i++) {
@@ -62,7 +60,7 @@ export function causalLmLoss(logits: tf.Tensor, labels: tf.Tensor, attentionMask
   }
   const [batch, time, vocab] = logits.shape as [number, number, number];
   // The first position is never a target, nor is one the attention mask leaves out.
-  const mask = attentionMask && HOST_MEMORY_BACKENDS.has(tf.getBackend()) ? attentionMask.dataSync() : undefined;
+  const mask = attentionMask && hostReadIsCheap() ? attentionMask.dataSync() : undefined;
   checkLabels('causalLmLoss', labels, vocab, (i) => i % time === 0 || (mask !== undefined && mask[i] === 0));
   return tf.tidy(() => {
     // Position t predicts label t + 1. The labels move left (the last position gets none) rather

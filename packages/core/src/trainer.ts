@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { allFinite, sumOfSquares } from './tensor-reductions.js';
+import { allFiniteFlag, sumOfSquares } from './tensor-reductions.js';
 import { describeValue, LoraError, TrainingError, type TrainingStopReason } from './errors.js';
 import { yieldToEventLoop } from './event-loop.js';
 import { fileHost } from './file-host.js';
@@ -162,19 +162,70 @@ function batchAt<Batch>(source: BatchSource<Batch>, index: number): Batch {
 }
 
 /**
- * Mean loss of `lossFn` over every batch of `data`, in eval mode, without gradients.
+ * Each batch's loss of `lossFn` over `data`, stacked on the device ([batches]), in eval mode, without
+ * gradients; the caller disposes it. One read for all batches, not one a batch.
  */
-export function evaluate<Batch>(model: Module, lossFn: (batch: Batch) => tf.Scalar, data: BatchSource<Batch>): number {
+function batchLosses<Batch>(model: Module, lossFn: (batch: Batch) => tf.Scalar, data: BatchSource<Batch>): tf.Tensor1D {
   const wasTraining = model.training;
   model.eval();
   try {
-    let total = 0;
-    for (let i = 0; i < data.length; i++) {
-      total += tf.tidy(() => lossFn(batchAt(data, i)).dataSync()[0]!);
+    const losses: tf.Scalar[] = [];
+    try {
+      for (let i = 0; i < data.length; i++) {
+        losses.push(
+          tf.tidy(() => {
+            const loss = lossFn(batchAt(data, i));
+            if (loss.rank !== 0) throw new TrainingError(`[@lora/core] evaluate: lossFn must return a scalar, got a tensor of shape [${loss.shape.join(', ')}] for batch ${i}. Reduce it, e.g. with tf.mean.`);
+            return loss;
+          }),
+        );
+      }
+      return losses.length === 0 ? tf.tensor1d([]) : (tf.stack(losses) as tf.Tensor1D);
+    } finally {
+      tf.dispose(losses);
     }
-    return total / Math.max(1, data.length);
   } finally {
     model.train(wasTraining);
+  }
+}
+
+// The mean of the batches' losses, summed on the host in float64 in batch order.
+const meanOf = (values: ArrayLike<number>): number => {
+  let total = 0;
+  for (let i = 0; i < values.length; i++) total += values[i]!;
+  return total / Math.max(1, values.length);
+};
+
+/**
+ * Mean loss of `lossFn` over every batch of `data`, in eval mode, without gradients. Reads the
+ * losses synchronously; {@link train}'s evaluations read them asynchronously, so a GPU backend does
+ * not stall.
+ */
+export function evaluate<Batch>(model: Module, lossFn: (batch: Batch) => tf.Scalar, data: BatchSource<Batch>): number {
+  const losses = batchLosses(model, lossFn, data);
+  try {
+    return meanOf(losses.dataSync());
+  } finally {
+    losses.dispose();
+  }
+}
+
+/** {@link evaluate}, reading the losses asynchronously. */
+async function evaluateAsync<Batch>(model: Module, lossFn: (batch: Batch) => tf.Scalar, data: BatchSource<Batch>): Promise<number> {
+  const losses = batchLosses(model, lossFn, data);
+  try {
+    return meanOf(await losses.data());
+  } finally {
+    losses.dispose();
+  }
+}
+
+/** A scalar's value, read asynchronously (a GPU backend does not stall), then the scalar disposed. */
+async function readScalar(scalar: tf.Tensor): Promise<number> {
+  try {
+    return (await scalar.data())[0]!;
+  } finally {
+    scalar.dispose();
   }
 }
 
@@ -358,15 +409,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
     checkpointStep = step;
   };
   // The loss of the current weights on the batch of `step` (0-based), in eval mode: a finiteness check only.
-  const lossOfCurrent = (step: number): number => {
-    const wasTraining = target.module.training;
-    target.module.eval();
-    try {
-      return tf.tidy(() => options.lossFn(batchAt(options.trainData, step * accumulation)).dataSync()[0]!);
-    } finally {
-      target.module.train(wasTraining);
-    }
-  };
+  const lossOfCurrent = (step: number): Promise<number> => evaluateAsync(target.module, options.lossFn, [batchAt(options.trainData, step * accumulation)]);
   /**
    * Put back the last good state (when the current one is not good), checkpoint it and throw.
    * `current` is the number of updates the weights reflect now.
@@ -398,7 +441,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
   try {
     for (let step = startStep; step < options.steps; step++) {
       if (options.signal?.aborted) {
-        const finite = step === startStep || Number.isFinite(lossOfCurrent(step));
+        const finite = step === startStep || Number.isFinite(await lossOfCurrent(step));
         await stop('interrupted', step + 1, step, finite, Number.NaN);
       }
       faultPoint('train-step', String(step + 1));
@@ -463,8 +506,13 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
           tf.dispose(accumulated ?? []);
           throw new TrainingError(`[@lora/core] train: lossFn must return a scalar, got a tensor of shape [${(nonScalarShape as number[]).join(', ')}]. Reduce it, e.g. with tf.mean.`);
         }
-        const lossValue = value.dataSync()[0]! * accumulation;
-        value.dispose();
+        let lossValue: number;
+        try {
+          lossValue = (await readScalar(value)) * accumulation;
+        } catch (error) {
+          tf.dispose([...Object.values(grads), ...(accumulated ?? [])]);
+          throw error;
+        }
         const ordered = variables.map((variable) => grads[variable.name] ?? tf.zerosLike(variable));
         if (accumulated === null) accumulated = ordered;
         else {
@@ -495,7 +543,13 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
         }
       }
       const norm = tf.tidy(() => tf.sqrt(sumOfSquares(gradients)));
-      const normValue = norm.dataSync()[0]!;
+      let normValue: number;
+      try {
+        normValue = (await norm.data())[0]!;
+      } catch (error) {
+        tf.dispose([norm, ...gradients]);
+        throw error;
+      }
       if (!Number.isFinite(normValue)) {
         tf.dispose([norm, ...gradients]);
         await stop('non-finite-gradient', step + 1, step, true, normValue);
@@ -514,7 +568,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       optimizer.applyGradients(byVariable);
       for (const hook of hooks) hook.afterStep?.({ step: step + 1, gradients: byVariable });
       tf.dispose(gradients);
-      const finiteWeights = allFinite(variables);
+      const finiteWeights = (await readScalar(allFiniteFlag(variables))) === 1;
       if (!finiteWeights) await stop('non-finite-parameters', step + 1, step + 1, false, Number.NaN);
 
       const loss = lossSum / accumulation;
@@ -536,7 +590,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       });
       const last = done === options.steps;
       if (options.evalData && ((options.evalEvery && done % options.evalEvery === 0) || last)) {
-        const evalLoss = evaluate(target.module, options.lossFn, options.evalData);
+        const evalLoss = await evaluateAsync(target.module, options.lossFn, options.evalData);
         evalLosses.push({ step: done, loss: evalLoss });
         options.onProgress?.({
           kind: 'eval',
@@ -556,7 +610,7 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
     }
     if (startStep < options.steps) {
       // The final weights have had no loss computed on them yet: check one batch before calling them good.
-      const finalLoss = lossOfCurrent(options.steps);
+      const finalLoss = await lossOfCurrent(options.steps);
       if (!Number.isFinite(finalLoss)) await stop('non-finite-loss', options.steps, options.steps, false, finalLoss);
       if (checkpoint && checkpointStep !== options.steps) await saveCheckpoint(options.steps);
     }

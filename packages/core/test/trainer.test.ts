@@ -2,12 +2,13 @@ import * as tf from '@tensorflow/tfjs-core';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   AdapterModel,
   causalLmLoss,
   classificationLoss,
   createLoraRegistry,
+  evaluate,
   initRuntime,
   learningRateAt,
   lora,
@@ -95,6 +96,36 @@ describe('train', () => {
       expect(caught).toBe(late);
       expect(tf.memory().numTensors).toBe(before);
     }
+    adapterModel.dispose();
+  });
+
+  it('reads every step\'s values asynchronously (no synchronous read, which stalls a GPU backend), evaluations included', async () => {
+    const adapterModel = setUp();
+    const synchronous = vi.spyOn(tf.Tensor.prototype, 'dataSync');
+    const asynchronous = vi.spyOn(tf.Tensor.prototype, 'data');
+    try {
+      // mse reads nothing itself: every read is the trainer's.
+      const result = await train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, evalData: data.slice(0, 2), evalEvery: 1, steps: 3 });
+      expect(result.losses).toHaveLength(3);
+      expect(result.evalLosses).toHaveLength(3);
+      expect(synchronous).not.toHaveBeenCalled();
+      // Per step: the loss, the gradient norm, the updated weights' finiteness, an evaluation; then the final weights' loss.
+      expect(asynchronous.mock.calls.length).toBe(3 * 4 + 1);
+    } finally {
+      synchronous.mockRestore();
+      asynchronous.mockRestore();
+    }
+    // The evaluation train ran is evaluate's: the same mean of the batches' losses.
+    expect(evaluate(adapterModel.model, mse(adapterModel.model), data.slice(0, 2))).toBeCloseTo(
+      (tf.tidy(() => mse(adapterModel.model)(data[0]!).dataSync()[0]!) + tf.tidy(() => mse(adapterModel.model)(data[1]!).dataSync()[0]!)) / 2,
+      12,
+    );
+    const notScalar = (batch: Batch) => tf.square(tf.sub(adapterModel.model.forward(batch.x), batch.y)) as unknown as tf.Scalar;
+    const before = tf.memory().numTensors;
+    expect(() => evaluate(adapterModel.model, notScalar, data)).toThrow(
+      new TrainingError('[@lora/core] evaluate: lossFn must return a scalar, got a tensor of shape [4, 3, 17] for batch 0. Reduce it, e.g. with tf.mean.'),
+    );
+    expect(tf.memory().numTensors).toBe(before);
     adapterModel.dispose();
   });
 

@@ -1,5 +1,6 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from '@lora/core';
+import { hostReadIsCheap } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 
 /** Where an id tensor goes: its option name, the embedding's row count and the config field that sets it. */
@@ -25,7 +26,9 @@ function position(index: number, shape: readonly number[]): string {
  * Refuse ids an embedding would silently truncate or misread, before it runs: ids must be int32, or
  * float32 holding integers (a bool or fractional id would be cast to another row), and lie in
  * [0, size). The error names the position and the config field that sets the table's size. Reads
- * the ids (a small [B, T] tensor) synchronously.
+ * the ids (a small [B, T] tensor) synchronously, on the backends where that is a copy (cpu, wasm,
+ * tensorflow); a GPU backend (webgl, webgpu) checks the dtype only, as core's losses check labels
+ * there: a read would stall every forward pass, so an out-of-range id goes unreported there.
  * @throws {ConfigError} naming `name` (with the offending position) and `field`.
  */
 export function checkIdTensor(ids: tf.Tensor, target: IdTensorTarget): void {
@@ -38,6 +41,7 @@ export function checkIdTensor(ids: tf.Tensor, target: IdTensorTarget): void {
       hint: `Build it with tf.tensor2d(rows, undefined, 'int32').`,
     });
   }
+  if (!hostReadIsCheap()) return;
   const values = ids.dataSync();
   for (let i = 0; i < values.length; i++) {
     const value = values[i]!;

@@ -3,8 +3,13 @@
 import chromium from '@sparticuz/chromium';
 import puppeteer, { type Browser } from 'puppeteer-core';
 
+// WebGPU on SwiftShader, Chromium's CPU implementation of Vulkan: headless Chromium on a machine
+// without a GPU gives no WebGPU adapter otherwise, and WebGPU is the first backend useBestBackend
+// tries in a browser. (SwiftShader is also what WebGL runs on here: chromium.args' --use-angle.)
+const WEBGPU_ON_SWIFTSHADER = ['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader'];
+
 /**
- * Start headless Chromium.
+ * Start headless Chromium, with WebGPU and WebGL both on SwiftShader (the CPU).
  * @throws {Error} saying why Chromium could not start and what to check; never skips.
  */
 export async function launchChromium(): Promise<Browser> {
@@ -17,7 +22,7 @@ export async function launchChromium(): Promise<Browser> {
     });
   }
   try {
-    return await puppeteer.launch({ executablePath, args: chromium.args, headless: 'shell' });
+    return await puppeteer.launch({ executablePath, args: [...chromium.args, ...WEBGPU_ON_SWIFTSHADER], headless: 'shell' });
   } catch (error) {
     throw new Error(
       `[browser-check] Headless Chromium (${executablePath}) did not start: ${(error as Error).message.split('\n')[0]}. ` +
