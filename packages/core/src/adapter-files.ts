@@ -9,7 +9,7 @@ import { parseJsonText, pathExists, readJsonFile, readSafetensorsFile, writeFile
 import type { Module } from './module.js';
 import type { PeftConfigJson } from './plugin.js';
 import type { LoraRegistry } from './registry.js';
-import { entryToTensor, parseSafetensors, serializeSafetensors, tensorToEntry, type SafetensorsEntry, type SafetensorsFile } from './safetensors.js';
+import { entryToTensor, parseSafetensors, serializeSafetensors, tensorToEntry, tensorToEntryAsync, type SafetensorsEntry, type SafetensorsFile } from './safetensors.js';
 import { assertTensorsFit, compareTensorShapes } from './tensor-fit.js';
 
 /** File names PEFT uses. */
@@ -63,9 +63,46 @@ export function adapterPeftConfig(adapterModel: AdapterModel, adapterName: strin
 }
 
 /**
+ * The tensors an adapter's weights file holds, by key: its variables, with those a plugin saves in
+ * another form (AdaLoRA's pruned triplets) replaced; `made` are the replacements, made for the save,
+ * which the caller disposes.
+ */
+function tensorsToSave(adapterModel: AdapterModel, name: string): { tensors: Map<string, tf.Tensor>; made: tf.Tensor[] } {
+  const tensors = new Map<string, tf.Tensor>(adapterStateDict(adapterModel, name));
+  const made: tf.Tensor[] = [];
+  try {
+    for (const [key, tensor] of adapterModel.adapterState(name)?.tensorsForSave?.() ?? []) {
+      made.push(tensor);
+      tensors.set(key, tensor);
+    }
+    for (const [modulePath, instance] of adapterModel.adapterInstances(name)) {
+      for (const [key, tensor] of instance.tensorsForSave?.() ?? []) {
+        made.push(tensor);
+        tensors.set(`${PREFIX}${modulePath}.${key}`, tensor);
+      }
+    }
+  } catch (error) {
+    for (const tensor of made) tensor.dispose();
+    throw error;
+  }
+  return { tensors, made };
+}
+
+// The two files from the weights' entries and the config (checked finite first).
+function adapterFiles(entries: Map<string, SafetensorsEntry>, config: PeftConfigJson): Map<string, Uint8Array> {
+  checkTensorsToSave(entries, { file: ADAPTER_WEIGHTS_NAME });
+  return new Map([
+    [ADAPTER_WEIGHTS_NAME, serializeSafetensors(entries, { format: 'pt' })],
+    [ADAPTER_CONFIG_NAME, new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`)],
+  ]);
+}
+
+/**
  * An adapter's two PEFT files as bytes, by file name ({@link ADAPTER_CONFIG_NAME} and
  * {@link ADAPTER_WEIGHTS_NAME}): what {@link saveAdapter} writes, without a file system, so a
- * browser can store or upload them. F32 tensors, metadata `{"format": "pt"}`.
+ * browser can store or upload them. F32 tensors, metadata `{"format": "pt"}`. Reads the weights
+ * synchronously: on a GPU backend (webgl, webgpu) prefer {@link serializeAdapterAsync}, which does
+ * not stall the page.
  *
  * @throws {NonFiniteTensorError} when a weight holds NaN or ±Infinity: such an adapter is never saved.
  * @example
@@ -74,35 +111,44 @@ export function adapterPeftConfig(adapterModel: AdapterModel, adapterName: strin
  */
 export function serializeAdapter(adapterModel: AdapterModel, options: { adapterName?: string } = {}): Map<string, Uint8Array> {
   const name = options.adapterName ?? 'default';
-  const entries = new Map<string, SafetensorsEntry>();
-  for (const [key, variable] of adapterStateDict(adapterModel, name)) entries.set(key, tensorToEntry(variable));
-  // Plugins that save a different form (AdaLoRA's pruned triplets) replace their entries.
-  const stateReplacements = adapterModel.adapterState(name)?.tensorsForSave?.() ?? [];
+  const config = adapterPeftConfig(adapterModel, name);
+  const { tensors, made } = tensorsToSave(adapterModel, name);
   try {
-    for (const [key, tensor] of stateReplacements) entries.set(key, tensorToEntry(tensor));
+    return adapterFiles(new Map([...tensors].map(([key, tensor]) => [key, tensorToEntry(tensor)])), config);
   } finally {
-    for (const [, tensor] of stateReplacements) tensor.dispose();
+    for (const tensor of made) tensor.dispose();
   }
-  for (const [modulePath, instance] of adapterModel.adapterInstances(name)) {
-    const replacements = instance.tensorsForSave?.() ?? [];
-    try {
-      for (const [key, tensor] of replacements) entries.set(`${PREFIX}${modulePath}.${key}`, tensorToEntry(tensor));
-    } finally {
-      for (const [, tensor] of replacements) tensor.dispose();
-    }
+}
+
+/**
+ * {@link serializeAdapter}, reading the weights asynchronously (`await tensor.data()`): on a GPU
+ * backend the page keeps running while they download, where a synchronous read waits for all queued
+ * GPU work (and tfjs's webgpu backend reads synchronously through a canvas). The files hold the
+ * weights as they were when it was called.
+ *
+ * @throws {NonFiniteTensorError} when a weight holds NaN or ±Infinity: such an adapter is never saved.
+ * @example
+ * const files = await serializeAdapterAsync(adapterModel);
+ * await loadAdapter(otherAdapterModel, { files });
+ */
+export async function serializeAdapterAsync(adapterModel: AdapterModel, options: { adapterName?: string } = {}): Promise<Map<string, Uint8Array>> {
+  const name = options.adapterName ?? 'default';
+  const config = adapterPeftConfig(adapterModel, name);
+  const { tensors, made } = tensorsToSave(adapterModel, name);
+  try {
+    // Every read starts before the first wait, so the weights are read as they are now.
+    const entries = await Promise.all([...tensors].map(async ([key, tensor]) => [key, await tensorToEntryAsync(tensor)] as const));
+    return adapterFiles(new Map(entries), config);
+  } finally {
+    for (const tensor of made) tensor.dispose();
   }
-  checkTensorsToSave(entries, { file: ADAPTER_WEIGHTS_NAME });
-  return new Map([
-    [ADAPTER_WEIGHTS_NAME, serializeSafetensors(entries, { format: 'pt' })],
-    [ADAPTER_CONFIG_NAME, new TextEncoder().encode(`${JSON.stringify(adapterPeftConfig(adapterModel, name), null, 2)}\n`)],
-  ]);
 }
 
 /**
  * Save adapters as PEFT does: `adapter_config.json` + `adapter_model.safetensors` (F32, metadata
  * `{"format": "pt"}`). `default` goes in `directory`, any other adapter in `directory/<name>`.
  * Both files are written atomically, so an interrupted save leaves the previous files intact.
- * Needs Node; in a browser use {@link serializeAdapter}.
+ * Needs Node; in a browser use {@link serializeAdapterAsync} (or {@link serializeAdapter}).
  * @throws {NonFiniteTensorError} when a weight of any of the adapters holds NaN or ±Infinity; nothing is written then.
  * @throws {LoraError} when there is no adapter to save.
  */
@@ -116,7 +162,8 @@ export async function saveAdapter(
   // Nothing written is no save: after unload(), dispose() or deleting the last adapter, say so.
   if (names.length === 0) throw new LoraError(`[@lora/core] saveAdapter: the AdapterModel has no adapter to save (it was unloaded or disposed, or every adapter deleted); nothing was written to ${directory}.`);
   // Every adapter serialised (and checked finite) before the first file is written.
-  const serialized = names.map((name) => [name, serializeAdapter(adapterModel, { adapterName: name })] as const);
+  const serialized: (readonly [string, Map<string, Uint8Array>])[] = [];
+  for (const name of names) serialized.push([name, await serializeAdapterAsync(adapterModel, { adapterName: name })]);
   for (const [name, files] of serialized) {
     const target = name === 'default' ? directory : host.join(directory, name);
     // Weights first: a config never names weights that are not there yet.

@@ -92,6 +92,7 @@ export {
   readBinarySource,
   saveAdapter,
   serializeAdapter,
+  serializeAdapterAsync,
 } from './adapter-files.js';
 export type { AdapterFileSource, BinarySource, LoadAdapterOptions } from './adapter-files.js';
 

@@ -313,13 +313,25 @@ export function entryToTensor(entry: SafetensorsEntry, name?: string): tf.Tensor
 
 /** Encode a tensor's values (float32 → F32, int32/bool → I32). Reads the tensor synchronously. */
 export function tensorToEntry(tensor: tf.Tensor): SafetensorsEntry {
-  if (tensor.dtype === 'float32') return float32Entry(tensor.dataSync() as Float32Array, tensor.shape);
-  if (tensor.dtype === 'int32' || tensor.dtype === 'bool') {
-    const values = tensor.dataSync() as Int32Array;
-    const data = new Uint8Array(values.length * 4);
-    const view = new DataView(data.buffer);
-    for (let i = 0; i < values.length; i++) view.setInt32(i * 4, values[i]!, true);
-    return { dtype: 'I32', shape: [...tensor.shape], data };
-  }
-  throw new SafetensorsError('UNSUPPORTED_VALUE', `cannot store a ${tensor.dtype} tensor.`);
+  checkStorable(tensor);
+  return valuesToEntry(tensor.dataSync(), tensor);
+}
+
+/** {@link tensorToEntry}, reading the tensor asynchronously (a GPU backend does not stall). */
+export async function tensorToEntryAsync(tensor: tf.Tensor): Promise<SafetensorsEntry> {
+  checkStorable(tensor);
+  return valuesToEntry(await tensor.data(), tensor);
+}
+
+function checkStorable(tensor: tf.Tensor): void {
+  if (tensor.dtype !== 'float32' && tensor.dtype !== 'int32' && tensor.dtype !== 'bool') throw new SafetensorsError('UNSUPPORTED_VALUE', `cannot store a ${tensor.dtype} tensor.`);
+}
+
+function valuesToEntry(values: tf.TypedArray | string[], tensor: tf.Tensor): SafetensorsEntry {
+  if (tensor.dtype === 'float32') return float32Entry(values as Float32Array, tensor.shape);
+  const integers = values as Int32Array | Uint8Array;
+  const data = new Uint8Array(integers.length * 4);
+  const view = new DataView(data.buffer);
+  for (let i = 0; i < integers.length; i++) view.setInt32(i * 4, integers[i]!, true);
+  return { dtype: 'I32', shape: [...tensor.shape], data };
 }

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   ADAPTER_CONFIG_NAME,
   ADAPTER_WEIGHTS_NAME,
@@ -13,9 +13,11 @@ import {
   loadAdapter,
   LoraError,
   lora,
+  NonFiniteTensorError,
   readBinarySource,
   saveAdapter,
   serializeAdapter,
+  serializeAdapterAsync,
   type BinarySource,
 } from '../src/index.js';
 import { fileHost, setFileHost, yieldToEventLoop } from '../src/internal.js';
@@ -54,6 +56,31 @@ describe('serializeAdapter', () => {
       await saveAdapter(adapterModel, directory);
       expect([...files.keys()].sort()).toEqual([ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME]);
       for (const [name, bytes] of files) expect(Buffer.from(bytes).equals(await readFile(path.join(directory, name))), name).toBe(true);
+      adapterModel.dispose();
+    });
+  });
+
+  it('serializeAdapterAsync gives the same bytes, reading every weight asynchronously as it is at the call', async () => {
+    await withoutTensorLeaks(async () => {
+      const adapterModel = trainedModel();
+      const expected = serializeAdapter(adapterModel);
+      const synchronous = vi.spyOn(tf.Tensor.prototype, 'dataSync');
+      let pending: Promise<Map<string, Uint8Array>>;
+      try {
+        pending = serializeAdapterAsync(adapterModel);
+        expect(synchronous).not.toHaveBeenCalled();
+      } finally {
+        synchronous.mockRestore();
+      }
+      // A weight changed while the files are being made: they keep the weights of the call.
+      const [, loraB] = adapterModel.model.namedParameters().find(([name]) => name.includes('lora_B'))!;
+      tf.tidy(() => loraB.assign(tf.onesLike(loraB)));
+      const files = await pending;
+      expect([...files.keys()]).toEqual([...expected.keys()]);
+      for (const [name, bytes] of files) expect(Buffer.from(bytes).equals(Buffer.from(expected.get(name)!)), name).toBe(true);
+      // And refuses a weight that is not finite, as serializeAdapter does.
+      tf.tidy(() => loraB.assign(tf.fill(loraB.shape, Number.NaN)));
+      await expect(serializeAdapterAsync(adapterModel)).rejects.toThrow(NonFiniteTensorError);
       adapterModel.dispose();
     });
   });

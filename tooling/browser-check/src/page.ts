@@ -1,13 +1,16 @@
 // The script the check page runs in Chromium, bundled by esbuild for the browser. For one backend
 // and one recipe it trains a tiny GPT-2's adapter a few steps, saves the adapter to bytes, loads
-// the bytes into a fresh model and compares logits (loraCheck), or only trains, reading every value
-// asynchronously (loraTrainCheck, for WebGPU); the numbers go back to Node, which asserts.
+// the bytes into a fresh model and compares logits; the numbers go back to Node, which asserts.
+// With `reads: 'async'` (for WebGPU) nothing is read synchronously: tfjs's webgpu backend reads
+// synchronously through a canvas, and in headless Chromium's WebGPU on SwiftShader (the CPU) every
+// asynchronous read after such a read fails (the device is lost), and one of more than about 800
+// values returns zeros.
 import * as tf from '@tensorflow/tfjs-core';
 // Register tfjs's "webgpu" and "webgl" backends, as an app that wants them does; useBestBackend
 // picks them up.
 import '@tensorflow/tfjs-backend-webgpu';
 import '@tensorflow/tfjs-backend-webgl';
-import { AdapterModel, causalLmLoss, createLoraRegistry, fastWasmKernels, loadAdapter, lora, serializeAdapter, train } from '@lora/core';
+import { AdapterModel, causalLmLoss, createLoraRegistry, fastWasmKernels, loadAdapter, lora, serializeAdapter, serializeAdapterAsync, train } from '@lora/core';
 import { hasSimdBatchMatMul, simdKernelBuild, spyOnKernels } from '@lora/core/internal';
 import { formatBackendReport, useBestBackend, type BackendKind } from '@lora/cuda-backend';
 import { dora } from '@lora/dora';
@@ -19,12 +22,12 @@ export interface CheckRequest {
   /** Backend to force; `auto` runs useBestBackend's own order and trains nothing. */
   readonly backend: BackendKind | 'auto';
   readonly recipes: readonly Recipe[];
-}
-
-/** A request for {@link TrainCheckResult}: train only, every value read back asynchronously. */
-export interface TrainCheckRequest {
-  readonly backend: BackendKind;
-  readonly recipes: readonly Recipe[];
+  /**
+   * `sync` (default): save with serializeAdapter and read logits with dataSync. `async`: train with a
+   * seed (the same dropout masks on every backend, so losses compare across backends), save with
+   * serializeAdapterAsync and read everything with `await data()`.
+   */
+  readonly reads?: 'sync' | 'async';
 }
 
 /** An adapter recipe: LoRA, DoRA, or QLoRA (4-bit NF4 base + LoRA). */
@@ -42,27 +45,11 @@ export interface RecipeResult {
   readonly adapterEffect: number;
   /** Core's fused kernels (names starting `Lora`) that ran during training, sorted. */
   readonly fusedKernelsRun: readonly string[];
-  readonly tensorsBefore: number;
-  readonly tensorsAfter: number;
-}
-
-/** One recipe trained with a seed (the same dropout masks on every backend) and read back asynchronously. */
-export interface TrainedRecipe {
-  readonly recipe: Recipe;
-  readonly losses: readonly number[];
-  /** max |logits(trained) − logits(base alone)|. */
-  readonly adapterEffect: number;
   /** AddN kernels run during training, and the most inputs one of them had. */
   readonly addNCalls: number;
   readonly maxAddNInputs: number;
   readonly tensorsBefore: number;
   readonly tensorsAfter: number;
-}
-
-/** What the page reports for a {@link TrainCheckRequest}. */
-export interface TrainCheckResult {
-  readonly backend: string;
-  readonly results: readonly TrainedRecipe[];
 }
 
 /** What the page reports for a request. */
@@ -114,7 +101,7 @@ async function maxAbsDiffAsync(a: tf.Tensor, b: tf.Tensor): Promise<number> {
   }
 }
 
-async function runRecipe(recipe: Recipe): Promise<RecipeResult> {
+async function runRecipe(recipe: Recipe, reads: 'sync' | 'async'): Promise<RecipeResult> {
   const tensorsBefore = tf.memory().numTensors;
   const trained = adapterModel(recipe);
   const batches = [tokens(1), tokens(2)];
@@ -129,14 +116,16 @@ async function runRecipe(recipe: Recipe): Promise<RecipeResult> {
         trainData: batches.map((inputIds) => ({ inputIds })),
         steps: STEPS,
         learningRate: 2e-2,
+        ...(reads === 'async' ? { seed: 5 } : {}),
         lossFn: (batch: { inputIds: tf.Tensor2D }) => tf.tidy(() => causalLmLoss(trained.model.forward(batch.inputIds), batch.inputIds)),
       }));
     } finally {
       spy.stop();
     }
     const fusedKernelsRun = [...new Set(spy.calls.map((call) => call.kernelName).filter((kernelName) => kernelName.startsWith('Lora')))].sort();
+    const addN = spy.calls.filter((call) => call.kernelName === 'AddN');
     trained.model.eval();
-    const files = serializeAdapter(trained);
+    const files = reads === 'async' ? await serializeAdapterAsync(trained) : serializeAdapter(trained);
     const fresh = adapterModel(recipe);
     // A new module starts in training mode (as in PyTorch): without this its dropout would be on.
     fresh.model.eval();
@@ -146,13 +135,16 @@ async function runRecipe(recipe: Recipe): Promise<RecipeResult> {
       const expected = trained.model.forward(probe);
       const reloaded = fresh.model.forward(probe);
       const base = fresh.disableAdapters(() => fresh.model.forward(probe));
+      const difference = reads === 'async' ? maxAbsDiffAsync : async (a: tf.Tensor, b: tf.Tensor) => maxAbsDiff(a, b);
       const result = {
         recipe,
         losses: [...losses],
         savedBytes: Object.fromEntries([...files].map(([name, bytes]) => [name, bytes.byteLength])),
-        reloadMaxAbsDiff: maxAbsDiff(expected, reloaded),
-        adapterEffect: maxAbsDiff(expected, base),
+        reloadMaxAbsDiff: await difference(expected, reloaded),
+        adapterEffect: await difference(expected, base),
         fusedKernelsRun,
+        addNCalls: addN.length,
+        maxAddNInputs: Math.max(0, ...addN.map((call) => Object.keys(call.inputShapes).length)),
       };
       tf.dispose([expected, reloaded, base]);
       fresh.dispose();
@@ -172,65 +164,10 @@ async function runRecipe(recipe: Recipe): Promise<RecipeResult> {
   }
 }
 
-// Training alone, reading nothing synchronously: on WebGPU tfjs reads synchronously through a
-// canvas, and in headless Chromium's WebGPU on SwiftShader (the CPU) every asynchronous read after
-// such a read fails (the device is lost), and one of more than about 800 values returns zeros. The trainer reads its loss, gradient norm and finiteness
-// checks asynchronously; saving (serializeAdapter) and DoRA's set-up read synchronously, so they are
-// checked on the other backends.
-async function trainRecipe(recipe: Recipe): Promise<Omit<TrainedRecipe, 'tensorsAfter'>> {
-  const tensorsBefore = tf.memory().numTensors;
-  const trained = adapterModel(recipe);
-  const batches = [tokens(1), tokens(2)];
-  const probe = tokens(3);
-  try {
-    trained.model.train();
-    const spy = spyOnKernels();
-    let losses: readonly number[];
-    try {
-      ({ losses } = await train({
-        model: trained,
-        trainData: batches.map((inputIds) => ({ inputIds })),
-        steps: STEPS,
-        learningRate: 2e-2,
-        seed: 5,
-        lossFn: (batch: { inputIds: tf.Tensor2D }) => tf.tidy(() => causalLmLoss(trained.model.forward(batch.inputIds), batch.inputIds)),
-      }));
-    } finally {
-      spy.stop();
-    }
-    const addN = spy.calls.filter((call) => call.kernelName === 'AddN');
-    trained.model.eval();
-    const expected = trained.model.forward(probe);
-    const base = trained.disableAdapters(() => trained.model.forward(probe));
-    const adapterEffect = await maxAbsDiffAsync(expected, base);
-    tf.dispose([expected, base]);
-    return {
-      recipe,
-      losses: [...losses],
-      adapterEffect,
-      addNCalls: addN.length,
-      maxAddNInputs: Math.max(0, ...addN.map((call) => Object.keys(call.inputShapes).length)),
-      tensorsBefore,
-    };
-  } finally {
-    trained.dispose();
-    tf.dispose([...batches, probe]);
-    releaseCausalMasks();
-  }
-}
-
-async function runTrainCheck(request: TrainCheckRequest): Promise<TrainCheckResult> {
-  await useBestBackend({ prefer: request.backend, fallback: false, wasmPaths: '/wasm/' });
-  const results: TrainedRecipe[] = [];
-  // Counted once the recipe's model and data are freed.
-  for (const recipe of request.recipes) results.push({ ...(await trainRecipe(recipe)), tensorsAfter: tf.memory().numTensors });
-  return { backend: tf.getBackend(), results };
-}
-
 async function runCheck(request: CheckRequest): Promise<CheckResult> {
   const report = await useBestBackend({ ...(request.backend === 'auto' ? {} : { prefer: request.backend, fallback: false }), wasmPaths: '/wasm/' });
   const results: RecipeResult[] = [];
-  for (const recipe of request.recipes) results.push(await runRecipe(recipe));
+  for (const recipe of request.recipes) results.push(await runRecipe(recipe, request.reads ?? 'sync'));
   return {
     backend: tf.getBackend(),
     report: formatBackendReport(report),
@@ -243,4 +180,3 @@ async function runCheck(request: CheckRequest): Promise<CheckResult> {
 }
 
 (globalThis as { loraCheck?: typeof runCheck }).loraCheck = runCheck;
-(globalThis as { loraTrainCheck?: typeof runTrainCheck }).loraTrainCheck = runTrainCheck;
