@@ -10,11 +10,11 @@ import * as tf from '@tensorflow/tfjs-core';
 // picks them up.
 import '@tensorflow/tfjs-backend-webgpu';
 import '@tensorflow/tfjs-backend-webgl';
-import { AdapterModel, causalLmLoss, createLoraRegistry, fastWasmKernels, loadAdapter, lora, serializeAdapter, serializeAdapterAsync, train } from '@lora/core';
+import { AdapterModel, causalLmLoss, classificationLoss, createLoraRegistry, fastWasmKernels, loadAdapter, lora, serializeAdapter, serializeAdapterAsync, train } from '@lora/core';
 import { hasSimdBatchMatMul, simdKernelBuild, spyOnKernels } from '@lora/core/internal';
 import { formatBackendReport, useBestBackend, type BackendKind } from '@lora/cuda-backend';
 import { dora } from '@lora/dora';
-import { Gpt2LMHeadModel, parseGpt2Config, releaseCausalMasks } from '@lora/models';
+import { BertForSequenceClassification, Gpt2LMHeadModel, LlamaForCausalLM, parseBertConfig, parseGpt2Config, parseLlamaConfig, releaseCausalMasks } from '@lora/models';
 import { quant } from '@lora/quant';
 
 /** What the page is asked to run. */
@@ -179,4 +179,59 @@ async function runCheck(request: CheckRequest): Promise<CheckResult> {
   };
 }
 
+/** Llama and BERT, which the recipes above (GPT-2) do not cover. */
+export type Architecture = 'llama' | 'bert';
+
+/** What the page reports for an {@link ArchitectureCheckRequest}. */
+export interface ArchitectureCheckResult {
+  readonly backend: string;
+  /** Each architecture's losses over 4 seeded LoRA steps (read asynchronously). */
+  readonly losses: Readonly<Record<Architecture, readonly number[]>>;
+  readonly tensorsBefore: number;
+  readonly tensorsAfter: number;
+}
+
+/** A request to train LoRA on a tiny Llama (causal LM) and a tiny BERT classifier on one backend. */
+export interface ArchitectureCheckRequest {
+  readonly backend: BackendKind;
+}
+
+// A tiny seeded model of the architecture, LoRA on its attention (and Llama's down_proj), the
+// batch, and the loss; the same on every backend.
+function architectureRun(architecture: Architecture): { model: AdapterModel; data: tf.Tensor[]; loss: () => tf.Scalar } {
+  const registry = createLoraRegistry({ plugins: [lora({ seed: 3 })] });
+  const ids = tf.tensor2d(Array.from({ length: 24 }, (_, i) => (i * 7) % 40), [2, 12], 'int32');
+  if (architecture === 'llama') {
+    const config = parseLlamaConfig({ vocab_size: 40, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 });
+    const model = AdapterModel.create(new LlamaForCausalLM(config, { seed: 3 }), { registry, config: { r: 4, loraAlpha: 8, loraDropout: 0.1, targetModules: ['q_proj', 'v_proj', 'down_proj'] } });
+    return { model, data: [ids], loss: () => causalLmLoss(model.model.forward(ids), ids) };
+  }
+  const config = parseBertConfig({ vocab_size: 40, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4, max_position_embeddings: 32, type_vocab_size: 2, num_labels: 3 });
+  const model = AdapterModel.create(new BertForSequenceClassification(config, { seed: 3 }), { registry, config: { r: 4, loraAlpha: 8, targetModules: ['query', 'value'], modulesToSave: ['classifier'] } });
+  // The second sequence padded after 9 tokens.
+  const mask = tf.tensor2d(Array.from({ length: 24 }, (_, i) => (i < 12 || i % 12 < 9 ? 1 : 0)), [2, 12], 'int32');
+  const labels = tf.tensor1d([1, 2], 'int32');
+  return { model, data: [ids, mask, labels], loss: () => classificationLoss(model.model.forward(ids, { attentionMask: mask }), labels) };
+}
+
+async function runArchitectureCheck(request: ArchitectureCheckRequest): Promise<ArchitectureCheckResult> {
+  await useBestBackend({ prefer: request.backend, fallback: false, wasmPaths: '/wasm/' });
+  const tensorsBefore = tf.memory().numTensors;
+  const losses = {} as Record<Architecture, readonly number[]>;
+  for (const architecture of ['llama', 'bert'] as const) {
+    const { model, data, loss } = architectureRun(architecture);
+    try {
+      model.model.train();
+      // Seeded: the same dropout masks on every backend, so the losses compare across backends.
+      ({ losses: losses[architecture] } = await train({ model, trainData: [0], steps: STEPS, learningRate: 2e-2, seed: 5, lossFn: () => tf.tidy(loss) }));
+    } finally {
+      model.dispose();
+      tf.dispose(data);
+    }
+  }
+  releaseCausalMasks();
+  return { backend: tf.getBackend(), losses, tensorsBefore, tensorsAfter: tf.memory().numTensors };
+}
+
 (globalThis as { loraCheck?: typeof runCheck }).loraCheck = runCheck;
+(globalThis as { loraArchitectureCheck?: typeof runArchitectureCheck }).loraArchitectureCheck = runArchitectureCheck;

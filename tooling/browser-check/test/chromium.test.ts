@@ -5,7 +5,7 @@ import type { Browser } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bundleForBrowser } from '../src/bundle.js';
 import { launchChromium } from '../src/chromium.js';
-import type { CheckRequest, CheckResult, RecipeResult } from '../src/page.js';
+import type { ArchitectureCheckRequest, ArchitectureCheckResult, CheckRequest, CheckResult, RecipeResult } from '../src/page.js';
 import { servePage, type PageServer } from '../src/serve.js';
 
 const PAGE_ENTRY = fileURLToPath(new URL('../src/page.ts', import.meta.url));
@@ -28,24 +28,24 @@ afterAll(async () => {
   await server?.close();
 });
 
-/** Open the page in a fresh tab (a fresh tfjs) and run one request; page errors fail the run. */
-async function check(request: CheckRequest): Promise<CheckResult> {
+/** Open the page in a fresh tab (a fresh tfjs) and run one of its checks; page errors fail the run. */
+async function inPage<Result>(entry: 'loraCheck' | 'loraArchitectureCheck', request: object): Promise<Result> {
   const page = await browser!.newPage();
   const pageErrors: string[] = [];
   page.on('pageerror', (error) => pageErrors.push(String(error)));
   try {
     await page.goto(server!.url);
-    await page.waitForFunction(() => typeof (globalThis as { loraCheck?: unknown }).loraCheck === 'function', { timeout: 30_000 });
-    const result = await page.evaluate(
-      (body) => (globalThis as unknown as { loraCheck: (request: CheckRequest) => Promise<CheckResult> }).loraCheck(body),
-      request,
-    );
+    await page.waitForFunction((name) => typeof (globalThis as Record<string, unknown>)[name] === 'function', { timeout: 30_000 }, entry);
+    const result = await page.evaluate((name, body) => (globalThis as unknown as Record<string, (request: object) => Promise<unknown>>)[name]!(body), entry, request);
     expect(pageErrors).toEqual([]);
-    return result;
+    return result as Result;
   } finally {
     await page.close();
   }
 }
+
+const check = (request: CheckRequest): Promise<CheckResult> => inPage('loraCheck', request);
+const architectureCheck = (request: ArchitectureCheckRequest): Promise<ArchitectureCheckResult> => inPage('loraArchitectureCheck', request);
 
 function expectTrainedAndReloaded(result: RecipeResult): void {
   const { recipe, losses } = result;
@@ -112,6 +112,27 @@ describe('the @lora packages in headless Chromium', () => {
     expect(result!.maxAddNInputs).toBeLessThanOrEqual(7);
     // The saved files are the cpu backend's, to the byte count.
     expect(result!.savedBytes).toEqual(reference!.savedBytes);
+  });
+
+  it('trains LoRA on Llama and on a BERT classifier on webgl and webgpu with the cpu backend\'s losses', async () => {
+    const cpu = await architectureCheck({ backend: 'cpu' });
+    expect(cpu.backend).toBe('cpu');
+    for (const backend of ['webgl', 'webgpu'] as const) {
+      const result = await architectureCheck({ backend });
+      expect(result.backend).toBe(backend);
+      for (const architecture of ['llama', 'bert'] as const) {
+        const losses = result.losses[architecture];
+        const reference = cpu.losses[architecture];
+        const largest = Math.max(...losses.map((loss, step) => Math.abs(loss - reference[step]!)));
+        console.log(`${backend} ${architecture}: loss ${losses.map((loss) => loss.toFixed(5)).join(' → ')} (largest |Δ| from cpu ${largest.toExponential(2)})`);
+        expect(losses, `${backend} ${architecture}`).toHaveLength(4);
+        expect(Math.min(...reference.slice(1)), architecture).toBeLessThan(reference[0]!);
+        // Seeded, so the same dropout masks: the cpu backend's losses within float32 rounding of the GPU's summation orders.
+        for (const [step, loss] of losses.entries()) expect(Math.abs(loss - reference[step]!), `${backend} ${architecture} step ${step + 1}`).toBeLessThanOrEqual(1e-5);
+      }
+      expect(result.tensorsAfter, `${backend}: tensors left behind`).toBe(result.tensorsBefore);
+    }
+    expect(cpu.tensorsAfter).toBe(cpu.tensorsBefore);
   });
 
   it('lets useBestBackend choose, and it says why it passed over each faster backend', async () => {
