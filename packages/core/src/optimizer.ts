@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { adamWUpdate } from './adamw-update.js';
 import { ConfigError } from './errors.js';
+import { checkOptionNames, PYTORCH_ADAMW_RENAMES } from './option-names.js';
 import { entryToTensor, tensorToEntry, type SafetensorsEntry } from './safetensors.js';
 
 /**
@@ -118,6 +119,9 @@ export const float32Moments: MomentEncoding = {
   },
 };
 
+/** AdamW's number options, with an example value each (PyTorch's defaults). */
+export const ADAMW_NUMBER_OPTIONS: Readonly<Record<string, string>> = { learningRate: '1e-3', beta1: '0.9', beta2: '0.999', epsilon: '1e-8', weightDecay: '0.01' };
+
 /** Options for {@link AdamW}; defaults as PyTorch's `torch.optim.AdamW`. */
 export interface AdamWOptions {
   /** Default 1e-3. */
@@ -161,6 +165,14 @@ export class AdamW implements TrainOptimizer {
   private readonly stores = new Map<tf.Variable, MomentStore>();
 
   constructor(options: AdamWOptions = {}) {
+    // An option it does not know would be ignored, and its default run silently (PyTorch's `lr`, say).
+    checkOptionNames(options, {
+      owner: 'AdamW',
+      plugin: options?.packageName ?? '@lora/core',
+      numbers: ADAMW_NUMBER_OPTIONS,
+      others: ['momentEncoding', 'packageName'],
+      renames: PYTORCH_ADAMW_RENAMES,
+    });
     this.learningRate = options.learningRate ?? 1e-3;
     this.beta1 = options.beta1 ?? 0.9;
     this.beta2 = options.beta2 ?? 0.999;
@@ -168,11 +180,6 @@ export class AdamW implements TrainOptimizer {
     this.weightDecay = options.weightDecay ?? 0.01;
     this.encoding = options.momentEncoding ?? float32Moments;
     const plugin = options.packageName ?? '@lora/core';
-    // PyTorch's names, which would otherwise be ignored silently (the defaults run instead).
-    const torchNames: Record<string, string> = { lr: 'learningRate', betas: 'beta1 and beta2', eps: 'epsilon', weight_decay: 'weightDecay' };
-    for (const [key, name] of Object.entries(torchNames)) {
-      if (key in options) throw new ConfigError({ plugin, field: key, received: (options as Record<string, unknown>)[key], expected: `spelled ${name} here`, hint: `Pass e.g. { ${name.split(' ')[0]}: … }.` });
-    }
     const check = (field: string, value: number, ok: boolean, expected: string, example: number): void => {
       if (typeof value !== 'number' || !ok) throw new ConfigError({ plugin, field, received: value, expected, hint: `Pass e.g. { ${field}: ${example} }.` });
     };

@@ -477,9 +477,14 @@ describe('train', () => {
       '[@lora/core] train: weightDecay, beta2 configure the AdamW train() creates, and an optimizer was given; set them on that optimizer instead (e.g. new AdamW({ weightDecay: … })).',
     );
     const loose = (options: Record<string, unknown>) => new AdamW(options as never);
-    expect(() => loose({ lr: 0.1 })).toThrow(/^\[@lora\/core\] Invalid config: lr must be spelled learningRate here, got 0\.1\./u);
-    expect(() => loose({ betas: [0.9, 0.99] })).toThrow(/betas must be spelled beta1 and beta2 here/u);
-    expect(() => loose({ beta1: '0.9' })).toThrow(/beta1 must be in \[0, 1\), got "0\.9"/u);
+    expect(() => loose({ lr: 0.1 })).toThrow(
+      "[@lora/core] Invalid config: lr must be one of AdamW's options (learningRate, beta1, beta2, epsilon, weightDecay, momentEncoding, packageName), got 0.1. lr is PyTorch's name: pass { learningRate: 0.1 }.",
+    );
+    expect(() => loose({ betas: [0.9, 0.99] })).toThrow(/betas is PyTorch's name: pass \{ beta1: 0\.9, beta2: 0\.99 \}/u);
+    expect(() => loose({ beta1: '0.9' })).toThrow(/beta1 must be a number, got "0\.9"/u);
+    // A misspelt option would be ignored and its default run: refused too.
+    expect(() => loose({ learningrate: 0.1 })).toThrow(/learningrate must be one of AdamW's options .* Remove it or fix its spelling\./u);
+    expect(() => loose(null as never)).toThrow(/options must be an object, got null/u);
     // The model of an AdapterModel whose trainable variables are all adapter-level (frozen layers here).
     adapterModel.model.setTrainable(false);
     await expect(train({ model: adapterModel.model, lossFn: mse(adapterModel.model), trainData: data, steps: 1 })).rejects.toThrow(

@@ -10,6 +10,7 @@ import {
   type MomentStore,
   type SafetensorsEntry,
 } from '@lora/core';
+import { ADAMW_NUMBER_OPTIONS, checkOptionNames, PYTORCH_ADAMW_RENAMES, type OptionNames } from '@lora/core/internal';
 import { dequantizeBlockwise8bit, quantizeBlockwise8bit } from './blockwise.js';
 import { DYNAMIC_MAP_SIGNED, DYNAMIC_MAP_UNSIGNED } from './codebooks.js';
 
@@ -122,7 +123,7 @@ export class AdamW8bit extends AdamW {
    * instead), an option that is not a number, or one out of range.
    */
   constructor(options: AdamW8bitOptions = {}) {
-    checkOptionNames(options);
+    checkOptionNames(options, OPTION_NAMES);
     const blockSize = options.blockSize ?? 256;
     const minQuantizedSize = options.minQuantizedSize ?? 4096;
     if (!Number.isInteger(blockSize) || blockSize <= 0) {
@@ -131,8 +132,13 @@ export class AdamW8bit extends AdamW {
     if (!Number.isInteger(minQuantizedSize) || minQuantizedSize < 0) {
       throw new ConfigError({ plugin: '@lora/quant', field: 'minQuantizedSize', received: minQuantizedSize, expected: 'a non-negative integer', hint: 'Pass e.g. { minQuantizedSize: 4096 }.' });
     }
+    const { learningRate, beta1, beta2, epsilon, weightDecay } = options;
     super({
-      ...options,
+      learningRate,
+      beta1,
+      beta2,
+      epsilon,
+      weightDecay,
       packageName: '@lora/quant',
       momentEncoding: {
         create: (variable) => (variable.size >= minQuantizedSize ? blockwise8bitStore(variable, blockSize) : float32Moments.create(variable)),
@@ -227,52 +233,10 @@ export class AdamW8bit extends AdamW {
   }
 }
 
-const OPTION_NAMES = ['learningRate', 'beta1', 'beta2', 'epsilon', 'weightDecay', 'blockSize', 'minQuantizedSize'] as const;
-const OPTION_EXAMPLES: Readonly<Record<(typeof OPTION_NAMES)[number], string>> = {
-  learningRate: '1e-3',
-  beta1: '0.9',
-  beta2: '0.999',
-  epsilon: '1e-8',
-  weightDecay: '0.01',
-  blockSize: '256',
-  minQuantizedSize: '4096',
+// AdamW8bit's options: core AdamW's numbers and two of its own; PyTorch's and bitsandbytes' names for them.
+const OPTION_NAMES: OptionNames = {
+  owner: 'AdamW8bit',
+  plugin: '@lora/quant',
+  numbers: { ...ADAMW_NUMBER_OPTIONS, blockSize: '256', minQuantizedSize: '4096' },
+  renames: { ...PYTORCH_ADAMW_RENAMES, block_size: 'blockSize', blocksize: 'blockSize', min_8bit_size: 'minQuantizedSize' },
 };
-// PyTorch's / bitsandbytes' names for AdamW8bit's options.
-const PYTORCH_NAMES: Readonly<Record<string, (typeof OPTION_NAMES)[number]>> = {
-  lr: 'learningRate',
-  learning_rate: 'learningRate',
-  eps: 'epsilon',
-  weight_decay: 'weightDecay',
-  block_size: 'blockSize',
-  blocksize: 'blockSize',
-  min_8bit_size: 'minQuantizedSize',
-};
-
-function shown(value: unknown): string {
-  return typeof value === 'number' ? String(value) : JSON.stringify(value) ?? String(value);
-}
-
-/** Unknown keys (PyTorch's names among them) and values that are not numbers, one ConfigError each. */
-function checkOptionNames(options: unknown): void {
-  const invalid = (field: string, received: unknown, expected: string, hint: string): ConfigError =>
-    new ConfigError({ plugin: '@lora/quant', field, received, expected, hint });
-  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
-    throw invalid('options', options, 'an object', 'Pass e.g. new AdamW8bit({ learningRate: 1e-3 }).');
-  }
-  const known = `one of AdamW8bit's options (${OPTION_NAMES.join(', ')})`;
-  for (const [key, value] of Object.entries(options)) {
-    if ((OPTION_NAMES as readonly string[]).includes(key)) {
-      if (value !== undefined && typeof value !== 'number') {
-        throw invalid(key, value, 'a number', `Pass e.g. { ${key}: ${OPTION_EXAMPLES[key as (typeof OPTION_NAMES)[number]]} }.`);
-      }
-      continue;
-    }
-    if (key === 'betas') {
-      const pair = Array.isArray(value) && value.length === 2 ? (value as unknown[]) : [0.9, 0.999];
-      throw invalid(key, value, known, `betas is PyTorch's name: pass { beta1: ${shown(pair[0])}, beta2: ${shown(pair[1])} }.`);
-    }
-    const renamed = PYTORCH_NAMES[key];
-    if (renamed) throw invalid(key, value, known, `${key} is PyTorch's name: pass { ${renamed}: ${value === undefined ? OPTION_EXAMPLES[renamed] : shown(value)} }.`);
-    throw invalid(key, value, known, 'Remove it or fix its spelling.');
-  }
-}
