@@ -249,6 +249,12 @@ async function runSelect(options: SelectCommandOptions, command: Command, contex
   // An answer the path never asked for changed nothing: say so rather than ignore it silently.
   const unasked = unaskedFlagsNote(result.unaskedFlags, variantName(result.variant));
   if (unasked) context.stderr.write(`lora: note: ${unasked}.\n`);
+  // --memory-budget only feeds the measured memory answer: a flag or the config file answered it instead.
+  const memoryStep = result.path.find((step) => step.question === 'memoryExtreme');
+  if (options.memoryBudget !== undefined && (memoryStep?.source === 'flag' || memoryStep?.source === 'config')) {
+    const answeredBy = memoryStep.source === 'flag' ? `--memory ${options.memory}` : `${options.config}'s memory`;
+    context.stderr.write(`lora: note: --memory-budget did not affect the choice of ${variantName(result.variant)}: ${answeredBy} answered the memory question, so nothing was measured.\n`);
+  }
   if (!runAfter) {
     // The training settings only matter to the run: say so rather than accept them silently.
     const unused = ['data', 'batchSize', 'learningRate', 'seed', 'out', 'overwrite', 'checkpointEvery', 'prompt'].filter(given);
@@ -602,12 +608,38 @@ export function buildProgram(context: ProgramContext): Command {
       const command = program.commands.find((candidate) => candidate.name() === name || candidate.aliases().includes(name));
       if (!command) {
         const names = program.commands.map((candidate) => candidate.name()).filter((candidate) => candidate !== 'help');
-        throw new CliError(`Unknown command "${name}" for lora help; the commands are ${names.join(', ')} (lora --help describes them).`, { exitCode: 2 });
+        const near = closestName(name, names);
+        throw new CliError(`Unknown command "${name}" for lora help${near ? ` (Did you mean ${near}?)` : ''}; the commands are ${names.join(', ')} (lora --help describes them).`, { exitCode: 2 });
       }
       command.help();
     });
 
   return program;
+}
+
+// Edits (insert, delete, substitute, swap two neighbours) from `a` to `b`.
+function editDistance(a: string, b: string): number {
+  const rows = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let best = Math.min(rows[i - 1]![j]! + 1, rows[i]![j - 1]! + 1, rows[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) best = Math.min(best, rows[i - 2]![j - 2]! + 1);
+      rows[i]![j] = best;
+    }
+  }
+  return rows[a.length]![b.length]!;
+}
+
+/** The candidate a mistyped name most likely meant, as commander suggests for `lora <command>`: at most a third of its letters edited. */
+function closestName(name: string, candidates: readonly string[]): string | null {
+  let best: string | null = null;
+  let bestDistance = Math.max(1, Math.floor(name.length / 3)) + 1;
+  for (const candidate of candidates) {
+    const distance = editDistance(name.toLowerCase(), candidate);
+    if (distance < bestDistance) [best, bestDistance] = [candidate, distance];
+  }
+  return best;
 }
 
 /**

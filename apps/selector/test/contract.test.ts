@@ -85,6 +85,11 @@ describe('the lora CLI contract', () => {
     expect(unknown.code).toBe(2);
     expect(unknown.stdout).toBe('');
     expect(unknown.stderr).toBe('lora: Unknown command "bogus" for lora help; the commands are select, train, forward, merge, quantize, doctor, inspect, generate, export (lora --help describes them).\n');
+    // A mistyped command is suggested, as commander suggests one for `lora <command>`.
+    const typo = await run(['help', 'trian']);
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toBe('lora: Unknown command "trian" for lora help (Did you mean train?); the commands are select, train, forward, merge, quantize, doctor, inspect, generate, export (lora --help describes them).\n');
+    expect((await run(['help', 'quantise'])).stderr).toMatch(/\(Did you mean quantize\?\)/u);
   });
 
   it('names the file in inspect errors', async () => {

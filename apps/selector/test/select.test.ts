@@ -191,6 +191,17 @@ describe('lora select', () => {
     expect(qlora.unaskedFlags.map((entry) => entry.flag)).toEqual(['--no-multi-task']);
   });
 
+  it('says that --memory-budget did not affect the choice when --memory answered the memory question', async () => {
+    const answered = await run(['select', '--model', GPT2, '--memory', 'ample', '--memory-budget', '1KiB', '--no-multi-task', '--no-dynamic', '--no-expressive']);
+    expect(answered.code).toBe(0);
+    expect(answered.stderr).toBe('lora: note: --memory-budget did not affect the choice of LoRA: --memory ample answered the memory question, so nothing was measured.\n');
+    // Measured against it (1 KiB: extreme), it decides, and no note.
+    const measured = await run(['select', '--model', GPT2, '--json', '--memory-budget', '1KiB', '--no-multi-task']);
+    expect(measured.code).toBe(0);
+    expect((JSON.parse(measured.stdout) as { variant: string }).variant).toBe('qlora');
+    expect(measured.stderr).not.toContain('--memory-budget did not affect');
+  });
+
   it('rejects an unknown flag with exit code 2 and one line of error', async () => {
     const result = await run(['select', '--bogus']);
     expect(result.code).toBe(2);
