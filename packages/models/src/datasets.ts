@@ -246,8 +246,7 @@ export interface PaddingOptions {
   readonly maxLength?: number;
   /**
    * Pad on the `right` (default, for training) or the `left` (as transformers pads prompts for
-   * batched generation; this package's `generate` takes no attention mask, so give it prompts of
-   * one length, or one at a time, rather than left-padded rows: their pad tokens would be attended).
+   * batched generation; this package's `generate` takes the prompts unpadded and pads them itself).
    */
   readonly side?: 'left' | 'right';
 }

@@ -52,6 +52,9 @@ function checkCausalLanguageModel(model: CausalLanguageModel): void {
   }
 }
 
+const zeros = (count: number): number[] => new Array<number>(count).fill(0);
+const ones = (count: number): number[] => new Array<number>(count).fill(1);
+
 function checkOption(condition: boolean, field: string, received: unknown, expected: string): void {
   if (!condition) throw new ConfigError({ plugin: PACKAGE, field, received, expected });
 }
@@ -95,12 +98,14 @@ export function pickToken(
 
 /**
  * Continue prompts with a decoder model: greedy or sampled (temperature, top-k, top-p), with a
- * key/value cache by default. Prompts in one call must have the same length. The model runs in eval
- * mode (dropout off) and is put back in its previous mode afterwards. Rows that reach an EOS token
- * are padded with it until every row has finished.
+ * key/value cache by default. Prompts of different lengths run as one batch, left-padded as
+ * transformers pads them: an attention mask leaves the pads out and each row's positions count
+ * from its own first token, so a row gets the tokens it would get alone (greedy). The model runs
+ * in eval mode (dropout off) and is put back in its previous mode afterwards. Rows that reach an
+ * EOS token are padded with it until every row has finished.
  *
- * @returns each prompt followed by its new tokens (plain arrays; no tensors to dispose).
- * @throws {ShapeError} for empty or unequal prompts, or a sequence longer than the model supports.
+ * @returns each prompt (without padding) followed by its new tokens (plain arrays; no tensors to dispose).
+ * @throws {ShapeError} for an empty prompt, or a sequence longer than the model supports.
  * @throws {ConfigError} naming an invalid option, or `model` when it is not a causal LM (a trunk, BERT).
  * @throws {LoraError} when the logits hold NaN or ±Infinity (non-finite weights); no token is emitted for that step.
  * @example
@@ -117,19 +122,18 @@ export function generate(model: CausalLanguageModel, prompts: readonly number[] 
   checkOption(options.temperature === undefined || options.temperature > 0, 'temperature', options.temperature, 'a positive number');
   checkOption(options.topK === undefined || (Number.isInteger(options.topK) && options.topK >= 0), 'topK', options.topK, 'a non-negative integer');
   checkOption(options.topP === undefined || (options.topP > 0 && options.topP <= 1), 'topP', options.topP, 'a number in (0, 1]');
-  const length = rows[0]?.length ?? 0;
-  if (rows.length === 0 || length === 0) {
-    throw new ShapeError(`[${PACKAGE}] generate: prompts must be non-empty (pass at least one token id per prompt)`, [null, null], [rows.length, length]);
-  }
-  const ragged = rows.findIndex((row) => row.length !== length);
-  if (ragged >= 0) {
-    // The batch as a [prompts, tokens] matrix: the first row of another length is what breaks it.
+  const empty = rows.findIndex((row) => row.length === 0);
+  if (rows.length === 0 || empty >= 0) {
     throw new ShapeError(
-      `[${PACKAGE}] generate: prompts must be of equal length (prompt ${ragged} has ${rows[ragged]!.length} tokens, prompt 0 has ${length}; pad them or generate them one at a time)`,
-      [rows.length, length],
-      [rows.length, rows[ragged]!.length],
+      `[${PACKAGE}] generate: prompts must be non-empty (pass at least one token id per prompt${empty > 0 ? `; prompt ${empty} has none` : ''})`,
+      [null, null],
+      [rows.length, rows[Math.max(0, empty)]?.length ?? 0],
     );
   }
+  // The longest prompt sets the batch's width; shorter ones are left-padded to it.
+  const length = Math.max(...rows.map((row) => row.length));
+  const pads = rows.map((row) => length - row.length);
+  const ragged = pads.some((pad) => pad > 0);
   for (const row of rows) {
     const bad = row.find((id) => !Number.isInteger(id) || id < 0 || id >= model.vocabSize);
     if (bad !== undefined) throw new ConfigError({ plugin: PACKAGE, field: 'prompts', received: bad, expected: `token ids in [0, ${model.vocabSize})` });
@@ -158,10 +162,19 @@ export function generate(model: CausalLanguageModel, prompts: readonly number[] 
   try {
     model.withAdapterInputs(options.adapterInputs, () => {
       for (let step = 0; step < maxNewTokens; step++) {
-        const feed = cache && cache.length > 0 ? rows.map((row) => row.slice(-1)) : rows;
+        const cached = cache !== undefined && cache.length > 0;
+        const feed = cached ? rows.map((row) => row.slice(-1)) : rows.map((row, i) => [...zeros(pads[i]!), ...row]);
         const lastLogits = tf.tidy(() => {
           const input = tf.tensor2d(feed, undefined, 'int32');
-          const logits = model.forward(input, { cache });
+          // Ragged prompts: the pads masked out (for every key the cache holds, too), and each row's
+          // positions from 0 at its first token, as transformers' generate derives them from the mask.
+          const padding = ragged
+            ? {
+                attentionMask: tf.tensor2d(rows.map((row, i) => [...zeros(pads[i]!), ...ones(row.length)]), undefined, 'int32'),
+                positionIds: tf.tensor2d(rows.map((row, i) => (cached ? [row.length - 1] : [...zeros(pads[i]!), ...row.map((_, position) => position)])), undefined, 'int32'),
+              }
+            : {};
+          const logits = model.forward(input, { cache, ...padding });
           const [batch, time, vocab] = logits.shape as [number, number, number];
           return tf.reshape(tf.slice(logits, [0, time - 1, 0], [batch, 1, vocab]), [batch, vocab]);
         });

@@ -42,6 +42,35 @@ describe('generate', () => {
     });
   });
 
+  it('runs prompts of different lengths as one left-padded batch, each row getting the greedy tokens it gets alone (GPT-2 and Llama, with and without the cache)', async () => {
+    await withoutLeaks(() => {
+      // A random GPT-2 with sharp weights: the fixture's greedy continuations repeat one token, which any batching would match.
+      const sharp = createModel({ architectures: ['GPT2LMHeadModel'], vocab_size: 64, n_embd: 32, n_layer: 2, n_head: 4, n_positions: 64 }, { seed: 9 }) as Gpt2LMHeadModel;
+      for (const [, variable] of sharp.namedParameters()) tf.tidy(() => variable.assign(tf.mul(variable, 8)));
+      sharp.eval();
+      for (const [name, model, prompts] of [
+        ['gpt2', sharp, [[48, 21, 39, 54, 7], [25], [14, 17, 24]]],
+        ['llama', llama, [[1, 7], [3, 9, 27, 40, 2, 11], [5, 60, 13]]],
+      ] as const) {
+        const alone = prompts.map((prompt) => generate(model, [prompt], { maxNewTokens: 12, eosTokenId: [] })[0]!);
+        for (const useCache of [true, false]) {
+          const batched = generate(model, prompts.map((prompt) => [...prompt]), { maxNewTokens: 12, eosTokenId: [], useCache });
+          expect(batched, `${name}, useCache ${useCache}`).toEqual(alone);
+        }
+        // Each row its own prompt (no padding) and 12 new tokens, not all one token repeated.
+        expect(alone.map((row) => row.length)).toEqual(prompts.map((prompt) => prompt.length + 12));
+        expect(alone.every((row, i) => new Set(row.slice(prompts[i]!.length)).size > 1), name).toBe(true);
+      }
+      sharp.dispose();
+      // An EOS in one row: it stops and pads with EOS while the others continue, as in an even batch.
+      const [first] = generate(gpt2, [[250]], { maxNewTokens: 6, eosTokenId: [] });
+      const eos = first![2]!;
+      const stopped = generate(gpt2, [[48, 212, 39], [250]], { maxNewTokens: 6, eosTokenId: eos });
+      expect(stopped[1]!.slice(stopped[1]!.indexOf(eos, 1)).every((token) => token === eos)).toBe(true);
+      expect(stopped[0]).toEqual(generate(gpt2, [[48, 212, 39]], { maxNewTokens: stopped[0]!.length - 3, eosTokenId: eos })[0]);
+    });
+  });
+
   it('samples reproducibly for a seed, and differently for another seed', () => {
     const options = { maxNewTokens: 16, doSample: true, temperature: 1.5, topK: 50, topP: 0.95, eosTokenId: [] };
     const a = generate(gpt2, [48, 212], { ...options, seed: 1 });
@@ -65,9 +94,10 @@ describe('generate', () => {
     generate(gpt2, [1, 2], { maxNewTokens: 1 });
     expect(gpt2.training).toBe(true);
     gpt2.eval();
-    expect(() => generate(gpt2, [[1, 2], [3]], {})).toThrow(ShapeError);
-    expect(() => generate(gpt2, [[1, 2], [3, 4], [5]], {})).toThrow(/prompt 2 has 1 tokens, prompt 0 has 2.*expected shape \[3, 2\], got \[3, 1\]/);
+    expect(() => generate(gpt2, [[1, 2], [3], []], {})).toThrow(/prompts must be non-empty \(pass at least one token id per prompt; prompt 2 has none\)/);
     expect(() => generate(gpt2, [], {})).toThrow(/prompts must be non-empty/);
+    // The longest prompt sets the positions a padded batch needs.
+    expect(() => generate(gpt2, [[1], [1, 2]], { maxNewTokens: 63 })).toThrow(ShapeError);
     expect(() => generate(gpt2, [1, 2], { maxNewTokens: 63 })).toThrow(ShapeError);
     expect(() => generate(gpt2, [1, 2], { temperature: 0 })).toThrow(ConfigError);
     expect(() => generate(gpt2, [1, 999], {})).toThrow(ConfigError);
