@@ -112,11 +112,11 @@ export function pickToken(
  * const [tokens] = generate(model, [tokenizer.encode('Call me')], { maxNewTokens: 40, doSample: true, topK: 20 });
  * console.log(tokenizer.decode(tokens));
  */
-export function generate(model: CausalLanguageModel, prompts: readonly number[] | readonly (readonly number[])[], options: GenerateOptions = {}): number[][] {
+export function generate(model: CausalLanguageModel, prompts: readonly number[] | ArrayLike<number> | readonly ArrayLike<number>[], options: GenerateOptions = {}): number[][] {
   checkCausalLanguageModel(model);
-  const rows: number[][] = (prompts.length > 0 && Array.isArray(prompts[0]) ? (prompts as readonly (readonly number[])[]) : [prompts as readonly number[]]).map(
-    (row) => [...row],
-  );
+  // A list of prompts (arrays, or typed arrays such as an Int32Array of ids), or one prompt.
+  const isRow = (value: unknown): value is ArrayLike<number> => Array.isArray(value) || (ArrayBuffer.isView(value) && !(value instanceof DataView));
+  const rows: number[][] = (prompts.length > 0 && isRow(prompts[0]) ? (prompts as readonly ArrayLike<number>[]) : [prompts as readonly number[]]).map((row) => Array.from(row));
   const maxNewTokens = options.maxNewTokens ?? 20;
   checkOption(Number.isInteger(maxNewTokens) && maxNewTokens >= 0, 'maxNewTokens', maxNewTokens, 'a non-negative integer');
   checkOption(options.temperature === undefined || options.temperature > 0, 'temperature', options.temperature, 'a positive number');

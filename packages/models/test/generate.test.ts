@@ -62,6 +62,10 @@ describe('generate', () => {
         expect(alone.every((row, i) => new Set(row.slice(prompts[i]!.length)).size > 1), name).toBe(true);
       }
       sharp.dispose();
+      const [alone1, , alone3] = generate(llama, [[1, 7], [3, 9, 27, 40, 2, 11], [5, 60, 13]], { maxNewTokens: 12, eosTokenId: [] });
+      // Prompts as typed arrays (an Int32Array of ids each, or one) are rows too, not one flat prompt.
+      expect(generate(llama, [Int32Array.of(1, 7), Int32Array.of(5, 60, 13)], { maxNewTokens: 12, eosTokenId: [] })).toEqual([alone1, alone3]);
+      expect(generate(llama, Int32Array.of(1, 7), { maxNewTokens: 12, eosTokenId: [] })).toEqual([alone1]);
       // An EOS in one row: it stops and pads with EOS while the others continue, as in an even batch.
       const [first] = generate(gpt2, [[250]], { maxNewTokens: 6, eosTokenId: [] });
       const eos = first![2]!;
