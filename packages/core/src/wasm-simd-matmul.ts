@@ -100,7 +100,7 @@ type AttentionBackwardExport = (...args: [...AttentionLayoutArgs, dout: number, 
 /** gelu_new's exports (wasm/gelu-tanh.h, linked into this module): size, then addresses. */
 type GeluExport = (size: number, x: number, y: number) => void;
 type GeluGradExport = (size: number, dy: number, x: number, dx: number) => void;
-type GeluThreadedExport = (control: number, backward: number, size: number, x: number, dy: number, out: number, chunk: number, mayWait: number) => void;
+type GeluThreadedExport = (control: number, backward: number, size: number, x: number, dy: number, out: number, chunk: number, mayWait: number, erf: number) => void;
 type WithControl<F extends (...args: never[]) => void> = (control: number, ...args: [...Parameters<F>, mayWait: number]) => void;
 
 /** The two-thread kernel of one backend: its control block (in the backend's memory) and helper. */
@@ -137,6 +137,8 @@ interface SimdKernel {
   readonly attentionScratchFloats: (kind: number, t: number, d: number, helper: number) => number;
   readonly geluTanh: GeluExport;
   readonly geluTanhGrad: GeluGradExport;
+  readonly geluErf: GeluExport;
+  readonly geluErfGrad: GeluGradExport;
   /** Null where products run on the calling thread only. */
   readonly threads: ThreadedKernel | null;
 }
@@ -221,6 +223,8 @@ function kernelFrom(backend: WasmBackendWithModule, module: object, exports: Rec
     attentionScratchFloats: exports['attention_scratch_floats'] as SimdKernel['attentionScratchFloats'],
     geluTanh: exports['gelu_tanh'] as GeluExport,
     geluTanhGrad: exports['gelu_tanh_grad'] as GeluGradExport,
+    geluErf: exports['gelu_erf'] as GeluExport,
+    geluErfGrad: exports['gelu_erf_grad'] as GeluGradExport,
     threads: startThreads(backend, module, exports, memory),
   };
 }
@@ -932,12 +936,15 @@ export function simdCausalSelfAttentionBackward(backend: tf.KernelBackend, dout:
  */
 const GELU_CHUNK_FLOATS = 16384;
 
+/** The two gelu forms core fuses: GPT-2's `gelu_new` (tanh) and BERT's exact `gelu` (erf). */
+export type GeluForm = 'tanh' | 'erf';
+
 /**
- * GPT-2's gelu_new (`dy` null: y = gelu_new(x)) or its gradient (dx = dy·gelu_new′(x)) over float32
- * values of one shape (wasm/gelu-tanh.h), shared with the helper thread in ranges of values where it
- * serves. Null where the backend has no kernel.
+ * A gelu (`dy` null: y = gelu(x)) or its gradient (dx = dy·gelu′(x)) over float32 values of one
+ * shape, in the `form` asked (wasm/gelu-tanh.h, wasm/gelu-erf.h), shared with the helper thread in
+ * ranges of values where it serves. Null where the backend has no kernel.
  */
-export function simdGeluTanh(backend: tf.KernelBackend, x: tf.TensorInfo, dy: tf.TensorInfo | null): tf.TensorInfo | null {
+export function simdGelu(backend: tf.KernelBackend, x: tf.TensorInfo, dy: tf.TensorInfo | null, form: GeluForm): tf.TensorInfo | null {
   const kernel = kernelOf(backend);
   const size = sizeOf(x.shape);
   if (kernel === null || x.dtype !== 'float32' || (dy !== null && (dy.dtype !== 'float32' || sizeOf(dy.shape) !== size))) return null;
@@ -948,8 +955,9 @@ export function simdGeluTanh(backend: tf.KernelBackend, x: tf.TensorInfo, dy: tf
   const chunk = Math.max(GELU_CHUNK_FLOATS, 4 * Math.ceil(size / MAX_THREADED_CHUNKS / 4));
   // About 40 operations a value (its exp and the rest), as a product's flops count.
   const threads = chunk <= HELPER_SCRATCH_FLOATS ? threadsFor(kernel, 40 * size, Math.ceil(size / chunk)) : null;
-  if (threads !== null) threads.gelu(threads.control, dy === null ? 0 : 1, size, offset(x), dy === null ? 0 : offset(dy), offset(out), chunk, threads.mayBlock ? 1 : 0);
-  else if (dy === null) kernel.geluTanh(size, offset(x), offset(out));
-  else kernel.geluTanhGrad(size, offset(dy), offset(x), offset(out));
+  if (threads !== null) {
+    threads.gelu(threads.control, dy === null ? 0 : 1, size, offset(x), dy === null ? 0 : offset(dy), offset(out), chunk, threads.mayBlock ? 1 : 0, form === 'erf' ? 1 : 0);
+  } else if (dy === null) (form === 'erf' ? kernel.geluErf : kernel.geluTanh)(size, offset(x), offset(out));
+  else (form === 'erf' ? kernel.geluErfGrad : kernel.geluTanhGrad)(size, offset(dy), offset(x), offset(out));
   return out;
 }

@@ -60,6 +60,8 @@ describe('useFastWasmKernels', () => {
         'LoraCausalScores',
         'LoraCausalSelfAttention',
         'LoraCausalSelfAttentionGrad',
+        'LoraGeluErf',
+        'LoraGeluErfGrad',
         'LoraGeluTanh',
         'LoraGeluTanhGrad',
         'LoraLayerNorm',

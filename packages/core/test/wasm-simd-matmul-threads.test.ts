@@ -12,7 +12,7 @@ import {
   simdCausalAttentionForward,
   simdCausalSelfAttentionBackward,
   simdCausalSelfAttentionForward,
-  simdGeluTanh,
+  simdGelu,
   simdLoraBackward,
   simdLoraForward,
   threadChunking,
@@ -604,7 +604,7 @@ function geluPasses(backend: HeapBackend, size: number, seed: number): Float32Ar
   // Values of a few units, as an MLP's activations: both tails of the gate are reached.
   const x = backend.upload([size], operand([size], seed).values.map((value) => 6 * value));
   const dy = backend.upload([size], operand([size], seed + 1).values);
-  const results = [simdGeluTanh(kernelBackend, x, null), simdGeluTanh(kernelBackend, x, dy)];
+  const results = [simdGelu(kernelBackend, x, null, 'tanh'), simdGelu(kernelBackend, x, dy, 'tanh')];
   if (results.some((result) => result === null)) throw new Error('the kernel declined gelu_new');
   const views = results.map((info) => backend.typedArrayFromHeap(info!));
   for (const info of [x, dy]) backend.typedArrayFromHeap(info).fill(Number.NaN);

@@ -610,15 +610,27 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
 #include "low-rank-train.h"
 #include "causal-attention.h"
 #include "gelu-tanh.h"
+#include "gelu-erf.h"
 
 #define GELU_FORWARD 5
 #define GELU_BACKWARD 6
+#define GELU_ERF_FORWARD 7
+#define GELU_ERF_BACKWARD 8
+
+// A gelu pass (either form, either way): chunks of values, the helper's result at its buffer's start.
+static inline int is_gelu(int kind) { return kind >= GELU_FORWARD && kind <= GELU_ERF_BACKWARD; }
 
 /// GPT-2's gelu_new on the calling thread: y = gelu_new(x) for `size` values.
 __attribute__((export_name("gelu_tanh"))) void gelu_tanh(int size, const float *x, float *y) { gelu_values(size, x, y); }
 
 /// Its gradient on the calling thread: dx = dy·gelu_new′(x).
 __attribute__((export_name("gelu_tanh_grad"))) void gelu_tanh_grad(int size, const float *dy, const float *x, float *dx) { gelu_gradients(size, dy, x, dx); }
+
+/// BERT's exact gelu on the calling thread: y = x·Φ(x) for `size` values.
+__attribute__((export_name("gelu_erf"))) void gelu_erf_export(int size, const float *x, float *y) { gelu_erf_values(size, x, y); }
+
+/// Its gradient on the calling thread: dx = dy·(Φ(x) + x·φ(x)).
+__attribute__((export_name("gelu_erf_grad"))) void gelu_erf_grad(int size, const float *dy, const float *x, float *dx) { gelu_erf_gradients(size, dy, x, dx); }
 
 #ifdef __wasm_atomics__
 // Two threads (shared-memory build only).
@@ -663,8 +675,8 @@ __attribute__((export_name("gelu_tanh_grad"))) void gelu_tanh_grad(int size, con
 struct args {
   // PRODUCT, a fused LoRA pass (LORA_FORWARD, LORA_BACKWARD: low-rank-train.h), whose chunks are
   // its blocks of `row_block` rows (`a` and `b` are then LoRA's A and B), causal attention
-  // (ATTENTION_FORWARD, ATTENTION_BACKWARD: causal-attention.h), or gelu_new (GELU_FORWARD,
-  // GELU_BACKWARD), whose chunks are ranges of `row_block` of its `rows` values (x, dy in `third`, y).
+  // (ATTENTION_FORWARD, ATTENTION_BACKWARD: causal-attention.h), or gelu_new or the exact gelu
+  // (is_gelu), whose chunks are ranges of `row_block` of its `rows` values (x, dy in `third`, y).
   int32_t kind;
   // For a PRODUCT, TRI_NONE or a triangular form (see TRI_LOWER_OUTPUT), and the bias (n values, or null).
   int32_t tri;
@@ -723,11 +735,13 @@ static inline uint32_t *chunk_words(struct control *ctl) { return (uint32_t *)((
 // `packed_b` (memo: what it holds). Its result goes to the output, or, when `out` is not null,
 // to `out` as a [rows of the chunk, panel_group·8] matrix.
 static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t *memo, uint32_t gen, float *out) {
-  if (p->kind == GELU_FORWARD || p->kind == GELU_BACKWARD) {
+  if (is_gelu(p->kind)) {
     const int start = chunk * p->row_block, count = min_int(p->rows - start, p->row_block);
     float *to = out ? out : p->y + start;
     if (p->kind == GELU_FORWARD) gelu_values(count, p->x + start, to);
-    else gelu_gradients(count, p->third + start, p->x + start, to);
+    else if (p->kind == GELU_BACKWARD) gelu_gradients(count, p->third + start, p->x + start, to);
+    else if (p->kind == GELU_ERF_FORWARD) gelu_erf_values(count, p->x + start, to);
+    else gelu_erf_gradients(count, p->third + start, p->x + start, to);
     return;
   }
   if (p->kind == ATTENTION_FORWARD || p->kind == ATTENTION_BACKWARD) {
@@ -777,7 +791,7 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
 
 // Copy the helper's result of `chunk` (see run_chunk) to the output.
 static void copy_chunk(const struct args *p, int chunk, const float *from) {
-  if (p->kind == GELU_FORWARD || p->kind == GELU_BACKWARD) {
+  if (is_gelu(p->kind)) {
     const int start = chunk * p->row_block;
     copy_floats(p->y + start, from, min_int(p->rows - start, p->row_block));
     return;
@@ -989,12 +1003,13 @@ __attribute__((export_name("attention_backward_threaded"))) void attention_backw
   attention_threaded(ctl, ATTENTION_BACKWARD, matrices, heads, t, d, ld_in, ld_out, scale, q, k, v, dout, (float *)stats, dq, dk, dv, scratch, may_wait);
 }
 
-/// gelu_tanh (`backward` 0) or gelu_tanh_grad (1) on two threads, in chunks of `chunk` values (a
-/// multiple of 4; MAX_CHUNKS at most); the helper's buffer holds a chunk.
-__attribute__((export_name("gelu_threaded"))) void gelu_threaded(struct control *ctl, int backward, int size, const float *x, const float *dy, float *out, int chunk, int may_wait) {
+/// gelu_tanh (`backward` 0) or gelu_tanh_grad (1), or with `erf` 1 gelu_erf or gelu_erf_grad, on two
+/// threads, in chunks of `chunk` values (a multiple of 4; MAX_CHUNKS at most); the helper's buffer
+/// holds a chunk.
+__attribute__((export_name("gelu_threaded"))) void gelu_threaded(struct control *ctl, int backward, int size, const float *x, const float *dy, float *out, int chunk, int may_wait, int erf) {
   const uint32_t gen = next_generation(ctl);
   struct args *p = &ctl->call;
-  p->kind = backward ? GELU_BACKWARD : GELU_FORWARD;
+  p->kind = erf ? (backward ? GELU_ERF_BACKWARD : GELU_ERF_FORWARD) : (backward ? GELU_BACKWARD : GELU_FORWARD);
   p->rows = size;
   p->row_block = chunk;
   p->x = x;
@@ -1029,7 +1044,7 @@ __attribute__((noinline)) static void help_with(struct control *ctl, int chunk, 
   // Read after the chunk's arguments: a buffer set for this call (control_helper_scratch) before it
   // was published is the one seen here.
   float *packed_b = __atomic_load_n(&ctl->helper_scratch, SEQ);
-  float *out = packed_b + (p->kind == GELU_FORWARD || p->kind == GELU_BACKWARD               ? 0
+  float *out = packed_b + (is_gelu(p->kind)                                                ? 0
                            : p->kind == ATTENTION_FORWARD || p->kind == ATTENTION_BACKWARD ? attention_work_floats(p->kind, p->t, p->d)
                            : p->kind != PRODUCT                                           ? lora_work_floats(p->kind, p->in, p->out, p->rank, p->row_block, p->w != 0)
                                                                                           : p->panel_group * NR * p->k + 32 + a_copy_floats(p->tri, p->k, p->n, p->a_rs, p->a_cs));

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from '@lora/core';
-import { geluTanh as coreGeluTanh } from '@lora/core/internal';
+import { geluErf, geluTanh as coreGeluTanh } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 
 /** Activation names from Hugging Face configs (`activation_function`, `hidden_act`) that this package implements. */
@@ -22,9 +22,9 @@ export function geluTanh(x: tf.Tensor): tf.Tensor {
   return coreGeluTanh(x);
 }
 
-/** BERT's exact `gelu`: 0.5·x·(1 + erf(x/√2)). */
+/** BERT's exact `gelu`: 0.5·x·(1 + erf(x/√2)); on the WASM backend one fused kernel each way (core's). */
 export function geluExact(x: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)));
+  return geluErf(x);
 }
 
 /** SiLU (swish) x·σ(x), Llama's `silu`. */

@@ -187,6 +187,8 @@ export interface ArchitectureCheckResult {
   readonly backend: string;
   /** Each architecture's losses over 4 seeded LoRA steps (read asynchronously). */
   readonly losses: Readonly<Record<Architecture, readonly number[]>>;
+  /** Core's fused kernels (names starting `Lora`) each architecture's training ran, sorted. */
+  readonly fusedKernelsRun: Readonly<Record<Architecture, readonly string[]>>;
   readonly tensorsBefore: number;
   readonly tensorsAfter: number;
 }
@@ -218,19 +220,23 @@ async function runArchitectureCheck(request: ArchitectureCheckRequest): Promise<
   await useBestBackend({ prefer: request.backend, fallback: false, wasmPaths: '/wasm/' });
   const tensorsBefore = tf.memory().numTensors;
   const losses = {} as Record<Architecture, readonly number[]>;
+  const fusedKernelsRun = {} as Record<Architecture, readonly string[]>;
   for (const architecture of ['llama', 'bert'] as const) {
     const { model, data, loss } = architectureRun(architecture);
+    const spy = spyOnKernels();
     try {
       model.model.train();
       // Seeded: the same dropout masks on every backend, so the losses compare across backends.
       ({ losses: losses[architecture] } = await train({ model, trainData: [0], steps: STEPS, learningRate: 2e-2, seed: 5, lossFn: () => tf.tidy(loss) }));
     } finally {
+      spy.stop();
       model.dispose();
       tf.dispose(data);
     }
+    fusedKernelsRun[architecture] = [...new Set(spy.calls.map((call) => call.kernelName).filter((kernelName) => kernelName.startsWith('Lora')))].sort();
   }
   releaseCausalMasks();
-  return { backend: tf.getBackend(), losses, tensorsBefore, tensorsAfter: tf.memory().numTensors };
+  return { backend: tf.getBackend(), losses, fusedKernelsRun, tensorsBefore, tensorsAfter: tf.memory().numTensors };
 }
 
 (globalThis as { loraCheck?: typeof runCheck }).loraCheck = runCheck;

@@ -72,7 +72,7 @@ describe('the @lora packages in headless Chromium', () => {
       // Its build with fused multiply-adds: Chromium (114+) accepts relaxed SIMD without a flag.
       expect(result.kernelBuild).toBe(backend === 'wasm' ? 'fma' : null);
       // And its fused kernels (instantiated asynchronously: a page may refuse a synchronous compile).
-      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLinearBackward', 'LoraLinearDropoutForward', 'LoraLinearForward', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSensitivityUpdate', 'LoraSumOfSquares'];
+      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluErf', 'LoraGeluErfGrad', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLinearBackward', 'LoraLinearDropoutForward', 'LoraLinearForward', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSensitivityUpdate', 'LoraSumOfSquares'];
       expect([...result.fusedKernels].sort()).toEqual(backend === 'wasm' ? fused : []);
       // Registered is not enough: training (LoRA dropout 0.1 on the adapters' input) ran the fused dropout and the others.
       for (const recipe of result.results) {
@@ -114,10 +114,10 @@ describe('the @lora packages in headless Chromium', () => {
     expect(result!.savedBytes).toEqual(reference!.savedBytes);
   });
 
-  it('trains LoRA on Llama and on a BERT classifier on webgl and webgpu with the cpu backend\'s losses', async () => {
+  it('trains LoRA on Llama and on a BERT classifier on wasm, webgl and webgpu with the cpu backend\'s losses', async () => {
     const cpu = await architectureCheck({ backend: 'cpu' });
     expect(cpu.backend).toBe('cpu');
-    for (const backend of ['webgl', 'webgpu'] as const) {
+    for (const backend of ['wasm', 'webgl', 'webgpu'] as const) {
       const result = await architectureCheck({ backend });
       expect(result.backend).toBe(backend);
       for (const architecture of ['llama', 'bert'] as const) {
@@ -127,10 +127,14 @@ describe('the @lora packages in headless Chromium', () => {
         console.log(`${backend} ${architecture}: loss ${losses.map((loss) => loss.toFixed(5)).join(' → ')} (largest |Δ| from cpu ${largest.toExponential(2)})`);
         expect(losses, `${backend} ${architecture}`).toHaveLength(4);
         expect(Math.min(...reference.slice(1)), architecture).toBeLessThan(reference[0]!);
-        // Seeded, so the same dropout masks: the cpu backend's losses within float32 rounding of the GPU's summation orders.
+        // Seeded, so the same dropout masks: the cpu backend's losses within float32 rounding of other
+        // summation orders (and, on wasm, of core's fused kernels: BERT's exact gelu among them).
         for (const [step, loss] of losses.entries()) expect(Math.abs(loss - reference[step]!), `${backend} ${architecture} step ${step + 1}`).toBeLessThanOrEqual(1e-5);
       }
       expect(result.tensorsAfter, `${backend}: tensors left behind`).toBe(result.tensorsBefore);
+      // BERT's exact gelu as core's fused kernel each way on wasm; the GPU backends run tfjs's own kernels.
+      if (backend === 'wasm') expect(result.fusedKernelsRun.bert).toEqual(expect.arrayContaining(['LoraGeluErf', 'LoraGeluErfGrad']));
+      else expect(result.fusedKernelsRun.bert).toEqual([]);
     }
     expect(cpu.tensorsAfter).toBe(cpu.tensorsBefore);
   });

@@ -1,0 +1,127 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { initRuntime, restoreWasmKernels, useFastWasmKernels } from '../src/index.js';
+import { geluErf, GELU_ERF_GRAD_KERNEL, GELU_ERF_KERNEL } from '../src/internal.js';
+import { spyOnKernels } from '../src/kernel-spy.js';
+import { expectTensorsClose, withoutTensorLeaks } from '../src/testing.js';
+
+/**
+ * Φ(x) = P(N(0, 1) ≤ x) in float64: the Taylor series of erf for |x| ≤ 3 (terms well below 2⁵³ there),
+ * and Laplace's continued fraction of the upper tail beyond, so the far tails keep their relative
+ * accuracy (1 + erf would cancel).
+ */
+function normalCdf(x: number): number {
+  const z = Math.abs(x) / Math.SQRT2;
+  let upperHalf: number; // Q(|x|) = 0.5·erfc(z)
+  if (Math.abs(x) <= 3) {
+    let term = z;
+    let sum = z;
+    for (let n = 1; n < 200 && Math.abs(term) > 1e-300; n++) {
+      term *= (-z * z) / n;
+      sum += term / (2 * n + 1);
+    }
+    upperHalf = 0.5 * (1 - (2 / Math.sqrt(Math.PI)) * sum);
+  } else {
+    // Q(t) = φ(t) / (t + 1/(t + 2/(t + 3/(t + …)))), evaluated from the tail.
+    const t = Math.abs(x);
+    let fraction = t;
+    for (let k = 200; k >= 1; k--) fraction = t + k / fraction;
+    upperHalf = Math.exp(-t * t / 2) / Math.sqrt(2 * Math.PI) / fraction;
+  }
+  return x > 0 ? 1 - upperHalf : upperHalf;
+}
+const gelu = (x: number): number => x * normalCdf(x);
+const geluSlope = (x: number): number => normalCdf(x) + (x * Math.exp(-x * x / 2)) / Math.sqrt(2 * Math.PI);
+
+/** Values over the whole range, the tails (Φ = 0 or 1), zeros, and a size that is not a multiple of 8 (the kernel's tail). */
+function inputs(size: number): number[] {
+  const values = Array.from({ length: size }, (_, i) => Math.sin(i * 12.9898) * 9 * Math.cos(i * 0.37));
+  values.splice(0, 10, 0, -0, 100, -100, 1e-8, -1e-8, 30, -30, 5.5, -5.5);
+  return values;
+}
+
+const valueAndGradient = (x: tf.Tensor, upstream: tf.Tensor): [tf.Tensor, tf.Tensor] =>
+  tf.tidy(() => [geluErf(x), tf.grad((input: tf.Tensor) => tf.sum(tf.mul(geluErf(input), upstream)))(x)]);
+
+describe('fused exact gelu (BERT\'s) on the WASM backend', () => {
+  beforeAll(async () => {
+    await initRuntime();
+  });
+  afterAll(async () => {
+    useFastWasmKernels('wasm');
+    await tf.setBackend('wasm');
+  });
+
+  it('checks its own float64 reference against known values of Φ', () => {
+    // Φ(0) = 1/2, Φ(1) = 0.8413447460685429, Φ(−3) = 0.0013498980316300946, Φ(−6) = 9.865876450376946e−10, Φ(−10) = 7.61985302416047e−24.
+    for (const [x, expected] of [[0, 0.5], [1, 0.8413447460685429], [-3, 0.0013498980316300946], [-6, 9.865876450376946e-10], [-10, 7.61985302416047e-24]] as const) {
+      expect(Math.abs(normalCdf(x) - expected) / expected, `Φ(${x})`).toBeLessThan(1e-12);
+    }
+  });
+
+  it('runs one kernel forward and one backward (no scalar Erf or Exp), and nothing is left behind', async () => {
+    await tf.setBackend('wasm');
+    const x = tf.tensor2d(inputs(3 * 37), [3, 37]);
+    const upstream = tf.onesLike(x);
+    await withoutTensorLeaks(() => {
+      const spy = spyOnKernels();
+      const [value, gradient] = valueAndGradient(x, upstream);
+      spy.stop();
+      tf.dispose([value, gradient]);
+      const names = spy.calls.map((call) => call.kernelName);
+      expect(names.filter((name) => name === GELU_ERF_KERNEL)).toHaveLength(2);
+      expect(names.filter((name) => name === GELU_ERF_GRAD_KERNEL)).toHaveLength(1);
+      expect(names).not.toContain('Erf');
+      expect(names).not.toContain('Exp');
+    });
+    tf.dispose([x, upstream]);
+  });
+
+  it.each([7, 8, 1001, 65_539])('matches float64 and the composite form (plain-JS backend) on %i values, tails included', async (size) => {
+    const values = inputs(size);
+    const weights = values.map((_, i) => Math.cos(i * 0.71));
+    const run = async (backend: string): Promise<[Float32Array, Float32Array]> => {
+      await tf.setBackend(backend);
+      const x = tf.tensor1d(values);
+      const upstream = tf.tensor1d(weights);
+      const [value, gradient] = valueAndGradient(x, upstream);
+      const result: [Float32Array, Float32Array] = [(await value.data()) as Float32Array, (await gradient.data()) as Float32Array];
+      tf.dispose([x, upstream, value, gradient]);
+      return result;
+    };
+    const [fusedValue, fusedGradient] = await run('wasm');
+    const [compositeValue, compositeGradient] = await run('cpu');
+    await tf.setBackend('wasm');
+    // Float32 inputs; the reference is float64 of the same float32 values. erfc's fit is within
+    // 1.2e−7 relative, and float32 rounding adds a few units in the last place.
+    const x32 = Float32Array.from(values);
+    expectTensorsClose(fusedValue, Array.from(x32, gelu), { atol: 1e-7, rtol: 2e-6 });
+    expectTensorsClose(fusedGradient, Array.from(x32, (v, i) => weights[i]! * geluSlope(v)), { atol: 1e-7, rtol: 2e-6 });
+    // tfjs's plain-JS erf is Abramowitz and Stegun's 7.1.26 (absolute error up to 1.5e−7).
+    expectTensorsClose(fusedValue, compositeValue, { atol: 1e-6, rtol: 1e-5 });
+    expectTensorsClose(fusedGradient, compositeGradient, { atol: 1e-6, rtol: 1e-5 });
+    expect(fusedValue.every(Number.isFinite) && fusedGradient.every(Number.isFinite)).toBe(true);
+  });
+
+  it('keeps NaN, and falls back to the composite form where the kernels are not registered', async () => {
+    await tf.setBackend('wasm');
+    const nan = tf.tensor1d([Number.NaN, 1, Number.NaN, -2, 3]);
+    const ones = tf.onesLike(nan);
+    const [value, gradient] = valueAndGradient(nan, ones);
+    expect(Array.from(await value.data()).map(Number.isNaN)).toEqual([true, false, true, false, false]);
+    expect(Array.from(await gradient.data()).map(Number.isNaN)).toEqual([true, false, true, false, false]);
+    tf.dispose([nan, ones, value, gradient]);
+    restoreWasmKernels('wasm');
+    try {
+      const x = tf.tensor1d(inputs(21));
+      const spy = spyOnKernels();
+      const composite = geluErf(x);
+      spy.stop();
+      expect(spy.calls.map((call) => call.kernelName)).toContain('Erf');
+      expectTensorsClose(composite, Array.from(Float32Array.from(inputs(21)), gelu), { atol: 1e-6, rtol: 1e-5 });
+      tf.dispose([x, composite]);
+    } finally {
+      useFastWasmKernels('wasm');
+    }
+  });
+});
