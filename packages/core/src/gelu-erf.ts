@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { activeBackendHasKernels } from './registered-kernels.js';
+import { fusedActivation } from './fused-activation.js';
 
 /** tfjs kernel name of the fused exact gelu (value), registered for a backend by core's WASM kernels. */
 export const GELU_ERF_KERNEL = 'LoraGeluErf';
@@ -8,20 +8,7 @@ export const GELU_ERF_GRAD_KERNEL = 'LoraGeluErfGrad';
 
 /** The composite form, for backends without the fused kernel: tfjs's erf and its gradient. */
 function compositeGeluErf(x: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)));
-}
-
-/** The fused kernel's gradient: one more kernel, which recomputes Φ(x) from x. */
-function registerGeluErfGradient(): void {
-  if (tf.getGradient(GELU_ERF_KERNEL) !== undefined) return;
-  tf.registerGradient({
-    kernelName: GELU_ERF_KERNEL,
-    inputsToSave: ['x'],
-    gradFunc: (dy, saved) => {
-      const [x] = saved as [tf.Tensor];
-      return { x: () => tf.engine().runKernel(GELU_ERF_GRAD_KERNEL, { dy: dy as tf.Tensor, x }, {}) as tf.Tensor };
-    },
-  });
+  return tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1));
 }
 
 /**
@@ -30,8 +17,5 @@ function registerGeluErfGradient(): void {
  * and the Exp of its gradient are scalar loops) it runs that; elsewhere the composite form.
  */
 export function geluErf(x: tf.Tensor): tf.Tensor {
-  const fused = x.dtype === 'float32' && activeBackendHasKernels(GELU_ERF_KERNEL, GELU_ERF_GRAD_KERNEL);
-  if (!fused) return compositeGeluErf(x);
-  registerGeluErfGradient();
-  return tf.engine().runKernel(GELU_ERF_KERNEL, { x }, {}) as tf.Tensor;
+  return fusedActivation(x, { value: GELU_ERF_KERNEL, gradient: GELU_ERF_GRAD_KERNEL }, compositeGeluErf);
 }

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { activeBackendHasKernels } from './registered-kernels.js';
+import { fusedActivation } from './fused-activation.js';
 
 /** tfjs kernel name of the fused gelu_new (value), registered for a backend by core's WASM kernels. */
 export const GELU_TANH_KERNEL = 'LoraGeluTanh';
@@ -35,27 +35,11 @@ const compositeGeluTanh = tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc
   };
 });
 
-/** The fused kernel's gradient: one more kernel, which recomputes the gate from x (cheaper than keeping it). */
-function registerGeluTanhGradient(): void {
-  if (tf.getGradient(GELU_TANH_KERNEL) !== undefined) return;
-  tf.registerGradient({
-    kernelName: GELU_TANH_KERNEL,
-    inputsToSave: ['x'],
-    gradFunc: (dy, saved) => {
-      const [x] = saved as [tf.Tensor];
-      return { x: () => tf.engine().runKernel(GELU_TANH_GRAD_KERNEL, { dy: dy as tf.Tensor, x }, {}) as tf.Tensor };
-    },
-  });
-}
-
 /**
  * GPT-2's `gelu_new`, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), differentiable. On a backend with
  * core's fused kernel (the WASM backend after `initRuntime()`: one pass each way instead of 7
  * kernels forward and 8 backward) it runs that; elsewhere the composite form.
  */
 export function geluTanh(x: tf.Tensor): tf.Tensor {
-  const fused = x.dtype === 'float32' && activeBackendHasKernels(GELU_TANH_KERNEL, GELU_TANH_GRAD_KERNEL);
-  if (!fused) return tf.tidy(() => compositeGeluTanh(x) as tf.Tensor);
-  registerGeluTanhGradient();
-  return tf.engine().runKernel(GELU_TANH_KERNEL, { x }, {}) as tf.Tensor;
+  return fusedActivation(x, { value: GELU_TANH_KERNEL, gradient: GELU_TANH_GRAD_KERNEL }, (input) => compositeGeluTanh(input) as tf.Tensor);
 }

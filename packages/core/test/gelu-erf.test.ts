@@ -1,9 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { initRuntime, restoreWasmKernels, useFastWasmKernels } from '../src/index.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { initRuntime } from '../src/index.js';
 import { geluErf, GELU_ERF_GRAD_KERNEL, GELU_ERF_KERNEL } from '../src/internal.js';
-import { spyOnKernels } from '../src/kernel-spy.js';
-import { expectTensorsClose, withoutTensorLeaks } from '../src/testing.js';
+import { describeFusedActivation } from './fused-activation-suite.js';
 
 /**
  * Φ(x) = P(N(0, 1) ≤ x) in float64: the Taylor series of erf for |x| ≤ 3 (terms well below 2⁵³ there),
@@ -37,18 +36,26 @@ const geluSlope = (x: number): number => normalCdf(x) + (x * Math.exp(-x * x / 2
 function inputs(size: number): number[] {
   const values = Array.from({ length: size }, (_, i) => Math.sin(i * 12.9898) * 9 * Math.cos(i * 0.37));
   values.splice(0, 10, 0, -0, 100, -100, 1e-8, -1e-8, 30, -30, 5.5, -5.5);
-  return values;
+  return values.slice(0, size);
 }
 
-const valueAndGradient = (x: tf.Tensor, upstream: tf.Tensor): [tf.Tensor, tf.Tensor] =>
-  tf.tidy(() => [geluErf(x), tf.grad((input: tf.Tensor) => tf.sum(tf.mul(geluErf(input), upstream)))(x)]);
+describeFusedActivation({
+  name: "BERT's exact gelu",
+  activation: geluErf,
+  kernels: { value: GELU_ERF_KERNEL, gradient: GELU_ERF_GRAD_KERNEL },
+  compositeKernels: ['Erf'],
+  reference: gelu,
+  slope: geluSlope,
+  inputs,
+  // erfc's fit is within 1.2e−7 relative, and float32 rounding adds a few units in the last place.
+  float64Tolerance: { atol: 1e-7, rtol: 2e-6 },
+  // tfjs's plain-JS erf is Abramowitz and Stegun's 7.1.26 (absolute error up to 1.5e−7).
+  compositeTolerance: { atol: 1e-6, rtol: 1e-5 },
+});
 
-describe('fused exact gelu (BERT\'s) on the WASM backend', () => {
+describe("BERT's exact gelu, beyond the shared checks", () => {
   beforeAll(async () => {
     await initRuntime();
-  });
-  afterAll(async () => {
-    useFastWasmKernels('wasm');
     await tf.setBackend('wasm');
   });
 
@@ -59,69 +66,12 @@ describe('fused exact gelu (BERT\'s) on the WASM backend', () => {
     }
   });
 
-  it('runs one kernel forward and one backward (no scalar Erf or Exp), and nothing is left behind', async () => {
-    await tf.setBackend('wasm');
-    const x = tf.tensor2d(inputs(3 * 37), [3, 37]);
-    const upstream = tf.onesLike(x);
-    await withoutTensorLeaks(() => {
-      const spy = spyOnKernels();
-      const [value, gradient] = valueAndGradient(x, upstream);
-      spy.stop();
-      tf.dispose([value, gradient]);
-      const names = spy.calls.map((call) => call.kernelName);
-      expect(names.filter((name) => name === GELU_ERF_KERNEL)).toHaveLength(2);
-      expect(names.filter((name) => name === GELU_ERF_GRAD_KERNEL)).toHaveLength(1);
-      expect(names).not.toContain('Erf');
-      expect(names).not.toContain('Exp');
-    });
-    tf.dispose([x, upstream]);
-  });
-
-  it.each([7, 8, 1001, 65_539])('matches float64 and the composite form (plain-JS backend) on %i values, tails included', async (size) => {
-    const values = inputs(size);
-    const weights = values.map((_, i) => Math.cos(i * 0.71));
-    const run = async (backend: string): Promise<[Float32Array, Float32Array]> => {
-      await tf.setBackend(backend);
-      const x = tf.tensor1d(values);
-      const upstream = tf.tensor1d(weights);
-      const [value, gradient] = valueAndGradient(x, upstream);
-      const result: [Float32Array, Float32Array] = [(await value.data()) as Float32Array, (await gradient.data()) as Float32Array];
-      tf.dispose([x, upstream, value, gradient]);
-      return result;
-    };
-    const [fusedValue, fusedGradient] = await run('wasm');
-    const [compositeValue, compositeGradient] = await run('cpu');
-    await tf.setBackend('wasm');
-    // Float32 inputs; the reference is float64 of the same float32 values. erfc's fit is within
-    // 1.2e−7 relative, and float32 rounding adds a few units in the last place.
-    const x32 = Float32Array.from(values);
-    expectTensorsClose(fusedValue, Array.from(x32, gelu), { atol: 1e-7, rtol: 2e-6 });
-    expectTensorsClose(fusedGradient, Array.from(x32, (v, i) => weights[i]! * geluSlope(v)), { atol: 1e-7, rtol: 2e-6 });
-    // tfjs's plain-JS erf is Abramowitz and Stegun's 7.1.26 (absolute error up to 1.5e−7).
-    expectTensorsClose(fusedValue, compositeValue, { atol: 1e-6, rtol: 1e-5 });
-    expectTensorsClose(fusedGradient, compositeGradient, { atol: 1e-6, rtol: 1e-5 });
-    expect(fusedValue.every(Number.isFinite) && fusedGradient.every(Number.isFinite)).toBe(true);
-  });
-
-  it('keeps NaN, and falls back to the composite form where the kernels are not registered', async () => {
-    await tf.setBackend('wasm');
+  it('keeps NaN in the value and the gradient (the fused kernel, on wasm)', async () => {
     const nan = tf.tensor1d([Number.NaN, 1, Number.NaN, -2, 3]);
     const ones = tf.onesLike(nan);
-    const [value, gradient] = valueAndGradient(nan, ones);
+    const [value, gradient] = tf.tidy(() => [geluErf(nan), tf.grad((input: tf.Tensor) => tf.sum(tf.mul(geluErf(input), ones)))(nan)]);
     expect(Array.from(await value.data()).map(Number.isNaN)).toEqual([true, false, true, false, false]);
     expect(Array.from(await gradient.data()).map(Number.isNaN)).toEqual([true, false, true, false, false]);
     tf.dispose([nan, ones, value, gradient]);
-    restoreWasmKernels('wasm');
-    try {
-      const x = tf.tensor1d(inputs(21));
-      const spy = spyOnKernels();
-      const composite = geluErf(x);
-      spy.stop();
-      expect(spy.calls.map((call) => call.kernelName)).toContain('Erf');
-      expectTensorsClose(composite, Array.from(Float32Array.from(inputs(21)), gelu), { atol: 1e-6, rtol: 1e-5 });
-      tf.dispose([x, composite]);
-    } finally {
-      useFastWasmKernels('wasm');
-    }
   });
 });

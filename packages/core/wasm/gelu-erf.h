@@ -14,6 +14,7 @@
 #include <wasm_simd128.h>
 
 #include "simd-exp.h"
+#include "simd-elementwise.h"
 #include "simd-lanes.h"
 
 #define INV_SQRT2 0.70710678118654752f
@@ -45,31 +46,8 @@ static inline v128_t gelu_erf_slope(v128_t x) {
   return wasm_f32x4_add(normal_cdf(x), wasm_f32x4_mul(x, density));
 }
 
-// y = gelu(x) for `size` values.
-__attribute__((noinline)) static void gelu_erf_values(int size, const float *x, float *y) {
-  int i = 0;
-  // Two vectors per iteration: their polynomials and exps are independent chains the CPU overlaps.
-  for (; i + 8 <= size; i += 8) {
-    const v128_t a = gelu_erf(wasm_v128_load(x + i));
-    const v128_t b = gelu_erf(wasm_v128_load(x + i + 4));
-    wasm_v128_store(y + i, a);
-    wasm_v128_store(y + i + 4, b);
-  }
-  for (; i + 4 <= size; i += 4) wasm_v128_store(y + i, gelu_erf(wasm_v128_load(x + i)));
-  if (i < size) store_tail(y + i, gelu_erf(load_tail(x + i, size - i, 0.0f)), size - i);
-}
-
-// dx = dy·gelu′(x) for `size` values.
-__attribute__((noinline)) static void gelu_erf_gradients(int size, const float *dy, const float *x, float *dx) {
-  int i = 0;
-  for (; i + 8 <= size; i += 8) {
-    const v128_t a = wasm_f32x4_mul(wasm_v128_load(dy + i), gelu_erf_slope(wasm_v128_load(x + i)));
-    const v128_t b = wasm_f32x4_mul(wasm_v128_load(dy + i + 4), gelu_erf_slope(wasm_v128_load(x + i + 4)));
-    wasm_v128_store(dx + i, a);
-    wasm_v128_store(dx + i + 4, b);
-  }
-  for (; i + 4 <= size; i += 4) wasm_v128_store(dx + i, wasm_f32x4_mul(wasm_v128_load(dy + i), gelu_erf_slope(wasm_v128_load(x + i))));
-  if (i < size) store_tail(dx + i, wasm_f32x4_mul(load_tail(dy + i, size - i, 0.0f), gelu_erf_slope(load_tail(x + i, size - i, 0.0f))), size - i);
-}
+// y = f(x) and dx = dy·f′(x) for `size` values.
+ELEMENTWISE_VALUES(gelu_erf_values, gelu_erf)
+ELEMENTWISE_GRADIENTS(gelu_erf_gradients, gelu_erf_slope)
 
 #endif

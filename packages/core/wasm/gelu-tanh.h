@@ -11,6 +11,7 @@
 #include <wasm_simd128.h>
 
 #include "simd-exp.h"
+#include "simd-elementwise.h"
 #include "simd-lanes.h"
 
 #define K 1.5957691216057308f   // 2·√(2/π)
@@ -41,31 +42,8 @@ static inline v128_t gelu_slope(v128_t x) {
   return wasm_f32x4_add(g, wasm_f32x4_mul(wasm_f32x4_mul(wasm_f32x4_mul(x, g), wasm_f32x4_sub(one, g)), du));
 }
 
-// y = gelu_new(x) for `size` values.
-__attribute__((noinline)) static void gelu_values(int size, const float *x, float *y) {
-  int i = 0;
-  // Two vectors per iteration: their exp polynomials are independent chains the CPU overlaps.
-  for (; i + 8 <= size; i += 8) {
-    const v128_t a = gelu(wasm_v128_load(x + i));
-    const v128_t b = gelu(wasm_v128_load(x + i + 4));
-    wasm_v128_store(y + i, a);
-    wasm_v128_store(y + i + 4, b);
-  }
-  for (; i + 4 <= size; i += 4) wasm_v128_store(y + i, gelu(wasm_v128_load(x + i)));
-  if (i < size) store_tail(y + i, gelu(load_tail(x + i, size - i, 0.0f)), size - i);
-}
-
-// dx = dy·gelu_new′(x) for `size` values.
-__attribute__((noinline)) static void gelu_gradients(int size, const float *dy, const float *x, float *dx) {
-  int i = 0;
-  for (; i + 8 <= size; i += 8) {
-    const v128_t a = wasm_f32x4_mul(wasm_v128_load(dy + i), gelu_slope(wasm_v128_load(x + i)));
-    const v128_t b = wasm_f32x4_mul(wasm_v128_load(dy + i + 4), gelu_slope(wasm_v128_load(x + i + 4)));
-    wasm_v128_store(dx + i, a);
-    wasm_v128_store(dx + i + 4, b);
-  }
-  for (; i + 4 <= size; i += 4) wasm_v128_store(dx + i, wasm_f32x4_mul(wasm_v128_load(dy + i), gelu_slope(wasm_v128_load(x + i))));
-  if (i < size) store_tail(dx + i, wasm_f32x4_mul(load_tail(dy + i, size - i, 0.0f), gelu_slope(load_tail(x + i, size - i, 0.0f))), size - i);
-}
+// y = f(x) and dx = dy·f′(x) for `size` values.
+ELEMENTWISE_VALUES(gelu_values, gelu)
+ELEMENTWISE_GRADIENTS(gelu_gradients, gelu_slope)
 
 #endif
