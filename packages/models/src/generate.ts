@@ -125,7 +125,7 @@ export function generate(model: CausalLanguageModel, prompts: readonly number[] 
   const empty = rows.findIndex((row) => row.length === 0);
   if (rows.length === 0 || empty >= 0) {
     throw new ShapeError(
-      `[${PACKAGE}] generate: prompts must be non-empty (pass at least one token id per prompt${empty > 0 ? `; prompt ${empty} has none` : ''})`,
+      `[${PACKAGE}] generate: prompts must be non-empty (pass at least one token id per prompt${rows.length > 1 ? `; prompt ${empty} has none` : ''})`,
       [null, null],
       [rows.length, rows[Math.max(0, empty)]?.length ?? 0],
     );

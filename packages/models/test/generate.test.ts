@@ -100,6 +100,7 @@ describe('generate', () => {
     gpt2.eval();
     expect(() => generate(gpt2, [[1, 2], [3], []], {})).toThrow(/prompts must be non-empty \(pass at least one token id per prompt; prompt 2 has none\)/);
     expect(() => generate(gpt2, [], {})).toThrow(/prompts must be non-empty/);
+    expect(() => generate(gpt2, [[], [1]], {})).toThrow(/prompt 0 has none/);
     // The longest prompt sets the positions a padded batch needs.
     expect(() => generate(gpt2, [[1], [1, 2]], { maxNewTokens: 63 })).toThrow(ShapeError);
     expect(() => generate(gpt2, [1, 2], { maxNewTokens: 63 })).toThrow(ShapeError);
