@@ -3,8 +3,9 @@ import * as tf from '@tensorflow/tfjs-core';
 // Backends whose reads are synchronous copies from memory the process already holds: the plain-JS
 // and WASM backends, and tfjs-node's native one. On a GPU backend (webgl, webgpu) a synchronous read
 // stalls until all queued GPU work is done, every time; tfjs's webgpu backend even reads through a
-// canvas, and headless Chromium's WebGPU on SwiftShader returns zeros for every such read after the
-// first. Checks that only guard against bad input therefore read values on these backends only.
+// canvas (on headless Chromium's WebGPU on SwiftShader, one such read breaks every later
+// asynchronous read). Checks that only guard against bad input therefore read values on these
+// backends only.
 const HOST_MEMORY_BACKENDS = new Set(['cpu', 'wasm', 'tensorflow']);
 
 /**
