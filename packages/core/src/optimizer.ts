@@ -180,8 +180,9 @@ export class AdamW implements TrainOptimizer {
     this.weightDecay = options.weightDecay ?? 0.01;
     this.encoding = options.momentEncoding ?? float32Moments;
     const plugin = options.packageName ?? '@lora/core';
+    // Each is a number here (checkOptionNames refused any other type): only its range is checked.
     const check = (field: string, value: number, ok: boolean, expected: string, example: number): void => {
-      if (typeof value !== 'number' || !ok) throw new ConfigError({ plugin, field, received: value, expected, hint: `Pass e.g. { ${field}: ${example} }.` });
+      if (!ok) throw new ConfigError({ plugin, field, received: value, expected, hint: `Pass e.g. { ${field}: ${example} }.` });
     };
     check('learningRate', this.learningRate, Number.isFinite(this.learningRate) && this.learningRate >= 0, 'a finite number >= 0', 1e-3);
     check('beta1', this.beta1, this.beta1 >= 0 && this.beta1 < 1, 'in [0, 1)', 0.9);

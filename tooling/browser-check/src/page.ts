@@ -88,6 +88,11 @@ function adapterModel(recipe: Recipe): AdapterModel<Gpt2LMHeadModel> {
   });
 }
 
+/** Core's fused kernels (names starting `Lora`) among a spy's calls, each once, sorted. */
+function fusedKernelsOf(calls: readonly { readonly kernelName: string }[]): string[] {
+  return [...new Set(calls.map((call) => call.kernelName).filter((kernelName) => kernelName.startsWith('Lora')))].sort();
+}
+
 function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
   return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
 }
@@ -122,7 +127,7 @@ async function runRecipe(recipe: Recipe, reads: 'sync' | 'async'): Promise<Recip
     } finally {
       spy.stop();
     }
-    const fusedKernelsRun = [...new Set(spy.calls.map((call) => call.kernelName).filter((kernelName) => kernelName.startsWith('Lora')))].sort();
+    const fusedKernelsRun = fusedKernelsOf(spy.calls);
     const addN = spy.calls.filter((call) => call.kernelName === 'AddN');
     trained.model.eval();
     const files = reads === 'async' ? await serializeAdapterAsync(trained) : serializeAdapter(trained);
@@ -233,7 +238,7 @@ async function runArchitectureCheck(request: ArchitectureCheckRequest): Promise<
       model.dispose();
       tf.dispose(data);
     }
-    fusedKernelsRun[architecture] = [...new Set(spy.calls.map((call) => call.kernelName).filter((kernelName) => kernelName.startsWith('Lora')))].sort();
+    fusedKernelsRun[architecture] = fusedKernelsOf(spy.calls);
   }
   releaseCausalMasks();
   return { backend: tf.getBackend(), losses, fusedKernelsRun, tensorsBefore, tensorsAfter: tf.memory().numTensors };
