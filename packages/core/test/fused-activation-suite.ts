@@ -19,8 +19,9 @@ export interface FusedActivationCase {
   /** The activation and its derivative in float64. */
   readonly reference: (x: number) => number;
   readonly slope: (x: number) => number;
-  /** Inputs of a given count: the whole range, extremes, zeros. */
-  readonly inputs: (size: number) => number[];
+  /** Inputs spread over ±`spread`, with `extremes` (zeros, tails, clamps) at their start. */
+  readonly spread: number;
+  readonly extremes: readonly number[];
   /** Agreement with float64 (value and gradient), and with the composite form on the plain-JS backend. */
   readonly float64Tolerance: { readonly atol: number; readonly rtol: number };
   readonly compositeTolerance: { readonly atol: number; readonly rtol: number };
@@ -29,8 +30,14 @@ export interface FusedActivationCase {
 const valueAndGradient = (activation: (x: tf.Tensor) => tf.Tensor, x: tf.Tensor, upstream: tf.Tensor): [tf.Tensor, tf.Tensor] =>
   tf.tidy(() => [activation(x), tf.grad((input: tf.Tensor) => tf.sum(tf.mul(activation(input), upstream)))(x)]);
 
+/** `size` values over ±`spread`, the first ones `extremes`: a size that is not a multiple of 8 exercises the kernels' tails. */
+function spreadValues(size: number, spread: number, extremes: readonly number[]): number[] {
+  return Array.from({ length: size }, (_, i) => extremes[i] ?? Math.sin(i * 12.9898) * spread * Math.cos(i * 0.37));
+}
+
 /** The shared checks of a fused activation, as one describe block. */
 export function describeFusedActivation(c: FusedActivationCase): void {
+  const inputs = (size: number): number[] => spreadValues(size, c.spread, c.extremes);
   describe(`fused ${c.name} on the WASM backend`, () => {
     beforeAll(async () => {
       await initRuntime();
@@ -42,7 +49,7 @@ export function describeFusedActivation(c: FusedActivationCase): void {
 
     it(`runs one kernel forward and one backward (no ${c.compositeKernels.join(' or ')}), and nothing is left behind`, async () => {
       await tf.setBackend('wasm');
-      const x = tf.tensor2d(c.inputs(3 * 37), [3, 37]);
+      const x = tf.tensor2d(inputs(3 * 37), [3, 37]);
       const upstream = tf.onesLike(x);
       await withoutTensorLeaks(() => {
         const spy = spyOnKernels();
@@ -59,7 +66,7 @@ export function describeFusedActivation(c: FusedActivationCase): void {
     });
 
     it.each([7, 8, 1001, 65_539])('matches float64 and the composite form (plain-JS backend) on %i values, extremes included', async (size) => {
-      const values = c.inputs(size);
+      const values = inputs(size);
       const weights = values.map((_, i) => Math.cos(i * 0.71));
       const run = async (backend: string): Promise<[Float32Array, Float32Array]> => {
         await tf.setBackend(backend);
@@ -86,13 +93,13 @@ export function describeFusedActivation(c: FusedActivationCase): void {
       await tf.setBackend('wasm');
       restoreWasmKernels('wasm');
       try {
-        const x = tf.tensor1d(c.inputs(21));
+        const x = tf.tensor1d(inputs(21));
         const spy = spyOnKernels();
         const value = c.activation(x);
         spy.stop();
         expect(spy.calls.map((call) => call.kernelName)).toEqual(expect.arrayContaining([...c.compositeKernels]));
         const loosest = { atol: Math.max(c.float64Tolerance.atol, c.compositeTolerance.atol), rtol: Math.max(c.float64Tolerance.rtol, c.compositeTolerance.rtol) };
-        expectTensorsClose(value, Array.from(Float32Array.from(c.inputs(21)), c.reference), loosest);
+        expectTensorsClose(value, Array.from(Float32Array.from(inputs(21)), c.reference), loosest);
         tf.dispose([x, value]);
       } finally {
         useFastWasmKernels('wasm');

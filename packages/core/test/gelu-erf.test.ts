@@ -32,13 +32,6 @@ function normalCdf(x: number): number {
 const gelu = (x: number): number => x * normalCdf(x);
 const geluSlope = (x: number): number => normalCdf(x) + (x * Math.exp(-x * x / 2)) / Math.sqrt(2 * Math.PI);
 
-/** Values over the whole range, the tails (Φ = 0 or 1), zeros, and a size that is not a multiple of 8 (the kernel's tail). */
-function inputs(size: number): number[] {
-  const values = Array.from({ length: size }, (_, i) => Math.sin(i * 12.9898) * 9 * Math.cos(i * 0.37));
-  values.splice(0, 10, 0, -0, 100, -100, 1e-8, -1e-8, 30, -30, 5.5, -5.5);
-  return values.slice(0, size);
-}
-
 describeFusedActivation({
   name: "BERT's exact gelu",
   activation: geluErf,
@@ -46,7 +39,9 @@ describeFusedActivation({
   compositeKernels: ['Erf'],
   reference: gelu,
   slope: geluSlope,
-  inputs,
+  // Zeros, both tails (Φ = 0 or 1) and values over the whole range.
+  spread: 9,
+  extremes: [0, -0, 100, -100, 1e-8, -1e-8, 30, -30, 5.5, -5.5],
   // erfc's fit is within 1.2e−7 relative, and float32 rounding adds a few units in the last place.
   float64Tolerance: { atol: 1e-7, rtol: 2e-6 },
   // tfjs's plain-JS erf is Abramowitz and Stegun's 7.1.26 (absolute error up to 1.5e−7).
