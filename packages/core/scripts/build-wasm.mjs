@@ -27,7 +27,7 @@ const modules = [
     what: 'The batched SIMD matMul module',
   },
   {
-    sources: ['wasm/layer-norm.c', 'wasm/softmax.c', 'wasm/adamw.c', 'wasm/cross-entropy.c', 'wasm/dropout.c', 'wasm/reductions.c', 'wasm/low-rank.c', 'wasm/copy-blocks.c', 'wasm/dequantize.c', 'wasm/sensitivity.c'],
+    sources: ['wasm/layer-norm.c', 'wasm/softmax.c', 'wasm/adamw.c', 'wasm/cross-entropy.c', 'wasm/dropout.c', 'wasm/reductions.c', 'wasm/low-rank.c', 'wasm/copy-blocks.c', 'wasm/dequantize.c', 'wasm/sensitivity.c', 'wasm/rotary.c'],
     output: 'src/wasm-fused-kernels-binary.ts',
     constant: 'FUSED_KERNELS_WASM',
     // No atomics: the shared link differs only in its memory import, which the package makes

@@ -38,7 +38,6 @@ export class AdapterLayer extends Module {
   private snapshots: unknown[] = [];
   /** When true the layer computes the base alone (unmerging first if needed). */
   disabled = false;
-  private wasDisposed = false;
   /** The wrapped module's path in the model (given to adapters in {@link ApplyContext}). */
   modulePath: string;
   /** The owning adapter model, which supplies per-forward inputs and adapter-level state. */
@@ -135,9 +134,7 @@ export class AdapterLayer extends Module {
 
   /** The base output plus each active adapter's contribution; the base output alone when disabled (unmerging first), merged, or no adapter is active. The caller disposes the result. */
   forward(input: tf.Tensor): tf.Tensor {
-    if (this.wasDisposed) {
-      throw new LoraError(`[@lora/core] ${this.modulePath}: this adapter layer was disposed (with its AdapterModel or model), its weights freed; load or create the model again.`);
-    }
+    this.throwIfDisposed(`[@lora/core] ${this.modulePath || 'AdapterLayer'}`);
     if (this.disabled) {
       if (this.merged) this.unmerge();
       return this.base_layer.forward(input);
@@ -238,7 +235,6 @@ export class AdapterLayer extends Module {
   }
 
   override dispose(): void {
-    this.wasDisposed = true;
     for (const instance of this.adapterMap.values()) instance.dispose();
     this.adapterMap.clear();
     super.dispose();

@@ -6,8 +6,9 @@ import { simdCausalAttentionFits } from './wasm-simd-matmul.js';
  * tfjs kernel name of causal self-attention in one kernel: inputs `q`, `k`, `v` [..., T, D] (one
  * shape), attribute `scale`; outputs o = P·v [..., T, D], P = softmax(scale·q·kᵀ) over the keys up to
  * each query's position, and `stats` [..., T, 2] (each query row's max and 1/Σ, from which the
- * gradient recomputes P: the [..., T, T] probabilities are not kept). Registered by core's WASM
- * kernels; differentiable through {@link CAUSAL_ATTENTION_GRAD_KERNEL}.
+ * gradient recomputes P: the [..., T, T] probabilities are not kept). With attribute `heads` > 0,
+ * q, k, v and o are in the layers' layout [B, T, heads·D] instead, and the stats [B, heads, T, 2].
+ * Registered by core's WASM kernels; differentiable through {@link CAUSAL_ATTENTION_GRAD_KERNEL}.
  */
 export const CAUSAL_ATTENTION_KERNEL = 'LoraCausalAttention';
 /** tfjs kernel name of its gradient: inputs `dy`, `q`, `k`, `v`, `stats`, attribute `scale`; outputs dq, dk, dv. */
@@ -46,7 +47,7 @@ function registerCausalAttentionGradient(): void {
       const [dy] = dys as [tf.Tensor];
       const [q, k, v, stats] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
       // One kernel gives all three, run once, here; tfjs asks for each input's separately.
-      const [dq, dk, dv] = tf.engine().runKernel(CAUSAL_ATTENTION_GRAD_KERNEL, { dy, q, k, v, stats }, { scale: attrs['scale'] as number }) as tf.Tensor[];
+      const [dq, dk, dv] = tf.engine().runKernel(CAUSAL_ATTENTION_GRAD_KERNEL, { dy, q, k, v, stats }, { scale: attrs['scale'] as number, heads: attrs['heads'] as number }) as tf.Tensor[];
       return { q: () => dq!, k: () => dk!, v: () => dv! };
     },
   });
@@ -61,15 +62,24 @@ function registerCausalAttentionGradient(): void {
  * Each matrix's scores stay in cache from product to softmax to product, and the [..., T, T]
  * probabilities are neither written nor kept for the gradient (recomputed there). Equal, value for
  * value, to core's causal products around its scaled softmax ({@link causalScores},
- * {@link causalMix}). Returns null otherwise (the caller computes it another way).
+ * {@link causalMix}). With `options.heads`, q, k, v [B, T, heads·D] are in the layers' layout (as
+ * separate projections give them, each head's D values side by side) and so is the result: the
+ * same values as splitting the heads, attending and merging them back, without the transposes
+ * either way. Returns null otherwise (the caller computes it another way).
  */
-export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number): tf.Tensor | null {
+export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number, options: { readonly heads?: number } = {}): tf.Tensor | null {
   const likeQ = (t: tf.Tensor): boolean => t.dtype === 'float32' && t.rank === q.rank && t.shape.every((size, axis) => size === q.shape[axis]);
   if (q.dtype !== 'float32' || q.rank < 2 || !likeQ(k) || !likeQ(v) || !activeBackendHasKernels(CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL)) return null;
-  const [t, d] = q.shape.slice(-2) as [number, number];
+  const { heads } = options;
+  let [t, d] = q.shape.slice(-2) as [number, number];
+  if (heads !== undefined) {
+    if (q.rank !== 3 || !Number.isInteger(heads) || heads < 1 || q.shape[2]! % heads !== 0) return null;
+    d = q.shape[2]! / heads;
+    t = q.shape[1]!;
+  }
   if (!simdCausalAttentionFits(tf.backend(), t, d)) return null;
   registerCausalAttentionGradient();
-  const [o, stats] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v }, { scale }) as tf.Tensor[];
+  const [o, stats] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v }, { scale, heads: heads ?? 0 }) as tf.Tensor[];
   // The stats stay on the tape (saved for the gradient) until it is disposed; outside a tape they are freed here.
   stats!.dispose();
   return o!;

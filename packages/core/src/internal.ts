@@ -51,6 +51,8 @@ export { withPlainMemoryImport, withSharedMemoryImport } from './wasm-module.js'
 export { fusedBiasProductIsSafe } from './wasm-matmul.js';
 export { geluTanh, GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from './gelu-tanh.js';
 export { geluErf, GELU_ERF_GRAD_KERNEL, GELU_ERF_KERNEL } from './gelu-erf.js';
+export { silu, SILU_GRAD_KERNEL, SILU_KERNEL } from './silu.js';
+export { rotaryEmbedding, ROTARY_KERNEL } from './rotary-embedding.js';
 export { scaledSoftmax, SCALED_SOFTMAX_GRAD_KERNEL, SCALED_SOFTMAX_KERNEL } from './scaled-softmax.js';
 export { CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL, causalMix, causalScores } from './causal-products.js';
 export {

@@ -4,6 +4,7 @@ import { checkLayerSizes } from './layer-sizes.js';
 import { Module } from './module.js';
 import { normalSeed } from './random.js';
 import { layerNorm } from './layer-norm.js';
+import { rmsNorm } from './rms-norm.js';
 import { checkDropoutRate, dropout } from './dropout.js';
 
 /** A lookup table `weight` [numEmbeddings, embeddingDim], as `torch.nn.Embedding`. */
@@ -31,6 +32,7 @@ export class Embedding extends Module {
    * @throws {LoraError} naming the id and the table's size when an id is out of range (on the backends that check: cpu, wasm).
    */
   forward(ids: tf.Tensor): tf.Tensor {
+    this.throwIfDisposed('[@lora/core] Embedding');
     try {
       return tf.tidy(() => {
         const flat = tf.reshape(ids.dtype === 'int32' ? ids : tf.cast(ids, 'int32'), [-1]);
@@ -80,6 +82,7 @@ export class LayerNorm extends Module {
 
   /** Normalise over the last axis (mean 0, variance 1, `eps` added), then scale by `weight` and shift by `bias`; the caller disposes the result. */
   forward(input: tf.Tensor): tf.Tensor {
+    this.throwIfDisposed('[@lora/core] LayerNorm');
     if (input.shape[input.rank - 1] !== this.dim) throw new ShapeError('[@lora/core] LayerNorm input', [null, this.dim], input.shape);
     return tf.tidy(() => layerNorm(input, this.weight, this.bias, this.eps));
   }
@@ -103,11 +106,9 @@ export class RMSNorm extends Module {
 
   /** `input / sqrt(mean(input²) + eps) · weight` over the last axis; the caller disposes the result. */
   forward(input: tf.Tensor): tf.Tensor {
+    this.throwIfDisposed('[@lora/core] RMSNorm');
     if (input.shape[input.rank - 1] !== this.dim) throw new ShapeError('[@lora/core] RMSNorm input', [null, this.dim], input.shape);
-    return tf.tidy(() => {
-      const meanSquare = tf.mean(tf.square(input), input.rank - 1, true);
-      return tf.mul(tf.mul(input, tf.rsqrt(tf.add(meanSquare, this.eps))), this.weight);
-    });
+    return rmsNorm(input, this.weight, this.eps);
   }
 }
 

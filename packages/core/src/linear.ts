@@ -89,6 +89,7 @@ export class Linear extends Module implements BaseLayer {
   }
 
   private checkInput(input: tf.Tensor): void {
+    this.throwIfDisposed('[@lora/core] Linear');
     if (input.shape[input.rank - 1] !== this.inFeatures) {
       throw new ShapeError('[@lora/core] Linear input', [null, this.inFeatures], input.shape);
     }

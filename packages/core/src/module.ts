@@ -23,6 +23,26 @@ export abstract class Module {
   adapterInputScope: AdapterInputScope | null = null;
   private readonly childModules = new Map<string, Module>();
   private readonly ownParameterMap = new Map<string, tf.Variable>();
+  private disposedFlag = false;
+
+  /** True once {@link Module.dispose} has run on this module (or on a model holding it): its weights are freed and forward passes are refused. */
+  get isDisposed(): boolean {
+    return this.disposedFlag;
+  }
+
+  /**
+   * Refuse to compute with freed weights. Layers call it first in `forward`, so a forward pass of a
+   * disposed model is one clear error rather than the backend's failure on a freed buffer.
+   * @param what the layer as the message names it, with its package, e.g. `[@lora/core] Linear`.
+   * @throws {LoraError} after {@link Module.dispose}.
+   */
+  protected throwIfDisposed(what: string): void {
+    if (this.disposedFlag) {
+      throw new LoraError(
+        `${what}: this layer was disposed (with its model or AdapterModel), its weights freed. Load or create the model again, and call dispose() only when done with it.`,
+      );
+    }
+  }
 
   /** Register a child module under `name` and return it. */
   protected registerModule<T extends Module>(name: string, module: T): T {
@@ -230,6 +250,7 @@ export abstract class Module {
    * other resources free them too). The module must not be used afterwards.
    */
   dispose(): void {
+    this.disposedFlag = true;
     for (const child of this.childModules.values()) child.dispose();
     for (const [, variable] of this.ownParameters()) {
       if (!variable.isDisposed) variable.dispose();

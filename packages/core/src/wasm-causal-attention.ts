@@ -7,14 +7,20 @@ function notFitting(kernelName: string, q: tf.TensorInfo): never {
   throw new Error(`[@lora/core] ${kernelName}: the backend's kernel cannot take operands [${q.shape.join(',')}] (causalAttention and causalSelfAttention check them first)`);
 }
 
+/** The `heads` attribute: 0 (or absent) for [..., T, D] stacks, else the heads of the layers' layout [B, T, heads·D]. */
+function headsOf(attrs: tf.NamedAttrMap | undefined): number | undefined {
+  const heads = attrs?.['heads'] as number | undefined;
+  return heads === undefined || heads === 0 ? undefined : heads;
+}
+
 const causalAttentionKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const { q, k, v } = inputs as Record<'q' | 'k' | 'v', tf.TensorInfo>;
-  return simdCausalAttentionForward(backend as tf.KernelBackend, q, k, v, attrs!['scale'] as number) ?? notFitting(CAUSAL_ATTENTION_KERNEL, q);
+  return simdCausalAttentionForward(backend as tf.KernelBackend, q, k, v, attrs!['scale'] as number, headsOf(attrs)) ?? notFitting(CAUSAL_ATTENTION_KERNEL, q);
 };
 
 const causalAttentionGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const { dy, q, k, v, stats } = inputs as Record<'dy' | 'q' | 'k' | 'v' | 'stats', tf.TensorInfo>;
-  return simdCausalAttentionBackward(backend as tf.KernelBackend, dy, q, k, v, stats, attrs!['scale'] as number) ?? notFitting(CAUSAL_ATTENTION_GRAD_KERNEL, q);
+  return simdCausalAttentionBackward(backend as tf.KernelBackend, dy, q, k, v, stats, attrs!['scale'] as number, headsOf(attrs)) ?? notFitting(CAUSAL_ATTENTION_GRAD_KERNEL, q);
 };
 
 const causalSelfAttentionKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {

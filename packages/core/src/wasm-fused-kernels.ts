@@ -3,14 +3,17 @@ import { FUSED_KERNELS_WASM_PLAIN } from './wasm-fused-kernels-binary.js';
 import { BackendWasmModule } from './wasm-module.js';
 
 /**
- * Core's module of fused elementwise and copy kernels (wasm/layer-norm.c,
+ * Core's module of fused elementwise and copy kernels (wasm/layer-norm.c: LayerNorm and RMSNorm,
  * softmax.c, adamw.c, cross-entropy.c,
- * dropout.c, reductions.c, low-rank.c, copy-blocks.c, dequantize.c, sensitivity.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
+ * dropout.c, reductions.c, low-rank.c, copy-blocks.c, dequantize.c, sensitivity.c, rotary.c), instantiated per WASM backend. Pointers are byte offsets in the backend's memory.
  */
 export interface FusedKernelsExports {
   layerNorm(rows: number, d: number, x: number, w: number, b: number, eps: number, y: number): void;
   layerNormGrad(rows: number, d: number, dy: number, x: number, w: number, eps: number, dx: number): void;
   layerNormWeightGrad(rows: number, d: number, dy: number, x: number, eps: number, dw: number): void;
+  rmsNorm(rows: number, d: number, x: number, w: number, eps: number, y: number): void;
+  rmsNormGrad(rows: number, d: number, dy: number, x: number, w: number, eps: number, dx: number): void;
+  rmsNormWeightGrad(rows: number, d: number, dy: number, x: number, eps: number, dw: number): void;
   /** `mask` 0 for none; row r of the scores uses mask row r mod `maskRows`. */
   scaledSoftmax(rows: number, n: number, x: number, scale: number, mask: number, maskRows: number, y: number): void;
   scaledSoftmaxGrad(rows: number, n: number, dy: number, y: number, scale: number, dx: number): void;
@@ -52,12 +55,17 @@ export interface FusedKernelsExports {
   dequantize4bit(length: number, packed: number, absmax: number, blockSize: number, code: number, out: number): void;
   /** AdaLoRA's smoothed sensitivity and uncertainty of one factor (see wasm/sensitivity.c). */
   sensitivityUpdate(size: number, p: number, g: number, s: number, u: number, beta1: number, rest1: number, beta2: number, rest2: number, sOut: number, uOut: number): void;
+  /** Rotary embedding of rows x [n0, n1, n2, d], row (i0, i1, i2) by table row i0·s0 + i1·s1 + i2·s2 of d/2 angles; `sign` −1 rotates back (see wasm/rotary.c). */
+  rotary(n0: number, n1: number, n2: number, d: number, s0: number, s1: number, s2: number, x: number, cos: number, sin: number, sign: number, y: number): void;
 }
 
 export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: FUSED_KERNELS_WASM_PLAIN }, (exports) => ({
   layerNorm: exports['layer_norm'] as FusedKernelsExports['layerNorm'],
   layerNormGrad: exports['layer_norm_grad'] as FusedKernelsExports['layerNormGrad'],
   layerNormWeightGrad: exports['layer_norm_weight_grad'] as FusedKernelsExports['layerNormWeightGrad'],
+  rmsNorm: exports['rms_norm'] as FusedKernelsExports['rmsNorm'],
+  rmsNormGrad: exports['rms_norm_grad'] as FusedKernelsExports['rmsNormGrad'],
+  rmsNormWeightGrad: exports['rms_norm_weight_grad'] as FusedKernelsExports['rmsNormWeightGrad'],
   scaledSoftmax: exports['scaled_softmax'] as FusedKernelsExports['scaledSoftmax'],
   scaledSoftmaxGrad: exports['scaled_softmax_grad'] as FusedKernelsExports['scaledSoftmaxGrad'],
   adamw: exports['adamw'] as FusedKernelsExports['adamw'],
@@ -72,6 +80,7 @@ export const fusedKernels = new BackendWasmModule<FusedKernelsExports>({ plain: 
   copyBlocks: exports['copy_blocks'] as FusedKernelsExports['copyBlocks'],
   dequantize4bit: exports['dequantize_4bit'] as FusedKernelsExports['dequantize4bit'],
   sensitivityUpdate: exports['sensitivity_update'] as FusedKernelsExports['sensitivityUpdate'],
+  rotary: exports['rotary'] as FusedKernelsExports['rotary'],
 }));
 
 /** Instantiate the module for `backend` asynchronously (initRuntime does this for `wasm`; see {@link BackendWasmModule.prepare}). */

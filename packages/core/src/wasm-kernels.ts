@@ -3,7 +3,7 @@ import { KernelReplacements } from './kernel-replacements.js';
 import { WASM_COPY_KERNELS, withStockFallback } from './wasm-copy-kernels.js';
 import { fusedKernels } from './wasm-fused-kernels.js';
 import { leadingAxesSum } from './wasm-sum.js';
-import { WASM_GELU_KERNELS } from './wasm-gelu.js';
+import { WASM_ACTIVATION_KERNELS } from './wasm-activations.js';
 import { WASM_LAYER_NORM_KERNELS } from './wasm-layer-norm.js';
 import { WASM_SOFTMAX_KERNELS } from './wasm-softmax.js';
 import { WASM_ADAMW_KERNELS } from './wasm-adamw.js';
@@ -12,6 +12,7 @@ import { WASM_CROSS_ENTROPY_KERNELS } from './wasm-cross-entropy.js';
 import { WASM_DROPOUT_KERNELS } from './wasm-dropout.js';
 import { WASM_REDUCTION_KERNELS } from './wasm-reductions.js';
 import { WASM_LOW_RANK_KERNELS } from './wasm-low-rank.js';
+import { WASM_ROTARY_KERNELS } from './wasm-rotary.js';
 import { WASM_LOW_RANK_TRAIN_KERNELS } from './wasm-low-rank-train.js';
 import { WASM_CAUSAL_PRODUCT_KERNELS } from './wasm-causal-products.js';
 import { WASM_CAUSAL_ATTENTION_KERNELS } from './wasm-causal-attention.js';
@@ -31,10 +32,11 @@ const OWN_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
   ...WASM_DROPOUT_KERNELS,
   ...WASM_REDUCTION_KERNELS,
   ...WASM_LOW_RANK_KERNELS,
+  ...WASM_ROTARY_KERNELS,
 };
 
-/** Kernels of core's own in the batched matMul's module: a LoRA layer's fused passes in training, causal attention's triangular products, causal attention in one kernel each way, gelu_new (shared with the helper thread). */
-const OWN_MATMUL_MODULE_KERNELS: Readonly<Record<string, tf.KernelFunc>> = { ...WASM_LOW_RANK_TRAIN_KERNELS, ...WASM_CAUSAL_PRODUCT_KERNELS, ...WASM_CAUSAL_ATTENTION_KERNELS, ...WASM_GELU_KERNELS };
+/** Kernels of core's own in the batched matMul's module: a LoRA layer's fused passes in training, causal attention's triangular products, causal attention in one kernel each way, the fused activations (gelu_new, the exact gelu, SiLU; shared with the helper thread). */
+const OWN_MATMUL_MODULE_KERNELS: Readonly<Record<string, tf.KernelFunc>> = { ...WASM_LOW_RANK_TRAIN_KERNELS, ...WASM_CAUSAL_PRODUCT_KERNELS, ...WASM_CAUSAL_ATTENTION_KERNELS, ...WASM_ACTIVATION_KERNELS };
 
 /**
  * Register {@link OWN_KERNELS} for `backendName` where core's fused-kernels module runs on it, and
@@ -63,11 +65,11 @@ const ownKernels = (backendName: string): string[] => Object.keys({ ...OWN_KERNE
  * copying value by value (`Identity`, same-dtype `Cast`, `Transpose` keeping the last axis or
  * swapping the last two, `GatherV2`, `SplitV`, `Concat`) and `Sum` over every axis but the last
  * (a bias's gradient); and registers fused kernels of its own for composite ops (GPT-2's gelu_new,
- * LayerNorm, attention's scaled and masked softmax and cross-entropy, with their gradients; the
+ * BERT's exact gelu, Llama's SiLU, LayerNorm and RMSNorm, the rotary embedding, attention's scaled and masked softmax and cross-entropy, with their gradients; the
  * AdamW update; dropout (its mask hashed from seed and index, the same bits as its composite form); the trainer's gradient norm and finiteness check; a LoRA layer's output at inference, one token
  * at a time; a LoRA layer's forward and backward passes in training, one kernel each; causal attention's products, the masked triangle skipped, and causal attention whole, one kernel each way) where its SIMD modules run.
  * Results are the stock kernels' (products, sums and LayerNorm up to float32 summation order; the
- * fused gelu_new within 2e-6 relative). `initRuntime()` does this for `wasm`; `@lora/cuda-backend`
+ * fused activations within 2e-6 relative). `initRuntime()` does this for `wasm`; `@lora/cuda-backend`
  * for the instances it starts. Idempotent; only backends running tfjs's WASM kernels should be passed.
  *
  * @param backendName tfjs backend name (default `wasm`).

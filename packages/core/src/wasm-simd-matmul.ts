@@ -97,10 +97,10 @@ type LoraBackwardExport = (
 type AttentionLayoutArgs = [matrices: number, heads: number, t: number, d: number, ldIn: number, ldOut: number, scale: number];
 type AttentionForwardExport = (...args: [...AttentionLayoutArgs, q: number, k: number, v: number, o: number, stats: number, scratch: number]) => void;
 type AttentionBackwardExport = (...args: [...AttentionLayoutArgs, dout: number, q: number, k: number, v: number, stats: number, dq: number, dk: number, dv: number, scratch: number]) => void;
-/** gelu_new's exports (wasm/gelu-tanh.h, linked into this module): size, then addresses. */
-type GeluExport = (size: number, x: number, y: number) => void;
-type GeluGradExport = (size: number, dy: number, x: number, dx: number) => void;
-type GeluThreadedExport = (control: number, backward: number, size: number, x: number, dy: number, out: number, chunk: number, mayWait: number, erf: number) => void;
+/** A fused activation's exports (wasm/gelu-tanh.h, gelu-erf.h, silu.h, linked into this module): size, then addresses. */
+type ActivationExport = (size: number, x: number, y: number) => void;
+type ActivationGradExport = (size: number, dy: number, x: number, dx: number) => void;
+type ActivationThreadedExport = (control: number, backward: number, size: number, x: number, dy: number, out: number, chunk: number, mayWait: number, form: number) => void;
 type WithControl<F extends (...args: never[]) => void> = (control: number, ...args: [...Parameters<F>, mayWait: number]) => void;
 
 /** The two-thread kernel of one backend: its control block (in the backend's memory) and helper. */
@@ -110,7 +110,7 @@ interface ThreadedKernel {
   readonly loraBackward: WithControl<LoraBackwardExport>;
   readonly attentionForward: WithControl<AttentionForwardExport>;
   readonly attentionBackward: WithControl<AttentionBackwardExport>;
-  readonly gelu: GeluThreadedExport;
+  readonly activation: ActivationThreadedExport;
   readonly memory: LinearMemory;
   /** Byte address of the control block (`struct control` in batch-matmul.c). */
   readonly control: number;
@@ -135,10 +135,8 @@ interface SimdKernel {
   readonly attentionBackward: AttentionBackwardExport;
   /** Floats of scratch a thread needs for causal attention (3 forward, 4 backward) on T×D matrices; `helper` 1 for the helper's buffer. */
   readonly attentionScratchFloats: (kind: number, t: number, d: number, helper: number) => number;
-  readonly geluTanh: GeluExport;
-  readonly geluTanhGrad: GeluGradExport;
-  readonly geluErf: GeluExport;
-  readonly geluErfGrad: GeluGradExport;
+  /** Each fused activation's value and gradient on the calling thread, by form. */
+  readonly activations: Readonly<Record<ActivationForm, readonly [ActivationExport, ActivationGradExport]>>;
   /** Null where products run on the calling thread only. */
   readonly threads: ThreadedKernel | null;
 }
@@ -221,10 +219,11 @@ function kernelFrom(backend: WasmBackendWithModule, module: object, exports: Rec
     attentionForward: exports['attention_forward'] as AttentionForwardExport,
     attentionBackward: exports['attention_backward'] as AttentionBackwardExport,
     attentionScratchFloats: exports['attention_scratch_floats'] as SimdKernel['attentionScratchFloats'],
-    geluTanh: exports['gelu_tanh'] as GeluExport,
-    geluTanhGrad: exports['gelu_tanh_grad'] as GeluGradExport,
-    geluErf: exports['gelu_erf'] as GeluExport,
-    geluErfGrad: exports['gelu_erf_grad'] as GeluGradExport,
+    activations: {
+      'gelu-tanh': [exports['gelu_tanh'] as ActivationExport, exports['gelu_tanh_grad'] as ActivationGradExport],
+      'gelu-erf': [exports['gelu_erf'] as ActivationExport, exports['gelu_erf_grad'] as ActivationGradExport],
+      silu: [exports['silu'] as ActivationExport, exports['silu_grad'] as ActivationGradExport],
+    },
     threads: startThreads(backend, module, exports, memory),
   };
 }
@@ -277,7 +276,7 @@ function startThreads(backend: WasmBackendWithModule, module: object, exports: R
     loraBackward: exports['lora_backward_threaded'] as ThreadedKernel['loraBackward'],
     attentionForward: exports['attention_forward_threaded'] as ThreadedKernel['attentionForward'],
     attentionBackward: exports['attention_backward_threaded'] as ThreadedKernel['attentionBackward'],
-    gelu: exports['gelu_threaded'] as GeluThreadedExport,
+    activation: exports['activation_threaded'] as ActivationThreadedExport,
     memory,
     control,
     mayBlock: host.mayBlock,
@@ -847,35 +846,66 @@ function runAttention(kernel: SimdKernel, wasm: WasmBackendWithModule, pass: 'fo
 const isFloat32Shaped = (info: tf.TensorInfo, shape: readonly number[]): boolean => info.dtype === 'float32' && info.shape.length === shape.length && info.shape.every((size, axis) => size === shape[axis]);
 
 /**
- * Causal self-attention's forward pass in one kernel (wasm/causal-attention.h) for float32 q, k, v
- * of one shape [..., T, D]: `[o, stats]`, o = tril(softmax(scale·tril(q·kᵀ)))·v [..., T, D] and
- * each query row's softmax max and 1/Σ [..., T, 2] (what the backward pass recomputes the
- * probabilities from). Null where the backend has no kernel or the shapes do not fit its buffers.
+ * Where the matrices of separate q, k, v lie: stacks [..., T, D] (`heads` undefined), or the layers'
+ * layout [B, T, heads·D] (each head's D values side by side, as a projection gives them, read in
+ * place); null where the shapes are neither or do not fit the kernel's buffers.
  */
-export function simdCausalAttentionForward(backend: tf.KernelBackend, q: tf.TensorInfo, k: tf.TensorInfo, v: tf.TensorInfo, scale: number): [tf.TensorInfo, tf.TensorInfo] | null {
+function separateLayout(backend: tf.KernelBackend, q: tf.TensorInfo, heads: number | undefined): AttentionLayout | null {
+  if (heads === undefined) {
+    const [t, d] = q.shape.slice(-2) as [number, number];
+    if (q.shape.length < 2 || !simdCausalAttentionFits(backend, t, d)) return null;
+    return { matrices: sizeOf(q.shape.slice(0, -2)), heads: 1, t, d, ldIn: d, ldOut: d };
+  }
+  if (q.shape.length !== 3 || !Number.isInteger(heads) || heads < 1) return null;
+  const [batch, t, width] = q.shape as [number, number, number];
+  const d = width / heads;
+  if (!Number.isInteger(d) || d < 1 || !simdCausalAttentionFits(backend, t, d)) return null;
+  return { matrices: batch * heads, heads, t, d, ldIn: width, ldOut: width };
+}
+
+/** The stats' shape for q: [..., T, 2] for stacks, [B, heads, T, 2] for the layers' layout. */
+const statsShape = (q: tf.TensorInfo, heads: number | undefined): number[] => (heads === undefined ? [...q.shape.slice(0, -1), 2] : [q.shape[0]!, heads, q.shape[1]!, 2]);
+
+/**
+ * Causal self-attention's forward pass in one kernel (wasm/causal-attention.h) for float32 q, k, v
+ * of one shape, [..., T, D] stacks, or with `heads` the layers' layout [B, T, heads·D] (read and
+ * written in place: no head split out or merged back): `[o, stats]`, o = tril(softmax(scale·tril(q·kᵀ)))·v
+ * in q's shape and each query row's softmax max and 1/Σ [..., T, 2] (with `heads`, [B, heads, T, 2]),
+ * from which the backward pass recomputes the probabilities. Null where the backend has no kernel or
+ * the shapes do not fit its buffers.
+ */
+export function simdCausalAttentionForward(backend: tf.KernelBackend, q: tf.TensorInfo, k: tf.TensorInfo, v: tf.TensorInfo, scale: number, heads?: number): [tf.TensorInfo, tf.TensorInfo] | null {
   const kernel = kernelOf(backend);
-  const [t, d] = q.shape.slice(-2) as [number, number];
-  if (kernel === null || q.shape.length < 2 || ![q, k, v].every((info) => isFloat32Shaped(info, q.shape)) || !simdCausalAttentionFits(backend, t, d)) return null;
+  const layout = [q, k, v].every((info) => isFloat32Shaped(info, q.shape)) ? separateLayout(backend, q, heads) : null;
+  if (kernel === null || layout === null) return null;
   const wasm = backend as WasmBackendWithModule;
   const o = wasm.makeOutput([...q.shape], 'float32');
-  const stats = wasm.makeOutput([...q.shape.slice(0, -1), 2], 'float32');
-  const layout = { matrices: sizeOf(q.shape.slice(0, -2)), heads: 1, t, d, ldIn: d, ldOut: d };
+  const stats = wasm.makeOutput(statsShape(q, heads), 'float32');
   runAttention(kernel, wasm, 'forward', layout, scale, [q, k, v, o, stats].map((info) => addressOf(wasm, info)));
   return [o, stats];
 }
 
 /**
  * Its backward pass in one kernel: from dO, q, k, v and the forward pass's stats, `[dq, dk, dv]`
- * (the probabilities recomputed, not kept). Null where {@link simdCausalAttentionForward} would be.
+ * (the probabilities recomputed, not kept), in the layout of the forward pass. Null where
+ * {@link simdCausalAttentionForward} would be.
  */
-export function simdCausalAttentionBackward(backend: tf.KernelBackend, dout: tf.TensorInfo, q: tf.TensorInfo, k: tf.TensorInfo, v: tf.TensorInfo, stats: tf.TensorInfo, scale: number): tf.TensorInfo[] | null {
+export function simdCausalAttentionBackward(
+  backend: tf.KernelBackend,
+  dout: tf.TensorInfo,
+  q: tf.TensorInfo,
+  k: tf.TensorInfo,
+  v: tf.TensorInfo,
+  stats: tf.TensorInfo,
+  scale: number,
+  heads?: number,
+): tf.TensorInfo[] | null {
   const kernel = kernelOf(backend);
-  const [t, d] = q.shape.slice(-2) as [number, number];
-  const shaped = q.shape.length >= 2 && [dout, q, k, v].every((info) => isFloat32Shaped(info, q.shape)) && isFloat32Shaped(stats, [...q.shape.slice(0, -1), 2]);
-  if (kernel === null || !shaped || !simdCausalAttentionFits(backend, t, d)) return null;
+  const shaped = [dout, q, k, v].every((info) => isFloat32Shaped(info, q.shape)) && isFloat32Shaped(stats, statsShape(q, heads));
+  const layout = shaped ? separateLayout(backend, q, heads) : null;
+  if (kernel === null || layout === null) return null;
   const wasm = backend as WasmBackendWithModule;
   const [dq, dk, dv] = [0, 1, 2].map(() => wasm.makeOutput([...q.shape], 'float32')) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
-  const layout = { matrices: sizeOf(q.shape.slice(0, -2)), heads: 1, t, d, ldIn: d, ldOut: d };
   runAttention(kernel, wasm, 'backward', layout, scale, [dout, q, k, v, stats, dq, dk, dv].map((info) => addressOf(wasm, info)));
   return [dq, dk, dv];
 }
@@ -931,20 +961,25 @@ export function simdCausalSelfAttentionBackward(backend: tf.KernelBackend, dout:
 }
 
 /**
- * Values per chunk of gelu_new on two threads (at least; more where a call would exceed the chunk
- * words): 64 KB, the helper's result for it staged in its own buffer before it is copied out.
+ * Values per chunk of a fused activation on two threads (at least; more where a call would exceed
+ * the chunk words): 64 KB, the helper's result for it staged in its own buffer before it is copied out.
  */
-const GELU_CHUNK_FLOATS = 16384;
-
-/** The two gelu forms core fuses: GPT-2's `gelu_new` (tanh) and BERT's exact `gelu` (erf). */
-export type GeluForm = 'tanh' | 'erf';
+const ACTIVATION_CHUNK_FLOATS = 16384;
 
 /**
- * A gelu (`dy` null: y = gelu(x)) or its gradient (dx = dy·gelu′(x)) over float32 values of one
- * shape, in the `form` asked (wasm/gelu-tanh.h, wasm/gelu-erf.h), shared with the helper thread in
- * ranges of values where it serves. Null where the backend has no kernel.
+ * The elementwise activations core fuses, in the order of the module's `activation_threaded` form:
+ * GPT-2's `gelu_new`, BERT's exact `gelu`, Llama's SiLU.
  */
-export function simdGelu(backend: tf.KernelBackend, x: tf.TensorInfo, dy: tf.TensorInfo | null, form: GeluForm): tf.TensorInfo | null {
+export const ACTIVATION_FORMS = ['gelu-tanh', 'gelu-erf', 'silu'] as const;
+/** One of {@link ACTIVATION_FORMS}. */
+export type ActivationForm = (typeof ACTIVATION_FORMS)[number];
+
+/**
+ * A fused activation (`dy` null: y = f(x)) or its gradient (dx = dy·f′(x)) over float32 values of
+ * one shape, in the `form` asked (wasm/gelu-tanh.h, gelu-erf.h, silu.h), shared with the helper
+ * thread in ranges of values where it serves. Null where the backend has no kernel.
+ */
+export function simdActivation(backend: tf.KernelBackend, x: tf.TensorInfo, dy: tf.TensorInfo | null, form: ActivationForm): tf.TensorInfo | null {
   const kernel = kernelOf(backend);
   const size = sizeOf(x.shape);
   if (kernel === null || x.dtype !== 'float32' || (dy !== null && (dy.dtype !== 'float32' || sizeOf(dy.shape) !== size))) return null;
@@ -952,12 +987,13 @@ export function simdGelu(backend: tf.KernelBackend, x: tf.TensorInfo, dy: tf.Ten
   const out = wasm.makeOutput([...x.shape], 'float32');
   if (size === 0) return out;
   const offset = (info: tf.TensorInfo): number => addressOf(wasm, info);
-  const chunk = Math.max(GELU_CHUNK_FLOATS, 4 * Math.ceil(size / MAX_THREADED_CHUNKS / 4));
+  const chunk = Math.max(ACTIVATION_CHUNK_FLOATS, 4 * Math.ceil(size / MAX_THREADED_CHUNKS / 4));
   // About 40 operations a value (its exp and the rest), as a product's flops count.
   const threads = chunk <= HELPER_SCRATCH_FLOATS ? threadsFor(kernel, 40 * size, Math.ceil(size / chunk)) : null;
+  const [value, gradient] = kernel.activations[form];
   if (threads !== null) {
-    threads.gelu(threads.control, dy === null ? 0 : 1, size, offset(x), dy === null ? 0 : offset(dy), offset(out), chunk, threads.mayBlock ? 1 : 0, form === 'erf' ? 1 : 0);
-  } else if (dy === null) (form === 'erf' ? kernel.geluErf : kernel.geluTanh)(size, offset(x), offset(out));
-  else (form === 'erf' ? kernel.geluErfGrad : kernel.geluTanhGrad)(size, offset(dy), offset(x), offset(out));
+    threads.activation(threads.control, dy === null ? 0 : 1, size, offset(x), dy === null ? 0 : offset(dy), offset(out), chunk, threads.mayBlock ? 1 : 0, ACTIVATION_FORMS.indexOf(form));
+  } else if (dy === null) value(size, offset(x), offset(out));
+  else gradient(size, offset(dy), offset(x), offset(out));
   return out;
 }

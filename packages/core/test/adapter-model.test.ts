@@ -268,7 +268,7 @@ describe('AdapterModel', () => {
     expect(() => adapterModel.addAdapter('more', { config: { r: 2, targetModules: ['c_attn'] } })).toThrow(disposed);
     expect(() => adapterModel.setAdapter('default')).toThrow(disposed);
     expect(() => adapterModel.namedTrainableVariables()).toThrow(disposed);
-    expect(() => layer.forward(x)).toThrow(/^\[@lora\/core\] transformer\.h\.0\.attn\.c_attn: this adapter layer was disposed/u);
+    expect(() => layer.forward(x)).toThrow(/^\[@lora\/core\] transformer\.h\.0\.attn\.c_attn: this layer was disposed \(with its model or AdapterModel\)/u);
     tf.dispose(x);
   });
 

@@ -223,6 +223,52 @@ describe('causal attention in one kernel each way', () => {
     }
   );
 
+  it.each([
+    [8, 128, 4, 64],
+    [2, 13, 3, 5],
+    [3, 37, 2, 20],
+    [2, 520, 2, 8],
+  ])(
+    'reads separate q, k, v in the layers’ layout [B, T, H·D] in place and writes the heads merged, equal to splitting and merging them, value for value (B %i, T %i, %i heads, D %i)',
+    async (batch, rows, heads, depth) => {
+      await withoutTensorLeaks(() => {
+        const width = heads * depth;
+        const [q, k, v] = [11, 12, 13].map((seed) => tf.tensor(seededRandomValues(batch * rows * width, seed, 2), [batch, rows, width]));
+        const dy = tf.tensor(seededRandomValues(batch * rows * width, 14), [batch, rows, width]);
+        const scale = 1 / Math.sqrt(depth);
+        const split = (x: tf.Tensor): tf.Tensor => tf.transpose(tf.reshape(x, [batch, rows, heads, depth]), [0, 2, 1, 3]);
+        const apart = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => tf.reshape(tf.transpose(causalAttention(split(a), split(b), split(c), scale)!, [0, 2, 1, 3]), [batch, rows, width]);
+        const together = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalAttention(a, b, c, scale, { heads })!;
+        const run = (attend: (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.Tensor): { names: string[]; values: Float32Array[] } => {
+          const spy = spyOnKernels();
+          const values = tf.tidy(() => {
+            const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), dy)))([q!, k!, v!]);
+            return [attend(q!, k!, v!), value, ...grads].map((tensor) => tensor.dataSync() as Float32Array);
+          });
+          spy.stop();
+          return { names: spy.calls.map((call) => call.kernelName), values };
+        };
+        const ours = run(together);
+        const theirs = run(apart);
+        // One kernel each way, and no transpose around it.
+        expect(ours.names.filter((name) => /Attention|Transpose|SplitV|Concat|MatMul/.test(name)).sort()).toEqual([CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL].sort());
+        ours.values.forEach((values, i) => expectSameValues(values, theirs.values[i]!, ['o', 'Σ o∘dy', 'dq', 'dk', 'dv'][i]));
+        for (const gradient of ours.values.slice(2)) expect(gradient.every(Number.isFinite) && gradient.some((value) => value !== 0)).toBe(true);
+        tf.dispose([q!, k!, v!, dy]);
+      });
+    }
+  );
+
+  it('declines the layers’ layout for heads that do not divide its width, or for another rank', async () => {
+    await withoutTensorLeaks(() => {
+      const [odd, stacked] = [tf.ones([2, 5, 20]), tf.ones([2, 2, 5, 4])];
+      expect(causalAttention(odd, odd, odd, 1, { heads: 3 })).toBeNull();
+      expect(causalAttention(odd, odd, odd, 1, { heads: 0 })).toBeNull();
+      expect(causalAttention(stacked, stacked, stacked, 1, { heads: 2 })).toBeNull();
+      tf.dispose([odd, stacked]);
+    });
+  });
+
   it('declines a fused projection it cannot split into heads, or too long', async () => {
     await withoutTensorLeaks(() => {
       // T = 4,200 at D = 64: the backward pass's two [T, T] scratch matrices would pass 128 MiB.

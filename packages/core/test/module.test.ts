@@ -260,6 +260,35 @@ describe('layer construction', () => {
     }
   });
 
+  it('refuses a forward pass after dispose() with a LoraError naming the layer, on a layer and on a model holding it', () => {
+    const cases: [string, Module & { forward(x: tf.Tensor): tf.Tensor }, () => tf.Tensor][] = [
+      ['Linear', new Linear({ inFeatures: 4, outFeatures: 3 }), () => tf.ones([2, 4])],
+      ['LayerNorm', new LayerNorm({ dim: 4 }), () => tf.ones([2, 4])],
+      ['RMSNorm', new RMSNorm({ dim: 4 }), () => tf.ones([2, 4])],
+      ['Embedding', new Embedding({ numEmbeddings: 5, embeddingDim: 3 }), () => tf.tensor1d([0, 4], 'int32')],
+    ];
+    for (const [name, layer, input] of cases) {
+      const x = input();
+      tf.dispose(layer.forward(x));
+      expect(layer.isDisposed).toBe(false);
+      layer.dispose();
+      expect(layer.isDisposed).toBe(true);
+      const before = tf.memory().numTensors;
+      expect(() => layer.forward(x)).toThrow(
+        new LoraError(`[@lora/core] ${name}: this layer was disposed (with its model or AdapterModel), its weights freed. Load or create the model again, and call dispose() only when done with it.`),
+      );
+      expect(tf.memory().numTensors).toBe(before);
+      x.dispose();
+    }
+    // Disposing a model marks every layer in it, so its first layer refuses (a tied head included).
+    const model = new Tied();
+    model.dispose();
+    expect(model.namedModules().every(([, module]) => module.isDisposed)).toBe(true);
+    const ids = tf.tensor1d([1, 2], 'int32');
+    expect(() => model.wte.forward(ids)).toThrow(/^\[@lora\/core\] Embedding: this layer was disposed/u);
+    ids.dispose();
+  });
+
   it('refuses layer sizes that are not positive integers with a ConfigError naming the option, before making any tensor', () => {
     const before = tf.memory().numTensors;
     expect(() => new Linear({ inFeatures: 0, outFeatures: 3 })).toThrow('[@lora/core] Invalid config: inFeatures must be a positive integer, got 0. Linear takes the sizes of its input and output features.');

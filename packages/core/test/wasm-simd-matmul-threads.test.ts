@@ -12,7 +12,9 @@ import {
   simdCausalAttentionForward,
   simdCausalSelfAttentionBackward,
   simdCausalSelfAttentionForward,
-  simdGelu,
+  simdActivation,
+  ACTIVATION_FORMS,
+  type ActivationForm,
   simdLoraBackward,
   simdLoraForward,
   threadChunking,
@@ -598,14 +600,14 @@ describe('the two-thread causal attention', () => {
   });
 });
 
-/** gelu_new of `size` values and its gradient on `backend`: views of [y, dx] in the (freed) results' memory, the freed operands overwritten with NaN. */
-function geluPasses(backend: HeapBackend, size: number, seed: number): Float32Array[] {
+/** A fused activation (gelu_new unless `form` says) of `size` values and its gradient on `backend`: views of [y, dx] in the (freed) results' memory, the freed operands overwritten with NaN. */
+function activationPasses(backend: HeapBackend, size: number, seed: number, form: ActivationForm = 'gelu-tanh'): Float32Array[] {
   const kernelBackend = backend as unknown as tf.KernelBackend;
   // Values of a few units, as an MLP's activations: both tails of the gate are reached.
   const x = backend.upload([size], operand([size], seed).values.map((value) => 6 * value));
   const dy = backend.upload([size], operand([size], seed + 1).values);
-  const results = [simdGelu(kernelBackend, x, null, 'tanh'), simdGelu(kernelBackend, x, dy, 'tanh')];
-  if (results.some((result) => result === null)) throw new Error('the kernel declined gelu_new');
+  const results = [simdActivation(kernelBackend, x, null, form), simdActivation(kernelBackend, x, dy, form)];
+  if (results.some((result) => result === null)) throw new Error(`the kernel declined ${form}`);
   const views = results.map((info) => backend.typedArrayFromHeap(info!));
   for (const info of [x, dy]) backend.typedArrayFromHeap(info).fill(Number.NaN);
   for (const info of [x, dy, ...results]) backend.disposeData(info!.dataId);
@@ -616,25 +618,36 @@ function geluPasses(backend: HeapBackend, size: number, seed: number): Float32Ar
 // vectors (the test backend's bump allocator never reuses memory: sizes are kept small).
 const GELU_SIZES = [2 * 128 * 1024, 100_003, 16_387];
 
-describe('the two-thread gelu_new', () => {
-  it.each(GELU_SIZES)('computes %i values and their gradient as on one thread, bit for bit', (size) => {
+describe('the two-thread fused activations', () => {
+  it.each(GELU_SIZES)('computes %i values of gelu_new and their gradient as on one thread, bit for bit', (size) => {
     const dataIds = shared.numDataIds();
-    const ours = geluPasses(shared, size, 51);
+    const ours = activationPasses(shared, size, 51);
     expect(shared.numDataIds()).toBe(dataIds);
-    const single = geluPasses(plain, size, 51).map((view) => view.slice());
+    const single = activationPasses(plain, size, 51).map((view) => view.slice());
     ['y', 'dx'].forEach((what, i) => expectSameValues(ours[i]!, single[i]!, what));
     for (const values of ours) expect(values.every(Number.isFinite) && values.some((value) => value !== 0)).toBe(true);
   });
 
+  it('computes each form as its own one-thread export does (the form reaches the helper), each form giving other values', () => {
+    const size = GELU_SIZES[1]!;
+    const byForm = ACTIVATION_FORMS.map((form) => {
+      const ours = activationPasses(shared, size, 53, form);
+      const single = activationPasses(plain, size, 53, form).map((view) => view.slice());
+      ['y', 'dx'].forEach((what, i) => expectSameValues(ours[i]!, single[i]!, `${form} ${what}`));
+      return single;
+    });
+    for (let i = 1; i < byForm.length; i++) expect(byForm[i]![0]!.some((value, j) => value !== byForm[0]![0]![j])).toBe(true);
+  });
+
   it('has the helper compute ranges of values', () => {
     const before = simdBatchMatMulHelper(sharedBackend)!.chunks;
-    for (let call = 0; call < 4; call++) geluPasses(shared, 2 * 128 * 1024, call);
+    for (let call = 0; call < 4; call++) activationPasses(shared, 2 * 128 * 1024, call);
     expect(simdBatchMatMulHelper(sharedBackend)!.chunks).toBeGreaterThan(before);
   });
 
   it('gives the one-thread results when the helper claims nothing, and when it stalls mid-range (its late results kept out of finished calls)', async () => {
     await expectHelperIdleOrStallingHarmless(() =>
-      GELU_SIZES.map((size) => ({ values: geluPasses(shared, size, 61), expected: geluPasses(plain, size, 61).map((view) => view.slice()), names: ['y', 'dx'] })),
+      GELU_SIZES.map((size) => ({ values: activationPasses(shared, size, 61), expected: activationPasses(plain, size, 61).map((view) => view.slice()), names: ['y', 'dx'] })),
     );
   });
 });

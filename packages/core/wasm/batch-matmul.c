@@ -611,14 +611,18 @@ __attribute__((export_name("batch_matmul"))) void batch_matmul(int batch, int m,
 #include "causal-attention.h"
 #include "gelu-tanh.h"
 #include "gelu-erf.h"
+#include "silu.h"
 
 #define GELU_FORWARD 5
 #define GELU_BACKWARD 6
 #define GELU_ERF_FORWARD 7
 #define GELU_ERF_BACKWARD 8
+#define SILU_FORWARD 9
+#define SILU_BACKWARD 10
 
-// A gelu pass (either form, either way): chunks of values, the helper's result at its buffer's start.
-static inline int is_gelu(int kind) { return kind >= GELU_FORWARD && kind <= GELU_ERF_BACKWARD; }
+// A fused activation's pass (gelu_new, the exact gelu or SiLU, either way): chunks of values, the
+// helper's result at its buffer's start.
+static inline int is_activation(int kind) { return kind >= GELU_FORWARD && kind <= SILU_BACKWARD; }
 
 /// GPT-2's gelu_new on the calling thread: y = gelu_new(x) for `size` values.
 __attribute__((export_name("gelu_tanh"))) void gelu_tanh(int size, const float *x, float *y) { gelu_values(size, x, y); }
@@ -631,6 +635,12 @@ __attribute__((export_name("gelu_erf"))) void gelu_erf_export(int size, const fl
 
 /// Its gradient on the calling thread: dx = dy·(Φ(x) + x·φ(x)).
 __attribute__((export_name("gelu_erf_grad"))) void gelu_erf_grad(int size, const float *dy, const float *x, float *dx) { gelu_erf_gradients(size, dy, x, dx); }
+
+/// SiLU on the calling thread: y = x·σ(x) for `size` values.
+__attribute__((export_name("silu"))) void silu_export(int size, const float *x, float *y) { silu_values(size, x, y); }
+
+/// Its gradient on the calling thread: dx = dy·σ(x)·(1 + x·(1 − σ(x))).
+__attribute__((export_name("silu_grad"))) void silu_grad(int size, const float *dy, const float *x, float *dx) { silu_gradients(size, dy, x, dx); }
 
 #ifdef __wasm_atomics__
 // Two threads (shared-memory build only).
@@ -675,8 +685,9 @@ __attribute__((export_name("gelu_erf_grad"))) void gelu_erf_grad(int size, const
 struct args {
   // PRODUCT, a fused LoRA pass (LORA_FORWARD, LORA_BACKWARD: low-rank-train.h), whose chunks are
   // its blocks of `row_block` rows (`a` and `b` are then LoRA's A and B), causal attention
-  // (ATTENTION_FORWARD, ATTENTION_BACKWARD: causal-attention.h), or gelu_new or the exact gelu
-  // (is_gelu), whose chunks are ranges of `row_block` of its `rows` values (x, dy in `third`, y).
+  // (ATTENTION_FORWARD, ATTENTION_BACKWARD: causal-attention.h), or a fused activation (gelu_new, the
+  // exact gelu or SiLU: is_activation), whose chunks are ranges of `row_block` of its `rows` values
+  // (x, dy in `third`, y).
   int32_t kind;
   // For a PRODUCT, TRI_NONE or a triangular form (see TRI_LOWER_OUTPUT), and the bias (n values, or null).
   int32_t tri;
@@ -735,13 +746,15 @@ static inline uint32_t *chunk_words(struct control *ctl) { return (uint32_t *)((
 // `packed_b` (memo: what it holds). Its result goes to the output, or, when `out` is not null,
 // to `out` as a [rows of the chunk, panel_group·8] matrix.
 static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t *memo, uint32_t gen, float *out) {
-  if (is_gelu(p->kind)) {
+  if (is_activation(p->kind)) {
     const int start = chunk * p->row_block, count = min_int(p->rows - start, p->row_block);
     float *to = out ? out : p->y + start;
     if (p->kind == GELU_FORWARD) gelu_values(count, p->x + start, to);
     else if (p->kind == GELU_BACKWARD) gelu_gradients(count, p->third + start, p->x + start, to);
     else if (p->kind == GELU_ERF_FORWARD) gelu_erf_values(count, p->x + start, to);
-    else gelu_erf_gradients(count, p->third + start, p->x + start, to);
+    else if (p->kind == GELU_ERF_BACKWARD) gelu_erf_gradients(count, p->third + start, p->x + start, to);
+    else if (p->kind == SILU_FORWARD) silu_values(count, p->x + start, to);
+    else silu_gradients(count, p->third + start, p->x + start, to);
     return;
   }
   if (p->kind == ATTENTION_FORWARD || p->kind == ATTENTION_BACKWARD) {
@@ -791,7 +804,7 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
 
 // Copy the helper's result of `chunk` (see run_chunk) to the output.
 static void copy_chunk(const struct args *p, int chunk, const float *from) {
-  if (is_gelu(p->kind)) {
+  if (is_activation(p->kind)) {
     const int start = chunk * p->row_block;
     copy_floats(p->y + start, from, min_int(p->rows - start, p->row_block));
     return;
@@ -1003,13 +1016,15 @@ __attribute__((export_name("attention_backward_threaded"))) void attention_backw
   attention_threaded(ctl, ATTENTION_BACKWARD, matrices, heads, t, d, ld_in, ld_out, scale, q, k, v, dout, (float *)stats, dq, dk, dv, scratch, may_wait);
 }
 
-/// gelu_tanh (`backward` 0) or gelu_tanh_grad (1), or with `erf` 1 gelu_erf or gelu_erf_grad, on two
-/// threads, in chunks of `chunk` values (a multiple of 4; MAX_CHUNKS at most); the helper's buffer
-/// holds a chunk.
-__attribute__((export_name("gelu_threaded"))) void gelu_threaded(struct control *ctl, int backward, int size, const float *x, const float *dy, float *out, int chunk, int may_wait, int erf) {
+/// A fused activation's values (`backward` 0) or gradient (1) on two threads, in chunks of `chunk`
+/// values (a multiple of 4; MAX_CHUNKS at most); the helper's buffer holds a chunk. `form`: 0
+/// gelu_new (gelu_tanh, gelu_tanh_grad), 1 the exact gelu (gelu_erf, gelu_erf_grad), 2 SiLU (silu,
+/// silu_grad).
+__attribute__((export_name("activation_threaded"))) void activation_threaded(struct control *ctl, int backward, int size, const float *x, const float *dy, float *out, int chunk, int may_wait,
+                                                                               int form) {
   const uint32_t gen = next_generation(ctl);
   struct args *p = &ctl->call;
-  p->kind = erf ? (backward ? GELU_ERF_BACKWARD : GELU_ERF_FORWARD) : (backward ? GELU_BACKWARD : GELU_FORWARD);
+  p->kind = GELU_FORWARD + 2 * form + (backward ? 1 : 0);
   p->rows = size;
   p->row_block = chunk;
   p->x = x;
@@ -1044,7 +1059,7 @@ __attribute__((noinline)) static void help_with(struct control *ctl, int chunk, 
   // Read after the chunk's arguments: a buffer set for this call (control_helper_scratch) before it
   // was published is the one seen here.
   float *packed_b = __atomic_load_n(&ctl->helper_scratch, SEQ);
-  float *out = packed_b + (is_gelu(p->kind)                                                ? 0
+  float *out = packed_b + (is_activation(p->kind)                                                ? 0
                            : p->kind == ATTENTION_FORWARD || p->kind == ATTENTION_BACKWARD ? attention_work_floats(p->kind, p->t, p->d)
                            : p->kind != PRODUCT                                           ? lora_work_floats(p->kind, p->in, p->out, p->rank, p->row_block, p->w != 0)
                                                                                           : p->panel_group * NR * p->k + 32 + a_copy_floats(p->tri, p->k, p->n, p->a_rs, p->a_cs));

@@ -17,15 +17,6 @@
 #define K 1.5957691216057308f   // 2·√(2/π)
 #define A 0.044715f
 
-// σ(u) = 1/(1 + e^−u), with e^−u clamped to [e^−87, e^87]: one division, no select. (Through
-// e^−|u| and a select between 1/(1 + e) and e/(1 + e), which never leaves [0, 1], it took 22-27%
-// longer per value.) Beyond the clamp σ is 1, or 1.6e−38 where the true value is smaller: gelu is
-// then x·1.6e−38 instead of a smaller number, both 0 at the 1e−6 any comparison uses.
-static inline v128_t sigmoid(v128_t u) {
-  const v128_t one = wasm_f32x4_splat(1.0f);
-  return wasm_f32x4_div(one, wasm_f32x4_add(one, exp_clamped(wasm_f32x4_neg(u))));
-}
-
 static inline v128_t gate(v128_t x, v128_t squared) {
   const v128_t inner = wasm_f32x4_add(wasm_f32x4_splat(1.0f), wasm_f32x4_mul(wasm_f32x4_splat(A), squared));
   return sigmoid(wasm_f32x4_mul(wasm_f32x4_mul(wasm_f32x4_splat(K), x), inner));

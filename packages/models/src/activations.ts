@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from '@lora/core';
-import { geluErf, geluTanh as coreGeluTanh } from '@lora/core/internal';
+import { geluErf, geluTanh as coreGeluTanh, silu as coreSilu } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 
 /** Activation names from Hugging Face configs (`activation_function`, `hidden_act`) that this package implements. */
@@ -27,9 +27,9 @@ export function geluExact(x: tf.Tensor): tf.Tensor {
   return geluErf(x);
 }
 
-/** SiLU (swish) x·σ(x), Llama's `silu`. */
+/** SiLU (swish) x·σ(x), Llama's `silu`; on the WASM backend one fused kernel each way (core's). */
 export function silu(x: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => tf.mul(x, tf.sigmoid(x)));
+  return coreSilu(x);
 }
 
 /**

@@ -10,8 +10,9 @@ import { CausalLanguageModel, PretrainedModel, type CausalLmForwardOptions, type
 import { applyRotary, rotaryInverseFrequencies, rotaryTables } from './rotary.js';
 import { checkIdTensor } from './input-checks.js';
 import { dropout } from '@lora/core';
+import { causalAttention } from '@lora/core/internal';
 
-/** Rotary cos/sin tables for one forward pass, shared by every layer. */
+/** Rotary cos/sin tables [B, T, 1, headDim / 2] for one forward pass, shared by every layer. */
 interface RotaryContext {
   readonly cos: tf.Tensor;
   readonly sin: tf.Tensor;
@@ -48,16 +49,30 @@ export class LlamaAttention extends Module {
    */
   forward(hidden: tf.Tensor, bias: tf.Tensor | null, rotary: RotaryContext, cache?: KeyValueCache): tf.Tensor {
     return tf.tidy(() => {
-      const { numAttentionHeads, numKeyValueHeads, headDim, attentionDropout } = this.config;
-      const q = applyRotary(splitHeads(this.q_proj.forward(hidden), numAttentionHeads), rotary.cos, rotary.sin);
-      let k = applyRotary(splitHeads(this.k_proj.forward(hidden), numKeyValueHeads), rotary.cos, rotary.sin);
-      let v: tf.Tensor = splitHeads(this.v_proj.forward(hidden), numKeyValueHeads);
-      if (cache) ({ key: k, value: v } = cache.update(this.layerIndex, k, v));
-      const attended = scaledDotProductAttention(q, k, v, {
-        scale: 1 / Math.sqrt(headDim),
+      const { numAttentionHeads: heads, numKeyValueHeads: kvHeads, headDim, attentionDropout } = this.config;
+      const [batch, time] = hidden.shape as [number, number];
+      const scale = 1 / Math.sqrt(headDim);
+      const dropoutActive = this.training && attentionDropout > 0;
+      // Rotary in the projections' layout [B, T, heads, D] (reshapes, no copies): each position's
+      // angles serve all its heads, and no head is split out for it.
+      const rotated = (x: tf.Tensor, n: number): tf.Tensor => tf.reshape(applyRotary(tf.reshape(x, [batch, time, n, headDim]), rotary.cos, rotary.sin), [batch, time, n * headDim]);
+      const q = rotated(this.q_proj.forward(hidden), heads);
+      const k = rotated(this.k_proj.forward(hidden), kvHeads);
+      const v = this.v_proj.forward(hidden);
+      // The causal mask alone, nothing cached, one query head per key head and no dropout on the
+      // probabilities: core's attention in one kernel each way where it has one (WASM), reading q,
+      // k, v and writing its output in this layout (no transposes either way). Value for value what
+      // the split heads below give.
+      const whole = cache === undefined && bias?.rank === 2 && kvHeads === heads && !dropoutActive ? causalAttention(q, k, v, scale, { heads }) : null;
+      if (whole !== null) return this.o_proj.forward(whole);
+      let keys: tf.Tensor = splitHeads(k, kvHeads);
+      let values: tf.Tensor = splitHeads(v, kvHeads);
+      if (cache) ({ key: keys, value: values } = cache.update(this.layerIndex, keys, values));
+      const attended = scaledDotProductAttention(splitHeads(q, heads), keys, values, {
+        scale,
         bias,
         causal: true,
-        dropout: this.training && attentionDropout > 0 ? (p) => dropout(p, attentionDropout) : undefined,
+        dropout: dropoutActive ? (p) => dropout(p, attentionDropout) : undefined,
       });
       return this.o_proj.forward(mergeHeads(attended));
     });

@@ -52,6 +52,7 @@ export class OutputHead extends Module implements BaseLayer {
   }
 
   forwardWithoutBias(input: tf.Tensor): tf.Tensor {
+    this.throwIfDisposed(`[${PACKAGE}] OutputHead`);
     if (input.shape[input.rank - 1] !== this.inFeatures) {
       throw new ShapeError(`[${PACKAGE}] OutputHead input`, [null, this.inFeatures], input.shape);
     }

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { rotaryEmbedding } from '@lora/core/internal';
 import type { LlamaConfig } from './llama-config.js';
 
 /**
@@ -29,35 +30,30 @@ export function rotaryInverseFrequencies(config: LlamaConfig): Float64Array {
 }
 
 /**
- * cos and sin tables [B, 1, T, headDim] for the given positions (rows of `positions`, each of
- * length T), laid out as transformers' `cat(freqs, freqs)`. Computed in float64, stored as float32.
+ * cos and sin tables [B, T, 1, headDim / 2] for the given positions (rows of `positions`, each of
+ * length T): one angle per frequency, which transformers repeats for both halves of a head
+ * (`cat(freqs, freqs)`), broadcast over the heads of q or k [B, T, heads, headDim]. Computed in
+ * float64, stored as float32.
  */
 export function rotaryTables(inverseFrequencies: Float64Array, positions: ArrayLike<number>, batch: number, time: number): { cos: tf.Tensor4D; sin: tf.Tensor4D } {
   const half = inverseFrequencies.length;
-  const dim = 2 * half;
-  const cos = new Float32Array(batch * time * dim);
-  const sin = new Float32Array(batch * time * dim);
+  const cos = new Float32Array(batch * time * half);
+  const sin = new Float32Array(batch * time * half);
   for (let row = 0; row < batch * time; row++) {
     const position = positions[row]!;
     for (let i = 0; i < half; i++) {
       const angle = position * inverseFrequencies[i]!;
-      const c = Math.cos(angle);
-      const s = Math.sin(angle);
-      cos[row * dim + i] = c;
-      cos[row * dim + half + i] = c;
-      sin[row * dim + i] = s;
-      sin[row * dim + half + i] = s;
+      cos[row * half + i] = Math.cos(angle);
+      sin[row * half + i] = Math.sin(angle);
     }
   }
-  return { cos: tf.tensor4d(cos, [batch, 1, time, dim]), sin: tf.tensor4d(sin, [batch, 1, time, dim]) };
+  return { cos: tf.tensor4d(cos, [batch, time, 1, half]), sin: tf.tensor4d(sin, [batch, time, 1, half]) };
 }
 
-/** x·cos + rotate_half(x)·sin for x [B, H, T, D], where rotate_half(x) = cat(−x₂, x₁). */
+/**
+ * x·cos + rotate_half(x)·sin for x [B, T, H, D], where rotate_half(x) = cat(−x₂, x₁), with the
+ * half-width tables of {@link rotaryTables}: core's `rotaryEmbedding` (one kernel each way on WASM).
+ */
 export function applyRotary(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => {
-    const half = x.shape[x.rank - 1]! / 2;
-    const [x1, x2] = tf.split(x, [half, half], -1) as [tf.Tensor, tf.Tensor];
-    const rotated = tf.concat([tf.neg(x2), x1], -1);
-    return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
-  });
+  return rotaryEmbedding(x, cos, sin);
 }

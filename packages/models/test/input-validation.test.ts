@@ -234,6 +234,24 @@ describe('model inputs', () => {
     });
   });
 
+  it('refuse a forward pass or generation of a disposed GPT-2, Llama or BERT with one LoraError, leaking nothing', async () => {
+    const bertConfig = { vocab_size: 30, hidden_size: 8, num_attention_heads: 2, num_hidden_layers: 1, intermediate_size: 12, max_position_embeddings: 8 };
+    const models = [createModel(GPT2_CONFIG, { seed: 2 }), createModel({ ...LLAMA_CONFIG, architectures: ['LlamaForCausalLM'] }, { seed: 2 }), new BertModel(parseBertConfig(bertConfig))];
+    for (const model of models) model.dispose();
+    const disposed = /^\[@lora\/core\] Embedding: this layer was disposed \(with its model or AdapterModel\), its weights freed\. Load or create the model again/u;
+    await withoutLeaks(() => {
+      const input = ids([[1, 2, 3]]);
+      for (const model of models) {
+        const error = thrown(() => model.forward(input));
+        expect(error).toBeInstanceOf(LoraError);
+        expect(error.message).toMatch(disposed);
+      }
+      expect(() => generate(models[0] as CausalLanguageModel, [1, 2], { maxNewTokens: 2 })).toThrow(disposed);
+      expect(() => generate(models[1] as CausalLanguageModel, [1, 2], { maxNewTokens: 2 })).toThrow(disposed);
+      input.dispose();
+    });
+  });
+
   it('refuse BERT position and token-type ids of the wrong shape or range', async () => {
     const bert = new BertModel(parseBertConfig({ vocab_size: 30, hidden_size: 8, num_attention_heads: 2, num_hidden_layers: 1, intermediate_size: 12, max_position_embeddings: 8 }));
     await withoutLeaks(() => {

@@ -3,6 +3,7 @@ import { initRuntime, type ConfigError } from '@lora/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { KeyValueCache, createModel, parseLlamaConfig, rotaryInverseFrequencies, type LlamaForCausalLM } from '../src/index.js';
 import { ids, relativeError, withoutLeaks } from './helpers.js';
+import { CAUSAL_ATTENTION_KERNEL, ROTARY_KERNEL, spyOnKernels } from '@lora/core/internal';
 
 /** Plain float64 recomputation of LlamaForCausalLM from the published equations (no tfjs). */
 type Matrix = number[][];
@@ -92,8 +93,8 @@ function referenceLogits(params: Map<string, Matrix>, shape: LlamaShape, tokens:
   return h.map((v) => project(head, rmsNorm(v, p('model.norm.weight')[0]!, shape.eps)));
 }
 
-function tinyLlama(tied: boolean, seed: number): { model: LlamaForCausalLM; shape: LlamaShape } {
-  const shape: LlamaShape = { hidden: 32, heads: 4, kvHeads: 2, layers: 2, eps: 1e-6, theta: 10000, tied };
+function tinyLlama(tied: boolean, seed: number, kvHeads = 2): { model: LlamaForCausalLM; shape: LlamaShape } {
+  const shape: LlamaShape = { hidden: 32, heads: 4, kvHeads, layers: 2, eps: 1e-6, theta: 10000, tied };
   const model = createModel(
     {
       architectures: ['LlamaForCausalLM'],
@@ -155,6 +156,33 @@ describe('LlamaForCausalLM', () => {
       model.dispose();
     });
   }
+
+  it('matches the float64 reference without grouped-query attention or padding, where attention runs in one kernel each way on the projections’ layout (WASM: no transposes)', async () => {
+    const { model, shape } = tinyLlama(false, 14, 4);
+    const params = new Map(model.namedParameters().map(([name, variable]) => [name, rows(variable.dataSync(), variable.shape)]));
+    const tokens = [
+      [3, 17, 42, 8, 60, 1, 29],
+      [5, 5, 33, 12, 0, 47, 9],
+    ];
+    await withoutLeaks(() => {
+      const input = ids(tokens);
+      const spy = spyOnKernels();
+      const logits = model.forward(input);
+      spy.stop();
+      const names = spy.calls.map((call) => call.kernelName);
+      if (tf.getBackend() === 'wasm') {
+        expect(names.filter((name) => name === CAUSAL_ATTENTION_KERNEL)).toHaveLength(shape.layers);
+        expect(names.filter((name) => name === ROTARY_KERNEL)).toHaveLength(2 * shape.layers);
+        expect(names).not.toContain('Transpose');
+      }
+      const expected = tokens.map((row) => referenceLogits(params, shape, row, row.map(() => 1)));
+      const error = relativeError(logits, expected.flat(2));
+      console.log(`llama (no GQA, ${tf.getBackend()}) vs float64 reference: rel err ${error.toExponential(2)}`);
+      expect(error).toBeLessThan(1e-4);
+      tf.dispose([input, logits]);
+    });
+    model.dispose();
+  });
 
   it('gives the same last-token logits with a key/value cache as with the full sequence', async () => {
     const { model } = tinyLlama(false, 13);

@@ -196,6 +196,7 @@ export class QuantLinear extends Module implements BaseLayer {
   }
 
   private checkInput(input: tf.Tensor): void {
+    this.throwIfDisposed(`[@lora/quant] QuantLinear${this.label()}`);
     if (input.shape[input.rank - 1] !== this.inFeatures) {
       throw new ShapeError(`[@lora/quant] QuantLinear${this.label()} input`, [null, this.inFeatures], input.shape);
     }

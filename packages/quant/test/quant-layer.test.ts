@@ -50,6 +50,22 @@ describe('QuantLinear', () => {
     });
   });
 
+  it('refuses a forward pass after dispose() with a LoraError naming the layer, with or without a bias', async () => {
+    await withoutTensorLeaks(() => {
+      for (const bias of [true, false]) {
+        const source = new Linear({ inFeatures: 64, outFeatures: 8, bias, seed: 4 });
+        const layer = QuantLinear.fromLayer(source, { type: 'nf4', name: 'mlp.fc1' });
+        source.dispose();
+        layer.dispose();
+        const x = tf.ones([2, 64]);
+        const disposed = /^\[@lora\/quant\] QuantLinear "mlp\.fc1": this layer was disposed \(with its model or AdapterModel\), its weights freed\./u;
+        expect(() => layer.forward(x)).toThrow(disposed);
+        expect(() => layer.forwardWithoutBias(x)).toThrow(disposed);
+        x.dispose();
+      }
+    });
+  });
+
   it('holds packed bytes, not a float32 weight: its only tensor is the bias, and forward frees the dequantized weight', async () => {
     await withoutTensorLeaks(() => {
       const source = new Linear({ inFeatures: 256, outFeatures: 128, seed: 9 });

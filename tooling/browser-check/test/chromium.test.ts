@@ -72,7 +72,7 @@ describe('the @lora packages in headless Chromium', () => {
       // Its build with fused multiply-adds: Chromium (114+) accepts relaxed SIMD without a flag.
       expect(result.kernelBuild).toBe(backend === 'wasm' ? 'fma' : null);
       // And its fused kernels (instantiated asynchronously: a page may refuse a synchronous compile).
-      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluErf', 'LoraGeluErfGrad', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLinearBackward', 'LoraLinearDropoutForward', 'LoraLinearForward', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSensitivityUpdate', 'LoraSumOfSquares'];
+      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluErf', 'LoraGeluErfGrad', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLinearBackward', 'LoraLinearDropoutForward', 'LoraLinearForward', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraRmsNorm', 'LoraRmsNormGrad', 'LoraRmsNormWeightGrad', 'LoraRotary', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSensitivityUpdate', 'LoraSilu', 'LoraSiluGrad', 'LoraSumOfSquares'];
       expect([...result.fusedKernels].sort()).toEqual(backend === 'wasm' ? fused : []);
       // Registered is not enough: training (LoRA dropout 0.1 on the adapters' input) ran the fused dropout and the others.
       for (const recipe of result.results) {
@@ -132,9 +132,14 @@ describe('the @lora packages in headless Chromium', () => {
         for (const [step, loss] of losses.entries()) expect(Math.abs(loss - reference[step]!), `${backend} ${architecture} step ${step + 1}`).toBeLessThanOrEqual(1e-5);
       }
       expect(result.tensorsAfter, `${backend}: tensors left behind`).toBe(result.tensorsBefore);
-      // BERT's exact gelu as core's fused kernel each way on wasm; the GPU backends run tfjs's own kernels.
-      if (backend === 'wasm') expect(result.fusedKernelsRun.bert).toEqual(expect.arrayContaining(['LoraGeluErf', 'LoraGeluErfGrad']));
-      else expect(result.fusedKernelsRun.bert).toEqual([]);
+      // BERT's exact gelu, Llama's SiLU, RMSNorm and rotary embedding as core's fused kernels each way on wasm; the GPU backends run tfjs's own kernels.
+      if (backend === 'wasm') {
+        expect(result.fusedKernelsRun.bert).toEqual(expect.arrayContaining(['LoraGeluErf', 'LoraGeluErfGrad']));
+        expect(result.fusedKernelsRun.llama).toEqual(expect.arrayContaining(['LoraSilu', 'LoraSiluGrad', 'LoraRmsNorm', 'LoraRmsNormGrad', 'LoraRotary']));
+      } else {
+        expect(result.fusedKernelsRun.bert).toEqual([]);
+        expect(result.fusedKernelsRun.llama).toEqual([]);
+      }
     }
     expect(cpu.tensorsAfter).toBe(cpu.tensorsBefore);
   });
