@@ -65,24 +65,43 @@ function registerCausalAttentionGradient(): void {
  * {@link causalMix}). With `options.heads`, q, k, v [B, T, heads·D] are in the layers' layout (as
  * separate projections give them, each head's D values side by side) and so is the result: the
  * same values as splitting the heads, attending and merging them back, without the transposes
- * either way. Returns null otherwise (the caller computes it another way).
+ * either way. With `options.kvHeads` (a divisor of `heads`), k and v [B, T, kvHeads·D] hold fewer
+ * heads, each serving heads / kvHeads query heads in turn (grouped-query attention, as transformers'
+ * `repeat_kv`): they are broadcast to one per query head, and their gradients sum each group back.
+ * Returns null otherwise (the caller computes it another way).
  */
-export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number, options: { readonly heads?: number } = {}): tf.Tensor | null {
-  const likeQ = (t: tf.Tensor): boolean => t.dtype === 'float32' && t.rank === q.rank && t.shape.every((size, axis) => size === q.shape[axis]);
-  if (q.dtype !== 'float32' || q.rank < 2 || !likeQ(k) || !likeQ(v) || !activeBackendHasKernels(CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL)) return null;
+export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number, options: { readonly heads?: number; readonly kvHeads?: number } = {}): tf.Tensor | null {
   const { heads } = options;
+  const kvHeads = options.kvHeads ?? heads;
+  const sameShape = (a: tf.Tensor, b: tf.Tensor): boolean => a.dtype === 'float32' && a.rank === b.rank && a.shape.every((size, axis) => size === b.shape[axis]);
+  if (q.dtype !== 'float32' || q.rank < 2 || !sameShape(v, k) || !activeBackendHasKernels(CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL)) return null;
   let [t, d] = q.shape.slice(-2) as [number, number];
-  if (heads !== undefined) {
+  if (heads === undefined) {
+    if (kvHeads !== undefined || !sameShape(k, q)) return null;
+  } else {
     if (q.rank !== 3 || !Number.isInteger(heads) || heads < 1 || q.shape[2]! % heads !== 0) return null;
     d = q.shape[2]! / heads;
     t = q.shape[1]!;
+    // Grouped-query attention: a whole number of query heads per key/value head, k and v as wide as that many heads.
+    const grouped = kvHeads !== undefined && Number.isInteger(kvHeads) && kvHeads >= 1 && heads % kvHeads === 0;
+    if (!grouped || k.rank !== 3 || k.shape[0] !== q.shape[0] || k.shape[1] !== t || k.shape[2] !== kvHeads * d) return null;
   }
   if (!simdCausalAttentionFits(tf.backend(), t, d)) return null;
   registerCausalAttentionGradient();
-  const [o, stats] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v }, { scale, heads: heads ?? 0 }) as tf.Tensor[];
-  // The stats stay on the tape (saved for the gradient) until it is disposed; outside a tape they are freed here.
-  stats!.dispose();
-  return o!;
+  return tf.tidy(() => {
+    // Key/value head h serves query heads h·group … h·group + group − 1 (transformers' repeat_kv):
+    // broadcast to one per query head by a product with ones, whose gradient sums each group back
+    // (tfjs's Tile has no gradient past rank 4).
+    const group = heads === undefined || kvHeads === undefined ? 1 : heads / kvHeads;
+    const perQueryHead = (x: tf.Tensor): tf.Tensor => {
+      if (group === 1) return x;
+      const [batch] = x.shape as [number];
+      return tf.reshape(tf.mul(tf.reshape(x, [batch * t * kvHeads!, 1, d]), tf.ones([1, group, 1])), [batch, t, heads! * d]);
+    };
+    const [o] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k: perQueryHead(k), v: perQueryHead(v) }, { scale, heads: heads ?? 0 }) as tf.Tensor[];
+    // The stats (and broadcast k, v) stay on the tape, saved for the gradient, until it is disposed; outside a tape tidy frees them.
+    return o!;
+  });
 }
 
 /**

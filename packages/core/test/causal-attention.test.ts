@@ -12,7 +12,7 @@ import { causalMix, causalScores } from '../src/causal-products.js';
 import { initRuntime } from '../src/index.js';
 import { matMulFlops, spyOnKernels } from '../src/kernel-spy.js';
 import { scaledSoftmax } from '../src/scaled-softmax.js';
-import { expectSameValues, maxRelativeError, seededRandomValues, withoutTensorLeaks } from '../src/testing.js';
+import { expectSameValues, expectTensorsClose, maxRelativeError, seededRandomValues, withoutTensorLeaks } from '../src/testing.js';
 
 // [leading axes, T, D]: the small model's attention; sizes off the 4×8 tile and off 4-value rows;
 // T of 1, 2 and 5; T of 4k + 1, 4k + 2 and 4k + 3 (the softmax's last group of four rows).
@@ -259,12 +259,56 @@ describe('causal attention in one kernel each way', () => {
     }
   );
 
+  it.each([
+    [2, 37, 4, 2, 16],
+    [1, 130, 6, 2, 8],
+    [2, 9, 3, 1, 5],
+  ])(
+    'takes grouped-query k, v in the layers’ layout (B %i, T %i, %i heads, %i key/value heads, D %i): each key/value head serves its group, as repeating it does',
+    async (batch, rows, heads, kvHeads, depth) => {
+      await withoutTensorLeaks(() => {
+        const group = heads / kvHeads;
+        const q = tf.tensor(seededRandomValues(batch * rows * heads * depth, 21, 2), [batch, rows, heads * depth]);
+        const [k, v] = [22, 23].map((seed) => tf.tensor(seededRandomValues(batch * rows * kvHeads * depth, seed, 2), [batch, rows, kvHeads * depth]));
+        const dy = tf.tensor(seededRandomValues(batch * rows * heads * depth, 24), [batch, rows, heads * depth]);
+        const scale = 1 / Math.sqrt(depth);
+        // transformers' repeat_kv: query head h reads key/value head ⌊h / group⌋.
+        const headIndex = tf.tensor1d(Array.from({ length: heads }, (_, h) => Math.floor(h / group)), 'int32');
+        const repeated = (x: tf.Tensor): tf.Tensor => tf.reshape(tf.gather(tf.reshape(x, [batch, rows, kvHeads, depth]), headIndex, 2), [batch, rows, heads * depth]);
+        const run = (attend: (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.Tensor): { names: string[]; values: Float32Array[] } => {
+          const spy = spyOnKernels();
+          const values = tf.tidy(() => {
+            const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), dy)))([q, k!, v!]);
+            return [attend(q, k!, v!), value, ...grads].map((tensor) => tensor.dataSync() as Float32Array);
+          });
+          spy.stop();
+          return { names: spy.calls.map((call) => call.kernelName), values };
+        };
+        const ours = run((a, b, c) => causalAttention(a, b, c, scale, { heads, kvHeads })!);
+        const theirs = run((a, b, c) => causalAttention(a, repeated(b), repeated(c), scale, { heads })!);
+        expect(ours.names.filter((name) => /Attention|Transpose|MatMul/.test(name)).sort()).toEqual([CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL].sort());
+        // The output and dq read the same numbers; dk and dv sum each group's terms (in another order where the group has more than two).
+        ours.values.slice(0, 3).forEach((values, i) => expectSameValues(values, theirs.values[i]!, ['o', 'Σ o∘dy', 'dq'][i]));
+        ours.values.slice(3).forEach((values, i) => expectTensorsClose(values, theirs.values[3 + i]!, { atol: 1e-6, rtol: 1e-6 }));
+        for (const gradient of ours.values.slice(2)) expect(gradient.every(Number.isFinite) && gradient.some((value) => value !== 0)).toBe(true);
+        tf.dispose([q, k!, v!, dy, headIndex]);
+      });
+    }
+  );
+
   it('declines the layers’ layout for heads that do not divide its width, or for another rank', async () => {
     await withoutTensorLeaks(() => {
       const [odd, stacked] = [tf.ones([2, 5, 20]), tf.ones([2, 2, 5, 4])];
       expect(causalAttention(odd, odd, odd, 1, { heads: 3 })).toBeNull();
       expect(causalAttention(odd, odd, odd, 1, { heads: 0 })).toBeNull();
       expect(causalAttention(stacked, stacked, stacked, 1, { heads: 2 })).toBeNull();
+      // Key/value heads that do not divide the heads, k and v of another width, or grouping without the layers' layout.
+      const narrow = tf.ones([2, 5, 10]);
+      expect(causalAttention(odd, narrow, narrow, 1, { heads: 4, kvHeads: 3 })).toBeNull();
+      expect(causalAttention(odd, narrow, narrow, 1, { heads: 4, kvHeads: 1 })).toBeNull();
+      expect(causalAttention(odd, odd, narrow, 1, { heads: 4, kvHeads: 2 })).toBeNull();
+      expect(causalAttention(stacked, stacked, stacked, 1, { kvHeads: 1 })).toBeNull();
+      narrow.dispose();
       tf.dispose([odd, stacked]);
     });
   });

@@ -96,23 +96,21 @@ export function pickToken(
   return order[order.length - 1]!;
 }
 
-/**
- * Continue prompts with a decoder model: greedy or sampled (temperature, top-k, top-p), with a
- * key/value cache by default. Prompts of different lengths run as one batch, left-padded as
- * transformers pads them: an attention mask leaves the pads out and each row's positions count
- * from its own first token, so a row gets the tokens it would get alone (greedy). The model runs
- * in eval mode (dropout off) and is put back in its previous mode afterwards. Rows that reach an
- * EOS token are padded with it until every row has finished.
- *
- * @returns each prompt (without padding) followed by its new tokens (plain arrays; no tensors to dispose).
- * @throws {ShapeError} for an empty prompt, or a sequence longer than the model supports.
- * @throws {ConfigError} naming an invalid option, or `model` when it is not a causal LM (a trunk, BERT).
- * @throws {LoraError} when the logits hold NaN or ±Infinity (non-finite weights); no token is emitted for that step.
- * @example
- * const [tokens] = generate(model, [tokenizer.encode('Call me')], { maxNewTokens: 40, doSample: true, topK: 20 });
- * console.log(tokenizer.decode(tokens));
- */
-export function generate(model: CausalLanguageModel, prompts: readonly number[] | ArrayLike<number> | readonly ArrayLike<number>[], options: GenerateOptions = {}): number[][] {
+/** What {@link generate} and {@link generateAsync} check and set up before their first step. */
+interface Generation {
+  readonly rows: number[][];
+  readonly pads: readonly number[];
+  readonly ragged: boolean;
+  readonly maxNewTokens: number;
+  readonly eos: ReadonlySet<number>;
+  readonly random: () => number;
+  readonly cache: KeyValueCache | undefined;
+  /** Free the cache and put the model back in the mode it was in. */
+  readonly close: () => void;
+}
+
+/** Check the prompts and options (throwing before anything is allocated), then set up a generation: the model in eval mode until `close`. */
+function startGeneration(model: CausalLanguageModel, prompts: readonly number[] | ArrayLike<number> | readonly ArrayLike<number>[], options: GenerateOptions): Generation {
   checkCausalLanguageModel(model);
   // A list of prompts (arrays, or typed arrays such as an Int32Array of ids), or one prompt.
   const isRow = (value: unknown): value is ArrayLike<number> => Array.isArray(value) || (ArrayBuffer.isView(value) && !(value instanceof DataView));
@@ -133,7 +131,6 @@ export function generate(model: CausalLanguageModel, prompts: readonly number[] 
   // The longest prompt sets the batch's width; shorter ones are left-padded to it.
   const length = Math.max(...rows.map((row) => row.length));
   const pads = rows.map((row) => length - row.length);
-  const ragged = pads.some((pad) => pad > 0);
   for (const row of rows) {
     const bad = row.find((id) => !Number.isInteger(id) || id < 0 || id >= model.vocabSize);
     if (bad !== undefined) throw new ConfigError({ plugin: PACKAGE, field: 'prompts', received: bad, expected: `token ids in [0, ${model.vocabSize})` });
@@ -151,63 +148,147 @@ export function generate(model: CausalLanguageModel, prompts: readonly number[] 
     checkOption(given.every(isToken), 'eosTokenId', options.eosTokenId, `a token id in [0, ${model.vocabSize}) or a list of them ([] never stops early)`);
     eosList = given as readonly number[];
   }
-  const eos = new Set(eosList);
   checkOption(options.seed === undefined || (typeof options.seed === 'number' && Number.isSafeInteger(options.seed)), 'seed', options.seed, 'an integer');
-  const random = seededRandom(options.seed ?? 0);
-  const useCache = options.useCache ?? true;
-  const cache = useCache ? new KeyValueCache(model.numLayers) : undefined;
+  const cache = (options.useCache ?? true) ? new KeyValueCache(model.numLayers) : undefined;
   const wasTraining = model.training;
   model.eval();
-  const finished = rows.map(() => false);
+  return {
+    rows,
+    pads,
+    ragged: pads.some((pad) => pad > 0),
+    maxNewTokens,
+    eos: new Set(eosList),
+    random: seededRandom(options.seed ?? 0),
+    cache,
+    close: () => {
+      cache?.dispose();
+      model.train(wasTraining);
+    },
+  };
+}
+
+/** A step's logits, read synchronously and freed. */
+function readLogits(logits: tf.Tensor2D): tf.TypedArray {
   try {
-    model.withAdapterInputs(options.adapterInputs, () => {
-      for (let step = 0; step < maxNewTokens; step++) {
-        const cached = cache !== undefined && cache.length > 0;
-        const feed = cached ? rows.map((row) => row.slice(-1)) : rows.map((row, i) => [...zeros(pads[i]!), ...row]);
-        const lastLogits = tf.tidy(() => {
-          const input = tf.tensor2d(feed, undefined, 'int32');
-          // Ragged prompts: the pads masked out (for every key the cache holds, too), and each row's
-          // positions from 0 at its first token, as transformers' generate derives them from the mask.
-          const padding = ragged
-            ? {
-                attentionMask: tf.tensor2d(rows.map((row, i) => [...zeros(pads[i]!), ...ones(row.length)]), undefined, 'int32'),
-                positionIds: tf.tensor2d(rows.map((row, i) => (cached ? [row.length - 1] : [...zeros(pads[i]!), ...row.map((_, position) => position)])), undefined, 'int32'),
-              }
-            : {};
-          const logits = model.forward(input, { cache, ...padding });
-          const [batch, time, vocab] = logits.shape as [number, number, number];
-          return tf.reshape(tf.slice(logits, [0, time - 1, 0], [batch, 1, vocab]), [batch, vocab]);
-        });
-        const values = lastLogits.dataSync();
-        lastLogits.dispose();
-        const vocab = model.vocabSize;
-        const nonFinite = values.findIndex((value) => !Number.isFinite(value));
-        if (nonFinite >= 0) {
-          // Argmax or sampling over NaN would emit token 0 (or any token) forever.
-          throw new LoraError(
-            `[${PACKAGE}] generate: the model's logits for prompt ${Math.floor(nonFinite / vocab)} at step ${step} hold ${values[nonFinite]} (token ${nonFinite % vocab}); no token can be chosen. ` +
-              'The weights hold NaN or ±Infinity (loaded with allowNonFinite, or a diverged run): load finite weights.',
-            { plugin: PACKAGE },
-          );
-        }
-        const chosen = rows.map((row, i) => {
-          if (finished[i]) {
-            const pad = row[row.length - 1]!;
-            row.push(pad);
-            return pad;
-          }
-          const token = pickToken(values.subarray(i * vocab, (i + 1) * vocab), options, random);
-          row.push(token);
-          if (eos.has(token)) finished[i] = true;
-          return token;
-        });
-        options.onStep?.(chosen, step);
-        if (finished.every(Boolean)) break;
-      }
-    });
+    return logits.dataSync();
   } finally {
-    cache?.dispose();
-    model.train(wasTraining);
+    logits.dispose();
+  }
+}
+
+/** A step's logits, read asynchronously and freed once the read has settled. */
+async function readLogitsAsync(logits: tf.Tensor2D): Promise<tf.TypedArray> {
+  try {
+    return await logits.data();
+  } finally {
+    logits.dispose();
+  }
+}
+
+/**
+ * The steps of a generation: each yields the next-token logits [rows, vocab] of the model (a tensor
+ * the driver reads, synchronously or not, and disposes) and receives their values, then picks the
+ * tokens. Returns the rows. The driver closes the generation afterwards.
+ */
+function* generationSteps(model: CausalLanguageModel, generation: Generation, options: GenerateOptions): Generator<tf.Tensor2D, number[][], tf.TypedArray> {
+  const { rows, pads, ragged, cache, eos, random } = generation;
+  const finished = rows.map(() => false);
+  for (let step = 0; step < generation.maxNewTokens; step++) {
+    const cached = cache !== undefined && cache.length > 0;
+    const feed = cached ? rows.map((row) => row.slice(-1)) : rows.map((row, i) => [...zeros(pads[i]!), ...row]);
+    const lastLogits = model.withAdapterInputs(options.adapterInputs, () =>
+      tf.tidy(() => {
+        const input = tf.tensor2d(feed, undefined, 'int32');
+        // Ragged prompts: the pads masked out (for every key the cache holds, too), and each row's
+        // positions from 0 at its first token, as transformers' generate derives them from the mask.
+        const padding = ragged
+          ? {
+              attentionMask: tf.tensor2d(rows.map((row, i) => [...zeros(pads[i]!), ...ones(row.length)]), undefined, 'int32'),
+              positionIds: tf.tensor2d(rows.map((row, i) => (cached ? [row.length - 1] : [...zeros(pads[i]!), ...row.map((_, position) => position)])), undefined, 'int32'),
+            }
+          : {};
+        const logits = model.forward(input, { cache, ...padding });
+        const [batch, time, vocab] = logits.shape as [number, number, number];
+        return tf.reshape(tf.slice(logits, [0, time - 1, 0], [batch, 1, vocab]), [batch, vocab]) as tf.Tensor2D;
+      }),
+    );
+    const values = yield lastLogits;
+    const vocab = model.vocabSize;
+    const nonFinite = values.findIndex((value) => !Number.isFinite(value));
+    if (nonFinite >= 0) {
+      // Argmax or sampling over NaN would emit token 0 (or any token) forever.
+      throw new LoraError(
+        `[${PACKAGE}] generate: the model's logits for prompt ${Math.floor(nonFinite / vocab)} at step ${step} hold ${values[nonFinite]} (token ${nonFinite % vocab}); no token can be chosen. ` +
+          'The weights hold NaN or ±Infinity (loaded with allowNonFinite, or a diverged run): load finite weights.',
+        { plugin: PACKAGE },
+      );
+    }
+    const chosen = rows.map((row, i) => {
+      if (finished[i]) {
+        const pad = row[row.length - 1]!;
+        row.push(pad);
+        return pad;
+      }
+      const token = pickToken(values.subarray(i * vocab, (i + 1) * vocab), options, random);
+      row.push(token);
+      if (eos.has(token)) finished[i] = true;
+      return token;
+    });
+    options.onStep?.(chosen, step);
+    if (finished.every(Boolean)) break;
   }
   return rows;
+}
+
+/**
+ * Continue prompts with a decoder model: greedy or sampled (temperature, top-k, top-p), with a
+ * key/value cache by default. Prompts of different lengths run as one batch, left-padded as
+ * transformers pads them: an attention mask leaves the pads out and each row's positions count
+ * from its own first token, so a row gets the tokens it would get alone (greedy). The model runs
+ * in eval mode (dropout off) and is put back in its previous mode afterwards. Rows that reach an
+ * EOS token are padded with it until every row has finished.
+ *
+ * Each token's logits are read synchronously, which on a GPU backend (webgl, webgpu) waits for the
+ * device and blocks the page: there, use {@link generateAsync}.
+ *
+ * @returns each prompt (without padding) followed by its new tokens (plain arrays; no tensors to dispose).
+ * @throws {ShapeError} for an empty prompt, or a sequence longer than the model supports.
+ * @throws {ConfigError} naming an invalid option, or `model` when it is not a causal LM (a trunk, BERT).
+ * @throws {LoraError} when the logits hold NaN or ±Infinity (non-finite weights); no token is emitted for that step.
+ * @example
+ * const [tokens] = generate(model, [tokenizer.encode('Call me')], { maxNewTokens: 40, doSample: true, topK: 20 });
+ * console.log(tokenizer.decode(tokens));
+ */
+export function generate(model: CausalLanguageModel, prompts: readonly number[] | ArrayLike<number> | readonly ArrayLike<number>[], options: GenerateOptions = {}): number[][] {
+  const generation = startGeneration(model, prompts, options);
+  try {
+    const steps = generationSteps(model, generation, options);
+    let next = steps.next();
+    while (!next.done) next = steps.next(readLogits(next.value));
+    return next.value;
+  } finally {
+    generation.close();
+  }
+}
+
+/**
+ * {@link generate}, reading each token's logits asynchronously (`await tensor.data()`): the same
+ * tokens, for GPU backends (webgl, webgpu), where a synchronous read waits for the device and blocks
+ * the page. The model is in eval mode until the promise settles; do not train or run it meanwhile.
+ *
+ * @returns a promise of each prompt followed by its new tokens.
+ * @throws as {@link generate} (the promise rejects).
+ * @example
+ * const [tokens] = await generateAsync(model, [tokenizer.encode('Call me')], { maxNewTokens: 40 });
+ */
+export async function generateAsync(model: CausalLanguageModel, prompts: readonly number[] | ArrayLike<number> | readonly ArrayLike<number>[], options: GenerateOptions = {}): Promise<number[][]> {
+  const generation = startGeneration(model, prompts, options);
+  try {
+    const steps = generationSteps(model, generation, options);
+    let next = steps.next();
+    while (!next.done) next = steps.next(await readLogitsAsync(next.value));
+    return next.value;
+  } finally {
+    generation.close();
+  }
 }

@@ -64,7 +64,7 @@ export type { TextExample, JsonlOptions, CsvOptions, SplitOptions, PaddedBatch, 
 export { loadMobyDick, mobyDickText, mobyDickSplits, MOBY_DICK_HELD_OUT_FRACTION, loadStateOfTheUnion, loadSpamAssassin } from './corpora.js';
 export type { MobyDickChapter, StateOfTheUnionSpeech, SpamAssassinMessage } from './corpora.js';
 export { seededRandom, shuffled } from './random.js';
-export { generate, pickToken } from './generate.js';
+export { generate, generateAsync, pickToken } from './generate.js';
 export type { GenerateOptions } from './generate.js';
 export { evaluatePerplexity, unigramPerplexity } from './perplexity.js';
 export type { PerplexityResult } from './perplexity.js';

@@ -59,11 +59,11 @@ export class LlamaAttention extends Module {
       const q = rotated(this.q_proj.forward(hidden), heads);
       const k = rotated(this.k_proj.forward(hidden), kvHeads);
       const v = this.v_proj.forward(hidden);
-      // The causal mask alone, nothing cached, one query head per key head and no dropout on the
-      // probabilities: core's attention in one kernel each way where it has one (WASM), reading q,
-      // k, v and writing its output in this layout (no transposes either way). Value for value what
-      // the split heads below give.
-      const whole = cache === undefined && bias?.rank === 2 && kvHeads === heads && !dropoutActive ? causalAttention(q, k, v, scale, { heads }) : null;
+      // The causal mask alone, nothing cached and no dropout on the probabilities: core's attention
+      // in one kernel each way where it has one (WASM), reading q, k, v and writing its output in
+      // this layout (no transposes either way; grouped key/value heads broadcast to their query
+      // heads). What the split heads below give, value for value without grouping.
+      const whole = cache === undefined && bias?.rank === 2 && !dropoutActive ? causalAttention(q, k, v, scale, { heads, kvHeads }) : null;
       if (whole !== null) return this.o_proj.forward(whole);
       let keys: tf.Tensor = splitHeads(k, kvHeads);
       let values: tf.Tensor = splitHeads(v, kvHeads);

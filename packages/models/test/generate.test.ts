@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError, ShapeError, initRuntime } from '@lora/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createModel, generate, loadPretrained, pickToken, type Gpt2LMHeadModel, type LlamaForCausalLM } from '../src/index.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { createModel, generate, generateAsync, loadPretrained, pickToken, type Gpt2LMHeadModel, type LlamaForCausalLM } from '../src/index.js';
 import { fixture, withoutLeaks } from './helpers.js';
 
 describe('generate', () => {
@@ -106,6 +106,63 @@ describe('generate', () => {
     expect(() => generate(gpt2, [1, 2], { maxNewTokens: 63 })).toThrow(ShapeError);
     expect(() => generate(gpt2, [1, 2], { temperature: 0 })).toThrow(ConfigError);
     expect(() => generate(gpt2, [1, 999], {})).toThrow(ConfigError);
+  });
+});
+
+describe('generateAsync', () => {
+  let llama: LlamaForCausalLM;
+
+  beforeAll(async () => {
+    await initRuntime();
+    llama = createModel(
+      { architectures: ['LlamaForCausalLM'], vocab_size: 64, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 },
+      { seed: 6 },
+    ) as LlamaForCausalLM;
+    // Sharper random weights so greedy choices are not near-ties.
+    for (const [, variable] of llama.namedParameters()) tf.tidy(() => variable.assign(tf.mul(variable, 8)));
+  });
+
+  afterAll(() => {
+    llama.dispose();
+  });
+
+  it('gives generate’s tokens (greedy, sampled, ragged, with and without the cache) reading every step’s logits asynchronously', async () => {
+    const prompts = [[1, 7], [3, 9, 27, 40, 2, 11], [5, 60, 13]];
+    const settings = [
+      { maxNewTokens: 10, eosTokenId: [] },
+      { maxNewTokens: 10, eosTokenId: [], useCache: false },
+      { maxNewTokens: 10, doSample: true, temperature: 1.3, topK: 20, topP: 0.9, seed: 4, eosTokenId: [] },
+    ];
+    for (const options of settings) {
+      const expected = generate(llama, prompts, options);
+      const steps: number[][] = [];
+      const synchronous = vi.spyOn(tf.Tensor.prototype, 'dataSync');
+      const asynchronous = vi.spyOn(tf.Tensor.prototype, 'data');
+      const before = tf.memory().numTensors;
+      llama.train();
+      try {
+        expect(await generateAsync(llama, prompts, { ...options, onStep: (tokens) => steps.push([...tokens]) })).toEqual(expected);
+        // The logits [rows, vocab] are read asynchronously, once a step, never synchronously (the
+        // host-memory backends' id checks and Llama's ragged positions read their int32 inputs).
+        const logitsShaped = (tensors: unknown[]): number => (tensors as tf.Tensor[]).filter((t) => t.dtype === 'float32' && t.shape.join() === `${prompts.length},64`).length;
+        expect(logitsShaped(synchronous.mock.contexts), JSON.stringify(options)).toBe(0);
+        expect(logitsShaped(asynchronous.mock.contexts), JSON.stringify(options)).toBe(10);
+        expect(synchronous.mock.contexts.every((t) => (t as tf.Tensor).dtype === 'int32')).toBe(true);
+      } finally {
+        synchronous.mockRestore();
+        asynchronous.mockRestore();
+      }
+      expect(tf.memory().numTensors).toBe(before);
+      expect(llama.training).toBe(true);
+      expect(steps).toEqual(Array.from({ length: 10 }, (_, step) => expected.map((row, i) => row[prompts[i]!.length + step]!)));
+    }
+    llama.eval();
+  });
+
+  it('rejects bad input with generate’s typed errors, before any step', async () => {
+    await expect(generateAsync(llama, [[1, 2], []], {})).rejects.toThrow(ShapeError);
+    await expect(generateAsync(llama, [1, 999], {})).rejects.toThrow(ConfigError);
+    await expect(generateAsync(llama, [1, 2], { topP: 0 })).rejects.toThrow(ConfigError);
   });
 });
 

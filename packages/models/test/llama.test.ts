@@ -157,8 +157,8 @@ describe('LlamaForCausalLM', () => {
     });
   }
 
-  it('matches the float64 reference without grouped-query attention or padding, where attention runs in one kernel each way on the projections’ layout (WASM: no transposes)', async () => {
-    const { model, shape } = tinyLlama(false, 14, 4);
+  it.each([4, 2, 1])('matches the float64 reference without padding, with %i key/value heads for 4 query heads, where attention runs in one kernel each way on the projections’ layout (WASM: no transposes)', async (kvHeads) => {
+    const { model, shape } = tinyLlama(false, 14, kvHeads);
     const params = new Map(model.namedParameters().map(([name, variable]) => [name, rows(variable.dataSync(), variable.shape)]));
     const tokens = [
       [3, 17, 42, 8, 60, 1, 29],
@@ -177,7 +177,7 @@ describe('LlamaForCausalLM', () => {
       }
       const expected = tokens.map((row) => referenceLogits(params, shape, row, row.map(() => 1)));
       const error = relativeError(logits, expected.flat(2));
-      console.log(`llama (no GQA, ${tf.getBackend()}) vs float64 reference: rel err ${error.toExponential(2)}`);
+      console.log(`llama (${kvHeads} key/value heads, no padding, ${tf.getBackend()}) vs float64 reference: rel err ${error.toExponential(2)}`);
       expect(error).toBeLessThan(1e-4);
       tf.dispose([input, logits]);
     });

@@ -14,7 +14,7 @@ import { AdapterModel, causalLmLoss, classificationLoss, createLoraRegistry, fas
 import { hasSimdBatchMatMul, simdKernelBuild, spyOnKernels } from '@lora/core/internal';
 import { formatBackendReport, useBestBackend, type BackendKind } from '@lora/cuda-backend';
 import { dora } from '@lora/dora';
-import { BertForSequenceClassification, Gpt2LMHeadModel, LlamaForCausalLM, parseBertConfig, parseGpt2Config, parseLlamaConfig, releaseCausalMasks } from '@lora/models';
+import { BertForSequenceClassification, generateAsync, Gpt2LMHeadModel, LlamaForCausalLM, parseBertConfig, parseGpt2Config, parseLlamaConfig, releaseCausalMasks } from '@lora/models';
 import { quant } from '@lora/quant';
 
 /** What the page is asked to run. */
@@ -194,6 +194,8 @@ export interface ArchitectureCheckResult {
   readonly losses: Readonly<Record<Architecture, readonly number[]>>;
   /** Core's fused kernels (names starting `Lora`) each architecture's training ran, sorted. */
   readonly fusedKernelsRun: Readonly<Record<Architecture, readonly string[]>>;
+  /** Greedy tokens from `generateAsync` on a sharpened seeded Llama (grouped-query attention, key/value cache), two prompts. */
+  readonly generated: readonly (readonly number[])[];
   readonly tensorsBefore: number;
   readonly tensorsAfter: number;
 }
@@ -240,8 +242,18 @@ async function runArchitectureCheck(request: ArchitectureCheckRequest): Promise<
     }
     fusedKernelsRun[architecture] = fusedKernelsOf(spy.calls);
   }
+  // Generation reading each token's logits asynchronously: on webgpu nothing is read synchronously.
+  // Weights scaled up so that greedy choices are far from ties and compare across backends.
+  const generator = new LlamaForCausalLM(parseLlamaConfig({ vocab_size: 40, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 }), { seed: 7 });
+  let generated: number[][];
+  try {
+    for (const [, variable] of generator.namedParameters()) tf.tidy(() => variable.assign(tf.mul(variable, 8)));
+    generated = await generateAsync(generator, [[1, 7, 3], [5, 9, 2]], { maxNewTokens: 8, eosTokenId: [] });
+  } finally {
+    generator.dispose();
+  }
   releaseCausalMasks();
-  return { backend: tf.getBackend(), losses, fusedKernelsRun, tensorsBefore, tensorsAfter: tf.memory().numTensors };
+  return { backend: tf.getBackend(), losses, fusedKernelsRun, generated, tensorsBefore, tensorsAfter: tf.memory().numTensors };
 }
 
 (globalThis as { loraCheck?: typeof runCheck }).loraCheck = runCheck;

@@ -114,7 +114,7 @@ describe('the @lora packages in headless Chromium', () => {
     expect(result!.savedBytes).toEqual(reference!.savedBytes);
   });
 
-  it('trains LoRA on Llama and on a BERT classifier on wasm, webgl and webgpu with the cpu backend\'s losses', async () => {
+  it('trains LoRA on Llama and on a BERT classifier on wasm, webgl and webgpu with the cpu backend\'s losses, and generates its tokens asynchronously', async () => {
     const cpu = await architectureCheck({ backend: 'cpu' });
     expect(cpu.backend).toBe('cpu');
     for (const backend of ['wasm', 'webgl', 'webgpu'] as const) {
@@ -131,6 +131,9 @@ describe('the @lora packages in headless Chromium', () => {
         // summation orders (and, on wasm, of core's fused kernels: BERT's exact gelu among them).
         for (const [step, loss] of losses.entries()) expect(Math.abs(loss - reference[step]!), `${backend} ${architecture} step ${step + 1}`).toBeLessThanOrEqual(1e-5);
       }
+      // generateAsync's greedy tokens as the cpu backend's (on webgpu with no synchronous read at all).
+      console.log(`${backend} generateAsync: ${JSON.stringify(result.generated)}`);
+      expect(result.generated, `${backend} generateAsync`).toEqual(cpu.generated);
       expect(result.tensorsAfter, `${backend}: tensors left behind`).toBe(result.tensorsBefore);
       // BERT's exact gelu, Llama's SiLU, RMSNorm and rotary embedding as core's fused kernels each way on wasm; the GPU backends run tfjs's own kernels.
       if (backend === 'wasm') {
@@ -142,6 +145,9 @@ describe('the @lora packages in headless Chromium', () => {
       }
     }
     expect(cpu.tensorsAfter).toBe(cpu.tensorsBefore);
+    // Two prompts of 3 tokens, 8 new tokens each, not one token repeated.
+    expect(cpu.generated.map((row) => row.length)).toEqual([11, 11]);
+    expect(cpu.generated.every((row) => new Set(row.slice(3)).size > 1)).toBe(true);
   });
 
   it('lets useBestBackend choose, and it says why it passed over each faster backend', async () => {
