@@ -657,12 +657,19 @@ export class AdapterModel<M extends Module = Module> implements AdapterLayerHost
    * a base are unmerged first. All or nothing: when the merge is refused (`safe` finds a non-finite
    * weight, a HyperLoRA cannot merge), the 4-bit bases are put back and the adapters merged before
    * are merged again, so the model is as it was.
+   *
+   * Without `dequantize`, a base that cannot hold the merged weight exactly (a 4-bit base re-quantizes
+   * it, lossily) says so in a note, as {@link AdapterModel.merge} returns them: `onNote` receives each
+   * (PEFT warns); nothing else reports them.
    */
-  mergeAndUnload(options: { safe?: boolean; dequantize?: boolean } = {}): M {
+  mergeAndUnload(options: { safe?: boolean; dequantize?: boolean; onNote?: (note: string) => void } = {}): M {
     this.assertLive('mergeAndUnload');
     if (!options.dequantize) {
-      this.merge({ safe: options.safe });
-      return this.unload();
+      const notes = this.merge({ safe: options.safe });
+      const model = this.unload();
+      // After the unload: a callback that throws leaves the model merged and unloaded, not half done.
+      for (const note of notes) options.onNote?.(note);
+      return model;
     }
     const mergedBefore = this.adapterLayers().map(([, layer]) => [layer, [...layer.mergedAdapters]] as const);
     this.unmerge();

@@ -319,6 +319,29 @@ describe('merging into a 4-bit base', () => {
     });
   });
 
+  it('mergeAndUnload without dequantize hands each lossy re-quantization note to onNote, after the unload', async () => {
+    await withoutTensorLeaks(() => {
+      const peft = qloraModel();
+      const notes: string[] = [];
+      const model = peft.mergeAndUnload({ onNote: (note) => notes.push(note) });
+      expect(notes).toHaveLength(2);
+      for (const note of notes) expect(note).toMatch(/re-quantized to nf4 \(lossy\): max \|error\| [\d.e-]+, mean \|error\| [\d.e-]+/u);
+      expect(model.fc1).toBeInstanceOf(QuantLinear);
+      model.dispose();
+      // A callback that throws finds the model already unloaded.
+      const again = qloraModel();
+      const plain = again.model;
+      expect(() => again.mergeAndUnload({ onNote: () => { throw new Error('stop'); } })).toThrow('stop');
+      expect(plain.fc1).toBeInstanceOf(QuantLinear);
+      plain.dispose();
+      // A float base merges exactly: no note.
+      const exact: string[] = [];
+      const dequantized = qloraModel().mergeAndUnload({ dequantize: true, onNote: (note) => exact.push(note) });
+      expect(exact).toEqual([]);
+      dequantized.dispose();
+    });
+  });
+
   it('mergeAndDequantize gives a float model computing dequant(W4) + ΔW exactly', async () => {
     await withoutTensorLeaks(() => {
       const peft = qloraModel();
