@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { LayerNorm, layerIndexOf } from '@lora/core';
+import { silu } from '@lora/core/internal';
 import type { HyperLoraConfig } from './hyper-config.js';
 
 /** One adapted layer as the generator sees it. */
@@ -144,10 +145,6 @@ interface Head {
   /** `basis`: K bases of A, [K, r·in], and of B, [K, out·r]. */
   readonly aBasis?: tf.Variable;
   readonly bBasis?: tf.Variable;
-}
-
-function silu(x: tf.Tensor): tf.Tensor {
-  return tf.mul(x, tf.sigmoid(x));
 }
 
 /**
