@@ -7,10 +7,10 @@ import { normalInit } from './initialization.js';
 import { llamaConfigJson, type LlamaConfig } from './llama-config.js';
 import { OutputHead } from './output-head.js';
 import { CausalLanguageModel, PretrainedModel, type CausalLmForwardOptions, type LayerSlot } from './pretrained-model.js';
-import { applyRotary, rotaryInverseFrequencies, rotaryTables } from './rotary.js';
+import { rotaryInverseFrequencies, rotaryTables } from './rotary.js';
 import { checkIdTensor } from './input-checks.js';
 import { dropout } from '@lora/core';
-import { causalAttention } from '@lora/core/internal';
+import { causalAttention, rotaryEmbedding } from '@lora/core/internal';
 
 /** Rotary cos/sin tables [B, T, 1, headDim / 2] for one forward pass, shared by every layer. */
 interface RotaryContext {
@@ -53,9 +53,9 @@ export class LlamaAttention extends Module {
       const [batch, time] = hidden.shape as [number, number];
       const scale = 1 / Math.sqrt(headDim);
       const dropoutActive = this.training && attentionDropout > 0;
-      // Rotary in the projections' layout [B, T, heads, D] (reshapes, no copies): each position's
-      // angles serve all its heads, and no head is split out for it.
-      const rotated = (x: tf.Tensor, n: number): tf.Tensor => tf.reshape(applyRotary(tf.reshape(x, [batch, time, n, headDim]), rotary.cos, rotary.sin), [batch, time, n * headDim]);
+      // Rotary (transformers' rotate_half form) in the projections' layout [B, T, heads, D] (reshapes,
+      // no copies): each position's angles serve all its heads, and no head is split out for it.
+      const rotated = (x: tf.Tensor, n: number): tf.Tensor => tf.reshape(rotaryEmbedding(tf.reshape(x, [batch, time, n, headDim]), rotary.cos, rotary.sin), [batch, time, n * headDim]);
       const q = rotated(this.q_proj.forward(hidden), heads);
       const k = rotated(this.k_proj.forward(hidden), kvHeads);
       const v = this.v_proj.forward(hidden);

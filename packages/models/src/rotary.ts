@@ -1,5 +1,4 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { rotaryEmbedding } from '@lora/core/internal';
 import type { LlamaConfig } from './llama-config.js';
 
 /**
@@ -48,12 +47,4 @@ export function rotaryTables(inverseFrequencies: Float64Array, positions: ArrayL
     }
   }
   return { cos: tf.tensor4d(cos, [batch, time, 1, half]), sin: tf.tensor4d(sin, [batch, time, 1, half]) };
-}
-
-/**
- * x·cos + rotate_half(x)·sin for x [B, T, H, D], where rotate_half(x) = cat(−x₂, x₁), with the
- * half-width tables of {@link rotaryTables}: core's `rotaryEmbedding` (one kernel each way on WASM).
- */
-export function applyRotary(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
-  return rotaryEmbedding(x, cos, sin);
 }
