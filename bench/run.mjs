@@ -6,6 +6,7 @@
 // Sections are listed in SECTIONS; each exports a function taking { quick, threads, log, print }
 // and returning its rows. Ratios are measured within one run; nothing here asserts timings.
 import { parseArgs } from 'node:util';
+import { runArchitectures } from './architectures.mjs';
 import { runGenerate } from './generate.mjs';
 import { runProfile } from './profile.mjs';
 import { runComparison } from './comparison.mjs';
@@ -15,6 +16,7 @@ const SECTIONS = {
   throughput: runThroughput,
   profile: runProfile,
   generate: runGenerate,
+  architectures: runArchitectures,
   comparison: runComparison,
 };
 
