@@ -7,10 +7,10 @@ import { normalInit } from './initialization.js';
 import { llamaConfigJson, type LlamaConfig } from './llama-config.js';
 import { OutputHead } from './output-head.js';
 import { CausalLanguageModel, PretrainedModel, type CausalLmForwardOptions, type LayerSlot } from './pretrained-model.js';
-import { rotaryInverseFrequencies, rotaryTables } from './rotary.js';
+import { rotaryInverseFrequencies, rotaryTables, rotaryTablesOnDevice } from './rotary.js';
 import { checkIdTensor } from './input-checks.js';
 import { dropout } from '@lora/core';
-import { causalAttention, rotaryEmbedding } from '@lora/core/internal';
+import { causalAttention, hostReadIsCheap, rotaryEmbedding } from '@lora/core/internal';
 
 /** Rotary cos/sin tables [B, T, 1, headDim / 2] for one forward pass, shared by every layer. */
 interface RotaryContext {
@@ -178,28 +178,35 @@ export class LlamaModel extends PretrainedModel {
     options.cache?.check(this.config.numHiddenLayers, batch);
     checkIdTensor(inputIds, { name: 'inputIds', size: this.config.vocabSize, field: 'vocab_size' });
     const past = options.cache?.length ?? 0;
-    let positions: ArrayLike<number>;
+    let rotary: RotaryContext;
     if (options.positionIds) {
       const ids = options.positionIds;
       if (!((ids.rank === 2 && ids.shape[0] === batch && ids.shape[1] === time) || (ids.rank === 1 && ids.shape[0] === time))) {
         throw new ShapeError(`[${PACKAGE}] positionIds`, [batch, time], ids.shape);
       }
-      const values = ids.dataSync();
-      const bad = values.findIndex((value) => !(Number.isInteger(value) && value >= 0));
-      if (ids.dtype === 'bool' || ids.dtype === 'string' || bad >= 0) {
-        // Rotary angles take any number: a fractional or negative position would silently rotate by the wrong angle.
-        throw new ConfigError({
-          plugin: PACKAGE,
-          field: bad >= 0 ? `positionIds${ids.rank === 2 ? `[${Math.floor(bad / time)}][${bad % time}]` : `[${bad}]`}` : 'positionIds',
-          received: bad >= 0 ? values[bad] : `a ${ids.dtype} tensor`,
-          expected: 'a non-negative integer position (int32, or float32 holding integers)',
-        });
+      if (ids.dtype === 'bool' || ids.dtype === 'string') {
+        throw new ConfigError({ plugin: PACKAGE, field: 'positionIds', received: `a ${ids.dtype} tensor`, expected: 'a non-negative integer position (int32, or float32 holding integers)' });
       }
-      positions = ids.rank === 2 ? values : Array.from({ length: batch * time }, (_, i) => values[i % time]!);
+      if (hostReadIsCheap()) {
+        const values = ids.dataSync();
+        const bad = values.findIndex((value) => !(Number.isInteger(value) && value >= 0));
+        if (bad >= 0) {
+          // Rotary angles take any number: a fractional or negative position would silently rotate by the wrong angle.
+          throw new ConfigError({
+            plugin: PACKAGE,
+            field: `positionIds${ids.rank === 2 ? `[${Math.floor(bad / time)}][${bad % time}]` : `[${bad}]`}`,
+            received: values[bad],
+            expected: 'a non-negative integer position (int32, or float32 holding integers)',
+          });
+        }
+        rotary = rotaryTables(this.inverseFrequencies, ids.rank === 2 ? values : Array.from({ length: batch * time }, (_, i) => values[i % time]!), batch, time);
+      } else {
+        // A GPU backend: the tables from the positions where they lie (a read would stall the device); unchecked there, as token ids are.
+        rotary = rotaryTablesOnDevice(this.inverseFrequencies, ids, batch, time);
+      }
     } else {
-      positions = Array.from({ length: batch * time }, (_, i) => past + (i % time));
+      rotary = rotaryTables(this.inverseFrequencies, Array.from({ length: batch * time }, (_, i) => past + (i % time)), batch, time);
     }
-    const rotary = rotaryTables(this.inverseFrequencies, positions, batch, time);
     let bias: tf.Tensor | null = null;
     try {
       // Inside the try: a bad attentionMask throws here, and the rotary tables must still be freed.

@@ -48,3 +48,17 @@ export function rotaryTables(inverseFrequencies: Float64Array, positions: ArrayL
   }
   return { cos: tf.tensor4d(cos, [batch, time, 1, half]), sin: tf.tensor4d(sin, [batch, time, 1, half]) };
 }
+
+/**
+ * The tables of {@link rotaryTables} computed on the device from a tensor of positions ([B, T], or
+ * [T] for every row), in float32 as transformers computes them (angle = position · 1/θ^(2i/d), then
+ * cos and sin): for GPU backends, where reading the positions back to the host would stall.
+ */
+export function rotaryTablesOnDevice(inverseFrequencies: Float64Array, positionIds: tf.Tensor, batch: number, time: number): { cos: tf.Tensor4D; sin: tf.Tensor4D } {
+  return tf.tidy(() => {
+    const half = inverseFrequencies.length;
+    const positions = tf.reshape(tf.cast(positionIds, 'float32'), [positionIds.rank === 2 ? batch : 1, time, 1, 1]);
+    const angles = tf.broadcastTo(tf.mul(positions, tf.tensor4d(Float32Array.from(inverseFrequencies), [1, 1, 1, half])), [batch, time, 1, half]);
+    return { cos: tf.cos(angles) as tf.Tensor4D, sin: tf.sin(angles) as tf.Tensor4D };
+  });
+}

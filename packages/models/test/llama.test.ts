@@ -3,6 +3,7 @@ import { initRuntime, type ConfigError } from '@lora/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { KeyValueCache, createModel, parseLlamaConfig, rotaryInverseFrequencies, type LlamaForCausalLM } from '../src/index.js';
 import { ids, relativeError, withoutLeaks } from './helpers.js';
+import { rotaryTables, rotaryTablesOnDevice } from '../src/rotary.js';
 import { CAUSAL_ATTENTION_KERNEL, ROTARY_KERNEL, spyOnKernels } from '@lora/core/internal';
 
 /** Plain float64 recomputation of LlamaForCausalLM from the published equations (no tfjs). */
@@ -200,6 +201,33 @@ describe('LlamaForCausalLM', () => {
       tf.dispose([full, step]);
     });
     model.dispose();
+  });
+});
+
+describe('rotary tables', () => {
+  it('are the same computed on the device from a positions tensor (GPU backends) as on the host in float64, within float32 angles', async () => {
+    await initRuntime();
+    const config = parseLlamaConfig({ vocab_size: 10, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 1, num_attention_heads: 2 });
+    const frequencies = rotaryInverseFrequencies(config);
+    const rows = [
+      [0, 1, 2, 3, 4],
+      [0, 0, 7, 8, 200],
+    ];
+    await withoutLeaks(() => {
+      const host = rotaryTables(frequencies, rows.flat(), 2, 5);
+      const positions = ids(rows);
+      const device = rotaryTablesOnDevice(frequencies, positions, 2, 5);
+      expect(device.cos.shape).toEqual([2, 5, 1, frequencies.length]);
+      // float32 angles: position · frequency rounds to about 1e-5 at 200 radians.
+      expect(relativeError(device.cos, host.cos.dataSync())).toBeLessThan(3e-5);
+      expect(relativeError(device.sin, host.sin.dataSync())).toBeLessThan(3e-5);
+      // One row of positions for every sequence.
+      const shared = tf.tensor1d([0, 1, 2, 3, 4], 'int32');
+      const broadcast = rotaryTablesOnDevice(frequencies, shared, 2, 5);
+      const sharedHost = rotaryTables(frequencies, [...rows[0]!, ...rows[0]!], 2, 5);
+      expect(relativeError(broadcast.cos, sharedHost.cos.dataSync())).toBeLessThan(3e-5);
+      tf.dispose([host.cos, host.sin, positions, device.cos, device.sin, shared, broadcast.cos, broadcast.sin, sharedHost.cos, sharedHost.sin]);
+    });
   });
 });
 

@@ -194,7 +194,7 @@ export interface ArchitectureCheckResult {
   readonly losses: Readonly<Record<Architecture, readonly number[]>>;
   /** Core's fused kernels (names starting `Lora`) each architecture's training ran, sorted. */
   readonly fusedKernelsRun: Readonly<Record<Architecture, readonly string[]>>;
-  /** Greedy tokens from `generateAsync` on a sharpened seeded Llama (grouped-query attention, key/value cache), two prompts. */
+  /** Greedy tokens from `generateAsync` on a sharpened seeded Llama (grouped-query attention, key/value cache), two prompts of different lengths. */
   readonly generated: readonly (readonly number[])[];
   readonly tensorsBefore: number;
   readonly tensorsAfter: number;
@@ -243,12 +243,14 @@ async function runArchitectureCheck(request: ArchitectureCheckRequest): Promise<
     fusedKernelsRun[architecture] = fusedKernelsOf(spy.calls);
   }
   // Generation reading each token's logits asynchronously: on webgpu nothing is read synchronously.
-  // Weights scaled up so that greedy choices are far from ties and compare across backends.
+  // Prompts of two lengths, so each step passes Llama per-row positions, whose rotary tables a GPU
+  // backend computes on the device. Weights scaled up so that greedy choices are far from ties and
+  // compare across backends.
   const generator = new LlamaForCausalLM(parseLlamaConfig({ vocab_size: 40, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 }), { seed: 7 });
   let generated: number[][];
   try {
     for (const [, variable] of generator.namedParameters()) tf.tidy(() => variable.assign(tf.mul(variable, 8)));
-    generated = await generateAsync(generator, [[1, 7, 3], [5, 9, 2]], { maxNewTokens: 8, eosTokenId: [] });
+    generated = await generateAsync(generator, [[1, 7, 3], [5, 9]], { maxNewTokens: 8, eosTokenId: [] });
   } finally {
     generator.dispose();
   }

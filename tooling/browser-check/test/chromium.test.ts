@@ -131,7 +131,8 @@ describe('the @lora packages in headless Chromium', () => {
         // summation orders (and, on wasm, of core's fused kernels: BERT's exact gelu among them).
         for (const [step, loss] of losses.entries()) expect(Math.abs(loss - reference[step]!), `${backend} ${architecture} step ${step + 1}`).toBeLessThanOrEqual(1e-5);
       }
-      // generateAsync's greedy tokens as the cpu backend's (on webgpu with no synchronous read at all).
+      // generateAsync's greedy tokens as the cpu backend's (on webgpu with no synchronous read at all: Llama's
+      // per-row positions of the left-padded prompts become rotary tables on the device).
       console.log(`${backend} generateAsync: ${JSON.stringify(result.generated)}`);
       expect(result.generated, `${backend} generateAsync`).toEqual(cpu.generated);
       expect(result.tensorsAfter, `${backend}: tensors left behind`).toBe(result.tensorsBefore);
@@ -145,9 +146,9 @@ describe('the @lora packages in headless Chromium', () => {
       }
     }
     expect(cpu.tensorsAfter).toBe(cpu.tensorsBefore);
-    // Two prompts of 3 tokens, 8 new tokens each, not one token repeated.
-    expect(cpu.generated.map((row) => row.length)).toEqual([11, 11]);
-    expect(cpu.generated.every((row) => new Set(row.slice(3)).size > 1)).toBe(true);
+    // Prompts of 3 and 2 tokens, 8 new tokens each, not one token repeated.
+    expect(cpu.generated.map((row) => row.length)).toEqual([11, 10]);
+    expect(cpu.generated.every((row) => new Set(row.slice(-8)).size > 1)).toBe(true);
   });
 
   it('lets useBestBackend choose, and it says why it passed over each faster backend', async () => {
