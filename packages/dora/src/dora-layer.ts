@@ -10,7 +10,7 @@ import {
   type ApplyContext,
   type BaseLayer,
 } from '@lora/core';
-import { lowRankLinearTrain } from '@lora/core/internal';
+import { hostReadIsCheap, lowRankLinearTrain } from '@lora/core/internal';
 
 /** Options for {@link DoraAdapter}. */
 export interface DoraAdapterOptions {
@@ -114,8 +114,11 @@ export class DoraAdapter implements AdapterInstance {
       return tf.variable(rowNorm(tf.add(weight, this.factors.deltaWeight())), true);
     });
     // An output row of zeros has norm 0: the magnitude scaling m / ‖W + ΔW‖ is then 0/0, NaN in every
-    // forward pass (PEFT's too), and a merge writes it into the base.
-    const zero = (this.magnitude.dataSync() as Float32Array).indexOf(0);
+    // forward pass (PEFT's too), and a merge writes it into the base. Checked where the magnitudes are
+    // in host memory (cpu, wasm, tensorflow); a GPU backend would stall on the read (and headless
+    // Chromium's WebGPU on SwiftShader breaks on it), and there the NaN stops training at its first
+    // step instead (the trainer keeps no non-finite loss).
+    const zero = hostReadIsCheap() ? (this.magnitude.dataSync() as Float32Array).indexOf(0) : -1;
     if (zero >= 0) {
       this.factors.dispose();
       this.magnitude.dispose();

@@ -89,29 +89,31 @@ describe('the @lora packages in headless Chromium', () => {
     });
   }
 
-  // LoRA only: QLoRA quantizes the base weights on the host and DoRA checks its magnitudes there when
-  // a model is built, synchronously, which headless Chromium's WebGPU on SwiftShader does not survive
-  // (see page.ts); the other backends check them.
-  it('trains a LoRA adapter on webgpu (WebGPU on SwiftShader) with the cpu backend\'s losses, saves it asynchronously and reloads it with identical logits', async () => {
-    const cpu = await check({ backend: 'cpu', recipes: ['lora'], reads: 'async' });
-    const gpu = await check({ backend: 'webgpu', recipes: ['lora'], reads: 'async' });
+  // LoRA and DoRA: QLoRA quantizes the base weights on the host when a model is built, synchronously,
+  // which headless Chromium's WebGPU on SwiftShader does not survive (see page.ts); the other backends
+  // check it. (DoRA's zero-row check reads its magnitudes only on the host-memory backends.)
+  it('trains LoRA and DoRA adapters on webgpu (WebGPU on SwiftShader) with the cpu backend\'s losses, saves them asynchronously and reloads them with identical logits', async () => {
+    const cpu = await check({ backend: 'cpu', recipes: ['lora', 'dora'], reads: 'async' });
+    const gpu = await check({ backend: 'webgpu', recipes: ['lora', 'dora'], reads: 'async' });
     expect(cpu.backend).toBe('cpu');
     expect(gpu.backend).toBe('webgpu');
-    const [result] = gpu.results;
-    const [reference] = cpu.results;
-    const largest = Math.max(...result!.losses.map((loss, step) => Math.abs(loss - reference!.losses[step]!)));
-    console.log(`webgpu lora: loss ${result!.losses.map((loss) => loss.toFixed(5)).join(' → ')} (cpu ${reference!.losses.map((loss) => loss.toFixed(5)).join(' → ')}; largest |Δ| ${largest.toExponential(2)}), reload diff ${result!.reloadMaxAbsDiff}`);
-    expectTrainedAndReloaded(result!);
-    expectTrainedAndReloaded(reference!);
-    // The same seeded model, data and dropout masks: each step's loss as on the cpu backend, within
-    // float32 rounding of the GPU's other summation orders (measured: at most 4.8e-7; an AddN of 8
-    // inputs, which WebGPU drops, put step 3 off by 1.5e-4).
-    for (const [step, loss] of result!.losses.entries()) expect(Math.abs(loss - reference!.losses[step]!), `step ${step + 1}`).toBeLessThanOrEqual(1e-5);
-    // The gradient norm sums 8 factors' squares: tfjs's webgpu AddN fails past 7 inputs, so no AddN may have more.
-    expect(result!.addNCalls).toBeGreaterThan(0);
-    expect(result!.maxAddNInputs).toBeLessThanOrEqual(7);
-    // The saved files are the cpu backend's, to the byte count.
-    expect(result!.savedBytes).toEqual(reference!.savedBytes);
+    expect(gpu.results.map((r) => r.recipe)).toEqual(['lora', 'dora']);
+    for (const [index, result] of gpu.results.entries()) {
+      const reference = cpu.results[index]!;
+      const largest = Math.max(...result.losses.map((loss, step) => Math.abs(loss - reference.losses[step]!)));
+      console.log(`webgpu ${result.recipe}: loss ${result.losses.map((loss) => loss.toFixed(5)).join(' → ')} (cpu ${reference.losses.map((loss) => loss.toFixed(5)).join(' → ')}; largest |Δ| ${largest.toExponential(2)}), reload diff ${result.reloadMaxAbsDiff}`);
+      expectTrainedAndReloaded(result);
+      expectTrainedAndReloaded(reference);
+      // The same seeded model, data and dropout masks: each step's loss as on the cpu backend, within
+      // float32 rounding of the GPU's other summation orders (measured for LoRA: at most 4.8e-7; an
+      // AddN of 8 inputs, which WebGPU drops, put step 3 off by 1.5e-4).
+      for (const [step, loss] of result.losses.entries()) expect(Math.abs(loss - reference.losses[step]!), `${result.recipe} step ${step + 1}`).toBeLessThanOrEqual(1e-5);
+      // The gradient norm sums 8 factors' squares (12 with DoRA's magnitudes): tfjs's webgpu AddN fails past 7 inputs, so no AddN may have more.
+      expect(result.addNCalls).toBeGreaterThan(0);
+      expect(result.maxAddNInputs).toBeLessThanOrEqual(7);
+      // The saved files are the cpu backend's, to the byte count.
+      expect(result.savedBytes).toEqual(reference.savedBytes);
+    }
   });
 
   it('trains LoRA on Llama and on a BERT classifier on wasm, webgl and webgpu with the cpu backend\'s losses, and generates its tokens asynchronously', async () => {
