@@ -8,28 +8,37 @@ export const LAYER_NORM_GRAD_KERNEL = 'LoraLayerNormGrad';
 /** The fused LayerNorm's weight gradient Σ dy·x̂ over the rows: inputs `dy`, `x`; attribute `eps`. */
 export const LAYER_NORM_WEIGHT_GRAD_KERNEL = 'LoraLayerNormWeightGrad';
 
+/** A fused norm's kernels: its value (inputs `x`, `weight`, and LayerNorm's `bias`), input gradient and weight gradient. */
+export interface NormKernels {
+  readonly value: string;
+  readonly gradient: string;
+  readonly weightGradient: string;
+}
+
 /**
- * The fused kernel's gradient, one thunk per input: the tape calls only those of inputs it
- * differentiates (so a frozen weight and bias cost nothing).
+ * Register a fused norm's gradient (LayerNorm's, or RMSNorm's without a bias), one thunk per input:
+ * the tape calls only those of inputs it differentiates (so a frozen weight and bias cost nothing).
  */
-function registerLayerNormGradient(): void {
-  if (tf.getGradient(LAYER_NORM_KERNEL) !== undefined) return;
+export function registerNormGradient(kernels: NormKernels, withBias: boolean): void {
+  if (tf.getGradient(kernels.value) !== undefined) return;
   tf.registerGradient({
-    kernelName: LAYER_NORM_KERNEL,
+    kernelName: kernels.value,
     inputsToSave: ['x', 'weight'],
     gradFunc: (dy, saved, attrs) => {
       const [x, weight] = saved as [tf.Tensor, tf.Tensor];
       const upstream = dy as tf.Tensor;
       const eps = { eps: attrs['eps'] as number };
-      const leadingAxes = Array.from({ length: x.rank - 1 }, (_, i) => i);
-      return {
-        x: () => tf.engine().runKernel(LAYER_NORM_GRAD_KERNEL, { dy: upstream, x, weight }, eps) as tf.Tensor,
-        weight: () => tf.engine().runKernel(LAYER_NORM_WEIGHT_GRAD_KERNEL, { dy: upstream, x }, eps) as tf.Tensor,
-        bias: () => tf.sum(upstream, leadingAxes),
+      const thunks: Record<string, () => tf.Tensor> = {
+        x: () => tf.engine().runKernel(kernels.gradient, { dy: upstream, x, weight }, eps) as tf.Tensor,
+        weight: () => tf.engine().runKernel(kernels.weightGradient, { dy: upstream, x }, eps) as tf.Tensor,
       };
+      if (withBias) thunks['bias'] = () => tf.sum(upstream, Array.from({ length: x.rank - 1 }, (_, i) => i));
+      return thunks;
     },
   });
 }
+
+const LAYER_NORM_KERNELS: NormKernels = { value: LAYER_NORM_KERNEL, gradient: LAYER_NORM_GRAD_KERNEL, weightGradient: LAYER_NORM_WEIGHT_GRAD_KERNEL };
 
 /**
  * LayerNorm over the last axis, (x − μ)·r·w + b with r = 1/√(σ² + eps), differentiable. On a
@@ -39,7 +48,7 @@ function registerLayerNormGradient(): void {
 export function layerNorm(input: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
   const fused = input.dtype === 'float32' && activeBackendHasKernels(LAYER_NORM_KERNEL, LAYER_NORM_GRAD_KERNEL, LAYER_NORM_WEIGHT_GRAD_KERNEL);
   if (!fused) return compositeLayerNorm(input, weight, bias, eps);
-  registerLayerNormGradient();
+  registerNormGradient(LAYER_NORM_KERNELS, true);
   return tf.engine().runKernel(LAYER_NORM_KERNEL, { x: input, weight, bias }, { eps }) as tf.Tensor;
 }
 

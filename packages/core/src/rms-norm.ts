@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { registerNormGradient, type NormKernels } from './layer-norm.js';
 import { activeBackendHasKernels } from './registered-kernels.js';
 
 /** tfjs kernel name of the fused RMSNorm (inputs `x`, `weight`; attribute `eps`), registered by core's WASM kernels. */
@@ -8,26 +9,7 @@ export const RMS_NORM_GRAD_KERNEL = 'LoraRmsNormGrad';
 /** The fused RMSNorm's weight gradient Σ dy·x̂ over the rows: inputs `dy`, `x`; attribute `eps`. */
 export const RMS_NORM_WEIGHT_GRAD_KERNEL = 'LoraRmsNormWeightGrad';
 
-/**
- * The fused kernel's gradient, one thunk per input: the tape calls only those of inputs it
- * differentiates (so a frozen weight costs nothing).
- */
-function registerRmsNormGradient(): void {
-  if (tf.getGradient(RMS_NORM_KERNEL) !== undefined) return;
-  tf.registerGradient({
-    kernelName: RMS_NORM_KERNEL,
-    inputsToSave: ['x', 'weight'],
-    gradFunc: (dy, saved, attrs) => {
-      const [x, weight] = saved as [tf.Tensor, tf.Tensor];
-      const upstream = dy as tf.Tensor;
-      const eps = { eps: attrs['eps'] as number };
-      return {
-        x: () => tf.engine().runKernel(RMS_NORM_GRAD_KERNEL, { dy: upstream, x, weight }, eps) as tf.Tensor,
-        weight: () => tf.engine().runKernel(RMS_NORM_WEIGHT_GRAD_KERNEL, { dy: upstream, x }, eps) as tf.Tensor,
-      };
-    },
-  });
-}
+const RMS_NORM_KERNELS: NormKernels = { value: RMS_NORM_KERNEL, gradient: RMS_NORM_GRAD_KERNEL, weightGradient: RMS_NORM_WEIGHT_GRAD_KERNEL };
 
 /**
  * RMSNorm over the last axis, x·r·w with r = 1/√(mean(x²) + eps) (Llama's `LlamaRMSNorm`),
@@ -43,6 +25,6 @@ export function rmsNorm(input: tf.Tensor, weight: tf.Tensor, eps: number): tf.Te
       return tf.mul(tf.mul(input, tf.rsqrt(tf.add(meanSquare, eps))), weight);
     });
   }
-  registerRmsNormGradient();
+  registerNormGradient(RMS_NORM_KERNELS, false);
   return tf.engine().runKernel(RMS_NORM_KERNEL, { x: input, weight }, { eps }) as tf.Tensor;
 }
