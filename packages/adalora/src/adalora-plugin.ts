@@ -45,9 +45,10 @@ class AdaLoraState implements AdapterState {
     const key = `adalora.${this.adapterName}`;
     return {
       extraLoss: () => orthogonalRegularization(adapters(), { weight: this.config.orthRegWeight, form: this.config.orthogonalRegularizer }),
-      afterStep: ({ step, gradients }) => {
-        // PEFT's global step is 0-based; the trainer's is 1-based.
-        this.allocatorOrCreate().updateAndAllocate(step - 1, gradients);
+      afterStep: async ({ step, gradients }) => {
+        // PEFT's global step is 0-based; the trainer's is 1-based. The scores are read with
+        // `await data()`, so AdaLoRA trains on GPU backends without stalling them.
+        await this.allocatorOrCreate().updateAndAllocateAsync(step - 1, gradients);
       },
       checkpoint: {
         key,
@@ -180,7 +181,8 @@ function adaLoraEntry(adapterModel: AdapterModel, adapterName: string): { config
 
 /**
  * The rank allocator of an AdaLoRA adapter (created on first use), for hand-written training loops
- * — call `allocator.updateAndAllocate(globalStep, gradients)` after each optimizer step — and for
+ * — call `allocator.updateAndAllocate(globalStep, gradients)` after each optimizer step (or
+ * `await allocator.updateAndAllocateAsync(…)` on a GPU backend) — and for
  * its importance scores and history. Core's trainer with `adapterModel.trainingHooks()` drives the
  * same allocator.
  * @throws {LoraError} when the adapter is not AdaLoRA or is frozen (`inferenceMode`).

@@ -199,10 +199,35 @@ export class RankAllocator {
    * - `step === totalStep − tfinal`: mask to the target budget, fix that pattern, free the importance state;
    * - later: re-zero the pruned Λ entries after every optimizer update.
    *
+   * The triplet scores, where growth or masking needs them, are read synchronously: on a GPU backend
+   * use {@link RankAllocator.updateAndAllocateAsync}.
+   *
    * @param step PEFT's 0-based global step (core's trainer passes `step − 1` of its 1-based count).
    * @throws {TrainingError} when a factor has no gradient (the adapter is not trainable).
    */
   updateAndAllocate(step: number, gradients: ReadonlyMap<tf.Variable, tf.Tensor>): AllocationResult {
+    return this.allocate(step, this.updateForStep(step, gradients) ? this.tripletScores() : null);
+  }
+
+  /**
+   * {@link RankAllocator.updateAndAllocate}, reading the triplet scores with `await data()`: a
+   * synchronous read stalls a GPU backend (WebGL, WebGPU) until its queue drains. The plugin's
+   * training hook calls this one. The same result, step for step.
+   */
+  async updateAndAllocateAsync(step: number, gradients: ReadonlyMap<tf.Variable, tf.Tensor>): Promise<AllocationResult> {
+    return this.allocate(step, this.updateForStep(step, gradients) ? await this.tripletScoresAsync() : null);
+  }
+
+  /** A step's importance update (before the final step); whether growth or masking will need the scores. */
+  private updateForStep(step: number, gradients: ReadonlyMap<tf.Variable, tf.Tensor>): boolean {
+    if (step > this.finalStep) return false;
+    if (step === this.finalStep) return true;
+    this.updateImportance(gradients);
+    return this.growthDue(step) || this.budgetAt(step).mask;
+  }
+
+  /** The rest of a step, after updateForStep, with the scores it asked for (growth leaves them as they are). */
+  private allocate(step: number, scores: Map<string, Float32Array> | null): AllocationResult {
     const finalStep = this.finalStep;
     let phase: AllocationPhase;
     let budget: number;
@@ -210,20 +235,19 @@ export class RankAllocator {
     let grown: Record<string, number> = {};
     let masked = false;
     if (step < finalStep) {
-      this.updateImportance(gradients);
-      grown = this.growIfDue(step);
+      if (this.growthDue(step)) grown = this.grow(step, scores!);
       const scheduled = this.budgetAt(step);
       budget = scheduled.budget;
       phase = step <= this.config.tinit ? 'warmup' : 'budgeting';
       if (scheduled.mask) {
-        rankPattern = this.maskToBudget(budget, { step, final: false });
+        rankPattern = this.maskWithScores(scores!, budget, { step, final: false });
         this.lastPattern = rankPattern;
         masked = true;
       }
     } else if (step === finalStep) {
       budget = this.budgetAt(step).budget;
       phase = 'final';
-      rankPattern = this.maskToBudget(budget, { step, final: true });
+      rankPattern = this.maskWithScores(scores!, budget, { step, final: true });
       this.lastPattern = rankPattern;
       this.finalPattern = rankPattern;
       masked = true;
@@ -293,11 +317,32 @@ export class RankAllocator {
    * `s(E_i) + (mean_j s(A_ij) + mean_k s(B_ki))`. Zero before the first importance update.
    */
   tripletScores(): Map<string, Float32Array> {
-    const scores = new Map<string, Float32Array>();
+    const tensors = this.tripletScoreTensors();
+    try {
+      return new Map([...tensors].map(([path, values]) => [path, values.dataSync() as Float32Array]));
+    } finally {
+      tf.dispose([...tensors.values()]);
+    }
+  }
+
+  /** {@link RankAllocator.tripletScores}, read with `await data()` (nothing read synchronously). */
+  async tripletScoresAsync(): Promise<Map<string, Float32Array>> {
+    const tensors = this.tripletScoreTensors();
+    try {
+      const read = await Promise.all([...tensors].map(async ([path, values]) => [path, (await values.data()) as Float32Array] as const));
+      return new Map(read);
+    } finally {
+      tf.dispose([...tensors.values()]);
+    }
+  }
+
+  /** Each module's triplet scores as a tensor (zeros before the first update); the caller disposes them. */
+  private tripletScoreTensors(): Map<string, tf.Tensor> {
+    const scores = new Map<string, tf.Tensor>();
     for (const [path, adapter] of this.modules) {
       const perFactor = this.state.get(adapter);
       if (!perFactor || adapter.rows === 0) {
-        scores.set(path, new Float32Array(adapter.rows));
+        scores.set(path, tf.zeros([adapter.rows]));
         continue;
       }
       const element = (name: FactorName): tf.Tensor => {
@@ -310,8 +355,7 @@ export class RankAllocator {
         const fromE = tf.reshape(element('lora_E'), [-1]);
         return tf.add(fromE, tf.add(fromA, fromB));
       });
-      scores.set(path, values.dataSync() as Float32Array);
-      values.dispose();
+      scores.set(path, values);
     }
     return scores;
   }
@@ -339,7 +383,11 @@ export class RankAllocator {
    * @returns the rank pattern (keyed `<path>.lora_E`).
    */
   maskToBudget(budget: number, options: { step: number; final: boolean }): Record<string, boolean[]> {
-    const scores = this.tripletScores();
+    return this.maskWithScores(this.tripletScores(), budget, options);
+  }
+
+  /** {@link RankAllocator.maskToBudget} with the triplet scores already read. */
+  private maskWithScores(scores: ReadonlyMap<string, Float32Array>, budget: number, options: { step: number; final: boolean }): Record<string, boolean[]> {
     const pool: number[] = [];
     let protectedCount = 0;
     const isProtected = (adapter: AdaLoraAdapter, row: number): boolean =>
@@ -367,10 +415,15 @@ export class RankAllocator {
     return pattern;
   }
 
-  private growIfDue(step: number): Record<string, number> {
+  /** Whether rank growth (when configured) is due at this step. */
+  private growthDue(step: number): boolean {
     const growth: AdaLoraGrowthOptions | null = this.config.growth;
-    if (!growth || step <= 0 || step % growth.every !== 0) return {};
-    const scores = this.tripletScores();
+    return growth !== null && step > 0 && step % growth.every === 0;
+  }
+
+  /** Grow the highest-scoring modules' dormant rows (a step where growthDue). */
+  private grow(step: number, scores: ReadonlyMap<string, Float32Array>): Record<string, number> {
+    const growth = this.config.growth!;
     const candidates = this.modules
       .map(([path, adapter], index) => {
         const live = adapter.liveRows();

@@ -4,7 +4,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { withoutTensorLeaks } from '@lora/core/testing';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { adalora, adaLoraAllocator, adaLoraRankHistory, formatRankTable, isAdaLoraAdapter, saveAdaLoraAdapter, type AdaLoraAdapter } from '../src/index.js';
 import { maxAbsDifference, SmallNet } from './helpers.js';
 
@@ -81,6 +81,48 @@ describe('rank growth (growth option)', () => {
     // Module.dispose frees variables without calling adapter dispose(), so free the allocator here.
     adaLoraAllocator(peft).dispose();
     peft.dispose();
+    });
+  });
+
+  it('updateAndAllocateAsync gives updateAndAllocate’s results and weights step for step, reading nothing synchronously', async () => {
+    await withoutTensorLeaks(async () => {
+      // Growth (every 3 steps), budgeting (every step after tinit), the final step (16) and fixed steps after it.
+      const config = { initR: 4, targetR: 2, totalStep: 20, tinit: 2, tfinal: 4, targetModules: ['fc1', 'fc2', 'fc3'], growth: { startRank: 1, every: 3 } };
+      const [sync, async] = [0, 1].map(() => AdapterModel.create(new SmallNet(4), { registry, plugin: 'adalora', config }));
+      const x = tf.randomNormal([16, 12], 0, 1, 'float32', 5);
+      const y = tf.randomNormal([16, 4], 0, 1, 'float32', 6);
+      const synchronousReads = vi.spyOn(tf.Tensor.prototype, 'dataSync');
+      const phases = new Set<string>();
+      let grown = 0;
+      try {
+        for (let step = 0; step < 19; step++) {
+          const results = [];
+          for (const peft of [sync!, async!]) {
+            const variables = peft.model.trainableVariables();
+            const { grads, value } = tf.variableGrads(() => tf.mean(tf.square(tf.sub(peft.model.forward(x), y))) as tf.Scalar, variables);
+            const gradients = new Map(variables.map((v) => [v, grads[v.name]!] as const));
+            tf.tidy(() => variables.forEach((v) => v.assign(tf.sub(v, tf.mul(gradients.get(v)!, 0.05)))));
+            const allocator = adaLoraAllocator(peft);
+            synchronousReads.mockClear();
+            results.push(peft === sync ? allocator.updateAndAllocate(step, gradients) : await allocator.updateAndAllocateAsync(step, gradients));
+            if (peft === async) expect(synchronousReads).not.toHaveBeenCalled();
+            tf.dispose([value, ...Object.values(grads)]);
+          }
+          expect(results[1], `step ${step}`).toEqual(results[0]);
+          phases.add(results[0]!.phase);
+          grown += Object.keys(results[0]!.grown).length;
+        }
+      } finally {
+        synchronousReads.mockRestore();
+      }
+      expect([...phases].sort()).toEqual(['budgeting', 'final', 'fixed', 'warmup']);
+      expect(grown).toBeGreaterThan(0);
+      const [syncWeights, asyncWeights] = [sync!, async!].map((peft) => peft.model.trainableVariables().map((v) => [...v.dataSync()]));
+      expect(asyncWeights).toEqual(syncWeights);
+      expect(adaLoraRankHistory(async!)!.entries).toEqual(adaLoraRankHistory(sync!)!.entries);
+      tf.dispose([x, y]);
+      sync!.dispose();
+      async!.dispose();
     });
   });
 

@@ -152,10 +152,17 @@ export interface AdapterInstance {
 export interface TrainingHooks {
   /** An extra loss term, computed inside the gradient tape (e.g. AdaLoRA's orthogonal regulariser). */
   extraLoss?(context: { readonly step: number }): tf.Scalar | null;
-  /** After backward and clipping, before the optimizer step: may read (not keep) the gradients. */
-  afterBackward?(context: { readonly step: number; readonly gradients: ReadonlyMap<tf.Variable, tf.Tensor> }): void;
-  /** After the optimizer step, while this step's gradients (by variable) are still alive. */
-  afterStep?(context: { readonly step: number; readonly gradients: ReadonlyMap<tf.Variable, tf.Tensor> }): void;
+  /**
+   * After backward and clipping, before the optimizer step: may read (not keep) the gradients. May
+   * return a promise, which `train()` awaits before it goes on (read tensors with `await data()`
+   * there: a synchronous read stalls a GPU backend).
+   */
+  afterBackward?(context: { readonly step: number; readonly gradients: ReadonlyMap<tf.Variable, tf.Tensor> }): void | Promise<void>;
+  /**
+   * After the optimizer step, while this step's gradients (by variable) are still alive. May return
+   * a promise, which `train()` awaits (the gradients stay alive until it settles).
+   */
+  afterStep?(context: { readonly step: number; readonly gradients: ReadonlyMap<tf.Variable, tf.Tensor> }): void | Promise<void>;
   /**
    * State the hook keeps from step to step that a resumed run needs to continue exactly (AdaLoRA's
    * importance estimates, masks and schedule position). `train()` stores it in its checkpoint file,

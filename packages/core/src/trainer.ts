@@ -564,10 +564,16 @@ export async function train<Batch>(options: TrainOptions<Batch>): Promise<TrainR
       }
       norm.dispose();
       const byVariable = new Map(variables.map((variable, i) => [variable, gradients[i]!] as const));
-      for (const hook of hooks) hook.afterBackward?.({ step: step + 1, gradients: byVariable });
-      optimizer.applyGradients(byVariable);
-      for (const hook of hooks) hook.afterStep?.({ step: step + 1, gradients: byVariable });
-      tf.dispose(gradients);
+      try {
+        // Awaited in turn: a hook may read tensors asynchronously (a synchronous read stalls a GPU
+        // backend, and on WebGPU may lose the device).
+        for (const hook of hooks) await hook.afterBackward?.({ step: step + 1, gradients: byVariable });
+        optimizer.applyGradients(byVariable);
+        for (const hook of hooks) await hook.afterStep?.({ step: step + 1, gradients: byVariable });
+      } finally {
+        // Also when a hook throws: this step's gradients are nobody else's to free.
+        tf.dispose(gradients);
+      }
       const finiteWeights = (await readScalar(allFiniteFlag(variables))) === 1;
       if (!finiteWeights) await stop('non-finite-parameters', step + 1, step + 1, false, Number.NaN);
 

@@ -425,7 +425,9 @@ describe('train', () => {
             events.push(`backward ${step}`);
             sawGradient ||= gradients.has(adapterA);
           },
-          afterStep: ({ step }) => events.push(`step ${step}`),
+          afterStep: ({ step }) => {
+            events.push(`step ${step}`);
+          },
         },
       ],
     });
@@ -436,6 +438,49 @@ describe('train', () => {
     expect(sawGradient).toBe(true);
     adapterModel.dispose();
     plain.dispose();
+  });
+
+  it('awaits hooks that return promises, in order, and frees the step’s gradients when a hook rejects', async () => {
+    const adapterModel = setUp();
+    const events: string[] = [];
+    const later = (event: string) => new Promise<void>((resolve) => setTimeout(() => {
+      events.push(event);
+      resolve();
+    }, 5));
+    await train({
+      model: adapterModel.model,
+      lossFn: mse(adapterModel.model),
+      trainData: data,
+      steps: 2,
+      hooks: [
+        { afterBackward: ({ step }) => later(`backward ${step}`), afterStep: ({ step }) => later(`step ${step}`) },
+        { afterStep: ({ step }) => void events.push(`second hook ${step}`) },
+      ],
+      onProgress: (event) => void events.push(`progress ${event.step}`),
+    });
+    expect(events).toEqual(['backward 1', 'step 1', 'second hook 1', 'progress 1', 'backward 2', 'step 2', 'second hook 2', 'progress 2']);
+    const before = tf.memory().numTensors;
+    let stepped = 0;
+    await expect(
+      train({
+        model: adapterModel.model,
+        lossFn: mse(adapterModel.model),
+        trainData: data,
+        steps: 3,
+        hooks: [
+          {
+            afterStep: async ({ step }) => {
+              stepped = step;
+              await new Promise((resolve) => setTimeout(resolve, 1));
+              if (step === 2) throw new Error('the hook failed');
+            },
+          },
+        ],
+      }),
+    ).rejects.toThrow('the hook failed');
+    expect(stepped).toBe(2);
+    expect(tf.memory().numTensors).toBe(before);
+    adapterModel.dispose();
   });
 
   it('uses a caller-owned optimizer and leaves it undisposed', async () => {

@@ -10,6 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 // picks them up.
 import '@tensorflow/tfjs-backend-webgpu';
 import '@tensorflow/tfjs-backend-webgl';
+import { adalora, adaLoraRankHistory } from '@lora/adalora';
 import { AdapterModel, causalLmLoss, classificationLoss, createLoraRegistry, fastWasmKernels, loadAdapter, lora, serializeAdapter, serializeAdapterAsync, train } from '@lora/core';
 import { hasSimdBatchMatMul, simdKernelBuild, spyOnKernels } from '@lora/core/internal';
 import { formatBackendReport, useBestBackend, type BackendKind } from '@lora/cuda-backend';
@@ -30,8 +31,8 @@ export interface CheckRequest {
   readonly reads?: 'sync' | 'async';
 }
 
-/** An adapter recipe: LoRA, DoRA, or QLoRA (4-bit NF4 base + LoRA). */
-export type Recipe = 'lora' | 'dora' | 'qlora';
+/** An adapter recipe: LoRA, DoRA, QLoRA (4-bit NF4 base + LoRA), or AdaLoRA (its ranks allocated during the 4 steps). */
+export type Recipe = 'lora' | 'dora' | 'qlora' | 'adalora';
 
 /** One recipe's outcome. */
 export interface RecipeResult {
@@ -48,6 +49,8 @@ export interface RecipeResult {
   /** AddN kernels run during training, and the most inputs one of them had. */
   readonly addNCalls: number;
   readonly maxAddNInputs: number;
+  /** AdaLoRA: its rank allocator's phases over the steps and the ranks it kept in all (null for the other recipes). */
+  readonly rankAllocation: { readonly phases: readonly string[]; readonly total: number } | null;
   readonly tensorsBefore: number;
   readonly tensorsAfter: number;
 }
@@ -74,17 +77,22 @@ function tokens(seed: number): tf.Tensor2D {
 }
 
 function registry(): ReturnType<typeof createLoraRegistry> {
-  return createLoraRegistry({ plugins: [lora({ seed: 3 }), dora({ seed: 3 }), quant()] });
+  return createLoraRegistry({ plugins: [lora({ seed: 3 }), dora({ seed: 3 }), adalora({ seed: 3 }), quant()] });
 }
 
 function adapterModel(recipe: Recipe): AdapterModel<Gpt2LMHeadModel> {
   // The same seed gives the same random base weights in both models.
   return AdapterModel.create(new Gpt2LMHeadModel(CONFIG, { seed: 11 }), {
     registry: registry(),
-    plugin: recipe === 'dora' ? 'dora' : 'lora',
+    plugin: recipe === 'qlora' ? 'lora' : recipe,
     transforms: recipe === 'qlora' ? ['quant'] : [],
-    // Dropout on the adapters' input, so training runs core's fused dropout kernel too.
-    config: { r: 4, loraAlpha: 8, loraDropout: 0.1, targetModules: ['c_attn', 'c_fc'] },
+    // Dropout on the adapters' input, so training runs core's fused dropout kernel too. AdaLoRA's
+    // schedule over the 4 steps: warm-up (PEFT's steps 0, 1), a mask to the budget (2), the final
+    // mask (3); the allocator reads the triplet scores at the last two.
+    config:
+      recipe === 'adalora'
+        ? { initR: 4, targetR: 2, totalStep: STEPS, tinit: 1, tfinal: 1, deltaT: 1, loraAlpha: 8, loraDropout: 0.1, targetModules: ['c_attn', 'c_fc'] }
+        : { r: 4, loraAlpha: 8, loraDropout: 0.1, targetModules: ['c_attn', 'c_fc'] },
   });
 }
 
@@ -104,6 +112,11 @@ async function maxAbsDiffAsync(a: tf.Tensor, b: tf.Tensor): Promise<number> {
   } finally {
     difference.dispose();
   }
+}
+
+function rankAllocationOf(model: AdapterModel): RecipeResult['rankAllocation'] {
+  const entries = adaLoraRankHistory(model)?.entries ?? [];
+  return { phases: entries.map((entry) => entry.phase), total: entries.at(-1)?.total ?? -1 };
 }
 
 async function runRecipe(recipe: Recipe, reads: 'sync' | 'async'): Promise<RecipeResult> {
@@ -150,6 +163,7 @@ async function runRecipe(recipe: Recipe, reads: 'sync' | 'async'): Promise<Recip
         fusedKernelsRun,
         addNCalls: addN.length,
         maxAddNInputs: Math.max(0, ...addN.map((call) => Object.keys(call.inputShapes).length)),
+        rankAllocation: recipe === 'adalora' ? rankAllocationOf(trained) : null,
       };
       tf.dispose([expected, reloaded, base]);
       fresh.dispose();

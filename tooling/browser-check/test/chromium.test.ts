@@ -78,7 +78,8 @@ describe('the @lora packages in headless Chromium', () => {
       for (const recipe of result.results) {
         // LoRA's layers train through the fused layer kernels (base product included; with dropout on the adapter's input),
         // QLoRA's (a 4-bit base) through the fused LoRA passes; DoRA's have their own arithmetic.
-        const lowRank = { lora: ['LoraLinearDropoutForward', 'LoraLinearBackward'], qlora: ['LoraLowRankForward', 'LoraLowRankBackward'], dora: [] }[recipe.recipe] ?? [];
+        const lowRankByRecipe: Partial<Record<RecipeResult['recipe'], string[]>> = { lora: ['LoraLinearDropoutForward', 'LoraLinearBackward'], qlora: ['LoraLowRankForward', 'LoraLowRankBackward'] };
+        const lowRank = lowRankByRecipe[recipe.recipe] ?? [];
         // GPT-2's causal attention (no dropout on its probabilities) runs as one kernel each way, on its fused projection.
         const causal = ['LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad'];
         if (backend === 'wasm') expect(recipe.fusedKernelsRun, recipe.recipe).toEqual(expect.arrayContaining(['LoraDropout', 'LoraGeluTanh', 'LoraLayerNorm', 'LoraAdamWUpdate', ...lowRank, ...causal]));
@@ -89,15 +90,17 @@ describe('the @lora packages in headless Chromium', () => {
     });
   }
 
-  // LoRA and DoRA: QLoRA quantizes the base weights on the host when a model is built, synchronously,
-  // which headless Chromium's WebGPU on SwiftShader does not survive (see page.ts); the other backends
-  // check it. (DoRA's zero-row check reads its magnitudes only on the host-memory backends.)
-  it('trains LoRA and DoRA adapters on webgpu (WebGPU on SwiftShader) with the cpu backend\'s losses, saves them asynchronously and reloads them with identical logits', async () => {
-    const cpu = await check({ backend: 'cpu', recipes: ['lora', 'dora'], reads: 'async' });
-    const gpu = await check({ backend: 'webgpu', recipes: ['lora', 'dora'], reads: 'async' });
+  // LoRA, DoRA and AdaLoRA: QLoRA quantizes the base weights on the host when a model is built,
+  // synchronously, which headless Chromium's WebGPU on SwiftShader does not survive (see page.ts); the
+  // other backends check it. (DoRA's zero-row check reads its magnitudes only on the host-memory
+  // backends; AdaLoRA's training hook reads the triplet scores with `await data()`.)
+  it('trains LoRA, DoRA and AdaLoRA adapters on webgpu (WebGPU on SwiftShader) with the cpu backend\'s losses, saves them asynchronously and reloads them with identical logits', async () => {
+    const recipes = ['lora', 'dora', 'adalora'] as const;
+    const cpu = await check({ backend: 'cpu', recipes, reads: 'async' });
+    const gpu = await check({ backend: 'webgpu', recipes, reads: 'async' });
     expect(cpu.backend).toBe('cpu');
     expect(gpu.backend).toBe('webgpu');
-    expect(gpu.results.map((r) => r.recipe)).toEqual(['lora', 'dora']);
+    expect(gpu.results.map((r) => r.recipe)).toEqual(recipes);
     for (const [index, result] of gpu.results.entries()) {
       const reference = cpu.results[index]!;
       const largest = Math.max(...result.losses.map((loss, step) => Math.abs(loss - reference.losses[step]!)));
@@ -108,10 +111,14 @@ describe('the @lora packages in headless Chromium', () => {
       // float32 rounding of the GPU's other summation orders (measured for LoRA: at most 4.8e-7; an
       // AddN of 8 inputs, which WebGPU drops, put step 3 off by 1.5e-4).
       for (const [step, loss] of result.losses.entries()) expect(Math.abs(loss - reference.losses[step]!), `${result.recipe} step ${step + 1}`).toBeLessThanOrEqual(1e-5);
-      // The gradient norm sums 8 factors' squares (12 with DoRA's magnitudes): tfjs's webgpu AddN fails past 7 inputs, so no AddN may have more.
+      // The gradient norm sums 8 factors' squares (12 with DoRA's magnitudes or AdaLoRA's E): tfjs's webgpu AddN fails past 7 inputs, so no AddN may have more.
       expect(result.addNCalls).toBeGreaterThan(0);
       expect(result.maxAddNInputs).toBeLessThanOrEqual(7);
-      // The saved files are the cpu backend's, to the byte count.
+      // AdaLoRA's allocator ran its whole schedule, reading the scores asynchronously at the two masks:
+      // 4 modules kept 2 triplets each of 4.
+      if (result.recipe === 'adalora') expect(result.rankAllocation).toEqual({ phases: ['warmup', 'warmup', 'budgeting', 'final'], total: 8 });
+      else expect(result.rankAllocation).toBeNull();
+      // The saved files are the cpu backend's, to the byte count (AdaLoRA's pruned to the same ranks).
       expect(result.savedBytes).toEqual(reference.savedBytes);
     }
   });
