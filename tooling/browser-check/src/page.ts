@@ -16,6 +16,7 @@ import { hasSimdBatchMatMul, simdKernelBuild, spyOnKernels } from '@lora/core/in
 import { formatBackendReport, useBestBackend, type BackendKind } from '@lora/cuda-backend';
 import { dora } from '@lora/dora';
 import { BertForSequenceClassification, generateAsync, Gpt2LMHeadModel, LlamaForCausalLM, parseBertConfig, parseGpt2Config, parseLlamaConfig, releaseCausalMasks } from '@lora/models';
+import { hyper } from '@lora/hyper';
 import { quant } from '@lora/quant';
 
 /** What the page is asked to run. */
@@ -31,8 +32,11 @@ export interface CheckRequest {
   readonly reads?: 'sync' | 'async';
 }
 
-/** An adapter recipe: LoRA, DoRA, QLoRA (4-bit NF4 base + LoRA), or AdaLoRA (its ranks allocated during the 4 steps). */
-export type Recipe = 'lora' | 'dora' | 'qlora' | 'adalora';
+/**
+ * An adapter recipe: LoRA, DoRA, QLoRA (4-bit NF4 base + LoRA), AdaLoRA (its ranks allocated during
+ * the 4 steps), or HyperLoRA (a generator makes each row's adapter from its condition).
+ */
+export type Recipe = 'lora' | 'dora' | 'qlora' | 'adalora' | 'hyper';
 
 /** One recipe's outcome. */
 export interface RecipeResult {
@@ -77,7 +81,25 @@ function tokens(seed: number): tf.Tensor2D {
 }
 
 function registry(): ReturnType<typeof createLoraRegistry> {
-  return createLoraRegistry({ plugins: [lora({ seed: 3 }), dora({ seed: 3 }), adalora({ seed: 3 }), quant()] });
+  return createLoraRegistry({ plugins: [lora({ seed: 3 }), dora({ seed: 3 }), adalora({ seed: 3 }), hyper({ seed: 3 }), quant()] });
+}
+
+const HYPER_CONDITION = {
+  kind: 'discrete',
+  factors: [
+    { name: 'src', values: ['en', 'fr', 'de'], dim: 4 },
+    { name: 'tgt', values: ['en', 'fr', 'de'], dim: 4 },
+  ],
+} as const;
+/** The conditions of a batch's two rows (HyperLoRA; the other recipes take no adapter inputs). */
+const CONDITIONS = [
+  { src: 'en', tgt: 'fr' },
+  { src: 'de', tgt: 'en' },
+];
+
+/** The recipe's logits for `ids`: HyperLoRA's with each row's condition. */
+function logitsOf(recipe: Recipe, model: Gpt2LMHeadModel, ids: tf.Tensor2D): tf.Tensor {
+  return model.forward(ids, recipe === 'hyper' ? { adapterInputs: { condition: CONDITIONS } } : {});
 }
 
 function adapterModel(recipe: Recipe): AdapterModel<Gpt2LMHeadModel> {
@@ -89,10 +111,13 @@ function adapterModel(recipe: Recipe): AdapterModel<Gpt2LMHeadModel> {
     // Dropout on the adapters' input, so training runs core's fused dropout kernel too. AdaLoRA's
     // schedule over the 4 steps: warm-up (PEFT's steps 0, 1), a mask to the budget (2), the final
     // mask (3); the allocator reads the triplet scores at the last two.
+    // HyperLoRA's condition dropout draws from its seeded generator.
     config:
       recipe === 'adalora'
         ? { initR: 4, targetR: 2, totalStep: STEPS, tinit: 1, tfinal: 1, deltaT: 1, loraAlpha: 8, loraDropout: 0.1, targetModules: ['c_attn', 'c_fc'] }
-        : { r: 4, loraAlpha: 8, loraDropout: 0.1, targetModules: ['c_attn', 'c_fc'] },
+        : recipe === 'hyper'
+          ? { r: 4, loraAlpha: 8, targetModules: ['c_attn', 'c_fc'], condition: HYPER_CONDITION, conditionDropout: 0.2 }
+          : { r: 4, loraAlpha: 8, loraDropout: 0.1, targetModules: ['c_attn', 'c_fc'] },
   });
 }
 
@@ -135,7 +160,7 @@ async function runRecipe(recipe: Recipe, reads: 'sync' | 'async'): Promise<Recip
         steps: STEPS,
         learningRate: 2e-2,
         ...(reads === 'async' ? { seed: 5 } : {}),
-        lossFn: (batch: { inputIds: tf.Tensor2D }) => tf.tidy(() => causalLmLoss(trained.model.forward(batch.inputIds), batch.inputIds)),
+        lossFn: (batch: { inputIds: tf.Tensor2D }) => tf.tidy(() => causalLmLoss(logitsOf(recipe, trained.model, batch.inputIds), batch.inputIds)),
       }));
     } finally {
       spy.stop();
@@ -150,9 +175,9 @@ async function runRecipe(recipe: Recipe, reads: 'sync' | 'async'): Promise<Recip
     fresh.deleteAdapter('default');
     try {
       await loadAdapter(fresh, { files, name: `${recipe} adapter bytes` });
-      const expected = trained.model.forward(probe);
-      const reloaded = fresh.model.forward(probe);
-      const base = fresh.disableAdapters(() => fresh.model.forward(probe));
+      const expected = logitsOf(recipe, trained.model, probe);
+      const reloaded = logitsOf(recipe, fresh.model, probe);
+      const base = fresh.disableAdapters(() => logitsOf(recipe, fresh.model, probe));
       const difference = reads === 'async' ? maxAbsDiffAsync : async (a: tf.Tensor, b: tf.Tensor) => maxAbsDiff(a, b);
       const result = {
         recipe,

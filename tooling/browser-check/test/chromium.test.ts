@@ -63,8 +63,9 @@ function expectTrainedAndReloaded(result: RecipeResult): void {
 
 describe('the @lora packages in headless Chromium', () => {
   for (const backend of ['cpu', 'wasm', 'webgl'] as const) {
-    it(`trains LoRA, DoRA and QLoRA adapters on ${backend}, saves them to bytes and reloads them with identical logits`, async () => {
-      const result = await check({ backend, recipes: ['lora', 'dora', 'qlora'] });
+    it(`trains LoRA, DoRA, QLoRA, AdaLoRA and HyperLoRA adapters on ${backend}, saves them to bytes and reloads them with identical logits`, async () => {
+      const recipes = ['lora', 'dora', 'qlora', 'adalora', 'hyper'] as const;
+      const result = await check({ backend, recipes });
       console.log(`${backend}: ${result.results.map((r) => `${r.recipe} loss ${r.losses[0]!.toFixed(4)} → ${r.losses.at(-1)!.toFixed(4)}, reload diff ${r.reloadMaxAbsDiff}`).join('; ')}`);
       expect(result.backend).toBe(backend);
       // Core's SIMD kernel for attention and thin products must run in a page too, not fall back.
@@ -82,20 +83,23 @@ describe('the @lora packages in headless Chromium', () => {
         const lowRank = lowRankByRecipe[recipe.recipe] ?? [];
         // GPT-2's causal attention (no dropout on its probabilities) runs as one kernel each way, on its fused projection.
         const causal = ['LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad'];
-        if (backend === 'wasm') expect(recipe.fusedKernelsRun, recipe.recipe).toEqual(expect.arrayContaining(['LoraDropout', 'LoraGeluTanh', 'LoraLayerNorm', 'LoraAdamWUpdate', ...lowRank, ...causal]));
+        // Every recipe but HyperLoRA has dropout on the adapters' input.
+        const dropout = recipe.recipe === 'hyper' ? [] : ['LoraDropout'];
+        if (backend === 'wasm') expect(recipe.fusedKernelsRun, recipe.recipe).toEqual(expect.arrayContaining([...dropout, 'LoraGeluTanh', 'LoraLayerNorm', 'LoraAdamWUpdate', ...lowRank, ...causal]));
         else expect(recipe.fusedKernelsRun, recipe.recipe).toEqual([]);
+        if (recipe.recipe === 'adalora') expect(recipe.rankAllocation).toEqual({ phases: ['warmup', 'warmup', 'budgeting', 'final'], total: 8 });
       }
-      expect(result.results.map((r) => r.recipe)).toEqual(['lora', 'dora', 'qlora']);
+      expect(result.results.map((r) => r.recipe)).toEqual(recipes);
       for (const recipe of result.results) expectTrainedAndReloaded(recipe);
     });
   }
 
-  // LoRA, DoRA and AdaLoRA: QLoRA quantizes the base weights on the host when a model is built,
-  // synchronously, which headless Chromium's WebGPU on SwiftShader does not survive (see page.ts); the
-  // other backends check it. (DoRA's zero-row check reads its magnitudes only on the host-memory
-  // backends; AdaLoRA's training hook reads the triplet scores with `await data()`.)
-  it('trains LoRA, DoRA and AdaLoRA adapters on webgpu (WebGPU on SwiftShader) with the cpu backend\'s losses, saves them asynchronously and reloads them with identical logits', async () => {
-    const recipes = ['lora', 'dora', 'adalora'] as const;
+  // LoRA, DoRA, AdaLoRA and HyperLoRA: QLoRA quantizes the base weights on the host when a model is
+  // built, synchronously, which headless Chromium's WebGPU on SwiftShader does not survive (see
+  // page.ts); the other backends check it. (DoRA's zero-row check reads its magnitudes only on the
+  // host-memory backends; AdaLoRA's training hook reads the triplet scores with `await data()`.)
+  it('trains LoRA, DoRA, AdaLoRA and HyperLoRA adapters on webgpu (WebGPU on SwiftShader) with the cpu backend\'s losses, saves them asynchronously and reloads them with identical logits', async () => {
+    const recipes = ['lora', 'dora', 'adalora', 'hyper'] as const;
     const cpu = await check({ backend: 'cpu', recipes, reads: 'async' });
     const gpu = await check({ backend: 'webgpu', recipes, reads: 'async' });
     expect(cpu.backend).toBe('cpu');
