@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { dropoutAttrs, type DropoutAttrs } from './dropout.js';
 import { activeBackendHasKernels } from './registered-kernels.js';
 import { simdCausalAttentionFits } from './wasm-simd-matmul.js';
 
@@ -8,21 +9,49 @@ import { simdCausalAttentionFits } from './wasm-simd-matmul.js';
  * each query's position, and `stats` [..., T, 2] (each query row's max and 1/Σ, from which the
  * gradient recomputes P: the [..., T, T] probabilities are not kept). With attribute `heads` > 0,
  * q, k, v and o are in the layers' layout [B, T, heads·D] instead, and the stats [B, heads, T, 2].
- * Registered by core's WASM kernels; differentiable through {@link CAUSAL_ATTENTION_GRAD_KERNEL}.
+ * With attribute `dropoutThreshold` > 0, P is dropped before it multiplies v as core's dropout
+ * kernel drops a [..., T, T] tensor of it with attributes `dropoutSeed`, `dropoutThreshold` and
+ * `dropoutScale` (its seed, threshold and scale). Registered by core's WASM kernels; differentiable
+ * through {@link CAUSAL_ATTENTION_GRAD_KERNEL}.
  */
 export const CAUSAL_ATTENTION_KERNEL = 'LoraCausalAttention';
-/** tfjs kernel name of its gradient: inputs `dy`, `q`, `k`, `v`, `stats`, attribute `scale`; outputs dq, dk, dv. */
+/** tfjs kernel name of its gradient: inputs `dy`, `q`, `k`, `v`, `stats`, the forward kernel's attributes; outputs dq, dk, dv. */
 export const CAUSAL_ATTENTION_GRAD_KERNEL = 'LoraCausalAttentionGrad';
 
 /**
  * tfjs kernel name of the same attention read straight from GPT-2's fused projection: input `qkv`
- * [B, T, 3·C] (q, k, v side by side, each C = heads·D wide), attributes `heads` and `scale`; outputs
+ * [B, T, 3·C] (q, k, v side by side, each C = heads·D wide), attributes `heads`, `scale` and the
+ * dropout ones of {@link CAUSAL_ATTENTION_KERNEL}; outputs
  * o [B, T, C] (the heads side by side, as merging them gives) and `stats` [B, heads, T, 2].
  * Differentiable through {@link CAUSAL_SELF_ATTENTION_GRAD_KERNEL}.
  */
 export const CAUSAL_SELF_ATTENTION_KERNEL = 'LoraCausalSelfAttention';
 /** tfjs kernel name of its gradient: inputs `dy` [B, T, C], `qkv`, `stats`, attributes as above; output d(qkv). */
 export const CAUSAL_SELF_ATTENTION_GRAD_KERNEL = 'LoraCausalSelfAttentionGrad';
+
+/** Options of {@link causalAttention} and {@link causalSelfAttention} for dropout on the probabilities. */
+export interface AttentionDropoutOptions {
+  /**
+   * Drop probability of the attention probabilities (attention dropout in training), in [0, 1);
+   * default 0. The mask is core's `dropout` of the [..., T, T] probabilities, the same values.
+   */
+  readonly dropout?: number;
+  /** Its 32-bit seed (default: as `dropout` takes one: the open `withSeededRandom` scope's next, else random). */
+  readonly seed?: number;
+}
+
+/** The kernels' dropout attributes (none: threshold 0), the seed drawn only where there is dropout. */
+function dropoutKernelAttrs(options: AttentionDropoutOptions): Record<string, number> {
+  const p = options.dropout ?? 0;
+  const attrs = p === 0 ? null : dropoutAttrs(p, options.seed === undefined ? {} : { seed: options.seed });
+  return { dropoutSeed: attrs?.seed ?? 0, dropoutThreshold: attrs?.threshold ?? 0, dropoutScale: attrs?.scale ?? 1 };
+}
+
+/** The dropout of a causal attention kernel's attributes (see {@link CAUSAL_ATTENTION_KERNEL}), or null. */
+export function attentionDropoutOf(attrs: tf.NamedAttrMap | undefined): DropoutAttrs | null {
+  const threshold = (attrs?.['dropoutThreshold'] as number | undefined) ?? 0;
+  return threshold > 0 ? { seed: attrs!['dropoutSeed'] as number, threshold, scale: attrs!['dropoutScale'] as number } : null;
+}
 
 function registerCausalAttentionGradient(): void {
   if (tf.getGradient(CAUSAL_ATTENTION_KERNEL) !== undefined) return;
@@ -34,7 +63,7 @@ function registerCausalAttentionGradient(): void {
       const [dy] = dys as [tf.Tensor];
       const [qkv, stats] = saved as [tf.Tensor, tf.Tensor];
       return {
-        qkv: () => tf.engine().runKernel(CAUSAL_SELF_ATTENTION_GRAD_KERNEL, { dy, qkv, stats }, { heads: attrs['heads'] as number, scale: attrs['scale'] as number }) as tf.Tensor,
+        qkv: () => tf.engine().runKernel(CAUSAL_SELF_ATTENTION_GRAD_KERNEL, { dy, qkv, stats }, { ...attrs }) as tf.Tensor,
       };
     },
   });
@@ -47,7 +76,7 @@ function registerCausalAttentionGradient(): void {
       const [dy] = dys as [tf.Tensor];
       const [q, k, v, stats] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
       // One kernel gives all three, run once, here; tfjs asks for each input's separately.
-      const [dq, dk, dv] = tf.engine().runKernel(CAUSAL_ATTENTION_GRAD_KERNEL, { dy, q, k, v, stats }, { scale: attrs['scale'] as number, heads: attrs['heads'] as number }) as tf.Tensor[];
+      const [dq, dk, dv] = tf.engine().runKernel(CAUSAL_ATTENTION_GRAD_KERNEL, { dy, q, k, v, stats }, { ...attrs }) as tf.Tensor[];
       return { q: () => dq!, k: () => dk!, v: () => dv! };
     },
   });
@@ -68,9 +97,18 @@ function registerCausalAttentionGradient(): void {
  * either way. With `options.kvHeads` (a divisor of `heads`), k and v [B, T, kvHeads·D] hold fewer
  * heads, each serving heads / kvHeads query heads in turn (grouped-query attention, as transformers'
  * `repeat_kv`): they are broadcast to one per query head, and their gradients sum each group back.
- * Returns null otherwise (the caller computes it another way).
+ * With `options.dropout`, the probabilities are dropped before they multiply v, with the mask core's
+ * `dropout` gives the [..., T, T] tensor of them (with heads, [B, heads, T, T]) from the same seed.
+ * Returns null otherwise (the caller computes it another way), drawing no seed.
+ * @throws {ConfigError} for a dropout outside [0, 1) or a seed that is not a 32-bit unsigned integer.
  */
-export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number, options: { readonly heads?: number; readonly kvHeads?: number } = {}): tf.Tensor | null {
+export function causalAttention(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  scale: number,
+  options: { readonly heads?: number; readonly kvHeads?: number } & AttentionDropoutOptions = {},
+): tf.Tensor | null {
   const { heads } = options;
   const kvHeads = options.kvHeads ?? heads;
   const sameShape = (a: tf.Tensor, b: tf.Tensor): boolean => a.dtype === 'float32' && a.rank === b.rank && a.shape.every((size, axis) => size === b.shape[axis]);
@@ -98,7 +136,7 @@ export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale:
       const [batch] = x.shape as [number];
       return tf.reshape(tf.mul(tf.reshape(x, [batch * t * kvHeads!, 1, d]), tf.ones([1, group, 1])), [batch, t, heads! * d]);
     };
-    const [o] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k: perQueryHead(k), v: perQueryHead(v) }, { scale, heads: heads ?? 0 }) as tf.Tensor[];
+    const [o] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k: perQueryHead(k), v: perQueryHead(v) }, { scale, heads: heads ?? 0, ...dropoutKernelAttrs(options) }) as tf.Tensor[];
     // The stats (and broadcast k, v) stay on the tape, saved for the gradient, until it is disposed; outside a tape tidy frees them.
     return o!;
   });
@@ -110,15 +148,17 @@ export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale:
  * result [B, T, C] holds the heads side by side, as splitting qkv into heads, {@link causalAttention}
  * and merging the heads back would give, value for value, without the splits, transposes and merge
  * (and their gradients: one d(qkv) instead of three gradients to concatenate). Differentiable in qkv.
- * Null where {@link causalAttention} would be (and for a width not divisible into 3·heads).
+ * `options.dropout` drops the probabilities as {@link causalAttention}'s does. Null where
+ * {@link causalAttention} would be (and for a width not divisible into 3·heads), drawing no seed.
+ * @throws {ConfigError} for a dropout outside [0, 1) or a seed that is not a 32-bit unsigned integer.
  */
-export function causalSelfAttention(qkv: tf.Tensor, heads: number, scale: number): tf.Tensor | null {
+export function causalSelfAttention(qkv: tf.Tensor, heads: number, scale: number, options: AttentionDropoutOptions = {}): tf.Tensor | null {
   if (qkv.dtype !== 'float32' || qkv.rank !== 3 || !activeBackendHasKernels(CAUSAL_SELF_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL)) return null;
   const [, t, width] = qkv.shape as [number, number, number];
   const depth = width / 3 / heads;
   if (!Number.isInteger(heads) || heads < 1 || !Number.isInteger(depth) || !simdCausalAttentionFits(tf.backend(), t, depth)) return null;
   registerCausalAttentionGradient();
-  const [o, stats] = tf.engine().runKernel(CAUSAL_SELF_ATTENTION_KERNEL, { qkv }, { heads, scale }) as tf.Tensor[];
+  const [o, stats] = tf.engine().runKernel(CAUSAL_SELF_ATTENTION_KERNEL, { qkv }, { heads, scale, ...dropoutKernelAttrs(options) }) as tf.Tensor[];
   // As in causalAttention: the tape keeps its own copy of the stats where it records.
   stats!.dispose();
   return o!;

@@ -57,6 +57,20 @@ function registerDropoutGradient(): void {
   });
 }
 
+/**
+ * The mask attributes of one dropout call at rate `p` (> 0): the seed given, else the next of the
+ * open `withSeededRandom` scope, else a random one. A kernel that drops values inside it (causal
+ * attention's probabilities) draws them here, as {@link dropout} does, so it takes the seed the
+ * separate dropout would have taken at that point.
+ * @throws {ConfigError} when `p` is outside [0, 1) or the seed is not a 32-bit unsigned integer.
+ */
+export function dropoutAttrs(p: number, options: DropoutOptions = {}): DropoutAttrs {
+  checkDropoutRate(p);
+  const seed = options.seed ?? nextScopedSeed() ?? Math.floor(Math.random() * 2 ** 32);
+  checkSeed(seed);
+  return { seed, threshold: dropoutThreshold(p), scale: Math.fround(1 / (1 - p)) };
+}
+
 /** Options of {@link dropout}. */
 export interface DropoutOptions {
   /**
@@ -85,9 +99,7 @@ export interface DropoutOptions {
 export function dropout(input: tf.Tensor, p: number, options: DropoutOptions = {}): tf.Tensor {
   checkDropoutRate(p);
   if (p === 0) return input;
-  const seed = options.seed ?? nextScopedSeed() ?? Math.floor(Math.random() * 2 ** 32);
-  checkSeed(seed);
-  const attrs: DropoutAttrs = { seed, threshold: dropoutThreshold(p), scale: Math.fround(1 / (1 - p)) };
+  const attrs = dropoutAttrs(p, options);
   if (input.dtype === 'float32' && activeBackendHasKernels(DROPOUT_KERNEL)) {
     registerDropoutGradient();
     return tf.engine().runKernel(DROPOUT_KERNEL, { x: input }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor;

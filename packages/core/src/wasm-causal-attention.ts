@@ -1,5 +1,5 @@
 import type * as tf from '@tensorflow/tfjs-core';
-import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL } from './causal-attention.js';
+import { attentionDropoutOf, CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL } from './causal-attention.js';
 import { simdCausalAttentionBackward, simdCausalAttentionForward, simdCausalSelfAttentionBackward, simdCausalSelfAttentionForward } from './wasm-simd-matmul.js';
 
 /** The ops check the operands and simdCausalAttentionFits before they call these kernels, so a null is a caller's bug. */
@@ -15,23 +15,29 @@ function headsOf(attrs: tf.NamedAttrMap | undefined): number | undefined {
 
 const causalAttentionKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const { q, k, v } = inputs as Record<'q' | 'k' | 'v', tf.TensorInfo>;
-  return simdCausalAttentionForward(backend as tf.KernelBackend, q, k, v, attrs!['scale'] as number, headsOf(attrs)) ?? notFitting(CAUSAL_ATTENTION_KERNEL, q);
+  return simdCausalAttentionForward(backend as tf.KernelBackend, q, k, v, attrs!['scale'] as number, headsOf(attrs), attentionDropoutOf(attrs)) ?? notFitting(CAUSAL_ATTENTION_KERNEL, q);
 };
 
 const causalAttentionGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const { dy, q, k, v, stats } = inputs as Record<'dy' | 'q' | 'k' | 'v' | 'stats', tf.TensorInfo>;
-  return simdCausalAttentionBackward(backend as tf.KernelBackend, dy, q, k, v, stats, attrs!['scale'] as number, headsOf(attrs)) ?? notFitting(CAUSAL_ATTENTION_GRAD_KERNEL, q);
+  return (
+    simdCausalAttentionBackward(backend as tf.KernelBackend, dy, q, k, v, stats, attrs!['scale'] as number, headsOf(attrs), attentionDropoutOf(attrs)) ??
+    notFitting(CAUSAL_ATTENTION_GRAD_KERNEL, q)
+  );
 };
 
 const causalSelfAttentionKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const { qkv } = inputs as Record<'qkv', tf.TensorInfo>;
-  return simdCausalSelfAttentionForward(backend as tf.KernelBackend, qkv, attrs!['heads'] as number, attrs!['scale'] as number) ?? notFitting(CAUSAL_SELF_ATTENTION_KERNEL, qkv);
+  return (
+    simdCausalSelfAttentionForward(backend as tf.KernelBackend, qkv, attrs!['heads'] as number, attrs!['scale'] as number, attentionDropoutOf(attrs)) ??
+    notFitting(CAUSAL_SELF_ATTENTION_KERNEL, qkv)
+  );
 };
 
 const causalSelfAttentionGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const { dy, qkv, stats } = inputs as Record<'dy' | 'qkv' | 'stats', tf.TensorInfo>;
   return (
-    simdCausalSelfAttentionBackward(backend as tf.KernelBackend, dy, qkv, stats, attrs!['heads'] as number, attrs!['scale'] as number) ??
+    simdCausalSelfAttentionBackward(backend as tf.KernelBackend, dy, qkv, stats, attrs!['heads'] as number, attrs!['scale'] as number, attentionDropoutOf(attrs)) ??
     notFitting(CAUSAL_SELF_ATTENTION_GRAD_KERNEL, qkv)
   );
 };

@@ -1,4 +1,5 @@
 import type * as tf from '@tensorflow/tfjs-core';
+import type { DropoutAttrs } from './dropout.js';
 import { threadHost } from './thread-host.js';
 import { BATCH_MATMUL_WASM_FMA_SHARED, BATCH_MATMUL_WASM_SHARED } from './wasm-batch-matmul-binary.js';
 import { decodeBase64, isWasmBackend, withPlainMemoryImport, type WasmHeapBackend } from './wasm-module.js';
@@ -93,8 +94,11 @@ type LoraBackwardExport = (
   xa: number,
   dxa: number,
 ) => void;
-/** Causal attention's exports (wasm/causal-attention.h): matrices, their layout (heads, T, D, row strides), scale, then addresses. */
-type AttentionLayoutArgs = [matrices: number, heads: number, t: number, d: number, ldIn: number, ldOut: number, scale: number];
+/**
+ * Causal attention's exports (wasm/causal-attention.h): matrices, their layout (heads, T, D, row
+ * strides), scale, the dropout on the probabilities (seed, threshold, scale; threshold 0: none), then addresses.
+ */
+type AttentionLayoutArgs = [matrices: number, heads: number, t: number, d: number, ldIn: number, ldOut: number, scale: number, seed: number, threshold: number, dropScale: number];
 type AttentionForwardExport = (...args: [...AttentionLayoutArgs, q: number, k: number, v: number, o: number, stats: number, scratch: number]) => void;
 type AttentionBackwardExport = (...args: [...AttentionLayoutArgs, dout: number, q: number, k: number, v: number, stats: number, dq: number, dk: number, dv: number, scratch: number]) => void;
 /** A fused activation's exports (wasm/gelu-tanh.h, gelu-erf.h, silu.h, linked into this module): size, then addresses. */
@@ -826,11 +830,21 @@ interface AttentionLayout {
  * helper serves and one matrix's work and results fit its buffer, grown for longer matrices up to
  * MAX_HELPER_SCRATCH_FLOATS, else on the calling thread alone, whose scratch is the call's own.
  */
-function runAttention(kernel: SimdKernel, wasm: WasmBackendWithModule, pass: 'forward' | 'backward', layout: AttentionLayout, scale: number, addresses: readonly number[]): void {
+function runAttention(
+  kernel: SimdKernel,
+  wasm: WasmBackendWithModule,
+  pass: 'forward' | 'backward',
+  layout: AttentionLayout,
+  scale: number,
+  dropout: DropoutAttrs | null,
+  addresses: readonly number[],
+): void {
   const { matrices, heads, t, d, ldIn, ldOut } = layout;
+  // The seed as the unsigned 32-bit integer it is (a WASM i32 argument takes its bits either way).
+  const drop = dropout === null ? [0, 0, 1] : [dropout.seed | 0, dropout.threshold, dropout.scale];
   const scratch = wasm.makeOutput([kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 0)], 'float32');
   try {
-    const args = [matrices, heads, t, d, ldIn, ldOut, scale, ...addresses, wasm.typedArrayFromHeap(scratch).byteOffset] as const;
+    const args = [matrices, heads, t, d, ldIn, ldOut, scale, ...drop, ...addresses, wasm.typedArrayFromHeap(scratch).byteOffset] as const;
     const shared = threadsFor(kernel, 4 * matrices * t * t * d, matrices);
     const threads = shared !== null && shared.growHelperBuffer(kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 1)) ? shared : null;
     if (pass === 'forward') {
@@ -871,24 +885,33 @@ const statsShape = (q: tf.TensorInfo, heads: number | undefined): number[] => (h
  * of one shape, [..., T, D] stacks, or with `heads` the layers' layout [B, T, heads·D] (read and
  * written in place: no head split out or merged back): `[o, stats]`, o = tril(softmax(scale·tril(q·kᵀ)))·v
  * in q's shape and each query row's softmax max and 1/Σ [..., T, 2] (with `heads`, [B, heads, T, 2]),
- * from which the backward pass recomputes the probabilities. Null where the backend has no kernel or
- * the shapes do not fit its buffers.
+ * from which the backward pass recomputes the probabilities. With `dropout`, the probabilities are
+ * dropped as core's dropout kernel drops a [..., T, T] tensor of them with those attributes before
+ * they multiply v. Null where the backend has no kernel or the shapes do not fit its buffers.
  */
-export function simdCausalAttentionForward(backend: tf.KernelBackend, q: tf.TensorInfo, k: tf.TensorInfo, v: tf.TensorInfo, scale: number, heads?: number): [tf.TensorInfo, tf.TensorInfo] | null {
+export function simdCausalAttentionForward(
+  backend: tf.KernelBackend,
+  q: tf.TensorInfo,
+  k: tf.TensorInfo,
+  v: tf.TensorInfo,
+  scale: number,
+  heads?: number,
+  dropout: DropoutAttrs | null = null,
+): [tf.TensorInfo, tf.TensorInfo] | null {
   const kernel = kernelOf(backend);
   const layout = [q, k, v].every((info) => isFloat32Shaped(info, q.shape)) ? separateLayout(backend, q, heads) : null;
   if (kernel === null || layout === null) return null;
   const wasm = backend as WasmBackendWithModule;
   const o = wasm.makeOutput([...q.shape], 'float32');
   const stats = wasm.makeOutput(statsShape(q, heads), 'float32');
-  runAttention(kernel, wasm, 'forward', layout, scale, [q, k, v, o, stats].map((info) => addressOf(wasm, info)));
+  runAttention(kernel, wasm, 'forward', layout, scale, dropout, [q, k, v, o, stats].map((info) => addressOf(wasm, info)));
   return [o, stats];
 }
 
 /**
  * Its backward pass in one kernel: from dO, q, k, v and the forward pass's stats, `[dq, dk, dv]`
- * (the probabilities recomputed, not kept), in the layout of the forward pass. Null where
- * {@link simdCausalAttentionForward} would be.
+ * (the probabilities recomputed, not kept), in the layout of the forward pass, with the forward
+ * pass's `dropout`. Null where {@link simdCausalAttentionForward} would be.
  */
 export function simdCausalAttentionBackward(
   backend: tf.KernelBackend,
@@ -899,6 +922,7 @@ export function simdCausalAttentionBackward(
   stats: tf.TensorInfo,
   scale: number,
   heads?: number,
+  dropout: DropoutAttrs | null = null,
 ): tf.TensorInfo[] | null {
   const kernel = kernelOf(backend);
   const shaped = [dout, q, k, v].every((info) => isFloat32Shaped(info, q.shape)) && isFloat32Shaped(stats, statsShape(q, heads));
@@ -906,7 +930,7 @@ export function simdCausalAttentionBackward(
   if (kernel === null || layout === null) return null;
   const wasm = backend as WasmBackendWithModule;
   const [dq, dk, dv] = [0, 1, 2].map(() => wasm.makeOutput([...q.shape], 'float32')) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
-  runAttention(kernel, wasm, 'backward', layout, scale, [dout, q, k, v, stats, dq, dk, dv].map((info) => addressOf(wasm, info)));
+  runAttention(kernel, wasm, 'backward', layout, scale, dropout, [dout, q, k, v, stats, dq, dk, dv].map((info) => addressOf(wasm, info)));
   return [dq, dk, dv];
 }
 
@@ -929,7 +953,7 @@ function fusedQkvLayout(backend: tf.KernelBackend, qkv: tf.TensorInfo, heads: nu
  * {@link simdCausalAttentionForward} on the split heads, without splitting or merging them. Null
  * where the backend has no kernel or the shapes do not fit.
  */
-export function simdCausalSelfAttentionForward(backend: tf.KernelBackend, qkv: tf.TensorInfo, heads: number, scale: number): [tf.TensorInfo, tf.TensorInfo] | null {
+export function simdCausalSelfAttentionForward(backend: tf.KernelBackend, qkv: tf.TensorInfo, heads: number, scale: number, dropout: DropoutAttrs | null = null): [tf.TensorInfo, tf.TensorInfo] | null {
   const kernel = kernelOf(backend);
   const layout = fusedQkvLayout(backend, qkv, heads);
   if (kernel === null || layout === null) return null;
@@ -938,7 +962,7 @@ export function simdCausalSelfAttentionForward(backend: tf.KernelBackend, qkv: t
   const o = wasm.makeOutput([batch, t, layout.ldOut], 'float32');
   const stats = wasm.makeOutput([batch, heads, t, 2], 'float32');
   const base = addressOf(wasm, qkv);
-  runAttention(kernel, wasm, 'forward', layout, scale, [base, base + 4 * layout.ldOut, base + 8 * layout.ldOut, addressOf(wasm, o), addressOf(wasm, stats)]);
+  runAttention(kernel, wasm, 'forward', layout, scale, dropout, [base, base + 4 * layout.ldOut, base + 8 * layout.ldOut, addressOf(wasm, o), addressOf(wasm, stats)]);
   return [o, stats];
 }
 
@@ -946,7 +970,15 @@ export function simdCausalSelfAttentionForward(backend: tf.KernelBackend, qkv: t
  * Its backward pass: from dO [B, T, C], qkv and the forward pass's stats, the gradient of qkv
  * [B, T, 3·C] (dq, dk, dv where q, k, v lie). Null where {@link simdCausalSelfAttentionForward} would be.
  */
-export function simdCausalSelfAttentionBackward(backend: tf.KernelBackend, dout: tf.TensorInfo, qkv: tf.TensorInfo, stats: tf.TensorInfo, heads: number, scale: number): tf.TensorInfo | null {
+export function simdCausalSelfAttentionBackward(
+  backend: tf.KernelBackend,
+  dout: tf.TensorInfo,
+  qkv: tf.TensorInfo,
+  stats: tf.TensorInfo,
+  heads: number,
+  scale: number,
+  dropout: DropoutAttrs | null = null,
+): tf.TensorInfo | null {
   const kernel = kernelOf(backend);
   const layout = fusedQkvLayout(backend, qkv, heads);
   if (kernel === null || layout === null) return null;
@@ -956,7 +988,7 @@ export function simdCausalSelfAttentionBackward(backend: tf.KernelBackend, dout:
   const dqkv = wasm.makeOutput([...qkv.shape], 'float32');
   const [base, gradient] = [addressOf(wasm, qkv), addressOf(wasm, dqkv)];
   const thirds = (address: number): number[] => [address, address + 4 * layout.ldOut, address + 8 * layout.ldOut];
-  runAttention(kernel, wasm, 'backward', layout, scale, [addressOf(wasm, dout), ...thirds(base), addressOf(wasm, stats), ...thirds(gradient)]);
+  runAttention(kernel, wasm, 'backward', layout, scale, dropout, [addressOf(wasm, dout), ...thirds(base), addressOf(wasm, stats), ...thirds(gradient)]);
   return dqkv;
 }
 

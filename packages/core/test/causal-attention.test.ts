@@ -9,7 +9,8 @@ import {
   causalSelfAttention,
 } from '../src/causal-attention.js';
 import { causalMix, causalScores } from '../src/causal-products.js';
-import { initRuntime } from '../src/index.js';
+import { dropout, initRuntime } from '../src/index.js';
+import { withSeededRandom } from '../src/random-scope.js';
 import { matMulFlops, spyOnKernels } from '../src/kernel-spy.js';
 import { scaledSoftmax } from '../src/scaled-softmax.js';
 import { expectSameValues, expectTensorsClose, maxRelativeError, seededRandomValues, withoutTensorLeaks } from '../src/testing.js';
@@ -156,6 +157,96 @@ describe('causal attention in one kernel each way', () => {
       });
     }
   );
+
+  // Attention dropout: the probabilities dropped by core's dropout (its mask of the [..., T, T]
+  // tensor, from the same seed) between the softmax and the product with v. Stacks, the layers'
+  // layout and GPT-2's fused projection; on two threads (T 520: the helper's grown buffer too).
+  it.each([
+    [[8, 4], 128, 64, 0.1],
+    [[2, 3], 13, 5, 0.5],
+    [[1], 1, 3, 0.3],
+    [[2], 37, 20, 0.9],
+    [[2], 520, 8, 0.2],
+  ])('drops the probabilities as core’s dropout between the separate kernels does, value for value (leading axes %j, T %i, D %i, p %f)', async (leading, rows, depth, p) => {
+    const { q, k, v, dOut, scale, shape } = operands(leading, rows, depth);
+    await withoutTensorLeaks(() => {
+      const [tq, tk, tv, tdo] = [q, k, v, dOut].map((values) => tf.tensor(values, shape));
+      const mask = causalMask(rows);
+      const seed = 2 ** 32 - 5;
+      const separate = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalMix(dropout(scaledSoftmax(causalScores(a, b)!, scale, mask), p, { seed }), c)!;
+      const whole = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalAttention(a, b, c, scale, { dropout: p, seed })!;
+      const undropped = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalAttention(a, b, c, scale)!;
+      const run = (attend: typeof whole): { names: string[]; values: number[][] } => {
+        const spy = spyOnKernels();
+        const values = tf.tidy(() => {
+          const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), tdo!)))([tq!, tk!, tv!]);
+          return [attend(tq!, tk!, tv!), value, ...grads].map((tensor) => Array.from(tensor.dataSync()));
+        });
+        spy.stop();
+        return { names: spy.calls.map((call) => call.kernelName), values };
+      };
+      const [ours, theirs, plain] = [run(whole), run(separate), run(undropped)];
+      expect(ours.names.filter((name) => /Attention|Dropout|MatMul|Causal(Scores|Mix)|Softmax/.test(name)).sort()).toEqual([CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL].sort());
+      ours.values.forEach((values, i) => expectSameValues(values, theirs.values[i]!, ['o', 'Σ o∘dO', 'dq', 'dk', 'dv'][i]));
+      // The dropout did something (every output and gradient moved), and the result is finite.
+      ours.values.forEach((values, i) => {
+        expect(values.every(Number.isFinite)).toBe(true);
+        if (rows > 1 || p >= 0.5) expect(values, ['o', 'Σ o∘dO', 'dq', 'dk', 'dv'][i]).not.toEqual(plain.values[i]);
+      });
+      tf.dispose([tq!, tk!, tv!, tdo!, mask]);
+    });
+  });
+
+  it.each([
+    [8, 128, 4, 64, 0.1],
+    [2, 13, 3, 5, 0.4],
+  ])('drops the probabilities read from GPT-2’s fused q|k|v and from the layers’ layout as from split heads (B %i, T %i, %i heads, D %i, p %f)', async (batch, rows, heads, depth, p) => {
+    await withoutTensorLeaks(() => {
+      const width = heads * depth;
+      const qkv = tf.tensor(seededRandomValues(batch * rows * 3 * width, 9, 2), [batch, rows, 3 * width]);
+      const dy = tf.tensor(seededRandomValues(batch * rows * width, 10), [batch, rows, width]);
+      const scale = 1 / Math.sqrt(depth);
+      const split = (x: tf.Tensor): tf.Tensor => tf.transpose(tf.reshape(x, [batch, rows, heads, depth]), [0, 2, 1, 3]);
+      // The seed from a seeded scope: each form draws one, where the separate dropout would.
+      const scoped = (attend: (packed: tf.Tensor) => tf.Tensor) => (packed: tf.Tensor): tf.Tensor => withSeededRandom(31, () => attend(packed));
+      const forms: Record<string, (packed: tf.Tensor) => tf.Tensor> = {
+        'split heads': (packed) => {
+          const [q, k, v] = tf.split(packed, 3, -1) as [tf.Tensor, tf.Tensor, tf.Tensor];
+          return tf.reshape(tf.transpose(causalAttention(split(q), split(k), split(v), scale, { dropout: p })!, [0, 2, 1, 3]), [batch, rows, width]);
+        },
+        'layers’ layout': (packed) => {
+          const [q, k, v] = tf.split(packed, 3, -1) as [tf.Tensor, tf.Tensor, tf.Tensor];
+          return causalAttention(q, k, v, scale, { heads, dropout: p })!;
+        },
+        'fused projection': (packed) => causalSelfAttention(packed, heads, scale, { dropout: p })!,
+      };
+      const run = (attend: (packed: tf.Tensor) => tf.Tensor): Float32Array[] =>
+        tf.tidy(() => {
+          const { value, grads } = tf.valueAndGrads((packed: tf.Tensor) => tf.sum(tf.mul(scoped(attend)(packed), dy)))([qkv]);
+          return [scoped(attend)(qkv), value, grads[0]!].map((tensor) => tensor.dataSync() as Float32Array);
+        });
+      const [reference, ...others] = Object.values(forms).map(run);
+      others.forEach((values, form) => values.forEach((part, i) => expectSameValues(part, reference![i]!, `${Object.keys(forms)[form + 1]} ${['o', 'Σ o∘dy', 'd(qkv)'][i]}`)));
+      const plain = run((packed) => causalSelfAttention(packed, heads, scale)!);
+      expect(reference![0]).not.toEqual(plain[0]);
+      tf.dispose([qkv, dy]);
+    });
+  });
+
+  it('refuses a dropout outside [0, 1) or a bad seed with a ConfigError, and draws no seed where it declines', async () => {
+    await withoutTensorLeaks(() => {
+      const x = tf.ones([1, 4, 6]);
+      expect(() => causalSelfAttention(x, 2, 1, { dropout: 1 })).toThrow(/dropout/);
+      expect(() => causalSelfAttention(x, 2, 1, { dropout: 0.1, seed: -1 })).toThrow(/seed/);
+      // Declined (heads do not divide the width): null, and the scope's next seed is still the first.
+      const first = withSeededRandom(5, () => {
+        expect(causalSelfAttention(x, 4, 1, { dropout: 0.1 })).toBeNull();
+        return tf.tidy(() => Array.from(dropout(tf.ones([8]), 0.5).dataSync()));
+      });
+      expect(first).toEqual(withSeededRandom(5, () => tf.tidy(() => Array.from(dropout(tf.ones([8]), 0.5).dataSync()))));
+      x.dispose();
+    });
+  });
 
   it('is not disturbed by NaN left in the memory its scratch reuses (rows padded to 4 values hold it)', async () => {
     const [leading, rows, depth] = SHAPES[1]!;

@@ -14,11 +14,17 @@
 // the softmax and its gradient sum in the same lanes, in the same order, as softmax.c's
 // scaled_softmax(_grad) with the causal mask (whose masked entries add exact zeros).
 //
+// With dropout on the probabilities (a threshold > 0: attention dropout in training), O = tril(P ⊙ M)·v
+// for the mask M the dropout kernel (dropout.c, simd-dropout.h) gives the [matrices, T, T] tensor of
+// P from the same seed; backward, dv = tril(P ⊙ M)ᵀ·dO and dP ⊙ M enters the softmax's gradient:
+// the separate kernels' values with dropout between them, mask and all, bit for bit.
+//
 // Each matrix is one chunk of the two-thread protocol in batch-matmul.c. The matrices are read and
 // written where they lie (attention_offset): a [B, H, T, D] stack, or GPT-2's fused projection
 // [B, T, 3·H·D] and its output [B, T, H·D], so no head is split out or merged back by a copy.
 // Included by batch-matmul.c (pack_b, multiply_triangular, TRI_*); no stack, no data.
 
+#include "simd-dropout.h"
 #include "simd-exp.h"
 #include "simd-lanes.h"
 
@@ -209,6 +215,22 @@ static void attention_probabilities(int t, int d, int ld, float scale, const flo
   for (int r = 0; r < t; r += 4) softmax_rows4(p + r * ldp, r, ldp, scale, stats + 2 * r, stats_in, min_int(4, t - r));
 }
 
+// Rows of P (or of dP) of matrix i times the dropout mask of their elements, which are elements
+// i·T² + r·T + c of the [matrices, T, T] tensor the dropout kernel would mask: row r's vectors up to
+// its diagonal (lanes past it hold zeros, or in dP values the softmax's gradient then clears).
+// Counters wrap as the mask's 32-bit ones do.
+__attribute__((noinline)) static void drop_rows(float *rows, int ldp, int t, int i, unsigned seed, int threshold, float drop_scale) {
+  const v128_t vseed = wasm_u32x4_splat(seed), vthreshold = wasm_i32x4_splat(threshold), vscale = wasm_f32x4_splat(drop_scale), four = wasm_i32x4_splat(4);
+  for (int r = 0; r < t; r++) {
+    float *row = rows + r * ldp;
+    v128_t counters = wasm_i32x4_add(wasm_i32x4_splat((int)(((unsigned)i * (unsigned)t + (unsigned)r) * (unsigned)t)), wasm_i32x4_make(1, 2, 3, 4));
+    for (int j = 0; j <= r; j += 4) {
+      wasm_v128_store(row + j, dropped(wasm_v128_load(row + j), counters, vseed, vthreshold, vscale));
+      counters = wasm_i32x4_add(counters, four);
+    }
+  }
+}
+
 // Where a call's matrix i lies: head i % heads of sequence i / heads, whose rows of q, k, v (and of
 // their gradients) lie `ld_in` floats apart, and of O and dO `ld_out` apart: [B, H, T, D] stacks
 // have heads 1 and both strides D; GPT-2's fused q|k|v [B, T, 3·H·D] has heads H, ld_in 3·H·D (q,
@@ -222,9 +244,10 @@ static void copy_rows(float *to, int ld_to, const float *from, int ld_from, int 
 }
 
 // Matrix `i` of a call (q, k, v, dq, dk, dv laid out by `ld_in`, O and dO by `ld_out`, see
-// attention_offset; stats [matrices, T, 2]). Its results go where they belong (`staging` 0), or to
-// `staging` as T×D blocks laid out as attention_result_floats says.
-__attribute__((noinline)) static void attention_matrix(int kind, int t, int d, int heads, int ld_in, int ld_out, float scale, const float *q, const float *k, const float *v,
+// attention_offset; stats [matrices, T, 2]), with dropout on its probabilities where `threshold` > 0
+// (see drop_rows). Its results go where they belong (`staging` 0), or to `staging` as T×D blocks laid
+// out as attention_result_floats says.
+__attribute__((noinline)) static void attention_matrix(int kind, int t, int d, int heads, int ld_in, int ld_out, float scale, unsigned seed, int threshold, float drop_scale, const float *q, const float *k, const float *v,
                                                        const float *dout, float *stats, float *o, float *dk, float *dv, int i, float *work, float *staging) {
   const int size = t * d, ldp = attention_row_floats(t);
   const int in = attention_offset(i, heads, t, d, ld_in), out = attention_offset(i, heads, t, d, ld_out);
@@ -236,6 +259,7 @@ __attribute__((noinline)) static void attention_matrix(int kind, int t, int d, i
     float *o_i = staging ? staging : o + out;
     float *stats_i = staging ? staging + size : stats + i * 2 * t;
     attention_probabilities(t, d, ld_in, scale, q, k, stats_i, 0, packed, edge, p);
+    if (threshold > 0) drop_rows(p, ldp, t, i, seed, threshold, drop_scale);
     pack_b(v, t, d, ld_in, 1, packed);
     multiply_triangular(TRI_LOWER_A_ZEROED, p, ldp, 1, packed, t, t, d, 0, 0, o_i, staging ? d : ld_out, edge);
     return;
@@ -250,11 +274,15 @@ __attribute__((noinline)) static void attention_matrix(int kind, int t, int d, i
   // dP = tril(dO·vᵀ), then dS in place.
   pack_b(v, d, t, 1, ld_in, packed);
   multiply_triangular(TRI_LOWER_SCORES, dout_i, ld_out, 1, packed, d, t, t, 0, 0, ds, ldp, edge);
+  // With dropout that was the gradient of P ⊙ M: times M, the gradient of P.
+  if (threshold > 0) drop_rows(ds, ldp, t, i, seed, threshold, drop_scale);
   for (int r = 0; r < t; r++) softmax_grad_row(ds + r * ldp, p + r * ldp, r, ldp, scale);
   pack_b(k, t, d, ld_in, 1, packed);
   multiply_triangular(TRI_LOWER_A_ZEROED, ds, ldp, 1, packed, t, t, d, 0, 0, dq_i, ld_g, edge);
   pack_b(q, t, d, ld_in, 1, packed);
   multiply_triangular(TRI_UPPER_A, ds, 1, ldp, packed, t, t, d, 0, 0, dk_i, ld_g, edge);
+  // dv from the probabilities the forward pass multiplied v by: P ⊙ M with dropout.
+  if (threshold > 0) drop_rows(p, ldp, t, i, seed, threshold, drop_scale);
   pack_b(dout_i, t, d, ld_out, 1, packed);
   multiply_triangular(TRI_UPPER_A, p, 1, ldp, packed, t, t, d, 0, 0, dv_i, ld_g, edge);
 }
@@ -274,16 +302,18 @@ static void attention_copy_matrix(int kind, int t, int d, int heads, int ld_in, 
 }
 
 /// Causal attention's forward pass on the calling thread for `matrices` T×D matrices of q, k, v
-/// laid out by `heads`, `ld_in` and `ld_out` (see attention_offset): O and the stats (see above);
+/// laid out by `heads`, `ld_in` and `ld_out` (see attention_offset), with dropout (seed, threshold,
+/// scale as the dropout kernel takes them) where `threshold` > 0: O and the stats (see above);
 /// `scratch` holds attention_scratch_floats(3, T, D, 0).
-__attribute__((export_name("attention_forward"))) void attention_forward(int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale, const float *q, const float *k,
-                                                                         const float *v, float *o, float *stats, float *scratch) {
-  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_FORWARD, t, d, heads, ld_in, ld_out, scale, q, k, v, 0, stats, o, 0, 0, i, scratch, 0);
+__attribute__((export_name("attention_forward"))) void attention_forward(int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale, unsigned seed, int threshold,
+                                                                         float drop_scale, const float *q, const float *k, const float *v, float *o, float *stats, float *scratch) {
+  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_FORWARD, t, d, heads, ld_in, ld_out, scale, seed, threshold, drop_scale, q, k, v, 0, stats, o, 0, 0, i, scratch, 0);
 }
 
-/// Its backward pass on the calling thread: dq, dk, dv (laid out as q, k, v) from dO, q, k, v and
-/// the forward pass's stats; `scratch` holds attention_scratch_floats(4, T, D, 0).
-__attribute__((export_name("attention_backward"))) void attention_backward(int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale, const float *dout, const float *q,
-                                                                           const float *k, const float *v, const float *stats, float *dq, float *dk, float *dv, float *scratch) {
-  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_BACKWARD, t, d, heads, ld_in, ld_out, scale, q, k, v, dout, (float *)stats, dq, dk, dv, i, scratch, 0);
+/// Its backward pass on the calling thread: dq, dk, dv (laid out as q, k, v) from dO, q, k, v, the
+/// forward pass's stats and its dropout; `scratch` holds attention_scratch_floats(4, T, D, 0).
+__attribute__((export_name("attention_backward"))) void attention_backward(int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale, unsigned seed, int threshold,
+                                                                           float drop_scale, const float *dout, const float *q, const float *k, const float *v, const float *stats, float *dq,
+                                                                           float *dk, float *dv, float *scratch) {
+  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_BACKWARD, t, d, heads, ld_in, ld_out, scale, seed, threshold, drop_scale, q, k, v, dout, (float *)stats, dq, dk, dv, i, scratch, 0);
 }

@@ -9,22 +9,8 @@
 // Linked into the fused-kernels module by scripts/build-wasm.mjs: no data, no stack.
 #include <wasm_simd128.h>
 
+#include "simd-dropout.h"
 #include "simd-lanes.h"
-
-// Counters (i + 1) → four 32-bit hashes.
-static inline v128_t hash(v128_t counters, v128_t seed) {
-  v128_t h = wasm_v128_xor(seed, wasm_i32x4_mul(counters, wasm_u32x4_splat(0x9e3779b9u)));
-  h = wasm_i32x4_mul(wasm_v128_xor(h, wasm_u32x4_shr(h, 16)), wasm_u32x4_splat(0x85ebca6bu));
-  h = wasm_i32x4_mul(wasm_v128_xor(h, wasm_u32x4_shr(h, 13)), wasm_u32x4_splat(0xc2b2ae35u));
-  return wasm_v128_xor(h, wasm_u32x4_shr(h, 16));
-}
-
-// x·m for the four elements whose counters are given. The top 24 bits are < 2²⁴ and the threshold
-// ≤ 2²⁴, so a signed compare is exact; its all-ones lanes select the scale's bits, the others 0.
-static inline v128_t dropped(v128_t x, v128_t counters, v128_t seed, v128_t threshold, v128_t scale) {
-  const v128_t kept = wasm_i32x4_ge(wasm_u32x4_shr(hash(counters, seed), 8), threshold);
-  return wasm_f32x4_mul(x, wasm_v128_and(scale, kept));
-}
 
 __attribute__((export_name("dropout"))) void dropout(int size, const float *x, unsigned seed, int threshold, float scale, float *y) {
   const v128_t vseed = wasm_u32x4_splat(seed), vthreshold = wasm_i32x4_splat(threshold), vscale = wasm_f32x4_splat(scale);

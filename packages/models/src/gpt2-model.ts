@@ -41,10 +41,11 @@ export class Gpt2Attention extends Module {
       const qkv = this.c_attn.forward(hidden);
       let scale = this.config.scaleAttnWeights ? 1 / Math.sqrt(nEmbd / nHead) : 1;
       if (this.config.scaleAttnByInverseLayerIdx) scale /= this.layerIndex + 1;
-      // Causal attention without padding (the causal mask alone), cache or attention dropout: read
-      // straight from qkv and written with the heads merged, where core has that kernel (WASM).
+      // Causal attention without padding (the causal mask alone) or cache: read straight from qkv and
+      // written with the heads merged, where core has that kernel (WASM). Its attention dropout drops
+      // the probabilities inside the kernel with the mask attn_dropout would draw there (same seed).
       const dropout = this.training && this.config.attnPdrop > 0;
-      const whole = cache === undefined && bias?.rank === 2 && !dropout ? causalSelfAttention(qkv, nHead, scale) : null;
+      const whole = cache === undefined && bias?.rank === 2 ? causalSelfAttention(qkv, nHead, scale, dropout ? { dropout: this.attn_dropout.p } : {}) : null;
       if (whole !== null) return this.resid_dropout.forward(this.c_proj.forward(whole));
       const [q, k, v] = tf.split(qkv, [nEmbd, nEmbd, nEmbd], -1) as [tf.Tensor, tf.Tensor, tf.Tensor];
       let keys = splitHeads(k, nHead) as tf.Tensor;

@@ -59,11 +59,12 @@ export class LlamaAttention extends Module {
       const q = rotated(this.q_proj.forward(hidden), heads);
       const k = rotated(this.k_proj.forward(hidden), kvHeads);
       const v = this.v_proj.forward(hidden);
-      // The causal mask alone, nothing cached and no dropout on the probabilities: core's attention
-      // in one kernel each way where it has one (WASM), reading q, k, v and writing its output in
-      // this layout (no transposes either way; grouped key/value heads broadcast to their query
-      // heads). What the split heads below give, value for value without grouping.
-      const whole = cache === undefined && bias?.rank === 2 && !dropoutActive ? causalAttention(q, k, v, scale, { heads, kvHeads }) : null;
+      // The causal mask alone and nothing cached: core's attention in one kernel each way where it has
+      // one (WASM), reading q, k, v and writing its output in this layout (no transposes either way;
+      // grouped key/value heads broadcast to their query heads), the attention dropout inside it (the
+      // mask the separate dropout below would draw there). What the split heads below give, value
+      // for value without grouping.
+      const whole = cache === undefined && bias?.rank === 2 ? causalAttention(q, k, v, scale, { heads, kvHeads, ...(dropoutActive ? { dropout: attentionDropout } : {}) }) : null;
       if (whole !== null) return this.o_proj.forward(whole);
       let keys: tf.Tensor = splitHeads(k, kvHeads);
       let values: tf.Tensor = splitHeads(v, kvHeads);
