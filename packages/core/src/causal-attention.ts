@@ -11,8 +11,10 @@ import { simdCausalAttentionFits } from './wasm-simd-matmul.js';
  * q, k, v and o are in the layers' layout [B, T, heads·D] instead, and the stats [B, heads, T, 2].
  * With attribute `dropoutThreshold` > 0, P is dropped before it multiplies v as core's dropout
  * kernel drops a [..., T, T] tensor of it with attributes `dropoutSeed`, `dropoutThreshold` and
- * `dropoutScale` (its seed, threshold and scale). Registered by core's WASM kernels; differentiable
- * through {@link CAUSAL_ATTENTION_GRAD_KERNEL}.
+ * `dropoutScale` (its seed, threshold and scale). With attribute `keyLengths` (a number per sequence;
+ * empty: none), the layers' layout's sequences are right-padded: keys from a sequence's length on
+ * are masked for every query. Registered by core's WASM kernels; differentiable through
+ * {@link CAUSAL_ATTENTION_GRAD_KERNEL}.
  */
 export const CAUSAL_ATTENTION_KERNEL = 'LoraCausalAttention';
 /** tfjs kernel name of its gradient: inputs `dy`, `q`, `k`, `v`, `stats`, the forward kernel's attributes; outputs dq, dk, dv. */
@@ -29,8 +31,15 @@ export const CAUSAL_SELF_ATTENTION_KERNEL = 'LoraCausalSelfAttention';
 /** tfjs kernel name of its gradient: inputs `dy` [B, T, C], `qkv`, `stats`, attributes as above; output d(qkv). */
 export const CAUSAL_SELF_ATTENTION_GRAD_KERNEL = 'LoraCausalSelfAttentionGrad';
 
-/** Options of {@link causalAttention} and {@link causalSelfAttention} for dropout on the probabilities. */
-export interface AttentionDropoutOptions {
+/** Options of {@link causalAttention} and {@link causalSelfAttention}: dropout on the probabilities, right padding. */
+export interface CausalAttentionOptions {
+  /**
+   * Each sequence's length where the batch is right-padded (its tokens first, padding after): one
+   * integer in [1, T] per sequence, for the layers' layout (`heads` given) and the fused projection.
+   * Keys from a sequence's length on are masked for every query, as adding a padding mask to the
+   * causal one masks them (a padding query attends to the sequence's tokens). Default: none.
+   */
+  readonly keyLengths?: readonly number[];
   /**
    * Drop probability of the attention probabilities (attention dropout in training), in [0, 1);
    * default 0. The mask is core's `dropout` of the [..., T, T] probabilities, the same values.
@@ -40,11 +49,22 @@ export interface AttentionDropoutOptions {
   readonly seed?: number;
 }
 
-/** The kernels' dropout attributes (none: threshold 0), the seed drawn only where there is dropout. */
-function dropoutKernelAttrs(options: AttentionDropoutOptions): Record<string, number> {
+/** The kernels' dropout attributes (none: threshold 0), the seed drawn only where there is dropout, and the sequences' lengths. */
+function optionKernelAttrs(options: CausalAttentionOptions): tf.NamedAttrMap {
   const p = options.dropout ?? 0;
   const attrs = p === 0 ? null : dropoutAttrs(p, options.seed === undefined ? {} : { seed: options.seed });
-  return { dropoutSeed: attrs?.seed ?? 0, dropoutThreshold: attrs?.threshold ?? 0, dropoutScale: attrs?.scale ?? 1 };
+  return { dropoutSeed: attrs?.seed ?? 0, dropoutThreshold: attrs?.threshold ?? 0, dropoutScale: attrs?.scale ?? 1, keyLengths: [...(options.keyLengths ?? [])] };
+}
+
+/** Whether `keyLengths` (when given) has one integer in [1, T] per sequence of `batch`. */
+function lengthsFit(keyLengths: readonly number[] | undefined, batch: number, t: number): boolean {
+  return keyLengths === undefined || (keyLengths.length === batch && keyLengths.every((length) => Number.isInteger(length) && length >= 1 && length <= t));
+}
+
+/** The sequences' lengths of a causal attention kernel's attributes (see {@link CAUSAL_ATTENTION_KERNEL}), or null. */
+export function attentionKeyLengthsOf(attrs: tf.NamedAttrMap | undefined): readonly number[] | null {
+  const lengths = attrs?.['keyLengths'] as number[] | undefined;
+  return lengths === undefined || lengths.length === 0 ? null : lengths;
 }
 
 /** The dropout of a causal attention kernel's attributes (see {@link CAUSAL_ATTENTION_KERNEL}), or null. */
@@ -99,6 +119,8 @@ function registerCausalAttentionGradient(): void {
  * `repeat_kv`): they are broadcast to one per query head, and their gradients sum each group back.
  * With `options.dropout`, the probabilities are dropped before they multiply v, with the mask core's
  * `dropout` gives the [..., T, T] tensor of them (with heads, [B, heads, T, T]) from the same seed.
+ * With `options.keyLengths` (the layers' layout only), the batch is right-padded (see
+ * {@link CausalAttentionOptions.keyLengths}).
  * Returns null otherwise (the caller computes it another way), drawing no seed.
  * @throws {ConfigError} for a dropout outside [0, 1) or a seed that is not a 32-bit unsigned integer.
  */
@@ -107,7 +129,7 @@ export function causalAttention(
   k: tf.Tensor,
   v: tf.Tensor,
   scale: number,
-  options: { readonly heads?: number; readonly kvHeads?: number } & AttentionDropoutOptions = {},
+  options: { readonly heads?: number; readonly kvHeads?: number } & CausalAttentionOptions = {},
 ): tf.Tensor | null {
   const { heads } = options;
   const kvHeads = options.kvHeads ?? heads;
@@ -115,14 +137,15 @@ export function causalAttention(
   if (q.dtype !== 'float32' || q.rank < 2 || !sameShape(v, k) || !activeBackendHasKernels(CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL)) return null;
   let [t, d] = q.shape.slice(-2) as [number, number];
   if (heads === undefined) {
-    if (kvHeads !== undefined || !sameShape(k, q)) return null;
+    // Stacks of [..., T, D] matrices have no sequences to pad.
+    if (kvHeads !== undefined || !sameShape(k, q) || options.keyLengths !== undefined) return null;
   } else {
     if (q.rank !== 3 || !Number.isInteger(heads) || heads < 1 || q.shape[2]! % heads !== 0) return null;
     d = q.shape[2]! / heads;
     t = q.shape[1]!;
     // Grouped-query attention: a whole number of query heads per key/value head, k and v as wide as that many heads.
     const grouped = kvHeads !== undefined && Number.isInteger(kvHeads) && kvHeads >= 1 && heads % kvHeads === 0;
-    if (!grouped || k.rank !== 3 || k.shape[0] !== q.shape[0] || k.shape[1] !== t || k.shape[2] !== kvHeads * d) return null;
+    if (!grouped || k.rank !== 3 || k.shape[0] !== q.shape[0] || k.shape[1] !== t || k.shape[2] !== kvHeads * d || !lengthsFit(options.keyLengths, q.shape[0]!, t)) return null;
   }
   if (!simdCausalAttentionFits(tf.backend(), t, d)) return null;
   registerCausalAttentionGradient();
@@ -136,7 +159,7 @@ export function causalAttention(
       const [batch] = x.shape as [number];
       return tf.reshape(tf.mul(tf.reshape(x, [batch * t * kvHeads!, 1, d]), tf.ones([1, group, 1])), [batch, t, heads! * d]);
     };
-    const [o] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k: perQueryHead(k), v: perQueryHead(v) }, { scale, heads: heads ?? 0, ...dropoutKernelAttrs(options) }) as tf.Tensor[];
+    const [o] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k: perQueryHead(k), v: perQueryHead(v) }, { scale, heads: heads ?? 0, ...optionKernelAttrs(options) }) as tf.Tensor[];
     // The stats (and broadcast k, v) stay on the tape, saved for the gradient, until it is disposed; outside a tape tidy frees them.
     return o!;
   });
@@ -148,17 +171,17 @@ export function causalAttention(
  * result [B, T, C] holds the heads side by side, as splitting qkv into heads, {@link causalAttention}
  * and merging the heads back would give, value for value, without the splits, transposes and merge
  * (and their gradients: one d(qkv) instead of three gradients to concatenate). Differentiable in qkv.
- * `options.dropout` drops the probabilities as {@link causalAttention}'s does. Null where
+ * `options.dropout` and `options.keyLengths` work as {@link causalAttention}'s. Null where
  * {@link causalAttention} would be (and for a width not divisible into 3·heads), drawing no seed.
  * @throws {ConfigError} for a dropout outside [0, 1) or a seed that is not a 32-bit unsigned integer.
  */
-export function causalSelfAttention(qkv: tf.Tensor, heads: number, scale: number, options: AttentionDropoutOptions = {}): tf.Tensor | null {
+export function causalSelfAttention(qkv: tf.Tensor, heads: number, scale: number, options: CausalAttentionOptions = {}): tf.Tensor | null {
   if (qkv.dtype !== 'float32' || qkv.rank !== 3 || !activeBackendHasKernels(CAUSAL_SELF_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL)) return null;
   const [, t, width] = qkv.shape as [number, number, number];
   const depth = width / 3 / heads;
-  if (!Number.isInteger(heads) || heads < 1 || !Number.isInteger(depth) || !simdCausalAttentionFits(tf.backend(), t, depth)) return null;
+  if (!Number.isInteger(heads) || heads < 1 || !Number.isInteger(depth) || !lengthsFit(options.keyLengths, qkv.shape[0]!, t) || !simdCausalAttentionFits(tf.backend(), t, depth)) return null;
   registerCausalAttentionGradient();
-  const [o, stats] = tf.engine().runKernel(CAUSAL_SELF_ATTENTION_KERNEL, { qkv }, { heads, scale, ...dropoutKernelAttrs(options) }) as tf.Tensor[];
+  const [o, stats] = tf.engine().runKernel(CAUSAL_SELF_ATTENTION_KERNEL, { qkv }, { heads, scale, ...optionKernelAttrs(options) }) as tf.Tensor[];
   // As in causalAttention: the tape keeps its own copy of the stats where it records.
   stats!.dispose();
   return o!;

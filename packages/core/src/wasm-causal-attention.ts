@@ -1,5 +1,5 @@
 import type * as tf from '@tensorflow/tfjs-core';
-import { attentionDropoutOf, CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL } from './causal-attention.js';
+import { attentionDropoutOf, attentionKeyLengthsOf, CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL } from './causal-attention.js';
 import { simdCausalAttentionBackward, simdCausalAttentionForward, simdCausalSelfAttentionBackward, simdCausalSelfAttentionForward } from './wasm-simd-matmul.js';
 
 /** The ops check the operands and simdCausalAttentionFits before they call these kernels, so a null is a caller's bug. */
@@ -15,13 +15,13 @@ function headsOf(attrs: tf.NamedAttrMap | undefined): number | undefined {
 
 const causalAttentionKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const { q, k, v } = inputs as Record<'q' | 'k' | 'v', tf.TensorInfo>;
-  return simdCausalAttentionForward(backend as tf.KernelBackend, q, k, v, attrs!['scale'] as number, headsOf(attrs), attentionDropoutOf(attrs)) ?? notFitting(CAUSAL_ATTENTION_KERNEL, q);
+  return simdCausalAttentionForward(backend as tf.KernelBackend, q, k, v, attrs!['scale'] as number, headsOf(attrs), attentionDropoutOf(attrs), attentionKeyLengthsOf(attrs)) ?? notFitting(CAUSAL_ATTENTION_KERNEL, q);
 };
 
 const causalAttentionGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const { dy, q, k, v, stats } = inputs as Record<'dy' | 'q' | 'k' | 'v' | 'stats', tf.TensorInfo>;
   return (
-    simdCausalAttentionBackward(backend as tf.KernelBackend, dy, q, k, v, stats, attrs!['scale'] as number, headsOf(attrs), attentionDropoutOf(attrs)) ??
+    simdCausalAttentionBackward(backend as tf.KernelBackend, dy, q, k, v, stats, attrs!['scale'] as number, headsOf(attrs), attentionDropoutOf(attrs), attentionKeyLengthsOf(attrs)) ??
     notFitting(CAUSAL_ATTENTION_GRAD_KERNEL, q)
   );
 };
@@ -29,7 +29,7 @@ const causalAttentionGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) =>
 const causalSelfAttentionKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const { qkv } = inputs as Record<'qkv', tf.TensorInfo>;
   return (
-    simdCausalSelfAttentionForward(backend as tf.KernelBackend, qkv, attrs!['heads'] as number, attrs!['scale'] as number, attentionDropoutOf(attrs)) ??
+    simdCausalSelfAttentionForward(backend as tf.KernelBackend, qkv, attrs!['heads'] as number, attrs!['scale'] as number, attentionDropoutOf(attrs), attentionKeyLengthsOf(attrs)) ??
     notFitting(CAUSAL_SELF_ATTENTION_KERNEL, qkv)
   );
 };
@@ -37,7 +37,7 @@ const causalSelfAttentionKernel: tf.KernelFunc = ({ inputs, backend, attrs }) =>
 const causalSelfAttentionGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const { dy, qkv, stats } = inputs as Record<'dy' | 'qkv' | 'stats', tf.TensorInfo>;
   return (
-    simdCausalSelfAttentionBackward(backend as tf.KernelBackend, dy, qkv, stats, attrs!['heads'] as number, attrs!['scale'] as number, attentionDropoutOf(attrs)) ??
+    simdCausalSelfAttentionBackward(backend as tf.KernelBackend, dy, qkv, stats, attrs!['heads'] as number, attrs!['scale'] as number, attentionDropoutOf(attrs), attentionKeyLengthsOf(attrs)) ??
     notFitting(CAUSAL_SELF_ATTENTION_GRAD_KERNEL, qkv)
   );
 };

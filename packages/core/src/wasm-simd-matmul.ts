@@ -96,9 +96,22 @@ type LoraBackwardExport = (
 ) => void;
 /**
  * Causal attention's exports (wasm/causal-attention.h): matrices, their layout (heads, T, D, row
- * strides), scale, the dropout on the probabilities (seed, threshold, scale; threshold 0: none), then addresses.
+ * strides), scale, the dropout on the probabilities (seed, threshold, scale; threshold 0: none), the
+ * address of each sequence's length (int32; 0: no padding), then addresses.
  */
-type AttentionLayoutArgs = [matrices: number, heads: number, t: number, d: number, ldIn: number, ldOut: number, scale: number, seed: number, threshold: number, dropScale: number];
+type AttentionLayoutArgs = [
+  matrices: number,
+  heads: number,
+  t: number,
+  d: number,
+  ldIn: number,
+  ldOut: number,
+  scale: number,
+  seed: number,
+  threshold: number,
+  dropScale: number,
+  lengths: number,
+];
 type AttentionForwardExport = (...args: [...AttentionLayoutArgs, q: number, k: number, v: number, o: number, stats: number, scratch: number]) => void;
 type AttentionBackwardExport = (...args: [...AttentionLayoutArgs, dout: number, q: number, k: number, v: number, stats: number, dq: number, dk: number, dv: number, scratch: number]) => void;
 /** A fused activation's exports (wasm/gelu-tanh.h, gelu-erf.h, silu.h, linked into this module): size, then addresses. */
@@ -837,14 +850,18 @@ function runAttention(
   layout: AttentionLayout,
   scale: number,
   dropout: DropoutAttrs | null,
+  keyLengths: readonly number[] | null,
   addresses: readonly number[],
 ): void {
   const { matrices, heads, t, d, ldIn, ldOut } = layout;
   // The seed as the unsigned 32-bit integer it is (a WASM i32 argument takes its bits either way).
   const drop = dropout === null ? [0, 0, 1] : [dropout.seed | 0, dropout.threshold, dropout.scale];
   const scratch = wasm.makeOutput([kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 0)], 'float32');
+  const lengths = keyLengths === null ? null : wasm.makeOutput([keyLengths.length], 'int32');
   try {
-    const args = [matrices, heads, t, d, ldIn, ldOut, scale, ...drop, ...addresses, wasm.typedArrayFromHeap(scratch).byteOffset] as const;
+    if (lengths !== null) (wasm.typedArrayFromHeap(lengths) as Int32Array).set(keyLengths!);
+    const lengthsAddress = lengths === null ? 0 : wasm.typedArrayFromHeap(lengths).byteOffset;
+    const args = [matrices, heads, t, d, ldIn, ldOut, scale, ...drop, lengthsAddress, ...addresses, wasm.typedArrayFromHeap(scratch).byteOffset] as const;
     const shared = threadsFor(kernel, 4 * matrices * t * t * d, matrices);
     const threads = shared !== null && shared.growHelperBuffer(kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 1)) ? shared : null;
     if (pass === 'forward') {
@@ -854,7 +871,17 @@ function runAttention(
     else kernel.attentionBackward(...(args as unknown as Parameters<AttentionBackwardExport>));
   } finally {
     wasm.disposeData(scratch.dataId);
+    if (lengths !== null) wasm.disposeData(lengths.dataId);
   }
+}
+
+/**
+ * Whether `keyLengths` are lengths of right-padded sequences for a layout: null (none), or one
+ * integer in [1, T] per sequence of a layout with heads (a stack of [..., T, D] matrices has no sequences).
+ */
+function fitsLengths(layout: AttentionLayout, keyLengths: readonly number[] | null, headsGiven: boolean): boolean {
+  if (keyLengths === null) return true;
+  return headsGiven && keyLengths.length * layout.heads === layout.matrices && keyLengths.every((length) => Number.isInteger(length) && length >= 1 && length <= layout.t);
 }
 
 const isFloat32Shaped = (info: tf.TensorInfo, shape: readonly number[]): boolean => info.dtype === 'float32' && info.shape.length === shape.length && info.shape.every((size, axis) => size === shape[axis]);
@@ -887,7 +914,10 @@ const statsShape = (q: tf.TensorInfo, heads: number | undefined): number[] => (h
  * in q's shape and each query row's softmax max and 1/Σ [..., T, 2] (with `heads`, [B, heads, T, 2]),
  * from which the backward pass recomputes the probabilities. With `dropout`, the probabilities are
  * dropped as core's dropout kernel drops a [..., T, T] tensor of them with those attributes before
- * they multiply v. Null where the backend has no kernel or the shapes do not fit its buffers.
+ * they multiply v. With `keyLengths` (the layers' layout only: one per sequence, in [1, T]), each
+ * sequence is right-padded: its keys from its length on are masked for every query (as a padding
+ * mask added to the causal one masks them). Null where the backend has no kernel or the shapes (or
+ * lengths) do not fit.
  */
 export function simdCausalAttentionForward(
   backend: tf.KernelBackend,
@@ -897,14 +927,15 @@ export function simdCausalAttentionForward(
   scale: number,
   heads?: number,
   dropout: DropoutAttrs | null = null,
+  keyLengths: readonly number[] | null = null,
 ): [tf.TensorInfo, tf.TensorInfo] | null {
   const kernel = kernelOf(backend);
   const layout = [q, k, v].every((info) => isFloat32Shaped(info, q.shape)) ? separateLayout(backend, q, heads) : null;
-  if (kernel === null || layout === null) return null;
+  if (kernel === null || layout === null || !fitsLengths(layout, keyLengths, heads !== undefined)) return null;
   const wasm = backend as WasmBackendWithModule;
   const o = wasm.makeOutput([...q.shape], 'float32');
   const stats = wasm.makeOutput(statsShape(q, heads), 'float32');
-  runAttention(kernel, wasm, 'forward', layout, scale, dropout, [q, k, v, o, stats].map((info) => addressOf(wasm, info)));
+  runAttention(kernel, wasm, 'forward', layout, scale, dropout, keyLengths, [q, k, v, o, stats].map((info) => addressOf(wasm, info)));
   return [o, stats];
 }
 
@@ -923,14 +954,15 @@ export function simdCausalAttentionBackward(
   scale: number,
   heads?: number,
   dropout: DropoutAttrs | null = null,
+  keyLengths: readonly number[] | null = null,
 ): tf.TensorInfo[] | null {
   const kernel = kernelOf(backend);
   const shaped = [dout, q, k, v].every((info) => isFloat32Shaped(info, q.shape)) && isFloat32Shaped(stats, statsShape(q, heads));
   const layout = shaped ? separateLayout(backend, q, heads) : null;
-  if (kernel === null || layout === null) return null;
+  if (kernel === null || layout === null || !fitsLengths(layout, keyLengths, heads !== undefined)) return null;
   const wasm = backend as WasmBackendWithModule;
   const [dq, dk, dv] = [0, 1, 2].map(() => wasm.makeOutput([...q.shape], 'float32')) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
-  runAttention(kernel, wasm, 'backward', layout, scale, dropout, [dout, q, k, v, stats, dq, dk, dv].map((info) => addressOf(wasm, info)));
+  runAttention(kernel, wasm, 'backward', layout, scale, dropout, keyLengths, [dout, q, k, v, stats, dq, dk, dv].map((info) => addressOf(wasm, info)));
   return [dq, dk, dv];
 }
 
@@ -953,16 +985,23 @@ function fusedQkvLayout(backend: tf.KernelBackend, qkv: tf.TensorInfo, heads: nu
  * {@link simdCausalAttentionForward} on the split heads, without splitting or merging them. Null
  * where the backend has no kernel or the shapes do not fit.
  */
-export function simdCausalSelfAttentionForward(backend: tf.KernelBackend, qkv: tf.TensorInfo, heads: number, scale: number, dropout: DropoutAttrs | null = null): [tf.TensorInfo, tf.TensorInfo] | null {
+export function simdCausalSelfAttentionForward(
+  backend: tf.KernelBackend,
+  qkv: tf.TensorInfo,
+  heads: number,
+  scale: number,
+  dropout: DropoutAttrs | null = null,
+  keyLengths: readonly number[] | null = null,
+): [tf.TensorInfo, tf.TensorInfo] | null {
   const kernel = kernelOf(backend);
   const layout = fusedQkvLayout(backend, qkv, heads);
-  if (kernel === null || layout === null) return null;
+  if (kernel === null || layout === null || !fitsLengths(layout, keyLengths, true)) return null;
   const wasm = backend as WasmBackendWithModule;
   const [batch, t] = qkv.shape as [number, number];
   const o = wasm.makeOutput([batch, t, layout.ldOut], 'float32');
   const stats = wasm.makeOutput([batch, heads, t, 2], 'float32');
   const base = addressOf(wasm, qkv);
-  runAttention(kernel, wasm, 'forward', layout, scale, dropout, [base, base + 4 * layout.ldOut, base + 8 * layout.ldOut, addressOf(wasm, o), addressOf(wasm, stats)]);
+  runAttention(kernel, wasm, 'forward', layout, scale, dropout, keyLengths, [base, base + 4 * layout.ldOut, base + 8 * layout.ldOut, addressOf(wasm, o), addressOf(wasm, stats)]);
   return [o, stats];
 }
 
@@ -978,17 +1017,18 @@ export function simdCausalSelfAttentionBackward(
   heads: number,
   scale: number,
   dropout: DropoutAttrs | null = null,
+  keyLengths: readonly number[] | null = null,
 ): tf.TensorInfo | null {
   const kernel = kernelOf(backend);
   const layout = fusedQkvLayout(backend, qkv, heads);
-  if (kernel === null || layout === null) return null;
+  if (kernel === null || layout === null || !fitsLengths(layout, keyLengths, true)) return null;
   const [batch, t] = qkv.shape as [number, number];
   if (!isFloat32Shaped(dout, [batch, t, layout.ldOut]) || !isFloat32Shaped(stats, [batch, heads, t, 2])) return null;
   const wasm = backend as WasmBackendWithModule;
   const dqkv = wasm.makeOutput([...qkv.shape], 'float32');
   const [base, gradient] = [addressOf(wasm, qkv), addressOf(wasm, dqkv)];
   const thirds = (address: number): number[] => [address, address + 4 * layout.ldOut, address + 8 * layout.ldOut];
-  runAttention(kernel, wasm, 'backward', layout, scale, dropout, [addressOf(wasm, dout), ...thirds(base), addressOf(wasm, stats), ...thirds(gradient)]);
+  runAttention(kernel, wasm, 'backward', layout, scale, dropout, keyLengths, [addressOf(wasm, dout), ...thirds(base), addressOf(wasm, stats), ...thirds(gradient)]);
   return dqkv;
 }
 

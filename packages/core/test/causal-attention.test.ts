@@ -36,40 +36,53 @@ const SHAPES: [number[], number, number][] = [
  * query, and the gradients of Σ o∘dO: dP = dO·vᵀ, dS = scale·P∘(dP − Σⱼ dP∘P), dq = dS·k,
  * dk = dSᵀ·q, dv = Pᵀ·dO.
  */
-function reference(q: Float32Array, k: Float32Array, v: Float32Array, dOut: Float32Array, matrices: number, rows: number, depth: number, scale: number) {
+function reference(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  dOut: Float32Array,
+  matrices: number,
+  rows: number,
+  depth: number,
+  scale: number,
+  // Keys row i of matrix m attends to: the first kept(m, i) (default i + 1; fewer in a right-padded sequence).
+  kept: (m: number, i: number) => number = (_m, i) => i + 1,
+) {
   const [o, dq, dk, dv] = [0, 1, 2, 3].map(() => new Float64Array(matrices * rows * depth)) as [Float64Array, Float64Array, Float64Array, Float64Array];
   for (let m = 0; m < matrices; m++) {
     const at = (i: number, d: number): number => (m * rows + i) * depth + d;
     const p = Array.from({ length: rows }, () => new Float64Array(rows));
     const ds = Array.from({ length: rows }, () => new Float64Array(rows));
     for (let i = 0; i < rows; i++) {
+      const keys = kept(m, i);
       let max = -Infinity;
-      for (let j = 0; j <= i; j++) {
+      for (let j = 0; j < keys; j++) {
         let s = 0;
         for (let d = 0; d < depth; d++) s += q[at(i, d)]! * k[at(j, d)]!;
         p[i]![j] = scale * s;
         max = Math.max(max, p[i]![j]!);
       }
       let sum = 0;
-      for (let j = 0; j <= i; j++) sum += p[i]![j] = Math.exp(p[i]![j]! - max);
-      for (let j = 0; j <= i; j++) p[i]![j]! /= sum;
+      for (let j = 0; j < keys; j++) sum += p[i]![j] = Math.exp(p[i]![j]! - max);
+      for (let j = 0; j < keys; j++) p[i]![j]! /= sum;
       let dot = 0;
-      for (let j = 0; j <= i; j++) {
+      for (let j = 0; j < keys; j++) {
         let dp = 0;
         for (let d = 0; d < depth; d++) dp += dOut[at(i, d)]! * v[at(j, d)]!;
         ds[i]![j] = dp;
         dot += dp * p[i]![j]!;
       }
-      for (let j = 0; j <= i; j++) ds[i]![j] = scale * p[i]![j]! * (ds[i]![j]! - dot);
+      for (let j = 0; j < keys; j++) ds[i]![j] = scale * p[i]![j]! * (ds[i]![j]! - dot);
     }
     for (let i = 0; i < rows; i++) {
       for (let d = 0; d < depth; d++) {
         let [oSum, dqSum, dkSum, dvSum] = [0, 0, 0, 0];
+        // p and ds are 0 past each row's kept keys.
         for (let j = 0; j <= i; j++) {
           oSum += p[i]![j]! * v[at(j, d)]!;
           dqSum += ds[i]![j]! * k[at(j, d)]!;
         }
-        for (let j = i; j < rows; j++) {
+        for (let j = 0; j < rows; j++) {
           dkSum += ds[j]![i]! * q[at(j, d)]!;
           dvSum += p[j]![i]! * dOut[at(j, d)]!;
         }
@@ -245,6 +258,77 @@ describe('causal attention in one kernel each way', () => {
       });
       expect(first).toEqual(withSeededRandom(5, () => tf.tidy(() => Array.from(dropout(tf.ones([8]), 0.5).dataSync()))));
       x.dispose();
+    });
+  });
+
+  // Right padding: sequence b's keys from keyLengths[b] on are masked for every query (a padding
+  // query attends to the sequence's tokens), as a padding mask added to the causal one does. Lengths
+  // across the 4-row groups of the softmax (1, 5, 13, 77, …), with and without dropout, on both threads.
+  it.each([
+    [[13, 5, 1], 13, 2, 5],
+    [[128, 77], 128, 4, 64],
+    [[2, 37, 30], 37, 3, 20],
+    [[520, 301], 520, 2, 8],
+  ])('takes right-padded sequences (lengths %j, T %i, %i heads, D %i): float64’s values, the unpadded rows’ bits, no gradient to padding keys', async (lengths, rows, heads, depth) => {
+    const batch = lengths.length;
+    const { q, k, v, dOut, scale } = operands([batch, heads], rows, depth);
+    const kept = (m: number, i: number): number => Math.min(i + 1, lengths[Math.floor(m / heads)]!);
+    const expected = reference(q, k, v, dOut, batch * heads, rows, depth, scale, kept);
+    await withoutTensorLeaks(() => {
+      // The reference's [B, H, T, D] stacks in the layers' layout [B, T, H·D], and back.
+      const stackShape = [batch, heads, rows, depth];
+      const toLayers = (values: Float32Array): tf.Tensor => tf.tidy(() => tf.reshape(tf.transpose(tf.tensor(values, stackShape), [0, 2, 1, 3]), [batch, rows, heads * depth]));
+      const toStack = (x: tf.Tensor): Float32Array => tf.tidy(() => tf.transpose(tf.reshape(x, [batch, rows, heads, depth]), [0, 2, 1, 3]).dataSync() as Float32Array);
+      const [tq, tk, tv, tdo] = [q, k, v, dOut].map(toLayers) as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+      const run = (options: { keyLengths?: number[]; dropout?: number }): { names: string[]; values: Float32Array[] } => {
+        const spy = spyOnKernels();
+        const attend = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalAttention(a, b, c, scale, { heads, seed: 9, ...options })!;
+        const values = tf.tidy(() => {
+          const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), tdo)))([tq, tk, tv]);
+          value.dispose();
+          return [attend(tq, tk, tv), ...grads].map(toStack);
+        });
+        spy.stop();
+        return { names: spy.calls.map((call) => call.kernelName), values };
+      };
+      const padded = run({ keyLengths: lengths });
+      expect(padded.names.filter((name) => /Attention|MatMul|Softmax/.test(name)).sort()).toEqual([CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL].sort());
+      // Within 1e-5 of the largest value of each, as the unpadded kernel (measured alike).
+      (['o', 'dq', 'dk', 'dv'] as const).forEach((what, i) => expect(maxRelativeError(padded.values[i]!, expected[what]), what).toBeLessThan(1e-5));
+      // The sequences' own rows (i < length) read nothing past them: o and dq there are the unpadded kernel's bits.
+      const unpadded = run({});
+      const rowsOf = (values: Float32Array, which: (m: number, i: number) => boolean): number[] =>
+        Array.from(values).filter((_, index) => which(Math.floor(index / (rows * depth)), Math.floor(index / depth) % rows));
+      const own = (m: number, i: number): boolean => i < lengths[Math.floor(m / heads)]!;
+      for (const i of [0, 1]) expectSameValues(rowsOf(padded.values[i]!, own), rowsOf(unpadded.values[i]!, own), ['o', 'dq'][i]);
+      // Padding keys get no gradient: dk and dv are exactly 0 there.
+      for (const i of [2, 3]) expect(rowsOf(padded.values[i]!, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
+      // With dropout too: finite, every result moved by it, and the padding keys still without gradient.
+      const dropped = run({ keyLengths: lengths, dropout: 0.25 });
+      dropped.values.forEach((values, i) => {
+        expect(values.every(Number.isFinite)).toBe(true);
+        expect(Array.from(values)).not.toEqual(Array.from(padded.values[i]!));
+      });
+      for (const i of [2, 3]) expect(rowsOf(dropped.values[i]!, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
+      tf.dispose([tq, tk, tv, tdo]);
+    });
+  });
+
+  it('declines lengths it cannot take (stacks, a wrong count, 0 or past T)', async () => {
+    await withoutTensorLeaks(() => {
+      const [q, k, v] = [1, 2, 3].map((seed) => tf.tensor(seededRandomValues(2 * 6 * 8, seed), [2, 6, 8]));
+      const qkv = tf.concat([q!, k!, v!], 2);
+      expect(causalAttention(q!, k!, v!, 1, { keyLengths: [6, 6] })).toBeNull();
+      for (const keyLengths of [[6], [6, 0], [6, 7], [6, 2.5]]) {
+        expect(causalAttention(q!, k!, v!, 1, { heads: 2, keyLengths })).toBeNull();
+        expect(causalSelfAttention(qkv, 2, 1, { keyLengths })).toBeNull();
+      }
+      const taken = tf.tidy(() => [causalAttention(q!, k!, v!, 1, { heads: 2, keyLengths: [6, 3] })!.shape, causalSelfAttention(qkv, 2, 1, { keyLengths: [6, 3] })!.shape]);
+      expect(taken).toEqual([
+        [2, 6, 8],
+        [2, 6, 8],
+      ]);
+      tf.dispose([q!, k!, v!, qkv]);
     });
   });
 

@@ -185,6 +185,51 @@ __attribute__((noinline)) static void softmax_rows4(float *row, int r0, int row_
   }
 }
 
+// Row r of S (its diagonal at r) becomes row r of P in place over its first `kept` keys (1 ≤ kept ≤
+// r + 1: fewer for a padding row of a right-padded sequence, whose keys past its length are padding),
+// zeros from there to 8 values past the vector of its diagonal (within the row; see zero_past_row).
+// softmax_rows4's arithmetic for one row, the same operations in the same order (the max is exact in
+// any order; the sum in the same lanes, then ((l0 + l1) + l2) + l3), so a row of every key up to its
+// diagonal gets the values softmax_rows4 gives it. Its max and 1/Σ go to stats[0], stats[1] (taken
+// from there with `stats_in`).
+__attribute__((noinline)) static void softmax_row_prefix(float *row, int r, int kept, int row_floats, float scale, float *stats, int stats_in) {
+  const v128_t vs = wasm_f32x4_splat(scale), pad = wasm_f32x4_splat(ATTENTION_PAD);
+  // `full` keys in whole vectors, then the vector at `full` with its lanes below `kept` kept (if any).
+  const int full = kept & ~3, end = (kept + 3) & ~3;
+  const v128_t keep = kept_lanes(full, kept);
+  float top;
+  if (stats_in)
+    top = stats[0];
+  else {
+    const v128_t flip = scale > 0 ? wasm_f32x4_splat(0.0f) : wasm_f32x4_splat(-0.0f);
+    v128_t m = pad;
+    for (int j = 0; j < full; j += 4) m = wasm_f32x4_pmax(m, wasm_v128_xor(wasm_v128_load(row + j), flip));
+    if (end > full) m = wasm_f32x4_pmax(m, wasm_v128_bitselect(wasm_v128_xor(wasm_v128_load(row + full), flip), pad, keep));
+    m = wasm_f32x4_pmax(m, wasm_i32x4_shuffle(m, m, 2, 3, 0, 1));
+    m = wasm_f32x4_pmax(m, wasm_i32x4_shuffle(m, m, 1, 0, 3, 2));
+    top = wasm_f32x4_extract_lane(wasm_f32x4_mul(wasm_v128_xor(m, flip), vs), 0);
+  }
+  const v128_t vtop = wasm_f32x4_splat(top);
+  for (int j = 0; j < end; j += 4) wasm_v128_store(row + j, exp_nonpositive(wasm_f32x4_sub(wasm_f32x4_mul(wasm_v128_load(row + j), vs), vtop)));
+  if (end > full) wasm_v128_store(row + full, wasm_v128_and(wasm_v128_load(row + full), keep));
+  float reciprocal;
+  if (stats_in)
+    reciprocal = stats[1];
+  else {
+    v128_t sum = wasm_f32x4_splat(0.0f);
+    for (int j = 0; j < end; j += 4) sum = wasm_f32x4_add(sum, wasm_v128_load(row + j));
+    reciprocal = 1.0f / sum_lanes(sum);
+  }
+  const v128_t vrec = wasm_f32x4_splat(reciprocal);
+  for (int j = 0; j < end; j += 4) wasm_v128_store(row + j, wasm_f32x4_mul(wasm_v128_load(row + j), vrec));
+  // Zeros for the padding keys up to the diagonal, and 8 values past its vector.
+  const int zero_end = min_int(row_floats, ((r + 1 + 3) & ~3) + 8);
+  for (int j = end; j + 4 <= zero_end; j += 4) wasm_v128_store(row + j, wasm_f32x4_splat(0.0f));
+  if (stats_in) return;
+  stats[0] = top;
+  stats[1] = reciprocal;
+}
+
 // Row r of dP (r + 1 kept keys) becomes row r of dS = scale·P·(dP − Σ dP·P) in place (P's row as
 // softmax_rows4 left it).
 __attribute__((noinline)) static void softmax_grad_row(float *dp, const float *p, int r, int row_floats, float scale) {
@@ -206,13 +251,18 @@ __attribute__((noinline)) static void softmax_grad_row(float *dp, const float *p
 // P of a matrix into `p` (attention_scratch_rows(T) rows, of which the first T are P's; row r
 // written up to 8 values past the end of its last 4-value vector, within the row, zeros past key r;
 // what lies further right is left as it was and never read), from its q and k (rows `ld` apart)
-// and, with `stats_in`, the forward pass's stats (else found and written to `stats`).
-static void attention_probabilities(int t, int d, int ld, float scale, const float *q, const float *k, float *stats, int stats_in, float *packed, float *edge, float *p) {
+// and, with `stats_in`, the forward pass's stats (else found and written to `stats`). Keys from
+// `length` on (< T: a right-padded sequence) are padding: every row keeps keys below it only.
+static void attention_probabilities(int t, int d, int ld, float scale, int length, const float *q, const float *k, float *stats, int stats_in, float *packed, float *edge, float *p) {
   const int ldp = attention_row_floats(t);
   // kᵀ as B (k = D terms, T columns): its columns are k's rows.
   pack_b(k, d, t, 1, ld, packed);
   multiply_triangular(TRI_LOWER_SCORES, q, ld, 1, packed, d, t, t, 0, 0, p, ldp, edge);
-  for (int r = 0; r < t; r += 4) softmax_rows4(p + r * ldp, r, ldp, scale, stats + 2 * r, stats_in, min_int(4, t - r));
+  for (int r = 0; r < t; r += 4) {
+    if (length >= t || r + 3 < length) softmax_rows4(p + r * ldp, r, ldp, scale, stats + 2 * r, stats_in, min_int(4, t - r));
+    else
+      for (int row = r; row < min_int(r + 4, t); row++) softmax_row_prefix(p + row * ldp, row, min_int(row + 1, length), ldp, scale, stats + 2 * row, stats_in);
+  }
 }
 
 // Rows of P (or of dP) of matrix i times the dropout mask of their elements, which are elements
@@ -245,11 +295,15 @@ static void copy_rows(float *to, int ld_to, const float *from, int ld_from, int 
 
 // Matrix `i` of a call (q, k, v, dq, dk, dv laid out by `ld_in`, O and dO by `ld_out`, see
 // attention_offset; stats [matrices, T, 2]), with dropout on its probabilities where `threshold` > 0
-// (see drop_rows). Its results go where they belong (`staging` 0), or to `staging` as T×D blocks laid
+// (see drop_rows), and with `lengths` (one per sequence, ≥ 1; null: none) the keys from its
+// sequence's length on taken as padding (see attention_probabilities). Its results go where they belong (`staging` 0), or to `staging` as T×D blocks laid
 // out as attention_result_floats says.
-__attribute__((noinline)) static void attention_matrix(int kind, int t, int d, int heads, int ld_in, int ld_out, float scale, unsigned seed, int threshold, float drop_scale, const float *q, const float *k, const float *v,
-                                                       const float *dout, float *stats, float *o, float *dk, float *dv, int i, float *work, float *staging) {
+__attribute__((noinline)) static void attention_matrix(int kind, int t, int d, int heads, int ld_in, int ld_out, float scale, unsigned seed, int threshold, float drop_scale,
+                                                       const int *lengths, const float *q, const float *k, const float *v, const float *dout, float *stats, float *o, float *dk, float *dv,
+                                                       int i, float *work, float *staging) {
   const int size = t * d, ldp = attention_row_floats(t);
+  // The sequence's length where `lengths` gives one (right padding: its keys from there on are padding).
+  const int length = lengths ? min_int(t, lengths[i / heads]) : t;
   const int in = attention_offset(i, heads, t, d, ld_in), out = attention_offset(i, heads, t, d, ld_out);
   q += in;
   k += in;
@@ -258,7 +312,7 @@ __attribute__((noinline)) static void attention_matrix(int kind, int t, int d, i
   if (kind == ATTENTION_FORWARD) {
     float *o_i = staging ? staging : o + out;
     float *stats_i = staging ? staging + size : stats + i * 2 * t;
-    attention_probabilities(t, d, ld_in, scale, q, k, stats_i, 0, packed, edge, p);
+    attention_probabilities(t, d, ld_in, scale, length, q, k, stats_i, 0, packed, edge, p);
     if (threshold > 0) drop_rows(p, ldp, t, i, seed, threshold, drop_scale);
     pack_b(v, t, d, ld_in, 1, packed);
     multiply_triangular(TRI_LOWER_A_ZEROED, p, ldp, 1, packed, t, t, d, 0, 0, o_i, staging ? d : ld_out, edge);
@@ -270,7 +324,7 @@ __attribute__((noinline)) static void attention_matrix(int kind, int t, int d, i
   float *dk_i = staging ? staging + size : dk + in;
   float *dv_i = staging ? staging + 2 * size : dv + in;
   float *ds = p + attention_scratch_rows(t) * ldp;
-  attention_probabilities(t, d, ld_in, scale, q, k, stats + i * 2 * t, 1, packed, edge, p);
+  attention_probabilities(t, d, ld_in, scale, length, q, k, stats + i * 2 * t, 1, packed, edge, p);
   // dP = tril(dO·vᵀ), then dS in place.
   pack_b(v, d, t, 1, ld_in, packed);
   multiply_triangular(TRI_LOWER_SCORES, dout_i, ld_out, 1, packed, d, t, t, 0, 0, ds, ldp, edge);
@@ -303,17 +357,18 @@ static void attention_copy_matrix(int kind, int t, int d, int heads, int ld_in, 
 
 /// Causal attention's forward pass on the calling thread for `matrices` T×D matrices of q, k, v
 /// laid out by `heads`, `ld_in` and `ld_out` (see attention_offset), with dropout (seed, threshold,
-/// scale as the dropout kernel takes them) where `threshold` > 0: O and the stats (see above);
+/// scale as the dropout kernel takes them) where `threshold` > 0 and each sequence's length (right
+/// padding; `lengths` null: none): O and the stats (see above);
 /// `scratch` holds attention_scratch_floats(3, T, D, 0).
 __attribute__((export_name("attention_forward"))) void attention_forward(int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale, unsigned seed, int threshold,
-                                                                         float drop_scale, const float *q, const float *k, const float *v, float *o, float *stats, float *scratch) {
-  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_FORWARD, t, d, heads, ld_in, ld_out, scale, seed, threshold, drop_scale, q, k, v, 0, stats, o, 0, 0, i, scratch, 0);
+                                                                         float drop_scale, const int *lengths, const float *q, const float *k, const float *v, float *o, float *stats, float *scratch) {
+  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_FORWARD, t, d, heads, ld_in, ld_out, scale, seed, threshold, drop_scale, lengths, q, k, v, 0, stats, o, 0, 0, i, scratch, 0);
 }
 
 /// Its backward pass on the calling thread: dq, dk, dv (laid out as q, k, v) from dO, q, k, v, the
 /// forward pass's stats and its dropout; `scratch` holds attention_scratch_floats(4, T, D, 0).
 __attribute__((export_name("attention_backward"))) void attention_backward(int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale, unsigned seed, int threshold,
-                                                                           float drop_scale, const float *dout, const float *q, const float *k, const float *v, const float *stats, float *dq,
+                                                                           float drop_scale, const int *lengths, const float *dout, const float *q, const float *k, const float *v, const float *stats, float *dq,
                                                                            float *dk, float *dv, float *scratch) {
-  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_BACKWARD, t, d, heads, ld_in, ld_out, scale, seed, threshold, drop_scale, q, k, v, dout, (float *)stats, dq, dk, dv, i, scratch, 0);
+  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_BACKWARD, t, d, heads, ld_in, ld_out, scale, seed, threshold, drop_scale, lengths, q, k, v, dout, (float *)stats, dq, dk, dv, i, scratch, 0);
 }

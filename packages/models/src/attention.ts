@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { LoraError, ShapeError } from '@lora/core';
-import { causalAttention, causalMix, causalScores, scaledSoftmax } from '@lora/core/internal';
+import { causalAttention, causalMix, causalScores, hostReadIsCheap, scaledSoftmax } from '@lora/core/internal';
 import { PACKAGE } from './config-fields.js';
 
 /**
@@ -218,6 +218,29 @@ export function scaledDotProductAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tens
     const out = tf.matMul(tf.reshape(probabilities, [batch, kvHeads, group * queries, keys]), v);
     return tf.reshape(out, [batch, heads, queries, depth]) as tf.Tensor4D;
   });
+}
+
+/**
+ * Each sequence's length where `attentionMask` [B, T] is right padding (each row's ones first, then
+ * zeros only, at least one 1): what core's one-kernel causal attention takes for it (`keyLengths`),
+ * with the padding mask's meaning. Null for no mask or any other one (left padding, holes, an
+ * all-zero row), and on GPU backends, where reading the mask would stall the device (the kernel is
+ * WASM's; the host-memory backends read it for free).
+ */
+export function rightPaddedLengths(attentionMask: tf.Tensor | undefined): number[] | null {
+  if (attentionMask === undefined || attentionMask.rank !== 2 || !hostReadIsCheap()) return null;
+  const [batch, time] = attentionMask.shape as [number, number];
+  const values = attentionMask.dataSync();
+  const lengths: number[] = [];
+  for (let b = 0; b < batch; b++) {
+    const row = values.subarray(b * time, (b + 1) * time);
+    let length = 0;
+    while (length < time && row[length] !== 0) length += 1;
+    for (let j = length; j < time; j++) if (row[j] !== 0) return null;
+    if (length === 0) return null;
+    lengths.push(length);
+  }
+  return lengths;
 }
 
 /**

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ShapeError, type TensorModule } from '@lora/core';
 import { causalSelfAttention } from '@lora/core/internal';
 import { activationFunction } from './activations.js';
-import { attentionBias, mergeHeads, scaledDotProductAttention, splitHeads, type KeyValueCache } from './attention.js';
+import { attentionBias, mergeHeads, rightPaddedLengths, scaledDotProductAttention, splitHeads, type KeyValueCache } from './attention.js';
 import { PACKAGE } from './config-fields.js';
 import { gpt2ConfigJson, type Gpt2Config } from './gpt2-config.js';
 import { normalInit } from './initialization.js';
@@ -34,18 +34,22 @@ export class Gpt2Attention extends Module {
     this.resid_dropout = this.registerModule('resid_dropout', new Dropout(config.residPdrop));
   }
 
-  /** Hidden states [B, T, nEmbd] → attention output [B, T, nEmbd]. */
-  forward(hidden: tf.Tensor, bias: tf.Tensor | null, cache?: KeyValueCache): tf.Tensor {
+  /**
+   * Hidden states [B, T, nEmbd] → attention output [B, T, nEmbd]. `keyLengths`: each sequence's
+   * length where `bias` holds a right-padding mask (what it masks, for core's one kernel).
+   */
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null, cache?: KeyValueCache, keyLengths?: readonly number[] | null): tf.Tensor {
     return tf.tidy(() => {
       const { nEmbd, nHead } = this.config;
       const qkv = this.c_attn.forward(hidden);
       let scale = this.config.scaleAttnWeights ? 1 / Math.sqrt(nEmbd / nHead) : 1;
       if (this.config.scaleAttnByInverseLayerIdx) scale /= this.layerIndex + 1;
-      // Causal attention without padding (the causal mask alone) or cache: read straight from qkv and
-      // written with the heads merged, where core has that kernel (WASM). Its attention dropout drops
-      // the probabilities inside the kernel with the mask attn_dropout would draw there (same seed).
+      // Causal attention without a cache, the causal mask alone or with right padding: read straight
+      // from qkv and written with the heads merged, where core has that kernel (WASM). Its attention
+      // dropout drops the probabilities inside the kernel with the mask attn_dropout would draw there.
       const dropout = this.training && this.config.attnPdrop > 0;
-      const whole = cache === undefined && bias?.rank === 2 ? causalSelfAttention(qkv, nHead, scale, dropout ? { dropout: this.attn_dropout.p } : {}) : null;
+      const options = { ...(dropout ? { dropout: this.attn_dropout.p } : {}), ...(keyLengths ? { keyLengths } : {}) };
+      const whole = cache === undefined && (bias?.rank === 2 || keyLengths) ? causalSelfAttention(qkv, nHead, scale, options) : null;
       if (whole !== null) return this.resid_dropout.forward(this.c_proj.forward(whole));
       const [q, k, v] = tf.split(qkv, [nEmbd, nEmbd, nEmbd], -1) as [tf.Tensor, tf.Tensor, tf.Tensor];
       let keys = splitHeads(k, nHead) as tf.Tensor;
@@ -108,11 +112,12 @@ export class Gpt2Block extends Module {
   /**
    * Hidden states [B, T, nEmbd] → the block output: `h + attn(ln_1(h))`, then `+ mlp(ln_2(·))`.
    * `bias` is the additive attention mask (null for none); with `cache`, keys and values of earlier
-   * positions are reused and this step's appended. The caller disposes the result.
+   * positions are reused and this step's appended; `keyLengths` as {@link Gpt2Attention.forward}'s.
+   * The caller disposes the result.
    */
-  forward(hidden: tf.Tensor, bias: tf.Tensor | null, cache?: KeyValueCache): tf.Tensor {
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null, cache?: KeyValueCache, keyLengths?: readonly number[] | null): tf.Tensor {
     return tf.tidy(() => {
-      const afterAttention = tf.add(hidden, this.attn.forward(this.ln_1.forward(hidden), bias, cache));
+      const afterAttention = tf.add(hidden, this.attn.forward(this.ln_1.forward(hidden), bias, cache, keyLengths));
       return tf.add(afterAttention, this.mlp.forward(this.ln_2.forward(afterAttention)));
     });
   }
@@ -176,12 +181,14 @@ export class Gpt2Model extends PretrainedModel {
       throw new ShapeError(`[${PACKAGE}] GPT-2 sequence (cached + new positions) longer than n_positions`, [null, this.config.nPositions], [batch, past + time]);
     }
     const bias = attentionBias({ queries: time, past, causal: true, attentionMask: options.attentionMask, batch });
+    // A right-padded batch (nothing cached): the lengths core's one-kernel attention takes for it.
+    const keyLengths = options.cache === undefined ? rightPaddedLengths(options.attentionMask) : null;
     try {
       return tf.tidy(() => {
         const positions = positionIdsFor(options.positionIds, batch, time, past);
         let hidden = tf.add(this.wte.forward(inputIds), this.wpe.forward(positions));
         hidden = this.drop.forward(hidden);
-        for (const block of this.h) hidden = block.forward(hidden, bias, options.cache);
+        for (const block of this.h) hidden = block.forward(hidden, bias, options.cache, keyLengths);
         return this.ln_f.forward(hidden);
       });
     } finally {

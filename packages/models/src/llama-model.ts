@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError, Embedding, Linear, Module, ModuleList, RMSNorm, ShapeError, type TensorModule } from '@lora/core';
 import { activationFunction } from './activations.js';
-import { attentionBias, mergeHeads, scaledDotProductAttention, splitHeads, type KeyValueCache } from './attention.js';
+import { attentionBias, mergeHeads, rightPaddedLengths, scaledDotProductAttention, splitHeads, type KeyValueCache } from './attention.js';
 import { PACKAGE } from './config-fields.js';
 import { normalInit } from './initialization.js';
 import { llamaConfigJson, type LlamaConfig } from './llama-config.js';
@@ -45,9 +45,11 @@ export class LlamaAttention extends Module {
   /**
    * Hidden states [B, T, hiddenSize] → attention output [B, T, hiddenSize]: rotary position embedding
    * on queries and keys (grouped-query heads shared as configured), the additive mask `bias` (null for
-   * none), keys and values reused and appended when a `cache` is given. The caller disposes the result.
+   * none), keys and values reused and appended when a `cache` is given; `keyLengths`, each sequence's
+   * length where `bias` holds a right-padding mask (what it masks, for core's one kernel). The caller
+   * disposes the result.
    */
-  forward(hidden: tf.Tensor, bias: tf.Tensor | null, rotary: RotaryContext, cache?: KeyValueCache): tf.Tensor {
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null, rotary: RotaryContext, cache?: KeyValueCache, keyLengths?: readonly number[] | null): tf.Tensor {
     return tf.tidy(() => {
       const { numAttentionHeads: heads, numKeyValueHeads: kvHeads, headDim, attentionDropout } = this.config;
       const [batch, time] = hidden.shape as [number, number];
@@ -59,12 +61,13 @@ export class LlamaAttention extends Module {
       const q = rotated(this.q_proj.forward(hidden), heads);
       const k = rotated(this.k_proj.forward(hidden), kvHeads);
       const v = this.v_proj.forward(hidden);
-      // The causal mask alone and nothing cached: core's attention in one kernel each way where it has
+      // The causal mask alone (or with right padding: `keyLengths`) and nothing cached: core's attention in one kernel each way where it has
       // one (WASM), reading q, k, v and writing its output in this layout (no transposes either way;
       // grouped key/value heads broadcast to their query heads), the attention dropout inside it (the
       // mask the separate dropout below would draw there). What the split heads below give, value
       // for value without grouping.
-      const whole = cache === undefined && bias?.rank === 2 ? causalAttention(q, k, v, scale, { heads, kvHeads, ...(dropoutActive ? { dropout: attentionDropout } : {}) }) : null;
+      const options = { heads, kvHeads, ...(dropoutActive ? { dropout: attentionDropout } : {}), ...(keyLengths ? { keyLengths } : {}) };
+      const whole = cache === undefined && (bias?.rank === 2 || keyLengths) ? causalAttention(q, k, v, scale, options) : null;
       if (whole !== null) return this.o_proj.forward(whole);
       let keys: tf.Tensor = splitHeads(k, kvHeads);
       let values: tf.Tensor = splitHeads(v, kvHeads);
@@ -128,9 +131,9 @@ export class LlamaDecoderLayer extends Module {
    * One pre-norm decoder layer: `h + self_attn(input_layernorm(h))`, then `+ mlp(post_attention_layernorm(·))`.
    * Arguments as {@link LlamaAttention.forward}; the caller disposes the result.
    */
-  forward(hidden: tf.Tensor, bias: tf.Tensor | null, rotary: RotaryContext, cache?: KeyValueCache): tf.Tensor {
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null, rotary: RotaryContext, cache?: KeyValueCache, keyLengths?: readonly number[] | null): tf.Tensor {
     return tf.tidy(() => {
-      const afterAttention = tf.add(hidden, this.self_attn.forward(this.input_layernorm.forward(hidden), bias, rotary, cache));
+      const afterAttention = tf.add(hidden, this.self_attn.forward(this.input_layernorm.forward(hidden), bias, rotary, cache, keyLengths));
       return tf.add(afterAttention, this.mlp.forward(this.post_attention_layernorm.forward(afterAttention)));
     });
   }
@@ -212,9 +215,11 @@ export class LlamaModel extends PretrainedModel {
     try {
       // Inside the try: a bad attentionMask throws here, and the rotary tables must still be freed.
       bias = attentionBias({ queries: time, past, causal: true, attentionMask: options.attentionMask, batch });
+      // A right-padded batch (nothing cached): the lengths core's one-kernel attention takes for it.
+      const keyLengths = options.cache === undefined ? rightPaddedLengths(options.attentionMask) : null;
       return tf.tidy(() => {
         let hidden = this.embed_tokens.forward(inputIds);
-        for (const layer of this.layers) hidden = layer.forward(hidden, bias, rotary, options.cache);
+        for (const layer of this.layers) hidden = layer.forward(hidden, bias, rotary, options.cache, keyLengths);
         return this.norm.forward(hidden);
       });
     } finally {
