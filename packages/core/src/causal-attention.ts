@@ -50,14 +50,14 @@ export interface CausalAttentionOptions {
 }
 
 /** The kernels' dropout attributes (none: threshold 0), the seed drawn only where there is dropout, and the sequences' lengths. */
-function optionKernelAttrs(options: CausalAttentionOptions): tf.NamedAttrMap {
+export function optionKernelAttrs(options: CausalAttentionOptions): tf.NamedAttrMap {
   const p = options.dropout ?? 0;
   const attrs = p === 0 ? null : dropoutAttrs(p, options.seed === undefined ? {} : { seed: options.seed });
   return { dropoutSeed: attrs?.seed ?? 0, dropoutThreshold: attrs?.threshold ?? 0, dropoutScale: attrs?.scale ?? 1, keyLengths: [...(options.keyLengths ?? [])] };
 }
 
 /** Whether `keyLengths` (when given) has one integer in [1, T] per sequence of `batch`. */
-function lengthsFit(keyLengths: readonly number[] | undefined, batch: number, t: number): boolean {
+export function lengthsFit(keyLengths: readonly number[] | undefined, batch: number, t: number): boolean {
   return keyLengths === undefined || (keyLengths.length === batch && keyLengths.every((length) => Number.isInteger(length) && length >= 1 && length <= t));
 }
 

@@ -63,6 +63,8 @@ export {
   causalAttention,
   causalSelfAttention,
 } from './causal-attention.js';
+export type { CausalAttentionOptions } from './causal-attention.js';
+export { ATTENTION_GRAD_KERNEL, ATTENTION_KERNEL, bidirectionalAttention } from './bidirectional-attention.js';
 export type { KernelCall, KernelSpy } from './kernel-spy.js';
 export { loraFactorTensors, writeExportedLora } from './lora-export.js';
 export type { ExportedLora, ExportedLoraWriteOptions, LoraFactors } from './lora-export.js';

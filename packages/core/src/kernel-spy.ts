@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { ATTENTION_GRAD_KERNEL, ATTENTION_KERNEL } from './bidirectional-attention.js';
 import { CAUSAL_MIX_KERNEL, CAUSAL_SCORES_KERNEL } from './causal-products.js';
 import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL } from './causal-attention.js';
 import { LORA_BACKWARD_KERNEL, LORA_FORWARD_KERNEL, LORA_LINEAR_BACKWARD_KERNEL, LORA_LINEAR_DROPOUT_FORWARD_KERNEL, LORA_LINEAR_FORWARD_KERNEL } from './low-rank-train.js';
@@ -155,6 +156,14 @@ export function matMulFlops(call: Pick<KernelCall, 'kernelName' | 'inputShapes' 
     const [rows, depth] = q.slice(-2) as [number, number];
     const products = call.kernelName === CAUSAL_ATTENTION_KERNEL ? 2 : 5;
     return products * q.slice(0, -2).reduce((product, dimension) => product * dimension, 1) * depth * rows * (rows + 1);
+  }
+  if (call.kernelName === ATTENTION_KERNEL || call.kernelName === ATTENTION_GRAD_KERNEL) {
+    // Bidirectional: full products over each sequence's keys, 2·T·L·D each per head (width = heads·D).
+    const [batch, rows, width] = call.inputShapes['q'] ?? [];
+    if (batch === undefined || rows === undefined || width === undefined) return 0;
+    const lengths = (call.attrs['keyLengths'] as number[] | undefined) ?? [];
+    const keys = lengths.length === batch ? lengths.reduce((sum, length) => sum + length, 0) : batch * rows;
+    return (call.kernelName === ATTENTION_KERNEL ? 2 : 5) * 2 * rows * keys * width;
   }
   if (call.kernelName !== 'BatchMatMul' && call.kernelName !== '_FusedMatMul') return 0;
   const a = call.inputShapes['a'];

@@ -1,4 +1,5 @@
 import type * as tf from '@tensorflow/tfjs-core';
+import { ATTENTION_GRAD_KERNEL, ATTENTION_KERNEL } from './bidirectional-attention.js';
 import { attentionDropoutOf, attentionKeyLengthsOf, CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL } from './causal-attention.js';
 import { simdCausalAttentionBackward, simdCausalAttentionForward, simdCausalSelfAttentionBackward, simdCausalSelfAttentionForward } from './wasm-simd-matmul.js';
 
@@ -42,8 +43,30 @@ const causalSelfAttentionGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }
   );
 };
 
-/** Causal self-attention in one kernel each way (wasm/causal-attention.h, in the batched matMul's module): on split heads, and on GPT-2's fused projection. By name. */
+const attentionKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const { q, k, v } = inputs as Record<'q' | 'k' | 'v', tf.TensorInfo>;
+  return (
+    simdCausalAttentionForward(backend as tf.KernelBackend, q, k, v, attrs!['scale'] as number, headsOf(attrs), attentionDropoutOf(attrs), attentionKeyLengthsOf(attrs), false) ??
+    notFitting(ATTENTION_KERNEL, q)
+  );
+};
+
+const attentionGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const { dy, q, k, v, stats } = inputs as Record<'dy' | 'q' | 'k' | 'v' | 'stats', tf.TensorInfo>;
+  return (
+    simdCausalAttentionBackward(backend as tf.KernelBackend, dy, q, k, v, stats, attrs!['scale'] as number, headsOf(attrs), attentionDropoutOf(attrs), attentionKeyLengthsOf(attrs), false) ??
+    notFitting(ATTENTION_GRAD_KERNEL, q)
+  );
+};
+
+/**
+ * Self-attention in one kernel each way (wasm/causal-attention.h, in the batched matMul's module):
+ * causal on split heads, on the layers' layout and on GPT-2's fused projection; bidirectional (an
+ * encoder's) on the layers' layout. By name.
+ */
 export const WASM_CAUSAL_ATTENTION_KERNELS: Readonly<Record<string, tf.KernelFunc>> = {
+  [ATTENTION_KERNEL]: attentionKernel,
+  [ATTENTION_GRAD_KERNEL]: attentionGradKernel,
   [CAUSAL_ATTENTION_KERNEL]: causalAttentionKernel,
   [CAUSAL_ATTENTION_GRAD_KERNEL]: causalAttentionGradKernel,
   [CAUSAL_SELF_ATTENTION_KERNEL]: causalSelfAttentionKernel,

@@ -97,7 +97,7 @@ type LoraBackwardExport = (
 /**
  * Causal attention's exports (wasm/causal-attention.h): matrices, their layout (heads, T, D, row
  * strides), scale, the dropout on the probabilities (seed, threshold, scale; threshold 0: none), the
- * address of each sequence's length (int32; 0: no padding), then addresses.
+ * address of each sequence's length (int32; 0: no padding), causal (1) or bidirectional (0), then addresses.
  */
 type AttentionLayoutArgs = [
   matrices: number,
@@ -111,6 +111,7 @@ type AttentionLayoutArgs = [
   threshold: number,
   dropScale: number,
   lengths: number,
+  causal: number,
 ];
 type AttentionForwardExport = (...args: [...AttentionLayoutArgs, q: number, k: number, v: number, o: number, stats: number, scratch: number]) => void;
 type AttentionBackwardExport = (...args: [...AttentionLayoutArgs, dout: number, q: number, k: number, v: number, stats: number, dq: number, dk: number, dv: number, scratch: number]) => void;
@@ -851,6 +852,7 @@ function runAttention(
   scale: number,
   dropout: DropoutAttrs | null,
   keyLengths: readonly number[] | null,
+  causal: boolean,
   addresses: readonly number[],
 ): void {
   const { matrices, heads, t, d, ldIn, ldOut } = layout;
@@ -861,7 +863,7 @@ function runAttention(
   try {
     if (lengths !== null) (wasm.typedArrayFromHeap(lengths) as Int32Array).set(keyLengths!);
     const lengthsAddress = lengths === null ? 0 : wasm.typedArrayFromHeap(lengths).byteOffset;
-    const args = [matrices, heads, t, d, ldIn, ldOut, scale, ...drop, lengthsAddress, ...addresses, wasm.typedArrayFromHeap(scratch).byteOffset] as const;
+    const args = [matrices, heads, t, d, ldIn, ldOut, scale, ...drop, lengthsAddress, causal ? 1 : 0, ...addresses, wasm.typedArrayFromHeap(scratch).byteOffset] as const;
     const shared = threadsFor(kernel, 4 * matrices * t * t * d, matrices);
     const threads = shared !== null && shared.growHelperBuffer(kernel.attentionScratchFloats(ATTENTION_KIND[pass], t, d, 1)) ? shared : null;
     if (pass === 'forward') {
@@ -916,8 +918,9 @@ const statsShape = (q: tf.TensorInfo, heads: number | undefined): number[] => (h
  * dropped as core's dropout kernel drops a [..., T, T] tensor of them with those attributes before
  * they multiply v. With `keyLengths` (the layers' layout only: one per sequence, in [1, T]), each
  * sequence is right-padded: its keys from its length on are masked for every query (as a padding
- * mask added to the causal one masks them). Null where the backend has no kernel or the shapes (or
- * lengths) do not fit.
+ * mask added to the causal one masks them). With `causal` false, attention is bidirectional (an
+ * encoder's: every query sees every key of its sequence; full products instead of triangles). Null
+ * where the backend has no kernel or the shapes (or lengths) do not fit.
  */
 export function simdCausalAttentionForward(
   backend: tf.KernelBackend,
@@ -928,6 +931,7 @@ export function simdCausalAttentionForward(
   heads?: number,
   dropout: DropoutAttrs | null = null,
   keyLengths: readonly number[] | null = null,
+  causal = true,
 ): [tf.TensorInfo, tf.TensorInfo] | null {
   const kernel = kernelOf(backend);
   const layout = [q, k, v].every((info) => isFloat32Shaped(info, q.shape)) ? separateLayout(backend, q, heads) : null;
@@ -935,7 +939,7 @@ export function simdCausalAttentionForward(
   const wasm = backend as WasmBackendWithModule;
   const o = wasm.makeOutput([...q.shape], 'float32');
   const stats = wasm.makeOutput(statsShape(q, heads), 'float32');
-  runAttention(kernel, wasm, 'forward', layout, scale, dropout, keyLengths, [q, k, v, o, stats].map((info) => addressOf(wasm, info)));
+  runAttention(kernel, wasm, 'forward', layout, scale, dropout, keyLengths, causal, [q, k, v, o, stats].map((info) => addressOf(wasm, info)));
   return [o, stats];
 }
 
@@ -955,6 +959,7 @@ export function simdCausalAttentionBackward(
   heads?: number,
   dropout: DropoutAttrs | null = null,
   keyLengths: readonly number[] | null = null,
+  causal = true,
 ): tf.TensorInfo[] | null {
   const kernel = kernelOf(backend);
   const shaped = [dout, q, k, v].every((info) => isFloat32Shaped(info, q.shape)) && isFloat32Shaped(stats, statsShape(q, heads));
@@ -962,7 +967,7 @@ export function simdCausalAttentionBackward(
   if (kernel === null || layout === null || !fitsLengths(layout, keyLengths, heads !== undefined)) return null;
   const wasm = backend as WasmBackendWithModule;
   const [dq, dk, dv] = [0, 1, 2].map(() => wasm.makeOutput([...q.shape], 'float32')) as [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo];
-  runAttention(kernel, wasm, 'backward', layout, scale, dropout, keyLengths, [dout, q, k, v, stats, dq, dk, dv].map((info) => addressOf(wasm, info)));
+  runAttention(kernel, wasm, 'backward', layout, scale, dropout, keyLengths, causal, [dout, q, k, v, stats, dq, dk, dv].map((info) => addressOf(wasm, info)));
   return [dq, dk, dv];
 }
 
@@ -1001,7 +1006,7 @@ export function simdCausalSelfAttentionForward(
   const o = wasm.makeOutput([batch, t, layout.ldOut], 'float32');
   const stats = wasm.makeOutput([batch, heads, t, 2], 'float32');
   const base = addressOf(wasm, qkv);
-  runAttention(kernel, wasm, 'forward', layout, scale, dropout, keyLengths, [base, base + 4 * layout.ldOut, base + 8 * layout.ldOut, addressOf(wasm, o), addressOf(wasm, stats)]);
+  runAttention(kernel, wasm, 'forward', layout, scale, dropout, keyLengths, true, [base, base + 4 * layout.ldOut, base + 8 * layout.ldOut, addressOf(wasm, o), addressOf(wasm, stats)]);
   return [o, stats];
 }
 
@@ -1028,7 +1033,7 @@ export function simdCausalSelfAttentionBackward(
   const dqkv = wasm.makeOutput([...qkv.shape], 'float32');
   const [base, gradient] = [addressOf(wasm, qkv), addressOf(wasm, dqkv)];
   const thirds = (address: number): number[] => [address, address + 4 * layout.ldOut, address + 8 * layout.ldOut];
-  runAttention(kernel, wasm, 'backward', layout, scale, dropout, keyLengths, [addressOf(wasm, dout), ...thirds(base), addressOf(wasm, stats), ...thirds(gradient)]);
+  runAttention(kernel, wasm, 'backward', layout, scale, dropout, keyLengths, true, [addressOf(wasm, dout), ...thirds(base), addressOf(wasm, stats), ...thirds(gradient)]);
   return dqkv;
 }
 

@@ -9,6 +9,7 @@ import {
   causalSelfAttention,
 } from '../src/causal-attention.js';
 import { causalMix, causalScores } from '../src/causal-products.js';
+import { ATTENTION_GRAD_KERNEL, ATTENTION_KERNEL, bidirectionalAttention } from '../src/bidirectional-attention.js';
 import { dropout, initRuntime } from '../src/index.js';
 import { withSeededRandom } from '../src/random-scope.js';
 import { matMulFlops, spyOnKernels } from '../src/kernel-spy.js';
@@ -78,7 +79,7 @@ function reference(
       for (let d = 0; d < depth; d++) {
         let [oSum, dqSum, dkSum, dvSum] = [0, 0, 0, 0];
         // p and ds are 0 past each row's kept keys.
-        for (let j = 0; j <= i; j++) {
+        for (let j = 0; j < rows; j++) {
           oSum += p[i]![j]! * v[at(j, d)]!;
           dqSum += ds[i]![j]! * k[at(j, d)]!;
         }
@@ -311,6 +312,81 @@ describe('causal attention in one kernel each way', () => {
       });
       for (const i of [2, 3]) expect(rowsOf(dropped.values[i]!, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
       tf.dispose([tq, tk, tv, tdo]);
+    });
+  });
+
+  // Bidirectional attention (an encoder's): every query sees its sequence's keys, all of them or
+  // the first keyLengths[b] (right padding); the layers' layout in and out.
+  it.each([
+    [[13, 5, 1], 13, 2, 5],
+    [[128, 77], 128, 4, 64],
+    [[2, 37, 30], 37, 3, 20],
+    [[520, 301], 520, 2, 8],
+  ])('runs bidirectional attention (lengths %j, T %i, %i heads, D %i): float64’s values, no gradient to padding keys, dropout on', async (lengths, rows, heads, depth) => {
+    const batch = lengths.length;
+    const { q, k, v, dOut, scale } = operands([batch, heads], rows, depth);
+    const expected = reference(q, k, v, dOut, batch * heads, rows, depth, scale, (m) => lengths[Math.floor(m / heads)]!);
+    const whole = reference(q, k, v, dOut, batch * heads, rows, depth, scale, () => rows);
+    await withoutTensorLeaks(() => {
+      const stackShape = [batch, heads, rows, depth];
+      const toLayers = (values: Float32Array): tf.Tensor => tf.tidy(() => tf.reshape(tf.transpose(tf.tensor(values, stackShape), [0, 2, 1, 3]), [batch, rows, heads * depth]));
+      const toStack = (x: tf.Tensor): Float32Array => tf.tidy(() => tf.transpose(tf.reshape(x, [batch, rows, heads, depth]), [0, 2, 1, 3]).dataSync() as Float32Array);
+      const [tq, tk, tv, tdo] = [q, k, v, dOut].map(toLayers) as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+      const run = (options: { keyLengths?: number[]; dropout?: number }): { names: string[]; values: Float32Array[] } => {
+        const spy = spyOnKernels();
+        const attend = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => bidirectionalAttention(a, b, c, scale, { heads, seed: 9, ...options })!;
+        const values = tf.tidy(() => {
+          const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), tdo)))([tq, tk, tv]);
+          value.dispose();
+          return [attend(tq, tk, tv), ...grads].map(toStack);
+        });
+        spy.stop();
+        return { names: spy.calls.map((call) => call.kernelName), values };
+      };
+      const padded = run({ keyLengths: lengths });
+      expect(padded.names.filter((name) => /Attention|MatMul|Softmax/.test(name)).sort()).toEqual([ATTENTION_KERNEL, ATTENTION_KERNEL, ATTENTION_GRAD_KERNEL].sort());
+      (['o', 'dq', 'dk', 'dv'] as const).forEach((what, i) => expect(maxRelativeError(padded.values[i]!, expected[what]), what).toBeLessThan(1e-5));
+      const own = (m: number, j: number): boolean => j < lengths[Math.floor(m / heads)]!;
+      const rowsOf = (values: Float32Array, which: (m: number, i: number) => boolean): number[] =>
+        Array.from(values).filter((_, index) => which(Math.floor(index / (rows * depth)), Math.floor(index / depth) % rows));
+      for (const i of [2, 3]) expect(rowsOf(padded.values[i]!, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
+      // Without lengths: every key of every sequence, as lengths of T give, bit for bit.
+      const unpadded = run({});
+      (['o', 'dq', 'dk', 'dv'] as const).forEach((what, i) => expect(maxRelativeError(unpadded.values[i]!, whole[what]), `${what} unpadded`).toBeLessThan(1e-5));
+      run({ keyLengths: lengths.map(() => rows) }).values.forEach((values, i) => expectSameValues(values, unpadded.values[i]!, ['o', 'dq', 'dk', 'dv'][i]));
+      // Dropout: finite, every result moved by it, padding keys still without gradient.
+      const dropped = run({ keyLengths: lengths, dropout: 0.25 });
+      dropped.values.forEach((values, i) => {
+        expect(values.every(Number.isFinite)).toBe(true);
+        expect(Array.from(values)).not.toEqual(Array.from(padded.values[i]!));
+      });
+      for (const i of [2, 3]) expect(rowsOf(dropped.values[i]!, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
+      tf.dispose([tq, tk, tv, tdo]);
+    });
+  });
+
+  it('drops bidirectional attention’s probabilities as core’s dropout between the separate ops does', async () => {
+    await withoutTensorLeaks(() => {
+      const [batch, rows, heads, depth] = [2, 11, 3, 4];
+      const lengths = [11, 6];
+      const [q, k, v] = [1, 2, 3].map((seed) => tf.tensor(seededRandomValues(batch * rows * heads * depth, seed, 2), [batch, rows, heads * depth]));
+      const dy = tf.tensor(seededRandomValues(batch * rows * heads * depth, 4), [batch, rows, heads * depth]);
+      const scale = 0.5;
+      const split = (x: tf.Tensor): tf.Tensor => tf.transpose(tf.reshape(x, [batch, rows, heads, depth]), [0, 2, 1, 3]);
+      const bias = tf.tensor4d(lengths.flatMap((length) => Array.from({ length: rows }, (_, j) => (j < length ? 0 : -1e9))), [batch, 1, 1, rows]);
+      const separate = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => {
+        const probabilities = dropout(tf.softmax(tf.add(tf.mul(tf.matMul(split(a), split(b), false, true), scale), bias)), 0.3, { seed: 77 });
+        return tf.reshape(tf.transpose(tf.matMul(probabilities, split(c)), [0, 2, 1, 3]), [batch, rows, heads * depth]);
+      };
+      const fused = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => bidirectionalAttention(a, b, c, scale, { heads, keyLengths: lengths, dropout: 0.3, seed: 77 })!;
+      const run = (attend: typeof fused): Float32Array[] =>
+        tf.tidy(() => {
+          const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), dy)))([q!, k!, v!]);
+          return [attend(q!, k!, v!), value, ...grads].map((tensor) => tensor.dataSync() as Float32Array);
+        });
+      const [ours, theirs] = [run(fused), run(separate)];
+      ours.forEach((values, i) => expectTensorsClose(values, theirs[i]!, { rtol: 1e-5, atol: 1e-6 }));
+      tf.dispose([q!, k!, v!, dy, bias]);
     });
   });
 

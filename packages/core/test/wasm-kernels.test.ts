@@ -54,6 +54,8 @@ describe('useFastWasmKernels', () => {
         'Concat',
         'GatherV2',
         'Identity',
+        'LoraAttention',
+        'LoraAttentionGrad',
         'LoraCausalAttention',
         'LoraCausalAttentionGrad',
         'LoraCausalMix',

@@ -710,8 +710,9 @@ struct args {
   uint32_t seed;
   int32_t threshold;
   float drop_scale;
-  // Each sequence's length (right padding), or null.
+  // Each sequence's length (right padding), or null; causal (1) or bidirectional (0).
   const int32_t *lengths;
+  int32_t causal;
   const float *q, *kt, *v, *dout; // kt: the keys (k is the product's terms)
   float *stats, *o, *dk, *dv;
 };
@@ -764,7 +765,7 @@ static void run_chunk(const struct args *p, int chunk, float *packed_b, int32_t 
     return;
   }
   if (p->kind == ATTENTION_FORWARD || p->kind == ATTENTION_BACKWARD) {
-    attention_matrix(p->kind, p->t, p->d, p->heads, p->ld_in, p->ld_out, p->s, p->seed, p->threshold, p->drop_scale, p->lengths, p->q, p->kt, p->v, p->dout, p->stats, p->o, p->dk, p->dv, chunk, packed_b, out);
+    attention_matrix(p->kind, p->t, p->d, p->heads, p->ld_in, p->ld_out, p->s, p->seed, p->threshold, p->drop_scale, p->lengths, p->causal, p->q, p->kt, p->v, p->dout, p->stats, p->o, p->dk, p->dv, chunk, packed_b, out);
     return;
   }
   if (p->kind != PRODUCT) {
@@ -987,7 +988,7 @@ __attribute__((export_name("lora_backward_threaded"))) void lora_backward_thread
 // `scratch` holds attention_scratch_floats(kind, t, d, 0) floats, the helper's buffer
 // attention_scratch_floats(kind, t, d, 1).
 static void attention_threaded(struct control *ctl, int kind, int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale, unsigned seed, int threshold, float drop_scale,
-                               const int *lengths, const float *q, const float *k, const float *v,
+                               const int *lengths, int causal, const float *q, const float *k, const float *v,
                                const float *dout, float *stats, float *o, float *dk, float *dv, float *scratch, int may_wait) {
   const uint32_t gen = next_generation(ctl);
   struct args *p = &ctl->call;
@@ -1002,6 +1003,7 @@ static void attention_threaded(struct control *ctl, int kind, int matrices, int 
   p->threshold = threshold;
   p->drop_scale = drop_scale;
   p->lengths = lengths;
+  p->causal = causal;
   p->q = q;
   p->kt = k;
   p->v = v;
@@ -1015,17 +1017,17 @@ static void attention_threaded(struct control *ctl, int kind, int matrices, int 
 
 /// attention_forward on two threads (see attention_threaded).
 __attribute__((export_name("attention_forward_threaded"))) void attention_forward_threaded(struct control *ctl, int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale,
-                                                                                             unsigned seed, int threshold, float drop_scale, const int *lengths, const float *q, const float *k,
-                                                                                             const float *v, float *o, float *stats, float *scratch, int may_wait) {
-  attention_threaded(ctl, ATTENTION_FORWARD, matrices, heads, t, d, ld_in, ld_out, scale, seed, threshold, drop_scale, lengths, q, k, v, 0, stats, o, 0, 0, scratch, may_wait);
+                                                                                             unsigned seed, int threshold, float drop_scale, const int *lengths, int causal, const float *q,
+                                                                                             const float *k, const float *v, float *o, float *stats, float *scratch, int may_wait) {
+  attention_threaded(ctl, ATTENTION_FORWARD, matrices, heads, t, d, ld_in, ld_out, scale, seed, threshold, drop_scale, lengths, causal, q, k, v, 0, stats, o, 0, 0, scratch, may_wait);
 }
 
 /// attention_backward on two threads (see attention_threaded).
 __attribute__((export_name("attention_backward_threaded"))) void attention_backward_threaded(struct control *ctl, int matrices, int heads, int t, int d, int ld_in, int ld_out,
-                                                                                               float scale, unsigned seed, int threshold, float drop_scale, const int *lengths,
+                                                                                               float scale, unsigned seed, int threshold, float drop_scale, const int *lengths, int causal,
                                                                                                const float *dout, const float *q, const float *k, const float *v, const float *stats, float *dq,
                                                                                                float *dk, float *dv, float *scratch, int may_wait) {
-  attention_threaded(ctl, ATTENTION_BACKWARD, matrices, heads, t, d, ld_in, ld_out, scale, seed, threshold, drop_scale, lengths, q, k, v, dout, (float *)stats, dq, dk, dv, scratch, may_wait);
+  attention_threaded(ctl, ATTENTION_BACKWARD, matrices, heads, t, d, ld_in, ld_out, scale, seed, threshold, drop_scale, lengths, causal, q, k, v, dout, (float *)stats, dq, dk, dv, scratch, may_wait);
 }
 
 /// A fused activation's values (`backward` 0) or gradient (1) on two threads, in chunks of `chunk`

@@ -267,14 +267,15 @@ static void attention_probabilities(int t, int d, int ld, float scale, int lengt
 
 // Rows of P (or of dP) of matrix i times the dropout mask of their elements, which are elements
 // i·T² + r·T + c of the [matrices, T, T] tensor the dropout kernel would mask: row r's vectors up to
-// its diagonal (lanes past it hold zeros, or in dP values the softmax's gradient then clears).
-// Counters wrap as the mask's 32-bit ones do.
-__attribute__((noinline)) static void drop_rows(float *rows, int ldp, int t, int i, unsigned seed, int threshold, float drop_scale) {
+// its diagonal (`keys` 0: causal), or its first `keys` keys (bidirectional attention); lanes past
+// those hold zeros, or in dP values the softmax's gradient then clears. Counters wrap as the mask's
+// 32-bit ones do.
+__attribute__((noinline)) static void drop_rows(float *rows, int ldp, int t, int i, unsigned seed, int threshold, float drop_scale, int keys) {
   const v128_t vseed = wasm_u32x4_splat(seed), vthreshold = wasm_i32x4_splat(threshold), vscale = wasm_f32x4_splat(drop_scale), four = wasm_i32x4_splat(4);
   for (int r = 0; r < t; r++) {
     float *row = rows + r * ldp;
     v128_t counters = wasm_i32x4_add(wasm_i32x4_splat((int)(((unsigned)i * (unsigned)t + (unsigned)r) * (unsigned)t)), wasm_i32x4_make(1, 2, 3, 4));
-    for (int j = 0; j <= r; j += 4) {
+    for (int j = 0, end = keys > 0 ? keys : r + 1; j < end; j += 4) {
       wasm_v128_store(row + j, dropped(wasm_v128_load(row + j), counters, vseed, vthreshold, vscale));
       counters = wasm_i32x4_add(counters, four);
     }
@@ -293,14 +294,59 @@ static void copy_rows(float *to, int ld_to, const float *from, int ld_from, int 
   for (int r = 0; r < rows; r++) copy_floats(to + r * ld_to, from + r * ld_from, columns);
 }
 
+// `rows` rows of D zeros, `ld` apart.
+static void zero_rows(float *x, int ld, int rows, int d) {
+  for (int r = 0; r < rows; r++)
+    for (int j = 0; j < d; j++) x[r * ld + j] = 0.0f;
+}
+
+// Bidirectional attention (an encoder's: every query sees every key of its sequence, its first
+// `length` ones; the rest are padding) for one matrix: attention_matrix's arguments, the causal
+// triangles replaced by full products over the sequence's keys. Forward: S = q·kᵀ over keys below
+// `length`, P = softmax(scale·S) row by row (softmax_row_prefix), O = P·v over those keys. Backward:
+// P again from the stats, dP = dO·vᵀ, dS = scale·P·(dP − Σ dP·P), dq = dS·k, dk = dSᵀ·q and dv =
+// Pᵀ·dO for the sequence's keys, zero for its padding keys. Dropout as in the causal form, on each
+// row's kept keys.
+static void bidirectional_matrix(int kind, int t, int d, int length, int ld_in, int ld_out, float scale, unsigned seed, int threshold, float drop_scale, const float *q,
+                                 const float *k, const float *v, const float *dout_i, float *stats_i, float *o_i, int ld_o, float *dq_i, float *dk_i, float *dv_i, int ld_g, int i,
+                                 float *packed, float *edge, float *p, float *ds) {
+  const int ldp = attention_row_floats(t);
+  // kᵀ as B over the sequence's keys, then the scores and P, one row at a time.
+  pack_b(k, d, length, 1, ld_in, packed);
+  multiply(q, ld_in, 1, 0, 0, 0, 0, packed, d, t, length, p, ldp, edge, 0, 0, 0);
+  const int stats_in = kind == ATTENTION_BACKWARD;
+  for (int r = 0; r < t; r++) softmax_row_prefix(p + r * ldp, r, length, ldp, scale, stats_i + 2 * r, stats_in);
+  if (kind == ATTENTION_FORWARD) {
+    if (threshold > 0) drop_rows(p, ldp, t, i, seed, threshold, drop_scale, length);
+    pack_b(v, length, d, ld_in, 1, packed);
+    multiply(p, ldp, 1, 0, 0, 0, 0, packed, length, t, d, o_i, ld_o, edge, 0, 0, 0);
+    return;
+  }
+  // dP = dO·vᵀ over the sequence's keys, then dS in place (each row keeps `length` keys).
+  pack_b(v, d, length, 1, ld_in, packed);
+  multiply(dout_i, ld_out, 1, 0, 0, 0, 0, packed, d, t, length, ds, ldp, edge, 0, 0, 0);
+  if (threshold > 0) drop_rows(ds, ldp, t, i, seed, threshold, drop_scale, length);
+  for (int r = 0; r < t; r++) softmax_grad_row(ds + r * ldp, p + r * ldp, length - 1, ldp, scale);
+  pack_b(k, length, d, ld_in, 1, packed);
+  multiply(ds, ldp, 1, 0, 0, 0, 0, packed, length, t, d, dq_i, ld_g, edge, 0, 0, 0);
+  // dk = dSᵀ·q and dv = (P ⊙ M)ᵀ·dO: dS and P read transposed in place, for the sequence's keys.
+  pack_b(q, t, d, ld_in, 1, packed);
+  multiply(ds, 1, ldp, 0, 0, 0, 0, packed, t, length, d, dk_i, ld_g, edge, 0, 0, 0);
+  zero_rows(dk_i + length * ld_g, ld_g, t - length, d);
+  if (threshold > 0) drop_rows(p, ldp, t, i, seed, threshold, drop_scale, length);
+  pack_b(dout_i, t, d, ld_out, 1, packed);
+  multiply(p, 1, ldp, 0, 0, 0, 0, packed, t, length, d, dv_i, ld_g, edge, 0, 0, 0);
+  zero_rows(dv_i + length * ld_g, ld_g, t - length, d);
+}
+
 // Matrix `i` of a call (q, k, v, dq, dk, dv laid out by `ld_in`, O and dO by `ld_out`, see
 // attention_offset; stats [matrices, T, 2]), with dropout on its probabilities where `threshold` > 0
 // (see drop_rows), and with `lengths` (one per sequence, ≥ 1; null: none) the keys from its
 // sequence's length on taken as padding (see attention_probabilities). Its results go where they belong (`staging` 0), or to `staging` as T×D blocks laid
 // out as attention_result_floats says.
 __attribute__((noinline)) static void attention_matrix(int kind, int t, int d, int heads, int ld_in, int ld_out, float scale, unsigned seed, int threshold, float drop_scale,
-                                                       const int *lengths, const float *q, const float *k, const float *v, const float *dout, float *stats, float *o, float *dk, float *dv,
-                                                       int i, float *work, float *staging) {
+                                                       const int *lengths, int causal, const float *q, const float *k, const float *v, const float *dout, float *stats, float *o,
+                                                       float *dk, float *dv, int i, float *work, float *staging) {
   const int size = t * d, ldp = attention_row_floats(t);
   // The sequence's length where `lengths` gives one (right padding: its keys from there on are padding).
   const int length = lengths ? min_int(t, lengths[i / heads]) : t;
@@ -309,11 +355,20 @@ __attribute__((noinline)) static void attention_matrix(int kind, int t, int d, i
   k += in;
   v += in;
   float *packed = work, *edge = work + attention_packed_floats(t, d), *p = edge + 32;
+  if (!causal) {
+    if (kind == ATTENTION_FORWARD)
+      bidirectional_matrix(kind, t, d, length, ld_in, ld_out, scale, seed, threshold, drop_scale, q, k, v, 0, staging ? staging + size : stats + i * 2 * t, staging ? staging : o + out,
+                           staging ? d : ld_out, 0, 0, 0, 0, i, packed, edge, p, 0);
+    else
+      bidirectional_matrix(kind, t, d, length, ld_in, ld_out, scale, seed, threshold, drop_scale, q, k, v, dout + out, stats + i * 2 * t, 0, 0, staging ? staging : o + in,
+                           staging ? staging + size : dk + in, staging ? staging + 2 * size : dv + in, staging ? d : ld_in, i, packed, edge, p, p + attention_scratch_rows(t) * ldp);
+    return;
+  }
   if (kind == ATTENTION_FORWARD) {
     float *o_i = staging ? staging : o + out;
     float *stats_i = staging ? staging + size : stats + i * 2 * t;
     attention_probabilities(t, d, ld_in, scale, length, q, k, stats_i, 0, packed, edge, p);
-    if (threshold > 0) drop_rows(p, ldp, t, i, seed, threshold, drop_scale);
+    if (threshold > 0) drop_rows(p, ldp, t, i, seed, threshold, drop_scale, 0);
     pack_b(v, t, d, ld_in, 1, packed);
     multiply_triangular(TRI_LOWER_A_ZEROED, p, ldp, 1, packed, t, t, d, 0, 0, o_i, staging ? d : ld_out, edge);
     return;
@@ -329,14 +384,14 @@ __attribute__((noinline)) static void attention_matrix(int kind, int t, int d, i
   pack_b(v, d, t, 1, ld_in, packed);
   multiply_triangular(TRI_LOWER_SCORES, dout_i, ld_out, 1, packed, d, t, t, 0, 0, ds, ldp, edge);
   // With dropout that was the gradient of P ⊙ M: times M, the gradient of P.
-  if (threshold > 0) drop_rows(ds, ldp, t, i, seed, threshold, drop_scale);
+  if (threshold > 0) drop_rows(ds, ldp, t, i, seed, threshold, drop_scale, 0);
   for (int r = 0; r < t; r++) softmax_grad_row(ds + r * ldp, p + r * ldp, r, ldp, scale);
   pack_b(k, t, d, ld_in, 1, packed);
   multiply_triangular(TRI_LOWER_A_ZEROED, ds, ldp, 1, packed, t, t, d, 0, 0, dq_i, ld_g, edge);
   pack_b(q, t, d, ld_in, 1, packed);
   multiply_triangular(TRI_UPPER_A, ds, 1, ldp, packed, t, t, d, 0, 0, dk_i, ld_g, edge);
   // dv from the probabilities the forward pass multiplied v by: P ⊙ M with dropout.
-  if (threshold > 0) drop_rows(p, ldp, t, i, seed, threshold, drop_scale);
+  if (threshold > 0) drop_rows(p, ldp, t, i, seed, threshold, drop_scale, 0);
   pack_b(dout_i, t, d, ld_out, 1, packed);
   multiply_triangular(TRI_UPPER_A, p, 1, ldp, packed, t, t, d, 0, 0, dv_i, ld_g, edge);
 }
@@ -358,17 +413,18 @@ static void attention_copy_matrix(int kind, int t, int d, int heads, int ld_in, 
 /// Causal attention's forward pass on the calling thread for `matrices` T×D matrices of q, k, v
 /// laid out by `heads`, `ld_in` and `ld_out` (see attention_offset), with dropout (seed, threshold,
 /// scale as the dropout kernel takes them) where `threshold` > 0 and each sequence's length (right
-/// padding; `lengths` null: none): O and the stats (see above);
+/// padding; `lengths` null: none), causal (`causal` 1) or bidirectional (0, see bidirectional_matrix): O
+/// and the stats (see above);
 /// `scratch` holds attention_scratch_floats(3, T, D, 0).
 __attribute__((export_name("attention_forward"))) void attention_forward(int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale, unsigned seed, int threshold,
-                                                                         float drop_scale, const int *lengths, const float *q, const float *k, const float *v, float *o, float *stats, float *scratch) {
-  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_FORWARD, t, d, heads, ld_in, ld_out, scale, seed, threshold, drop_scale, lengths, q, k, v, 0, stats, o, 0, 0, i, scratch, 0);
+                                                                         float drop_scale, const int *lengths, int causal, const float *q, const float *k, const float *v, float *o, float *stats, float *scratch) {
+  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_FORWARD, t, d, heads, ld_in, ld_out, scale, seed, threshold, drop_scale, lengths, causal, q, k, v, 0, stats, o, 0, 0, i, scratch, 0);
 }
 
 /// Its backward pass on the calling thread: dq, dk, dv (laid out as q, k, v) from dO, q, k, v, the
 /// forward pass's stats and its dropout; `scratch` holds attention_scratch_floats(4, T, D, 0).
 __attribute__((export_name("attention_backward"))) void attention_backward(int matrices, int heads, int t, int d, int ld_in, int ld_out, float scale, unsigned seed, int threshold,
-                                                                           float drop_scale, const int *lengths, const float *dout, const float *q, const float *k, const float *v, const float *stats, float *dq,
+                                                                           float drop_scale, const int *lengths, int causal, const float *dout, const float *q, const float *k, const float *v, const float *stats, float *dq,
                                                                            float *dk, float *dv, float *scratch) {
-  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_BACKWARD, t, d, heads, ld_in, ld_out, scale, seed, threshold, drop_scale, lengths, q, k, v, dout, (float *)stats, dq, dk, dv, i, scratch, 0);
+  for (int i = 0; i < matrices; i++) attention_matrix(ATTENTION_BACKWARD, t, d, heads, ld_in, ld_out, scale, seed, threshold, drop_scale, lengths, causal, q, k, v, dout, (float *)stats, dq, dk, dv, i, scratch, 0);
 }

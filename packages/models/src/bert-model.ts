@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ShapeError, type AdapterInputs } from '@lora/core';
 import { activationFunction } from './activations.js';
-import { attentionBias, mergeHeads, scaledDotProductAttention, splitHeads } from './attention.js';
+import { bidirectionalAttention } from '@lora/core/internal';
+import { attentionBias, mergeHeads, rightPaddedLengths, scaledDotProductAttention, splitHeads } from './attention.js';
 import { bertConfigJson, type BertConfig } from './bert-config.js';
 import { PACKAGE } from './config-fields.js';
 import { normalInit } from './initialization.js';
@@ -84,16 +85,31 @@ export class BertSelfAttention extends Module {
     this.heads = config.numAttentionHeads;
   }
 
-  /** Multi-head self-attention context [B, T, hiddenSize] (before the output projection); `bias` is the additive padding mask, null for none. */
-  forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
+  /**
+   * Multi-head self-attention context [B, T, hiddenSize] (before the output projection); `bias` is
+   * the additive padding mask, null for none; `keyLengths`, each sequence's length where that mask
+   * is right padding (what it masks, for core's one kernel).
+   */
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null, keyLengths?: readonly number[] | null): tf.Tensor {
     return tf.tidy(() => {
-      const q = splitHeads(this.query.forward(hidden), this.heads);
-      const k = splitHeads(this.key.forward(hidden), this.heads);
-      const v = splitHeads(this.value.forward(hidden), this.heads);
+      const [query, key, value] = [this.query.forward(hidden), this.key.forward(hidden), this.value.forward(hidden)];
+      const scale = 1 / Math.sqrt(query.shape[2]! / this.heads);
+      const dropout = this.training && this.dropout.p > 0;
+      // No mask, or right padding: core's attention in one kernel each way where it has one (WASM),
+      // reading q, k, v and writing its output in this layout (no heads split out or merged back),
+      // the attention dropout inside it (the mask the separate dropout below would draw there).
+      if (bias === null || keyLengths) {
+        const options = { heads: this.heads, ...(dropout ? { dropout: this.dropout.p } : {}), ...(keyLengths ? { keyLengths } : {}) };
+        const whole = bidirectionalAttention(query, key, value, scale, options);
+        if (whole !== null) return whole;
+      }
+      const q = splitHeads(query, this.heads);
+      const k = splitHeads(key, this.heads);
+      const v = splitHeads(value, this.heads);
       const attended = scaledDotProductAttention(q, k, v, {
-        scale: 1 / Math.sqrt(q.shape[3]),
+        scale,
         bias,
-        dropout: this.training && this.dropout.p > 0 ? (p) => this.dropout.forward(p) : undefined,
+        dropout: dropout ? (p) => this.dropout.forward(p) : undefined,
       });
       return mergeHeads(attended);
     });
@@ -136,8 +152,8 @@ export class BertAttention extends Module {
   }
 
   /** Self-attention followed by its output projection and residual LayerNorm, [B, T, hiddenSize] → [B, T, hiddenSize]. */
-  forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
-    return tf.tidy(() => this.output.forward(this.self.forward(hidden, bias), hidden));
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null, keyLengths?: readonly number[] | null): tf.Tensor {
+    return tf.tidy(() => this.output.forward(this.self.forward(hidden, bias, keyLengths), hidden));
   }
 }
 
@@ -175,10 +191,10 @@ export class BertLayer extends Module {
     this.output = this.registerModule('output', new BertResidualOutput(config, config.intermediateSize));
   }
 
-  /** One encoder layer: attention, then the intermediate layer and its residual output; `bias` is the additive padding mask. */
-  forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
+  /** One encoder layer: attention, then the intermediate layer and its residual output; `bias` is the additive padding mask (`keyLengths` as {@link BertSelfAttention.forward}'s). */
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null, keyLengths?: readonly number[] | null): tf.Tensor {
     return tf.tidy(() => {
-      const attended = this.attention.forward(hidden, bias);
+      const attended = this.attention.forward(hidden, bias, keyLengths);
       return this.output.forward(this.intermediate.forward(attended), attended);
     });
   }
@@ -194,11 +210,11 @@ export class BertEncoder extends Module {
     this.layer = this.registerModule('layer', new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new BertLayer(config))));
   }
 
-  /** Every layer in order, [B, T, hiddenSize] → the last hidden state; `bias` is the additive padding mask. */
-  forward(hidden: tf.Tensor, bias: tf.Tensor | null): tf.Tensor {
+  /** Every layer in order, [B, T, hiddenSize] → the last hidden state; `bias` is the additive padding mask (`keyLengths` as {@link BertSelfAttention.forward}'s). */
+  forward(hidden: tf.Tensor, bias: tf.Tensor | null, keyLengths?: readonly number[] | null): tf.Tensor {
     return tf.tidy(() => {
       let out = hidden;
-      for (const layer of this.layer) out = layer.forward(out, bias);
+      for (const layer of this.layer) out = layer.forward(out, bias, keyLengths);
       return out;
     });
   }
@@ -285,8 +301,10 @@ export class BertModel extends PretrainedModel {
     checkInputs(inputIds, this.config, options);
     const [batch, time] = inputIds.shape as [number, number];
     const bias = attentionBias({ queries: time, past: 0, causal: false, attentionMask: options.attentionMask, batch });
+    // A right-padded batch: the lengths core's one-kernel attention takes for it.
+    const keyLengths = rightPaddedLengths(options.attentionMask);
     try {
-      return tf.tidy(() => this.encoder.forward(this.embeddings.forward(inputIds, options), bias));
+      return tf.tidy(() => this.encoder.forward(this.embeddings.forward(inputIds, options), bias, keyLengths));
     } finally {
       bias?.dispose();
     }

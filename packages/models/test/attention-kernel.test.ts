@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { causalLmLoss, initRuntime, restoreWasmKernels, useFastWasmKernels } from '@lora/core';
-import { CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL, spyOnKernels, withSeededRandom } from '@lora/core/internal';
+import { ATTENTION_GRAD_KERNEL, ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_SELF_ATTENTION_GRAD_KERNEL, CAUSAL_SELF_ATTENTION_KERNEL, spyOnKernels, withSeededRandom } from '@lora/core/internal';
 import { expectTensorsClose } from '@lora/core/testing';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { createModel, type Gpt2LMHeadModel, type LlamaForCausalLM } from '../src/index.js';
+import { createModel, type BertForSequenceClassification, type Gpt2LMHeadModel, type LlamaForCausalLM } from '../src/index.js';
 import { withoutLeaks } from './helpers.js';
 
 // Core's one-kernel causal attention in GPT-2 and Llama training on WASM.
@@ -140,6 +140,69 @@ describe('core’s causal attention kernel in GPT-2 and Llama training (WASM)', 
         mask.dispose();
       }
       ids.dispose();
+      model.dispose();
+    });
+  });
+
+  // BERT's bidirectional attention: core's one kernel each way without a mask or with right
+  // padding (attention dropout inside it), against the separate path with core's kernels put back.
+  const bert = (): BertForSequenceClassification =>
+    createModel(
+      { architectures: ['BertForSequenceClassification'], vocab_size: 31, hidden_size: 24, intermediate_size: 40, num_hidden_layers: 2, num_attention_heads: 3, max_position_embeddings: 16, type_vocab_size: 2, num_labels: 3, attention_probs_dropout_prob: 0.3, hidden_dropout_prob: 0.1 },
+      { seed: 4 },
+    ) as BertForSequenceClassification;
+  const bertPass = (model: BertForSequenceClassification, mask: number[][] | null): { loss: tf.Tensor; grads: tf.Tensor[]; kernels: string[] } => {
+    const ids = tf.tensor2d(TOKENS, undefined, 'int32');
+    const attentionMask = mask ? tf.tensor2d(mask, undefined, 'int32') : undefined;
+    const labels = tf.tensor1d([2, 0], 'int32');
+    const variables = model.namedParameters().map(([, variable]) => variable);
+    const spy = spyOnKernels();
+    try {
+      const { value, grads } = withSeededRandom(42, () =>
+        tf.variableGrads(() => tf.losses.softmaxCrossEntropy(tf.oneHot(labels, 3), model.forward(ids, attentionMask ? { attentionMask } : {})) as tf.Scalar, variables),
+      );
+      return { loss: value, grads: variables.map((variable) => grads[variable.name]!), kernels: spy.calls.map((call) => call.kernelName) };
+    } finally {
+      spy.stop();
+      tf.dispose([ids, labels, ...(attentionMask ? [attentionMask] : [])]);
+    }
+  };
+  const rightPadded = TOKENS.map((row, b) => row.map((_, j) => (b === 1 && j >= 9 ? 0 : 1)));
+
+  it.each([
+    ['no mask', null],
+    ['a right-padded batch', rightPadded],
+  ])('BERT (attention dropout 0.3), %s: one kernel each way, the separate path’s loss and gradients', async (_name, mask) => {
+    await withoutLeaks(() => {
+      const model = bert();
+      model.train();
+      const ours = bertPass(model, mask);
+      restoreWasmKernels();
+      let stock: ReturnType<typeof bertPass>;
+      try {
+        stock = bertPass(model, mask);
+      } finally {
+        useFastWasmKernels();
+      }
+      expect(ours.kernels.filter((name) => name === ATTENTION_KERNEL || name === ATTENTION_GRAD_KERNEL).sort()).toEqual([ATTENTION_KERNEL, ATTENTION_KERNEL, ATTENTION_GRAD_KERNEL, ATTENTION_GRAD_KERNEL]);
+      // No softmax, and the heads neither split out nor merged back (the stock path does both by transposes, forward and backward).
+      expect(ours.kernels.filter((name) => /Softmax/.test(name))).toEqual([]);
+      expect(ours.kernels.filter((name) => name === 'Transpose').length).toBeLessThan(stock.kernels.filter((name) => name === 'Transpose').length - 8);
+      expect(stock.kernels.filter((name) => name === ATTENTION_KERNEL)).toEqual([]);
+      expectTensorsClose(ours.loss, stock.loss, { rtol: 1e-5, atol: 0 });
+      ours.grads.forEach((gradient, i) => expectTensorsClose(gradient, stock.grads[i]!, { rtol: 1e-4, atol: 1e-6 }));
+      tf.dispose([ours.loss, ...ours.grads, stock.loss, ...stock.grads]);
+      model.dispose();
+    });
+  });
+
+  it('BERT leaves a left-padded batch to the separate path', async () => {
+    await withoutLeaks(() => {
+      const model = bert();
+      model.eval();
+      const pass = bertPass(model, [Array(16).fill(1), [0, 0, 0, ...Array(13).fill(1)]]);
+      expect(pass.kernels.filter((name) => name === ATTENTION_KERNEL)).toEqual([]);
+      tf.dispose([pass.loss, ...pass.grads]);
       model.dispose();
     });
   });

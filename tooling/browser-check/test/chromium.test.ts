@@ -73,7 +73,7 @@ describe('the @lora packages in headless Chromium', () => {
       // Its build with fused multiply-adds: Chromium (114+) accepts relaxed SIMD without a flag.
       expect(result.kernelBuild).toBe(backend === 'wasm' ? 'fma' : null);
       // And its fused kernels (instantiated asynchronously: a page may refuse a synchronous compile).
-      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluErf', 'LoraGeluErfGrad', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLinearBackward', 'LoraLinearDropoutForward', 'LoraLinearForward', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraRmsNorm', 'LoraRmsNormGrad', 'LoraRmsNormWeightGrad', 'LoraRotary', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSensitivityUpdate', 'LoraSilu', 'LoraSiluGrad', 'LoraSumOfSquares'];
+      const fused = ['LoraAdamWUpdate', 'LoraAllFinite', 'LoraAttention', 'LoraAttentionGrad', 'LoraCausalAttention', 'LoraCausalAttentionGrad', 'LoraCausalMix', 'LoraCausalScores', 'LoraCausalSelfAttention', 'LoraCausalSelfAttentionGrad', 'LoraCrossEntropy', 'LoraCrossEntropyGrad', 'LoraDropout', 'LoraGeluErf', 'LoraGeluErfGrad', 'LoraGeluTanh', 'LoraGeluTanhGrad', 'LoraLayerNorm', 'LoraLayerNormGrad', 'LoraLayerNormWeightGrad', 'LoraLinearBackward', 'LoraLinearDropoutForward', 'LoraLinearForward', 'LoraLowRankAdd', 'LoraLowRankBackward', 'LoraLowRankForward', 'LoraRmsNorm', 'LoraRmsNormGrad', 'LoraRmsNormWeightGrad', 'LoraRotary', 'LoraScaledSoftmax', 'LoraScaledSoftmaxGrad', 'LoraSensitivityUpdate', 'LoraSilu', 'LoraSiluGrad', 'LoraSumOfSquares'];
       expect([...result.fusedKernels].sort()).toEqual(backend === 'wasm' ? fused : []);
       // Registered is not enough: training (LoRA dropout 0.1 on the adapters' input) ran the fused dropout and the others.
       for (const recipe of result.results) {
@@ -149,9 +149,10 @@ describe('the @lora packages in headless Chromium', () => {
       console.log(`${backend} generateAsync: ${JSON.stringify(result.generated)}`);
       expect(result.generated, `${backend} generateAsync`).toEqual(cpu.generated);
       expect(result.tensorsAfter, `${backend}: tensors left behind`).toBe(result.tensorsBefore);
-      // BERT's exact gelu, Llama's SiLU, RMSNorm and rotary embedding as core's fused kernels each way on wasm; the GPU backends run tfjs's own kernels.
+      // BERT's exact gelu and attention (its right-padded batch in one kernel each way), Llama's SiLU, RMSNorm and rotary
+      // embedding as core's fused kernels each way on wasm; the GPU backends run tfjs's own kernels.
       if (backend === 'wasm') {
-        expect(result.fusedKernelsRun.bert).toEqual(expect.arrayContaining(['LoraGeluErf', 'LoraGeluErfGrad']));
+        expect(result.fusedKernelsRun.bert).toEqual(expect.arrayContaining(['LoraGeluErf', 'LoraGeluErfGrad', 'LoraAttention', 'LoraAttentionGrad']));
         expect(result.fusedKernelsRun.llama).toEqual(expect.arrayContaining(['LoraSilu', 'LoraSiluGrad', 'LoraRmsNorm', 'LoraRmsNormGrad', 'LoraRotary']));
       } else {
         expect(result.fusedKernelsRun.bert).toEqual([]);
