@@ -10,7 +10,7 @@ export interface MeasuredSizes {
 /** The most bytes each tarball, and each one-variant app's node_modules, may take. */
 export const SIZE_BUDGETS: MeasuredSizes = {
   tarballBytes: {
-    '@lora/core': 505_000,
+    '@lora/core': 520_000,
     '@lora/models': 115_000,
     '@lora/base-moby': 12_500_000,
     '@lora/dora': 32_000,
