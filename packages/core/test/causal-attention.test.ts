@@ -110,6 +110,38 @@ function operands(leading: number[], rows: number, depth: number) {
   return { q: q!, k: k!, v: v!, dOut: dOut!, scale, matrices, shape: [...leading, rows, depth], expected: reference(q!, k!, v!, dOut!, matrices, rows, depth, scale) };
 }
 
+/**
+ * operands()' [B, H, T, D] stacks given to `attend` in the layers' layout [B, T, H·D] (tensors made
+ * here; `dispose` frees them): `run(options)` gives its output and the gradients of Σ o∘dO, as stacks
+ * again, and the kernels that ran.
+ */
+function inLayersLayout(
+  values: { q: Float32Array; k: Float32Array; v: Float32Array; dOut: Float32Array },
+  [batch, heads, rows, depth]: [number, number, number, number],
+  attend: (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, options: { keyLengths?: number[]; dropout?: number }) => tf.Tensor,
+) {
+  const toLayers = (x: Float32Array): tf.Tensor => tf.tidy(() => tf.reshape(tf.transpose(tf.tensor(x, [batch, heads, rows, depth]), [0, 2, 1, 3]), [batch, rows, heads * depth]));
+  const toStack = (x: tf.Tensor): Float32Array => tf.tidy(() => tf.transpose(tf.reshape(x, [batch, rows, heads, depth]), [0, 2, 1, 3]).dataSync() as Float32Array);
+  const [tq, tk, tv, tdo] = [values.q, values.k, values.v, values.dOut].map(toLayers) as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+  return {
+    run(options: { keyLengths?: number[]; dropout?: number }): { names: string[]; values: Float32Array[] } {
+      const spy = spyOnKernels();
+      const results = tf.tidy(() => {
+        const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c, options), tdo)))([tq, tk, tv]);
+        value.dispose();
+        return [attend(tq, tk, tv, options), ...grads].map(toStack);
+      });
+      spy.stop();
+      return { names: spy.calls.map((call) => call.kernelName), values: results };
+    },
+    dispose: (): void => tf.dispose([tq, tk, tv, tdo]),
+  };
+}
+
+/** The values of a stack [matrices, T, D] in the rows (matrix m, row i) that `which` picks. */
+const rowsOf = (values: Float32Array, rows: number, depth: number, which: (m: number, i: number) => boolean): number[] =>
+  Array.from(values).filter((_, index) => which(Math.floor(index / (rows * depth)), Math.floor(index / depth) % rows));
+
 describe('causal attention in one kernel each way', () => {
   beforeAll(async () => {
     await initRuntime();
@@ -276,42 +308,26 @@ describe('causal attention in one kernel each way', () => {
     const kept = (m: number, i: number): number => Math.min(i + 1, lengths[Math.floor(m / heads)]!);
     const expected = reference(q, k, v, dOut, batch * heads, rows, depth, scale, kept);
     await withoutTensorLeaks(() => {
-      // The reference's [B, H, T, D] stacks in the layers' layout [B, T, H·D], and back.
-      const stackShape = [batch, heads, rows, depth];
-      const toLayers = (values: Float32Array): tf.Tensor => tf.tidy(() => tf.reshape(tf.transpose(tf.tensor(values, stackShape), [0, 2, 1, 3]), [batch, rows, heads * depth]));
-      const toStack = (x: tf.Tensor): Float32Array => tf.tidy(() => tf.transpose(tf.reshape(x, [batch, rows, heads, depth]), [0, 2, 1, 3]).dataSync() as Float32Array);
-      const [tq, tk, tv, tdo] = [q, k, v, dOut].map(toLayers) as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
-      const run = (options: { keyLengths?: number[]; dropout?: number }): { names: string[]; values: Float32Array[] } => {
-        const spy = spyOnKernels();
-        const attend = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => causalAttention(a, b, c, scale, { heads, seed: 9, ...options })!;
-        const values = tf.tidy(() => {
-          const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), tdo)))([tq, tk, tv]);
-          value.dispose();
-          return [attend(tq, tk, tv), ...grads].map(toStack);
-        });
-        spy.stop();
-        return { names: spy.calls.map((call) => call.kernelName), values };
-      };
+      const layers = inLayersLayout({ q, k, v, dOut }, [batch, heads, rows, depth], (a, b, c, options) => causalAttention(a, b, c, scale, { heads, seed: 9, ...options })!);
+      const run = layers.run;
       const padded = run({ keyLengths: lengths });
       expect(padded.names.filter((name) => /Attention|MatMul|Softmax/.test(name)).sort()).toEqual([CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL].sort());
       // Within 1e-5 of the largest value of each, as the unpadded kernel (measured alike).
       (['o', 'dq', 'dk', 'dv'] as const).forEach((what, i) => expect(maxRelativeError(padded.values[i]!, expected[what]), what).toBeLessThan(1e-5));
       // The sequences' own rows (i < length) read nothing past them: o and dq there are the unpadded kernel's bits.
       const unpadded = run({});
-      const rowsOf = (values: Float32Array, which: (m: number, i: number) => boolean): number[] =>
-        Array.from(values).filter((_, index) => which(Math.floor(index / (rows * depth)), Math.floor(index / depth) % rows));
       const own = (m: number, i: number): boolean => i < lengths[Math.floor(m / heads)]!;
-      for (const i of [0, 1]) expectSameValues(rowsOf(padded.values[i]!, own), rowsOf(unpadded.values[i]!, own), ['o', 'dq'][i]);
+      for (const i of [0, 1]) expectSameValues(rowsOf(padded.values[i]!, rows, depth, own), rowsOf(unpadded.values[i]!, rows, depth, own), ['o', 'dq'][i]);
       // Padding keys get no gradient: dk and dv are exactly 0 there.
-      for (const i of [2, 3]) expect(rowsOf(padded.values[i]!, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
+      for (const i of [2, 3]) expect(rowsOf(padded.values[i]!, rows, depth, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
       // With dropout too: finite, every result moved by it, and the padding keys still without gradient.
       const dropped = run({ keyLengths: lengths, dropout: 0.25 });
       dropped.values.forEach((values, i) => {
         expect(values.every(Number.isFinite)).toBe(true);
         expect(Array.from(values)).not.toEqual(Array.from(padded.values[i]!));
       });
-      for (const i of [2, 3]) expect(rowsOf(dropped.values[i]!, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
-      tf.dispose([tq, tk, tv, tdo]);
+      for (const i of [2, 3]) expect(rowsOf(dropped.values[i]!, rows, depth, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
+      layers.dispose();
     });
   });
 
@@ -328,28 +344,13 @@ describe('causal attention in one kernel each way', () => {
     const expected = reference(q, k, v, dOut, batch * heads, rows, depth, scale, (m) => lengths[Math.floor(m / heads)]!);
     const whole = reference(q, k, v, dOut, batch * heads, rows, depth, scale, () => rows);
     await withoutTensorLeaks(() => {
-      const stackShape = [batch, heads, rows, depth];
-      const toLayers = (values: Float32Array): tf.Tensor => tf.tidy(() => tf.reshape(tf.transpose(tf.tensor(values, stackShape), [0, 2, 1, 3]), [batch, rows, heads * depth]));
-      const toStack = (x: tf.Tensor): Float32Array => tf.tidy(() => tf.transpose(tf.reshape(x, [batch, rows, heads, depth]), [0, 2, 1, 3]).dataSync() as Float32Array);
-      const [tq, tk, tv, tdo] = [q, k, v, dOut].map(toLayers) as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
-      const run = (options: { keyLengths?: number[]; dropout?: number }): { names: string[]; values: Float32Array[] } => {
-        const spy = spyOnKernels();
-        const attend = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor): tf.Tensor => bidirectionalAttention(a, b, c, scale, { heads, seed: 9, ...options })!;
-        const values = tf.tidy(() => {
-          const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(attend(a, b, c), tdo)))([tq, tk, tv]);
-          value.dispose();
-          return [attend(tq, tk, tv), ...grads].map(toStack);
-        });
-        spy.stop();
-        return { names: spy.calls.map((call) => call.kernelName), values };
-      };
+      const layers = inLayersLayout({ q, k, v, dOut }, [batch, heads, rows, depth], (a, b, c, options) => bidirectionalAttention(a, b, c, scale, { heads, seed: 9, ...options })!);
+      const run = layers.run;
       const padded = run({ keyLengths: lengths });
       expect(padded.names.filter((name) => /Attention|MatMul|Softmax/.test(name)).sort()).toEqual([ATTENTION_KERNEL, ATTENTION_KERNEL, ATTENTION_GRAD_KERNEL].sort());
       (['o', 'dq', 'dk', 'dv'] as const).forEach((what, i) => expect(maxRelativeError(padded.values[i]!, expected[what]), what).toBeLessThan(1e-5));
       const own = (m: number, j: number): boolean => j < lengths[Math.floor(m / heads)]!;
-      const rowsOf = (values: Float32Array, which: (m: number, i: number) => boolean): number[] =>
-        Array.from(values).filter((_, index) => which(Math.floor(index / (rows * depth)), Math.floor(index / depth) % rows));
-      for (const i of [2, 3]) expect(rowsOf(padded.values[i]!, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
+      for (const i of [2, 3]) expect(rowsOf(padded.values[i]!, rows, depth, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
       // Without lengths: every key of every sequence, as lengths of T give, bit for bit.
       const unpadded = run({});
       (['o', 'dq', 'dk', 'dv'] as const).forEach((what, i) => expect(maxRelativeError(unpadded.values[i]!, whole[what]), `${what} unpadded`).toBeLessThan(1e-5));
@@ -360,8 +361,8 @@ describe('causal attention in one kernel each way', () => {
         expect(values.every(Number.isFinite)).toBe(true);
         expect(Array.from(values)).not.toEqual(Array.from(padded.values[i]!));
       });
-      for (const i of [2, 3]) expect(rowsOf(dropped.values[i]!, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
-      tf.dispose([tq, tk, tv, tdo]);
+      for (const i of [2, 3]) expect(rowsOf(dropped.values[i]!, rows, depth, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
+      layers.dispose();
     });
   });
 

@@ -185,9 +185,10 @@ __attribute__((noinline)) static void softmax_rows4(float *row, int r0, int row_
   }
 }
 
-// Row r of S (its diagonal at r) becomes row r of P in place over its first `kept` keys (1 ≤ kept ≤
-// r + 1: fewer for a padding row of a right-padded sequence, whose keys past its length are padding),
-// zeros from there to 8 values past the vector of its diagonal (within the row; see zero_past_row).
+// Row r of S (its diagonal at r) becomes row r of P in place over its first `kept` keys (kept ≥ 1; in
+// causal attention at most r + 1, fewer for a padding row of a right-padded sequence, whose keys past
+// its length are padding; in bidirectional attention the sequence's length), zeros from there to 8
+// values past the vector of its diagonal (within the row; see zero_past_row).
 // softmax_rows4's arithmetic for one row, the same operations in the same order (the max is exact in
 // any order; the sum in the same lanes, then ((l0 + l1) + l2) + l3), so a row of every key up to its
 // diagonal gets the values softmax_rows4 gives it. Its max and 1/Σ go to stats[0], stats[1] (taken
