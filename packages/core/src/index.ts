@@ -98,7 +98,7 @@ export type { AdapterFileSource, BinarySource, LoadAdapterOptions } from './adap
 
 export { AdamW, float32Moments, LEARNING_RATE_SCHEDULES, learningRateAt } from './optimizer.js';
 export type { AdamWOptions, LearningRateSchedule, MomentEncoding, MomentStore, OptimizerSnapshot, TrainOptimizer } from './optimizer.js';
-export { train, evaluate, readCheckpointStep, TRAINER_CHECKPOINT_NAME } from './trainer.js';
+export { train, evaluate, evaluateAsync, readCheckpointStep, TRAINER_CHECKPOINT_NAME } from './trainer.js';
 export type { TrainingTarget } from './training-target.js';
 export type { BatchSource, TrainOptions, TrainResult, TrainingProgress } from './trainer.js';
 export { causalLmLoss, classificationLoss, IGNORE_INDEX } from './losses.js';

@@ -198,8 +198,9 @@ const meanOf = (values: ArrayLike<number>): number => {
 
 /**
  * Mean loss of `lossFn` over every batch of `data`, in eval mode, without gradients. Reads the
- * losses synchronously; {@link train}'s evaluations read them asynchronously, so a GPU backend does
- * not stall.
+ * losses synchronously: on a GPU backend (WebGL, WebGPU) use {@link evaluateAsync}, which does not
+ * stall it ({@link train}'s evaluations do so).
+ * @throws {TrainingError} when `lossFn` returns something other than a scalar (nothing is left behind).
  */
 export function evaluate<Batch>(model: Module, lossFn: (batch: Batch) => tf.Scalar, data: BatchSource<Batch>): number {
   const losses = batchLosses(model, lossFn, data);
@@ -210,8 +211,12 @@ export function evaluate<Batch>(model: Module, lossFn: (batch: Batch) => tf.Scal
   }
 }
 
-/** {@link evaluate}, reading the losses asynchronously. */
-async function evaluateAsync<Batch>(model: Module, lossFn: (batch: Batch) => tf.Scalar, data: BatchSource<Batch>): Promise<number> {
+/**
+ * {@link evaluate}, reading the losses with `await data()`: the same value, and nothing read
+ * synchronously, so a GPU backend is not stalled (and headless Chromium's WebGPU keeps its device).
+ * @throws {TrainingError} as {@link evaluate} does (the promise rejects).
+ */
+export async function evaluateAsync<Batch>(model: Module, lossFn: (batch: Batch) => tf.Scalar, data: BatchSource<Batch>): Promise<number> {
   const losses = batchLosses(model, lossFn, data);
   try {
     return meanOf(await losses.data());

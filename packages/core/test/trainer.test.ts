@@ -9,6 +9,7 @@ import {
   classificationLoss,
   createLoraRegistry,
   evaluate,
+  evaluateAsync,
   initRuntime,
   learningRateAt,
   lora,
@@ -120,11 +121,23 @@ describe('train', () => {
       (tf.tidy(() => mse(adapterModel.model)(data[0]!).dataSync()[0]!) + tf.tidy(() => mse(adapterModel.model)(data[1]!).dataSync()[0]!)) / 2,
       12,
     );
+    // evaluateAsync: evaluate's value to the bit, read asynchronously only, the model's mode restored.
+    const reads = vi.spyOn(tf.Tensor.prototype, 'dataSync');
+    adapterModel.model.train();
+    try {
+      const value = await evaluateAsync(adapterModel.model, mse(adapterModel.model), data.slice(0, 2));
+      expect(reads).not.toHaveBeenCalled();
+      expect(value).toBe(evaluate(adapterModel.model, mse(adapterModel.model), data.slice(0, 2)));
+      expect(adapterModel.model.training).toBe(true);
+    } finally {
+      reads.mockRestore();
+    }
     const notScalar = (batch: Batch) => tf.square(tf.sub(adapterModel.model.forward(batch.x), batch.y)) as unknown as tf.Scalar;
     const before = tf.memory().numTensors;
     expect(() => evaluate(adapterModel.model, notScalar, data)).toThrow(
       new TrainingError('[@lora/core] evaluate: lossFn must return a scalar, got a tensor of shape [4, 3, 17] for batch 0. Reduce it, e.g. with tf.mean.'),
     );
+    await expect(evaluateAsync(adapterModel.model, notScalar, data)).rejects.toThrow(TrainingError);
     expect(tf.memory().numTensors).toBe(before);
     adapterModel.dispose();
   });
