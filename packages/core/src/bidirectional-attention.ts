@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { lengthsFit, optionKernelAttrs, type CausalAttentionOptions } from './causal-attention.js';
+import { lengthsFit, optionKernelAttrs, registerQkvAttentionGradient, type CausalAttentionOptions } from './causal-attention.js';
 import { activeBackendHasKernels } from './registered-kernels.js';
 import { simdCausalAttentionFits } from './wasm-simd-matmul.js';
 
@@ -15,23 +15,6 @@ import { simdCausalAttentionFits } from './wasm-simd-matmul.js';
 export const ATTENTION_KERNEL = 'LoraAttention';
 /** tfjs kernel name of its gradient: inputs `dy`, `q`, `k`, `v`, `stats`, the forward kernel's attributes; outputs dq, dk, dv. */
 export const ATTENTION_GRAD_KERNEL = 'LoraAttentionGrad';
-
-function registerAttentionGradient(): void {
-  if (tf.getGradient(ATTENTION_KERNEL) !== undefined) return;
-  tf.registerGradient({
-    kernelName: ATTENTION_KERNEL,
-    inputsToSave: ['q', 'k', 'v'],
-    outputsToSave: [false, true],
-    gradFunc: (dys, saved, attrs) => {
-      // `stats` is an output only so that the gradient can recompute P: its own gradient is zero.
-      const [dy] = dys as [tf.Tensor];
-      const [q, k, v, stats] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
-      // One kernel gives all three, run once, here; tfjs asks for each input's separately.
-      const [dq, dk, dv] = tf.engine().runKernel(ATTENTION_GRAD_KERNEL, { dy, q, k, v, stats }, { ...attrs }) as tf.Tensor[];
-      return { q: () => dq!, k: () => dk!, v: () => dv! };
-    },
-  });
-}
 
 /**
  * Bidirectional self-attention softmax(scale·q·kᵀ + padding mask)·v, an encoder's (BERT's), for q,
@@ -53,7 +36,7 @@ export function bidirectionalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor,
   if (![q, k, v].every(sameShape) || !Number.isInteger(heads) || heads < 1 || q.shape[2]! % heads !== 0 || !activeBackendHasKernels(ATTENTION_KERNEL, ATTENTION_GRAD_KERNEL)) return null;
   const [batch, t, width] = q.shape as [number, number, number];
   if (!lengthsFit(options.keyLengths, batch, t) || !simdCausalAttentionFits(tf.backend(), t, width / heads)) return null;
-  registerAttentionGradient();
+  if (tf.getGradient(ATTENTION_KERNEL) === undefined) registerQkvAttentionGradient(ATTENTION_KERNEL, ATTENTION_GRAD_KERNEL);
   return tf.tidy(() => {
     const [o] = tf.engine().runKernel(ATTENTION_KERNEL, { q, k, v }, { scale, heads, ...optionKernelAttrs(options) }) as tf.Tensor[];
     // The stats stay on the tape, saved for the gradient, until it is disposed; outside a tape tidy frees them.

@@ -87,8 +87,17 @@ function registerCausalAttentionGradient(): void {
       };
     },
   });
+  registerQkvAttentionGradient(CAUSAL_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL);
+}
+
+/**
+ * The gradient of an attention kernel on separate q, k, v whose outputs are [o, stats]: its
+ * gradient kernel `gradKernelName` (inputs dy, q, k, v, stats; the forward kernel's attributes),
+ * run once for dq, dk and dv. Causal attention's and bidirectional attention's.
+ */
+export function registerQkvAttentionGradient(kernelName: string, gradKernelName: string): void {
   tf.registerGradient({
-    kernelName: CAUSAL_ATTENTION_KERNEL,
+    kernelName,
     inputsToSave: ['q', 'k', 'v'],
     outputsToSave: [false, true],
     gradFunc: (dys, saved, attrs) => {
@@ -96,7 +105,7 @@ function registerCausalAttentionGradient(): void {
       const [dy] = dys as [tf.Tensor];
       const [q, k, v, stats] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
       // One kernel gives all three, run once, here; tfjs asks for each input's separately.
-      const [dq, dk, dv] = tf.engine().runKernel(CAUSAL_ATTENTION_GRAD_KERNEL, { dy, q, k, v, stats }, { ...attrs }) as tf.Tensor[];
+      const [dq, dk, dv] = tf.engine().runKernel(gradKernelName, { dy, q, k, v, stats }, { ...attrs }) as tf.Tensor[];
       return { q: () => dq!, k: () => dk!, v: () => dv! };
     },
   });

@@ -142,6 +142,28 @@ function inLayersLayout(
 const rowsOf = (values: Float32Array, rows: number, depth: number, which: (m: number, i: number) => boolean): number[] =>
   Array.from(values).filter((_, index) => which(Math.floor(index / (rows * depth)), Math.floor(index / depth) % rows));
 
+/**
+ * The checks both padded forms share, on `run`'s stacks (o, dq, dk, dv) for right-padded sequences
+ * (`own(m, j)`: key j belongs to matrix m's sequence): padding keys get no gradient (dk and dv exactly
+ * 0 there), and with dropout too, every result finite and moved by it.
+ */
+function expectPaddingAndDropout(
+  run: (options: { keyLengths?: number[]; dropout?: number }) => { values: Float32Array[] },
+  padded: Float32Array[],
+  lengths: number[],
+  [rows, depth]: [number, number],
+  own: (m: number, j: number) => boolean,
+): void {
+  const padding = (m: number, j: number): boolean => !own(m, j);
+  for (const i of [2, 3]) expect(rowsOf(padded[i]!, rows, depth, padding).every((value) => value === 0)).toBe(true);
+  const dropped = run({ keyLengths: lengths, dropout: 0.25 });
+  dropped.values.forEach((values, i) => {
+    expect(values.every(Number.isFinite)).toBe(true);
+    expect(Array.from(values)).not.toEqual(Array.from(padded[i]!));
+  });
+  for (const i of [2, 3]) expect(rowsOf(dropped.values[i]!, rows, depth, padding).every((value) => value === 0)).toBe(true);
+}
+
 describe('causal attention in one kernel each way', () => {
   beforeAll(async () => {
     await initRuntime();
@@ -318,15 +340,7 @@ describe('causal attention in one kernel each way', () => {
       const unpadded = run({});
       const own = (m: number, i: number): boolean => i < lengths[Math.floor(m / heads)]!;
       for (const i of [0, 1]) expectSameValues(rowsOf(padded.values[i]!, rows, depth, own), rowsOf(unpadded.values[i]!, rows, depth, own), ['o', 'dq'][i]);
-      // Padding keys get no gradient: dk and dv are exactly 0 there.
-      for (const i of [2, 3]) expect(rowsOf(padded.values[i]!, rows, depth, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
-      // With dropout too: finite, every result moved by it, and the padding keys still without gradient.
-      const dropped = run({ keyLengths: lengths, dropout: 0.25 });
-      dropped.values.forEach((values, i) => {
-        expect(values.every(Number.isFinite)).toBe(true);
-        expect(Array.from(values)).not.toEqual(Array.from(padded.values[i]!));
-      });
-      for (const i of [2, 3]) expect(rowsOf(dropped.values[i]!, rows, depth, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
+      expectPaddingAndDropout(run, padded.values, lengths, [rows, depth], own);
       layers.dispose();
     });
   });
@@ -350,18 +364,11 @@ describe('causal attention in one kernel each way', () => {
       expect(padded.names.filter((name) => /Attention|MatMul|Softmax/.test(name)).sort()).toEqual([ATTENTION_KERNEL, ATTENTION_KERNEL, ATTENTION_GRAD_KERNEL].sort());
       (['o', 'dq', 'dk', 'dv'] as const).forEach((what, i) => expect(maxRelativeError(padded.values[i]!, expected[what]), what).toBeLessThan(1e-5));
       const own = (m: number, j: number): boolean => j < lengths[Math.floor(m / heads)]!;
-      for (const i of [2, 3]) expect(rowsOf(padded.values[i]!, rows, depth, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
       // Without lengths: every key of every sequence, as lengths of T give, bit for bit.
       const unpadded = run({});
       (['o', 'dq', 'dk', 'dv'] as const).forEach((what, i) => expect(maxRelativeError(unpadded.values[i]!, whole[what]), `${what} unpadded`).toBeLessThan(1e-5));
       run({ keyLengths: lengths.map(() => rows) }).values.forEach((values, i) => expectSameValues(values, unpadded.values[i]!, ['o', 'dq', 'dk', 'dv'][i]));
-      // Dropout: finite, every result moved by it, padding keys still without gradient.
-      const dropped = run({ keyLengths: lengths, dropout: 0.25 });
-      dropped.values.forEach((values, i) => {
-        expect(values.every(Number.isFinite)).toBe(true);
-        expect(Array.from(values)).not.toEqual(Array.from(padded.values[i]!));
-      });
-      for (const i of [2, 3]) expect(rowsOf(dropped.values[i]!, rows, depth, (m, j) => !own(m, j)).every((value) => value === 0)).toBe(true);
+      expectPaddingAndDropout(run, padded.values, lengths, [rows, depth], own);
       layers.dispose();
     });
   });
